@@ -1,0 +1,74 @@
+# pyfabric: the two commands are `make demo` and `make test`; both set everything up first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV      := .venv
+PY        := $(VENV)/bin/python
+STAMP     := $(VENV)/.installed
+PYTEST    := $(PY) -m pytest
+ERLANG_PACKAGES := erlang-nox erlang-dev rebar3
+# Long random runs (hypothesis, fuzz) are scaled by this; CI keeps the default.
+FUZZ_SECONDS ?= 20
+
+.PHONY: help setup python-env erlang peer test unit peer-test interop demo bench bench-codec clean
+
+help:
+	@echo "make demo   - set up and run a Python client against an Erlang fabric server"
+	@echo "make test   - set up and run every test suite (Python, Erlang, interop)"
+	@echo "make interop, make bench-codec, make setup, make clean"
+
+setup: python-env erlang
+
+python-env: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then \
+	  echo "pyfabric needs Python >= 3.11 as python3"; exit 1; fi
+	@if [ ! -x $(PY) ]; then \
+	  python3 -m venv $(VENV) || { \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	      apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y python3-venv && python3 -m venv $(VENV); \
+	    else echo "python3 -m venv failed: install python3-venv (apt-get install python3-venv)"; exit 1; fi; }; \
+	fi
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,fast,bench]'
+	@touch $(STAMP)
+
+erlang:
+	@if command -v erl >/dev/null && command -v rebar3 >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "Installing Erlang/OTP from Debian: $(ERLANG_PACKAGES)"; \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(ERLANG_PACKAGES); \
+	else \
+	  echo "Erlang/OTP is missing. Install it as root with:"; \
+	  echo "    apt-get update && apt-get install -y $(ERLANG_PACKAGES)"; \
+	  exit 1; \
+	fi
+
+peer: erlang
+	cd erlang_peer && rebar3 compile
+
+unit: python-env
+	$(PYTEST) tests
+
+peer-test: erlang
+	cd erlang_peer && rebar3 eunit && rebar3 ct
+
+interop: setup peer
+	$(PYTEST) interop_tests
+
+test: setup
+	$(MAKE) unit
+	$(MAKE) peer-test
+	$(MAKE) interop
+
+demo: setup peer
+	$(PY) -m pyfabric.demo
+
+bench-codec: setup
+	$(PY) bench/codec_bench.py
+
+bench: bench-codec
+
+clean:
+	rm -rf $(VENV) erlang_peer/_build .pytest_cache .hypothesis
