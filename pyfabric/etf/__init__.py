@@ -1,0 +1,194 @@
+"""Erlang External Term Format (ETF) codec: ``term_to_binary`` / ``binary_to_term`` for Python.
+
+Layering: this package is the bottom layer of pyfabric (no I/O, no imports from the rest
+of pyfabric). This module only defines the public entry points as a thin dispatch to
+the active backend and re-exports the public names; the work is done in private modules:
+
+- ``_types``: value types (Atom, Pid, Reference, Port, ImproperList, BitString, Fun, ...)
+- ``_errors``: the closed set of exceptions
+- ``_limits``: :class:`DecodeLimits` and the default bounds
+- ``_encode`` / ``_decode``: the pure-Python backend (``implementation == "python"``)
+- ``_convert``: text helpers (charlists and UTF-8 binaries)
+
+See ``docs/terms.md`` for the full Erlang <-> Python mapping.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _decode, _encode
+from ._convert import binary_to_str, charlist_to_str, str_to_binary, str_to_charlist
+from ._errors import (
+    DecodeError,
+    EncodeError,
+    ETFError,
+    LimitExceeded,
+    TruncatedError,
+    UnsafeTermError,
+    UnsupportedTermError,
+)
+from ._limits import DEFAULT_LIMITS, RELAXED_LIMITS, DecodeLimits
+from ._types import (
+    Atom,
+    BitString,
+    ExportFun,
+    FrozenDict,
+    FrozenList,
+    Fun,
+    ImproperList,
+    Pid,
+    Port,
+    Reference,
+)
+
+__all__ = [
+    "encode",
+    "decode",
+    "decode_from",
+    "implementation",
+    "Atom",
+    "Pid",
+    "Port",
+    "Reference",
+    "ImproperList",
+    "BitString",
+    "Fun",
+    "ExportFun",
+    "FrozenList",
+    "FrozenDict",
+    "DecodeLimits",
+    "DEFAULT_LIMITS",
+    "RELAXED_LIMITS",
+    "ETFError",
+    "DecodeError",
+    "TruncatedError",
+    "LimitExceeded",
+    "UnsafeTermError",
+    "UnsupportedTermError",
+    "EncodeError",
+    "charlist_to_str",
+    "str_to_charlist",
+    "binary_to_str",
+    "str_to_binary",
+]
+
+implementation = "python"
+"""Name of the active codec backend. Only the pure-Python one exists today; an
+accelerated backend would be selected once at import, never as a silent fallback."""
+
+Buffer = bytes | bytearray | memoryview
+
+
+def encode(term: Any, *, compressed: bool | int = False, minor_version: int = 2) -> bytes:
+    """Encode ``term`` like Erlang's ``term_to_binary(Term, Options)`` (OTP 25).
+
+    The result starts with the version byte 131. ``compressed=True`` is zlib level 6
+    (Erlang's ``compressed``), an int 0..9 is that level (``{compressed, N}``); as in
+    Erlang the compressed form (tag 80) is only used when it is smaller.
+    ``minor_version`` 0 writes floats as FLOAT_EXT text, 1 writes NEW_FLOAT_EXT and
+    Latin-1 atoms as ATOM_EXT, 2 (the default here, and in OTP 26+) writes all atoms as
+    UTF-8. Note: OTP 25's own default is ``minor_version`` 1.
+
+    Raises :class:`EncodeError` for values with no Erlang form (sets, arbitrary objects,
+    ``inf``/``nan``), naming the type and where it is inside ``term``.
+    """
+    return _encode.encode(term, compressed, minor_version)
+
+
+def _options(safe: bool, limits: DecodeLimits | None, python_atoms: bool, strings: str) -> _decode.Options:
+    if limits is None:
+        limits = DEFAULT_LIMITS if safe else RELAXED_LIMITS
+    elif not isinstance(limits, DecodeLimits):
+        raise TypeError(f"limits must be a DecodeLimits, got {type(limits).__name__}")
+    return _decode.Options(limits, bool(safe), bool(python_atoms), strings)
+
+
+def _as_bytes(data: Buffer) -> bytes:
+    if type(data) is bytes:
+        return data
+    if isinstance(data, (bytes, bytearray)):
+        return bytes(data)
+    if isinstance(data, memoryview):
+        return data.tobytes()
+    raise TypeError(f"expected bytes, bytearray or memoryview, got {type(data).__name__}")
+
+
+def decode(
+    data: Buffer,
+    *,
+    safe: bool = True,
+    limits: DecodeLimits | None = None,
+    python_atoms: bool = False,
+    strings: str = "str",
+) -> Any:
+    """Decode exactly one whole term, like Erlang's ``binary_to_term/2``.
+
+    ``data`` must start with the version byte 131 and contain nothing after the term.
+
+    - ``safe`` (default True): reject funs (:class:`UnsafeTermError`) and apply
+      :data:`DEFAULT_LIMITS`; ``safe=False`` accepts funs and uses the larger
+      :data:`RELAXED_LIMITS`. Structural checks always apply.
+    - ``limits``: explicit :class:`DecodeLimits` (used in both modes, including its
+      ``atoms`` allow-list).
+    - ``python_atoms``: decode ``true``/``false``/``undefined`` as True/False/None
+      instead of :class:`Atom`.
+    - ``strings``: ``"str"`` (default) decodes STRING_EXT to ``str``; ``"list"`` to a
+      list of ints.
+
+    Raises :class:`DecodeError` (or a subclass) with the offending offset.
+    """
+    buf = _as_bytes(data)
+    opts = _options(safe, limits, python_atoms, strings)
+    if len(buf) > opts.limits.max_input_size:
+        raise LimitExceeded("max_input_size", f"input of {len(buf)} bytes, maximum {opts.limits.max_input_size}", 0)
+    value, end = _decode.decode_versioned(buf, 0, opts)
+    if end != len(buf):
+        raise DecodeError(f"{len(buf) - end} unexpected bytes after the term", end)
+    return value
+
+
+def decode_from(
+    buf: Buffer,
+    offset: int = 0,
+    *,
+    safe: bool = True,
+    limits: DecodeLimits | None = None,
+    python_atoms: bool = False,
+    strings: str = "str",
+    version: bool = True,
+) -> tuple[Any, int]:
+    """Decode one term starting at ``offset``; return ``(term, offset_after_it)``.
+
+    The term starts with the version byte 131 unless ``version=False``, which decodes
+    a bare term body (as found inside other encodings). Bytes after the term are left
+    alone. Options are those of :func:`decode`. :class:`TruncatedError` means the
+    buffer ends inside the term (more bytes may complete it). ``bytes`` input is
+    decoded in place; other buffers are copied from ``offset`` first.
+    """
+    opts = _options(safe, limits, python_atoms, strings)
+    if type(offset) is not int or offset < 0:
+        raise ValueError(f"offset must be a non-negative int, got {offset!r}")
+    max_input = opts.limits.max_input_size
+    base = 0
+    if type(buf) is bytes and len(buf) - offset <= max_input:
+        data, pos = buf, offset
+    else:
+        view = memoryview(buf).cast("B") if not isinstance(buf, bytes) else memoryview(buf)
+        if offset > len(view):
+            raise ValueError(f"offset {offset} is beyond the end of the buffer ({len(view)} bytes)")
+        data, pos, base = view[offset : offset + max_input].tobytes(), 0, offset
+    cut = len(data) - pos >= max_input and (len(buf) - offset) > max_input
+    try:
+        value, end = _decode.decode_versioned(data, pos, opts, version)
+    except TruncatedError as exc:
+        if cut:
+            raise LimitExceeded("max_input_size", f"term is longer than {max_input} bytes", offset) from None
+        if base:
+            exc.offset += base
+        raise
+    except DecodeError as exc:
+        if base:
+            exc.offset += base
+        raise
+    return value, end + base

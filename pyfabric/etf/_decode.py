@@ -1,0 +1,599 @@
+"""The pure-Python decoder: ETF bytes -> Python value, bounded and non-recursive.
+
+The decoder walks the input with an explicit stack of open containers, so nesting
+depth is a counted limit and never a RecursionError. Every declared length is checked
+against the bytes that remain (structure) and against :class:`DecodeLimits` (policy)
+before anything is allocated. Tags are dispatched inline for the common ones and via
+a table for the rest.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+from typing import Any
+
+from . import _tags as T
+from ._errors import DecodeError, LimitExceeded, TruncatedError, UnsafeTermError, UnsupportedTermError
+from ._limits import DecodeLimits
+from ._types import (
+    Atom,
+    BitString,
+    ExportFun,
+    FrozenDict,
+    FrozenList,
+    Fun,
+    ImproperList,
+    Pid,
+    Port,
+    Reference,
+)
+
+__all__ = ["Options", "decode_versioned"]
+
+_u16 = struct.Struct(">H").unpack_from
+_u32 = struct.Struct(">I").unpack_from
+_i32 = struct.Struct(">i").unpack_from
+_f64 = struct.Struct(">d").unpack_from
+_u32x2 = struct.Struct(">II").unpack_from
+_u32x3 = struct.Struct(">III").unpack_from
+_u32u8 = struct.Struct(">IB").unpack_from
+_u32x2u8 = struct.Struct(">IIB").unpack_from
+_u64u32 = struct.Struct(">QI").unpack_from
+
+# Raw atom bytes -> Atom, per text encoding; bounded like Atom's own intern table.
+_LATIN1_ATOMS: dict[bytes, Atom] = {}
+_UTF8_ATOMS: dict[bytes, Atom] = {}
+_ATOM_CACHE_MAX = 100_000
+
+_TRUE = Atom("true")
+_FALSE = Atom("false")
+_UNDEFINED = Atom("undefined")
+
+# Container kinds on the decode stack.
+_K_TUPLE = 0
+_K_LIST = 1
+_K_MAP = 2
+_K_FUN = 3
+
+# The "frozen" field of a stack frame: how the next child must be built.
+# 0: normally; 1: hashable (FrozenList/FrozenDict), we are inside a map key;
+# 2: a map that is not itself frozen: its children at even positions are keys.
+_FLOAT_TEXT = re.compile(rb"[+-]?[0-9]+(\.[0-9]*)?([eE][+-]?[0-9]+)?\0*\Z")
+
+_UNSUPPORTED = {
+    T.LOCAL_EXT: "LOCAL_EXT (tag 121) is a node-local encoding that only the emitting node can decode",
+    T.DIST_HEADER: "a distribution header (tag 68) belongs to the Erlang distribution protocol, not to term_to_binary output",
+    T.DIST_FRAG_HEADER: "a fragmented distribution header (tag 69) belongs to the Erlang distribution protocol",
+    T.ATOM_CACHE_REF: "ATOM_CACHE_REF (tag 82) needs a distribution atom cache, which plain ETF does not have",
+    117: "FUN_EXT (tag 117) is the pre-R8 fun format, no longer produced or accepted by Erlang",
+}
+
+
+class Options:
+    """Decode options resolved once per call (limits, policy, output shapes)."""
+
+    __slots__ = ("limits", "safe", "python_atoms", "strings_as_list", "allowed_atoms")
+
+    def __init__(self, limits: DecodeLimits, safe: bool, python_atoms: bool, strings: str) -> None:
+        if strings not in ("str", "list"):
+            raise ValueError(f"strings must be 'str' or 'list', got {strings!r}")
+        self.limits = limits
+        self.safe = safe
+        self.python_atoms = python_atoms
+        self.strings_as_list = strings == "list"
+        self.allowed_atoms = limits.atoms
+
+
+def _truncated(what: str, offset: int, need: int, have: int) -> TruncatedError:
+    return TruncatedError(f"truncated input: {what} needs {need} more bytes but only {have} remain", offset)
+
+
+def _make_atom(raw: bytes, utf8: bool, offset: int, opts: Options) -> Atom:
+    """Slow path of atom decoding: validate, create and cache."""
+    if utf8:
+        try:
+            name = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DecodeError(f"atom is not valid UTF-8 ({exc.reason} at byte {exc.start})", offset) from None
+        cache = _UTF8_ATOMS
+    else:
+        name = raw.decode("latin-1")
+        cache = _LATIN1_ATOMS
+    max_len = opts.limits.max_atom_length
+    if len(name) > max_len:
+        raise LimitExceeded("max_atom_length", f"atom of {len(name)} characters, maximum {max_len}", offset)
+    atom = Atom(name)
+    if len(cache) < _ATOM_CACHE_MAX:
+        cache[raw] = atom
+    return atom
+
+
+def _read_atom(buf: bytes, pos: int, opts: Options) -> tuple[Atom, int]:
+    """Decode the atom (any of the four atom tags) at ``pos``; return it and the next offset."""
+    tag = buf[pos]
+    if tag == T.ATOM_EXT:
+        length = (buf[pos + 1] << 8) | buf[pos + 2]
+        start = pos + 3
+        utf8 = False
+    elif tag == T.SMALL_ATOM_UTF8_EXT:
+        length = buf[pos + 1]
+        start = pos + 2
+        utf8 = True
+    elif tag == T.SMALL_ATOM_EXT:
+        length = buf[pos + 1]
+        start = pos + 2
+        utf8 = False
+    elif tag == T.ATOM_UTF8_EXT:
+        length = (buf[pos + 1] << 8) | buf[pos + 2]
+        start = pos + 3
+        utf8 = True
+    else:
+        raise DecodeError(f"expected an atom, found tag {tag} ({T.TAG_NAMES.get(tag, 'unknown')})", pos)
+    end = start + length
+    if end > len(buf):
+        raise _truncated("atom", pos, end - pos, len(buf) - pos)
+    limits = opts.limits
+    if length > limits.max_atom_length and (not utf8 or length > 4 * limits.max_atom_length):
+        raise LimitExceeded("max_atom_length", f"atom of {length} bytes, maximum {limits.max_atom_length} characters", pos)
+    raw = buf[start:end]
+    atom = (_UTF8_ATOMS if utf8 else _LATIN1_ATOMS).get(raw)
+    if atom is None or (utf8 and length > limits.max_atom_length):
+        atom = _make_atom(raw, utf8, pos, opts)
+    allowed = opts.allowed_atoms
+    if allowed is not None and atom.name not in allowed:
+        raise UnsafeTermError(f"atom {atom.name!r} is not in the allowed atoms", pos)
+    return atom, end
+
+
+def _small_or_int(buf: bytes, pos: int, what: str) -> tuple[int, int]:
+    tag = buf[pos]
+    if tag == T.SMALL_INTEGER_EXT:
+        return buf[pos + 1], pos + 2
+    if tag == T.INTEGER_EXT:
+        return _i32(buf, pos + 1)[0], pos + 5
+    raise DecodeError(f"{what} must be SMALL_INTEGER_EXT or INTEGER_EXT, found tag {tag}", pos)
+
+
+# --- scalar tags decoded by table dispatch: f(buf, pos, opts) -> (value, next_pos) ---
+
+
+def _d_float(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
+    end = pos + 32
+    if end > len(buf):
+        raise _truncated("FLOAT_EXT", pos, 32, len(buf) - pos)
+    text = buf[pos + 1 : end]
+    value: float | None = None
+    if _FLOAT_TEXT.match(text):
+        value = float(text.rstrip(b"\0"))
+    if value is None or value - value != 0.0:
+        raise DecodeError(f"FLOAT_EXT text {text.rstrip(bytes(1))!r} is not a finite float", pos)
+    return value, end
+
+
+def _d_new_float(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
+    value = _f64(buf, pos + 1)[0]
+    if value - value != 0.0:
+        raise DecodeError("NEW_FLOAT_EXT is inf or nan, which Erlang cannot represent", pos)
+    return value, pos + 9
+
+
+def _d_big(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
+    if buf[pos] == T.SMALL_BIG_EXT:
+        size = buf[pos + 1]
+        sign = buf[pos + 2]
+        start = pos + 3
+    else:
+        size, sign = _u32u8(buf, pos + 1)
+        start = pos + 6
+    limit = opts.limits.max_bignum_bytes
+    if size > limit:
+        raise LimitExceeded("max_bignum_bytes", f"integer of {size} bytes, maximum {limit}", pos)
+    end = start + size
+    if end > len(buf):
+        raise _truncated("big integer", pos, end - pos, len(buf) - pos)
+    if sign > 1:
+        raise DecodeError(f"big integer sign byte must be 0 or 1, got {sign}", pos)
+    value = int.from_bytes(buf[start:end], "little")
+    return (-value if sign else value), end
+
+
+def _d_binary_len(buf: bytes, pos: int, opts: Options, size: int, header: int, what: str) -> int:
+    limit = opts.limits.max_binary_size
+    if size > limit:
+        raise LimitExceeded("max_binary_size", f"{what} of {size} bytes, maximum {limit}", pos)
+    end = pos + header + size
+    if end > len(buf):
+        raise _truncated(what, pos, end - pos, len(buf) - pos)
+    return end
+
+
+def _d_bit_binary(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
+    size, bits = _u32u8(buf, pos + 1)
+    end = _d_binary_len(buf, pos, opts, size, 6, "BIT_BINARY_EXT")
+    if size == 0:
+        if bits != 0:
+            raise DecodeError(f"empty BIT_BINARY_EXT must have 0 bits in its last byte, got {bits}", pos)
+        return b"", end
+    if not 1 <= bits <= 8:
+        raise DecodeError(f"BIT_BINARY_EXT bits must be 1..8, got {bits}", pos)
+    data = buf[pos + 6 : end]
+    if bits == 8:
+        return data, end  # a whole number of bytes: Erlang decodes it as a binary
+    return BitString(data, bits), end
+
+
+def _d_pid(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
+    node, p = _read_atom(buf, pos + 1, opts)
+    if buf[pos] == T.NEW_PID_EXT:
+        ident, serial, creation = _u32x3(buf, p)
+        p += 12
+    else:
+        ident, serial, creation = _u32x2u8(buf, p)
+        p += 9
+    return Pid(node, ident, serial, creation), p
+
+
+def _d_port(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
+    tag = buf[pos]
+    node, p = _read_atom(buf, pos + 1, opts)
+    if tag == T.NEW_PORT_EXT:
+        ident, creation = _u32x2(buf, p)
+        p += 8
+    elif tag == T.V4_PORT_EXT:
+        ident, creation = _u64u32(buf, p)
+        p += 12
+    else:
+        ident, creation = _u32u8(buf, p)
+        p += 5
+    return Port(node, ident, creation), p
+
+
+def _d_old_reference(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
+    node, p = _read_atom(buf, pos + 1, opts)
+    ident, creation = _u32u8(buf, p)
+    return Reference(node, creation, (ident,)), p + 5
+
+
+def _d_reference(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
+    tag = buf[pos]
+    count = _u16(buf, pos + 1)[0]
+    if not 1 <= count <= 5:
+        raise DecodeError(f"reference must have 1 to 5 id words, got {count}", pos)
+    node, p = _read_atom(buf, pos + 3, opts)
+    if tag == T.NEWER_REFERENCE_EXT:
+        creation = _u32(buf, p)[0]
+        p += 4
+    else:
+        creation = buf[p]
+        p += 1
+    ids = struct.unpack_from(f">{count}I", buf, p)
+    return Reference(node, creation, ids), p + 4 * count
+
+
+def _d_export(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
+    if opts.safe:
+        raise UnsafeTermError("external fun (EXPORT_EXT) rejected in safe mode; decode with safe=False to accept funs", pos)
+    module, p = _read_atom(buf, pos + 1, opts)
+    function, p = _read_atom(buf, p, opts)
+    if buf[p] != T.SMALL_INTEGER_EXT:
+        raise DecodeError(f"EXPORT_EXT arity must be SMALL_INTEGER_EXT, found tag {buf[p]}", p)
+    return ExportFun(module, function, buf[p + 1]), p + 2
+
+
+def _d_unsupported(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
+    tag = buf[pos]
+    raise UnsupportedTermError(f"unsupported term: {_UNSUPPORTED[tag]}", pos)
+
+
+def _d_misplaced_compressed(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
+    raise DecodeError("compressed term (tag 80) is only allowed right after the version byte", pos)
+
+
+def _d_unknown(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
+    tag = buf[pos]
+    raise DecodeError(f"unknown tag {tag}", pos)
+
+
+_SCALARS: list[Any] = [_d_unknown] * 256
+for _tag, _fn in (
+    (T.FLOAT_EXT, _d_float),
+    (T.NEW_FLOAT_EXT, _d_new_float),
+    (T.SMALL_BIG_EXT, _d_big),
+    (T.LARGE_BIG_EXT, _d_big),
+    (T.BIT_BINARY_EXT, _d_bit_binary),
+    (T.NEW_PID_EXT, _d_pid),
+    (T.PID_EXT, _d_pid),
+    (T.NEW_PORT_EXT, _d_port),
+    (T.V4_PORT_EXT, _d_port),
+    (T.PORT_EXT, _d_port),
+    (T.REFERENCE_EXT, _d_old_reference),
+    (T.NEW_REFERENCE_EXT, _d_reference),
+    (T.NEWER_REFERENCE_EXT, _d_reference),
+    (T.EXPORT_EXT, _d_export),
+    (T.COMPRESSED, _d_misplaced_compressed),
+):
+    _SCALARS[_tag] = _fn
+for _tag in _UNSUPPORTED:
+    _SCALARS[_tag] = _d_unsupported
+del _tag, _fn
+
+
+def _frozen_child(stack: list[list[Any]]) -> int:
+    """1 if the next value is (inside) a map key and so must be hashable, else 0."""
+    if not stack:
+        return 0
+    frame = stack[-1]
+    mode = frame[3]
+    if mode == 2:
+        return 0 if len(frame[0]) & 1 else 1
+    return mode  # type: ignore[no-any-return]
+
+
+def _finish_list(items: list[Any], frozen: int, offset: int) -> Any:
+    tail = items.pop()
+    if tail.__class__ is list or tail.__class__ is FrozenList:
+        if tail:  # [a | [b, c]] is the proper list [a, b, c]
+            items.extend(tail)
+        return FrozenList(items) if frozen else items
+    if tail.__class__ is str and tail:  # [a | "bc"] is [a, $b, $c]
+        items.extend(map(ord, tail))
+        return FrozenList(items) if frozen else items
+    return ImproperList(tuple(items), tail)
+
+
+def _finish_map(items: list[Any], frozen: int, offset: int) -> Any:
+    it = iter(items)
+    try:
+        value = dict(zip(it, it))
+    except TypeError as exc:  # defensive: keys are built hashable
+        raise DecodeError(f"map key is not hashable in Python: {exc}", offset) from None
+    if 2 * len(value) != len(items):
+        raise DecodeError(
+            "map has duplicate keys, or keys that are distinct in Erlang but equal in Python (like 1 and 1.0)",
+            offset,
+        )
+    return FrozenDict(value) if frozen == 1 else value
+
+
+def _finish_fun(items: list[Any], header: tuple[Any, ...], buf: bytes, end: int) -> Any:
+    start, size, arity, uniq, index, module, old_index, old_uniq, pid = header
+    if end - (start + 1) != size:
+        raise DecodeError(f"NEW_FUN_EXT declares size {size} but its fields take {end - start - 1} bytes", start)
+    return Fun(
+        raw=buf[start + 1 : end],
+        arity=arity,
+        uniq=uniq,
+        index=index,
+        module=module,
+        old_index=old_index,
+        old_uniq=old_uniq,
+        pid=pid,
+        free_vars=tuple(items),
+    )
+
+
+def _open_fun(buf: bytes, pos: int, opts: Options) -> tuple[tuple[Any, ...], int, int]:
+    """Read NEW_FUN_EXT up to its free variables: (header, free var count, next pos)."""
+    if opts.safe:
+        raise UnsafeTermError("fun (NEW_FUN_EXT) rejected in safe mode; decode with safe=False to accept funs", pos)
+    size = _u32(buf, pos + 1)[0]
+    if pos + 1 + size > len(buf):
+        raise _truncated("NEW_FUN_EXT", pos, 1 + size, len(buf) - pos)
+    arity = buf[pos + 5]
+    uniq = buf[pos + 6 : pos + 22]
+    index, num_free = _u32x2(buf, pos + 22)
+    p = pos + 30
+    module, p = _read_atom(buf, p, opts)
+    old_index, p = _small_or_int(buf, p, "NEW_FUN_EXT OldIndex")
+    old_uniq, p = _small_or_int(buf, p, "NEW_FUN_EXT OldUniq")
+    if buf[p] not in (T.NEW_PID_EXT, T.PID_EXT):
+        raise DecodeError(f"NEW_FUN_EXT Pid must be a pid, found tag {buf[p]}", p)
+    pid, p = _d_pid(buf, p, opts)
+    if num_free > len(buf) - p:
+        raise _truncated("NEW_FUN_EXT free variables", pos, num_free, len(buf) - p)
+    return (pos, size, arity, uniq, index, module, old_index, old_uniq, pid), num_free, p
+
+
+def decode_term(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
+    """Decode one term body (no version byte) at ``pos`` of ``buf``; return (term, end)."""
+    limits = opts.limits
+    max_depth = limits.max_depth
+    max_len = limits.max_container_len
+    max_total = limits.max_total_terms
+    max_binary = limits.max_binary_size
+    max_atom = limits.max_atom_length
+    python_atoms = opts.python_atoms
+    strings_as_list = opts.strings_as_list
+    allowed = opts.allowed_atoms
+    latin1_atoms = _LATIN1_ATOMS
+    utf8_atoms = _UTF8_ATOMS
+    scalars = _SCALARS
+    u16 = _u16
+    u32 = _u32
+    n = len(buf)
+    total = 0
+    stack: list[list[Any]] = []
+    value: Any
+    try:
+        while True:
+            tag = buf[pos]
+            if tag == 97:  # SMALL_INTEGER_EXT
+                value = buf[pos + 1]
+                pos += 2
+            elif tag == 100 or tag == 119:  # ATOM_EXT, SMALL_ATOM_UTF8_EXT
+                if tag == 100:
+                    start = pos + 3
+                    end = start + ((buf[pos + 1] << 8) | buf[pos + 2])
+                    value = latin1_atoms.get(buf[start:end]) if end <= n else None
+                else:
+                    start = pos + 2
+                    end = start + buf[pos + 1]
+                    value = utf8_atoms.get(buf[start:end]) if end <= n else None
+                if value is None or end - start > max_atom or allowed is not None:
+                    value, end = _read_atom(buf, pos, opts)
+                pos = end
+                if python_atoms:
+                    if value is _TRUE:
+                        value = True
+                    elif value is _FALSE:
+                        value = False
+                    elif value is _UNDEFINED:
+                        value = None
+            elif tag == 104 or tag == 105 or tag == 108 or tag == 116:  # containers
+                if tag == 104:
+                    count = buf[pos + 1]
+                    pos += 2
+                else:
+                    count = u32(buf, pos + 1)[0]
+                    if tag == 108 and count == 0:
+                        pos += 5  # an empty LIST_EXT is just its tail
+                        continue
+                    pos += 5
+                if count > max_len:
+                    raise LimitExceeded("max_container_len", f"container of {count} elements, maximum {max_len}", pos)
+                if count == 0:
+                    value = {} if tag == 116 else ()
+                    if tag == 116 and _frozen_child(stack):
+                        value = FrozenDict()
+                else:
+                    need = 2 * count if tag == 116 else (count + 1 if tag == 108 else count)
+                    if need > n - pos:
+                        raise TruncatedError(
+                            f"truncated input: container declares {count} elements but only {n - pos} bytes remain",
+                            pos - (2 if tag == 104 else 5),
+                        )
+                    total += count
+                    if total > max_total:
+                        raise LimitExceeded("max_total_terms", f"more than {max_total} terms", pos)
+                    if len(stack) >= max_depth:
+                        raise LimitExceeded("max_depth", f"nesting deeper than {max_depth}", pos)
+                    frozen = _frozen_child(stack) if stack else 0
+                    if tag == 116:
+                        stack.append([[], need, _K_MAP, 1 if frozen else 2, pos - 5])
+                    else:
+                        stack.append([[], need, _K_LIST if tag == 108 else _K_TUPLE, frozen, pos])
+                    continue
+            elif tag == 109:  # BINARY_EXT
+                size = u32(buf, pos + 1)[0]
+                end = pos + 5 + size
+                if size > max_binary or end > n:
+                    end = _d_binary_len(buf, pos, opts, size, 5, "BINARY_EXT")
+                value = buf[pos + 5 : end]
+                pos = end
+            elif tag == 107:  # STRING_EXT
+                end = pos + 3 + ((buf[pos + 1] << 8) | buf[pos + 2])
+                if end > n:
+                    raise _truncated("STRING_EXT", pos, end - pos, n - pos)
+                if strings_as_list:
+                    value = list(buf[pos + 3 : end])
+                    total += len(value)
+                    if total > max_total:
+                        raise LimitExceeded("max_total_terms", f"more than {max_total} terms", pos)
+                    if _frozen_child(stack):
+                        value = FrozenList(value)
+                else:
+                    value = buf[pos + 3 : end].decode("latin-1")
+                pos = end
+            elif tag == 106:  # NIL_EXT
+                value = FrozenList() if stack and _frozen_child(stack) else []
+                pos += 1
+            elif tag == 98:  # INTEGER_EXT
+                value = _i32(buf, pos + 1)[0]
+                pos += 5
+            elif tag == 112:  # NEW_FUN_EXT
+                header, count, pos = _open_fun(buf, pos, opts)
+                if count == 0:
+                    value = _finish_fun([], header, buf, pos)
+                else:
+                    total += count
+                    if total > max_total:
+                        raise LimitExceeded("max_total_terms", f"more than {max_total} terms", pos)
+                    if len(stack) >= max_depth:
+                        raise LimitExceeded("max_depth", f"nesting deeper than {max_depth}", pos)
+                    stack.append([[], count, _K_FUN, _frozen_child(stack), header])
+                    continue
+            else:
+                value, pos = scalars[tag](buf, pos, opts)
+
+            # Deliver the value to the innermost open container, closing finished ones.
+            while stack:
+                frame = stack[-1]
+                items = frame[0]
+                items.append(value)
+                if len(items) < frame[1]:
+                    break
+                stack.pop()
+                kind = frame[2]
+                if kind == _K_TUPLE:
+                    value = tuple(items)
+                elif kind == _K_LIST:
+                    value = _finish_list(items, frame[3], frame[4])
+                elif kind == _K_MAP:
+                    value = _finish_map(items, frame[3], frame[4])
+                else:
+                    value = _finish_fun(items, frame[4], buf, pos)
+            else:
+                return value, pos
+    except (IndexError, struct.error):
+        raise TruncatedError(f"truncated input: term at offset {pos} (tag {buf[pos] if pos < n else 'missing'}) is incomplete", pos) from None
+
+
+def _inflate(buf: bytes, pos: int, opts: Options) -> tuple[bytes, int]:
+    """Inflate the compressed term at ``pos`` (the tag 80); return (body, end offset)."""
+    if pos + 5 > len(buf):
+        raise _truncated("compressed term header", pos, 5, len(buf) - pos)
+    declared = _u32(buf, pos + 1)[0]
+    limit = opts.limits.max_decompressed_size
+    if declared > limit:
+        raise LimitExceeded("max_decompressed_size", f"compressed term declares {declared} bytes, maximum {limit}", pos)
+    inflater = zlib.decompressobj()
+    try:
+        body = inflater.decompress(memoryview(buf)[pos + 5 :], declared)
+        if len(body) == declared and not inflater.eof and inflater.decompress(inflater.unconsumed_tail, 1):
+            raise DecodeError(f"compressed term inflates to more than its declared {declared} bytes", pos)
+    except zlib.error as exc:
+        raise DecodeError(f"compressed term is not a valid zlib stream: {exc}", pos) from None
+    if not inflater.eof:
+        if len(body) < declared:
+            raise TruncatedError(
+                f"truncated input: compressed term ends after {len(body)} of {declared} declared bytes", pos
+            )
+        raise TruncatedError("truncated input: zlib stream of the compressed term is incomplete", pos)
+    if len(body) != declared:
+        raise DecodeError(f"compressed term inflates to {len(body)} bytes, but declares {declared}", pos)
+    return body, len(buf) - len(inflater.unused_data)
+
+
+def decode_versioned(buf: bytes, pos: int, opts: Options, version: bool = True) -> tuple[Any, int]:
+    """Decode the term at ``pos`` (starting with the 131 version byte if ``version``)."""
+    if version:
+        if pos >= len(buf):
+            raise TruncatedError("truncated input: empty, expected version byte 131", pos)
+        if buf[pos] != T.VERSION:
+            raise DecodeError(f"expected version byte 131, got {buf[pos]}", pos)
+        pos += 1
+        if pos < len(buf) and buf[pos] == T.COMPRESSED:
+            body, end = _inflate(buf, pos, opts)
+            try:
+                value, used = decode_term(body, 0, opts)
+            except TruncatedError as exc:
+                # Inside a complete zlib stream, missing bytes are corruption, not truncation.
+                raise DecodeError(f"compressed term body: {exc.reason} at offset {exc.offset} of the decompressed data", pos) from None
+            except DecodeError as exc:
+                raise _rebase(exc, pos) from None
+            if used != len(body):
+                raise DecodeError(f"compressed term body has {len(body) - used} bytes after the term", pos)
+            return value, end
+    return decode_term(buf, pos, opts)
+
+
+def _rebase(exc: DecodeError, pos: int) -> DecodeError:
+    """The same error, located at the compressed term, with the inner offset in the text."""
+    message = f"{exc.reason} at offset {exc.offset} of the decompressed data of the compressed term"
+    if isinstance(exc, LimitExceeded):
+        new: DecodeError = LimitExceeded(exc.limit, message.split(": ", 1)[-1], pos)
+    else:
+        new = type(exc)(message, pos)
+    return new
