@@ -282,6 +282,18 @@ def _d_export(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
     return ExportFun(module, function, buf[p + 1]), p + 2
 
 
+def _d_atom(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
+    atom, end = _read_atom(buf, pos, opts)
+    if opts.python_atoms:
+        if atom is _TRUE:
+            return True, end
+        if atom is _FALSE:
+            return False, end
+        if atom is _UNDEFINED:
+            return None, end
+    return atom, end
+
+
 def _d_unsupported(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
     tag = buf[pos]
     raise UnsupportedTermError(f"unsupported term: {_UNSUPPORTED[tag]}", pos)
@@ -313,6 +325,10 @@ for _tag, _fn in (
     (T.NEWER_REFERENCE_EXT, _d_reference),
     (T.EXPORT_EXT, _d_export),
     (T.COMPRESSED, _d_misplaced_compressed),
+    (T.ATOM_EXT, _d_atom),
+    (T.SMALL_ATOM_EXT, _d_atom),
+    (T.ATOM_UTF8_EXT, _d_atom),
+    (T.SMALL_ATOM_UTF8_EXT, _d_atom),
 ):
     _SCALARS[_tag] = _fn
 for _tag in _UNSUPPORTED:

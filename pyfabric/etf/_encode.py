@@ -363,8 +363,8 @@ def encode(term: Any, compressed: bool | int = False, minor_version: int = 2) ->
     if level:
         size = len(out) - 1
         packed = zlib.compress(memoryview(out)[1:], level)
-        # OTP keeps the compressed form only when it is strictly smaller.
-        if len(packed) + 6 < len(out):
+        # OTP keeps the compressed form unless it would be larger (ties compress).
+        if len(packed) + 6 <= len(out):
             return b"\x83\x50" + size.to_bytes(4, "big") + packed
     return bytes(out)
 
