@@ -1,0 +1,665 @@
+"""The node: one Python node's process table, pid/reference allocators, registry and signal rules.
+
+Everything that involves more than one process happens here, synchronously: a send
+queues the message before returning, and an exit fires links, monitors and watchers
+before the call that caused it returns (cascades are processed iteratively, so a chain
+of a million linked processes does not recurse).
+
+Threading: a :class:`Node` belongs to the event loop that created it and is not
+thread-safe. Code on other threads (e.g. the blocking facade) must marshal every call
+onto that loop with ``loop.call_soon_threadsafe`` or ``asyncio.run_coroutine_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import platform
+import secrets
+from collections import deque
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from pyfabric.etf import Atom, Pid, Reference
+
+from ._errors import NameTaken, NoProcess, NotRegistered, ProcessError, ProcessExited
+from ._process import (
+    DEFAULT_MAX_MAILBOX,
+    DEFAULT_OVERFLOW,
+    OVERFLOW_POLICIES,
+    LocalProcess,
+    Mailbox,
+    Overflow,
+    Process,
+)
+from ._proxy import Proxy, RemoteHandle
+from ._registry import Registry, to_name
+from ._signals import (
+    DOWN,
+    EXIT,
+    NOCONNECTION,
+    NOPROC,
+    PROCESS,
+    SHUTDOWN,
+    Action,
+    exit_signal_action,
+)
+
+__all__ = ["Node", "WatchToken", "DEFAULT_CLOSE_TIMEOUT"]
+
+_log = logging.getLogger("pyfabric.runtime")
+
+_MAX_U32 = 0xFFFFFFFF
+
+DEFAULT_CLOSE_TIMEOUT = 5.0
+"""Seconds :meth:`Node.close` waits for cancelled process tasks to finish (a task that
+swallows cancellation and keeps running would otherwise block shutdown forever)."""
+
+Entry = LocalProcess | Proxy
+ExitCallback = Callable[[Pid, Any], None]
+
+
+class WatchToken:
+    """Returned by :meth:`Node.watch`; pass it to :meth:`Node.unwatch`."""
+
+    __slots__ = ("pid", "_callback", "_handle", "_done")
+
+    def __init__(self, pid: Pid, callback: ExitCallback) -> None:
+        self.pid = pid
+        self._callback = callback
+        self._handle: asyncio.Handle | None = None
+        self._done = False
+
+    def __repr__(self) -> str:
+        return f"<WatchToken pid={self.pid!r} {'fired' if self._done else 'pending'}>"
+
+
+def default_node_name() -> Atom:
+    """``py_<8 hex digits>@<short host name>``: unique per node, Erlang ``name@host`` shape."""
+    host = platform.node().split(".")[0] or "localhost"
+    return Atom(f"py_{secrets.token_hex(4)}@{host}")
+
+
+class Node:
+    """The process table of one Python node, bound to the running asyncio loop.
+
+    ``name``: the node name (``Atom`` or ``str``, ``name@host``); default
+    :func:`default_node_name`. ``creation``: the 32-bit creation stamped in every pid and
+    reference; default random non-zero, so pids of an earlier node with the same name differ.
+    ``max_mailbox`` / ``overflow``: defaults for every process's mailbox bound and overflow
+    policy (see :data:`DEFAULT_MAX_MAILBOX`, :data:`DEFAULT_OVERFLOW`).
+
+    Must be created inside a running event loop; see the module docstring on threads. Use
+    ``async with Node() as node:`` or call :meth:`close` to end every process cleanly.
+
+    Erlang rules in one place:
+
+    - ``send`` to a pid never fails: a dead or unknown pid drops the message. ``send`` to a
+      name raises :class:`NotRegistered` if no process holds it (Erlang's ``badarg``).
+    - ``link(pid)`` is symmetric and idempotent; linking to itself does nothing; linking to
+      a dead pid raises :class:`NoProcess` unless the caller traps exits, in which case it
+      gets ``(Atom('EXIT'), pid, Atom('noproc'))`` (OTP ``link/1``).
+    - When a process exits with reason R, each linked process gets an exit signal R and
+      each monitor a ``(Atom('DOWN'), ref, Atom('process'), pid, R)`` message; its name is
+      released and its watchers are called. Signal handling: :func:`exit_signal_action`.
+    - ``monitor`` on a dead pid delivers ``DOWN`` with ``noproc`` at once.
+    """
+
+    def __init__(
+        self,
+        name: Atom | str | None = None,
+        *,
+        creation: int | None = None,
+        max_mailbox: int = DEFAULT_MAX_MAILBOX,
+        overflow: Overflow = DEFAULT_OVERFLOW,
+    ) -> None:
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError("a Node must be created inside a running asyncio event loop") from None
+        if name is None:
+            node_name = default_node_name()
+        elif name.__class__ is Atom:
+            node_name = name  # type: ignore[assignment]
+        elif isinstance(name, str):
+            node_name = Atom(name)
+        else:
+            raise TypeError(f"node name must be an Atom or a str, got {type(name).__name__}")
+        local, sep, host = node_name.name.partition("@")
+        if not (local and sep and host):
+            raise ValueError(f"node name must look like name@host, got {node_name.name!r}")
+        if creation is None:
+            creation = secrets.randbelow(_MAX_U32) + 1
+        elif type(creation) is not int or not 0 <= creation <= _MAX_U32:
+            raise ValueError(f"creation must be an int in 0..2**32-1, got {creation!r}")
+        self._name: Atom = node_name
+        self._creation = creation
+        self._max_mailbox = _check_max_mailbox(max_mailbox)
+        self._overflow: Overflow = _check_overflow(overflow)
+        self._table: dict[Pid, Entry] = {}
+        self._registry = Registry()
+        self._next_id = 1
+        self._serial = 0
+        self._next_ref = 1
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._dying: deque[Entry] = deque()
+        self._propagating = False
+        self._closed = False
+
+    # -- identity and allocators -----------------------------------------------------------
+
+    @property
+    def name(self) -> Atom:
+        """This node's name."""
+        return self._name
+
+    @property
+    def creation(self) -> int:
+        """This node's creation (stamped in its pids and references)."""
+        return self._creation
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop this node runs on."""
+        return self._loop
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has started."""
+        return self._closed
+
+    def _new_pid(self) -> Pid:
+        # Pids are never reused: ids count up to 2**32-1, then the serial moves on.
+        number = self._next_id
+        if number > _MAX_U32:
+            self._serial += 1
+            number = 1
+        self._next_id = number + 1
+        return Pid(self._name, number, self._serial, self._creation)
+
+    def make_ref(self) -> Reference:
+        """A new reference of this node, unique for the node's lifetime (3 words, like Erlang)."""
+        n = self._next_ref
+        self._next_ref = n + 1
+        return Reference(self._name, self._creation, (n & 0x3FFFF, (n >> 18) & _MAX_U32, (n >> 50) & _MAX_U32))
+
+    # -- creating processes ------------------------------------------------------------------
+
+    def spawn(
+        self,
+        fn: Callable[..., Coroutine[Any, Any, Any]],
+        *args: Any,
+        link_to: Pid | None = None,
+        trap_exit: bool = False,
+        name: Atom | str | None = None,
+        max_mailbox: int | None = None,
+        overflow: Overflow | None = None,
+    ) -> Pid:
+        """Start ``async def fn(proc, *args)`` as a new process in its own task; return its pid.
+
+        ``proc`` is the new :class:`Process`. The process is alive (and can receive) as soon
+        as ``spawn`` returns; its task starts at the next loop iteration. Options are
+        applied atomically before anything runs: ``link_to`` links it with that pid
+        (like ``spawn_link`` from that process; :class:`NoProcess` if ``link_to`` is not
+        alive), ``trap_exit`` sets the flag, ``name`` registers it (:class:`NameTaken`),
+        ``max_mailbox`` / ``overflow`` override the node defaults. On any error nothing is
+        started. ``TypeError`` if ``fn(proc, *args)`` does not return an awaitable.
+        """
+        self._check_open()
+        reg_name = self._check_name_free(name)
+        link_entry = self._check_link_to(link_to)
+        pid = self._new_pid()
+        proc = Process(
+            self,
+            pid,
+            trap_exit=trap_exit,
+            max_mailbox=self._max_mailbox if max_mailbox is None else _check_max_mailbox(max_mailbox),
+            overflow=self._overflow if overflow is None else _check_overflow(overflow),
+        )
+        body = fn(proc, *args)
+        if not inspect.isawaitable(body):
+            raise TypeError(f"spawn needs an async function: {fn!r} returned {type(body).__name__}")
+        if isinstance(link_entry, Proxy):
+            try:
+                link_entry.handle.link_added(pid)
+            except BaseException:
+                _close_awaitable(body)
+                raise
+        self._commit(proc, reg_name, link_entry)
+        task = self._loop.create_task(proc._run(body), name=f"pyfabric process {pid.id}.{pid.serial}")
+        proc._task = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return pid
+
+    def mailbox(
+        self,
+        name: Atom | str | None = None,
+        *,
+        link_to: Pid | None = None,
+        trap_exit: bool = False,
+        max_mailbox: int | None = None,
+        overflow: Overflow | None = None,
+    ) -> Mailbox:
+        """A new :class:`Mailbox`: a process without a task, for code that is not a process.
+
+        Options as in :meth:`spawn`. Close it (``mb.close()``, or ``with``/``async with``)
+        when done: until then it stays in the process table.
+        """
+        self._check_open()
+        reg_name = self._check_name_free(name)
+        link_entry = self._check_link_to(link_to)
+        pid = self._new_pid()
+        box = Mailbox(
+            self,
+            pid,
+            trap_exit=trap_exit,
+            max_mailbox=self._max_mailbox if max_mailbox is None else _check_max_mailbox(max_mailbox),
+            overflow=self._overflow if overflow is None else _check_overflow(overflow),
+        )
+        if isinstance(link_entry, Proxy):
+            link_entry.handle.link_added(pid)
+        self._commit(box, reg_name, link_entry)
+        return box
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ProcessError(f"node {self._name.name} is closed")
+
+    def _check_name_free(self, name: Atom | str | None) -> Atom | None:
+        if name is None:
+            return None
+        reg_name = to_name(name)
+        holder = self._registry.whereis(reg_name)
+        if holder is not None:
+            raise NameTaken(reg_name, holder)
+        return reg_name
+
+    def _check_link_to(self, link_to: Pid | None) -> Entry | None:
+        if link_to is None:
+            return None
+        entry = self._table.get(link_to)
+        if entry is None:
+            raise NoProcess(link_to, "link a new process to it")
+        return entry
+
+    def _commit(self, proc: LocalProcess, reg_name: Atom | None, link_entry: Entry | None) -> None:
+        pid = proc.pid
+        self._table[pid] = proc
+        if reg_name is not None:
+            self._registry.register(reg_name, pid)
+        if link_entry is not None:
+            proc._links.add(link_entry.pid)
+            link_entry._links.add(pid)
+
+    # -- sending and the registry ------------------------------------------------------------
+
+    def send(self, dest: Pid | Atom | str, msg: Any) -> None:
+        """Send ``msg`` to a pid (local process or proxy) or to a registered name.
+
+        To a pid: never fails; a dead or unknown pid silently drops the message (Erlang).
+        To a name (``Atom`` or ``str``): :class:`NotRegistered` if no process holds it.
+        To a proxy: whatever its :meth:`RemoteHandle.deliver` raises propagates.
+        """
+        if dest.__class__ is Pid:
+            entry = self._table.get(dest)  # type: ignore[arg-type]
+            if entry is not None:
+                entry._deliver(msg)
+            return
+        reg_name = to_name(dest)  # type: ignore[arg-type]
+        pid = self._registry.whereis(reg_name)
+        if pid is None:
+            raise NotRegistered(reg_name)
+        self._table[pid]._deliver(msg)
+
+    def register(self, name: Atom | str, pid: Pid) -> None:
+        """Register ``pid`` (a live local process) under ``name`` (Erlang ``register/2``).
+
+        :class:`NameTaken` if the name is held or the process already has a name,
+        :class:`NoProcess` if ``pid`` is not alive, :class:`ProcessError` for a proxy (as in
+        Erlang, only local processes can be registered). The name is released when the
+        process exits.
+        """
+        reg_name = to_name(name)
+        entry = self._table.get(pid)
+        if entry is None:
+            raise NoProcess(pid, f"register {reg_name.name!r}")
+        if isinstance(entry, Proxy):
+            raise ProcessError(f"cannot register {reg_name.name!r}: {pid!r} is a proxy for a remote process")
+        self._registry.register(reg_name, pid)
+
+    def unregister(self, name: Atom | str) -> None:
+        """Remove a registered name; :class:`NotRegistered` if no process holds it."""
+        self._registry.unregister(to_name(name))
+
+    def whereis(self, name: Atom | str) -> Pid | None:
+        """The pid registered under ``name``, or ``None``."""
+        return self._registry.whereis(to_name(name))
+
+    def registered(self) -> list[Atom]:
+        """All registered names."""
+        return self._registry.names()
+
+    def is_alive(self, pid: Pid) -> bool:
+        """True if ``pid`` is a live local process or a live proxy of this node."""
+        return pid in self._table
+
+    def processes(self) -> list[Pid]:
+        """The pids of all live local processes and proxies."""
+        return list(self._table)
+
+    # -- links, monitors, exit/2 (called through LocalProcess) -------------------------------
+
+    def _link(self, proc: LocalProcess, pid: Pid) -> None:
+        if not proc._alive:
+            raise ProcessExited(proc.pid, proc._exit_reason)
+        if pid == proc.pid or pid in proc._links:
+            return
+        target = self._table.get(pid)
+        if target is None:
+            if proc.trap_exit:
+                proc._deliver((EXIT, pid, NOPROC))
+                return
+            raise NoProcess(pid, "link")
+        if isinstance(target, Proxy):
+            target.handle.link_added(proc.pid)
+            if not (target._alive and proc._alive):  # the handle broke the no-reentry rule
+                return
+        proc._links.add(pid)
+        target._links.add(proc.pid)
+
+    def _unlink(self, proc: LocalProcess, pid: Pid) -> None:
+        if pid not in proc._links:
+            return
+        target = self._table.get(pid)
+        if isinstance(target, Proxy):
+            target.handle.link_removed(proc.pid)
+        proc._links.discard(pid)
+        if target is not None:
+            target._links.discard(proc.pid)
+
+    def _monitor(self, proc: LocalProcess, pid: Pid) -> Reference:
+        if not proc._alive:
+            raise ProcessExited(proc.pid, proc._exit_reason)
+        ref = self.make_ref()
+        target = self._table.get(pid)
+        if target is None:
+            proc._deliver((DOWN, ref, PROCESS, pid, NOPROC))
+            return ref
+        proc._monitors[ref] = pid
+        target._monitored_by[ref] = proc.pid
+        return ref
+
+    def _demonitor(self, proc: LocalProcess, ref: Reference, flush: bool) -> bool:
+        pid = proc._monitors.pop(ref, None)
+        if pid is not None:
+            target = self._table.get(pid)
+            if target is not None:
+                target._monitored_by.pop(ref, None)
+        if flush:
+            proc._flush_down(ref)
+        return pid is not None
+
+    def _exit2(self, proc: LocalProcess, pid: Pid, reason: Any) -> None:
+        if not proc._alive:
+            raise ProcessExited(proc.pid, proc._exit_reason)
+        target = self._table.get(pid)
+        if target is None:
+            return
+        if isinstance(target, Proxy):
+            target.handle.exit_signal(proc.pid, reason)
+            return
+        self._signal(target, proc.pid, reason, via_link=False)
+
+    def _signal(self, target: LocalProcess, from_pid: Pid, reason: Any, *, via_link: bool) -> None:
+        """Deliver an exit signal to a live local process."""
+        action, value = exit_signal_action(
+            reason, via_link=via_link, trapping=target.trap_exit, from_self=from_pid == target.pid
+        )
+        if action is Action.MESSAGE:
+            target._deliver((EXIT, from_pid, value))
+        elif action is Action.EXIT:
+            self._terminate(target, value)
+
+    # -- exits -----------------------------------------------------------------------------
+
+    def _terminate(self, entry: Entry, reason: Any) -> None:
+        """End ``entry`` with ``reason`` now; fire its links, monitors and watchers."""
+        if not entry._alive:
+            return
+        entry._alive = False
+        entry._exit_reason = reason
+        pid = entry.pid
+        del self._table[pid]
+        self._registry.release(pid)
+        entry._stopped()
+        self._dying.append(entry)
+        if self._propagating:
+            return  # the outer call's loop below will get to it
+        self._propagating = True
+        try:
+            while self._dying:
+                dead = self._dying.popleft()
+                try:
+                    self._propagate(dead)
+                except Exception:
+                    _log.exception("internal error while propagating the exit of %r", dead)
+        finally:
+            self._propagating = False
+
+    def _propagate(self, dead: Entry) -> None:
+        pid = dead.pid
+        reason = dead._exit_reason
+        table = self._table
+        links, dead._links = dead._links, set()
+        for other_pid in links:
+            other = table.get(other_pid)
+            if other is None:
+                continue
+            other._links.discard(pid)
+            if isinstance(other, LocalProcess):
+                self._signal(other, pid, reason, via_link=True)
+            # A proxy only loses the link: the remote side learns of this exit from the
+            # DEAD notice for the exported pid (docs/protocol.md 5.2).
+        monitored_by, dead._monitored_by = dead._monitored_by, {}
+        for ref, watcher_pid in monitored_by.items():
+            watcher = table.get(watcher_pid)
+            if isinstance(watcher, LocalProcess):
+                watcher._monitors.pop(ref, None)
+                watcher._deliver((DOWN, ref, PROCESS, pid, reason))
+        if isinstance(dead, LocalProcess):
+            monitors, dead._monitors = dead._monitors, {}
+            for ref, target_pid in monitors.items():
+                target = table.get(target_pid)
+                if target is not None:
+                    target._monitored_by.pop(ref, None)
+        watchers, dead._watchers = dead._watchers, None
+        if watchers:
+            for token, callback in watchers.items():
+                token._done = True
+                _call_watcher(callback, pid, reason)
+
+    # -- watchers (for the transport: DEAD notices) ----------------------------------------
+
+    def watch(self, pid: Pid, callback: ExitCallback) -> WatchToken:
+        """Call ``callback(pid, reason)`` once when ``pid`` exits; return a token for :meth:`unwatch`.
+
+        For a live process the callback runs synchronously inside the exit (so, for
+        example, a DEAD notice is queued after every message the process sent). For a pid
+        that is already dead or never existed it is scheduled with ``loop.call_soon`` and
+        reason ``noproc`` (never called from inside ``watch``). Exceptions raised by the
+        callback are logged and swallowed.
+        """
+        token = WatchToken(pid, callback)
+        entry = self._table.get(pid)
+        if entry is None:
+            token._handle = self._loop.call_soon(self._fire_noproc, token)
+        else:
+            if entry._watchers is None:
+                entry._watchers = {}
+            entry._watchers[token] = callback
+        return token
+
+    def _fire_noproc(self, token: WatchToken) -> None:
+        token._done = True
+        token._handle = None
+        _call_watcher(token._callback, token.pid, NOPROC)
+
+    def unwatch(self, token: WatchToken) -> bool:
+        """Cancel a watch; True if the callback had not been called yet (and now never will be)."""
+        if token._done:
+            return False
+        token._done = True
+        if token._handle is not None:
+            token._handle.cancel()
+            token._handle = None
+            return True
+        entry = self._table.get(token.pid)
+        if entry is not None and entry._watchers:
+            entry._watchers.pop(token, None)
+        return True
+
+    # -- proxies (for the transport) --------------------------------------------------------
+
+    def new_proxy(self, handle: RemoteHandle) -> Pid:
+        """Create a proxy for a remote process; return its new pid (of this node).
+
+        Everything sent to the pid goes to ``handle.deliver``; see :class:`RemoteHandle`.
+        The transport keeps one proxy per remote process (so the same remote process is
+        always the same pid) and ends it with :meth:`terminate_proxy`.
+        """
+        self._check_open()
+        if not isinstance(handle, RemoteHandle):
+            raise TypeError(f"handle must implement RemoteHandle, got {type(handle).__name__}")
+        pid = self._new_pid()
+        self._table[pid] = Proxy(pid, handle)
+        return pid
+
+    def proxy_handle(self, pid: Pid) -> RemoteHandle | None:
+        """The handle of the live proxy ``pid``, or ``None`` (not a proxy, or ended)."""
+        entry = self._table.get(pid)
+        return entry.handle if isinstance(entry, Proxy) else None
+
+    def terminate_proxy(self, pid: Pid, reason: Any) -> bool:
+        """End proxy ``pid`` with ``reason`` (its DEAD arrived, or ``noconnection``).
+
+        Local links and monitors fire with ``reason`` exactly as for a local exit. Returns
+        False if the proxy had already ended or never existed (a duplicate DEAD: ignore
+        it); :class:`ProcessError` if ``pid`` is a local process.
+        """
+        entry = self._table.get(pid)
+        if entry is None:
+            return False
+        if not isinstance(entry, Proxy):
+            raise ProcessError(f"terminate_proxy: {pid!r} is a local process, not a proxy")
+        self._terminate(entry, reason)
+        return True
+
+    def remote_link(self, proxy_pid: Pid, local_pid: Pid) -> bool:
+        """A ``{link, A, B}`` frame arrived: link local process B with the proxy for A.
+
+        The handle is not called (the remote side made the link). Returns False, doing
+        nothing, if B is not a live local process (its DEAD is on its way) or the proxy has
+        ended.
+        """
+        proxy = self._table.get(proxy_pid)
+        local = self._table.get(local_pid)
+        if not isinstance(proxy, Proxy) or not isinstance(local, LocalProcess):
+            return False
+        proxy._links.add(local_pid)
+        local._links.add(proxy_pid)
+        return True
+
+    def remote_unlink(self, proxy_pid: Pid, local_pid: Pid) -> bool:
+        """An ``{unlink, A, B}`` frame arrived: remove that link (without calling the handle).
+
+        Returns True if there was such a link.
+        """
+        proxy = self._table.get(proxy_pid)
+        local = self._table.get(local_pid)
+        if not isinstance(proxy, Proxy) or not isinstance(local, LocalProcess):
+            return False
+        if local_pid not in proxy._links:
+            return False
+        proxy._links.discard(local_pid)
+        local._links.discard(proxy_pid)
+        return True
+
+    def remote_exit(self, proxy_pid: Pid, local_pid: Pid, reason: Any) -> bool:
+        """An ``{exit2, A, B, Reason}`` frame arrived: ``exit(B, Reason)`` sent by the proxy for A.
+
+        Applies ``exit/2`` rules on B (``kill`` kills it with ``killed``; a trapping B gets
+        ``(Atom('EXIT'), proxy_pid, Reason)``). Returns False (ignored) if B is not a live
+        local process.
+        """
+        local = self._table.get(local_pid)
+        if not isinstance(local, LocalProcess):
+            return False
+        self._signal(local, proxy_pid, reason, via_link=False)
+        return True
+
+    # -- shutdown --------------------------------------------------------------------------
+
+    async def close(self, timeout: float | None = DEFAULT_CLOSE_TIMEOUT) -> None:
+        """End everything: local processes exit with ``shutdown`` (untrappable here), then
+        proxies end with ``noconnection``; wait up to ``timeout`` s for the process tasks.
+
+        Links, monitors and watchers fire as usual while this happens. Afterwards
+        ``spawn``, ``mailbox`` and ``new_proxy`` raise :class:`ProcessError`; sends are dropped.
+        Calling it again waits for any task still running. A process may call it: its own
+        task is not waited for.
+        """
+        self._closed = True
+        for entry in list(self._table.values()):
+            if isinstance(entry, LocalProcess):
+                self._terminate(entry, SHUTDOWN)
+        for entry in list(self._table.values()):
+            self._terminate(entry, NOCONNECTION)
+        current = asyncio.current_task()
+        tasks = [task for task in self._tasks if task is not current]
+        if not tasks:
+            return
+        _done, pending = await asyncio.wait(tasks, timeout=timeout)
+        if pending:
+            _log.warning(
+                "node %s closed with %d process task(s) still running after %s s (they ignored cancellation): %s",
+                self._name.name,
+                len(pending),
+                timeout,
+                ", ".join(task.get_name() for task in pending),
+            )
+
+    async def __aenter__(self) -> Node:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<Node {self._name.name} creation={self._creation} processes={len(self._table)}>"
+
+
+def _call_watcher(callback: ExitCallback, pid: Pid, reason: Any) -> None:
+    try:
+        callback(pid, reason)
+    except Exception:
+        _log.exception("exit watcher %r for %r raised", callback, pid)
+
+
+def _close_awaitable(body: Any) -> None:
+    close = getattr(body, "close", None)
+    if close is not None:
+        close()
+
+
+def _check_max_mailbox(value: int) -> int:
+    if type(value) is not int or value < 1:
+        raise ValueError(f"max_mailbox must be a positive int, got {value!r}")
+    return value
+
+
+def _check_overflow(value: str) -> Overflow:
+    if value not in OVERFLOW_POLICIES:
+        raise ValueError(f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}; got {value!r}")
+    return value  # type: ignore[return-value]

@@ -1,0 +1,485 @@
+"""Local processes: the mailbox, selective receive and the per-process API.
+
+:class:`LocalProcess` holds everything a process owns (its queue, links, monitors, flags);
+the rules that involve other processes (signals, links, monitors, exits) live in
+:class:`~pyfabric.runtime.Node`, which this module calls back. :class:`Process` is a
+process that runs a coroutine in an asyncio task; :class:`Mailbox` is a process without
+a task, held and driven by ordinary code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from pyfabric.etf import Atom, Pid, Reference
+
+from ._errors import ProcessError, ProcessExit, ProcessExited, ReceiveTimeout
+from ._match import Matcher, compile_match
+from ._signals import DOWN, KILLED, MAILBOX_OVERFLOW, NORMAL, crash_reason
+
+if TYPE_CHECKING:
+    from ._node import Node
+
+__all__ = [
+    "LocalProcess",
+    "Process",
+    "Mailbox",
+    "ProcessStatistics",
+    "Overflow",
+    "OVERFLOW_POLICIES",
+    "DEFAULT_MAX_MAILBOX",
+    "DEFAULT_OVERFLOW",
+]
+
+_log = logging.getLogger("pyfabric.runtime")
+
+Overflow = Literal["exit", "drop_new", "drop_old"]
+OVERFLOW_POLICIES: tuple[str, ...] = ("exit", "drop_new", "drop_old")
+
+DEFAULT_MAX_MAILBOX = 100_000
+"""Default bound of a mailbox, in messages.
+
+Erlang mailboxes are unbounded; ours are not, so that a fast remote sender cannot exhaust
+the Python node's memory. The value holds about one second of traffic at the 100k msg/s
+target, far more than any burst a live receiver lets accumulate, so reaching it means the
+receiver is stuck or far too slow, which the overflow policy then makes visible.
+"""
+
+DEFAULT_OVERFLOW: Overflow = "exit"
+"""Default overflow policy: the process exits with reason ``mailbox_overflow``.
+
+Like Erlang's ``max_heap_size`` kill, this turns an overloaded receiver into an ordinary,
+observable process exit (links and monitors fire, a ``Mailbox`` raises
+:class:`ProcessExited` on its next receive) instead of silently losing messages.
+``"drop_new"`` (discard the incoming message) and ``"drop_old"`` (discard the oldest queued
+message) are the alternatives; both log a warning once per overflow episode.
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessStatistics:
+    """A snapshot of one process, from :meth:`LocalProcess.statistics`."""
+
+    pid: Pid
+    alive: bool
+    exit_reason: Any
+    queued: int
+    max_mailbox: int
+    overflow: str
+    received: int
+    """Messages accepted into the mailbox so far (dropped ones excluded)."""
+    dropped: int
+    """Messages lost to the overflow policy so far."""
+    links: int
+    monitors: int
+    """Monitors this process holds on others."""
+    monitored_by: int
+    trap_exit: bool
+    registered_name: Atom | None
+
+
+class LocalProcess:
+    """The process API shared by :class:`Process` and :class:`Mailbox`.
+
+    A local process has a ``pid``, a bounded mailbox with selective :meth:`receive`, links,
+    monitors, a ``trap_exit`` flag and at most one registered name. All methods must be
+    called on the node's event loop (the runtime is not thread-safe).
+
+    Once the process has exited, ``receive``, ``link``, ``monitor``, ``exit`` and
+    ``register`` raise :class:`ProcessExited`; ``send`` still works (it does not depend on
+    the sender), and ``unlink`` / ``demonitor`` are no-ops.
+    """
+
+    __slots__ = (
+        "node",
+        "pid",
+        "_queue",
+        "_waiter",
+        "_receiving",
+        "_max",
+        "_overflow",
+        "_overflow_warned",
+        "trap_exit",
+        "_links",
+        "_monitors",
+        "_monitored_by",
+        "_watchers",
+        "_alive",
+        "_exit_reason",
+        "_epoch",
+        "_head_drops",
+        "_received",
+        "_dropped",
+    )
+
+    def __init__(self, node: Node, pid: Pid, *, trap_exit: bool, max_mailbox: int, overflow: Overflow) -> None:
+        self.node = node
+        """The :class:`Node` this process lives on."""
+        self.pid = pid
+        """This process's pid."""
+        self.trap_exit = bool(trap_exit)
+        """When true, exit signals (except ``exit(pid, kill)``) arrive as
+        ``(Atom('EXIT'), from_pid, reason)`` messages instead of ending the process."""
+        self._queue: deque[Any] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._receiving = False
+        self._max = max_mailbox
+        self._overflow = overflow
+        self._overflow_warned = False
+        self._links: set[Pid] = set()
+        self._monitors: dict[Reference, Pid] = {}
+        self._monitored_by: dict[Reference, Pid] = {}
+        self._watchers: dict[Any, Callable[[Pid, Any], None]] | None = None
+        self._alive = True
+        self._exit_reason: Any = None
+        # Bumped when messages are removed from the middle of the queue by anything other
+        # than the running receive (demonitor flush), so a waiting receive rescans.
+        self._epoch = 0
+        # Messages removed from the head by "drop_old", so a waiting receive can shift the
+        # position it has already scanned up to instead of rescanning.
+        self._head_drops = 0
+        self._received = 0
+        self._dropped = 0
+
+    # -- state -------------------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        """True until the process exits."""
+        return self._alive
+
+    @property
+    def exit_reason(self) -> Any:
+        """The exit reason once the process has exited, else ``None``."""
+        return self._exit_reason
+
+    @property
+    def registered_name(self) -> Atom | None:
+        """The name this process is registered under, or ``None``."""
+        return self.node._registry.name_of(self.pid)
+
+    def qsize(self) -> int:
+        """Number of messages queued in the mailbox."""
+        return len(self._queue)
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def __bool__(self) -> bool:  # __len__ must not make an empty mailbox falsy
+        return True
+
+    def statistics(self) -> ProcessStatistics:
+        """A snapshot of this process's counters and state."""
+        return ProcessStatistics(
+            pid=self.pid,
+            alive=self._alive,
+            exit_reason=self._exit_reason,
+            queued=len(self._queue),
+            max_mailbox=self._max,
+            overflow=self._overflow,
+            received=self._received,
+            dropped=self._dropped,
+            links=len(self._links),
+            monitors=len(self._monitors),
+            monitored_by=len(self._monitored_by),
+            trap_exit=self.trap_exit,
+            registered_name=self.registered_name,
+        )
+
+    def __repr__(self) -> str:
+        state = "alive" if self._alive else f"exited {self._exit_reason!r}"
+        return f"<{type(self).__name__} {self.pid.node.name}.{self.pid.id}.{self.pid.serial} {state}>"
+
+    # -- the process API (delegates the cross-process rules to the node) ----------------
+
+    def send(self, dest: Pid | Atom | str, msg: Any) -> None:
+        """Send ``msg`` to a pid or a registered name; see :meth:`Node.send`."""
+        self.node.send(dest, msg)
+
+    def link(self, pid: Pid) -> None:
+        """Link this process with ``pid`` (Erlang ``link/1``); see :meth:`Node` docs for rules."""
+        self.node._link(self, pid)
+
+    def unlink(self, pid: Pid) -> None:
+        """Remove the link with ``pid`` if there is one (Erlang ``unlink/1``)."""
+        self.node._unlink(self, pid)
+
+    def monitor(self, pid: Pid) -> Reference:
+        """Monitor ``pid``; when it exits this process gets
+        ``(Atom('DOWN'), ref, Atom('process'), pid, reason)`` (``noproc`` if already dead)."""
+        return self.node._monitor(self, pid)
+
+    def demonitor(self, ref: Reference, flush: bool = False) -> bool:
+        """Remove the monitor ``ref``; with ``flush`` also drop its queued ``DOWN`` message.
+
+        Returns True if the monitor was active (like ``demonitor(Ref, [info])``), False if it
+        had already fired or was unknown.
+        """
+        return self.node._demonitor(self, ref, flush)
+
+    def exit(self, pid: Pid, reason: Any) -> None:
+        """Send an exit signal to ``pid`` (Erlang ``exit/2``); see :func:`exit_signal_action`."""
+        self.node._exit2(self, pid, reason)
+
+    def register(self, name: Atom | str) -> None:
+        """Register this process under ``name`` (see :meth:`Node.register`)."""
+        if not self._alive:
+            raise ProcessExited(self.pid, self._exit_reason)
+        self.node.register(name, self.pid)
+
+    # -- mailbox -----------------------------------------------------------------------
+
+    def _deliver(self, msg: Any) -> None:
+        """Queue ``msg`` (the hot path of every send) and wake a waiting receive."""
+        if not self._alive:
+            return
+        queue = self._queue
+        if len(queue) >= self._max:
+            self._overflowed(msg)
+            return
+        queue.append(msg)
+        self._received += 1
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _overflowed(self, msg: Any) -> None:
+        self._dropped += 1
+        policy = self._overflow
+        if policy == "exit":
+            _log.warning(
+                "mailbox of %r is full (%d messages): the process exits with reason mailbox_overflow",
+                self,
+                self._max,
+            )
+            self.node._terminate(self, MAILBOX_OVERFLOW)
+            return
+        if policy == "drop_old":
+            self._queue.popleft()
+            self._head_drops += 1
+            self._queue.append(msg)
+            self._received += 1
+            self._wake()
+        if not self._overflow_warned:
+            self._overflow_warned = True
+            _log.warning(
+                "mailbox of %r is full (%d messages): %s (logged once until the mailbox drains to half)",
+                self,
+                self._max,
+                "dropping the oldest queued messages" if policy == "drop_old" else "dropping new messages",
+            )
+
+    def _take(self, index: int) -> Any:
+        queue = self._queue
+        if index == 0:
+            msg = queue.popleft()
+        else:
+            msg = queue[index]
+            del queue[index]
+        if self._overflow_warned and len(queue) <= self._max >> 1:
+            self._overflow_warned = False
+        return msg
+
+    async def receive(self, match: Any = None, timeout: float | None = None) -> Any:
+        """Return the first queued message that matches; wait for one if none does.
+
+        ``match`` is ``None`` (any message), a predicate ``msg -> bool``, a type, or a
+        pattern built from :data:`ANY`, types, tuples, lists, dicts and values (see
+        :func:`pyfabric.runtime._match._compile_pattern` for the exact rules). Messages
+        that do not match stay queued, in order. Messages already checked are not checked
+        again while waiting for new ones (a predicate should be pure).
+
+        ``timeout`` is in seconds; ``None`` waits forever and ``0`` only looks at what is
+        queued. On timeout :class:`ReceiveTimeout` (a ``TimeoutError``) is raised.
+        Raises :class:`ProcessExited` if the process has exited or exits while waiting,
+        and :class:`ProcessError` if another receive on this process is already waiting.
+        """
+        if not self._alive:
+            raise ProcessExited(self.pid, self._exit_reason)
+        matcher = compile_match(match)
+        queue = self._queue
+        if matcher is None:
+            if queue:
+                return self._take(0)
+        else:
+            index = _find(queue, matcher, 0)
+            if index >= 0:
+                return self._take(index)
+        if timeout is not None and timeout <= 0:
+            raise ReceiveTimeout(timeout)
+        return await self._wait(matcher, timeout, len(queue))
+
+    async def _wait(self, matcher: Matcher | None, timeout: float | None, scanned: int) -> Any:
+        if self._receiving:
+            raise ProcessError(f"{self!r}: another receive is already waiting on this process")
+        self._receiving = True
+        loop = self.node._loop
+        timed_out = False
+        timer: asyncio.TimerHandle | None = None
+        if timeout is not None:
+
+            def on_timeout() -> None:
+                nonlocal timed_out
+                timed_out = True
+                self._wake()
+
+            timer = loop.call_later(timeout, on_timeout)
+        queue = self._queue
+        epoch = self._epoch
+        head_drops = self._head_drops
+        try:
+            while True:
+                waiter = loop.create_future()
+                self._waiter = waiter
+                await waiter
+                if not self._alive:
+                    raise ProcessExited(self.pid, self._exit_reason)
+                if self._epoch != epoch:
+                    epoch = self._epoch
+                    scanned = 0
+                elif self._head_drops != head_drops:
+                    scanned = max(0, scanned - (self._head_drops - head_drops))
+                head_drops = self._head_drops
+                if matcher is None:
+                    if queue:
+                        return self._take(0)
+                else:
+                    index = _find(queue, matcher, scanned)
+                    if index >= 0:
+                        return self._take(index)
+                    scanned = len(queue)
+                if timed_out:
+                    raise ReceiveTimeout(timeout)  # type: ignore[arg-type]
+        finally:
+            self._receiving = False
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    def _flush_down(self, ref: Reference) -> None:
+        """Drop queued ``DOWN`` messages of monitor ``ref`` (``demonitor(ref, flush=True)``)."""
+        queue = self._queue
+        kept = [
+            m
+            for m in queue
+            if not (m.__class__ is tuple and len(m) == 5 and m[0] == DOWN and m[1] == ref)
+        ]
+        if len(kept) != len(queue):
+            queue.clear()
+            queue.extend(kept)
+            self._epoch += 1
+
+    # -- exit ----------------------------------------------------------------------------
+
+    def _stopped(self) -> None:
+        """Called by the node once this process is dead: drop the queue, wake the receiver."""
+        self._queue.clear()
+        self._wake()
+
+
+def _find(queue: deque[Any], matcher: Matcher, start: int) -> int:
+    """Index of the first message at or after ``start`` that matches, or -1."""
+    index = start
+    for msg in itertools.islice(queue, start, None) if start else queue:
+        if matcher(msg):
+            return index
+        index += 1
+    return -1
+
+
+class Mailbox(LocalProcess):
+    """A process without a task: a pid and a mailbox that ordinary code holds and drives.
+
+    Create with :meth:`Node.mailbox`. It receives messages, links, monitors and exit
+    signals exactly like a :class:`Process`. It ends with :meth:`close` (reason ``normal``
+    by default) or when an exit signal kills it; then ``receive`` raises
+    :class:`ProcessExited`. Usable as a (sync or async) context manager that closes it.
+    """
+
+    __slots__ = ()
+
+    def close(self, reason: Any = NORMAL) -> None:
+        """End the mailbox with ``reason`` (links and monitors fire); no-op if already ended."""
+        if self._alive:
+            self.node._terminate(self, reason)
+
+    def __enter__(self) -> Mailbox:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Mailbox:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class Process(LocalProcess):
+    """A process running ``async def fn(proc, *args)`` in its own asyncio task.
+
+    ``proc`` (this object) is passed to ``fn``. The process ends when ``fn`` returns
+    (reason ``normal``), raises :class:`ProcessExit` (its reason), raises any other
+    exception (reason ``(Atom('python_error'), 'TypeName', 'message')``, and an ERROR crash
+    report is logged with the traceback) or is killed by an exit signal (its task is
+    cancelled; a bare cancellation from outside counts as ``killed``).
+
+    An exit signal ends the process at once (links, monitors and watchers fire
+    immediately); its task is cancelled and sees ``CancelledError`` at its next ``await``.
+    """
+
+    __slots__ = ("_task",)
+
+    def __init__(self, node: Node, pid: Pid, *, trap_exit: bool, max_mailbox: int, overflow: Overflow) -> None:
+        super().__init__(node, pid, trap_exit=trap_exit, max_mailbox=max_mailbox, overflow=overflow)
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self, body: Awaitable[Any]) -> None:
+        """The task's coroutine: run the body, then turn how it ended into an exit reason."""
+        try:
+            await body
+        except ProcessExit as exc:
+            reason = exc.reason
+        except asyncio.CancelledError:
+            # Killed by a signal (already dead), or cancelled from outside (e.g. the loop
+            # shutting down): the process ends with `killed` either way. The cancellation is
+            # not re-raised: the task belongs to the runtime and ends here.
+            reason = KILLED
+        except Exception as exc:
+            if not self._alive:
+                return  # e.g. ProcessExited raised by a receive after a kill
+            reason = crash_reason(exc)
+            _log.error(
+                "process %s crashed with reason %r", _fmt(self.pid), reason, exc_info=exc
+            )
+        else:
+            reason = NORMAL
+        self._task = None  # ending by itself: nothing to cancel
+        if self._alive:
+            self.node._terminate(self, reason)
+
+    def _stopped(self) -> None:
+        super()._stopped()
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+
+
+def _fmt(pid: Pid) -> str:
+    return f"<{pid.node.name}.{pid.id}.{pid.serial}>"

@@ -1,0 +1,87 @@
+"""Proxies: local stand-ins for remote processes, driven by a transport's :class:`RemoteHandle`.
+
+A proxy is an entry in the node's process table with a pid of this node. Sending to it,
+linking to it and ``exit/2`` on it are forwarded to its handle; monitors on it are purely
+local. It ends only when the transport calls :meth:`Node.terminate_proxy` (the remote
+process's ``DEAD`` arrived, or the connection is lost for good: ``noconnection``), which
+fires local links and monitors exactly like a local exit (docs/protocol.md 4.3, 4.4, 5.2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, Protocol, runtime_checkable
+
+from pyfabric.etf import Pid, Reference
+
+__all__ = ["RemoteHandle", "Proxy"]
+
+
+@runtime_checkable
+class RemoteHandle(Protocol):
+    """What the runtime asks of a transport for one remote process (one proxy).
+
+    The runtime calls these methods synchronously, on the event loop, from inside a
+    ``send`` / ``link`` / ``unlink`` / ``exit`` call of a local process. They must not block
+    and should only queue frames; they must not call back into the :class:`Node`
+    synchronously (schedule such work with ``loop.call_soon``). An exception raised by a
+    method propagates to the local caller, and the local state is left unchanged (for
+    ``deliver``: the message is not sent; for ``link_added``: no link is made).
+    """
+
+    def deliver(self, msg: Any) -> None:
+        """Something was sent to the proxy: send ``{m, Id, Payload}`` to the remote process.
+
+        May raise the transport's own typed error when ``msg`` cannot be carried by this
+        peer (e.g. a map to a legacy peer); ``send`` then raises it.
+        """
+
+    def link_added(self, local_pid: Pid) -> None:
+        """A local process linked the proxy: send ``{link, A, B}`` (A = ``local_pid``)."""
+
+    def link_removed(self, local_pid: Pid) -> None:
+        """A local process unlinked the proxy: send ``{unlink, A, B}``.
+
+        Not called when the link ends because either side exited: the remote side learns of
+        a local exit from the ``DEAD`` notice of the exported local process (sending an
+        unlink then would wrongly cancel that signal).
+        """
+
+    def exit_signal(self, from_pid: Pid, reason: Any) -> None:
+        """Local ``exit(proxy, reason)`` by ``from_pid``: send ``{exit2, A, B, Reason}``.
+
+        The proxy itself is unaffected (even by ``kill``): it ends when the remote process's
+        ``DEAD`` arrives.
+        """
+
+
+_NO_MONITORS: Mapping[Reference, Pid] = MappingProxyType({})
+
+
+class Proxy:
+    """The process-table entry of a remote process (internal; users only see its pid)."""
+
+    __slots__ = ("pid", "handle", "_links", "_monitored_by", "_watchers", "_alive", "_exit_reason")
+
+    trap_exit = False
+    _monitors = _NO_MONITORS  # a proxy never monitors anything itself
+
+    def __init__(self, pid: Pid, handle: RemoteHandle) -> None:
+        self.pid = pid
+        self.handle = handle
+        self._links: set[Pid] = set()
+        self._monitored_by: dict[Reference, Pid] = {}
+        self._watchers: dict[Any, Callable[[Pid, Any], None]] | None = None
+        self._alive = True
+        self._exit_reason: Any = None
+
+    def _deliver(self, msg: Any) -> None:
+        self.handle.deliver(msg)
+
+    def _stopped(self) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        state = "alive" if self._alive else f"exited {self._exit_reason!r}"
+        return f"<Proxy {self.pid.node.name}.{self.pid.id}.{self.pid.serial} {state} via {self.handle!r}>"
