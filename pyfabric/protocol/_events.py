@@ -1,0 +1,224 @@
+"""Events returned by :meth:`Connection.next_event` (frozen, slotted, compared by value).
+
+Every event is something the peer did (or the handshake concluded); commands our own
+caller issues never produce events, only bytes in :meth:`Connection.data_to_send`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..etf import Atom, Pid
+from ._errors import AuthenticationError, ProtocolError, RemoteProtocolError
+
+__all__ = [
+    "Event",
+    "NEED_DATA",
+    "HandshakeComplete",
+    "AuthFailed",
+    "ProxyCreated",
+    "MessageReceived",
+    "ProxyDied",
+    "DeadPidSubstituted",
+    "LinkRequested",
+    "UnlinkRequested",
+    "ExitSignalReceived",
+    "WhereisRequested",
+    "WhereisReplied",
+    "HeartbeatReceived",
+    "HeartbeatAcked",
+    "PeerError",
+    "FrameDropped",
+    "ConnectionClosed",
+]
+
+
+class _Sentinel:
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+NEED_DATA = _Sentinel("NEED_DATA")
+"""Returned by ``next_event()`` when no event is pending: feed more bytes (or, once the
+connection is closed, stop asking)."""
+
+
+class Event:
+    """Base class of every event."""
+
+    __slots__ = ()
+
+
+_ev = dataclass(frozen=True, slots=True)
+
+
+@_ev
+class HandshakeComplete(Event):
+    """Authentication succeeded; the connection is established.
+
+    ``mode`` is ``"legacy"`` (an original peer, or ours with legacy auth) or
+    ``"extended"``. ``features`` are the agreed feature names (empty for legacy).
+    ``peer_max_frame`` / ``peer_heartbeat`` (ms, 0 = none) are what the peer announced
+    (legacy: our defaults, 0). ``session_id`` is set when ``session`` was agreed;
+    ``resumed`` says whether an earlier session (its id tables) was resumed.
+    """
+
+    mode: str
+    version: int
+    features: frozenset[str]
+    peer_node: Atom | None
+    session_id: bytes | None
+    resumed: bool
+    peer_max_frame: int
+    peer_heartbeat: int
+
+
+@_ev
+class AuthFailed(Event):
+    """The handshake failed; a ``ConnectionClosed`` follows. ``error`` is what a transport
+    raises to its user (on the client: e.g. "the server is an original (MD5-only) peer")."""
+
+    error: AuthenticationError
+
+    @property
+    def message(self) -> str:
+        return self.error.message
+
+
+@_ev
+class ProxyCreated(Event):
+    """The peer named its process ``remote_id`` for the first time; ``pid`` (made by the
+    ``new_proxy_pid`` callback) stands for it from now on. Emitted before the event that
+    carries the pid."""
+
+    pid: Pid
+    remote_id: int
+
+
+@_ev
+class MessageReceived(Event):
+    """``{m, Dest, Payload}`` with ``Dest`` resolved: a local ``Pid`` (integer Dest) or a
+    registered-name ``Atom`` that passed the name policy (``node`` is the ``Node`` of a
+    ``{Name, Node}`` Dest, else None). The runtime drops messages to unregistered names."""
+
+    dest: Pid | Atom
+    payload: Any
+    node: Atom | None = None
+
+
+@_ev
+class ProxyDied(Event):
+    """The peer's process behind ``pid`` ended with ``reason`` (a DEAD frame, or the
+    connection/session was lost for good: ``reason`` is ``noconnection``)."""
+
+    pid: Pid
+    remote_id: int
+    reason: Any
+
+
+@_ev
+class DeadPidSubstituted(Event):
+    """The peer sent ``{pl, local_id}`` for an id we never issued (or that ended); ``pid``
+    (from the ``new_dead_pid`` callback) was put in its place. Informational."""
+
+    local_id: int
+    pid: Pid
+
+
+@_ev
+class LinkRequested(Event):
+    """``{link, A, B}``: link local process ``local_pid`` with ``proxy_pid``."""
+
+    proxy_pid: Pid
+    local_pid: Pid
+
+
+@_ev
+class UnlinkRequested(Event):
+    """``{unlink, A, B}``: remove the link between ``local_pid`` and ``proxy_pid``."""
+
+    proxy_pid: Pid
+    local_pid: Pid
+
+
+@_ev
+class ExitSignalReceived(Event):
+    """``{exit2, A, B, Reason}``: ``exit(to_local, reason)`` called by the peer's process."""
+
+    from_proxy: Pid
+    to_local: Pid
+    reason: Any
+
+
+@_ev
+class WhereisRequested(Event):
+    """The peer asks for ``name`` (already allowed by the name policy). Answer with
+    ``Connection.reply_whereis(req_id, pid_or_None)``."""
+
+    req_id: int
+    name: Atom
+
+
+@_ev
+class WhereisReplied(Event):
+    """Answer to our ``whereis(name)``; ``pid`` is a proxy, or None (not allowed or not
+    registered: the wire does not tell which)."""
+
+    req_id: int
+    pid: Pid | None
+
+
+@_ev
+class HeartbeatReceived(Event):
+    """``{heartbeat, N}`` arrived; the ack is already queued in ``data_to_send()``."""
+
+    n: int
+
+
+@_ev
+class HeartbeatAcked(Event):
+    """``{heartbeat_ack, N}`` arrived."""
+
+    n: int
+
+
+@_ev
+class PeerError(Event):
+    """The peer sent ``{error, Code, Message}`` (it dropped one of our frames, or is
+    about to close). Log it; never answered."""
+
+    code: str
+    message: str
+
+
+@_ev
+class FrameDropped(Event):
+    """A received frame was dropped per the policy of docs/protocol.md section 9 (an error
+    frame was queued when the peer is ours and agreed on ``error``)."""
+
+    error: RemoteProtocolError
+
+    @property
+    def code(self) -> str:
+        return self.error.code
+
+    @property
+    def detail(self) -> str:
+        return self.error.message
+
+
+@_ev
+class ConnectionClosed(Event):
+    """The connection is over: flush ``data_to_send()`` and close the socket. Always the
+    last event of a connection. ``code`` is None for an orderly close (ours or the
+    peer's), else the error code; ``error`` is the error when there is one."""
+
+    code: str | None
+    message: str
+    error: ProtocolError | None = None
