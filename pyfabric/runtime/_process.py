@@ -444,14 +444,21 @@ class Process(LocalProcess):
     immediately); its task is cancelled and sees ``CancelledError`` at its next ``await``.
     """
 
-    __slots__ = ("_task",)
+    __slots__ = ("_task", "_started")
 
     def __init__(self, node: Node, pid: Pid, *, trap_exit: bool, max_mailbox: int, overflow: Overflow) -> None:
         super().__init__(node, pid, trap_exit=trap_exit, max_mailbox=max_mailbox, overflow=overflow)
         self._task: asyncio.Task[None] | None = None
+        self._started = False
 
     async def _run(self, body: Awaitable[Any]) -> None:
         """The task's coroutine: run the body, then turn how it ended into an exit reason."""
+        self._started = True
+        if not self._alive:  # killed before its first step: the body never runs
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+            return
         try:
             await body
         except ProcessExit as exc:
@@ -477,7 +484,9 @@ class Process(LocalProcess):
     def _stopped(self) -> None:
         super()._stopped()
         task = self._task
-        if task is not None and not task.done():
+        # A task that has not started yet is left to start: _run then sees the process is
+        # dead and closes the body (cancelling it now would leave the body never awaited).
+        if task is not None and self._started and not task.done():
             task.cancel()
 
 
