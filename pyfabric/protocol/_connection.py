@@ -84,6 +84,7 @@ MAX_PACKET = 0xFFFFFFFF  # {packet,4}: the length must fit in 32 bits
 # of Python's recursion limit while allowing any sane message.
 DEFAULT_MAX_DEPTH = 512
 _MAX_ERROR_TEXT = 300
+INTERNAL_ERROR = "internal error while handling the frame"
 _COMPACT_AT = 64 * 1024
 
 _u32 = struct.Struct(">I")
@@ -375,6 +376,9 @@ class Connection:
                 self._handle_handshake(state, raw, term)
             except _HandshakeFailure as failure:
                 self._auth_failed(failure.message, remote=failure.remote)
+            except Exception as exc:  # a bug of ours: fail the handshake, never crash
+                log.exception("peer %s: internal error during the handshake", self.peer)
+                self._auth_failed(f"{INTERNAL_ERROR}: {type(exc).__name__}: {exc}", remote=False)
             return
         # Established.
         self._nframes += 1
@@ -387,6 +391,9 @@ class Connection:
             self._dispatch(term)
         except RemoteProtocolError as exc:
             self._drop(exc, reply=not _is_error_frame(term))
+        except Exception as exc:  # a bug of ours: never let the peer crash the connection
+            log.exception("peer %s: internal error while handling a frame", self.peer)
+            self._drop(RemoteProtocolError("unknown_frame", f"{INTERNAL_ERROR}: {type(exc).__name__}: {exc}"))
 
     def _dispatch(self, term: Any) -> None:
         if type(term) is not tuple or not term:
@@ -513,7 +520,7 @@ class Connection:
         self._events.append(WhereisRequested(req_id, atom))
 
     def _on_whereis_reply(self, req_id: Any, result: Any) -> None:
-        if req_id not in self._our_whereis or type(req_id) is not int:
+        if type(req_id) is not int or req_id not in self._our_whereis:
             raise RemoteProtocolError("unknown_frame", f"whereis_reply for unknown ReqId {_describe(req_id)}")
         if result == A_UNDEFINED:
             pid = None
