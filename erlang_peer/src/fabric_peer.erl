@@ -1,0 +1,213 @@
+%% @doc Public API of erlang_peer: fabric servers and clients (docs/protocol.md).
+%%
+%% A server accepts any number of clients; each connection speaks the legacy protocol with
+%% an original peer and the negotiated extensions with one of ours. A client connection
+%% reconnects with capped exponential backoff and, with the `session' feature, keeps its
+%% proxies across reconnects. Remote processes appear as local proxy pids: `!', `link/1',
+%% `monitor/2' and `exit/2' on a proxy behave as on the real process.
+%%
+%% Example (the seed's ping):
+%% ```
+%% {ok, S} = fabric_peer:start_server(0, "secret", #{allowed => [ping]}),
+%% {ok, C} = fabric_peer:connect("127.0.0.1", fabric_peer:port(S), "secret", #{}),
+%% Ping = fabric_peer:whereis(C, ping),
+%% Ping ! {self(), {payload, "abababa"}},
+%% receive {Ping, {pong, M}} -> M end.
+%% '''
+-module(fabric_peer).
+
+-export([start_server/3, stop_server/1, port/1, connect/4, close/1, whereis/2, whereis/3,
+         send/2, info/1, allow/2, is_proxy/1]).
+
+-export_type([server/0, conn/0, dest/0]).
+
+-opaque server() :: {fabric_peer_server, reference(), pid()}.
+-type conn() :: pid().
+-type dest() :: pid() | {conn(), atom()} | {conn(), {atom(), atom()}}.
+
+-define(REG, fabric_peer_registry).
+
+%% @doc Start a server on `Port' (0: the OS picks one; see `port/1').
+%%
+%% Options (a map; unknown keys are refused): `allowed' ([atom()], names reachable from the
+%% network, default []), `allow_legacy_auth' (default false), `max_frame' (bytes, default
+%% 64 MiB), `max_handshake_frame' (16 KiB), `handshake_timeout' (ms, 10000),
+%% `session_timeout' (ms, 60000), `max_new_atoms' (per connection, 1000),
+%% `max_server_atoms' (50000), `ip' (default {127,0,0,1}), `force_system_names' ([atom()]),
+%% `routable_nodes' ([atom()]), `features' (subset of the version 1 features to offer),
+%% `heartbeat' (ms, 15000, 0 = none), `node' (name announced, default `node()'),
+%% `max_errors' (20), `error_window' (200), `acceptors' (4), `tls' (false or a list of
+%% `ssl' server options: the whole protocol then runs over TLS).
+-spec start_server(inet:port_number(), iodata(), map()) -> {ok, server()} | {error, term()}.
+start_server(Port, Secret, Opts) when is_integer(Port), Port >= 0, Port < 65536 ->
+    ok = ensure_started(Opts),
+    case fabric_peer_opts:normalize(server, Secret, Opts) of
+        {ok, O} ->
+            Ref = make_ref(),
+            Ctx = O#{ref => Ref, port => Port, transport => transport(O),
+                     server_atoms => atomics:new(1, [])},
+            true = ets:insert(?REG, [{{Ref, policy}, policy(O)},
+                                     {{Ref, allowed}, {maps:get(allowed, O),
+                                                       maps:get(force_system_names, O)}}]),
+            case supervisor:start_child(fabric_peer_servers_sup, [Ctx]) of
+                {ok, Sup} -> {ok, {fabric_peer_server, Ref, Sup}};
+                {error, Why} ->
+                    forget(Ref),
+                    {error, unwrap(Why)}
+            end;
+        {error, _} = E -> E
+    end;
+start_server(Port, _, _) -> {error, {bad_port, Port}}.
+
+%% @doc Stop a server: its listener closes and its connections end (their proxies exit
+%% with `noconnection').
+-spec stop_server(server()) -> ok.
+stop_server({fabric_peer_server, Ref, Sup}) ->
+    _ = supervisor:terminate_child(fabric_peer_servers_sup, Sup),
+    forget(Ref),
+    ok.
+
+%% @doc The port a server listens on.
+-spec port(server()) -> inet:port_number().
+port({fabric_peer_server, Ref, _}) ->
+    [{_, P}] = ets:lookup(?REG, {Ref, port}),
+    P.
+
+%% @doc Connect to a fabric server. Returns once the first handshake has completed; a
+%% failure of the first attempt is returned (`{error, {auth_failed, Why}}',
+%% `{error, {connect, econnrefused}}', ...). Later losses reconnect automatically.
+%%
+%% Options: as for `start_server/3' (`allowed' is what the server side may reach here by
+%% name), plus `mode' (`extended' (default) or `legacy': speak exactly as an original
+%% client), `reconnect' (default true), `reconnect_min' / `reconnect_max' (backoff bounds in
+%% ms, 100 / 30000), `connect_timeout' (5000), `max_queue' (messages queued while
+%% reconnecting, 1000; 0 refuses them with `{error, not_connected}'), `tls' (false or a list
+%% of `ssl' client options).
+-spec connect(inet:hostname() | inet:ip_address() | binary(), inet:port_number(), iodata(), map()) ->
+          {ok, conn()} | {error, term()}.
+connect(Host0, Port, Secret, Opts) ->
+    ok = ensure_started(Opts),
+    Host = case Host0 of
+               B when is_binary(B) -> binary_to_list(B);
+               H -> H
+           end,
+    case fabric_peer_opts:normalize(client, Secret, Opts) of
+        {ok, O} ->
+            Ref = make_ref(),
+            true = ets:insert(?REG, {{Ref, policy}, policy(O)}),
+            case supervisor:start_child(fabric_peer_clients_sup,
+                                        [client, O#{ref => Ref}, {Host, Port}]) of
+                {ok, Pid} ->
+                    Timeout = maps:get(connect_timeout, O) + maps:get(handshake_timeout, O) + 2000,
+                    try fabric_peer_conn:await_ready(Pid, Timeout) of
+                        ok -> {ok, Pid};
+                        {error, _} = E -> E
+                    catch exit:_ ->
+                            fabric_peer_conn:close(Pid),
+                            {error, closed}
+                    end;
+                {error, Why} -> {error, Why}
+            end;
+        {error, _} = E -> E
+    end.
+
+%% @doc Close a client connection (or one server-side connection). Its proxies exit with
+%% `noconnection'.
+-spec close(conn()) -> ok.
+close(Conn) when is_pid(Conn) -> fabric_peer_conn:close(Conn).
+
+%% @doc `whereis/3' with a 10 s timeout.
+-spec whereis(conn(), atom() | binary() | string()) -> pid() | undefined | {error, term()}.
+whereis(Conn, Name) -> whereis(Conn, Name, 10000).
+
+%% @doc Ask the peer for one of its registered names (extension `whereis'). Returns a local
+%% proxy pid usable like any pid, or `undefined' when the name is not registered there or not
+%% allowed by its policy (the two look the same). With a legacy (original) peer, which has no
+%% way to answer, it returns `{error, not_supported'}; while reconnecting `{error, not_connected}'.
+-spec whereis(conn(), atom() | binary() | string(), timeout()) -> pid() | undefined | {error, term()}.
+whereis(Conn, Name, Timeout) ->
+    try fabric_peer_conn:whereis(Conn, Name, Timeout)
+    catch exit:{timeout, _} -> {error, timeout};
+          exit:_ -> {error, not_connected}
+    end.
+
+%% @doc Send a message. `Dest' is a pid (a proxy: the message goes over its connection and
+%% errors are returned, e.g. `{error, {unsupported, map}}' for a legacy peer or
+%% `{error, {frame_too_large, Size, Limit}}'; a plain local pid: `!'), `{Conn, Name}' or
+%% `{Conn, {Name, Node}}' for a name registered on the peer. Plain `Proxy ! Msg' works
+%% too; its errors are logged and counted in `info/1' (`local_errors').
+-spec send(dest(), term()) -> ok | {error, term()}.
+send(Pid, Msg) when is_pid(Pid) ->
+    case ets:lookup(fabric_peer_proxies, Pid) of
+        [{_, Conn}] -> call_send(Conn, Pid, Msg);
+        [] -> Pid ! Msg, ok
+    end;
+send({Conn, Name}, Msg) when is_pid(Conn), is_atom(Name) -> call_send(Conn, Name, Msg);
+send({Conn, {Name, Node}}, Msg) when is_pid(Conn), is_atom(Name), is_atom(Node) ->
+    call_send(Conn, {Name, Node}, Msg);
+send(Dest, _) -> error({badarg, Dest}).
+
+call_send(Conn, Dest, Msg) ->
+    try fabric_peer_conn:send(Conn, Dest, Msg)
+    catch exit:_ -> {error, not_connected}
+    end.
+
+%% @doc Statistics. For a connection: `mode' (legacy | extended | none before the
+%% handshake), `features', `proxies', `exported', `frames_in', `frames_out', `errors',
+%% `local_errors', `state', `session', ... For a server: `port', `connections' and the
+%% same counters summed over its connections, plus `conns' (one map per connection).
+-spec info(server() | conn()) -> map().
+info({fabric_peer_server, Ref, _}) ->
+    Conns = case ets:lookup(?REG, {Ref, conn_sup}) of
+                [{_, Sup}] ->
+                    [I || {_, Pid, _, _} <- supervisor:which_children(Sup), is_pid(Pid),
+                          I <- [catch fabric_peer_conn:info(Pid)], is_map(I)];
+                [] -> []
+            end,
+    Sum = fun(K) -> lists:sum([maps:get(K, C, 0) || C <- Conns]) end,
+    Established = [C || C <- Conns, maps:get(state, C) =:= established],
+    #{port => catch port({fabric_peer_server, Ref, undefined}),
+      connections => length(Established),
+      processes => length(Conns),
+      detached_sessions => length([C || C <- Conns, maps:get(state, C) =:= detached]),
+      proxies => Sum(proxies), exported => Sum(exported), frames_in => Sum(frames_in),
+      frames_out => Sum(frames_out), errors => Sum(errors), new_atoms => Sum(new_atoms),
+      modes => lists:usort([maps:get(mode, C) || C <- Established]),
+      conns => Conns};
+info(Conn) when is_pid(Conn) -> fabric_peer_conn:info(Conn).
+
+%% @doc Add names to the allowed set of a server (all its connections) or of a client
+%% connection. System names stay refused unless forced at start.
+-spec allow(server() | conn(), [atom()]) -> ok.
+allow({fabric_peer_server, Ref, _}, Names) ->
+    [{_, {Allowed, Forced}}] = ets:lookup(?REG, {Ref, allowed}),
+    New = lists:usort(Allowed ++ Names),
+    true = ets:insert(?REG, [{{Ref, allowed}, {New, Forced}},
+                             {{Ref, policy}, fabric_peer_policy:new(New, Forced)}]),
+    ok;
+allow(Conn, Names) when is_pid(Conn) -> fabric_peer_conn:allow(Conn, Names).
+
+%% @doc True when `Pid' is a proxy for a remote process.
+-spec is_proxy(pid()) -> boolean().
+is_proxy(Pid) when is_pid(Pid) ->
+    ets:whereis(fabric_peer_proxies) =/= undefined andalso ets:member(fabric_peer_proxies, Pid).
+
+%%% internals
+
+ensure_started(Opts) ->
+    {ok, _} = application:ensure_all_started(fabric_peer),
+    case maps:get(tls, Opts, false) of
+        false -> ok;
+        _ -> {ok, _} = application:ensure_all_started(ssl), ok
+    end.
+
+transport(#{tls := false}) -> tcp;
+transport(#{tls := Opts}) -> {tls, Opts}.
+
+policy(O) -> fabric_peer_policy:new(maps:get(allowed, O), maps:get(force_system_names, O)).
+
+forget(Ref) -> ets:match_delete(?REG, {{Ref, '_'}, '_'}).
+
+unwrap({shutdown, {failed_to_start_child, _, Why}}) -> unwrap(Why);
+unwrap({failed_to_start_child, _, Why}) -> unwrap(Why);
+unwrap(Why) -> Why.

@@ -1,0 +1,19 @@
+%% @doc One server: its connection supervisor, then its acceptors (which own the listening
+%% socket). `rest_for_one': if the connection supervisor goes, the acceptors restart too.
+-module(fabric_peer_listener_sup).
+-behaviour(supervisor).
+
+-export([start_link/1, init/1]).
+
+%% @doc Start a server from its settings map (see `fabric_peer_opts').
+-spec start_link(map()) -> {ok, pid()} | {error, term()}.
+start_link(Ctx) -> supervisor:start_link(?MODULE, Ctx).
+
+%% @doc Supervisor callback.
+-spec init(map()) -> {ok, {supervisor:sup_flags(), [supervisor:child_spec()]}}.
+init(Ctx) ->
+    {ok, {#{strategy => rest_for_one, intensity => 5, period => 10},
+          [#{id => conn_sup, start => {fabric_peer_conn_sup, start_link, [Ctx]},
+             type => supervisor, shutdown => infinity},
+           #{id => acceptors_sup, start => {fabric_peer_acceptors_sup, start_link, [Ctx]},
+             type => supervisor, shutdown => infinity}]}}.

@@ -1,0 +1,114 @@
+%% @doc Option validation: the user's option map becomes the complete settings map every
+%% process of a server or client reads. Unknown keys are refused (a typo must not silently
+%% fall back to a default that weakens security).
+-module(fabric_peer_opts).
+
+-export([normalize/3, all_features/0]).
+
+-define(ALL_FEATURES, [<<"whereis">>, <<"link">>, <<"maps">>, <<"bitstrings">>, <<"ports">>,
+                       <<"funs">>, <<"heartbeat">>, <<"error">>, <<"session">>]).
+
+%% @doc The version 1 features this implementation speaks (docs/protocol.md section 3.5).
+-spec all_features() -> [binary()].
+all_features() -> ?ALL_FEATURES.
+
+%% @doc Validate and complete the options of a server or a client.
+-spec normalize(server | client, iodata(), map()) -> {ok, map()} | {error, {bad_option, term()}}.
+normalize(Role, Secret, Opts) when is_map(Opts) ->
+    try
+        S = secret(Secret),
+        Defaults = defaults(Role),
+        Unknown = maps:keys(Opts) -- maps:keys(Defaults),
+        Unknown =:= [] orelse throw({bad_option, {unknown, Unknown}}),
+        M = maps:merge(Defaults, Opts),
+        maps:foreach(fun check/2, M),
+        {ok, M#{secret => S, role => Role,
+                features => [to_bin(F) || F <- maps:get(features, M)],
+                node => node_name(maps:get(node, M))}}
+    catch throw:{bad_option, _} = E -> {error, E}
+    end;
+normalize(_, _, Opts) -> {error, {bad_option, {not_a_map, Opts}}}.
+
+defaults(Role) ->
+    F = fun fabric_peer_frame:default/1,
+    Common = #{allowed => [], allow_legacy_auth => false,
+               max_frame => F(max_frame), max_handshake_frame => F(max_handshake_frame),
+               handshake_timeout => F(handshake_timeout),
+               session_timeout => F(session_timeout), max_new_atoms => F(max_new_atoms),
+               force_system_names => [], routable_nodes => [], features => ?ALL_FEATURES,
+               heartbeat => F(heartbeat), node => default, max_queue => F(max_queue),
+               max_errors => F(max_errors), error_window => F(error_window),
+               tls => false},
+    case Role of
+        server -> Common#{ip => {127, 0, 0, 1}, acceptors => 4,
+                          max_server_atoms => F(max_server_atoms)};
+        client -> Common#{mode => extended, reconnect => true, reconnect_min => 100,
+                          reconnect_max => 30000, connect_timeout => 5000}
+    end.
+
+check(K, V) when K =:= allowed; K =:= force_system_names; K =:= routable_nodes ->
+    (is_list(V) andalso lists:all(fun is_atom/1, V)) orelse bad(K, V);
+check(K, V) when K =:= allow_legacy_auth; K =:= reconnect -> is_boolean(V) orelse bad(K, V);
+check(K, V) when K =:= max_frame; K =:= max_handshake_frame; K =:= handshake_timeout;
+                 K =:= session_timeout; K =:= acceptors; K =:= reconnect_min;
+                 K =:= reconnect_max; K =:= connect_timeout; K =:= error_window ->
+    (is_integer(V) andalso V > 0) orelse bad(K, V);
+check(K, V) when K =:= max_new_atoms; K =:= max_server_atoms; K =:= heartbeat;
+                 K =:= max_queue; K =:= max_errors ->
+    (is_integer(V) andalso V >= 0) orelse bad(K, V);
+check(features, V) ->
+    (is_list(V) andalso lists:all(fun(F) -> lists:member(to_bin(F), ?ALL_FEATURES) end, V))
+        orelse bad(features, V);
+check(mode, V) -> lists:member(V, [extended, legacy]) orelse bad(mode, V);
+check(node, V) -> (V =:= default orelse is_atom(V) orelse is_binary(V)) orelse bad(node, V);
+check(ip, V) -> (is_tuple(V) andalso (tuple_size(V) =:= 4 orelse tuple_size(V) =:= 8)) orelse bad(ip, V);
+check(tls, V) -> (V =:= false orelse is_list(V)) orelse bad(tls, V).
+
+bad(K, V) -> throw({bad_option, {K, V}}).
+
+to_bin(F) when is_atom(F) -> atom_to_binary(F, utf8);
+to_bin(F) when is_binary(F) -> F;
+to_bin(F) when is_list(F) -> unicode:characters_to_binary(F);
+to_bin(F) -> F.
+
+node_name(default) -> atom_to_binary(node(), utf8);
+node_name(N) when is_atom(N) -> atom_to_binary(N, utf8);
+node_name(N) when is_binary(N) -> N.
+
+%% The secret is bytes; text is UTF-8.
+secret(S) when is_binary(S) -> S;
+secret(S) when is_list(S) ->
+    case unicode:characters_to_binary(S) of
+        B when is_binary(B) -> B;
+        _ -> throw({bad_option, {secret, invalid}})
+    end;
+secret(S) when is_atom(S) -> throw({bad_option, {secret, S}});
+secret(_) -> throw({bad_option, {secret, invalid}}).
+
+-ifdef(TEST).
+-include_lib("eunit/include/eunit.hrl").
+
+defaults_test() ->
+    {ok, M} = normalize(server, "s", #{}),
+    ?assertEqual(<<"s">>, maps:get(secret, M)),
+    ?assertEqual([], maps:get(allowed, M)),
+    ?assertEqual(false, maps:get(allow_legacy_auth, M)),
+    ?assertEqual({127, 0, 0, 1}, maps:get(ip, M)).
+
+utf8_secret_test() ->
+    {ok, M} = normalize(client, [233], #{}),
+    ?assertEqual(<<195, 169>>, maps:get(secret, M)).
+
+bad_options_test_() ->
+    [?_assertMatch({error, {bad_option, {unknown, [alowed]}}}, normalize(server, "s", #{alowed => [x]})),
+     ?_assertMatch({error, {bad_option, {allowed, _}}}, normalize(server, "s", #{allowed => ["x"]})),
+     ?_assertMatch({error, {bad_option, {features, _}}}, normalize(server, "s", #{features => [acks]})),
+     ?_assertMatch({error, {bad_option, {max_frame, _}}}, normalize(client, "s", #{max_frame => 0})),
+     ?_assertMatch({error, {bad_option, {unknown, [mode]}}}, normalize(server, "s", #{mode => legacy})),
+     ?_assertMatch({error, {bad_option, {mode, _}}}, normalize(client, "s", #{mode => old})),
+     ?_assertMatch({error, {bad_option, _}}, normalize(server, 42, #{}))].
+
+features_as_atoms_test() ->
+    {ok, M} = normalize(client, "s", #{features => [maps, <<"link">>]}),
+    ?assertEqual([<<"maps">>, <<"link">>], maps:get(features, M)).
+-endif.

@@ -1,0 +1,101 @@
+%% @doc The socket abstraction: one small module so TLS (`ssl') slots in next to plain TCP.
+%%
+%% A transport is `tcp' or `{tls, SslOpts}'. Sockets are always `{packet, 4}', binary,
+%% `nodelay', and read with `{active, once}' so the owner reads one frame at a time (that is
+%% the back-pressure). The frame-size limit is `packet_size': the runtime checks the 4-byte
+%% length before buffering the body and reports `emsgsize'.
+-module(fabric_peer_transport).
+
+-export([listen/3, accept/2, handshake/3, connect/5, send/3, activate/2, set_limit/3,
+         controlling_process/3, close/2, peername/2, port/2, messages/1, name/1]).
+
+-export_type([transport/0, socket/0]).
+
+-type transport() :: tcp | {tls, [term()]}.
+-type socket() :: gen_tcp:socket() | term().
+
+%% Writes that block this long mean the peer stopped reading: the connection is closed.
+-define(SEND_TIMEOUT, 30000).
+
+base_opts(Limit) ->
+    [binary, {packet, 4}, {packet_size, Limit}, {active, false}, {nodelay, true},
+     {send_timeout, ?SEND_TIMEOUT}, {send_timeout_close, true}].
+
+%% @doc Listen on `Ip':`Port' (0 = the OS picks).
+-spec listen(transport(), inet:port_number(), #{ip := inet:ip_address(), limit := pos_integer()}) ->
+          {ok, socket()} | {error, term()}.
+listen(tcp, Port, #{ip := Ip, limit := Limit}) ->
+    gen_tcp:listen(Port, [{ip, Ip}, {reuseaddr, true}, {backlog, 128} | base_opts(Limit)]);
+listen({tls, SslOpts}, Port, #{ip := Ip, limit := Limit}) ->
+    ssl:listen(Port, [{ip, Ip}, {reuseaddr, true} | base_opts(Limit)] ++ SslOpts).
+
+%% @doc Accept one connection (for TLS the TLS handshake is done by `handshake/3').
+-spec accept(transport(), socket()) -> {ok, socket()} | {error, term()}.
+accept(tcp, L) -> gen_tcp:accept(L);
+accept({tls, _}, L) -> ssl:transport_accept(L).
+
+%% @doc Finish the transport-level handshake of an accepted socket (TLS only).
+-spec handshake(transport(), socket(), timeout()) -> {ok, socket()} | {error, term()}.
+handshake(tcp, S, _) -> {ok, S};
+handshake({tls, _}, S, Timeout) -> ssl:handshake(S, Timeout).
+
+%% @doc Connect to a server.
+-spec connect(transport(), inet:hostname() | inet:ip_address(), inet:port_number(),
+              pos_integer(), timeout()) -> {ok, socket()} | {error, term()}.
+connect(tcp, Host, Port, Limit, Timeout) ->
+    gen_tcp:connect(Host, Port, base_opts(Limit), Timeout);
+connect({tls, SslOpts}, Host, Port, Limit, Timeout) ->
+    ssl:connect(Host, Port, base_opts(Limit) ++ SslOpts, Timeout).
+
+%% @doc Send one frame (the 4-byte length is added by the socket).
+-spec send(transport(), socket(), iodata()) -> ok | {error, term()}.
+send(tcp, S, Data) -> gen_tcp:send(S, Data);
+send({tls, _}, S, Data) -> ssl:send(S, Data).
+
+%% @doc Ask for the next frame as a message.
+-spec activate(transport(), socket()) -> ok | {error, term()}.
+activate(tcp, S) -> inet:setopts(S, [{active, once}]);
+activate({tls, _}, S) -> ssl:setopts(S, [{active, once}]).
+
+%% @doc Change the frame-size limit (larger after authentication).
+-spec set_limit(transport(), socket(), pos_integer()) -> ok | {error, term()}.
+set_limit(tcp, S, Limit) -> inet:setopts(S, [{packet_size, Limit}]);
+set_limit({tls, _}, S, Limit) -> ssl:setopts(S, [{packet_size, Limit}]).
+
+%% @doc Hand the socket to another process.
+-spec controlling_process(transport(), socket(), pid()) -> ok | {error, term()}.
+controlling_process(tcp, S, Pid) -> gen_tcp:controlling_process(S, Pid);
+controlling_process({tls, _}, S, Pid) -> ssl:controlling_process(S, Pid).
+
+%% @doc Close the socket.
+-spec close(transport(), socket()) -> ok.
+close(tcp, S) -> _ = gen_tcp:close(S), ok;
+close({tls, _}, S) -> _ = ssl:close(S), ok.
+
+%% @doc The peer address as text for logs.
+-spec peername(transport(), socket()) -> binary().
+peername(T, S) ->
+    R = case T of tcp -> inet:peername(S); {tls, _} -> ssl:peername(S) end,
+    case R of
+        {ok, {Ip, Port}} -> iolist_to_binary([inet:ntoa(Ip), ":", integer_to_list(Port)]);
+        _ -> <<"unknown">>
+    end.
+
+%% @doc The local port of a (listen) socket.
+-spec port(transport(), socket()) -> {ok, inet:port_number()} | {error, term()}.
+port(tcp, S) -> inet:port(S);
+port({tls, _}, S) ->
+    case ssl:sockname(S) of
+        {ok, {_, P}} -> {ok, P};
+        E -> E
+    end.
+
+%% @doc The message tags of this transport: `{Data, Closed, Error}'.
+-spec messages(transport()) -> {atom(), atom(), atom()}.
+messages(tcp) -> {tcp, tcp_closed, tcp_error};
+messages({tls, _}) -> {ssl, ssl_closed, ssl_error}.
+
+%% @doc `tcp' or `tls', for info maps.
+-spec name(transport()) -> tcp | tls.
+name(tcp) -> tcp;
+name({tls, _}) -> tls.
