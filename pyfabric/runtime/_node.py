@@ -204,7 +204,9 @@ class Node:
         (like ``spawn_link`` from that process; :class:`NoProcess` if ``link_to`` is not
         alive), ``trap_exit`` sets the flag, ``name`` registers it (:class:`NameTaken`),
         ``max_mailbox`` / ``overflow`` override the node defaults. On any error nothing is
-        started. ``TypeError`` if ``fn(proc, *args)`` does not return an awaitable.
+        started. ``fn(proc, *args)`` is called inside ``spawn`` to create the coroutine (none
+        of its body runs yet): an exception from that call propagates, and ``TypeError`` is
+        raised if it does not return an awaitable.
         """
         self._check_open()
         reg_name = self._check_name_free(name)
@@ -216,6 +218,7 @@ class Node:
             trap_exit=trap_exit,
             max_mailbox=self._max_mailbox if max_mailbox is None else _check_max_mailbox(max_mailbox),
             overflow=self._overflow if overflow is None else _check_overflow(overflow),
+            function=_function_name(fn),
         )
         body = fn(proc, *args)
         if not inspect.isawaitable(body):
@@ -230,8 +233,15 @@ class Node:
         task = self._loop.create_task(proc._run(body), name=f"pyfabric process {pid.id}.{pid.serial}")
         proc._task = task
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
         return pid
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled():
+            # Only KeyboardInterrupt/SystemExit get here, and they already propagated out of
+            # the loop; retrieving them avoids a second "never retrieved" report.
+            task.exception()
 
     def mailbox(
         self,
@@ -645,6 +655,12 @@ def _call_watcher(callback: ExitCallback, pid: Pid, reason: Any) -> None:
         callback(pid, reason)
     except Exception:
         _log.exception("exit watcher %r for %r raised", callback, pid)
+
+
+def _function_name(fn: Callable[..., Any]) -> str:
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    module = getattr(fn, "__module__", None)
+    return f"{module}.{name}" if module else name
 
 
 def _close_awaitable(body: Any) -> None:

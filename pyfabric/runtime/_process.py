@@ -298,16 +298,26 @@ class LocalProcess:
     async def receive(self, match: Any = None, timeout: float | None = None) -> Any:
         """Return the first queued message that matches; wait for one if none does.
 
-        ``match`` is ``None`` (any message), a predicate ``msg -> bool``, a type, or a
-        pattern built from :data:`ANY`, types, tuples, lists, dicts and values (see
-        :func:`pyfabric.runtime._match._compile_pattern` for the exact rules). Messages
-        that do not match stay queued, in order. Messages already checked are not checked
-        again while waiting for new ones (a predicate should be pure).
+        ``match`` selects messages (Erlang's ``receive`` patterns):
+
+        - ``None`` or :data:`ANY`: any message;
+        - a predicate (any callable that is not a type): ``match(msg)`` is true;
+        - a template: :data:`ANY` matches anything; a type matches by ``isinstance``;
+          a tuple matches a tuple of the same length and a list a list (or ``FrozenList``)
+          of the same length, element by element; a dict matches a mapping that has all
+          its keys with matching values (extra keys allowed); ``bool``/``int``/``float``
+          compare like Erlang's ``=:=`` (``1`` matches neither ``1.0`` nor ``True``); any
+          other value matches by equality (``Atom("ok")`` never matches ``"ok"``).
+
+        Messages that do not match stay queued, in order. While waiting, only newly
+        arrived messages are checked (a predicate should be pure: it is called once per
+        message per receive).
 
         ``timeout`` is in seconds; ``None`` waits forever and ``0`` only looks at what is
-        queued. On timeout :class:`ReceiveTimeout` (a ``TimeoutError``) is raised.
-        Raises :class:`ProcessExited` if the process has exited or exits while waiting,
-        and :class:`ProcessError` if another receive on this process is already waiting.
+        queued. A message that arrives together with the timeout still wins. On timeout
+        :class:`ReceiveTimeout` (a ``TimeoutError``) is raised. :class:`ProcessExited` is
+        raised if the process has exited or exits while waiting; :class:`ProcessError` if
+        another ``receive`` on this process is already waiting.
         """
         if not self._alive:
             raise ProcessExited(self.pid, self._exit_reason)
@@ -444,10 +454,21 @@ class Process(LocalProcess):
     immediately); its task is cancelled and sees ``CancelledError`` at its next ``await``.
     """
 
-    __slots__ = ("_task", "_started")
+    __slots__ = ("_task", "_started", "function")
 
-    def __init__(self, node: Node, pid: Pid, *, trap_exit: bool, max_mailbox: int, overflow: Overflow) -> None:
+    def __init__(
+        self,
+        node: Node,
+        pid: Pid,
+        *,
+        trap_exit: bool,
+        max_mailbox: int,
+        overflow: Overflow,
+        function: str = "?",
+    ) -> None:
         super().__init__(node, pid, trap_exit=trap_exit, max_mailbox=max_mailbox, overflow=overflow)
+        self.function = function
+        """Qualified name of the function the process runs (for logs and crash reports)."""
         self._task: asyncio.Task[None] | None = None
         self._started = False
 
@@ -473,8 +494,17 @@ class Process(LocalProcess):
                 return  # e.g. ProcessExited raised by a receive after a kill
             reason = crash_reason(exc)
             _log.error(
-                "process %s crashed with reason %r", _fmt(self.pid), reason, exc_info=exc
+                "process %s running %s crashed with reason %r",
+                _fmt(self.pid),
+                self.function,
+                reason,
+                exc_info=exc,
             )
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit: end the process, re-raise
+            if self._alive:
+                self._task = None
+                self.node._terminate(self, crash_reason(exc))
+            raise
         else:
             reason = NORMAL
         self._task = None  # ending by itself: nothing to cancel

@@ -9,7 +9,7 @@ import pytest
 from runtime_helpers import EXIT, KILL, KILLED, NOPROC, NORMAL, run, settle  # noqa: F401
 
 from pyfabric.etf import Atom
-from pyfabric.runtime import NoProcess, ProcessExit, ProcessExited, ReceiveTimeout, exit_signal_action
+from pyfabric.runtime import Node, NoProcess, ProcessExit, ProcessExited, ReceiveTimeout, exit_signal_action
 from pyfabric.runtime._signals import Action
 
 BOOM = Atom("boom")
@@ -467,3 +467,35 @@ def test_receive_timeout_in_a_process(run):
 
     msg, pid = run(body)
     assert msg == (EXIT, pid, Atom("timeout"))
+
+
+def test_system_exit_in_a_process_ends_it_and_propagates():
+    seen = []
+
+    async def body():
+        node = Node()
+
+        async def exits(proc):
+            raise SystemExit(3)
+
+        pid = node.spawn(exits)
+        node.watch(pid, lambda p, reason: seen.append(reason))
+        await asyncio.sleep(1)
+
+    with pytest.raises(SystemExit):
+        asyncio.run(body())
+    assert seen == [(Atom("python_error"), "SystemExit", "3")]
+
+
+def test_crash_report_names_the_function(run, caplog):
+    async def failing_worker(proc):
+        raise KeyError("k")
+
+    async def body(node):
+        node.spawn(failing_worker)
+        await settle()
+
+    with caplog.at_level(logging.ERROR, logger="pyfabric.runtime"):
+        run(body)
+    (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "failing_worker" in record.getMessage()
