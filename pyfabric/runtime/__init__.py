@@ -14,6 +14,35 @@ Private modules: ``_node`` (table, allocators, signal delivery, proxies, watcher
 ``_process`` (mailbox, receive, Process, Mailbox), ``_proxy`` (RemoteHandle),
 ``_signals`` (the exit-signal table), ``_match`` (receive patterns), ``_registry``,
 ``_errors``.
+
+Example (``tests/runtime/test_runtime_example.py`` runs it)::
+
+    import asyncio
+    from pyfabric.etf import Atom
+    from pyfabric.runtime import ANY, Node
+
+    async def echo(proc):
+        while True:
+            sender, text = await proc.receive((ANY, str))
+            proc.send(sender, (Atom("echo"), text))
+
+    async def main():
+        async with Node() as node:
+            server = node.spawn(echo, name="echo")
+            async with node.mailbox() as me:
+                node.send("echo", (me.pid, "hello"))
+                print(await me.receive((Atom("echo"), ANY), timeout=1))
+                ref = me.monitor(server)
+                me.exit(server, Atom("kill"))
+                down = await me.receive((Atom("DOWN"), ref, ANY, ANY, ANY), timeout=1)
+                print(down[4], node.whereis("echo"))
+
+    asyncio.run(main())
+
+prints::
+
+    (Atom('echo'), 'hello')
+    killed None
 """
 
 from ._errors import (
@@ -37,7 +66,6 @@ from ._process import (
     ProcessStatistics,
 )
 from ._proxy import RemoteHandle
-from ._signals import exit_signal_action
 
 __all__ = [
     "Node",
@@ -52,7 +80,6 @@ __all__ = [
     "DEFAULT_MAX_MAILBOX",
     "DEFAULT_OVERFLOW",
     "DEFAULT_CLOSE_TIMEOUT",
-    "exit_signal_action",
     "ProcessError",
     "ReceiveTimeout",
     "ProcessExited",

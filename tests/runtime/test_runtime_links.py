@@ -9,8 +9,8 @@ import pytest
 from runtime_helpers import EXIT, KILL, KILLED, NOPROC, NORMAL, run, settle  # noqa: F401
 
 from pyfabric.etf import Atom
-from pyfabric.runtime import Node, NoProcess, ProcessExit, ProcessExited, ReceiveTimeout, exit_signal_action
-from pyfabric.runtime._signals import Action
+from pyfabric.runtime import Node, NoProcess, ProcessExit, ProcessExited, ReceiveTimeout
+from pyfabric.runtime._signals import Action, exit_signal_action
 
 BOOM = Atom("boom")
 
