@@ -73,11 +73,15 @@ anything the peer sends: a dropped frame is a ``FrameDropped`` event (plus an
 classes are :class:`ProtocolError` (``.code``) > :class:`LocalProtocolError` >
 :class:`FeatureNotSupported`; :class:`RemoteProtocolError`; :class:`AuthenticationError`.
 
-Time. The core has no clock. The transport owns the timers and tells the core:
-``handshake_timed_out()`` (server answers ``{auth, failed}``), ``heartbeat()`` after
-``peer``-independent idle time (our ``heartbeat_interval``), and it treats 3 of the
-peer's intervals (``HandshakeComplete.peer_heartbeat``) without data as a lost
-connection (``connection_lost()``).
+Time. The core has no clock; the transport owns the timers and tells the core:
+``handshake_timed_out()`` when ``handshake_timeout`` expires (the server then answers
+``{auth, failed}``), ``heartbeat()`` after our own ``heartbeat_interval`` ms without
+sending (when ``heartbeat`` is agreed), and ``connection_lost()`` after 3 of the
+peer's intervals (``HandshakeComplete.peer_heartbeat``) without receiving anything.
+
+Note the h11 laziness: ``receive_data()`` only buffers; frames are processed, and any
+replies queued, by ``next_event()``/``events()``. Call it until ``NEED_DATA`` before
+``data_to_send()``.
 
 Sessions and resume. A :class:`Session` holds the id tables. Without the ``session``
 feature, losing the connection ends them: ``ProxyDied(pid, id, noconnection)`` events
