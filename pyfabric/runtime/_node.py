@@ -546,6 +546,15 @@ class Node:
         self._table[pid] = Proxy(pid, handle)
         return pid
 
+    def dead_pid(self) -> Pid:
+        """A new pid of this node whose process has already exited (it never lived).
+
+        For a ``{pl, Id}`` naming an id that was never issued (docs/protocol.md 4.1):
+        sending to it does nothing, linking to it gives ``noproc``, monitoring it gives a
+        ``DOWN`` with ``noproc``.
+        """
+        return self._new_pid()
+
     def proxy_handle(self, pid: Pid) -> RemoteHandle | None:
         """The handle of the live proxy ``pid``, or ``None`` (not a proxy, or ended)."""
         entry = self._table.get(pid)

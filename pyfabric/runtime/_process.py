@@ -203,11 +203,19 @@ class LocalProcess:
         self.node.send(dest, msg)
 
     def link(self, pid: Pid) -> None:
-        """Link this process with ``pid`` (Erlang ``link/1``); see :meth:`Node` docs for rules."""
+        """Link this process with ``pid`` (Erlang ``link/1``).
+
+        Links are symmetric: when either side exits with reason R the other gets an exit
+        signal R (``normal`` is ignored unless it traps exits). Linking twice or to itself
+        does nothing. If ``pid`` is not alive: :class:`NoProcess`, unless this process traps
+        exits, in which case it receives ``(Atom('EXIT'), pid, Atom('noproc'))``. Linking a
+        proxy calls its handle's ``link_added``.
+        """
         self.node._link(self, pid)
 
     def unlink(self, pid: Pid) -> None:
-        """Remove the link with ``pid`` if there is one (Erlang ``unlink/1``)."""
+        """Remove the link with ``pid`` if there is one (Erlang ``unlink/1``); from then on
+        neither side's exit affects the other. Unlinking a proxy calls ``link_removed``."""
         self.node._unlink(self, pid)
 
     def monitor(self, pid: Pid) -> Reference:
@@ -224,7 +232,16 @@ class LocalProcess:
         return self.node._demonitor(self, ref, flush)
 
     def exit(self, pid: Pid, reason: Any) -> None:
-        """Send an exit signal to ``pid`` (Erlang ``exit/2``); see :func:`exit_signal_action`."""
+        """Send an exit signal with ``reason`` to ``pid`` (Erlang ``exit/2``).
+
+        ``Atom('kill')``: the target exits with ``killed``, even if it traps exits. Any other
+        reason: a target that traps exits receives ``(Atom('EXIT'), self.pid, reason)``; one
+        that does not exits with ``reason``, except ``normal``, which it ignores (unless the
+        target is this process itself: it then exits with ``normal``). A dead pid: nothing
+        happens. A proxy: forwarded to its handle's ``exit_signal``; the proxy stays.
+        A process that kills itself this way is dead at once; its task is cancelled at its
+        next ``await``.
+        """
         self.node._exit2(self, pid, reason)
 
     def register(self, name: Atom | str) -> None:

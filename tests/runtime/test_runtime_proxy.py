@@ -338,3 +338,21 @@ def test_watch_a_proxy_and_order_of_messages_before_the_dead_notice(run):
     frames, proxy_seen = run(body)
     assert frames == [("m", "last words"), ("DEAD", BOOM)]
     assert proxy_seen == [NOCONNECTION]
+
+
+def test_dead_pid_behaves_like_an_exited_process(run):
+    async def body(node):
+        ghost = node.dead_pid()
+        assert ghost.node == node.name and not node.is_alive(ghost)
+        mb = node.mailbox(trap_exit=True)
+        mb.send(ghost, "nothing happens")
+        mb.link(ghost)
+        ref = mb.monitor(ghost)
+        seen = []
+        node.watch(ghost, lambda p, reason: seen.append(reason))
+        await settle()
+        return [await mb.receive(timeout=0) for _ in range(2)], ref, ghost, seen
+
+    msgs, ref, ghost, seen = run(body)
+    assert msgs == [(EXIT, ghost, NOPROC), (DOWN, ref, PROCESS, ghost, NOPROC)]
+    assert seen == [NOPROC]
