@@ -338,6 +338,8 @@ class LocalProcess:
         """
         if not self._alive:
             raise ProcessExited(self.pid, self._exit_reason)
+        if self._receiving:
+            raise ProcessError(f"{self!r}: another receive is already waiting on this process")
         matcher = compile_match(match)
         queue = self._queue
         if matcher is None:
@@ -352,8 +354,6 @@ class LocalProcess:
         return await self._wait(matcher, timeout, len(queue))
 
     async def _wait(self, matcher: Matcher | None, timeout: float | None, scanned: int) -> Any:
-        if self._receiving:
-            raise ProcessError(f"{self!r}: another receive is already waiting on this process")
         self._receiving = True
         loop = self.node._loop
         timed_out = False

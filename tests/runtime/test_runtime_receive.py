@@ -235,6 +235,8 @@ def test_concurrent_receive_on_one_process_is_refused(run):
         with pytest.raises(ProcessError, match="another receive"):
             await mb.receive(timeout=1)
         mb.send(mb.pid, "x")
+        with pytest.raises(ProcessError, match="another receive"):
+            await mb.receive(timeout=0)  # even when a message is queued
         return await first
 
     assert run(body) == "x"
