@@ -499,3 +499,97 @@ def test_crash_report_names_the_function(run, caplog):
         run(body)
     (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert "failing_worker" in record.getMessage()
+
+
+# -- model-based: exit cascades over random link graphs ---------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def link_graphs(draw):
+    size = draw(st.integers(2, 8))
+    pairs = [(a, b) for a in range(size) for b in range(a + 1, size)]
+    edges = draw(st.lists(st.sampled_from(pairs), unique=True, max_size=len(pairs)))
+    trapping = draw(st.lists(st.booleans(), min_size=size, max_size=size))
+    start = draw(st.integers(0, size - 1))
+    how = draw(st.sampled_from(["close", "exit2"]))
+    reason = draw(st.sampled_from([NORMAL, KILL, BOOM]))
+    return size, edges, trapping, start, how, reason
+
+
+def model_cascade(size, edges, trapping, start, how, reason):
+    """Expected exit reasons and EXIT messages, computed from the rules directly."""
+    links = {i: set() for i in range(size)}
+    for a, b in edges:
+        links[a].add(b)
+        links[b].add(a)
+    dead: dict[int, object] = {}
+    messages = {i: [] for i in range(size)}
+    if how == "close":
+        first = reason
+    elif reason == KILL:
+        first = KILLED
+    elif trapping[start]:
+        messages[start].append(("killer", reason))
+        first = None
+    elif reason == NORMAL:
+        first = None
+    else:
+        first = reason
+    pending = []
+    if first is not None:
+        dead[start] = first
+        pending.append(start)
+    while pending:
+        d = pending.pop()
+        for n in sorted(links[d]):
+            links[n].discard(d)
+            if n in dead:
+                continue
+            r = dead[d]
+            if trapping[n]:
+                messages[n].append((d, r))
+            elif r != NORMAL:
+                dead[n] = r
+                pending.append(n)
+        links[d].clear()
+    return dead, messages
+
+
+@settings(max_examples=200, deadline=None)
+@given(case=link_graphs())
+def test_exit_cascades_match_the_model(case):
+    size, edges, trapping, start, how, reason = case
+    expected_dead, expected_messages = model_cascade(*case)
+
+    async def body():
+        async with Node() as node:
+            killer = node.mailbox()
+            boxes = [node.mailbox(trap_exit=trapping[i]) for i in range(size)]
+            index = {box.pid: i for box, i in zip(boxes, range(size))}
+            index[killer.pid] = "killer"
+            for a, b in edges:
+                boxes[a].link(boxes[b].pid)
+            if how == "close":
+                boxes[start].close(reason)
+            else:
+                killer.exit(boxes[start].pid, reason)
+            dead = {i: box.exit_reason for i, box in enumerate(boxes) if not box.alive}
+            messages = {}
+            for i, box in enumerate(boxes):
+                got = []
+                if box.alive:
+                    while box.qsize():
+                        tag, pid, why = await box.receive(timeout=0)
+                        assert tag == EXIT
+                        got.append((index[pid], why))
+                messages[i] = got
+            return dead, messages
+
+    dead, messages = asyncio.run(body())
+    assert dead == expected_dead
+    for i in range(size):
+        if i not in expected_dead:
+            assert sorted(map(repr, messages[i])) == sorted(map(repr, expected_messages[i])), i
