@@ -17,7 +17,7 @@
 -module(fabric_peer).
 
 -export([start_server/3, stop_server/1, port/1, connect/4, close/1, whereis/2, whereis/3,
-         send/2, info/1, allow/2, is_proxy/1]).
+         send/2, info/1, allow/2, is_proxy/1, disconnect/1]).
 
 -export_type([server/0, conn/0, dest/0]).
 
@@ -187,6 +187,12 @@ allow({fabric_peer_server, Ref, _}, Names) ->
     ok;
 allow(Conn, Names) when is_pid(Conn) -> fabric_peer_conn:allow(Conn, Names).
 
+%% @doc Drop a connection's socket as if the network failed: a client reconnects (and
+%% resumes its session), a server-side connection with a session keeps it for
+%% `session_timeout'. For tests and operational drills.
+-spec disconnect(conn()) -> ok | {error, not_connected}.
+disconnect(Conn) when is_pid(Conn) -> fabric_peer_conn:drop_connection(Conn).
+
 %% @doc True when `Pid' is a proxy for a remote process.
 -spec is_proxy(pid()) -> boolean().
 is_proxy(Pid) when is_pid(Pid) ->
@@ -210,4 +216,5 @@ forget(Ref) -> ets:match_delete(?REG, {{Ref, '_'}, '_'}).
 
 unwrap({shutdown, {failed_to_start_child, _, Why}}) -> unwrap(Why);
 unwrap({failed_to_start_child, _, Why}) -> unwrap(Why);
+unwrap({listen_failed, Why}) -> Why;
 unwrap(Why) -> Why.

@@ -11,7 +11,7 @@
 start_link(Ctx) -> supervisor:start_link(?MODULE, Ctx).
 
 %% @doc Supervisor callback.
--spec init(map()) -> {ok, {supervisor:sup_flags(), [supervisor:child_spec()]}} | {stop, term()}.
+-spec init(map()) -> {ok, {supervisor:sup_flags(), [supervisor:child_spec()]}}.
 init(#{ref := Ref, port := Port0, ip := Ip, max_handshake_frame := Limit,
        transport := T, acceptors := N} = Ctx) ->
     Port = case ets:lookup(fabric_peer_registry, {Ref, port}) of
@@ -28,5 +28,5 @@ init(#{ref := Ref, port := Port0, ip := Ip, max_handshake_frame := Limit,
                         || I <- lists:seq(1, N)],
             {ok, {#{strategy => one_for_one, intensity => 10, period => 1}, Children}};
         {error, Reason} ->
-            {stop, Reason}
+            exit({listen_failed, Reason})
     end.

@@ -21,7 +21,7 @@
 -include_lib("kernel/include/logger.hrl").
 
 -export([start_link/3, socket_ready/1, info/1, whereis/3, send/3, close/1, await_ready/2,
-         allow/2]).
+         allow/2, drop_connection/1]).
 -export([init/1, callback_mode/0, handle_event/4, terminate/3, code_change/4]).
 
 -record(d, {
@@ -44,6 +44,12 @@
           exp_pid = #{} :: #{pid() => pos_integer()},
           exp_id = #{} :: #{pos_integer() => pid()},
           exp_mon = #{} :: #{reference() => pos_integer()},
+          %% ids of exported processes that ended, so {pl, Id} still maps to the same pid
+          grave = #{} :: #{pos_integer() => pid()},
+          grave_q = queue:new() :: queue:queue(),
+          %% proxies that ended, so shipping one back still gives {pl, Id}
+          pgrave = #{} :: #{pid() => integer()},
+          pgrave_q = queue:new() :: queue:queue(),
           %% proxies: the peer's processes, one local proxy per remote id
           token :: reference(),
           prox_id = #{} :: #{integer() => pid()},
@@ -71,6 +77,9 @@
 -define(PROXIES, fabric_peer_proxies).
 %% A claimed session waits this long for the resuming connection to hand its socket over.
 -define(ATTACH_TIMEOUT, 10000).
+%% How many ended exported processes keep their id -> pid entry (identity of a pid the peer
+%% sends back after its DEAD); older ones are replaced by an exited placeholder pid.
+-define(GRAVE_SIZE, 1024).
 
 %%% API
 
@@ -110,6 +119,10 @@ await_ready(Pid, Timeout) -> gen_statem:call(Pid, await_ready, Timeout).
 -spec allow(pid(), [atom()]) -> ok.
 allow(Pid, Names) -> gen_statem:call(Pid, {allow, Names}).
 
+%% @doc Drop the socket as if the network failed (sessions, reconnection and tests).
+-spec drop_connection(pid()) -> ok | {error, not_connected}.
+drop_connection(Pid) -> gen_statem:call(Pid, drop_connection).
+
 %%% gen_statem
 
 %% @private
@@ -130,7 +143,9 @@ init({Role, #{ref := Ref} = O, Arg}) ->
                       new_atoms => 0, local_errors => 0}},
     case Role of
         server -> {ok, wait_socket, D0#d{sock = Arg}};
-        client -> {ok, connecting, D0#d{target = Arg}, [{next_event, internal, connect}]}
+        %% the first attempt starts when connect/4 waits for it (await_ready), so its
+        %% result always has someone to go to
+        client -> {ok, connecting, D0#d{target = Arg}}
     end.
 
 transport(#{tls := false}) -> tcp;
@@ -339,8 +354,15 @@ handle_event(info, {'EXIT', _Pid, _Reason}, _, _) ->
 handle_event({call, From}, await_ready, State, D) ->
     case State of
         established -> {keep_state_and_data, [{reply, From, ok}]};
+        connecting when not D#d.ever_connected, D#d.waiters =:= [] ->
+            {keep_state, D#d{waiters = [From]}, [{next_event, internal, connect}]};
         _ -> {keep_state, D#d{waiters = [From | D#d.waiters]}}
     end;
+handle_event({call, From}, drop_connection, established, D) ->
+    gen_statem:reply(From, ok),
+    lost(D, dropped);
+handle_event({call, From}, drop_connection, _, _) ->
+    {keep_state_and_data, [{reply, From, {error, not_connected}}]};
 handle_event({call, From}, info, State, D) ->
     {keep_state_and_data, [{reply, From, info_map(State, D)}]};
 handle_event({call, From}, {allow, Names}, _, #d{ref = Ref, o = O} = D) ->
@@ -956,6 +978,7 @@ rewrite_out(Term, D) ->
 pid_out(Pid, D) ->
     case maps:find(Pid, D#d.prox_pid) of
         {ok, Id} -> {{pl, Id}, D};
+        error when is_map_key(Pid, D#d.pgrave) -> {{pl, maps:get(Pid, D#d.pgrave)}, D};
         error ->
             {Id, D1} = export(Pid, D),
             {{pr, Id}, D1}
@@ -974,6 +997,7 @@ resolve(pr, Id, D) ->
 resolve(pl, Id, D) ->
     case maps:find(Id, D#d.exp_id) of
         {ok, Pid} -> {ok, Pid, D};
+        error when is_map_key(Id, D#d.grave) -> {ok, maps:get(Id, D#d.grave), D};
         error ->
             {Dead, D1} = dead_pid(D),
             {ok, Dead, D1}
@@ -1029,7 +1053,17 @@ end_proxy(Proxy, Reason, D) ->
     Id = maps:get(Proxy, D#d.prox_pid),
     fabric_peer_proxy:control(Proxy, D#d.token, {die, Reason}),
     ets:delete(?PROXIES, Proxy),
-    D#d{prox_id = maps:remove(Id, D#d.prox_id), prox_pid = maps:remove(Proxy, D#d.prox_pid)}.
+    bury_proxy(Proxy, Id, D#d{prox_id = maps:remove(Id, D#d.prox_id),
+                              prox_pid = maps:remove(Proxy, D#d.prox_pid)}).
+
+bury_proxy(Pid, Id, #d{pgrave = G, pgrave_q = Q} = D) ->
+    Q1 = queue:in(Pid, Q),
+    case queue:len(Q1) > ?GRAVE_SIZE of
+        true ->
+            {{value, Old}, Q2} = queue:out(Q1),
+            D#d{pgrave = maps:remove(Old, G#{Pid => Id}), pgrave_q = Q2};
+        false -> D#d{pgrave = G#{Pid => Id}, pgrave_q = Q1}
+    end.
 
 kill_proxies(Reason, D) ->
     maps:fold(fun(P, _, Acc) -> end_proxy(P, Reason, Acc) end, D, D#d.prox_pid).
@@ -1039,14 +1073,15 @@ kill_proxies(Reason, D) ->
 reset_tables(D) ->
     D1 = kill_proxies(noconnection, D),
     maps:foreach(fun(Ref, _) -> erlang:demonitor(Ref, [flush]) end, D1#d.exp_mon),
-    D1#d{exp_pid = #{}, exp_id = #{}, exp_mon = #{}, next_id = 1,
+    D1#d{exp_pid = #{}, exp_id = #{}, exp_mon = #{}, next_id = 1, grave = #{}, grave_q = queue:new(),
+         pgrave = #{}, pgrave_q = queue:new(),
          queue = queue:new(), queued_msgs = 0, session = undefined}.
 
 down(Ref, Pid, Reason, D) ->
     case maps:take(Ref, D#d.exp_mon) of
         {Id, Mon} ->
-            D1 = D#d{exp_mon = Mon, exp_pid = maps:remove(Pid, D#d.exp_pid),
-                     exp_id = maps:remove(Id, D#d.exp_id)},
+            D1 = bury(Id, Pid, D#d{exp_mon = Mon, exp_pid = maps:remove(Pid, D#d.exp_pid),
+                                   exp_id = maps:remove(Id, D#d.exp_id)}),
             emit(ctrl, {'DEAD', {pr, Id}, Reason}, D1);
         error ->
             case maps:take(Ref, D#d.prox_mon) of
@@ -1056,8 +1091,8 @@ down(Ref, Pid, Reason, D) ->
                         {ok, Id} ->
                             %% not ended by a DEAD: killed locally (exit(Proxy, kill))
                             ets:delete(?PROXIES, Pid),
-                            D2 = D1#d{prox_id = maps:remove(Id, D1#d.prox_id),
-                                      prox_pid = maps:remove(Pid, D1#d.prox_pid)},
+                            D2 = bury_proxy(Pid, Id, D1#d{prox_id = maps:remove(Id, D1#d.prox_id),
+                                                          prox_pid = maps:remove(Pid, D1#d.prox_pid)}),
                             case Reason =:= killed andalso link_enabled(D2) of
                                 true ->
                                     {Sig, D3} = signaller(D2),
@@ -1069,6 +1104,15 @@ down(Ref, Pid, Reason, D) ->
                     end;
                 error -> D
             end
+    end.
+
+bury(Id, Pid, #d{grave = G, grave_q = Q} = D) ->
+    Q1 = queue:in(Id, Q),
+    case queue:len(Q1) > ?GRAVE_SIZE of
+        true ->
+            {{value, Old}, Q2} = queue:out(Q1),
+            D#d{grave = maps:remove(Old, G#{Id => Pid}), grave_q = Q2};
+        false -> D#d{grave = G#{Id => Pid}, grave_q = Q1}
     end.
 
 %% A pid whose process has already exited, substituted for an unknown {pl, Id}.

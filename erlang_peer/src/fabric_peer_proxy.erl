@@ -8,9 +8,11 @@
 %% `exit2'); a signal from a linked process that ended is ignored here, because the remote
 %% side learns of that death through the DEAD notice (link signals are never duplicated).
 %%
-%% This is a plain `proc_lib' process, not a behaviour, on purpose: a proxy must forward
-%% every term verbatim, including terms shaped like `gen_server' calls or system messages.
-%% Control messages carry a per-connection token no other process knows.
+%% This is a plain process, not a behaviour, on purpose: a proxy must forward every term
+%% verbatim, including terms shaped like `gen_server' calls or system messages. It is not
+%% started with `proc_lib' either: a proxy ending with the remote process's abnormal reason
+%% is normal operation and must not produce a crash report. Control messages carry a
+%% per-connection token no other process knows.
 -module(fabric_peer_proxy).
 
 -export([start/3, control/3]).
@@ -19,7 +21,7 @@
 %% connection monitors it, and it monitors the connection).
 -spec start(pid(), pos_integer(), reference()) -> pid().
 start(Conn, Id, Token) ->
-    proc_lib:spawn(fun() -> init(Conn, Id, Token) end).
+    spawn(fun() -> init(Conn, Id, Token) end).
 
 %% @doc Send a control command to a proxy: `{die, Reason}', `{link, Pid}', `{unlink, Pid}'
 %% or `{exit, Pid, Reason}' (the proxy calls `exit(Pid, Reason)', so `Pid' sees the proxy
