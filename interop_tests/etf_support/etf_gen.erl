@@ -1,7 +1,7 @@
 %% Random term generator and echo loop for pyfabric's ETF interop tests.
 %% Compiled at test time (erlc into a temp dir); never part of the product.
 -module(etf_gen).
--export([gen/1, echo/0, encode_all/1, timing/1]).
+-export([gen/1, echo/0, encode_all/1, timing/1, sweep/1, exprs/1]).
 
 -define(OPTION_SETS, [[], [{minor_version,0}], [{minor_version,1}], [{minor_version,2}],
                       [compressed], [{compressed,9},{minor_version,1}],
@@ -18,6 +18,32 @@ gen([SeedA, CountA, File]) ->
     ok = file:write_file(File, Data),
     io:format("~b~n", [length(Terms)]),
     halt(0).
+
+%% sweep([OutFile]): binaries of K random bytes followed by M zeros, encoded with
+%% [compressed]: zlib output sizes straddle the "use compression?" threshold.
+sweep([File]) ->
+    rand:seed(exsss, {1, 2, 3}),
+    Data = [begin
+                Rand = crypto_free_random(K),
+                frame(term_to_binary(<<Rand/binary, 0:(M * 8)>>, [compressed]))
+            end || K <- lists:seq(1, 80), M <- lists:seq(0, 40)],
+    ok = file:write_file(File, Data),
+    halt(0).
+
+%% exprs([InFile, OutFile]): InFile holds one Erlang expression per line; each is
+%% evaluated and encoded under every option set (term-major order).
+exprs([In, Out]) ->
+    {ok, Text} = file:read_file(In),
+    Lines = [L || L <- string:split(unicode:characters_to_list(Text), "\n", all), L =/= ""],
+    Data = [[frame(term_to_binary(eval(L), O)) || O <- ?OPTION_SETS] || L <- Lines],
+    ok = file:write_file(Out, Data),
+    halt(0).
+
+eval(Line) ->
+    {ok, Tokens, _} = erl_scan:string(Line ++ "."),
+    {ok, Exprs} = erl_parse:parse_exprs(Tokens),
+    {value, V, _} = erl_eval:exprs(Exprs, erl_eval:new_bindings()),
+    V.
 
 %% encode_all([InFile, OutFile]): InFile holds <<Size:32, Bin>> records of
 %% term_to_binary(Term) produced elsewhere; each is decoded and re-encoded with

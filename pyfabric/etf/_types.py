@@ -233,7 +233,9 @@ class Fun:
     """A local fun (NEW_FUN_EXT) received from Erlang; opaque and immutable.
 
     It keeps the exact encoded bytes (``raw``, everything after the tag byte) and is
-    re-encoded from them unchanged; the decoded fields are read-only conveniences.
+    re-encoded from them unchanged, whatever ``minor_version`` is asked for; the decoded
+    fields are read-only conveniences. Two funs are equal when their code identity,
+    creator pid and free variables are equal.
     Funs can only come from decoding (with ``safe=False``): Python cannot create one.
     """
 
@@ -267,13 +269,20 @@ class Fun:
     def __setattr__(self, key: str, value: Any) -> None:
         raise AttributeError("Fun is immutable")
 
+    def _identity(self) -> tuple[Any, ...]:
+        return (self.module, self.index, self.uniq, self.arity, self.old_index, self.old_uniq, self.pid)
+
     def __eq__(self, other: object) -> bool:
+        # Like Erlang: the same code and environment, however it was encoded
+        # (raw bytes differ with minor_version, e.g. ATOM_EXT vs SMALL_ATOM_UTF8_EXT).
         if other.__class__ is Fun:
-            return self.raw == other.raw  # type: ignore[attr-defined]
+            return self.raw == other.raw or (  # type: ignore[attr-defined]
+                self._identity() == other._identity() and self.free_vars == other.free_vars  # type: ignore[attr-defined]
+            )
         return NotImplemented  # type: ignore[return-value]
 
     def __hash__(self) -> int:
-        return hash((Fun, self.raw))
+        return hash((Fun, self._identity()))
 
     def __repr__(self) -> str:
         return (

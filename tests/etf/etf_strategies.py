@@ -119,6 +119,8 @@ def norm(value: Any) -> Any:
         if type(tail) is tuple and tail[0] == "L":
             return ("L", heads + tail[1])
         return ("I", heads, tail)
-    if t in (Atom, Pid, Port, Reference, ExportFun, Fun):
+    if t is Fun:
+        return ("F", value.module, value.index, value.uniq, value.arity, value.old_index, value.old_uniq, value.pid, norm(value.free_vars))
+    if t in (Atom, Pid, Port, Reference, ExportFun):
         return value
     raise TypeError(f"norm: unexpected {t}")

@@ -63,17 +63,35 @@ def test_2_32_element_list_header(safe: bool) -> None:
 
 
 def _zip_bomb(total: int, declared: int) -> bytes:
-    """131, 80, declared size, zlib stream of `total` zero bytes: built chunk-wise."""
-    deflater = zlib.compressobj(9)
-    chunk = bytes(1024 * 1024)
-    parts = [deflater.compress(b"\x6d" + struct.pack(">I", total - 5))]
+    """131, 80, declared size, zlib stream of a BINARY_EXT of ``total - 5`` zeros.
+
+    Built without materialising ``total`` bytes: after a full flush the deflater's
+    output for the same 1 MiB chunk of zeros is always the same, so one compressed
+    chunk is repeated; the zlib header and Adler-32 trailer are added by hand.
+    """
+    chunk_size = 1024 * 1024
+    chunk = bytes(chunk_size)
+    head = b"\x6d" + struct.pack(">I", total - 5)
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -15)
+    parts = [deflater.compress(head) + deflater.flush(zlib.Z_FULL_FLUSH)]
+    block = deflater.compress(chunk) + deflater.flush(zlib.Z_FULL_FLUSH)
+    checksum = zlib.adler32(head)
     remaining = total - 5
-    while remaining:
-        n = min(remaining, len(chunk))
-        parts.append(deflater.compress(chunk[:n]))
-        remaining -= n
-    parts.append(deflater.flush())
-    return b"\x83\x50" + struct.pack(">I", declared) + b"".join(parts)
+    while remaining >= chunk_size:
+        parts.append(block)
+        checksum = zlib.adler32(chunk, checksum)
+        remaining -= chunk_size
+    tail = bytes(remaining)
+    parts.append(deflater.compress(tail) + deflater.flush(zlib.Z_FINISH))
+    checksum = zlib.adler32(tail, checksum)
+    stream = b"\x78\xda" + b"".join(parts) + struct.pack(">I", checksum)
+    return b"\x83\x50" + struct.pack(">I", declared) + stream
+
+
+def test_zip_bomb_builder_is_a_valid_stream() -> None:
+    total = 3 * 1024 * 1024 + 17
+    bomb = _zip_bomb(total, total)
+    assert etf.decode(bomb, safe=False) == bytes(total - 5)
 
 
 @pytest.fixture(scope="module")
