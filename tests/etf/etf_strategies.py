@@ -29,7 +29,8 @@ atom_names = st.one_of(
     st.text(alphabet=_TEXT_CHARS, min_size=200, max_size=255),
 )
 atoms = atom_names.map(Atom)
-node_atoms = st.sampled_from(["nonode@nohost", "a@b", "srv@vm", "n\u00e9@h\u00f6st", "\u2603@x"]).map(Atom)
+# Not "nonode@nohost": Erlang validates (and may rewrite) ids naming its own node.
+node_atoms = st.sampled_from(["a@b", "srv@vm", "n\u00e9@h\u00f6st", "\u2603@x"]).map(Atom)
 u32 = st.integers(0, 2**32 - 1)
 
 integers = st.one_of(
