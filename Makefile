@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml
 	    else echo "python3 -m venv failed: install python3-venv (apt-get install python3-venv)"; exit 1; fi; }; \
 	fi
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,fast,bench]'
+	$(PY) -m pip install --quiet --config-settings editable_mode=compat -e '.[test,fast,bench]'
 	@touch $(STAMP)
 
 erlang:

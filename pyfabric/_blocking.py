@@ -1,0 +1,343 @@
+"""The blocking facade: :func:`connect` and :func:`start_server` for scripts and threads.
+
+Each facade object runs its own asyncio event loop (uvloop when installed) in a daemon
+thread and marshals every call onto it, so its methods are safe to call from any
+thread. Blocking calls made *from* that loop's thread (e.g. inside a process function
+spawned through the facade) would deadlock and raise :class:`RuntimeError` instead: use
+the async API there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from .etf import Atom, Pid, Reference
+from .runtime import Mailbox
+from .transport import Client, Server, aconnect, serve
+from .transport._client import DEFAULT_SEND_TIMEOUT
+
+__all__ = ["connect", "start_server", "BlockingClient", "BlockingServer", "BlockingMailbox"]
+
+_log = logging.getLogger("pyfabric.blocking")
+T = TypeVar("T")
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+class _LoopThread:
+    """An event loop running forever in a daemon thread."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = _new_loop()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_forever()
+        finally:
+            self.loop.close()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the loop and wait for its result in the calling thread."""
+        if threading.current_thread() is self.thread:
+            coro.close()
+            raise RuntimeError(
+                "a blocking pyfabric call was made from its own event loop thread (it would deadlock); "
+                "use the async API inside processes"
+            )
+        if self.loop.is_closed() or not self.thread.is_alive():
+            coro.close()
+            raise RuntimeError("this pyfabric object is closed")
+        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()
+            raise TimeoutError(f"no result within {timeout} s") from None
+        except BaseException:
+            fut.cancel()  # e.g. KeyboardInterrupt in the waiting thread
+            raise
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run the plain function ``fn`` on the loop thread and return its result."""
+
+        async def call() -> T:
+            return fn(*args, **kwargs)
+
+        return self.run(call())
+
+    def stop(self) -> None:
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        if threading.current_thread() is not self.thread:
+            self.thread.join(timeout=10)
+
+
+class BlockingMailbox:
+    """A mailbox usable from any thread: a process without a task, held by plain code.
+
+    ``receive`` blocks the calling thread (``timeout`` in seconds; raises
+    :class:`~pyfabric.runtime.ReceiveTimeout`). Close it when done (or use ``with``).
+    """
+
+    def __init__(self, runner: _LoopThread, box: Mailbox) -> None:
+        self._runner = runner
+        self._box = box
+
+    @property
+    def pid(self) -> Pid:
+        """This mailbox's pid: ship it in messages so remote processes can answer."""
+        return self._box.pid
+
+    def send(self, dest: Pid | Atom | str, msg: Any) -> None:
+        """Send to a local process, a proxy, or a locally registered name."""
+        self._runner.call(self._box.send, dest, msg)
+
+    def receive(self, match: Any = None, timeout: float | None = None) -> Any:
+        """The first queued message matching ``match`` (a predicate or a pattern with
+        ``ANY``), waiting up to ``timeout`` s; see :meth:`pyfabric.runtime.Mailbox.receive`."""
+        return self._runner.run(self._box.receive(match, timeout))
+
+    def link(self, pid: Pid) -> None:
+        self._runner.call(self._box.link, pid)
+
+    def unlink(self, pid: Pid) -> None:
+        self._runner.call(self._box.unlink, pid)
+
+    def monitor(self, pid: Pid) -> Reference:
+        """Monitor ``pid``: a ``('DOWN', ref, 'process', pid, reason)`` message comes when it ends."""
+        return self._runner.call(self._box.monitor, pid)
+
+    def demonitor(self, ref: Reference, flush: bool = False) -> bool:
+        return self._runner.call(self._box.demonitor, ref, flush)
+
+    def exit(self, pid: Pid, reason: Any) -> None:
+        """Send an exit signal to ``pid`` (Erlang's ``exit/2``)."""
+        self._runner.call(self._box.exit, pid, reason)
+
+    @property
+    def trap_exit(self) -> bool:
+        return self._box.trap_exit
+
+    @trap_exit.setter
+    def trap_exit(self, value: bool) -> None:
+        self._runner.call(setattr, self._box, "trap_exit", value)
+
+    def register(self, name: Atom | str) -> None:
+        self._runner.call(self._box.register, name)
+
+    def qsize(self) -> int:
+        return self._runner.call(self._box.qsize)
+
+    @property
+    def alive(self) -> bool:
+        return self._box.alive
+
+    def close(self, reason: Any = Atom("normal")) -> None:
+        if self._box.alive:
+            self._runner.call(self._box.close, reason)
+
+    def __enter__(self) -> BlockingMailbox:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<BlockingMailbox {self._box.pid!r}>"
+
+
+class _BlockingNodeApi:
+    """What the blocking client and server share: local processes on their node."""
+
+    _runner: _LoopThread
+    _target: Client | Server
+
+    def mailbox(self, name: Atom | str | None = None, **options: Any) -> BlockingMailbox:
+        """A new :class:`BlockingMailbox` on this node."""
+        return BlockingMailbox(self._runner, self._runner.call(self._target.mailbox, name, **options))
+
+    def spawn(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any, **options: Any) -> Pid:
+        """Start ``async def fn(proc, *args)`` as a process on this node's loop thread."""
+        return self._runner.call(self._target.spawn, fn, *args, **options)
+
+    def register(self, name: Atom | str, pid: Pid) -> None:
+        self._runner.call(self._target.register, name, pid)
+
+    def unregister(self, name: Atom | str) -> None:
+        self._runner.call(self._target.unregister, name)
+
+    def whereis_local(self, name: Atom | str) -> Pid | None:
+        """The local process registered as ``name``, or None."""
+        return self._runner.call(self._target.node.whereis, name)
+
+    def statistics(self) -> dict[str, Any]:
+        return self._runner.call(self._target.statistics)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop (in its own thread) that runs this object."""
+        return self._runner.loop
+
+
+class BlockingClient(_BlockingNodeApi):
+    """A connection to a fabric server for blocking code; create it with :func:`connect`.
+
+    Every method is safe to call from any thread. Use it as a context manager, or call
+    :meth:`close`.
+    """
+
+    def __init__(self, runner: _LoopThread, client: Client, send_timeout: float) -> None:
+        self._runner = runner
+        self._target = client
+        self._send_timeout = send_timeout
+
+    @property
+    def async_client(self) -> Client:
+        """The underlying :class:`~pyfabric.transport.Client` (use only on :attr:`loop`)."""
+        return self._target
+
+    @property
+    def state(self) -> str:
+        return self._target.state
+
+    @property
+    def mode(self) -> str | None:
+        return self._target.mode
+
+    @property
+    def features(self) -> frozenset[str]:
+        return self._target.features
+
+    def send(self, dest: Pid | Atom | str | tuple[Any, Any], msg: Any) -> None:
+        """Send ``msg`` to ``dest`` (a pid or proxy, a remote name, or ``(name, node)``).
+
+        Blocks only for backpressure (a full socket buffer) or, while the client
+        reconnects, until it is connected again (at most ``send_timeout`` s, then
+        :class:`~pyfabric.transport.NotConnected`).
+        """
+        self._runner.run(self._send(dest, msg))
+
+    async def _send(self, dest: Any, msg: Any) -> None:
+        client = self._target
+        client.send(dest, msg)
+        stream = client._stream
+        if client.state != "connected" or (stream is not None and not stream._can_write.is_set()):
+            await client.drain(self._send_timeout)
+
+    def whereis(self, name: Atom | str, *, timeout: float | None = None) -> Pid | None:
+        """The server's process registered as ``name`` (a proxy pid), or None; see
+        :meth:`pyfabric.transport.Client.whereis`."""
+        return self._runner.run(self._target.whereis(name, timeout=timeout))
+
+    def wait_connected(self, timeout: float | None = None) -> None:
+        self._runner.run(self._target.wait_connected(timeout))
+
+    def add_state_listener(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(state)`` on every connection state change (from the loop thread)."""
+        self._runner.call(self._target.add_state_listener, callback)
+
+    def close(self) -> None:
+        """Close the connection and stop the loop thread. Idempotent."""
+        if self._runner.loop.is_closed():
+            return
+        try:
+            self._runner.run(self._target.close())
+        finally:
+            self._runner.stop()
+
+    def __enter__(self) -> BlockingClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<BlockingClient {self._target!r}>"
+
+
+class BlockingServer(_BlockingNodeApi):
+    """A fabric server for blocking code; create it with :func:`start_server`."""
+
+    def __init__(self, runner: _LoopThread, server: Server) -> None:
+        self._runner = runner
+        self._target = server
+        self.port: int = server.port
+        """The port the server listens on."""
+
+    @property
+    def async_server(self) -> Server:
+        """The underlying :class:`~pyfabric.transport.Server` (use only on :attr:`loop`)."""
+        return self._target
+
+    def send(self, dest: Pid | Atom | str, msg: Any) -> None:
+        """Send to a local process, a proxy of a client's process, or a local name."""
+        self._runner.call(self._target.send, dest, msg)
+
+    def serve_forever(self) -> None:
+        """Block the calling thread until the server is closed (e.g. from another thread)."""
+        self._runner.thread.join()
+
+    def close(self) -> None:
+        """Stop serving, close every connection and stop the loop thread. Idempotent."""
+        if self._runner.loop.is_closed():
+            return
+        try:
+            self._runner.run(self._target.close())
+        finally:
+            self._runner.stop()
+
+    def __enter__(self) -> BlockingServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<BlockingServer {self._target!r}>"
+
+
+def connect(
+    host: str, port: int, secret: bytes | str, *, send_timeout: float = DEFAULT_SEND_TIMEOUT, **options: Any
+) -> BlockingClient:
+    """Blocking :func:`~pyfabric.aconnect`: connect to a fabric server; same options.
+
+    Returns a :class:`BlockingClient` whose methods are safe to call from any thread.
+    Raises what ``aconnect`` raises (``ConnectFailed``, ``AuthenticationError``).
+    """
+    runner = _LoopThread(f"pyfabric-client-{host}:{port}")
+    try:
+        client = runner.run(aconnect(host, port, secret, send_timeout=send_timeout, **options))
+    except BaseException:
+        runner.stop()
+        raise
+    return BlockingClient(runner, client, send_timeout)
+
+
+def start_server(host: str, port: int, secret: bytes | str, **options: Any) -> BlockingServer:
+    """Blocking :func:`~pyfabric.serve`: start a fabric server in a background thread.
+
+    Same options as ``serve``; returns a :class:`BlockingServer` (``.port``, ``.mailbox()``,
+    ``.spawn()``, ``.register()``, ``.close()``), safe to use from any thread.
+    """
+    runner = _LoopThread(f"pyfabric-server-{host}:{port}")
+    try:
+        server = runner.run(serve(host, port, secret, **options))
+    except BaseException:
+        runner.stop()
+        raise
+    return BlockingServer(runner, server)

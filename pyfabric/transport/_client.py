@@ -1,0 +1,470 @@
+"""The asyncio client: connect to a fabric server, keep the session alive, reconnect.
+
+:func:`aconnect` returns a connected :class:`Client`. The client owns (or shares) a
+runtime :class:`~pyfabric.runtime.Node`, so it can hold mailboxes and spawn processes
+whose pids travel to the server; remote pids arrive as proxies of that node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl as _ssl
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any
+
+from ..etf import Atom, DecodeLimits, Pid
+from ..protocol import DEFAULT_MAX_FRAME, AuthenticationError, ConnectionClosed, HandshakeComplete
+from ..runtime import Mailbox, Node
+from ._errors import ConnectFailed, NotConnected
+from ._options import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_HEARTBEAT,
+    DEFAULT_MAX_PENDING,
+    PeerOptions,
+)
+from ._peer import PeerLink
+from ._stream import FrameStream
+
+__all__ = ["Client", "aconnect", "ConnectionState"]
+
+_log = logging.getLogger("pyfabric.client")
+
+DEFAULT_BACKOFF_INITIAL = 0.1
+"""First reconnect delay, seconds."""
+DEFAULT_BACKOFF_MAX = 10.0
+"""Reconnect delays double up to this cap (with jitter), seconds."""
+DEFAULT_WHEREIS_TIMEOUT = 10.0
+"""Seconds ``whereis`` waits for the server's answer."""
+DEFAULT_SEND_TIMEOUT = 10.0
+"""Seconds ``drain`` waits for a reconnection before giving up on queued sends."""
+
+
+class ConnectionState:
+    """The states a :class:`Client` goes through (strings, for easy logging)."""
+
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+    CLOSED = "closed"
+
+
+class Client:
+    """A connection to one fabric server; create it with :func:`aconnect`.
+
+    Use it as an async context manager, or call :meth:`close`. Everything here must be
+    called on the client's event loop (the blocking facade, :func:`pyfabric.connect`,
+    does that for other threads).
+
+    Addressing with :meth:`send`: a :class:`~pyfabric.etf.Pid` (a local process or a proxy
+    of a remote one), a remote registered name (``"ping"`` or ``Atom("ping")``), or a
+    ``(name, node)`` pair, as Erlang's ``{Name, Node} ! Msg``.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        options: PeerOptions,
+        *,
+        node: Node,
+        owns_node: bool,
+        ssl: _ssl.SSLContext | None,
+        server_hostname: str | None,
+        connect_timeout: float,
+        handshake_timeout: float,
+        reconnect: bool,
+        backoff_initial: float,
+        backoff_max: float,
+        whereis_timeout: float,
+        send_timeout: float,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.options = options
+        self._node = node
+        self._owns_node = owns_node
+        self._ssl = ssl
+        self._server_hostname = server_hostname
+        self._connect_timeout = connect_timeout
+        self._handshake_timeout = handshake_timeout
+        self._reconnect = reconnect
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._whereis_timeout = whereis_timeout
+        self._send_timeout = send_timeout
+        self._link = PeerLink(node, options, role="client", label=f"server {host}:{port}")
+        self._link.on_closed = self._on_link_closed
+        self._stream: FrameStream | None = None
+        self._state = ConnectionState.CONNECTING
+        self._listeners: list[Callable[[str], None]] = []
+        self._connected = asyncio.Event()
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.reconnects = 0
+
+    # -- connection life cycle ------------------------------------------------------------------
+
+    async def _connect_once(self) -> HandshakeComplete:
+        """One TCP connect + handshake. Raises ConnectFailed or AuthenticationError."""
+        loop = asyncio.get_running_loop()
+        link = self._link
+        resume = link.established is not None and "session" in link.established.features
+        conn = link.new_connection(resume=resume)
+        done: asyncio.Future[HandshakeComplete | ConnectionClosed] = loop.create_future()
+
+        def established(_link: PeerLink, ev: HandshakeComplete) -> None:
+            if not done.done():
+                done.set_result(ev)
+
+        link.on_established = established
+        heartbeat = self.options.heartbeat_ms / 1000
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                _transport, stream = await loop.create_connection(
+                    lambda: FrameStream(link, heartbeat=heartbeat),
+                    self.host,
+                    self.port,
+                    ssl=self._ssl,
+                    server_hostname=self._server_hostname if self._ssl else None,
+                )
+        except (OSError, TimeoutError) as exc:
+            link.conn = None
+            raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {exc or 'timed out'}") from exc
+        self._stream = stream
+        conn.start()
+        link._flush()
+        try:
+            async with asyncio.timeout(self._handshake_timeout):
+                await asyncio.wait({done, stream.closed}, return_when=asyncio.FIRST_COMPLETED)
+        except TimeoutError:
+            stream.abort()
+            raise ConnectFailed(
+                f"handshake with {self.host}:{self.port} did not complete within {self._handshake_timeout} s"
+            ) from None
+        if done.done():
+            ev = done.result()
+            stream.start_heartbeat(heartbeat, ev.peer_heartbeat / 1000)
+            return ev
+        if link.auth_error is not None:
+            error, link.auth_error = link.auth_error, None
+            raise error
+        reason = link.close_event.message if link.close_event is not None else "connection closed"
+        raise ConnectFailed(f"{self.host}:{self.port} closed the connection during the handshake: {reason}")
+
+    async def _start(self) -> None:
+        await self._connect_once()
+        self._set_state(ConnectionState.CONNECTED)
+
+    def _on_link_closed(self, _link: PeerLink, ev: ConnectionClosed) -> None:
+        if self._state != ConnectionState.CONNECTED:
+            return  # a failed attempt: _connect_once reports it
+        self._connected.clear()
+        if self._closing or not self._reconnect:
+            self._finish_closed()
+            return
+        self._set_state(ConnectionState.RECONNECTING)
+        self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect_loop())
+
+    async def _reconnect_loop(self) -> None:
+        delay = self._backoff_initial
+        while not self._closing:
+            # Full jitter: many clients of one restarted server do not reconnect in step.
+            await asyncio.sleep(random.uniform(delay / 2, delay))
+            if self._closing:
+                return
+            try:
+                ev = await self._connect_once()
+            except AuthenticationError as exc:
+                _log.error("reconnect to %s:%s refused: %s; giving up", self.host, self.port, exc)
+                break
+            except (ConnectFailed, OSError) as exc:
+                _log.info("reconnect to %s:%s failed: %s (next try within %.1f s)", self.host, self.port, exc, delay)
+                delay = min(delay * 2, self._backoff_max)
+                continue
+            self.reconnects += 1
+            _log.info("reconnected to %s:%s (session %s)", self.host, self.port, "resumed" if ev.resumed else "new")
+            self._set_state(ConnectionState.CONNECTED)
+            return
+        self._finish_closed()
+
+    def _finish_closed(self) -> None:
+        self._link.expire()
+        self._set_state(ConnectionState.CLOSED)
+
+    def _set_state(self, state: str) -> None:
+        if state == self._state:
+            return
+        self._state = state
+        if state == ConnectionState.CONNECTED:
+            self._connected.set()
+        else:
+            self._connected.clear()
+        for listener in list(self._listeners):
+            try:
+                listener(state)
+            except Exception:
+                _log.exception("connection state listener %r failed", listener)
+
+    # -- observing the connection ---------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        """One of :class:`ConnectionState`'s values."""
+        return self._state
+
+    def add_state_listener(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(state)`` on every state change (on the event loop)."""
+        self._listeners.append(callback)
+
+    def remove_state_listener(self, callback: Callable[[str], None]) -> None:
+        self._listeners.remove(callback)
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        """Wait until connected; ``TimeoutError`` after ``timeout`` s; ``NotConnected`` if closed."""
+        if self._state == ConnectionState.CLOSED:
+            raise NotConnected(f"the client of {self.host}:{self.port} is closed")
+        async with asyncio.timeout(timeout):
+            await self._connected.wait()
+
+    @property
+    def node(self) -> Node:
+        """The runtime node this client's processes and proxies live on."""
+        return self._node
+
+    @property
+    def mode(self) -> str | None:
+        """``"extended"`` (one of our peers), ``"legacy"`` (an original peer), or None."""
+        ev = self._link.established
+        return ev.mode if ev is not None else None
+
+    @property
+    def features(self) -> frozenset[str]:
+        """The extension features agreed with the server (empty for a legacy server)."""
+        ev = self._link.established
+        return ev.features if ev is not None else frozenset()
+
+    @property
+    def peer_node(self) -> Atom | None:
+        """The server's node name, when it told us (extended peers)."""
+        ev = self._link.established
+        return ev.peer_node if ev is not None else None
+
+    def statistics(self) -> dict[str, Any]:
+        """Counters for monitoring: state, reconnects, bytes, proxies, exports, queued sends."""
+        stream = self._stream
+        session = self._link.session
+        return {
+            "state": self._state,
+            "mode": self.mode,
+            "reconnects": self.reconnects,
+            "bytes_in": stream.bytes_in if stream else 0,
+            "bytes_out": stream.bytes_out if stream else 0,
+            "proxies": len(session.proxies) if session else 0,
+            "exports": len(session.exports) if session else 0,
+            "pending_sends": self._link.pending_count(),
+            "frames_dropped": self._link.frames_dropped,
+        }
+
+    # -- messaging -------------------------------------------------------------------------------
+
+    def send(self, dest: Pid | Atom | str | tuple[Any, Any], msg: Any) -> None:
+        """Send ``msg`` to ``dest`` (see the class docstring); never blocks.
+
+        Raises :class:`~pyfabric.protocol.LocalProtocolError` (nothing sent) when the
+        server cannot carry ``msg`` (e.g. a map to an original server), and
+        :class:`NotConnected` while disconnected when ``when_disconnected="error"`` or
+        the bounded queue is full. Call :meth:`drain` to wait for the bytes to leave.
+        """
+        if dest.__class__ is Pid:
+            self._node.send(dest, msg)
+            return
+        if self._state == ConnectionState.CLOSED:
+            raise NotConnected(f"the client of {self.host}:{self.port} is closed")
+        if isinstance(dest, str):
+            dest = Atom(dest)
+        elif isinstance(dest, tuple):
+            if len(dest) != 2:
+                raise TypeError(f"a (name, node) destination has two items, got {dest!r}")
+            dest = (Atom(dest[0]) if isinstance(dest[0], str) else dest[0], Atom(dest[1]) if isinstance(dest[1], str) else dest[1])
+        elif dest.__class__ is not Atom:
+            raise TypeError(f"send: dest must be a Pid, a name or a (name, node) pair, got {type(dest).__name__}")
+        self._link.send(dest, msg)
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait until queued sends have been written to the socket's buffer and the buffer is
+        below its high-water mark; while reconnecting, wait for the reconnection.
+
+        ``timeout`` defaults to the client's ``send_timeout``; raises :class:`NotConnected`
+        when it expires or the client closes.
+        """
+        timeout = self._send_timeout if timeout is None else timeout
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    if self._state == ConnectionState.CLOSED:
+                        raise NotConnected(f"the client of {self.host}:{self.port} is closed")
+                    if self._state == ConnectionState.CONNECTED and self._stream is not None:
+                        await self._stream.drain()
+                        if self._state == ConnectionState.CONNECTED:
+                            return
+                    await self._connected.wait()
+        except TimeoutError:
+            raise NotConnected(
+                f"still not connected to {self.host}:{self.port} after {timeout} s; queued sends stay queued"
+            ) from None
+
+    async def whereis(self, name: Atom | str, *, timeout: float | None = None) -> Pid | None:
+        """The server's process registered as ``name``, as a proxy pid; None if the server
+        does not have it or does not allow it.
+
+        Needs one of our servers (the ``whereis`` feature): with an original server it
+        raises :class:`~pyfabric.protocol.FeatureNotSupported`; send to the name instead.
+        """
+        await self.wait_connected(self._connect_timeout)
+        return await self._link.whereis(name, self._whereis_timeout if timeout is None else timeout)
+
+    # -- local processes (delegated to the node) --------------------------------------------------
+
+    def mailbox(self, name: Atom | str | None = None, **options: Any) -> Mailbox:
+        """A new mailbox on this client's node (see :meth:`pyfabric.runtime.Node.mailbox`)."""
+        return self._node.mailbox(name, **options)
+
+    def spawn(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any, **options: Any) -> Pid:
+        """Start ``async def fn(proc, *args)`` as a process on this client's node."""
+        return self._node.spawn(fn, *args, **options)
+
+    def register(self, name: Atom | str, pid: Pid) -> None:
+        """Register ``pid`` under ``name`` locally (reachable by the server only if allowed)."""
+        self._node.register(name, pid)
+
+    def unregister(self, name: Atom | str) -> None:
+        self._node.unregister(name)
+
+    # -- closing ----------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close the connection, stop reconnecting, end proxies with ``noconnection``
+        (and close the node if this client created it)."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._reconnect_task is not None:
+            self._reconnect_task.cancel()
+            try:
+                await self._reconnect_task
+            except asyncio.CancelledError:
+                pass
+        self._link.close()
+        stream = self._stream
+        if stream is not None:
+            stream.close()
+            try:
+                async with asyncio.timeout(2):
+                    await asyncio.shield(stream.closed)
+            except TimeoutError:
+                stream.abort()
+        if self._state != ConnectionState.CLOSED:
+            self._finish_closed()
+        if self._owns_node:
+            await self._node.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<Client {self.host}:{self.port} {self._state} {self.mode or ''}>"
+
+
+async def aconnect(
+    host: str,
+    port: int,
+    secret: bytes | str,
+    *,
+    allowed: Iterable[Atom | str] | Callable[[str], bool] = (),
+    force_allowed: Iterable[Atom | str] = (),
+    allow_legacy_auth: bool = False,
+    node: Node | None = None,
+    node_name: Atom | str | None = None,
+    features: Iterable[str] | None = None,
+    ssl: _ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    reconnect: bool = True,
+    when_disconnected: str = "wait",
+    max_pending: int = DEFAULT_MAX_PENDING,
+    send_timeout: float = DEFAULT_SEND_TIMEOUT,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    whereis_timeout: float = DEFAULT_WHEREIS_TIMEOUT,
+    backoff_initial: float = DEFAULT_BACKOFF_INITIAL,
+    backoff_max: float = DEFAULT_BACKOFF_MAX,
+    heartbeat: float = DEFAULT_HEARTBEAT,
+    max_frame: int = DEFAULT_MAX_FRAME,
+    decode_limits: DecodeLimits | None = None,
+    compress: bool = True,
+) -> Client:
+    """Connect to the fabric server at ``host:port`` with ``secret``; return a connected
+    :class:`Client`.
+
+    Raises :class:`ConnectFailed` if the server cannot be reached or the handshake does not
+    complete, and :class:`~pyfabric.protocol.AuthenticationError` on a wrong secret, a
+    server that cannot prove the secret, or an original (MD5-only) server when
+    ``allow_legacy_auth`` is False (the default; MD5 authentication is weak, enable it only
+    on trusted networks or over TLS).
+
+    Options: ``allowed`` names of local processes the server may reach by name (default
+    none); ``node``/``node_name`` to share a runtime node or name it; ``ssl`` an
+    :class:`ssl.SSLContext` for TLS; ``reconnect`` (default on: capped exponential backoff
+    ``backoff_initial``..``backoff_max`` s with jitter; with one of our servers the session
+    is resumed and proxies keep their identity); ``when_disconnected`` ``"wait"`` (queue up
+    to ``max_pending`` sends; :meth:`Client.drain` waits up to ``send_timeout``) or
+    ``"error"`` (raise :class:`NotConnected`); ``heartbeat`` seconds (0 = off);
+    ``max_frame`` and ``decode_limits`` bound what we accept; ``compress`` as the original
+    (zlib when smaller).
+    """
+    options = PeerOptions.build(
+        secret,
+        allowed=allowed,
+        force_allowed=force_allowed,
+        allow_legacy_auth=allow_legacy_auth,
+        features=features,
+        max_frame=max_frame,
+        heartbeat=heartbeat,
+        decode_limits=decode_limits,
+        compress=compress,
+        when_disconnected=when_disconnected,
+        max_pending=max_pending,
+    )
+    owns_node = node is None
+    if node is None:
+        node = Node(node_name)
+    client = Client(
+        host,
+        port,
+        options,
+        node=node,
+        owns_node=owns_node,
+        ssl=ssl,
+        server_hostname=server_hostname or (host if ssl else None),
+        connect_timeout=connect_timeout,
+        handshake_timeout=handshake_timeout,
+        reconnect=reconnect,
+        backoff_initial=backoff_initial,
+        backoff_max=backoff_max,
+        whereis_timeout=whereis_timeout,
+        send_timeout=send_timeout,
+    )
+    try:
+        await client._start()
+    except BaseException:
+        client._closing = True
+        client._set_state(ConnectionState.CLOSED)
+        if owns_node:
+            await node.close()
+        raise
+    return client

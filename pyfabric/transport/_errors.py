@@ -1,0 +1,20 @@
+"""Errors raised by the transports (on top of the protocol's and the runtime's)."""
+
+from __future__ import annotations
+
+__all__ = ["TransportError", "NotConnected", "ConnectFailed"]
+
+
+class TransportError(Exception):
+    """Base class of the transport errors."""
+
+
+class NotConnected(TransportError, ConnectionError):
+    """The peer is not connected (now, or any more) and the send could not be queued."""
+
+
+class ConnectFailed(TransportError, ConnectionError):
+    """Connecting failed (TCP/TLS error, timeout, or the handshake did not complete).
+
+    Authentication failures raise :class:`pyfabric.protocol.AuthenticationError` instead.
+    """

@@ -1,0 +1,407 @@
+"""One peer of a local node: a fabric session bound to the runtime, across reconnects.
+
+A :class:`PeerLink` owns the protocol :class:`~pyfabric.protocol.Connection` currently in
+use for one peer (a server we connected to, or one client of our server), turns the
+core's events into runtime operations (deliver messages, end proxies, links, whereis),
+turns runtime operations on proxies into protocol commands (through :class:`ProxyHandle`),
+and emits DEAD notices for the local processes the peer knows about (through
+:meth:`Node.watch`). It does no socket I/O itself: a :class:`~._stream.FrameStream`
+feeds it bytes and writes what it produces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ..etf import Atom, Pid
+from ..protocol import (
+    AuthFailed,
+    Connection,
+    ConnectionClosed,
+    ExitSignalReceived,
+    FeatureNotSupported,
+    FrameDropped,
+    HandshakeComplete,
+    LinkRequested,
+    MessageReceived,
+    PeerError,
+    ProxyDied,
+    Session,
+    UnlinkRequested,
+    WhereisReplied,
+    WhereisRequested,
+)
+from ..runtime import Node, NotRegistered, WatchToken
+from ._errors import NotConnected
+from ._options import PeerOptions
+
+__all__ = ["PeerLink", "ProxyHandle"]
+
+_log = logging.getLogger("pyfabric.transport")
+
+ESTABLISHED = "established"
+
+
+class ProxyHandle:
+    """The runtime's view of one remote process: forwards to the peer link (RemoteHandle)."""
+
+    __slots__ = ("link", "pid")
+
+    def __init__(self, link: PeerLink) -> None:
+        self.link = link
+        self.pid: Pid | None = None
+
+    def deliver(self, msg: Any) -> None:
+        self.link.send(self.pid, msg)
+
+    def link_added(self, local_pid: Pid) -> None:
+        self.link.command("link", local_pid, self.pid)
+
+    def link_removed(self, local_pid: Pid) -> None:
+        self.link.command("unlink", local_pid, self.pid)
+
+    def exit_signal(self, from_pid: Pid, reason: Any) -> None:
+        self.link.command("exit_signal", from_pid, self.pid, reason)
+
+
+class PeerLink:
+    """The session with one peer, bound to ``node``; see the module docstring.
+
+    ``writer`` is set by the stream while a connection is up: it takes bytes to write.
+    ``on_established`` / ``on_closed`` let the owner (client or server) follow the
+    connection's life.
+    """
+
+    def __init__(self, node: Node, options: PeerOptions, *, role: str, label: str) -> None:
+        self.node = node
+        self.options = options
+        self.role = role
+        self.label = label
+        self.conn: Connection | None = None
+        self.session: Session | None = None
+        self.established: HandshakeComplete | None = None
+        self.auth_error: Exception | None = None
+        self.close_event: ConnectionClosed | None = None
+        self.writer: Callable[[bytes], None] | None = None
+        self.closer: Callable[[], None] | None = None
+        self.on_established: Callable[[PeerLink, HandshakeComplete], PeerLink | None] | None = None
+        self.on_closed: Callable[[PeerLink, ConnectionClosed], None] | None = None
+        self._watches: dict[Pid, WatchToken] = {}
+        self._exports_seen = 1
+        self._whereis: dict[int, asyncio.Future[Pid | None]] = {}
+        self._pending: deque[tuple[str, tuple[Any, ...]]] = deque()
+        self._flush_scheduled = False
+        self.frames_dropped = 0
+
+    # -- building connections -------------------------------------------------------------
+
+    def new_connection(self, *, resume: bool = False, find_session: Callable[[bytes], Session | None] | None = None) -> Connection:
+        """A fresh protocol connection for this peer (client: resuming our session if asked)."""
+        opts = self.options
+        conn = Connection(
+            self.role,
+            opts.secret,
+            node_name=self.node.name,
+            new_proxy_pid=self._new_proxy_pid,
+            allowed=opts.policy,
+            allow_legacy_auth=opts.allow_legacy_auth,
+            features=opts.features,
+            max_frame=opts.max_frame,
+            heartbeat_interval=opts.heartbeat_ms,
+            decode_limits=opts.decode_limits,
+            is_alive=self.node.is_alive,
+            new_dead_pid=self._new_dead_pid,
+            session=self.session if resume else None,
+            find_session=find_session,
+            compress_messages=opts.compress,
+            peer=self.label,
+        )
+        self.conn = conn
+        self.established = None
+        self.close_event = None
+        return conn
+
+    def adopt(self, conn: Connection) -> None:
+        """Use ``conn`` (established by another link object that found our session)."""
+        self.conn = conn
+
+    def _new_proxy_pid(self, remote_id: int) -> Pid:
+        handle = ProxyHandle(self)
+        pid = self.node.new_proxy(handle)
+        handle.pid = pid
+        return pid
+
+    def _new_dead_pid(self, local_id: int) -> Pid:
+        # A pid whose process has already exited: sending does nothing, monitoring gives
+        # noproc (docs/protocol.md 4.1).
+        return self.node.dead_pid()
+
+    # -- bytes in / out ----------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        conn.receive_data(data)
+        self._process_events()
+
+    def connection_lost(self) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        if conn.state != "closed":
+            conn.connection_lost()
+        self._process_events()
+
+    def handshake_timed_out(self) -> None:
+        conn = self.conn
+        if conn is not None and conn.state not in (ESTABLISHED, "closed"):
+            conn.handshake_timed_out()
+            self._process_events()
+
+    def heartbeat(self) -> None:
+        conn = self.conn
+        if conn is not None and conn.state == ESTABLISHED and "heartbeat" in conn.features:
+            conn.heartbeat()
+            self._flush()
+
+    def _process_events(self, events: Any = None) -> None:
+        conn = self.conn
+        node = self.node
+        if events is None:
+            events = iter(conn.events())
+        for ev in events:
+            kind = ev.__class__
+            if kind is MessageReceived:
+                try:
+                    node.send(ev.dest, ev.payload)
+                except NotRegistered:
+                    _log.debug("%s: message to unregistered name %s dropped", self.label, ev.dest)
+            elif kind is ProxyDied:
+                node.terminate_proxy(ev.pid, ev.reason)
+            elif kind is LinkRequested:
+                node.remote_link(ev.proxy_pid, ev.local_pid)
+            elif kind is UnlinkRequested:
+                node.remote_unlink(ev.proxy_pid, ev.local_pid)
+            elif kind is ExitSignalReceived:
+                node.remote_exit(ev.from_proxy, ev.to_local, ev.reason)
+            elif kind is WhereisRequested:
+                conn.reply_whereis(ev.req_id, node.whereis(ev.name))
+            elif kind is WhereisReplied:
+                fut = self._whereis.pop(ev.req_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(ev.pid)
+            elif kind is HandshakeComplete:
+                owner = self._established(ev)
+                if owner is not self:
+                    # A server found the session this connection resumed: its link takes
+                    # over the connection and the rest of the events.
+                    owner._process_events(events)
+                    return
+            elif kind is AuthFailed:
+                self.auth_error = ev.error
+                _log.warning("%s: authentication failed: %s", self.label, ev.message)
+            elif kind is FrameDropped:
+                self.frames_dropped += 1
+                _log.warning("%s: dropped a frame (%s): %s", self.label, ev.code, ev.detail)
+            elif kind is PeerError:
+                _log.warning("%s: peer reported %s: %s", self.label, ev.code, ev.message)
+            elif kind is ConnectionClosed:
+                self._closed(ev)
+        self._watch_new_exports()
+        self._flush()
+
+    def _flush(self) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        data = conn.data_to_send()
+        if data and self.writer is not None:
+            self.writer(data)
+
+    def _schedule_flush(self) -> None:
+        # Sends from one loop iteration are written together: one write per burst.
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.node.loop.call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        self._flush()
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def _established(self, ev: HandshakeComplete) -> PeerLink:
+        self.established = ev
+        self.session = self.conn.session
+        if not ev.resumed:
+            self._forget_exports()
+        _log.info(
+            "%s: connected (%s%s, features: %s)",
+            self.label,
+            ev.mode,
+            ", session resumed" if ev.resumed else "",
+            ", ".join(sorted(ev.features)) or "none",
+        )
+        owner = self
+        if self.on_established is not None:
+            owner = self.on_established(self, ev) or self
+        owner._replay_pending()
+        return owner
+
+    def _closed(self, ev: ConnectionClosed) -> None:
+        self.close_event = ev
+        if ev.code is not None:
+            _log.warning("%s: connection closed: %s (%s)", self.label, ev.message, ev.code)
+        else:
+            _log.info("%s: connection closed: %s", self.label, ev.message)
+        if self.established is None or "session" not in self.established.features:
+            # The core already ended the proxies (noconnection); exports are void too.
+            self._forget_exports()
+        self._fail_whereis(NotConnected(f"connection to {self.label} closed while waiting for whereis"))
+        self._flush()
+        if self.closer is not None:
+            self.closer()
+        if self.on_closed is not None:
+            self.on_closed(self, ev)
+
+    def expire(self) -> None:
+        """End the session for good: proxies end with ``noconnection``, exports are dropped."""
+        if self.session is not None:
+            for pid, _remote_id in self.session.expire():
+                self.node.terminate_proxy(pid, Atom("noconnection"))
+        self._forget_exports()
+        self._pending.clear()
+
+    def _forget_exports(self) -> None:
+        for token in self._watches.values():
+            self.node.unwatch(token)
+        self._watches.clear()
+        self._exports_seen = 1
+
+    # -- exports: DEAD notices ------------------------------------------------------------
+
+    def _watch_new_exports(self) -> None:
+        conn = self.conn
+        session = conn.session
+        end = session.next_export_id
+        if end == self._exports_seen:
+            return
+        exports = session.exports
+        node = self.node
+        for ident in range(self._exports_seen, end):
+            pid = exports.get(ident)
+            if pid is not None and pid not in self._watches and node.is_alive(pid):
+                self._watches[pid] = node.watch(pid, self._exported_exited)
+        self._exports_seen = end
+
+    def _exported_exited(self, pid: Pid, reason: Any) -> None:
+        self._watches.pop(pid, None)
+        conn = self.conn
+        if conn is None:
+            return
+        conn.process_exited(pid, reason)
+        self._schedule_flush()
+
+    # -- commands from the runtime and the API -------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        conn = self.conn
+        return conn is not None and conn.state == ESTABLISHED
+
+    def send(self, dest: Any, msg: Any) -> None:
+        """Send ``msg`` to ``dest`` (proxy pid, remote name, or ``(name, node)``)."""
+        conn = self.conn
+        if conn is not None and conn.state == ESTABLISHED:
+            conn.send_message(dest, msg)
+            if self._exports_seen != conn.session.next_export_id:
+                self._watch_new_exports()
+            self._schedule_flush()
+        else:
+            self._queue("send_message", (dest, msg))
+
+    def command(self, name: str, *args: Any) -> None:
+        """Run a link-family protocol command (``link``, ``unlink``, ``exit_signal``)."""
+        conn = self.conn
+        if conn is not None and conn.state == ESTABLISHED:
+            if "link" not in conn.features:
+                if name == "link":
+                    # A legacy peer cannot learn of the link: it still works one way
+                    # (the proxy ends when the remote process ends).
+                    _log.debug("%s: link to a legacy peer's process is local only", self.label)
+                    return
+                if name == "unlink":
+                    return
+                raise FeatureNotSupported(
+                    f"exit/2 on a remote process needs the 'link' feature, which {self.label} does not support"
+                )
+            getattr(conn, name)(*args)
+            self._watch_new_exports()
+            self._schedule_flush()
+        else:
+            self._queue(name, args)
+
+    def _queue(self, name: str, args: tuple[Any, ...]) -> None:
+        opts = self.options
+        if opts.when_disconnected != "queue" or self.conn is None:
+            raise NotConnected(
+                f"not connected to {self.label}; the client reconnects in the background "
+                "(pass when_disconnected='queue' to queue sends while it does)"
+            )
+        if len(self._pending) >= opts.max_pending:
+            raise NotConnected(
+                f"not connected to {self.label} and {opts.max_pending} sends are already queued (max_pending)"
+            )
+        self._pending.append((name, args))
+
+    def _replay_pending(self) -> None:
+        pending, self._pending = self._pending, deque()
+        node = self.node
+        for name, args in pending:
+            dest = args[0] if name == "send_message" else args[1]
+            if isinstance(dest, Pid) and not node.is_alive(dest):
+                continue  # its proxy ended (session not resumed): sends to it are no-ops
+            try:
+                if name == "send_message":
+                    self.send(*args)
+                else:
+                    self.command(name, *args)
+            except Exception as exc:  # a queued send the peer cannot carry
+                _log.warning("%s: queued %s dropped: %s", self.label, name, exc)
+
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    async def whereis(self, name: Atom | str, timeout: float | None) -> Pid | None:
+        conn = self.conn
+        if conn is None or conn.state != ESTABLISHED:
+            raise NotConnected(f"not connected to {self.label}")
+        req_id = conn.whereis(name)
+        fut: asyncio.Future[Pid | None] = self.node.loop.create_future()
+        self._whereis[req_id] = fut
+        self._flush()
+        try:
+            async with asyncio.timeout(timeout):
+                return await fut
+        except TimeoutError:
+            raise TimeoutError(f"whereis({name!r}) got no answer from {self.label} within {timeout} s") from None
+        finally:
+            self._whereis.pop(req_id, None)
+
+    def _fail_whereis(self, exc: Exception) -> None:
+        waiting, self._whereis = self._whereis, {}
+        for fut in waiting.values():
+            if not fut.done():
+                fut.set_exception(exc)
+
+    def close(self) -> None:
+        """Close the current connection in an orderly way (flushes what is queued)."""
+        conn = self.conn
+        if conn is not None and conn.state != "closed":
+            conn.close()
+            self._process_events()

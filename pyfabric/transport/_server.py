@@ -1,0 +1,350 @@
+"""The asyncio server: many fabric clients at once, each with its own id space.
+
+:func:`serve` starts listening and returns a :class:`Server`. Every accepted connection
+gets its own :class:`~._peer.PeerLink` (its own protocol state and id tables) bound to
+the server's runtime node, so local processes registered there and allowed by name are
+reachable from every client. A bad client only ever affects its own connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl as _ssl
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any
+
+from ..etf import Atom, DecodeLimits, Pid
+from ..protocol import DEFAULT_MAX_FRAME, ConnectionClosed, HandshakeComplete, Session
+from ..runtime import Mailbox, Node
+from ._options import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_HEARTBEAT,
+    DEFAULT_MAX_PENDING,
+    DEFAULT_SESSION_TIMEOUT,
+    PeerOptions,
+)
+from ._peer import PeerLink
+from ._stream import FrameStream
+
+__all__ = ["Server", "serve", "DEFAULT_MAX_CONNECTIONS", "DEFAULT_MAX_PENDING_HANDSHAKES"]
+
+_log = logging.getLogger("pyfabric.server")
+
+DEFAULT_MAX_CONNECTIONS = 1024
+"""Concurrent client connections; more are closed at once (file descriptors are finite)."""
+DEFAULT_MAX_PENDING_HANDSHAKES = 64
+"""Connections still in their handshake; more are closed at once (slowloris defence)."""
+
+
+class _Accepted:
+    """Book-keeping for one accepted connection (until it closes)."""
+
+    __slots__ = ("link", "stream", "timer")
+
+    def __init__(self, link: PeerLink, stream: FrameStream) -> None:
+        self.link = link
+        self.stream = stream
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class Server:
+    """A running fabric server; create it with :func:`serve`.
+
+    Use it as an async context manager, or call :meth:`close`. Local processes on
+    :attr:`node` registered under a name listed in ``allowed`` can be reached by clients
+    (by name, ``{Name, Node}`` or ``whereis``); pids shipped to clients work everywhere.
+    """
+
+    def __init__(
+        self,
+        options: PeerOptions,
+        *,
+        node: Node,
+        owns_node: bool,
+        handshake_timeout: float,
+        session_timeout: float,
+        max_connections: int,
+        max_pending_handshakes: int,
+    ) -> None:
+        self.options = options
+        self._node = node
+        self._owns_node = owns_node
+        self._handshake_timeout = handshake_timeout
+        self._session_timeout = session_timeout
+        self._max_connections = max_connections
+        self._max_pending = max_pending_handshakes
+        self._server: asyncio.base_events.Server | None = None
+        self._accepted: dict[FrameStream, _Accepted] = {}
+        self._handshaking = 0
+        self._sessions: dict[bytes, PeerLink] = {}
+        self._expiry: dict[bytes, asyncio.TimerHandle] = {}
+        self._closing = False
+        self.connections_total = 0
+        self.connections_refused = 0
+
+    # -- accepting -----------------------------------------------------------------------------
+
+    def _protocol_factory(self) -> FrameStream:
+        link = PeerLink(self._node, self.options, role="server", label="client ?")
+        stream = FrameStream(link, heartbeat=self.options.heartbeat_ms / 1000)
+        original_made = stream.connection_made
+
+        def connection_made(transport: asyncio.BaseTransport) -> None:
+            original_made(transport)
+            self._accept(stream)
+
+        stream.connection_made = connection_made  # type: ignore[method-assign]
+        return stream
+
+    def _accept(self, stream: FrameStream) -> None:
+        peer = stream.peername
+        label = f"client {peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else f"client {peer}"
+        link = stream.link
+        link.label = label
+        if self._closing or len(self._accepted) >= self._max_connections or self._handshaking >= self._max_pending:
+            self.connections_refused += 1
+            _log.warning(
+                "%s refused: %s",
+                label,
+                "server closing" if self._closing else "too many connections or pending handshakes",
+            )
+            stream.abort()
+            return
+        self.connections_total += 1
+        entry = _Accepted(link, stream)
+        self._accepted[stream] = entry
+        self._handshaking += 1
+        link.on_established = lambda lk, ev: self._established(entry, lk, ev)
+        link.on_closed = lambda lk, ev: self._closed(entry, lk, ev)
+        link.new_connection(find_session=self._find_session)
+        entry.timer = asyncio.get_running_loop().call_later(self._handshake_timeout, self._handshake_timeout_fired, entry)
+        stream.closed.add_done_callback(lambda _f: self._stream_gone(entry))
+
+    def _find_session(self, session_id: bytes) -> Session | None:
+        link = self._sessions.get(session_id)
+        if link is None or link.connected:
+            return None
+        return link.session
+
+    def _handshake_timeout_fired(self, entry: _Accepted) -> None:
+        entry.timer = None
+        if entry.link.established is None:
+            _log.warning("%s: handshake not completed within %s s; closing", entry.link.label, self._handshake_timeout)
+            entry.link.handshake_timed_out()
+            entry.stream.close()
+
+    def _established(self, entry: _Accepted, link: PeerLink, ev: HandshakeComplete) -> PeerLink:
+        self._handshaking -= 1
+        if entry.timer is not None:
+            entry.timer.cancel()
+            entry.timer = None
+        owner = link
+        if ev.resumed and ev.session_id in self._sessions:
+            # The client resumed its session: the session's link takes over this stream.
+            owner = self._sessions[ev.session_id]
+            timer = self._expiry.pop(ev.session_id, None)
+            if timer is not None:
+                timer.cancel()
+            owner.conn = link.conn
+            owner.established = ev
+            owner.session = link.conn.session
+            owner.label = link.label
+            owner.on_closed = lambda lk, e: self._closed(entry, lk, e)
+            entry.link = owner
+            entry.stream.attach(owner)
+            link.conn = None
+        elif ev.session_id is not None:
+            self._sessions[ev.session_id] = link
+        entry.stream.start_heartbeat(self.options.heartbeat_ms / 1000, ev.peer_heartbeat / 1000)
+        return owner
+
+    def _closed(self, entry: _Accepted, link: PeerLink, ev: ConnectionClosed) -> None:
+        if link.established is None:
+            return  # handshake never completed: nothing to keep
+        session_id = link.session.id if link.session is not None else None
+        if session_id is not None and "session" in link.established.features and not self._closing:
+            # Keep the session for a resume; end it for good after session_timeout.
+            loop = asyncio.get_running_loop()
+            old = self._expiry.pop(session_id, None)
+            if old is not None:
+                old.cancel()
+            self._expiry[session_id] = loop.call_later(self._session_timeout, self._expire, session_id)
+        elif session_id is not None:
+            self._sessions.pop(session_id, None)
+            link.expire()
+
+    def _expire(self, session_id: bytes) -> None:
+        self._expiry.pop(session_id, None)
+        link = self._sessions.pop(session_id, None)
+        if link is not None and not link.connected:
+            _log.info("%s: session expired after %s s without a resume", link.label, self._session_timeout)
+            link.expire()
+
+    def _stream_gone(self, entry: _Accepted) -> None:
+        if self._accepted.pop(entry.stream, None) is None:
+            return
+        if entry.timer is not None:
+            entry.timer.cancel()
+            entry.timer = None
+            self._handshaking -= 1
+
+    # -- public API -------------------------------------------------------------------------
+
+    @property
+    def node(self) -> Node:
+        """The runtime node the server's processes and the clients' proxies live on."""
+        return self._node
+
+    @property
+    def port(self) -> int:
+        """The port the server listens on (useful with ``port=0``)."""
+        assert self._server is not None
+        return self._server.sockets[0].getsockname()[1]
+
+    @property
+    def sockets(self) -> list[Any]:
+        return list(self._server.sockets) if self._server is not None else []
+
+    def mailbox(self, name: Atom | str | None = None, **options: Any) -> Mailbox:
+        """A new mailbox on the server's node (see :meth:`pyfabric.runtime.Node.mailbox`)."""
+        return self._node.mailbox(name, **options)
+
+    def spawn(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any, **options: Any) -> Pid:
+        """Start ``async def fn(proc, *args)`` as a process on the server's node."""
+        return self._node.spawn(fn, *args, **options)
+
+    def register(self, name: Atom | str, pid: Pid) -> None:
+        """Register ``pid`` as ``name`` (clients reach it only if ``name`` is allowed)."""
+        self._node.register(name, pid)
+
+    def unregister(self, name: Atom | str) -> None:
+        self._node.unregister(name)
+
+    def send(self, dest: Pid | Atom | str, msg: Any) -> None:
+        """Send to a local process or a proxy of a client's process."""
+        self._node.send(dest, msg)
+
+    def statistics(self) -> dict[str, Any]:
+        """Counters: connections (open, handshaking, total, refused), sessions kept."""
+        return {
+            "connections": len(self._accepted),
+            "handshaking": self._handshaking,
+            "connections_total": self.connections_total,
+            "connections_refused": self.connections_refused,
+            "sessions": len(self._sessions),
+            "sessions_waiting_resume": len(self._expiry),
+        }
+
+    async def serve_forever(self) -> None:
+        """Serve until cancelled (or :meth:`close`)."""
+        assert self._server is not None
+        await self._server.serve_forever()
+
+    async def close(self) -> None:
+        """Stop listening, close every client connection, end their proxies with
+        ``noconnection`` (and close the node if this server created it)."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+        for entry in list(self._accepted.values()):
+            entry.link.close()
+            entry.stream.close()
+        waits = [entry.stream.closed for entry in list(self._accepted.values())]
+        if waits:
+            _done, pending = await asyncio.wait(waits, timeout=2)
+            for entry in list(self._accepted.values()):
+                if entry.stream.closed in pending:
+                    entry.stream.abort()
+        for timer in self._expiry.values():
+            timer.cancel()
+        self._expiry.clear()
+        for link in list(self._sessions.values()):
+            link.expire()
+        self._sessions.clear()
+        if self._server is not None:
+            await self._server.wait_closed()
+        if self._owns_node:
+            await self._node.close()
+
+    async def __aenter__(self) -> Server:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        port = self.port if self._server is not None and self._server.sockets else None
+        return f"<Server port={port} connections={len(self._accepted)}>"
+
+
+async def serve(
+    host: str,
+    port: int,
+    secret: bytes | str,
+    *,
+    allowed: Iterable[Atom | str] | Callable[[str], bool] = (),
+    force_allowed: Iterable[Atom | str] = (),
+    allow_legacy_auth: bool = False,
+    node: Node | None = None,
+    node_name: Atom | str | None = None,
+    features: Iterable[str] | None = None,
+    ssl: _ssl.SSLContext | None = None,
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    session_timeout: float = DEFAULT_SESSION_TIMEOUT,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    max_pending_handshakes: int = DEFAULT_MAX_PENDING_HANDSHAKES,
+    heartbeat: float = DEFAULT_HEARTBEAT,
+    max_frame: int = DEFAULT_MAX_FRAME,
+    decode_limits: DecodeLimits | None = None,
+    compress: bool = True,
+    max_pending: int = DEFAULT_MAX_PENDING,
+) -> Server:
+    """Start a fabric server on ``host:port`` (``port=0``: the OS picks; see
+    :attr:`Server.port`) that authenticates clients with ``secret``.
+
+    ``allowed``: names of local processes clients may reach by name (default none; system
+    names are refused even if listed unless also in ``force_allowed``).
+    ``allow_legacy_auth``: accept original (MD5-only) clients; off by default because MD5
+    challenge/response is weak: enable it only on trusted networks or over TLS.
+    ``ssl``: a server-side :class:`ssl.SSLContext` for TLS. Limits: ``handshake_timeout``,
+    ``max_connections``, ``max_pending_handshakes``, ``max_frame``, ``decode_limits``;
+    ``session_timeout``: how long a disconnected client's session (proxies, ids) is kept
+    for a resume; ``max_pending``: sends queued for a disconnected client.
+    """
+    options = PeerOptions.build(
+        secret,
+        allowed=allowed,
+        force_allowed=force_allowed,
+        allow_legacy_auth=allow_legacy_auth,
+        features=features,
+        max_frame=max_frame,
+        heartbeat=heartbeat,
+        decode_limits=decode_limits,
+        compress=compress,
+        when_disconnected="wait",
+        max_pending=max_pending,
+    )
+    owns_node = node is None
+    if node is None:
+        node = Node(node_name)
+    server = Server(
+        options,
+        node=node,
+        owns_node=owns_node,
+        handshake_timeout=handshake_timeout,
+        session_timeout=session_timeout,
+        max_connections=max_connections,
+        max_pending_handshakes=max_pending_handshakes,
+    )
+    loop = asyncio.get_running_loop()
+    try:
+        server._server = await loop.create_server(server._protocol_factory, host, port, ssl=ssl)
+    except BaseException:
+        if owns_node:
+            await node.close()
+        raise
+    _log.info("fabric server listening on %s:%s", host, server.port)
+    return server
