@@ -1,0 +1,268 @@
+%% Links, monitors, exit signals and exit reasons across a connection, both directions
+%% (docs/protocol.md sections 4.4 and 5.2). The "remote" processes live on this node but are
+%% reached only through proxies of a client connection to our server.
+-module(fabric_peer_links_SUITE).
+-include_lib("common_test/include/ct.hrl").
+-compile([export_all, nowarn_export_all]).
+
+all() -> [{group, monitors}, {group, links}, {group, exit2}, {group, legacy}].
+
+groups() ->
+    [{monitors, [], [monitor_normal, monitor_killed, monitor_custom_reason, monitor_crash,
+                     monitor_noproc, monitor_noconnection_on_close,
+                     server_side_proxy_sees_client_death]},
+     {links, [], [link_remote_dies_trap_exit, link_remote_dies_kills_linker,
+                  link_local_dies_kills_remote, link_local_dies_remote_traps,
+                  link_normal_exit_does_not_kill, unlink_stops_propagation,
+                  link_to_dead_remote_gives_noproc, remote_links_to_local]},
+     {exit2, [], [exit_custom_reason_kills_remote, exit_to_trapping_remote,
+                  exit_normal_ignored_by_remote, exit_kill]},
+     {legacy, [], [legacy_monitor_reasons, legacy_link_local_half_only]}].
+
+init_per_suite(Config) ->
+    ok = fabric_peer_test_lib:start_app(),
+    logger:set_primary_config(level, error),
+    {ok, S} = fabric_peer:start_server(0, "secret", #{allow_legacy_auth => true}),
+    [{server, S}, {port, fabric_peer:port(S)} | Config].
+
+end_per_suite(Config) ->
+    fabric_peer:stop_server(?config(server, Config)),
+    Config.
+
+init_per_testcase(_, Config) ->
+    fabric_peer_test_lib:flush(),
+    {ok, C} = fabric_peer:connect("127.0.0.1", ?config(port, Config), "secret", #{}),
+    [{conn, C} | Config].
+
+end_per_testcase(_, Config) ->
+    fabric_peer:close(?config(conn, Config)),
+    Config.
+
+%% A remote process registered on the server side, and its proxy on the client side.
+remote(Config, Fun) ->
+    {Name, Pid} = fabric_peer_test_lib:remote(?config(server, Config), "remote", Fun),
+    Proxy = fabric_peer:whereis(?config(conn, Config), Name),
+    true = is_pid(Proxy) andalso Proxy =/= Pid,
+    {Pid, Proxy}.
+
+victim(Config) ->
+    Self = self(),
+    remote(Config, fun() -> fabric_peer_test_lib:victim(Self, remote) end).
+
+trapper(Config) ->
+    Self = self(),
+    remote(Config, fun() -> fabric_peer_test_lib:trapper(Self, remote) end).
+
+down_reason(Proxy, Trigger) ->
+    Ref = monitor(process, Proxy),
+    Trigger(),
+    receive {'DOWN', Ref, process, Proxy, R} -> R after 3000 -> ct:fail(no_down) end.
+
+%%% monitors
+
+%% A monitor on a proxy sees normal when the remote process returns.
+monitor_normal(Config) ->
+    {Pid, Proxy} = victim(Config),
+    normal = down_reason(Proxy, fun() -> Pid ! {exit, normal} end).
+
+%% A monitor on a proxy sees killed when the remote process is killed.
+monitor_killed(Config) ->
+    {Pid, Proxy} = victim(Config),
+    killed = down_reason(Proxy, fun() -> exit(Pid, kill) end).
+
+%% A custom exit reason (tuple with float, string, binary) arrives intact.
+monitor_custom_reason(Config) ->
+    {Pid, Proxy} = victim(Config),
+    R = {custom_failure, 2.5, "text", <<7>>},
+    R = down_reason(Proxy, fun() -> Pid ! {exit, R} end).
+
+%% A crash reason with a stack trace arrives intact.
+monitor_crash(Config) ->
+    {Pid, Proxy} = victim(Config),
+    {badarith, [_ | _]} = down_reason(Proxy, fun() -> Pid ! crash end).
+
+%% Extended mode keeps noproc: a server process shipped already dead gives DOWN noproc.
+monitor_noproc(Config) ->
+    ServerDead = spawn(fun() -> ok end),
+    {_, Proxy} = remote(Config, fun() -> receive {To, _} -> To ! {here, ServerDead} end end),
+    Proxy ! {self(), go},
+    P = receive {here, P0} -> P0 after 3000 -> ct:fail(no_reply) end,
+    true = P =/= ServerDead,
+    noproc = down_reason(P, fun() -> ok end).
+
+%% Closing the connection ends its proxies with noconnection.
+monitor_noconnection_on_close(Config) ->
+    {_Pid, Proxy} = victim(Config),
+    noconnection = down_reason(Proxy, fun() -> fabric_peer:close(?config(conn, Config)) end).
+
+%% The server-side proxy of a client process sees the client process's real exit reason.
+server_side_proxy_sees_client_death(Config) ->
+    Self = self(),
+    {_, EchoProxy} = remote(Config, fun() -> receive {From, M} -> Self ! {got, From, M} end end),
+    W = spawn(fun() -> receive {exit, R} -> exit(R) end end),
+    EchoProxy ! {W, hello},
+    ServerProxy = receive {got, From, hello} -> From after 3000 -> ct:fail(no_msg) end,
+    true = ServerProxy =/= W andalso fabric_peer:is_proxy(ServerProxy),
+    {client, 42} = down_reason(ServerProxy, fun() -> W ! {exit, {client, 42}} end).
+
+%%% links
+
+%% A trapping local process linked to a proxy gets {'EXIT', Proxy, Reason} with the real reason.
+link_remote_dies_trap_exit(Config) ->
+    {Pid, Proxy} = victim(Config),
+    process_flag(trap_exit, true),
+    link(Proxy),
+    Pid ! {exit, boom},
+    receive {'EXIT', Proxy, boom} -> ok after 3000 -> ct:fail(no_exit) end,
+    process_flag(trap_exit, false).
+
+%% A non-trapping local process linked to a proxy dies with the remote reason.
+link_remote_dies_kills_linker(Config) ->
+    {Pid, Proxy} = victim(Config),
+    L = spawn(fun() -> link(Proxy), receive never -> ok end end),
+    timer:sleep(100),
+    {remote_reason, 1} = down_reason(L, fun() -> Pid ! {exit, {remote_reason, 1}} end).
+
+%% link(Proxy) sends {link, A, B}: when the local process dies, the remote one dies too.
+link_local_dies_kills_remote(Config) ->
+    {Pid, Proxy} = victim(Config),
+    L = spawn(fun() -> link(Proxy), receive {exit, R} -> exit(R) end end),
+    wait_linked(Pid),
+    {local_reason, 2} = down_reason(Pid, fun() -> L ! {exit, {local_reason, 2}} end).
+
+%% A trapping remote process gets {'EXIT', ProxyOfLocal, Reason} when the linked local one dies.
+link_local_dies_remote_traps(Config) ->
+    {Pid, Proxy} = trapper(Config),
+    L = spawn(fun() -> link(Proxy), receive {exit, R} -> exit(R) end end),
+    wait_linked(Pid),
+    L ! {exit, bye},
+    receive {remote, {'EXIT', P, bye}} -> true = P =/= L   % the server-side proxy of L
+    after 3000 -> ct:fail(no_exit) end,
+    true = is_process_alive(Pid).
+
+%% A normal exit of the local process does not kill a non-trapping remote process.
+link_normal_exit_does_not_kill(Config) ->
+    {Pid, Proxy} = victim(Config),
+    L = spawn(fun() -> link(Proxy), receive {exit, R} -> exit(R) end end),
+    wait_linked(Pid),
+    L ! {exit, normal},
+    timer:sleep(300),
+    true = is_process_alive(Pid).
+
+%% unlink(Proxy) sends {unlink, A, B}: the later death of the local process no longer propagates.
+unlink_stops_propagation(Config) ->
+    {Pid, Proxy} = victim(Config),
+    Self = self(),
+    L = spawn(fun() ->
+                      link(Proxy),
+                      receive unlink -> unlink(Proxy), Self ! unlinked end,
+                      receive {exit, R} -> exit(R) end
+              end),
+    wait_linked(Pid),
+    L ! unlink,
+    receive unlinked -> ok end,
+    true = fabric_peer_test_lib:wait_until(fun() -> process_info(Pid, links) =:= {links, []} end),
+    L ! {exit, boom},
+    timer:sleep(300),
+    true = is_process_alive(Pid).
+
+%% Linking to a proxy whose remote process already ended gives noproc.
+link_to_dead_remote_gives_noproc(Config) ->
+    {Pid, Proxy} = victim(Config),
+    normal = down_reason(Proxy, fun() -> Pid ! {exit, normal} end),
+    process_flag(trap_exit, true),
+    link(Proxy),
+    receive {'EXIT', Proxy, noproc} -> ok after 3000 -> ct:fail(no_exit) end,
+    process_flag(trap_exit, false).
+
+%% A remote process linking to the proxy of a local process: the local death reaches it.
+remote_links_to_local(Config) ->
+    {Pid, Proxy} = trapper(Config),
+    W = spawn(fun() -> receive {exit, R} -> exit(R) end end),
+    Proxy ! {link_to_me, W},               % the trapper reports; we tell it to link
+    ProxyOfW = receive {remote, {link_to_me, P}} -> P after 3000 -> ct:fail(no_msg) end,
+    Pid ! {link_to, ProxyOfW},
+    receive {remote, linked} -> ok end,
+    timer:sleep(200),
+    %% the link frame made our side link W to the proxy of the trapper
+    {links, Links} = process_info(W, links),
+    true = lists:member(Proxy, Links),
+    W ! {exit, from_w},
+    receive {remote, {'EXIT', ProxyOfW, from_w}} -> ok after 3000 -> ct:fail(no_exit) end.
+
+%%% exit/2
+
+%% exit(Proxy, Reason) kills a non-trapping remote process with Reason.
+exit_custom_reason_kills_remote(Config) ->
+    {Pid, Proxy} = victim(Config),
+    {custom, "r"} = down_reason(Pid, fun() -> exit(Proxy, {custom, "r"}) end),
+    {custom, "r"} = down_reason(Proxy, fun() -> ok end).
+
+%% A trapping remote process receives {'EXIT', ProxyOfCaller, Reason}.
+exit_to_trapping_remote(Config) ->
+    {_Pid, Proxy} = trapper(Config),
+    exit(Proxy, please_stop),
+    receive {remote, {'EXIT', From, please_stop}} -> true = fabric_peer:is_proxy(From)
+    after 3000 -> ct:fail(no_exit) end.
+
+%% exit(Proxy, normal) is ignored by a non-trapping remote process.
+exit_normal_ignored_by_remote(Config) ->
+    {Pid, Proxy} = victim(Config),
+    exit(Proxy, normal),
+    timer:sleep(300),
+    true = is_process_alive(Pid),
+    true = is_process_alive(Proxy).
+
+%% exit(Proxy, kill) kills the proxy locally (killed) and the remote process (killed).
+exit_kill(Config) ->
+    {Pid, Proxy} = trapper(Config),
+    Ref = monitor(process, Pid),
+    killed = down_reason(Proxy, fun() -> exit(Proxy, kill) end),
+    receive {'DOWN', Ref, process, Pid, killed} -> ok after 3000 -> ct:fail(remote_alive) end.
+
+%%% legacy
+
+%% With a legacy connection monitors see the real reasons, and noproc becomes normal.
+legacy_monitor_reasons(Config) ->
+    fabric_peer:close(?config(conn, Config)),
+    {ok, C} = fabric_peer:connect("127.0.0.1", ?config(port, Config), "secret",
+                                  #{mode => legacy, allow_legacy_auth => true}),
+    Self = self(),
+    [begin
+         {Name, Pid} = fabric_peer_test_lib:remote(?config(server, Config), "lremote",
+                                                   fun() -> receive {From, _} -> From ! {me, self()},
+                                                                                 receive {exit, R} -> exit(R) end
+                                                            end end),
+         ok = fabric_peer:send({C, Name}, {Self, hi}),
+         Proxy = receive {me, P} -> P after 3000 -> ct:fail(no_reply) end,
+         Expected = case Reason of noproc -> normal; _ -> Reason end,
+         Expected = down_reason(Proxy, fun() -> Pid ! {exit, Reason} end)
+     end || Reason <- [normal, killed, {custom, 1}, noproc]],
+    fabric_peer:close(C).
+
+%% Legacy: no link frames; the local half works (remote death reaches a linked local process).
+legacy_link_local_half_only(Config) ->
+    fabric_peer:close(?config(conn, Config)),
+    {ok, C} = fabric_peer:connect("127.0.0.1", ?config(port, Config), "secret",
+                                  #{mode => legacy, allow_legacy_auth => true}),
+    {Name, Pid} = fabric_peer_test_lib:remote(?config(server, Config), "lremote",
+                                              fun() -> receive {From, _} -> From ! {me, self()},
+                                                                            receive {exit, R} -> exit(R) end
+                                                       end end),
+    ok = fabric_peer:send({C, Name}, {self(), hi}),
+    Proxy = receive {me, P} -> P after 3000 -> ct:fail(no_reply) end,
+    process_flag(trap_exit, true),
+    link(Proxy),
+    timer:sleep(100),
+    {links, []} = process_info(Pid, links),
+    Pid ! {exit, gone},
+    receive {'EXIT', Proxy, gone} -> ok after 3000 -> ct:fail(no_exit) end,
+    process_flag(trap_exit, false),
+    fabric_peer:close(C).
+
+%%% helpers
+
+%% The remote process got linked (to the proxy of the linking local process).
+wait_linked(Pid) ->
+    true = fabric_peer_test_lib:wait_until(
+             fun() -> {links, L} = process_info(Pid, links), L =/= [] end).
