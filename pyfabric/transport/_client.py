@@ -357,8 +357,14 @@ class Client:
                 await self._reconnect_task
             except asyncio.CancelledError:
                 pass
-        self._link.close()
         stream = self._stream
+        if self._owns_node and self._link.connected and stream is not None:
+            # End our processes while the server can still hear of it: their DEAD notices
+            # (reason `shutdown`) go out before the close. The protocol has no close frame,
+            # so otherwise the server would keep their proxies until its session_timeout.
+            stream.pause_reading()
+            await self._node.close()
+        self._link.close()
         if stream is not None:
             stream.close()
             try:

@@ -104,6 +104,11 @@ class FrameStream(asyncio.Protocol):
         """Wait until the socket's write buffer is below its high-water mark."""
         await self._can_write.wait()
 
+    def pause_reading(self) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.pause_reading()
+
     def close(self) -> None:
         transport = self.transport
         if transport is not None and not transport.is_closing():
