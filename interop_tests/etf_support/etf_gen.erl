@@ -74,27 +74,35 @@ reencode(B) ->
     catch C:R -> term_to_binary({error, {C, R}})
     end.
 
-%% timing([InFile, RepsA, OutFile]): benchmark helper. InFile holds records of
-%% term_to_binary output; for each, time Reps rounds of binary_to_term and of
-%% term_to_binary (same options: compressed if the input was) and report
-%% microseconds per operation (median of 5 runs) as text lines "enc dec".
-timing([In, RepsA, Out]) ->
+%% timing([InFile, TargetMsA, OutFile]): benchmark helper. InFile holds records of
+%% term_to_binary output; for each, binary_to_term and term_to_binary (compressed if
+%% the input was, minor_version 1) are timed: the repetition count is doubled until a
+%% run takes TargetMs, then 5 runs are made. Writes "EncUs DecUs" lines (medians,
+%% microseconds per operation).
+timing([In, TargetMsA, Out]) ->
     {ok, Bin} = file:read_file(In),
-    Reps = list_to_integer(RepsA),
+    Target = list_to_integer(TargetMsA) * 1000,
     Lines = [begin
                  T = binary_to_term(B),
                  Opts = case B of <<131, 80, _/binary>> -> [compressed, {minor_version,1}];
                                   _ -> [{minor_version,1}] end,
-                 Enc = median([per_op(fun() -> loop_enc(T, Opts, Reps) end, Reps) || _ <- lists:seq(1, 5)]),
-                 Dec = median([per_op(fun() -> loop_dec(B, Reps) end, Reps) || _ <- lists:seq(1, 5)]),
+                 Enc = measure(fun(N) -> loop_enc(T, Opts, N) end, Target),
+                 Dec = measure(fun(N) -> loop_dec(B, N) end, Target),
                  io_lib:format("~.4f ~.4f~n", [Enc, Dec])
              end || B <- records(Bin)],
     ok = file:write_file(Out, Lines),
     halt(0).
 
-per_op(F, Reps) ->
-    {Us, ok} = timer:tc(F),
-    Us / Reps.
+measure(F, Target) ->
+    F(1),
+    N = calibrate(F, 1, Target),
+    median([element(1, timer:tc(fun() -> F(N) end)) / N || _ <- lists:seq(1, 5)]).
+
+calibrate(F, N, Target) ->
+    {Us, ok} = timer:tc(fun() -> F(N) end),
+    if Us >= Target; N >= 1 bsl 24 -> N;
+       true -> calibrate(F, N * 2, Target)
+    end.
 
 loop_enc(_, _, 0) -> ok;
 loop_enc(T, O, N) -> _ = term_to_binary(T, O), loop_enc(T, O, N - 1).

@@ -96,7 +96,24 @@ def encode(term: Any, *, compressed: bool | int = False, minor_version: int = 2)
     return _encode.encode(term, compressed, minor_version)
 
 
+_OPTIONS_CACHE: dict[tuple[Any, ...], _decode.Options] = {}
+
+
 def _options(safe: bool, limits: DecodeLimits | None, python_atoms: bool, strings: str) -> _decode.Options:
+    key = (safe, limits, python_atoms, strings)
+    try:
+        cached = _OPTIONS_CACHE.get(key)
+    except TypeError:  # unhashable junk passed as an option: report it below
+        cached = None
+    if cached is not None:
+        return cached
+    opts = _make_options(safe, limits, python_atoms, strings)
+    if len(_OPTIONS_CACHE) < 64:
+        _OPTIONS_CACHE[key] = opts
+    return opts
+
+
+def _make_options(safe: bool, limits: DecodeLimits | None, python_atoms: bool, strings: str) -> _decode.Options:
     if limits is None:
         limits = DEFAULT_LIMITS if safe else RELAXED_LIMITS
     elif not isinstance(limits, DecodeLimits):
@@ -138,7 +155,7 @@ def decode(
 
     Raises :class:`DecodeError` (or a subclass) with the offending offset.
     """
-    buf = _as_bytes(data)
+    buf = data if type(data) is bytes else _as_bytes(data)
     opts = _options(safe, limits, python_atoms, strings)
     if len(buf) > opts.limits.max_input_size:
         raise LimitExceeded("max_input_size", f"input of {len(buf)} bytes, maximum {opts.limits.max_input_size}", 0)

@@ -41,6 +41,7 @@ _u32x3 = struct.Struct(">III").unpack_from
 _u32u8 = struct.Struct(">IB").unpack_from
 _u32x2u8 = struct.Struct(">IIB").unpack_from
 _u64u32 = struct.Struct(">QI").unpack_from
+_REF_IDS = [struct.Struct(f">{i}I").unpack_from for i in range(6)]
 
 # Raw atom bytes -> Atom, per text encoding; bounded like Atom's own intern table.
 _LATIN1_ATOMS: dict[bytes, Atom] = {}
@@ -57,9 +58,6 @@ _K_LIST = 1
 _K_MAP = 2
 _K_FUN = 3
 
-# The "frozen" field of a stack frame: how the next child must be built.
-# 0: normally; 1: hashable (FrozenList/FrozenDict), we are inside a map key;
-# 2: a map that is not itself frozen: its children at even positions are keys.
 _FLOAT_TEXT = re.compile(rb"[+-]?[0-9]+(\.[0-9]*)?([eE][+-]?[0-9]+)?\0*\Z")
 
 _UNSUPPORTED = {
@@ -224,20 +222,59 @@ def _d_bit_binary(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
     return BitString(data, bits), end
 
 
+_new = object.__new__
+_set = object.__setattr__
+
+
+def _pid(node: Atom, ident: int, serial: int, creation: int) -> Pid:
+    """Pid without re-validating fields the wire format already bounds."""
+    pid = _new(Pid)
+    _set(pid, "node", node)
+    _set(pid, "id", ident)
+    _set(pid, "serial", serial)
+    _set(pid, "creation", creation)
+    return pid  # type: ignore[no-any-return]
+
+
+def _reference(node: Atom, creation: int, ids: tuple[int, ...]) -> Reference:
+    ref = _new(Reference)
+    _set(ref, "node", node)
+    _set(ref, "creation", creation)
+    _set(ref, "ids", ids)
+    return ref  # type: ignore[no-any-return]
+
+
+def _node_atom(buf: bytes, pos: int, opts: Options) -> tuple[Atom, int]:
+    """The node name atom of a pid/port/reference: cached fast path, else _read_atom."""
+    tag = buf[pos]
+    if opts.allowed_atoms is None:
+        if tag == 119:
+            end = pos + 2 + buf[pos + 1]
+            atom = _UTF8_ATOMS.get(buf[pos + 2 : end])
+            if atom is not None and end <= len(buf):
+                return atom, end
+        elif tag == 100:
+            end = pos + 3 + ((buf[pos + 1] << 8) | buf[pos + 2])
+            atom = _LATIN1_ATOMS.get(buf[pos + 3 : end])
+            if atom is not None and end <= len(buf) and end - pos - 3 <= opts.limits.max_atom_length:
+                return atom, end
+    return _read_atom(buf, pos, opts)
+
+
 def _d_pid(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
-    node, p = _read_atom(buf, pos + 1, opts)
+    node, p = _node_atom(buf, pos + 1, opts)
     if buf[pos] == T.NEW_PID_EXT:
         ident, serial, creation = _u32x3(buf, p)
         p += 12
     else:
         ident, serial, creation = _u32x2u8(buf, p)
         p += 9
-    return Pid(node, ident, serial, creation), p
+    return _pid(node, ident, serial, creation), p
 
 
 def _d_port(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
     tag = buf[pos]
-    node, p = _read_atom(buf, pos + 1, opts)
+    node, p = _node_atom(buf, pos + 1, opts)
     if tag == T.NEW_PORT_EXT:
         ident, creation = _u32x2(buf, p)
         p += 8
@@ -261,15 +298,15 @@ def _d_reference(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
     count = _u16(buf, pos + 1)[0]
     if not 1 <= count <= 5:
         raise DecodeError(f"reference must have 1 to 5 id words, got {count}", pos)
-    node, p = _read_atom(buf, pos + 3, opts)
+    node, p = _node_atom(buf, pos + 3, opts)
     if tag == T.NEWER_REFERENCE_EXT:
         creation = _u32(buf, p)[0]
         p += 4
     else:
         creation = buf[p]
         p += 1
-    ids = struct.unpack_from(f">{count}I", buf, p)
-    return Reference(node, creation, ids), p + 4 * count
+    ids = _REF_IDS[count](buf, p)
+    return _reference(node, creation, ids), p + 4 * count
 
 
 def _d_export(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
@@ -334,17 +371,6 @@ for _tag, _fn in (
 for _tag in _UNSUPPORTED:
     _SCALARS[_tag] = _d_unsupported
 del _tag, _fn
-
-
-def _frozen_child(stack: list[list[Any]]) -> int:
-    """1 if the next value is (inside) a map key and so must be hashable, else 0."""
-    if not stack:
-        return 0
-    frame = stack[-1]
-    mode = frame[3]
-    if mode == 2:
-        return 0 if len(frame[0]) & 1 else 1
-    return mode  # type: ignore[no-any-return]
 
 
 def _finish_list(items: list[Any], frozen: int, offset: int) -> Any:
@@ -413,7 +439,13 @@ def _open_fun(buf: bytes, pos: int, opts: Options) -> tuple[tuple[Any, ...], int
 
 
 def decode_term(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
-    """Decode one term body (no version byte) at ``pos`` of ``buf``; return (term, end)."""
+    """Decode one term body (no version byte) at ``pos`` of ``buf``; return (term, end).
+
+    The innermost open container lives in local variables (``items``, ``left``,
+    ``kind``, ``frozen``, ``extra``); enclosing ones are saved on ``stack``.
+    ``frozen`` says how children must be built: 0 normally, 1 hashable (inside a map
+    key), 2 for a map that is not itself frozen (its even-numbered children are keys).
+    """
     limits = opts.limits
     max_depth = limits.max_depth
     max_len = limits.max_container_len
@@ -426,18 +458,46 @@ def decode_term(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
     latin1_atoms = _LATIN1_ATOMS
     utf8_atoms = _UTF8_ATOMS
     scalars = _SCALARS
-    u16 = _u16
     u32 = _u32
+    i32 = _i32
     n = len(buf)
     total = 0
-    stack: list[list[Any]] = []
+    stack: list[tuple[Any, ...]] = []
+    push = stack.append
+    items: list[Any] | None = None  # None: no open container, the value is the result
+    append: Any = None
+    left = 0  # elements the open container still needs
+    kind = 0
+    frozen = 0
+    extra: Any = None
     value: Any
     try:
         while True:
             tag = buf[pos]
-            if tag == 97:  # SMALL_INTEGER_EXT
-                value = buf[pos + 1]
-                pos += 2
+            if tag == 97 or tag == 98:  # SMALL_INTEGER_EXT, INTEGER_EXT
+                if left > 1:
+                    # A run of integers inside a container: append them directly,
+                    # leaving the container's last element to the general path.
+                    while True:
+                        if tag == 97:
+                            append(buf[pos + 1])
+                            pos += 2
+                        else:
+                            append(i32(buf, pos + 1)[0])
+                            pos += 5
+                        left -= 1
+                        if left == 1:
+                            break
+                        tag = buf[pos]
+                        if tag != 97 and tag != 98:
+                            break
+                    continue
+                if tag == 97:
+                    value = buf[pos + 1]
+                    pos += 2
+                else:
+                    value = i32(buf, pos + 1)[0]
+                    pos += 5
             elif tag == 100 or tag == 119:  # ATOM_EXT, SMALL_ATOM_UTF8_EXT
                 if tag == 100:
                     start = pos + 3
@@ -457,40 +517,26 @@ def decode_term(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
                         value = False
                     elif value is _UNDEFINED:
                         value = None
-            elif tag == 104 or tag == 105 or tag == 108 or tag == 116:  # containers
-                if tag == 104:
-                    count = buf[pos + 1]
-                    pos += 2
-                else:
-                    count = u32(buf, pos + 1)[0]
-                    if tag == 108 and count == 0:
-                        pos += 5  # an empty LIST_EXT is just its tail
-                        continue
-                    pos += 5
-                if count > max_len:
-                    raise LimitExceeded("max_container_len", f"container of {count} elements, maximum {max_len}", pos)
-                if count == 0:
-                    value = {} if tag == 116 else ()
-                    if tag == 116 and _frozen_child(stack):
-                        value = FrozenDict()
-                else:
-                    need = 2 * count if tag == 116 else (count + 1 if tag == 108 else count)
-                    if need > n - pos:
-                        raise TruncatedError(
-                            f"truncated input: container declares {count} elements but only {n - pos} bytes remain",
-                            pos - (2 if tag == 104 else 5),
-                        )
-                    total += count
-                    if total > max_total:
-                        raise LimitExceeded("max_total_terms", f"more than {max_total} terms", pos)
-                    if len(stack) >= max_depth:
-                        raise LimitExceeded("max_depth", f"nesting deeper than {max_depth}", pos)
-                    frozen = _frozen_child(stack) if stack else 0
-                    if tag == 116:
-                        stack.append([[], need, _K_MAP, 1 if frozen else 2, pos - 5])
-                    else:
-                        stack.append([[], need, _K_LIST if tag == 108 else _K_TUPLE, frozen, pos])
-                    continue
+            elif tag == 104 and buf[pos + 1] and len(stack) < max_depth and max_len > 255:
+                # SMALL_TUPLE_EXT (non-empty): the most common container, fast path
+                count = buf[pos + 1]
+                if count > n - pos - 2:
+                    raise TruncatedError(
+                        f"truncated input: container declares {count} elements but only {n - pos - 2} bytes remain",
+                        pos,
+                    )
+                total += count
+                if total > max_total:
+                    raise LimitExceeded("max_total_terms", f"more than {max_total} terms", pos)
+                push((items, left, kind, frozen, extra))
+                if frozen == 2:
+                    frozen = 0 if len(items) & 1 else 1  # type: ignore[arg-type]
+                items = []
+                append = items.append
+                left = count
+                kind = _K_TUPLE
+                pos += 2
+                continue
             elif tag == 109:  # BINARY_EXT
                 size = u32(buf, pos + 1)[0]
                 end = pos + 5 + size
@@ -498,6 +544,52 @@ def decode_term(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
                     end = _d_binary_len(buf, pos, opts, size, 5, "BINARY_EXT")
                 value = buf[pos + 5 : end]
                 pos = end
+            elif tag == 104 or tag == 108 or tag == 116 or tag == 105:  # containers
+                if tag == 104:
+                    count = buf[pos + 1]
+                    header = 2
+                else:
+                    count = u32(buf, pos + 1)[0]
+                    header = 5
+                    if count == 0 and tag == 108:
+                        pos += 5  # an empty LIST_EXT is just its tail
+                        continue
+                if count > max_len:
+                    raise LimitExceeded("max_container_len", f"container of {count} elements, maximum {max_len}", pos)
+                child_frozen = frozen
+                if child_frozen == 2:
+                    child_frozen = 0 if len(items) & 1 else 1  # type: ignore[arg-type]
+                if count == 0:
+                    pos += header
+                    if tag == 116:
+                        value = FrozenDict() if child_frozen else {}
+                    else:
+                        value = ()
+                else:
+                    child_need = 2 * count if tag == 116 else (count + 1 if tag == 108 else count)
+                    if child_need > n - pos - header:
+                        raise TruncatedError(
+                            f"truncated input: container declares {count} elements but only {n - pos - header} bytes remain",
+                            pos,
+                        )
+                    total += count
+                    if total > max_total:
+                        raise LimitExceeded("max_total_terms", f"more than {max_total} terms", pos)
+                    if len(stack) >= max_depth:
+                        raise LimitExceeded("max_depth", f"nesting deeper than {max_depth}", pos)
+                    push((items, left, kind, frozen, extra))
+                    items = []
+                    append = items.append
+                    left = child_need
+                    if tag == 116:
+                        kind = _K_MAP
+                        frozen = 1 if child_frozen else 2
+                    else:
+                        kind = _K_LIST if tag == 108 else _K_TUPLE
+                        frozen = child_frozen
+                    extra = pos
+                    pos += header
+                    continue
             elif tag == 107:  # STRING_EXT
                 end = pos + 3 + ((buf[pos + 1] << 8) | buf[pos + 2])
                 if end > n:
@@ -507,53 +599,66 @@ def decode_term(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
                     total += len(value)
                     if total > max_total:
                         raise LimitExceeded("max_total_terms", f"more than {max_total} terms", pos)
-                    if _frozen_child(stack):
+                    if frozen == 1 or (frozen == 2 and not len(items) & 1):  # type: ignore[arg-type]
                         value = FrozenList(value)
                 else:
                     value = buf[pos + 3 : end].decode("latin-1")
                 pos = end
             elif tag == 106:  # NIL_EXT
-                value = FrozenList() if stack and _frozen_child(stack) else []
+                if frozen == 1 or (frozen == 2 and not len(items) & 1):  # type: ignore[arg-type]
+                    value = FrozenList()
+                else:
+                    value = []
                 pos += 1
-            elif tag == 98:  # INTEGER_EXT
-                value = _i32(buf, pos + 1)[0]
-                pos += 5
             elif tag == 112:  # NEW_FUN_EXT
-                header, count, pos = _open_fun(buf, pos, opts)
+                fun_header, count, end = _open_fun(buf, pos, opts)
                 if count == 0:
-                    value = _finish_fun([], header, buf, pos)
+                    value = _finish_fun([], fun_header, buf, end)
+                    pos = end
                 else:
                     total += count
                     if total > max_total:
                         raise LimitExceeded("max_total_terms", f"more than {max_total} terms", pos)
                     if len(stack) >= max_depth:
                         raise LimitExceeded("max_depth", f"nesting deeper than {max_depth}", pos)
-                    stack.append([[], count, _K_FUN, _frozen_child(stack), header])
+                    child_frozen = frozen
+                    if child_frozen == 2:
+                        child_frozen = 0 if len(items) & 1 else 1  # type: ignore[arg-type]
+                    push((items, left, kind, frozen, extra))
+                    items = []
+                    append = items.append
+                    left = count
+                    kind = _K_FUN
+                    frozen = child_frozen
+                    extra = fun_header
+                    pos = end
                     continue
             else:
                 value, pos = scalars[tag](buf, pos, opts)
 
             # Deliver the value to the innermost open container, closing finished ones.
-            while stack:
-                frame = stack[-1]
-                items = frame[0]
-                items.append(value)
-                if len(items) < frame[1]:
+            while True:
+                if items is None:
+                    return value, pos
+                append(value)
+                left -= 1
+                if left:
                     break
-                stack.pop()
-                kind = frame[2]
                 if kind == _K_TUPLE:
                     value = tuple(items)
                 elif kind == _K_LIST:
-                    value = _finish_list(items, frame[3], frame[4])
+                    value = _finish_list(items, frozen, extra)
                 elif kind == _K_MAP:
-                    value = _finish_map(items, frame[3], frame[4])
+                    value = _finish_map(items, frozen, extra)
                 else:
-                    value = _finish_fun(items, frame[4], buf, pos)
-            else:
-                return value, pos
+                    value = _finish_fun(items, extra, buf, pos)
+                items, left, kind, frozen, extra = stack.pop()
+                if items is not None:
+                    append = items.append
     except (IndexError, struct.error):
-        raise TruncatedError(f"truncated input: term at offset {pos} (tag {buf[pos] if pos < n else 'missing'}) is incomplete", pos) from None
+        raise TruncatedError(
+            f"truncated input: term at offset {pos} (tag {buf[pos] if pos < n else 'missing'}) is incomplete", pos
+        ) from None
 
 
 def _inflate(buf: bytes, pos: int, opts: Options) -> tuple[bytes, int]:
