@@ -111,15 +111,6 @@ class Client:
         """One TCP connect + handshake. Raises ConnectFailed or AuthenticationError."""
         loop = asyncio.get_running_loop()
         link = self._link
-        resume = link.established is not None and "session" in link.established.features
-        conn = link.new_connection(resume=resume)
-        done: asyncio.Future[HandshakeComplete | ConnectionClosed] = loop.create_future()
-
-        def established(_link: PeerLink, ev: HandshakeComplete) -> None:
-            if not done.done():
-                done.set_result(ev)
-
-        link.on_established = established
         heartbeat = self.options.heartbeat_ms / 1000
         try:
             async with asyncio.timeout(self._connect_timeout):
@@ -131,8 +122,20 @@ class Client:
                     server_hostname=self._server_hostname if self._ssl else None,
                 )
         except (OSError, TimeoutError) as exc:
-            link.conn = None
+            # link.conn stays the previous (closed) connection: DEAD notices and queued
+            # sends keep accumulating for a resume.
             raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {exc or 'timed out'}") from exc
+        # Resume while we hold a session the server may still keep (even after failed
+        # attempts); the server speaks only after our hello, so the connection is built now.
+        resume = link.session is not None and link.session.id is not None
+        conn = link.new_connection(resume=resume)
+        done: asyncio.Future[HandshakeComplete | ConnectionClosed] = loop.create_future()
+
+        def established(_link: PeerLink, ev: HandshakeComplete) -> None:
+            if not done.done():
+                done.set_result(ev)
+
+        link.on_established = established
         self._stream = stream
         conn.start()
         link._flush()

@@ -96,6 +96,9 @@ class PeerLink:
         self._pending: deque[tuple[str, tuple[Any, ...]]] = deque()
         self._flush_scheduled = False
         self.frames_dropped = 0
+        self.taken_over_by: PeerLink | None = None
+        """Server: the link of the session this link's connection resumed (it owns the
+        connection now, and every proxy the connection creates)."""
 
     # -- building connections -------------------------------------------------------------
 
@@ -120,8 +123,9 @@ class PeerLink:
             compress_messages=opts.compress,
             peer=self.label,
         )
+        # `established` is kept: it describes the session (features, mode) until the new
+        # connection's handshake replaces it.
         self.conn = conn
-        self.established = None
         self.close_event = None
         return conn
 
@@ -130,7 +134,10 @@ class PeerLink:
         self.conn = conn
 
     def _new_proxy_pid(self, remote_id: int) -> Pid:
-        handle = ProxyHandle(self)
+        owner = self
+        while owner.taken_over_by is not None:
+            owner = owner.taken_over_by
+        handle = ProxyHandle(owner)
         pid = self.node.new_proxy(handle)
         handle.pid = pid
         return pid
@@ -259,8 +266,11 @@ class PeerLink:
             _log.warning("%s: connection closed: %s (%s)", self.label, ev.message, ev.code)
         else:
             _log.info("%s: connection closed: %s", self.label, ev.message)
-        if self.established is None or "session" not in self.established.features:
-            # The core already ended the proxies (noconnection); exports are void too.
+        if self.session is None or self.session.id is None:
+            # No session to resume (legacy peer, 'session' not agreed, or a first
+            # handshake that failed): the core already ended the proxies (noconnection)
+            # and the exports are void too. With a session, the watches stay so that
+            # DEAD notices of processes ending while disconnected are sent after a resume.
             self._forget_exports()
         self._fail_whereis(NotConnected(f"connection to {self.label} closed while waiting for whereis"))
         self._flush()
@@ -348,10 +358,10 @@ class PeerLink:
 
     def _queue(self, name: str, args: tuple[Any, ...]) -> None:
         opts = self.options
-        if opts.when_disconnected != "queue" or self.conn is None:
+        if opts.when_disconnected == "error" or self.conn is None:
             raise NotConnected(
                 f"not connected to {self.label}; the client reconnects in the background "
-                "(pass when_disconnected='queue' to queue sends while it does)"
+                "(pass when_disconnected='wait' to queue sends while it does)"
             )
         if len(self._pending) >= opts.max_pending:
             raise NotConnected(

@@ -40,12 +40,13 @@ DEFAULT_MAX_PENDING_HANDSHAKES = 64
 class _Accepted:
     """Book-keeping for one accepted connection (until it closes)."""
 
-    __slots__ = ("link", "stream", "timer")
+    __slots__ = ("link", "stream", "timer", "handshaking")
 
     def __init__(self, link: PeerLink, stream: FrameStream) -> None:
         self.link = link
         self.stream = stream
         self.timer: asyncio.TimerHandle | None = None
+        self.handshaking = True  # counted in Server._handshaking until it ends
 
 
 class Server:
@@ -123,9 +124,22 @@ class Server:
 
     def _find_session(self, session_id: bytes) -> Session | None:
         link = self._sessions.get(session_id)
-        if link is None or link.connected:
+        if link is None:
             return None
+        if link.connected:
+            # The client is back (authenticated) while its old connection still looks up
+            # to us (half-open: its end vanished without a FIN): the resume wins.
+            _log.info("%s: session resumed from a new connection; closing the old one", link.label)
+            link.close()
         return link.session
+
+    def _handshake_done(self, entry: _Accepted) -> None:
+        if entry.handshaking:
+            entry.handshaking = False
+            self._handshaking -= 1
+        if entry.timer is not None:
+            entry.timer.cancel()
+            entry.timer = None
 
     def _handshake_timeout_fired(self, entry: _Accepted) -> None:
         entry.timer = None
@@ -135,10 +149,7 @@ class Server:
             entry.stream.close()
 
     def _established(self, entry: _Accepted, link: PeerLink, ev: HandshakeComplete) -> PeerLink:
-        self._handshaking -= 1
-        if entry.timer is not None:
-            entry.timer.cancel()
-            entry.timer = None
+        self._handshake_done(entry)
         owner = link
         if ev.resumed and ev.session_id in self._sessions:
             # The client resumed its session: the session's link takes over this stream.
@@ -154,6 +165,7 @@ class Server:
             entry.link = owner
             entry.stream.attach(owner)
             link.conn = None
+            link.taken_over_by = owner
         elif ev.session_id is not None:
             self._sessions[ev.session_id] = link
         entry.stream.start_heartbeat(self.options.heartbeat_ms / 1000, ev.peer_heartbeat / 1000)
@@ -184,10 +196,7 @@ class Server:
     def _stream_gone(self, entry: _Accepted) -> None:
         if self._accepted.pop(entry.stream, None) is None:
             return
-        if entry.timer is not None:
-            entry.timer.cancel()
-            entry.timer = None
-            self._handshaking -= 1
+        self._handshake_done(entry)
 
     # -- public API -------------------------------------------------------------------------
 

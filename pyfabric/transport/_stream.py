@@ -74,11 +74,15 @@ class FrameStream(asyncio.Protocol):
             self._hb_handle.cancel()
             self._hb_handle = None
         link = self.link
-        if link.writer == self.write:
+        current = link.writer == self.write
+        if current:
             link.writer = None
             link.closer = None
         try:
-            link.connection_lost()
+            # A stream whose link has moved on to a newer connection (a server session
+            # taken over by a resume) must not end that connection.
+            if current or link.writer is None:
+                link.connection_lost()
         finally:
             self._can_write.set()
             if not self.closed.done():
