@@ -30,6 +30,7 @@
           ref :: reference(),                  % registry key of the server / client
           t :: fabric_peer_transport:transport(),
           sock :: term(),
+          buf = <<>> :: binary(),              % bytes received, not yet a whole frame
           peer = <<"unknown">> :: binary(),
           mode :: legacy | extended | undefined,
           feats = #{} :: #{binary() => true},
@@ -50,6 +51,9 @@
           %% proxies that ended, so shipping one back still gives {pl, Id}
           pgrave = #{} :: #{pid() => integer()},
           pgrave_q = queue:new() :: queue:queue(),
+          %% DEAD notices recently written: resent after a resume, since the last ones may
+          %% have been lost in flight (a duplicate DEAD is ignored by the receiver)
+          recent_dead = queue:new() :: queue:queue(),
           %% proxies: the peer's processes, one local proxy per remote id
           token :: reference(),
           prox_id = #{} :: #{integer() => pid()},
@@ -80,6 +84,7 @@
 %% How many ended exported processes keep their id -> pid entry (identity of a pid the peer
 %% sends back after its DEAD); older ones are replaced by an exited placeholder pid.
 -define(GRAVE_SIZE, 1024).
+-define(RECENT_DEAD, 256).
 
 %%% API
 
@@ -169,7 +174,7 @@ handle_event(cast, socket_ready, wait_socket, #d{t = T, sock = S0, o = O} = D) -
             {stop, normal, D}
     end;
 
-handle_event(info, {Tag, S, Bin}, await_hello, #d{sock = S} = D) when Tag =:= tcp; Tag =:= ssl ->
+handle_event(internal, {frame, Bin}, await_hello, D) ->
     bump(frames_in, D),
     case hs_decode(Bin, D) of
         {ok, Term} ->
@@ -181,7 +186,7 @@ handle_event(info, {Tag, S, Bin}, await_hello, #d{sock = S} = D) when Tag =:= tc
         error -> hs_close("first frame is not a valid term", D)
     end;
 
-handle_event(info, {Tag, S, Bin}, await_response, #d{sock = S} = D) when Tag =:= tcp; Tag =:= ssl ->
+handle_event(internal, {frame, Bin}, await_response, D) ->
     D1 = bump(frames_in, D),
     Term = case hs_decode(Bin, D1) of {ok, T} -> T; error -> bad_frame end,
     server_response(Term, Bin, D1);
@@ -212,14 +217,14 @@ handle_event(internal, connect, connecting, #d{o = O, t = T, target = {Host, Por
             client_failed({connect, Why}, D)
     end;
 
-handle_event(info, {Tag, S, Bin}, await_challenge, #d{sock = S} = D) when Tag =:= tcp; Tag =:= ssl ->
+handle_event(internal, {frame, Bin}, await_challenge, D) ->
     D1 = bump(frames_in, D),
     case hs_decode(Bin, D1) of
         {ok, Term} -> client_challenge(Term, Bin, D1);
         error -> client_failed({auth_failed, bad_challenge}, D1)
     end;
 
-handle_event(info, {Tag, S, Bin}, await_auth, #d{sock = S} = D) when Tag =:= tcp; Tag =:= ssl ->
+handle_event(internal, {frame, Bin}, await_auth, D) ->
     D1 = bump(frames_in, D),
     case hs_decode(Bin, D1) of
         {ok, Term} -> client_auth(Term, D1);
@@ -242,25 +247,39 @@ handle_event({timeout, handshake}, handshake, State, #d{role = client} = D)
     client_failed(handshake_timeout, D);
 handle_event({timeout, handshake}, _, _, _) -> keep_state_and_data;
 
+%%% --- framing: bytes in, one frame at a time (the limit depends on the state)
+
+handle_event(info, {Tag, S, Data}, _, #d{sock = S, buf = Buf} = D) when Tag =:= tcp; Tag =:= ssl ->
+    {keep_state, D#d{buf = <<Buf/binary, Data/binary>>}, [{next_event, internal, parse}]};
+handle_event(internal, parse, _, #d{sock = undefined}) ->
+    keep_state_and_data;
+handle_event(internal, parse, State, #d{o = O, buf = Buf} = D) ->
+    Limit = case State of
+                established -> maps:get(max_frame, O);
+                _ -> maps:get(max_handshake_frame, O)
+            end,
+    case fabric_peer_frame:take(Buf, Limit) of
+        {ok, Frame, Rest} ->
+            {keep_state, D#d{buf = Rest},
+             [{next_event, internal, {frame, Frame}}, {next_event, internal, parse}]};
+        more ->
+            ok = activate(D),
+            keep_state_and_data;
+        {error, {frame_too_large, Len}} ->
+            too_large(State, Len, D)
+    end;
+
 %%% --- established: frames from the peer
 
-handle_event(info, {Tag, S, Bin}, established, #d{sock = S} = D) when Tag =:= tcp; Tag =:= ssl ->
+handle_event(internal, {frame, Bin}, established, D) ->
     D1 = (bump(frames_in, D))#d{last_in = now_ms()},
     case established_frame(Bin, D1) of
-        {ok, D2} -> ok = activate(D2), {keep_state, D2};
+        {ok, D2} -> {keep_state, D2};
         {close, D2} -> lost(D2, closed_by_us)
     end;
 
 handle_event(info, {Tag, S}, State, #d{sock = S} = D) when Tag =:= tcp_closed; Tag =:= ssl_closed ->
     socket_gone(State, closed, D);
-handle_event(info, {Tag, S, emsgsize}, State, #d{sock = S} = D) when Tag =:= tcp_error; Tag =:= ssl_error ->
-    ?LOG_WARNING("fabric: frame over the size limit from ~s: closing", [D#d.peer]),
-    D1 = count_error(D),
-    _ = send_error_frame(frame_too_large, <<"frame length over the limit">>, D1),
-    case State of
-        established -> lost(D1, closed_by_us);
-        _ -> socket_gone(State, frame_too_large, D1)
-    end;
 handle_event(info, {Tag, S, Why}, State, #d{sock = S} = D) when Tag =:= tcp_error; Tag =:= ssl_error ->
     socket_gone(State, Why, D);
 handle_event(info, {fabric_send_failed, S, Why}, State, #d{sock = S} = D) ->
@@ -295,7 +314,7 @@ handle_event({call, From}, {claim, _NewConn}, State, D)
 handle_event({call, From}, {claim, _}, _, _) ->
     {keep_state_and_data, [{reply, From, {error, not_resumable}}]};
 handle_event(cast, {attach, T, S, Peer, Params}, resuming, D) ->
-    D1 = D#d{t = T, sock = S, peer = Peer},
+    D1 = D#d{t = T, sock = S, peer = Peer, buf = <<>>},
     ?LOG_INFO("fabric: session resumed by ~s", [Peer]),
     established(Params, true, D1);
 handle_event(cast, {attach, T, S, _, _}, _, _) ->
@@ -425,7 +444,6 @@ server_ext_challenge(F1, ClientVersion, #d{o = O} = D) ->
     F2 = fabric_peer_handshake:encode({challenge, Nonce, Offer}),
     case raw_send(F2, D) of
         ok ->
-            ok = activate(D),
             {next_state, await_response,
              D#d{hs = #{kind => extended, f1 => F1, f2 => F2, version => Version}}};
         {error, _} -> {stop, normal, D}
@@ -522,7 +540,7 @@ auth_failed(D) ->
 
 hs_send(Term, Next, D) ->
     case raw_send(fabric_peer_handshake:encode(Term), D) of
-        ok -> ok = activate(D), {next_state, Next, D};
+        ok -> {next_state, Next, D};
         {error, _} -> {stop, normal, D}
     end.
 
@@ -550,8 +568,7 @@ client_challenge({challenge, C}, _, #d{o = O, hs = Hs} = D) ->
         {true, {ok, Ch}} ->
             R = fabric_peer_handshake:legacy_response(Ch, maps:get(secret, O)),
             case raw_send(fabric_peer_handshake:encode({response, R}), D) of
-                ok -> ok = activate(D),
-                      {next_state, await_auth, D#d{hs = Hs#{kind => legacy}}};
+                ok -> {next_state, await_auth, D#d{hs = Hs#{kind => legacy}}};
                 {error, Why} -> client_failed({connect, Why}, D)
             end;
         {true, error} -> client_failed({auth_failed, bad_challenge}, D)
@@ -575,7 +592,6 @@ client_challenge({challenge, Nonce, Offer0}, F2, #d{o = O, hs = #{kind := extend
             F3 = fabric_peer_handshake:encode({response, Mac, AcceptBin}),
             case raw_send(F3, D) of
                 ok ->
-                    ok = activate(D),
                     {next_state, await_auth,
                      D#d{hs = Hs#{f2 => F2, f3 => F3, offer => Offer, features => Feats}}};
                 {error, Why} -> client_failed({connect, Why}, D)
@@ -640,7 +656,7 @@ backoff(N, Min, Max) ->
 
 %%% ---------------------------------------------------------------- established
 
-established(Params, Resumed, #d{o = O, t = T, sock = S} = D0) ->
+established(Params, Resumed, #d{o = O} = D0) ->
     Mode = maps:get(mode, Params),
     Feats = fabric_peer_rewrite:features(maps:get(features, Params, [])),
     D1 = D0#d{mode = Mode, feats = Feats, version = maps:get(version, Params, 0),
@@ -655,20 +671,31 @@ established(Params, Resumed, #d{o = O, t = T, sock = S} = D0) ->
              _ -> D1
          end,
     D3 = register_session(maps:get(session, Params, D2#d.session), D2),
-    ok = fabric_peer_transport:set_limit(T, S, maps:get(max_frame, O)),
     D4 = flush_queue(Resumed, D3#d{ever_connected = true}),
     [gen_statem:reply(W, ok) || W <- D4#d.waiters],
-    ok = activate(D4),
     ?LOG_INFO("fabric: ~s connection established with ~s (~0p)",
               [Mode, D4#d.peer, maps:keys(Feats)]),
     {next_state, established, D4#d{waiters = []},
-     [{{timeout, handshake}, cancel}, {{timeout, session}, cancel} | heartbeat_timer(D4)]}.
+     [{{timeout, handshake}, cancel}, {{timeout, session}, cancel}, {next_event, internal, parse}
+      | heartbeat_timer(D4)]}.
 
 register_session(undefined, D) -> D#d{session = undefined};
 register_session(Sid, #d{role = server, ref = Ref} = D) ->
     true = ets:insert(?REG, {{Ref, {session, Sid}}, self()}),
     D#d{session = Sid};
 register_session(Sid, D) -> D#d{session = Sid}.
+
+%% A length header over the limit: the stream cannot be resynchronised, so close
+%% (after an error frame to an extended peer).
+too_large(State, Len, D) ->
+    ?LOG_WARNING("fabric: frame of ~b bytes over the limit from ~s: closing", [Len, D#d.peer]),
+    D1 = count_error(D),
+    _ = send_error_frame(frame_too_large,
+                         iolist_to_binary(io_lib:format("frame length ~b over the limit", [Len])), D1),
+    case State of
+        established -> lost(D1, closed_by_us);
+        _ -> socket_gone(State, frame_too_large, D1)
+    end.
 
 %% The socket is gone. With a session (server: detach; client: reconnect) the tables stay;
 %% without one the proxies end with `noconnection'.
@@ -934,8 +961,9 @@ emit_bin(Kind, Bin, #d{sock = S} = D) when S =/= undefined, D#d.mode =/= undefin
             case raw_send(Bin, D) of
                 ok -> {ok, D#d{last_out = now_ms()}};
                 {error, Why} ->
+                    %% not written: keep it for a resumed session (dropped otherwise)
                     self() ! {fabric_send_failed, S, Why},
-                    {ok, D}
+                    enqueue(Kind, Bin, D)
             end;
         false -> enqueue(Kind, Bin, D)
     end;
@@ -950,9 +978,12 @@ enqueue(Kind, Bin, #d{queue = Q, queued_msgs = N} = D) ->
     N1 = case Kind of msg -> N + 1; ctrl -> N end,
     {ok, D#d{queue = queue:in(Bin, Q), queued_msgs = N1}}.
 
-flush_queue(true, #d{queue = Q} = D) ->
+flush_queue(true, #d{queue = Q, recent_dead = R} = D) ->
+    Queued = queue:to_list(Q),
+    Resend = [B || B <- [fabric_peer_frame:encode_plain(T) || T <- queue:to_list(R)],
+                   not lists:member(B, Queued)],
     lists:foldl(fun(Bin, Acc) -> {_, Acc1} = emit_bin(ctrl, Bin, Acc), Acc1 end,
-                D#d{queue = queue:new(), queued_msgs = 0}, queue:to_list(Q));
+                D#d{queue = queue:new(), queued_msgs = 0}, Resend ++ Queued);
 flush_queue(false, #d{queue = Q} = D) ->
     case queue:len(Q) of
         0 -> ok;
@@ -1074,7 +1105,7 @@ reset_tables(D) ->
     D1 = kill_proxies(noconnection, D),
     maps:foreach(fun(Ref, _) -> erlang:demonitor(Ref, [flush]) end, D1#d.exp_mon),
     D1#d{exp_pid = #{}, exp_id = #{}, exp_mon = #{}, next_id = 1, grave = #{}, grave_q = queue:new(),
-         pgrave = #{}, pgrave_q = queue:new(),
+         pgrave = #{}, pgrave_q = queue:new(), recent_dead = queue:new(),
          queue = queue:new(), queued_msgs = 0, session = undefined}.
 
 down(Ref, Pid, Reason, D) ->
@@ -1082,7 +1113,13 @@ down(Ref, Pid, Reason, D) ->
         {Id, Mon} ->
             D1 = bury(Id, Pid, D#d{exp_mon = Mon, exp_pid = maps:remove(Pid, D#d.exp_pid),
                                    exp_id = maps:remove(Id, D#d.exp_id)}),
-            emit(ctrl, {'DEAD', {pr, Id}, Reason}, D1);
+            Dead = {'DEAD', {pr, Id}, Reason},
+            Recent = queue:in(Dead, D1#d.recent_dead),
+            Recent1 = case queue:len(Recent) > ?RECENT_DEAD of
+                          true -> queue:drop(Recent);
+                          false -> Recent
+                      end,
+            emit(ctrl, Dead, D1#d{recent_dead = Recent1});
         error ->
             case maps:take(Ref, D#d.prox_mon) of
                 {Id, PM} ->

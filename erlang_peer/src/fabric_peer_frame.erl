@@ -3,7 +3,7 @@
 %% decoded frame according to the mode and the agreed features.
 -module(fabric_peer_frame).
 
--export([encode_message/1, encode_plain/1, check_size/2, classify/3,
+-export([take/2, encode_message/1, encode_plain/1, check_size/2, classify/3,
          default/1, error_frame/2, error_codes/0, new_window/2, note_error/2]).
 
 -export_type([frame/0, window/0]).
@@ -41,6 +41,15 @@ default(error_window) -> 200;
 default(heartbeat) -> 15000;
 %% Messages sent while a client is reconnecting are queued up to this many (section 7).
 default(max_queue) -> 1000.
+
+%% @doc Split one frame off the received bytes: a 4-byte big-endian length, then the
+%% payload. The length is checked against `Limit' as soon as the 4 bytes are there, before
+%% any of the body is buffered (section 1).
+-spec take(binary(), pos_integer()) ->
+          {ok, binary(), binary()} | more | {error, {frame_too_large, non_neg_integer()}}.
+take(<<Len:32, _/binary>>, Limit) when Len > Limit -> {error, {frame_too_large, Len}};
+take(<<Len:32, Frame:Len/binary, Rest/binary>>, _) -> {ok, Frame, Rest};
+take(_, _) -> more.
 
 %% @doc An `m' frame exactly as the original encodes it: compressed only when smaller.
 -spec encode_message(term()) -> binary().
@@ -161,6 +170,17 @@ classify_extended_test_() ->
      ?_assertEqual({error, unknown_frame}, classify({heartbeat, 1}, extended, F)),
      ?_assertEqual({error, unknown_frame}, classify({whereis, 0, <<"p">>}, extended, F)),
      ?_assertEqual({error, unknown_frame}, classify({whereis, 1, p}, extended, F))].
+
+take_test_() ->
+    [?_assertEqual(more, take(<<>>, 10)),
+     ?_assertEqual(more, take(<<0, 0>>, 10)),
+     ?_assertEqual(more, take(<<0, 0, 0, 3, 1, 2>>, 10)),
+     ?_assertEqual({ok, <<1, 2, 3>>, <<>>}, take(<<0, 0, 0, 3, 1, 2, 3>>, 10)),
+     ?_assertEqual({ok, <<>>, <<0>>}, take(<<0, 0, 0, 0, 0>>, 10)),
+     ?_assertEqual({ok, <<1>>, <<0, 0, 0, 1, 2>>}, take(<<0, 0, 0, 1, 1, 0, 0, 0, 1, 2>>, 10)),
+     %% refused from the header alone
+     ?_assertEqual({error, {frame_too_large, 11}}, take(<<0, 0, 0, 11>>, 10)),
+     ?_assertEqual({error, {frame_too_large, 16#ffffffff}}, take(<<255, 255, 255, 255>>, 10))].
 
 size_test() ->
     ?assertEqual(ok, check_size(<<1, 2>>, 2)),

@@ -1,12 +1,15 @@
 %% @doc The socket abstraction: one small module so TLS (`ssl') slots in next to plain TCP.
 %%
-%% A transport is `tcp' or `{tls, SslOpts}'. Sockets are always `{packet, 4}', binary,
-%% `nodelay', and read with `{active, once}' so the owner reads one frame at a time (that is
-%% the back-pressure). The frame-size limit is `packet_size': the runtime checks the 4-byte
-%% length before buffering the body and reports `emsgsize'.
+%% A transport is `tcp' or `{tls, SslOpts}'. Sockets are binary, `nodelay', raw (no
+%% `{packet, 4}' in the runtime) and read with `{active, once}' (back-pressure). The
+%% connection process splits frames itself with `fabric_peer_frame:take/2', which checks
+%% every 4-byte length against the limit of the current state before buffering the body: with
+%% `{packet, 4}' and `packet_size' the runtime would close the socket on an over-size header,
+%% leaving no way to send the `frame_too_large' error frame the protocol asks for. `send/3'
+%% adds the 4-byte length.
 -module(fabric_peer_transport).
 
--export([listen/3, accept/2, handshake/3, connect/5, send/3, activate/2, set_limit/3,
+-export([listen/3, accept/2, handshake/3, connect/5, send/3, activate/2,
          controlling_process/3, close/2, peername/2, port/2, messages/1, name/1]).
 
 -export_type([transport/0, socket/0]).
@@ -17,8 +20,8 @@
 %% Writes that block this long mean the peer stopped reading: the connection is closed.
 -define(SEND_TIMEOUT, 30000).
 
-base_opts(Limit) ->
-    [binary, {packet, 4}, {packet_size, Limit}, {active, false}, {nodelay, true},
+base_opts(_Limit) ->
+    [binary, {packet, raw}, {active, false}, {nodelay, true},
      {send_timeout, ?SEND_TIMEOUT}, {send_timeout_close, true}].
 
 %% @doc Listen on `Ip':`Port' (0 = the OS picks).
@@ -49,18 +52,13 @@ connect({tls, SslOpts}, Host, Port, Limit, Timeout) ->
 
 %% @doc Send one frame (the 4-byte length is added by the socket).
 -spec send(transport(), socket(), iodata()) -> ok | {error, term()}.
-send(tcp, S, Data) -> gen_tcp:send(S, Data);
-send({tls, _}, S, Data) -> ssl:send(S, Data).
+send(tcp, S, Data) -> gen_tcp:send(S, [<<(iolist_size(Data)):32>>, Data]);
+send({tls, _}, S, Data) -> ssl:send(S, [<<(iolist_size(Data)):32>>, Data]).
 
 %% @doc Ask for the next frame as a message.
 -spec activate(transport(), socket()) -> ok | {error, term()}.
 activate(tcp, S) -> inet:setopts(S, [{active, once}]);
 activate({tls, _}, S) -> ssl:setopts(S, [{active, once}]).
-
-%% @doc Change the frame-size limit (larger after authentication).
--spec set_limit(transport(), socket(), pos_integer()) -> ok | {error, term()}.
-set_limit(tcp, S, Limit) -> inet:setopts(S, [{packet_size, Limit}]);
-set_limit({tls, _}, S, Limit) -> ssl:setopts(S, [{packet_size, Limit}]).
 
 %% @doc Hand the socket to another process.
 -spec controlling_process(transport(), socket(), pid()) -> ok | {error, term()}.

@@ -230,11 +230,11 @@ legacy_monitor_reasons(Config) ->
     Self = self(),
     [begin
          {Name, Pid} = fabric_peer_test_lib:remote(?config(server, Config), "lremote",
-                                                   fun() -> receive {From, _} -> From ! {me, self()},
-                                                                                 receive {exit, R} -> exit(R) end
+                                                   fun() -> receive {From, Tag} -> From ! {me, Tag, self()},
+                                                                                   receive {exit, R} -> exit(R) end
                                                             end end),
-         ok = fabric_peer:send({C, Name}, {Self, hi}),
-         Proxy = receive {me, P} -> P after 3000 -> ct:fail(no_reply) end,
+         ok = fabric_peer:send({C, Name}, {Self, Reason}),
+         Proxy = receive {me, Reason, P} -> P after 3000 -> ct:fail(no_reply) end,
          Expected = case Reason of noproc -> normal; _ -> Reason end,
          Expected = down_reason(Proxy, fun() -> Pid ! {exit, Reason} end)
      end || Reason <- [normal, killed, {custom, 1}, noproc]],
