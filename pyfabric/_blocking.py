@@ -44,11 +44,23 @@ class _LoopThread:
         self.thread.start()
 
     def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
+        loop = self.loop
+        asyncio.set_event_loop(loop)
         try:
-            self.loop.run_forever()
+            loop.run_forever()
         finally:
-            self.loop.close()
+            try:
+                # Calls still waiting (another thread's receive while we close) end with
+                # RuntimeError in their thread instead of hanging, and no task is destroyed
+                # while pending.
+                tasks = asyncio.all_tasks(loop)
+                for task in tasks:
+                    task.cancel()
+                if tasks:
+                    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coro`` on the loop and wait for its result in the calling thread."""
@@ -64,11 +76,16 @@ class _LoopThread:
         fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
             return fut.result(timeout)
-        except concurrent.futures.TimeoutError:
-            fut.cancel()
-            raise TimeoutError(f"no result within {timeout} s") from None
-        except BaseException:
-            fut.cancel()  # e.g. KeyboardInterrupt in the waiting thread
+        except concurrent.futures.CancelledError:
+            if not self.thread.is_alive() or self.loop.is_closed() or not self.loop.is_running():
+                raise RuntimeError("this pyfabric object was closed while the call was waiting") from None
+            raise
+        except BaseException as exc:
+            if fut.done():
+                raise  # the coroutine's own outcome (ReceiveTimeout is a TimeoutError too)
+            fut.cancel()  # our wait timed out, or e.g. KeyboardInterrupt in the waiting thread
+            if isinstance(exc, concurrent.futures.TimeoutError):
+                raise TimeoutError(f"no result within {timeout} s") from None
             raise
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -113,9 +130,11 @@ class BlockingMailbox:
         return self._runner.run(self._box.receive(match, timeout))
 
     def link(self, pid: Pid) -> None:
+        """Link to ``pid`` (a local process or a proxy); see :meth:`pyfabric.runtime.Mailbox.link`."""
         self._runner.call(self._box.link, pid)
 
     def unlink(self, pid: Pid) -> None:
+        """Remove the link to ``pid``."""
         self._runner.call(self._box.unlink, pid)
 
     def monitor(self, pid: Pid) -> Reference:
@@ -123,6 +142,7 @@ class BlockingMailbox:
         return self._runner.call(self._box.monitor, pid)
 
     def demonitor(self, ref: Reference, flush: bool = False) -> bool:
+        """Cancel a monitor; ``flush`` also drops its ``DOWN`` if already queued."""
         return self._runner.call(self._box.demonitor, ref, flush)
 
     def exit(self, pid: Pid, reason: Any) -> None:
@@ -131,6 +151,7 @@ class BlockingMailbox:
 
     @property
     def trap_exit(self) -> bool:
+        """True if exit signals arrive as ``('EXIT', pid, reason)`` messages instead of ending the mailbox."""
         return self._box.trap_exit
 
     @trap_exit.setter
@@ -138,16 +159,20 @@ class BlockingMailbox:
         self._runner.call(setattr, self._box, "trap_exit", value)
 
     def register(self, name: Atom | str) -> None:
+        """Register this mailbox under ``name`` on its node."""
         self._runner.call(self._box.register, name)
 
     def qsize(self) -> int:
+        """Messages waiting in the mailbox."""
         return self._runner.call(self._box.qsize)
 
     @property
     def alive(self) -> bool:
+        """False once the mailbox is closed or ended by an exit signal."""
         return self._box.alive
 
     def close(self, reason: Any = Atom("normal")) -> None:
+        """End the mailbox with ``reason`` (links and monitors fire). Idempotent."""
         if self._box.alive:
             self._runner.call(self._box.close, reason)
 
@@ -176,9 +201,11 @@ class _BlockingNodeApi:
         return self._runner.call(self._target.spawn, fn, *args, **options)
 
     def register(self, name: Atom | str, pid: Pid) -> None:
+        """Register the local process ``pid`` as ``name`` (remote peers reach it only if allowed)."""
         self._runner.call(self._target.register, name, pid)
 
     def unregister(self, name: Atom | str) -> None:
+        """Remove a local registered name."""
         self._runner.call(self._target.unregister, name)
 
     def whereis_local(self, name: Atom | str) -> Pid | None:
@@ -186,6 +213,7 @@ class _BlockingNodeApi:
         return self._runner.call(self._target.node.whereis, name)
 
     def statistics(self) -> dict[str, Any]:
+        """Counters of the underlying client or server (see their ``statistics``)."""
         return self._runner.call(self._target.statistics)
 
     @property
@@ -213,14 +241,17 @@ class BlockingClient(_BlockingNodeApi):
 
     @property
     def state(self) -> str:
+        """The connection state (see :class:`~pyfabric.transport.ConnectionState`)."""
         return self._target.state
 
     @property
     def mode(self) -> str | None:
+        """``"extended"``, ``"legacy"``, or None before the first handshake."""
         return self._target.mode
 
     @property
     def features(self) -> frozenset[str]:
+        """The extension features agreed with the server."""
         return self._target.features
 
     def send(self, dest: Pid | Atom | str | tuple[Any, Any], msg: Any) -> None:
@@ -245,6 +276,7 @@ class BlockingClient(_BlockingNodeApi):
         return self._runner.run(self._target.whereis(name, timeout=timeout))
 
     def wait_connected(self, timeout: float | None = None) -> None:
+        """Block until connected (``TimeoutError`` after ``timeout`` s; ``NotConnected`` if closed)."""
         self._runner.run(self._target.wait_connected(timeout))
 
     def add_state_listener(self, callback: Callable[[str], None]) -> None:

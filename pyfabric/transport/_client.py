@@ -223,6 +223,7 @@ class Client:
         self._listeners.append(callback)
 
     def remove_state_listener(self, callback: Callable[[str], None]) -> None:
+        """Stop calling ``callback`` (``ValueError`` if it was not added)."""
         self._listeners.remove(callback)
 
     async def wait_connected(self, timeout: float | None = None) -> None:
@@ -344,6 +345,7 @@ class Client:
         self._node.register(name, pid)
 
     def unregister(self, name: Atom | str) -> None:
+        """Remove a local registered name (:class:`~pyfabric.runtime.NotRegistered` if unused)."""
         self._node.unregister(name)
 
     # -- closing ----------------------------------------------------------------------------

@@ -213,6 +213,7 @@ class Server:
 
     @property
     def sockets(self) -> list[Any]:
+        """The listening sockets (empty once closed)."""
         return list(self._server.sockets) if self._server is not None else []
 
     def mailbox(self, name: Atom | str | None = None, **options: Any) -> Mailbox:
@@ -228,6 +229,7 @@ class Server:
         self._node.register(name, pid)
 
     def unregister(self, name: Atom | str) -> None:
+        """Remove a local registered name (:class:`~pyfabric.runtime.NotRegistered` if unused)."""
         self._node.unregister(name)
 
     def send(self, dest: Pid | Atom | str, msg: Any) -> None:
