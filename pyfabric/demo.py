@@ -1,60 +1,101 @@
-"""Interim demo for ``make demo``: pyfabric.etf talking to a real ``erl``.
+"""``make demo``: a Python client talking to an Erlang fabric server started from erlang_peer.
 
-Encodes a few terms in Python, has Erlang decode and print them, then decodes a term
-Erlang encoded. It will be replaced by a client/server demo of the fabric protocol.
+Starts a real Erlang node running ``fabric_peer_demo`` (a fabric server with the seed's
+``ping`` process, an ``echo`` and a ``counter``), connects to it with the blocking API, and
+shows the exchange: ``whereis``, the seed's ping example, a Python pid shipped to Erlang
+and answered, and a monitor seeing an Erlang process killed.
+
+Run from the repository (``make demo`` builds erlang_peer first), or point
+``PYFABRIC_PEER_EBIN`` at the compiled ``fabric_peer`` ebin directory.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
-from pyfabric import etf
-from pyfabric.etf import Atom, ImproperList
+import pyfabric
+from pyfabric import ANY, Atom
 
-_ERLANG_PRINT = (
-    "{ok, [Hex]} = init:get_argument(terms), "
-    "Bin = binary:decode_hex(list_to_binary(Hex)), "
-    "io:format(\"~p~n\", [binary_to_term(Bin)]), "
-    "io:format(\"~s~n\", [binary:encode_hex(term_to_binary("
-    "{reply, self(), make_ref(), #{<<\"pi\">> => 3.14159, list => [1, 2 | tail]}, \"caf\\x{e9}\"}, "
-    "[{minor_version, 1}]))]), halt()."
-)
+SECRET = "demo-secret"
+_EBIN = Path(__file__).resolve().parents[1] / "erlang_peer" / "_build" / "default" / "lib" / "fabric_peer" / "ebin"
+
+
+def _say(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def start_erlang_server(ebin: Path) -> tuple[subprocess.Popen[str], int]:
+    """Start ``fabric_peer_demo`` in a fresh ``erl``; return the process and its port."""
+    erl = shutil.which("erl")
+    if erl is None:
+        raise SystemExit("erl not found: run `make setup` (it installs Erlang/OTP)")
+    if not (ebin / "fabric_peer_demo.beam").exists():
+        raise SystemExit(f"erlang_peer is not built in {ebin}: run `make peer`")
+    proc = subprocess.Popen(
+        [erl, "-noshell", "-pa", str(ebin), "-run", "fabric_peer_demo", "main", "0", SECRET],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    if not line.startswith("port "):
+        proc.kill()
+        raise SystemExit(f"the Erlang demo server did not start (it said {line!r})")
+    return proc, int(line.split()[1])
+
+
+def run(port: int) -> None:
+    """The exchange itself, against a fabric server with ping/echo/counter on ``port``."""
+    with pyfabric.connect("127.0.0.1", port, SECRET) as client:
+        _say(f"connected: {client.mode} protocol, features: {', '.join(sorted(client.features))}")
+
+        ping = client.whereis("ping")
+        _say(f"whereis(ping) -> {ping!r} (a local proxy for the Erlang process)")
+
+        with client.mailbox() as box:
+            # The seed's example: {Self, {payload, "abababa"}} -> {PingPid, {pong, ...}}.
+            client.send(ping, (box.pid, (Atom("payload"), "abababa")))
+            sender, reply = box.receive(match=(ANY, ANY), timeout=10)
+            _say(f"ping replied {reply!r}; the sender is the same proxy: {sender is ping or sender == ping}")
+            client.send(sender, (box.pid, (Atom("payload"), "again")))
+            _, reply = box.receive(timeout=10)
+            _say(f"sent to the returned pid, got {reply!r}")
+
+            # A Python process's pid travels to Erlang; Erlang answers that process.
+            async def relay(proc: pyfabric.Process, target: pyfabric.Pid) -> None:
+                frm, msg = await proc.receive(timeout=10)
+                proc.send(target, (Atom("relayed"), frm, msg))
+
+            relay_pid = client.spawn(relay, box.pid)
+            client.send("echo", (relay_pid, (Atom("hello"), "from a Python process", 3.5, 2**70)))
+            _, frm, msg = box.receive(match=(Atom("relayed"), ANY, ANY), timeout=10)
+            _say(f"echo answered the Python process with {msg!r}")
+
+            # Monitors see the real exit reason of an Erlang process.
+            counter = client.whereis("counter")
+            ref = box.monitor(counter)
+            box.exit(counter, Atom("kill"))
+            down = box.receive(match=(Atom("DOWN"), ref, ANY, ANY, ANY), timeout=10)
+            _say(f"killed the Erlang counter; the monitor says {down[4]!r}")
 
 
 def main() -> int:
-    erl = shutil.which("erl")
-    if erl is None:
-        sys.stderr.write("erl not found: run `make erlang` first\n")
-        return 1
-    term = (
-        Atom("hello"),
-        "from python",
-        [1, 2, 3],
-        {Atom("answer"): 42, b"bin": 2.5},
-        ImproperList((Atom("a"),), Atom("b")),
-        True,
-        None,
-        2**100,
-    )
-    data = etf.encode(term, compressed=True, minor_version=1)
-    print(f"Python term:  {term!r}")
-    print(f"encoded:      {len(data)} bytes ({data[:24].hex()}...)")
-    proc = subprocess.run(
-        [erl, "-noshell", "-terms", data.hex(), "-eval", _ERLANG_PRINT],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    printed, reply_hex = proc.stdout.rstrip("\n").rsplit("\n", 1)
-    print(f"Erlang sees:  {' '.join(printed.split())}")
-    reply = etf.decode(bytes.fromhex(reply_hex))
-    print(f"Erlang sent:  {reply!r}")
-    print(f"  its string as text: {etf.charlist_to_str(reply[4])!r}")
+    ebin = Path(os.environ.get("PYFABRIC_PEER_EBIN", _EBIN))
+    erl_proc, port = start_erlang_server(ebin)
+    _say(f"Erlang fabric server (erlang_peer) listening on 127.0.0.1:{port}")
+    try:
+        run(port)
+    finally:
+        erl_proc.kill()
+        erl_proc.wait(timeout=10)
+    _say("demo finished")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())
