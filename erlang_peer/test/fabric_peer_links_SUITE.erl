@@ -169,7 +169,12 @@ unlink_stops_propagation(Config) ->
 %% Linking to a proxy whose remote process already ended gives noproc.
 link_to_dead_remote_gives_noproc(Config) ->
     {Pid, Proxy} = victim(Config),
-    normal = down_reason(Proxy, fun() -> Pid ! {exit, normal} end),
+    Alive = is_process_alive(Proxy),
+    Info = fabric_peer:info(?config(conn, Config)),
+    case down_reason(Proxy, fun() -> Pid ! {exit, normal} end) of
+        normal -> ok;
+        Other -> ct:fail({Other, Alive, Info, is_process_alive(Pid)})
+    end,
     process_flag(trap_exit, true),
     link(Proxy),
     receive {'EXIT', Proxy, noproc} -> ok after 3000 -> ct:fail(no_exit) end,

@@ -63,8 +63,9 @@ dead_while_disconnected_delivered(Config) ->
     ok = fabric_peer:disconnect(C),
     exit(Pid, {gone, while_away}),
     receive {'DOWN', Ref, _, _, R0} -> ct:fail({too_early, R0}) after 200 -> ok end,
-    receive {'DOWN', Ref, process, P, {gone, while_away}} -> ok
-    after 5000 -> ct:fail(no_down_after_resume) end,
+    receive {'DOWN', Ref, process, P, {gone, while_away}} -> ok;
+            {'DOWN', Ref, process, P, Other} -> ct:fail({wrong_reason, Other, fabric_peer:info(C)})
+    after 5000 -> ct:fail({no_down_after_resume, fabric_peer:info(C)}) end,
     fabric_peer:close(C).
 
 %% Messages sent to a proxy while reconnecting are queued and delivered after the resume.
