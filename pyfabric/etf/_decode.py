@@ -261,6 +261,32 @@ def _node_atom(buf: bytes, pos: int, opts: Options) -> tuple[Atom, int]:
     return _read_atom(buf, pos, opts)
 
 
+# Encoded NEW_PID_EXT bytes -> Pid: the same few processes recur in most messages.
+_PIDS: dict[bytes, Pid] = {}
+_PID_CACHE_MAX = 4096
+
+
+def _d_new_pid(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
+    tag = buf[pos + 1]
+    if tag == 119:
+        end = pos + 15 + buf[pos + 2]  # tag, atom tag, length, name, 12 bytes
+    elif tag == 100:
+        end = pos + 16 + ((buf[pos + 2] << 8) | buf[pos + 3])
+    else:
+        end = 0
+    if end and end <= len(buf) and opts.allowed_atoms is None and opts.limits.max_atom_length >= 255:
+        raw = buf[pos + 1 : end]
+        pid = _PIDS.get(raw)
+        if pid is not None:
+            return pid, end
+        pid, p = _d_pid(buf, pos, opts)
+        if len(_PIDS) >= _PID_CACHE_MAX:
+            _PIDS.clear()
+        _PIDS[raw] = pid
+        return pid, p
+    return _d_pid(buf, pos, opts)
+
+
 def _d_pid(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
     node, p = _node_atom(buf, pos + 1, opts)
     if buf[pos] == T.NEW_PID_EXT:
@@ -352,7 +378,7 @@ for _tag, _fn in (
     (T.SMALL_BIG_EXT, _d_big),
     (T.LARGE_BIG_EXT, _d_big),
     (T.BIT_BINARY_EXT, _d_bit_binary),
-    (T.NEW_PID_EXT, _d_pid),
+    (T.NEW_PID_EXT, _d_new_pid),
     (T.PID_EXT, _d_pid),
     (T.NEW_PORT_EXT, _d_port),
     (T.V4_PORT_EXT, _d_port),

@@ -38,6 +38,7 @@ _pack_v4_port_tail = struct.Struct(">QI").pack
 _NIL = bytes((T.NIL_EXT,))
 _EMPTY = b""
 _INT_ONLY = {int}
+_BIG_BINARY = 64 * 1024
 
 
 def _atom_ext(atom: Atom, minor_version: int) -> bytes:
@@ -199,8 +200,12 @@ def _path(stack: list[tuple[Any, bytes, Any]], it: Any, container: Any) -> str:
     return "".join(parts)
 
 
-def encode_term(term: Any, out: bytearray, minor_version: int) -> None:
-    """Append the encoding of ``term`` (without the version byte) to ``out``."""
+def encode_term(term: Any, out: bytearray, minor_version: int, big_parts: list[bytes]) -> None:
+    """Append the encoding of ``term`` (without the version byte) to ``out``.
+
+    Large binaries are not copied into ``out``: ``out`` so far and the binary are moved
+    to ``big_parts``, and the caller joins ``big_parts + [out]``.
+    """
     m2 = minor_version == 2
     small_int = _SMALL_INT
     small_tuple = _SMALL_TUPLE
@@ -240,7 +245,12 @@ def encode_term(term: Any, out: bytearray, minor_version: int) -> None:
                         break
                 elif t is bytes:
                     out += pack_u32(109, len(obj))
-                    out += obj
+                    if len(obj) < _BIG_BINARY:
+                        out += obj
+                    else:  # copy a large binary once (in the final join), not twice
+                        big_parts.append(bytes(out))
+                        big_parts.append(obj)
+                        out.clear()
                 elif t is list:
                     count = len(obj)
                     if not count:
@@ -359,7 +369,15 @@ def encode(term: Any, compressed: bool | int = False, minor_version: int = 2) ->
     else:
         raise ValueError(f"compressed must be a bool or an int 0..9, got {compressed!r}")
     out = bytearray(b"\x83")
-    encode_term(term, out, minor_version)
+    big_parts: list[bytes] = []
+    encode_term(term, out, minor_version, big_parts)
+    if big_parts:
+        big_parts.append(out)
+        out = bytearray() if level else out
+        whole = b"".join(big_parts)
+        if not level:
+            return whole
+        out = bytearray(whole)
     if level:
         size = len(out) - 1
         packed = zlib.compress(memoryview(out)[1:], level)

@@ -331,3 +331,13 @@ def test_public_surface() -> None:
     assert issubclass(etf.DecodeError, ValueError) and issubclass(etf.EncodeError, TypeError)
     for cls in (etf.TruncatedError, etf.LimitExceeded, etf.UnsafeTermError, etf.UnsupportedTermError):
         assert issubclass(cls, etf.DecodeError)
+
+
+def test_repeated_pids_decode_identically() -> None:
+    """Pids are cached by their encoding: repeated decodes must give the same values."""
+    for minor_version in (1, 2):
+        for node in ("srv@vm", "n\u00e9@h", "\u2603@x"):
+            pid = Pid(Atom(node), 100, 7, 3)
+            data = etf.encode((pid, [pid, 1], pid), minor_version=minor_version)
+            for _ in range(3):
+                assert etf.decode(data) == (pid, [pid, 1], pid)
