@@ -21,6 +21,11 @@ __all__ = ["FrameStream"]
 
 _log = logging.getLogger("pyfabric.transport")
 
+READ_BURST = 64 * 1024
+"""Bytes handled per event-loop iteration before reading pauses until the next one: local
+processes get to run between bursts (uvloop reads up to 32 buffers in a row, enough to
+queue hundreds of thousands of small messages before the receiving process runs once)."""
+
 
 class FrameStream(asyncio.Protocol):
     """One connection's bytes; see the module docstring."""
@@ -38,6 +43,9 @@ class FrameStream(asyncio.Protocol):
         self.closed = asyncio.get_running_loop().create_future()
         self.bytes_in = 0
         self.bytes_out = 0
+        self._burst = 0
+        self._burst_paused = False
+        self._read_paused = False  # paused for good by pause_reading()
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -63,11 +71,28 @@ class FrameStream(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._last_recv = time.monotonic()
         self.bytes_in += len(data)
+        if not self._burst:
+            asyncio.get_running_loop().call_soon(self._end_burst)
+        self._burst += len(data)
         try:
             self.link.data_received(data)
         except Exception:  # a bug must not leave a half-dead connection behind
             _log.exception("%s: internal error while handling received data; closing", self.link.label)
             self.close()
+            return
+        if self._burst >= READ_BURST and not self._burst_paused:
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                self._burst_paused = True
+                transport.pause_reading()
+
+    def _end_burst(self) -> None:
+        self._burst = 0
+        if self._burst_paused:
+            self._burst_paused = False
+            transport = self.transport
+            if transport is not None and not transport.is_closing() and not self._read_paused:
+                transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._hb_handle is not None:
@@ -109,8 +134,10 @@ class FrameStream(asyncio.Protocol):
         await self._can_write.wait()
 
     def pause_reading(self) -> None:
+        """Stop reading for good (before an orderly close)."""
+        self._read_paused = True
         transport = self.transport
-        if transport is not None and not transport.is_closing():
+        if transport is not None and not transport.is_closing() and not self._burst_paused:
             transport.pause_reading()
 
     def close(self) -> None:

@@ -72,8 +72,6 @@ def test_many_concurrent_clients_with_their_own_id_spaces() -> None:
 
             clients = await asyncio.gather(*(one(i) for i in range(20)))
             assert server.statistics()["connections_total"] == 20
-            # Each client numbers its own processes: every client's box has the same id
-            # on the wire, yet each reached its own sender.
             assert len(clients) == 20
         finally:
             await server.close()
@@ -368,3 +366,44 @@ def test_silent_server_is_dropped_by_the_client() -> None:
             await server.close()
 
     arun(body, allow_errors_from=QUIET)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_receiving_process_runs_between_read_bursts(loop: str) -> None:
+    """A burst of small messages does not all land in a mailbox before its process runs
+    (uvloop reads many buffers in a row): a bounded mailbox keeps up."""
+
+    async def body() -> None:
+        server = await start_server(allowed=("ping", "sink"))
+        counted: list[int] = []
+
+        async def sink(proc) -> None:
+            n = 0
+            while True:
+                msg = await proc.receive()
+                if msg.__class__ is tuple:
+                    counted.append(n)
+                    proc.send(msg[1], n)
+                    n = 0
+                else:
+                    n += 1
+
+        server.spawn(sink, name="sink", max_mailbox=15_000)
+        try:
+            client = await connect(server)
+            try:
+                async with client.mailbox() as box:
+                    total = 0
+                    for _round in range(3):
+                        for _ in range(25_000):
+                            client.send("sink", 1)
+                        total += 25_000
+                        await client.drain()
+                    client.send("sink", (Atom("done"), box.pid))
+                    assert await box.receive(timeout=WAIT * 2) == total
+            finally:
+                await client.close()
+        finally:
+            await server.close()
+
+    arun(body, loop=loop)
