@@ -40,6 +40,8 @@ class _LoopThread:
 
     def __init__(self, name: str) -> None:
         self.loop = _new_loop()
+        self._close_lock = threading.Lock()
+        self._closed = False
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
 
@@ -96,10 +98,25 @@ class _LoopThread:
 
         return self.run(call())
 
+    def close(self, aclose: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``aclose()`` on the loop, then stop the loop; once, whichever thread asks
+        (the others wait for the first to finish)."""
+        if threading.current_thread() is self.thread:
+            raise RuntimeError("a blocking pyfabric close() was called from its own event loop thread; use the async API")
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self.run(aclose())
+            finally:
+                self.stop()
+
     def stop(self) -> None:
-        if self.loop.is_closed():
+        try:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        except RuntimeError:  # already closed (two threads closing at once)
             return
-        self.loop.call_soon_threadsafe(self.loop.stop)
         if threading.current_thread() is not self.thread:
             self.thread.join(timeout=10)
 
@@ -284,13 +301,8 @@ class BlockingClient(_BlockingNodeApi):
         self._runner.call(self._target.add_state_listener, callback)
 
     def close(self) -> None:
-        """Close the connection and stop the loop thread. Idempotent."""
-        if self._runner.loop.is_closed():
-            return
-        try:
-            self._runner.run(self._target.close())
-        finally:
-            self._runner.stop()
+        """Close the connection and stop the loop thread. Idempotent, from any thread."""
+        self._runner.close(self._target.close)
 
     def __enter__(self) -> BlockingClient:
         return self
@@ -325,13 +337,9 @@ class BlockingServer(_BlockingNodeApi):
         self._runner.thread.join()
 
     def close(self) -> None:
-        """Stop serving, close every connection and stop the loop thread. Idempotent."""
-        if self._runner.loop.is_closed():
-            return
-        try:
-            self._runner.run(self._target.close())
-        finally:
-            self._runner.stop()
+        """Stop serving, close every connection and stop the loop thread. Idempotent, from
+        any thread."""
+        self._runner.close(self._target.close)
 
     def __enter__(self) -> BlockingServer:
         return self

@@ -147,10 +147,14 @@ class Client:
             raise ConnectFailed(
                 f"handshake with {self.host}:{self.port} did not complete within {self._handshake_timeout} s"
             ) from None
-        if done.done():
+        if done.done() and link.connected:
             ev = done.result()
             stream.start_heartbeat(heartbeat, ev.peer_heartbeat / 1000)
             return ev
+        if done.done():
+            # Closed right after the handshake (in the same read): not a usable connection,
+            # and its close was ignored as that of a failed attempt.
+            raise ConnectFailed(f"{self.host}:{self.port} closed the connection right after the handshake")
         if link.auth_error is not None:
             error, link.auth_error = link.auth_error, None
             raise error

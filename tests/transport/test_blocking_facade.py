@@ -79,7 +79,8 @@ def test_blocking_call_from_the_facade_loop_raises(server, client) -> None:
     done = threading.Event()
 
     async def proc_fn(proc: Any) -> None:
-        for call in (lambda: client.whereis("ping"), lambda: client.send("ping", 1), lambda: box.receive(timeout=1)):
+        calls = (lambda: client.whereis("ping"), lambda: client.send("ping", 1), lambda: box.receive(timeout=1), client.close)
+        for call in calls:
             try:
                 call()
                 results.append("no error")
@@ -90,7 +91,7 @@ def test_blocking_call_from_the_facade_loop_raises(server, client) -> None:
     with client.mailbox() as box:
         client.spawn(proc_fn)
         assert done.wait(WAIT)
-    assert len(results) == 3 and all("deadlock" in r for r in results), results
+    assert len(results) == 4 and all("loop thread" in r for r in results), results
     assert client.whereis("ping") is not None  # the facade still works
 
 
@@ -226,3 +227,23 @@ def test_async_client_against_blocking_server(server) -> None:
 
     sender, reply = asyncio.run(main())
     assert reply == (PONG, "mixed") and sender.node != server.whereis_local("ping").node
+
+
+def test_close_from_several_threads_at_once(server) -> None:
+    c = pyfabric.connect(HOST, server.port, SECRET)
+    errors: list[BaseException] = []
+
+    def closer() -> None:
+        try:
+            c.close()
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=closer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT)
+    assert not any(t.is_alive() for t in threads)
+    assert c.state == "closed"
+    assert errors == []
