@@ -47,8 +47,9 @@ Constructor (keyword arguments after ``role, secret``): ``node_name``,
 announced, 0), ``max_errors`` (20) / ``error_window`` (200), ``decode_limits``,
 ``is_alive``, ``new_dead_pid``, ``random_bytes`` (default ``secrets.token_bytes``; inject
 for deterministic tests), ``session`` (client: resume this session), ``find_session``
-(server: session id -> :class:`Session` or None), ``compress_messages`` (True, as the
-original), ``peer`` (a label for logs).
+(server: session id -> :class:`Session` or None), ``compress_messages`` (False: whether ``m``
+frames to one of our peers are zlib-compressed when smaller; frames to an original peer
+are always encoded exactly as the original does), ``peer`` (a label for logs).
 
 Commands: ``start()``, ``send_message(dest, payload)`` (dest: proxy pid, name, or
 ``(name, node)``), ``process_exited(pid, reason)``, ``link(local, proxy)``,

@@ -165,7 +165,7 @@ class Connection:
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
         session: Session | None = None,
         find_session: Callable[[bytes], Session | None] | None = None,
-        compress_messages: bool = True,
+        compress_messages: bool = False,
         peer: str = "?",
     ) -> None:
         self._state = ConnectionState(role)
@@ -439,6 +439,11 @@ class Connection:
         if t is int:
             target = self._session.exports.get(dest)
             if target is None:
+                if 0 < dest < self._session.next_export_id:
+                    # Issued, but the process has ended: its DEAD is on its way to the peer
+                    # (an ordinary race). Sending to a dead process is a no-op in Erlang.
+                    log.debug("peer %s: message to ended process id %s dropped", self.peer, dest)
+                    return
                 raise RemoteProtocolError("unknown_id", f"message to unknown process id {dest}")
         elif t is Atom:
             target = dest
@@ -941,7 +946,9 @@ class Connection:
         self._state.check("send_message")
         wire_dest = self._wire_dest(dest)
         rw = self._rw
-        compress = self._compress
+        # With an original peer, frames are exactly the original's (compressed when smaller);
+        # with ours, compression is the user's choice (docs/protocol.md 4.1).
+        compress = True if self.mode == "legacy" else self._compress
 
         def build() -> bytes:
             return encode((A_M, wire_dest, rw.outbound(payload)), minor_version=1, compressed=compress)

@@ -421,7 +421,7 @@ async def aconnect(
     heartbeat: float = DEFAULT_HEARTBEAT,
     max_frame: int = DEFAULT_MAX_FRAME,
     decode_limits: DecodeLimits | None = None,
-    compress: bool = True,
+    compress: bool = False,
 ) -> Client:
     """Connect to the fabric server at ``host:port`` with ``secret``; return a connected
     :class:`Client`.
@@ -439,8 +439,9 @@ async def aconnect(
     is resumed and proxies keep their identity); ``when_disconnected`` ``"wait"`` (queue up
     to ``max_pending`` sends; :meth:`Client.drain` waits up to ``send_timeout``) or
     ``"error"`` (raise :class:`NotConnected`); ``heartbeat`` seconds (0 = off);
-    ``max_frame`` and ``decode_limits`` bound what we accept; ``compress`` as the original
-    (zlib when smaller).
+    ``max_frame`` and ``decode_limits`` bound what we accept; ``compress``: zlib-compress
+    messages to our own peers when smaller (off by default: on fast links it costs more than
+    it saves; messages to an original peer are always encoded as the original does).
     """
     options = PeerOptions.build(
         secret,

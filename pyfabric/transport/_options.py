@@ -51,7 +51,7 @@ class PeerOptions:
     max_frame: int = DEFAULT_MAX_FRAME
     heartbeat: float = DEFAULT_HEARTBEAT
     decode_limits: DecodeLimits | None = None
-    compress: bool = True
+    compress: bool = False
     when_disconnected: str = "wait"
     max_pending: int = DEFAULT_MAX_PENDING
 
@@ -71,7 +71,7 @@ class PeerOptions:
         max_frame: int = DEFAULT_MAX_FRAME,
         heartbeat: float = DEFAULT_HEARTBEAT,
         decode_limits: DecodeLimits | None = None,
-        compress: bool = True,
+        compress: bool = False,
         when_disconnected: str = "wait",
         max_pending: int = DEFAULT_MAX_PENDING,
     ) -> PeerOptions:

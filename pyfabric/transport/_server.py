@@ -310,7 +310,7 @@ async def serve(
     heartbeat: float = DEFAULT_HEARTBEAT,
     max_frame: int = DEFAULT_MAX_FRAME,
     decode_limits: DecodeLimits | None = None,
-    compress: bool = True,
+    compress: bool = False,
     max_pending: int = DEFAULT_MAX_PENDING,
 ) -> Server:
     """Start a fabric server on ``host:port`` (``port=0``: the OS picks; see
@@ -323,7 +323,9 @@ async def serve(
     ``ssl``: a server-side :class:`ssl.SSLContext` for TLS. Limits: ``handshake_timeout``,
     ``max_connections``, ``max_pending_handshakes``, ``max_frame``, ``decode_limits``;
     ``session_timeout``: how long a disconnected client's session (proxies, ids) is kept
-    for a resume; ``max_pending``: sends queued for a disconnected client.
+    for a resume; ``max_pending``: sends queued for a disconnected client; ``compress``:
+    zlib-compress messages to our own peers (off by default; an original peer always gets
+    the original's encoding).
     """
     options = PeerOptions.build(
         secret,

@@ -1,28 +1,14 @@
-"""Bugs found by the transport tests in packages the transport does not own (strict xfails).
-
-Each test states the expected behaviour; when the owning package is fixed the xfail turns
-into a failure (strict) and the marker must be removed.
-"""
+"""Races between a process ending and messages to it that are already in flight."""
 
 from __future__ import annotations
 
-import pytest
 from transport_helpers import PONG, WAIT, arun, connect, start_server, wait_for
 
 from pyfabric import Atom, ProcessExit
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "pyfabric.protocol Connection._on_message: an {m, Id, _} for an id that WAS issued but "
-        "whose process has since ended (its DEAD is still in flight: an ordinary race) is "
-        "treated as unknown_id, a counted error with an error frame; 21 of them close the "
-        "connection with too_many_errors. Sending to a dead process must be a silent no-op "
-        "(ids below session.next_export_id are not unknown)."
-    ),
-)
 def test_messages_in_flight_to_a_process_that_just_died_are_not_errors() -> None:
+    """Messages to an issued id whose process just ended are dropped silently, not counted as errors."""
     async def body() -> None:
         server = await start_server(allowed=("ping", "shortlived"))
 
