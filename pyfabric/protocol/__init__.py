@@ -44,7 +44,10 @@ Constructor (keyword arguments after ``role, secret``): ``node_name``,
 :class:`NamePolicy`), ``force_allowed`` (system names the user explicitly opens),
 ``allow_legacy_auth=False``, ``features`` (default all of :data:`FEATURES`),
 ``max_frame`` (64 MiB), ``max_handshake_frame`` (16 KiB), ``heartbeat_interval`` (ms
-announced, 0), ``max_errors`` (20) / ``error_window`` (200), ``decode_limits``,
+announced, 0), ``max_errors`` (20) / ``error_window`` (200), ``max_proxies`` / ``max_exports``
+(100,000 each: a received frame that would create one proxy more is dropped with code
+``limit``; a command that would export one local pid more raises ``LocalProtocolError``
+code ``limit``, nothing queued), ``decode_limits``,
 ``is_alive``, ``new_dead_pid``, ``random_bytes`` (default ``secrets.token_bytes``; inject
 for deterministic tests), ``session`` (client: resume this session), ``find_session``
 (server: session id -> :class:`Session` or None), ``compress_messages`` (False: whether ``m``
@@ -105,8 +108,10 @@ compressed])``; every other frame plain ``term_to_binary/1`` of OTP 25, which is
 from ._connection import (
     DEFAULT_ERROR_WINDOW,
     DEFAULT_MAX_ERRORS,
+    DEFAULT_MAX_EXPORTS,
     DEFAULT_MAX_FRAME,
     DEFAULT_MAX_HANDSHAKE_FRAME,
+    DEFAULT_MAX_PROXIES,
     FEATURES,
     Connection,
 )
@@ -149,6 +154,8 @@ __all__ = [
     "DEFAULT_MAX_HANDSHAKE_FRAME",
     "DEFAULT_MAX_ERRORS",
     "DEFAULT_ERROR_WINDOW",
+    "DEFAULT_MAX_PROXIES",
+    "DEFAULT_MAX_EXPORTS",
     "NEED_DATA",
     "ProtocolError",
     "LocalProtocolError",

@@ -63,6 +63,8 @@ __all__ = [
     "DEFAULT_MAX_HANDSHAKE_FRAME",
     "DEFAULT_MAX_ERRORS",
     "DEFAULT_ERROR_WINDOW",
+    "DEFAULT_MAX_PROXIES",
+    "DEFAULT_MAX_EXPORTS",
 ]
 
 log = logging.getLogger("pyfabric.protocol")
@@ -79,6 +81,14 @@ DEFAULT_MAX_HANDSHAKE_FRAME = 16 * 1024
 an unauthenticated peer must not make us buffer more."""
 DEFAULT_MAX_ERRORS = 20
 DEFAULT_ERROR_WINDOW = 200
+DEFAULT_MAX_PROXIES = 100_000
+"""Proxies (remote process ids the peer shipped) one connection's session may hold. A
+received frame that would create one more is dropped with code ``limit``; a proxy is
+released when the peer reports its process ``DEAD``."""
+DEFAULT_MAX_EXPORTS = 100_000
+"""Local pids one connection's session may have exported as ``{pr, Id}``. A command that
+would export one more raises :class:`LocalProtocolError` (code ``limit``) and sends
+nothing; an export is released when its process ends."""
 MAX_PACKET = 0xFFFFFFFF  # {packet,4}: the length must fit in 32 bits
 # The payload rewriter and the encoder recurse per nesting level; 512 keeps well clear
 # of Python's recursion limit while allowing any sane message.
@@ -159,6 +169,8 @@ class Connection:
         heartbeat_interval: int = 0,
         max_errors: int = DEFAULT_MAX_ERRORS,
         error_window: int = DEFAULT_ERROR_WINDOW,
+        max_proxies: int = DEFAULT_MAX_PROXIES,
+        max_exports: int = DEFAULT_MAX_EXPORTS,
         decode_limits: DecodeLimits | None = None,
         is_alive: Callable[[Pid], bool] | None = None,
         new_dead_pid: Callable[[int], Pid] | None = None,
@@ -186,6 +198,10 @@ class Connection:
         self.heartbeat_interval = heartbeat_interval
         self.max_errors = max_errors
         self.error_window = error_window
+        if max_proxies < 1 or max_exports < 1:
+            raise ValueError("max_proxies and max_exports must be at least 1")
+        self.max_proxies = max_proxies
+        self.max_exports = max_exports
         self._limits = decode_limits or DecodeLimits(
             max_input_size=max_frame,
             max_binary_size=max_frame,
@@ -259,6 +275,8 @@ class Connection:
             new_proxy_pid=self._new_proxy_pid,
             new_dead_pid=self._new_dead_pid,
             limits=self._limits,
+            max_proxies=self.max_proxies,
+            max_exports=self.max_exports,
         )
 
     # -- I/O boundary ---------------------------------------------------------------

@@ -83,6 +83,8 @@ class Rewriter:
         new_proxy_pid: Callable[[int], Pid],
         new_dead_pid: Callable[[int], Pid],
         limits: DecodeLimits,
+        max_proxies: int | None = None,
+        max_exports: int | None = None,
     ) -> None:
         self.session = session
         self.maps = "maps" in features
@@ -93,6 +95,8 @@ class Rewriter:
         self.new_proxy_pid = new_proxy_pid
         self.new_dead_pid = new_dead_pid
         self.limits = limits
+        self.max_proxies = max_proxies
+        self.max_exports = max_exports
         self.new_exports: list[Pid] = []
         self.dead_exports: list[int] = []
         self.events: list[Any] = []
@@ -166,6 +170,13 @@ class Rewriter:
             return (A_PL, ident)
         ident = session.export_ids.get(pid)
         if ident is None:
+            limit = self.max_exports
+            if limit is not None and len(session.exports) >= limit:
+                raise LocalProtocolError(
+                    "limit",
+                    f"{pid!r} cannot be sent: this connection already exports {limit} local processes "
+                    "(max_exports); an export is released when its process ends",
+                )
             ident, _ = session.export(pid)
             self.new_exports.append(pid)
             if not self.is_alive(pid):
@@ -263,6 +274,13 @@ class Rewriter:
         session = self.session
         pid = session.proxies.get(ident)
         if pid is None:
+            limit = self.max_proxies
+            if limit is not None and len(session.proxies) >= limit:
+                raise RemoteProtocolError(
+                    "limit",
+                    f"the peer's process id {ident} would be proxy number {limit + 1} (max_proxies {limit}); "
+                    "a proxy is released when the peer reports its process DEAD",
+                )
             pid = self.new_proxy_pid(ident)
             session.proxies[ident] = pid
             session.proxy_ids[pid] = ident
