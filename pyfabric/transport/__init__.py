@@ -4,12 +4,14 @@ Layering: codec -> protocol (sans-IO) -> runtime -> **transports** -> public API
 :class:`~._peer.PeerLink` binds one peer's protocol session to the runtime node; a
 :class:`~._stream.FrameStream` moves its bytes; :class:`Client` (:func:`aconnect`)
 adds reconnection and session resumption; :class:`Server` (:func:`serve`) accepts many
-clients, each with its own id space, and keeps their sessions for a resume.
+clients, each with its own id space, and keeps their sessions for a resume;
+:class:`AuthThrottle` refuses addresses after repeated failed authentications.
 """
 
 from ._client import Client, ConnectionState, aconnect
 from ._errors import ConnectFailed, NotConnected, TransportError
-from ._server import Server, serve
+from ._server import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PENDING_HANDSHAKES, Server, serve
+from ._throttle import DEFAULT_AUTH_BLOCK_TIME, DEFAULT_AUTH_FAILURE_WINDOW, DEFAULT_MAX_AUTH_FAILURES, AuthThrottle
 
 __all__ = [
     "Client",
@@ -20,4 +22,10 @@ __all__ = [
     "TransportError",
     "NotConnected",
     "ConnectFailed",
+    "AuthThrottle",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_PENDING_HANDSHAKES",
+    "DEFAULT_MAX_AUTH_FAILURES",
+    "DEFAULT_AUTH_FAILURE_WINDOW",
+    "DEFAULT_AUTH_BLOCK_TIME",
 ]

@@ -15,8 +15,16 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from ..etf import Atom, DecodeLimits, Pid
-from ..protocol import DEFAULT_MAX_FRAME, AuthenticationError, ConnectionClosed, HandshakeComplete
+from ..protocol import (
+    DEFAULT_MAX_EXPORTS,
+    DEFAULT_MAX_FRAME,
+    DEFAULT_MAX_PROXIES,
+    AuthenticationError,
+    ConnectionClosed,
+    HandshakeComplete,
+)
 from ..runtime import Mailbox, Node
+from ..tls import check_context
 from ._errors import ConnectFailed, NotConnected
 from ._options import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -120,6 +128,7 @@ class Client:
                     self.port,
                     ssl=self._ssl,
                     server_hostname=self._server_hostname if self._ssl else None,
+                    ssl_handshake_timeout=self._connect_timeout if self._ssl else None,
                 )
         except (OSError, TimeoutError) as exc:
             # link.conn stays the previous (closed) connection: DEAD notices and queued
@@ -422,6 +431,8 @@ async def aconnect(
     max_frame: int = DEFAULT_MAX_FRAME,
     decode_limits: DecodeLimits | None = None,
     compress: bool = False,
+    max_proxies: int = DEFAULT_MAX_PROXIES,
+    max_exports: int = DEFAULT_MAX_EXPORTS,
 ) -> Client:
     """Connect to the fabric server at ``host:port`` with ``secret``; return a connected
     :class:`Client`.
@@ -433,13 +444,18 @@ async def aconnect(
     on trusted networks or over TLS).
 
     Options: ``allowed`` names of local processes the server may reach by name (default
-    none); ``node``/``node_name`` to share a runtime node or name it; ``ssl`` an
-    :class:`ssl.SSLContext` for TLS; ``reconnect`` (default on: capped exponential backoff
+    none); ``node``/``node_name`` to share a runtime node or name it; ``ssl`` a client-side
+    :class:`ssl.SSLContext` for TLS (:func:`pyfabric.tls.client_context`: the server's
+    certificate is verified, TLS 1.2+ only), its host name checked against ``server_hostname``
+    (default: ``host``); ``reconnect`` (default on: capped exponential backoff
     ``backoff_initial``..``backoff_max`` s with jitter; with one of our servers the session
     is resumed and proxies keep their identity); ``when_disconnected`` ``"wait"`` (queue up
     to ``max_pending`` sends; :meth:`Client.drain` waits up to ``send_timeout``) or
     ``"error"`` (raise :class:`NotConnected`); ``heartbeat`` seconds (0 = off);
-    ``max_frame`` and ``decode_limits`` bound what we accept; ``compress``: zlib-compress
+    ``max_frame`` and ``decode_limits`` bound what we accept; ``max_proxies`` / ``max_exports``
+    bound the session's id tables (a frame that would create one proxy more is dropped with
+    code ``limit``; a send that would export one local pid more raises
+    :class:`~pyfabric.protocol.LocalProtocolError` code ``limit``); ``compress``: zlib-compress
     messages to our own peers when smaller (off by default: on fast links it costs more than
     it saves; messages to an original peer are always encoded as the original does).
     """
@@ -455,7 +471,11 @@ async def aconnect(
         compress=compress,
         when_disconnected=when_disconnected,
         max_pending=max_pending,
+        max_proxies=max_proxies,
+        max_exports=max_exports,
     )
+    if ssl is not None:
+        check_context(ssl, server_side=False)
     owns_node = node is None
     if node is None:
         node = Node(node_name)

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ..etf import Atom, DecodeLimits
-from ..protocol import DEFAULT_MAX_FRAME, FEATURES, NamePolicy
+from ..protocol import DEFAULT_MAX_EXPORTS, DEFAULT_MAX_FRAME, DEFAULT_MAX_PROXIES, FEATURES, NamePolicy
 
 __all__ = [
     "PeerOptions",
@@ -54,6 +54,8 @@ class PeerOptions:
     compress: bool = False
     when_disconnected: str = "wait"
     max_pending: int = DEFAULT_MAX_PENDING
+    max_proxies: int = DEFAULT_MAX_PROXIES
+    max_exports: int = DEFAULT_MAX_EXPORTS
 
     @property
     def heartbeat_ms(self) -> int:
@@ -74,6 +76,8 @@ class PeerOptions:
         compress: bool = False,
         when_disconnected: str = "wait",
         max_pending: int = DEFAULT_MAX_PENDING,
+        max_proxies: int = DEFAULT_MAX_PROXIES,
+        max_exports: int = DEFAULT_MAX_EXPORTS,
     ) -> PeerOptions:
         if isinstance(secret, str):
             secret = secret.encode("utf-8")
@@ -83,6 +87,8 @@ class PeerOptions:
             raise ValueError(f"when_disconnected must be one of {WHEN_DISCONNECTED}, got {when_disconnected!r}")
         if heartbeat < 0 or max_pending < 0:
             raise ValueError("heartbeat and max_pending must not be negative")
+        if max_proxies < 1 or max_exports < 1:
+            raise ValueError("max_proxies and max_exports must be at least 1")
         feats = FEATURES if features is None else frozenset(features)
         return cls(
             secret=bytes(secret),
@@ -95,4 +101,6 @@ class PeerOptions:
             compress=compress,
             when_disconnected=when_disconnected,
             max_pending=max_pending,
+            max_proxies=max_proxies,
+            max_exports=max_exports,
         )

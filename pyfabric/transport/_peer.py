@@ -27,6 +27,7 @@ from ..protocol import (
     FrameDropped,
     HandshakeComplete,
     LinkRequested,
+    LocalProtocolError,
     MessageReceived,
     PeerError,
     ProxyDied,
@@ -90,6 +91,8 @@ class PeerLink:
         self.closer: Callable[[], None] | None = None
         self.on_established: Callable[[PeerLink, HandshakeComplete], PeerLink | None] | None = None
         self.on_closed: Callable[[PeerLink, ConnectionClosed], None] | None = None
+        self.on_auth_failed: Callable[[PeerLink, AuthFailed], None] | None = None
+        """Server: told of every failed authentication (per-address throttling)."""
         self._watches: dict[Pid, WatchToken] = {}
         self._exports_seen = 1
         self._whereis: dict[int, asyncio.Future[Pid | None]] = {}
@@ -114,6 +117,8 @@ class PeerLink:
             allow_legacy_auth=opts.allow_legacy_auth,
             features=opts.features,
             max_frame=opts.max_frame,
+            max_proxies=opts.max_proxies,
+            max_exports=opts.max_exports,
             heartbeat_interval=opts.heartbeat_ms,
             decode_limits=opts.decode_limits,
             is_alive=self.node.is_alive,
@@ -197,7 +202,11 @@ class PeerLink:
             elif kind is ExitSignalReceived:
                 node.remote_exit(ev.from_proxy, ev.to_local, ev.reason)
             elif kind is WhereisRequested:
-                conn.reply_whereis(ev.req_id, node.whereis(ev.name))
+                try:
+                    conn.reply_whereis(ev.req_id, node.whereis(ev.name))
+                except LocalProtocolError as exc:  # max_exports reached: the peer learns nothing
+                    _log.warning("%s: whereis %s answered undefined: %s", self.label, ev.name, exc)
+                    conn.reply_whereis(ev.req_id, None)
             elif kind is WhereisReplied:
                 fut = self._whereis.pop(ev.req_id, None)
                 if fut is not None and not fut.done():
@@ -212,6 +221,8 @@ class PeerLink:
             elif kind is AuthFailed:
                 self.auth_error = ev.error
                 _log.warning("%s: authentication failed: %s", self.label, ev.message)
+                if self.on_auth_failed is not None:
+                    self.on_auth_failed(self, ev)
             elif kind is FrameDropped:
                 self.frames_dropped += 1
                 _log.warning("%s: dropped a frame (%s): %s", self.label, ev.code, ev.detail)

@@ -15,8 +15,17 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from ..etf import Atom, DecodeLimits, Pid
-from ..protocol import DEFAULT_MAX_FRAME, ConnectionClosed, HandshakeComplete, Session
+from ..protocol import (
+    DEFAULT_MAX_EXPORTS,
+    DEFAULT_MAX_FRAME,
+    DEFAULT_MAX_PROXIES,
+    AuthFailed,
+    ConnectionClosed,
+    HandshakeComplete,
+    Session,
+)
 from ..runtime import Mailbox, Node
+from ..tls import check_context
 from ._options import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_HEARTBEAT,
@@ -26,6 +35,12 @@ from ._options import (
 )
 from ._peer import PeerLink
 from ._stream import FrameStream
+from ._throttle import (
+    DEFAULT_AUTH_BLOCK_TIME,
+    DEFAULT_AUTH_FAILURE_WINDOW,
+    DEFAULT_MAX_AUTH_FAILURES,
+    AuthThrottle,
+)
 
 __all__ = ["Server", "serve", "DEFAULT_MAX_CONNECTIONS", "DEFAULT_MAX_PENDING_HANDSHAKES"]
 
@@ -40,11 +55,13 @@ DEFAULT_MAX_PENDING_HANDSHAKES = 64
 class _Accepted:
     """Book-keeping for one accepted connection (until it closes)."""
 
-    __slots__ = ("link", "stream", "timer", "handshaking")
+    __slots__ = ("link", "stream", "timer", "handshaking", "address", "timed_out")
 
-    def __init__(self, link: PeerLink, stream: FrameStream) -> None:
+    def __init__(self, link: PeerLink, stream: FrameStream, address: str | None) -> None:
         self.link = link
         self.stream = stream
+        self.address = address
+        self.timed_out = False  # a silent client is not an authentication attempt
         self.timer: asyncio.TimerHandle | None = None
         self.handshaking = True  # counted in Server._handshaking until it ends
 
@@ -67,8 +84,10 @@ class Server:
         session_timeout: float,
         max_connections: int,
         max_pending_handshakes: int,
+        throttle: AuthThrottle | None = None,
     ) -> None:
         self.options = options
+        self._throttle = throttle if throttle is not None else AuthThrottle()
         self._node = node
         self._owns_node = owns_node
         self._handshake_timeout = handshake_timeout
@@ -83,6 +102,8 @@ class Server:
         self._closing = False
         self.connections_total = 0
         self.connections_refused = 0
+        self.connections_throttled = 0
+        self.auth_failures = 0
 
     # -- accepting -----------------------------------------------------------------------------
 
@@ -103,6 +124,17 @@ class Server:
         label = f"client {peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else f"client {peer}"
         link = stream.link
         link.label = label
+        address = peer[0] if isinstance(peer, tuple) and peer and isinstance(peer[0], str) else None
+        if address is not None and not self._closing:
+            left, first = self._throttle.blocked(address)
+            if left > 0:
+                self.connections_refused += 1
+                self.connections_throttled += 1
+                (_log.warning if first else _log.debug)(
+                    "%s refused: too many failed authentications from %s (blocked for %.0f s more)", label, address, left
+                )
+                stream.abort()
+                return
         if self._closing or len(self._accepted) >= self._max_connections or self._handshaking >= self._max_pending:
             self.connections_refused += 1
             _log.warning(
@@ -113,10 +145,11 @@ class Server:
             stream.abort()
             return
         self.connections_total += 1
-        entry = _Accepted(link, stream)
+        entry = _Accepted(link, stream, address)
         self._accepted[stream] = entry
         self._handshaking += 1
         link.on_established = lambda lk, ev: self._established(entry, lk, ev)
+        link.on_auth_failed = lambda lk, ev: self._auth_failed(entry, ev)
         link.on_closed = lambda lk, ev: self._closed(entry, lk, ev)
         link.new_connection(find_session=self._find_session)
         entry.timer = asyncio.get_running_loop().call_later(self._handshake_timeout, self._handshake_timeout_fired, entry)
@@ -145,8 +178,24 @@ class Server:
         entry.timer = None
         if entry.link.established is None:
             _log.warning("%s: handshake not completed within %s s; closing", entry.link.label, self._handshake_timeout)
+            entry.timed_out = True
             entry.link.handshake_timed_out()
             entry.stream.close()
+
+    def _auth_failed(self, entry: _Accepted, ev: AuthFailed) -> None:
+        if entry.timed_out:
+            return  # slow or silent, not a guess: bounded by max_pending_handshakes instead
+        self.auth_failures += 1
+        if entry.address is not None and self._throttle.failed(entry.address):
+            throttle = self._throttle
+            _log.warning(
+                "%s: %d failed authentications from %s within %s s: refusing its new connections for %s s",
+                entry.link.label,
+                throttle.max_failures,
+                entry.address,
+                throttle.window,
+                throttle.block_time,
+            )
 
     def _established(self, entry: _Accepted, link: PeerLink, ev: HandshakeComplete) -> PeerLink:
         self._handshake_done(entry)
@@ -237,12 +286,17 @@ class Server:
         self._node.send(dest, msg)
 
     def statistics(self) -> dict[str, Any]:
-        """Counters: connections (open, handshaking, total, refused), sessions kept."""
+        """Counters: connections (open, handshaking, total, refused, refused because their
+        address is blocked after failed authentications), failed authentications,
+        addresses tracked by the throttle, sessions kept."""
         return {
             "connections": len(self._accepted),
             "handshaking": self._handshaking,
             "connections_total": self.connections_total,
             "connections_refused": self.connections_refused,
+            "connections_throttled": self.connections_throttled,
+            "auth_failures": self.auth_failures,
+            "throttled_addresses": len(self._throttle),
             "sessions": len(self._sessions),
             "sessions_waiting_resume": len(self._expiry),
         }
@@ -312,6 +366,11 @@ async def serve(
     decode_limits: DecodeLimits | None = None,
     compress: bool = False,
     max_pending: int = DEFAULT_MAX_PENDING,
+    max_proxies: int = DEFAULT_MAX_PROXIES,
+    max_exports: int = DEFAULT_MAX_EXPORTS,
+    max_auth_failures: int = DEFAULT_MAX_AUTH_FAILURES,
+    auth_failure_window: float = DEFAULT_AUTH_FAILURE_WINDOW,
+    auth_block_time: float = DEFAULT_AUTH_BLOCK_TIME,
 ) -> Server:
     """Start a fabric server on ``host:port`` (``port=0``: the OS picks; see
     :attr:`Server.port`) that authenticates clients with ``secret``.
@@ -320,8 +379,15 @@ async def serve(
     names are refused even if listed unless also in ``force_allowed``).
     ``allow_legacy_auth``: accept original (MD5-only) clients; off by default because MD5
     challenge/response is weak: enable it only on trusted networks or over TLS.
-    ``ssl``: a server-side :class:`ssl.SSLContext` for TLS. Limits: ``handshake_timeout``,
-    ``max_connections``, ``max_pending_handshakes``, ``max_frame``, ``decode_limits``;
+    ``ssl``: a server-side :class:`ssl.SSLContext` for TLS (:func:`pyfabric.tls.server_context`;
+    TLS 1.2+ only; the TLS handshake must also end within ``handshake_timeout``).
+    Limits (README "Security"): ``handshake_timeout``, ``max_connections``,
+    ``max_pending_handshakes``, ``max_frame``, ``decode_limits``, ``max_proxies`` /
+    ``max_exports`` (per client session: a frame that would create one proxy more is
+    dropped with code ``limit``; a send that would export one local pid more raises
+    ``LocalProtocolError``); ``max_auth_failures`` failed authentications from one address
+    within ``auth_failure_window`` s block its new connections for ``auth_block_time`` s
+    (``max_auth_failures=0``: no throttling);
     ``session_timeout``: how long a disconnected client's session (proxies, ids) is kept
     for a resume; ``max_pending``: sends queued for a disconnected client; ``compress``:
     zlib-compress messages to our own peers (off by default; an original peer always gets
@@ -339,7 +405,12 @@ async def serve(
         compress=compress,
         when_disconnected="wait",
         max_pending=max_pending,
+        max_proxies=max_proxies,
+        max_exports=max_exports,
     )
+    if ssl is not None:
+        check_context(ssl, server_side=True)
+    throttle = AuthThrottle(max_auth_failures, auth_failure_window, auth_block_time)
     owns_node = node is None
     if node is None:
         node = Node(node_name)
@@ -351,10 +422,17 @@ async def serve(
         session_timeout=session_timeout,
         max_connections=max_connections,
         max_pending_handshakes=max_pending_handshakes,
+        throttle=throttle,
     )
     loop = asyncio.get_running_loop()
     try:
-        server._server = await loop.create_server(server._protocol_factory, host, port, ssl=ssl)
+        server._server = await loop.create_server(
+            server._protocol_factory,
+            host,
+            port,
+            ssl=ssl,
+            ssl_handshake_timeout=handshake_timeout if ssl is not None else None,
+        )
     except BaseException:
         if owns_node:
             await node.close()
