@@ -9,13 +9,16 @@ PYTEST    := $(PY) -m pytest
 ERLANG_PACKAGES := erlang-nox erlang-dev rebar3
 # Long random runs (hypothesis, fuzz) are scaled by this; CI keeps the default.
 FUZZ_SECONDS ?= 20
+# `make fuzz`: the long run of every fuzz test (codec, core, live Python server, Erlang peer).
+FUZZ_LONG_SECONDS ?= 600
+FUZZ_EXAMPLES ?= 3000
 
-.PHONY: help setup python-env erlang peer test unit peer-test interop demo bench bench-codec clean
+.PHONY: help setup python-env erlang peer test unit peer-test interop fuzz demo bench bench-codec clean
 
 help:
 	@echo "make demo   - set up and run a Python client against an Erlang fabric server"
 	@echo "make test   - set up and run every test suite (Python, Erlang, interop)"
-	@echo "make interop, make bench-codec, make setup, make clean"
+	@echo "make interop, make fuzz, make bench-codec, make setup, make clean"
 
 setup: python-env erlang
 
@@ -56,6 +59,10 @@ peer-test: erlang
 
 interop: setup peer
 	$(PYTEST) interop_tests
+
+fuzz: setup peer
+	FUZZ_SECONDS=$(FUZZ_LONG_SECONDS) PYFABRIC_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) \
+	  $(PYTEST) tests interop_tests -k fuzz -o timeout=0 -q
 
 test: setup
 	$(MAKE) unit

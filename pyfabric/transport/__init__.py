@@ -10,7 +10,7 @@ clients, each with its own id space, and keeps their sessions for a resume;
 
 from ._client import Client, ConnectionState, aconnect
 from ._errors import ConnectFailed, NotConnected, TransportError
-from ._server import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PENDING_HANDSHAKES, Server, serve
+from ._server import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_KEPT_SESSIONS, DEFAULT_MAX_PENDING_HANDSHAKES, Server, serve
 from ._throttle import DEFAULT_AUTH_BLOCK_TIME, DEFAULT_AUTH_FAILURE_WINDOW, DEFAULT_MAX_AUTH_FAILURES, AuthThrottle
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "AuthThrottle",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_PENDING_HANDSHAKES",
+    "DEFAULT_MAX_KEPT_SESSIONS",
     "DEFAULT_MAX_AUTH_FAILURES",
     "DEFAULT_AUTH_FAILURE_WINDOW",
     "DEFAULT_AUTH_BLOCK_TIME",

@@ -42,7 +42,7 @@ from ._throttle import (
     AuthThrottle,
 )
 
-__all__ = ["Server", "serve", "DEFAULT_MAX_CONNECTIONS", "DEFAULT_MAX_PENDING_HANDSHAKES"]
+__all__ = ["Server", "serve", "DEFAULT_MAX_CONNECTIONS", "DEFAULT_MAX_PENDING_HANDSHAKES", "DEFAULT_MAX_KEPT_SESSIONS"]
 
 _log = logging.getLogger("pyfabric.server")
 
@@ -50,6 +50,9 @@ DEFAULT_MAX_CONNECTIONS = 1024
 """Concurrent client connections; more are closed at once (file descriptors are finite)."""
 DEFAULT_MAX_PENDING_HANDSHAKES = 64
 """Connections still in their handshake; more are closed at once (slowloris defence)."""
+DEFAULT_MAX_KEPT_SESSIONS = 1024
+"""Sessions of disconnected clients kept for a resume; beyond it the oldest one expires
+(its proxies end with ``noconnection``)."""
 
 
 class _Accepted:
@@ -85,6 +88,7 @@ class Server:
         max_connections: int,
         max_pending_handshakes: int,
         throttle: AuthThrottle | None = None,
+        max_kept_sessions: int = DEFAULT_MAX_KEPT_SESSIONS,
     ) -> None:
         self.options = options
         self._throttle = throttle if throttle is not None else AuthThrottle()
@@ -94,6 +98,7 @@ class Server:
         self._session_timeout = session_timeout
         self._max_connections = max_connections
         self._max_pending = max_pending_handshakes
+        self._max_kept = max_kept_sessions
         self._server: asyncio.base_events.Server | None = None
         self._accepted: dict[FrameStream, _Accepted] = {}
         self._handshaking = 0
@@ -231,6 +236,11 @@ class Server:
             if old is not None:
                 old.cancel()
             self._expiry[session_id] = loop.call_later(self._session_timeout, self._expire, session_id)
+            while len(self._expiry) > self._max_kept:
+                oldest = next(iter(self._expiry))
+                self._expiry.pop(oldest).cancel()
+                _log.info("more than %d sessions kept for a resume: the oldest expires now", self._max_kept)
+                self._expire(oldest)
         elif session_id is not None:
             self._sessions.pop(session_id, None)
             link.expire()
@@ -371,6 +381,7 @@ async def serve(
     max_auth_failures: int = DEFAULT_MAX_AUTH_FAILURES,
     auth_failure_window: float = DEFAULT_AUTH_FAILURE_WINDOW,
     auth_block_time: float = DEFAULT_AUTH_BLOCK_TIME,
+    max_kept_sessions: int = DEFAULT_MAX_KEPT_SESSIONS,
 ) -> Server:
     """Start a fabric server on ``host:port`` (``port=0``: the OS picks; see
     :attr:`Server.port`) that authenticates clients with ``secret``.
@@ -389,7 +400,7 @@ async def serve(
     within ``auth_failure_window`` s block its new connections for ``auth_block_time`` s
     (``max_auth_failures=0``: no throttling);
     ``session_timeout``: how long a disconnected client's session (proxies, ids) is kept
-    for a resume; ``max_pending``: sends queued for a disconnected client; ``compress``:
+    for a resume, at most ``max_kept_sessions`` of them (the oldest expires first); ``max_pending``: sends queued for a disconnected client; ``compress``:
     zlib-compress messages to our own peers (off by default; an original peer always gets
     the original's encoding).
     """
@@ -423,6 +434,7 @@ async def serve(
         max_connections=max_connections,
         max_pending_handshakes=max_pending_handshakes,
         throttle=throttle,
+        max_kept_sessions=max_kept_sessions,
     )
     loop = asyncio.get_running_loop()
     try:
