@@ -55,6 +55,7 @@ def test_every_example_is_run_here() -> None:
         "Python client, Erlang server": {"erlang": 1, "python": 2},
         "Python server, Erlang client": {"erlang": 1, "python": 1},
         "Processes in Python": {"python": 1},
+        "Security": {"python": 1},
     }
     found = {
         heading: {lang: len(_blocks(heading, lang)) for lang in {lang for lang, _ in blocks}}
@@ -71,8 +72,8 @@ def _erl() -> str:
     return erl
 
 
-def _run_python(code: str, timeout: float = 60) -> str:
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+def _run_python(code: str, timeout: float = 60, cwd: Path = ROOT) -> str:
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, cwd=cwd)
     assert proc.returncode == 0, f"example failed:\n{code}\nstderr:\n{proc.stderr}"
     return proc.stdout
 
@@ -133,3 +134,12 @@ def test_processes_example() -> None:
     (code,) = _blocks("Processes in Python", "python")
     out = _run_python(code).strip()
     assert out.startswith("(Atom('EXIT'), Pid(") and out.endswith("(Atom('gave_up'), 'work'))"), out
+
+
+def test_security_example(tmp_path: Path) -> None:
+    (code,) = _blocks("Security", "python")
+    out = _run_python(code.replace(EXAMPLE_PORT, "0"), cwd=tmp_path).strip()
+    assert out == "over mutual TLS"
+    keys = sorted(p.name for p in (tmp_path / "certs").glob("*-key.pem"))
+    assert keys == ["ca-key.pem", "client-worker-key.pem", "server-key.pem"]
+    assert all((tmp_path / "certs" / k).stat().st_mode & 0o077 == 0 for k in keys)
