@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..etf import Atom, DecodeError, DecodeLimits, EncodeError, FrozenDict, Pid, decode, decode_from, encode
+from ..etf import Atom, DecodeError, DecodeLimits, EncodeError, Pid, decode, decode_from, encode
 from . import _handshake as hs
 from ._errors import (
     AuthenticationError,

@@ -17,7 +17,6 @@ from ..etf import (
     BitString,
     DecodeError,
     DecodeLimits,
-    EncodeError,
     ExportFun,
     FrozenDict,
     FrozenList,

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import random
 import ssl as _ssl
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..etf import Atom, DecodeLimits, Pid
@@ -23,8 +23,9 @@ from ..protocol import (
     ConnectionClosed,
     HandshakeComplete,
 )
-from ..runtime import Mailbox, Node
+from ..runtime import Node
 from ..tls import check_context
+from ._local import LocalProcesses
 from ._errors import ConnectFailed, NotConnected
 from ._options import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -59,7 +60,7 @@ class ConnectionState:
     CLOSED = "closed"
 
 
-class Client:
+class Client(LocalProcesses):
     """A connection to one fabric server; create it with :func:`aconnect`.
 
     Use it as an async context manager, or call :meth:`close`. Everything here must be
@@ -247,11 +248,6 @@ class Client:
             await self._connected.wait()
 
     @property
-    def node(self) -> Node:
-        """The runtime node this client's processes and proxies live on."""
-        return self._node
-
-    @property
     def mode(self) -> str | None:
         """``"extended"`` (one of our peers), ``"legacy"`` (an original peer), or None."""
         ev = self._link.established
@@ -342,24 +338,6 @@ class Client:
         """
         await self.wait_connected(self._connect_timeout)
         return await self._link.whereis(name, self._whereis_timeout if timeout is None else timeout)
-
-    # -- local processes (delegated to the node) --------------------------------------------------
-
-    def mailbox(self, name: Atom | str | None = None, **options: Any) -> Mailbox:
-        """A new mailbox on this client's node (see :meth:`pyfabric.runtime.Node.mailbox`)."""
-        return self._node.mailbox(name, **options)
-
-    def spawn(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any, **options: Any) -> Pid:
-        """Start ``async def fn(proc, *args)`` as a process on this client's node."""
-        return self._node.spawn(fn, *args, **options)
-
-    def register(self, name: Atom | str, pid: Pid) -> None:
-        """Register ``pid`` under ``name`` locally (reachable by the server only if allowed)."""
-        self._node.register(name, pid)
-
-    def unregister(self, name: Atom | str) -> None:
-        """Remove a local registered name (:class:`~pyfabric.runtime.NotRegistered` if unused)."""
-        self._node.unregister(name)
 
     # -- closing ----------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl as _ssl
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..etf import Atom, DecodeLimits, Pid
@@ -24,8 +24,9 @@ from ..protocol import (
     HandshakeComplete,
     Session,
 )
-from ..runtime import Mailbox, Node
+from ..runtime import Node
 from ..tls import check_context
+from ._local import LocalProcesses
 from ._options import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_HEARTBEAT,
@@ -69,7 +70,7 @@ class _Accepted:
         self.handshaking = True  # counted in Server._handshaking until it ends
 
 
-class Server:
+class Server(LocalProcesses):
     """A running fabric server; create it with :func:`serve`.
 
     Use it as an async context manager, or call :meth:`close`. Local processes on
@@ -260,11 +261,6 @@ class Server:
     # -- public API -------------------------------------------------------------------------
 
     @property
-    def node(self) -> Node:
-        """The runtime node the server's processes and the clients' proxies live on."""
-        return self._node
-
-    @property
     def port(self) -> int:
         """The port the server listens on (useful with ``port=0``)."""
         assert self._server is not None
@@ -274,22 +270,6 @@ class Server:
     def sockets(self) -> list[Any]:
         """The listening sockets (empty once closed)."""
         return list(self._server.sockets) if self._server is not None else []
-
-    def mailbox(self, name: Atom | str | None = None, **options: Any) -> Mailbox:
-        """A new mailbox on the server's node (see :meth:`pyfabric.runtime.Node.mailbox`)."""
-        return self._node.mailbox(name, **options)
-
-    def spawn(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any, **options: Any) -> Pid:
-        """Start ``async def fn(proc, *args)`` as a process on the server's node."""
-        return self._node.spawn(fn, *args, **options)
-
-    def register(self, name: Atom | str, pid: Pid) -> None:
-        """Register ``pid`` as ``name`` (clients reach it only if ``name`` is allowed)."""
-        self._node.register(name, pid)
-
-    def unregister(self, name: Atom | str) -> None:
-        """Remove a local registered name (:class:`~pyfabric.runtime.NotRegistered` if unused)."""
-        self._node.unregister(name)
 
     def send(self, dest: Pid | Atom | str, msg: Any) -> None:
         """Send to a local process or a proxy of a client's process."""
