@@ -96,20 +96,23 @@ def encode(term: Any, *, compressed: bool | int = False, minor_version: int = 2)
     return _encode.encode(term, compressed, minor_version)
 
 
-_OPTIONS_CACHE: dict[tuple[Any, ...], _decode.Options] = {}
+# (safe, id(limits), python_atoms, strings) -> (limits, Options). Keyed by the identity
+# of ``limits``: hashing a DecodeLimits (a dataclass) costs more than a small decode.
+# Each entry holds its ``limits`` object, so that id cannot be reused while cached.
+_OPTIONS_CACHE: dict[tuple[Any, ...], tuple[Any, _decode.Options]] = {}
 
 
 def _options(safe: bool, limits: DecodeLimits | None, python_atoms: bool, strings: str) -> _decode.Options:
-    key = (safe, limits, python_atoms, strings)
+    key = (safe, id(limits), python_atoms, strings)
     try:
         cached = _OPTIONS_CACHE.get(key)
     except TypeError:  # unhashable junk passed as an option: report it below
         cached = None
-    if cached is not None:
-        return cached
+    if cached is not None and cached[0] is limits:
+        return cached[1]
     opts = _make_options(safe, limits, python_atoms, strings)
     if len(_OPTIONS_CACHE) < 64:
-        _OPTIONS_CACHE[key] = opts
+        _OPTIONS_CACHE[key] = (limits, opts)
     return opts
 
 
@@ -157,9 +160,12 @@ def decode(
     """
     buf = data if type(data) is bytes else _as_bytes(data)
     opts = _options(safe, limits, python_atoms, strings)
-    if len(buf) > opts.limits.max_input_size:
-        raise LimitExceeded("max_input_size", f"input of {len(buf)} bytes, maximum {opts.limits.max_input_size}", 0)
-    value, end = _decode.decode_versioned(buf, 0, opts)
+    if len(buf) > opts.max_input:
+        raise LimitExceeded("max_input_size", f"input of {len(buf)} bytes, maximum {opts.max_input}", 0)
+    if len(buf) > 1 and buf[0] == 131 and buf[1] != 80:  # the common case: 131, then the term
+        value, end = _decode.decode_term(buf, 1, opts)
+    else:  # compressed, or invalid
+        value, end = _decode.decode_versioned(buf, 0, opts)
     if end != len(buf):
         raise DecodeError(f"{len(buf) - end} unexpected bytes after the term", end)
     return value

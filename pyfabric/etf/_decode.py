@@ -42,10 +42,14 @@ _u32u8 = struct.Struct(">IB").unpack_from
 _u32x2u8 = struct.Struct(">IIB").unpack_from
 _u64u32 = struct.Struct(">QI").unpack_from
 _REF_IDS = [struct.Struct(f">{i}I").unpack_from for i in range(6)]
+# NEWER_REFERENCE_EXT after its node: creation and 1..5 id words, by id count.
+_REF_WORDS = [struct.Struct(f">{i + 1}I").unpack_from for i in range(6)]
 
-# Raw atom bytes -> Atom, per text encoding; bounded like Atom's own intern table.
-_LATIN1_ATOMS: dict[bytes, Atom] = {}
-_UTF8_ATOMS: dict[bytes, Atom] = {}
+# Encoded atom (tag, length and name bytes) -> Atom, bounded like Atom's own intern
+# table. The key is the whole encoding, so a truncated input can never match an entry
+# (its name would be shorter than its length field says) and the tag tells Latin-1
+# from UTF-8. Only atoms that passed every check are stored.
+_ATOMS: dict[bytes, Atom] = {}
 _ATOM_CACHE_MAX = 100_000
 
 _TRUE = Atom("true")
@@ -54,9 +58,11 @@ _UNDEFINED = Atom("undefined")
 
 # Container kinds on the decode stack.
 _K_TUPLE = 0
-_K_LIST = 1
+_K_LIST = 1  # a LIST_EXT's elements; its tail is read when they are complete
 _K_MAP = 2
-_K_FUN = 3
+_K_TAIL = 3  # a LIST_EXT whose tail is not NIL_EXT: elements, then the tail
+_K_FUN = 4
+_K_ROOT = 5  # the outermost "container": holds the one result value
 
 _FLOAT_TEXT = re.compile(rb"[+-]?[0-9]+(\.[0-9]*)?([eE][+-]?[0-9]+)?\0*\Z")
 
@@ -72,7 +78,7 @@ _UNSUPPORTED = {
 class Options:
     """Decode options resolved once per call (limits, policy, output shapes)."""
 
-    __slots__ = ("limits", "safe", "python_atoms", "strings_as_list", "allowed_atoms")
+    __slots__ = ("limits", "safe", "python_atoms", "strings_as_list", "allowed_atoms", "max_input", "hot")
 
     def __init__(self, limits: DecodeLimits, safe: bool, python_atoms: bool, strings: str) -> None:
         if strings not in ("str", "list"):
@@ -82,29 +88,41 @@ class Options:
         self.python_atoms = python_atoms
         self.strings_as_list = strings == "list"
         self.allowed_atoms = limits.atoms
+        self.max_input = limits.max_input_size
+        # A cached atom (or pid) may be used as is when no check could reject it now:
+        # no allow-list, and the length limit admits every atom (Erlang's 255).
+        atom_fast = limits.atoms is None and limits.max_atom_length >= 255
+        # What decode_term reads on every call, unpacked in one step.
+        self.hot = (
+            limits.max_depth,
+            limits.max_container_len,
+            limits.max_total_terms,
+            limits.max_binary_size,
+            python_atoms,
+            self.strings_as_list,
+            atom_fast,
+        )
 
 
 def _truncated(what: str, offset: int, need: int, have: int) -> TruncatedError:
     return TruncatedError(f"truncated input: {what} needs {need} more bytes but only {have} remain", offset)
 
 
-def _make_atom(raw: bytes, utf8: bool, offset: int, opts: Options) -> Atom:
-    """Slow path of atom decoding: validate, create and cache."""
+def _make_atom(raw: bytes, utf8: bool, offset: int, opts: Options, key: bytes) -> Atom:
+    """Slow path of atom decoding: validate, create and cache (under ``key``)."""
     if utf8:
         try:
             name = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise DecodeError(f"atom is not valid UTF-8 ({exc.reason} at byte {exc.start})", offset) from None
-        cache = _UTF8_ATOMS
     else:
         name = raw.decode("latin-1")
-        cache = _LATIN1_ATOMS
     max_len = opts.limits.max_atom_length
     if len(name) > max_len:
         raise LimitExceeded("max_atom_length", f"atom of {len(name)} characters, maximum {max_len}", offset)
     atom = Atom(name)
-    if len(cache) < _ATOM_CACHE_MAX:
-        cache[raw] = atom
+    if len(_ATOMS) < _ATOM_CACHE_MAX:
+        _ATOMS[key] = atom
     return atom
 
 
@@ -135,10 +153,10 @@ def _read_atom(buf: bytes, pos: int, opts: Options) -> tuple[Atom, int]:
     limits = opts.limits
     if length > limits.max_atom_length and (not utf8 or length > 4 * limits.max_atom_length):
         raise LimitExceeded("max_atom_length", f"atom of {length} bytes, maximum {limits.max_atom_length} characters", pos)
-    raw = buf[start:end]
-    atom = (_UTF8_ATOMS if utf8 else _LATIN1_ATOMS).get(raw)
+    key = buf[pos:end]
+    atom = _ATOMS.get(key)
     if atom is None or (utf8 and length > limits.max_atom_length):
-        atom = _make_atom(raw, utf8, pos, opts)
+        atom = _make_atom(buf[start:end], utf8, pos, opts, key)
     allowed = opts.allowed_atoms
     if allowed is not None and atom.name not in allowed:
         raise UnsafeTermError(f"atom {atom.name!r} is not in the allowed atoms", pos)
@@ -222,42 +240,54 @@ def _d_bit_binary(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
     return BitString(data, bits), end
 
 
+# Pid and Reference are frozen dataclasses; the decoder fills their slots directly
+# (the slot descriptors' setters are the cheapest way) instead of re-validating fields
+# the wire format already bounds.
 _new = object.__new__
-_set = object.__setattr__
+_set_pid_node = Pid.node.__set__  # type: ignore[attr-defined]
+_set_pid_id = Pid.id.__set__  # type: ignore[attr-defined]
+_set_pid_serial = Pid.serial.__set__  # type: ignore[attr-defined]
+_set_pid_creation = Pid.creation.__set__  # type: ignore[attr-defined]
+_set_ref_node = Reference.node.__set__  # type: ignore[attr-defined]
+_set_ref_creation = Reference.creation.__set__  # type: ignore[attr-defined]
+_set_ref_ids = Reference.ids.__set__  # type: ignore[attr-defined]
 
 
 def _pid(node: Atom, ident: int, serial: int, creation: int) -> Pid:
     """Pid without re-validating fields the wire format already bounds."""
     pid = _new(Pid)
-    _set(pid, "node", node)
-    _set(pid, "id", ident)
-    _set(pid, "serial", serial)
-    _set(pid, "creation", creation)
+    _set_pid_node(pid, node)
+    _set_pid_id(pid, ident)
+    _set_pid_serial(pid, serial)
+    _set_pid_creation(pid, creation)
     return pid  # type: ignore[no-any-return]
 
 
 def _reference(node: Atom, creation: int, ids: tuple[int, ...]) -> Reference:
     ref = _new(Reference)
-    _set(ref, "node", node)
-    _set(ref, "creation", creation)
-    _set(ref, "ids", ids)
+    _set_ref_node(ref, node)
+    _set_ref_creation(ref, creation)
+    _set_ref_ids(ref, ids)
     return ref  # type: ignore[no-any-return]
+
+
+def _atom_end(buf: bytes, pos: int) -> int:
+    """End of the SMALL_ATOM_UTF8_EXT or ATOM_EXT at ``pos`` (0 for other tags)."""
+    tag = buf[pos]
+    if tag == 119:
+        return pos + 2 + buf[pos + 1]
+    if tag == 100:
+        return pos + 3 + ((buf[pos + 1] << 8) | buf[pos + 2])
+    return 0
 
 
 def _node_atom(buf: bytes, pos: int, opts: Options) -> tuple[Atom, int]:
     """The node name atom of a pid/port/reference: cached fast path, else _read_atom."""
-    tag = buf[pos]
-    if opts.allowed_atoms is None:
-        if tag == 119:
-            end = pos + 2 + buf[pos + 1]
-            atom = _UTF8_ATOMS.get(buf[pos + 2 : end])
-            if atom is not None and end <= len(buf):
-                return atom, end
-        elif tag == 100:
-            end = pos + 3 + ((buf[pos + 1] << 8) | buf[pos + 2])
-            atom = _LATIN1_ATOMS.get(buf[pos + 3 : end])
-            if atom is not None and end <= len(buf) and end - pos - 3 <= opts.limits.max_atom_length:
-                return atom, end
+    if opts.hot[-1]:
+        end = _atom_end(buf, pos)
+        atom = _ATOMS.get(buf[pos:end])  # buf[pos:0] is b"", never a key
+        if atom is not None:
+            return atom, end
     return _read_atom(buf, pos, opts)
 
 
@@ -267,14 +297,9 @@ _PID_CACHE_MAX = 4096
 
 
 def _d_new_pid(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
-    tag = buf[pos + 1]
-    if tag == 119:
-        end = pos + 15 + buf[pos + 2]  # tag, atom tag, length, name, 12 bytes
-    elif tag == 100:
-        end = pos + 16 + ((buf[pos + 2] << 8) | buf[pos + 3])
-    else:
-        end = 0
-    if end and end <= len(buf) and opts.allowed_atoms is None and opts.limits.max_atom_length >= 255:
+    node_end = _atom_end(buf, pos + 1)
+    end = node_end + 12
+    if node_end and end <= len(buf) and opts.hot[-1]:
         raw = buf[pos + 1 : end]
         pid = _PIDS.get(raw)
         if pid is not None:
@@ -467,33 +492,25 @@ def _open_fun(buf: bytes, pos: int, opts: Options) -> tuple[tuple[Any, ...], int
 def decode_term(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
     """Decode one term body (no version byte) at ``pos`` of ``buf``; return (term, end).
 
-    The innermost open container lives in local variables (``items``, ``left``,
-    ``kind``, ``frozen``, ``extra``); enclosing ones are saved on ``stack``.
-    ``frozen`` says how children must be built: 0 normally, 1 hashable (inside a map
-    key), 2 for a map that is not itself frozen (its even-numbered children are keys).
+    One loop reads one tag per iteration; the hot tags are decoded inline, the rest by
+    the ``_SCALARS`` table. The innermost open container lives in local variables
+    (``items``, ``left``, ``kind``, ``frozen``, ``extra``); enclosing ones
+    are saved on ``stack``. The outermost "container" (``_K_ROOT``) receives the result.
+    ``left`` counts the values the container still needs (a LIST_EXT's tail is read
+    when its elements are complete). ``frozen`` says how children must be built: 0
+    normally, 1 hashable (inside a map key), 2 for a map that is not itself frozen (its
+    even-numbered children are keys).
     """
-    limits = opts.limits
-    max_depth = limits.max_depth
-    max_len = limits.max_container_len
-    max_total = limits.max_total_terms
-    max_binary = limits.max_binary_size
-    max_atom = limits.max_atom_length
-    python_atoms = opts.python_atoms
-    strings_as_list = opts.strings_as_list
-    allowed = opts.allowed_atoms
-    latin1_atoms = _LATIN1_ATOMS
-    utf8_atoms = _UTF8_ATOMS
+    max_depth, max_len, max_total, max_binary, python_atoms, strings_as_list, atom_fast = opts.hot
     scalars = _SCALARS
     u32 = _u32
     i32 = _i32
     n = len(buf)
     total = 0
     stack: list[tuple[Any, ...]] = []
-    push = stack.append
-    items: list[Any] | None = None  # None: no open container, the value is the result
-    append: Any = None
-    left = 0  # elements the open container still needs
-    kind = 0
+    items: list[Any] = []
+    left = 1
+    kind = _K_ROOT
     frozen = 0
     extra: Any = None
     value: Any
@@ -506,10 +523,10 @@ def decode_term(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
                     # leaving the container's last element to the general path.
                     while True:
                         if tag == 97:
-                            append(buf[pos + 1])
+                            items.append(buf[pos + 1])
                             pos += 2
                         else:
-                            append(i32(buf, pos + 1)[0])
+                            items.append(i32(buf, pos + 1)[0])
                             pos += 5
                         left -= 1
                         if left == 1:
@@ -524,16 +541,10 @@ def decode_term(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
                 else:
                     value = i32(buf, pos + 1)[0]
                     pos += 5
-            elif tag == 100 or tag == 119:  # ATOM_EXT, SMALL_ATOM_UTF8_EXT
-                if tag == 100:
-                    start = pos + 3
-                    end = start + ((buf[pos + 1] << 8) | buf[pos + 2])
-                    value = latin1_atoms.get(buf[start:end]) if end <= n else None
-                else:
-                    start = pos + 2
-                    end = start + buf[pos + 1]
-                    value = utf8_atoms.get(buf[start:end]) if end <= n else None
-                if value is None or end - start > max_atom or allowed is not None:
+            elif tag == 119 or tag == 100:  # SMALL_ATOM_UTF8_EXT, ATOM_EXT
+                end = pos + 2 + buf[pos + 1] if tag == 119 else pos + 3 + ((buf[pos + 1] << 8) | buf[pos + 2])
+                value = _ATOMS.get(buf[pos:end])  # keyed by the whole encoding, see _ATOMS
+                if value is None or not atom_fast:
                     value, end = _read_atom(buf, pos, opts)
                 pos = end
                 if python_atoms:
@@ -543,79 +554,6 @@ def decode_term(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
                         value = False
                     elif value is _UNDEFINED:
                         value = None
-            elif tag == 104 and buf[pos + 1] and len(stack) < max_depth and max_len > 255:
-                # SMALL_TUPLE_EXT (non-empty): the most common container, fast path
-                count = buf[pos + 1]
-                if count > n - pos - 2:
-                    raise TruncatedError(
-                        f"truncated input: container declares {count} elements but only {n - pos - 2} bytes remain",
-                        pos,
-                    )
-                total += count
-                if total > max_total:
-                    raise LimitExceeded("max_total_terms", f"more than {max_total} terms", pos)
-                push((items, left, kind, frozen, extra))
-                if frozen == 2:
-                    frozen = 0 if len(items) & 1 else 1  # type: ignore[arg-type]
-                items = []
-                append = items.append
-                left = count
-                kind = _K_TUPLE
-                pos += 2
-                continue
-            elif tag == 109:  # BINARY_EXT
-                size = u32(buf, pos + 1)[0]
-                end = pos + 5 + size
-                if size > max_binary or end > n:
-                    end = _d_binary_len(buf, pos, opts, size, 5, "BINARY_EXT")
-                value = buf[pos + 5 : end]
-                pos = end
-            elif tag == 104 or tag == 108 or tag == 116 or tag == 105:  # containers
-                if tag == 104:
-                    count = buf[pos + 1]
-                    header = 2
-                else:
-                    count = u32(buf, pos + 1)[0]
-                    header = 5
-                    if count == 0 and tag == 108:
-                        pos += 5  # an empty LIST_EXT is just its tail
-                        continue
-                if count > max_len:
-                    raise LimitExceeded("max_container_len", f"container of {count} elements, maximum {max_len}", pos)
-                child_frozen = frozen
-                if child_frozen == 2:
-                    child_frozen = 0 if len(items) & 1 else 1  # type: ignore[arg-type]
-                if count == 0:
-                    pos += header
-                    if tag == 116:
-                        value = FrozenDict() if child_frozen else {}
-                    else:
-                        value = ()
-                else:
-                    child_need = 2 * count if tag == 116 else (count + 1 if tag == 108 else count)
-                    if child_need > n - pos - header:
-                        raise TruncatedError(
-                            f"truncated input: container declares {count} elements but only {n - pos - header} bytes remain",
-                            pos,
-                        )
-                    total += count
-                    if total > max_total:
-                        raise LimitExceeded("max_total_terms", f"more than {max_total} terms", pos)
-                    if len(stack) >= max_depth:
-                        raise LimitExceeded("max_depth", f"nesting deeper than {max_depth}", pos)
-                    push((items, left, kind, frozen, extra))
-                    items = []
-                    append = items.append
-                    left = child_need
-                    if tag == 116:
-                        kind = _K_MAP
-                        frozen = 1 if child_frozen else 2
-                    else:
-                        kind = _K_LIST if tag == 108 else _K_TUPLE
-                        frozen = child_frozen
-                    extra = pos
-                    pos += header
-                    continue
             elif tag == 107:  # STRING_EXT
                 end = pos + 3 + ((buf[pos + 1] << 8) | buf[pos + 2])
                 if end > n:
@@ -625,17 +563,86 @@ def decode_term(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
                     total += len(value)
                     if total > max_total:
                         raise LimitExceeded("max_total_terms", f"more than {max_total} terms", pos)
-                    if frozen == 1 or (frozen == 2 and not len(items) & 1):  # type: ignore[arg-type]
+                    if frozen == 1 or (frozen == 2 and not len(items) & 1):
                         value = FrozenList(value)
                 else:
                     value = buf[pos + 3 : end].decode("latin-1")
                 pos = end
+            elif tag == 104 or tag == 108 or tag == 116 or tag == 105:  # containers
+                if tag == 104:  # SMALL_TUPLE_EXT
+                    count = buf[pos + 1]
+                    header = 2
+                else:  # LIST_EXT, MAP_EXT, LARGE_TUPLE_EXT
+                    count = u32(buf, pos + 1)[0]
+                    header = 5
+                if count:
+                    if count > max_len:
+                        raise LimitExceeded("max_container_len", f"container of {count} elements, maximum {max_len}", pos)
+                    # Each element takes at least one byte (a list also has its tail).
+                    need = count if tag == 104 or tag == 105 else (count + 1 if tag == 108 else 2 * count)
+                    if need > n - pos - header:
+                        raise TruncatedError(
+                            f"truncated input: container declares {count} elements but only {n - pos - header} bytes remain",
+                            pos,
+                        )
+                    total += count
+                    if total > max_total:
+                        raise LimitExceeded("max_total_terms", f"more than {max_total} terms", pos)
+                    if len(stack) >= max_depth:
+                        raise LimitExceeded("max_depth", f"nesting deeper than {max_depth}", pos)
+                    stack.append((items, left, kind, frozen, extra))
+                    if frozen == 2:  # a child of a plain map: its keys must be hashable
+                        frozen = 0 if len(items) & 1 else 1
+                    items = []
+                    if tag == 116:
+                        left = 2 * count
+                        kind = _K_MAP
+                        frozen = 1 if frozen else 2
+                    else:
+                        left = count
+                        kind = _K_LIST if tag == 108 else _K_TUPLE
+                    extra = pos
+                    pos += header
+                    continue
+                pos += header
+                if tag == 108:
+                    continue  # an empty LIST_EXT is just its tail
+                if tag == 116:
+                    value = FrozenDict() if frozen == 1 or (frozen == 2 and not len(items) & 1) else {}
+                else:
+                    value = ()
+            elif tag == 109:  # BINARY_EXT
+                end = pos + 5 + u32(buf, pos + 1)[0]
+                if end > n or end - pos - 5 > max_binary:
+                    end = _d_binary_len(buf, pos, opts, end - pos - 5, 5, "BINARY_EXT")
+                value = buf[pos + 5 : end]
+                pos = end
             elif tag == 106:  # NIL_EXT
-                if frozen == 1 or (frozen == 2 and not len(items) & 1):  # type: ignore[arg-type]
+                if frozen == 1 or (frozen == 2 and not len(items) & 1):
                     value = FrozenList()
                 else:
                     value = []
                 pos += 1
+            elif tag == 88:  # NEW_PID_EXT: the same few processes recur, cached by encoding
+                node_end = _atom_end(buf, pos + 1)
+                value = _PIDS.get(buf[pos + 1 : node_end + 12]) if atom_fast and node_end else None
+                if value is None:
+                    value, pos = _d_new_pid(buf, pos, opts)
+                else:
+                    pos = node_end + 12
+            elif tag == 90:  # NEWER_REFERENCE_EXT (ids are unique: not cached)
+                count = (buf[pos + 1] << 8) | buf[pos + 2]
+                node_end = _atom_end(buf, pos + 3)
+                node = _ATOMS.get(buf[pos + 3 : node_end]) if atom_fast and 0 < count < 6 else None
+                if node is None:
+                    value, pos = _d_reference(buf, pos, opts)
+                else:
+                    words = _REF_WORDS[count](buf, node_end)  # creation, then the ids
+                    value = _new(Reference)
+                    _set_ref_node(value, node)
+                    _set_ref_creation(value, words[0])
+                    _set_ref_ids(value, words[1:])
+                    pos = node_end + 4 + 4 * count
             elif tag == 112:  # NEW_FUN_EXT
                 fun_header, count, end = _open_fun(buf, pos, opts)
                 if count == 0:
@@ -647,15 +654,12 @@ def decode_term(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
                         raise LimitExceeded("max_total_terms", f"more than {max_total} terms", pos)
                     if len(stack) >= max_depth:
                         raise LimitExceeded("max_depth", f"nesting deeper than {max_depth}", pos)
-                    child_frozen = frozen
-                    if child_frozen == 2:
-                        child_frozen = 0 if len(items) & 1 else 1  # type: ignore[arg-type]
-                    push((items, left, kind, frozen, extra))
+                    stack.append((items, left, kind, frozen, extra))
+                    if frozen == 2:
+                        frozen = 0 if len(items) & 1 else 1
                     items = []
-                    append = items.append
                     left = count
                     kind = _K_FUN
-                    frozen = child_frozen
                     extra = fun_header
                     pos = end
                     continue
@@ -663,24 +667,29 @@ def decode_term(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
                 value, pos = scalars[tag](buf, pos, opts)
 
             # Deliver the value to the innermost open container, closing finished ones.
-            while True:
-                if items is None:
-                    return value, pos
-                append(value)
-                left -= 1
-                if left:
-                    break
+            items.append(value)
+            left -= 1
+            while not left:
                 if kind == _K_TUPLE:
                     value = tuple(items)
                 elif kind == _K_LIST:
-                    value = _finish_list(items, frozen, extra)
+                    if buf[pos] != 106:  # not NIL_EXT: an improper list, read its tail
+                        kind = _K_TAIL
+                        left = 1
+                        break
+                    pos += 1
+                    value = FrozenList(items) if frozen else items
                 elif kind == _K_MAP:
                     value = _finish_map(items, frozen, extra)
-                else:
+                elif kind == _K_TAIL:
+                    value = _finish_list(items, frozen, extra)
+                elif kind == _K_FUN:
                     value = _finish_fun(items, extra, buf, pos)
+                else:  # _K_ROOT: value is the whole term
+                    return value, pos
                 items, left, kind, frozen, extra = stack.pop()
-                if items is not None:
-                    append = items.append
+                items.append(value)
+                left -= 1
     except (IndexError, struct.error):
         raise TruncatedError(
             f"truncated input: term at offset {pos} (tag {buf[pos] if pos < n else 'missing'}) is incomplete", pos
@@ -688,20 +697,37 @@ def decode_term(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
 
 
 def _inflate(buf: bytes, pos: int, opts: Options) -> tuple[bytes, int]:
-    """Inflate the compressed term at ``pos`` (the tag 80); return (body, end offset)."""
-    if pos + 5 > len(buf):
+    """Inflate the compressed term at ``pos`` (the tag 80); return (body, end offset).
+
+    One bounded decompress call: zlib produces at most ``declared + 1`` bytes (one more
+    than declared proves the header wrong), so a zip bomb costs nothing. The input is
+    first cut at the longest stream zlib writes for ``declared`` bytes (its
+    ``compressBound``, plus slack), because zlib copies all input after the end of the
+    stream into ``unused_data``: a small compressed term at the start of a large
+    receive buffer must not copy the rest of the buffer. Only a valid but padded stream
+    (empty deflate blocks, which Erlang never writes) needs a second call.
+    """
+    start = pos + 5
+    if start > len(buf):
         raise _truncated("compressed term header", pos, 5, len(buf) - pos)
     declared = _u32(buf, pos + 1)[0]
     limit = opts.limits.max_decompressed_size
     if declared > limit:
         raise LimitExceeded("max_decompressed_size", f"compressed term declares {declared} bytes, maximum {limit}", pos)
+    stop = start + declared + (declared >> 12) + (declared >> 14) + (declared >> 25) + 64
+    if stop > len(buf):
+        stop = len(buf)
+    view = memoryview(buf)
     inflater = zlib.decompressobj()
     try:
-        body = inflater.decompress(memoryview(buf)[pos + 5 :], declared)
-        if len(body) == declared and not inflater.eof and inflater.decompress(inflater.unconsumed_tail, 1):
-            raise DecodeError(f"compressed term inflates to more than its declared {declared} bytes", pos)
+        body = inflater.decompress(view[start:stop], declared + 1)
+        if not inflater.eof and len(body) <= declared and stop < len(buf):
+            body += inflater.decompress(view[stop:], declared + 1 - len(body))
+            stop = len(buf)
     except zlib.error as exc:
         raise DecodeError(f"compressed term is not a valid zlib stream: {exc}", pos) from None
+    if len(body) > declared:
+        raise DecodeError(f"compressed term inflates to more than its declared {declared} bytes", pos)
     if not inflater.eof:
         if len(body) < declared:
             raise TruncatedError(
@@ -710,7 +736,7 @@ def _inflate(buf: bytes, pos: int, opts: Options) -> tuple[bytes, int]:
         raise TruncatedError("truncated input: zlib stream of the compressed term is incomplete", pos)
     if len(body) != declared:
         raise DecodeError(f"compressed term inflates to {len(body)} bytes, but declares {declared}", pos)
-    return body, len(buf) - len(inflater.unused_data)
+    return body, stop - len(inflater.unused_data)
 
 
 def decode_versioned(buf: bytes, pos: int, opts: Options, version: bool = True) -> tuple[Any, int]:

@@ -27,12 +27,18 @@ _MAX_STRING_EXT = 0xFFFF
 
 _SMALL_INT = [bytes((T.SMALL_INTEGER_EXT, i)) for i in range(256)]
 _SMALL_TUPLE = [bytes((T.SMALL_TUPLE_EXT, i)) for i in range(256)]
+# Headers of short strings, binaries and lists (the common sizes): a list index is
+# cheaper than a struct.pack call.
+_STRING_HEAD = [bytes((T.STRING_EXT, 0, i)) for i in range(256)]
+_BINARY_HEAD = [bytes((T.BINARY_EXT, 0, 0, 0, i)) for i in range(256)]
+_LIST_HEAD = [bytes((T.LIST_EXT, 0, 0, 0, i)) for i in range(256)]
 _pack_int = struct.Struct(">Bi").pack
 _pack_float = struct.Struct(">Bd").pack
 _pack_u32 = struct.Struct(">BI").pack
 _pack_u16 = struct.Struct(">BH").pack
 _pack_big = struct.Struct(">BIB").pack
 _pack_pid_tail = struct.Struct(">III").pack
+_pack_ref_words = [struct.Struct(f">{i + 1}I").pack for i in range(6)]  # creation + ids
 _pack_port_tail = struct.Struct(">II").pack
 _pack_v4_port_tail = struct.Struct(">QI").pack
 _NIL = bytes((T.NIL_EXT,))
@@ -97,18 +103,19 @@ def _float_ext(value: float, minor_version: int) -> bytes:
 
 def _charlist(text: str) -> bytes:
     """LIST_EXT of code points: how Erlang encodes a string that is not STRING_EXT."""
+    small_int = _SMALL_INT
     parts = [_pack_u32(T.LIST_EXT, len(text))]
-    parts.extend([_SMALL_INT[c] if c < 256 else _pack_int(T.INTEGER_EXT, c) for c in map(ord, text)])
+    parts.extend([small_int[c] if c < 256 else _pack_int(T.INTEGER_EXT, c) for c in map(ord, text)])
     parts.append(_NIL)
     return b"".join(parts)
 
 
 def _pid_ext(pid: Pid, minor_version: int) -> bytes:
-    return (
-        bytes((T.NEW_PID_EXT,))
-        + _atom_bytes(pid.node, minor_version)
-        + _pack_pid_tail(pid.id, pid.serial, pid.creation)
-    )
+    node = pid.node
+    data = node._ext2 if minor_version == 2 else node._ext1  # type: ignore[attr-defined]
+    if data is None:
+        data = _atom_ext(node, minor_version)
+    return b"X" + data + _pack_pid_tail(pid.id, pid.serial, pid.creation)
 
 
 def _port_ext(port: Port, minor_version: int) -> bytes:
@@ -119,11 +126,14 @@ def _port_ext(port: Port, minor_version: int) -> bytes:
 
 
 def _reference_ext(ref: Reference, minor_version: int) -> bytes:
-    return (
-        _pack_u16(T.NEWER_REFERENCE_EXT, len(ref.ids))
-        + _atom_bytes(ref.node, minor_version)
-        + struct.pack(f">I{len(ref.ids)}I", ref.creation, *ref.ids)
-    )
+    ids = ref.ids
+    count = len(ids)
+    node = ref.node
+    data = node._ext2 if minor_version == 2 else node._ext1  # type: ignore[attr-defined]
+    if data is None:
+        data = _atom_ext(node, minor_version)
+    words = _pack_ref_words[count] if count < 6 else struct.Struct(f">{count + 1}I").pack
+    return _pack_u16(T.NEWER_REFERENCE_EXT, count) + data + words(ref.creation, *ids)
 
 
 def _bitstring_ext(bits: BitString, minor_version: int) -> bytes:
@@ -213,6 +223,9 @@ def encode_term(term: Any, out: bytearray, minor_version: int, big_parts: list[b
     pack_u32 = _pack_u32
     pack_u16 = _pack_u16
     int_only = _INT_ONLY
+    string_head = _STRING_HEAD
+    binary_head = _BINARY_HEAD
+    list_head = _LIST_HEAD
     stack: list[tuple[Any, bytes, Any]] = []
     push = stack.append
     it: Any = iter((term,))
@@ -243,9 +256,28 @@ def encode_term(term: Any, out: bytearray, minor_version: int, big_parts: list[b
                         suffix = _EMPTY
                         container = obj
                         break
+                elif t is str:
+                    count = len(obj)
+                    if not count:
+                        out += _NIL
+                    elif count > _MAX_STRING_EXT:
+                        out += _charlist(obj)
+                    elif obj.isascii():
+                        out += string_head[count] if count < 256 else pack_u16(107, count)
+                        out += obj.encode("ascii")
+                    else:
+                        # Latin-1 text is STRING_EXT too: encoding with "ignore" drops
+                        # the characters above 255, without raising, if there are any.
+                        data = obj.encode("latin-1", "ignore")
+                        if len(data) == count:
+                            out += string_head[count] if count < 256 else pack_u16(107, count)
+                            out += data
+                        else:
+                            out += _charlist(obj)
                 elif t is bytes:
-                    out += pack_u32(109, len(obj))
-                    if len(obj) < _BIG_BINARY:
+                    count = len(obj)
+                    out += binary_head[count] if count < 256 else pack_u32(109, count)
+                    if count < _BIG_BINARY:
                         out += obj
                     else:  # copy a large binary once (in the final join), not twice
                         big_parts.append(bytes(out))
@@ -256,16 +288,19 @@ def encode_term(term: Any, out: bytearray, minor_version: int, big_parts: list[b
                     if not count:
                         out += _NIL
                         continue
-                    if count <= 65535:
+                    # Erlang writes a list of at most 65535 integers 0..255 as STRING_EXT.
+                    # The first element rules most other lists out without an exception.
+                    first = obj[0]
+                    if count <= _MAX_STRING_EXT and first.__class__ is int and 0 <= first <= 255:
                         try:
                             data = bytes(obj)
                         except (TypeError, ValueError):
                             data = None
                         if data is not None and set(map(type, obj)) == int_only:
-                            out += pack_u16(107, count)
+                            out += string_head[count] if count < 256 else pack_u16(107, count)
                             out += data
                             continue
-                    out += pack_u32(108, count)
+                    out += list_head[count] if count < 256 else pack_u32(108, count)
                     if len(stack) >= MAX_ENCODE_DEPTH:
                         raise EncodeError(f"value nested deeper than {MAX_ENCODE_DEPTH} (cyclic?)")
                     push((it, suffix, container))
@@ -273,22 +308,6 @@ def encode_term(term: Any, out: bytearray, minor_version: int, big_parts: list[b
                     suffix = _NIL
                     container = obj
                     break
-                elif t is str:
-                    if not obj:
-                        out += _NIL
-                    elif len(obj) <= _MAX_STRING_EXT and obj.isascii():
-                        out += pack_u16(107, len(obj))
-                        out += obj.encode("ascii")
-                    else:
-                        try:
-                            data = obj.encode("latin-1") if len(obj) <= _MAX_STRING_EXT else None
-                        except UnicodeEncodeError:
-                            data = None
-                        if data is not None:
-                            out += pack_u16(107, len(data))
-                            out += data
-                        else:
-                            out += _charlist(obj)
                 elif t is float:
                     out += _float_ext(obj, minor_version)
                 elif t is dict or t is FrozenDict:
