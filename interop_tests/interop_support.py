@@ -12,16 +12,16 @@ there is deliberately no conftest.py.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from erlnode import ErlangCommandError, ErlangNode, erl_string
+from erlnode import ErlangNode, erl_string
 from pyfabric import ANY, Atom, Pid, ProcessExit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,6 +63,11 @@ _ERL_VICTIM = (
 )
 
 
+ERL_ARGS = ("+sbwt", "none", "+sbwtdcpu", "none", "+sbwtdio", "none")
+"""No scheduler busy-waiting: on a small, busy CI machine a spinning erl starves the Python
+side it is talking to (and vice versa)."""
+
+
 def require_erl() -> None:
     """Fail (never skip) when Erlang is missing: these suites exist to run against it."""
     assert shutil.which("erl") is not None, "erl is not installed: run `make setup` (interop tests need Erlang)"
@@ -73,7 +78,17 @@ class Harness:
 
     def __init__(self, node: ErlangNode) -> None:
         self.node = node
-        self._next_adopted = 100_000
+        self.servers: list[int] = []
+        self.conns: list[int] = []
+
+    def cleanup(self) -> None:
+        """Close the connections and stop the servers this harness started (best effort)."""
+        for conn in self.conns:
+            self.cmd_raw(f"{{close, {conn}}}")
+        for server in self.servers:
+            self.cmd_raw(f"{{stop_server, {server}}}")
+        self.conns.clear()
+        self.servers.clear()
 
     # -- raw commands ----------------------------------------------------------------------
 
@@ -104,13 +119,16 @@ class Harness:
         opts.setdefault("max_new_atoms", "1000000")
         opts.setdefault("max_server_atoms", "1000000")
         port = self.node.start_server(secret, allowed=list(allowed), **opts)
+        self.servers.append(self.node.server_id)
         return self.node.server_id, port
 
     def connect(self, port: int, secret: str = SECRET, **opts: str) -> int:
         """``{connect, ...}`` to 127.0.0.1:port; return the connection id. ``opts`` are Erlang texts."""
         body = ", ".join(f"{k} => {v}" for k, v in opts.items())
         reply = self.cmd("{connect, %s, %d, %s, #{%s}}" % (erl_string(HOST), port, erl_string(secret), body))
-        return int(_field(reply, "id"))
+        conn = int(_field(reply, "id"))
+        self.conns.append(conn)
+        return conn
 
     def whereis(self, conn: int, name: str) -> tuple[int, str] | None:
         """``{whereis, C, Name}``: ``(handle, pid_text)`` of the proxy, or None for ``undefined``."""
@@ -124,8 +142,8 @@ class Harness:
         ``{monitor, H}``, ``{link, H}``, ``{send, {handle, H}, M}`` and ``{exit, {handle, H}, R}``
         work on it. (Test setup through ``eval``: the harness keeps handles in its process
         dictionary, and only ``whereis`` creates them otherwise.)"""
-        handle = self._next_adopted
-        self._next_adopted += 1
+        handle = _shared["next_adopted"]
+        _shared["next_adopted"] += 1
         self.eval(f'put(handles, maps:put({handle}, list_to_pid("{pid_text}"), get(handles))), ok')
         return handle
 
@@ -143,13 +161,26 @@ class Harness:
         """The pid text of a process registered on the Erlang node."""
         return _unquote(self.eval(f"pid_to_list(whereis({name}))"))
 
-    def events(self, min_count: int, timeout_ms: int = int(WAIT * 1000)) -> str:
-        """``{events, T, Min}``: the collector messages and watcher events so far (cleared)."""
-        return self.cmd(f"{{events, {timeout_ms}, {min_count}}}", timeout=timeout_ms / 1000 + 10)
+    def events(self, min_count: int, timeout: float = WAIT) -> str:
+        """The collector messages and watcher events so far (cleared), as the harness prints
+        them; waits until there are at least ``min_count`` (at most ``timeout`` s).
+
+        Polls ``{events, T, 0}`` rather than asking the harness to wait with
+        ``{events, T, Min}``: when Min is not reached in T, the harness leaves that request
+        pending, and its late reply (or the request itself, blocking later ones) corrupts
+        every later ``events`` command on the node (see the report of this suite)."""
+        got: list[str] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            got += split_list(self.cmd("{events, 30000, 0}"))
+            if len(got) >= min_count or time.monotonic() >= deadline:
+                return "[" + ",".join(got) + "]"
+            time.sleep(0.02)
 
     def no_events(self) -> str:
-        """Wait ``QUIET_MS`` and return the events (the caller asserts ``'[]'``)."""
-        return self.events(10**6, QUIET_MS)
+        """Wait ``QUIET_MS``, then return the events (the caller asserts ``'[]'``)."""
+        time.sleep(QUIET_MS / 1000)
+        return self.events(0)
 
     def drop_server_connections(self) -> int:
         """Drop the socket of every established server-side connection on this node as if
@@ -180,6 +211,40 @@ def _unquote(text: str) -> str:
     return text[1:-1]
 
 
+def split_list(text: str) -> list[str]:
+    """The top-level elements of an Erlang list as printed by ``~0tp`` (strings, quoted
+    atoms and binaries may contain commas and brackets)."""
+    assert text.startswith("[") and text.endswith("]"), text
+    body = text[1:-1]
+    items: list[str] = []
+    depth = 0
+    start = 0
+    i = 0
+    while i < len(body):
+        c = body[i]
+        if c in "\"'":
+            i += 1
+            while body[i] != c:
+                i += 2 if body[i] == "\\" else 1
+        elif c in "{[(":
+            depth += 1
+        elif c in "}])":
+            depth -= 1
+        elif body.startswith("<<", i):
+            depth += 1
+            i += 1
+        elif body.startswith(">>", i):
+            depth -= 1
+            i += 1
+        elif c == "," and depth == 0:
+            items.append(body[start:i])
+            start = i + 1
+        i += 1
+    if body:
+        items.append(body[start:])
+    return items
+
+
 PID_RE = re.compile(r"<\d+\.\d+\.\d+>")
 
 
@@ -188,16 +253,44 @@ def pids_in(text: str) -> list[str]:
     return PID_RE.findall(text)
 
 
-@pytest.fixture(scope="module")
-def erl() -> Iterator[Harness]:
-    """One ``erl`` running the harness for the whole module; stopped at the end."""
+_shared: dict[str, Any] = {"node": None, "users": 0, "next_adopted": 100_000}
+
+
+@pytest.fixture(scope="session")
+def erl_session() -> Iterator[ErlangNode]:
+    """The one ``erl`` (running the harness) all interop modules share: an Erlang VM boot
+    is the slowest step of these tests on a busy machine. Each importing module gets its own
+    session-scoped instance of this fixture; they share the node through ``_shared`` and the
+    last one to finish stops it."""
     require_erl()
-    node = ErlangNode()
+    if _shared["node"] is None:
+        node = ErlangNode(extra_args=ERL_ARGS)
+        try:
+            node.start()
+        except BaseException:
+            node.stop()
+            raise
+        _shared["node"] = node
+    _shared["users"] += 1
     try:
-        node.start()
-        yield Harness(node)
+        yield _shared["node"]
     finally:
-        node.stop()
+        _shared["users"] -= 1
+        if _shared["users"] == 0:
+            node, _shared["node"] = _shared["node"], None
+            node.stop()
+
+
+@pytest.fixture(scope="module")
+def erl(erl_session: ErlangNode) -> Iterator[Harness]:
+    """The shared ``erl`` for one module: leftover events are cleared first, and the servers
+    and connections the module started are closed at its end."""
+    harness = Harness(erl_session)
+    harness.events(0)
+    try:
+        yield harness
+    finally:
+        harness.cleanup()
 
 
 # -- Python processes used by the suites ------------------------------------------------------

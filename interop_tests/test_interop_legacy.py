@@ -11,15 +11,14 @@ without ``allow_legacy_auth`` the Python server refuses the client. A Python cli
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import pyfabric
-from interop_support import HOST, PAYLOAD, PONG, SECRET, WAIT, Harness, erl, pids_in, ping, victim  # noqa: F401
-from pyfabric import ANY, Pid
+from interop_support import HOST, PAYLOAD, PONG, SECRET, WAIT, Harness, erl, erl_session, pids_in, ping, victim  # noqa: F401
+from pyfabric import ANY
 
 LEGACY = {"mode": "legacy", "allow_legacy_auth": "true"}
 

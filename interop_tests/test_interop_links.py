@@ -18,7 +18,6 @@ import pytest
 
 import pyfabric
 from interop_support import (  # noqa: F401
-    CRASH,
     CUSTOM_REASON,
     CUSTOM_REASON_ERL,
     DIE,
@@ -30,13 +29,13 @@ from interop_support import (  # noqa: F401
     NOCONNECTION,
     NOPROC,
     NORMAL,
-    PONG,
     PROCESS,
     SECRET,
     WAIT,
     Harness,
     dead_shipper,
     erl,
+    erl_session,
     pids_in,
     victim,
 )

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 import pyfabric
-from interop_support import HOST, PAYLOAD, PONG, QUIET_MS, SECRET, WAIT, Harness, erl, ping  # noqa: F401
-from pyfabric import ANY, Atom, Pid, ReceiveTimeout
+from interop_support import HOST, PAYLOAD, PONG, QUIET_MS, SECRET, WAIT, Harness, erl, erl_session, ping  # noqa: F401
+from pyfabric import Atom, Pid, ReceiveTimeout
 
 GEN_CALL = Atom("$gen_call")
 
@@ -63,7 +63,7 @@ def test_refused_names_never_delivered_async(erl: Harness, erl_names: dict[str, 
                 client.send(dest, _rex_call(box.pid, ref) if "rex" in str(dest) else (box.pid, "leak?"))
             with pytest.raises(ReceiveTimeout):
                 await box.receive(timeout=QUIET_MS / 1000)
-            assert await asyncio.to_thread(erl.events, 10**6, 1) == "[]"  # the hidden collector got nothing
+            assert await asyncio.to_thread(erl.events, 0) == "[]"  # the hidden collector got nothing
             # The connection is still up and a permitted {Name, Node} is delivered.
             client.send(("ping", node), (box.pid, (PAYLOAD, "abababa")))
             sender, reply = await box.receive(timeout=WAIT)

@@ -11,14 +11,13 @@ Erlang processes keep working.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Callable
 
 import pytest
 
 import pyfabric
-from interop_support import DOWN, HOST, KILLED, PAYLOAD, PONG, PROCESS, QUIET_MS, SECRET, WAIT, Harness, erl, ping  # noqa: F401
+from interop_support import DOWN, HOST, KILLED, PAYLOAD, PONG, PROCESS, QUIET_MS, SECRET, WAIT, Harness, erl, erl_session, ping  # noqa: F401
 from pyfabric import ANY, Atom, ReceiveTimeout
 
 SEED = (PAYLOAD, "abababa")

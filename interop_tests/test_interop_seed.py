@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import pyfabric
-from interop_support import HOST, PAYLOAD, PONG, SECRET, WAIT, Harness, erl, ping, pids_in  # noqa: F401
+from interop_support import HOST, PAYLOAD, PONG, SECRET, WAIT, Harness, erl, erl_session, ping  # noqa: F401
 from pyfabric import ANY, Atom, Pid
 
 import pytest

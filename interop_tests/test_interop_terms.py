@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pyfabric
-from interop_support import HOST, ROOT, SECRET, WAIT, Harness, erl  # noqa: F401
+from interop_support import HOST, ROOT, SECRET, WAIT, Harness, erl, erl_session  # noqa: F401
 from pyfabric import ANY, Atom, BitString, ImproperList, Pid, Reference, etf
 from pyfabric.etf import FrozenDict, FrozenList
 
