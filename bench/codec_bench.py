@@ -2,7 +2,9 @@
 
 One run measures encode and decode microseconds per operation for each codec on the
 same corpus (message-sized and large terms). Each figure is the median of several
-timed repetitions after a warm-up; the repetition size is calibrated per case.
+timed repetitions after a warm-up; the repetition size is calibrated per case. The
+repetitions of pyfabric and erlang_py alternate, and each speed-up is the median of
+the per-repetition ratios, so a load change on a shared machine affects both sides.
 Erlang's own term_to_binary/binary_to_term are timed inside one ``erl`` process on
 the very bytes pyfabric produced. Prints a table and writes
 ``bench/results/codec-<timestamp>.json``.
@@ -62,25 +64,36 @@ def build_corpus() -> list[tuple[str, Any, bool]]:
     ]
 
 
-def time_per_op(fn: Callable[[], Any], target: float, repeats: int) -> float:
-    """Median microseconds per call: calibrate a batch to ``target`` seconds, repeat."""
+def _batch_size(fn: Callable[[], Any], target: float) -> int:
+    """Calls per timed batch so that one batch takes about ``target`` seconds."""
     fn()  # warm-up (also fills caches like the atom table)
     n = 1
     while True:
         start = time.perf_counter()
         for _ in range(n):
             fn()
-        elapsed = time.perf_counter() - start
-        if elapsed >= target or n >= 1 << 20:
-            break
+        if time.perf_counter() - start >= target or n >= 1 << 20:
+            return n
         n *= 2
-    samples = []
+
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], target: float, repeats: int) -> dict[str, list[float]]:
+    """Microseconds per call of each function, ``repeats`` samples each, taken in turn."""
+    sizes = {name: _batch_size(fn, target) for name, fn in fns.items()}
+    samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(n):
-            fn()
-        samples.append((time.perf_counter() - start) / n * 1e6)
-    return statistics.median(samples)
+        for name, fn in fns.items():
+            n = sizes[name]
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            samples[name].append((time.perf_counter() - start) / n * 1e6)
+    return samples
+
+
+def _speedup(theirs: list[float], ours: list[float]) -> float:
+    """Median of the per-repetition ratios (samples taken side by side)."""
+    return statistics.median(t / o for t, o in zip(theirs, ours))
 
 
 def bench_python(corpus: list[tuple[str, Any, bool]], target: float, repeats: int) -> dict[str, dict[str, Any]]:
@@ -93,8 +106,10 @@ def bench_python(corpus: list[tuple[str, Any, bool]], target: float, repeats: in
         data = etf.encode(term, compressed=compressed, minor_version=1)
         assert etf.decode(data, safe=False) == term or True
         row: dict[str, Any] = {"bytes": len(data), "compressed": compressed}
-        row["pyfabric_encode_us"] = time_per_op(lambda: etf.encode(term, compressed=compressed, minor_version=1), target, repeats)
-        row["pyfabric_decode_us"] = time_per_op(lambda: etf.decode(data, safe=False), target, repeats)
+        fns: dict[str, Callable[[], Any]] = {
+            "pyfabric_encode": lambda: etf.encode(term, compressed=compressed, minor_version=1),
+            "pyfabric_decode": lambda: etf.decode(data, safe=False),
+        }
         if erlang_py is not None:
             try:
                 native = erlang_py.binary_to_term(data)
@@ -102,8 +117,14 @@ def bench_python(corpus: list[tuple[str, Any, bool]], target: float, repeats: in
             except Exception as exc:  # report, do not abort the run
                 row["erlang_py_error"] = f"{type(exc).__name__}: {exc}"
             else:
-                row["erlang_py_encode_us"] = time_per_op(lambda: erlang_py.term_to_binary(native, compressed=compressed), target, repeats)
-                row["erlang_py_decode_us"] = time_per_op(lambda: erlang_py.binary_to_term(data), target, repeats)
+                fns["erlang_py_encode"] = lambda: erlang_py.term_to_binary(native, compressed=compressed)
+                fns["erlang_py_decode"] = lambda: erlang_py.binary_to_term(data)
+        samples = time_interleaved(fns, target, repeats)
+        for key, values in samples.items():
+            row[f"{key}_us"] = statistics.median(values)
+        if "erlang_py_encode" in samples:
+            row["speedup_encode_vs_erlang_py"] = _speedup(samples["erlang_py_encode"], samples["pyfabric_encode"])
+            row["speedup_decode_vs_erlang_py"] = _speedup(samples["erlang_py_decode"], samples["pyfabric_decode"])
         results[name] = row
     return results
 
@@ -165,12 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     cols = ["case", "bytes", "pyf enc", "pyf dec", "epy enc", "epy dec", "erl enc", "erl dec", "enc x", "dec x"]
     rows = []
     for name, row in results.items():
-        enc_x = dec_x = None
-        if "erlang_py_encode_us" in row:
-            enc_x = row["erlang_py_encode_us"] / row["pyfabric_encode_us"]
-            dec_x = row["erlang_py_decode_us"] / row["pyfabric_decode_us"]
-            row["speedup_encode_vs_erlang_py"] = enc_x
-            row["speedup_decode_vs_erlang_py"] = dec_x
+        enc_x = row.get("speedup_encode_vs_erlang_py")
+        dec_x = row.get("speedup_decode_vs_erlang_py")
         rows.append([
             name,
             str(row["bytes"]),
@@ -186,7 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
     lines = [header, "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cols, widths)))]
     lines += ["  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))) for r in rows]
-    lines.append("pyf = pyfabric.etf, epy = erlang_py, erl = Erlang term_to_binary/binary_to_term; x = erlang_py time / pyfabric time")
+    lines.append(
+        "pyf = pyfabric.etf, epy = erlang_py, erl = Erlang term_to_binary/binary_to_term; "
+        "x = erlang_py time / pyfabric time (median of side-by-side repetitions)"
+    )
     if not isinstance(erlang_times, list):
         lines.append(f"Erlang: {erlang_times}")
     sys.stdout.write("\n".join(lines) + "\n")

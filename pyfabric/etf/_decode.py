@@ -568,6 +568,12 @@ def decode_term(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
                 else:
                     value = buf[pos + 3 : end].decode("latin-1")
                 pos = end
+            elif tag == 109:  # BINARY_EXT
+                end = pos + 5 + u32(buf, pos + 1)[0]
+                if end > n or end - pos - 5 > max_binary:
+                    end = _d_binary_len(buf, pos, opts, end - pos - 5, 5, "BINARY_EXT")
+                value = buf[pos + 5 : end]
+                pos = end
             elif tag == 104 or tag == 108 or tag == 116 or tag == 105:  # containers
                 if tag == 104:  # SMALL_TUPLE_EXT
                     count = buf[pos + 1]
@@ -611,12 +617,6 @@ def decode_term(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
                     value = FrozenDict() if frozen == 1 or (frozen == 2 and not len(items) & 1) else {}
                 else:
                     value = ()
-            elif tag == 109:  # BINARY_EXT
-                end = pos + 5 + u32(buf, pos + 1)[0]
-                if end > n or end - pos - 5 > max_binary:
-                    end = _d_binary_len(buf, pos, opts, end - pos - 5, 5, "BINARY_EXT")
-                value = buf[pos + 5 : end]
-                pos = end
             elif tag == 106:  # NIL_EXT
                 if frozen == 1 or (frozen == 2 and not len(items) & 1):
                     value = FrozenList()
