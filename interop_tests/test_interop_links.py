@@ -355,17 +355,9 @@ def test_erlang_sees_noconnection_when_python_server_closes(erl: Harness) -> Non
     assert erl.events(2) in (f"[{down},{exit_}]", f"[{exit_},{down}]")
 
 
-# -- pids of ended processes keep their identity (bugs found here) -------------------------
+# -- pids of ended processes keep their identity -----------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pyfabric bug: a local pid whose process has ended does not round-trip. Exported "
-    "as {pr, N} (+ DEAD noproc), the peer sends it back as {pl, N}, but "
-    "Connection.process_exited/_send_rewritten unexport it, so Rewriter._in_local substitutes "
-    "a fresh dead pid (new id) instead of the original. erlang_peer keeps a 'grave' for this; "
-    "docs/protocol.md 4.1 allows the substitute only for ids never issued.",
-)
 def test_dead_python_pid_round_trips_through_erlang_as_same_pid(erl_server: int) -> None:
     """The pid of an ended Python process sent to Erlang's echo comes back as the same pid (as Erlang does)."""
     with pyfabric.connect(HOST, erl_server, SECRET) as client:
@@ -378,13 +370,6 @@ def test_dead_python_pid_round_trips_through_erlang_as_same_pid(erl_server: int)
             assert box.receive(timeout=WAIT) == (proxy, dead_pid)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pyfabric bug: a proxy whose remote process has ended is no longer sent as {pl, Id}: "
-    "Session.drop_proxy forgets it on DEAD, so Rewriter._out_pid exports it as a *local* pid "
-    "{pr, N} (+ DEAD noproc) and Erlang receives a new dead proxy instead of its own pid. "
-    "erlang_peer keeps 'pgrave' for exactly this.",
-)
 def test_dead_proxy_sent_back_is_the_original_erlang_pid(erl: Harness, erl_server: int) -> None:
     """A proxy of an ended Erlang process, sent back to Erlang, arrives as the original Erlang pid."""
     victim_pid = erl.register_victim("victim")

@@ -38,8 +38,8 @@ SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, Heal
 def terms_with(pids: list[Pid]) -> st.SearchStrategy[Any]:
     """tests/etf's leaves and containers, with the given live pids as the only pids.
 
-    (Pids of processes that are not alive, e.g. made-up foreign pids, do not come back as
-    the same pid: see test_interop_links.py's xfail on dead local pids.)"""
+    (Pids of processes that are not alive come back as the same pid too, through the
+    session's graves: test_interop_links.py checks that case on its own.)"""
     s = strategies
     live = st.sampled_from(pids)
     leaves = st.one_of(s.integers, s.floats, s.atoms, st.booleans(), st.none(), s.text, st.binary(max_size=40),

@@ -167,6 +167,9 @@ class Rewriter:
         ident = session.proxy_ids.get(pid)
         if ident is not None:
             return (A_PL, ident)
+        ident = session.dead_proxy_ids.get(pid)
+        if ident is not None:
+            return (A_PL, ident)  # a dead proxy: the peer maps it back to its ended process
         ident = session.export_ids.get(pid)
         if ident is None:
             limit = self.max_exports
@@ -193,7 +196,7 @@ class Rewriter:
         """The frame was not sent: forget the exports it made (the peer never saw them)."""
         session = self.session
         for pid in reversed(self.new_exports):
-            session.unexport(pid)
+            session.forget_export(pid)
             session.next_export_id -= 1
         self.new_exports = []
         self.dead_exports = []
@@ -273,6 +276,9 @@ class Rewriter:
         session = self.session
         pid = session.proxies.get(ident)
         if pid is None:
+            pid = session.dead_proxies.get(ident)
+            if pid is not None:
+                return pid  # the peer shipped a process we know has ended: the same dead proxy
             limit = self.max_proxies
             if limit is not None and len(session.proxies) >= limit:
                 raise RemoteProtocolError(
@@ -290,6 +296,8 @@ class Rewriter:
         if type(ident) is not int or ident < 0:
             raise _bad(f"{{pl, Id}} with a bad id {_short(ident)}")
         pid = self.session.exports.get(ident)
+        if pid is None:
+            pid = self.session.ended_exports.get(ident)
         if pid is None:
             pid = self.new_dead_pid(ident)
             self.events.append(DeadPidSubstituted(ident, pid))

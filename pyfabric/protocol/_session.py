@@ -12,7 +12,11 @@ from typing import Any
 
 from ..etf import Pid
 
-__all__ = ["Session"]
+__all__ = ["Session", "GRAVES"]
+
+GRAVES = 1024
+"""Ended ids remembered per table and session: enough for the pids still in flight or held
+by the peer's processes in the common case, bounded so a long session cannot grow."""
 
 
 class Session:
@@ -22,7 +26,11 @@ class Session:
       reused (an ended process's entry is removed, a later export gets a new id);
     * proxies: one proxy pid per remote id the peer shipped to us;
     * pending: frames (DEAD, link) that could not be sent while disconnected, sent
-      right after a resume.
+      right after a resume;
+    * graves: the last :data:`GRAVES` ended exports and dead proxies, so that a pid that
+      comes back after its process ended is still the same pid (``{pl, Id}`` of an ended
+      export maps back to it; a dead proxy shipped back goes out as ``{pl, Id}`` and a
+      ``{pr, Id}`` of a dead proxy's id is that dead proxy), docs/protocol.md 4.3.
     """
 
     __slots__ = (
@@ -34,6 +42,9 @@ class Session:
         "proxy_ids",
         "pending",
         "attached",
+        "ended_exports",
+        "dead_proxies",
+        "dead_proxy_ids",
     )
 
     def __init__(self, session_id: bytes | None = None) -> None:
@@ -45,6 +56,9 @@ class Session:
         self.proxy_ids: dict[Pid, int] = {}  # proxy pid -> peer's id
         self.pending: list[Any] = []
         self.attached = False  # a live connection currently uses these tables
+        self.ended_exports: dict[int, Pid] = {}  # our id -> local pid whose process ended
+        self.dead_proxies: dict[int, Pid] = {}  # peer's id -> proxy pid that ended
+        self.dead_proxy_ids: dict[Pid, int] = {}  # proxy pid that ended -> peer's id
 
     def export(self, pid: Pid) -> tuple[int, bool]:
         """Our id for ``pid``: (id, True) when this call created it."""
@@ -58,15 +72,31 @@ class Session:
         return ident, True
 
     def unexport(self, pid: Pid) -> int | None:
+        """The process ``pid`` ended: its id leaves the table (into the graves)."""
         ident = self.export_ids.pop(pid, None)
         if ident is not None:
             del self.exports[ident]
+            graves = self.ended_exports
+            graves[ident] = pid
+            if len(graves) > GRAVES:
+                del graves[next(iter(graves))]
         return ident
 
+    def forget_export(self, pid: Pid) -> None:
+        """Undo an export the peer never saw (the frame carrying it was not sent)."""
+        ident = self.export_ids.pop(pid)
+        del self.exports[ident]
+
     def drop_proxy(self, remote_id: int) -> Pid | None:
+        """The peer's process ``remote_id`` ended: its proxy leaves the table (into the graves)."""
         pid = self.proxies.pop(remote_id, None)
         if pid is not None:
             self.proxy_ids.pop(pid, None)
+            self.dead_proxies[remote_id] = pid
+            self.dead_proxy_ids[pid] = remote_id
+            if len(self.dead_proxies) > GRAVES:
+                oldest = next(iter(self.dead_proxies))
+                del self.dead_proxy_ids[self.dead_proxies.pop(oldest)]
         return pid
 
     def expire(self) -> list[tuple[Pid, int]]:
@@ -78,6 +108,9 @@ class Session:
         self.proxies.clear()
         self.proxy_ids.clear()
         self.pending.clear()
+        self.ended_exports.clear()
+        self.dead_proxies.clear()
+        self.dead_proxy_ids.clear()
         return proxies
 
     def __repr__(self) -> str:
