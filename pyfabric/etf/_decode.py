@@ -717,12 +717,13 @@ def _inflate(buf: bytes, pos: int, opts: Options) -> tuple[bytes, int]:
     stop = start + declared + (declared >> 12) + (declared >> 14) + (declared >> 25) + 64
     if stop > len(buf):
         stop = len(buf)
-    view = memoryview(buf)
+    # A small input is cheaper to copy than to wrap in a memoryview.
+    data = buf[start:stop] if stop - start <= 2048 else memoryview(buf)[start:stop]
     inflater = zlib.decompressobj()
     try:
-        body = inflater.decompress(view[start:stop], declared + 1)
+        body = inflater.decompress(data, declared + 1)
         if not inflater.eof and len(body) <= declared and stop < len(buf):
-            body += inflater.decompress(view[stop:], declared + 1 - len(body))
+            body += inflater.decompress(memoryview(buf)[stop:], declared + 1 - len(body))
             stop = len(buf)
     except zlib.error as exc:
         raise DecodeError(f"compressed term is not a valid zlib stream: {exc}", pos) from None
