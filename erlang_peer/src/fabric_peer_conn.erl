@@ -13,8 +13,9 @@
 %% the table of section 9 (drop and count, error frame to an extended peer, close on
 %% `too_many_errors').
 %%
-%% Links: the connection is the tracer (`procs') of its proxies, so `link(Proxy)' by a
-%% local process produces `getting_linked' here and a `{link, A, B}' frame goes out.
+%% Links: no tracing. A proxy traps exits and reports what it cannot leave to DEAD notices
+%% (`exit/2' on it, the death of a local process linked to it with `link/1') as
+%% `{fabric_proxy_exit, ...}', which becomes an `exit2' frame (README, "Links").
 -module(fabric_peer_conn).
 -behaviour(gen_statem).
 
@@ -61,6 +62,9 @@
           prox_mon = #{} :: #{reference() => integer()},
           next_req = 1 :: pos_integer(),
           whereis_waiting = #{} :: #{pos_integer() => gen_statem:from()},
+          %% gen calls from the peer whose alias tag we replaced (see gen_call_in/2)
+          calls = #{} :: #{reference() => pid()},
+          calls_q = queue:new() :: queue:queue(),
           stats = #{} :: map(),
           window :: fabric_peer_frame:window(),
           atoms_left = 0 :: non_neg_integer(),
@@ -85,6 +89,9 @@
 %% sends back after its DEAD); older ones are replaced by an exited placeholder pid.
 -define(GRAVE_SIZE, 1024).
 -define(RECENT_DEAD, 256).
+%% Pending gen calls from the peer remembered for their reply (a call never answered stays
+%% until this many newer ones pushed it out).
+-define(MAX_CALLS, 4096).
 
 %%% API
 
@@ -323,9 +330,10 @@ handle_event(cast, {attach, T, S, _, _}, _, _) ->
 
 %%% --- local processes: proxies, exports, traces
 
-handle_event(info, {fabric_proxy_msg, Proxy, Msg}, _, D) ->
-    case maps:find(Proxy, D#d.prox_pid) of
+handle_event(info, {fabric_proxy_msg, Proxy, Msg0}, _, D0) ->
+    case maps:find(Proxy, D0#d.prox_pid) of
         {ok, Id} ->
+            {Msg, D} = gen_reply_out(Proxy, Msg0, D0),
             case send_message(Id, Msg, D) of
                 {ok, D1} -> {keep_state, D1};
                 {{error, Why}, D1} ->
@@ -346,22 +354,6 @@ handle_event(info, {fabric_proxy_exit, Proxy, From, Reason}, _, D) ->
             end;
         _ -> keep_state_and_data
     end;
-handle_event(info, {trace, Proxy, getting_linked, L}, _, D) when is_pid(L), L =/= self() ->
-    case {maps:find(Proxy, D#d.prox_pid), link_enabled(D)} of
-        {{ok, B}, true} ->
-            {A, D1} = export(L, D),
-            {keep_state, emit(ctrl, {link, A, B}, D1)};
-        _ -> keep_state_and_data
-    end;
-handle_event(info, {trace, Proxy, getting_unlinked, L}, _, D) when is_pid(L) ->
-    %% A link broken by L's death is carried by L's DEAD notice, not by an unlink.
-    case {maps:find(Proxy, D#d.prox_pid), maps:find(L, D#d.exp_pid), link_enabled(D),
-          local_dead(L)} of
-        {{ok, B}, {ok, A}, true, false} -> {keep_state, emit(ctrl, {unlink, A, B}, D)};
-        _ -> keep_state_and_data
-    end;
-handle_event(info, {trace, _, _, _}, _, _) -> keep_state_and_data;
-handle_event(info, {trace, _, _, _, _}, _, _) -> keep_state_and_data;
 handle_event(info, {'DOWN', Ref, process, Pid, Reason}, _, D) ->
     {keep_state, down(Ref, Pid, Reason, D)};
 handle_event(info, {'EXIT', _Pid, _Reason}, _, _) ->
@@ -637,6 +629,13 @@ client_auth(_, D) ->
 client_failed(Why, #d{ever_connected = false} = D) ->
     [gen_statem:reply(W, {error, Why}) || W <- D#d.waiters],
     {stop, normal, drop_socket(D#d{waiters = []})};
+client_failed({auth_failed, _} = Why, D) ->
+    %% The server refused us, or could not prove it knows the secret, or is an original
+    %% peer we may not use: retrying cannot help (and would hammer the server). Stop; the
+    %% proxies end with `noconnection' (terminate/3).
+    ?LOG_ERROR("fabric: authentication with ~s failed on reconnect (~0p): giving up; "
+               "the connection's proxies end with noconnection", [D#d.peer, Why]),
+    {stop, normal, drop_socket(D)};
 client_failed(Why, #d{o = O, attempt = N} = D) ->
     D1 = drop_socket(D),
     case maps:get(reconnect, O) of
@@ -793,12 +792,14 @@ dispatch({whereis_reply, Req, Result}, D) ->
         error -> {ok, D}
     end;
 dispatch({link, A, B}, D) when A > 0 ->
-    case maps:find(B, D#d.exp_id) of
-        {ok, BPid} ->
+    case {maps:find(B, D#d.exp_id), remote_ended(A, D)} of
+        {{ok, BPid}, false} ->
             {Proxy, D1} = proxy_for(A, D),
             fabric_peer_proxy:control(Proxy, D1#d.token, {link, BPid}),
             {ok, D1};
-        error -> {ok, D}
+        %% B ended (its DEAD is on its way), or A ended before its link frame was read: a
+        %% link that cannot exist any more
+        _ -> {ok, D}
     end;
 dispatch({unlink, A, B}, D) ->
     case {maps:find(A, D#d.prox_id), maps:find(B, D#d.exp_id)} of
@@ -812,9 +813,15 @@ dispatch({exit2, A, B, Reason0}, D) when A > 0 ->
         {ok, BPid} ->
             case rewrite_in(Reason0, D) of
                 {ok, Reason, D1} ->
+                    Ended = remote_ended(A, D1),
                     {Proxy, D2} = proxy_for(A, D1),
                     fabric_peer_proxy:control(Proxy, D2#d.token, {exit, BPid, Reason}),
-                    {ok, D2};
+                    case Ended of
+                        %% A's DEAD overtook its exit signal (both are sent independently):
+                        %% deliver the signal from a stand-in that ends right after
+                        true -> {ok, end_proxy(Proxy, noproc, D2)};
+                        false -> {ok, D2}
+                    end;
                 {{error, {Code, Why}}, D1} -> frame_error(Code, Why, D1)
             end;
         error -> {ok, D}
@@ -831,7 +838,10 @@ incoming_message(Dest, Payload, D) ->
     case resolve_dest(Dest, D) of
         {ok, Target} ->
             case rewrite_in(Payload, D) of
-                {ok, Msg, D1} -> deliver(Target, Msg), {ok, D1};
+                {ok, Msg, D1} ->
+                    {Msg1, D2} = gen_call_in(Msg, D1),
+                    deliver(Target, Msg1),
+                    {ok, D2};
                 {{error, {Code, Why}}, D1} -> frame_error(Code, Why, D1)
             end;
         drop -> {ok, D};
@@ -880,6 +890,33 @@ check_name(Name, D) ->
 
 refused(Name, D) ->
     ?LOG_WARNING("fabric: name ~0p refused by the name policy (peer ~s)", [Name, D#d.peer]).
+
+%% gen_server/gen_statem calls from the peer (OTP 24+ callers). The caller's reply tag is
+%% `[alias | Ref]' and `gen:reply/2' sends the reply to the alias `Ref' itself, which is a
+%% reference of the peer's node: it would never cross the connection. So the call is
+%% delivered with the plain tag `Ref' (the pre-alias form every gen behaviour still
+%% accepts): the reply is then sent to the caller's proxy as `{Ref, Reply}', and
+%% gen_reply_out/3 restores the tag the caller waits for. See README "gen_server:call".
+gen_call_in({'$gen_call', {From, [alias | Ref]}, Req}, #d{calls = C, calls_q = Q} = D)
+  when is_pid(From), is_reference(Ref), is_map_key(From, D#d.prox_pid) ->
+    Q1 = queue:in(Ref, Q),
+    {C1, Q2} = case queue:len(Q1) > ?MAX_CALLS of
+                   true ->
+                       {{value, Old}, Q3} = queue:out(Q1),
+                       {maps:remove(Old, C), Q3};
+                   false -> {C, Q1}
+               end,
+    {{'$gen_call', {From, Ref}, Req}, D#d{calls = C1#{Ref => From}, calls_q = Q2}};
+gen_call_in(Msg, D) -> {Msg, D}.
+
+gen_reply_out(Proxy, {Ref, Reply} = Msg, #d{calls = C} = D) when is_reference(Ref) ->
+    case C of
+        #{Ref := Proxy} ->
+            %% the queue entry stays until pushed out; a stale one only costs a lookup
+            {{[alias | Ref], Reply}, D#d{calls = maps:remove(Ref, C)}};
+        _ -> {Msg, D}
+    end;
+gen_reply_out(_, Msg, D) -> {Msg, D}.
 
 deliver(Pid, _) when Pid =:= self() -> ok;
 deliver(Target, Msg) -> Target ! Msg, ok.
@@ -1073,7 +1110,6 @@ proxy_for(Id, #d{prox_id = PI} = D) ->
         error ->
             Pid = fabric_peer_proxy:start(self(), Id, D#d.token),
             Ref = erlang:monitor(process, Pid),
-            _ = catch erlang:trace(Pid, true, [procs, {tracer, self()}]),
             true = ets:insert(?PROXIES, {Pid, self()}),
             {Pid, D#d{prox_id = PI#{Id => Pid}, prox_pid = (D#d.prox_pid)#{Pid => Id},
                       prox_mon = (D#d.prox_mon)#{Ref => Id}}}
@@ -1168,8 +1204,9 @@ signaller(#d{signaller = Pid} = D) -> {Pid, D}.
 link_enabled(#d{mode = extended, feats = #{<<"link">> := true}}) -> true;
 link_enabled(_) -> false.
 
-local_dead(Pid) when node(Pid) =:= node() -> not is_process_alive(Pid);
-local_dead(_) -> false.
+%% The peer's process A ended (its DEAD ended our proxy for it) and no proxy stands for it.
+remote_ended(A, #d{prox_id = PI, pgrave = G}) ->
+    not is_map_key(A, PI) andalso lists:member(A, maps:values(G)).
 
 reply_whereis_waiters(Reply, D) ->
     maps:foreach(fun(_, From) -> gen_statem:reply(From, Reply) end, D#d.whereis_waiting).

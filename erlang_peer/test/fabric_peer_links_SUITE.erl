@@ -5,7 +5,7 @@
 -include_lib("common_test/include/ct.hrl").
 -compile([export_all, nowarn_export_all]).
 
-all() -> [{group, monitors}, {group, links}, {group, exit2}, {group, legacy}].
+all() -> [{group, monitors}, {group, links}, {group, exit2}, {group, calls}, {group, legacy}].
 
 groups() ->
     [{monitors, [], [monitor_normal, monitor_killed, monitor_custom_reason, monitor_crash,
@@ -13,10 +13,13 @@ groups() ->
                      server_side_proxy_sees_client_death]},
      {links, [], [link_remote_dies_trap_exit, link_remote_dies_kills_linker,
                   link_local_dies_kills_remote, link_local_dies_remote_traps,
-                  link_normal_exit_does_not_kill, unlink_stops_propagation,
-                  link_to_dead_remote_gives_noproc, remote_links_to_local]},
+                  link_then_die_at_once, link_normal_exit_does_not_kill,
+                  unlink_stops_propagation, link_to_dead_remote_gives_noproc,
+                  remote_links_to_local, remote_link_dies_kills_local,
+                  no_tracing_of_proxies]},
      {exit2, [], [exit_custom_reason_kills_remote, exit_to_trapping_remote,
-                  exit_normal_ignored_by_remote, exit_kill]},
+                  exit_normal_ignored_by_remote, exit_by_process_that_ends_at_once, exit_kill]},
+     {calls, [], [gen_server_call_through_proxy, gen_server_call_to_dead_remote]},
      {legacy, [], [legacy_monitor_reasons, legacy_link_local_half_only]}].
 
 init_per_suite(Config) ->
@@ -99,7 +102,7 @@ monitor_noconnection_on_close(Config) ->
 server_side_proxy_sees_client_death(Config) ->
     Self = self(),
     {_, EchoProxy} = remote(Config, fun() -> receive {From, M} -> Self ! {got, From, M} end end),
-    W = spawn(fun() -> receive {exit, R} -> exit(R) end end),
+    W = fabric_peer_test_lib:spawn_started(fun() -> receive {exit, R} -> exit(R) end end),
     EchoProxy ! {W, hello},
     ServerProxy = receive {got, From, hello} -> From after 3000 -> ct:fail(no_msg) end,
     true = ServerProxy =/= W andalso fabric_peer:is_proxy(ServerProxy),
@@ -123,30 +126,33 @@ link_remote_dies_kills_linker(Config) ->
     timer:sleep(100),
     {remote_reason, 1} = down_reason(L, fun() -> Pid ! {exit, {remote_reason, 1}} end).
 
-%% link(Proxy) sends {link, A, B}: when the local process dies, the remote one dies too.
+%% link(Proxy) then the local process dies: the remote one dies too, with the same reason.
 link_local_dies_kills_remote(Config) ->
     {Pid, Proxy} = victim(Config),
     L = spawn(fun() -> link(Proxy), receive {exit, R} -> exit(R) end end),
-    wait_linked(Pid),
     {local_reason, 2} = down_reason(Pid, fun() -> L ! {exit, {local_reason, 2}} end).
 
 %% A trapping remote process gets {'EXIT', ProxyOfLocal, Reason} when the linked local one dies.
 link_local_dies_remote_traps(Config) ->
     {Pid, Proxy} = trapper(Config),
     L = spawn(fun() -> link(Proxy), receive {exit, R} -> exit(R) end end),
-    wait_linked(Pid),
     L ! {exit, bye},
     receive {remote, {'EXIT', P, bye}} -> true = P =/= L   % the server-side proxy of L
     after 3000 -> ct:fail(no_exit) end,
     true = is_process_alive(Pid).
 
+%% A process that links and ends at once still takes the remote process with it (no window
+%% in which the link is not yet known).
+link_then_die_at_once(Config) ->
+    {Pid, Proxy} = victim(Config),
+    at_once = down_reason(Pid, fun() -> spawn(fun() -> link(Proxy), exit(at_once) end) end).
+
 %% A normal exit of the local process does not kill a non-trapping remote process.
 link_normal_exit_does_not_kill(Config) ->
     {Pid, Proxy} = victim(Config),
     L = spawn(fun() -> link(Proxy), receive {exit, R} -> exit(R) end end),
-    wait_linked(Pid),
-    L ! {exit, normal},
-    timer:sleep(300),
+    normal = down_reason(L, fun() -> L ! {exit, normal} end),
+    round_trip(Pid, Proxy),
     true = is_process_alive(Pid).
 
 %% unlink(Proxy) sends {unlink, A, B}: the later death of the local process no longer propagates.
@@ -158,12 +164,10 @@ unlink_stops_propagation(Config) ->
                       receive unlink -> unlink(Proxy), Self ! unlinked end,
                       receive {exit, R} -> exit(R) end
               end),
-    wait_linked(Pid),
     L ! unlink,
     receive unlinked -> ok end,
-    true = fabric_peer_test_lib:wait_until(fun() -> process_info(Pid, links) =:= {links, []} end),
-    L ! {exit, boom},
-    timer:sleep(300),
+    boom = down_reason(L, fun() -> L ! {exit, boom} end),
+    round_trip(Pid, Proxy),
     true = is_process_alive(Pid).
 
 %% Linking to a proxy whose remote process already ended gives noproc.
@@ -183,25 +187,48 @@ link_to_dead_remote_gives_noproc(Config) ->
 %% A remote process linking to the proxy of a local process: the local death reaches it.
 remote_links_to_local(Config) ->
     {Pid, Proxy} = trapper(Config),
-    W = spawn(fun() -> receive {exit, R} -> exit(R) end end),
+    W = fabric_peer_test_lib:spawn_started(fun() -> receive {exit, R} -> exit(R) end end),
     Proxy ! {link_to_me, W},               % the trapper reports; we tell it to link
     ProxyOfW = receive {remote, {link_to_me, P}} -> P after 3000 -> ct:fail(no_msg) end,
     Pid ! {link_to, ProxyOfW},
     receive {remote, linked} -> ok end,
-    timer:sleep(200),
-    %% the link frame made our side link W to the proxy of the trapper
-    {links, Links} = process_info(W, links),
-    true = lists:member(Proxy, Links),
     W ! {exit, from_w},
     receive {remote, {'EXIT', ProxyOfW, from_w}} -> ok after 3000 -> ct:fail(no_exit) end.
+
+%% The other half: the remote process linked to the proxy of a local one ends, and the
+%% local process gets the exit signal (from the proxy of the remote process).
+remote_link_dies_kills_local(Config) ->
+    {Pid, Proxy} = victim(Config),
+    Self = self(),
+    W = spawn(fun() -> process_flag(trap_exit, true),
+                       receive M -> Self ! {w, M} end end),
+    Proxy ! {link_to_me, W},
+    ProxyOfW = receive {remote, {link_to_me, P}} -> P after 3000 -> ct:fail(no_msg) end,
+    Pid ! {link_to, ProxyOfW},
+    receive {remote, linked} -> ok end,
+    Pid ! {exit, from_remote},
+    %% From is Proxy, or a stand-in when the DEAD of Pid overtook its exit signal
+    receive {w, {'EXIT', From, from_remote}} -> true = is_pid(From) andalso From =/= Pid
+    after 3000 -> ct:fail(no_exit) end.
+
+%% Proxies are not traced: a user may trace them (dbg, recon) without breaking links.
+no_tracing_of_proxies(Config) ->
+    {Pid, Proxy} = victim(Config),
+    {tracer, []} = erlang:trace_info(Proxy, tracer),
+    1 = erlang:trace(Proxy, true, [procs, {tracer, self()}]),
+    L = spawn(fun() -> link(Proxy), receive {exit, R} -> exit(R) end end),
+    traced = down_reason(Pid, fun() -> L ! {exit, traced} end).
 
 %%% exit/2
 
 %% exit(Proxy, Reason) kills a non-trapping remote process with Reason.
 exit_custom_reason_kills_remote(Config) ->
     {Pid, Proxy} = victim(Config),
+    %% watch the proxy first: it ends as soon as the DEAD of Pid arrives
+    ProxyRef = monitor(process, Proxy),
     {custom, "r"} = down_reason(Pid, fun() -> exit(Proxy, {custom, "r"}) end),
-    {custom, "r"} = down_reason(Proxy, fun() -> ok end).
+    receive {'DOWN', ProxyRef, process, Proxy, {custom, "r"}} -> ok
+    after 3000 -> ct:fail(proxy_alive) end.
 
 %% A trapping remote process receives {'EXIT', ProxyOfCaller, Reason}.
 exit_to_trapping_remote(Config) ->
@@ -214,9 +241,17 @@ exit_to_trapping_remote(Config) ->
 exit_normal_ignored_by_remote(Config) ->
     {Pid, Proxy} = victim(Config),
     exit(Proxy, normal),
-    timer:sleep(300),
+    round_trip(Pid, Proxy),
     true = is_process_alive(Pid),
     true = is_process_alive(Proxy).
+
+%% exit(Proxy, R) by a process that ends right after still reaches the remote process.
+exit_by_process_that_ends_at_once(Config) ->
+    {_Pid, Proxy} = trapper(Config),
+    Caller = spawn(fun() -> exit(Proxy, last_words) end),
+    %% From: the server-side proxy of Caller (which may have ended already)
+    receive {remote, {'EXIT', From, last_words}} -> true = is_pid(From) andalso From =/= Caller
+    after 3000 -> ct:fail(no_exit) end.
 
 %% exit(Proxy, kill) kills the proxy locally (killed) and the remote process (killed).
 exit_kill(Config) ->
@@ -224,6 +259,31 @@ exit_kill(Config) ->
     Ref = monitor(process, Pid),
     killed = down_reason(Proxy, fun() -> exit(Proxy, kill) end),
     receive {'DOWN', Ref, process, Pid, killed} -> ok after 3000 -> ct:fail(remote_alive) end.
+
+%%% gen_server:call through a proxy
+
+%% gen_server:call(Proxy, Req) with a timeout (an alias reply tag on OTP 24+) gets the reply
+%% across the connection, also from gen_server:reply/2; the server saw a plain tag.
+gen_server_call_through_proxy(Config) ->
+    Name = fabric_peer_test_lib:unique_name("gs"),
+    _ = fabric_peer_test_server:start(Name),
+    ok = fabric_peer:allow(?config(server, Config), [Name]),
+    Proxy = fabric_peer:whereis(?config(conn, Config), Name),
+    true = fabric_peer:is_proxy(Proxy),
+    {1, "two", <<3>>} = gen_server:call(Proxy, {echo, {1, "two", <<3>>}}, 3000),
+    later = gen_server:call(Proxy, {later, later}),
+    {Self, Tag} = gen_server:call(Proxy, from, 3000),
+    true = Self =:= self() andalso is_reference(Tag),
+    [gen_server:call(Proxy, {echo, N}, 3000) || N <- lists:seq(1, 50)] =:= lists:seq(1, 50)
+        orelse ct:fail(replies_out_of_order),
+    infinity = gen_server:call(Proxy, {echo, infinity}, infinity).
+
+%% A call to a remote gen_server that is gone exits like a local call (noproc).
+gen_server_call_to_dead_remote(Config) ->
+    {Pid, Proxy} = victim(Config),
+    normal = down_reason(Proxy, fun() -> Pid ! {exit, normal} end),
+    {'EXIT', {noproc, _}} = (catch gen_server:call(Proxy, hello, 1000)),
+    ok.
 
 %%% legacy
 
@@ -267,7 +327,9 @@ legacy_link_local_half_only(Config) ->
 
 %%% helpers
 
-%% The remote process got linked (to the proxy of the linking local process).
-wait_linked(Pid) ->
-    true = fabric_peer_test_lib:wait_until(
-             fun() -> {links, L} = process_info(Pid, links), L =/= [] end).
+%% A message through the proxy and back: everything the connection sent before it
+%% (exit2 frames in particular) has been handled by the remote side.
+round_trip(Pid, Proxy) ->
+    Tag = make_ref(),
+    Proxy ! {probe, Tag},
+    receive {remote, {probe, Tag}} -> ok after 3000 -> ct:fail({no_round_trip, Pid}) end.

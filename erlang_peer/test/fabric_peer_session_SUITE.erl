@@ -7,7 +7,8 @@
 
 all() -> [resume_keeps_proxies, dead_while_disconnected_delivered, queued_messages_sent_after_resume,
           expired_session_gives_noconnection, legacy_reconnect_gives_noconnection,
-          reconnects_after_server_restart, no_reconnect_option, backoff_is_capped].
+          reconnects_after_server_restart, no_reconnect_option, backoff_is_capped,
+          auth_failure_on_reconnect_stops].
 
 init_per_suite(Config) ->
     ok = fabric_peer_test_lib:start_app(),
@@ -158,4 +159,22 @@ backoff_is_capped(Config) ->
     wait_state(C, established),
     true = erlang:monotonic_time(millisecond) - T0 < 1000,
     fabric_peer:close(C),
+    fabric_peer:stop_server(S2).
+
+%% The server comes back with another secret: the client stops retrying, its proxies end
+%% with noconnection, and the client process ends.
+auth_failure_on_reconnect_stops(Config) ->
+    {Name, _} = echo(Config),
+    Port = ?config(port, Config),
+    C = connect(Config, #{reconnect_min => 20, reconnect_max => 50}),
+    P = fabric_peer:whereis(C, Name),
+    ProxyRef = monitor(process, P),
+    ConnRef = monitor(process, C),
+    fabric_peer:stop_server(?config(server, Config)),
+    {ok, S2} = fabric_peer:start_server(Port, "another secret", #{}),
+    receive {'DOWN', ProxyRef, process, P, noconnection} -> ok
+    after 5000 -> ct:fail(proxy_alive) end,
+    receive {'DOWN', ConnRef, process, C, _} -> ok
+    after 5000 -> ct:fail({still_retrying, fabric_peer:info(C)}) end,
+    #{connections := 0} = fabric_peer:info(S2),
     fabric_peer:stop_server(S2).
