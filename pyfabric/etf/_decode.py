@@ -424,6 +424,18 @@ for _tag in _UNSUPPORTED:
 del _tag, _fn
 
 
+def _container_error(count: int, need: int, room: int, total: int, depth: int, opts: Options, pos: int) -> None:
+    """Raise the error of a container header that failed a check (first failing check wins)."""
+    limits = opts.limits
+    if count > limits.max_container_len:
+        raise LimitExceeded("max_container_len", f"container of {count} elements, maximum {limits.max_container_len}", pos)
+    if need > room:
+        raise TruncatedError(f"truncated input: container declares {count} elements but only {room} bytes remain", pos)
+    if total > limits.max_total_terms:
+        raise LimitExceeded("max_total_terms", f"more than {limits.max_total_terms} terms", pos)
+    raise LimitExceeded("max_depth", f"nesting deeper than {limits.max_depth}", pos)
+
+
 def _finish_list(items: list[Any], frozen: int, offset: int) -> Any:
     tail = items.pop()
     if tail.__class__ is list or tail.__class__ is FrozenList:
@@ -574,28 +586,30 @@ def decode_term(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
                     end = _d_binary_len(buf, pos, opts, end - pos - 5, 5, "BINARY_EXT")
                 value = buf[pos + 5 : end]
                 pos = end
-            elif tag == 104 or tag == 108 or tag == 116 or tag == 105:  # containers
-                if tag == 104:  # SMALL_TUPLE_EXT
-                    count = buf[pos + 1]
-                    header = 2
-                else:  # LIST_EXT, MAP_EXT, LARGE_TUPLE_EXT
-                    count = u32(buf, pos + 1)[0]
-                    header = 5
+            elif tag == 104:  # SMALL_TUPLE_EXT: the most common container
+                count = buf[pos + 1]
                 if count:
-                    if count > max_len:
-                        raise LimitExceeded("max_container_len", f"container of {count} elements, maximum {max_len}", pos)
-                    # Each element takes at least one byte (a list also has its tail).
-                    need = count if tag == 104 or tag == 105 else (count + 1 if tag == 108 else 2 * count)
-                    if need > n - pos - header:
-                        raise TruncatedError(
-                            f"truncated input: container declares {count} elements but only {n - pos - header} bytes remain",
-                            pos,
-                        )
                     total += count
-                    if total > max_total:
-                        raise LimitExceeded("max_total_terms", f"more than {max_total} terms", pos)
-                    if len(stack) >= max_depth:
-                        raise LimitExceeded("max_depth", f"nesting deeper than {max_depth}", pos)
+                    if count > max_len or count > n - pos - 2 or total > max_total or len(stack) >= max_depth:
+                        _container_error(count, count, n - pos - 2, total, len(stack), opts, pos)
+                    stack.append((items, left, kind, frozen, extra))
+                    if frozen == 2:  # a child of a plain map: its keys must be hashable
+                        frozen = 0 if len(items) & 1 else 1
+                    items = []
+                    left = count
+                    kind = _K_TUPLE
+                    pos += 2
+                    continue
+                value = ()
+                pos += 2
+            elif tag == 108 or tag == 116 or tag == 105:  # LIST_EXT, MAP_EXT, LARGE_TUPLE_EXT
+                count = u32(buf, pos + 1)[0]
+                if count:
+                    # Each element takes at least one byte (a list also has its tail).
+                    need = count + 1 if tag == 108 else (2 * count if tag == 116 else count)
+                    total += count
+                    if count > max_len or need > n - pos - 5 or total > max_total or len(stack) >= max_depth:
+                        _container_error(count, need, n - pos - 5, total, len(stack), opts, pos)
                     stack.append((items, left, kind, frozen, extra))
                     if frozen == 2:  # a child of a plain map: its keys must be hashable
                         frozen = 0 if len(items) & 1 else 1
@@ -608,9 +622,9 @@ def decode_term(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
                         left = count
                         kind = _K_LIST if tag == 108 else _K_TUPLE
                     extra = pos
-                    pos += header
+                    pos += 5
                     continue
-                pos += header
+                pos += 5
                 if tag == 108:
                     continue  # an empty LIST_EXT is just its tail
                 if tag == 116:
@@ -623,16 +637,26 @@ def decode_term(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
                 else:
                     value = []
                 pos += 1
+            # Pids and references: the node atom is SMALL_ATOM_UTF8_EXT or ATOM_EXT in
+            # practice; its end is computed for one of the two and the cache decides. A
+            # cache key is a whole valid encoding whose own length field gives its size,
+            # so a hit means the bytes here are exactly that encoding (any tag, never a
+            # truncated one); a miss takes the general path, which checks everything.
             elif tag == 88:  # NEW_PID_EXT: the same few processes recur, cached by encoding
-                node_end = _atom_end(buf, pos + 1)
-                value = _PIDS.get(buf[pos + 1 : node_end + 12]) if atom_fast and node_end else None
-                if value is None:
-                    value, pos = _d_new_pid(buf, pos, opts)
+                if buf[pos + 1] == 119:
+                    end = pos + 15 + buf[pos + 2]  # tag, atom tag and length, name, 12 bytes
                 else:
-                    pos = node_end + 12
+                    end = pos + 16 + ((buf[pos + 2] << 8) | buf[pos + 3])
+                value = _PIDS.get(buf[pos + 1 : end]) if atom_fast else None
+                if value is None:
+                    value, end = _d_new_pid(buf, pos, opts)
+                pos = end
             elif tag == 90:  # NEWER_REFERENCE_EXT (ids are unique: not cached)
                 count = (buf[pos + 1] << 8) | buf[pos + 2]
-                node_end = _atom_end(buf, pos + 3)
+                if buf[pos + 3] == 119:
+                    node_end = pos + 5 + buf[pos + 4]
+                else:
+                    node_end = pos + 6 + ((buf[pos + 4] << 8) | buf[pos + 5])
                 node = _ATOMS.get(buf[pos + 3 : node_end]) if atom_fast and 0 < count < 6 else None
                 if node is None:
                     value, pos = _d_reference(buf, pos, opts)
