@@ -637,27 +637,33 @@ def decode_term(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
                 else:
                     value = []
                 pos += 1
-            # Pids and references: the node atom is SMALL_ATOM_UTF8_EXT or ATOM_EXT in
-            # practice; its end is computed for one of the two and the cache decides. A
-            # cache key is a whole valid encoding whose own length field gives its size,
-            # so a hit means the bytes here are exactly that encoding (any tag, never a
-            # truncated one); a miss takes the general path, which checks everything.
+            # Pids and references: a node atom that is SMALL_ATOM_UTF8_EXT or ATOM_EXT is
+            # looked up in a cache. A cache key is a whole valid encoding (its length
+            # field gives its size), so a hit is never a truncated input; a miss, or any
+            # other node tag (end 0: the key b"" is never cached), takes the general
+            # path, which checks everything.
             elif tag == 88:  # NEW_PID_EXT: the same few processes recur, cached by encoding
-                if buf[pos + 1] == 119:
+                node_tag = buf[pos + 1]
+                if node_tag == 119:
                     end = pos + 15 + buf[pos + 2]  # tag, atom tag and length, name, 12 bytes
-                else:
+                elif node_tag == 100:
                     end = pos + 16 + ((buf[pos + 2] << 8) | buf[pos + 3])
+                else:
+                    end = 0
                 value = _PIDS.get(buf[pos + 1 : end]) if atom_fast else None
                 if value is None:
                     value, end = _d_new_pid(buf, pos, opts)
                 pos = end
             elif tag == 90:  # NEWER_REFERENCE_EXT (ids are unique: not cached)
                 count = (buf[pos + 1] << 8) | buf[pos + 2]
-                if buf[pos + 3] == 119:
+                node_tag = buf[pos + 3] if atom_fast and 0 < count < 6 else 0
+                if node_tag == 119:
                     node_end = pos + 5 + buf[pos + 4]
-                else:
+                elif node_tag == 100:
                     node_end = pos + 6 + ((buf[pos + 4] << 8) | buf[pos + 5])
-                node = _ATOMS.get(buf[pos + 3 : node_end]) if atom_fast and 0 < count < 6 else None
+                else:
+                    node_end = 0
+                node = _ATOMS.get(buf[pos + 3 : node_end])
                 if node is None:
                     value, pos = _d_reference(buf, pos, opts)
                 else:

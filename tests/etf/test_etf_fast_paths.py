@@ -38,15 +38,24 @@ def test_cached_pid_never_matches_a_truncated_encoding() -> None:
             etf.decode(b"\x83h\x01" + data[1:cut])
 
 
-def test_cached_atoms_still_obey_limits_and_allow_list() -> None:
+@pytest.mark.parametrize("minor_version", [1, 2])
+@pytest.mark.parametrize("kind", ["atom", "pid", "reference", "port"])
+def test_cached_atoms_still_obey_limits_and_allow_list(kind: str, minor_version: int) -> None:
     name = "a" * 200
-    data = etf.encode((Atom(name), Pid(Atom(name), 1, 2, 3)), minor_version=1)
-    etf.decode(data)  # fills the caches
+    atom = Atom(name)
+    term = {
+        "atom": atom,
+        "pid": Pid(atom, 1, 2, 3),
+        "reference": Reference(atom, 1, (2, 3)),
+        "port": etf.Port(atom, 1, 2),
+    }[kind]
+    data = etf.encode((term, [term]), minor_version=minor_version)
+    assert etf.decode(data) == (term, [term])  # fills the caches
     with pytest.raises(etf.LimitExceeded, match="max_atom_length"):
         etf.decode(data, limits=etf.DecodeLimits(max_atom_length=100))
     with pytest.raises(etf.UnsafeTermError):
         etf.decode(data, limits=etf.DecodeLimits(atoms=frozenset({"other"})))
-    assert etf.decode(data, limits=etf.DecodeLimits(atoms=frozenset({name}))) == (Atom(name), Pid(Atom(name), 1, 2, 3))
+    assert etf.decode(data, limits=etf.DecodeLimits(atoms=frozenset({name}))) == (term, [term])
 
 
 def test_references_decode_with_each_id_count_and_node_form() -> None:
