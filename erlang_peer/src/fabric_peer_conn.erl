@@ -1099,10 +1099,23 @@ export(Pid, #d{exp_pid = EP} = D) ->
         error ->
             Id = D#d.next_id,
             Ref = erlang:monitor(process, Pid),
+            ok = monitor_in_place(Pid),
             {Id, D#d{next_id = Id + 1, exp_pid = EP#{Pid => Id},
                      exp_id = (D#d.exp_id)#{Id => Pid},
                      exp_mon = (D#d.exp_mon)#{Ref => Id}}}
     end.
+
+%% Wait until Pid has handled our monitor signal. On OTP 25 a monitor signal can still sit
+%% unhandled in the target's queue when the target, woken by a message sent by a third
+%% process after monitor/2 returned, ends: the DOWN then says `noproc' instead of the real
+%% reason, and so would the DEAD. Asking for `monitored_by' is handled by the target in
+%% order after our monitor signal, so once it returns the monitor is in place (or Pid had
+%% already ended, and `noproc' is the truth). See README, "Exit reasons of exported
+%% processes". One round trip per exported pid, never repeated.
+monitor_in_place(Pid) when node(Pid) =:= node() ->
+    _ = erlang:process_info(Pid, monitored_by),
+    ok;
+monitor_in_place(_) -> ok.
 
 proxy_for(Id, #d{prox_id = PI} = D) ->
     case maps:find(Id, PI) of

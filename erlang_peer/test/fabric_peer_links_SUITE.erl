@@ -102,7 +102,7 @@ monitor_noconnection_on_close(Config) ->
 server_side_proxy_sees_client_death(Config) ->
     Self = self(),
     {_, EchoProxy} = remote(Config, fun() -> receive {From, M} -> Self ! {got, From, M} end end),
-    W = fabric_peer_test_lib:spawn_started(fun() -> receive {exit, R} -> exit(R) end end),
+    W = spawn(fun() -> receive {exit, R} -> exit(R) end end),
     EchoProxy ! {W, hello},
     ServerProxy = receive {got, From, hello} -> From after 3000 -> ct:fail(no_msg) end,
     true = ServerProxy =/= W andalso fabric_peer:is_proxy(ServerProxy),
@@ -122,8 +122,9 @@ link_remote_dies_trap_exit(Config) ->
 %% A non-trapping local process linked to a proxy dies with the remote reason.
 link_remote_dies_kills_linker(Config) ->
     {Pid, Proxy} = victim(Config),
-    L = spawn(fun() -> link(Proxy), receive never -> ok end end),
-    timer:sleep(100),
+    Self = self(),
+    L = spawn(fun() -> link(Proxy), Self ! linked, receive never -> ok end end),
+    receive linked -> ok end,
     {remote_reason, 1} = down_reason(L, fun() -> Pid ! {exit, {remote_reason, 1}} end).
 
 %% link(Proxy) then the local process dies: the remote one dies too, with the same reason.
@@ -187,7 +188,7 @@ link_to_dead_remote_gives_noproc(Config) ->
 %% A remote process linking to the proxy of a local process: the local death reaches it.
 remote_links_to_local(Config) ->
     {Pid, Proxy} = trapper(Config),
-    W = fabric_peer_test_lib:spawn_started(fun() -> receive {exit, R} -> exit(R) end end),
+    W = spawn(fun() -> receive {exit, R} -> exit(R) end end),
     Proxy ! {link_to_me, W},               % the trapper reports; we tell it to link
     ProxyOfW = receive {remote, {link_to_me, P}} -> P after 3000 -> ct:fail(no_msg) end,
     Pid ! {link_to, ProxyOfW},

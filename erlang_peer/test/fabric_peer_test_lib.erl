@@ -153,21 +153,12 @@ unique_name(Prefix) ->
 %% Register a fresh process under a fresh name and allow it on the server.
 remote(Server, Prefix, Fun) ->
     Name = unique_name(Prefix),
-    Pid = spawn_started(Fun),
+    Pid = spawn(Fun),
     true = register(Name, Pid),
     ok = fabric_peer:allow(Server, [Name]),
     {Name, Pid}.
 
-%% spawn/1, returning once the new process has run. On OTP 25 a monitor placed on a
-%% process that has never been scheduled can report `noproc' instead of the real reason
-%% when that process ends soon after (reproduced without fabric code, see README
-%% "Known runtime behaviour"); the tests check exact exit reasons, so their processes run
-%% before anyone monitors them.
-spawn_started(Fun) ->
-    Self = self(),
-    Ref = make_ref(),
-    Pid = spawn(fun() -> Self ! {started, Ref}, Fun() end),
-    receive {started, Ref} -> Pid end.
+
 
 wait_until(F) -> wait_until(F, 100).
 wait_until(F, 0) -> F();
