@@ -18,7 +18,7 @@ FUZZ_EXAMPLES ?= 3000
 help:
 	@echo "make demo   - set up and run a Python client against an Erlang fabric server"
 	@echo "make test   - set up and run every test suite (Python, Erlang, interop)"
-	@echo "make interop, make fuzz, make bench-codec, make setup, make clean"
+	@echo "make interop, make fuzz, make bench, make bench-codec, make setup, make clean"
 
 setup: python-env erlang
 
@@ -75,7 +75,11 @@ demo: setup peer
 bench-codec: setup
 	$(PY) bench/codec_bench.py
 
-bench: bench-codec
+# `make bench`: codec, messaging and scale benchmarks (pyfabric, erlang_peer, Erlang) in one
+# run; a table on stdout, JSON in bench/results/. BENCH_ARGS="--quick" or "--only messaging --repeat 5".
+BENCH_ARGS ?=
+bench: setup peer
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) erlang_peer/_build .pytest_cache .hypothesis
