@@ -284,7 +284,7 @@ class BlockingClient(_BlockingNodeApi):
         client = self._target
         client.send(dest, msg)
         stream = client._stream
-        if client.state != "connected" or (stream is not None and not stream._can_write.is_set()):
+        if client.state != "connected" or (stream is not None and not stream.can_write):
             await client.drain(self._send_timeout)
 
     def whereis(self, name: Atom | str, *, timeout: float | None = None) -> Pid | None:

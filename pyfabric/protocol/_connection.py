@@ -281,6 +281,10 @@ class Connection:
 
     # -- I/O boundary ---------------------------------------------------------------
 
+    def pending_output(self) -> int:
+        """How many bytes are queued for ``data_to_send()`` (for the transport's backpressure)."""
+        return len(self._out)
+
     def data_to_send(self) -> bytes:
         """Everything queued for the socket since the last call (possibly ``b""``)."""
         if not self._out:

@@ -49,6 +49,12 @@ DEFAULT_WHEREIS_TIMEOUT = 10.0
 """Seconds ``whereis`` waits for the server's answer."""
 DEFAULT_SEND_TIMEOUT = 10.0
 """Seconds ``drain`` waits for a reconnection before giving up on queued sends."""
+DRAIN_FLUSH_BYTES = 64 * 1024
+"""``drain`` hands produced frames to the socket once this many bytes are waiting (smaller
+bursts go out at the end of the loop iteration, in one write)."""
+DRAIN_YIELD_EVERY = 64
+"""``drain`` lets the event loop run once every this many calls even when nothing has to
+wait, so a tight send loop does not starve reads and timers."""
 
 
 class ConnectionState:
@@ -113,6 +119,7 @@ class Client(LocalProcesses):
         self._reconnect_task: asyncio.Task[None] | None = None
         self._closing = False
         self.reconnects = 0
+        self._drain_calls = 0
 
     # -- connection life cycle ------------------------------------------------------------------
 
@@ -313,6 +320,17 @@ class Client(LocalProcesses):
         ``timeout`` defaults to the client's ``send_timeout``; raises :class:`NotConnected`
         when it expires or the client closes.
         """
+        stream = self._stream
+        if self._state == ConnectionState.CONNECTED and stream is not None:
+            # Fast path (a send loop calls this after every send): bound what is buffered
+            # without a timer or a context switch per call.
+            if self._link.pending_output() >= DRAIN_FLUSH_BYTES:
+                self._link.flush()
+            if stream.can_write:
+                self._drain_calls += 1
+                if self._drain_calls % DRAIN_YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+                return
         timeout = self._send_timeout if timeout is None else timeout
         try:
             async with asyncio.timeout(timeout):

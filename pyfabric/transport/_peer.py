@@ -233,6 +233,15 @@ class PeerLink:
         self._watch_new_exports()
         self._flush()
 
+    def pending_output(self) -> int:
+        """Bytes produced but not yet handed to the socket."""
+        conn = self.conn
+        return conn.pending_output() if conn is not None else 0
+
+    def flush(self) -> None:
+        """Hand everything produced so far to the socket now."""
+        self._flush()
+
     def _flush(self) -> None:
         conn = self.conn
         if conn is None:

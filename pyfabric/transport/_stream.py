@@ -129,6 +129,11 @@ class FrameStream(asyncio.Protocol):
         self.bytes_out += len(data)
         transport.write(data)
 
+    @property
+    def can_write(self) -> bool:
+        """False while the socket's write buffer is above its high-water mark."""
+        return self._can_write.is_set()
+
     async def drain(self) -> None:
         """Wait until the socket's write buffer is below its high-water mark."""
         await self._can_write.wait()
