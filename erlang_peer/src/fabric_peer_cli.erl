@@ -25,7 +25,7 @@
 %% {monitor, H} | {link, H}                          a watcher reports {down, H, Reason} /
 %%                                                   {exit, H, Reason} as an event
 %% {exit, Name | {handle, H}, Reason}                exit(Pid, Reason) (kill included)
-%% {events, TimeoutMs, MinCount}                     -> ok [Event] (waits for MinCount, clears)
+%% {events, TimeoutMs, MinCount}                     -> ok [Event] (waits for MinCount or TimeoutMs, clears)
 %% {info, S | C}                                     -> ok Map
 %% {eval, "Expr."}                                   test setup only; never reachable from the network
 %% quit                                              -> ok bye, then the node stops
@@ -178,11 +178,15 @@ handle({exit, Target, Reason}, St) ->
         false -> {{error, noproc}, St}
     end;
 handle({events, Timeout, Min}, St) ->
-    ?EVENTS ! {take, self(), Min},
-    receive {events, Evs} -> {{ok, Evs}, St}
+    %% Exactly one reply per request: a request that times out is cancelled, and the
+    %% collector answers the cancel with what it has unless it already answered the request
+    %% (then that reply is the one in our mailbox). No late reply is left behind.
+    Ref = make_ref(),
+    ?EVENTS ! {take, self(), Ref, Min},
+    receive {events, Ref, Evs} -> {{ok, Evs}, St}
     after Timeout ->
-            ?EVENTS ! {take, self(), 0},
-            receive {events, Evs} -> {{ok, Evs}, St} after 1000 -> {{ok, []}, St} end
+            ?EVENTS ! {cancel, Ref},
+            receive {events, Ref, Evs} -> {{ok, Evs}, St} end
     end;
 handle({info, Id}, St) ->
     case maps:find({server, Id}, St) of
@@ -250,13 +254,23 @@ request(Send, Timeout, From) ->
 
 event(E) -> ?EVENTS ! {event, E}, ok.
 
+%% The collector of events: `Waiting' holds the pending `{take, ...}' requests in order.
 events_loop(Evs, Waiting) ->
     receive
         {event, E} -> serve(Evs ++ [E], Waiting);
-        {take, From, Min} -> serve(Evs, Waiting ++ [{From, Min}])
+        {take, From, Ref, Min} -> serve(Evs, Waiting ++ [{From, Ref, Min}]);
+        {cancel, Ref} ->
+            case lists:keytake(Ref, 2, Waiting) of
+                {value, {From, Ref, _}, Rest} ->
+                    From ! {events, Ref, Evs},
+                    serve([], Rest);
+                false ->
+                    %% already answered
+                    events_loop(Evs, Waiting)
+            end
     end.
 
-serve(Evs, [{From, Min} | Rest]) when length(Evs) >= Min ->
-    From ! {events, Evs},
+serve(Evs, [{From, Ref, Min} | Rest]) when length(Evs) >= Min ->
+    From ! {events, Ref, Evs},
     serve([], Rest);
 serve(Evs, Waiting) -> events_loop(Evs, Waiting).
