@@ -5,7 +5,10 @@ handshake, ``{m, Dest, Payload}``, DEAD with ``noproc`` -> ``normal``). Against 
 server with ``allow_legacy_auth=True`` the seed ping works, maps and bitstrings are refused
 locally by the Erlang sender, and a DEAD ``noproc`` ends the Erlang proxy with ``normal``;
 without ``allow_legacy_auth`` the Python server refuses the client. A Python client with
-``allow_legacy_auth=True`` still negotiates the extended protocol with our Erlang server.
+``allow_legacy_auth=True`` still negotiates the extended protocol with our Erlang server,
+unless that server is legacy-only (``mode => legacy``, which answers exactly as the original
+server): then the Python client speaks legacy (no whereis, maps refused locally, DEAD
+``noproc`` -> ``normal``), and refuses it without ``allow_legacy_auth``.
 """
 
 from __future__ import annotations
@@ -17,8 +20,26 @@ from typing import Any
 import pytest
 
 import pyfabric
-from interop_support import HOST, PAYLOAD, PONG, SECRET, WAIT, Harness, erl, erl_session, pids_in, ping, victim  # noqa: F401
-from pyfabric import ANY
+from interop_support import (  # noqa: F401
+    DIE,
+    DOWN,
+    HOST,
+    NOPROC,
+    NORMAL,
+    PAYLOAD,
+    PONG,
+    PROCESS,
+    SECRET,
+    WAIT,
+    Harness,
+    _field,
+    erl,
+    erl_session,
+    pids_in,
+    ping,
+    victim,
+)
+from pyfabric import ANY, Atom, AuthenticationError, FeatureNotSupported, LocalProtocolError
 
 LEGACY = {"mode": "legacy", "allow_legacy_auth": "true"}
 
@@ -138,12 +159,58 @@ def test_python_client_allowing_legacy_gets_extended_erlang_server(erl: Harness)
     asyncio.run(body())
 
 
-@pytest.mark.skip(
-    reason="needs an Erlang server that speaks only the legacy protocol: erlang_peer's server always "
-    "negotiates the extended protocol with our client (its `mode` option is client-only, "
-    "fabric_peer_opts refuses it for servers) and the harness has no legacy-only server; "
-    "the Python client against an original server is covered without Erlang by "
-    "tests/protocol/test_protocol_vectors.py (the recorded original frames)"
-)
-def test_python_legacy_client_against_legacy_only_erlang_server() -> None:
-    """A Python client with allow_legacy_auth=True against a legacy-only Erlang server (not runnable with this harness)."""
+def test_python_legacy_client_against_legacy_only_erlang_server(erl: Harness) -> None:
+    """A Python client with allow_legacy_auth=True against a legacy-only Erlang server (mode => legacy): legacy mode, seed ping by name, whereis FeatureNotSupported, maps refused before writing, DEAD noproc -> normal both ways."""
+    erl.cmd("{start_demo, [ping]}")
+    erl.cmd("{register, legacy_coll, collector}")
+    erl.register_victim("legacy_victim")
+    server, port = erl.start_server(["ping", "legacy_coll", "legacy_victim"], mode="legacy", allow_legacy_auth="true")
+
+    async def body() -> None:
+        async with await pyfabric.aconnect(HOST, port, SECRET, allow_legacy_auth=True, reconnect=False) as client:
+            assert client.mode == "legacy"
+            with pytest.raises(FeatureNotSupported):
+                await client.whereis("ping")
+            box = client.mailbox()
+            client.send("ping", (box.pid, (PAYLOAD, "abababa")))
+            ping_proxy, reply = await box.receive((ANY, ANY), timeout=WAIT)
+            assert reply == (PONG, (PAYLOAD, "abababa"))
+            # The pid that answered answers again (the seed's second step).
+            client.send(ping_proxy, (box.pid, Atom("again")))
+            assert await box.receive((ANY, ANY), timeout=WAIT) == (ping_proxy, (PONG, Atom("again")))
+            # Maps are refused by the Python sender before anything is written.
+            frames_before = await erl.acmd(f"{{info, {server}}}")
+            with pytest.raises(LocalProtocolError):
+                client.send("ping", (box.pid, {Atom("a"): 1}))
+            client.send(ping_proxy, (box.pid, Atom("still_up")))
+            assert await box.receive((ANY, ANY), timeout=WAIT) == (ping_proxy, (PONG, Atom("still_up")))
+            frames_after = await erl.acmd(f"{{info, {server}}}")
+            assert _field(frames_after, "errors") == _field(frames_before, "errors") == "0"
+            assert int(_field(frames_after, "frames_in")) == int(_field(frames_before, "frames_in")) + 1
+            # DEAD noproc from Python: the legacy Erlang server's monitor sees normal.
+            doomed = client.spawn(victim)
+            client.send("legacy_coll", doomed)
+            (doomed_text,) = pids_in(await asyncio.to_thread(erl.events, 1))
+            handle = erl.adopt(doomed_text)
+            await erl.acmd(f"{{monitor, {handle}}}")
+            client.send(doomed, (DIE, NOPROC))
+            assert await asyncio.to_thread(erl.events, 1) == f"[{{down,{handle},normal}}]"
+            # DEAD noproc from the Erlang server: the Python client's monitor sees normal too.
+            client.send("legacy_victim", (box.pid, Atom("hello")))
+            victim_proxy, _ = await box.receive((ANY, Atom("hello")), timeout=WAIT)
+            ref = box.monitor(victim_proxy)
+            client.send(victim_proxy, (DIE, NOPROC))
+            assert await box.receive(timeout=WAIT) == (DOWN, ref, PROCESS, victim_proxy, NORMAL)
+
+    asyncio.run(body())
+
+
+def test_python_client_refuses_legacy_only_erlang_server_by_default(erl: Harness) -> None:
+    """Without allow_legacy_auth the Python client refuses a legacy-only Erlang server (an original, MD5-only peer)."""
+    _server, port = erl.start_server(["ping"], mode="legacy", allow_legacy_auth="true")
+
+    async def body() -> None:
+        with pytest.raises(AuthenticationError, match="original"):
+            await pyfabric.aconnect(HOST, port, SECRET, reconnect=False)
+
+    asyncio.run(body())

@@ -37,7 +37,10 @@
 %% `routable_nodes' ([atom()]), `features' (subset of the version 1 features to offer),
 %% `heartbeat' (ms, 15000, 0 = none), `node' (name announced, default `node()'),
 %% `max_errors' (20), `error_window' (200), `acceptors' (4), `tls' (false or a list of
-%% `ssl' server options: the whole protocol then runs over TLS).
+%% `ssl' server options: the whole protocol then runs over TLS), `mode' (`extended', or
+%% `legacy': a server that behaves on the wire exactly like the original 2010 server, the
+%% legacy handshake whatever the hello says and only legacy frames; needs
+%% `allow_legacy_auth => true').
 -spec start_server(inet:port_number(), iodata(), map()) -> {ok, server()} | {error, term()}.
 start_server(Port, Secret, Opts) when is_integer(Port), Port >= 0, Port < 65536 ->
     ok = ensure_started(Opts),

@@ -11,6 +11,7 @@
 %% ```
 %% {start_server, #{port => 0, secret => "s", allowed => [ping], ...}}  -> ok #{id => S, port => P}
 %% {demo_server, #{port => 0, secret => "s", ...}}   ping/echo/counter + server allowing them
+%%   (mode => legacy, allow_legacy_auth => true: a legacy-only server, as the original)
 %% {stop_server, S}                                  -> ok ok
 %% {start_demo, [ping | echo | counter]}             register the demo processes
 %% {register, Name, ping | echo | counter | collector}

@@ -186,6 +186,8 @@ handle_event(internal, {frame, Bin}, await_hello, D) ->
     case hs_decode(Bin, D) of
         {ok, Term} ->
             case fabric_peer_handshake:parse_hello(Term) of
+                %% a legacy-only server answers like the original: the hello's name is ignored
+                {extended, _, _} when map_get(mode, D#d.o) =:= legacy -> server_legacy_challenge(D);
                 {extended, V, _ClientNonce} -> server_ext_challenge(Bin, V, D);
                 legacy -> server_legacy_challenge(D);
                 {error, bad_hello} -> hs_close("first frame is not a hello", D)

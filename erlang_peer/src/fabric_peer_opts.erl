@@ -22,6 +22,7 @@ normalize(Role, Secret, Opts) when is_map(Opts) ->
         Unknown =:= [] orelse throw({bad_option, {unknown, Unknown}}),
         M = maps:merge(Defaults, Opts),
         maps:foreach(fun check/2, M),
+        check_combination(Role, M),
         {ok, M#{secret => S, role => Role,
                 features => [to_bin(F) || F <- maps:get(features, M)],
                 node => node_name(maps:get(node, M))}}
@@ -40,7 +41,7 @@ defaults(Role) ->
                max_errors => F(max_errors), error_window => F(error_window),
                tls => false},
     case Role of
-        server -> Common#{ip => {127, 0, 0, 1}, acceptors => 4,
+        server -> Common#{ip => {127, 0, 0, 1}, acceptors => 4, mode => extended,
                           max_server_atoms => F(max_server_atoms)};
         client -> Common#{mode => extended, reconnect => true, reconnect_min => 100,
                           reconnect_max => 30000, connect_timeout => 5000}
@@ -65,6 +66,12 @@ check(ip, V) -> (is_tuple(V) andalso (tuple_size(V) =:= 4 orelse tuple_size(V) =
 check(tls, V) -> (V =:= false orelse is_list(V)) orelse bad(tls, V).
 
 bad(K, V) -> throw({bad_option, {K, V}}).
+
+%% A legacy-only server authenticates every client with MD5: without allow_legacy_auth it
+%% could serve nobody, so the combination is refused rather than silently useless.
+check_combination(server, #{mode := legacy, allow_legacy_auth := false}) ->
+    bad(mode, {legacy, requires_allow_legacy_auth});
+check_combination(_, _) -> ok.
 
 to_bin(F) when is_atom(F) -> atom_to_binary(F, utf8);
 to_bin(F) when is_binary(F) -> F;
@@ -104,7 +111,11 @@ bad_options_test_() ->
      ?_assertMatch({error, {bad_option, {allowed, _}}}, normalize(server, "s", #{allowed => ["x"]})),
      ?_assertMatch({error, {bad_option, {features, _}}}, normalize(server, "s", #{features => [acks]})),
      ?_assertMatch({error, {bad_option, {max_frame, _}}}, normalize(client, "s", #{max_frame => 0})),
-     ?_assertMatch({error, {bad_option, {unknown, [mode]}}}, normalize(server, "s", #{mode => legacy})),
+     ?_assertMatch({error, {bad_option, {mode, {legacy, requires_allow_legacy_auth}}}},
+                   normalize(server, "s", #{mode => legacy})),
+     ?_assertMatch({ok, #{mode := legacy}},
+                   normalize(server, "s", #{mode => legacy, allow_legacy_auth => true})),
+     ?_assertMatch({error, {bad_option, {mode, _}}}, normalize(server, "s", #{mode => old})),
      ?_assertMatch({error, {bad_option, {mode, _}}}, normalize(client, "s", #{mode => old})),
      ?_assertMatch({error, {bad_option, _}}, normalize(server, 42, #{}))].
 

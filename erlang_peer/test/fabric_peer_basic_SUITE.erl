@@ -16,7 +16,8 @@ groups() ->
                      extended_values_round_trip, info_reports_stats,
                      frame_too_large_refused_locally]},
      {legacy, [], [legacy_client_ping, legacy_whereis_not_supported,
-                   legacy_refuses_extended_values, legacy_dead_noproc_is_normal]},
+                   legacy_refuses_extended_values, legacy_dead_noproc_is_normal,
+                   legacy_only_server, legacy_only_server_options]},
      {auth, [], [wrong_secret, legacy_auth_refused_by_default, legacy_server_refused_by_client,
                  server_mac_checked, handshake_timeout, bad_first_frames]},
      {server, [], [many_concurrent_clients, connect_and_close_does_not_disturb,
@@ -215,6 +216,39 @@ dead_pid_reason(Config, Opts) ->
     fabric_peer:close(C),
     exit(Coll, kill),
     Reason.
+
+%% mode => legacy on a server: an extended hello gets the legacy challenge (a 2-tuple, as the
+%% original sends), so our extended client is refused unless it allows legacy auth and then
+%% speaks legacy (no features, no whereis, maps refused locally); only legacy frames travel.
+legacy_only_server(_Config) ->
+    {ok, S} = fabric_peer:start_server(0, "secret", #{mode => legacy, allow_legacy_auth => true,
+                                                      allowed => [ping]}),
+    Port = fabric_peer:port(S),
+    Raw = raw_connect(Port),
+    send(Raw, term_to_binary(fabric_peer_handshake:extended_hello(crypto:strong_rand_bytes(32)))),
+    {challenge, Ch} = recv(Raw),
+    32 = length(Ch),
+    send(Raw, {response, fabric_peer_test_lib:md5hex(Ch ++ "secret")}),
+    {auth, success} = recv(Raw),
+    gen_tcp:close(Raw),
+    {error, {auth_failed, legacy_server}} =
+        fabric_peer:connect("127.0.0.1", Port, "secret", #{reconnect => false}),
+    {ok, C} = fabric_peer:connect("127.0.0.1", Port, "secret", #{allow_legacy_auth => true}),
+    #{mode := legacy, features := []} = fabric_peer:info(C),
+    {error, not_supported} = fabric_peer:whereis(C, ping),
+    {error, {unsupported, map}} = fabric_peer:send({C, ping}, {self(), #{}}),
+    ok = fabric_peer:send({C, ping}, {self(), {payload, "abababa"}}),
+    receive {_, {pong, {payload, "abababa"}}} -> ok after 3000 -> ct:fail(no_pong) end,
+    #{modes := [legacy]} = fabric_peer:info(S),
+    fabric_peer:close(C),
+    fabric_peer:stop_server(S).
+
+%% A legacy-only server without allow_legacy_auth could serve nobody: refused at start.
+legacy_only_server_options(_Config) ->
+    {error, {bad_option, {mode, {legacy, requires_allow_legacy_auth}}}} =
+        fabric_peer:start_server(0, "secret", #{mode => legacy}),
+    {error, {bad_option, {mode, original}}} =
+        fabric_peer:start_server(0, "secret", #{mode => original, allow_legacy_auth => true}).
 
 %%% auth
 
