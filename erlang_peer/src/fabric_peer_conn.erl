@@ -46,12 +46,20 @@
           exp_pid = #{} :: #{pid() => pos_integer()},
           exp_id = #{} :: #{pos_integer() => pid()},
           exp_mon = #{} :: #{reference() => pos_integer()},
-          %% ids of exported processes that ended, so {pl, Id} still maps to the same pid
+          %% Graves (docs/protocol.md 4.3, "Identity survives death"). Exported processes
+          %% that ended: {pl, Id} still maps to the same pid, and the pid shipped again is
+          %% still {pr, Id} (to an extended peer; see pid_id/2)
           grave = #{} :: #{pos_integer() => pid()},
+          grave_pid = #{} :: #{pid() => {pos_integer(), term()}},
           grave_q = queue:new() :: queue:queue(),
-          %% proxies that ended, so shipping one back still gives {pl, Id}
+          %% proxies that ended: shipping one back still gives {pl, Id}, and {pr, Id} from
+          %% the peer is that same dead proxy
           pgrave = #{} :: #{pid() => integer()},
+          pgrave_id = #{} :: #{integer() => pid()},
           pgrave_q = queue:new() :: queue:queue(),
+          %% DEAD notices to repeat right after the frame being written (it names ended
+          %% exports by their old ids; see pid_id/2)
+          redead = [] :: [tuple()],
           %% DEAD notices recently written: resent after a resume, since the last ones may
           %% have been lost in flight (a duplicate DEAD is ignored by the receiver)
           recent_dead = queue:new() :: queue:queue(),
@@ -347,12 +355,12 @@ handle_event(info, {fabric_proxy_msg, Proxy, Msg0}, _, D0) ->
 handle_event(info, {fabric_proxy_exit, Proxy, From, Reason}, _, D) ->
     case {maps:find(Proxy, D#d.prox_pid), link_enabled(D)} of
         {{ok, B}, true} ->
-            {A, D1} = export(From, D),
+            {A, D1} = pid_id(From, D),
             case rewrite_out(Reason, D1) of
-                {ok, W, D2} -> {keep_state, emit(ctrl, {exit2, A, B, W}, D2)};
+                {ok, W, D2} -> {keep_state, flush_redead(emit(ctrl, {exit2, A, B, W}, D2))};
                 {{error, Why}, D2} ->
                     ?LOG_WARNING("fabric: exit reason not sendable: ~0p", [Why]),
-                    {keep_state, D2}
+                    {keep_state, D2#d{redead = []}}
             end;
         _ -> keep_state_and_data
     end;
@@ -769,6 +777,8 @@ dispatch({dead, Id, Reason}, D) ->
             {ok, D}
     end;
 dispatch({r, Id}, D) when Id > 0 ->
+    %% "create the proxy for the sender's process Id", even for an id that ended: the
+    %% original does (vectors 36-39), and no peer of ours sends this frame
     {_, D1} = proxy_for(Id, D),
     {ok, D1};
 dispatch({r, _}, D) -> frame_error(unknown_frame, bad_id, D);
@@ -781,7 +791,7 @@ dispatch({whereis_reply, Req, Result}, D) ->
             D1 = D#d{whereis_waiting = W},
             case Result of
                 {pr, Id} when is_integer(Id), Id > 0 ->
-                    {Pid, D2} = proxy_for(Id, D1),
+                    {Pid, D2} = remote_pid(Id, D1),
                     gen_statem:reply(From, Pid),
                     {ok, D2};
                 undefined ->
@@ -974,9 +984,17 @@ send_to(_, _, D) -> {{error, badarg}, D}.
 
 send_message(Dest, Msg, D) ->
     case rewrite_out(Msg, D) of
-        {ok, W, D1} -> emit_checked(msg, {m, Dest, W}, D1);
-        {{error, _} = E, D1} -> {E, D1}
+        {ok, W, D1} ->
+            case emit_checked(msg, {m, Dest, W}, D1) of
+                {ok, D2} -> {ok, flush_redead(D2)};
+                {E, D2} -> {E, D2#d{redead = []}}
+            end;
+        {{error, _} = E, D1} -> {E, D1#d{redead = []}}
     end.
+
+flush_redead(#d{redead = []} = D) -> D;
+flush_redead(#d{redead = Ds} = D) ->
+    lists:foldl(fun(Dead, Acc) -> emit(ctrl, Dead, Acc) end, D#d{redead = []}, lists:reverse(Ds)).
 
 %% Write a frame now, or queue it while there is no socket (control frames always; messages
 %% up to `max_queue').
@@ -1050,8 +1068,23 @@ pid_out(Pid, D) ->
         {ok, Id} -> {{pl, Id}, D};
         error when is_map_key(Pid, D#d.pgrave) -> {{pl, maps:get(Pid, D#d.pgrave)}, D};
         error ->
-            {Id, D1} = export(Pid, D),
+            {Id, D1} = pid_id(Pid, D),
             {{pr, Id}, D1}
+    end.
+
+%% The id a local pid goes out with. An exported process that ended keeps its id (the peer
+%% remembers its dead proxy: docs/protocol.md 4.3, "Identity survives death"). This is what
+%% makes a process that sends `self()' through a proxy and ends at once reach the peer as
+%% the proxy it already has: its DOWN comes to us directly while its message comes through
+%% the proxy, so the DOWN is often handled first. The DEAD is repeated after the frame, for
+%% a peer that has forgotten the id (it would otherwise create a live proxy); a peer that
+%% remembers ignores a DEAD for a dead proxy. An original (legacy) peer has no graves: the
+%% pid is exported again, as the original does.
+pid_id(Pid, #d{mode = Mode, grave_pid = G} = D) ->
+    case G of
+        #{Pid := {Id, Reason}} when Mode =:= extended ->
+            {Id, D#d{redead = [{'DEAD', {pr, Id}, Reason} | D#d.redead]}};
+        _ -> export(Pid, D)
     end.
 
 rewrite_in(Wire, D) ->
@@ -1062,7 +1095,7 @@ rewrite_in(Wire, D) ->
     end.
 
 resolve(pr, Id, D) ->
-    {Pid, D1} = proxy_for(Id, D),
+    {Pid, D1} = remote_pid(Id, D),
     {ok, Pid, D1};
 resolve(pl, Id, D) ->
     case maps:find(Id, D#d.exp_id) of
@@ -1119,6 +1152,14 @@ monitor_in_place(Pid) when node(Pid) =:= node() ->
     ok;
 monitor_in_place(_) -> ok.
 
+%% The pid standing for the peer's process Id: its proxy, or the same dead proxy when the
+%% process is remembered as ended (docs/protocol.md 4.3).
+remote_pid(Id, #d{pgrave_id = G} = D) ->
+    case G of
+        #{Id := Dead} when not is_map_key(Id, D#d.prox_id) -> {Dead, D};
+        _ -> proxy_for(Id, D)
+    end.
+
 proxy_for(Id, #d{prox_id = PI} = D) ->
     case maps:find(Id, PI) of
         {ok, Pid} -> {Pid, D};
@@ -1138,13 +1179,19 @@ end_proxy(Proxy, Reason, D) ->
     bury_proxy(Proxy, Id, D#d{prox_id = maps:remove(Id, D#d.prox_id),
                               prox_pid = maps:remove(Proxy, D#d.prox_pid)}).
 
-bury_proxy(Pid, Id, #d{pgrave = G, pgrave_q = Q} = D) ->
+%% A stand-in proxy (see the exit2 frame) is remembered by pid but does not replace the
+%% dead proxy remembered for its id.
+bury_proxy(Pid, Id, #d{pgrave = G, pgrave_id = GI, pgrave_q = Q} = D) ->
     Q1 = queue:in(Pid, Q),
+    G1 = G#{Pid => Id},
+    GI1 = case GI of #{Id := _} -> GI; _ -> GI#{Id => Pid} end,
     case queue:len(Q1) > ?GRAVE_SIZE of
         true ->
             {{value, Old}, Q2} = queue:out(Q1),
-            D#d{pgrave = maps:remove(Old, G#{Pid => Id}), pgrave_q = Q2};
-        false -> D#d{pgrave = G#{Pid => Id}, pgrave_q = Q1}
+            OldId = maps:get(Old, G1),
+            GI2 = case GI1 of #{OldId := Old} -> maps:remove(OldId, GI1); _ -> GI1 end,
+            D#d{pgrave = maps:remove(Old, G1), pgrave_id = GI2, pgrave_q = Q2};
+        false -> D#d{pgrave = G1, pgrave_id = GI1, pgrave_q = Q1}
     end.
 
 kill_proxies(Reason, D) ->
@@ -1155,15 +1202,16 @@ kill_proxies(Reason, D) ->
 reset_tables(D) ->
     D1 = kill_proxies(noconnection, D),
     maps:foreach(fun(Ref, _) -> erlang:demonitor(Ref, [flush]) end, D1#d.exp_mon),
-    D1#d{exp_pid = #{}, exp_id = #{}, exp_mon = #{}, next_id = 1, grave = #{}, grave_q = queue:new(),
-         pgrave = #{}, pgrave_q = queue:new(), recent_dead = queue:new(),
+    D1#d{exp_pid = #{}, exp_id = #{}, exp_mon = #{}, next_id = 1, grave = #{}, grave_pid = #{},
+         grave_q = queue:new(), pgrave = #{}, pgrave_id = #{}, pgrave_q = queue:new(),
+         recent_dead = queue:new(), redead = [],
          queue = queue:new(), queued_msgs = 0, session = undefined}.
 
 down(Ref, Pid, Reason, D) ->
     case maps:take(Ref, D#d.exp_mon) of
         {Id, Mon} ->
-            D1 = bury(Id, Pid, D#d{exp_mon = Mon, exp_pid = maps:remove(Pid, D#d.exp_pid),
-                                   exp_id = maps:remove(Id, D#d.exp_id)}),
+            D1 = bury(Id, Pid, Reason, D#d{exp_mon = Mon, exp_pid = maps:remove(Pid, D#d.exp_pid),
+                                           exp_id = maps:remove(Id, D#d.exp_id)}),
             Dead = {'DEAD', {pr, Id}, Reason},
             Recent = queue:in(Dead, D1#d.recent_dead),
             Recent1 = case queue:len(Recent) > ?RECENT_DEAD of
@@ -1194,13 +1242,16 @@ down(Ref, Pid, Reason, D) ->
             end
     end.
 
-bury(Id, Pid, #d{grave = G, grave_q = Q} = D) ->
+bury(Id, Pid, Reason, #d{grave = G, grave_pid = GP, grave_q = Q} = D) ->
     Q1 = queue:in(Id, Q),
+    G1 = G#{Id => Pid},
+    GP1 = GP#{Pid => {Id, Reason}},
     case queue:len(Q1) > ?GRAVE_SIZE of
         true ->
             {{value, Old}, Q2} = queue:out(Q1),
-            D#d{grave = maps:remove(Old, G#{Id => Pid}), grave_q = Q2};
-        false -> D#d{grave = G#{Id => Pid}, grave_q = Q1}
+            OldPid = maps:get(Old, G1),
+            D#d{grave = maps:remove(Old, G1), grave_pid = maps:remove(OldPid, GP1), grave_q = Q2};
+        false -> D#d{grave = G1, grave_pid = GP1, grave_q = Q1}
     end.
 
 %% A pid whose process has already exited, substituted for an unknown {pl, Id}.
@@ -1220,8 +1271,8 @@ link_enabled(#d{mode = extended, feats = #{<<"link">> := true}}) -> true;
 link_enabled(_) -> false.
 
 %% The peer's process A ended (its DEAD ended our proxy for it) and no proxy stands for it.
-remote_ended(A, #d{prox_id = PI, pgrave = G}) ->
-    not is_map_key(A, PI) andalso lists:member(A, maps:values(G)).
+remote_ended(A, #d{prox_id = PI, pgrave_id = G}) ->
+    not is_map_key(A, PI) andalso is_map_key(A, G).
 
 reply_whereis_waiters(Reply, D) ->
     maps:foreach(fun(_, From) -> gen_statem:reply(From, Reply) end, D#d.whereis_waiting).

@@ -8,13 +8,15 @@
 -import(fabric_peer_test_lib, [raw_connect/1, send/2, recv/1, expect_closed/1,
                                vector/1, start_ping/1]).
 
-all() -> [{group, extended}, {group, legacy}, {group, auth}, {group, server}].
+all() -> [{group, extended}, {group, identity}, {group, legacy}, {group, auth}, {group, server}].
 
 groups() ->
     [{extended, [], [seed_ping_example, whereis_not_allowed, whereis_system_names,
                      send_to_name, name_node_bypass_refused, pids_round_trip,
                      extended_values_round_trip, info_reports_stats,
                      frame_too_large_refused_locally]},
+     {identity, [], [dying_sender_keeps_identity, dead_export_shipped_again_keeps_its_id,
+                      pr_of_dead_proxy_is_that_proxy]},
      {legacy, [], [legacy_client_ping, legacy_whereis_not_supported,
                    legacy_refuses_extended_values, legacy_dead_noproc_is_normal,
                    legacy_only_server, legacy_only_server_options]},
@@ -161,6 +163,88 @@ frame_too_large_refused_locally(Config) ->
     fabric_peer:close(C),
     fabric_peer:stop_server(S),
     Config.
+
+%%% identity (docs/protocol.md 4.3, "Identity survives death")
+
+%% A process that sends self() through a proxy and ends at once reaches the peer as the proxy
+%% the peer already has for it (its DOWN overtakes its message on our side), many times over.
+dying_sender_keeps_identity(Config) ->
+    Self = self(),
+    {Name, Coll} = fabric_peer_test_lib:remote(?config(server, Config), "collector",
+                                               fun() -> fabric_peer_test_lib:collector(Self, coll) end),
+    C = connect(Config),
+    Proxy = fabric_peer:whereis(C, Name),
+    lists:foreach(
+      fun(I) ->
+              P = spawn(fun() ->
+                                Proxy ! {hello, I, self()},
+                                receive go -> Proxy ! {bye, I, self()} end
+                        end),
+              Known = receive {coll, {hello, I, K}} -> K after 3000 -> ct:fail(no_hello) end,
+              true = fabric_peer:is_proxy(Known),
+              P ! go,
+              receive
+                  {coll, {bye, I, Known}} -> ok;
+                  {coll, {bye, I, Other}} -> ct:fail({new_pid_for_a_dying_sender, I, Known, Other})
+              after 3000 -> ct:fail(no_bye)
+              end
+      end, lists:seq(1, 200)),
+    fabric_peer:close(C),
+    exit(Coll, kill).
+
+%% On the wire: an exported process that ended, shipped again, goes out with its old id,
+%% followed by its DEAD again (for a peer that forgot it); no new id is spent.
+dead_export_shipped_again_keeps_its_id(Config) ->
+    Self = self(),
+    {Name, Coll} = fabric_peer_test_lib:remote(?config(server, Config), "collector",
+                                               fun() -> fabric_peer_test_lib:collector(Self, coll) end),
+    {S, _, _} = fabric_peer_test_lib:ext_login(?config(port, Config), "secret"),
+    send(S, term_to_binary({m, Name, {t, {hello, {pr, 1}}}})),
+    R1 = receive {coll, {hello, R}} -> R after 3000 -> ct:fail(no_hello) end,
+    E = spawn(fun() -> receive {exit, Why} -> exit(Why) end end),
+    R1 ! {shipped, E},
+    {m, 1, {t, {shipped, {pr, K}}}} = recv_frame(S),
+    E ! {exit, bye},
+    {'DEAD', {pr, K}, bye} = recv_frame(S),
+    R1 ! {again, E},
+    {m, 1, {t, {again, {pr, K}}}} = recv_frame(S),
+    {'DEAD', {pr, K}, bye} = recv_frame(S),
+    %% and {pl, K} from the peer is E itself
+    send(S, term_to_binary({m, Name, {t, {back, {pl, K}}}})),
+    receive {coll, {back, E}} -> ok after 3000 -> ct:fail(not_the_same_pid) end,
+    gen_tcp:close(S),
+    exit(Coll, kill).
+
+%% {pr, Id} naming a proxy that ended (its DEAD arrived) is that same dead proxy, not a new
+%% live one; a repeated DEAD for it is ignored.
+pr_of_dead_proxy_is_that_proxy(Config) ->
+    Self = self(),
+    {Name, Coll} = fabric_peer_test_lib:remote(?config(server, Config), "collector",
+                                               fun() -> fabric_peer_test_lib:collector(Self, coll) end),
+    {S, _, _} = fabric_peer_test_lib:ext_login(?config(port, Config), "secret"),
+    send(S, term_to_binary({m, Name, {t, {first, {pr, 5}}}})),
+    P5 = receive {coll, {first, P}} -> P after 3000 -> ct:fail(no_first) end,
+    Ref = monitor(process, P5),
+    send(S, term_to_binary({'DEAD', {pr, 5}, gone})),
+    receive {'DOWN', Ref, process, P5, gone} -> ok after 3000 -> ct:fail(no_down) end,
+    send(S, term_to_binary({m, Name, {t, {second, {pr, 5}}}})),
+    receive {coll, {second, P5}} -> ok;
+            {coll, {second, Other}} -> ct:fail({new_proxy_for_a_dead_id, P5, Other})
+    after 3000 -> ct:fail(no_second)
+    end,
+    send(S, term_to_binary({'DEAD', {pr, 5}, gone})),
+    send(S, term_to_binary({m, Name, {t, {third, {pr, 5}}}})),
+    receive {coll, {third, P5}} -> ok after 3000 -> ct:fail(no_third) end,
+    false = is_process_alive(P5),
+    gen_tcp:close(S),
+    exit(Coll, kill).
+
+%% The next frame that is not a heartbeat.
+recv_frame(S) ->
+    case recv(S) of
+        {heartbeat, _} -> recv_frame(S);
+        T -> T
+    end.
 
 %%% legacy
 
