@@ -267,10 +267,11 @@ class Connection:
         """Does the name policy let the peer reach ``name``?"""
         return self._policy(name)
 
-    def _make_rewriter(self, features: frozenset[str]) -> Rewriter:
+    def _make_rewriter(self, features: frozenset[str], *, extended: bool = False) -> Rewriter:
         return Rewriter(
             self._session,
             features=features,
+            extended=extended,
             is_alive=self._is_alive,
             new_proxy_pid=self._new_proxy_pid,
             new_dead_pid=self._new_dead_pid,
@@ -878,7 +879,7 @@ class Connection:
         if self.mode == "legacy":
             self.features = frozenset()
             self.version = 0
-        self._rw = self._make_rewriter(self.features)
+        self._rw = self._make_rewriter(self.features, extended=self.mode == "extended")
         self._transcript = []
         self._events.append(
             HandshakeComplete(
@@ -933,11 +934,12 @@ class Connection:
             rw.rollback()
             raise LocalProtocolError("bad_payload", "value is nested too deeply to send") from None
         for ident in rw.commit():
-            # Shipped a pid whose process had already ended (docs/protocol.md 4.3).
+            # Shipped a pid whose process had already ended (docs/protocol.md 4.3): a new
+            # export, or an ended one shipped again under its old id; its DEAD follows.
             pid = self._session.exports.get(ident)
             if pid is not None:
                 self._session.unexport(pid)
-                self._queue(_plain((A_DEAD, (A_PR, ident), A_NOPROC)), check=False)
+            self._queue(_plain((A_DEAD, (A_PR, ident), A_NOPROC)), check=False)
 
     def _wire_dest(self, dest: Any) -> Any:
         t = type(dest)

@@ -78,6 +78,7 @@ class Rewriter:
         session: Session,
         *,
         features: frozenset[str],
+        extended: bool = False,
         is_alive: Callable[[Pid], bool],
         new_proxy_pid: Callable[[int], Pid],
         new_dead_pid: Callable[[int], Pid],
@@ -90,6 +91,7 @@ class Rewriter:
         self.bitstrings = "bitstrings" in features
         self.ports = "ports" in features
         self.funs = "funs" in features
+        self.extended = extended
         self.is_alive = is_alive
         self.new_proxy_pid = new_proxy_pid
         self.new_dead_pid = new_dead_pid
@@ -171,6 +173,14 @@ class Rewriter:
         if ident is not None:
             return (A_PL, ident)  # a dead proxy: the peer maps it back to its ended process
         ident = session.export_ids.get(pid)
+        if ident is None and self.extended:
+            # An ended export shipped again keeps its id, so our peer (which remembers dead
+            # proxies) sees the same pid; its DEAD is sent again (docs/protocol.md 4.3).
+            # An original peer does not remember: it gets a new id, as the original does.
+            ident = session.ended_export_ids.get(pid)
+            if ident is not None:
+                self.dead_exports.append(ident)
+                return (A_PR, ident)
         if ident is None:
             limit = self.max_exports
             if limit is not None and len(session.exports) >= limit:
@@ -187,7 +197,7 @@ class Rewriter:
 
     def commit(self) -> list[int]:
         """The frame was queued: keep the new exports; returns the ids to send DEAD for."""
-        dead = self.dead_exports
+        dead = list(dict.fromkeys(self.dead_exports))  # a pid may appear twice in one payload
         self.new_exports = []
         self.dead_exports = []
         return dead

@@ -43,6 +43,7 @@ class Session:
         "pending",
         "attached",
         "ended_exports",
+        "ended_export_ids",
         "dead_proxies",
         "dead_proxy_ids",
     )
@@ -57,6 +58,7 @@ class Session:
         self.pending: list[Any] = []
         self.attached = False  # a live connection currently uses these tables
         self.ended_exports: dict[int, Pid] = {}  # our id -> local pid whose process ended
+        self.ended_export_ids: dict[Pid, int] = {}  # local pid whose process ended -> our id
         self.dead_proxies: dict[int, Pid] = {}  # peer's id -> proxy pid that ended
         self.dead_proxy_ids: dict[Pid, int] = {}  # proxy pid that ended -> peer's id
 
@@ -78,8 +80,10 @@ class Session:
             del self.exports[ident]
             graves = self.ended_exports
             graves[ident] = pid
+            self.ended_export_ids[pid] = ident
             if len(graves) > GRAVES:
-                del graves[next(iter(graves))]
+                oldest = next(iter(graves))
+                self.ended_export_ids.pop(graves.pop(oldest), None)
         return ident
 
     def forget_export(self, pid: Pid) -> None:
@@ -109,6 +113,7 @@ class Session:
         self.proxy_ids.clear()
         self.pending.clear()
         self.ended_exports.clear()
+        self.ended_export_ids.clear()
         self.dead_proxies.clear()
         self.dead_proxy_ids.clear()
         return proxies

@@ -372,3 +372,51 @@ def test_legacy_original_sends_to_our_server_end_to_end():
     (dropped,) = pair.take("server")
     assert dropped.code == "bad_payload"
     assert server.data_to_send() == b""
+
+
+def test_identity_survives_death_extended():
+    """docs/protocol.md 4.3: ended exports and dead proxies keep their identity both ways."""
+    pair = pair_with()
+    me, msg, _ = send_and_receive(pair, 1)
+    proxy = msg.payload[0]
+    pair.client.process_exited(me, A("gone"))
+    pair.pump()
+    assert pair.take("server") == [ProxyDied(proxy, 1, A("gone"))]
+    # Our ended process shipped again keeps its id: the peer sees its same (dead) proxy,
+    # and the DEAD sent again changes nothing there.
+    pair.client.send_message(A("echo"), me)
+    pair.pump()
+    assert pair.take("server") == [MessageReceived(A("echo"), proxy)]
+    # The peer ships the dead proxy back (to a proxy of ours it holds): we get our own
+    # pid, not a substitute, and no new id was issued for it.
+    target = pair.client.pids.new()
+    pair.client.send_message(A("echo"), target)
+    pair.pump()
+    (created, _) = pair.take("server")
+    pair.server.send_message(created.pid, proxy)
+    pair.pump()
+    assert pair.take("client") == [MessageReceived(target, me)]
+    assert pair.client.session.next_export_id == 3
+
+
+def test_ended_export_shipped_again_to_a_legacy_peer_gets_a_new_id():
+    """An original peer does not remember dead proxies: it gets a new id and a DEAD noproc."""
+    ours = make_conn("server", allowed=ALLOWED, allow_legacy_auth=True)
+    legacy = LegacyEndpoint("client")
+    pair = Pair(legacy, ours)
+    legacy.start()
+    pair.pump()
+    pair.take("server")
+    pair.take("client")
+    mine = ours.pids.new()
+    legacy.send_term((A("m"), A("echo"), (A("t"), ((A("pr"), 1), A("hi")))))
+    pair.pump()
+    (created, _msg) = pair.take("server")
+    ours.send_message(created.pid, mine)
+    ours.process_exited(mine, A("normal"))
+    ours.pids.dead.add(mine)
+    ours.send_message(created.pid, mine)
+    frames = [decode(f) for f in split_frames(ours.data_to_send())]
+    assert [f[0] for f in frames] == [A("m"), A("DEAD"), A("m"), A("DEAD")]
+    assert frames[0][2] == (A("pr"), 1) and frames[1] == (A("DEAD"), (A("pr"), 1), A("normal"))
+    assert frames[2][2] == (A("pr"), 2) and frames[3] == (A("DEAD"), (A("pr"), 2), A("noproc"))
