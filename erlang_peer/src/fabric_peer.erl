@@ -21,6 +21,8 @@
 
 -export_type([server/0, conn/0, dest/0]).
 
+-include_lib("kernel/include/logger.hrl").
+
 -opaque server() :: {fabric_peer_server, reference(), pid()}.
 -type conn() :: pid().
 -type dest() :: pid() | {conn(), atom()} | {conn(), {atom(), atom()}}.
@@ -40,7 +42,10 @@
 %% `ssl' server options: the whole protocol then runs over TLS), `mode' (`extended', or
 %% `legacy': a server that behaves on the wire exactly like the original 2010 server, the
 %% legacy handshake whatever the hello says and only legacy frames; needs
-%% `allow_legacy_auth => true').
+%% `allow_legacy_auth => true'), `max_proxies' / `max_exports' (100000 per connection),
+%% `max_kept_sessions' (1024), `max_auth_failures' (5, 0 = no throttling),
+%% `auth_failure_window' / `auth_block_time' (60000 ms). TLS options get safe defaults
+%% (TLS 1.2+ only; README "Security options").
 -spec start_server(inet:port_number(), iodata(), map()) -> {ok, server()} | {error, term()}.
 start_server(Port, Secret, Opts) when is_integer(Port), Port >= 0, Port < 65536 ->
     ok = ensure_started(Opts),
@@ -68,6 +73,7 @@ start_server(Port, _, _) -> {error, {bad_port, Port}}.
 stop_server({fabric_peer_server, Ref, Sup}) ->
     _ = supervisor:terminate_child(fabric_peer_servers_sup, Sup),
     forget(Ref),
+    ok = fabric_peer_throttle:forget(Ref),
     ok.
 
 %% @doc The port a server listens on.
@@ -96,6 +102,7 @@ connect(Host0, Port, Secret, Opts) ->
            end,
     case fabric_peer_opts:normalize(client, Secret, Opts) of
         {ok, O} ->
+            warn_unverified(Host, Port, maps:get(tls, O)),
             Ref = make_ref(),
             true = ets:insert(?REG, {{Ref, policy}, policy(O)}),
             case supervisor:start_child(fabric_peer_clients_sup,
@@ -202,6 +209,16 @@ is_proxy(Pid) when is_pid(Pid) ->
     ets:whereis(fabric_peer_proxies) =/= undefined andalso ets:member(fabric_peer_proxies, Pid).
 
 %%% internals
+
+warn_unverified(Host, Port, Tls) when is_list(Tls) ->
+    case proplists:get_value(verify, Tls) of
+        verify_none ->
+            ?LOG_WARNING("fabric: TLS connection to ~0p:~b without verifying the server "
+                         "({verify, verify_none}): anyone on the path can impersonate it",
+                         [Host, Port]);
+        _ -> ok
+    end;
+warn_unverified(_, _, _) -> ok.
 
 ensure_started(Opts) ->
     {ok, _} = application:ensure_all_started(fabric_peer),

@@ -33,6 +33,7 @@
           sock :: term(),
           buf = <<>> :: binary(),              % bytes received, not yet a whole frame
           peer = <<"unknown">> :: binary(),
+          peer_ip :: inet:ip_address() | undefined,
           mode :: legacy | extended | undefined,
           feats = #{} :: #{binary() => true},
           version = 0 :: non_neg_integer(),
@@ -177,11 +178,21 @@ transport(#{tls := Opts}) -> {tls, Opts}.
 
 %%% --- server: socket hand-off and handshake
 
-handle_event(cast, socket_ready, wait_socket, #d{t = T, sock = S0, o = O} = D) ->
+handle_event(cast, socket_ready, wait_socket, #d{t = T, sock = S0, o = O, ref = Ref} = D) ->
     HsTimeout = maps:get(handshake_timeout, O),
-    case fabric_peer_transport:handshake(T, S0, HsTimeout) of
+    Ip = case fabric_peer_transport:peer_ip(T, S0) of {ok, A} -> A; error -> undefined end,
+    Blocked = case Ip of
+                  undefined -> 0;
+                  _ -> fabric_peer_throttle:blocked(Ref, Ip, O)
+              end,
+    case Blocked > 0 orelse fabric_peer_transport:handshake(T, S0, HsTimeout) of
+        true ->
+            ?LOG_WARNING("fabric: connection from ~s refused: too many failed authentications "
+                         "(blocked for ~b ms more)", [inet:ntoa(Ip), Blocked]),
+            fabric_peer_transport:close(T, S0),
+            {stop, normal, D#d{sock = undefined}};
         {ok, S} ->
-            D1 = D#d{sock = S, peer = fabric_peer_transport:peername(T, S)},
+            D1 = D#d{sock = S, peer = fabric_peer_transport:peername(T, S), peer_ip = Ip},
             ok = activate(D1),
             {next_state, await_hello, D1, [{{timeout, handshake}, HsTimeout, handshake}]};
         {error, Why} ->
@@ -318,6 +329,9 @@ handle_event({timeout, heartbeat}, tick, _, _) -> keep_state_and_data;
 handle_event(state_timeout, expire, State, D) when State =:= detached; State =:= resuming ->
     ?LOG_INFO("fabric: session of ~s expired", [D#d.peer]),
     {stop, normal, D};
+handle_event(cast, expire_session, detached, D) ->
+    ?LOG_INFO("fabric: session of ~s expired: more than max_kept_sessions are waiting", [D#d.peer]),
+    {stop, normal, D};
 handle_event({timeout, session}, expire, State, #d{role = client} = D) when State =/= established ->
     %% the server dropped the session by now: our proxies stand for nothing any more
     {keep_state, reset_tables(D)};
@@ -325,6 +339,7 @@ handle_event({timeout, session}, expire, _, _) -> keep_state_and_data;
 
 handle_event({call, From}, {claim, _NewConn}, State, D)
   when State =:= established; State =:= detached; State =:= resuming ->
+    unkeep_session(D),
     D1 = drop_socket(D),
     {next_state, resuming, D1, [{reply, From, ok}, {state_timeout, ?ATTACH_TIMEOUT, expire},
                                 {{timeout, heartbeat}, cancel}]};
@@ -412,6 +427,7 @@ handle_event(_, _, _, _) ->
 %% @private
 -spec terminate(term(), atom(), #d{}) -> ok.
 terminate(_Reason, _State, D) ->
+    unkeep_session(D),
     _ = kill_proxies(noconnection, D),
     reply_whereis_waiters({error, closed}, D),
     [gen_statem:reply(W, {error, closed}) || W <- D#d.waiters],
@@ -525,6 +541,25 @@ server_session(#{features := Feats} = Params, Resume, F1, F2, F3, #d{o = O, ref 
             established(Params#{session => SidBin}, false, D)
     end.
 
+%% Detached sessions of a server, oldest first in registry order: beyond max_kept_sessions
+%% the oldest waiting one expires (a client that reconnects and drops again without end
+%% cannot make a server keep unbounded sessions).
+keep_session(#d{ref = Ref, o = #{max_kept_sessions := Max}}) ->
+    true = ets:insert(?REG, {{Ref, {detached, self()}}, erlang:unique_integer([monotonic])}),
+    Kept = lists:sort([{T, P} || [P, T] <- ets:match(?REG, {{Ref, {detached, '$1'}}, '$2'})]),
+    Excess = length(Kept) - Max,
+    [begin
+         ets:delete(?REG, {Ref, {detached, P}}),
+         gen_statem:cast(P, expire_session)
+     end || {_, P} <- lists:sublist(Kept, max(0, Excess))],
+    ok;
+keep_session(_) -> ok.
+
+unkeep_session(#d{role = server, ref = Ref}) ->
+    ets:delete(?REG, {Ref, {detached, self()}}),
+    ok;
+unkeep_session(_) -> ok.
+
 claim(Ref, Sid) ->
     case ets:lookup(?REG, {Ref, {session, Sid}}) of
         [{_, Pid}] ->
@@ -536,8 +571,16 @@ claim(Ref, Sid) ->
         [] -> error
     end.
 
-auth_failed(D) ->
+auth_failed(#d{ref = Ref, peer_ip = Ip, o = O} = D) ->
     _ = raw_send(fabric_peer_handshake:encode({auth, failed}), D),
+    case Ip =/= undefined andalso fabric_peer_throttle:failed(Ref, Ip, O) of
+        block ->
+            ?LOG_WARNING("fabric: ~b failed authentications from ~s within ~b ms: refusing its "
+                         "new connections for ~b ms",
+                         [maps:get(max_auth_failures, O), inet:ntoa(Ip),
+                          maps:get(auth_failure_window, O), maps:get(auth_block_time, O)]);
+        _ -> ok
+    end,
     {stop, normal, D}.
 
 hs_send(Term, Next, D) ->
@@ -724,6 +767,7 @@ lost(D0, Why) ->
     case {D1#d.role, Session, Why} of
         {server, true, W} when W =/= closed_by_us ->
             ?LOG_INFO("fabric: connection from ~s lost (~0p); keeping its session", [D1#d.peer, W]),
+            keep_session(D1),
             {next_state, detached, D1,
              [{state_timeout, maps:get(session_timeout, D1#d.o), expire},
               {{timeout, heartbeat}, cancel}]};
@@ -758,7 +802,17 @@ established_frame(Bin, #d{o = O, atoms_left = Left} = D) ->
                                        max_decompressed => maps:get(max_frame, O)}) of
         {ok, Term, New} ->
             D1 = spend_atoms(New, D),
-            dispatch(fabric_peer_frame:classify(Term, D1#d.mode, D1#d.feats), D1);
+            put('$fabric_fresh', []),
+            Result = try dispatch(fabric_peer_frame:classify(Term, D1#d.mode, D1#d.feats), D1)
+                     catch throw:{fabric_limit, Why} -> frame_error(limit, Why, D1)
+                     end,
+            {_, Dn} = Result,
+            %% proxies started for this frame but in neither table after it (the frame was
+            %% dropped half-way) stand for nothing: end them (a stand-in of an exit2 is
+            %% buried, and ends by itself after delivering its signal)
+            [discard_proxy(P) || P <- erase('$fabric_fresh'), not is_map_key(P, Dn#d.prox_pid),
+                                 not is_map_key(P, Dn#d.pgrave)],
+            Result;
         {error, {bad_term, Why}} -> frame_error(bad_term, Why, D);
         {error, {limit, Why}} -> frame_error(limit, Why, D)
     end.
@@ -791,9 +845,14 @@ dispatch({whereis_reply, Req, Result}, D) ->
             D1 = D#d{whereis_waiting = W},
             case Result of
                 {pr, Id} when is_integer(Id), Id > 0 ->
-                    {Pid, D2} = remote_pid(Id, D1),
-                    gen_statem:reply(From, Pid),
-                    {ok, D2};
+                    try remote_pid(Id, D1) of
+                        {Pid, D2} ->
+                            gen_statem:reply(From, Pid),
+                            {ok, D2}
+                    catch throw:{fabric_limit, Why} ->
+                            gen_statem:reply(From, {error, {limit, max_proxies}}),
+                            frame_error(limit, Why, D1)
+                    end;
                 undefined ->
                     gen_statem:reply(From, undefined),
                     {ok, D1};
@@ -938,9 +997,15 @@ whereis_local(NameBin, D) ->
     case Name =/= undefined andalso fabric_peer_policy:check(Name, policy_of(D)) of
         ok ->
             case erlang:whereis(Name) of
-                Pid when is_pid(Pid) ->
+                Pid when is_pid(Pid), map_size(D#d.exp_pid) < map_get(max_exports, D#d.o) ->
                     {Id, D1} = export(Pid, D),
                     {{pr, Id}, D1};
+                Pid when is_pid(Pid), is_map_key(Pid, D#d.exp_pid) ->
+                    {{pr, map_get(Pid, D#d.exp_pid)}, D};
+                Pid when is_pid(Pid) ->
+                    ?LOG_WARNING("fabric: whereis(~0p) from ~s not answered: max_exports reached",
+                                 [Name, D#d.peer]),
+                    {undefined, D};
                 _ -> {undefined, D}
             end;
         _ ->
@@ -1068,8 +1133,15 @@ pid_out(Pid, D) ->
         {ok, Id} -> {{pl, Id}, D};
         error when is_map_key(Pid, D#d.pgrave) -> {{pl, maps:get(Pid, D#d.pgrave)}, D};
         error ->
-            {Id, D1} = pid_id(Pid, D),
-            {{pr, Id}, D1}
+            #d{exp_pid = EP, o = #{max_exports := Max}} = D,
+            case is_map_key(Pid, EP) orelse map_size(EP) < Max of
+                true ->
+                    {Id, D1} = pid_id(Pid, D),
+                    {{pr, Id}, D1};
+                false ->
+                    %% nothing is sent: fabric_peer_rewrite:out/4 returns the error
+                    throw({rewrite, {limit, max_exports}})
+            end
     end.
 
 %% The id a local pid goes out with. An exported process that ended keeps its id (the peer
@@ -1095,8 +1167,10 @@ rewrite_in(Wire, D) ->
     end.
 
 resolve(pr, Id, D) ->
-    {Pid, D1} = remote_pid(Id, D),
-    {ok, Pid, D1};
+    try remote_pid(Id, D) of
+        {Pid, D1} -> {ok, Pid, D1}
+    catch throw:{fabric_limit, Why} -> {error, {limit, Why}}
+    end;
 resolve(pl, Id, D) ->
     case maps:find(Id, D#d.exp_id) of
         {ok, Pid} -> {ok, Pid, D};
@@ -1160,11 +1234,19 @@ remote_pid(Id, #d{pgrave_id = G} = D) ->
         _ -> proxy_for(Id, D)
     end.
 
-proxy_for(Id, #d{prox_id = PI} = D) ->
+proxy_for(Id, #d{prox_id = PI, o = #{max_proxies := Max}} = D) ->
     case maps:find(Id, PI) of
         {ok, Pid} -> {Pid, D};
+        error when map_size(PI) >= Max ->
+            %% caught per frame (established_frame/2): the frame is dropped with `limit'
+            throw({fabric_limit, {max_proxies, Max}});
         error ->
             Pid = fabric_peer_proxy:start(self(), Id, D#d.token),
+            %% a proxy made for a frame that is then dropped is ended (established_frame/2)
+            case get('$fabric_fresh') of
+                Fresh when is_list(Fresh) -> put('$fabric_fresh', [Pid | Fresh]);
+                undefined -> ok
+            end,
             Ref = erlang:monitor(process, Pid),
             true = ets:insert(?PROXIES, {Pid, self()}),
             {Pid, D#d{prox_id = PI#{Id => Pid}, prox_pid = (D#d.prox_pid)#{Pid => Id},
@@ -1181,6 +1263,10 @@ end_proxy(Proxy, Reason, D) ->
 
 %% A stand-in proxy (see the exit2 frame) is remembered by pid but does not replace the
 %% dead proxy remembered for its id.
+discard_proxy(Pid) ->
+    ets:delete(?PROXIES, Pid),
+    exit(Pid, kill).
+
 bury_proxy(Pid, Id, #d{pgrave = G, pgrave_id = GI, pgrave_q = Q} = D) ->
     Q1 = queue:in(Pid, Q),
     G1 = G#{Pid => Id},

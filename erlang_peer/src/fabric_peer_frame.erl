@@ -40,7 +40,18 @@ default(error_window) -> 200;
 %% A heartbeat every 15 s: a dead peer is noticed within 45 s without measurable traffic.
 default(heartbeat) -> 15000;
 %% Messages sent while a client is reconnecting are queued up to this many (section 7).
-default(max_queue) -> 1000.
+default(max_queue) -> 1000;
+%% Proxies and exports per connection (section 9): a proxy is a process (~3 KiB), so a
+%% peer shipping ids without end could otherwise exhaust memory; generous for real use.
+default(max_proxies) -> 100000;
+default(max_exports) -> 100000;
+%% Detached sessions a server keeps for resumption; beyond, the oldest waiting one expires.
+default(max_kept_sessions) -> 1024;
+%% Failed authentications per address within auth_failure_window (ms) before the address is
+%% refused for auth_block_time (ms); the Python server's defaults. 0 failures: no throttling.
+default(max_auth_failures) -> 5;
+default(auth_failure_window) -> 60000;
+default(auth_block_time) -> 60000.
 
 %% @doc Split one frame off the received bytes: a 4-byte big-endian length, then the
 %% payload. The length is checked against `Limit' as soon as the 4 bytes are there, before

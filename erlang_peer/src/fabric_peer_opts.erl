@@ -23,7 +23,7 @@ normalize(Role, Secret, Opts) when is_map(Opts) ->
         M = maps:merge(Defaults, Opts),
         maps:foreach(fun check/2, M),
         check_combination(Role, M),
-        {ok, M#{secret => S, role => Role,
+        {ok, M#{secret => S, role => Role, tls => tls(Role, maps:get(tls, M)),
                 features => [to_bin(F) || F <- maps:get(features, M)],
                 node => node_name(maps:get(node, M))}}
     catch throw:{bad_option, _} = E -> {error, E}
@@ -39,10 +39,15 @@ defaults(Role) ->
                force_system_names => [], routable_nodes => [], features => ?ALL_FEATURES,
                heartbeat => F(heartbeat), node => default, max_queue => F(max_queue),
                max_errors => F(max_errors), error_window => F(error_window),
+               max_proxies => F(max_proxies), max_exports => F(max_exports),
                tls => false},
     case Role of
         server -> Common#{ip => {127, 0, 0, 1}, acceptors => 4, mode => extended,
-                          max_server_atoms => F(max_server_atoms)};
+                          max_server_atoms => F(max_server_atoms),
+                          max_kept_sessions => F(max_kept_sessions),
+                          max_auth_failures => F(max_auth_failures),
+                          auth_failure_window => F(auth_failure_window),
+                          auth_block_time => F(auth_block_time)};
         client -> Common#{mode => extended, reconnect => true, reconnect_min => 100,
                           reconnect_max => 30000, connect_timeout => 5000}
     end.
@@ -52,10 +57,12 @@ check(K, V) when K =:= allowed; K =:= force_system_names; K =:= routable_nodes -
 check(K, V) when K =:= allow_legacy_auth; K =:= reconnect -> is_boolean(V) orelse bad(K, V);
 check(K, V) when K =:= max_frame; K =:= max_handshake_frame; K =:= handshake_timeout;
                  K =:= session_timeout; K =:= acceptors; K =:= reconnect_min;
-                 K =:= reconnect_max; K =:= connect_timeout; K =:= error_window ->
+                 K =:= reconnect_max; K =:= connect_timeout; K =:= error_window;
+                 K =:= max_proxies; K =:= max_exports; K =:= max_kept_sessions;
+                 K =:= auth_failure_window; K =:= auth_block_time ->
     (is_integer(V) andalso V > 0) orelse bad(K, V);
 check(K, V) when K =:= max_new_atoms; K =:= max_server_atoms; K =:= heartbeat;
-                 K =:= max_queue; K =:= max_errors ->
+                 K =:= max_queue; K =:= max_errors; K =:= max_auth_failures ->
     (is_integer(V) andalso V >= 0) orelse bad(K, V);
 check(features, V) ->
     (is_list(V) andalso lists:all(fun(F) -> lists:member(to_bin(F), ?ALL_FEATURES) end, V))
@@ -66,6 +73,39 @@ check(ip, V) -> (is_tuple(V) andalso (tuple_size(V) =:= 4 orelse tuple_size(V) =
 check(tls, V) -> (V =:= false orelse is_list(V)) orelse bad(tls, V).
 
 bad(K, V) -> throw({bad_option, {K, V}}).
+
+%% Safe TLS defaults (README "Security"): TLS 1.2 and 1.3 only; a client verifies the server
+%% (verify_peer, and a CA is then required); a server asking for client certificates
+%% (verify_peer: mutual TLS) refuses clients without one. The host name check is added at
+%% connect time (fabric_peer_transport), when the host is known.
+-define(TLS_VERSIONS, ['tlsv1.2', 'tlsv1.3']).
+
+tls(_, false) -> false;
+tls(Role, Opts) ->
+    lists:all(fun(O) -> is_tuple(O) andalso tuple_size(O) =:= 2 end, Opts)
+        orelse bad(tls, not_a_proplist),
+    Versions = proplists:get_value(versions, Opts, ?TLS_VERSIONS),
+    (is_list(Versions) andalso Versions =/= [] andalso Versions -- ?TLS_VERSIONS =:= [])
+        orelse bad(tls, {versions, Versions, "only 'tlsv1.2' and 'tlsv1.3' are allowed"}),
+    HasCa = proplists:is_defined(cacertfile, Opts) orelse proplists:is_defined(cacerts, Opts),
+    Default = case Role of client -> verify_peer; server -> verify_none end,
+    Verify = proplists:get_value(verify, Opts, Default),
+    lists:member(Verify, [verify_peer, verify_none]) orelse bad(tls, {verify, Verify}),
+    (Verify =:= verify_none orelse HasCa)
+        orelse bad(tls, {verify_peer, case Role of
+                                          client -> "verifying the server (the default) needs "
+                                                    "{cacertfile, File} or {cacerts, [Der]}; pass "
+                                                    "{verify, verify_none} to connect without "
+                                                    "verifying it (insecure)";
+                                          server -> "verifying clients (mutual TLS) needs "
+                                                    "{cacertfile, File} or {cacerts, [Der]}"
+                                      end}),
+    Extra = case {Role, Verify, proplists:is_defined(fail_if_no_peer_cert, Opts)} of
+                {server, verify_peer, false} -> [{fail_if_no_peer_cert, true}];
+                _ -> []
+            end,
+    Set = [{versions, Versions}, {verify, Verify} | Extra],
+    Set ++ [O || {K, _} = O <- Opts, not lists:keymember(K, 1, Set)].
 
 %% A legacy-only server authenticates every client with MD5: without allow_legacy_auth it
 %% could serve nobody, so the combination is refused rather than silently useless.
@@ -118,6 +158,25 @@ bad_options_test_() ->
      ?_assertMatch({error, {bad_option, {mode, _}}}, normalize(server, "s", #{mode => old})),
      ?_assertMatch({error, {bad_option, {mode, _}}}, normalize(client, "s", #{mode => old})),
      ?_assertMatch({error, {bad_option, _}}, normalize(server, 42, #{}))].
+
+tls_defaults_test_() ->
+    {ok, C} = normalize(client, "s", #{tls => [{cacertfile, "ca.pem"}]}),
+    {ok, S} = normalize(server, "s", #{tls => [{certfile, "c"}, {keyfile, "k"}]}),
+    {ok, M} = normalize(server, "s", #{tls => [{certfile, "c"}, {keyfile, "k"}, {verify, verify_peer},
+                                               {cacertfile, "ca.pem"}]}),
+    {ok, N} = normalize(client, "s", #{tls => [{verify, verify_none}]}),
+    [?_assertEqual(['tlsv1.2', 'tlsv1.3'], proplists:get_value(versions, maps:get(tls, C))),
+     ?_assertEqual(verify_peer, proplists:get_value(verify, maps:get(tls, C))),
+     ?_assertEqual(verify_none, proplists:get_value(verify, maps:get(tls, S))),
+     ?_assertEqual(true, proplists:get_value(fail_if_no_peer_cert, maps:get(tls, M))),
+     ?_assertEqual(verify_none, proplists:get_value(verify, maps:get(tls, N))),
+     ?_assertMatch({error, {bad_option, {tls, {verify_peer, _}}}}, normalize(client, "s", #{tls => []})),
+     ?_assertMatch({error, {bad_option, {tls, {verify_peer, _}}}},
+                   normalize(server, "s", #{tls => [{verify, verify_peer}]})),
+     ?_assertMatch({error, {bad_option, {tls, {versions, ['tlsv1.1'], _}}}},
+                   normalize(client, "s", #{tls => [{cacertfile, "x"}, {versions, ['tlsv1.1']}]})),
+     ?_assertMatch({error, {bad_option, {tls, {versions, _, _}}}},
+                   normalize(server, "s", #{tls => [{versions, ['tlsv1.3', tlsv1]}]}))].
 
 features_as_atoms_test() ->
     {ok, M} = normalize(client, "s", #{features => [maps, <<"link">>]}),

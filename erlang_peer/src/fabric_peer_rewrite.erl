@@ -28,7 +28,8 @@
 features(List) -> maps:from_list([{F, true} || F <- List]).
 
 %% @doc Rewrite a term for the wire. Errors: `{unsupported, map | bitstring | port | 'fun'}'
-%% when the peer did not agree on the feature, `{too_deep, Max}'.
+%% when the peer did not agree on the feature, `{too_deep, Max}'. `PidFun' may refuse a pid
+%% by throwing `{rewrite, Why}': `out/4' then returns `{error, Why}'.
 -spec out(term(), features(), out_fun(Acc), Acc) -> {ok, term(), Acc} | {error, term()}.
 out(Term, Features, PidFun, Acc) ->
     try

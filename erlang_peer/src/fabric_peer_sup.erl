@@ -17,6 +17,7 @@ start_link() -> supervisor:start_link({local, ?MODULE}, ?MODULE, []).
 init([]) ->
     _ = ets:new(fabric_peer_registry, [named_table, public, set, {read_concurrency, true}]),
     _ = ets:new(fabric_peer_proxies, [named_table, public, set, {read_concurrency, true}]),
+    _ = ets:new(fabric_peer_throttle:table(), [named_table, public, set]),
     Sup = fun(Name) -> #{id => Name, start => {Name, start_link, []}, type => supervisor,
                          shutdown => infinity} end,
     {ok, {#{strategy => one_for_one, intensity => 5, period => 10},

@@ -10,7 +10,7 @@
 -module(fabric_peer_transport).
 
 -export([listen/3, accept/2, handshake/3, connect/5, send/3, activate/2,
-         controlling_process/3, close/2, peername/2, port/2, messages/1, name/1]).
+         controlling_process/3, close/2, peername/2, peer_ip/2, port/2, messages/1, name/1]).
 
 -export_type([transport/0, socket/0]).
 
@@ -48,7 +48,47 @@ handshake({tls, _}, S, Timeout) -> ssl:handshake(S, Timeout).
 connect(tcp, Host, Port, Limit, Timeout) ->
     gen_tcp:connect(Host, Port, base_opts(Limit), Timeout);
 connect({tls, SslOpts}, Host, Port, Limit, Timeout) ->
-    ssl:connect(Host, Port, base_opts(Limit) ++ SslOpts, Timeout).
+    ssl:connect(Host, Port, base_opts(Limit) ++ hostname_check(Host, SslOpts) ++ SslOpts, Timeout).
+
+%% A verifying client checks the server's certificate against the host it connects to:
+%% `server_name_indication' is the host (unless given), and for an IP address the
+%% certificate must list that address as an IP subject alternative name (the default check
+%% only compares DNS names).
+hostname_check(Host, SslOpts) ->
+    Verifying = proplists:get_value(verify, SslOpts) =:= verify_peer,
+    case Verifying andalso not proplists:is_defined(server_name_indication, SslOpts) of
+        false -> [];
+        true ->
+            case ip_address(Host) of
+                {ok, Ip} ->
+                    Custom = case proplists:is_defined(customize_hostname_check, SslOpts) of
+                                 true -> [];
+                                 false -> [{customize_hostname_check,
+                                            [{match_fun, ip_san_match(Ip)}]}]
+                             end,
+                    [{server_name_indication, inet:ntoa(Ip)} | Custom];
+                error when is_list(Host) -> [{server_name_indication, Host}];
+                error when is_atom(Host) -> [{server_name_indication, atom_to_list(Host)}];
+                error -> []
+            end
+    end.
+
+ip_address(Host) when is_tuple(Host) -> {ok, Host};
+ip_address(Host) when is_list(Host) ->
+    case inet:parse_strict_address(Host) of
+        {ok, Ip} -> {ok, Ip};
+        {error, _} -> error
+    end;
+ip_address(_) -> error.
+
+ip_san_match(Ip) ->
+    Bytes = ip_bytes(Ip),
+    fun(_Reference, {iPAddress, Presented}) -> iolist_to_binary(Presented) =:= Bytes;
+       (_, _) -> default
+    end.
+
+ip_bytes({A, B, C, D}) -> <<A, B, C, D>>;
+ip_bytes(Ip6) when tuple_size(Ip6) =:= 8 -> << <<W:16>> || W <- tuple_to_list(Ip6) >>.
 
 %% @doc Send one frame (the 4-byte length is added by the socket).
 -spec send(transport(), socket(), iodata()) -> ok | {error, term()}.
@@ -77,6 +117,14 @@ peername(T, S) ->
     case R of
         {ok, {Ip, Port}} -> iolist_to_binary([inet:ntoa(Ip), ":", integer_to_list(Port)]);
         _ -> <<"unknown">>
+    end.
+
+%% @doc The peer's IP address (for per-address throttling).
+-spec peer_ip(transport(), socket()) -> {ok, inet:ip_address()} | error.
+peer_ip(T, S) ->
+    case case T of tcp -> inet:peername(S); {tls, _} -> ssl:peername(S) end of
+        {ok, {Ip, _}} -> {ok, Ip};
+        _ -> error
     end.
 
 %% @doc The local port of a (listen) socket.

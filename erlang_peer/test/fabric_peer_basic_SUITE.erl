@@ -31,7 +31,10 @@ init_per_suite(Config) ->
     start_ping(ping),
     %% the default handshake_timeout (10 s): a short one would make the first connections of
     %% a loaded CI machine (cold code loading, crypto) fail; handshake_timeout/1 has its own
-    {ok, S} = fabric_peer:start_server(0, "secret", #{allowed => [ping], allow_legacy_auth => true}),
+    %% the auth cases fail on purpose many times from 127.0.0.1: no throttling here
+    %% (fabric_peer_security_SUITE tests it)
+    {ok, S} = fabric_peer:start_server(0, "secret", #{allowed => [ping], allow_legacy_auth => true,
+                                                        max_auth_failures => 0}),
     [{server, S}, {port, fabric_peer:port(S)} | Config].
 
 end_per_suite(Config) ->

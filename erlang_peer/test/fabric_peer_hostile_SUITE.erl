@@ -16,8 +16,10 @@ init_per_suite(Config) ->
     ok = fabric_peer_test_lib:start_app(),
     logger:set_primary_config(level, emergency),
     fabric_peer_test_lib:start_ping(hping),
+    %% hostile clients fail authentication on purpose: no throttling here
     {ok, S} = fabric_peer:start_server(0, "secret", #{allowed => [hping], allow_legacy_auth => true,
-                                                        max_frame => 65536, max_new_atoms => 5}),
+                                                        max_frame => 65536, max_new_atoms => 5,
+                                                        max_auth_failures => 0}),
     Port = fabric_peer:port(S),
     %% a well-behaved client that must keep working through every case
     {ok, C} = fabric_peer:connect("127.0.0.1", Port, "secret", #{}),

@@ -32,7 +32,8 @@ init_per_suite(Config) ->
     Private = spawn(fun() -> fabric_peer_test_lib:collector(Obs, private_proc) end),
     register(private_proc, Private),
     {ok, S} = fabric_peer:start_server(0, "secret", #{allowed => [simple_server, fabric_rpc],
-                                                        allow_legacy_auth => true}),
+                                                        allow_legacy_auth => true,
+                                                        max_auth_failures => 0}),
     Sock = legacy_login(fabric_peer:port(S), "secret"),
     %% init_per_suite's process ends: give the socket to a process that outlives it
     Holder = spawn(fun() -> receive stop -> ok end end),

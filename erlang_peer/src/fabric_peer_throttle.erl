@@ -1,0 +1,125 @@
+%% @doc Per-address throttling of failed authentications on a server (README "Security").
+%%
+%% `max_auth_failures' failed handshakes from one address within `auth_failure_window' ms
+%% make the server refuse that address's new connections for `auth_block_time' ms (the
+%% Python server's rule and defaults). `max_auth_failures => 0' disables it. Handshakes that
+%% time out are not counted (slow is not guessing; the handshake timeout bounds them).
+%%
+%% The entries live in one public ETS table (created by `fabric_peer_sup'), keyed by
+%% `{ServerRef, Ip}', bounded to `?MAX_ADDRESSES' entries: beyond, the least recently used
+%% entry is forgotten. The rule itself is the pure `record/4' and `left/2' (EUnit below).
+%% Concurrent failures of one address may race on its entry; at worst one failure is not
+%% counted, which only delays a block by one attempt.
+-module(fabric_peer_throttle).
+
+-export([table/0, failed/3, blocked/3, forget/1, record/4, left/2]).
+
+-export_type([entry/0]).
+
+-define(TABLE, fabric_peer_auth_failures).
+%% Addresses tracked over all servers of the node: an attacker rotating addresses costs at
+%% most this many small entries.
+-define(MAX_ADDRESSES, 10000).
+
+%% {Failure times (ms, newest first, at most max_auth_failures), blocked until (monotonic ms,
+%% which may be negative) or none}
+-type entry() :: {[integer()], integer() | none}.
+
+%% @doc The ETS table's name (created by `fabric_peer_sup').
+-spec table() -> atom().
+table() -> ?TABLE.
+
+%% @doc Record a failed authentication from `Ip' on server `Ref'. Returns `block' when this
+%% failure starts a block of the address, `ok' otherwise.
+-spec failed(reference(), inet:ip_address(), map()) -> ok | block.
+failed(Ref, Ip, #{max_auth_failures := Max} = O) when Max > 0 ->
+    Now = now_ms(),
+    Key = {Ref, Ip},
+    Entry = case ets:lookup(?TABLE, Key) of
+                [{_, E, _}] -> E;
+                [] -> make_room(), {[], none}
+            end,
+    {Entry1, Started} = record(Now, Entry, O, Max),
+    true = ets:insert(?TABLE, {Key, Entry1, Now}),
+    case Started of
+        true -> block;
+        false -> ok
+    end;
+failed(_, _, _) -> ok.
+
+%% @doc Milliseconds `Ip' stays refused by server `Ref' (0: not blocked).
+-spec blocked(reference(), inet:ip_address(), map()) -> non_neg_integer().
+blocked(Ref, Ip, #{max_auth_failures := Max}) when Max > 0 ->
+    case ets:lookup(?TABLE, {Ref, Ip}) of
+        [{_, E, _}] -> left(now_ms(), E);
+        [] -> 0
+    end;
+blocked(_, _, _) -> 0.
+
+%% @doc Forget a stopped server's entries.
+-spec forget(reference()) -> ok.
+forget(Ref) ->
+    _ = ets:match_delete(?TABLE, {{Ref, '_'}, '_', '_'}),
+    ok.
+
+%% @doc The rule: add a failure at `Now'; `{Entry, true}' when it starts a block.
+-spec record(integer(), entry(), map(), pos_integer()) -> {entry(), boolean()}.
+record(Now, {_, Until} = E, _, _) when is_integer(Until), Until > Now ->
+    %% a handshake already under way when the block began
+    {E, false};
+record(Now, {Times, _}, #{auth_failure_window := Window, auth_block_time := Block}, Max) ->
+    Recent = [T || T <- Times, T > Now - Window],
+    case length(Recent) + 1 >= Max of
+        true -> {{[], Now + Block}, true};
+        false -> {{[Now | Recent], none}, false}
+    end.
+
+%% @doc Milliseconds left in the block of an entry at `Now'.
+-spec left(integer(), entry()) -> non_neg_integer().
+left(_, {_, none}) -> 0;
+left(Now, {_, Until}) -> max(0, Until - Now).
+
+make_room() ->
+    case ets:info(?TABLE, size) >= ?MAX_ADDRESSES of
+        true ->
+            {Oldest, _} = ets:foldl(fun({_, _, Used}, {_, U} = Acc) when Used >= U -> Acc;
+                                       ({K, _, Used}, _) -> {K, Used}
+                                    end, {none, infinity}, ?TABLE),
+            ets:delete(?TABLE, Oldest),
+            ok;
+        false -> ok
+    end.
+
+now_ms() -> erlang:monotonic_time(millisecond).
+
+-ifdef(TEST).
+-include_lib("eunit/include/eunit.hrl").
+
+-define(O, #{auth_failure_window => 1000, auth_block_time => 5000}).
+
+negative_clock_test() ->
+    {E1, false} = record(-50000, {[], none}, ?O, 2),
+    ?assertEqual(0, left(-50000, E1)),
+    {E2, true} = record(-49990, E1, ?O, 2),
+    ?assertEqual(5000, left(-49990, E2)).
+
+blocks_at_the_max_within_the_window_test() ->
+    {E1, false} = record(0, {[], none}, ?O, 3),
+    {E2, false} = record(10, E1, ?O, 3),
+    {E3, true} = record(20, E2, ?O, 3),
+    ?assertEqual(5000, left(20, E3)),
+    ?assertEqual(0, left(5020, E3)),
+    %% failures during the block do not extend it
+    ?assertEqual({E3, false}, record(30, E3, ?O, 3)).
+
+old_failures_leave_the_window_test() ->
+    {E1, false} = record(0, {[], none}, ?O, 3),
+    {E2, false} = record(500, E1, ?O, 3),
+    {E3, false} = record(1200, E2, ?O, 3),
+    ?assertEqual(0, left(1200, E3)),
+    {_, true} = record(1300, E3, ?O, 3).
+
+one_failure_blocks_with_max_one_test() ->
+    {E, true} = record(0, {[], none}, ?O, 1),
+    ?assertEqual(5000, left(0, E)).
+-endif.
