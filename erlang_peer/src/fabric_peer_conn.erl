@@ -706,6 +706,19 @@ backoff(N, Min, Max) ->
     Cap = min(Max, Min bsl min(N, 20)),
     Cap div 2 + rand:uniform(max(1, Cap - Cap div 2)).
 
+-ifdef(TEST).
+-include_lib("eunit/include/eunit.hrl").
+
+backoff_test() ->
+    %% Doubles from Min, never exceeds Max, never drops below half its cap (jitter).
+    [begin
+         Cap = min(80, 20 bsl N),
+         D = backoff(N, 20, 80),
+         true = D =< Cap andalso D >= Cap div 2 andalso D >= 1
+     end || N <- lists:seq(0, 40), _ <- lists:seq(1, 20)],
+    ok.
+-endif.
+
 %%% ---------------------------------------------------------------- established
 
 established(Params, Resumed, #d{o = O} = D0) ->

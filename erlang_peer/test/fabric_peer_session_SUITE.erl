@@ -36,6 +36,20 @@ connect(Config, Opts) ->
     {ok, C} = fabric_peer:connect("127.0.0.1", ?config(port, Config), "secret", Opts),
     C.
 
+%% Restart a server on the port of one that was stopped. A client reconnecting in a loop can,
+%% rarely, connect to itself on that port (TCP simultaneous open on loopback when its
+%% ephemeral source port is the target port) and hold it for a moment: try again then.
+restart_server(Port, Secret, Opts) -> restart_server(Port, Secret, Opts, 50).
+
+restart_server(Port, Secret, Opts, Tries) ->
+    case fabric_peer:start_server(Port, Secret, Opts) of
+        {error, Why} when (Why =:= eaddrinuse orelse Why =:= {listen_failed, eaddrinuse}),
+                          Tries > 0 ->
+            timer:sleep(100),
+            restart_server(Port, Secret, Opts, Tries - 1);
+        Result -> Result
+    end.
+
 wait_state(C, State) ->
     true = fabric_peer_test_lib:wait_until(fun() -> maps:get(state, fabric_peer:info(C)) =:= State end).
 
@@ -133,7 +147,7 @@ reconnects_after_server_restart(Config) ->
     C = connect(Config, #{reconnect_min => 50, reconnect_max => 200}),
     fabric_peer:stop_server(?config(server, Config)),
     wait_state(C, disconnected),
-    {ok, S2} = fabric_peer:start_server(Port, "secret", #{allowed => [Name]}),
+    {ok, S2} = restart_server(Port, "secret", #{allowed => [Name]}),
     wait_state(C, established),
     true = is_pid(fabric_peer:whereis(C, Name)),
     fabric_peer:close(C),
@@ -146,7 +160,8 @@ no_reconnect_option(Config) ->
     ok = fabric_peer:disconnect(C),
     receive {'DOWN', Ref, process, C, _} -> ok after 3000 -> ct:fail(still_alive) end.
 
-%% The backoff doubles from reconnect_min and never exceeds reconnect_max.
+%% After many failed attempts the client still reconnects (the delays themselves are checked
+%% by fabric_peer_conn's EUnit test of backoff/3, without timing).
 backoff_is_capped(Config) ->
     Port = ?config(port, Config),
     C = connect(Config, #{reconnect_min => 20, reconnect_max => 80}),
@@ -154,10 +169,8 @@ backoff_is_capped(Config) ->
     timer:sleep(1000),
     #{state := State} = fabric_peer:info(C),
     true = lists:member(State, [disconnected, connecting]),
-    {ok, S2} = fabric_peer:start_server(Port, "secret", #{}),
-    T0 = erlang:monotonic_time(millisecond),
+    {ok, S2} = restart_server(Port, "secret", #{}),
     wait_state(C, established),
-    true = erlang:monotonic_time(millisecond) - T0 < 1000,
     fabric_peer:close(C),
     fabric_peer:stop_server(S2).
 
@@ -171,7 +184,7 @@ auth_failure_on_reconnect_stops(Config) ->
     ProxyRef = monitor(process, P),
     ConnRef = monitor(process, C),
     fabric_peer:stop_server(?config(server, Config)),
-    {ok, S2} = fabric_peer:start_server(Port, "another secret", #{}),
+    {ok, S2} = restart_server(Port, "another secret", #{}),
     receive {'DOWN', ProxyRef, process, P, noconnection} -> ok
     after 5000 -> ct:fail(proxy_alive) end,
     receive {'DOWN', ConnRef, process, C, _} -> ok
