@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
 from transport_helpers import (
+    restart_serve,
     DOWN,
     NOCONNECTION,
     PONG,
@@ -20,7 +20,7 @@ from transport_helpers import (
     wait_for,
 )
 
-from pyfabric import ANY, Atom, AuthenticationError, NotConnected, Pid, ProcessExit, serve
+from pyfabric import ANY, Atom, NotConnected, Pid, ProcessExit
 
 CUSTOM = (Atom("custom"), 42)
 
@@ -268,7 +268,7 @@ def test_server_restart_same_port_session_lost() -> None:
                 # While it reconnects the client keeps its session (proxies alive).
                 await wait_for(lambda: client.state == "reconnecting")
                 assert client.node.is_alive(old_ping)
-                server2 = await serve("127.0.0.1", port, SECRET, allowed=("ping",))
+                server2 = await restart_serve(port, SECRET, allowed=("ping",))
                 server2.spawn(ping, name="ping")
                 await wait_for(lambda: states[-1:] == ["connected"])
                 assert states == ["reconnecting", "connected"]
@@ -303,7 +303,7 @@ def test_server_restart_old_proxies_die_noconnection() -> None:
                 drop_from_server(server)
                 await wait_for(lambda: client.state == "reconnecting")
                 await server.close()
-                server2 = await serve("127.0.0.1", port, SECRET, allowed=("ping",))
+                server2 = await restart_serve(port, SECRET, allowed=("ping",))
                 server2.spawn(ping, name="ping")
                 down = await box.receive((DOWN, ref, ANY, ANY, ANY), timeout=WAIT)
                 assert down == (DOWN, ref, PROCESS, old_ping, NOCONNECTION)
@@ -332,7 +332,7 @@ def test_client_gives_up_on_authentication_error() -> None:
                 drop_from_server(server)
                 await wait_for(lambda: client.state == "reconnecting")
                 await server.close()
-                server2 = await serve("127.0.0.1", port, b"another secret", allowed=("ping",))
+                server2 = await restart_serve(port, b"another secret", allowed=("ping",))
                 await wait_for(lambda: client.state == "closed")
                 assert await box.receive(timeout=WAIT) == (DOWN, ref, PROCESS, old_ping, NOCONNECTION)
                 with pytest.raises(NotConnected):

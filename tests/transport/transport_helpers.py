@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import hashlib
 import logging
@@ -94,6 +95,20 @@ async def start_server(*, allowed: Any = ("ping",), register_ping: bool = True, 
     if register_ping:
         server.spawn(ping, name="ping")
     return server
+
+
+async def restart_serve(port: int, secret: bytes, **options: Any) -> Server:
+    """``serve`` on the port of a server that was just closed. A client reconnecting in a loop
+    can, rarely, connect to itself on that port (TCP simultaneous open on loopback when its
+    ephemeral source port is the target port) and hold it for a moment: try again then."""
+    for _ in range(50):
+        try:
+            return await serve("127.0.0.1", port, secret, **options)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            await asyncio.sleep(0.1)
+    return await serve("127.0.0.1", port, secret, **options)
 
 
 async def connect(server_or_port: Server | int, **options: Any) -> Client:
