@@ -52,7 +52,7 @@ loop(St) ->
         eof -> ok;
         {error, _} -> ok;
         Line ->
-            case parse(Line) of
+            case fabric_peer_cli:parse(Line) of
                 empty -> loop(St);
                 {ok, quit} -> out("ok \"bye\"");
                 {ok, Cmd} ->
@@ -68,22 +68,6 @@ loop(St) ->
                 {error, Why} ->
                     out(["error ", io_lib:format("~0tp", [{parse, Why}])]),
                     loop(St)
-            end
-    end.
-
-parse(Line) ->
-    Text = string:trim(unicode:characters_to_list(Line)),
-    case Text of
-        "" -> empty;
-        _ ->
-            T1 = case lists:last(Text) of $. -> Text; _ -> Text ++ "." end,
-            case erl_scan:string(T1) of
-                {ok, Toks, _} ->
-                    case erl_parse:parse_term(Toks) of
-                        {ok, Term} -> {ok, Term};
-                        {error, E} -> {error, E}
-                    end;
-                {error, E, _} -> {error, E}
             end
     end.
 

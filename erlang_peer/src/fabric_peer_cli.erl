@@ -35,7 +35,7 @@
 %% watchers saw.
 -module(fabric_peer_cli).
 
--export([main/0, handle/2]).
+-export([main/0, handle/2, parse/1]).
 
 -define(EVENTS, fabric_cli_events).
 
@@ -74,6 +74,9 @@ loop(St) ->
             end
     end.
 
+%% @doc One command line as an Erlang term (the final `.' is optional); `empty' for a blank
+%% line. Also used by the benchmark driver (bench/erl), which reads the same line format.
+-spec parse(unicode:chardata()) -> {ok, term()} | empty | {error, string()}.
 parse(Line) ->
     Text = string:trim(unicode:characters_to_list(Line)),
     case Text of
