@@ -1,7 +1,7 @@
 """Every code example in README.md runs, against real Erlang where it talks to Erlang.
 
-Examples are found by the README section they sit in; the port ``5555`` in them is
-replaced by a port the OS picked. A README edit that breaks an example, or that adds one
+Examples are found by the README section they sit in; each section's own port (5555, 5556,
+5557) is replaced by a port the OS picked. A README edit that breaks an example, or that adds one
 this file does not run, fails here.
 """
 
@@ -18,7 +18,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 EBIN = ROOT / "erlang_peer" / "_build" / "default" / "lib" / "fabric_peer" / "ebin"
-EXAMPLE_PORT = "5555"
+EXAMPLE_PORT = "5555"  # Python client, Erlang server
+PYSERVER_PORT = "5556"  # Python server, Erlang client
+SECURITY_PORT = "5557"  # Security
 
 
 def _sections() -> dict[str, list[tuple[str, str]]]:
@@ -108,19 +110,40 @@ def test_blocking_client_example(erlang_ping_server: int) -> None:
 def test_async_client_example(erlang_ping_server: int) -> None:
     code = _blocks("Python client, Erlang server", "python")[1].replace(EXAMPLE_PORT, str(erlang_ping_server))
     out = _run_python(code).splitlines()
-    assert out == ["(Atom('pong'), (Atom('payload'), 'abababa'))", "killed"]
+    assert out == ["(Atom('pong'), (Atom('payload'), 'abababa'))", "(Atom('done'), 42)"]
+
+
+def test_client_examples_run_one_after_another_against_one_server(erlang_ping_server: int) -> None:
+    """A user runs the examples in any order against the one server they started."""
+    blocking, asynchronous = (
+        code.replace(EXAMPLE_PORT, str(erlang_ping_server)) for code in _blocks("Python client, Erlang server", "python")
+    )
+    for code in (asynchronous, blocking, asynchronous, blocking):
+        assert _run_python(code).splitlines()[0] == "(Atom('pong'), (Atom('payload'), 'abababa'))"
+
+
+def test_each_section_has_its_own_port() -> None:
+    ports = {
+        "Python client, Erlang server": EXAMPLE_PORT,
+        "Python server, Erlang client": PYSERVER_PORT,
+        "Security": SECURITY_PORT,
+    }
+    for heading, port in ports.items():
+        code = "".join(code for _, code in SECTIONS[heading])
+        assert port in code, heading
+        assert set(re.findall(r"\b55\d\d\b", code)) == {port}, heading
 
 
 def test_python_server_with_erlang_client_example() -> None:
     (server_code,) = _blocks("Python server, Erlang client", "python")
     (client_code,) = _blocks("Python server, Erlang client", "erlang")
-    server_code = server_code.replace(EXAMPLE_PORT, "0")
+    server_code = server_code.replace(PYSERVER_PORT, "0")
     server = subprocess.Popen([sys.executable, "-c", server_code], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         line = server.stdout.readline()
         match = re.fullmatch(r"listening on (\d+)\n", line)
         assert match, f"the Python server example did not start: {line!r}"
-        script = client_code.replace(EXAMPLE_PORT, match.group(1)).rstrip().rstrip(".") + ", halt()."
+        script = client_code.replace(PYSERVER_PORT, match.group(1)).rstrip().rstrip(".") + ", halt()."
         out = subprocess.run(
             [_erl(), "-noshell", "-pa", str(EBIN), "-eval", script], capture_output=True, text=True, timeout=60
         )
@@ -138,8 +161,9 @@ def test_processes_example() -> None:
 
 def test_security_example(tmp_path: Path) -> None:
     (code,) = _blocks("Security", "python")
-    out = _run_python(code.replace(EXAMPLE_PORT, "0"), cwd=tmp_path).strip()
-    assert out == "over mutual TLS"
+    for _ in range(2):  # a second run in the same directory works too (the files are replaced)
+        out = _run_python(code.replace(SECURITY_PORT, "0"), cwd=tmp_path).strip()
+        assert out == "over mutual TLS"
     keys = sorted(p.name for p in (tmp_path / "certs").glob("*-key.pem"))
     assert keys == ["ca-key.pem", "client-worker-key.pem", "server-key.pem"]
     assert all((tmp_path / "certs" / k).stat().st_mode & 0o077 == 0 for k in keys)

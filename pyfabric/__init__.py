@@ -10,6 +10,7 @@ Layers, bottom up (each imports only from the ones below it):
   with the blocking facade (:func:`connect`, :func:`start_server`) for scripts and threads.
 """
 
+from ._version import __version__
 from ._blocking import BlockingClient, BlockingMailbox, BlockingServer, connect, start_server
 from .etf import (
     Atom,

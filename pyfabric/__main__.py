@@ -12,6 +12,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from ._version import __version__
+
 __all__ = ["main"]
 
 
@@ -28,6 +30,7 @@ def _certs(args: argparse.Namespace) -> int:
             clients=args.client or [],
             server=not args.no_server,
             days=args.days,
+            overwrite=args.force,
         )
     except (FileExistsError, ValueError) as exc:
         print(f"pyfabric certs: {exc}", file=sys.stderr)
@@ -43,19 +46,25 @@ def _certs(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyfabric", description="pyfabric tools")
+    parser.add_argument("--version", action="version", version=f"pyfabric {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     certs = sub.add_parser(
         "certs",
         help="write a development CA, server and client certificates (ECDSA P-256)",
         description="Write ca.pem/ca-key.pem (reused when present), server.pem/server-key.pem and "
         "client-NAME.pem/client-NAME-key.pem into DIR. Private keys get mode 0600; existing server "
-        "and client files are never overwritten. For development, tests and closed deployments.",
+        "and client files are only replaced with --force. For development, tests and closed deployments.",
     )
     certs.add_argument("--out", required=True, metavar="DIR", help="directory to write into (created if missing)")
     certs.add_argument("--hostname", action="append", metavar="NAME", help="server DNS name (repeatable; default localhost)")
     certs.add_argument("--ip", action="append", metavar="ADDR", help="server IP address (repeatable; default 127.0.0.1 and ::1)")
     certs.add_argument("--client", action="append", metavar="NAME", help="also write a client certificate for NAME (repeatable)")
     certs.add_argument("--no-server", action="store_true", help="do not write a server certificate (add clients to an existing CA)")
+    certs.add_argument(
+        "--force",
+        action="store_true",
+        help="replace existing server and client files (the CA is still reused when present)",
+    )
     certs.add_argument("--days", type=int, default=825, help="validity of server and client certificates (default 825)")
     certs.set_defaults(run=_certs)
     return parser

@@ -202,12 +202,14 @@ def write_dev_certs(
     server: bool = True,
     days: int = DEFAULT_CERT_DAYS,
     ca_days: int = DEFAULT_CA_DAYS,
+    overwrite: bool = False,
 ) -> DevCerts:
     """Write a development CA (reused if ``ca.pem`` and ``ca-key.pem`` exist), a server
     certificate for ``hostnames`` and ``ips`` (unless ``server=False``) and one client
     certificate per name in ``clients`` into ``directory`` (created with mode 0700 if
     missing). Private keys get mode 0600. Raises ``FileExistsError`` rather than
-    overwrite a server or client file.
+    overwrite a server or client file, unless ``overwrite=True`` (then those files are
+    replaced; an existing CA is still reused, so certificates issued before stay valid).
     """
     out = Path(directory)
     out.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -226,8 +228,10 @@ def write_dev_certs(
     for name in clients:
         leaves += [out / f"client-{name}.pem", out / f"client-{name}-key.pem"]
     existing = [str(p) for p in leaves if p.exists() or p.is_symlink()]
-    if existing:
-        raise FileExistsError(f"refusing to overwrite {', '.join(existing)}")
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"refusing to overwrite {', '.join(existing)}: pass overwrite=True (pyfabric certs --force) to replace them"
+        )
     if ca_cert_path.exists() and ca_key_path.exists():
         ca_cert, ca_key = _load_ca(ca_cert_path, ca_key_path)
     elif ca_cert_path.exists() or ca_key_path.exists():
@@ -236,6 +240,8 @@ def write_dev_certs(
         ca_cert, ca_key = make_ca(days=ca_days)
         _write_private(ca_key_path, ca_key)
         _write_cert(ca_cert_path, ca_cert)
+    for path in leaves if existing else ():
+        path.unlink(missing_ok=True)  # a planted symlink is removed, never followed
     server_cert = server_key = None
     if server:
         cn = hostnames[0] if hostnames else (ips[0] if ips else "pyfabric server")

@@ -92,3 +92,33 @@ def test_bad_client_names_are_refused_before_writing(tmp_path: Path, name: str) 
     with pytest.raises(ValueError):
         write_dev_certs(tmp_path / "pki", clients=[name])
     assert not (tmp_path / "pki" / "ca-key.pem").exists()
+
+
+def test_force_replaces_server_and_client_files_and_keeps_the_ca(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["certs", "--out", str(tmp_path), "--client", "alice"]) == 0
+    ca_before = (tmp_path / "ca.pem").read_bytes()
+    server_key_before = (tmp_path / "server-key.pem").read_bytes()
+    client_before = (tmp_path / "client-alice.pem").read_bytes()
+    capsys.readouterr()
+    assert main(["certs", "--out", str(tmp_path), "--client", "alice"]) == 1
+    assert "pyfabric certs --force" in capsys.readouterr().err  # the error says how to go on
+    assert main(["certs", "--out", str(tmp_path), "--client", "alice", "--force"]) == 0
+    assert (tmp_path / "ca.pem").read_bytes() == ca_before
+    assert (tmp_path / "server-key.pem").read_bytes() != server_key_before
+    assert (tmp_path / "client-alice.pem").read_bytes() != client_before
+    assert stat.S_IMODE((tmp_path / "server-key.pem").stat().st_mode) == 0o600
+    ca = _cert(tmp_path / "ca.pem")
+    for leaf in ("server.pem", "client-alice.pem"):
+        _cert(tmp_path / leaf).verify_directly_issued_by(ca)
+
+
+def test_overwrite_removes_a_planted_leaf_symlink_without_following_it(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.write_text("precious")
+    out = tmp_path / "pki"
+    write_dev_certs(out)
+    (out / "server-key.pem").unlink()
+    os.symlink(target, out / "server-key.pem")
+    write_dev_certs(out, overwrite=True)
+    assert target.read_text() == "precious"
+    assert not (out / "server-key.pem").is_symlink()
