@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from conformance_corpus import LEGACY_DIR
+
 from pyfabric import etf
 from pyfabric.etf import Atom
 
@@ -27,7 +29,7 @@ assert _spec and _spec.loader
 strategies = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(strategies)
 
-VECTOR_DIR = pathlib.Path("/work/shared/vectors")
+VECTOR_DIR = LEGACY_DIR
 UNSAFE = etf.DecodeLimits(max_bignum_bytes=1 << 20, max_depth=10_000, max_input_size=1 << 30,
                           max_binary_size=1 << 30, max_decompressed_size=1 << 30)
 

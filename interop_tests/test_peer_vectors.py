@@ -1,4 +1,4 @@
-"""Replay the original implementation's frames (shared/vectors) against our Erlang server.
+"""Replay the original implementation's frames (conformance/legacy) against our Erlang server.
 
 A raw socket client speaks the legacy handshake (md5 of challenge + secret) and replays the
 C->S frames; replies are compared with the original server's S->C frames (after undoing
@@ -9,31 +9,19 @@ the connection survives; bad handshakes get ``{auth, failed}`` and a close.
 from __future__ import annotations
 
 import hashlib
-import os
 import socket
 import struct
 import zlib
-from pathlib import Path
 
 import pytest
+from conformance_corpus import LEGACY_DIR
 
 from erlnode import ErlangNode, ErlangCommandError  # noqa: F401  (re-exported for readers)
 
 SECRET = "secret"
 
 
-def _vector_dir() -> Path:
-    env = os.environ.get("FABRIC_VECTORS")
-    if env:
-        return Path(env)
-    for parent in Path(__file__).resolve().parents:
-        cand = parent / "shared" / "vectors"
-        if cand.is_dir():
-            return cand
-    return Path("/work/shared/vectors")
-
-
-VECTORS = _vector_dir()
+VECTORS = LEGACY_DIR
 
 
 def vector(prefix: str) -> bytes:

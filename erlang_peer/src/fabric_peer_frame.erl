@@ -140,20 +140,6 @@ drop_old(Q, Oldest) ->
 -ifdef(TEST).
 -include_lib("eunit/include/eunit.hrl").
 
-vector_dir() ->
-    case os:getenv("FABRIC_VECTORS") of
-        false -> find_up(filename:dirname(code:which(?MODULE)), 10);
-        Dir -> Dir
-    end.
-
-find_up(_, 0) -> "/work/shared/vectors";
-find_up(Dir, N) ->
-    Cand = filename:join([Dir, "shared", "vectors"]),
-    case filelib:is_dir(Cand) of
-        true -> Cand;
-        false -> find_up(filename:dirname(filename:absname(Dir)), N - 1)
-    end.
-
 %% Our encoder reproduces the original's frames (vectors 09, 14, 07 are re-encodings).
 encode_like_original_test() ->
     ?assertEqual(<<131, 104, 3, 100, 0, 1, $m, 100, 0, 13, "simple_server", 100, 0, 12,
@@ -211,7 +197,7 @@ error_frame_test() ->
 
 %% Every recorded vector decodes safely (the scanner agrees with binary_to_term).
 vectors_decode_test() ->
-    Dir = vector_dir(),
+    Dir = fabric_peer_test_lib:vector_dir(),
     Files = filelib:wildcard(filename:join(Dir, "*.bin")),
     ?assert(length(Files) >= 50),
     lists:foreach(

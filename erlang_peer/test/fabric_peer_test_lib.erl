@@ -9,16 +9,17 @@ start_app() ->
     {ok, _} = application:ensure_all_started(fabric_peer),
     ok.
 
-vector_dir() ->
-    case os:getenv("FABRIC_VECTORS") of
-        false -> find_up(filename:absname(filename:dirname(code:which(?MODULE))), 12);
-        Dir -> Dir
-    end.
+%% The in-repository conformance corpus (conformance/ at the repository root), found by
+%% walking up from this module's beam file (it is under erlang_peer/_build/).
+conformance_dir() -> find_up(filename:absname(filename:dirname(code:which(?MODULE))), 16).
 
-find_up(_, 0) -> "/work/shared/vectors";
+%% The recorded frames of the original implementation.
+vector_dir() -> filename:join(conformance_dir(), "legacy").
+
+find_up(Dir, 0) -> error({no_conformance_dir_above, Dir});
 find_up(Dir, N) ->
-    Cand = filename:join([Dir, "shared", "vectors"]),
-    case filelib:is_dir(Cand) of
+    Cand = filename:join(Dir, "conformance"),
+    case filelib:is_regular(filename:join([Cand, "legacy", "INDEX.md"])) of
         true -> Cand;
         false -> find_up(filename:dirname(Dir), N - 1)
     end.

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-import pathlib
 
 from hypothesis import HealthCheck, given, settings
+from conformance_corpus import LEGACY_DIR
 from hypothesis import strategies as st
 
 from pyfabric import etf
 
-VECTORS = [p.read_bytes() for p in sorted(pathlib.Path("/work/shared/vectors").glob("*.bin"))]
+VECTORS = [p.read_bytes() for p in sorted(LEGACY_DIR.glob("*.bin"))]
 _SCALE = max(1, int(os.environ.get("FUZZ_SECONDS", "20")) // 20)
 FUZZ = settings(max_examples=1500 * _SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -220,9 +220,9 @@ def test_value_types_are_frozen_and_hashable() -> None:
 
 
 def test_fun_keeps_raw_bytes() -> None:
-    import pathlib
+    from conformance_corpus import legacy_vector
 
-    data = pathlib.Path("/work/shared/vectors/32_c2s_m_fun_payload_compressed.bin").read_bytes()
+    data = legacy_vector(32)
     term = etf.decode(data, safe=False)
     fun = term[2][1][1][2]
     assert isinstance(fun, etf.Fun)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import pathlib
 
 import pytest
+from conformance_corpus import LEGACY_DIR
 
 from pyfabric import etf
 
-VECTOR_DIR = pathlib.Path("/work/shared/vectors")
+VECTOR_DIR = LEGACY_DIR
 VECTORS = sorted(VECTOR_DIR.glob("*.bin"))
 NOT_ETF = {"42_c2s_garbage_hello.bin", "45_c2s_garbage_frame.bin"}  # raw-client garbage
 FUN_VECTOR = "32_c2s_m_fun_payload_compressed.bin"

@@ -3,29 +3,18 @@ hand-written legacy endpoint that speaks exactly what PROTOCOL.md describes."""
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import itertools
-import os
 import struct
 from typing import Any
+
+from conformance_corpus import legacy_paths, legacy_vectors
 
 from pyfabric.etf import Atom, Pid, decode, encode
 from pyfabric.protocol import NEED_DATA, Connection
 
-VECTOR_DIR = os.environ.get("FABRIC_VECTORS", "/work/shared/vectors")
-
-
-def _load_vectors() -> dict[int, bytes]:
-    out = {}
-    for path in sorted(glob.glob(os.path.join(VECTOR_DIR, "[0-9][0-9]_*.bin"))):
-        with open(path, "rb") as f:
-            out[int(os.path.basename(path)[:2])] = f.read()
-    return out
-
-
-VECTORS = _load_vectors()
-VECTOR_NAMES = {int(os.path.basename(p)[:2]): os.path.basename(p) for p in glob.glob(os.path.join(VECTOR_DIR, "[0-9][0-9]_*.bin"))}
+VECTORS = legacy_vectors()
+VECTOR_NAMES = {int(p.name[:2]): p.name for p in legacy_paths()}
 
 CHALLENGE_02 = "ce7e5a220e0749da5543bce7f8d953fb"
 CLI = Atom("cli@vm")

@@ -3,7 +3,7 @@
 Each example opens one to three raw connections that stay unauthenticated, do the
 original (MD5) handshake, or do the extended (HMAC) one properly, and then throw random
 bytes, lying length headers, truncated frames, mutated recorded frames (from
-/work/shared/vectors) and structured nonsense terms at the server. After every example the
+conformance/legacy) and structured nonsense terms at the server. After every example the
 good client's ping still answers and nothing was logged as an ERROR (what an internal
 error, i.e. a bug, is logged as); at the end the server holds only the good client's
 connection and what pyfabric code retains in memory is bounded.
@@ -19,7 +19,6 @@ import gc
 import hashlib
 import logging
 import os
-import pathlib
 import socket
 import struct
 import threading
@@ -30,6 +29,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from conformance_corpus import legacy_vectors
 from transport_helpers import HOST, SECRET, WAIT
 
 import pyfabric
@@ -43,8 +43,7 @@ FUZZ = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
 )
-VECTOR_DIR = pathlib.Path(os.environ.get("FABRIC_VECTORS", "/work/shared/vectors"))
-VECTORS = [p.read_bytes() for p in sorted(VECTOR_DIR.glob("[0-9][0-9]_*.bin"))]
+VECTORS = list(legacy_vectors().values())
 MAX_FRAME = 256 * 1024
 RETAINED_LIMIT = 16 * 1024 * 1024
 """Bytes allocated by pyfabric code during the run and still alive at its end (generous:
