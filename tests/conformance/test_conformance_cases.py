@@ -1,0 +1,165 @@
+"""The Python core against the conformance corpus (conformance/, see its README).
+
+Handshake transcripts: the side of each transcript made by Python is replayed byte for byte
+(fixed nonces and session ids), the side made by the Erlang peer is verified by the Python
+role that talks to it, and both MACs are recomputed from docs/protocol.md with hashlib.
+Exchange cases: every step is played on an established Python connection and what it
+produced (frames, events) must be exactly the case's observation lines. The mutation tests
+at the end show that the runner notices a broken MAC or a changed rewritten id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from conformance_corpus import Case, legacy_paths, load_cases
+from conformance_driver import (
+    exchange_steps,
+    frame,
+    handshake_result,
+    handshake_role,
+    outcome_of,
+    run_exchange,
+    spec_client_mac,
+    spec_server_mac,
+    split_frames,
+)
+
+from pyfabric.etf import Atom, decode
+
+HANDSHAKES = load_cases("handshake")
+EXCHANGES = load_cases("exchange")
+
+
+def check_handshake(case: Case) -> None:
+    """Raise AssertionError when the Python core disagrees with the transcript."""
+    f1, f2, f3, f4 = (case.hex(k) for k in ("f1", "f2", "f3", "f4"))
+    if case.get("client") == "python":
+        conn = handshake_role(case, "client")
+        conn.start()
+        assert split_frames(conn.data_to_send()) == [f1], "Python client's hello differs from f1"
+        conn.receive_data(frame(f2))
+        conn.events()
+        assert split_frames(conn.data_to_send()) == [f3], "Python client's response differs from f3"
+        conn.receive_data(frame(f4))
+        events = conn.events()
+        assert outcome_of(events) == case.get("client_outcome"), f"client outcome {events}"
+        if case.get("client_outcome") != "auth_failed":
+            assert handshake_result(events) == {"session_id": case.get("session_id"), "resumed": case.get("resumed")}
+    if case.get("server") == "python":
+        conn = handshake_role(case, "server")
+        conn.receive_data(frame(f1))
+        conn.events()
+        assert split_frames(conn.data_to_send()) == [f2], "Python server's challenge differs from f2"
+        conn.receive_data(frame(f3))
+        events = conn.events()
+        assert split_frames(conn.data_to_send()) == [f4], "Python server's auth frame differs from f4"
+        assert outcome_of(events) == case.get("server_outcome"), f"server outcome {events}"
+        if case.get("server_outcome") != "auth_failed":
+            assert handshake_result(events) == {"session_id": case.get("session_id"), "resumed": case.get("resumed")}
+    # The MACs as the spec defines them, over the frames as they travelled.
+    response = decode(f3)
+    assert response == (Atom("response"), case.hex("client_mac"), case.hex("accept_bin")), "f3 is not {response, ClientMac, AcceptBin}"
+    assert spec_client_mac(case.hex("client_secret"), f1, f2, case.hex("accept_bin")) == case.hex("client_mac"), "ClientMac"
+    auth = decode(f4)
+    if len(auth) == 4:
+        assert auth[2:] == (case.hex("server_mac"), case.hex("info_bin")), "f4 is not {auth, success, ServerMac, InfoBin}"
+        good = spec_server_mac(case.hex("server_secret"), f1, f2, f3, case.hex("info_bin")) == case.hex("server_mac")
+        assert good == (case.get("server") != "tampered"), "ServerMac"
+
+
+def check_exchange(case: Case) -> None:
+    expected = exchange_steps(case)
+    observed = run_exchange(case)
+    for n, ((step, want), (_, got)) in enumerate(zip(expected, observed), 1):
+        assert got == want, f"step {n} {step[0]}: expected {want}, the Python core did {got}"
+
+
+@pytest.mark.parametrize("case", HANDSHAKES, ids=lambda c: c.name)
+def test_handshake(case: Case) -> None:
+    check_handshake(case)
+
+
+@pytest.mark.parametrize("case", EXCHANGES, ids=lambda c: c.name)
+def test_exchange(case: Case) -> None:
+    check_exchange(case)
+
+
+def test_corpus_covers_the_spec() -> None:
+    """Every error code of section 9 has a case, and both implementations made transcripts."""
+    codes = {v.split()[1] for c in EXCHANGES for v in c.all("event") if v.split()[0] in ("dropped", "closed")}
+    codes |= {v for c in EXCHANGES for v in c.all("refused")}
+    codes |= {"auth_failed"} if any(c.get("client_outcome") == "auth_failed" for c in HANDSHAKES) else set()
+    assert codes >= {"frame_too_large", "auth_failed", "bad_term", "unknown_frame", "unknown_id", "not_allowed",
+                     "bad_payload", "limit", "too_many_errors"}
+    makers = {(c.get("client"), c.get("server")) for c in HANDSHAKES}
+    assert {("python", "python"), ("erlang", "erlang"), ("python", "erlang"), ("erlang", "python")} <= makers
+    assert any(c.get("resumed") == "true" for c in HANDSHAKES)
+    assert len(legacy_paths()) == 53
+
+
+# --------------------------------------------------------------------------- mutations
+
+
+def _mutated(case: Case, key: str, new: str) -> Case:
+    lines = [(k, new if k == key else v) for k, v in case.lines]
+    assert lines != case.lines
+    return dataclasses.replace(case, lines=lines)
+
+
+def _flip(hex_text: str, index: int) -> str:
+    data = bytearray(bytes.fromhex(hex_text))
+    data[index] ^= 0x01
+    return data.hex()
+
+
+def _case(name: str) -> Case:
+    return next(c for c in HANDSHAKES + EXCHANGES if c.name == name)
+
+
+@pytest.mark.parametrize("name", ["hs_py_client_py_server", "hs_py_client_er_server", "hs_er_client_py_server"])
+def test_flipped_client_mac_fails(name: str) -> None:
+    case = _case(name)
+    check_handshake(case)
+    with pytest.raises(AssertionError):
+        check_handshake(_mutated(case, "client_mac", _flip(case.get("client_mac"), 0)))
+
+
+@pytest.mark.parametrize("name", ["hs_py_client_py_server", "hs_er_client_er_server"])
+def test_flipped_server_mac_fails(name: str) -> None:
+    case = _case(name)
+    with pytest.raises(AssertionError, match="ServerMac|f4"):
+        check_handshake(_mutated(case, "server_mac", _flip(case.get("server_mac"), 31)))
+
+
+def test_flipped_mac_inside_a_frame_fails() -> None:
+    """A broken MAC inside the frame itself: the Python server must refuse it."""
+    case = _case("hs_er_client_py_server")
+    f3 = case.get("f3")
+    mac_at = bytes.fromhex(f3).index(case.hex("client_mac"))
+    broken = _mutated(_mutated(case, "f3", _flip(f3, mac_at)), "client_mac", _flip(case.get("client_mac"), 0))
+    with pytest.raises(AssertionError, match="Python server's auth frame differs"):
+        check_handshake(broken)
+
+
+def test_changed_rewritten_id_fails() -> None:
+    """{pr, 1} changed into {pr, 2} in an expected frame: the runner reports the case."""
+    case = _case("rw_out_rich_ext")
+    check_exchange(case)
+    out = case.get("out")
+    pr1 = bytes.fromhex("680264000270726101")  # {pr, 1}
+    assert bytes.fromhex(out).count(pr1) == 1
+    broken = out.replace(pr1.hex(), "680264000270726102")
+    with pytest.raises(AssertionError, match="step 1 send"):
+        check_exchange(_mutated(case, "out", broken))
+
+
+def test_changed_delivered_id_fails() -> None:
+    """A delivery naming another local id than the core delivers to fails."""
+    case = _case("rw_in_markers_ext")
+    events = case.all("event")
+    message = next(e for e in events if e.startswith("message id 1 "))
+    lines = [(k, message.replace("message id 1 ", "message id 2 ") if v == message else v) for k, v in case.lines]
+    with pytest.raises(AssertionError, match="step 2 recv"):
+        check_exchange(dataclasses.replace(case, lines=lines))
