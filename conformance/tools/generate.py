@@ -294,9 +294,9 @@ def errors() -> list[Case]:
         exchange("err_not_allowed", "not_allowed: a name outside the policy, a system name, {Name, Node} (vectors 27, 28)",
                  EXT, [("recv", vec(27)), ("recv", fr((M, A("rex"), 1))),
                        ("recv", vec(28))]),
-        exchange("err_bad_payload", "bad_payload: an untagged tuple (vector 47), a bad marker, a map without 'maps' ",
-                 [("mode", "extended"), ("features", "error"), ("allowed", "simple_server echo")],
-                 [("recv", vec(47)), ("recv", m_to_echo((A("pr"), A("x")))), ("recv", m_to_echo({A("a"): 1}))]),
+        exchange("err_bad_payload", "bad_payload: an untagged tuple (as in vector 47), a bad marker, a map without 'maps'",
+                 [("mode", "extended"), ("features", "error"), ("allowed", "echo")],
+                 [("recv", m_to_echo((A("a"), A("b")))), ("recv", m_to_echo((A("pr"), A("x")))), ("recv", m_to_echo({A("a"): 1}))]),
         exchange("err_limit_max_proxies", "limit: a frame that would create a proxy beyond max_proxies (here 1)",
                  EXT + [("max_proxies", "1")] + proxies(1, 2),
                  [("recv", m_to_echo((A("pr"), 1))), ("recv", m_to_echo((A("pr"), 2)))]),
@@ -305,8 +305,47 @@ def errors() -> list[Case]:
         exchange("err_too_many_errors", "too_many_errors: more than max_errors (2) dropped frames in the window close",
                  EXT + [("max_errors", "2"), ("error_window", "10")],
                  [("recv", vec(44)), ("recv", m_to_echo(1)), ("recv", vec(44)), ("recv", vec(44))]),
-        exchange("err_legacy_no_error_frames", "with an original peer bad frames are dropped silently (vectors 44-47)",
-                 [("mode", "legacy"), ("allowed", "simple_server echo")], [("recv", vec(44)), ("recv", vec(45)), ("recv", vec(46)), ("recv", vec(47))]),
+        exchange("err_legacy_no_error_frames", "with an original peer bad frames are dropped silently (vectors 44-46, 47 sent to echo)",
+                 LEG, [("recv", vec(44)), ("recv", vec(45)), ("recv", vec(46)), ("recv", m_to_echo((A("a"), A("b"))))]),
+    ]
+
+
+def drift(name: str, note: str, context: list[tuple[str, str]], steps: list[tuple[tuple[str, str], list[str]]]) -> Case:
+    """A known disagreement: the Python core's observations are recorded, the Erlang peer's
+    are given here (each runner checks its own side, and that the two still differ)."""
+    script = Case(name, "generated", [("kind", "drift"), ("note", note)] + context + [s for s, _ in steps])
+    out = [("kind", "drift"), ("note", note)] + context
+    for (step, py_obs), (_, erl_obs) in zip(run_exchange(script), steps):
+        out.append(step)
+        out += [("python", f"{k} {v}") for k, v in py_obs]
+        out += [("erlang", line) for line in erl_obs]
+    return Case(name, "", out)
+
+
+def drifts() -> list[Case]:
+    ctx = [("mode", "extended"), ("features", "error heartbeat link whereis"), ("allowed", "echo"), ("max_proxies", "1")]
+    ctx += proxies(7, 8)
+    return [
+        drift("drift_whereis_reply_unknown_req",
+              "a whereis_reply nobody asked for: Python drops it (unknown_frame, error frame), the Erlang peer ignores it",
+              ctx, [(("recv", fr((A("whereis_reply"), 5, A("undefined")))), [])]),
+        drift("drift_proxy_of_dropped_frame",
+              "a proxy made while decoding a frame that is then dropped: Python keeps it (it counts against "
+              "max_proxies), the Erlang peer ends it",
+              ctx, [(("recv", m_to_echo([(A("pr"), 7), (A("a"), A("b"))])),
+                     ["event dropped bad_payload", "out_error bad_payload"]),
+                    (("recv", m_to_echo((A("pr"), 8))),
+                     ["event proxy_created 8", f"event message name echo {hx(P(1008))}"])]),
+        drift("drift_bad_payload_to_unregistered_name",
+              "a bad payload to an allowed name nothing is registered under: the Erlang peer drops it silently "
+              "(no process, payload not decoded), the Python core reports bad_payload (its runtime checks the name later)",
+              [("mode", "extended"), ("features", "error"), ("allowed", "echo nobody_here"), ("registered", "echo")],
+              [(("recv", fr((M, A("nobody_here"), (A("a"), A("b"))))), [])]),
+        drift("drift_link_to_ended_target",
+              "{link, A, B} for an unknown or ended B: Python still makes the proxy for A, the Erlang peer does not",
+              ctx, [(("recv", fr((A("link"), 7, 42))), []),
+                    (("recv", m_to_echo((A("pr"), 8))),
+                     ["event proxy_created 8", f"event message name echo {hx(P(1008))}"])]),
     ]
 
 
@@ -331,6 +370,7 @@ def main() -> None:
     write(CASES_DIR / "handshakes.cases", HEADER + "\n# Extended handshake transcripts (docs/protocol.md 3), both MACs.", handshakes())
     write(CASES_DIR / "rewriting.cases", HEADER + "\n# Payload rewriting and DEAD (docs/protocol.md 4).", rewriting())
     write(CASES_DIR / "frames.cases", HEADER + "\n# Extended frames: whereis, link/exit2, heartbeat, error (docs/protocol.md 5).", frames_cases())
+    write(CASES_DIR / "drift.cases", HEADER + "\n# Known disagreements between the two implementations (each side's lines are its own).", drifts())
     write(CASES_DIR / "errors.cases", HEADER + "\n# One case per error code of docs/protocol.md 9 (auth_failed: handshakes.cases).", errors())
 
 

@@ -310,10 +310,15 @@ class Exchange:
         raise AssertionError(f"unexpected event {ev!r}")
 
 
-def exchange_steps(case: Case) -> list[tuple[tuple[str, str], list[tuple[str, str]]]]:
-    """The case's steps, each with the observation lines that follow it."""
+def exchange_steps(case: Case, side: str = "python") -> list[tuple[tuple[str, str], list[tuple[str, str]]]]:
+    """The case's steps, each with the observation lines that follow it: the common ones,
+    and in a drift case those of ``side`` (lines ``python KEY VALUE`` / ``erlang KEY VALUE``)."""
     steps: list[tuple[tuple[str, str], list[tuple[str, str]]]] = []
     for key, value in case.lines:
+        if key == side:
+            key, _, value = value.partition(" ")
+        elif key in ("python", "erlang"):
+            continue
         if key in STEPS:
             steps.append(((key, value), []))
         elif key in OBSERVATIONS:

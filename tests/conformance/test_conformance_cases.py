@@ -30,6 +30,7 @@ from pyfabric.etf import Atom, decode
 
 HANDSHAKES = load_cases("handshake")
 EXCHANGES = load_cases("exchange")
+DRIFTS = load_cases("drift")
 
 
 def check_handshake(case: Case) -> None:
@@ -84,6 +85,16 @@ def test_handshake(case: Case) -> None:
 @pytest.mark.parametrize("case", EXCHANGES, ids=lambda c: c.name)
 def test_exchange(case: Case) -> None:
     check_exchange(case)
+
+
+@pytest.mark.parametrize("case", DRIFTS, ids=lambda c: c.name)
+def test_drift_is_still_as_described(case: Case) -> None:
+    """A known disagreement: Python does exactly its lines, and they differ from the Erlang
+    peer's (checked by its runner). When one side changes, this fails: settle the case."""
+    check_exchange(case)
+    python = [obs for _, obs in exchange_steps(case, "python")]
+    erlang = [obs for _, obs in exchange_steps(case, "erlang")]
+    assert python != erlang
 
 
 def test_corpus_covers_the_spec() -> None:
