@@ -32,6 +32,7 @@ from conformance_driver import (  # noqa: E402
     handshake_role,
     outcome_of,
     run_exchange,
+    run_handshake_frames,
     split_frames,
 )
 
@@ -349,6 +350,45 @@ def drifts() -> list[Case]:
     ]
 
 
+def legacy_handshakes() -> list[Case]:
+    """Legacy handshakes with the recorded frames, and first frames a server refuses."""
+    vec = lambda n: next((ROOT / "conformance" / "legacy").glob(f"{n:02d}_*.bin")).read_bytes().hex()  # noqa: E731
+    challenge = "ce7e5a220e0749da5543bce7f8d953fb"  # vector 02's challenge text = hex of these 16 bytes
+    server = lambda allow: [("role", "server"), ("secret", b"secret".hex()),  # noqa: E731
+                            ("allow_legacy_auth", allow), ("random", challenge)]
+    cases = [
+        ("legacy_server_success", "vectors 01-04: our server with legacy auth allowed answers the original client byte for byte",
+         server("true"), [("recv", vec(1)), ("recv", vec(3))]),
+        ("legacy_server_wrong_secret", "vectors 01, 02, 05, 06: a wrong legacy response gets {auth, failed}",
+         server("true"), [("recv", vec(1)), ("recv", vec(5))]),
+        ("legacy_server_refused_by_default", "legacy auth disabled (the default): the original client still gets "
+         "a challenge, then {auth, failed}", server("false"), [("recv", vec(1)), ("recv", vec(3))]),
+        ("legacy_server_short_response", "vector 43: a short response gets {auth, failed} (the original crashed)",
+         server("true"), [("recv", vec(1)), ("recv", vec(43))]),
+        ("hs_bad_hello_unknown_atom", "vector 40: a first frame that is not a hello closes, nothing is sent",
+         server("true"), [("recv", vec(40))]),
+        ("hs_bad_hello_known_atom", "vector 41: {ok, \"x\"} as first frame closes, nothing is sent",
+         server("true"), [("recv", vec(41))]),
+        ("hs_garbage_hello", "vector 42: a first frame that is not ETF closes, nothing is sent",
+         server("true"), [("recv", vec(42))]),
+        ("legacy_client_against_original", "our client (extended hello) against an original server: vectors 02, 03, 04",
+         [("role", "client"), ("secret", b"secret".hex()), ("allow_legacy_auth", "true"), ("random", bytes(range(32)).hex())],
+         [("start", ""), ("recv", vec(2)), ("recv", vec(4))]),
+        ("legacy_client_refused_by_default", "our client with legacy auth disabled refuses an original server's challenge",
+         [("role", "client"), ("secret", b"secret".hex()), ("allow_legacy_auth", "false"), ("random", bytes(range(32)).hex())],
+         [("start", ""), ("recv", vec(2))]),
+    ]
+    out = []
+    for name, note, context, steps in cases:
+        lines = [("kind", "handshake_frames"), ("note", note)] + context
+        recorded = run_handshake_frames(Case(name, "generated", lines + steps))
+        for step, obs in recorded:
+            lines.append(step)
+            lines.extend(obs)
+        out.append(Case(name, "", lines))
+    return out
+
+
 def write(path: pathlib.Path, header: str, cases: list[Case]) -> None:
     parts = [header.rstrip() + "\n"]
     for case in cases:
@@ -368,6 +408,7 @@ def main() -> None:
     subprocess.run(["erlc", "-o", str(TMP), str(ROOT / "conformance" / "tools" / "conformance_gen.erl")], check=True)
     CASES_DIR.mkdir(exist_ok=True)
     write(CASES_DIR / "handshakes.cases", HEADER + "\n# Extended handshake transcripts (docs/protocol.md 3), both MACs.", handshakes())
+    write(CASES_DIR / "legacy_handshakes.cases", HEADER + "\n# Legacy handshakes (docs/protocol.md 2) and refused first frames (section 10).", legacy_handshakes())
     write(CASES_DIR / "rewriting.cases", HEADER + "\n# Payload rewriting and DEAD (docs/protocol.md 4).", rewriting())
     write(CASES_DIR / "frames.cases", HEADER + "\n# Extended frames: whereis, link/exit2, heartbeat, error (docs/protocol.md 5).", frames_cases())
     write(CASES_DIR / "drift.cases", HEADER + "\n# Known disagreements between the two implementations (each side's lines are its own).", drifts())

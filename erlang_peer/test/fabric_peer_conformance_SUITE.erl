@@ -17,11 +17,12 @@
                                       words/3, int/3, opt_hex/1, term/1, steps/1, steps/2]).
 
 all() ->
-    [legacy_vectors_indexed, legacy_vectors_decode, handshakes, exchanges, drifts, coverage,
+    [legacy_vectors_indexed, legacy_vectors_decode, handshakes, handshake_frames, exchanges,
+     drifts, coverage,
      flipped_client_mac_fails, flipped_server_mac_fails, flipped_mac_in_frame_fails,
      changed_rewritten_id_fails, changed_delivered_id_fails, {group, live}].
 
-groups() -> [{live, [], [live_exchanges, live_drifts, live_changed_code_fails]}].
+groups() -> [{live, [], [live_exchanges, live_drifts, live_handshake_frames, live_changed_code_fails]}].
 
 init_per_group(live, Config) ->
     ok = fabric_peer_test_lib:start_app(),
@@ -182,6 +183,9 @@ established(Feats) -> iolist_to_binary(lists:join(<<" ">>, [<<"established">> | 
 %%% ---------------------------------------------------------------- exchanges
 
 exchanges(_) -> run_all(fun check_exchange/1, load_cases(<<"exchange">>)).
+
+%% Legacy handshakes and refused first frames, on the handshake model.
+handshake_frames(_) -> run_all(fun check_exchange/1, load_cases(<<"handshake_frames">>)).
 
 %% Known disagreements: the Erlang peer does exactly its own lines, which still differ from
 %% the Python core's (checked by the Python runner). When one side changes, this fails.
@@ -461,3 +465,41 @@ live_changed_code_fails(_) ->
     {fail, _, {live_step, 1, _, _, _}, _} =
         verdict(fun live/1, replace(<<"out_error">>, <<"bad_term">>, {Name, L})),
     ok.
+
+%% Refused handshakes against a running server: its challenge is random, so a case that
+%% authenticates with a recorded response cannot be replayed; the refusals can.
+live_handshake_frames(_) ->
+    Cases = [C || {_, L} = C <- load_cases(<<"handshake_frames">>), get(<<"role">>, L) =:= <<"server">>,
+                  not lists:any(fun({<<"event">>, V}) -> binary:match(V, <<"established">>) =/= nomatch;
+                                   (_) -> false end, L)],
+    true = Cases =/= [],
+    run_all(fun live_handshake/1, Cases).
+
+live_handshake(L) ->
+    Opts = #{allow_legacy_auth => get(<<"allow_legacy_auth">>, L) =:= <<"true">>, max_auth_failures => 0},
+    {ok, Srv} = fabric_peer:start_server(0, hex(<<"secret">>, L), Opts),
+    try
+        S = fabric_peer_test_lib:raw_connect(fabric_peer:port(Srv)),
+        lists:foldl(fun({{<<"recv">>, Hex} = Step, Want}, N) ->
+                            ok = gen_tcp:send(S, binary:decode_hex(Hex)),
+                            {Frames, Closed} = read_frames(S, 300, []),
+                            {WantFrames, _, WantClosed} = visible(Want),
+                            Same = Closed =:= WantClosed andalso length(Frames) =:= length(WantFrames)
+                                andalso lists:all(fun({F, {frame, W}}) -> hs_frame_matches(F, W) end,
+                                                  lists:zip(Frames, WantFrames)),
+                            Same orelse error({live_step, N, Step, {server_did, Frames, Closed},
+                                               {case_says, WantFrames, WantClosed}}),
+                            N + 1
+                    end, 1, steps(L)),
+        ok
+    after
+        fabric_peer:stop_server(Srv)
+    end.
+
+%% A legacy challenge is 32 random lowercase hex characters; every other frame is exact.
+hs_frame_matches(F, W) ->
+    case {binary_to_term(F), binary_to_term(W)} of
+        {{challenge, C}, {challenge, _}} ->
+            length(C) =:= 32 andalso lists:all(fun(X) -> lists:member(X, "0123456789abcdef") end, C);
+        _ -> F =:= W
+    end.

@@ -62,7 +62,7 @@ term(Hex) -> binary_to_term(binary:decode_hex(Hex)).
 
 %%% ---------------------------------------------------------------- exchange model
 
--define(STEPS, [<<"send">>, <<"recv">>, <<"recv_raw">>, <<"exited">>, <<"whereis">>,
+-define(STEPS, [<<"start">>, <<"send">>, <<"recv">>, <<"recv_raw">>, <<"exited">>, <<"whereis">>,
                 <<"reply_whereis">>, <<"link">>, <<"unlink">>, <<"exit_signal">>, <<"heartbeat">>]).
 -define(OBS, [<<"out">>, <<"out_error">>, <<"event">>, <<"refused">>]).
 
@@ -85,6 +85,12 @@ steps(L, Side) ->
                   end, [], lists:flatmap(Own, L))).
 
 new_state(L) ->
+    case get(<<"kind">>, L) of
+        <<"handshake_frames">> -> handshake_state(L);
+        _ -> exchange_state(L)
+    end.
+
+exchange_state(L) ->
     Mode = binary_to_atom(get(<<"mode">>, L)),
     Feats = case Mode of
                 legacy -> [];
@@ -112,6 +118,16 @@ step(K, V, St0) ->
     #{refused := R, events := E, outs := O} = St,
     {[{refused, C} || C <- R] ++ lists:reverse(E) ++ lists:reverse(O), St}.
 
+do_step(<<"start">>, [], #{kind := handshake, random := [Nonce | R]} = St) ->
+    %% our client always opens with the extended hello (docs/protocol.md 3.1)
+    ctrl_out(fabric_peer_handshake:extended_hello(Nonce), St#{random := R, hs := await_challenge});
+do_step(<<"recv">>, [Hex], #{kind := handshake} = St) ->
+    %% handshake frames never create atoms (fabric_peer_conn:hs_decode/2)
+    Term = case fabric_peer_etf:decode(binary:decode_hex(Hex), #{atoms_left => 0, max_decompressed => 16384}) of
+               {ok, T, _} -> T;
+               {error, _} -> bad_frame
+           end,
+    handshake(maps:get(hs, St), Term, St);
 do_step(<<"send">>, [Kind, Dest0, Payload], St) ->
     Dest = case Kind of
                <<"name">> -> binary_to_atom(Dest0);
@@ -322,3 +338,46 @@ resolve(Kind, Bin, St) when Kind =:= r; Kind =:= po ->
         _ -> {error, {bad_payload, Kind}}
     end.
 
+
+%%% ---------------------------------------------------------------- handshake model
+
+%% The legacy handshake and refused first frames, as fabric_peer_conn plays them with
+%% fabric_peer_handshake (the extended handshake is checked by transcripts instead).
+handshake_state(L) ->
+    Role = binary_to_atom(get(<<"role">>, L)),
+    #{kind => handshake, role => Role, secret => hex(<<"secret">>, L),
+      allow => get(<<"allow_legacy_auth">>, L) =:= <<"true">>,
+      random => [binary:decode_hex(H) || H <- words(<<"random">>, L)],
+      hs => case Role of server -> await_hello; client -> idle end,
+      events => [], outs => [], refused => []}.
+
+handshake(await_hello, Term, #{random := [Bytes | R]} = St) ->
+    case Term =/= bad_frame andalso fabric_peer_handshake:parse_hello(Term) of
+        legacy ->
+            C = binary_to_list(fabric_peer_handshake:hex(Bytes)),
+            ctrl_out({challenge, C}, St#{random := R, hs := {await_response, C}});
+        {extended, _, _} -> error(extended_hello_not_modelled);
+        _ -> auth_failed(St)
+    end;
+handshake({await_response, C}, Term, #{allow := Allow, secret := Secret} = St) ->
+    case {Allow, Term} of
+        {true, {response, Resp}} ->
+            case fabric_peer_handshake:check_legacy_response(C, Secret, Resp) of
+                true -> event([<<"established">>, <<"legacy">>],
+                              ctrl_out({auth, success}, St#{hs := established}));
+                false -> auth_failed(ctrl_out({auth, failed}, St))
+            end;
+        _ -> auth_failed(ctrl_out({auth, failed}, St))
+    end;
+handshake(await_challenge, {challenge, C}, #{allow := Allow, secret := Secret} = St) ->
+    case Allow andalso fabric_peer_handshake:parse_legacy_challenge(C) of
+        {ok, Ch} -> ctrl_out({response, fabric_peer_handshake:legacy_response(Ch, Secret)},
+                             St#{hs := await_auth});
+        _ -> auth_failed(St)
+    end;
+handshake(await_auth, {auth, success}, St) ->
+    event([<<"established">>, <<"legacy">>], St#{hs := established});
+handshake(_, _, St) -> auth_failed(St).
+
+auth_failed(St) ->
+    event([<<"closed">>, <<"auth_failed">>], event([<<"auth_failed">>], St#{hs := closed})).

@@ -1,4 +1,4 @@
-%% Replay of the frames recorded from the original 2010 implementation (shared/vectors)
+%% Replay of the frames recorded from the original 2010 implementation (conformance/legacy)
 %% over raw gen_tcp sockets. C->S frames go to our server (legacy md5 handshake with
 %% allow_legacy_auth => true) and the replies are compared with the original server's
 %% replies; the frames that crashed the original (33, 40-53) are handled per the error

@@ -45,7 +45,7 @@ from pyfabric.protocol import (
 # after the first step line is a step.
 OBSERVATIONS = frozenset({"out", "out_error", "event", "refused"})
 STEPS = frozenset(
-    {"send", "recv", "recv_raw", "exited", "whereis", "reply_whereis", "link", "unlink", "exit_signal", "heartbeat"}
+    {"start", "send", "recv", "recv_raw", "exited", "whereis", "reply_whereis", "link", "unlink", "exit_signal", "heartbeat"}
 )
 A_ERROR = Atom("error")
 
@@ -332,3 +332,42 @@ def run_exchange(case: Case) -> list[tuple[tuple[str, str], list[tuple[str, str]
     """Play every step; (step, observed lines) in order."""
     ex = Exchange(case)
     return [(step, ex.step(*step)) for step, _ in exchange_steps(case)]
+
+
+# --------------------------------------------------------------------------- handshake frames
+
+
+def run_handshake_frames(case: Case) -> list[tuple[tuple[str, str], list[tuple[str, str]]]]:
+    """A ``kind handshake_frames`` case: frames played on one side during the handshake
+    (legacy handshakes and refused first frames); (step, observed lines) in order."""
+    role = case.get("role")
+    chunks = [bytes.fromhex(h) for h in case.words("random")]
+    conn = Connection(
+        role,
+        case.hex("secret"),
+        node_name=US,
+        new_proxy_pid=lambda i: Pid(US, 1000 + i, 0, 1),
+        allow_legacy_auth=case.get("allow_legacy_auth") == "true",
+        random_bytes=fixed_random(*chunks),
+    )
+    out = []
+    for (key, value), _ in exchange_steps(case):
+        if key == "start":
+            conn.start()
+        elif key == "recv":
+            conn.receive_data(frame(bytes.fromhex(value)))
+        else:
+            raise ValueError(f"case {case.name}: step {key!r} is not a handshake step")
+        obs: list[tuple[str, str]] = []
+        for ev in conn.events():
+            if isinstance(ev, HandshakeComplete):
+                obs.append(("event", " ".join(["established", ev.mode, *sorted(ev.features)])))
+            elif isinstance(ev, AuthFailed):
+                obs.append(("event", "auth_failed"))
+            elif isinstance(ev, ConnectionClosed):
+                obs.append(("event", f"closed {ev.code}"))
+            else:
+                raise AssertionError(f"unexpected event {ev!r} during a handshake")
+        obs += [("out", f.hex()) for f in split_frames(conn.data_to_send())]
+        out.append(((key, value), obs))
+    return out

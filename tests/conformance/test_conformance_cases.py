@@ -21,6 +21,7 @@ from conformance_driver import (
     handshake_role,
     outcome_of,
     run_exchange,
+    run_handshake_frames,
     spec_client_mac,
     spec_server_mac,
     split_frames,
@@ -31,6 +32,7 @@ from pyfabric.etf import Atom, decode
 HANDSHAKES = load_cases("handshake")
 EXCHANGES = load_cases("exchange")
 DRIFTS = load_cases("drift")
+HANDSHAKE_FRAMES = load_cases("handshake_frames")
 
 
 def check_handshake(case: Case) -> None:
@@ -72,7 +74,7 @@ def check_handshake(case: Case) -> None:
 
 def check_exchange(case: Case) -> None:
     expected = exchange_steps(case)
-    observed = run_exchange(case)
+    observed = run_handshake_frames(case) if case.get("kind") == "handshake_frames" else run_exchange(case)
     for n, ((step, want), (_, got)) in enumerate(zip(expected, observed), 1):
         assert got == want, f"step {n} {step[0]}: expected {want}, the Python core did {got}"
 
@@ -84,6 +86,11 @@ def test_handshake(case: Case) -> None:
 
 @pytest.mark.parametrize("case", EXCHANGES, ids=lambda c: c.name)
 def test_exchange(case: Case) -> None:
+    check_exchange(case)
+
+
+@pytest.mark.parametrize("case", HANDSHAKE_FRAMES, ids=lambda c: c.name)
+def test_handshake_frames(case: Case) -> None:
     check_exchange(case)
 
 
@@ -102,6 +109,7 @@ def test_corpus_covers_the_spec() -> None:
     codes = {v.split()[1] for c in EXCHANGES for v in c.all("event") if v.split()[0] in ("dropped", "closed")}
     codes |= {v for c in EXCHANGES for v in c.all("refused")}
     codes |= {"auth_failed"} if any(c.get("client_outcome") == "auth_failed" for c in HANDSHAKES) else set()
+    assert {"closed auth_failed"} <= {v for c in HANDSHAKE_FRAMES for v in c.all("event")}
     assert codes >= {"frame_too_large", "auth_failed", "bad_term", "unknown_frame", "unknown_id", "not_allowed",
                      "bad_payload", "limit", "too_many_errors"}
     makers = {(c.get("client"), c.get("server")) for c in HANDSHAKES}
