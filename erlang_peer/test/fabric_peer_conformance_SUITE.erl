@@ -361,8 +361,8 @@ live(L) ->
                     Sock
             end,
         lists:foldl(fun({Step, Want}, N) ->
-                            Got = live_step(S, Step, N),
                             Expected = visible(Want),
+                            Got = live_step(S, Step, N, element(3, Expected)),
                             case live_matches(Got, Expected) of
                                 true -> N + 1;
                                 false -> error({live_step, N, Step, {server_did, Got}, {case_says, Expected}})
@@ -386,27 +386,29 @@ wait_unregistered(Name) ->
 
 %% Send the frame, then a probe message to echo: once echo has the probe, the server has
 %% handled the frame and written everything it answered. A closed connection never
-%% handles the probe: then read to the end.
-live_step(S, {<<"recv">>, Hex}, N) ->
+%% handles the probe: then read to the end. (Only how long to wait for the probe depends on
+%% whether the case expects a close.)
+live_step(S, {<<"recv">>, Hex}, N, CloseExpected) ->
     ok = gen_tcp:send(S, binary:decode_hex(Hex)),
     ok = gen_tcp:send(S, term_to_binary({m, echo, {t, {conformance_probe, N}}})),
-    Delivered = collect_until_probe(N, []),
+    Wait = case CloseExpected of true -> 300; false -> 10000 end,
+    Delivered = collect_until_probe(N, Wait, []),
     {Frames, Closed} = case Delivered of
                            {probe, _} -> read_frames(S, 100, []);
                            {closed, _} -> read_frames(S, 3000, [])
                        end,
     {Frames, element(2, Delivered), Closed};
-live_step(S, {<<"recv_raw">>, Hex}, _) ->
+live_step(S, {<<"recv_raw">>, Hex}, _, _) ->
     ok = inet:setopts(S, [{packet, raw}]),
     ok = gen_tcp:send(S, binary:decode_hex(Hex)),
     {Frames, Closed} = read_raw(S, <<>>),
     {Frames, [], Closed}.
 
-collect_until_probe(N, Acc) ->
+collect_until_probe(N, Wait, Acc) ->
     receive
         {echo, {conformance_probe, N}} -> {probe, lists:reverse(Acc)};
-        {echo, M} -> collect_until_probe(N, [M | Acc])
-    after 1500 -> {closed, lists:reverse(Acc)}
+        {echo, M} -> collect_until_probe(N, Wait, [M | Acc])
+    after Wait -> {closed, lists:reverse(Acc)}
     end.
 
 read_frames(S, Timeout, Acc) ->
