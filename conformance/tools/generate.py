@@ -225,15 +225,16 @@ def rewriting() -> list[Case]:
     rich = (LOCAL_A, REF, ImproperList((1, 2), A("tail")), "text", b"\x01\x02", 3.5, -(1 << 70), (), [A("x"), (A("y"),)])
     wire_rich_in = (A("t"), ((A("pr"), 7), (A("pl"), 1), (A("r"), encode(REF, minor_version=1)), [1, (A("t"), (A("z"),))]))
     return [
-        exchange("rw_out_rich_ext", "section 4.1 outbound: tuples wrapped, a local pid exported as {pr,1}, a reference as {r,Bin}",
-                 EXT, [("send", f"name echo {hx(rich)}")]),
+        exchange("rw_out_rich_ext", "section 4.1 outbound: tuples wrapped, a local pid exported as {pr,1}, a reference as "
+                 "{r,Bin}; m frames compressed when smaller (the Erlang peer always does, see drift.cases)",
+                 EXT + [("compress_messages", "true")], [("send", f"name echo {hx(rich)}")]),
         exchange("rw_out_rich_legacy", "the same payload to an original peer: the frame is compressed when smaller",
                  LEG, [("send", f"name echo {hx(rich)}")]),
         exchange("rw_in_markers_ext", "section 4.1 inbound: {pr,Id} becomes a proxy, {pl,Id} our own pid, {r,Bin} the reference",
                  EXT + proxies(7),
                  [("send", f"name echo {hx(LOCAL_A)}"), ("recv", fr((M, 1, wire_rich_in)))]),
         exchange("rw_proxy_back_to_origin", "our proxy for the peer's process 7 goes back as {pl,7}; a local pid shipped twice is {pr,1} both times",
-                 EXT + proxies(7),
+                 EXT + [("compress_messages", "true")] + proxies(7),
                  [("recv", m_to_echo((A("pr"), 7))), ("send", f"proxy 7 {hx((P(1007), LOCAL_B, LOCAL_B))}")]),
         exchange("rw_pl_unknown_ext", "an unknown {pl,Id} is replaced by an exited pid (section 4.1)",
                  EXT + [("dead_pid", hx(Pid(US, 0, 0, 0)))], [("recv", m_to_echo((A("t"), ((A("pl"), 777), A("x")))))]),
@@ -337,6 +338,14 @@ def drifts() -> list[Case]:
                      ["event dropped bad_payload", "out_error bad_payload"]),
                     (("recv", m_to_echo((A("pr"), 8))),
                      ["event proxy_created 8", f"event message name echo {hx(P(1008))}"])]),
+        drift("drift_m_frames_compressed_by_default",
+              "an m frame to one of our peers: Python writes it plain (compress_messages defaults to false, as "
+              "docs/protocol.md 4.1 says our implementations default to); the Erlang peer compresses it when smaller, "
+              "always (it has no option for it)",
+              [("mode", "extended"), ("features", " ".join(ALL_PY)), ("allowed", "echo")],
+              [(("send", f"name echo {hx((LOCAL_A, [b'abcdefgh'] * 8))}"),
+                ["out " + encode((M, A("echo"), (A("t"), ((A("pr"), 1), [b"abcdefgh"] * 8))),
+                                 minor_version=1, compressed=True).hex()])]),
         drift("drift_bad_payload_to_unregistered_name",
               "a bad payload to an allowed name nothing is registered under: the Erlang peer drops it silently "
               "(no process, payload not decoded), the Python core reports bad_payload (its runtime checks the name later)",

@@ -288,19 +288,14 @@ error_out(_, St) -> St.
 event(Words, #{events := E} = St) -> St#{events := [{event, Words, none} | E]}.
 event(Words, Term, #{events := E} = St) -> St#{events := [{event, Words, Term} | E]}.
 
-%% m frames: exactly the original's encoding with a legacy peer; with ours the sender may
-%% compress or not (docs/protocol.md 4.1), so both encodings are accepted.
-message_out(Term, #{mode := Mode, outs := O} = St) ->
-    Bin = fabric_peer_frame:encode_message(Term),
-    Alt = case Mode of
-              legacy -> Bin;
-              extended -> fabric_peer_frame:encode_plain(Term)
-          end,
-    St#{outs := [{out, Bin, Alt} | O]}.
+%% m frames as fabric_peer_conn:emit_checked/3 writes them, to any peer: the original's
+%% encoding, compressed when that is smaller (drift.cases: Python writes plain frames to
+%% our peers, as docs/protocol.md 4.1 says our implementations default to).
+message_out(Term, #{outs := O} = St) ->
+    St#{outs := [{out, fabric_peer_frame:encode_message(Term)} | O]}.
 
 ctrl_out(Term, #{outs := O} = St) ->
-    Bin = fabric_peer_frame:encode_plain(Term),
-    St#{outs := [{out, Bin, Bin} | O]}.
+    St#{outs := [{out, fabric_peer_frame:encode_plain(Term)} | O]}.
 
 %% Id tables (fabric_peer_conn: pid_out/2, resolve/3, export/2, proxy_for/2).
 pid_out(Pid, #{prox_pid := PP} = St) ->

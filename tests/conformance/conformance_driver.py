@@ -178,6 +178,7 @@ class Exchange:
             "max_errors": int(case.get("max_errors", "20")),
             "error_window": int(case.get("error_window", "200")),
             "max_proxies": int(case.get("max_proxies", "100000")),
+            "compress_messages": case.get("compress_messages", "false") == "true",
         }
         if mode == "legacy":
             self.conn = Connection("server", b"secret", allow_legacy_auth=True, random_bytes=fixed_random(LEGACY_CHALLENGE), **opts)

@@ -164,7 +164,7 @@ def test_flipped_mac_inside_a_frame_fails() -> None:
 
 def test_changed_rewritten_id_fails() -> None:
     """{pr, 1} changed into {pr, 2} in an expected frame: the runner reports the case."""
-    case = _case("rw_out_rich_ext")
+    case = _case("rw_in_markers_ext")
     check_exchange(case)
     out = case.get("out")
     pr1 = bytes.fromhex("680264000270726101")  # {pr, 1}
