@@ -75,11 +75,15 @@ demo: setup peer
 bench-codec: setup
 	$(PY) bench/codec_bench.py
 
-# `make bench`: codec, messaging and scale benchmarks (pyfabric, erlang_peer, Erlang) in one
-# run; a table on stdout, JSON in bench/results/. BENCH_ARGS="--quick" or "--only messaging --repeat 5".
+# `make bench`: codec, messaging and scale benchmarks (pyfabric, erlang_peer, Erlang, the raw
+# gen_tcp/asyncio ceilings) in one run, pairings interleaved; tables and the in-run ratios with
+# the goals of issue 15 on stdout, JSON and a PNG chart in bench/results/. BENCH_ARGS="--quick"
+# or "--only messaging". ORIG_EBIN=dir (the original implementation's compiled beams, never in
+# this repository) adds the original's pairing; without it the run says it was skipped.
 BENCH_ARGS ?=
+ORIG_EBIN ?=
 bench: setup peer
-	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) bench/run.py $(if $(ORIG_EBIN),--orig-ebin '$(ORIG_EBIN)') $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) erlang_peer/_build .pytest_cache .hypothesis

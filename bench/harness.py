@@ -8,7 +8,12 @@
 - ``cli``: a second ``erl`` node, the Erlang-side driver: fabric_peer clients of ``srv``
   (extended and ``mode => legacy``) and, as the reference, plain Erlang distribution to
   ``srv`` (both nodes run with ``-sname`` and a random ``-setcookie``);
-- ``pysrv``: ``bench/pyserver.py``, a pyfabric server in its own process.
+- ``pysrv``: ``bench/pyserver.py``, a pyfabric server and a bare asyncio echo (the
+  Python ceiling) in their own process;
+- the raw Erlang ceiling: a gen_tcp ``{packet,4}`` nodelay echo on ``srv``, a client on ``cli``;
+- with ``orig_ebin`` (``ORIG_EBIN=dir make bench``: a directory holding the original 2010
+  implementation's compiled ``fabric.beam`` and ``fabric_auth.beam``, never part of this
+  repository): the original's server on ``srv`` and its client on ``cli``.
 
 Everything listens on 127.0.0.1 with OS-picked ports. Both erl nodes run without
 scheduler busy-waiting (``+sbwt none``...), so an idle node does not steal a core from the
@@ -22,14 +27,14 @@ import collections
 import json
 import os
 import pathlib
-import platform
 import secrets
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 from typing import Any
+
+from measure import process_name
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
@@ -60,80 +65,6 @@ def kill_leftovers() -> None:
     if STARTED_EPMD:
         STARTED_EPMD = False
         stop_epmd_if_idle()
-
-
-# -- statistics and machine ------------------------------------------------------------
-
-
-def percentile(sorted_values: list[float], p: float) -> float:
-    """Nearest-rank percentile of already sorted values (same rule as the Erlang side)."""
-    n = len(sorted_values)
-    return sorted_values[max(1, min(n, round(p * n))) - 1]
-
-
-def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Median over repetitions of every numeric field (samples with an error are skipped)."""
-    good = [s for s in samples if "error" not in s]
-    out: dict[str, Any] = {"repetitions": len(good)}
-    if len(good) != len(samples):
-        out["errors"] = [s["error"] for s in samples if "error" in s]
-    if not good:
-        return out
-    for key, value in good[0].items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[key] = statistics.median(s[key] for s in good if key in s)
-        elif isinstance(value, str):
-            out[key] = value
-    return out
-
-
-def loadavg() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else [0.0, 0.0, 0.0]
-
-
-def rss_bytes() -> int:
-    """Resident set size of this process (Linux /proc; 0 elsewhere)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError):
-        return 0
-
-
-def machine_info() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "cpu_count": os.cpu_count(),
-        "loadavg": loadavg(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "event_loop": event_loop_name(),
-    }
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu_model"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return info
-
-
-def event_loop_name() -> str:
-    try:
-        import uvloop
-    except ImportError:
-        return "asyncio"
-    return f"uvloop {uvloop.__version__}"
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop when installed (as pyfabric's blocking facade does), else asyncio's."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 # -- the Erlang nodes ---------------------------------------------------------------------
@@ -168,9 +99,9 @@ def stop_epmd_if_idle() -> None:
 class ErlNode:
     """One ``erl`` running ``fabric_bench`` (one command per line; ``ok <JSON>`` replies)."""
 
-    def __init__(self, label: str, beam_dir: str, *, sname: str | None, cookie: str) -> None:
+    def __init__(self, label: str, beam_dirs: list[str], *, sname: str | None, cookie: str) -> None:
         self.label = label
-        self.beam_dir = beam_dir
+        self.beam_dirs = beam_dirs
         self.sname = sname
         self.cookie = cookie
         self.node = ""
@@ -183,7 +114,9 @@ class ErlNode:
         cmd = [shutil.which("erl") or "erl", "-noshell", *ERL_FLAGS]
         if self.sname:
             cmd += ["-sname", self.sname, "-setcookie", self.cookie]
-        cmd += ["-pa", str(EBIN), "-pa", self.beam_dir, "-run", "fabric_bench", "main"]
+        for path in [str(EBIN), *self.beam_dirs]:
+            cmd += ["-pa", path]
+        cmd += ["-run", "fabric_bench", "main"]
         self.proc = await asyncio.create_subprocess_exec(
             *cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
         )
@@ -193,6 +126,13 @@ class ErlNode:
         if not line.startswith("ready "):
             raise BenchError(f"{self.label}: unexpected first line {line!r}; stderr: {self.stderr_tail()}")
         self.node = line.split(None, 1)[1]
+        if process_name(self.proc.pid) != "beam.smp":  # the CPU readings would miss the VM
+            raise BenchError(f"{self.label}: pid {self.proc.pid} is {process_name(self.proc.pid)!r}, not beam.smp")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
 
     async def _read_stderr(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None
@@ -255,6 +195,12 @@ class PyServer:
         self.secret = secret
         self.proc: asyncio.subprocess.Process | None = None
         self.port = 0
+        self.echo_port = 0
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
 
     async def start(self, timeout: float = 30.0) -> None:
         self.proc = await asyncio.create_subprocess_exec(
@@ -271,7 +217,7 @@ class PyServer:
             line = (await self.proc.stdout.readline()).decode()
         if not line.startswith("port "):
             raise BenchError(f"pyserver: unexpected first line {line!r}")
-        self.port = int(line.split()[1])
+        self.port, self.echo_port = int(line.split()[1]), int(line.split()[3])
 
     async def stop(self) -> None:
         proc = self.proc
@@ -295,7 +241,10 @@ class PyServer:
 class Env:
     """The running nodes and servers; ``async with Env() as env``."""
 
-    def __init__(self) -> None:
+    def __init__(self, orig_ebin: str | None = None) -> None:
+        self.orig_ebin = orig_ebin
+        self.orig = False
+        self.orig_error = ""
         self.secret = secrets.token_hex(8)
         self.cookie = "bench" + secrets.token_hex(8)
         self.tmp = tempfile.mkdtemp(prefix="fabric_bench_")
@@ -304,6 +253,7 @@ class Env:
         self.pysrv: PyServer | None = None
         self.ext_port = 0
         self.legacy_port = 0
+        self.raw_port = 0
         self.otp = ""
         self.dist = False
         self.dist_error = ""
@@ -326,10 +276,16 @@ class Env:
         self._started_epmd = not epmd_running()
         STARTED_EPMD = STARTED_EPMD or self._started_epmd
         suffix = f"{os.getpid()}_{secrets.token_hex(2)}"
+        paths = [self.tmp]
+        if self.orig_ebin:
+            if (pathlib.Path(self.orig_ebin) / "fabric.beam").exists():
+                paths.append(str(pathlib.Path(self.orig_ebin).resolve()))
+            else:
+                self.orig_error = f"ORIG_EBIN={self.orig_ebin} holds no fabric.beam (the original's compiled beams)"
         try:
-            self.srv = ErlNode("erl server node", self.tmp, sname=f"fbsrv{suffix}", cookie=self.cookie)
+            self.srv = ErlNode("erl server node", paths, sname=f"fbsrv{suffix}", cookie=self.cookie)
             await self.srv.start()
-            self.cli = ErlNode("erl client node", self.tmp, sname=f"fbcli{suffix}", cookie=self.cookie)
+            self.cli = ErlNode("erl client node", paths, sname=f"fbcli{suffix}", cookie=self.cookie)
             await self.cli.start()
             self.dist = True
         except BenchError as exc:
@@ -339,16 +295,25 @@ class Env:
             for node in (self.srv, self.cli):
                 if node is not None:
                     await node.stop()
-            self.srv = ErlNode("erl server node", self.tmp, sname=None, cookie=self.cookie)
+            self.srv = ErlNode("erl server node", paths, sname=None, cookie=self.cookie)
             await self.srv.start()
-            self.cli = ErlNode("erl client node", self.tmp, sname=None, cookie=self.cookie)
+            self.cli = ErlNode("erl client node", paths, sname=None, cookie=self.cookie)
             await self.cli.start()
         served = await self.srv.command(f'{{serve, "{self.secret}"}}')
         self.ext_port, self.legacy_port, self.otp = served["ext_port"], served["legacy_port"], served["otp"]
+        self.raw_port = served["raw_port"]
         self.pysrv = PyServer(self.secret)
         await self.pysrv.start()
         await self.cli.command(f'{{connect, ext, {self.ext_port}, "{self.secret}", extended}}')
         await self.cli.command(f'{{connect, legacy, {self.legacy_port}, "{self.secret}", legacy}}')
+        await self.cli.command(f"{{raw_connect, raw, {self.raw_port}}}")
+        if self.orig_ebin and not self.orig_error:
+            try:
+                port = (await self.srv.command(f'{{orig_serve, "{self.secret}"}}', timeout=30))["port"]
+                await self.cli.command(f'{{orig_connect, orig, {port}, "{self.secret}"}}', timeout=30)
+                self.orig = True
+            except BenchError as exc:
+                self.orig_error = f"the original (ORIG_EBIN={self.orig_ebin}) did not start: {exc}"
         if self.dist:
             try:
                 await self.cli.command(f"{{dist_connect, dist, '{self.srv.node}'}}", timeout=30)

@@ -1,76 +1,143 @@
-"""Messaging on loopback: each scenario against each pairing (part of `make bench`).
+"""Messaging on loopback, every pairing interleaved in small batches (part of `make bench`).
 
 Scenarios:
 
-- ``pingpong``: N round trips of ``{Self, I}`` to an echo process (``{From, M}`` ->
-  ``From ! {self(), M}``), one at a time: round trips/s, median and p99 latency;
-- ``stream``: N small messages (``{n, I}``) to a counting process, sent as fast as the
-  API allows; the counter acknowledges once, after the N-th, so the time is end to end;
-- ``stream_10k``: the same with a 10 KiB binary as the message: MB/s (10^6 bytes of
-  payload per second).
+- ``pingpong``: round trips of ``{Self, I}`` to an echo process (``{From, M}`` ->
+  ``From ! {self(), M}``), one at a time; the raw ceilings echo a 32-byte frame;
+- ``stream``: small messages (``{n, I}``) to a counting process, sent as fast as the API
+  allows; the counter acknowledges once, after the last, so the time is end to end;
+- ``stream_10k``: the same with a 10 KiB binary: MB/s (10^6 bytes of payload per second);
+- ``burst`` (one run per pairing, last of the run): 200k ``Proxy ! {n, I}`` with nothing
+  holding the sender back, as issue 12 measures it; capped in time (a collapsed burst
+  reports what was delivered within the cap).
 
-Pairings (client -> server): ``py_erlpeer`` Python client -> erlang_peer server;
-``erlpeer_ext`` / ``erlpeer_legacy`` erlang_peer client (extended; ``mode => legacy``) ->
-erlang_peer server, each in its own erl node; ``py_py`` Python client -> Python server
-(``bench/pyserver.py``, its own process); ``erl_dist`` plain Erlang distribution between
-two local nodes (the reference). Python clients send with ``client.send`` and
-``await client.drain()`` after every message; erlang_peer clients with
-``fabric_peer:send/2`` (a call: the connection's backpressure) when streaming and
-``Proxy ! Msg`` for ping-pong; distribution with ``!``. Erlang-side timings are taken
-inside Erlang.
+Pairings (client -> server, each side its own OS process): see :data:`PAIRINGS`. Python
+clients send with ``client.send`` (and ``await client.drain()`` after every streamed
+message); erlang_peer clients with ``fabric_peer:send/2`` when streaming and
+``Proxy ! Msg`` for ping-pong; distribution and the original with ``!``.
 
-Each scenario first runs every pairing once with a tenth of the count (warm-up), then
-``repeat`` rounds in which every pairing runs once, the order rotating from round to
-round so that load changes on the machine hit all pairings alike. Results are the median
-over rounds.
+Schedule: one warm-up batch per pairing, then ``rounds`` rounds in which every pairing
+runs one batch, the order rotating from round to round, so load changes on the machine
+hit all pairings alike. Around each batch the runner reads the on-CPU time of the client
+and the server process (``measure.cpu_ns``). Summaries: throughput is the median of the
+per-batch rates; latency percentiles are over every round trip of every batch; CPU per
+operation is the sum over batches divided by the operations.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import socket
+import struct
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pyfabric
 from pyfabric import Atom
 
-from harness import Env, rss_bytes, summarize
+from harness import Env
+from measure import cpu_delta, cpu_snapshot, median, percentile, rss_bytes
 
-PAIRINGS: dict[str, str] = {
-    "py_erlpeer": "Python -> erlang_peer",
-    "erlpeer_ext": "erlang_peer <-> erlang_peer (extended)",
-    "erlpeer_legacy": "erlang_peer <-> erlang_peer (legacy)",
-    "py_py": "Python <-> Python",
-    "erl_dist": "Erlang distribution (reference)",
+PAIRINGS: dict[str, tuple[str, str, str]] = {
+    # key: (label, client process, server process)
+    "orig": ("original <-> original", "cli", "srv"),
+    "erlpeer_ext": ("erlang_peer <-> erlang_peer (extended)", "cli", "srv"),
+    "erlpeer_legacy": ("erlang_peer <-> erlang_peer (legacy)", "cli", "srv"),
+    "py_erlpeer": ("Python -> erlang_peer", "py", "srv"),
+    "py_py": ("Python <-> Python", "py", "pysrv"),
+    "erl_dist": ("Erlang distribution (reference)", "cli", "srv"),
+    "gen_tcp": ("gen_tcp {packet,4} nodelay echo (ceiling)", "cli", "srv"),
+    "asyncio": ("bare asyncio echo (ceiling)", "py", "pysrv"),
 }
-SCENARIOS: dict[str, int] = {"pingpong": 0, "stream": 0, "stream_10k": 10 * 1024}
-"""Scenario -> payload size in bytes (0: small messages / ping-pong terms)."""
+SCENARIO_PAIRINGS: dict[str, tuple[str, ...]] = {
+    "pingpong": tuple(PAIRINGS),
+    "stream": ("orig", "erlpeer_ext", "erlpeer_legacy", "py_erlpeer", "py_py", "erl_dist"),
+    "stream_10k": ("orig", "erlpeer_ext", "erlpeer_legacy", "py_erlpeer", "py_py", "erl_dist"),
+}
+BURST_PAIRINGS = ("erl_dist", "erlpeer_ext", "orig")
+PAYLOAD = {"pingpong": 0, "stream": 0, "stream_10k": 10 * 1024}
+ERL_TAG = {"orig": "orig", "erlpeer_ext": "ext", "erlpeer_legacy": "legacy", "erl_dist": "dist", "gen_tcp": "raw"}
+RAW_FRAME = struct.pack(">I", 32) + bytes(32)  # the same 32-byte frame as the gen_tcp ceiling
 
 HELLO = Atom("hello")
 N_ATOM = Atom("n")
 BENCH_START = Atom("bench_start")
-RUN_TIMEOUT = 900.0
+BATCH_TIMEOUT = 300.0
 BIG_MAILBOX = 10_000_000
+MAX_ERRORS = 3  # a pairing failing this often is dropped from the rest of the run
 
 
 class PyClients:
-    """The Python clients (one per server), kept open for the whole run."""
+    """The Python clients (pyfabric to each server, and the bare echo), open for the run."""
 
     def __init__(self, env: Env) -> None:
         self.env = env
         self.clients: dict[str, pyfabric.Client] = {}
+        self.echo: RawEchoClient | None = None
 
     async def __aenter__(self) -> PyClients:
         env = self.env
         assert env.pysrv is not None
         for pairing, port in (("py_erlpeer", env.ext_port), ("py_py", env.pysrv.port)):
             self.clients[pairing] = await pyfabric.aconnect("127.0.0.1", port, env.secret, reconnect=False)
+        self.echo = await RawEchoClient.connect(env.pysrv.echo_port)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         for client in self.clients.values():
             await client.close()
+        if self.echo is not None:
+            self.echo.close()
+
+
+class RawEchoClient(asyncio.Protocol):
+    """The Python ceiling's client: one frame out, wait until all of it came back."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.got = 0
+
+    @classmethod
+    async def connect(cls, port: int) -> RawEchoClient:
+        loop = asyncio.get_running_loop()
+        _, proto = await loop.create_connection(cls, "127.0.0.1", port)
+        return proto
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport subclass
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self.got += len(data)
+        if self.got >= len(RAW_FRAME) and self.waiter is not None and not self.waiter.done():
+            self.got -= len(RAW_FRAME)
+            self.waiter.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError(f"echo server closed the connection: {exc}"))
+
+    async def pingpong(self, n: int) -> dict[str, Any]:
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        write, clock = self.transport.write, time.perf_counter_ns
+        lat = [0] * n
+        start = clock()
+        for i in range(n):
+            t0 = clock()
+            self.waiter = loop.create_future()
+            write(RAW_FRAME)
+            await self.waiter
+            lat[i] = clock() - t0
+        return {"n": n, "elapsed_ns": clock() - start, "lat_ns": lat}
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
 
 async def py_pingpong(client: pyfabric.Client, n: int) -> dict[str, Any]:
@@ -87,18 +154,10 @@ async def py_pingpong(client: pyfabric.Client, n: int) -> dict[str, Any]:
             send(echo, (me, i))
             await receive()
             lat[i] = clock() - t0
-        total = (clock() - start) / 1e9
+        elapsed = clock() - start
     finally:
         box.close()
-    lat.sort()
-    return {
-        "n": n,
-        "elapsed_s": total,
-        "rt_per_s": n / total,
-        "median_us": _pct(lat, 0.5) / 1000,
-        "p99_us": _pct(lat, 0.99) / 1000,
-        "api": "client.send(proxy, (box.pid, i)); await box.receive()",
-    }
+    return {"n": n, "elapsed_ns": elapsed, "lat_ns": lat}
 
 
 async def py_stream(client: pyfabric.Client, n: int, size: int) -> dict[str, Any]:
@@ -110,7 +169,7 @@ async def py_stream(client: pyfabric.Client, n: int, size: int) -> dict[str, Any
         send, drain = client.send, client.drain
         gc.collect()
         rss0 = rss_bytes()
-        start = time.perf_counter()
+        start = time.perf_counter_ns()
         if size:
             for _ in range(n):
                 send(counter, payload)
@@ -119,83 +178,188 @@ async def py_stream(client: pyfabric.Client, n: int, size: int) -> dict[str, Any
             for i in range(n):
                 send(counter, (N_ATOM, i))
                 await drain()
-        sent = time.perf_counter()
         rss1 = rss_bytes()
-        await box.receive(timeout=RUN_TIMEOUT)
-        elapsed = time.perf_counter() - start
+        await box.receive(timeout=BATCH_TIMEOUT)
+        elapsed = time.perf_counter_ns() - start
     finally:
         box.close()
-    return {
-        "n": n,
-        "elapsed_s": elapsed,
-        "msgs_per_s": n / elapsed,
-        "mb_per_s": n * size / elapsed / 1e6,
-        "payload_bytes": size,
-        # How long the send loop ran, and how much the process grew meanwhile: what the
-        # sender buffered instead of being held back.
-        "send_loop_s": sent - start,
-        "rss_growth_mb": (rss1 - rss0) / 1e6,
-        "api": "client.send(proxy, msg); await client.drain()",
-    }
+    # what the sender buffered instead of being held back shows as RSS growth
+    return {"n": n, "elapsed_ns": elapsed, "payload_bytes": size, "rss_growth_mb": (rss1 - rss0) / 1e6}
 
 
-def _pct(sorted_values: list[int], p: float) -> float:
-    n = len(sorted_values)
-    return sorted_values[max(1, min(n, round(p * n))) - 1]
+def side_pids(env: Env) -> dict[str, int]:
+    assert env.cli is not None and env.srv is not None and env.pysrv is not None
+    return {"py": os.getpid(), "cli": env.cli.pid, "srv": env.srv.pid, "pysrv": env.pysrv.pid}
 
 
-async def run_one(env: Env, clients: PyClients, pairing: str, scenario: str, n: int) -> dict[str, Any]:
-    size = SCENARIOS[scenario]
+async def run_batch(env: Env, clients: PyClients, pairing: str, scenario: str, n: int) -> dict[str, Any]:
+    """One batch, with the CPU time both sides spent on it; errors come back as data."""
+    pids = side_pids(env)
+    _, client_side, server_side = PAIRINGS[pairing]
+    watched = (pids[client_side], pids[server_side])
+    before = cpu_snapshot(watched)
     try:
-        async with asyncio.timeout(RUN_TIMEOUT):
-            if pairing in clients.clients:
-                client = clients.clients[pairing]
-                if scenario == "pingpong":
-                    return await py_pingpong(client, n)
-                return await py_stream(client, n, size)
-            tag = {"erlpeer_ext": "ext", "erlpeer_legacy": "legacy", "erl_dist": "dist"}[pairing]
-            assert env.cli is not None
-            if scenario == "pingpong":
-                return await env.cli.command(f"{{pingpong, {tag}, {n}}}", timeout=RUN_TIMEOUT)
-            return await env.cli.command(f"{{stream, {tag}, {n}, {size}}}", timeout=RUN_TIMEOUT)
+        async with asyncio.timeout(BATCH_TIMEOUT):
+            sample = await _batch(env, clients, pairing, scenario, n)
     except Exception as exc:  # one failing pairing must not lose the others' results
         return {"error": f"{type(exc).__name__}: {exc}"}
+    after = cpu_snapshot(watched)
+    sample["cpu_client_ns"] = cpu_delta(before, after, watched[0])
+    sample["cpu_server_ns"] = cpu_delta(before, after, watched[1])
+    return sample
 
 
-async def run_messaging(env: Env, counts: dict[str, int], repeat: int, log: Any = None) -> dict[str, Any]:
-    """Every scenario against every pairing; returns {scenario: {pairing: summary}}."""
-    pairings = [p for p in PAIRINGS if p != "erl_dist" or env.dist]
+async def _batch(env: Env, clients: PyClients, pairing: str, scenario: str, n: int) -> dict[str, Any]:
+    size = PAYLOAD[scenario]
+    if pairing == "asyncio":
+        assert clients.echo is not None
+        return await clients.echo.pingpong(n)
+    if pairing in clients.clients:
+        client = clients.clients[pairing]
+        return await (py_pingpong(client, n) if scenario == "pingpong" else py_stream(client, n, size))
+    assert env.cli is not None
+    tag = ERL_TAG[pairing]
+    if scenario == "pingpong":
+        return await env.cli.command(f"{{pingpong, {tag}, {n}}}", timeout=BATCH_TIMEOUT)
+    return await env.cli.command(f"{{stream, {tag}, {n}, {size}}}", timeout=BATCH_TIMEOUT)
+
+
+def available(env: Env, pairing: str) -> str | None:
+    """Why a pairing cannot run in this environment (None: it can)."""
+    if pairing == "erl_dist" and not env.dist:
+        return f"no Erlang distribution: {env.dist_error}"
+    if pairing == "orig" and not env.orig:
+        return env.orig_error or "the original implementation was not run (ORIG_EBIN unset)"
+    return None
+
+
+def summarize_batches(scenario: str, batches: list[dict[str, Any]]) -> dict[str, Any]:
+    good = [b for b in batches if "error" not in b]
+    out: dict[str, Any] = {"batches": len(good)}
+    errors = [b["error"] for b in batches if "error" in b]
+    if errors:
+        out["errors"] = errors
+    if not good:
+        return out
+    ops = sum(b["n"] for b in good)
+    out["n"] = ops
+    rates = [b["n"] / (b["elapsed_ns"] / 1e9) for b in good]
+    if scenario == "pingpong":
+        lat = sorted(x for b in good for x in b["lat_ns"])
+        out["rt_per_s"] = median(rates)
+        out["median_us"] = percentile(lat, 0.5) / 1000
+        out["p99_us"] = percentile(lat, 0.99) / 1000
+        out["max_us"] = lat[-1] / 1000
+    else:
+        out["msgs_per_s"] = median(rates)
+        size = good[0].get("payload_bytes", 0)
+        out["mb_per_s"] = out["msgs_per_s"] * size / 1e6
+        if "rss_growth_mb" in good[0]:
+            out["rss_growth_mb"] = max(b["rss_growth_mb"] for b in good)
+    for side in ("client", "server"):
+        cpu = [b.get(f"cpu_{side}_ns") for b in good]
+        if all(c is not None for c in cpu):
+            out[f"cpu_{side}_us"] = sum(cpu) / ops / 1000  # type: ignore[arg-type]
+    if "cpu_client_us" in out and "cpu_server_us" in out:
+        out["cpu_total_us"] = out["cpu_client_us"] + out["cpu_server_us"]
+    return out
+
+
+def _strip(batch: dict[str, Any]) -> dict[str, Any]:
+    """A batch as kept in the JSON: its figures, not its thousands of latencies."""
+    out = {k: v for k, v in batch.items() if k != "lat_ns"}
+    if batch.get("lat_ns"):
+        lat = sorted(batch["lat_ns"])
+        out["median_us"] = percentile(lat, 0.5) / 1000
+        out["p99_us"] = percentile(lat, 0.99) / 1000
+    return out
+
+
+async def run_messaging(env: Env, counts: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    """Every scenario, its pairings interleaved batch by batch: {scenario: {pairing: ...}}."""
     results: dict[str, Any] = {}
     async with PyClients(env) as clients:
-        for scenario in SCENARIOS:
-            n = counts[scenario]
-            for pairing in pairings:  # warm-up
-                await run_one(env, clients, pairing, scenario, max(1, n // 10))
-            samples: dict[str, list[dict[str, Any]]] = {p: [] for p in pairings}
-            for rnd in range(repeat):
-                order = pairings[rnd % len(pairings):] + pairings[: rnd % len(pairings)]
-                for pairing in order:
-                    sample = await run_one(env, clients, pairing, scenario, n)
-                    samples[pairing].append(sample)
-                    if log is not None:
-                        log(f"  {scenario:<10} {pairing:<15} round {rnd + 1}/{repeat}: {_brief(sample)}")
-            results[scenario] = {
-                p: {"label": PAIRINGS[p], "summary": summarize(s), "samples": s} for p, s in samples.items()
-            }
-            if not env.dist:
-                results[scenario]["erl_dist"] = {
-                    "label": PAIRINGS["erl_dist"],
-                    "summary": {"repetitions": 0, "errors": [f"no Erlang distribution: {env.dist_error}"]},
-                    "samples": [],
+        for scenario, pairings in SCENARIO_PAIRINGS.items():
+            n, rounds = counts[f"{scenario}_batch"], counts[f"{scenario}_rounds"]
+            results[scenario] = {}
+            live = []
+            for p in pairings:
+                why = available(env, p)
+                if why is None:
+                    live.append(p)
+                else:
+                    results[scenario][p] = {"label": PAIRINGS[p][0], "summary": {"skipped": why}}
+            batches: dict[str, list[dict[str, Any]]] = {p: [] for p in live}
+            for p in live:  # warm-up
+                await run_batch(env, clients, p, scenario, max(1, n // 5))
+            for rnd in range(rounds):
+                k = rnd % max(1, len(live))
+                for p in live[k:] + live[:k]:
+                    if sum("error" in b for b in batches[p]) >= MAX_ERRORS:
+                        continue
+                    batches[p].append(await run_batch(env, clients, p, scenario, n))
+                if (rnd + 1) % max(1, rounds // 4) == 0 or rnd + 1 == rounds:
+                    log(f"  {scenario}: round {rnd + 1}/{rounds}")
+            for p in live:
+                summary = summarize_batches(scenario, batches[p])
+                results[scenario][p] = {
+                    "label": PAIRINGS[p][0],
+                    "client": PAIRINGS[p][1],
+                    "server": PAIRINGS[p][2],
+                    "summary": summary,
+                    "batches": [_strip(b) for b in batches[p]],
                 }
+                log(f"    {p:<15} {brief(summary)}")
     return results
 
 
-def _brief(sample: dict[str, Any]) -> str:
-    if "error" in sample:
-        return "ERROR " + sample["error"]
-    if "rt_per_s" in sample:
-        return f"{sample['rt_per_s']:,.0f} rt/s, median {sample['median_us']:.0f} us, p99 {sample['p99_us']:.0f} us"
-    if sample.get("payload_bytes"):
-        return f"{sample['mb_per_s']:,.1f} MB/s ({sample['msgs_per_s']:,.0f} msgs/s)"
-    return f"{sample['msgs_per_s']:,.0f} msgs/s"
+async def run_burst(env: Env, n: int, cap_s: float, log: Callable[[str], None]) -> dict[str, Any]:
+    """The ``Proxy ! Msg`` burst, once per pairing; last in the run (a collapsed burst
+    leaves the connection busy with the rest of its messages)."""
+    assert env.cli is not None and env.srv is not None
+    out: dict[str, Any] = {}
+    pids = side_pids(env)
+    for p in BURST_PAIRINGS:
+        why = available(env, p)
+        if why is not None:
+            out[p] = {"label": PAIRINGS[p][0], "summary": {"skipped": why}}
+            continue
+        before = cpu_snapshot((pids["cli"], pids["srv"]))
+        try:
+            r = await env.cli.command(f"{{burst, {ERL_TAG[p]}, {n}, {int(cap_s * 1000)}}}", timeout=cap_s + 120)
+            after = cpu_snapshot((pids["cli"], pids["srv"]))
+            if r.get("timed_out"):
+                r["delivered"] = await env.srv.command("counted", timeout=30)
+                # the rest of the burst would keep both nodes busy during the next pairing's
+                await env.cli.command(f"{{drop, {ERL_TAG[p]}}}", timeout=30)
+                await asyncio.sleep(1.0)
+            else:
+                r["delivered"] = n
+        except Exception as exc:
+            out[p] = {"label": PAIRINGS[p][0], "summary": {"errors": [f"{type(exc).__name__}: {exc}"]}}
+            log(f"  burst {p}: ERROR {exc}")
+            continue
+        s: dict[str, Any] = {"n": n, "delivered": r["delivered"], "timed_out": bool(r.get("timed_out")),
+                             "msgs_per_s": r["delivered"] / (r["elapsed_ns"] / 1e9),
+                             "send_loop_s": r["send_loop_ns"] / 1e9, "cap_s": cap_s}
+        for side, pid in (("client", pids["cli"]), ("server", pids["srv"])):
+            d = cpu_delta(before, after, pid)
+            if d is not None and r["delivered"]:
+                s[f"cpu_{side}_us"] = d / r["delivered"] / 1000
+        out[p] = {"label": PAIRINGS[p][0], "summary": s}
+        log(f"  burst {p:<12} {brief(s)}")
+    return out
+
+
+def brief(s: dict[str, Any]) -> str:
+    if "skipped" in s:
+        return "skipped: " + s["skipped"]
+    if s.get("errors") and len(s) <= 2:
+        return "ERROR " + s["errors"][0]
+    cpu = f", cpu {s.get('cpu_client_us', 0):.1f}+{s.get('cpu_server_us', 0):.1f} us/op" if "cpu_client_us" in s else ""
+    if "rt_per_s" in s:
+        return f"{s['rt_per_s']:,.0f} rt/s, median {s['median_us']:.0f} us, p99 {s['p99_us']:.0f} us{cpu}"
+    if s.get("mb_per_s"):
+        return f"{s['mb_per_s']:,.1f} MB/s ({s['msgs_per_s']:,.0f} msgs/s){cpu}"
+    timed = f" (cap {s['cap_s']:.0f} s hit: {s['delivered']:,} delivered)" if s.get("timed_out") else ""
+    return f"{s.get('msgs_per_s', 0):,.0f} msgs/s{timed}{cpu}"

@@ -20,7 +20,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import harness  # noqa: E402
-from messaging import SCENARIOS, PyClients, py_pingpong, py_stream  # noqa: E402
+from measure import new_event_loop  # noqa: E402
+from messaging import PAYLOAD as SCENARIOS, PyClients, py_pingpong, py_stream  # noqa: E402
 
 
 async def profiled(scenario: str, pairing: str, n: int, top: int, callers: bool) -> None:
@@ -38,7 +39,7 @@ async def profiled(scenario: str, pairing: str, n: int, top: int, callers: bool)
         prof.enable()
         result = await once(n)
         prof.disable()
-        print({k: v for k, v in result.items() if k != "api"})
+        print({k: v for k, v in result.items() if k != "lat_ns"})
         stats = pstats.Stats(prof).sort_stats("tottime")
         stats.print_stats(top)
         if callers:
@@ -54,7 +55,7 @@ def main() -> int:
     parser.add_argument("--callers", action="store_true")
     args = parser.parse_args()
     n = args.n or {"pingpong": 20_000, "stream": 100_000, "stream_10k": 20_000}[args.scenario]
-    loop = harness.new_event_loop()
+    loop = new_event_loop()
     try:
         loop.run_until_complete(profiled(args.scenario, args.pairing, n, args.top, args.callers))
     finally:

@@ -2,8 +2,10 @@
 
 Run as a separate process (its own event loop and core, like an Erlang node) by
 ``bench/run.py``. It registers the same processes as ``bench/erl/fabric_bench.erl``
-(``bench_echo``, ``bench_counter``) and serves them on 127.0.0.1 (OS-picked port),
-prints ``port <N>`` and runs until its stdin closes.
+(``bench_echo``, ``bench_counter``) and serves them on 127.0.0.1 (OS-picked port). It
+also runs the Python ceiling: a bare asyncio (uvloop when installed) echo server, which
+writes back whatever it reads, no framing, no pyfabric. It prints
+``port <N> echo <M>`` and runs until its stdin closes.
 
 Usage: python bench/pyserver.py SECRET
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
+import socket
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -53,13 +56,27 @@ async def counter_factory(proc):
             proc.send(msg[1], (BENCH_COUNTER, pid))
 
 
+class RawEcho(asyncio.Protocol):
+    """The bare echo: every chunk read is written back as is."""
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
 async def main(secret: str) -> None:
     server = await pyfabric.serve("127.0.0.1", 0, secret, allowed=["bench_echo", "bench_counter"])
     server.spawn(echo, name="bench_echo", max_mailbox=MAX_MAILBOX)
     server.spawn(counter_factory, name="bench_counter")
-    print(f"port {server.port}", flush=True)
     loop = asyncio.get_running_loop()
+    echo_server = await loop.create_server(RawEcho, "127.0.0.1", 0)
+    echo_port = echo_server.sockets[0].getsockname()[1]
+    print(f"port {server.port} echo {echo_port}", flush=True)
     await loop.run_in_executor(None, sys.stdin.read)  # until the runner closes our stdin
+    echo_server.close()
     await server.close()
 
 

@@ -1,18 +1,26 @@
 """`make bench`: codec, messaging and scale benchmarks of pyfabric, erlang_peer and Erlang, in one run.
 
-Prints one table per part and writes everything (every sample, the machine's core count
-and load before and after) to ``bench/results/bench-<timestamp>.json``.
+Prints one table per part, the in-run ratios next to the goals of issue 15, and writes
+everything (every batch, the machine's core count and load before and after) to
+``bench/results/bench-<timestamp>.json`` and the ratios as a chart to ``bench-<timestamp>.png``.
 
 - codec: ``bench/codec_bench.py`` (pyfabric.etf vs erlang_py vs Erlang's own
   term_to_binary/binary_to_term), run as a subprocess; its JSON is included as is;
-- messaging (``bench/messaging.py``): ping-pong, streaming, 10 KiB streaming, for Python ->
-  erlang_peer, erlang_peer <-> erlang_peer (extended and legacy), Python <-> Python and
-  plain Erlang distribution;
-- scale (``bench/scale.py``): memory per live proxy, connect+handshake rate.
+- messaging (``bench/messaging.py``): ping-pong, streaming, 10 KiB streaming, every pairing
+  interleaved batch by batch: the original (with ``ORIG_EBIN``), erlang_peer <->
+  erlang_peer (extended and legacy), Python -> erlang_peer, Python <-> Python, Erlang
+  distribution and the raw ceilings (gen_tcp ``{packet,4}`` and bare asyncio echoes);
+  median/p99 latency and CPU per operation per side; then, last of the run, the 200k
+  ``Proxy ! Msg`` burst;
+- scale (``bench/scale.py``): memory per live and idle proxy, creation and handshake rates.
 
-Usage: python bench/run.py [--quick] [--only codec|messaging|scale] [--repeat N] [--output-dir DIR]
+Usage: python bench/run.py [--quick] [--only codec|messaging|scale] [--repeat N]
+       [--orig-ebin DIR] [--output-dir DIR]
 
 ``--quick`` uses tiny counts (a smoke run of a few seconds; the figures mean nothing).
+``--orig-ebin DIR`` (default: ``$ORIG_EBIN``) is a directory with the original 2010
+implementation's compiled ``fabric.beam`` and ``fabric_auth.beam`` (never part of this
+repository); without it the original's pairing is skipped with one line saying so.
 Needs ``erl``/``erlc`` and a compiled erlang_peer (``make peer``); ``make bench`` does both.
 """
 
@@ -21,6 +29,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import pathlib
 import signal
 import subprocess
@@ -34,30 +43,47 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import harness  # noqa: E402
-from harness import Env, loadavg, machine_info  # noqa: E402
-from messaging import PAIRINGS, run_messaging  # noqa: E402
-from scale import HANDSHAKE_PAIRINGS, run_scale  # noqa: E402
+import report  # noqa: E402
+from chart import write_chart  # noqa: E402
+from harness import Env  # noqa: E402
+from measure import loadavg, machine_info, new_event_loop  # noqa: E402
+from messaging import run_burst, run_messaging  # noqa: E402
+from scale import run_scale  # noqa: E402
 
 FULL = {
-    "pingpong": 20_000,
-    "stream": 100_000,
-    "stream_10k": 100_000,
+    "pingpong_batch": 500,
+    "pingpong_rounds": 40,
+    "stream_batch": 5_000,
+    "stream_rounds": 10,
+    "stream_10k_batch": 500,
+    "stream_10k_rounds": 10,
+    "burst": 200_000,
+    "burst_cap_s": 30.0,
     "proxies": 100_000,
     "proxy_chunk": 10_000,
+    "proxy_idle_ms": 2_000,
     "handshakes": 300,
     "handshake_concurrency": 8,
     "repeat": 3,
 }
 QUICK = {
-    "pingpong": 200,
-    "stream": 2_000,
-    "stream_10k": 200,
+    "pingpong_batch": 50,
+    "pingpong_rounds": 2,
+    "stream_batch": 500,
+    "stream_rounds": 2,
+    "stream_10k_batch": 50,
+    "stream_10k_rounds": 2,
+    "burst": 2_000,
+    "burst_cap_s": 10.0,
     "proxies": 2_000,
     "proxy_chunk": 500,
+    "proxy_idle_ms": 200,
     "handshakes": 8,
     "handshake_concurrency": 2,
     "repeat": 1,
 }
+ORIG_HINT = ("set ORIG_EBIN to a directory holding the original implementation's compiled fabric.beam and "
+             "fabric_auth.beam: ORIG_EBIN=dir make bench")
 PARTS = ("codec", "messaging", "scale")
 
 
@@ -84,125 +110,49 @@ def run_codec(quick: bool) -> tuple[dict[str, Any], str]:
         return json.loads(files[-1].read_text()), table
 
 
-# -- tables ------------------------------------------------------------------------------------
-
-
-def _num(value: Any, digits: int = 0) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, str):
-        return value
-    return f"{value:,.{digits}f}"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    fmt = lambda r: "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))  # noqa: E731
-    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, rows)])
-
-
-def _cell(summary: dict[str, Any], key: str, digits: int = 0) -> str:
-    if key in summary:
-        return _num(summary[key], digits)
-    return "ERR" if summary.get("errors") else "n/a"
-
-
-def messaging_table(res: dict[str, Any], counts: dict[str, Any]) -> str:
-    short = {
-        "py_erlpeer": "py->erl_peer",
-        "erlpeer_ext": "erl_peer ext",
-        "erlpeer_legacy": "erl_peer legacy",
-        "py_py": "py<->py",
-        "erl_dist": "erl dist (ref)",
-    }
-    pairings = [p for p in PAIRINGS if p in res["pingpong"]]
-    rows_spec = [
-        ("pingpong", "rt_per_s", 0, f"ping-pong round trips/s ({counts['pingpong']:,})"),
-        ("pingpong", "median_us", 1, "ping-pong median latency, us"),
-        ("pingpong", "p99_us", 1, "ping-pong p99 latency, us"),
-        ("stream", "msgs_per_s", 0, f"streaming msgs/s ({counts['stream']:,} small)"),
-        ("stream_10k", "mb_per_s", 1, f"10 KiB streaming MB/s ({counts['stream_10k']:,})"),
-        ("stream_10k", "msgs_per_s", 0, "10 KiB streaming msgs/s"),
-        ("stream", "rss_growth_mb", 1, "py sender RSS growth while streaming, MB"),
-        ("stream_10k", "rss_growth_mb", 1, "py sender RSS growth, 10 KiB stream, MB"),
-    ]
-    rows = []
-    for scenario, key, digits, label in rows_spec:
-        rows.append([label] + [_cell(res[scenario][p]["summary"], key, digits) for p in pairings])
-    lines = [_table(["messaging (median of rounds)"] + [short[p] for p in pairings], rows)]
-    for scenario, by_pairing in res.items():
-        for p, r in by_pairing.items():
-            for err in r["summary"].get("errors", []):
-                lines.append(f"  {scenario} / {p}: {err}")
-    return "\n".join(lines)
-
-
-def scale_table(res: dict[str, Any], counts: dict[str, Any]) -> str:
-    pm = res["proxy_memory"]
-    lines = [f"memory per live proxy ({counts['proxies']:,} proxies on one connection):"]
-    for key, label in (("pyfabric_rss", "pyfabric, RSS delta"), ("pyfabric_tracemalloc", "pyfabric, tracemalloc"),
-                       ("erlang_peer", "erlang_peer, erlang:memory() delta")):
-        r = pm.get(key, {})
-        if "error" in r:
-            lines.append(f"  {label:<36} ERROR {r['error']}")
-            continue
-        extra = ""
-        if key == "erlang_peer":
-            extra = (f"  (processes {r['processes_delta'] / r['n']:,.0f} B, ets {r['ets_delta'] / r['n']:,.0f} B,"
-                     f" binary {r['binary_delta'] / r['n']:,.0f} B per proxy)")
-        lines.append(f"  {label:<36} {r['bytes_per_proxy']:>8,.0f} B/proxy  created at {r['proxies_per_s']:>9,.0f}/s{extra}")
-    hs = res["handshakes"]
-    pairings = list(HANDSHAKE_PAIRINGS)
-    short = {"py_py": "py->py", "py_erlpeer": "py->erl_peer", "erlpeer_ext": "erl_peer->erl_peer",
-             "erlpeer_legacy": "same, legacy", "erlpeer_py": "erl_peer->py"}
-    rows = []
-    for key, by_pairing in hs.items():
-        conc = key.split("_")[1]
-        rows.append([f"connect+handshake+close/s, {conc} at a time"]
-                    + [_cell(by_pairing[p]["summary"], "per_s") for p in pairings])
-    lines.append(_table([f"handshakes ({counts['handshakes']} per round)"] + [short[p] for p in pairings], rows))
-    for key, by_pairing in hs.items():
-        for p, r in by_pairing.items():
-            for err in r["summary"].get("errors", []):
-                lines.append(f"  {key} / {p}: {err}")
-    return "\n".join(lines)
-
-
 # -- main -------------------------------------------------------------------------------------
 
 
-async def run_live(parts: list[str], counts: dict[str, Any], out: dict[str, Any]) -> None:
+async def run_live(parts: list[str], counts: dict[str, Any], out: dict[str, Any], orig_ebin: str | None) -> None:
     log("starting the erl nodes and the Python server ...")
-    async with Env() as env:
+    async with Env(orig_ebin) as env:
         out["machine"]["otp"] = env.otp
         out["machine"]["erl_flags"] = " ".join(harness.ERL_FLAGS)
         out["machine"]["erlang_distribution"] = env.dist or env.dist_error
+        if env.orig:
+            out["machine"]["original"] = {"ebin": orig_ebin}
+        else:
+            out["machine"]["original"] = {"skipped": env.orig_error or f"ORIG_EBIN is not set; {ORIG_HINT}"}
+        out["machine"]["pids"] = {"runner": os.getpid(), "erl_client": env.cli.pid if env.cli else None,
+                                  "erl_server": env.srv.pid if env.srv else None,
+                                  "py_server": env.pysrv.pid if env.pysrv else None}
         if "messaging" in parts:
             log("messaging ...")
-            out["messaging"] = await run_messaging(
-                env,
-                {k: counts[k] for k in ("pingpong", "stream", "stream_10k")},
-                counts["repeat"],
-                log,
-            )
+            out["messaging"] = await run_messaging(env, counts, log)
         if "scale" in parts:
             log("scale ...")
             out["scale"] = await run_scale(
                 env,
                 counts["proxies"],
                 counts["proxy_chunk"],
+                counts["proxy_idle_ms"],
                 counts["handshakes"],
                 counts["handshake_concurrency"],
                 counts["repeat"],
                 log,
             )
+        if "messaging" in parts:  # last: a collapsed burst leaves its connection busy
+            log(f"burst ({counts['burst']:,} messages, at most {counts['burst_cap_s']:.0f} s each) ...")
+            out["burst"] = await run_burst(env, counts["burst"], counts["burst_cap_s"], log)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke run (figures mean nothing)")
     parser.add_argument("--only", choices=PARTS, action="append", help="run only this part (repeatable)")
-    parser.add_argument("--repeat", type=int, help="rounds per measurement (default 3; 1 with --quick)")
+    parser.add_argument("--repeat", type=int, help="rounds of the handshake measurements (default 3; 1 with --quick)")
+    parser.add_argument("--orig-ebin", default=os.environ.get("ORIG_EBIN") or None,
+                        help="directory with the original implementation's beams (default: $ORIG_EBIN)")
     parser.add_argument("--output-dir", type=pathlib.Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
 
@@ -216,12 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {
         "timestamp": started,
         "quick": args.quick,
-        "command": " ".join([pathlib.Path(sys.argv[0]).name if argv is None else "run.py", *(sys.argv[1:] if argv is None else argv)]),
+        "command": " ".join(["run.py", *(sys.argv[1:] if argv is None else argv)]),
         "parts": parts,
         "config": counts,
         "machine": machine_info(),
     }
-    out["machine"]["loadavg_before"] = out["machine"].pop("loadavg")
+    out["machine"]["loadavg_before"] = loadavg()
     codec_table = ""
     if "codec" in parts:
         log("codec (bench/codec_bench.py) ...")
@@ -229,40 +179,62 @@ def main(argv: list[str] | None = None) -> int:
     if "messaging" in parts or "scale" in parts:
         # SIGTERM (a timeout, Ctrl-C's cousin) must still stop the nodes we started.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-        loop = harness.new_event_loop()
+        loop = new_event_loop()
         try:
-            loop.run_until_complete(run_live(parts, counts, out))
+            loop.run_until_complete(run_live(parts, counts, out, args.orig_ebin))
         finally:
             harness.kill_leftovers()
             loop.close()
     out["machine"]["loadavg_after"] = loadavg()
     out["elapsed_s"] = time.time() - started
 
-    m = out["machine"]
-    lines = [
-        "",
-        f"fabric benchmarks{' (QUICK run: tiny counts, figures not meaningful)' if args.quick else ''}: "
-        f"{datetime.datetime.fromtimestamp(started).isoformat(timespec='seconds')}",
-        f"machine: {m['cpu_count']} cores{', ' + m['cpu_model'] if 'cpu_model' in m else ''}; "
-        f"load average before {' '.join(map(str, m['loadavg_before']))}, after {' '.join(map(str, m['loadavg_after']))}",
-        f"python {m['python']} ({m['event_loop']}), OTP {m.get('otp', '?')} (erl {m.get('erl_flags', '')}); "
-        f"rounds: {counts['repeat']} after a warm-up, pairings interleaved; {out['elapsed_s']:.0f} s",
-    ]
+    stamp = datetime.datetime.fromtimestamp(started).strftime("%Y%m%d-%H%M%S")
+    base = args.output_dir / f"bench-{stamp}{'-quick' if args.quick else ''}"
+    lines = header_lines(out, counts, started, args.quick)
     if "codec" in out:
         lines += ["", "== codec =="]
         lines.append(codec_table if codec_table else f"ERROR {out['codec'].get('error')}")
     if "messaging" in out:
-        lines += ["", "== messaging (loopback) ==", messaging_table(out["messaging"], counts)]
+        lines += ["", "== messaging (loopback, one OS process per side) ==", report.messaging_table(out["messaging"], counts)]
+    if "burst" in out:
+        lines += ["", report.burst_table(out["burst"], counts["burst"])]
     if "scale" in out:
-        lines += ["", "== scale ==", scale_table(out["scale"], counts)]
+        lines += ["", "== scale ==", report.scale_table(out["scale"], counts)]
+    if "messaging" in out or "scale" in out:
+        out["ratios"] = report.ratios(out)
+        title = (f"pyfabric bench {datetime.datetime.fromtimestamp(started).isoformat(timespec='seconds')}"
+                 f"{' (QUICK: figures meaningless)' if args.quick else ''}; load {out['machine']['loadavg_before'][0]}"
+                 f" -> {out['machine']['loadavg_after'][0]} on {out['machine']['cpu_count']} cores")
+        chart_line = write_chart(out["ratios"], base.with_suffix(".png"), title)
+        out["chart"] = chart_line
+        lines += ["", "== ratios (all from this run) ==", report.ratio_table(out["ratios"]), "", chart_line]
     print("\n".join(lines), flush=True)
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.fromtimestamp(started).strftime("%Y%m%d-%H%M%S")
-    path = args.output_dir / f"bench-{stamp}{'-quick' if args.quick else ''}.json"
+    path = base.with_suffix(".json")
     path.write_text(json.dumps(out, indent=2))
     print(f"wrote {path}")
     return 0
+
+
+def header_lines(out: dict[str, Any], counts: dict[str, Any], started: float, quick: bool) -> list[str]:
+    m = out["machine"]
+    orig = m.get("original", {})
+    lines = [
+        "",
+        f"fabric benchmarks{' (QUICK run: tiny counts, figures not meaningful)' if quick else ''}: "
+        f"{datetime.datetime.fromtimestamp(started).isoformat(timespec='seconds')}",
+        f"machine: {m['cpu_count']} cores{', ' + m['cpu_model'] if 'cpu_model' in m else ''}; "
+        f"load average before {' '.join(map(str, m['loadavg_before']))}, after {' '.join(map(str, m['loadavg_after']))}",
+        f"python {m['python']} ({m['event_loop']}), OTP {m.get('otp', '?')} (erl {m.get('erl_flags', '')}); "
+        f"CPU from {m['cpu_source']}; {out['elapsed_s']:.0f} s",
+        "throughput: median of per-batch rates; latency percentiles over every round trip; pairings interleaved",
+    ]
+    if "skipped" in orig:
+        lines.append(f"original implementation: skipped ({orig['skipped']})")
+    elif "ebin" in orig:
+        lines.append(f"original implementation: {orig['ebin']}")
+    return lines
 
 
 if __name__ == "__main__":

@@ -1,12 +1,16 @@
 """`make bench` works: ``bench/run.py --quick`` completes and writes the expected JSON.
 
-A smoke test only: tiny counts, no assertion on any figure (timings on a shared machine
-prove nothing). It needs ``erl`` (both Erlang nodes and the Erlang-side drivers run).
+A smoke test only: tiny counts, no assertion on any figure's size (timings on a shared
+machine prove nothing), only that every pairing ran and produced its figures. It needs
+``erl`` (both Erlang nodes and the Erlang-side drivers run). The original implementation
+runs when ``ORIG_EBIN`` is set in the environment, and is reported as skipped otherwise.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,12 +20,14 @@ from interop_support import require_erl
 
 ROOT = Path(__file__).resolve().parents[1]
 
-MESSAGING_PAIRINGS = {"py_erlpeer", "erlpeer_ext", "erlpeer_legacy", "py_py", "erl_dist"}
+OURS = {"erlpeer_ext", "erlpeer_legacy", "py_erlpeer", "py_py"}
+PINGPONG = OURS | {"erl_dist", "gen_tcp", "asyncio"}
+STREAMING = OURS | {"erl_dist"}
 HANDSHAKE_PAIRINGS = {"py_py", "py_erlpeer", "erlpeer_ext", "erlpeer_legacy", "erlpeer_py"}
 METRICS = {
-    "pingpong": ("rt_per_s", "median_us", "p99_us"),
-    "stream": ("msgs_per_s",),
-    "stream_10k": ("mb_per_s", "msgs_per_s"),
+    "pingpong": ("rt_per_s", "median_us", "p99_us", "cpu_client_us", "cpu_server_us"),
+    "stream": ("msgs_per_s", "cpu_client_us", "cpu_server_us"),
+    "stream_10k": ("mb_per_s", "msgs_per_s", "cpu_client_us", "cpu_server_us"),
 }
 
 
@@ -44,21 +50,37 @@ def test_bench_quick_run(tmp_path: Path) -> None:
     machine = out["machine"]
     assert machine["cpu_count"] >= 1
     assert len(machine["loadavg_before"]) == 3 and len(machine["loadavg_after"]) == 3
+    assert machine["cpu_source"].startswith("/proc/")
 
     assert "error" not in out["codec"], out["codec"]
     assert out["codec"]["results"], out["codec"]
 
+    orig_ran = bool(os.environ.get("ORIG_EBIN"))
+    if orig_ran:
+        assert "ebin" in machine["original"], machine["original"]
+    else:
+        assert "ORIG_EBIN" in machine["original"]["skipped"]
+        assert "original implementation: skipped" in proc.stdout
+
     messaging = out["messaging"]
     assert set(messaging) == set(METRICS)
+    dist = machine["erlang_distribution"] is True
     for scenario, metrics in METRICS.items():
         pairings = messaging[scenario]
-        expected = MESSAGING_PAIRINGS if machine["erlang_distribution"] is True else MESSAGING_PAIRINGS - {"erl_dist"}
+        expected = PINGPONG if scenario == "pingpong" else STREAMING
+        expected = (expected if dist else expected - {"erl_dist"}) | ({"orig"} if orig_ran else set())
         assert expected <= set(pairings), (scenario, sorted(pairings))
         for pairing in expected:
             summary = pairings[pairing]["summary"]
-            assert "errors" not in summary, (scenario, pairing, summary)
+            assert "errors" not in summary and "skipped" not in summary, (scenario, pairing, summary)
+            assert summary["batches"] == out["config"][f"{scenario}_rounds"], (scenario, pairing, summary)
             for metric in metrics:
                 assert summary[metric] > 0, (scenario, pairing, metric, summary)
+        if not orig_ran:
+            assert "skipped" in pairings["orig"]["summary"]
+
+    burst = out["burst"]["erlpeer_ext"]["summary"]
+    assert burst["n"] == out["config"]["burst"] and burst["delivered"] > 0 and burst["msgs_per_s"] > 0, burst
 
     scale = out["scale"]
     for key in ("pyfabric_rss", "pyfabric_tracemalloc", "erlang_peer"):
@@ -66,6 +88,7 @@ def test_bench_quick_run(tmp_path: Path) -> None:
         assert "error" not in r, (key, r)
         assert r["n"] == out["config"]["proxies"], (key, r)
         assert "bytes_per_proxy" in r
+    assert scale["proxy_memory"]["erlang_peer"]["idle_bytes_per_proxy"] > 0
     for key in ("concurrency_1", f"concurrency_{out['config']['handshake_concurrency']}"):
         by_pairing = scale["handshakes"][key]
         assert set(by_pairing) == HANDSHAKE_PAIRINGS
@@ -73,5 +96,18 @@ def test_bench_quick_run(tmp_path: Path) -> None:
             assert "errors" not in r["summary"], (key, pairing, r["summary"])
             assert r["summary"]["per_s"] > 0
 
-    # the table went to stdout
-    assert "== messaging (loopback) ==" in proc.stdout and "== scale ==" in proc.stdout
+    # the ratios: each has a value, or says why not (only the original's may be missing)
+    ratios = {r["label"]: r for r in out["ratios"]}
+    goal = ratios["Python<->Python rt/s / bare asyncio echo rt/s"]
+    assert goal["goal"] == 0.5 and goal["value"] > 0 and isinstance(goal["met"], bool)
+    for r in out["ratios"]:
+        if r["value"] is None:
+            assert "original" in r["why"] or not dist, r
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert out["chart"] == f"chart: {files[0].with_suffix('.png')}" and files[0].with_suffix(".png").stat().st_size > 0
+    else:
+        assert "chart: skipped (matplotlib is not installed" in proc.stdout
+
+    # the tables went to stdout
+    for heading in ("== messaging (loopback", "== scale ==", "== ratios (all from this run) ==", "goal >= 1.5"):
+        assert heading in proc.stdout, heading
