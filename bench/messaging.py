@@ -167,7 +167,6 @@ async def py_stream(client: pyfabric.Client, n: int, size: int) -> dict[str, Any
         _, counter = await box.receive(timeout=10)
         payload = b"x" * size
         send, drain = client.send, client.drain
-        gc.collect()
         rss0 = rss_bytes()
         start = time.perf_counter_ns()
         if size:
@@ -183,7 +182,8 @@ async def py_stream(client: pyfabric.Client, n: int, size: int) -> dict[str, Any
         elapsed = time.perf_counter_ns() - start
     finally:
         box.close()
-    # what the sender buffered instead of being held back shows as RSS growth
+    # what the sender buffered instead of being held back shows as RSS growth (no
+    # gc.collect() here: it would be counted in the batch's CPU time)
     return {"n": n, "elapsed_ns": elapsed, "payload_bytes": size, "rss_growth_mb": (rss1 - rss0) / 1e6}
 
 
@@ -197,7 +197,9 @@ async def run_batch(env: Env, clients: PyClients, pairing: str, scenario: str, n
     pids = side_pids(env)
     _, client_side, server_side = PAIRINGS[pairing]
     watched = (pids[client_side], pids[server_side])
-    before = cpu_snapshot(watched)
+    # the runner's own reading of the other side's threads stays outside its window:
+    # the client is read last before the batch and first after it
+    before = cpu_snapshot(watched[::-1])
     try:
         async with asyncio.timeout(BATCH_TIMEOUT):
             sample = await _batch(env, clients, pairing, scenario, n)
@@ -292,6 +294,7 @@ async def run_messaging(env: Env, counts: dict[str, Any], log: Callable[[str], N
             batches: dict[str, list[dict[str, Any]]] = {p: [] for p in live}
             for p in live:  # warm-up
                 await run_batch(env, clients, p, scenario, max(1, n // 5))
+            gc.collect()  # once, outside every batch's CPU window
             for rnd in range(rounds):
                 k = rnd % max(1, len(live))
                 for p in live[k:] + live[:k]:
