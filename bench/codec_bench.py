@@ -9,7 +9,7 @@ Erlang's own term_to_binary/binary_to_term are timed inside one ``erl`` process 
 the very bytes pyfabric produced. Prints a table and writes
 ``bench/results/codec-<timestamp>.json``.
 
-Usage: python bench/codec_bench.py [--quick] [--no-erlang] [--output-dir DIR]
+Usage: python bench/codec_bench.py [--quick | --short] [--no-erlang] [--output-dir DIR]
 """
 
 from __future__ import annotations
@@ -161,11 +161,18 @@ def _fmt(value: float | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke run of a few seconds")
+    parser.add_argument("--short", action="store_true",
+                        help="shorter timed batches and fewer repetitions (what make bench runs; make bench-codec runs the long ones)")
     parser.add_argument("--no-erlang", action="store_true", help="skip the Erlang measurements")
     parser.add_argument("--output-dir", type=pathlib.Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
 
-    target, repeats, erl_target_ms = (0.002, 3, 2) if args.quick else (0.2, 7, 200)
+    if args.quick:
+        target, repeats, erl_target_ms = 0.002, 3, 2
+    elif args.short:
+        target, repeats, erl_target_ms = 0.05, 5, 50
+    else:
+        target, repeats, erl_target_ms = 0.2, 7, 200
     corpus = build_corpus()
     if args.quick:
         corpus = [(n, t, c) for n, t, c in corpus if n != "compressed 290 KB list"] + [corpus[-1]]
@@ -219,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "timestamp": started,
                 "quick": args.quick,
+                "timing": {"batch_s": target, "repetitions": repeats, "erlang_batch_ms": erl_target_ms},
                 "implementation": etf.implementation,
                 "python": platform.python_version(),
                 "cpu_count": os.cpu_count(),
