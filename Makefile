@@ -78,7 +78,7 @@ bench-codec: setup
 # `make bench`: codec, messaging and scale benchmarks (pyfabric, erlang_peer, Erlang, the raw
 # gen_tcp/asyncio ceilings) in one run, pairings interleaved; tables and the in-run ratios with
 # the goals of issue 15 on stdout, JSON and a PNG chart in bench/results/. BENCH_ARGS="--quick"
-# or "--only messaging". ORIG_EBIN=dir (the original implementation's compiled beams, never in
+# or "--only messaging" or "--pin none" (CPU placement, see bench/measure.py). ORIG_EBIN=dir (the original implementation's compiled beams, never in
 # this repository) adds the original's pairing; without it the run says it was skipped.
 BENCH_ARGS ?=
 ORIG_EBIN ?=

@@ -34,7 +34,7 @@ import sys
 import tempfile
 from typing import Any
 
-from measure import process_name
+from measure import AUTO_PLACEMENT, pin_process, placement, process_name
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
@@ -241,8 +241,10 @@ class PyServer:
 class Env:
     """The running nodes and servers; ``async with Env() as env``."""
 
-    def __init__(self, orig_ebin: str | None = None) -> None:
+    def __init__(self, orig_ebin: str | None = None, pin: str = "none") -> None:
         self.orig_ebin = orig_ebin
+        self.pin = pin
+        self.placed: dict[str, str] = {}  # part -> the placement it ran with
         self.orig = False
         self.orig_error = ""
         self.secret = secrets.token_hex(8)
@@ -319,6 +321,16 @@ class Env:
                 await self.cli.command(f"{{dist_connect, dist, '{self.srv.node}'}}", timeout=30)
             except BenchError as exc:
                 self.dist, self.dist_error = False, str(exc)
+
+    def place(self, part: str) -> None:
+        """Pin the runner, both erl nodes and the Python server for ``part`` (see measure.PIN_MODES)."""
+        mode = AUTO_PLACEMENT[part] if self.pin == "auto" else self.pin
+        cpus = placement(mode)
+        assert self.cli is not None and self.srv is not None and self.pysrv is not None
+        for pid, role in ((os.getpid(), "client"), (self.cli.pid, "client"), (self.srv.pid, "server"),
+                          (self.pysrv.pid, "server")):
+            pin_process(pid, cpus[role])
+        self.placed[part] = mode
 
     async def close(self) -> None:
         for thing in (self.cli, self.srv, self.pysrv):

@@ -44,6 +44,45 @@ def cpu_delta(before: dict[int, int | None], after: dict[int, int | None], pid: 
     return None if a is None or b is None else b - a
 
 
+PIN_MODES = ("auto", "none", "split", "same")
+"""CPU placement of the processes: ``none`` (the kernel decides), ``split`` (clients -- the
+runner and the Erlang client node -- on one CPU, servers on another), ``same`` (all on one
+CPU), ``auto`` (:data:`AUTO_PLACEMENT`).
+
+Why it matters: on this kind of (virtual) machine a loopback round trip between processes
+on two CPUs costs 3-6x the wall time and about twice the CPU of one between processes on
+the same CPU (waking an idle CPU), and the kernel moves processes between the two at will,
+so unpinned ping-pong batches are bimodal and the share of slow batches differs from
+pairing to pairing and run to run."""
+
+AUTO_PLACEMENT = {"pingpong": "same", "stream": "split", "stream_10k": "split", "burst": "split", "scale": "none"}
+"""``auto``: round trips on one CPU (serial CPU work, stable from batch to batch); streams on
+two (sender and receiver work in parallel); the scale part as the kernel places it."""
+
+ALL_CPUS = frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else frozenset()
+
+
+def placement(mode: str) -> dict[str, set[int]]:
+    """Role ("client"/"server") -> CPU set for a pin mode (``none``: every CPU)."""
+    cpus = sorted(ALL_CPUS)
+    if mode == "none" or not cpus:
+        return {"client": set(cpus), "server": set(cpus)}
+    if mode == "split" and len(cpus) >= 2:
+        return {"client": {cpus[0]}, "server": {cpus[1]}}
+    return {"client": {cpus[0]}, "server": {cpus[0]}}
+
+
+def pin_process(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of ``pid`` (threads created later inherit their creator's mask)."""
+    if not cpus:
+        return
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except (ProcessLookupError, PermissionError):
+            continue
+
+
 def percentile(sorted_values: Sequence[float], p: float) -> float:
     """Nearest-rank percentile of already sorted values."""
     n = len(sorted_values)

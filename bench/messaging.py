@@ -16,6 +16,10 @@ clients send with ``client.send`` (and ``await client.drain()`` after every stre
 message); erlang_peer clients with ``fabric_peer:send/2`` when streaming and
 ``Proxy ! Msg`` for ping-pong; distribution and the original with ``!``.
 
+Placement: each scenario first pins the runner, both erl nodes and the Python server
+(``Env.place``; ``--pin auto`` runs round trips with both sides on one CPU and streams with
+one CPU per side, see ``measure.PIN_MODES`` for why).
+
 Schedule: one warm-up batch per pairing, then ``rounds`` rounds in which every pairing
 runs one batch, the order rotating from round to round, so load changes on the machine
 hit all pairings alike. Around each batch the runner reads the on-CPU time of the client
@@ -290,6 +294,7 @@ async def run_messaging(env: Env, counts: dict[str, Any], log: Callable[[str], N
     async with PyClients(env) as clients:
         for scenario, pairings in SCENARIO_PAIRINGS.items():
             n, rounds = counts[f"{scenario}_batch"], counts[f"{scenario}_rounds"]
+            env.place(scenario)
             results[scenario] = {}
             live = []
             for p in pairings:
@@ -329,6 +334,7 @@ async def run_burst(env: Env, n: int, cap_s: float, log: Callable[[str], None]) 
     assert env.cli is not None and env.srv is not None
     out: dict[str, Any] = {}
     pids = side_pids(env)
+    env.place("burst")
     for p in BURST_PAIRINGS:
         why = available(env, p)
         if why is not None:

@@ -46,7 +46,7 @@ import harness  # noqa: E402
 import report  # noqa: E402
 from chart import write_chart  # noqa: E402
 from harness import Env  # noqa: E402
-from measure import loadavg, machine_info, new_event_loop  # noqa: E402
+from measure import PIN_MODES, loadavg, machine_info, new_event_loop  # noqa: E402
 from messaging import run_burst, run_messaging  # noqa: E402
 from scale import run_scale  # noqa: E402
 
@@ -112,9 +112,10 @@ def run_codec(quick: bool) -> tuple[dict[str, Any], str]:
 # -- main -------------------------------------------------------------------------------------
 
 
-async def run_live(parts: list[str], counts: dict[str, Any], out: dict[str, Any], orig_ebin: str | None) -> None:
+async def run_live(parts: list[str], counts: dict[str, Any], out: dict[str, Any], orig_ebin: str | None, pin: str) -> None:
     log("starting the erl nodes and the Python server ...")
-    async with Env(orig_ebin) as env:
+    async with Env(orig_ebin, pin) as env:
+
         out["machine"]["otp"] = env.otp
         out["machine"]["erl_flags"] = " ".join(harness.ERL_FLAGS)
         out["machine"]["erlang_distribution"] = env.dist or env.dist_error
@@ -140,9 +141,11 @@ async def run_live(parts: list[str], counts: dict[str, Any], out: dict[str, Any]
                 counts["repeat"],
                 log,
             )
+        out["machine"]["placement"] = {"mode": pin, "parts": env.placed}
         if "messaging" in parts:  # last: a collapsed burst leaves its connection busy
             log(f"burst ({counts['burst']:,} messages, at most {counts['burst_cap_s']:.0f} s each) ...")
             out["burst"] = await run_burst(env, counts["burst"], counts["burst_cap_s"], log)
+        out["machine"]["placement"] = {"mode": pin, "parts": env.placed}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, help="rounds of the handshake measurements (default 3; 1 with --quick)")
     parser.add_argument("--orig-ebin", default=os.environ.get("ORIG_EBIN") or None,
                         help="directory with the original implementation's beams (default: $ORIG_EBIN)")
+    parser.add_argument("--pin", choices=PIN_MODES, default="auto",
+                        help="CPU placement: auto (ping-pong on one CPU, streams split; the default), none (the kernel's), "
+                             "split (clients on one CPU, servers on another), same (all on one CPU)")
     parser.add_argument("--output-dir", type=pathlib.Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
 
@@ -180,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         loop = new_event_loop()
         try:
-            loop.run_until_complete(run_live(parts, counts, out, args.orig_ebin))
+            loop.run_until_complete(run_live(parts, counts, out, args.orig_ebin, args.pin))
         finally:
             harness.kill_leftovers()
             loop.close()
@@ -230,6 +236,10 @@ def header_lines(out: dict[str, Any], counts: dict[str, Any], started: float, qu
         "throughput and CPU per operation: medians of the per-batch figures; latency percentiles over every round trip;"
         " pairings interleaved batch by batch",
     ]
+    placed = m.get("placement", {})
+    if placed:
+        parts = ", ".join(f"{part} {mode}" for part, mode in placed["parts"].items())
+        lines.append(f"CPU placement --pin {placed['mode']}: {parts} (same: both sides on one CPU; split: one CPU each)")
     if "skipped" in orig:
         lines.append(f"original implementation: skipped ({orig['skipped']})")
     elif "ebin" in orig:

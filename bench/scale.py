@@ -148,6 +148,7 @@ async def handshake_one(env: Env, pairing: str, n: int, conc: int) -> dict[str, 
 async def run_scale(env: Env, proxies: int, chunk: int, idle_ms: int, handshakes: int, concurrency: int, repeat: int,
                     log: Any = None) -> dict[str, Any]:
     assert env.cli is not None
+    env.place("scale")
     out: dict[str, Any] = {"proxy_memory": {}, "handshakes": {}}
     try:
         erl = await env.cli.command(f'{{proxies, {env.ext_port}, "{env.secret}", {proxies}, {chunk}, {idle_ms}}}', timeout=600)

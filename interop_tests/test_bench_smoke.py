@@ -51,6 +51,10 @@ def test_bench_quick_run(tmp_path: Path) -> None:
     assert machine["cpu_count"] >= 1
     assert len(machine["loadavg_before"]) == 3 and len(machine["loadavg_after"]) == 3
     assert machine["cpu_source"].startswith("/proc/")
+    assert machine["placement"] == {
+        "mode": "auto",
+        "parts": {"pingpong": "same", "stream": "split", "stream_10k": "split", "scale": "none", "burst": "split"},
+    }
 
     assert "error" not in out["codec"], out["codec"]
     assert out["codec"]["results"], out["codec"]
