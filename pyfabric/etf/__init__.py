@@ -29,6 +29,7 @@ from ._errors import (
     UnsupportedTermError,
 )
 from ._limits import DEFAULT_LIMITS, RELAXED_LIMITS, DecodeLimits
+from ._text import ParseError, format, parse
 from ._types import (
     Atom,
     BitString,
@@ -71,6 +72,7 @@ __all__ = [
     "str_to_charlist",
     "binary_to_str",
     "str_to_binary",
+    "parse", "format", "ParseError",
 ]
 
 implementation = "python"
