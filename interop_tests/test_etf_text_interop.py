@@ -33,7 +33,7 @@ from pyfabric.etf import Atom
 TRUE = Atom("true")
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests" / "cli"))
-from term_strategies import floats, terms  # noqa: E402
+from term_strategies import floats, terms
 
 HELPER = r"""
 -module(etf_text_helper).

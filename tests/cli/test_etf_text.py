@@ -14,7 +14,7 @@ from pyfabric import etf
 from pyfabric.etf import Atom, BitString, ExportFun, FrozenList, ImproperList, ParseError, Pid, Port, Reference
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from term_strategies import floats, terms  # noqa: E402
+from term_strategies import floats, terms
 
 
 @pytest.mark.parametrize(
@@ -204,7 +204,10 @@ def test_parse_rejects_non_str() -> None:
         (5e-324, "5.0e-324"),
         (1.7976931348623157e308, "1.7976931348623157e308"),
         ("abc", '"abc"'),
-        ("a\"b\\c\n\x00", '"a\\"b\\\\c\\n\\x{0}"'),
+        ("a\"b\\c\n\t\x1b", '"a\\"b\\\\c\\n\\t\\e"'),
+        ("\x00a", "[0,97]"),
+        ("\x01\x02\x03", "[1,2,3]"),
+        ("\u200b", '"\\x{200B}"'),
         ("\u2603", '"\u2603"'),
         ("a\ud800", "[97,55296]"),
         ("", '""'),
