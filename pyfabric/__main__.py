@@ -4,6 +4,8 @@ Subcommands:
 
 ``certs``   write a development CA, a server certificate and client certificates
             (see :mod:`pyfabric.certs`).
+``whereis``, ``send``, ``call``, ``repl``, ``stats``, ``serve``: talk to a fabric server in
+            Erlang term syntax, or serve a module's processes (see :mod:`pyfabric._cli`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from ._cli import add_commands
 from ._version import __version__
 
 __all__ = ["main"]
@@ -67,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     certs.add_argument("--days", type=int, default=825, help="validity of server and client certificates (default 825)")
     certs.set_defaults(run=_certs)
+    add_commands(sub)
     return parser
 
 
