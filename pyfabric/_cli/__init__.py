@@ -34,7 +34,8 @@ def _runner(name: str) -> Callable[[argparse.Namespace], int]:
 
 
 def _add(sub: Any, name: str, help_text: str, description: str, *, server: bool = False) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=description)
+    # No abbreviations: "--secret S" must not silently mean "--secret-file S".
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=description, allow_abbrev=False)
     if not server:
         parser.add_argument("address", type=parse_address, metavar="HOST:PORT", help="the fabric server")
     add_connection_options(parser, server=server)

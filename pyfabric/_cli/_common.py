@@ -136,15 +136,12 @@ def read_secret(args: argparse.Namespace) -> bytes:
     env = os.environ.get(SECRET_ENV)
     if env:
         return env.encode("utf-8")
-    try:
-        with open("/dev/tty", "rb"):
-            pass
-    except OSError:
+    if not _have_terminal():
         raise CliError(
             f"no secret: use --secret-file FILE or set {SECRET_ENV} (there is no terminal to ask on; "
             "secrets are never taken from the command line)",
             USAGE,
-        ) from None
+        )
     try:
         text = getpass.getpass("fabric secret: ")
     except (EOFError, KeyboardInterrupt):
@@ -152,6 +149,15 @@ def read_secret(args: argparse.Namespace) -> bytes:
     if not text:
         raise CliError("no secret entered", USAGE)
     return text.encode("utf-8")
+
+
+def _have_terminal() -> bool:
+    """Whether getpass can ask (it reads the controlling terminal, not stdin)."""
+    try:
+        with open("/dev/tty", "rb"):
+            return True
+    except OSError:
+        return False
 
 
 def _client_ssl(args: argparse.Namespace) -> ssl.SSLContext | None:

@@ -106,23 +106,29 @@ class _ReplParser(Parser):
         return super()._call(name_tok)
 
 
-def split_statements(text: str) -> tuple[list[str], str]:
-    """Complete statements (each ending with its ``.``) and the incomplete rest of ``text``.
+def split_statements(text: str) -> tuple[list[tuple[int, int]], int]:
+    """The ``(start, end)`` spans of the complete statements of ``text`` (each ending with
+    its ``.``) and where the incomplete rest begins.
 
     Only tokenizes, so nothing is evaluated until a statement is complete. A token error
     that more input cannot fix is raised as :class:`ParseError`.
     """
-    statements: list[str] = []
+    spans: list[tuple[int, int]] = []
     start = 0
     try:
         for tok in Lexer(text).tokens():
             if tok.kind == "dot":
-                statements.append(text[start : tok.end])
+                spans.append((start, tok.end))
                 start = tok.end
     except ParseError as exc:
         if not exc.incomplete:
             raise
-    return statements, text[start:]
+    return spans, start
+
+
+def _blank(text: str) -> str:
+    """``text`` with everything but its line breaks turned into spaces (keeps positions)."""
+    return "".join(c if c == "\n" else " " for c in text)
 
 
 class Repl:
@@ -197,8 +203,13 @@ class Repl:
         """``N> `` as in erl, or an indent while a statement continues."""
         return "   " if self.pending.strip() else f"{self.count}> "
 
-    def execute(self, statement: str) -> bool:
-        """Evaluate one complete statement and print its value; False once ``q()`` ran."""
+    def _syntax_error(self, exc: ParseError, line_base: int) -> None:
+        self.failed += 1
+        _log.error("syntax error at line %d, column %d: %s", line_base + exc.line, exc.column, exc.reason)
+
+    def execute(self, statement: str, line_base: int = 0) -> bool:
+        """Evaluate one complete statement and print its value; False once ``q()`` ran.
+        Errors name the line as ``line_base`` plus the line inside ``statement``."""
         self.count += 1
         parser = _ReplParser(statement, self)
         try:
@@ -211,8 +222,7 @@ class Repl:
         except _Quit:
             return False
         except ParseError as exc:
-            self.failed += 1
-            _log.error("syntax error: %s at line %d, column %d", exc.reason, exc.line, exc.column)
+            self._syntax_error(exc, line_base)
         except CliError as exc:
             self.failed += 1
             _log.error("%s", exc)
@@ -226,22 +236,25 @@ class Repl:
 
     def run(self, lines: Iterator[str]) -> None:
         """Read lines until ``q()`` or the end; incomplete statements continue on the next line."""
-        self.pending = ""
+        buf, base = "", 0  # base: lines of the input before buf
         for line in lines:
-            self.pending += line if line.endswith("\n") else line + "\n"
+            buf += line if line.endswith("\n") else line + "\n"
             try:
-                statements, self.pending = split_statements(self.pending)
+                spans, rest = split_statements(buf)
             except ParseError as exc:
-                self.failed += 1
-                _log.error("syntax error: %s at line %d, column %d", exc.reason, exc.line, exc.column)
-                self.pending = ""
+                self._syntax_error(exc, base)
+                base += buf.count("\n")
+                buf = self.pending = ""
                 continue
-            for statement in statements:
-                if not self.execute(statement):
+            for start, end in spans:
+                # Earlier statements of the same lines are blanked: positions stay those of the input.
+                if not self.execute(_blank(buf[:start]) + buf[start:end], base):
                     return
-        if self.pending.strip():
+            base += buf.count("\n", 0, rest)
+            buf = self.pending = buf[rest:]
+        if buf.strip():
             self.failed += 1
-            _log.error("the input ended inside a statement (a final '.' is missing): %r", self.pending.strip()[:60])
+            _log.error("the input ended inside a statement (a final '.' is missing): %r", buf.strip()[:60])
 
 
 def terminal_lines(prompt: Callable[[], str]) -> Iterator[str]:

@@ -1,0 +1,232 @@
+"""The ``pyfabric`` command line against a real Erlang fabric server (erlang_peer), and
+``pyfabric serve`` with an Erlang client: whereis, send (with a reply), call (a real
+gen_server), a scripted repl session on stdin, stats, serve, and the error exits.
+
+Each command runs as its own process (``python -m pyfabric``), with the secret in
+``PYFABRIC_SECRET`` as a user would pass it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from interop_support import HOST, SECRET, WAIT, Harness, erl, erl_session  # noqa: F401
+from erlnode import erl_string
+
+PID = r"<0\.\d+\.\d+>"
+
+# A gen_server on the Erlang side, compiled and loaded at test time.
+KV_SOURCE = """
+-module(cli_kv).
+-behaviour(gen_server).
+-export([init/1, handle_call/3, handle_cast/2]).
+init([]) -> {ok, #{}}.
+handle_call({put, K, V}, _From, S) -> {reply, ok, S#{K => V}};
+handle_call({get, K}, _From, S) -> {reply, maps:find(K, S), S};
+handle_call(die, _From, S) -> {stop, died, S};
+handle_call(Other, _From, S) -> {reply, {unknown, Other}, S}.
+handle_cast(_, S) -> {noreply, S}.
+"""
+
+SERVED_MODULE = '''
+from pyfabric import Atom, Pid
+
+async def echo(proc):
+    while True:
+        msg = await proc.receive()
+        if isinstance(msg, tuple) and len(msg) == 2 and isinstance(msg[0], Pid):
+            proc.send(msg[0], (proc.pid, msg[1]))
+
+async def adder(proc):
+    total = 0
+    while True:
+        msg = await proc.receive()
+        if isinstance(msg, tuple) and len(msg) == 3 and msg[0] == Atom("$gen_call"):
+            (caller, tag), request = msg[1], msg[2]
+            total += request
+            proc.send(caller, (tag, total))
+
+PROCESSES = {"echo": echo, "adder": adder}
+'''
+
+
+def pyfabric(*args: str, stdin: str | None = None, secret: str | None = SECRET, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYFABRIC_SECRET"}
+    if secret is not None:
+        env["PYFABRIC_SECRET"] = secret
+    return subprocess.run(
+        [sys.executable, "-m", "pyfabric", *args],
+        input=stdin if stdin is not None else "",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def server(erl: Harness, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``HOST:PORT`` of an Erlang server with ping, a collector ``cli_sink`` and the
+    gen_server ``cli_kv``."""
+    src = tmp_path_factory.mktemp("cli_kv") / "cli_kv.erl"
+    src.write_text(KV_SOURCE)
+    erl.eval(
+        f"{{ok, M, Bin}} = compile:file({erl_string(str(src))}, [binary, return_errors]), "
+        f"{{module, M}} = code:load_binary(M, {erl_string(str(src))}, Bin), "
+        "case whereis(cli_kv) of undefined -> ok; Old -> gen_server:stop(Old) end, "
+        "{ok, _} = gen_server:start({local, cli_kv}, cli_kv, [], []), ok"
+    )
+    erl.cmd("{start_demo, [ping]}")
+    erl.cmd("{register, cli_sink, collector}")
+    _sid, port = erl.start_server(["ping", "cli_sink", "cli_kv"])
+    yield f"{HOST}:{port}"
+
+
+def test_whereis(server: str) -> None:
+    found = pyfabric("whereis", server, "ping")
+    assert found.returncode == 0, found.stderr
+    assert re.fullmatch(PID + "\n", found.stdout)
+    missing = pyfabric("whereis", server, "not_there")
+    assert (missing.returncode, missing.stdout) == (1, "undefined\n")
+
+
+def test_send_with_reply(server: str) -> None:
+    done = pyfabric("send", server, "ping", '{self(), {payload, "abababa"}}', "--reply")
+    assert done.returncode == 0, done.stderr
+    assert re.fullmatch(r"\{" + PID + r',\{pong,\{payload,"abababa"\}\}\}' + "\n", done.stdout)
+
+
+def test_send_delivers_the_term(erl: Harness, server: str) -> None:
+    term = '{hello, [1, 2.5, -7], <<"bin">>, #{k => [v]}, \'odd atom\', 123456789012345678901234567890}'
+    done = pyfabric("send", server, "cli_sink", term)
+    assert (done.returncode, done.stdout) == (0, ""), done.stderr
+    events = erl.events(1)
+    assert "{collector,cli_sink,{hello,[1,2.5,-7],<<\"bin\">>,#{k => [v]},'odd atom',123456789012345678901234567890}}" in events
+
+
+def test_send_reply_timeout(server: str) -> None:
+    done = pyfabric("send", server, "cli_sink", "quiet", "--reply", "--timeout", "0.5")
+    assert done.returncode == 3
+    assert "no reply" in done.stderr and "--timeout" in done.stderr
+
+
+def test_call_gen_server(server: str) -> None:
+    put = pyfabric("call", server, "cli_kv", "{put, answer, {42, <<\"x\">>}}")
+    assert (put.returncode, put.stdout) == (0, "ok\n"), put.stderr
+    get = pyfabric("call", server, "cli_kv", "{get, answer}")
+    assert (get.returncode, get.stdout) == (0, '{ok,{42,<<"x">>}}\n'), get.stderr
+    other = pyfabric("call", server, "cli_kv", "[1, 2]")
+    assert other.stdout == "{unknown,[1,2]}\n"
+
+
+def test_call_unknown_name(server: str) -> None:
+    done = pyfabric("call", server, "nobody", "hi")
+    assert done.returncode == 1
+    assert "no process is registered as nobody" in done.stderr
+
+
+def test_repl_script(server: str) -> None:
+    script = (
+        "P = whereis(ping).\n"
+        "P ! {self(), {payload, \"x\"}}.\n"
+        "R = recv(5000).\n"
+        "{_Pid, Pong} = {1, 2}.\n"  # an error: only variables are bound; the session goes on
+        "call(cli_kv, {put, n,\n   7}), call(cli_kv, {get, n}).\n"
+        "P ! {self(), again}, flush().\n"
+        "recv(100).\n"
+        "q().\n"
+        "never_reached.\n"
+    )
+    done = pyfabric("repl", server, stdin=script)
+    lines = done.stdout.splitlines()
+    assert done.returncode == 1, done.stderr  # one statement failed
+    assert re.fullmatch(PID, lines[0])
+    pid = lines[0]
+    assert re.fullmatch(r"\{" + PID + r',\{payload,"x"\}\}', lines[1])
+    assert lines[2] == f'{{{pid},{{pong,{{payload,"x"}}}}}}'
+    assert lines[3] == "{ok,7}"
+    assert lines[4] == f"Shell got {{{pid},{{pong,again}}}}"
+    assert lines[5:] == ["ok", "timeout"]
+    assert "variable _Pid" in done.stderr or "_Pid" in done.stderr
+
+
+def test_repl_syntax_error_keeps_going(server: str) -> None:
+    done = pyfabric("repl", server, stdin="{a,,}.\nwhereis(ping) =:= x.\n[ok].\n")
+    assert done.stdout.splitlines() == ["[ok]"]
+    assert "syntax error" in done.stderr and "line 1, column 4" in done.stderr
+    assert done.returncode == 1
+
+
+def test_stats_of_an_erlang_server(server: str) -> None:
+    done = pyfabric("stats", server)
+    assert done.returncode == 0, done.stderr
+    fields = dict(line.split(": ", 1) for line in done.stdout.splitlines())
+    assert fields["mode"] == "extended"
+    assert fields["server_node"] == "nonode@nohost"
+    assert "whereis" in fields["features"]
+    assert float(fields["connect_ms"]) > 0
+    assert int(fields["client.bytes_in"]) > 0
+
+
+def test_wrong_secret_and_closed_port(server: str) -> None:
+    wrong = pyfabric("whereis", server, "ping", secret="not-the-secret")
+    assert wrong.returncode == 4
+    assert "authentication" in wrong.stderr and "PYFABRIC_SECRET" in wrong.stderr
+    assert wrong.stderr.count("\n") == 1  # reported once
+    nosecret = pyfabric("whereis", server, "ping", secret=None)
+    assert nosecret.returncode == 2 and "--secret-file" in nosecret.stderr
+
+
+def test_secret_file(server: str, tmp_path: Path) -> None:
+    path = tmp_path / "secret"
+    path.write_text(SECRET + "\n")
+    done = pyfabric("whereis", server, "ping", "--secret-file", str(path), secret=None)
+    assert done.returncode == 0, done.stderr
+
+
+def test_serve_with_an_erlang_client(erl: Harness, tmp_path: Path) -> None:
+    (tmp_path / "cli_served.py").write_text(SERVED_MODULE)
+    env = dict(os.environ, PYFABRIC_SECRET=SECRET)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyfabric", "serve", "--port", "0", "--module", "cli_served", "--stats", "fabric_stats"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        m = re.fullmatch(r"listening on 127\.0\.0\.1:(\d+)\n", line)
+        assert m, (line, proc.stderr.read() if proc.poll() is not None else "")  # type: ignore[union-attr]
+        port = int(m.group(1))
+        conn = erl.connect(port)
+        handle, _pid = erl.whereis(conn, "echo") or (None, None)
+        assert handle is not None
+        assert erl.cmd(f"{{call, {{handle, {handle}}}, {{hello, <<1,2>>, 3.5}}, 5000}}").endswith(",{hello,<<1,2>>,3.5}}")
+        adder = erl.whereis(conn, "adder")
+        assert adder is not None
+        for n, total in [(5, 5), (10, 15)]:
+            assert erl.eval(f'gen_server:call(list_to_pid("{adder[1]}"), {n})') == str(total)
+        stats = erl.whereis(conn, "fabric_stats")
+        assert stats is not None
+        reply = erl.eval(f'gen_server:call(list_to_pid("{stats[1]}"), statistics)')
+        assert "connections => 1" in reply and "registered => [adder,echo,fabric_stats]" in reply
+        # the same numbers through the command line
+        done = pyfabric("stats", f"{HOST}:{port}", "--name", "fabric_stats")
+        assert done.returncode == 0, done.stderr
+        fields = dict(line.split(": ", 1) for line in done.stdout.splitlines())
+        assert fields["remote.connections"] == "2"  # the Erlang client and this command
+        assert fields["remote.registered"] == "[adder,echo,fabric_stats]"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=WAIT * 2) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
