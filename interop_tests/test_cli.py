@@ -17,9 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from interop_support import HOST, SECRET, WAIT, Harness, erl, erl_session  # noqa: F401
 from erlnode import erl_string
+from interop_support import HOST, SECRET, WAIT, Harness, erl, erl_session  # noqa: F401
 
 PID = r"<0\.\d+\.\d+>"
 
