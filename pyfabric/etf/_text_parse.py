@@ -317,15 +317,23 @@ _SEGMENT_TYPES = frozenset({"integer", "float", "utf8", "utf16", "utf32", "binar
 
 
 class _Bits:
-    """Bits of a binary being built, most significant first."""
+    """Bits of a binary being built: whole bytes in ``out``, fewer than 8 pending in ``acc``
+    (so a long binary costs linear time, not a shift of an ever larger integer per segment)."""
 
     def __init__(self) -> None:
+        self.out = bytearray()
         self.acc = 0
         self.nbits = 0
 
     def push(self, value: int, size: int) -> None:
-        self.acc = (self.acc << size) | (value & ((1 << size) - 1))
-        self.nbits += size
+        acc = (self.acc << size) | (value & ((1 << size) - 1))
+        nbits = self.nbits + size
+        if nbits >= 8:
+            rest = nbits & 7
+            self.out += (acc >> rest).to_bytes(nbits >> 3, "big")
+            acc &= (1 << rest) - 1
+            nbits = rest
+        self.acc, self.nbits = acc, nbits
 
     def add(self, value: Any, size: int | None, specs: list[tuple[str, int | None]]) -> None:
         names = [name for name, _ in specs]
@@ -372,11 +380,9 @@ class _Bits:
         self.push(value, total)
 
     def value(self) -> bytes | BitString:
-        nbytes, rest = divmod(self.nbits, 8)
-        if rest == 0:
-            return self.acc.to_bytes(nbytes, "big")
-        data = (self.acc << (8 - rest)).to_bytes(nbytes + 1, "big")
-        return BitString(data, rest)
+        if self.nbits == 0:
+            return bytes(self.out)
+        return BitString(bytes(self.out) + bytes(((self.acc << (8 - self.nbits)) & 0xFF,)), self.nbits)
 
 
 def parse(text: str, *, bindings: Mapping[str, Any] | None = None, functions: Functions | None = None) -> Any:

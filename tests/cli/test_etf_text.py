@@ -270,3 +270,10 @@ def test_float_round_trip_exact(value: float) -> None:
     text = etf.format(value)
     back = etf.parse(text)
     assert back == value and repr(back) == repr(value)
+
+
+def test_long_binaries_round_trip() -> None:
+    data = bytes(range(256)) * 200
+    assert etf.parse(etf.format(data)) == data
+    bits = BitString(data + b"\xa0", 3)
+    assert etf.parse(etf.format(bits)) == bits
