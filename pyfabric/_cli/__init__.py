@@ -12,14 +12,13 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from ._common import add_connection_options, parse_address, run_command, setup_logging
+from ._common import add_connection_options, command_logging, parse_address, run_command
 
 __all__ = ["add_commands"]
 
 
 def _runner(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        setup_logging(args.verbose)
         if name == "serve":
             from ._serve import run_serve as fn
         elif name == "repl":
@@ -28,7 +27,8 @@ def _runner(name: str) -> Callable[[argparse.Namespace], int]:
             from . import _commands
 
             fn = getattr(_commands, name)
-        return run_command(fn, args)
+        with command_logging(args.verbose):
+            return run_command(fn, args)
 
     return run
 

@@ -14,12 +14,13 @@ Exit statuses (also in README "Command line"):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import logging
 import os
 import ssl
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -243,14 +244,26 @@ def run_command(fn: Callable[[argparse.Namespace], int], args: argparse.Namespac
         return error.status
 
 
-def setup_logging(verbosity: int) -> None:
-    """Diagnostics on stderr: our errors always; the library's own warnings with -v, info with -vv."""
+@contextlib.contextmanager
+def command_logging(verbosity: int) -> Iterator[None]:
+    """Diagnostics on stderr while a command runs: our errors always; the library's own
+    warnings with -v, info with -vv. The previous logging setup is restored afterwards
+    (``main`` may run inside a program or a test that has its own)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("pyfabric: %(message)s" if verbosity == 0 else "pyfabric: %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        logging.Formatter("pyfabric: %(message)s" if verbosity == 0 else "pyfabric: %(levelname)s %(name)s: %(message)s")
+    )
     root = logging.getLogger("pyfabric")
+    saved = (root.handlers[:], root.level, root.propagate, log.level)
     root.handlers[:] = [handler]
     root.propagate = False
     # The command reports every failure once itself: the library's own warnings about the
     # same event (e.g. a failed authentication) only with -v.
     root.setLevel({0: logging.ERROR, 1: logging.WARNING, 2: logging.INFO}.get(verbosity, logging.DEBUG))
     log.setLevel(logging.INFO if verbosity >= 1 else logging.WARNING)
+    try:
+        yield
+    finally:
+        root.handlers[:], level, root.propagate, log_level = saved
+        root.setLevel(level)
+        log.setLevel(log_level)

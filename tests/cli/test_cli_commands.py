@@ -362,3 +362,13 @@ def test_serve_usage_errors(tmp_path: Path) -> None:
     _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 2
     assert "--allow nope: cli_served_unit.PROCESSES has no such name (it has echo, quiet)" in err
+
+
+def test_main_leaves_logging_as_it_was(server: str, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    root = logging.getLogger("pyfabric")
+    before = (root.handlers[:], root.level, root.propagate)
+    run(capsys, "whereis", server, "nothing", "-vv")
+    assert (root.handlers[:], root.level, root.propagate) == before
+    caplog.set_level(logging.WARNING, "pyfabric")
+    logging.getLogger("pyfabric.protocol").warning("still captured")
+    assert "still captured" in caplog.text
