@@ -140,7 +140,8 @@ def test_repl_script(server: str) -> None:
         "R = recv(5000).\n"
         "{_Pid, Pong} = {1, 2}.\n"  # an error: only variables are bound; the session goes on
         "call(cli_kv, {put, n,\n   7}), call(cli_kv, {get, n}).\n"
-        "P ! {self(), again}, flush().\n"
+        "P ! {self(), again}, recv(5000).\n"
+        "self() ! {local, [1]}, self() ! two, flush().\n"
         "recv(100).\n"
         "q().\n"
         "never_reached.\n"
@@ -153,8 +154,8 @@ def test_repl_script(server: str) -> None:
     assert re.fullmatch(r"\{" + PID + r',\{payload,"x"\}\}', lines[1])
     assert lines[2] == f'{{{pid},{{pong,{{payload,"x"}}}}}}'
     assert lines[3] == "{ok,7}"
-    assert lines[4] == f"Shell got {{{pid},{{pong,again}}}}"
-    assert lines[5:] == ["ok", "timeout"]
+    assert lines[4] == f"{{{pid},{{pong,again}}}}"
+    assert lines[5:] == ["Shell got {local,[1]}", "Shell got two", "ok", "timeout"]
     assert "variable _Pid" in done.stderr or "_Pid" in done.stderr
 
 

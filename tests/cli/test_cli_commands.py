@@ -244,7 +244,8 @@ def test_repl_session(repl: tuple[Repl, io.StringIO], caplog: pytest.LogCaptureF
         "P = whereis(echo).\n",
         "P ! {self(), one}, P ! {self(),\n",
         "  two}.\n",
-        "flush().\n",
+        "recv(5000), recv(5000).\n",
+        "self() ! {local, 1}, self() ! [2], flush().\n",
         "X = 1. X = 1. X = 2.\n",
         "call(kv, {put, a, 1}), call(kv, {get, a}).\n",
         "recv(50).\n",
@@ -257,10 +258,11 @@ def test_repl_session(repl: tuple[Repl, io.StringIO], caplog: pytest.LogCaptureF
     pid = shell.show(shell.session.self_pid())
     echo_pid = lines[0]
     assert lines[1] == f"{{{pid},two}}"
-    assert lines[2:5] == [f"Shell got {{{echo_pid},one}}", f"Shell got {{{echo_pid},two}}", "ok"]
-    assert lines[5:7] == ["1", "1"]
-    assert lines[7:10] == ["{ok,1}", "timeout", "3"]
-    assert lines[10:] == [f"P = {echo_pid}", "X = 3", "ok"]
+    assert lines[2] == f"{{{echo_pid},two}}"  # the value of the last expression
+    assert lines[3:6] == ["Shell got {local,1}", "Shell got [2]", "ok"]
+    assert lines[6:8] == ["1", "1"]
+    assert lines[8:11] == ["{ok,1}", "timeout", "3"]
+    assert lines[11:] == [f"P = {echo_pid}", "X = 3", "ok"]
     assert shell.failed == 1
     assert "no match of right hand side value 2 (X is 1)" in caplog.text
 
