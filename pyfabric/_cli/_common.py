@@ -208,6 +208,12 @@ def _explain(exc: BaseException, args: argparse.Namespace) -> CliError:
             "an original (2010) server also needs --allow-legacy-auth",
             UNREACHABLE,
         )
+    if isinstance(exc, ConnectFailed) and isinstance(exc.__cause__, ssl.SSLError):
+        return CliError(
+            f"{exc}. TLS failed: check that --tls-ca is the CA that signed the server's certificate "
+            "and that the certificate names the host (or pass --tls-server-name)",
+            UNREACHABLE,
+        )
     if isinstance(exc, ConnectFailed):
         return CliError(f"{exc}. Is a fabric server listening there (and is TLS on for both or neither)?", UNREACHABLE)
     if isinstance(exc, ssl.SSLError):

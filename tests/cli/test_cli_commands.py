@@ -374,3 +374,34 @@ def test_main_leaves_logging_as_it_was(server: str, capsys: pytest.CaptureFixtur
     caplog.set_level(logging.WARNING, "pyfabric")
     logging.getLogger("pyfabric.protocol").warning("still captured")
     assert "still captured" in caplog.text
+
+
+def test_serve_and_commands_over_tls(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyfabric.certs import write_dev_certs
+
+    certs = write_dev_certs(tmp_path / "certs", hostnames=["localhost"], ips=["127.0.0.1"], clients=["cli"])
+    assert certs.server_cert is not None and certs.server_key is not None
+    proc = _serve(tmp_path, "--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key))
+    monkeypatch.setenv("PYFABRIC_SECRET", SECRET)
+    try:
+        assert proc.stdout is not None
+        m = re.fullmatch(r"listening on 127\.0\.0\.1:(\d+)\n", proc.stdout.readline())
+        assert m
+        address = f"127.0.0.1:{m.group(1)}"
+        status, out, err = run(capsys, "whereis", address, "echo", "--tls-ca", str(certs.ca_cert))
+        assert status == 0 and re.fullmatch(r"<0\.\d+\.\d+>\n", out), err
+        status, out, err = run(capsys, "whereis", address, "echo", "--timeout", "2")  # plain TCP to a TLS server
+        assert status == 4, (out, err)
+        other_ca = write_dev_certs(tmp_path / "other", hostnames=["localhost"], ips=["127.0.0.1"])
+        status, _, err = run(capsys, "whereis", address, "echo", "--tls-ca", str(other_ca.ca_cert))
+        assert status == 4 and "CERTIFICATE_VERIFY_FAILED" in err and "TLS failed: check that --tls-ca" in err, err
+        status, _, err = run(capsys, "whereis", address, "echo", "--tls-ca", str(tmp_path / "missing.pem"))
+        assert status == 2 and "cannot load the TLS files" in err
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(timeout=10) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
