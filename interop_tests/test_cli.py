@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -230,3 +231,56 @@ def test_serve_with_an_erlang_client(erl: Harness, tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+README_PORT = "5555"
+
+
+def _command_line_blocks() -> list[list[str]]:
+    """The ```console blocks of README's "Command line" section, as lists of lines."""
+    text = README.read_text()
+    section = text.split("\n## Command line\n", 1)[1].split("\n## ", 1)[0]
+    return [block.split("```", 1)[0].strip("\n").splitlines() for block in section.split("```console\n")[1:]]
+
+
+def _expect(got: str, expected: list[str], what: str) -> None:
+    lines = got.splitlines()
+    if "..." in expected:
+        cut = expected.index("...")
+        expected, lines = expected[:cut], lines[:cut]
+    assert lines == expected, what
+
+
+def test_readme_command_line_examples(erl: Harness) -> None:
+    """The README's command line examples, run against the README's Erlang server (ping and
+    jobs), on an OS-picked port instead of 5555: same commands, same output."""
+    erl.cmd("{start_demo, [ping]}")
+    erl.eval(
+        "case whereis(jobs) of undefined -> ok; Old -> unregister(jobs), exit(Old, kill) end, "
+        "Jobs = spawn(fun Loop() -> receive {From, start} -> From ! {self(), spawn(fun() -> receive R -> exit(R) end end)}, "
+        "Loop() end end), register(jobs, Jobs), ok"
+    )
+    blocks = _command_line_blocks()
+    assert len(blocks) == 2
+    shell, repl = blocks
+    assert shell[0].startswith("$ export PYFABRIC_SECRET=")
+    secret = shell[0].split("=", 1)[1]
+    _sid, port = erl.start_server(["ping", "jobs"], secret=secret)
+    commands = [i for i, line in enumerate(shell) if line.startswith("$ pyfabric ")]
+    assert len(commands) == 4
+    for n, i in enumerate(commands):
+        end = commands[n + 1] if n + 1 < len(commands) else len(shell)
+        argv = shlex.split(shell[i][len("$ pyfabric "):].replace(README_PORT, str(port)))
+        done = pyfabric(*argv, secret=secret)
+        assert done.returncode == 0, (shell[i], done.stderr)
+        expected = [line.replace(README_PORT, str(port)) for line in shell[i + 1 : end]]
+        _expect(done.stdout, expected, shell[i])
+    # The shell: the statements typed at the prompts, as a script; the same results (the
+    # banner is only printed at a terminal).
+    assert repl[0] == "$ pyfabric repl 127.0.0.1:5555" and repl[1].startswith("connected to 127.0.0.1:5555 (extended")
+    prompt = re.compile(r"\d+> ")
+    script = "".join(prompt.sub("", line, count=1) + "\n" for line in repl[2:] if prompt.match(line))
+    done = pyfabric("repl", f"{HOST}:{port}", stdin=script, secret=secret)
+    assert done.returncode == 0, done.stderr
+    _expect(done.stdout, [line for line in repl[2:] if not prompt.match(line)], "repl")
