@@ -284,3 +284,32 @@ def test_readme_command_line_examples(erl: Harness) -> None:
     done = pyfabric("repl", f"{HOST}:{port}", stdin=script, secret=secret)
     assert done.returncode == 0, done.stderr
     _expect(done.stdout, [line for line in repl[2:] if not prompt.match(line)], "repl")
+
+
+def test_send_to_name_at_node(server: str) -> None:
+    done = pyfabric("send", server, "{ping, nonode@nohost}", "{self(), at_node}", "--reply")
+    assert done.returncode == 0, done.stderr
+    assert re.fullmatch(r"\{" + PID + r",\{pong,at_node\}\}\n", done.stdout)
+
+
+@pytest.fixture(scope="module")
+def legacy_server(erl: Harness, server: str) -> str:
+    """An Erlang server that behaves exactly like the original 2010 one (MD5 only, no whereis)."""
+    _sid, port = erl.start_server(["ping", "cli_kv"], mode="legacy", allow_legacy_auth="true")
+    return f"{HOST}:{port}"
+
+
+def test_original_server(legacy_server: str) -> None:
+    refused = pyfabric("send", legacy_server, "ping", "{self(), x}", "--reply")
+    assert refused.returncode == 4 and "--allow-legacy-auth" in refused.stderr
+    done = pyfabric("send", legacy_server, "ping", '{self(), {payload, "old"}}', "--reply", "--allow-legacy-auth")
+    assert done.returncode == 0, done.stderr
+    assert re.fullmatch(r"\{" + PID + r',\{pong,\{payload,"old"\}\}\}\n', done.stdout)
+    no_whereis = pyfabric("whereis", legacy_server, "ping", "--allow-legacy-auth")
+    assert no_whereis.returncode == 1 and "cannot do this" in no_whereis.stderr and "send to the name instead" in no_whereis.stderr
+    # gen_server:call by name still works: there is no whereis to monitor the server first
+    call = pyfabric("call", legacy_server, "cli_kv", "{put, legacy, yes}", "--allow-legacy-auth")
+    assert (call.returncode, call.stdout) == (0, "ok\n"), call.stderr
+    stats = pyfabric("stats", legacy_server, "--allow-legacy-auth")
+    assert stats.returncode == 0, stats.stderr
+    assert "mode: legacy" in stats.stdout and "server_node: unknown (original server)" in stats.stdout

@@ -221,7 +221,10 @@ def _explain(exc: BaseException, args: argparse.Namespace) -> CliError:
     if isinstance(exc, NotConnected):
         return CliError(f"the connection to {where} was lost: {exc}", UNREACHABLE)
     if isinstance(exc, FeatureNotSupported):
-        return CliError(f"{where} cannot do this: {exc}", REFUSED)
+        hint = ""
+        if getattr(exc, "feature", None) == "whereis":
+            hint = " (an original server has no whereis: send to the name instead, e.g. pyfabric send HOST:PORT NAME TERM)"
+        return CliError(f"{where} cannot do this: {exc}{hint}", REFUSED)
     if isinstance(exc, ReceiveTimeout):
         return CliError(f"no reply from {where} within {args.timeout:g} s (raise --timeout to wait longer)", TIMEOUT)
     if isinstance(exc, TimeoutError):
