@@ -9,11 +9,14 @@ Each command runs as its own process (``python -m pyfabric``), with the secret i
 from __future__ import annotations
 
 import os
+import queue
 import re
 import shlex
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -276,14 +279,81 @@ def test_readme_command_line_examples(erl: Harness) -> None:
         assert done.returncode == 0, (shell[i], done.stderr)
         expected = [line.replace(README_PORT, str(port)) for line in shell[i + 1 : end]]
         _expect(done.stdout, expected, shell[i])
-    # The shell: the statements typed at the prompts, as a script; the same results (the
-    # banner is only printed at a terminal).
+    # The shell, driven statement by statement as a person would (the banner is only printed
+    # at a terminal). flush() does not wait, and a person types slower than a reply
+    # travels: flush() is repeated until the reply is there (at most WAIT s), then its
+    # output must be the README's.
     assert repl[0] == "$ pyfabric repl 127.0.0.1:5555" and repl[1].startswith("connected to 127.0.0.1:5555 (extended")
     prompt = re.compile(r"\d+> ")
-    script = "".join(prompt.sub("", line, count=1) + "\n" for line in repl[2:] if prompt.match(line))
-    done = pyfabric("repl", f"{HOST}:{port}", stdin=script, secret=secret)
-    assert done.returncode == 0, done.stderr
-    _expect(done.stdout, [line for line in repl[2:] if not prompt.match(line)], "repl")
+    steps: list[tuple[str, list[str]]] = []
+    for line in repl[2:]:
+        if prompt.match(line):
+            steps.append((prompt.sub("", line, count=1), []))
+        else:
+            steps[-1][1].append(line)
+    shell_proc = ReplProcess(f"{HOST}:{port}", secret)
+    try:
+        for statement, expected in steps:
+            if statement == "q().":
+                assert shell_proc.finish() == 0, shell_proc.stderr()
+                break
+            if statement == "flush().":
+                deadline = time.monotonic() + WAIT
+                got = shell_proc.run(statement, until="ok")
+                while got == ["ok"] and expected != ["ok"] and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    got = shell_proc.run(statement, until="ok")
+            else:
+                got = shell_proc.run(statement)
+            assert got == expected, statement
+        else:
+            pytest.fail("the README session does not end with q().")
+    finally:
+        shell_proc.kill()
+
+
+class ReplProcess:
+    """``pyfabric repl`` fed one statement at a time, its output read line by line."""
+
+    def __init__(self, address: str, secret: str) -> None:
+        env = dict(os.environ, PYFABRIC_SECRET=secret)
+        self.proc = subprocess.Popen([sys.executable, "-m", "pyfabric", "repl", address], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def run(self, statement: str, until: str | None = None) -> list[str]:
+        """Send one statement; return its output: one line, or lines up to ``until``."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(statement + "\n")
+        self.proc.stdin.flush()
+        out: list[str] = []
+        while True:
+            line = self.lines.get(timeout=WAIT * 2)
+            assert line is not None, f"repl ended: {self.stderr()}"
+            out.append(line)
+            if until is None or line == until:
+                return out
+
+    def finish(self) -> int:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("q().\n")
+        self.proc.stdin.close()
+        return self.proc.wait(timeout=WAIT * 2)
+
+    def stderr(self) -> str:
+        return self.proc.stderr.read() if self.proc.stderr and self.proc.poll() is not None else ""
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
 
 
 def test_send_to_name_at_node(server: str) -> None:
