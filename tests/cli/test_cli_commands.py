@@ -405,3 +405,74 @@ def test_serve_and_commands_over_tls(tmp_path: Path, capsys: pytest.CaptureFixtu
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+class Terminal:
+    """A child process on a pseudo-terminal, read until an expected text appears."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        import pty
+
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child
+            os.execve(sys.executable, [sys.executable, *argv], env)
+        self.seen = b""
+        self.done = False
+
+    def expect(self, text: str, timeout: float = 10.0) -> None:
+        import select
+        import time
+
+        deadline = time.monotonic() + timeout
+        while text.encode() not in self.seen:
+            left = deadline - time.monotonic()
+            assert left > 0, f"{text!r} not seen; got {self.seen.decode(errors='replace')!r}"
+            if select.select([self.fd], [], [], left)[0]:
+                try:
+                    chunk = os.read(self.fd, 4096)
+                except OSError:
+                    chunk = b""
+                assert chunk, f"the terminal closed before {text!r}; got {self.seen.decode(errors='replace')!r}"
+                self.seen += chunk
+
+    def type(self, line: str) -> None:
+        os.write(self.fd, line.encode() + b"\n")
+
+    def wait(self) -> int:
+        _pid, status = os.waitpid(self.pid, 0)
+        self.done = True
+        os.close(self.fd)
+        return os.waitstatus_to_exitcode(status)
+
+    def kill(self) -> None:
+        if not self.done:
+            os.kill(self.pid, signal.SIGKILL)
+            self.wait()
+
+
+def test_repl_at_a_terminal(server: str, tmp_path: Path) -> None:
+    """Secret typed at the prompt (not echoed), banner, numbered prompts, continuation
+    lines, and the history file."""
+    env = {k: v for k, v in os.environ.items() if k != "PYFABRIC_SECRET"}
+    env["HOME"] = str(tmp_path)
+    term = Terminal(["-m", "pyfabric", "repl", server], env)
+    try:
+        term.expect("fabric secret: ")
+        term.type(SECRET)
+        term.expect("help(). for help, q(). to quit.")
+        assert SECRET.encode() not in term.seen  # getpass does not echo it
+        term.expect("1> ")
+        term.type("P = whereis(echo).")
+        term.expect("2> ")
+        term.type("{a,")
+        term.expect("   ")
+        term.type("P}.")
+        term.expect("3> ")
+        term.type("q().")
+        assert term.wait() == 0
+    finally:
+        term.kill()
+    text = term.seen.decode()
+    assert re.search(r"connected to 127\.0\.0\.1:\d+ \(extended, node '?py_\w+@[\w.-]+'?\); self\(\) is <0\.1\.0>", text)
+    assert re.search(r"\{a,<0\.2\.0>\}", text)
+    assert (tmp_path / ".pyfabric_history").read_text().splitlines() == ["P = whereis(echo).", "{a,", "P}.", "q()."]
