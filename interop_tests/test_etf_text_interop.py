@@ -35,6 +35,9 @@ TRUE = Atom("true")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests" / "cli"))
 from term_strategies import floats, terms
 
+# Hypothesis warns that the (recursive) strategy's own repr is large: noise, not a finding.
+pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
+
 HELPER = r"""
 -module(etf_text_helper).
 -export([main/0]).

@@ -16,6 +16,9 @@ from pyfabric.etf import Atom, BitString, ExportFun, FrozenList, ImproperList, P
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from term_strategies import floats, terms
 
+# Hypothesis warns that the (recursive) strategy's own repr is large: noise, not a finding.
+pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
+
 
 @pytest.mark.parametrize(
     ("text", "value"),
