@@ -105,7 +105,9 @@ compressed])``; every other frame plain ``term_to_binary/1`` of OTP 25, which is
 ``minor_version`` 1 (ATOM_EXT, NEW_FLOAT_EXT: checked against the recorded vectors).
 """
 
-from ._connection import (
+from ._config import ConnectionConfig
+from ._connection import Connection
+from ._constants import (
     DEFAULT_ERROR_WINDOW,
     DEFAULT_MAX_ERRORS,
     DEFAULT_MAX_EXPORTS,
@@ -113,7 +115,6 @@ from ._connection import (
     DEFAULT_MAX_HANDSHAKE_FRAME,
     DEFAULT_MAX_PROXIES,
     FEATURES,
-    Connection,
 )
 from ._errors import (
     AuthenticationError,
@@ -143,11 +144,26 @@ from ._events import (
     WhereisRequested,
 )
 from ._policy import NamePolicy
-from ._session import Session
+from ._session import (
+    RESEND_DEAD,
+    Deferred,
+    ExitSignalCommand,
+    LinkCommand,
+    SendMessage,
+    Session,
+    UnlinkCommand,
+)
 
 __all__ = [
     "Connection",
+    "ConnectionConfig",
     "Session",
+    "RESEND_DEAD",
+    "Deferred",
+    "SendMessage",
+    "LinkCommand",
+    "UnlinkCommand",
+    "ExitSignalCommand",
     "NamePolicy",
     "FEATURES",
     "DEFAULT_MAX_FRAME",

@@ -9,11 +9,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from dataclasses import dataclass, field
 from typing import Any
 
-from ..etf import Atom
+from ..etf import Atom, Pid
+from ._constants import DEFAULT_MAX_FRAME
+from ._session import Session
 
 __all__ = [
+    "Agreement",
     "EXT_VERSION",
     "parse_ext_hello",
     "ext_hello_name",
@@ -31,6 +35,25 @@ _EXT_HELLO = re.compile(r"fabric-ext:([0-9]+):([0-9a-f]{64})")
 _LOWER_HEX = re.compile(r"[0-9a-f]+")
 _CLIENT_LABEL = b"fabric-ext client\x00"
 _SERVER_LABEL = b"fabric-ext server\x00"
+
+
+@dataclass(slots=True)
+class Agreement:
+    """What a handshake settled, filled in as it goes (read by ``Connection.mode`` ...).
+
+    ``session`` is the session the established connection uses; ``expired`` the (remote
+    id, proxy) pairs of an old session the server did not resume (client only).
+    """
+
+    mode: str | None = None
+    version: int = 0
+    features: frozenset[str] = frozenset()
+    peer_node: Atom | None = None
+    peer_max_frame: int = DEFAULT_MAX_FRAME
+    peer_heartbeat: int = 0
+    session: Session | None = None
+    resumed: bool = False
+    expired: list[tuple[int, Pid]] = field(default_factory=list)
 
 
 def ext_hello_name(max_version: int, client_nonce: bytes) -> str:

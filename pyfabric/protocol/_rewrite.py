@@ -32,7 +32,7 @@ from ._errors import FeatureNotSupported, LocalProtocolError, RemoteProtocolErro
 from ._events import DeadPidSubstituted, ProxyCreated
 from ._session import Session
 
-__all__ = ["Rewriter", "A_T", "A_PR", "A_PL", "A_R", "A_PO", "A_F"]
+__all__ = ["Rewriter", "describe", "A_T", "A_PR", "A_PL", "A_R", "A_PO", "A_F"]
 
 A_T = Atom("t")
 A_PR = Atom("pr")
@@ -195,19 +195,24 @@ class Rewriter:
                 self.dead_exports.append(ident)
         return (A_PR, ident)
 
-    def commit(self) -> list[int]:
-        """The frame was queued: keep the new exports; returns the ids to send DEAD for."""
+    def export_pid(self, pid: Pid) -> int:
+        """The ``{pr, Id}`` id of local ``pid`` (exporting it: part of the current frame)."""
+        return self._out_pid(pid)[1]
+
+    def commit(self) -> tuple[list[int], list[Pid]]:
+        """The frame was queued: keep the new exports. Returns the ids to send DEAD for
+        and the pids this frame exported for the first time."""
         dead = list(dict.fromkeys(self.dead_exports))  # a pid may appear twice in one payload
+        new = self.new_exports
         self.new_exports = []
         self.dead_exports = []
-        return dead
+        return dead, new
 
     def rollback(self) -> None:
         """The frame was not sent: forget the exports it made (the peer never saw them)."""
         session = self.session
         for pid in reversed(self.new_exports):
             session.forget_export(pid)
-            session.next_export_id -= 1
         self.new_exports = []
         self.dead_exports = []
 
@@ -251,7 +256,7 @@ class Rewriter:
                 canon = _CANON.get(v[0])
                 if canon is not None and canon is not v[0]:
                     return inn((canon, *v[1:]))
-            raise _bad(f"untagged tuple or unknown marker {_short(v)} in payload")
+            raise _bad(f"untagged tuple or unknown marker {describe(v)} in payload")
         if t is list:
             return [x if type(x) in plain else inn(x) for x in v]
         if t is ImproperList:
@@ -282,7 +287,7 @@ class Rewriter:
     def proxy_for(self, ident: Any) -> Pid:
         """The proxy for the peer's process ``ident`` (creating it, with an event)."""
         if type(ident) is not int or ident < 1:
-            raise _bad(f"{{pr, Id}} with a bad id {_short(ident)}")
+            raise _bad(f"{{pr, Id}} with a bad id {describe(ident)}")
         session = self.session
         pid = session.proxies.get(ident)
         if pid is None:
@@ -297,14 +302,13 @@ class Rewriter:
                     "a proxy is released when the peer reports its process DEAD",
                 )
             pid = self.new_proxy_pid(ident)
-            session.proxies[ident] = pid
-            session.proxy_ids[pid] = ident
+            session.add_proxy(ident, pid)
             self.events.append(ProxyCreated(pid, ident))
         return pid
 
     def _in_local(self, ident: Any) -> Pid:
         if type(ident) is not int or ident < 0:
-            raise _bad(f"{{pl, Id}} with a bad id {_short(ident)}")
+            raise _bad(f"{{pl, Id}} with a bad id {describe(ident)}")
         pid = self.session.exports.get(ident)
         if pid is None:
             pid = self.session.ended_exports.get(ident)
@@ -347,7 +351,7 @@ _repr.maxstring = 40
 _repr.maxother = 40
 
 
-def _short(value: Any) -> str:
+def describe(value: Any) -> str:
     """A bounded description of an untrusted value (never a full repr of a huge term)."""
     try:
         return _repr.repr(value)

@@ -1,36 +1,95 @@
-"""Per-connection (per-session) id tables: what each side exported, what proxies we hold.
+"""One session's outstanding state: the id tables, their graves, and the outbox.
 
 A :class:`Session` outlives a :class:`~pyfabric.protocol.Connection` when the ``session``
 feature is agreed: the transport hands the same object to the connection that resumes it
 (client: ``Connection(..., session=old.session)``; server: the ``find_session``
-callback returns it). Without that feature it is simply the connection's tables.
+callback returns it). Without that feature it is simply the connection's tables (and the
+outbox of commands waiting for the next connection).
+
+It is the one owner of outstanding work: what each side exported, the proxies we hold,
+the DEAD notices and commands that wait for a connection, and the recent DEAD notices
+resent after a resume (docs/protocol.md section 7). The acks and credit of later
+versions extend it.
 """
 
 from __future__ import annotations
 
+from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 from ..etf import Pid
 
-__all__ = ["Session", "GRAVES"]
+__all__ = [
+    "Session",
+    "GRAVES",
+    "RESEND_DEAD",
+    "Deferred",
+    "SendMessage",
+    "LinkCommand",
+    "UnlinkCommand",
+    "ExitSignalCommand",
+]
 
 GRAVES = 1024
 """Ended ids remembered per table and session: enough for the pids still in flight or held
 by the peer's processes in the common case, bounded so a long session cannot grow."""
 
+RESEND_DEAD = 256
+"""DEAD notices of ended exports a session remembers and sends again after a resume
+(docs/protocol.md section 7): a notice lost in the cut still arrives; the receiver
+ignores the ones it already had."""
+
+
+@dataclass(frozen=True, slots=True)
+class SendMessage:
+    """``send_message(dest, payload)`` kept while disconnected."""
+
+    dest: Any
+    payload: Any
+
+
+@dataclass(frozen=True, slots=True)
+class LinkCommand:
+    """``link(local_pid, proxy_pid)`` kept while disconnected."""
+
+    local_pid: Pid
+    proxy_pid: Pid
+
+
+@dataclass(frozen=True, slots=True)
+class UnlinkCommand:
+    """``unlink(local_pid, proxy_pid)`` kept while disconnected."""
+
+    local_pid: Pid
+    proxy_pid: Pid
+
+
+@dataclass(frozen=True, slots=True)
+class ExitSignalCommand:
+    """``exit_signal(local_pid, proxy_pid, reason)`` kept while disconnected."""
+
+    local_pid: Pid
+    proxy_pid: Pid
+    reason: Any
+
+
+Deferred = SendMessage | LinkCommand | UnlinkCommand | ExitSignalCommand
+
 
 class Session:
-    """The id tables of one session.
+    """The id tables and the outbox of one session.
 
     * exports: local pids we shipped as ``{pr, Id}``; ids count from 1 and are never
       reused (an ended process's entry is removed, a later export gets a new id);
     * proxies: one proxy pid per remote id the peer shipped to us;
-    * pending: frames (DEAD, link) that could not be sent while disconnected, sent
-      right after a resume;
     * graves: the last :data:`GRAVES` ended exports and dead proxies, so that a pid that
       comes back after its process ended is still the same pid (``{pl, Id}`` of an ended
       export maps back to it; a dead proxy shipped back goes out as ``{pl, Id}`` and a
-      ``{pr, Id}`` of a dead proxy's id is that dead proxy), docs/protocol.md 4.3.
+      ``{pr, Id}`` of a dead proxy's id is that dead proxy), docs/protocol.md 4.3;
+    * the outbox: DEAD notices that could not be sent while disconnected (sent right
+      after a resume, together with the last :data:`RESEND_DEAD` ones), and the commands
+      the transport deferred (:meth:`defer`, sent by ``Connection.send_deferred``).
     """
 
     __slots__ = (
@@ -40,12 +99,14 @@ class Session:
         "next_export_id",
         "proxies",
         "proxy_ids",
-        "pending",
         "attached",
         "ended_exports",
         "ended_export_ids",
         "dead_proxies",
         "dead_proxy_ids",
+        "_dead_queue",
+        "_recent_dead",
+        "_deferred",
     )
 
     def __init__(self, session_id: bytes | None = None) -> None:
@@ -55,12 +116,16 @@ class Session:
         self.next_export_id = 1
         self.proxies: dict[int, Pid] = {}  # peer's id -> proxy pid
         self.proxy_ids: dict[Pid, int] = {}  # proxy pid -> peer's id
-        self.pending: list[Any] = []
         self.attached = False  # a live connection currently uses these tables
         self.ended_exports: dict[int, Pid] = {}  # our id -> local pid whose process ended
         self.ended_export_ids: dict[Pid, int] = {}  # local pid whose process ended -> our id
         self.dead_proxies: dict[int, Pid] = {}  # peer's id -> proxy pid that ended
         self.dead_proxy_ids: dict[Pid, int] = {}  # proxy pid that ended -> peer's id
+        self._dead_queue: list[bytes] = []  # DEAD frames waiting for a resume
+        self._recent_dead: deque[bytes] = deque(maxlen=RESEND_DEAD)  # the last DEAD frames
+        self._deferred: deque[Deferred] = deque()
+
+    # -- id tables ------------------------------------------------------------------------
 
     def export(self, pid: Pid) -> tuple[int, bool]:
         """Our id for ``pid``: (id, True) when this call created it."""
@@ -87,9 +152,16 @@ class Session:
         return ident
 
     def forget_export(self, pid: Pid) -> None:
-        """Undo an export the peer never saw (the frame carrying it was not sent)."""
+        """Undo the newest export, which the peer never saw (the frame was not sent)."""
         ident = self.export_ids.pop(pid)
         del self.exports[ident]
+        if ident == self.next_export_id - 1:
+            self.next_export_id = ident
+
+    def add_proxy(self, remote_id: int, pid: Pid) -> None:
+        """Record ``pid`` as the proxy of the peer's process ``remote_id``."""
+        self.proxies[remote_id] = pid
+        self.proxy_ids[pid] = remote_id
 
     def drop_proxy(self, remote_id: int) -> Pid | None:
         """The peer's process ``remote_id`` ended: its proxy leaves the table (into the graves)."""
@@ -103,19 +175,67 @@ class Session:
                 del self.dead_proxy_ids[self.dead_proxies.pop(oldest)]
         return pid
 
+    # -- the outbox -----------------------------------------------------------------------
+
+    def dead_sent(self, frame: bytes, *, queued: bool) -> None:
+        """The DEAD notice ``frame`` (an encoded frame) of an ended export was sent, or,
+        with ``queued``, is kept for a resume."""
+        self._recent_dead.append(frame)
+        if queued:
+            self._dead_queue.append(frame)
+
+    def take_dead_notices(self) -> list[bytes]:
+        """After a resume: the DEAD frames to send, in order (docs/protocol.md section 7).
+
+        The last :data:`RESEND_DEAD` notices that are not queued, then the queued ones;
+        the queue is emptied, the recent ones are kept for a later resume.
+        """
+        queued, self._dead_queue = self._dead_queue, []
+        waiting = set(queued)
+        return [f for f in self._recent_dead if f not in waiting] + queued
+
+    def dead_notices_waiting(self) -> int:
+        """DEAD notices kept for a resume (not sent yet)."""
+        return len(self._dead_queue)
+
+    def defer(self, command: Deferred) -> None:
+        """Keep a command the transport could not send now (sent by ``send_deferred``)."""
+        self._deferred.append(command)
+
+    def deferred_count(self) -> int:
+        """Commands waiting in :meth:`defer`'s queue."""
+        return len(self._deferred)
+
+    def take_deferred(self) -> list[Deferred]:
+        """Empty the deferred commands' queue and return what it held, oldest first."""
+        commands = list(self._deferred)
+        self._deferred.clear()
+        return commands
+
+    def hand_over(self, successor: Session) -> None:
+        """This session was not resumed: deferred commands move to ``successor`` (the
+        ids they name are checked again when they are sent); the rest ends here."""
+        successor._deferred.extend(self._deferred)
+        self._deferred.clear()
+
     def expire(self) -> list[tuple[Pid, int]]:
-        """End the session for good: forget every table; returns the (proxy, remote id)
-        pairs, which the runtime terminates with ``noconnection``."""
+        """End the session for good: forget every table and the outbox; returns the
+        (proxy, remote id) pairs, which the runtime terminates with ``noconnection``."""
         proxies = list(self.proxy_ids.items())
-        self.export_ids.clear()
-        self.exports.clear()
-        self.proxies.clear()
-        self.proxy_ids.clear()
-        self.pending.clear()
-        self.ended_exports.clear()
-        self.ended_export_ids.clear()
-        self.dead_proxies.clear()
-        self.dead_proxy_ids.clear()
+        for table in (
+            self.export_ids,
+            self.exports,
+            self.proxies,
+            self.proxy_ids,
+            self.ended_exports,
+            self.ended_export_ids,
+            self.dead_proxies,
+            self.dead_proxy_ids,
+            self._deferred,
+            self._recent_dead,
+        ):
+            table.clear()
+        self._dead_queue = []
         return proxies
 
     def __repr__(self) -> str:

@@ -34,8 +34,6 @@ AWAIT_AUTH = "await_auth"
 ESTABLISHED = "established"
 CLOSED = "closed"
 
-HANDSHAKE_STATES = frozenset({IDLE, AWAIT_HELLO, AWAIT_CHALLENGE, AWAIT_RESPONSE, AWAIT_AUTH})
-
 # Commands that are legal only once established, and keep the state.
 _ESTABLISHED_COMMANDS = (
     "send_message",
@@ -45,6 +43,7 @@ _ESTABLISHED_COMMANDS = (
     "whereis",
     "reply_whereis",
     "heartbeat",
+    "send_deferred",
     "recv:frame",
 )
 
@@ -95,9 +94,6 @@ class ConnectionState:
         self.role = role
         self.state = INITIAL[role]
 
-    def allows(self, event: str) -> bool:
-        return event in TRANSITIONS[self.role][self.state]
-
     def check(self, event: str) -> None:
         """Raise LocalProtocolError if ``event`` is illegal now (naming role, state, event)."""
         if event not in TRANSITIONS[self.role][self.state]:
@@ -107,6 +103,7 @@ class ConnectionState:
             )
 
     def process(self, event: str) -> str:
+        """Apply ``event`` (checked as :meth:`check` does); return the new state."""
         self.check(event)
         new = TRANSITIONS[self.role][self.state][event]
         if new is not None:

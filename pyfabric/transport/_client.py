@@ -11,14 +11,11 @@ import asyncio
 import logging
 import random
 import ssl as _ssl
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
-from ..etf import Atom, DecodeLimits, Pid
+from ..etf import Atom, Pid
 from ..protocol import (
-    DEFAULT_MAX_EXPORTS,
-    DEFAULT_MAX_FRAME,
-    DEFAULT_MAX_PROXIES,
     AuthenticationError,
     ConnectionClosed,
     HandshakeComplete,
@@ -30,8 +27,6 @@ from ._errors import ConnectFailed, NotConnected
 from ._options import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_HANDSHAKE_TIMEOUT,
-    DEFAULT_HEARTBEAT,
-    DEFAULT_MAX_PENDING,
     PeerOptions,
 )
 from ._peer import PeerLink
@@ -142,10 +137,9 @@ class Client(LocalProcesses):
             # link.conn stays the previous (closed) connection: DEAD notices and queued
             # sends keep accumulating for a resume.
             raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {exc or 'timed out'}") from exc
-        # Resume while we hold a session the server may still keep (even after failed
-        # attempts); the server speaks only after our hello, so the connection is built now.
-        resume = link.session is not None and link.session.id is not None
-        conn = link.new_connection(resume=resume)
+        # The session continues (a resume when the server may still keep it, and what
+        # was deferred meanwhile); the server speaks only after our hello, so build now.
+        conn = link.new_connection()
         done: asyncio.Future[HandshakeComplete | ConnectionClosed] = loop.create_future()
 
         def established(_link: PeerLink, ev: HandshakeComplete) -> None:
@@ -155,7 +149,7 @@ class Client(LocalProcesses):
         link.on_established = established
         self._stream = stream
         conn.start()
-        link._flush()
+        link.flush()
         try:
             async with asyncio.timeout(self._handshake_timeout):
                 await asyncio.wait({done, stream.closed}, return_when=asyncio.FIRST_COMPLETED)
@@ -406,29 +400,18 @@ async def aconnect(
     port: int,
     secret: bytes | str,
     *,
-    allowed: Iterable[Atom | str] | Callable[[str], bool] = (),
-    force_allowed: Iterable[Atom | str] = (),
-    allow_legacy_auth: bool = False,
     node: Node | None = None,
     node_name: Atom | str | None = None,
-    features: Iterable[str] | None = None,
     ssl: _ssl.SSLContext | None = None,
     server_hostname: str | None = None,
     reconnect: bool = True,
-    when_disconnected: str = "wait",
-    max_pending: int = DEFAULT_MAX_PENDING,
     send_timeout: float = DEFAULT_SEND_TIMEOUT,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     whereis_timeout: float = DEFAULT_WHEREIS_TIMEOUT,
     backoff_initial: float = DEFAULT_BACKOFF_INITIAL,
     backoff_max: float = DEFAULT_BACKOFF_MAX,
-    heartbeat: float = DEFAULT_HEARTBEAT,
-    max_frame: int = DEFAULT_MAX_FRAME,
-    decode_limits: DecodeLimits | None = None,
-    compress: bool = False,
-    max_proxies: int = DEFAULT_MAX_PROXIES,
-    max_exports: int = DEFAULT_MAX_EXPORTS,
+    **options: Any,
 ) -> Client:
     """Connect to the fabric server at ``host:port`` with ``secret``; return a connected
     :class:`Client`.
@@ -454,22 +437,12 @@ async def aconnect(
     :class:`~pyfabric.protocol.LocalProtocolError` code ``limit``); ``compress``: zlib-compress
     messages to our own peers when smaller (off by default: on fast links it costs more than
     it saves; messages to an original peer are always encoded as the original does).
+    Every option not named in the signature goes to :meth:`PeerOptions.build` and from
+    there to :meth:`~pyfabric.protocol.ConnectionConfig.build` (``allowed``,
+    ``force_allowed``, ``allow_legacy_auth``, ``features``, ``max_frame``, ...); an unknown
+    name raises ``TypeError``.
     """
-    options = PeerOptions.build(
-        secret,
-        allowed=allowed,
-        force_allowed=force_allowed,
-        allow_legacy_auth=allow_legacy_auth,
-        features=features,
-        max_frame=max_frame,
-        heartbeat=heartbeat,
-        decode_limits=decode_limits,
-        compress=compress,
-        when_disconnected=when_disconnected,
-        max_pending=max_pending,
-        max_proxies=max_proxies,
-        max_exports=max_exports,
-    )
+    peer_options = PeerOptions.build(secret, **options)
     if ssl is not None:
         check_context(ssl, server_side=False)
     owns_node = node is None
@@ -478,7 +451,7 @@ async def aconnect(
     client = Client(
         host,
         port,
-        options,
+        peer_options,
         node=node,
         owns_node=owns_node,
         ssl=ssl,

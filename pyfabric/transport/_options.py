@@ -1,12 +1,18 @@
-"""Options shared by clients and servers, validated once."""
+"""Options shared by clients and servers, validated once.
+
+A :class:`PeerOptions` is the protocol core's :class:`~pyfabric.protocol.ConnectionConfig`
+plus what only a transport needs (heartbeat timing, the queue kept while disconnected).
+``aconnect`` and ``serve`` pass every option they do not use themselves to
+:meth:`PeerOptions.build`, which passes every one it does not use to
+:meth:`ConnectionConfig.build`: a new connection option is one new field there.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
-from ..etf import Atom, DecodeLimits
-from ..protocol import DEFAULT_MAX_EXPORTS, DEFAULT_MAX_FRAME, DEFAULT_MAX_PROXIES, FEATURES, NamePolicy
+from ..protocol import ConnectionConfig
 
 __all__ = [
     "PeerOptions",
@@ -42,65 +48,46 @@ WHEN_DISCONNECTED = ("wait", "error")
 
 @dataclass(frozen=True, slots=True)
 class PeerOptions:
-    """What every peer link of a client or server is configured with."""
+    """What every peer link of a client or server is configured with.
 
-    secret: bytes
-    policy: NamePolicy
-    allow_legacy_auth: bool = False
-    features: frozenset[str] = FEATURES
-    max_frame: int = DEFAULT_MAX_FRAME
+    ``config``: the protocol options of every connection. ``heartbeat``: seconds of
+    silence before we send a heartbeat (announced to the peer as
+    ``config.heartbeat_interval`` ms when the feature is offered). ``when_disconnected``:
+    ``"wait"`` (keep up to ``max_pending`` sends for the next connection) or ``"error"``.
+    """
+
+    config: ConnectionConfig
     heartbeat: float = DEFAULT_HEARTBEAT
-    decode_limits: DecodeLimits | None = None
-    compress: bool = False
     when_disconnected: str = "wait"
     max_pending: int = DEFAULT_MAX_PENDING
-    max_proxies: int = DEFAULT_MAX_PROXIES
-    max_exports: int = DEFAULT_MAX_EXPORTS
 
     @property
     def heartbeat_ms(self) -> int:
-        return int(self.heartbeat * 1000) if "heartbeat" in self.features else 0
+        """The heartbeat interval announced to the peer, ms (0: none)."""
+        return self.config.heartbeat_interval
 
     @classmethod
     def build(
         cls,
         secret: bytes | str,
         *,
-        allowed: Iterable[Atom | str] | Callable[[str], bool] = (),
-        force_allowed: Iterable[Atom | str] = (),
-        allow_legacy_auth: bool = False,
-        features: Iterable[str] | None = None,
-        max_frame: int = DEFAULT_MAX_FRAME,
         heartbeat: float = DEFAULT_HEARTBEAT,
-        decode_limits: DecodeLimits | None = None,
-        compress: bool = False,
         when_disconnected: str = "wait",
         max_pending: int = DEFAULT_MAX_PENDING,
-        max_proxies: int = DEFAULT_MAX_PROXIES,
-        max_exports: int = DEFAULT_MAX_EXPORTS,
+        compress: bool = False,
+        **options: Any,
     ) -> PeerOptions:
-        if isinstance(secret, str):
-            secret = secret.encode("utf-8")
-        if not isinstance(secret, (bytes, bytearray)) or not secret:
-            raise ValueError("secret must be a non-empty str or bytes")
+        """Check the options; ``compress`` is ``ConnectionConfig.compress_messages`` and
+        every other keyword goes to :meth:`ConnectionConfig.build` (``allowed``,
+        ``force_allowed``, ``allow_legacy_auth``, ``features``, ``max_frame``,
+        ``decode_limits``, ``max_proxies``, ``max_exports``, ...)."""
         if when_disconnected not in WHEN_DISCONNECTED:
             raise ValueError(f"when_disconnected must be one of {WHEN_DISCONNECTED}, got {when_disconnected!r}")
         if heartbeat < 0 or max_pending < 0:
             raise ValueError("heartbeat and max_pending must not be negative")
-        if max_proxies < 1 or max_exports < 1:
-            raise ValueError("max_proxies and max_exports must be at least 1")
-        feats = FEATURES if features is None else frozenset(features)
-        return cls(
-            secret=bytes(secret),
-            policy=NamePolicy(allowed, force=force_allowed),
-            allow_legacy_auth=bool(allow_legacy_auth),
-            features=feats,
-            max_frame=max_frame,
-            heartbeat=heartbeat,
-            decode_limits=decode_limits,
-            compress=compress,
-            when_disconnected=when_disconnected,
-            max_pending=max_pending,
-            max_proxies=max_proxies,
-            max_exports=max_exports,
-        )
+        if "heartbeat_interval" in options:
+            raise TypeError("pass heartbeat (seconds) rather than heartbeat_interval to a transport")
+        config = ConnectionConfig.build(secret, compress_messages=bool(compress), **options)
+        if "heartbeat" in config.features:
+            config = config.replace(heartbeat_interval=int(heartbeat * 1000))
+        return cls(config=config, heartbeat=heartbeat, when_disconnected=when_disconnected, max_pending=max_pending)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -22,16 +21,21 @@ from ..protocol import (
     AuthFailed,
     Connection,
     ConnectionClosed,
+    Deferred,
+    ExitSignalCommand,
     ExitSignalReceived,
     FeatureNotSupported,
     FrameDropped,
     HandshakeComplete,
+    LinkCommand,
     LinkRequested,
     LocalProtocolError,
     MessageReceived,
     PeerError,
     ProxyDied,
+    SendMessage,
     Session,
+    UnlinkCommand,
     UnlinkRequested,
     WhereisReplied,
     WhereisRequested,
@@ -45,6 +49,7 @@ __all__ = ["PeerLink", "ProxyHandle"]
 _log = logging.getLogger("pyfabric.transport")
 
 ESTABLISHED = "established"
+_LOCAL_ONLY = object()  # a link command a legacy peer cannot learn of
 
 
 class ProxyHandle:
@@ -60,13 +65,13 @@ class ProxyHandle:
         self.link.send(self.pid, msg)
 
     def link_added(self, local_pid: Pid) -> None:
-        self.link.command("link", local_pid, self.pid)
+        self.link.link(local_pid, self.pid)
 
     def link_removed(self, local_pid: Pid) -> None:
-        self.link.command("unlink", local_pid, self.pid)
+        self.link.unlink(local_pid, self.pid)
 
     def exit_signal(self, from_pid: Pid, reason: Any) -> None:
-        self.link.command("exit_signal", from_pid, self.pid, reason)
+        self.link.exit_signal(from_pid, self.pid, reason)
 
 
 class PeerLink:
@@ -94,38 +99,29 @@ class PeerLink:
         self.on_auth_failed: Callable[[PeerLink, AuthFailed], None] | None = None
         """Server: told of every failed authentication (per-address throttling)."""
         self._watches: dict[Pid, WatchToken] = {}
-        self._exports_seen = 1
         self._whereis: dict[int, asyncio.Future[Pid | None]] = {}
-        self._pending: deque[tuple[str, tuple[Any, ...]]] = deque()
         self._flush_scheduled = False
         self.frames_dropped = 0
         self.taken_over_by: PeerLink | None = None
         """Server: the link of the session this link's connection resumed (it owns the
-        connection now, and every proxy the connection creates)."""
+        connection now, and every proxy and export the connection creates)."""
 
     # -- building connections -------------------------------------------------------------
 
-    def new_connection(self, *, resume: bool = False, find_session: Callable[[bytes], Session | None] | None = None) -> Connection:
-        """A fresh protocol connection for this peer (client: resuming our session if asked)."""
-        opts = self.options
+    def new_connection(self, *, find_session: Callable[[bytes], Session | None] | None = None) -> Connection:
+        """A fresh protocol connection for this peer. A client's continues our session:
+        it asks for a resume when the session has an id, and takes over the commands
+        deferred while disconnected either way."""
         conn = Connection(
             self.role,
-            opts.secret,
+            config=self.options.config,
             node_name=self.node.name,
             new_proxy_pid=self._new_proxy_pid,
-            allowed=opts.policy,
-            allow_legacy_auth=opts.allow_legacy_auth,
-            features=opts.features,
-            max_frame=opts.max_frame,
-            max_proxies=opts.max_proxies,
-            max_exports=opts.max_exports,
-            heartbeat_interval=opts.heartbeat_ms,
-            decode_limits=opts.decode_limits,
             is_alive=self.node.is_alive,
             new_dead_pid=self._new_dead_pid,
-            session=self.session if resume else None,
+            on_export=self._exported,
+            session=self.session if self.role == "client" else None,
             find_session=find_session,
-            compress_messages=opts.compress,
             peer=self.label,
         )
         # `established` is kept: it describes the session (features, mode) until the new
@@ -134,15 +130,24 @@ class PeerLink:
         self.close_event = None
         return conn
 
-    def adopt(self, conn: Connection) -> None:
-        """Use ``conn`` (established by another link object that found our session)."""
-        self.conn = conn
+    def adopt(self, other: PeerLink, ev: HandshakeComplete) -> None:
+        """Server: ``other``'s new connection resumed our session; take it over (the
+        connection, its stream's label, the rest of its events and later proxies)."""
+        self.conn = other.conn
+        self.established = ev
+        self.session = other.conn.session if other.conn is not None else self.session
+        self.label = other.label
+        other.conn = None
+        other.taken_over_by = self
 
-    def _new_proxy_pid(self, remote_id: int) -> Pid:
+    def _owner(self) -> PeerLink:
         owner = self
         while owner.taken_over_by is not None:
             owner = owner.taken_over_by
-        handle = ProxyHandle(owner)
+        return owner
+
+    def _new_proxy_pid(self, remote_id: int) -> Pid:
+        handle = ProxyHandle(self._owner())
         pid = self.node.new_proxy(handle)
         handle.pid = pid
         return pid
@@ -230,7 +235,6 @@ class PeerLink:
                 _log.warning("%s: peer reported %s: %s", self.label, ev.code, ev.message)
             elif kind is ConnectionClosed:
                 self._closed(ev)
-        self._watch_new_exports()
         self._flush()
 
     def pending_output(self) -> int:
@@ -277,7 +281,7 @@ class PeerLink:
         owner = self
         if self.on_established is not None:
             owner = self.on_established(self, ev) or self
-        owner._replay_pending()
+        owner._send_deferred()
         return owner
 
     def _closed(self, ev: ConnectionClosed) -> None:
@@ -300,34 +304,25 @@ class PeerLink:
             self.on_closed(self, ev)
 
     def expire(self) -> None:
-        """End the session for good: proxies end with ``noconnection``, exports are dropped."""
+        """End the session for good: proxies end with ``noconnection``, exports and
+        deferred sends are dropped."""
         if self.session is not None:
             for pid, _remote_id in self.session.expire():
                 self.node.terminate_proxy(pid, Atom("noconnection"))
         self._forget_exports()
-        self._pending.clear()
 
     def _forget_exports(self) -> None:
         for token in self._watches.values():
             self.node.unwatch(token)
         self._watches.clear()
-        self._exports_seen = 1
 
     # -- exports: DEAD notices ------------------------------------------------------------
 
-    def _watch_new_exports(self) -> None:
-        conn = self.conn
-        session = conn.session
-        end = session.next_export_id
-        if end == self._exports_seen:
-            return
-        exports = session.exports
-        node = self.node
-        for ident in range(self._exports_seen, end):
-            pid = exports.get(ident)
-            if pid is not None and pid not in self._watches and node.is_alive(pid):
-                self._watches[pid] = node.watch(pid, self._exported_exited)
-        self._exports_seen = end
+    def _exported(self, pid: Pid, _local_id: int) -> None:
+        # The core exported a local pid: its DEAD notice must follow when it ends.
+        owner = self._owner()
+        if pid not in owner._watches and owner.node.is_alive(pid):
+            owner._watches[pid] = owner.node.watch(pid, owner._exported_exited)
 
     def _exported_exited(self, pid: Pid, reason: Any) -> None:
         self._watches.pop(pid, None)
@@ -349,63 +344,82 @@ class PeerLink:
         conn = self.conn
         if conn is not None and conn.state == ESTABLISHED:
             conn.send_message(dest, msg)
-            if self._exports_seen != conn.session.next_export_id:
-                self._watch_new_exports()
             self._schedule_flush()
         else:
-            self._queue("send_message", (dest, msg))
+            self._defer(SendMessage(dest, msg))
 
-    def command(self, name: str, *args: Any) -> None:
-        """Run a link-family protocol command (``link``, ``unlink``, ``exit_signal``)."""
+    def link(self, local_pid: Pid, proxy_pid: Pid) -> None:
+        """``local_pid`` linked the proxy ``proxy_pid``: tell the peer (``{link, A, B}``)."""
+        conn = self._link_feature("link")
+        if conn is None:
+            self._defer(LinkCommand(local_pid, proxy_pid))
+        elif conn is not _LOCAL_ONLY:
+            conn.link(local_pid, proxy_pid)
+            self._schedule_flush()
+
+    def unlink(self, local_pid: Pid, proxy_pid: Pid) -> None:
+        """``local_pid`` unlinked the proxy ``proxy_pid``: tell the peer."""
+        conn = self._link_feature("unlink")
+        if conn is None:
+            self._defer(UnlinkCommand(local_pid, proxy_pid))
+        elif conn is not _LOCAL_ONLY:
+            conn.unlink(local_pid, proxy_pid)
+            self._schedule_flush()
+
+    def exit_signal(self, local_pid: Pid, proxy_pid: Pid, reason: Any) -> None:
+        """``exit(proxy_pid, reason)`` called by ``local_pid``: send ``{exit2, A, B, R}``."""
+        conn = self._link_feature("exit_signal")
+        if conn is None:
+            self._defer(ExitSignalCommand(local_pid, proxy_pid, reason))
+        else:
+            conn.exit_signal(local_pid, proxy_pid, reason)
+            self._schedule_flush()
+
+    def _link_feature(self, command: str) -> Any:
+        """The established connection to run a link command on, None while disconnected,
+        or ``_LOCAL_ONLY`` when the peer cannot learn of links (a legacy peer)."""
         conn = self.conn
-        if conn is not None and conn.state == ESTABLISHED:
-            if "link" not in conn.features:
-                if name == "link":
-                    # A legacy peer cannot learn of the link: it still works one way
-                    # (the proxy ends when the remote process ends).
-                    _log.debug("%s: link to a legacy peer's process is local only", self.label)
-                    return
-                if name == "unlink":
-                    return
-                raise FeatureNotSupported(
-                    f"exit/2 on a remote process needs the 'link' feature, which {self.label} does not support"
-                )
-            getattr(conn, name)(*args)
-            self._watch_new_exports()
-            self._schedule_flush()
-        else:
-            self._queue(name, args)
+        if conn is None or conn.state != ESTABLISHED:
+            return None
+        if "link" in conn.features:
+            return conn
+        if command == "exit_signal":
+            raise FeatureNotSupported(
+                f"exit/2 on a remote process needs the 'link' feature, which {self.label} does not support"
+            )
+        if command == "link":
+            # A legacy peer cannot learn of the link: it still works one way (the proxy
+            # ends when the remote process ends).
+            _log.debug("%s: link to a legacy peer's process is local only", self.label)
+        return _LOCAL_ONLY
 
-    def _queue(self, name: str, args: tuple[Any, ...]) -> None:
+    def _defer(self, command: Deferred) -> None:
         opts = self.options
-        if opts.when_disconnected == "error" or self.conn is None:
+        conn = self.conn
+        if opts.when_disconnected == "error" or conn is None:
             raise NotConnected(
                 f"not connected to {self.label}; the client reconnects in the background "
                 "(pass when_disconnected='wait' to queue sends while it does)"
             )
-        if len(self._pending) >= opts.max_pending:
+        session = self.session or conn.session
+        if session.deferred_count() >= opts.max_pending:
             raise NotConnected(
                 f"not connected to {self.label} and {opts.max_pending} sends are already queued (max_pending)"
             )
-        self._pending.append((name, args))
+        session.defer(command)
 
-    def _replay_pending(self) -> None:
-        pending, self._pending = self._pending, deque()
-        node = self.node
-        for name, args in pending:
-            dest = args[0] if name == "send_message" else args[1]
-            if isinstance(dest, Pid) and not node.is_alive(dest):
-                continue  # its proxy ended (session not resumed): sends to it are no-ops
-            try:
-                if name == "send_message":
-                    self.send(*args)
-                else:
-                    self.command(name, *args)
-            except Exception as exc:  # a queued send the peer cannot carry
-                _log.warning("%s: queued %s dropped: %s", self.label, name, exc)
+    def _send_deferred(self) -> None:
+        conn = self.conn
+        if conn is None or conn.state != ESTABLISHED:
+            return
+        for command, exc in conn.send_deferred():  # a queued send the peer cannot carry
+            _log.warning("%s: queued %s dropped: %s", self.label, type(command).__name__, exc)
+        self._schedule_flush()
 
     def pending_count(self) -> int:
-        return len(self._pending)
+        """Sends and link commands kept for the next connection."""
+        session = self.session if self.session is not None else (self.conn.session if self.conn else None)
+        return session.deferred_count() if session is not None else 0
 
     async def whereis(self, name: Atom | str, timeout: float | None) -> Pid | None:
         conn = self.conn

@@ -11,14 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl as _ssl
-from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..etf import Atom, DecodeLimits, Pid
+from ..etf import Atom, Pid
 from ..protocol import (
-    DEFAULT_MAX_EXPORTS,
-    DEFAULT_MAX_FRAME,
-    DEFAULT_MAX_PROXIES,
     AuthFailed,
     ConnectionClosed,
     HandshakeComplete,
@@ -29,8 +25,6 @@ from ..tls import check_context
 from ._local import LocalProcesses
 from ._options import (
     DEFAULT_HANDSHAKE_TIMEOUT,
-    DEFAULT_HEARTBEAT,
-    DEFAULT_MAX_PENDING,
     DEFAULT_SESSION_TIMEOUT,
     PeerOptions,
 )
@@ -212,15 +206,10 @@ class Server(LocalProcesses):
             timer = self._expiry.pop(ev.session_id, None)
             if timer is not None:
                 timer.cancel()
-            owner.conn = link.conn
-            owner.established = ev
-            owner.session = link.conn.session
-            owner.label = link.label
+            owner.adopt(link, ev)
             owner.on_closed = lambda lk, e: self._closed(entry, lk, e)
             entry.link = owner
             entry.stream.attach(owner)
-            link.conn = None
-            link.taken_over_by = owner
         elif ev.session_id is not None:
             self._sessions[ev.session_id] = link
         entry.stream.start_heartbeat(self.options.heartbeat_ms / 1000, ev.peer_heartbeat / 1000)
@@ -340,28 +329,18 @@ async def serve(
     port: int,
     secret: bytes | str,
     *,
-    allowed: Iterable[Atom | str] | Callable[[str], bool] = (),
-    force_allowed: Iterable[Atom | str] = (),
-    allow_legacy_auth: bool = False,
     node: Node | None = None,
     node_name: Atom | str | None = None,
-    features: Iterable[str] | None = None,
     ssl: _ssl.SSLContext | None = None,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     session_timeout: float = DEFAULT_SESSION_TIMEOUT,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     max_pending_handshakes: int = DEFAULT_MAX_PENDING_HANDSHAKES,
-    heartbeat: float = DEFAULT_HEARTBEAT,
-    max_frame: int = DEFAULT_MAX_FRAME,
-    decode_limits: DecodeLimits | None = None,
-    compress: bool = False,
-    max_pending: int = DEFAULT_MAX_PENDING,
-    max_proxies: int = DEFAULT_MAX_PROXIES,
-    max_exports: int = DEFAULT_MAX_EXPORTS,
     max_auth_failures: int = DEFAULT_MAX_AUTH_FAILURES,
     auth_failure_window: float = DEFAULT_AUTH_FAILURE_WINDOW,
     auth_block_time: float = DEFAULT_AUTH_BLOCK_TIME,
     max_kept_sessions: int = DEFAULT_MAX_KEPT_SESSIONS,
+    **options: Any,
 ) -> Server:
     """Start a fabric server on ``host:port`` (``port=0``: the OS picks; see
     :attr:`Server.port`) that authenticates clients with ``secret``.
@@ -382,23 +361,13 @@ async def serve(
     ``session_timeout``: how long a disconnected client's session (proxies, ids) is kept
     for a resume, at most ``max_kept_sessions`` of them (the oldest expires first); ``max_pending``: sends queued for a disconnected client; ``compress``:
     zlib-compress messages to our own peers (off by default; an original peer always gets
-    the original's encoding).
+    the original's encoding). Every option not named in the signature goes to
+    :meth:`PeerOptions.build` and from there to
+    :meth:`~pyfabric.protocol.ConnectionConfig.build`; an unknown name raises ``TypeError``.
     """
-    options = PeerOptions.build(
-        secret,
-        allowed=allowed,
-        force_allowed=force_allowed,
-        allow_legacy_auth=allow_legacy_auth,
-        features=features,
-        max_frame=max_frame,
-        heartbeat=heartbeat,
-        decode_limits=decode_limits,
-        compress=compress,
-        when_disconnected="wait",
-        max_pending=max_pending,
-        max_proxies=max_proxies,
-        max_exports=max_exports,
-    )
+    if "when_disconnected" in options:
+        raise TypeError("serve() takes no when_disconnected: a server always keeps sends for a disconnected client")
+    peer_options = PeerOptions.build(secret, **options)
     if ssl is not None:
         check_context(ssl, server_side=True)
     throttle = AuthThrottle(max_auth_failures, auth_failure_window, auth_block_time)
@@ -406,7 +375,7 @@ async def serve(
     if node is None:
         node = Node(node_name)
     server = Server(
-        options,
+        peer_options,
         node=node,
         owns_node=owns_node,
         handshake_timeout=handshake_timeout,

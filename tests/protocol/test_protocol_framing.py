@@ -23,9 +23,9 @@ from pyfabric.protocol._state import TRANSITIONS
 CONVERSATION = [1, 3, 7, 9, 10, 12, 14, 16, 18, 27, 28, 29, 31, 32, 34, 36, 37, 39, 44, 45, 46, 47, 48, 49, 50, 51]
 
 
-def server():
+def server(**kw):
     return make_conn(
-        "server", allowed={"simple_server"}, allow_legacy_auth=True, random_bytes=fixed_random(bytes.fromhex(CHALLENGE_02))
+        "server", allowed={"simple_server"}, allow_legacy_auth=True, random_bytes=fixed_random(bytes.fromhex(CHALLENGE_02)), **kw
     )
 
 
@@ -98,8 +98,7 @@ def test_handshake_frame_at_the_limit_is_read():
 
 
 def test_oversize_header_after_auth_legacy_closes_silently():
-    conn = server()
-    conn.max_frame = 1000
+    conn = server(max_frame=1000)
     conn.receive_data(frame(VECTORS[1]) + frame(VECTORS[3]))
     conn.events()
     conn.data_to_send()
@@ -150,7 +149,7 @@ def test_receive_buffer_compacts():
     for i in range(0, len(big), 4093):  # misaligned chunks force the bytearray path
         conn.receive_data(big[i : i + 4093])
         conn.events()
-    assert len(conn._rbuf) < 200 * 1024
+    assert conn.buffered_input() < 200 * 1024
 
 
 # -- state table ---------------------------------------------------------------------

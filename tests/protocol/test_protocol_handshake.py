@@ -160,16 +160,18 @@ def test_accepting_unoffered_feature_fails():
     client = make_conn("client")
     server = make_conn("server", features={"whereis"})
     client.start()
-    server.receive_data(client.data_to_send())
+    hello_bytes = client.data_to_send()
+    server.receive_data(hello_bytes)
     server.events()
-    client.receive_data(server.data_to_send())
+    challenge_bytes = server.data_to_send()
+    client.receive_data(challenge_bytes)
     client.events()
     assert client.features == {"whereis"}
     # A client that cheats: accept a feature that was not offered (with a valid MAC).
     from pyfabric.protocol._handshake import client_mac
 
-    hello = client._transcript[0]
-    challenge = client._transcript[1]
+    (hello,) = split_frames(hello_bytes)
+    (challenge,) = split_frames(challenge_bytes)
     accept_bin = encode({b"features": [b"whereis", b"maps"], b"node": b"x@y", b"max_frame": 100, b"heartbeat": 0}, minor_version=1)
     mac = client_mac(b"secret", hello, challenge, accept_bin)
     server.receive_data(frame(encode((A("response"), mac, accept_bin), minor_version=1)))

@@ -1,0 +1,212 @@
+"""Our caller's commands on an established connection: values in, frames out.
+
+Every command is all or nothing: a frame that cannot be carried (a value this peer does
+not know, a frame over the peer's ``max_frame``, ``max_exports`` reached) raises
+:class:`LocalProtocolError`, and the exports its payload made are rolled back. New
+exports are reported to the ``on_export`` callback once their frame is queued.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ..etf import Atom, EncodeError, Pid, encode
+from ._constants import (
+    A_DEAD,
+    A_EXIT2,
+    A_HEARTBEAT,
+    A_LINK,
+    A_M,
+    A_NOPROC,
+    A_UNDEFINED,
+    A_UNLINK,
+    A_WHEREIS,
+    A_WHEREIS_REPLY,
+    plain,
+)
+from ._errors import FeatureNotSupported, LocalProtocolError
+from ._established import Established
+from ._rewrite import A_PR
+from ._session import Deferred, ExitSignalCommand, LinkCommand, SendMessage, UnlinkCommand
+
+__all__ = ["Commands", "dead_frame"]
+
+log = logging.getLogger("pyfabric.protocol")
+
+
+def dead_frame(ident: int, reason: Any) -> bytes:
+    """``{'DEAD', {pr, Id}, Reason}``; a reason with no Erlang form is described instead
+    (the peer must learn of the death anyway)."""
+    try:
+        return plain((A_DEAD, (A_PR, ident), reason))
+    except EncodeError:
+        return plain((A_DEAD, (A_PR, ident), (Atom("unencodable_exit_reason"), repr(reason)[:200].encode())))
+
+
+class Commands:
+    """The send side of an established connection (see the module docstring)."""
+
+    def __init__(
+        self,
+        est: Established,
+        *,
+        compress: bool,
+        on_export: Callable[[Pid, int], None] | None,
+    ) -> None:
+        self.est = est
+        # With an original peer, frames are exactly the original's (compressed when smaller);
+        # with ours, compression is the user's choice (docs/protocol.md 4.1).
+        self.compress = True if est.mode == "legacy" else compress
+        self.on_export = on_export
+        self.next_req_id = 1
+        self.heartbeat_n = 0
+
+    def need(self, feature: str) -> None:
+        if feature not in self.est.features:
+            raise FeatureNotSupported(feature)
+
+    def queue(self, frame: bytes) -> None:
+        self.est.writer.write(frame, self.est.peer_max_frame)
+
+    def send_rewritten(self, build: Callable[[], bytes]) -> None:
+        """Encode and queue a frame that carries rewritten values; all or nothing."""
+        est = self.est
+        rw = est.rw
+        try:
+            frame = build()
+            self.queue(frame)
+        except LocalProtocolError:
+            rw.rollback()
+            raise
+        except EncodeError as exc:
+            rw.rollback()
+            raise LocalProtocolError("bad_payload", f"cannot encode: {exc}") from None
+        except RecursionError:
+            rw.rollback()
+            raise LocalProtocolError("bad_payload", "value is nested too deeply to send") from None
+        session = est.session
+        dead, new = rw.commit()
+        for ident in dead:
+            # Shipped a pid whose process had already ended (docs/protocol.md 4.3): a new
+            # export, or an ended one shipped again under its old id; its DEAD follows.
+            pid = session.exports.get(ident)
+            if pid is not None:
+                session.unexport(pid)
+            est.writer.write(plain((A_DEAD, (A_PR, ident), A_NOPROC)))
+        if new and self.on_export is not None:
+            for pid in new:
+                ident = session.export_ids.get(pid)
+                if ident is not None:
+                    self.on_export(pid, ident)
+
+    def wire_dest(self, dest: Any) -> Any:
+        t = type(dest)
+        if t is Pid:
+            ident = self.est.session.proxy_ids.get(dest)
+            if ident is None:
+                raise LocalProtocolError("unknown_id", f"{dest!r} is not a proxy for a process of this peer")
+            return ident
+        if t is Atom:
+            return dest
+        if t is str:
+            return Atom(dest)
+        if t is int and dest >= 1:
+            return dest
+        if t is tuple and len(dest) == 2:
+            name, node = dest
+            name = Atom(name) if type(name) is str else name
+            node = Atom(node) if type(node) is str else node
+            if type(name) is Atom and type(node) is Atom:
+                return (name, node)
+        raise LocalProtocolError("unknown_id", f"bad destination {dest!r}: a proxy pid, a name or (name, node)")
+
+    def export(self, pid: Any, what: str) -> int:
+        if type(pid) is not Pid:
+            raise LocalProtocolError("bad_payload", f"{what} must be a Pid, got {type(pid).__name__}")
+        if pid in self.est.session.proxy_ids:
+            raise LocalProtocolError("bad_payload", f"{what} {pid!r} is a proxy of this connection, not a local process")
+        return self.est.rw.export_pid(pid)
+
+    def proxy_id(self, pid: Any) -> int:
+        ident = self.est.session.proxy_ids.get(pid) if type(pid) is Pid else None
+        if ident is None:
+            raise LocalProtocolError("unknown_id", f"{pid!r} is not a proxy for a process of this peer")
+        return ident
+
+    # -- the commands -------------------------------------------------------------------
+
+    def send_message(self, dest: Any, payload: Any) -> None:
+        wire_dest = self.wire_dest(dest)
+        rw = self.est.rw
+        compress = self.compress
+
+        def build() -> bytes:
+            return encode((A_M, wire_dest, rw.outbound(payload)), minor_version=1, compressed=compress)
+
+        self.send_rewritten(build)
+
+    def link_frame(self, tag: Atom, local_pid: Pid, proxy_pid: Pid) -> None:
+        self.need("link")
+        b = self.proxy_id(proxy_pid)
+        self.send_rewritten(lambda: plain((tag, self.export(local_pid, "local_pid"), b)))
+
+    def link(self, local_pid: Pid, proxy_pid: Pid) -> None:
+        self.link_frame(A_LINK, local_pid, proxy_pid)
+
+    def unlink(self, local_pid: Pid, proxy_pid: Pid) -> None:
+        self.link_frame(A_UNLINK, local_pid, proxy_pid)
+
+    def exit_signal(self, local_pid: Pid, proxy_pid: Pid, reason: Any) -> None:
+        self.need("link")
+        b = self.proxy_id(proxy_pid)
+        rw = self.est.rw
+        self.send_rewritten(lambda: plain((A_EXIT2, self.export(local_pid, "local_pid"), b, rw.outbound(reason))))
+
+    def whereis(self, name: Atom | str) -> int:
+        self.need("whereis")
+        text = name.name if name.__class__ is Atom else str(name)
+        req_id = self.next_req_id
+        self.queue(plain((A_WHEREIS, req_id, text.encode("utf-8"))))
+        self.next_req_id = req_id + 1
+        self.est.our_whereis.add(req_id)
+        return req_id
+
+    def reply_whereis(self, req_id: int, pid: Pid | None) -> None:
+        their = self.est.their_whereis
+        if req_id not in their:
+            raise LocalProtocolError("unknown_id", f"no pending whereis request {req_id!r}")
+        if pid is None:
+            self.queue(plain((A_WHEREIS_REPLY, req_id, A_UNDEFINED)))
+        else:
+            self.send_rewritten(lambda: plain((A_WHEREIS_REPLY, req_id, (A_PR, self.export(pid, "pid")))))
+        their.discard(req_id)
+
+    def heartbeat(self) -> int:
+        self.need("heartbeat")
+        n = self.heartbeat_n
+        self.queue(plain((A_HEARTBEAT, n)))
+        self.heartbeat_n = n + 1
+        return n
+
+    def replay(self, command: Deferred) -> bool:
+        """Send one deferred command; False (nothing sent) if it names a proxy that is
+        gone (its session was not resumed, or its process ended meanwhile)."""
+        proxy_ids = self.est.session.proxy_ids
+        match command:
+            case SendMessage(dest, payload):
+                if type(dest) is Pid and dest not in proxy_ids:
+                    return False
+                self.send_message(dest, payload)
+            case LinkCommand(local_pid, proxy_pid) | UnlinkCommand(local_pid, proxy_pid):
+                if proxy_pid not in proxy_ids:
+                    return False
+                if "link" not in self.est.features:
+                    return True  # a legacy peer cannot learn of links (they work one way)
+                (self.link if type(command) is LinkCommand else self.unlink)(local_pid, proxy_pid)
+            case ExitSignalCommand(local_pid, proxy_pid, reason):
+                if proxy_pid not in proxy_ids:
+                    return False
+                self.exit_signal(local_pid, proxy_pid, reason)
+        return True

@@ -1,0 +1,138 @@
+"""The configuration of a connection: one frozen record, validated once.
+
+:class:`ConnectionConfig` is what the core (:class:`~pyfabric.protocol.Connection`), the
+transports (``aconnect``, ``serve`` and the blocking ``connect`` / ``start_server``) and
+their shared ``PeerOptions`` all take, so an option is added in one place: a field here
+(with its check in :meth:`ConnectionConfig.build`). Everything a transport function does
+not know by name is passed on to :meth:`ConnectionConfig.build`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ..etf import Atom, DecodeLimits
+from ._constants import (
+    DEFAULT_ERROR_WINDOW,
+    DEFAULT_MAX_DEPTH,
+    DEFAULT_MAX_ERRORS,
+    DEFAULT_MAX_EXPORTS,
+    DEFAULT_MAX_FRAME,
+    DEFAULT_MAX_HANDSHAKE_FRAME,
+    DEFAULT_MAX_PROXIES,
+    FEATURES,
+    MAX_PACKET,
+)
+from ._policy import NamePolicy
+
+__all__ = ["ConnectionConfig", "CONFIG_FIELDS"]
+
+Allowed = Iterable[Atom | str] | Callable[[str], bool] | NamePolicy
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionConfig:
+    """The options of one side of a fabric connection (immutable; build with :meth:`build`).
+
+    ``secret``: the shared secret. ``allowed``: the name policy (which of our registered
+    names the peer may reach). ``allow_legacy_auth``: talk to original (MD5-only) peers.
+    ``features``: the extension features we offer or accept. ``max_frame`` /
+    ``max_handshake_frame``: the largest frame accepted after / before authentication.
+    ``heartbeat_interval``: the interval announced to the peer, ms (0: none).
+    ``max_errors`` / ``error_window``: dropped frames tolerated among recent ones.
+    ``max_proxies`` / ``max_exports``: bounds of the session's id tables.
+    ``decode_limits``: limits for received terms (default derived from ``max_frame``).
+    ``compress_messages``: zlib-compress ``m`` frames to one of our peers when smaller.
+    """
+
+    secret: bytes
+    allowed: NamePolicy
+    allow_legacy_auth: bool = False
+    features: frozenset[str] = FEATURES
+    max_frame: int = DEFAULT_MAX_FRAME
+    max_handshake_frame: int = DEFAULT_MAX_HANDSHAKE_FRAME
+    heartbeat_interval: int = 0
+    max_errors: int = DEFAULT_MAX_ERRORS
+    error_window: int = DEFAULT_ERROR_WINDOW
+    max_proxies: int = DEFAULT_MAX_PROXIES
+    max_exports: int = DEFAULT_MAX_EXPORTS
+    decode_limits: DecodeLimits | None = None
+    compress_messages: bool = False
+
+    @classmethod
+    def build(
+        cls,
+        secret: bytes | str,
+        *,
+        allowed: Allowed = (),
+        force_allowed: Iterable[Atom | str] = (),
+        features: Iterable[str] | None = None,
+        **options: Any,
+    ) -> ConnectionConfig:
+        """Check and normalise the options; ``ValueError`` / ``TypeError`` name the bad one.
+
+        ``allowed`` is a :class:`NamePolicy`, names, or a predicate on a name;
+        ``force_allowed`` opens system names explicitly; ``features`` None means all of
+        :data:`FEATURES`. Every other keyword is a field of this class.
+        """
+        unknown = set(options) - _OTHER_FIELDS
+        if unknown:
+            raise TypeError(f"unknown connection options {sorted(unknown)}; known: {sorted(CONFIG_FIELDS)}")
+        if isinstance(secret, str):
+            secret = secret.encode("utf-8")
+        if not isinstance(secret, (bytes, bytearray)) or not secret:
+            raise ValueError("secret must be a non-empty str or bytes")
+        policy = allowed if isinstance(allowed, NamePolicy) else NamePolicy(allowed, force=force_allowed)
+        feats = FEATURES if features is None else frozenset(features)
+        unknown_features = feats - FEATURES
+        if unknown_features:
+            raise ValueError(f"unknown features {sorted(unknown_features)}; version 1 knows {sorted(FEATURES)}")
+        config = cls(secret=bytes(secret), allowed=policy, features=feats, **options)
+        config._check()
+        return config
+
+    def _check(self) -> None:
+        if not 0 < self.max_frame <= MAX_PACKET or not 0 < self.max_handshake_frame <= MAX_PACKET:
+            raise ValueError("max_frame and max_handshake_frame must be in 1..2**32-1")
+        if self.max_proxies < 1 or self.max_exports < 1:
+            raise ValueError("max_proxies and max_exports must be at least 1")
+        if self.heartbeat_interval < 0:
+            raise ValueError("heartbeat_interval must not be negative")
+
+    def replace(self, **changes: Any) -> ConnectionConfig:
+        """A copy with ``changes`` applied (checked like :meth:`build`)."""
+        config = dataclasses.replace(self, **changes)
+        config._check()
+        return config
+
+    def limits(self) -> DecodeLimits:
+        """The decode limits of established-state frames."""
+        if self.decode_limits is not None:
+            return self.decode_limits
+        return DecodeLimits(
+            max_input_size=self.max_frame,
+            max_binary_size=self.max_frame,
+            max_decompressed_size=self.max_frame,
+            max_depth=DEFAULT_MAX_DEPTH,
+        )
+
+    def handshake_limits(self) -> DecodeLimits:
+        """The decode limits of handshake frames (tiny: the peer is not authenticated yet)."""
+        size = self.max_handshake_frame
+        return DecodeLimits(
+            max_input_size=size,
+            max_binary_size=size,
+            max_decompressed_size=size,
+            max_depth=16,
+            max_container_len=256,
+            max_total_terms=4096,
+            max_bignum_bytes=16,
+        )
+
+
+CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(ConnectionConfig)) | {"force_allowed"}
+"""The keyword names :meth:`ConnectionConfig.build` accepts (the fields and ``force_allowed``)."""
+_OTHER_FIELDS = CONFIG_FIELDS - {"secret", "allowed", "force_allowed", "features"}

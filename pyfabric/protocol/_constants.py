@@ -1,0 +1,83 @@
+"""Constants of the protocol core: features, default limits, frame atoms, the plain encoding."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..etf import Atom, encode
+
+__all__ = [
+    "FEATURES",
+    "DEFAULT_MAX_FRAME",
+    "DEFAULT_MAX_HANDSHAKE_FRAME",
+    "DEFAULT_MAX_ERRORS",
+    "DEFAULT_ERROR_WINDOW",
+    "DEFAULT_MAX_PROXIES",
+    "DEFAULT_MAX_EXPORTS",
+    "MAX_PACKET",
+    "DEFAULT_MAX_DEPTH",
+    "MAX_ERROR_TEXT",
+    "INTERNAL_ERROR",
+    "plain",
+]
+
+FEATURES = frozenset(
+    {"whereis", "link", "maps", "bitstrings", "ports", "funs", "heartbeat", "error", "session"}
+)
+"""The features of extension version 1 (docs/protocol.md section 3.5)."""
+
+DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+"""Largest frame accepted after authentication (64 MiB: big messages, bounded memory)."""
+DEFAULT_MAX_HANDSHAKE_FRAME = 16 * 1024
+"""Largest frame accepted before authentication: every handshake frame is < 1 KiB, and
+an unauthenticated peer must not make us buffer more."""
+DEFAULT_MAX_ERRORS = 20
+"""Dropped frames tolerated among the last :data:`DEFAULT_ERROR_WINDOW` received ones;
+one more closes the connection with ``too_many_errors`` (docs/protocol.md section 9)."""
+DEFAULT_ERROR_WINDOW = 200
+"""The number of most recent received frames :data:`DEFAULT_MAX_ERRORS` counts over."""
+DEFAULT_MAX_PROXIES = 100_000
+"""Proxies (remote process ids the peer shipped) one connection's session may hold. A
+received frame that would create one more is dropped with code ``limit``; a proxy is
+released when the peer reports its process ``DEAD``."""
+DEFAULT_MAX_EXPORTS = 100_000
+"""Local pids one connection's session may have exported as ``{pr, Id}``. A command that
+would export one more raises :class:`LocalProtocolError` (code ``limit``) and sends
+nothing; an export is released when its process ends."""
+MAX_PACKET = 0xFFFFFFFF
+"""``{packet,4}``: a frame's length must fit in 32 bits."""
+DEFAULT_MAX_DEPTH = 512
+"""Nesting accepted in a received term: the payload rewriter and the encoder recurse per
+level; 512 keeps well clear of Python's recursion limit while allowing any sane message."""
+MAX_ERROR_TEXT = 300
+"""Bytes of an ``{error, Code, Message}`` text we send or keep."""
+INTERNAL_ERROR = "internal error while handling the frame"
+
+A_HELLO = Atom("hello")
+A_CHALLENGE = Atom("challenge")
+A_RESPONSE = Atom("response")
+A_AUTH = Atom("auth")
+A_SUCCESS = Atom("success")
+A_FAILED = Atom("failed")
+A_M = Atom("m")
+A_DEAD = Atom("DEAD")
+A_R = Atom("r")
+A_WHEREIS = Atom("whereis")
+A_WHEREIS_REPLY = Atom("whereis_reply")
+A_LINK = Atom("link")
+A_UNLINK = Atom("unlink")
+A_EXIT2 = Atom("exit2")
+A_HEARTBEAT = Atom("heartbeat")
+A_HEARTBEAT_ACK = Atom("heartbeat_ack")
+A_ERROR = Atom("error")
+A_UNDEFINED = Atom("undefined")
+A_NOPROC = Atom("noproc")
+A_NORMAL = Atom("normal")
+A_NOCONNECTION = Atom("noconnection")
+A_TRUE = Atom("true")
+A_FALSE = Atom("false")
+
+
+def plain(term: Any) -> bytes:
+    """``term_to_binary/1`` as OTP 25 writes it (minor_version 1, never compressed)."""
+    return encode(term, minor_version=1)

@@ -1,0 +1,288 @@
+"""Received frames of an established connection: one table, one handler per frame kind.
+
+:data:`FRAMES` is the only description of the frames a peer may send after the
+handshake: for each tag its arity, the feature it needs (None: a legacy frame, always
+allowed) and its handler. :func:`classify` checks a decoded frame against it (raising the
+:class:`RemoteProtocolError` the error policy turns into a dropped frame), and
+:meth:`Established.dispatch` runs the handler, which appends events.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..etf import Atom, Pid
+from ._constants import (
+    A_DEAD,
+    A_ERROR,
+    A_EXIT2,
+    A_HEARTBEAT,
+    A_HEARTBEAT_ACK,
+    A_LINK,
+    A_M,
+    A_NOPROC,
+    A_NORMAL,
+    A_R,
+    A_UNDEFINED,
+    A_UNLINK,
+    A_WHEREIS,
+    A_WHEREIS_REPLY,
+    MAX_ERROR_TEXT,
+    plain,
+)
+from ._errors import RemoteProtocolError
+from ._events import (
+    Event,
+    ExitSignalReceived,
+    HeartbeatAcked,
+    HeartbeatReceived,
+    LinkRequested,
+    MessageReceived,
+    PeerError,
+    ProxyDied,
+    UnlinkRequested,
+    WhereisReplied,
+    WhereisRequested,
+)
+from ._framing import FrameWriter
+from ._policy import NamePolicy
+from ._rewrite import A_PR, Rewriter, describe
+from ._session import Session
+
+__all__ = ["Established", "FrameSpec", "FRAMES", "classify"]
+
+log = logging.getLogger("pyfabric.protocol")
+
+
+class Established:
+    """What an established connection knows and does with received frames.
+
+    Shared with the send side (:class:`~._commands.Commands`): the session, the agreed
+    features and mode, the payload rewriter, the outbound frames and the event queue,
+    and the whereis requests in flight both ways.
+    """
+
+    def __init__(
+        self,
+        *,
+        session: Session,
+        mode: str,
+        features: frozenset[str],
+        peer_max_frame: int,
+        rewriter: Rewriter,
+        writer: FrameWriter,
+        events: Any,
+        policy: NamePolicy,
+        peer: str,
+    ) -> None:
+        self.session = session
+        self.mode = mode
+        self.features = features
+        self.peer_max_frame = peer_max_frame
+        self.rw = rewriter
+        self.writer = writer
+        self.events = events
+        self.policy = policy
+        self.peer = peer
+        self.our_whereis: set[int] = set()
+        self.their_whereis: set[int] = set()
+
+    def dispatch(self, term: Any) -> None:
+        """Handle one decoded frame; raises RemoteProtocolError to drop it."""
+        spec = classify(term, self.features)
+        spec.handler(self, *term[1:])
+
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
+
+    def flush_rw_events(self) -> None:
+        rw_events = self.rw.events
+        if rw_events:
+            self.events.extend(rw_events)
+            rw_events.clear()
+
+    def inbound(self, value: Any) -> Any:
+        try:
+            return self.rw.inbound(value)
+        finally:
+            self.flush_rw_events()
+
+    def remote_source(self, ident: Any, what: str) -> Pid:
+        if type(ident) is not int or ident < 1:
+            raise RemoteProtocolError("unknown_frame", f"{what} frame with a bad id {describe(ident)}")
+        try:
+            return self.rw.proxy_for(ident)
+        finally:
+            self.flush_rw_events()
+
+    def local_target(self, ident: Any, what: str) -> Pid | None:
+        if type(ident) is not int or ident < 1:
+            raise RemoteProtocolError("unknown_frame", f"{what} frame with a bad id {describe(ident)}")
+        return self.session.exports.get(ident)
+
+    # -- legacy frames ----------------------------------------------------------------
+
+    def on_message(self, dest: Any, payload: Any) -> None:
+        node = None
+        t = type(dest)
+        if t is int:
+            target = self.session.exports.get(dest)
+            if target is None:
+                if 0 < dest < self.session.next_export_id:
+                    # Issued, but the process has ended: its DEAD is on its way to the peer
+                    # (an ordinary race). Sending to a dead process is a no-op in Erlang.
+                    log.debug("peer %s: message to ended process id %s dropped", self.peer, dest)
+                    return
+                raise RemoteProtocolError("unknown_id", f"message to unknown process id {dest}")
+        elif t is Atom:
+            target = dest
+        elif t is tuple and len(dest) == 2 and type(dest[0]) is Atom and type(dest[1]) is Atom:
+            # A Python node has no cluster: every Node is this node (docs/protocol.md 4.1).
+            target, node = dest
+        else:
+            raise RemoteProtocolError("unknown_frame", f"m frame with a bad Dest {describe(dest)}")
+        if (node is not None or t is Atom) and not self.policy(target):
+            log.warning("peer %s: message to refused name %s dropped", self.peer, target.name)
+            raise RemoteProtocolError("not_allowed", f"name {target.name!r} is not reachable")
+        self.events.append(MessageReceived(target, self.inbound(payload), node))
+
+    def on_dead(self, who: Any, reason: Any) -> None:
+        if type(who) is not tuple or len(who) != 2 or who[0] != A_PR or type(who[1]) is not int:
+            raise RemoteProtocolError("unknown_frame", f"DEAD frame with a bad id {describe(who)}")
+        ident = who[1]
+        pid = self.session.drop_proxy(ident)
+        if pid is None:
+            # Never seen, already dead, or resent after a resume (docs/protocol.md 4.4, 7).
+            log.debug("peer %s: DEAD for unknown id %s ignored", self.peer, ident)
+            return
+        if self.mode == "legacy" and reason == A_NOPROC:
+            reason = A_NORMAL  # the original's rule (docs/protocol.md 4.4)
+        self.events.append(ProxyDied(pid, ident, reason))
+
+    def on_registered(self, token: Any, name: Any, ident: Any) -> None:
+        if type(ident) is not int or ident < 1:
+            raise RemoteProtocolError("unknown_frame", "{r, Token, Name, Id} with a bad Id")
+        self.rw.proxy_for(ident)
+        self.flush_rw_events()
+
+    # -- extended frames ----------------------------------------------------------------
+
+    def on_link(self, a: Any, b: Any) -> None:
+        local = self.local_target(b, "link")
+        proxy = self.remote_source(a, "link")
+        if local is None:
+            # B already ended: its DEAD is on its way (docs/protocol.md 5.2).
+            log.debug("peer %s: link to ended process id %s ignored", self.peer, b)
+            return
+        self.events.append(LinkRequested(proxy, local))
+
+    def on_unlink(self, a: Any, b: Any) -> None:
+        local = self.local_target(b, "unlink")
+        proxy = self.remote_source(a, "unlink")
+        if local is not None:
+            self.events.append(UnlinkRequested(proxy, local))
+
+    def on_exit2(self, a: Any, b: Any, reason: Any) -> None:
+        local = self.local_target(b, "exit2")
+        proxy = self.remote_source(a, "exit2")
+        reason = self.inbound(reason)
+        if local is None:
+            log.debug("peer %s: exit2 to ended process id %s ignored", self.peer, b)
+            return
+        self.events.append(ExitSignalReceived(proxy, local, reason))
+
+    def on_whereis(self, req_id: Any, name_bin: Any) -> None:
+        if type(req_id) is not int or req_id < 1 or type(name_bin) is not bytes:
+            raise RemoteProtocolError("unknown_frame", "whereis frame with a bad ReqId or NameBin")
+        try:
+            atom = Atom(name_bin.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, TypeError):
+            atom = None
+        if atom is None or not self.policy(atom):
+            log.warning("peer %s: whereis for refused name %r answered undefined", self.peer, name_bin[:80])
+            self.writer.write(plain((A_WHEREIS_REPLY, req_id, A_UNDEFINED)))
+            return
+        if req_id in self.their_whereis:
+            raise RemoteProtocolError("unknown_frame", f"whereis ReqId {req_id} is already pending")
+        self.their_whereis.add(req_id)
+        self.events.append(WhereisRequested(req_id, atom))
+
+    def on_whereis_reply(self, req_id: Any, result: Any) -> None:
+        if type(req_id) is not int or req_id not in self.our_whereis:
+            raise RemoteProtocolError("unknown_frame", f"whereis_reply for unknown ReqId {describe(req_id)}")
+        if result == A_UNDEFINED:
+            pid = None
+        elif type(result) is tuple and len(result) == 2 and result[0] == A_PR:
+            pid = self.remote_source(result[1], "whereis_reply")
+        else:
+            raise RemoteProtocolError("unknown_frame", f"whereis_reply with a bad Result {describe(result)}")
+        self.our_whereis.discard(req_id)
+        self.events.append(WhereisReplied(req_id, pid))
+
+    def on_heartbeat(self, n: Any) -> None:
+        if type(n) is not int or n < 0:
+            raise RemoteProtocolError("unknown_frame", "heartbeat with a bad N")
+        self.writer.write(plain((A_HEARTBEAT_ACK, n)))
+        self.events.append(HeartbeatReceived(n))
+
+    def on_heartbeat_ack(self, n: Any) -> None:
+        if type(n) is not int or n < 0:
+            raise RemoteProtocolError("unknown_frame", "heartbeat_ack with a bad N")
+        self.events.append(HeartbeatAcked(n))
+
+    def on_error(self, code: Any, message: Any) -> None:
+        if type(code) is not bytes or type(message) is not bytes:
+            raise RemoteProtocolError("unknown_frame", "error frame with a non-binary Code or Message")
+        code_text = code.decode("utf-8", "replace")[:64]
+        text = message.decode("utf-8", "replace")[:MAX_ERROR_TEXT]
+        log.warning("peer %s reported error %s: %s", self.peer, code_text, text)
+        self.events.append(PeerError(code_text, text))
+
+
+@dataclass(frozen=True, slots=True)
+class FrameSpec:
+    """One kind of frame: ``{Tag, ...}`` with ``arity`` elements in all (tag included)."""
+
+    tag: Atom
+    arity: int
+    feature: str | None  # None: a legacy frame, valid in every mode
+    handler: Callable[..., None]  # Established.on_*, called with the elements after the tag
+
+
+FRAMES: dict[Atom, FrameSpec] = {
+    spec.tag: spec
+    for spec in (
+        FrameSpec(A_M, 3, None, Established.on_message),
+        FrameSpec(A_DEAD, 3, None, Established.on_dead),
+        FrameSpec(A_R, 4, None, Established.on_registered),
+        FrameSpec(A_WHEREIS, 3, "whereis", Established.on_whereis),
+        FrameSpec(A_WHEREIS_REPLY, 3, "whereis", Established.on_whereis_reply),
+        FrameSpec(A_LINK, 3, "link", Established.on_link),
+        FrameSpec(A_UNLINK, 3, "link", Established.on_unlink),
+        FrameSpec(A_EXIT2, 4, "link", Established.on_exit2),
+        FrameSpec(A_HEARTBEAT, 2, "heartbeat", Established.on_heartbeat),
+        FrameSpec(A_HEARTBEAT_ACK, 2, "heartbeat", Established.on_heartbeat_ack),
+        FrameSpec(A_ERROR, 3, "error", Established.on_error),
+    )
+}
+"""Every frame a peer may send after the handshake (docs/protocol.md sections 4 and 5)."""
+
+
+def classify(term: Any, features: frozenset[str]) -> FrameSpec:
+    """The spec of a received frame; RemoteProtocolError (``unknown_frame``) if it has
+    none, its feature was not agreed, or its arity is wrong."""
+    if type(term) is not tuple or not term:
+        raise RemoteProtocolError("unknown_frame", f"frame is not a tagged tuple: {describe(term)}")
+    tag = term[0]
+    spec = FRAMES.get(tag) if tag.__class__ is Atom else None
+    if spec is None or (spec.feature is None and len(term) != spec.arity):
+        raise RemoteProtocolError("unknown_frame", f"unknown frame {describe(term)}")
+    if spec.feature is not None:
+        if spec.feature not in features:
+            raise RemoteProtocolError("unknown_frame", f"{tag.name} frame but {spec.feature!r} was not agreed")
+        if len(term) != spec.arity:
+            raise RemoteProtocolError("unknown_frame", f"{tag.name} frame with {len(term) - 1} elements")
+    return spec
