@@ -39,7 +39,10 @@ only exported pids: ``pid in conn.session.export_ids``); exported ones produce D
 ``{pl, Id}`` for an id we never issued is replaced by ``new_dead_pid(id)`` (default: a
 ``Pid(node, 0, 0, 0)`` that no process has) and a ``DeadPidSubstituted`` event.
 
-Constructor (keyword arguments after ``role, secret``): ``node_name``,
+Constructor: ``Connection(role, config=ConnectionConfig.build(secret, ...), ...)``, or
+the same options as keywords after ``role, secret`` (any field of
+:class:`ConnectionConfig`). ``on_export(pid, local_id)`` (optional) is called when a
+command first exports a local pid, so the runtime can report its death. Options:
 ``new_proxy_pid``, ``allowed`` (names, a predicate on the name, or a
 :class:`NamePolicy`), ``force_allowed`` (system names the user explicitly opens),
 ``allow_legacy_auth=False``, ``features`` (default all of :data:`FEATURES`),
@@ -58,7 +61,7 @@ Commands: ``start()``, ``send_message(dest, payload)`` (dest: proxy pid, name, o
 ``(name, node)``), ``process_exited(pid, reason)``, ``link(local, proxy)``,
 ``unlink(local, proxy)``, ``exit_signal(local, proxy, reason)``, ``whereis(name) ->
 req_id``, ``reply_whereis(req_id, pid | None)``, ``heartbeat() -> n``, ``close()``,
-``connection_lost()``, ``handshake_timed_out()``. Each is checked against the state
+``connection_lost()``, ``handshake_timed_out()``, ``send_deferred()``. Each is checked against the state
 table (``_state.py``); an illegal one raises ``LocalProtocolError`` (code
 ``illegal_state``) naming role, state and command.
 
@@ -96,7 +99,12 @@ Accept then asks for a resume); the server transport keeps ``conn.session`` (by
 ``HandshakeComplete.resumed`` says whether ids stayed valid; if not, the client core
 emits ``ProxyDied(..., noconnection)`` for the old proxies. DEAD notices for exported
 processes that end while disconnected (``process_exited`` on the closed connection) are
-kept in ``session.pending`` and sent right after the resume. When the server transport
+kept in the session and sent right after the resume, preceded by the last
+:data:`RESEND_DEAD` notices sent before the cut (docs/protocol.md section 7; the peer
+ignores the ones it already had). Commands the transport could not send meanwhile are
+kept with ``session.defer(SendMessage(...))`` (or ``LinkCommand``, ``UnlinkCommand``,
+``ExitSignalCommand``) and sent by ``conn.send_deferred()`` once the next connection is
+established, resumed or not (those naming a proxy that is gone are dropped). When the server transport
 gives up on a session it calls ``session.expire()`` and terminates the returned proxies
 with ``noconnection``.
 

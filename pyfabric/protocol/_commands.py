@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ..etf import Atom, EncodeError, Pid, encode
+from ..etf import Atom, DecodeLimits, EncodeError, Pid, encode
 from ._constants import (
     A_DEAD,
     A_EXIT2,
@@ -27,11 +27,14 @@ from ._constants import (
     plain,
 )
 from ._errors import FeatureNotSupported, LocalProtocolError
+from ._config import ConnectionConfig
 from ._established import Established
-from ._rewrite import A_PR
-from ._session import Deferred, ExitSignalCommand, LinkCommand, SendMessage, UnlinkCommand
+from ._framing import FrameWriter
+from ._handshake import Agreement
+from ._rewrite import A_PR, Rewriter
+from ._session import Deferred, ExitSignalCommand, LinkCommand, SendMessage, Session, UnlinkCommand
 
-__all__ = ["Commands", "dead_frame"]
+__all__ = ["Commands", "dead_frame", "establish"]
 
 log = logging.getLogger("pyfabric.protocol")
 
@@ -43,6 +46,47 @@ def dead_frame(ident: int, reason: Any) -> bytes:
         return plain((A_DEAD, (A_PR, ident), reason))
     except EncodeError:
         return plain((A_DEAD, (A_PR, ident), (Atom("unencodable_exit_reason"), repr(reason)[:200].encode())))
+
+
+def establish(
+    session: Session,
+    agreed: Agreement,
+    config: ConnectionConfig,
+    *,
+    writer: FrameWriter,
+    events: Any,
+    limits: DecodeLimits,
+    is_alive: Callable[[Pid], bool],
+    new_proxy_pid: Callable[[int], Pid],
+    new_dead_pid: Callable[[int], Pid],
+    on_export: Callable[[Pid, int], None] | None,
+    peer: str,
+) -> Commands:
+    """The established state of a connection whose handshake settled ``agreed``: its
+    receive side is the returned object's ``est``."""
+    rw = Rewriter(
+        session,
+        features=agreed.features,
+        extended=agreed.mode == "extended",
+        is_alive=is_alive,
+        new_proxy_pid=new_proxy_pid,
+        new_dead_pid=new_dead_pid,
+        limits=limits,
+        max_proxies=config.max_proxies,
+        max_exports=config.max_exports,
+    )
+    est = Established(
+        session=session,
+        mode=agreed.mode or "legacy",
+        features=agreed.features,
+        peer_max_frame=agreed.peer_max_frame,
+        rewriter=rw,
+        writer=writer,
+        events=events,
+        policy=config.allowed,
+        peer=peer,
+    )
+    return Commands(est, compress=config.compress_messages, on_export=on_export)
 
 
 class Commands:

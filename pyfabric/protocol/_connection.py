@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..etf import Atom, DecodeError, Pid, decode
-from ._commands import Commands, dead_frame
+from ._commands import Commands, dead_frame, establish
 from ._config import ConnectionConfig
 from ._constants import (
     A_AUTH,
@@ -44,7 +44,7 @@ from ._framing import FrameReader, FrameTooLarge, FrameWriter
 from ._handshake import Agreement
 from ._handshake_client import ClientHandshake
 from ._handshake_server import ServerHandshake
-from ._rewrite import Rewriter, describe
+from ._rewrite import describe
 from ._session import Deferred, Session
 from ._state import (
     AWAIT_AUTH,
@@ -193,17 +193,9 @@ class Connection:
         """The largest frame we accept once established (``config.max_frame``)."""
         return self.config.max_frame
 
-    @property
-    def max_proxies(self) -> int:
-        return self.config.max_proxies
-
-    @property
-    def max_exports(self) -> int:
-        return self.config.max_exports
-
-    @property
-    def allow_legacy_auth(self) -> bool:
-        return self.config.allow_legacy_auth
+    max_proxies = property(lambda self: self.config.max_proxies, doc="``config.max_proxies``")
+    max_exports = property(lambda self: self.config.max_exports, doc="``config.max_exports``")
+    allow_legacy_auth = property(lambda self: self.config.allow_legacy_auth, doc="``config.allow_legacy_auth``")
 
     def policy(self, name: Atom | str) -> bool:
         """Does the name policy let the peer reach ``name``?"""
@@ -341,31 +333,20 @@ class Connection:
         session = self._session
         session.attached = True
         self._handshake = None
-        extended = agreed.mode == "extended"
-        config = self.config
-        rw = Rewriter(
+        self._cmd = establish(
             session,
-            features=agreed.features,
-            extended=extended,
+            agreed,
+            self.config,
+            writer=self._writer,
+            events=self._events,
+            limits=self._limits,
             is_alive=self._is_alive,
             new_proxy_pid=self._new_proxy_pid,
             new_dead_pid=self._new_dead_pid,
-            limits=self._limits,
-            max_proxies=config.max_proxies,
-            max_exports=config.max_exports,
-        )
-        self._est = est = Established(
-            session=session,
-            mode=agreed.mode or "legacy",
-            features=agreed.features,
-            peer_max_frame=agreed.peer_max_frame,
-            rewriter=rw,
-            writer=self._writer,
-            events=self._events,
-            policy=config.allowed,
+            on_export=self._on_export,
             peer=self.peer,
         )
-        self._cmd = Commands(est, compress=config.compress_messages, on_export=self._on_export)
+        self._est = self._cmd.est
         self._events.append(
             HandshakeComplete(
                 mode=agreed.mode or "legacy",

@@ -112,3 +112,136 @@ def test_attached_session_is_not_taken_over():
     pair2 = connect(client2, server2)
     done = [e for e in pair2.take("client") if isinstance(e, HandshakeComplete)][0]
     assert done.resumed is False
+
+
+# -- DEAD notices resent after a resume (docs/protocol.md section 7) ----------------------
+
+
+def split_dead_frames(data):
+    from protocol_testlib import split_frames
+
+    from pyfabric.etf import decode
+
+    return [decode(f) for f in split_frames(data) if decode(f)[0] == A("DEAD")]
+
+
+def resume(pair, store):
+    client, server = pair.client, pair.server
+    store[server.session.id] = server.session
+    client2 = make_conn("client", session=client.session, pids=client.pids)
+    server2 = make_conn("server", allowed={"echo"}, find_session=store.get, pids=server.pids)
+    client2.start()
+    return Pair(client2, server2)
+
+
+def client_output_after_resume(pair2):
+    """Run the resume handshake by hand; the server's handshake events, and what the
+    client writes once established (before the server has seen any of it)."""
+    pair2.server.receive_data(pair2.client.data_to_send())  # hello
+    pair2.server.events()
+    pair2.client.receive_data(pair2.server.data_to_send())  # challenge
+    pair2.client.events()
+    pair2.server.receive_data(pair2.client.data_to_send())  # response
+    s_events = pair2.server.events()
+    pair2.client.receive_data(pair2.server.data_to_send())  # auth
+    c_events = pair2.client.events()
+    assert [type(e) for e in c_events] == [HandshakeComplete] and c_events[0].resumed
+    return s_events, pair2.client.data_to_send()
+
+
+def test_dead_lost_in_the_cut_arrives_after_the_resume():
+    store, pair, me, server_proxy_for_me, local, client_proxy = setup_session()
+    client, server = pair.client, pair.server
+    client.process_exited(me, A("bye"))
+    lost = client.data_to_send()  # the DEAD was written, but the connection drops first
+    assert [d[1] for d in split_dead_frames(lost)] == [(A("pr"), 1)]
+    client.connection_lost()
+    server.connection_lost()
+    client.events(), server.events()
+    pair2 = resume(pair, store)
+    pair2.pump()
+    s_events = pair2.take("server")
+    assert s_events[0].resumed is True
+    assert s_events[1:] == [ProxyDied(server_proxy_for_me, 1, A("bye"))]
+
+
+def test_resent_dead_already_received_is_ignored():
+    store, pair, me, server_proxy_for_me, local, client_proxy = setup_session()
+    client, server = pair.client, pair.server
+    client.process_exited(me, A("bye"))
+    pair.pump()
+    assert pair.take("server") == [ProxyDied(server_proxy_for_me, 1, A("bye"))]
+    client.connection_lost()
+    server.connection_lost()
+    client.events(), server.events()
+    pair2 = resume(pair, store)
+    s_events, after_auth = client_output_after_resume(pair2)
+    assert [type(e) for e in s_events] == [HandshakeComplete]
+    # The DEAD is sent again: the server already had it.
+    assert [d[1] for d in split_dead_frames(after_auth)] == [(A("pr"), 1)]
+    pair2.server.receive_data(after_auth)
+    assert pair2.server.events() == []  # ignored: that proxy is already dead
+
+
+def test_dead_resend_is_bounded_and_in_order():
+    from pyfabric.protocol import RESEND_DEAD
+
+    store, pair, me, server_proxy_for_me, local, client_proxy = setup_session()
+    client, server = pair.client, pair.server
+    mine = [client.pids.new() for _ in range(RESEND_DEAD + 10)]
+    client.send_message(A("echo"), mine)
+    pair.pump()
+    pair.take("server")
+    for pid in mine:
+        client.process_exited(pid, A("normal"))
+    pair.pump()
+    assert len([e for e in pair.take("server") if isinstance(e, ProxyDied)]) == len(mine)
+    client.connection_lost()
+    server.connection_lost()
+    client.events(), server.events()
+    # One more ends while disconnected: queued, and sent after the resent ones.
+    client.process_exited(me, A("late"))
+    pair2 = resume(pair, store)
+    _s_events, after_auth = client_output_after_resume(pair2)
+    deads = split_dead_frames(after_auth)
+    ids = [d[1][1] for d in deads]
+    assert len(ids) == RESEND_DEAD
+    assert ids[-1] == 1 and deads[-1][2] == A("late")
+    # The oldest notices fell out of the window; the newest are resent oldest first.
+    expected = [client.session.ended_export_ids[p] for p in mine][-(RESEND_DEAD - 1) :]
+    assert ids[:-1] == expected
+
+
+def test_no_resend_without_a_resume():
+    store, pair, me, server_proxy_for_me, local, client_proxy = setup_session()
+    client, server = pair.client, pair.server
+    client.process_exited(me, A("bye"))
+    pair.pump()
+    pair.take("server")
+    client.connection_lost()
+    client.events()
+    client2 = make_conn("client", session=client.session, pids=client.pids)
+    server2 = make_conn("server", allowed={"echo"}, find_session=store.get)  # session not kept
+    pair2 = connect(client2, server2)
+    assert pair2.take("client")[-1].resumed is False
+    assert pair2.take("server")[0].resumed is False  # nothing but the handshake arrived
+
+
+def test_deferred_commands_are_sent_after_the_handshake():
+    from pyfabric.protocol import SendMessage
+
+    store, pair, me, server_proxy_for_me, local, client_proxy = setup_session()
+    client, server = pair.client, pair.server
+    client.connection_lost()
+    server.connection_lost()
+    client.events(), server.events()
+    client.session.defer(SendMessage(client_proxy, A("queued")))
+    client.session.defer(SendMessage(A("echo"), A("by_name")))
+    assert client.session.deferred_count() == 2
+    pair2 = resume(pair, store)
+    pair2.pump()
+    pair2.take("client"), pair2.take("server")
+    assert pair2.client.send_deferred() == []
+    pair2.pump()
+    assert pair2.take("server") == [MessageReceived(local, A("queued")), MessageReceived(A("echo"), A("by_name"))]
+    assert pair2.client.session.deferred_count() == 0
