@@ -10,10 +10,10 @@ appear as proxies whose behaviour a transport supplies through :class:`RemoteHan
 
 Not thread-safe: call everything on the node's loop (see :mod:`pyfabric.runtime._node`).
 
-Private modules: ``_node`` (table, allocators, signal delivery, proxies, watchers),
-``_process`` (mailbox, receive, Process, Mailbox), ``_proxy`` (RemoteHandle),
-``_signals`` (the exit-signal table), ``_match`` (receive patterns), ``_registry``,
-``_errors``.
+Private modules: ``_node`` (table, allocators, spawning, proxies, the transport's entry
+points), ``_relations`` (links, monitors, watchers and what an exit fires), ``_process``
+(mailbox, receive, Process, Mailbox), ``_proxy`` (RemoteHandle), ``_signals`` (the
+exit-signal table), ``_match`` (receive patterns), ``_registry``, ``_errors``.
 
 Example (``tests/runtime/test_runtime_example.py`` runs it)::
 
@@ -55,17 +55,18 @@ from ._errors import (
     ReceiveTimeout,
 )
 from ._match import ANY
-from ._node import DEFAULT_CLOSE_TIMEOUT, Node, WatchToken
+from ._node import DEFAULT_CLOSE_TIMEOUT, Node
 from ._process import (
     DEFAULT_MAX_MAILBOX,
     DEFAULT_OVERFLOW,
     LocalProcess,
     Mailbox,
     Overflow,
-    Process,
     ProcessStatistics,
 )
 from ._proxy import RemoteHandle
+from ._relations import WatchToken
+from ._task import Process
 
 __all__ = [
     "Node",

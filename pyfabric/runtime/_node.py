@@ -1,9 +1,9 @@
-"""The node: one Python node's process table, pid/reference allocators, registry and signal rules.
+"""The node: one Python node's process table, pid/reference allocators and registry.
 
-Everything that involves more than one process happens here, synchronously: a send
-queues the message before returning, and an exit fires links, monitors and watchers
-before the call that caused it returns (cascades are processed iteratively, so a chain
-of a million linked processes does not recurse).
+A send queues the message before returning. The relations between processes (links,
+monitors, watchers) and what an exit fires belong to :class:`~._relations.Relations`,
+which the node owns and every local process calls; the node creates processes and
+proxies and gives the transport its entry points.
 
 Threading: a :class:`Node` belongs to the event loop that created it and is not
 thread-safe. Code on other threads (e.g. the blocking facade) must marshal every call
@@ -17,13 +17,13 @@ import inspect
 import logging
 import platform
 import secrets
-from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from pyfabric.etf import Atom, Pid, Reference
 
-from ._errors import NameTaken, NoProcess, NotRegistered, ProcessError, ProcessExited
+from ._errors import NameTaken, NoProcess, NotRegistered, ProcessError
+from ._ids import MAX_U32, IdAllocator
 from ._process import (
     DEFAULT_MAX_MAILBOX,
     DEFAULT_OVERFLOW,
@@ -31,49 +31,20 @@ from ._process import (
     LocalProcess,
     Mailbox,
     Overflow,
-    Process,
 )
 from ._proxy import Proxy, RemoteHandle
 from ._registry import Registry, to_name
-from ._signals import (
-    DOWN,
-    EXIT,
-    NOCONNECTION,
-    NOPROC,
-    PROCESS,
-    SHUTDOWN,
-    Action,
-    exit_signal_action,
-)
+from ._relations import Entry, ExitCallback, Relations, WatchToken
+from ._signals import NOCONNECTION, SHUTDOWN
+from ._task import Process
 
 __all__ = ["Node", "WatchToken", "DEFAULT_CLOSE_TIMEOUT"]
 
 _log = logging.getLogger("pyfabric.runtime")
 
-_MAX_U32 = 0xFFFFFFFF
-
 DEFAULT_CLOSE_TIMEOUT = 5.0
 """Seconds :meth:`Node.close` waits for cancelled process tasks to finish (a task that
 swallows cancellation and keeps running would otherwise block shutdown forever)."""
-
-Entry = LocalProcess | Proxy
-ExitCallback = Callable[[Pid, Any], None]
-
-
-class WatchToken:
-    """Returned by :meth:`Node.watch`; pass it to :meth:`Node.unwatch`."""
-
-    __slots__ = ("pid", "_callback", "_handle", "_done")
-
-    def __init__(self, pid: Pid, callback: ExitCallback) -> None:
-        self.pid = pid
-        self._callback = callback
-        self._handle: asyncio.Handle | None = None
-        self._done = False
-
-    def __repr__(self) -> str:
-        return f"<WatchToken pid={self.pid!r} {'fired' if self._done else 'pending'}>"
-
 
 def default_node_name() -> Atom:
     """``py_<8 hex digits>@<short host name>``: unique per node, Erlang ``name@host`` shape."""
@@ -130,8 +101,8 @@ class Node:
         if not (local and sep and host):
             raise ValueError(f"node name must look like name@host, got {node_name.name!r}")
         if creation is None:
-            creation = secrets.randbelow(_MAX_U32) + 1
-        elif type(creation) is not int or not 0 <= creation <= _MAX_U32:
+            creation = secrets.randbelow(MAX_U32) + 1
+        elif type(creation) is not int or not 0 <= creation <= MAX_U32:
             raise ValueError(f"creation must be an int in 0..2**32-1, got {creation!r}")
         self._name: Atom = node_name
         self._creation = creation
@@ -139,12 +110,9 @@ class Node:
         self._overflow: Overflow = _check_overflow(overflow)
         self._table: dict[Pid, Entry] = {}
         self._registry = Registry()
-        self._next_id = 1
-        self._serial = 0
-        self._next_ref = 1
+        self._ids = IdAllocator(node_name, creation)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._dying: deque[Entry] = deque()
-        self._propagating = False
+        self._relations = Relations(self._table, self._registry, self._loop, self.make_ref)
         self._closed = False
 
     # -- identity and allocators -----------------------------------------------------------
@@ -170,19 +138,11 @@ class Node:
         return self._closed
 
     def _new_pid(self) -> Pid:
-        # Pids are never reused: ids count up to 2**32-1, then the serial moves on.
-        number = self._next_id
-        if number > _MAX_U32:
-            self._serial += 1
-            number = 1
-        self._next_id = number + 1
-        return Pid(self._name, number, self._serial, self._creation)
+        return self._ids.new_pid()
 
     def make_ref(self) -> Reference:
         """A new reference of this node, unique for the node's lifetime (3 words, like Erlang)."""
-        n = self._next_ref
-        self._next_ref = n + 1
-        return Reference(self._name, self._creation, (n & 0x3FFFF, (n >> 18) & _MAX_U32, (n >> 50) & _MAX_U32))
+        return self._ids.new_ref()
 
     # -- creating processes ------------------------------------------------------------------
 
@@ -215,6 +175,7 @@ class Node:
         proc = Process(
             self,
             pid,
+            relations=self._relations,
             trap_exit=trap_exit,
             max_mailbox=self._max_mailbox if max_mailbox is None else _check_max_mailbox(max_mailbox),
             overflow=self._overflow if overflow is None else _check_overflow(overflow),
@@ -230,8 +191,7 @@ class Node:
                 _close_awaitable(body)
                 raise
         self._commit(proc, reg_name, link_entry)
-        task = self._loop.create_task(proc._run(body), name=f"pyfabric process {pid.id}.{pid.serial}")
-        proc._task = task
+        task = proc._start(body)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return pid
@@ -264,6 +224,7 @@ class Node:
         box = Mailbox(
             self,
             pid,
+            relations=self._relations,
             trap_exit=trap_exit,
             max_mailbox=self._max_mailbox if max_mailbox is None else _check_max_mailbox(max_mailbox),
             overflow=self._overflow if overflow is None else _check_overflow(overflow),
@@ -300,8 +261,7 @@ class Node:
         if reg_name is not None:
             self._registry.register(reg_name, pid)
         if link_entry is not None:
-            proc._links.add(link_entry.pid)
-            link_entry._links.add(pid)
+            self._relations.add_link(pid, link_entry.pid)
 
     # -- sending and the registry ------------------------------------------------------------
 
@@ -359,136 +319,19 @@ class Node:
         """The pids of all live local processes and proxies."""
         return list(self._table)
 
-    # -- links, monitors, exit/2 (called through LocalProcess) -------------------------------
+    def proxies(self) -> list[Pid]:
+        """The pids of all live proxies (remote processes seen through a transport)."""
+        return [pid for pid, entry in self._table.items() if isinstance(entry, Proxy)]
 
-    def _link(self, proc: LocalProcess, pid: Pid) -> None:
-        if not proc._alive:
-            raise ProcessExited(proc.pid, proc._exit_reason)
-        if pid == proc.pid or pid in proc._links:
-            return
-        target = self._table.get(pid)
-        if target is None:
-            if proc.trap_exit:
-                proc._deliver((EXIT, pid, NOPROC))
-                return
-            raise NoProcess(pid, "link")
-        if isinstance(target, Proxy):
-            target.handle.link_added(proc.pid)
-            if not (target._alive and proc._alive):  # the handle broke the no-reentry rule
-                return
-        proc._links.add(pid)
-        target._links.add(proc.pid)
+    def links(self, pid: Pid) -> frozenset[Pid]:
+        """The pids linked with ``pid`` (Erlang's ``process_info(Pid, links)``); empty if
+        ``pid`` is not alive."""
+        return self._relations.links_of(pid) if pid in self._table else frozenset()
 
-    def _unlink(self, proc: LocalProcess, pid: Pid) -> None:
-        if pid not in proc._links:
-            return
-        target = self._table.get(pid)
-        if isinstance(target, Proxy):
-            target.handle.link_removed(proc.pid)
-        proc._links.discard(pid)
-        if target is not None:
-            target._links.discard(proc.pid)
-
-    def _monitor(self, proc: LocalProcess, pid: Pid) -> Reference:
-        if not proc._alive:
-            raise ProcessExited(proc.pid, proc._exit_reason)
-        ref = self.make_ref()
-        target = self._table.get(pid)
-        if target is None:
-            proc._deliver((DOWN, ref, PROCESS, pid, NOPROC))
-            return ref
-        proc._monitors[ref] = pid
-        target._monitored_by[ref] = proc.pid
-        return ref
-
-    def _demonitor(self, proc: LocalProcess, ref: Reference, flush: bool) -> bool:
-        pid = proc._monitors.pop(ref, None)
-        if pid is not None:
-            target = self._table.get(pid)
-            if target is not None:
-                target._monitored_by.pop(ref, None)
-        if flush:
-            proc._flush_down(ref)
-        return pid is not None
-
-    def _exit2(self, proc: LocalProcess, pid: Pid, reason: Any) -> None:
-        if not proc._alive:
-            raise ProcessExited(proc.pid, proc._exit_reason)
-        target = self._table.get(pid)
-        if target is None:
-            return
-        if isinstance(target, Proxy):
-            target.handle.exit_signal(proc.pid, reason)
-            return
-        self._signal(target, proc.pid, reason, via_link=False)
-
-    def _signal(self, target: LocalProcess, from_pid: Pid, reason: Any, *, via_link: bool) -> None:
-        """Deliver an exit signal to a live local process."""
-        action, value = exit_signal_action(
-            reason, via_link=via_link, trapping=target.trap_exit, from_self=from_pid == target.pid
-        )
-        if action is Action.MESSAGE:
-            target._deliver((EXIT, from_pid, value))
-        elif action is Action.EXIT:
-            self._terminate(target, value)
-
-    # -- exits -----------------------------------------------------------------------------
-
-    def _terminate(self, entry: Entry, reason: Any) -> None:
-        """End ``entry`` with ``reason`` now; fire its links, monitors and watchers."""
-        if not entry._alive:
-            return
-        entry._alive = False
-        entry._exit_reason = reason
-        pid = entry.pid
-        del self._table[pid]
-        self._registry.release(pid)
-        entry._stopped()
-        self._dying.append(entry)
-        if self._propagating:
-            return  # the outer call's loop below will get to it
-        self._propagating = True
-        try:
-            while self._dying:
-                dead = self._dying.popleft()
-                try:
-                    self._propagate(dead)
-                except Exception:
-                    _log.exception("internal error while propagating the exit of %r", dead)
-        finally:
-            self._propagating = False
-
-    def _propagate(self, dead: Entry) -> None:
-        pid = dead.pid
-        reason = dead._exit_reason
-        table = self._table
-        links, dead._links = dead._links, set()
-        for other_pid in links:
-            other = table.get(other_pid)
-            if other is None:
-                continue
-            other._links.discard(pid)
-            if isinstance(other, LocalProcess):
-                self._signal(other, pid, reason, via_link=True)
-            # A proxy only loses the link: the remote side learns of this exit from the
-            # DEAD notice for the exported pid (docs/protocol.md 5.2).
-        monitored_by, dead._monitored_by = dead._monitored_by, {}
-        for ref, watcher_pid in monitored_by.items():
-            watcher = table.get(watcher_pid)
-            if isinstance(watcher, LocalProcess):
-                watcher._monitors.pop(ref, None)
-                watcher._deliver((DOWN, ref, PROCESS, pid, reason))
-        if isinstance(dead, LocalProcess):
-            monitors, dead._monitors = dead._monitors, {}
-            for ref, target_pid in monitors.items():
-                target = table.get(target_pid)
-                if target is not None:
-                    target._monitored_by.pop(ref, None)
-        watchers, dead._watchers = dead._watchers, None
-        if watchers:
-            for token, callback in watchers.items():
-                token._done = True
-                _call_watcher(callback, pid, reason)
+    def process_tasks(self) -> list[asyncio.Task[None]]:
+        """The asyncio tasks of the processes still running (named ``pyfabric process
+        <id>.<serial>``); empty once :meth:`close` has finished."""
+        return list(self._tasks)
 
     # -- watchers (for the transport: DEAD notices) ----------------------------------------
 
@@ -501,34 +344,11 @@ class Node:
         reason ``noproc`` (never called from inside ``watch``). Exceptions raised by the
         callback are logged and swallowed.
         """
-        token = WatchToken(pid, callback)
-        entry = self._table.get(pid)
-        if entry is None:
-            token._handle = self._loop.call_soon(self._fire_noproc, token)
-        else:
-            if entry._watchers is None:
-                entry._watchers = {}
-            entry._watchers[token] = callback
-        return token
-
-    def _fire_noproc(self, token: WatchToken) -> None:
-        token._done = True
-        token._handle = None
-        _call_watcher(token._callback, token.pid, NOPROC)
+        return self._relations.watch(pid, callback)
 
     def unwatch(self, token: WatchToken) -> bool:
         """Cancel a watch; True if the callback had not been called yet (and now never will be)."""
-        if token._done:
-            return False
-        token._done = True
-        if token._handle is not None:
-            token._handle.cancel()
-            token._handle = None
-            return True
-        entry = self._table.get(token.pid)
-        if entry is not None and entry._watchers:
-            entry._watchers.pop(token, None)
-        return True
+        return self._relations.unwatch(token)
 
     # -- proxies (for the transport) --------------------------------------------------------
 
@@ -572,7 +392,7 @@ class Node:
             return False
         if not isinstance(entry, Proxy):
             raise ProcessError(f"terminate_proxy: {pid!r} is a local process, not a proxy")
-        self._terminate(entry, reason)
+        self._relations.terminate(entry, reason)
         return True
 
     def remote_link(self, proxy_pid: Pid, local_pid: Pid) -> bool:
@@ -586,8 +406,7 @@ class Node:
         local = self._table.get(local_pid)
         if not isinstance(proxy, Proxy) or not isinstance(local, LocalProcess):
             return False
-        proxy._links.add(local_pid)
-        local._links.add(proxy_pid)
+        self._relations.add_link(proxy_pid, local_pid)
         return True
 
     def remote_unlink(self, proxy_pid: Pid, local_pid: Pid) -> bool:
@@ -599,11 +418,7 @@ class Node:
         local = self._table.get(local_pid)
         if not isinstance(proxy, Proxy) or not isinstance(local, LocalProcess):
             return False
-        if local_pid not in proxy._links:
-            return False
-        proxy._links.discard(local_pid)
-        local._links.discard(proxy_pid)
-        return True
+        return self._relations.remove_link(proxy_pid, local_pid)
 
     def remote_exit(self, proxy_pid: Pid, local_pid: Pid, reason: Any) -> bool:
         """An ``{exit2, A, B, Reason}`` frame arrived: ``exit(B, Reason)`` sent by the proxy for A.
@@ -615,7 +430,7 @@ class Node:
         local = self._table.get(local_pid)
         if not isinstance(local, LocalProcess):
             return False
-        self._signal(local, proxy_pid, reason, via_link=False)
+        self._relations.signal(local, proxy_pid, reason, via_link=False)
         return True
 
     # -- shutdown --------------------------------------------------------------------------
@@ -630,11 +445,12 @@ class Node:
         task is not waited for.
         """
         self._closed = True
+        terminate = self._relations.terminate
         for entry in list(self._table.values()):
             if isinstance(entry, LocalProcess):
-                self._terminate(entry, SHUTDOWN)
+                terminate(entry, SHUTDOWN)
         for entry in list(self._table.values()):
-            self._terminate(entry, NOCONNECTION)
+            terminate(entry, NOCONNECTION)
         current = asyncio.current_task()
         tasks = [task for task in self._tasks if task is not current]
         if not tasks:
@@ -657,13 +473,6 @@ class Node:
 
     def __repr__(self) -> str:
         return f"<Node {self._name.name} creation={self._creation} processes={len(self._table)}>"
-
-
-def _call_watcher(callback: ExitCallback, pid: Pid, reason: Any) -> None:
-    try:
-        callback(pid, reason)
-    except Exception:
-        _log.exception("exit watcher %r for %r raised", callback, pid)
 
 
 def _function_name(fn: Callable[..., Any]) -> str:

@@ -2,9 +2,11 @@
 
 :class:`LocalProcess` holds everything a process owns (its queue, links, monitors, flags);
 the rules that involve other processes (signals, links, monitors, exits) live in
-:class:`~pyfabric.runtime.Node`, which this module calls back. :class:`Process` is a
+:class:`~._relations.Relations`, which this module calls (and which drives a process
+only through its ``_deliver`` and ``_stopped`` hooks). :class:`Process` is a
 process that runs a coroutine in an asyncio task; :class:`Mailbox` is a process without
-a task, held and driven by ordinary code.
+a task, held and driven by ordinary code (:class:`~._task.Process`, a process that runs a
+coroutine in its own task, builds on it).
 """
 
 from __future__ import annotations
@@ -13,22 +15,21 @@ import asyncio
 import itertools
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from pyfabric.etf import Atom, Pid, Reference
 
-from ._errors import ProcessError, ProcessExit, ProcessExited, ReceiveTimeout
+from ._errors import ProcessError, ProcessExited, ReceiveTimeout
 from ._match import Matcher, compile_match
-from ._signals import DOWN, KILLED, MAILBOX_OVERFLOW, NORMAL, crash_reason
+from ._signals import DOWN, MAILBOX_OVERFLOW, NORMAL
 
 if TYPE_CHECKING:
     from ._node import Node
+    from ._relations import Relations
 
 __all__ = [
     "LocalProcess",
-    "Process",
     "Mailbox",
     "ProcessStatistics",
     "Overflow",
@@ -99,6 +100,7 @@ class LocalProcess:
     __slots__ = (
         "node",
         "pid",
+        "_rel",
         "_queue",
         "_waiter",
         "_receiving",
@@ -106,10 +108,6 @@ class LocalProcess:
         "_overflow",
         "_overflow_warned",
         "trap_exit",
-        "_links",
-        "_monitors",
-        "_monitored_by",
-        "_watchers",
         "_alive",
         "_exit_reason",
         "_epoch",
@@ -118,9 +116,12 @@ class LocalProcess:
         "_dropped",
     )
 
-    def __init__(self, node: Node, pid: Pid, *, trap_exit: bool, max_mailbox: int, overflow: Overflow) -> None:
+    def __init__(
+        self, node: Node, pid: Pid, *, relations: Relations, trap_exit: bool, max_mailbox: int, overflow: Overflow
+    ) -> None:
         self.node = node
         """The :class:`Node` this process lives on."""
+        self._rel = relations
         self.pid = pid
         """This process's pid."""
         self.trap_exit = bool(trap_exit)
@@ -132,10 +133,6 @@ class LocalProcess:
         self._max = max_mailbox
         self._overflow = overflow
         self._overflow_warned = False
-        self._links: set[Pid] = set()
-        self._monitors: dict[Reference, Pid] = {}
-        self._monitored_by: dict[Reference, Pid] = {}
-        self._watchers: dict[Any, Callable[[Pid, Any], None]] | None = None
         self._alive = True
         self._exit_reason: Any = None
         # Bumped when messages are removed from the middle of the queue by anything other
@@ -162,11 +159,16 @@ class LocalProcess:
     @property
     def registered_name(self) -> Atom | None:
         """The name this process is registered under, or ``None``."""
-        return self.node._registry.name_of(self.pid)
+        return self._rel.registry.name_of(self.pid)
 
     def qsize(self) -> int:
         """Number of messages queued in the mailbox."""
         return len(self._queue)
+
+    def queued(self) -> list[Any]:
+        """A snapshot of the queued messages, oldest first (Erlang's
+        ``process_info(Pid, messages)``); receiving is unaffected."""
+        return list(self._queue)
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -176,6 +178,7 @@ class LocalProcess:
 
     def statistics(self) -> ProcessStatistics:
         """A snapshot of this process's counters and state."""
+        rel = self._rel
         return ProcessStatistics(
             pid=self.pid,
             alive=self._alive,
@@ -185,9 +188,9 @@ class LocalProcess:
             overflow=self._overflow,
             received=self._received,
             dropped=self._dropped,
-            links=len(self._links),
-            monitors=len(self._monitors),
-            monitored_by=len(self._monitored_by),
+            links=len(rel.links_of(self.pid)),
+            monitors=rel.monitor_count(self.pid),
+            monitored_by=rel.monitored_by_count(self.pid),
             trap_exit=self.trap_exit,
             registered_name=self.registered_name,
         )
@@ -211,17 +214,17 @@ class LocalProcess:
         exits, in which case it receives ``(Atom('EXIT'), pid, Atom('noproc'))``. Linking a
         proxy calls its handle's ``link_added``.
         """
-        self.node._link(self, pid)
+        self._rel.link(self, pid)
 
     def unlink(self, pid: Pid) -> None:
         """Remove the link with ``pid`` if there is one (Erlang ``unlink/1``); from then on
         neither side's exit affects the other. Unlinking a proxy calls ``link_removed``."""
-        self.node._unlink(self, pid)
+        self._rel.unlink(self, pid)
 
     def monitor(self, pid: Pid) -> Reference:
         """Monitor ``pid``; when it exits this process gets
         ``(Atom('DOWN'), ref, Atom('process'), pid, reason)`` (``noproc`` if already dead)."""
-        return self.node._monitor(self, pid)
+        return self._rel.monitor(self, pid)
 
     def demonitor(self, ref: Reference, flush: bool = False) -> bool:
         """Remove the monitor ``ref``; with ``flush`` also drop its queued ``DOWN`` message.
@@ -229,7 +232,10 @@ class LocalProcess:
         Returns True if the monitor was active (like ``demonitor(Ref, [info])``), False if it
         had already fired or was unknown.
         """
-        return self.node._demonitor(self, ref, flush)
+        active = self._rel.demonitor(self, ref)
+        if flush:
+            self._flush_down(ref)
+        return active
 
     def exit(self, pid: Pid, reason: Any) -> None:
         """Send an exit signal with ``reason`` to ``pid`` (Erlang ``exit/2``).
@@ -242,7 +248,7 @@ class LocalProcess:
         A process that kills itself this way is dead at once; its task is cancelled at its
         next ``await``.
         """
-        self.node._exit2(self, pid, reason)
+        self._rel.exit2(self, pid, reason)
 
     def register(self, name: Atom | str) -> None:
         """Register this process under ``name`` (see :meth:`Node.register`)."""
@@ -284,7 +290,7 @@ class LocalProcess:
                 self,
                 self._max,
             )
-            self.node._terminate(self, MAILBOX_OVERFLOW)
+            self._rel.terminate(self, MAILBOX_OVERFLOW)
             return
         if policy == "drop_old":
             self._queue.popleft()
@@ -355,7 +361,7 @@ class LocalProcess:
 
     async def _wait(self, matcher: Matcher | None, timeout: float | None, scanned: int) -> Any:
         self._receiving = True
-        loop = self.node._loop
+        loop = self.node.loop
         timed_out = False
         timer: asyncio.TimerHandle | None = None
         if timeout is not None:
@@ -413,8 +419,11 @@ class LocalProcess:
 
     # -- exit ----------------------------------------------------------------------------
 
-    def _stopped(self) -> None:
-        """Called by the node once this process is dead: drop the queue, wake the receiver."""
+    def _stopped(self, reason: Any) -> None:
+        """Hook called by :class:`~._relations.Relations` when this process exits: record
+        ``reason``, drop the queue, wake a waiting receive."""
+        self._alive = False
+        self._exit_reason = reason
         self._queue.clear()
         self._wake()
 
@@ -443,7 +452,7 @@ class Mailbox(LocalProcess):
     def close(self, reason: Any = NORMAL) -> None:
         """End the mailbox with ``reason`` (links and monitors fire); no-op if already ended."""
         if self._alive:
-            self.node._terminate(self, reason)
+            self._rel.terminate(self, reason)
 
     def __enter__(self) -> Mailbox:
         return self
@@ -456,86 +465,3 @@ class Mailbox(LocalProcess):
 
     async def __aexit__(self, *exc_info: object) -> None:
         self.close()
-
-
-class Process(LocalProcess):
-    """A process running ``async def fn(proc, *args)`` in its own asyncio task.
-
-    ``proc`` (this object) is passed to ``fn``. The process ends when ``fn`` returns
-    (reason ``normal``), raises :class:`ProcessExit` (its reason), raises any other
-    exception (reason ``(Atom('python_error'), 'TypeName', 'message')``, and an ERROR crash
-    report is logged with the traceback) or is killed by an exit signal (its task is
-    cancelled; a bare cancellation from outside counts as ``killed``).
-
-    An exit signal ends the process at once (links, monitors and watchers fire
-    immediately); its task is cancelled and sees ``CancelledError`` at its next ``await``.
-    """
-
-    __slots__ = ("_task", "_started", "function")
-
-    def __init__(
-        self,
-        node: Node,
-        pid: Pid,
-        *,
-        trap_exit: bool,
-        max_mailbox: int,
-        overflow: Overflow,
-        function: str = "?",
-    ) -> None:
-        super().__init__(node, pid, trap_exit=trap_exit, max_mailbox=max_mailbox, overflow=overflow)
-        self.function = function
-        """Qualified name of the function the process runs (for logs and crash reports)."""
-        self._task: asyncio.Task[None] | None = None
-        self._started = False
-
-    async def _run(self, body: Awaitable[Any]) -> None:
-        """The task's coroutine: run the body, then turn how it ended into an exit reason."""
-        self._started = True
-        if not self._alive:  # killed before its first step: the body never runs
-            close = getattr(body, "close", None)
-            if close is not None:
-                close()
-            return
-        try:
-            await body
-        except ProcessExit as exc:
-            reason = exc.reason
-        except asyncio.CancelledError:
-            # Killed by a signal (already dead), or cancelled from outside (e.g. the loop
-            # shutting down): the process ends with `killed` either way. The cancellation is
-            # not re-raised: the task belongs to the runtime and ends here.
-            reason = KILLED
-        except Exception as exc:
-            if not self._alive:
-                return  # e.g. ProcessExited raised by a receive after a kill
-            reason = crash_reason(exc)
-            _log.error(
-                "process %s running %s crashed with reason %r",
-                _fmt(self.pid),
-                self.function,
-                reason,
-                exc_info=exc,
-            )
-        except BaseException as exc:  # KeyboardInterrupt, SystemExit: end the process, re-raise
-            if self._alive:
-                self._task = None
-                self.node._terminate(self, crash_reason(exc))
-            raise
-        else:
-            reason = NORMAL
-        self._task = None  # ending by itself: nothing to cancel
-        if self._alive:
-            self.node._terminate(self, reason)
-
-    def _stopped(self) -> None:
-        super()._stopped()
-        task = self._task
-        # A task that has not started yet is left to start: _run then sees the process is
-        # dead and closes the body (cancelling it now would leave the body never awaited).
-        if task is not None and self._started and not task.done():
-            task.cancel()
-
-
-def _fmt(pid: Pid) -> str:
-    return f"<{pid.node.name}.{pid.id}.{pid.serial}>"

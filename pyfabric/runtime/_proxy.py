@@ -9,11 +9,9 @@ fires local links and monitors exactly like a local exit (docs/protocol.md 4.3, 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 
-from pyfabric.etf import Pid, Reference
+from pyfabric.etf import Pid
 
 __all__ = ["RemoteHandle", "Proxy"]
 
@@ -56,31 +54,37 @@ class RemoteHandle(Protocol):
         """
 
 
-_NO_MONITORS: Mapping[Reference, Pid] = MappingProxyType({})
-
-
 class Proxy:
-    """The process-table entry of a remote process (internal; users only see its pid)."""
+    """The process-table entry of a remote process (internal; users only see its pid).
 
-    __slots__ = ("pid", "handle", "_links", "_monitored_by", "_watchers", "_alive", "_exit_reason")
+    Its links and monitors are kept by :class:`~._relations.Relations` like those of a
+    local process; it is driven through the same two hooks, ``_deliver`` and ``_stopped``.
+    """
+
+    __slots__ = ("pid", "handle", "_alive", "_exit_reason")
 
     trap_exit = False
-    _monitors = _NO_MONITORS  # a proxy never monitors anything itself
 
     def __init__(self, pid: Pid, handle: RemoteHandle) -> None:
         self.pid = pid
         self.handle = handle
-        self._links: set[Pid] = set()
-        self._monitored_by: dict[Reference, Pid] = {}
-        self._watchers: dict[Any, Callable[[Pid, Any], None]] | None = None
         self._alive = True
         self._exit_reason: Any = None
+
+    @property
+    def alive(self) -> bool:
+        return self._alive
+
+    @property
+    def exit_reason(self) -> Any:
+        return self._exit_reason
 
     def _deliver(self, msg: Any) -> None:
         self.handle.deliver(msg)
 
-    def _stopped(self) -> None:
-        pass
+    def _stopped(self, reason: Any) -> None:
+        self._alive = False
+        self._exit_reason = reason
 
     def __repr__(self) -> str:
         state = "alive" if self._alive else f"exited {self._exit_reason!r}"

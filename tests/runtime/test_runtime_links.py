@@ -382,7 +382,7 @@ def test_outside_cancellation_counts_as_killed(run):
         pid = node.spawn(worker)
         ref = watcher.monitor(pid)
         await settle()
-        task = next(t for t in node._tasks if t.get_name().endswith(f"{pid.id}.{pid.serial}"))
+        task = next(t for t in node.process_tasks() if t.get_name().endswith(f"{pid.id}.{pid.serial}"))
         task.cancel()
         return await watcher.receive(timeout=1), ref, pid
 

@@ -54,14 +54,14 @@ def test_overflow_drop_new_keeps_the_oldest_and_warns_once_per_episode(run, capl
         mb = node.mailbox(max_mailbox=3, overflow="drop_new")
         for i in range(10):
             mb.send(mb.pid, i)
-        kept = list(mb._queue)
+        kept = mb.queued()
         stats = mb.statistics()
         # Draining to half ends the episode; the next overflow warns again.
         await mb.receive()
         await mb.receive()
         for i in range(10, 13):
             mb.send(mb.pid, i)
-        return kept, stats, list(mb._queue)
+        return kept, stats, mb.queued()
 
     with caplog.at_level(logging.WARNING, logger="pyfabric.runtime"):
         kept, stats, after = run(body)
@@ -77,7 +77,7 @@ def test_overflow_drop_old_keeps_the_newest(run, caplog):
         mb = node.mailbox(max_mailbox=3, overflow="drop_old")
         for i in range(10):
             mb.send(mb.pid, i)
-        return list(mb._queue), mb.statistics()
+        return mb.queued(), mb.statistics()
 
     with caplog.at_level(logging.WARNING, logger="pyfabric.runtime"):
         kept, stats = run(body)

@@ -12,6 +12,7 @@ from runtime_helpers import DOWN, EXIT, NOCONNECTION, PROCESS, SHUTDOWN, run, se
 import pyfabric.runtime as runtime
 from pyfabric.etf import Atom, Pid, Reference
 from pyfabric.runtime import Node, ProcessError
+from pyfabric.runtime._ids import IdAllocator
 
 
 def test_default_name_and_creation(run):
@@ -63,25 +64,18 @@ def test_pids_and_refs_are_unique_and_never_reused(run):
     assert len(refs) == 1000 and all(isinstance(r, Reference) for r in refs)
 
 
-def test_pid_id_wraps_into_the_serial(run):
-    async def body(node):
-        node._next_id = 0xFFFFFFFF
-        a = node.mailbox().pid
-        b = node.mailbox().pid
-        return a, b
-
-    a, b = run(body)
-    assert (a.id, a.serial) == (0xFFFFFFFF, 0)
+def test_pid_id_wraps_into_the_serial():
+    ids = IdAllocator(Atom("py@host"), 7, next_id=0xFFFFFFFF)
+    a = ids.new_pid()
+    b = ids.new_pid()
+    assert (a.id, a.serial, a.creation) == (0xFFFFFFFF, 0, 7)
     assert (b.id, b.serial) == (1, 1)
 
 
-def test_reference_words_fit_erlang_ranges(run):
-    async def body(node):
-        node._next_ref = (1 << 60) + 5
-        return node.make_ref()
-
-    ref = run(body)
+def test_reference_words_fit_erlang_ranges():
+    ref = IdAllocator(Atom("py@host"), 7, next_ref=(1 << 60) + 5).new_ref()
     assert ref.ids[0] < (1 << 18) and all(word <= 0xFFFFFFFF for word in ref.ids)
+    assert ref.ids == (5, 0, 1 << 10)
 
 
 def test_send_to_dead_or_foreign_pids_is_a_silent_no_op(run):
@@ -133,7 +127,7 @@ def test_close_ends_everything_cleanly():
         await settle()
         await node.close()
         assert node.closed and node.processes() == []
-        assert not node._tasks
+        assert not node.process_tasks()
         with pytest.raises(ProcessError, match="closed"):
             node.spawn(worker)
         with pytest.raises(ProcessError):

@@ -15,7 +15,7 @@ from pyfabric.runtime._match import compile_match
 
 
 def drain(mb):
-    items = list(mb._queue)
+    items = mb.queued()
     return items
 
 
@@ -333,7 +333,7 @@ def test_selective_receive_matches_a_list_model(ops):
                 else:
                     model.remove(expected)
                     assert await mb.receive(pattern, timeout=0) == expected
-                assert list(mb._queue) == model
+                assert mb.queued() == model
 
     asyncio.run(body())
 
@@ -363,11 +363,11 @@ def test_waiting_receive_takes_the_first_match_in_arrival_order(queued, later, w
             if expected is None:
                 with pytest.raises(ReceiveTimeout):
                     await waiting
-                assert list(mb._queue) == everything
+                assert mb.queued() == everything
             else:
                 assert await waiting == expected
                 rest = list(everything)
                 rest.remove(expected)
-                assert list(mb._queue) == rest
+                assert mb.queued() == rest
 
     asyncio.run(body())

@@ -98,7 +98,7 @@ def test_linked_local_dies_or_traps(reason: Any) -> None:
             plain.link(proxy)
             trapping.link(proxy)
             # The server side learns of both links: make sure they arrived before the death.
-            await wait_for(lambda: len(server.node._table[server.node.whereis("victim")]._links) == 2)
+            await wait_for(lambda: len(server.node.links(server.node.whereis("victim"))) == 2)
             await kill_from_server(server, "victim", reason)
             expected = KILLED if reason == KILL else reason
             assert await trapping.receive(timeout=WAIT) == (EXIT, proxy, expected)
@@ -200,7 +200,7 @@ def test_remote_link_then_local_death_kills_remote() -> None:
                 ref = server_watch.monitor(victim_pid)
                 box = client.mailbox()
                 box.link(proxy)
-                await wait_for(lambda: len(server.node._table[victim_pid]._links) == 1)
+                await wait_for(lambda: len(server.node.links(victim_pid)) == 1)
                 box.close(CUSTOM)
                 down = await server_watch.receive(timeout=WAIT)
                 assert down[:2] == (DOWN, ref) and down[4] == CUSTOM
@@ -218,9 +218,9 @@ def test_unlink_stops_propagation_both_ways() -> None:
             victim_pid = server.node.whereis("victim")
             async with client.mailbox() as box:
                 box.link(proxy)
-                await wait_for(lambda: len(server.node._table[victim_pid]._links) == 1)
+                await wait_for(lambda: len(server.node.links(victim_pid)) == 1)
                 box.unlink(proxy)
-                await wait_for(lambda: len(server.node._table[victim_pid]._links) == 0)
+                await wait_for(lambda: len(server.node.links(victim_pid)) == 0)
                 ref = box.monitor(proxy)
                 server.send(victim_pid, (DIE, CUSTOM))
                 assert await box.receive(timeout=WAIT) == (DOWN, ref, PROCESS, proxy, CUSTOM)
@@ -243,7 +243,7 @@ def test_server_process_links_to_client_proxy() -> None:
             box_proxy = next(p for p, e in server.node._table.items() if type(e).__name__ == "Proxy")
             srv = server.mailbox()
             srv.link(box_proxy)
-            await wait_for(lambda: len(box._links) == 1)
+            await wait_for(lambda: len(box.node.links(box.pid)) == 1)
             srv.close(CUSTOM)
             assert (await box.receive(timeout=WAIT))[::2] == (EXIT, CUSTOM)
             box.close()
