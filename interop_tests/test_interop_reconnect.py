@@ -88,15 +88,15 @@ def test_blocking_client_resumes_after_erlang_drops_connection(erl: Harness, erl
 
 def _drop_python_connections(server: pyfabric.BlockingServer) -> int:
     """Abort every client socket of a Python server as a network failure would (sessions are
-    kept). Private: the public Server API has no 'drop this connection' call."""
+    kept)."""
 
     def drop() -> int:
-        entries = list(server.async_server._accepted.values())
-        for entry in entries:
-            entry.stream.abort()
-        return len(entries)
+        connections = server.async_server.connections()
+        for connection in connections:
+            connection.abort()
+        return len(connections)
 
-    return server._runner.call(drop)
+    return server.call(drop)
 
 
 def test_erlang_client_resumes_after_python_drops_connection(erl: Harness) -> None:

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from .etf import Atom, Pid, Reference
 from .runtime import Mailbox
-from .transport import Client, Server, aconnect, serve
+from .transport import Client, Server, ServerConnection, aconnect, serve
 from .transport._client import DEFAULT_SEND_TIMEOUT
 
 __all__ = ["connect", "start_server", "BlockingClient", "BlockingServer", "BlockingMailbox"]
@@ -331,6 +331,16 @@ class BlockingServer(_BlockingNodeApi):
     def send(self, dest: Pid | Atom | str, msg: Any) -> None:
         """Send to a local process, a proxy of a client's process, or a local name."""
         self._runner.call(self._target.send, dest, msg)
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the server's event loop thread and return its result: the
+        way to use the async API from another thread, e.g.
+        ``server.call(server.async_server.statistics)``."""
+        return self._runner.call(fn, *args)
+
+    def connections(self) -> list[ServerConnection]:
+        """:meth:`Server.connections` (use the returned objects through :meth:`call`)."""
+        return self._runner.call(self._target.connections)
 
     def serve_forever(self) -> None:
         """Block the calling thread until the server is closed (e.g. from another thread)."""

@@ -266,6 +266,22 @@ class Client(LocalProcesses):
         ev = self._link.established
         return ev.peer_node if ev is not None else None
 
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """Information about the current connection's transport (``"ssl_object"``,
+        ``"peercert"``, ``"sockname"`` ...), as :meth:`asyncio.BaseTransport.get_extra_info`
+        gives it; ``default`` while not connected."""
+        stream = self._stream
+        transport = stream.transport if stream is not None and self._link.connected else None
+        return transport.get_extra_info(name, default) if transport is not None else default
+
+    def drop_connection(self) -> None:
+        """Cut the current connection at once, as a network failure would (nothing more
+        is written); the client then reconnects as usual (resuming its session when the
+        server still keeps it) unless it was created with ``reconnect=False``."""
+        stream = self._stream
+        if stream is not None:
+            stream.abort()
+
     def statistics(self) -> dict[str, Any]:
         """Counters for monitoring: state, reconnects, bytes, proxies, exports, queued sends."""
         stream = self._stream

@@ -29,6 +29,7 @@ from ._options import (
     PeerOptions,
 )
 from ._peer import PeerLink
+from ._server_conn import ServerConnection
 from ._stream import FrameStream
 from ._throttle import (
     DEFAULT_AUTH_BLOCK_TIME,
@@ -263,6 +264,22 @@ class Server(LocalProcesses):
     def send(self, dest: Pid | Atom | str, msg: Any) -> None:
         """Send to a local process or a proxy of a client's process."""
         self._node.send(dest, msg)
+
+    def connections(self) -> list[ServerConnection]:
+        """The client connections open now (handshaking or established), oldest first."""
+        return [ServerConnection(entry.link, entry.stream) for entry in self._accepted.values()]
+
+    @property
+    def max_connections(self) -> int:
+        """Concurrent client connections accepted at most. It may be changed while the
+        server runs: lowering it refuses new connections and never closes open ones."""
+        return self._max_connections
+
+    @max_connections.setter
+    def max_connections(self, value: int) -> None:
+        if type(value) is not int or value < 0:
+            raise ValueError(f"max_connections must be a non-negative int, got {value!r}")
+        self._max_connections = value
 
     def statistics(self) -> dict[str, Any]:
         """Counters: connections (open, handshaking, total, refused, refused because their

@@ -216,10 +216,10 @@ class Harness:
         self.pings = 0
 
     def stats(self) -> dict[str, Any]:
-        return self.server._runner.call(self.server.async_server.statistics)
+        return self.server.call(self.server.async_server.statistics)
 
     def processes(self) -> int:
-        return len(self.server._runner.call(self.server.async_server.node.processes))
+        return len(self.server.call(self.server.async_server.node.processes))
 
     def check_good_client(self) -> None:
         self.pings += 1

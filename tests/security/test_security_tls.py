@@ -25,7 +25,7 @@ async def ping_round_trip(client: pyfabric.Client) -> None:
 
 
 def tls_version(client: pyfabric.Client) -> str:
-    return client._stream.transport.get_extra_info("ssl_object").version()
+    return client.get_extra_info("ssl_object").version()
 
 
 def serve_tls(certs: DevCerts, **kw):
@@ -110,7 +110,7 @@ def test_mutual_tls(certs: DevCerts, other_certs: DevCerts) -> None:
 
 
 def server_peer_certs(server: pyfabric.Server) -> list[dict]:
-    return [stream.transport.get_extra_info("peercert") for stream in server._accepted]
+    return [connection.get_extra_info("peercert") for connection in server.connections()]
 
 
 def test_optional_client_certificate(certs: DevCerts) -> None:

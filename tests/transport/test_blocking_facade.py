@@ -153,10 +153,8 @@ def test_blocking_send_waits_for_reconnection(server, client) -> None:
     client.add_state_listener(listener)
     with client.mailbox() as box:
 
-        async def drop() -> None:
-            next(iter(server.async_server._accepted)).abort()
-
-        server._runner.run(drop())
+        (connection,) = server.connections()
+        server.call(connection.abort)
         client.send(ping_pid, (box.pid, "during or after"))
         assert box.receive(timeout=WAIT) == (ping_pid, (PONG, "during or after"))
         assert reconnected.wait(WAIT)

@@ -135,7 +135,7 @@ def test_client_process_death_ends_server_proxy(reason: Any) -> None:
             box = client.mailbox()
             client.send(await client.whereis("ping"), (box.pid, "hi"))
             await box.receive(timeout=WAIT)  # now the server has a proxy for box
-            proxies = [p for p, e in server.node._table.items() if type(e).__name__ == "Proxy"]
+            proxies = server.node.proxies()
             assert len(proxies) == 1
             box_proxy = proxies[0]
             server.send("holder", box_proxy)
@@ -240,7 +240,7 @@ def test_server_process_links_to_client_proxy() -> None:
             box = client.mailbox(trap_exit=True)
             client.send("ping", (box.pid, 1))
             await box.receive(timeout=WAIT)
-            box_proxy = next(p for p, e in server.node._table.items() if type(e).__name__ == "Proxy")
+            box_proxy = next(iter(server.node.proxies()))
             srv = server.mailbox()
             srv.link(box_proxy)
             await wait_for(lambda: len(box.node.links(box.pid)) == 1)
@@ -261,7 +261,7 @@ def test_client_close_ends_server_proxies_with_noconnection() -> None:
             box = client.mailbox()
             client.send("ping", (box.pid, 1))
             await box.receive(timeout=WAIT)
-            box_proxy = next(p for p, e in server.node._table.items() if type(e).__name__ == "Proxy")
+            box_proxy = next(iter(server.node.proxies()))
             with server.mailbox() as watcher:
                 ref = watcher.monitor(box_proxy)
                 await client.close()
@@ -286,7 +286,7 @@ def test_shared_node_client_close_ends_server_proxies_after_session_timeout() ->
                 box = client.mailbox()
                 client.send("ping", (box.pid, 1))
                 ping_proxy = (await box.receive(timeout=WAIT))[0]
-                box_proxy = next(p for p, e in server.node._table.items() if type(e).__name__ == "Proxy")
+                box_proxy = next(iter(server.node.proxies()))
                 with server.mailbox() as watcher, node.mailbox() as local_watch:
                     ref = watcher.monitor(box_proxy)
                     lref = local_watch.monitor(ping_proxy)

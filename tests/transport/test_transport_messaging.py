@@ -139,7 +139,7 @@ def test_server_reaches_allowed_client_names() -> None:
             client = await connect(server, allowed=("client_svc",))
             try:
                 async with client.mailbox("client_svc") as svc, client.mailbox("hidden"):
-                    link = next(iter(server._accepted.values())).link
+                    (link,) = server.connections()
                     pid = await link.whereis("client_svc", WAIT)
                     assert pid is not None and pid.node == server.node.name
                     assert await link.whereis("hidden", WAIT) is None

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 from transport_helpers import (
+    Relay,
     restart_serve,
     DOWN,
     NOCONNECTION,
@@ -27,13 +28,12 @@ CUSTOM = (Atom("custom"), 42)
 
 def drop_from_server(server) -> None:
     """Kill the client's TCP connection from the server side (no FIN handshake)."""
-    streams = list(server._accepted)
-    assert len(streams) == 1
-    streams[0].abort()
+    (connection,) = server.connections()
+    connection.abort()
 
 
 def drop_from_client(client) -> None:
-    client._stream.abort()
+    client.drop_connection()
 
 
 async def keeper(proc: Any) -> None:
@@ -195,7 +195,7 @@ def test_deaths_while_disconnected_are_reported_after_resume() -> None:
             box = client.mailbox()
             client.send("ping", (box.pid, 0))
             await box.receive(timeout=WAIT)
-            box_proxy = next(p for p, e in server.node._table.items() if type(e).__name__ == "Proxy")
+            box_proxy = next(iter(server.node.proxies()))
             watch_server = server.mailbox()
             sref = watch_server.monitor(box_proxy)
             watch_client = client.mailbox()
@@ -233,13 +233,13 @@ def test_failed_attempts_then_resume() -> None:
             box = client.mailbox()
             failures = 0
             # Refuse new connections for a while (the server is "full"), then allow them.
-            server._max_connections = 0
+            server.max_connections = 0
             states: list[str] = []
             client.add_state_listener(states.append)
             drop_from_server(server)
             await wait_for(lambda: server.connections_refused >= 2)
             client.send(ping_proxy, (box.pid, "queued"))
-            server._max_connections = 10
+            server.max_connections = 10
             await wait_for(lambda: states == ["reconnecting", "connected"])
             assert await box.receive(timeout=WAIT) == (ping_proxy, (PONG, "queued"))
             assert await client.whereis("ping") == ping_proxy
@@ -299,7 +299,7 @@ def test_server_restart_old_proxies_die_noconnection() -> None:
                 ref = box.monitor(old_ping)
                 # Drop the connection with the server's processes still alive, then restart
                 # the server: the session cannot be resumed.
-                server._max_connections = 0  # refuse the reconnection while we restart
+                server.max_connections = 0  # refuse the reconnection while we restart
                 drop_from_server(server)
                 await wait_for(lambda: client.state == "reconnecting")
                 await server.close()
@@ -328,7 +328,7 @@ def test_client_gives_up_on_authentication_error() -> None:
             old_ping = await client.whereis("ping")
             async with client.mailbox() as box:
                 ref = box.monitor(old_ping)
-                server._max_connections = 0
+                server.max_connections = 0
                 drop_from_server(server)
                 await wait_for(lambda: client.state == "reconnecting")
                 await server.close()
@@ -356,7 +356,7 @@ def test_server_session_expires_without_resume() -> None:
             box = client.mailbox()
             client.send("ping", (box.pid, 0))
             await box.receive(timeout=WAIT)
-            box_proxy = next(p for p, e in server.node._table.items() if type(e).__name__ == "Proxy")
+            box_proxy = next(iter(server.node.proxies()))
             with server.mailbox() as watcher:
                 ref = watcher.monitor(box_proxy)
                 drop_from_server(server)
@@ -394,14 +394,15 @@ def test_resume_takes_over_a_half_open_server_connection() -> None:
 
     async def body() -> None:
         server = await start_server()
-        client = await connect(server)
+        relay = await Relay(server.port).__aenter__()
+        client = await connect(relay.port)
         try:
             ping_proxy = await client.whereis("ping")
             box = client.mailbox()
             client.send(ping_proxy, (box.pid, 0))
             await box.receive(timeout=WAIT)
-            old_stream = list(server._accepted)[0]
-            old_stream.transport.pause_reading()  # the server will not see the EOF
+            (old_connection,) = server.connections()
+            relay.freeze()  # the server will not see the EOF
             states: list[str] = []
             client.add_state_listener(states.append)
             drop_from_client(client)
@@ -409,13 +410,14 @@ def test_resume_takes_over_a_half_open_server_connection() -> None:
             assert client.reconnects == 1
             client.send(ping_proxy, (box.pid, "resumed"))
             assert await box.receive(timeout=WAIT) == (ping_proxy, (PONG, "resumed"))
-            await wait_for(lambda: old_stream.closed.done())
+            await wait_for(lambda: old_connection not in server.connections())
             assert server.statistics()["connections"] == 1
             client.send(ping_proxy, (box.pid, "still"))
             assert await box.receive(timeout=WAIT) == (ping_proxy, (PONG, "still"))
             box.close()
         finally:
             await client.close()
+            await relay.__aexit__(None, None, None)
             await server.close()
 
     arun(body)

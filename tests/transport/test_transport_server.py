@@ -10,6 +10,7 @@ import struct
 import pytest
 from transport_helpers import (
     HOST,
+    Relay,
     PONG,
     SECRET,
     WAIT,
@@ -25,6 +26,7 @@ from transport_helpers import (
 )
 
 from pyfabric import Atom, AuthenticationError, ConnectFailed, LocalProtocolError, Pid
+from pyfabric.protocol import Connection
 
 T = Atom("t")
 PR = Atom("pr")
@@ -88,7 +90,7 @@ def test_each_connection_has_its_own_id_tables() -> None:
             try:
                 p1 = await c1.whereis("ping")
                 p2 = await c2.whereis("ping")
-                links = [entry.link for entry in server._accepted.values()]
+                links = server.connections()
                 assert [dict(link.session.exports) for link in links] == [{1: server.node.whereis("ping")}] * 2
                 async with c1.mailbox() as b1, c2.mailbox() as b2:
                     c1.send(p1, (b1.pid, 1))
@@ -273,7 +275,7 @@ def test_legacy_client_accepted_when_allowed() -> None:
             await close_writer(w2)
 
             # A map cannot reach a legacy peer: a local error before anything is written.
-            proxy = next(p for p, e in server.node._table.items() if type(e).__name__ == "Proxy")
+            proxy = next(iter(server.node.proxies()))
             with pytest.raises(LocalProtocolError):
                 server.send(proxy, {"a": 1})
             with server.mailbox() as box:
@@ -329,14 +331,22 @@ def test_silent_client_is_dropped_by_the_server() -> None:
     async def body() -> None:
         server = await start_server(heartbeat=0.05)
         try:
-            client = await connect(server, heartbeat=0.05, reconnect=False)
-            try:
-                stream = client._stream
-                stream._hb_handle.cancel()  # the client stops sending anything...
-                stream.transport.pause_reading()  # ...and reading anything
+            async with Relay(server.port) as relay:
+                # A client that speaks the handshake, then neither sends nor reads anything.
+                reader, writer = await asyncio.open_connection(HOST, relay.port)
+                silent = Connection(
+                    "client", SECRET, node_name="silent@host", new_proxy_pid=lambda i: None, heartbeat_interval=50
+                )
+                silent.start()
+                writer.write(silent.data_to_send())
+                while silent.state != "established":
+                    silent.receive_data(await reader.read(65536))
+                    silent.events()
+                    writer.write(silent.data_to_send())
+                await wait_for(lambda: server.statistics()["connections"] == 1)
+                relay.freeze()
                 await wait_for(lambda: server.statistics()["connections"] == 0)
-            finally:
-                await client.close()
+                writer.transport.abort()
             await assert_serves(server)
         finally:
             await server.close()
@@ -348,13 +358,12 @@ def test_silent_server_is_dropped_by_the_client() -> None:
     async def body() -> None:
         server = await start_server(heartbeat=0.05)
         try:
-            client = await connect(server, heartbeat=0.05)
+            relay = await Relay(server.port).__aenter__()
+            client = await connect(relay.port, heartbeat=0.05)
             states: list[str] = []
             client.add_state_listener(states.append)
             try:
-                (stream,) = list(server._accepted)
-                stream._hb_handle.cancel()
-                stream.transport.pause_reading()
+                relay.freeze()  # the server's heartbeats no longer arrive
                 await wait_for(lambda: states[:1] == ["reconnecting"])
                 await wait_for(lambda: client.state == "connected")
                 async with client.mailbox() as box:
@@ -362,6 +371,7 @@ def test_silent_server_is_dropped_by_the_client() -> None:
                     assert (await box.receive(timeout=WAIT))[1] == (PONG, 1)
             finally:
                 await client.close()
+                await relay.__aexit__(None, None, None)
         finally:
             await server.close()
 

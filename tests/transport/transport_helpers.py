@@ -139,9 +139,59 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = WAIT, what: s
             await asyncio.sleep(0.005)
 
 
-def server_streams(server: Server) -> list[Any]:
-    """The server's accepted FrameStreams (to abort a client's connection from the server)."""
-    return list(server._accepted)
+def server_connections(server: Server) -> list[Any]:
+    """The server's open client connections (``ServerConnection``: ``abort()`` one to cut it)."""
+    return server.connections()
+
+
+class Relay:
+    """A TCP relay on 127.0.0.1 in front of a server port: the network of a test.
+
+    Every connection made to ``relay.port`` is forwarded to the target port. ``freeze()``
+    stops forwarding on the connections open now, in both directions, without closing
+    anything: each side then hears nothing from the other (a silent peer, or a path
+    that died without a FIN). Later connections are forwarded normally.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._server: asyncio.base_events.Server | None = None
+        self._pumps: list[asyncio.Task[None]] = []
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> Relay:
+        self._server = await asyncio.start_server(self._handle, HOST, 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        self.freeze()
+        for writer in self._writers:
+            writer.transport.abort()
+        await asyncio.gather(*self._pumps, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(HOST, self.target_port)
+        self._writers += [writer, up_writer]
+        pumps = [asyncio.create_task(self._pump(reader, up_writer)), asyncio.create_task(self._pump(up_reader, writer))]
+        self._pumps += pumps
+
+    @staticmethod
+    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+            writer.close()  # EOF travels on
+        except (ConnectionError, OSError):
+            writer.transport.abort()
+
+    def freeze(self) -> None:
+        for task in self._pumps:
+            task.cancel()
 
 
 # -- raw sockets (legacy peers, hostile clients) ------------------------------------------------
