@@ -283,8 +283,7 @@ class BlockingClient(_BlockingNodeApi):
     async def _send(self, dest: Any, msg: Any) -> None:
         client = self._target
         client.send(dest, msg)
-        stream = client._stream
-        if client.state != "connected" or (stream is not None and not stream.can_write):
+        if not client.writable:
             await client.drain(self._send_timeout)
 
     def whereis(self, name: Atom | str, *, timeout: float | None = None) -> Pid | None:

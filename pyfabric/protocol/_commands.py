@@ -34,9 +34,18 @@ from ._handshake import Agreement
 from ._rewrite import A_PR, Rewriter
 from ._session import Deferred, ExitSignalCommand, LinkCommand, SendMessage, Session, UnlinkCommand
 
-__all__ = ["Commands", "dead_frame", "establish"]
+__all__ = ["Commands", "dead_frame", "default_dead_pid", "establish"]
 
 log = logging.getLogger("pyfabric.protocol")
+
+
+def default_dead_pid(node: Atom) -> Callable[[int], Pid]:
+    """``new_dead_pid`` when the runtime gives none: a pid no process of ours has."""
+
+    def dead_pid(local_id: int) -> Pid:
+        return Pid(node, 0, 0, 0)  # no process ever has id 0 in our runtime
+
+    return dead_pid
 
 
 def dead_frame(ident: int, reason: Any) -> bytes:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..etf import Atom, DecodeError, Pid, decode
-from ._commands import Commands, dead_frame, establish
+from ._commands import Commands, dead_frame, default_dead_pid, establish
 from ._config import ConnectionConfig
 from ._constants import (
     A_AUTH,
@@ -26,13 +26,6 @@ from ._constants import (
     A_HELLO,
     A_NOCONNECTION,
     A_RESPONSE,
-    DEFAULT_ERROR_WINDOW,
-    DEFAULT_MAX_ERRORS,
-    DEFAULT_MAX_EXPORTS,
-    DEFAULT_MAX_FRAME,
-    DEFAULT_MAX_HANDSHAKE_FRAME,
-    DEFAULT_MAX_PROXIES,
-    FEATURES,
     INTERNAL_ERROR,
     plain,
 )
@@ -58,16 +51,7 @@ from ._state import (
     ConnectionState,
 )
 
-__all__ = [
-    "Connection",
-    "FEATURES",
-    "DEFAULT_MAX_FRAME",
-    "DEFAULT_MAX_HANDSHAKE_FRAME",
-    "DEFAULT_MAX_ERRORS",
-    "DEFAULT_ERROR_WINDOW",
-    "DEFAULT_MAX_PROXIES",
-    "DEFAULT_MAX_EXPORTS",
-]
+__all__ = ["Connection"]
 
 log = logging.getLogger("pyfabric.protocol")
 
@@ -78,14 +62,6 @@ _HANDSHAKE_FRAMES = {
     AWAIT_CHALLENGE: (A_CHALLENGE, "recv:challenge"),
     AWAIT_AUTH: (A_AUTH, "recv:auth"),
 }
-
-
-def _default_dead_pid(node: Atom) -> Callable[[int], Pid]:
-    def dead_pid(local_id: int) -> Pid:
-        # No process ever has id 0 in our runtime: sending to it does nothing.
-        return Pid(node, 0, 0, 0)
-
-    return dead_pid
 
 
 class Connection:
@@ -125,7 +101,7 @@ class Connection:
         self.node_name = node_name if node_name.__class__ is Atom else Atom(str(node_name))
         self.peer = peer
         self._new_proxy_pid = new_proxy_pid
-        self._new_dead_pid = new_dead_pid or _default_dead_pid(self.node_name)
+        self._new_dead_pid = new_dead_pid or default_dead_pid(self.node_name)
         self._is_alive = is_alive or (lambda pid: True)
         self._on_export = on_export
         self._limits = config.limits()
@@ -178,14 +154,17 @@ class Connection:
 
     @property
     def peer_node(self) -> Atom | None:
+        """The peer's node name (extended peers only)."""
         return self._agreed.peer_node
 
     @property
     def peer_max_frame(self) -> int:
+        """The largest frame the peer accepts."""
         return self._agreed.peer_max_frame
 
     @property
     def peer_heartbeat(self) -> int:
+        """The peer's heartbeat interval, ms (0: none)."""
         return self._agreed.peer_heartbeat
 
     @property

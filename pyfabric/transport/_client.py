@@ -266,6 +266,13 @@ class Client(LocalProcesses):
         ev = self._link.established
         return ev.peer_node if ev is not None else None
 
+    @property
+    def writable(self) -> bool:
+        """True while connected with the socket's buffer below its high-water mark: a
+        send now goes out without waiting (else :meth:`drain` waits)."""
+        stream = self._stream
+        return self._state == ConnectionState.CONNECTED and (stream is None or stream.can_write)
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         """Information about the current connection's transport (``"ssl_object"``,
         ``"peercert"``, ``"sockname"`` ...), as :meth:`asyncio.BaseTransport.get_extra_info`
