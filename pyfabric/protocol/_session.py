@@ -18,7 +18,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from ..etf import Pid
+from ..etf import Pid, decode
 
 __all__ = [
     "Session",
@@ -197,6 +197,11 @@ class Session:
     def dead_notices_waiting(self) -> int:
         """DEAD notices kept for a resume (not sent yet)."""
         return len(self._dead_queue)
+
+    @property
+    def pending(self) -> list[Any]:
+        """The DEAD terms kept for a resume, oldest first (read only; a decoded copy)."""
+        return [decode(frame) for frame in self._dead_queue]
 
     def defer(self, command: Deferred) -> None:
         """Keep a command the transport could not send now (sent by ``send_deferred``)."""

@@ -61,7 +61,14 @@ def test_init_defines_nothing_itself() -> None:
 def test_blocking_and_transport_methods_are_documented() -> None:
     """The classes users touch most: every public method and property has a docstring."""
     missing = []
-    for cls in (pyfabric.Client, pyfabric.Server, pyfabric.BlockingClient, pyfabric.BlockingServer, pyfabric.BlockingMailbox):
+    for cls in (
+        pyfabric.Client,
+        pyfabric.Server,
+        pyfabric.ServerConnection,
+        pyfabric.BlockingClient,
+        pyfabric.BlockingServer,
+        pyfabric.BlockingMailbox,
+    ):
         for attr in dir(cls):
             if attr.startswith("_"):
                 continue
