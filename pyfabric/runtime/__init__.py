@@ -12,8 +12,9 @@ Not thread-safe: call everything on the node's loop (see :mod:`pyfabric.runtime.
 
 Private modules: ``_node`` (table, allocators, spawning, proxies, the transport's entry
 points), ``_relations`` (links, monitors, watchers and what an exit fires), ``_process``
-(mailbox, receive, Process, Mailbox), ``_proxy`` (RemoteHandle), ``_signals`` (the
-exit-signal table), ``_match`` (receive patterns), ``_registry``, ``_errors``.
+(LocalProcess, Mailbox: mailbox and receive), ``_task`` (Process), ``_proxy``
+(RemoteHandle), ``_ids`` (pid and reference allocation), ``_signals`` (the exit-signal
+table), ``_match`` (receive patterns), ``_registry``, ``_errors``.
 
 Example (``tests/runtime/test_runtime_example.py`` runs it)::
 
