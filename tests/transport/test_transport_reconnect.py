@@ -421,3 +421,35 @@ def test_resume_takes_over_a_half_open_server_connection() -> None:
             await server.close()
 
     arun(body)
+
+
+def test_dead_lost_in_the_cut_arrives_after_the_resume() -> None:
+    """A DEAD written just before the connection died is resent after the resume
+    (docs/protocol.md section 7), so the server's monitor still fires."""
+
+    async def body() -> None:
+        server = await start_server(allowed=("ping", "watcher"))
+        relay = await Relay(server.port).__aenter__()
+        client = await connect(relay.port)
+        try:
+            async with server.mailbox("watcher") as watcher:
+                box = client.mailbox()
+                client.send("watcher", box.pid)
+                proxy = await watcher.receive(timeout=WAIT)
+                ref = watcher.monitor(proxy)
+                relay.freeze()  # from now on nothing the client writes arrives
+                sent = client.statistics()["bytes_out"]
+                box.close(CUSTOM)
+                await wait_for(lambda: client.statistics()["bytes_out"] > sent)  # the DEAD, lost
+                states: list[str] = []
+                client.add_state_listener(states.append)
+                drop_from_client(client)
+                await wait_for(lambda: states == ["reconnecting", "connected"])
+                down = await watcher.receive((DOWN, ref, ANY, ANY, ANY), timeout=WAIT)
+                assert down == (DOWN, ref, PROCESS, proxy, CUSTOM)
+        finally:
+            await client.close()
+            await relay.__aexit__(None, None, None)
+            await server.close()
+
+    arun(body)
