@@ -27,8 +27,6 @@
 -type conn() :: pid().
 -type dest() :: pid() | {conn(), atom()} | {conn(), {atom(), atom()}}.
 
--define(REG, fabric_peer_registry).
-
 %% @doc Start a server on `Port' (0: the OS picks one; see `port/1').
 %%
 %% Options (a map; unknown keys are refused): `allowed' ([atom()], names reachable from the
@@ -54,9 +52,9 @@ start_server(Port, Secret, Opts) when is_integer(Port), Port >= 0, Port < 65536 
             Ref = make_ref(),
             Ctx = O#{ref => Ref, port => Port, transport => transport(O),
                      server_atoms => atomics:new(1, [])},
-            true = ets:insert(?REG, [{{Ref, policy}, policy(O)},
-                                     {{Ref, allowed}, {maps:get(allowed, O),
-                                                       maps:get(force_system_names, O)}}]),
+            ok = fabric_peer_registry:init_handle(
+                   Ref, #{policy => policy(O),
+                          allowed => {maps:get(allowed, O), maps:get(force_system_names, O)}}),
             case supervisor:start_child(fabric_peer_servers_sup, [Ctx]) of
                 {ok, Sup} -> {ok, {fabric_peer_server, Ref, Sup}};
                 {error, Why} ->
@@ -79,7 +77,8 @@ stop_server({fabric_peer_server, Ref, Sup}) ->
 %% @doc The port a server listens on.
 -spec port(server()) -> inet:port_number().
 port({fabric_peer_server, Ref, _}) ->
-    [{_, P}] = ets:lookup(?REG, {Ref, port}),
+    P = fabric_peer_registry:port(Ref),
+    true = is_integer(P),
     P.
 
 %% @doc Connect to a fabric server. Returns once the first handshake has completed; a
@@ -104,7 +103,7 @@ connect(Host0, Port, Secret, Opts) ->
         {ok, O} ->
             warn_unverified(Host, Port, maps:get(tls, O)),
             Ref = make_ref(),
-            true = ets:insert(?REG, {{Ref, policy}, policy(O)}),
+            ok = fabric_peer_registry:init_handle(Ref, #{policy => policy(O)}),
             case supervisor:start_child(fabric_peer_clients_sup,
                                         [client, O#{ref => Ref}, {Host, Port}]) of
                 {ok, Pid} ->
@@ -148,9 +147,9 @@ whereis(Conn, Name, Timeout) ->
 %% too; its errors are logged and counted in `info/1' (`local_errors').
 -spec send(dest(), term()) -> ok | {error, term()}.
 send(Pid, Msg) when is_pid(Pid) ->
-    case ets:lookup(fabric_peer_proxies, Pid) of
-        [{_, Conn}] -> call_send(Conn, Pid, Msg);
-        [] -> Pid ! Msg, ok
+    case fabric_peer_registry:proxy_conn(Pid) of
+        undefined -> Pid ! Msg, ok;
+        Conn -> call_send(Conn, Pid, Msg)
     end;
 send({Conn, Name}, Msg) when is_pid(Conn), is_atom(Name) -> call_send(Conn, Name, Msg);
 send({Conn, {Name, Node}}, Msg) when is_pid(Conn), is_atom(Name), is_atom(Node) ->
@@ -168,11 +167,11 @@ call_send(Conn, Dest, Msg) ->
 %% same counters summed over its connections, plus `conns' (one map per connection).
 -spec info(server() | conn()) -> map().
 info({fabric_peer_server, Ref, _}) ->
-    Conns = case ets:lookup(?REG, {Ref, conn_sup}) of
-                [{_, Sup}] ->
+    Conns = case fabric_peer_registry:conn_sup(Ref) of
+                undefined -> [];
+                Sup ->
                     [I || {_, Pid, _, _} <- supervisor:which_children(Sup), is_pid(Pid),
-                          I <- [catch fabric_peer_conn:info(Pid)], is_map(I)];
-                [] -> []
+                          I <- [catch fabric_peer_conn:info(Pid)], is_map(I)]
             end,
     Sum = fun(K) -> lists:sum([maps:get(K, C, 0) || C <- Conns]) end,
     Established = [C || C <- Conns, maps:get(state, C) =:= established],
@@ -190,11 +189,9 @@ info(Conn) when is_pid(Conn) -> fabric_peer_conn:info(Conn).
 %% connection. System names stay refused unless forced at start.
 -spec allow(server() | conn(), [atom()]) -> ok.
 allow({fabric_peer_server, Ref, _}, Names) ->
-    [{_, {Allowed, Forced}}] = ets:lookup(?REG, {Ref, allowed}),
+    {Allowed, Forced} = fabric_peer_registry:allowed(Ref),
     New = lists:usort(Allowed ++ Names),
-    true = ets:insert(?REG, [{{Ref, allowed}, {New, Forced}},
-                             {{Ref, policy}, fabric_peer_policy:new(New, Forced)}]),
-    ok;
+    fabric_peer_registry:set_allowed(Ref, {New, Forced}, fabric_peer_policy:new(New, Forced));
 allow(Conn, Names) when is_pid(Conn) -> fabric_peer_conn:allow(Conn, Names).
 
 %% @doc Drop a connection's socket as if the network failed: a client reconnects (and
@@ -206,7 +203,7 @@ disconnect(Conn) when is_pid(Conn) -> fabric_peer_conn:drop_connection(Conn).
 %% @doc True when `Pid' is a proxy for a remote process.
 -spec is_proxy(pid()) -> boolean().
 is_proxy(Pid) when is_pid(Pid) ->
-    ets:whereis(fabric_peer_proxies) =/= undefined andalso ets:member(fabric_peer_proxies, Pid).
+    fabric_peer_registry:is_proxy(Pid).
 
 %%% internals
 
@@ -232,7 +229,7 @@ transport(#{tls := Opts}) -> {tls, Opts}.
 
 policy(O) -> fabric_peer_policy:new(maps:get(allowed, O), maps:get(force_system_names, O)).
 
-forget(Ref) -> ets:match_delete(?REG, {{Ref, '_'}, '_'}).
+forget(Ref) -> fabric_peer_registry:forget(Ref).
 
 unwrap({shutdown, {failed_to_start_child, _, Why}}) -> unwrap(Why);
 unwrap({failed_to_start_child, _, Why}) -> unwrap(Why);

@@ -17,7 +17,7 @@ init(_Parent, Ctx, LSock) -> loop(Ctx, LSock).
 loop(#{ref := Ref, transport := T} = Ctx, LSock) ->
     case fabric_peer_transport:accept(T, LSock) of
         {ok, Sock} ->
-            [{_, ConnSup}] = ets:lookup(fabric_peer_registry, {Ref, conn_sup}),
+            ConnSup = fabric_peer_registry:conn_sup(Ref),
             case fabric_peer_conn_sup:start_conn(ConnSup, Sock) of
                 {ok, Pid} ->
                     case fabric_peer_transport:controlling_process(T, Sock, Pid) of

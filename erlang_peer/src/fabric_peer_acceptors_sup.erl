@@ -14,14 +14,14 @@ start_link(Ctx) -> supervisor:start_link(?MODULE, Ctx).
 -spec init(map()) -> {ok, {supervisor:sup_flags(), [supervisor:child_spec()]}}.
 init(#{ref := Ref, port := Port0, ip := Ip, max_handshake_frame := Limit,
        transport := T, acceptors := N} = Ctx) ->
-    Port = case ets:lookup(fabric_peer_registry, {Ref, port}) of
-               [{_, P}] -> P;
-               [] -> Port0
+    Port = case fabric_peer_registry:port(Ref) of
+               undefined -> Port0;
+               P -> P
            end,
     case fabric_peer_transport:listen(T, Port, #{ip => Ip, limit => Limit}) of
         {ok, LSock} ->
             {ok, Real} = fabric_peer_transport:port(T, LSock),
-            true = ets:insert(fabric_peer_registry, {{Ref, port}, Real}),
+            ok = fabric_peer_registry:set_port(Ref, Real),
             Children = [#{id => {acceptor, I},
                           start => {fabric_peer_acceptor, start_link, [Ctx, LSock]},
                           shutdown => brutal_kill}

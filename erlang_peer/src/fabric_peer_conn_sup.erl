@@ -15,7 +15,7 @@ start_conn(Sup, Socket) -> supervisor:start_child(Sup, [Socket]).
 %% @doc Supervisor callback.
 -spec init(map()) -> {ok, {supervisor:sup_flags(), [supervisor:child_spec()]}}.
 init(#{ref := Ref} = Ctx) ->
-    true = ets:insert(fabric_peer_registry, {{Ref, conn_sup}, self()}),
+    ok = fabric_peer_registry:set_conn_sup(Ref, self()),
     %% Connections are temporary: a crashed connection is gone, never restarted with a
     %% stale socket; a high intensity keeps one bad client from taking the server down.
     {ok, {#{strategy => simple_one_for_one, intensity => 1000, period => 1},

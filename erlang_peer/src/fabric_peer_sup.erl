@@ -1,8 +1,6 @@
-%% @doc Top supervisor. Owns the two public tables every part of the application reads:
-%% `fabric_peer_registry' (per server or client handle: port, policy, sessions, the
-%% connection supervisor) and `fabric_peer_proxies' (proxy pid -> connection pid, so that
-%% `fabric_peer:send/2' can report errors synchronously). Both are owned by this
-%% long-lived process so they survive any worker crash.
+%% @doc Top supervisor. Owns the application's ETS tables, so they survive any worker
+%% crash: the registry's two (created and only accessed by `fabric_peer_registry') and the
+%% authentication throttle's (`fabric_peer_throttle').
 -module(fabric_peer_sup).
 -behaviour(supervisor).
 
@@ -15,8 +13,7 @@ start_link() -> supervisor:start_link({local, ?MODULE}, ?MODULE, []).
 %% @doc Supervisor callback.
 -spec init([]) -> {ok, {supervisor:sup_flags(), [supervisor:child_spec()]}}.
 init([]) ->
-    _ = ets:new(fabric_peer_registry, [named_table, public, set, {read_concurrency, true}]),
-    _ = ets:new(fabric_peer_proxies, [named_table, public, set, {read_concurrency, true}]),
+    ok = fabric_peer_registry:create_tables(),
     _ = ets:new(fabric_peer_throttle:table(), [named_table, public, set]),
     Sup = fun(Name) -> #{id => Name, start => {Name, start_link, []}, type => supervisor,
                          shutdown => infinity} end,
