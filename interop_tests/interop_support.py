@@ -187,7 +187,7 @@ class Harness:
         the network failed (``fabric_peer:disconnect/1``; sessions are kept). Returns how many."""
         return int(self.eval(
             "length([ok || P <- processes(), "
-            "proc_lib:translate_initial_call(P) =:= {fabric_peer_conn, init, 1}, "
+            "proc_lib:translate_initial_call(P) =:= {fabric_peer_server, init, 1}, "
             "I <- [catch fabric_peer:info(P)], is_map(I), "
             "maps:get(role, I) =:= server, maps:get(state, I) =:= established, "
             "ok =:= (catch fabric_peer:disconnect(P))])"

@@ -105,7 +105,7 @@ connect(Host0, Port, Secret, Opts) ->
             Ref = make_ref(),
             ok = fabric_peer_registry:init_handle(Ref, #{policy => policy(O)}),
             case supervisor:start_child(fabric_peer_clients_sup,
-                                        [client, O#{ref => Ref}, {Host, Port}]) of
+                                        [O#{ref => Ref}, {Host, Port}]) of
                 {ok, Pid} ->
                     Timeout = maps:get(connect_timeout, O) + maps:get(handshake_timeout, O) + 2000,
                     try fabric_peer_conn:await_ready(Pid, Timeout) of

@@ -1,4 +1,5 @@
-%% @doc One child per client connection started with `fabric_peer:connect/4'.
+%% @doc One child per client connection started with `fabric_peer:connect/4'
+%% (a `fabric_peer_client' process).
 -module(fabric_peer_clients_sup).
 -behaviour(supervisor).
 
@@ -12,5 +13,5 @@ start_link() -> supervisor:start_link({local, ?MODULE}, ?MODULE, []).
 -spec init([]) -> {ok, {supervisor:sup_flags(), [supervisor:child_spec()]}}.
 init([]) ->
     {ok, {#{strategy => simple_one_for_one, intensity => 100, period => 10},
-          [#{id => client, start => {fabric_peer_conn, start_link, []},
+          [#{id => client, start => {fabric_peer_client, start_link, []},
              restart => temporary, shutdown => 5000}]}}.

@@ -1,4 +1,4 @@
-%% @doc The connections of one server (server-side `fabric_peer_conn' processes).
+%% @doc The connections of one server (`fabric_peer_server' processes).
 -module(fabric_peer_conn_sup).
 -behaviour(supervisor).
 
@@ -19,5 +19,5 @@ init(#{ref := Ref} = Ctx) ->
     %% Connections are temporary: a crashed connection is gone, never restarted with a
     %% stale socket; a high intensity keeps one bad client from taking the server down.
     {ok, {#{strategy => simple_one_for_one, intensity => 1000, period => 1},
-          [#{id => conn, start => {fabric_peer_conn, start_link, [server, Ctx]},
+          [#{id => conn, start => {fabric_peer_server, start_link, [Ctx]},
              restart => temporary, shutdown => 5000}]}}.

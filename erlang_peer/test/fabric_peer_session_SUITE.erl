@@ -161,7 +161,7 @@ no_reconnect_option(Config) ->
     receive {'DOWN', Ref, process, C, _} -> ok after 3000 -> ct:fail(still_alive) end.
 
 %% After many failed attempts the client still reconnects (the delays themselves are checked
-%% by fabric_peer_conn's EUnit test of backoff/3, without timing).
+%% by the EUnit tests of fabric_peer_backoff, without timing).
 backoff_is_capped(Config) ->
     Port = ?config(port, Config),
     C = connect(Config, #{reconnect_min => 20, reconnect_max => 80}),

@@ -1,0 +1,572 @@
+%% @doc The established protocol of one connection, without I/O (docs/protocol.md 4-9):
+%% frames and local events in, actions out. The connection process (`fabric_peer_conn')
+%% writes the frames, delivers the messages and starts the monitors it is told to.
+%%
+%% Every entry point returns the actions it produced, in order:
+%% <ul>
+%% <li>`{send, msg | ctrl, Bin}': write a frame (kept in the outbox if the write fails);</li>
+%% <li>`{write, Bin}': write an error frame if a socket is there (best effort, never kept);</li>
+%% <li>`{deliver, Dest, Msg}': send `Msg' to a local pid or `{Name, Node}';</li>
+%% <li>`{control, Proxy, Cmd}': a control command to a proxy (`fabric_peer_proxy:control/3');</li>
+%% <li>`{reply, From, Reply}': answer a waiting `gen_statem' caller;</li>
+%% <li>`{monitor_export, Pid, Id}' / `{monitor_proxy, Pid, Id}': monitor a new export or
+%%   proxy and report the monitor back (`watch_export/3', `watch_proxy/3');</li>
+%% <li>`{forget_proxy, Pid}', `{discard_proxy, Pid}' (a proxy made for a dropped frame:
+%%   killed), `{demonitor, Ref}'.</li>
+%% </ul>
+%%
+%% What must be answered at once comes from the `env' given to `new/2': starting a proxy
+%% (its pid goes into the decoded term), the exited placeholder and the signaller pids,
+%% `whereis' of a local name, the name policy and the server-wide atom budget. Tests pass
+%% their own. Logs are written here, once per event.
+%%
+%% Incoming frames follow the error table of section 9: a bad frame is dropped and counted,
+%% an extended peer gets an error frame, and too many errors close the connection.
+-module(fabric_peer_protocol).
+
+-include_lib("kernel/include/logger.hrl").
+
+-export([new/2, established/4, frame/2, too_large/2, send/3, proxy_msg/3, proxy_exit/4,
+         down/4, whereis/3, heartbeat/1, lost/2, detach/1, reset/1, terminate/1,
+         watch_export/3, watch_proxy/3, unsent/3, count/2, set_peer/2, set_opts/2,
+         mode/1, features/1, connected/1, info/1]).
+
+-export_type([proto/0, env/0, action/0]).
+
+-type env() :: #{self := pid(),
+                 spawn_proxy := fun((integer()) -> pid()),
+                 placeholder := fun(() -> pid()),
+                 signaller := fun(() -> pid()),
+                 whereis := fun((atom()) -> pid() | undefined),
+                 policy := fun(() -> fabric_peer_policy:policy() | undefined),
+                 server_atoms_left := fun(() -> non_neg_integer()),
+                 spend_server_atoms := fun((pos_integer()) -> ok)}.
+
+-type action() :: {send, msg | ctrl, binary()} | {write, binary()}
+                | {deliver, pid() | {atom(), atom()}, term()}
+                | {control, pid(), term()} | {reply, gen_statem:from(), term()}
+                | {monitor_export | monitor_proxy, pid(), integer()}
+                | {forget_proxy | discard_proxy, pid()} | {demonitor, reference()}.
+
+-include("fabric_peer_protocol.hrl").
+
+-import(fabric_peer_payload, [rewrite_out/2, rewrite_in/2, pid_id/2, export/2, remote_pid/2,
+                              proxy_for/2, end_proxy/3, signaller/1, spend_atoms/2,
+                              server_atoms_left/1, act/2]).
+
+-type proto() :: #p{}.
+
+-type result() :: {[action()], proto()}.
+
+%%% creation and lifecycle
+
+%% @doc A protocol state for a connection with settings `O' (`fabric_peer_opts').
+-spec new(map(), env()) -> proto().
+new(O, Env) ->
+    #p{o = O, env = Env, peer_max = maps:get(max_frame, O), s = fabric_peer_session:new(),
+       window = fabric_peer_frame:new_window(maps:get(max_errors, O), maps:get(error_window, O)),
+       atoms_left = maps:get(max_new_atoms, O),
+       stats = #{frames_in => 0, frames_out => 0, errors => 0, connects => 0, new_atoms => 0,
+                 local_errors => 0}}.
+
+%% @doc The handshake completed with `Params' (`mode', `features', `peer_max'). `Reset':
+%% forget the old session first (a reconnect that did not resume). `Resumed': the outbox
+%% and the last DEAD notices are written now; otherwise the outbox is dropped.
+-spec established(map(), boolean(), boolean(), proto()) -> result().
+established(Params, Reset, Resumed, #p{o = O} = P0) ->
+    P1 = count(connects, P0#p{mode = maps:get(mode, Params),
+                              feats = fabric_peer_rewrite:features(maps:get(features, Params, [])),
+                              peer_max = maps:get(peer_max, Params, maps:get(max_frame, O))}),
+    P2 = case Reset of
+             true -> reset_tables(P1);
+             false -> P1
+         end,
+    done(flush_outbox(Resumed, P2#p{connected = true})).
+
+flush_outbox(true, #p{s = S} = P) ->
+    {Queued, S1} = fabric_peer_session:take_outbox(S),
+    Resend = [B || B <- [fabric_peer_frame:encode_plain(T) || T <- fabric_peer_session:recent_dead(S)],
+                   not lists:member(B, Queued)],
+    lists:foldl(fun(Bin, Acc) -> act({send, ctrl, Bin}, Acc) end, P#p{s = S1}, Resend ++ Queued);
+flush_outbox(false, #p{s = S} = P) ->
+    case fabric_peer_session:take_outbox(S) of
+        {[], _} -> P;
+        {Dropped, S1} ->
+            ?LOG_WARNING("fabric: ~b queued frames dropped: the session was not resumed",
+                         [length(Dropped)]),
+            P#p{s = S1}
+    end.
+
+%% @doc The socket is gone: waiting `whereis' callers get `Reply'; frames are kept in the
+%% outbox from now on.
+-spec lost(term(), proto()) -> result().
+lost(Reply, P) ->
+    P1 = reply_whereis_waiters(Reply, P),
+    done(P1#p{connected = false, whereis_waiting = #{}}).
+
+%% @doc The socket was taken away (a resuming connection claimed the session): frames are
+%% kept in the outbox from now on.
+-spec detach(proto()) -> proto().
+detach(P) -> P#p{connected = false}.
+
+%% @doc Forget the session (no session, or it was not resumed): proxies end with
+%% `noconnection', exported processes are no longer watched.
+-spec reset(proto()) -> result().
+reset(P) -> done(reset_tables(P)).
+
+reset_tables(#p{s = S} = P) ->
+    {Proxies, Monitors, S1} = fabric_peer_session:reset(S),
+    P1 = lists:foldl(fun(Proxy, Acc) -> act({forget_proxy, Proxy}, act({control, Proxy, {die, noconnection}}, Acc)) end,
+                     P, Proxies),
+    P2 = lists:foldl(fun(Ref, Acc) -> act({demonitor, Ref}, Acc) end, P1, Monitors),
+    P2#p{s = S1, redead = []}.
+
+%% @doc The connection ends: its proxies end with `noconnection', `whereis' callers get
+%% `{error, closed}'.
+-spec terminate(proto()) -> [action()].
+terminate(#p{s = S} = P) ->
+    P1 = lists:foldl(fun(Proxy, Acc) -> end_proxy(Proxy, noconnection, Acc) end, P,
+                     fabric_peer_session:proxies(S)),
+    {Acts, _} = done(reply_whereis_waiters({error, closed}, P1)),
+    Acts.
+
+%% @doc Record the monitor the connection started for a `monitor_export' action.
+-spec watch_export(reference(), pos_integer(), proto()) -> proto().
+watch_export(Ref, Id, #p{s = S} = P) -> P#p{s = fabric_peer_session:watch_export(Ref, Id, S)}.
+
+%% @doc Record the monitor the connection started for a `monitor_proxy' action.
+-spec watch_proxy(reference(), integer(), proto()) -> proto().
+watch_proxy(Ref, Id, #p{s = S} = P) -> P#p{s = fabric_peer_session:watch_proxy(Ref, Id, S)}.
+
+%% @doc A `send' action could not be written: keep the frame for a resumed session.
+-spec unsent(msg | ctrl, binary(), proto()) -> {ok | {error, term()}, proto()}.
+unsent(Kind, Bin, #p{s = S, o = #{max_queue := Max}} = P) ->
+    {R, S1} = fabric_peer_session:enqueue(Kind, Bin, Max, S),
+    {R, P#p{s = S1}}.
+
+%% @doc The peer's address, as the logs name it.
+-spec set_peer(binary(), proto()) -> proto().
+set_peer(Peer, P) -> P#p{peer = Peer}.
+
+%% @doc Replace the settings (after `allow/2' changed `allowed').
+-spec set_opts(map(), proto()) -> proto().
+set_opts(O, P) -> P#p{o = O}.
+
+%% @doc Add one to counter `Key' of `info/1'.
+-spec count(atom(), proto()) -> proto().
+count(Key, #p{stats = St} = P) -> P#p{stats = maps:update_with(Key, fun(N) -> N + 1 end, 1, St)}.
+
+%%% frames from the peer
+
+%% @doc One frame received in the established state. `close': too many errors.
+-spec frame(binary(), proto()) -> {ok | close, [action()], proto()}.
+frame(Bin, #p{o = O, atoms_left = Left} = P0) ->
+    P = count(frames_in, P0),
+    Budget = min(Left, server_atoms_left(P)),
+    case fabric_peer_etf:decode(Bin, #{atoms_left => Budget,
+                                       max_decompressed => maps:get(max_frame, O)}) of
+        {ok, Term, New} ->
+            P1 = spend_atoms(New, P),
+            {Status, P2} = case dispatch(fabric_peer_frame:classify(Term, P1#p.mode, P1#p.feats), P1) of
+                               {ok, Pd} -> {ok, Pd};
+                               {error, Code, Why, Pe} -> frame_error(Code, Why, Pe)
+                           end,
+            %% proxies started for this frame but in neither table after it (the frame was
+            %% dropped half-way) stand for nothing: end them (a stand-in of an exit2 is
+            %% buried, and ends by itself after delivering its signal)
+            #p{s = S} = P2,
+            P3 = lists:foldl(fun(Pid, Acc) -> act({discard_proxy, Pid}, Acc) end, P2,
+                             [Pid || Pid <- lists:reverse(P2#p.fresh),
+                                     fabric_peer_session:proxy_id(Pid, S) =:= error,
+                                     fabric_peer_session:buried_proxy(Pid, S) =:= error]),
+            {Acts, P4} = done(P3#p{fresh = []}),
+            {Status, Acts, P4};
+        {error, {Code, Why}} when Code =:= bad_term; Code =:= limit ->
+            {Status, P1} = frame_error(Code, Why, P),
+            {Acts, P2} = done(P1),
+            {Status, Acts, P2}
+    end.
+
+%% A dropped frame restarts from the state before it, keeping what was done meanwhile.
+fail(Code, Why, Before, After) ->
+    {error, Code, Why, Before#p{acts = After#p.acts, fresh = After#p.fresh,
+                                dead_pid = After#p.dead_pid, signaller = After#p.signaller}}.
+
+dispatch({m, Dest, Payload}, P) -> incoming_message(Dest, Payload, P);
+dispatch({dead, Id, Reason}, #p{s = S} = P) ->
+    case fabric_peer_session:proxy_of(Id, S) of
+        {ok, Proxy} ->
+            R = case {Reason, P#p.mode} of
+                    {noproc, legacy} -> normal;
+                    _ -> Reason
+                end,
+            {ok, end_proxy(Proxy, R, P)};
+        error ->
+            ?LOG_DEBUG("fabric: DEAD for unknown id ~b from ~s", [Id, P#p.peer]),
+            {ok, P}
+    end;
+dispatch({r, Id}, P) when Id > 0 ->
+    %% "create the proxy for the sender's process Id", even for an id that ended: the
+    %% original does (vectors 36-39), and no peer of ours sends this frame
+    case proxy_for(Id, P) of
+        {ok, _, P1} -> {ok, P1};
+        {error, Why, P1} -> {error, limit, Why, P1}
+    end;
+dispatch({r, _}, P) -> {error, unknown_frame, bad_id, P};
+dispatch({whereis, Req, NameBin}, P) ->
+    {Result, P1} = whereis_local(NameBin, P),
+    {ok, emit(ctrl, {whereis_reply, Req, Result}, P1)};
+dispatch({whereis_reply, Req, Result}, P) ->
+    case maps:take(Req, P#p.whereis_waiting) of
+        {From, W} ->
+            P1 = P#p{whereis_waiting = W},
+            case Result of
+                {pr, Id} when is_integer(Id), Id > 0 ->
+                    case remote_pid(Id, P1) of
+                        {ok, Pid, P2} -> {ok, act({reply, From, Pid}, P2)};
+                        {error, Why, P2} ->
+                            {error, limit, Why, act({reply, From, {error, {limit, max_proxies}}}, P2)}
+                    end;
+                undefined -> {ok, act({reply, From, undefined}, P1)};
+                _ ->
+                    {error, bad_payload, bad_whereis_reply, act({reply, From, {error, bad_reply}}, P1)}
+            end;
+        error -> {ok, P}
+    end;
+dispatch({link, A, B}, #p{s = S} = P) when A > 0 ->
+    case {fabric_peer_session:exported(B, S), fabric_peer_session:remote_ended(A, S)} of
+        {{ok, BPid}, false} ->
+            case proxy_for(A, P) of
+                {ok, Proxy, P1} -> {ok, act({control, Proxy, {link, BPid}}, P1)};
+                {error, Why, P1} -> {error, limit, Why, P1}
+            end;
+        %% B ended (its DEAD is on its way), or A ended before its link frame was read: a
+        %% link that cannot exist any more
+        _ -> {ok, P}
+    end;
+dispatch({unlink, A, B}, #p{s = S} = P) ->
+    case {fabric_peer_session:proxy_of(A, S), fabric_peer_session:exported(B, S)} of
+        {{ok, Proxy}, {ok, BPid}} -> {ok, act({control, Proxy, {unlink, BPid}}, P)};
+        _ -> {ok, P}
+    end;
+dispatch({exit2, A, B, Reason0}, #p{s = S} = P) when A > 0 ->
+    case fabric_peer_session:exported(B, S) of
+        {ok, BPid} ->
+            case rewrite_in(Reason0, P) of
+                {ok, Reason, P1} ->
+                    Ended = fabric_peer_session:remote_ended(A, P1#p.s),
+                    case proxy_for(A, P1) of
+                        {ok, Proxy, P2} ->
+                            P3 = act({control, Proxy, {exit, BPid, Reason}}, P2),
+                            case Ended of
+                                %% A's DEAD overtook its exit signal (both are sent
+                                %% independently): deliver the signal from a stand-in that
+                                %% ends right after
+                                true -> {ok, end_proxy(Proxy, noproc, P3)};
+                                false -> {ok, P3}
+                            end;
+                        {error, Why, P2} -> fail(limit, Why, P, P2)
+                    end;
+                {error, {Code, Why}, P1} -> fail(Code, Why, P, P1)
+            end;
+        error -> {ok, P}
+    end;
+dispatch({heartbeat, N}, P) -> {ok, emit(ctrl, {heartbeat_ack, N}, P)};
+dispatch({heartbeat_ack, _}, P) -> {ok, P};
+dispatch({error, Code, Msg}, P) ->
+    ?LOG_WARNING("fabric: peer ~s reports error ~s: ~ts", [P#p.peer, Code, Msg]),
+    {ok, P};
+dispatch({error, unknown_frame}, P) -> {error, unknown_frame, unknown_frame_shape, P};
+dispatch(_, P) -> {error, unknown_frame, bad_ids, P}.
+
+incoming_message(Dest, Payload, P) ->
+    case resolve_dest(Dest, P) of
+        {ok, Target} ->
+            case rewrite_in(Payload, P) of
+                {ok, Msg, P1} ->
+                    {Msg1, P2} = gen_call_in(Msg, P1),
+                    {ok, deliver(Target, Msg1, P2)};
+                {error, {Code, Why}, P1} -> fail(Code, Why, P, P1)
+            end;
+        drop -> {ok, P};
+        {error, Code, Why} -> {error, Code, Why, P}
+    end.
+
+deliver(Target, _, #p{env = #{self := Self}} = P) when Target =:= Self -> P;
+deliver(Target, Msg, P) -> act({deliver, Target, Msg}, P).
+
+resolve_dest(Id, #p{s = S}) when is_integer(Id) ->
+    case fabric_peer_session:exported(Id, S) of
+        {ok, Pid} -> {ok, Pid};
+        error ->
+            case fabric_peer_session:issued(Id, S) of
+                %% issued, and the process ended since: the peer has not seen its DEAD yet
+                true -> drop;
+                false -> {error, unknown_id, Id}
+            end
+    end;
+resolve_dest(Name, P) when is_atom(Name) -> resolve_name(Name, P);
+resolve_dest({Name, Node}, #p{o = O} = P) ->
+    case fabric_peer_policy:check_node(Node, maps:get(routable_nodes, O), maps:get(node, O)) of
+        local -> resolve_name(Name, P);
+        {remote, N} ->
+            case check_name(Name, P) of
+                ok -> {ok, {Name, N}};
+                Err -> Err
+            end;
+        {error, not_allowed} ->
+            refused(Name, P),
+            {error, not_allowed, {Name, Node}}
+    end.
+
+resolve_name(Name, #p{env = #{whereis := Whereis}} = P) ->
+    case check_name(Name, P) of
+        ok ->
+            case Whereis(Name) of
+                Pid when is_pid(Pid) -> {ok, Pid};
+                _ ->
+                    ?LOG_DEBUG("fabric: message to unregistered name ~0p dropped", [Name]),
+                    drop
+            end;
+        Err -> Err
+    end.
+
+check_name(Name, P) ->
+    case fabric_peer_policy:check(Name, policy(P)) of
+        ok -> ok;
+        {error, _} -> refused(Name, P), {error, not_allowed, Name}
+    end.
+
+%% The handle's policy as `allow/2' left it (the registry), or the one of our settings.
+policy(#p{env = #{policy := Get}, o = O}) ->
+    case Get() of
+        undefined -> fabric_peer_policy:new(maps:get(allowed, O), maps:get(force_system_names, O));
+        Policy -> Policy
+    end.
+
+refused(Name, P) ->
+    ?LOG_WARNING("fabric: name ~0p refused by the name policy (peer ~s)", [Name, P#p.peer]).
+
+%% gen_server/gen_statem calls from the peer (OTP 24+ callers). The caller's reply tag is
+%% `[alias | Ref]' and `gen:reply/2' sends the reply to the alias `Ref' itself, which is a
+%% reference of the peer's node: it would never cross the connection. So the call is
+%% delivered with the plain tag `Ref' (the pre-alias form every gen behaviour still
+%% accepts): the reply is then sent to the caller's proxy as `{Ref, Reply}', and
+%% gen_reply_out/3 restores the tag the caller waits for. See README "gen_server:call".
+gen_call_in({'$gen_call', {From, [alias | Ref]}, Req}, #p{s = S} = P)
+  when is_pid(From), is_reference(Ref) ->
+    case fabric_peer_session:proxy_id(From, S) of
+        {ok, _} -> {{'$gen_call', {From, Ref}, Req}, P#p{s = fabric_peer_session:call_in(Ref, From, S)}};
+        error -> {{'$gen_call', {From, [alias | Ref]}, Req}, P}
+    end;
+gen_call_in(Msg, P) -> {Msg, P}.
+
+gen_reply_out(Proxy, {Ref, Reply} = Msg, #p{s = S} = P) when is_reference(Ref) ->
+    case fabric_peer_session:call_out(Ref, Proxy, S) of
+        {ok, S1} -> {{[alias | Ref], Reply}, P#p{s = S1}};
+        error -> {Msg, P}
+    end;
+gen_reply_out(_, Msg, P) -> {Msg, P}.
+
+whereis_local(NameBin, #p{o = O, s = S, env = #{whereis := Whereis}} = P) ->
+    Name = try binary_to_existing_atom(NameBin, utf8) catch error:_ -> undefined end,
+    case Name =/= undefined andalso fabric_peer_policy:check(Name, policy(P)) of
+        ok ->
+            case Whereis(Name) of
+                Pid when is_pid(Pid) ->
+                    case fabric_peer_session:export_of(Pid, S) of
+                        {ok, Id} -> {{pr, Id}, P};
+                        error ->
+                            case fabric_peer_session:export_count(S) < maps:get(max_exports, O) of
+                                true ->
+                                    {Id, P1} = export(Pid, P),
+                                    {{pr, Id}, P1};
+                                false ->
+                                    ?LOG_WARNING("fabric: whereis(~0p) from ~s not answered: "
+                                                 "max_exports reached", [Name, P#p.peer]),
+                                    {undefined, P}
+                            end
+                    end;
+                _ -> {undefined, P}
+            end;
+        _ ->
+            ?LOG_WARNING("fabric: whereis(~0p) refused or unknown (peer ~s)", [NameBin, P#p.peer]),
+            {undefined, P}
+    end.
+
+%% Section 9: count, log, tell an extended peer, close after too many.
+frame_error(Code, Why, P) ->
+    ?LOG_WARNING("fabric: dropped a frame from ~s: ~s ~0P", [P#p.peer, Code, Why, 10]),
+    P1 = error_frame(Code, Why, count(errors, P)),
+    N = maps:get(frames_in, P1#p.stats),
+    case fabric_peer_frame:note_error(N, P1#p.window) of
+        {ok, W} -> {ok, P1#p{window = W}};
+        {close, W} ->
+            ?LOG_WARNING("fabric: too many errors from ~s: closing", [P#p.peer]),
+            {close, error_frame(too_many_errors, <<"too many errors">>, P1#p{window = W})}
+    end.
+
+%% @doc A length header over the limit: the stream cannot be resynchronised; the caller
+%% closes (after the error frame this writes to an extended peer).
+-spec too_large(non_neg_integer(), proto()) -> result().
+too_large(Len, P) ->
+    Why = iolist_to_binary(io_lib:format("frame length ~b over the limit", [Len])),
+    done(error_frame(frame_too_large, Why, count(errors, P))).
+
+error_frame(Code, Why, #p{mode = extended, feats = #{<<"error">> := true}} = P) ->
+    act({write, fabric_peer_frame:encode_plain(fabric_peer_frame:error_frame(Code, detail(Why)))}, P);
+error_frame(_, _, P) -> P.
+
+detail(B) when is_binary(B) -> B;
+detail(T) -> iolist_to_binary(io_lib:format("~0P", [T, 10])).
+
+%%% local commands and events
+
+%% @doc `fabric_peer:send/2' through this connection: to a proxy pid, a name or
+%% `{Name, Node}'.
+-spec send(pid() | atom() | {atom(), atom()} | term(), term(), proto()) ->
+          {ok | {error, term()}, [action()], proto()}.
+send(Dest, Msg, #p{s = S} = P) ->
+    {Reply, P1} = case Dest of
+                      Pid when is_pid(Pid) ->
+                          case fabric_peer_session:proxy_id(Pid, S) of
+                              {ok, Id} -> send_message(Id, Msg, P);
+                              error -> {{error, not_a_proxy}, P}
+                          end;
+                      Name when is_atom(Name) -> send_message(Name, Msg, P);
+                      {Name, Node} when is_atom(Name), is_atom(Node) -> send_message(Dest, Msg, P);
+                      _ -> {{error, badarg}, P}
+                  end,
+    {Acts, P2} = done(P1),
+    {Reply, Acts, P2}.
+
+%% @doc A message sent to proxy `Proxy' (`Proxy ! Msg'): errors are logged and counted.
+-spec proxy_msg(pid(), term(), proto()) -> result().
+proxy_msg(Proxy, Msg0, #p{s = S} = P0) ->
+    case fabric_peer_session:proxy_id(Proxy, S) of
+        {ok, Id} ->
+            {Msg, P} = gen_reply_out(Proxy, Msg0, P0),
+            case send_message(Id, Msg, P) of
+                {ok, P1} -> done(P1);
+                {{error, Why}, P1} ->
+                    ?LOG_WARNING("fabric: message to a proxy of ~s not sent: ~0p", [P#p.peer, Why]),
+                    done(count(local_errors, P1))
+            end;
+        error -> done(P0)
+    end.
+
+%% @doc Proxy `Proxy' received an exit signal from local process `From' that the peer
+%% must see (an `exit2' frame, with the `link' feature).
+-spec proxy_exit(pid(), pid(), term(), proto()) -> result().
+proxy_exit(Proxy, From, Reason, #p{s = S} = P) ->
+    case {fabric_peer_session:proxy_id(Proxy, S), link_enabled(P)} of
+        {{ok, B}, true} ->
+            {A, P1} = pid_id(From, P),
+            case rewrite_out(Reason, P1) of
+                {ok, W, P2} -> done(flush_redead(emit(ctrl, {exit2, A, B, W}, P2)));
+                {{error, Why}, _} ->
+                    ?LOG_WARNING("fabric: exit reason not sendable: ~0p", [Why]),
+                    done(P1#p{redead = []})
+            end;
+        _ -> done(P)
+    end.
+
+%% @doc A monitor fired: an exported process ended (its DEAD is written) or a proxy did.
+-spec down(reference(), pid(), term(), proto()) -> result().
+down(Ref, Pid, Reason, #p{s = S} = P) ->
+    case fabric_peer_session:export_down(Ref, Pid, Reason, S) of
+        {dead, Dead, S1} -> done(emit(ctrl, Dead, P#p{s = S1}));
+        error ->
+            case fabric_peer_session:proxy_down(Ref, Pid, S) of
+                {killed_live, Id, S1} ->
+                    %% not ended by a DEAD: killed locally (exit(Proxy, kill))
+                    P1 = act({forget_proxy, Pid}, P#p{s = S1}),
+                    case Reason =:= killed andalso link_enabled(P1) of
+                        true ->
+                            {Sig, P2} = signaller(P1),
+                            {A, P3} = export(Sig, P2),
+                            done(emit(ctrl, {exit2, A, Id, kill}, P3));
+                        false -> done(P1)
+                    end;
+                {ok, S1} -> done(P#p{s = S1});
+                error -> done(P)
+            end
+    end.
+
+%% @doc `fabric_peer:whereis/3' in the established state, name already a binary.
+-spec whereis(binary(), gen_statem:from(), proto()) -> result().
+whereis(NameBin, From, #p{mode = extended, feats = #{<<"whereis">> := true}} = P) ->
+    Req = P#p.next_req,
+    P1 = emit(ctrl, {whereis, Req, NameBin}, P#p{next_req = Req + 1}),
+    done(P1#p{whereis_waiting = (P1#p.whereis_waiting)#{Req => From}});
+whereis(_, From, P) -> done(act({reply, From, {error, not_supported}}, P)).
+
+%% @doc Our heartbeat is due.
+-spec heartbeat(proto()) -> result().
+heartbeat(#p{hb_n = N} = P) -> done(emit(ctrl, {heartbeat, N}, P#p{hb_n = N + 1})).
+
+%%% sending
+
+send_message(Dest, Msg, P) ->
+    case rewrite_out(Msg, P) of
+        {ok, W, P1} ->
+            case emit_checked(msg, {m, Dest, W}, P1) of
+                {ok, P2} -> {ok, flush_redead(P2)};
+                {E, P2} -> {E, P2#p{redead = []}}
+            end;
+        {{error, _} = E, P1} -> {E, P1#p{redead = []}}
+    end.
+
+flush_redead(#p{redead = []} = P) -> P;
+flush_redead(#p{redead = Ds} = P) ->
+    lists:foldl(fun(Dead, Acc) -> emit(ctrl, Dead, Acc) end, P#p{redead = []}, lists:reverse(Ds)).
+
+%% A frame goes out now, or into the outbox while there is no socket (control frames
+%% always; messages up to `max_queue').
+emit(Kind, Term, P) ->
+    {_, P1} = emit_checked(Kind, Term, P),
+    P1.
+
+emit_checked(Kind, Term, P) ->
+    Bin = case Kind of
+              msg -> fabric_peer_frame:encode_message(Term);
+              ctrl -> fabric_peer_frame:encode_plain(Term)
+          end,
+    case fabric_peer_frame:check_size(Bin, P#p.peer_max) of
+        {error, _} = E -> {E, P};
+        ok when P#p.connected -> {ok, act({send, Kind, Bin}, P)};
+        ok -> unsent(Kind, Bin, P)
+    end.
+
+reply_whereis_waiters(Reply, #p{whereis_waiting = W} = P) ->
+    lists:foldl(fun(From, Acc) -> act({reply, From, Reply}, Acc) end, P, maps:values(W)).
+
+%%% accessors
+
+link_enabled(#p{mode = extended, feats = #{<<"link">> := true}}) -> true;
+link_enabled(_) -> false.
+
+%% @doc `legacy', `extended' or `undefined' before the first handshake.
+-spec mode(proto()) -> legacy | extended | undefined.
+mode(#p{mode = M}) -> M.
+
+%% @doc The features agreed with the peer.
+-spec features(proto()) -> #{binary() => true}.
+features(#p{feats = F}) -> F.
+
+%% @doc True while frames are written (not kept in the outbox).
+-spec connected(proto()) -> boolean().
+connected(#p{connected = C}) -> C.
+
+%% @doc The protocol's part of `fabric_peer:info/1'.
+-spec info(proto()) -> map().
+info(#p{stats = St, s = S, mode = Mode, feats = F, atoms_left = A}) ->
+    St#{mode => case Mode of undefined -> none; M -> M end,
+        features => lists:sort(maps:keys(F)),
+        proxies => fabric_peer_session:proxy_count(S),
+        exported => fabric_peer_session:export_count(S),
+        next_id => fabric_peer_session:next_id(S),
+        queued => fabric_peer_session:outbox_len(S),
+        atoms_left => A}.
+
+done(#p{acts = As} = P) -> {lists:reverse(As), P#p{acts = []}}.

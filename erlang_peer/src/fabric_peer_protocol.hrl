@@ -1,0 +1,28 @@
+%% The state of fabric_peer_protocol, shared with fabric_peer_payload (the payload
+%% rewriting against the session's id tables). No other module includes it.
+-record(p, {
+          o :: map(),
+          env :: fabric_peer_protocol:env(),
+          peer = <<"unknown">> :: binary(),       % for the logs
+          mode :: legacy | extended | undefined,
+          feats = #{} :: #{binary() => true},
+          peer_max :: pos_integer(),
+          connected = false :: boolean(),
+          s :: fabric_peer_session:session(),
+          window :: fabric_peer_frame:window(),
+          atoms_left :: non_neg_integer(),
+          stats :: map(),
+          next_req = 1 :: pos_integer(),
+          whereis_waiting = #{} :: #{pos_integer() => gen_statem:from()},
+          %% DEAD notices to repeat right after the frame being written (see pid_id/2)
+          redead = [] :: [tuple()],
+          hb_n = 0 :: non_neg_integer(),
+          dead_pid :: pid() | undefined,
+          signaller :: pid() | undefined,
+          %% while one frame is handled: proxies started for it, proxy ids still to start
+          %% (first pass of rewrite_in/2), the export limit hit by rewrite_out/2
+          fresh = [] :: [pid()],
+          missing = #{} :: #{integer() => true},
+          refused :: term(),
+          acts = [] :: [fabric_peer_protocol:action()]               % newest first
+         }).

@@ -1,0 +1,297 @@
+%% @doc The server side of one connection: a `gen_statem' that takes over an accepted
+%% socket, runs the server handshake (legacy MD5 or extended HMAC, docs/protocol.md 2-3)
+%% and then serves the established connection (`fabric_peer_conn:handle_common/4').
+%%
+%% States: `wait_socket' (the acceptor still owns the socket), `await_hello',
+%% `await_response', `established', and with the `session' feature `detached' (the socket is
+%% gone; the session waits `session_timeout' for its client) and `resuming' (a resuming
+%% client's new connection claimed the session and hands its authenticated socket over).
+%% Proxies keep their identity across a resume.
+-module(fabric_peer_server).
+-behaviour(gen_statem).
+
+-include_lib("kernel/include/logger.hrl").
+-include("fabric_peer_conn.hrl").
+
+-export([start_link/2, lost/2, socket_gone/3]).
+-export([init/1, callback_mode/0, handle_event/4, terminate/3, code_change/4]).
+
+%% A claimed session waits this long for the resuming connection to hand its socket over.
+-define(ATTACH_TIMEOUT, 10000).
+
+-import(fabric_peer_conn, [raw_send/2, drop_socket/1, hs_decode/2]).
+
+%% @doc Start the server side of an accepted socket (owned by the caller until
+%% `fabric_peer_conn:socket_ready/1').
+-spec start_link(map(), term()) -> {ok, pid()} | {error, term()}.
+start_link(Ctx, Sock) -> gen_statem:start_link(?MODULE, {Ctx, Sock}, []).
+
+%% @private
+-spec callback_mode() -> gen_statem:callback_mode_result().
+callback_mode() -> handle_event_function.
+
+%% @private
+-spec init({map(), term()}) -> gen_statem:init_result(atom()).
+init({O, Sock}) ->
+    process_flag(trap_exit, true),
+    {ok, wait_socket, (fabric_peer_conn:new_data(server, O))#d{sock = Sock}}.
+
+%% @private
+-spec handle_event(gen_statem:event_type(), term(), atom(), #d{}) ->
+          gen_statem:event_handler_result(atom()).
+
+%%% --- socket hand-off and handshake
+
+handle_event(cast, socket_ready, wait_socket, #d{t = T, sock = S0, o = O, ref = Ref} = D) ->
+    HsTimeout = maps:get(handshake_timeout, O),
+    Ip = case fabric_peer_transport:peer_ip(T, S0) of {ok, A} -> A; error -> undefined end,
+    Blocked = case Ip of
+                  undefined -> 0;
+                  _ -> fabric_peer_throttle:blocked(Ref, Ip, O)
+              end,
+    case Blocked > 0 orelse fabric_peer_transport:handshake(T, S0, HsTimeout) of
+        true ->
+            ?LOG_WARNING("fabric: connection from ~s refused: too many failed authentications "
+                         "(blocked for ~b ms more)", [inet:ntoa(Ip), Blocked]),
+            fabric_peer_transport:close(T, S0),
+            {stop, normal, D#d{sock = undefined}};
+        {ok, S} ->
+            D1 = D#d{sock = S, peer = fabric_peer_transport:peername(T, S), peer_ip = Ip},
+            ok = fabric_peer_conn:activate(D1),
+            {next_state, await_hello, D1, [{{timeout, handshake}, HsTimeout, handshake}]};
+        {error, Why} ->
+            ?LOG_INFO("fabric: transport handshake failed: ~0p", [Why]),
+            {stop, normal, D}
+    end;
+
+handle_event(internal, {frame, Bin}, await_hello, D0) ->
+    D = fabric_peer_conn:count_in(D0),
+    case hs_decode(Bin, D) of
+        {ok, Term} ->
+            case fabric_peer_handshake:parse_hello(Term) of
+                %% a legacy-only server answers like the original: the hello's name is ignored
+                {extended, _, _} when map_get(mode, D#d.o) =:= legacy -> legacy_challenge(D);
+                {extended, V, _ClientNonce} -> ext_challenge(Bin, V, D);
+                legacy -> legacy_challenge(D);
+                {error, bad_hello} -> hs_close("first frame is not a hello", D)
+            end;
+        error -> hs_close("first frame is not a valid term", D)
+    end;
+
+handle_event(internal, {frame, Bin}, await_response, D) ->
+    D1 = fabric_peer_conn:count_in(D),
+    Term = case hs_decode(Bin, D1) of {ok, T} -> T; error -> bad_frame end,
+    response(Term, Bin, D1);
+
+handle_event({timeout, handshake}, handshake, State, D)
+  when State =:= await_hello; State =:= await_response ->
+    ?LOG_WARNING("fabric: handshake timeout from ~s", [D#d.peer]),
+    case State of
+        await_response -> _ = raw_send(fabric_peer_handshake:encode({auth, failed}), D);
+        _ -> ok
+    end,
+    {stop, normal, D};
+handle_event({timeout, handshake}, _, _, _) -> keep_state_and_data;
+
+%%% --- sessions
+
+handle_event(state_timeout, expire, State, D) when State =:= detached; State =:= resuming ->
+    ?LOG_INFO("fabric: session of ~s expired", [D#d.peer]),
+    {stop, normal, D};
+handle_event(cast, expire_session, detached, D) ->
+    ?LOG_INFO("fabric: session of ~s expired: more than max_kept_sessions are waiting", [D#d.peer]),
+    {stop, normal, D};
+handle_event({call, From}, {claim, _NewConn}, State, #d{p = P} = D)
+  when State =:= established; State =:= detached; State =:= resuming ->
+    unkeep_session(D),
+    D1 = drop_socket(D#d{p = fabric_peer_protocol:detach(P)}),
+    {next_state, resuming, D1, [{reply, From, ok}, {state_timeout, ?ATTACH_TIMEOUT, expire},
+                                {{timeout, heartbeat}, cancel}]};
+handle_event({call, From}, {claim, _}, _, _) ->
+    {keep_state_and_data, [{reply, From, {error, not_resumable}}]};
+handle_event(cast, {attach, T, S, Peer, Params}, resuming, D) ->
+    D1 = D#d{t = T, sock = S, peer = Peer, buf = <<>>},
+    ?LOG_INFO("fabric: session resumed by ~s", [Peer]),
+    fabric_peer_conn:established(Params, true, D1);
+handle_event(cast, {attach, T, S, _, _}, _, _) ->
+    fabric_peer_transport:close(T, S),
+    keep_state_and_data;
+
+handle_event(Type, Event, State, D) ->
+    fabric_peer_conn:handle_common(Type, Event, State, D).
+
+%% @private
+-spec terminate(term(), atom(), #d{}) -> ok.
+terminate(_Reason, _State, #d{ref = Ref} = D) ->
+    unkeep_session(D),
+    D1 = fabric_peer_conn:terminate(D),
+    case D1#d.session of
+        undefined -> ok;
+        Sid -> ok = fabric_peer_registry:unregister_session(Ref, Sid, self())
+    end.
+
+%% @private
+-spec code_change(term(), atom(), #d{}, term()) -> {ok, atom(), #d{}}.
+code_change(_, State, D, _) -> {ok, State, D}.
+
+%%% --- losing the socket
+
+%% @doc The socket of the established connection is gone. With a session (and unless we
+%% closed it) the session is kept for `session_timeout'; otherwise the connection ends.
+-spec lost(#d{}, term()) -> gen_statem:event_handler_result(atom()).
+lost(D0, Why) ->
+    D = fabric_peer_conn:lost(D0),
+    case D#d.session =/= undefined andalso Why =/= closed_by_us of
+        true ->
+            ?LOG_INFO("fabric: connection from ~s lost (~0p); keeping its session", [D#d.peer, Why]),
+            keep_session(D),
+            {next_state, detached, D,
+             [{state_timeout, maps:get(session_timeout, D#d.o), expire},
+              {{timeout, heartbeat}, cancel}]};
+        false ->
+            {stop, normal, D}
+    end.
+
+%% @doc The socket closed or failed in `State'.
+-spec socket_gone(atom(), term(), #d{}) -> gen_statem:event_handler_result(atom()).
+socket_gone(established, Why, D) -> lost(D, Why);
+socket_gone(await_hello, _, D) -> {stop, normal, D};
+socket_gone(await_response, _, D) -> {stop, normal, D};
+socket_gone(_, _, D) -> {keep_state, drop_socket(D)}.
+
+%% Detached sessions of a server, oldest first: beyond max_kept_sessions the oldest waiting
+%% one expires (a client that reconnects and drops again without end cannot make a server
+%% keep unbounded sessions).
+keep_session(#d{ref = Ref, o = #{max_kept_sessions := Max}}) ->
+    [gen_statem:cast(P, expire_session) || P <- fabric_peer_registry:keep_detached(Ref, self(), Max)],
+    ok.
+
+unkeep_session(#d{ref = Ref}) -> fabric_peer_registry:unkeep_detached(Ref, self()).
+
+%%% --- handshake
+
+legacy_challenge(D) ->
+    C = fabric_peer_handshake:legacy_challenge(),
+    hs_send({challenge, C}, await_response, D#d{hs = #{kind => legacy, challenge => C}}).
+
+ext_challenge(F1, ClientVersion, #d{o = O} = D) ->
+    Version = min(ClientVersion, fabric_peer_handshake:version()),
+    Nonce = crypto:strong_rand_bytes(32),
+    Offer = fabric_peer_handshake:offer(#{version => Version, features => maps:get(features, O),
+                                          node => maps:get(node, O),
+                                          max_frame => maps:get(max_frame, O),
+                                          heartbeat => maps:get(heartbeat, O)}),
+    F2 = fabric_peer_handshake:encode({challenge, Nonce, Offer}),
+    case raw_send(F2, D) of
+        {ok, D1} ->
+            {next_state, await_response,
+             D1#d{hs = #{kind => extended, f1 => F1, f2 => F2, version => Version}}};
+        {{error, _}, D1} -> {stop, normal, D1}
+    end.
+
+response({response, R}, _, #d{hs = #{kind := legacy, challenge := C}, o = O} = D) ->
+    case maps:get(allow_legacy_auth, O) of
+        false ->
+            ?LOG_WARNING("fabric: legacy client refused: MD5 authentication is disabled (~s)",
+                         [D#d.peer]),
+            auth_failed(D);
+        true ->
+            case fabric_peer_handshake:check_legacy_response(C, maps:get(secret, O), R) of
+                true ->
+                    case raw_send(fabric_peer_handshake:encode({auth, success}), D) of
+                        {ok, D1} -> fabric_peer_conn:established(#{mode => legacy}, false, D1);
+                        {{error, _}, D1} -> {stop, normal, D1}
+                    end;
+                false ->
+                    ?LOG_WARNING("fabric: authentication failed (legacy) from ~s", [D#d.peer]),
+                    auth_failed(D)
+            end
+    end;
+response({response, Mac, AcceptBin}, F3,
+         #d{hs = #{kind := extended, f1 := F1, f2 := F2} = Hs, o = O} = D)
+  when is_binary(AcceptBin) ->
+    Secret = maps:get(secret, O),
+    Expected = fabric_peer_handshake:client_mac(Secret, F1, F2, AcceptBin),
+    Accept = case fabric_peer_handshake:check_mac(Expected, Mac) of
+                 true ->
+                     case hs_decode(AcceptBin, D) of
+                         {ok, A} -> fabric_peer_handshake:parse_accept(A, maps:get(features, O));
+                         error -> {error, bad_accept}
+                     end;
+                 false -> {error, bad_mac}
+             end,
+    case Accept of
+        {ok, #{features := Feats} = Acc} ->
+            Params = #{mode => extended, features => Feats, version => maps:get(version, Hs),
+                       peer_node => maps:get(node, Acc), peer_max => maps:get(max_frame, Acc),
+                       peer_hb => maps:get(heartbeat, Acc)},
+            session(Params, maps:get(resume, Acc), F1, F2, F3, D);
+        {error, Why} ->
+            ?LOG_WARNING("fabric: authentication failed (~0p) from ~s", [Why, D#d.peer]),
+            auth_failed(D)
+    end;
+response(_, _, D) ->
+    ?LOG_WARNING("fabric: bad handshake response from ~s", [D#d.peer]),
+    auth_failed(D).
+
+%% The last handshake frame: a new session, a resumed one (this process hands the socket
+%% to the session's owner and ends), or none.
+session(#{features := Feats} = Params, Resume, F1, F2, F3, #d{o = O, ref = Ref} = D) ->
+    SessionOn = lists:member(<<"session">>, Feats),
+    Claimed = case {SessionOn, Resume} of
+                  {true, Sid} when is_binary(Sid) -> claim(Ref, Sid);
+                  _ -> error
+              end,
+    {SidBin, Owner} = case {SessionOn, Claimed} of
+                          {true, {ok, Pid}} -> {Resume, Pid};
+                          {true, error} -> {crypto:strong_rand_bytes(16), none};
+                          {false, _} -> {undefined, none}
+                      end,
+    Resumed = Owner =/= none,
+    InfoBin = term_to_binary(fabric_peer_handshake:info(#{session => SidBin, resumed => Resumed})),
+    Mac = fabric_peer_handshake:server_mac(maps:get(secret, O), F1, F2, F3, InfoBin),
+    F4 = fabric_peer_handshake:encode({auth, success, Mac, InfoBin}),
+    case raw_send(F4, D) of
+        {{error, _}, D1} -> {stop, normal, D1};
+        {ok, #d{t = T, sock = S, peer = Peer} = D1} when Resumed ->
+            case fabric_peer_transport:controlling_process(T, S, Owner) of
+                ok -> gen_statem:cast(Owner, {attach, T, S, Peer, Params});
+                {error, _} -> fabric_peer_transport:close(T, S)
+            end,
+            {stop, normal, D1#d{sock = undefined}};
+        {ok, D1} ->
+            fabric_peer_conn:established(Params#{session => SidBin}, false, D1)
+    end.
+
+claim(Ref, Sid) ->
+    case fabric_peer_registry:session_owner(Ref, Sid) of
+        undefined -> error;
+        Pid ->
+            try gen_statem:call(Pid, {claim, self()}, 5000) of
+                ok -> {ok, Pid};
+                _ -> error
+            catch exit:_ -> error
+            end
+    end.
+
+auth_failed(#d{ref = Ref, peer_ip = Ip, o = O} = D) ->
+    {_, D1} = raw_send(fabric_peer_handshake:encode({auth, failed}), D),
+    case Ip =/= undefined andalso fabric_peer_throttle:failed(Ref, Ip, O) of
+        block ->
+            ?LOG_WARNING("fabric: ~b failed authentications from ~s within ~b ms: refusing its "
+                         "new connections for ~b ms",
+                         [maps:get(max_auth_failures, O), inet:ntoa(Ip),
+                          maps:get(auth_failure_window, O), maps:get(auth_block_time, O)]);
+        _ -> ok
+    end,
+    {stop, normal, D1}.
+
+hs_send(Term, Next, D) ->
+    case raw_send(fabric_peer_handshake:encode(Term), D) of
+        {ok, D1} -> {next_state, Next, D1};
+        {{error, _}, D1} -> {stop, normal, D1}
+    end.
+
+hs_close(Why, D) ->
+    ?LOG_WARNING("fabric: handshake refused from ~s: ~s", [D#d.peer, Why]),
+    {stop, normal, D}.

@@ -1,0 +1,281 @@
+%% @doc The session of one connection, as pure data: everything both sides must agree on
+%% and that outlives a socket when the `session' feature resumes it (docs/protocol.md 4.3,
+%% 6). No process is monitored or spawned here; the connection does that and records the
+%% result.
+%%
+%% <ul>
+%% <li>exports: our processes known to the peer as `{pr, Id}', and their monitors;</li>
+%% <li>graves: exported processes that ended keep their id -> pid entry ("Identity
+%%   survives death"), so a pid shipped again after its DEAD is still `{pr, Id}';</li>
+%% <li>proxies: the peer's processes, one local proxy per remote id, and their monitors;</li>
+%% <li>proxy graves: proxies that ended, so shipping one back still gives `{pl, Id}';</li>
+%% <li>the DEAD notices recently written (resent after a resume);</li>
+%% <li>gen calls from the peer whose alias tag was replaced (see fabric_peer_protocol);</li>
+%% <li>the outbox: frames written while there is no socket, sent on resume (acks and
+%%   credit will extend it).</li>
+%% </ul>
+-module(fabric_peer_session).
+
+-export([new/0, reset/1,
+         export_of/2, exported/2, export_count/1, issued/2, next_id/1, add_export/2, watch_export/3,
+         export_down/4, grave_of/2, grave_pid/2, export_monitors/1,
+         proxy_of/2, proxy_id/2, proxy_count/1, proxies/1, add_proxy/3, watch_proxy/3,
+         end_proxy/2, proxy_down/3, buried_proxy/2, dead_proxy/2, remote_ended/2,
+         recent_dead/1,
+         call_in/3, call_out/3,
+         enqueue/4, take_outbox/1, outbox_len/1]).
+
+-export_type([session/0]).
+
+%% How many ended exported processes (and ended proxies) are remembered; older ones are
+%% forgotten (an unknown {pl, Id} then gets an exited placeholder pid).
+-define(GRAVE_SIZE, 1024).
+-define(RECENT_DEAD, 256).
+%% Pending gen calls from the peer remembered for their reply (a call never answered stays
+%% until this many newer ones pushed it out).
+-define(MAX_CALLS, 4096).
+
+-record(session, {
+          next_id = 1 :: pos_integer(),
+          exp_pid = #{} :: #{pid() => pos_integer()},
+          exp_id = #{} :: #{pos_integer() => pid()},
+          exp_mon = #{} :: #{reference() => pos_integer()},
+          grave = #{} :: #{pos_integer() => pid()},
+          grave_pid = #{} :: #{pid() => {pos_integer(), term()}},
+          grave_q = queue:new() :: queue:queue(pos_integer()),
+          prox_id = #{} :: #{integer() => pid()},
+          prox_pid = #{} :: #{pid() => integer()},
+          prox_mon = #{} :: #{reference() => integer()},
+          pgrave = #{} :: #{pid() => integer()},
+          pgrave_id = #{} :: #{integer() => pid()},
+          pgrave_q = queue:new() :: queue:queue(pid()),
+          recent_dead = queue:new() :: queue:queue(tuple()),
+          calls = #{} :: #{reference() => pid()},
+          calls_q = queue:new() :: queue:queue(reference()),
+          outbox = queue:new() :: queue:queue(binary()),
+          queued_msgs = 0 :: non_neg_integer()
+         }).
+
+-opaque session() :: #session{}.
+
+%% @doc An empty session.
+-spec new() -> session().
+new() -> #session{}.
+
+%% @doc Forget the session (no session, or it was not resumed). Returns the live proxies
+%% (the caller ends them) and the exports' monitors (the caller drops them). Pending gen
+%% call tags stay: a late reply through a proxy still finds its caller's tag.
+-spec reset(session()) -> {[pid()], [reference()], session()}.
+reset(#session{calls = C, calls_q = Q} = S) ->
+    {maps:keys(S#session.prox_pid), maps:keys(S#session.exp_mon),
+     #session{calls = C, calls_q = Q}}.
+
+%%% exports
+
+%% @doc The id of exported process `Pid'.
+-spec export_of(pid(), session()) -> {ok, pos_integer()} | error.
+export_of(Pid, #session{exp_pid = EP}) -> maps:find(Pid, EP).
+
+%% @doc The live exported process with id `Id'.
+-spec exported(pos_integer(), session()) -> {ok, pid()} | error.
+exported(Id, #session{exp_id = EI}) -> maps:find(Id, EI).
+
+%% @doc How many processes are exported.
+-spec export_count(session()) -> non_neg_integer().
+export_count(#session{exp_pid = EP}) -> map_size(EP).
+
+%% @doc True when `Id' was issued to the peer (whether or not its process still runs).
+-spec issued(integer(), session()) -> boolean().
+issued(Id, #session{next_id = N}) -> Id > 0 andalso Id < N.
+
+%% @doc The id the next exported process gets.
+-spec next_id(session()) -> pos_integer().
+next_id(#session{next_id = N}) -> N.
+
+%% @doc Export `Pid' (or return its id if it is exported). `new' tells the caller to
+%% monitor it and record the monitor with `watch_export/3'.
+-spec add_export(pid(), session()) -> {new | known, pos_integer(), session()}.
+add_export(Pid, #session{exp_pid = EP, exp_id = EI, next_id = Id} = S) ->
+    case EP of
+        #{Pid := Known} -> {known, Known, S};
+        _ -> {new, Id, S#session{next_id = Id + 1, exp_pid = EP#{Pid => Id}, exp_id = EI#{Id => Pid}}}
+    end.
+
+%% @doc Record the monitor of exported process `Id'.
+-spec watch_export(reference(), pos_integer(), session()) -> session().
+watch_export(Ref, Id, #session{exp_mon = M} = S) -> S#session{exp_mon = M#{Ref => Id}}.
+
+%% @doc The monitor `Ref' fired. For an exported process: it is buried, and its DEAD
+%% notice (to be written) is remembered for a resume.
+-spec export_down(reference(), pid(), term(), session()) -> {dead, tuple(), session()} | error.
+export_down(Ref, Pid, Reason, #session{exp_mon = M} = S) ->
+    case maps:take(Ref, M) of
+        {Id, M1} ->
+            S1 = bury(Id, Pid, Reason, S#session{exp_mon = M1,
+                                                 exp_pid = maps:remove(Pid, S#session.exp_pid),
+                                                 exp_id = maps:remove(Id, S#session.exp_id)}),
+            Dead = {'DEAD', {pr, Id}, Reason},
+            Recent = queue:in(Dead, S1#session.recent_dead),
+            Recent1 = case queue:len(Recent) > ?RECENT_DEAD of
+                          true -> queue:drop(Recent);
+                          false -> Recent
+                      end,
+            {dead, Dead, S1#session{recent_dead = Recent1}};
+        error -> error
+    end.
+
+bury(Id, Pid, Reason, #session{grave = G, grave_pid = GP, grave_q = Q} = S) ->
+    Q1 = queue:in(Id, Q),
+    G1 = G#{Id => Pid},
+    GP1 = GP#{Pid => {Id, Reason}},
+    case queue:len(Q1) > ?GRAVE_SIZE of
+        true ->
+            {{value, Old}, Q2} = queue:out(Q1),
+            OldPid = maps:get(Old, G1),
+            S#session{grave = maps:remove(Old, G1), grave_pid = maps:remove(OldPid, GP1),
+                      grave_q = Q2};
+        false -> S#session{grave = G1, grave_pid = GP1, grave_q = Q1}
+    end.
+
+%% @doc The old id and exit reason of an exported process that ended.
+-spec grave_of(pid(), session()) -> {ok, {pos_integer(), term()}} | error.
+grave_of(Pid, #session{grave_pid = GP}) -> maps:find(Pid, GP).
+
+%% @doc The pid an ended export's id stood for.
+-spec grave_pid(integer(), session()) -> {ok, pid()} | error.
+grave_pid(Id, #session{grave = G}) -> maps:find(Id, G).
+
+%% @doc The monitors of the exported processes.
+-spec export_monitors(session()) -> [reference()].
+export_monitors(#session{exp_mon = M}) -> maps:keys(M).
+
+%%% proxies
+
+%% @doc The live proxy for the peer's process `Id'.
+-spec proxy_of(integer(), session()) -> {ok, pid()} | error.
+proxy_of(Id, #session{prox_id = PI}) -> maps:find(Id, PI).
+
+%% @doc The remote id a live proxy stands for.
+-spec proxy_id(pid(), session()) -> {ok, integer()} | error.
+proxy_id(Pid, #session{prox_pid = PP}) -> maps:find(Pid, PP).
+
+%% @doc How many live proxies there are.
+-spec proxy_count(session()) -> non_neg_integer().
+proxy_count(#session{prox_id = PI}) -> map_size(PI).
+
+%% @doc The live proxies.
+-spec proxies(session()) -> [pid()].
+proxies(#session{prox_pid = PP}) -> maps:keys(PP).
+
+%% @doc Record the new proxy `Pid' for remote id `Id'.
+-spec add_proxy(integer(), pid(), session()) -> session().
+add_proxy(Id, Pid, #session{prox_id = PI, prox_pid = PP} = S) ->
+    S#session{prox_id = PI#{Id => Pid}, prox_pid = PP#{Pid => Id}}.
+
+%% @doc Record the monitor of proxy `Id'.
+-spec watch_proxy(reference(), integer(), session()) -> session().
+watch_proxy(Ref, Id, #session{prox_mon = M} = S) -> S#session{prox_mon = M#{Ref => Id}}.
+
+%% @doc Live proxy `Pid' ended: it is no longer live and is remembered as dead (its
+%% monitor entry stays until its DOWN).
+-spec end_proxy(pid(), session()) -> session().
+end_proxy(Pid, #session{prox_id = PI, prox_pid = PP} = S) ->
+    case maps:take(Pid, PP) of
+        {Id, PP1} -> bury_proxy(Pid, Id, S#session{prox_id = maps:remove(Id, PI), prox_pid = PP1});
+        error -> S
+    end.
+
+%% @doc Proxy monitor `Ref' fired for `Pid'. `killed_live': the proxy was still live (it
+%% was ended locally, not by a DEAD); it is now buried.
+-spec proxy_down(reference(), pid(), session()) ->
+          {killed_live, integer(), session()} | {ok, session()} | error.
+proxy_down(Ref, Pid, #session{prox_mon = M} = S) ->
+    case maps:take(Ref, M) of
+        {Id, M1} ->
+            S1 = S#session{prox_mon = M1},
+            case S1#session.prox_pid of
+                #{Pid := Id} -> {killed_live, Id, end_proxy(Pid, S1)};
+                _ -> {ok, S1}
+            end;
+        error -> error
+    end.
+
+bury_proxy(Pid, Id, #session{pgrave = G, pgrave_id = GI, pgrave_q = Q} = S) ->
+    Q1 = queue:in(Pid, Q),
+    G1 = G#{Pid => Id},
+    GI1 = case GI of #{Id := _} -> GI; _ -> GI#{Id => Pid} end,
+    case queue:len(Q1) > ?GRAVE_SIZE of
+        true ->
+            {{value, Old}, Q2} = queue:out(Q1),
+            OldId = maps:get(Old, G1),
+            GI2 = case GI1 of #{OldId := Old} -> maps:remove(OldId, GI1); _ -> GI1 end,
+            S#session{pgrave = maps:remove(Old, G1), pgrave_id = GI2, pgrave_q = Q2};
+        false -> S#session{pgrave = G1, pgrave_id = GI1, pgrave_q = Q1}
+    end.
+
+%% @doc The remote id of a proxy that ended.
+-spec buried_proxy(pid(), session()) -> {ok, integer()} | error.
+buried_proxy(Pid, #session{pgrave = G}) -> maps:find(Pid, G).
+
+%% @doc The dead proxy that stands for remote id `Id' (no live proxy does).
+-spec dead_proxy(integer(), session()) -> {ok, pid()} | error.
+dead_proxy(Id, #session{pgrave_id = G, prox_id = PI}) ->
+    case is_map_key(Id, PI) of
+        true -> error;
+        false -> maps:find(Id, G)
+    end.
+
+%% @doc The peer's process `A' ended (its DEAD ended our proxy for it) and no proxy stands
+%% for it.
+-spec remote_ended(integer(), session()) -> boolean().
+remote_ended(A, #session{prox_id = PI, pgrave_id = G}) ->
+    not is_map_key(A, PI) andalso is_map_key(A, G).
+
+%% @doc The DEAD notices recently written, oldest first.
+-spec recent_dead(session()) -> [tuple()].
+recent_dead(#session{recent_dead = R}) -> queue:to_list(R).
+
+%%% gen calls from the peer
+
+%% @doc Remember that the peer's caller `From' (a proxy) waits for a reply tagged `Ref'.
+-spec call_in(reference(), pid(), session()) -> session().
+call_in(Ref, From, #session{calls = C, calls_q = Q} = S) ->
+    Q1 = queue:in(Ref, Q),
+    {C1, Q2} = case queue:len(Q1) > ?MAX_CALLS of
+                   true ->
+                       {{value, Old}, Q3} = queue:out(Q1),
+                       {maps:remove(Old, C), Q3};
+                   false -> {C, Q1}
+               end,
+    S#session{calls = C1#{Ref => From}, calls_q = Q2}.
+
+%% @doc A reply tagged `Ref' sent to proxy `Proxy': `ok' (and forgotten) when it answers a
+%% remembered call of that proxy. The queue entry stays until pushed out; a stale one only
+%% costs a lookup.
+-spec call_out(reference(), pid(), session()) -> {ok, session()} | error.
+call_out(Ref, Proxy, #session{calls = C} = S) ->
+    case C of
+        #{Ref := Proxy} -> {ok, S#session{calls = maps:remove(Ref, C)}};
+        _ -> error
+    end.
+
+%%% the outbox
+
+%% @doc Keep a frame written while there is no socket: control frames always, messages up
+%% to `Max' (0 refuses them with `not_connected').
+-spec enqueue(msg | ctrl, binary(), non_neg_integer(), session()) ->
+          {ok, session()} | {{error, not_connected | queue_full}, session()}.
+enqueue(msg, _, Max, #session{queued_msgs = N} = S) when N >= Max ->
+    {{error, case Max of 0 -> not_connected; _ -> queue_full end}, S};
+enqueue(Kind, Bin, _, #session{outbox = Q, queued_msgs = N} = S) ->
+    N1 = case Kind of msg -> N + 1; ctrl -> N end,
+    {ok, S#session{outbox = queue:in(Bin, Q), queued_msgs = N1}}.
+
+%% @doc Take the outbox, oldest frame first, leaving it empty.
+-spec take_outbox(session()) -> {[binary()], session()}.
+take_outbox(#session{outbox = Q} = S) ->
+    {queue:to_list(Q), S#session{outbox = queue:new(), queued_msgs = 0}}.
+
+%% @doc How many frames wait in the outbox.
+-spec outbox_len(session()) -> non_neg_integer().
+outbox_len(#session{outbox = Q}) -> queue:len(Q).
