@@ -18,7 +18,7 @@
 
 -export([new/0, reset/1,
          export_of/2, exported/2, export_count/1, issued/2, next_id/1, add_export/2, watch_export/3,
-         export_down/4, grave_of/2, grave_pid/2, export_monitors/1,
+         export_down/4, grave_of/2, grave_pid/2,
          proxy_of/2, proxy_id/2, proxy_count/1, proxies/1, add_proxy/3, watch_proxy/3,
          end_proxy/2, proxy_down/3, buried_proxy/2, dead_proxy/2, remote_ended/2,
          recent_dead/1,
@@ -144,10 +144,6 @@ grave_of(Pid, #session{grave_pid = GP}) -> maps:find(Pid, GP).
 %% @doc The pid an ended export's id stood for.
 -spec grave_pid(integer(), session()) -> {ok, pid()} | error.
 grave_pid(Id, #session{grave = G}) -> maps:find(Id, G).
-
-%% @doc The monitors of the exported processes.
--spec export_monitors(session()) -> [reference()].
-export_monitors(#session{exp_mon = M}) -> maps:keys(M).
 
 %%% proxies
 

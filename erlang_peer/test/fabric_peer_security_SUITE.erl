@@ -233,7 +233,8 @@ max_kept_sessions_expires_the_oldest(_Config) ->
     Port = fabric_peer:port(S),
     Session = fun() ->
                       {Sock, _, #{<<"session">> := Sid}} = ext_login(Port, "secret"),
-                      [{_, Pid}] = ets:lookup(fabric_peer_registry, {Ref, {session, Sid}}),
+                      Pid = fabric_peer_registry:session_owner(Ref, Sid),
+                      true = is_pid(Pid),
                       {Sock, Pid}
               end,
     {Sock1, Conn1} = Session(),
