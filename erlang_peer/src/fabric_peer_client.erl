@@ -16,7 +16,7 @@
 -export([start_link/2, lost/2, socket_gone/3]).
 -export([init/1, callback_mode/0, handle_event/4, terminate/3, code_change/4]).
 
--import(fabric_peer_conn, [raw_send/2, drop_socket/1, hs_decode/2]).
+-import(fabric_peer_conn, [raw_send/2, drop_socket/1]).
 
 %% @doc Start a client connection to `{Host, Port}' (the first attempt starts when
 %% `fabric_peer_conn:await_ready/2' waits for it).
@@ -44,18 +44,11 @@ handle_event(internal, connect, connecting, #d{o = O, t = T, target = {Host, Por
                                        maps:get(connect_timeout, O)) of
         {ok, S} ->
             D1 = D#d{sock = S, peer = fabric_peer_transport:peername(T, S), hs = #{}},
-            {Hello, Hs} = case maps:get(mode, O) of
-                              extended ->
-                                  Nonce = crypto:strong_rand_bytes(32),
-                                  {fabric_peer_handshake:extended_hello(Nonce), #{kind => extended}};
-                              legacy ->
-                                  {fabric_peer_handshake:legacy_hello(), #{kind => legacy}}
-                          end,
-            F1 = fabric_peer_handshake:encode(Hello),
+            {F1, Hs} = fabric_peer_client_hs:hello(O, crypto:strong_rand_bytes(32)),
             case raw_send(F1, D1) of
                 {ok, D2} ->
                     ok = fabric_peer_conn:activate(D2),
-                    {next_state, await_challenge, D2#d{hs = Hs#{f1 => F1}},
+                    {next_state, await_challenge, D2#d{hs = Hs},
                      [{{timeout, handshake}, maps:get(handshake_timeout, O), handshake}]};
                 {{error, Why}, D2} -> failed({connect, Why}, D2)
             end;
@@ -63,18 +56,22 @@ handle_event(internal, connect, connecting, #d{o = O, t = T, target = {Host, Por
             failed({connect, Why}, D)
     end;
 
-handle_event(internal, {frame, Bin}, await_challenge, D) ->
-    D1 = fabric_peer_conn:count_in(D),
-    case hs_decode(Bin, D1) of
-        {ok, Term} -> challenge(Term, Bin, D1);
-        error -> failed({auth_failed, bad_challenge}, D1)
+handle_event(internal, {frame, F2}, await_challenge, D0) ->
+    #d{o = O, hs = Hs, session = Sid, peer = Peer} = D = fabric_peer_conn:count_in(D0),
+    case fabric_peer_client_hs:challenge(F2, Hs, Sid, O, Peer) of
+        {send, F3, Hs1} ->
+            case raw_send(F3, D) of
+                {ok, D1} -> {next_state, await_auth, D1#d{hs = Hs1}};
+                {{error, Why}, D1} -> failed({connect, Why}, D1)
+            end;
+        {fail, Why} -> failed(Why, D)
     end;
 
-handle_event(internal, {frame, Bin}, await_auth, D) ->
-    D1 = fabric_peer_conn:count_in(D),
-    case hs_decode(Bin, D1) of
-        {ok, Term} -> auth(Term, D1);
-        error -> failed({auth_failed, bad_auth_frame}, D1)
+handle_event(internal, {frame, F4}, await_auth, D0) ->
+    #d{o = O, hs = Hs, peer = Peer} = D = fabric_peer_conn:count_in(D0),
+    case fabric_peer_client_hs:auth(F4, Hs, O, Peer) of
+        {established, Params, Resumed} -> fabric_peer_conn:established(Params, Resumed, D);
+        {fail, Why} -> failed(Why, D)
     end;
 
 handle_event(state_timeout, reconnect, disconnected, D) ->
@@ -146,82 +143,6 @@ socket_gone(established, Why, D) -> lost(D, Why);
 socket_gone(State, Why, D) when State =:= await_challenge; State =:= await_auth ->
     failed({connect, Why}, D);
 socket_gone(_, _, D) -> {keep_state, drop_socket(D)}.
-
-%%% --- handshake
-
-challenge({challenge, C}, _, #d{o = O, hs = Hs} = D) ->
-    case {maps:get(allow_legacy_auth, O), fabric_peer_handshake:parse_legacy_challenge(C)} of
-        {false, _} ->
-            ?LOG_ERROR("fabric: the server at ~s is an original (MD5-only) fabric peer and "
-                       "legacy authentication is disabled; pass allow_legacy_auth => true "
-                       "to allow MD5 authentication", [D#d.peer]),
-            failed({auth_failed, legacy_server}, D);
-        {true, {ok, Ch}} ->
-            R = fabric_peer_handshake:legacy_response(Ch, maps:get(secret, O)),
-            case raw_send(fabric_peer_handshake:encode({response, R}), D) of
-                {ok, D1} -> {next_state, await_auth, D1#d{hs = Hs#{kind => legacy}}};
-                {{error, Why}, D1} -> failed({connect, Why}, D1)
-            end;
-        {true, error} -> failed({auth_failed, bad_challenge}, D)
-    end;
-challenge({challenge, Nonce, Offer0}, F2, #d{o = O, hs = #{kind := extended, f1 := F1} = Hs} = D)
-  when is_binary(Nonce), byte_size(Nonce) =:= 32 ->
-    case fabric_peer_handshake:parse_offer(Offer0) of
-        {ok, Offer} ->
-            Mine = maps:get(features, O),
-            Feats = [F || F <- Mine, lists:member(F, maps:get(features, Offer))],
-            Resume = case lists:member(<<"session">>, Feats) of
-                         true -> D#d.session;
-                         false -> undefined
-                     end,
-            Accept = fabric_peer_handshake:accept(#{features => Feats, node => maps:get(node, O),
-                                                    max_frame => maps:get(max_frame, O),
-                                                    heartbeat => maps:get(heartbeat, O),
-                                                    resume => Resume}),
-            AcceptBin = term_to_binary(Accept),
-            Mac = fabric_peer_handshake:client_mac(maps:get(secret, O), F1, F2, AcceptBin),
-            F3 = fabric_peer_handshake:encode({response, Mac, AcceptBin}),
-            case raw_send(F3, D) of
-                {ok, D1} ->
-                    {next_state, await_auth,
-                     D1#d{hs = Hs#{f2 => F2, f3 => F3, offer => Offer, features => Feats}}};
-                {{error, Why}, D1} -> failed({connect, Why}, D1)
-            end;
-        {error, _} -> failed({auth_failed, bad_offer}, D)
-    end;
-challenge(_, _, D) ->
-    failed({auth_failed, bad_challenge}, D).
-
-auth({auth, success}, #d{hs = #{kind := legacy}} = D) ->
-    fabric_peer_conn:established(#{mode => legacy}, false, D);
-auth({auth, success, Mac, InfoBin}, #d{o = O, hs = #{kind := extended} = Hs} = D)
-  when is_binary(InfoBin) ->
-    #{f1 := F1, f2 := F2, f3 := F3, offer := Offer, features := Feats} = Hs,
-    Expected = fabric_peer_handshake:server_mac(maps:get(secret, O), F1, F2, F3, InfoBin),
-    case fabric_peer_handshake:check_mac(Expected, Mac) of
-        false ->
-            ?LOG_ERROR("fabric: the server at ~s could not prove it knows the secret", [D#d.peer]),
-            failed({auth_failed, server_not_authenticated}, D);
-        true ->
-            case hs_decode(InfoBin, D) of
-                {ok, I} ->
-                    case fabric_peer_handshake:parse_info(I) of
-                        {ok, #{session := Sid, resumed := Resumed}} ->
-                            Params = #{mode => extended, features => Feats,
-                                       version => maps:get(version, Offer),
-                                       peer_node => maps:get(node, Offer),
-                                       peer_max => maps:get(max_frame, Offer),
-                                       peer_hb => maps:get(heartbeat, Offer), session => Sid},
-                            fabric_peer_conn:established(Params, Resumed, D);
-                        {error, _} -> failed({auth_failed, bad_info}, D)
-                    end;
-                error -> failed({auth_failed, bad_info}, D)
-            end
-    end;
-auth({auth, failed}, D) ->
-    failed({auth_failed, refused_by_server}, D);
-auth(_, D) ->
-    failed({auth_failed, bad_auth_frame}, D).
 
 %% A handshake or connect failure: the first attempt reports to `connect/4' and stops;
 %% later attempts back off and retry.

@@ -21,7 +21,7 @@
 -export([socket_ready/1, info/1, whereis/3, send/3, close/1, await_ready/2, allow/2,
          drop_connection/1]).
 -export([new_data/2, handle_common/4, established/3, lost/1, terminate/1, run/2,
-         raw_send/2, drop_socket/1, activate/1, hs_decode/2, count_in/1, now_ms/0]).
+         raw_send/2, drop_socket/1, activate/1, count_in/1, now_ms/0]).
 
 -type data() :: #d{}.
 -export_type([data/0]).
@@ -348,15 +348,6 @@ activate(#d{t = T, sock = S}) ->
     case fabric_peer_transport:activate(T, S) of
         ok -> ok;
         {error, Why} -> self() ! {fabric_send_failed, S, Why}, ok
-    end.
-
-%% @doc Decode a handshake frame: handshake frames never create atoms.
--spec hs_decode(binary(), data()) -> {ok, term()} | error.
-hs_decode(Bin, #d{o = O}) ->
-    case fabric_peer_etf:decode(Bin, #{atoms_left => 0,
-                                       max_decompressed => maps:get(max_handshake_frame, O)}) of
-        {ok, T, _} -> {ok, T};
-        {error, _} -> error
     end.
 
 %% @doc Count a handshake frame received.

@@ -19,7 +19,7 @@
 %% A claimed session waits this long for the resuming connection to hand its socket over.
 -define(ATTACH_TIMEOUT, 10000).
 
--import(fabric_peer_conn, [raw_send/2, drop_socket/1, hs_decode/2]).
+-import(fabric_peer_conn, [raw_send/2, drop_socket/1]).
 
 %% @doc Start the server side of an accepted socket (owned by the caller until
 %% `fabric_peer_conn:socket_ready/1').
@@ -65,29 +65,33 @@ handle_event(cast, socket_ready, wait_socket, #d{t = T, sock = S0, o = O, ref = 
     end;
 
 handle_event(internal, {frame, Bin}, await_hello, D0) ->
-    D = fabric_peer_conn:count_in(D0),
-    case hs_decode(Bin, D) of
-        {ok, Term} ->
-            case fabric_peer_handshake:parse_hello(Term) of
-                %% a legacy-only server answers like the original: the hello's name is ignored
-                {extended, _, _} when map_get(mode, D#d.o) =:= legacy -> legacy_challenge(D);
-                {extended, V, _ClientNonce} -> ext_challenge(Bin, V, D);
-                legacy -> legacy_challenge(D);
-                {error, bad_hello} -> hs_close("first frame is not a hello", D)
-            end;
-        error -> hs_close("first frame is not a valid term", D)
+    #d{o = O} = D = fabric_peer_conn:count_in(D0),
+    Rand = #{nonce => crypto:strong_rand_bytes(32),
+             challenge => fabric_peer_handshake:legacy_challenge()},
+    case fabric_peer_server_hs:hello(Bin, O, Rand) of
+        {send, F2, Hs} -> hs_send(F2, await_response, D#d{hs = Hs});
+        {refuse, Why} ->
+            ?LOG_WARNING("fabric: handshake refused from ~s: ~s", [D#d.peer, Why]),
+            {stop, normal, D}
     end;
 
-handle_event(internal, {frame, Bin}, await_response, D) ->
-    D1 = fabric_peer_conn:count_in(D),
-    Term = case hs_decode(Bin, D1) of {ok, T} -> T; error -> bad_frame end,
-    response(Term, Bin, D1);
+handle_event(internal, {frame, F3}, await_response, D0) ->
+    #d{o = O, hs = Hs, peer = Peer} = D = fabric_peer_conn:count_in(D0),
+    case fabric_peer_server_hs:response(F3, Hs, O, Peer) of
+        {legacy, F4} ->
+            case raw_send(F4, D) of
+                {ok, D1} -> fabric_peer_conn:established(#{mode => legacy}, false, D1);
+                {{error, _}, D1} -> {stop, normal, D1}
+            end;
+        {extended, Params, Resume} -> session(Params, Resume, F3, D);
+        failed -> auth_failed(D)
+    end;
 
 handle_event({timeout, handshake}, handshake, State, D)
   when State =:= await_hello; State =:= await_response ->
     ?LOG_WARNING("fabric: handshake timeout from ~s", [D#d.peer]),
     case State of
-        await_response -> _ = raw_send(fabric_peer_handshake:encode({auth, failed}), D);
+        await_response -> _ = raw_send(fabric_peer_server_hs:failure(), D);
         _ -> ok
     end,
     {stop, normal, D};
@@ -170,73 +174,9 @@ unkeep_session(#d{ref = Ref}) -> fabric_peer_registry:unkeep_detached(Ref, self(
 
 %%% --- handshake
 
-legacy_challenge(D) ->
-    C = fabric_peer_handshake:legacy_challenge(),
-    hs_send({challenge, C}, await_response, D#d{hs = #{kind => legacy, challenge => C}}).
-
-ext_challenge(F1, ClientVersion, #d{o = O} = D) ->
-    Version = min(ClientVersion, fabric_peer_handshake:version()),
-    Nonce = crypto:strong_rand_bytes(32),
-    Offer = fabric_peer_handshake:offer(#{version => Version, features => maps:get(features, O),
-                                          node => maps:get(node, O),
-                                          max_frame => maps:get(max_frame, O),
-                                          heartbeat => maps:get(heartbeat, O)}),
-    F2 = fabric_peer_handshake:encode({challenge, Nonce, Offer}),
-    case raw_send(F2, D) of
-        {ok, D1} ->
-            {next_state, await_response,
-             D1#d{hs = #{kind => extended, f1 => F1, f2 => F2, version => Version}}};
-        {{error, _}, D1} -> {stop, normal, D1}
-    end.
-
-response({response, R}, _, #d{hs = #{kind := legacy, challenge := C}, o = O} = D) ->
-    case maps:get(allow_legacy_auth, O) of
-        false ->
-            ?LOG_WARNING("fabric: legacy client refused: MD5 authentication is disabled (~s)",
-                         [D#d.peer]),
-            auth_failed(D);
-        true ->
-            case fabric_peer_handshake:check_legacy_response(C, maps:get(secret, O), R) of
-                true ->
-                    case raw_send(fabric_peer_handshake:encode({auth, success}), D) of
-                        {ok, D1} -> fabric_peer_conn:established(#{mode => legacy}, false, D1);
-                        {{error, _}, D1} -> {stop, normal, D1}
-                    end;
-                false ->
-                    ?LOG_WARNING("fabric: authentication failed (legacy) from ~s", [D#d.peer]),
-                    auth_failed(D)
-            end
-    end;
-response({response, Mac, AcceptBin}, F3,
-         #d{hs = #{kind := extended, f1 := F1, f2 := F2} = Hs, o = O} = D)
-  when is_binary(AcceptBin) ->
-    Secret = maps:get(secret, O),
-    Expected = fabric_peer_handshake:client_mac(Secret, F1, F2, AcceptBin),
-    Accept = case fabric_peer_handshake:check_mac(Expected, Mac) of
-                 true ->
-                     case hs_decode(AcceptBin, D) of
-                         {ok, A} -> fabric_peer_handshake:parse_accept(A, maps:get(features, O));
-                         error -> {error, bad_accept}
-                     end;
-                 false -> {error, bad_mac}
-             end,
-    case Accept of
-        {ok, #{features := Feats} = Acc} ->
-            Params = #{mode => extended, features => Feats, version => maps:get(version, Hs),
-                       peer_node => maps:get(node, Acc), peer_max => maps:get(max_frame, Acc),
-                       peer_hb => maps:get(heartbeat, Acc)},
-            session(Params, maps:get(resume, Acc), F1, F2, F3, D);
-        {error, Why} ->
-            ?LOG_WARNING("fabric: authentication failed (~0p) from ~s", [Why, D#d.peer]),
-            auth_failed(D)
-    end;
-response(_, _, D) ->
-    ?LOG_WARNING("fabric: bad handshake response from ~s", [D#d.peer]),
-    auth_failed(D).
-
-%% The last handshake frame: a new session, a resumed one (this process hands the socket
-%% to the session's owner and ends), or none.
-session(#{features := Feats} = Params, Resume, F1, F2, F3, #d{o = O, ref = Ref} = D) ->
+%% The client is authenticated: a new session, a resumed one (this process hands the
+%% socket to the session's owner and ends), or none.
+session(#{features := Feats} = Params, Resume, F3, #d{o = O, ref = Ref, hs = Hs} = D) ->
     SessionOn = lists:member(<<"session">>, Feats),
     Claimed = case {SessionOn, Resume} of
                   {true, Sid} when is_binary(Sid) -> claim(Ref, Sid);
@@ -248,9 +188,7 @@ session(#{features := Feats} = Params, Resume, F1, F2, F3, #d{o = O, ref = Ref} 
                           {false, _} -> {undefined, none}
                       end,
     Resumed = Owner =/= none,
-    InfoBin = term_to_binary(fabric_peer_handshake:info(#{session => SidBin, resumed => Resumed})),
-    Mac = fabric_peer_handshake:server_mac(maps:get(secret, O), F1, F2, F3, InfoBin),
-    F4 = fabric_peer_handshake:encode({auth, success, Mac, InfoBin}),
+    F4 = fabric_peer_server_hs:success(SidBin, Resumed, F3, Hs, O),
     case raw_send(F4, D) of
         {{error, _}, D1} -> {stop, normal, D1};
         {ok, #d{t = T, sock = S, peer = Peer} = D1} when Resumed ->
@@ -275,7 +213,7 @@ claim(Ref, Sid) ->
     end.
 
 auth_failed(#d{ref = Ref, peer_ip = Ip, o = O} = D) ->
-    {_, D1} = raw_send(fabric_peer_handshake:encode({auth, failed}), D),
+    {_, D1} = raw_send(fabric_peer_server_hs:failure(), D),
     case Ip =/= undefined andalso fabric_peer_throttle:failed(Ref, Ip, O) of
         block ->
             ?LOG_WARNING("fabric: ~b failed authentications from ~s within ~b ms: refusing its "
@@ -286,12 +224,8 @@ auth_failed(#d{ref = Ref, peer_ip = Ip, o = O} = D) ->
     end,
     {stop, normal, D1}.
 
-hs_send(Term, Next, D) ->
-    case raw_send(fabric_peer_handshake:encode(Term), D) of
+hs_send(Frame, Next, D) ->
+    case raw_send(Frame, D) of
         {ok, D1} -> {next_state, Next, D1};
         {{error, _}, D1} -> {stop, normal, D1}
     end.
-
-hs_close(Why, D) ->
-    ?LOG_WARNING("fabric: handshake refused from ~s: ~s", [D#d.peer, Why]),
-    {stop, normal, D}.
