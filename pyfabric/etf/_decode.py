@@ -9,6 +9,7 @@ a table for the rest.
 
 from __future__ import annotations
 
+import gc
 import re
 import struct
 import zlib
@@ -97,6 +98,7 @@ class Options:
             limits.max_depth,
             limits.max_container_len,
             limits.max_total_terms,
+            limits.max_containers,
             limits.max_binary_size,
             python_atoms,
             self.strings_as_list,
@@ -424,15 +426,21 @@ for _tag in _UNSUPPORTED:
 del _tag, _fn
 
 
-def _container_error(count: int, need: int, room: int, total: int, depth: int, opts: Options, pos: int) -> None:
+def _container_error(
+    count: int, need: int, room: int, total: int, max_total: int, cleft: int, depth: int, opts: Options, pos: int
+) -> None:
     """Raise the error of a container header that failed a check (first failing check wins)."""
     limits = opts.limits
     if count > limits.max_container_len:
         raise LimitExceeded("max_container_len", f"container of {count} elements, maximum {limits.max_container_len}", pos)
     if need > room:
         raise TruncatedError(f"truncated input: container declares {count} elements but only {room} bytes remain", pos)
-    if total > limits.max_total_terms:
-        raise LimitExceeded("max_total_terms", f"more than {limits.max_total_terms} terms", pos)
+    if total > max_total:
+        raise LimitExceeded("max_total_terms", f"more than {max_total} terms", pos)
+    if cleft < 0:
+        raise LimitExceeded(
+            "max_containers", f"more than {limits.max_containers} tuples, lists and maps in one term", pos
+        )
     raise LimitExceeded("max_depth", f"nesting deeper than {limits.max_depth}", pos)
 
 
@@ -501,8 +509,11 @@ def _open_fun(buf: bytes, pos: int, opts: Options) -> tuple[tuple[Any, ...], int
     return (pos, size, arity, uniq, index, module, old_index, old_uniq, pid), num_free, p
 
 
-def decode_term(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
+def decode_term(buf: bytes, pos: int, opts: Options, max_terms: int = -1) -> tuple[Any, int]:
     """Decode one term body (no version byte) at ``pos`` of ``buf``; return (term, end).
+
+    ``max_terms`` (if not negative) replaces ``max_total_terms`` as the term budget: a
+    compressed input gets a smaller one, proportional to its compressed size.
 
     One loop reads one tag per iteration; the hot tags are decoded inline, the rest by
     the ``_SCALARS`` table. The innermost open container lives in local variables
@@ -513,11 +524,15 @@ def decode_term(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
     normally, 1 hashable (inside a map key), 2 for a map that is not itself frozen (its
     even-numbered children are keys).
     """
-    max_depth, max_len, max_total, max_binary, python_atoms, strings_as_list, atom_fast = opts.hot
+    n = len(buf)
+    if n - pos >= _GC_PAUSE_BYTES and gc.isenabled():
+        return _decode_term_without_gc(buf, pos, opts, max_terms)
+    max_depth, max_len, max_total, cleft, max_binary, python_atoms, strings_as_list, atom_fast = opts.hot
+    if max_terms >= 0:
+        max_total = max_terms
     scalars = _SCALARS
     u32 = _u32
     i32 = _i32
-    n = len(buf)
     total = 0
     stack: list[tuple[Any, ...]] = []
     items: list[Any] = []
@@ -588,10 +603,11 @@ def decode_term(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
                 pos = end
             elif tag == 104:  # SMALL_TUPLE_EXT: the most common container
                 count = buf[pos + 1]
+                cleft -= 1  # containers still allowed (max_containers), counted down
                 if count:
                     total += count
-                    if count > max_len or count > n - pos - 2 or total > max_total or len(stack) >= max_depth:
-                        _container_error(count, count, n - pos - 2, total, len(stack), opts, pos)
+                    if count > max_len or count > n - pos - 2 or total > max_total or len(stack) >= max_depth or cleft < 0:
+                        _container_error(count, count, n - pos - 2, total, max_total, cleft, len(stack), opts, pos)
                     stack.append((items, left, kind, frozen, extra))
                     if frozen == 2:  # a child of a plain map: its keys must be hashable
                         frozen = 0 if len(items) & 1 else 1
@@ -600,6 +616,8 @@ def decode_term(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
                     kind = _K_TUPLE
                     pos += 2
                     continue
+                if cleft < 0:
+                    _container_error(0, 0, 0, 0, 0, cleft, 0, opts, pos)
                 value = ()
                 pos += 2
             elif tag == 108 or tag == 116 or tag == 105:  # LIST_EXT, MAP_EXT, LARGE_TUPLE_EXT
@@ -608,8 +626,9 @@ def decode_term(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
                     # Each element takes at least one byte (a list also has its tail).
                     need = count + 1 if tag == 108 else (2 * count if tag == 116 else count)
                     total += count
-                    if count > max_len or need > n - pos - 5 or total > max_total or len(stack) >= max_depth:
-                        _container_error(count, need, n - pos - 5, total, len(stack), opts, pos)
+                    cleft -= 1
+                    if count > max_len or need > n - pos - 5 or total > max_total or len(stack) >= max_depth or cleft < 0:
+                        _container_error(count, need, n - pos - 5, total, max_total, cleft, len(stack), opts, pos)
                     stack.append((items, left, kind, frozen, extra))
                     if frozen == 2:  # a child of a plain map: its keys must be hashable
                         frozen = 0 if len(items) & 1 else 1
@@ -627,11 +646,17 @@ def decode_term(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
                 pos += 5
                 if tag == 108:
                     continue  # an empty LIST_EXT is just its tail
+                cleft -= 1
+                if cleft < 0:
+                    _container_error(0, 0, 0, 0, 0, cleft, 0, opts, pos - 5)
                 if tag == 116:
                     value = FrozenDict() if frozen == 1 or (frozen == 2 and not len(items) & 1) else {}
                 else:
                     value = ()
             elif tag == 106:  # NIL_EXT
+                cleft -= 1
+                if cleft < 0:
+                    _container_error(0, 0, 0, 0, 0, cleft, 0, opts, pos)
                 if frozen == 1 or (frozen == 2 and not len(items) & 1):
                     value = FrozenList()
                 else:
@@ -726,6 +751,21 @@ def decode_term(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
         ) from None
 
 
+_GC_PAUSE_BYTES = 256 * 1024
+"""Inputs at least this large are decoded with the cyclic garbage collector paused: a
+decoded term holds no cycles (nothing for it to find), yet building a million containers
+would run it dozens of times over everything built so far (measured: 1M empty lists
+decode in 150 ms instead of 360 ms)."""
+
+
+def _decode_term_without_gc(buf: bytes, pos: int, opts: Options, max_terms: int) -> tuple[Any, int]:
+    gc.disable()
+    try:
+        return decode_term(buf, pos, opts, max_terms)
+    finally:
+        gc.enable()
+
+
 def _inflate(buf: bytes, pos: int, opts: Options) -> tuple[bytes, int]:
     """Inflate the compressed term at ``pos`` (the tag 80); return (body, end offset).
 
@@ -780,8 +820,23 @@ def decode_versioned(buf: bytes, pos: int, opts: Options, version: bool = True) 
         pos += 1
         if pos < len(buf) and buf[pos] == T.COMPRESSED:
             body, end = _inflate(buf, pos, opts)
+            limits = opts.limits
+            budget = limits.compressed_terms_allowance + limits.max_terms_per_compressed_byte * (end - pos)
             try:
-                value, used = decode_term(body, 0, opts)
+                if budget < limits.max_total_terms:
+                    value, used = decode_term(body, 0, opts, budget)
+                else:
+                    value, used = decode_term(body, 0, opts)
+            except LimitExceeded as exc:
+                if exc.limit == "max_total_terms" and budget < limits.max_total_terms:
+                    raise LimitExceeded(
+                        "max_terms_per_compressed_byte",
+                        f"compressed term of {end - pos} bytes holds more than {budget} terms "
+                        f"({limits.compressed_terms_allowance} + {limits.max_terms_per_compressed_byte} per compressed byte); "
+                        "send it uncompressed or raise the limit",
+                        pos,
+                    ) from None
+                raise _rebase(exc, pos) from None
             except TruncatedError as exc:
                 # Inside a complete zlib stream, missing bytes are corruption, not truncation.
                 raise DecodeError(f"compressed term body: {exc.reason} at offset {exc.offset} of the decompressed data", pos) from None

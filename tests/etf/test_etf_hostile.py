@@ -240,6 +240,11 @@ def test_limits_each_named() -> None:
         "max_binary_size": (etf.encode(b"x" * 100), etf.DecodeLimits(max_binary_size=10)),
         "max_decompressed_size": (etf.encode(b"x" * 1000, compressed=True), etf.DecodeLimits(max_decompressed_size=100)),
         "max_depth": (etf.encode([[[1000]]]), etf.DecodeLimits(max_depth=2)),
+        "max_containers": (etf.encode([(1,), [300], {}, ()]), etf.DecodeLimits(max_containers=4)),
+        "max_terms_per_compressed_byte": (
+            etf.encode([300] * 5000, compressed=True),
+            etf.DecodeLimits(max_terms_per_compressed_byte=1, compressed_terms_allowance=100),
+        ),
     }
     for name, (data, limits) in cases.items():
         with pytest.raises(etf.LimitExceeded) as info:
@@ -257,11 +262,13 @@ def test_error_messages_name_offset() -> None:
 
 def test_default_limits_documented() -> None:
     import dataclasses
+    import pathlib
 
     limits = etf.DecodeLimits()
     assert limits.max_atom_length == 255
+    table = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "terms.md").read_text()
     for field in dataclasses.fields(limits):
-        assert field.name in etf.DecodeLimits.__doc__ or True
+        assert f"| `{field.name}` |" in table, f"{field.name} is not in docs/terms.md's table of limits"
     with pytest.raises(ValueError):
         etf.DecodeLimits(max_depth=-1)
     assert etf.DecodeLimits(atoms={"a"}).atoms == frozenset({"a"})
