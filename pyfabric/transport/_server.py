@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl as _ssl
+import time
 from typing import Any
 
 from ..etf import Atom, Pid
@@ -24,7 +25,6 @@ from ..runtime import Node
 from ..tls import check_context
 from ._local import LocalProcesses
 from ._options import (
-    DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_SESSION_TIMEOUT,
     PeerOptions,
 )
@@ -36,16 +36,36 @@ from ._throttle import (
     DEFAULT_AUTH_FAILURE_WINDOW,
     DEFAULT_MAX_AUTH_FAILURES,
     AuthThrottle,
+    address_key,
 )
 
-__all__ = ["Server", "serve", "DEFAULT_MAX_CONNECTIONS", "DEFAULT_MAX_PENDING_HANDSHAKES", "DEFAULT_MAX_KEPT_SESSIONS"]
+__all__ = [
+    "Server",
+    "serve",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_PENDING_HANDSHAKES",
+    "DEFAULT_MAX_PENDING_PER_ADDRESS",
+    "DEFAULT_SERVER_HANDSHAKE_TIMEOUT",
+    "DEFAULT_MAX_KEPT_SESSIONS",
+]
 
 _log = logging.getLogger("pyfabric.server")
 
 DEFAULT_MAX_CONNECTIONS = 1024
-"""Concurrent client connections; more are closed at once (file descriptors are finite)."""
-DEFAULT_MAX_PENDING_HANDSHAKES = 64
-"""Connections still in their handshake; more are closed at once (slowloris defence)."""
+"""Concurrent client connections (file descriptors are finite). When full, a new connection
+takes the place of the oldest one still in its handshake, if any; else it is closed."""
+DEFAULT_MAX_PENDING_HANDSHAKES = 128
+"""Connections still in their handshake (slowloris defence). When full, a new connection is
+not refused: it takes the place of the oldest pending one (one that has sent nothing first),
+so a flood of idle connections can delay legitimate clients but never lock them out."""
+DEFAULT_MAX_PENDING_PER_ADDRESS = 32
+"""Pending handshakes from one address (IPv4 address, IPv6 /64); a new one from an address
+at its limit takes the place of that address's oldest pending one (same rule as above),
+so one host cannot fill the table for the others."""
+DEFAULT_SERVER_HANDSHAKE_TIMEOUT = 5.0
+"""Seconds an unauthenticated client has to finish its handshake (TLS included): a real
+client needs two round trips. A timeout counts as a failed authentication of its address
+(``max_auth_failures``), so a host that keeps connections idle gets blocked like a guesser."""
 DEFAULT_MAX_KEPT_SESSIONS = 1024
 """Sessions of disconnected clients kept for a resume; beyond it the oldest one expires
 (its proxies end with ``noconnection``)."""
@@ -54,15 +74,16 @@ DEFAULT_MAX_KEPT_SESSIONS = 1024
 class _Accepted:
     """Book-keeping for one accepted connection (until it closes)."""
 
-    __slots__ = ("link", "stream", "timer", "handshaking", "address", "timed_out")
+    __slots__ = ("link", "stream", "timer", "handshaking", "address", "key", "evicted")
 
     def __init__(self, link: PeerLink, stream: FrameStream, address: str | None) -> None:
         self.link = link
         self.stream = stream
         self.address = address
-        self.timed_out = False  # a silent client is not an authentication attempt
+        self.key = address_key(address) if address is not None else None
+        self.evicted = False  # closed to make room: not the client's failure
         self.timer: asyncio.TimerHandle | None = None
-        self.handshaking = True  # counted in Server._handshaking until it ends
+        self.handshaking = True  # in Server._pending until it ends
 
 
 class Server(LocalProcesses):
@@ -85,7 +106,10 @@ class Server(LocalProcesses):
         max_pending_handshakes: int,
         throttle: AuthThrottle | None = None,
         max_kept_sessions: int = DEFAULT_MAX_KEPT_SESSIONS,
+        max_pending_per_address: int = DEFAULT_MAX_PENDING_PER_ADDRESS,
     ) -> None:
+        if max_pending_handshakes < 1 or max_pending_per_address < 1 or max_connections < 1:
+            raise ValueError("max_connections, max_pending_handshakes and max_pending_per_address must be at least 1")
         self.options = options
         self._throttle = throttle if throttle is not None else AuthThrottle()
         self._node = node
@@ -94,17 +118,22 @@ class Server(LocalProcesses):
         self._session_timeout = session_timeout
         self._max_connections = max_connections
         self._max_pending = max_pending_handshakes
+        self._max_per_address = max_pending_per_address
         self._max_kept = max_kept_sessions
         self._server: asyncio.base_events.Server | None = None
         self._accepted: dict[FrameStream, _Accepted] = {}
-        self._handshaking = 0
+        self._pending: dict[FrameStream, _Accepted] = {}  # in handshake, oldest first
+        self._pending_by_key: dict[str | None, dict[FrameStream, _Accepted]] = {}
+        self._evict_logged = 0.0
         self._sessions: dict[bytes, PeerLink] = {}
         self._expiry: dict[bytes, asyncio.TimerHandle] = {}
         self._closing = False
         self.connections_total = 0
         self.connections_refused = 0
         self.connections_throttled = 0
+        self.connections_evicted = 0
         self.auth_failures = 0
+        self.handshake_timeouts = 0
 
     # -- accepting -----------------------------------------------------------------------------
 
@@ -136,19 +165,28 @@ class Server(LocalProcesses):
                 )
                 stream.abort()
                 return
-        if self._closing or len(self._accepted) >= self._max_connections or self._handshaking >= self._max_pending:
+        if self._closing:
             self.connections_refused += 1
-            _log.warning(
-                "%s refused: %s",
-                label,
-                "server closing" if self._closing else "too many connections or pending handshakes",
-            )
+            _log.info("%s refused: server closing", label)
+            stream.abort()
+            return
+        entry = _Accepted(link, stream, address)
+        same = self._pending_by_key.get(entry.key)
+        if same is not None and len(same) >= self._max_per_address:
+            self._evict(same, f"{self._max_per_address} pending handshakes from {address} (max_pending_per_address)")
+        if len(self._pending) >= self._max_pending:
+            self._evict(self._pending, f"{self._max_pending} pending handshakes (max_pending_handshakes)")
+        if len(self._accepted) >= self._max_connections and self._pending:
+            self._evict(self._pending, f"{self._max_connections} connections (max_connections)")
+        if len(self._accepted) >= self._max_connections:
+            self.connections_refused += 1
+            _log.warning("%s refused: %d connections, all authenticated (max_connections)", label, len(self._accepted))
             stream.abort()
             return
         self.connections_total += 1
-        entry = _Accepted(link, stream, address)
         self._accepted[stream] = entry
-        self._handshaking += 1
+        self._pending[stream] = entry
+        self._pending_by_key.setdefault(entry.key, {})[stream] = entry
         link.on_established = lambda lk, ev: self._established(entry, lk, ev)
         link.on_auth_failed = lambda lk, ev: self._auth_failed(entry, ev)
         link.on_closed = lambda lk, ev: self._closed(entry, lk, ev)
@@ -167,10 +205,36 @@ class Server(LocalProcesses):
             link.close()
         return link.session
 
+    def _evict(self, among: dict[FrameStream, _Accepted], why: str) -> None:
+        """Close the oldest pending connection of ``among`` that has sent nothing (else the
+        oldest one) to make room for a new connection."""
+        victim = next((e for e in among.values() if not e.stream.bytes_in), None)
+        if victim is None:
+            victim = next(iter(among.values()))
+        self.connections_evicted += 1
+        now = time.monotonic()
+        if now - self._evict_logged >= 10.0:  # an attack evicts thousands: log it once in a while
+            self._evict_logged = now
+            _log.warning(
+                "%s closed unauthenticated to make room for a new connection: %s (%d evicted so far)",
+                victim.link.label,
+                why,
+                self.connections_evicted,
+            )
+        victim.evicted = True
+        self._handshake_done(victim)
+        self._accepted.pop(victim.stream, None)  # its slot is free now, not when its close completes
+        victim.stream.abort()
+
     def _handshake_done(self, entry: _Accepted) -> None:
         if entry.handshaking:
             entry.handshaking = False
-            self._handshaking -= 1
+            self._pending.pop(entry.stream, None)
+            same = self._pending_by_key.get(entry.key)
+            if same is not None:
+                same.pop(entry.stream, None)
+                if not same:
+                    del self._pending_by_key[entry.key]
         if entry.timer is not None:
             entry.timer.cancel()
             entry.timer = None
@@ -179,13 +243,15 @@ class Server(LocalProcesses):
         entry.timer = None
         if entry.link.established is None:
             _log.warning("%s: handshake not completed within %s s; closing", entry.link.label, self._handshake_timeout)
-            entry.timed_out = True
+            self.handshake_timeouts += 1
             entry.link.handshake_timed_out()
             entry.stream.close()
 
     def _auth_failed(self, entry: _Accepted, ev: AuthFailed) -> None:
-        if entry.timed_out:
-            return  # slow or silent, not a guess: bounded by max_pending_handshakes instead
+        if entry.evicted:
+            return  # closed to make room: says nothing about the client
+        # Wrong secrets and handshakes that time out alike (a host holding connections
+        # idle is as hostile as one guessing).
         self.auth_failures += 1
         if entry.address is not None and self._throttle.failed(entry.address):
             throttle = self._throttle
@@ -287,7 +353,9 @@ class Server(LocalProcesses):
         addresses tracked by the throttle, sessions kept."""
         return {
             "connections": len(self._accepted),
-            "handshaking": self._handshaking,
+            "handshaking": len(self._pending),
+            "connections_evicted": self.connections_evicted,
+            "handshake_timeouts": self.handshake_timeouts,
             "connections_total": self.connections_total,
             "connections_refused": self.connections_refused,
             "connections_throttled": self.connections_throttled,
@@ -349,10 +417,11 @@ async def serve(
     node: Node | None = None,
     node_name: Atom | str | None = None,
     ssl: _ssl.SSLContext | None = None,
-    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    handshake_timeout: float = DEFAULT_SERVER_HANDSHAKE_TIMEOUT,
     session_timeout: float = DEFAULT_SESSION_TIMEOUT,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     max_pending_handshakes: int = DEFAULT_MAX_PENDING_HANDSHAKES,
+    max_pending_per_address: int = DEFAULT_MAX_PENDING_PER_ADDRESS,
     max_auth_failures: int = DEFAULT_MAX_AUTH_FAILURES,
     auth_failure_window: float = DEFAULT_AUTH_FAILURE_WINDOW,
     auth_block_time: float = DEFAULT_AUTH_BLOCK_TIME,
@@ -368,8 +437,10 @@ async def serve(
     challenge/response is weak: enable it only on trusted networks or over TLS.
     ``ssl``: a server-side :class:`ssl.SSLContext` for TLS (:func:`pyfabric.tls.server_context`;
     TLS 1.2+ only; the TLS handshake must also end within ``handshake_timeout``).
-    Limits (README "Security"): ``handshake_timeout``, ``max_connections``,
-    ``max_pending_handshakes``, ``max_frame``, ``decode_limits``, ``max_proxies`` /
+    Limits (README "Security"): ``handshake_timeout`` (a timeout counts as a failed
+    authentication), ``max_connections``, ``max_pending_handshakes``,
+    ``max_pending_per_address`` (when either is full a new connection replaces the oldest
+    pending one instead of being refused), ``max_frame``, ``decode_limits``, ``max_proxies`` /
     ``max_exports`` (per client session: a frame that would create one proxy more is
     dropped with code ``limit``; a send that would export one local pid more raises
     ``LocalProtocolError``); ``max_auth_failures`` failed authentications from one address
@@ -401,6 +472,7 @@ async def serve(
         max_pending_handshakes=max_pending_handshakes,
         throttle=throttle,
         max_kept_sessions=max_kept_sessions,
+        max_pending_per_address=max_pending_per_address,
     )
     loop = asyncio.get_running_loop()
     try:

@@ -1,7 +1,9 @@
 """Per-address throttling of failed authentications (a server's defence against guessing).
 
-After ``max_failures`` failed handshakes (wrong secret, refused legacy client, bad or late
-handshake frames) from one address within ``window`` seconds, new connections from that
+After ``max_failures`` failed handshakes (wrong secret, refused legacy client, bad
+handshake frames, or no complete handshake within the server's ``handshake_timeout``: a
+host holding connections open without authenticating is treated like one guessing) from
+one address within ``window`` seconds, new connections from that
 address are refused at once for ``block_time`` seconds. IPv6 addresses count per /64 (one
 host usually holds a whole /64). At most ``max_addresses`` addresses are tracked (the
 least recently seen is forgotten first), so the table's memory is bounded.

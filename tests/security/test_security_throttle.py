@@ -128,18 +128,24 @@ def test_live_server_blocks_a_guessing_address_logs_it_and_unblocks(caplog: pyte
     assert "too many failed authentications from 127.0.0.1" in text
 
 
-def test_silent_clients_are_not_counted_as_guesses() -> None:
+def test_silent_clients_are_counted_like_guesses() -> None:
+    """A handshake that times out counts as a failed authentication of its address: a host
+    that keeps connections idle is blocked like one that guesses (issue 11 item 2)."""
+
     async def body() -> None:
-        server = await start_server(max_auth_failures=1, handshake_timeout=0.5)
+        server = await start_server(max_auth_failures=2, handshake_timeout=0.3)
         try:
-            reader, writer = await asyncio.open_connection(HOST, server.port)
-            with pytest.raises((asyncio.IncompleteReadError, ConnectionError)):
-                await reader.readexactly(1)  # closed after the handshake timeout
-            await close_writer(writer)
+            for _ in range(2):
+                reader, writer = await asyncio.open_connection(HOST, server.port)
+                with pytest.raises((asyncio.IncompleteReadError, ConnectionError)):
+                    await reader.readexactly(1)  # closed after the handshake timeout
+                await close_writer(writer)
             await wait_for(lambda: server.statistics()["handshaking"] == 0)
-            async with await connect(server, handshake_timeout=5) as client:
-                assert client.state == "connected"
-            assert server.statistics()["auth_failures"] == 0
+            stats = server.statistics()
+            assert stats["handshake_timeouts"] == 2 and stats["auth_failures"] == 2
+            with pytest.raises(ConnectFailed):
+                await connect(server, handshake_timeout=5, reconnect=False)
+            assert server.statistics()["connections_throttled"] == 1
         finally:
             await server.close()
 
