@@ -102,6 +102,9 @@ class PeerLink:
         self._whereis: dict[int, asyncio.Future[Pid | None]] = {}
         self._flush_scheduled = False
         self.frames_dropped = 0
+        self.destinations: set[Any] | None = None
+        """If a set: every destination a received message was delivered to is added (the
+        server's stream empties it after each burst to check those mailboxes)."""
         self.taken_over_by: PeerLink | None = None
         """Server: the link of the session this link's connection resumed (it owns the
         connection now, and every proxy and export the connection creates)."""
@@ -196,6 +199,8 @@ class PeerLink:
             if kind is MessageReceived:
                 try:
                     node.send(ev.dest, ev.payload)
+                    if self.destinations is not None:
+                        self.destinations.add(ev.dest)
                 except NotRegistered:
                     _log.debug("%s: message to unregistered name %s dropped", self.label, ev.dest)
             elif kind is ProxyDied:

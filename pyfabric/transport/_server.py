@@ -30,7 +30,7 @@ from ._options import (
 )
 from ._peer import PeerLink
 from ._server_conn import ServerConnection
-from ._stream import FrameStream
+from ._stream import DEFAULT_MAX_WRITE_BUFFER, FrameStream
 from ._throttle import (
     DEFAULT_AUTH_BLOCK_TIME,
     DEFAULT_AUTH_FAILURE_WINDOW,
@@ -107,6 +107,7 @@ class Server(LocalProcesses):
         throttle: AuthThrottle | None = None,
         max_kept_sessions: int = DEFAULT_MAX_KEPT_SESSIONS,
         max_pending_per_address: int = DEFAULT_MAX_PENDING_PER_ADDRESS,
+        max_write_buffer: int = DEFAULT_MAX_WRITE_BUFFER,
     ) -> None:
         if max_pending_handshakes < 1 or max_pending_per_address < 1 or max_connections < 1:
             raise ValueError("max_connections, max_pending_handshakes and max_pending_per_address must be at least 1")
@@ -119,6 +120,7 @@ class Server(LocalProcesses):
         self._max_connections = max_connections
         self._max_pending = max_pending_handshakes
         self._max_per_address = max_pending_per_address
+        self._max_write_buffer = max_write_buffer
         self._max_kept = max_kept_sessions
         self._server: asyncio.base_events.Server | None = None
         self._accepted: dict[FrameStream, _Accepted] = {}
@@ -139,7 +141,9 @@ class Server(LocalProcesses):
 
     def _protocol_factory(self) -> FrameStream:
         link = PeerLink(self._node, self.options, role="server", label="client ?")
-        stream = FrameStream(link, heartbeat=self.options.heartbeat_ms / 1000)
+        stream = FrameStream(
+            link, heartbeat=self.options.heartbeat_ms / 1000, push_back=True, max_write_buffer=self._max_write_buffer
+        )
         original_made = stream.connection_made
 
         def connection_made(transport: asyncio.BaseTransport) -> None:
@@ -426,6 +430,7 @@ async def serve(
     auth_failure_window: float = DEFAULT_AUTH_FAILURE_WINDOW,
     auth_block_time: float = DEFAULT_AUTH_BLOCK_TIME,
     max_kept_sessions: int = DEFAULT_MAX_KEPT_SESSIONS,
+    max_write_buffer: int = DEFAULT_MAX_WRITE_BUFFER,
     **options: Any,
 ) -> Server:
     """Start a fabric server on ``host:port`` (``port=0``: the OS picks; see
@@ -440,7 +445,10 @@ async def serve(
     Limits (README "Security"): ``handshake_timeout`` (a timeout counts as a failed
     authentication), ``max_connections``, ``max_pending_handshakes``,
     ``max_pending_per_address`` (when either is full a new connection replaces the oldest
-    pending one instead of being refused), ``max_frame``, ``decode_limits``, ``max_proxies`` /
+    pending one instead of being refused), ``max_write_buffer`` (bytes unsent to a client
+    that does not read before its connection is closed; above 4 MiB the server already
+    stops reading that client; a client whose messages fill a local process's mailbox
+    past 1/8 is not read until it drains below 1/16), ``max_frame``, ``decode_limits``, ``max_proxies`` /
     ``max_exports`` (per client session: a frame that would create one proxy more is
     dropped with code ``limit``; a send that would export one local pid more raises
     ``LocalProtocolError``); ``max_auth_failures`` failed authentications from one address
@@ -473,6 +481,7 @@ async def serve(
         throttle=throttle,
         max_kept_sessions=max_kept_sessions,
         max_pending_per_address=max_pending_per_address,
+        max_write_buffer=max_write_buffer,
     )
     loop = asyncio.get_running_loop()
     try:

@@ -17,7 +17,7 @@ from typing import Any
 from ._options import DEFAULT_WRITE_BUFFER_HIGH
 from ._peer import PeerLink
 
-__all__ = ["FrameStream"]
+__all__ = ["FrameStream", "DEFAULT_MAX_WRITE_BUFFER", "MAILBOX_HIGH_WATER", "MAILBOX_LOW_WATER"]
 
 _log = logging.getLogger("pyfabric.transport")
 
@@ -26,12 +26,50 @@ READ_BURST = 64 * 1024
 processes get to run between bursts (uvloop reads up to 32 buffers in a row, enough to
 queue hundreds of thousands of small messages before the receiving process runs once)."""
 
+DEFAULT_MAX_WRITE_BUFFER = 80 * 1024 * 1024
+"""Bytes a server buffers for a client that does not read them, at most; beyond, the
+connection is closed (logged). Above ``DEFAULT_WRITE_BUFFER_HIGH`` (4 MiB) the server
+already stops reading the client's requests (push-back), so only traffic from elsewhere
+can reach this: one largest frame (64 MiB) plus the high-water mark, with room to spare."""
+
+MAILBOX_HIGH_WATER = 1 / 8
+"""A server stops reading a connection when a local process it just delivered to has its
+mailbox this full (fraction of ``max_mailbox``: 12 500 messages by default, far more than
+a live receiver lets accumulate), so one flooding client slows down instead of making a
+shared service exit with ``mailbox_overflow``; other connections are read as usual until
+they, too, deliver to that mailbox."""
+MAILBOX_LOW_WATER = 1 / 16
+"""...and reads it again once every such mailbox is back below this fill."""
+MAILBOX_POLL = 0.01
+"""Seconds between checks of a congested mailbox while a connection is paused for it."""
+
+# Why reading is paused (a bit each); reading resumes when none is left.
+_P_BURST = 1  # READ_BURST bytes handled this loop iteration
+_P_CLOSE = 2  # pause_reading(): for good, before an orderly close
+_P_WRITE = 4  # our write buffer is above its high-water mark (push-back)
+_P_MAILBOX = 8  # a mailbox this connection feeds is above MAILBOX_HIGH_WATER
+
 
 class FrameStream(asyncio.Protocol):
     """One connection's bytes; see the module docstring."""
 
-    def __init__(self, link: PeerLink, *, heartbeat: float = 0.0) -> None:
+    def __init__(
+        self,
+        link: PeerLink,
+        *,
+        heartbeat: float = 0.0,
+        push_back: bool = False,
+        max_write_buffer: int = DEFAULT_MAX_WRITE_BUFFER,
+    ) -> None:
+        """``push_back`` (servers): stop reading while the write buffer is above its
+        high-water mark or a mailbox fed by this connection is congested, and close the
+        connection once ``max_write_buffer`` bytes wait for a peer that does not read."""
         self.link = link
+        self._push_back = push_back
+        self.max_write_buffer = max_write_buffer
+        self._paused = 0
+        self._congested: set[Any] = set()
+        self._poll: asyncio.TimerHandle | None = None
         self.transport: asyncio.Transport | None = None
         self.peername: Any = None
         self._heartbeat = heartbeat
@@ -44,8 +82,6 @@ class FrameStream(asyncio.Protocol):
         self.bytes_in = 0
         self.bytes_out = 0
         self._burst = 0
-        self._burst_paused = False
-        self._read_paused = False  # paused for good by pause_reading()
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -67,6 +103,24 @@ class FrameStream(asyncio.Protocol):
         self.link = link
         link.writer = self.write
         link.closer = self.close
+        if self._push_back and link.destinations is None:
+            link.destinations = set()
+
+    def _pause(self, reason: int) -> None:
+        was = self._paused
+        self._paused = was | reason
+        if not was:
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                transport.pause_reading()
+
+    def _resume(self, reason: int) -> None:
+        was = self._paused
+        self._paused = was & ~reason
+        if was and not self._paused:
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         self._last_recv = time.monotonic()
@@ -80,24 +134,50 @@ class FrameStream(asyncio.Protocol):
             _log.exception("%s: internal error while handling received data; closing", self.link.label)
             self.close()
             return
-        if self._burst >= READ_BURST and not self._burst_paused:
-            transport = self.transport
-            if transport is not None and not transport.is_closing():
-                self._burst_paused = True
-                transport.pause_reading()
+        if self._burst >= READ_BURST:
+            self._pause(_P_BURST)
+        dests = self.link.destinations
+        if dests:
+            self._check_mailboxes(dests)
 
     def _end_burst(self) -> None:
         self._burst = 0
-        if self._burst_paused:
-            self._burst_paused = False
-            transport = self.transport
-            if transport is not None and not transport.is_closing() and not self._read_paused:
-                transport.resume_reading()
+        if self._paused & _P_BURST:
+            self._resume(_P_BURST)
+
+    def _check_mailboxes(self, dests: set[Any]) -> None:
+        fill = self.link.node.mailbox_fill
+        for dest in dests:
+            if fill(dest) >= MAILBOX_HIGH_WATER and dest not in self._congested:
+                if not self._congested:
+                    _log.info(
+                        "%s: mailbox of %s is over %d%% full: not reading this connection until it drains",
+                        self.link.label,
+                        dest,
+                        100 * MAILBOX_HIGH_WATER,
+                    )
+                self._congested.add(dest)
+        dests.clear()
+        if self._congested and not self._paused & _P_MAILBOX:
+            self._pause(_P_MAILBOX)
+            self._poll = asyncio.get_running_loop().call_later(MAILBOX_POLL, self._poll_mailboxes)
+
+    def _poll_mailboxes(self) -> None:
+        self._poll = None
+        fill = self.link.node.mailbox_fill
+        self._congested = {d for d in self._congested if fill(d) > MAILBOX_LOW_WATER}
+        if self._congested:
+            self._poll = asyncio.get_running_loop().call_later(MAILBOX_POLL, self._poll_mailboxes)
+        else:
+            self._resume(_P_MAILBOX)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._hb_handle is not None:
             self._hb_handle.cancel()
             self._hb_handle = None
+        if self._poll is not None:
+            self._poll.cancel()
+            self._poll = None
         link = self.link
         current = link.writer == self.write
         if current:
@@ -115,9 +195,14 @@ class FrameStream(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._can_write.clear()
+        if self._push_back:
+            # The peer is not reading what we send: stop reading its requests until it does.
+            self._pause(_P_WRITE)
 
     def resume_writing(self) -> None:
         self._can_write.set()
+        if self._paused & _P_WRITE:
+            self._resume(_P_WRITE)
 
     # -- writing --------------------------------------------------------------------------
 
@@ -128,6 +213,16 @@ class FrameStream(asyncio.Protocol):
         self._last_send = time.monotonic()
         self.bytes_out += len(data)
         transport.write(data)
+        if self._push_back:
+            unsent = transport.get_write_buffer_size()
+            if unsent > self.max_write_buffer:
+                _log.warning(
+                    "%s: peer does not read: %d bytes unsent, more than max_write_buffer (%d); closing",
+                    self.link.label,
+                    unsent,
+                    self.max_write_buffer,
+                )
+                transport.abort()
 
     @property
     def can_write(self) -> bool:
@@ -140,10 +235,7 @@ class FrameStream(asyncio.Protocol):
 
     def pause_reading(self) -> None:
         """Stop reading for good (before an orderly close)."""
-        self._read_paused = True
-        transport = self.transport
-        if transport is not None and not transport.is_closing() and not self._burst_paused:
-            transport.pause_reading()
+        self._pause(_P_CLOSE)
 
     def close(self) -> None:
         transport = self.transport
