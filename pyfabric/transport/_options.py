@@ -9,9 +9,11 @@ plus what only a transport needs (heartbeat timing, the queue kept while disconn
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ..etf import Atom
 from ..protocol import ConnectionConfig
 
 __all__ = [
@@ -60,6 +62,9 @@ class PeerOptions:
     heartbeat: float = DEFAULT_HEARTBEAT
     when_disconnected: str = "wait"
     max_pending: int = DEFAULT_MAX_PENDING
+    refuse_remote_exits: bool | frozenset[Atom] = False
+    """True: no peer may link to or send an exit signal to any local process; a set of
+    names: not to the processes registered under them (README "Security")."""
 
     @property
     def heartbeat_ms(self) -> int:
@@ -75,6 +80,7 @@ class PeerOptions:
         when_disconnected: str = "wait",
         max_pending: int = DEFAULT_MAX_PENDING,
         compress: bool = False,
+        refuse_remote_exits: bool | Iterable[Atom | str] = False,
         **options: Any,
     ) -> PeerOptions:
         """Check the options; ``compress`` is ``ConnectionConfig.compress_messages`` and
@@ -90,4 +96,15 @@ class PeerOptions:
         config = ConnectionConfig.build(secret, compress_messages=bool(compress), **options)
         if "heartbeat" in config.features:
             config = config.replace(heartbeat_interval=int(heartbeat * 1000))
-        return cls(config=config, heartbeat=heartbeat, when_disconnected=when_disconnected, max_pending=max_pending)
+        refuse: bool | frozenset[Atom] = (
+            refuse_remote_exits
+            if isinstance(refuse_remote_exits, bool)
+            else frozenset(n if isinstance(n, Atom) else Atom(n) for n in refuse_remote_exits)
+        )
+        return cls(
+            config=config,
+            heartbeat=heartbeat,
+            when_disconnected=when_disconnected,
+            max_pending=max_pending,
+            refuse_remote_exits=refuse,
+        )

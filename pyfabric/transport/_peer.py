@@ -206,11 +206,13 @@ class PeerLink:
             elif kind is ProxyDied:
                 node.terminate_proxy(ev.pid, ev.reason)
             elif kind is LinkRequested:
-                node.remote_link(ev.proxy_pid, ev.local_pid)
+                if not self._exit_refused(ev.local_pid, "link"):
+                    node.remote_link(ev.proxy_pid, ev.local_pid)
             elif kind is UnlinkRequested:
                 node.remote_unlink(ev.proxy_pid, ev.local_pid)
             elif kind is ExitSignalReceived:
-                node.remote_exit(ev.from_proxy, ev.to_local, ev.reason)
+                if not self._exit_refused(ev.to_local, "exit signal"):
+                    node.remote_exit(ev.from_proxy, ev.to_local, ev.reason)
             elif kind is WhereisRequested:
                 try:
                     conn.reply_whereis(ev.req_id, node.whereis(ev.name))
@@ -241,6 +243,14 @@ class PeerLink:
             elif kind is ConnectionClosed:
                 self._closed(ev)
         self._flush()
+
+    def _exit_refused(self, pid: Pid, what: str) -> bool:
+        """``refuse_remote_exits``: True if the peer may not link to / signal ``pid``."""
+        refuse = self.options.refuse_remote_exits
+        if refuse is not True and not (refuse and any(self.node.whereis(n) == pid for n in refuse)):
+            return False
+        _log.warning("%s: remote %s to %s refused (refuse_remote_exits)", self.label, what, pid)
+        return True
 
     def pending_output(self) -> int:
         """Bytes produced but not yet handed to the socket."""

@@ -454,6 +454,9 @@ async def serve(
     ``LocalProtocolError``); ``max_auth_failures`` failed authentications from one address
     within ``auth_failure_window`` s block its new connections for ``auth_block_time`` s
     (``max_auth_failures=0``: no throttling);
+    ``refuse_remote_exits``: True (every local process) or names of local processes that
+    clients may not link to nor send exit signals to (``exit/2``, ``kill`` included): such
+    frames are dropped with a warning, nothing is sent back;
     ``session_timeout``: how long a disconnected client's session (proxies, ids) is kept
     for a resume, at most ``max_kept_sessions`` of them (the oldest expires first); ``max_pending``: sends queued for a disconnected client; ``compress``:
     zlib-compress messages to our own peers (off by default; an original peer always gets
