@@ -27,7 +27,15 @@ import logging
 import os
 import ssl
 
-__all__ = ["server_context", "client_context", "MINIMUM_TLS_VERSION", "check_context"]
+__all__ = [
+    "server_context",
+    "client_context",
+    "MINIMUM_TLS_VERSION",
+    "check_context",
+    "sniff_first_bytes",
+    "describe_tls_failure",
+    "TLS_PROTOCOL_VERSION_ALERT",
+]
 
 _log = logging.getLogger("pyfabric.tls")
 
@@ -125,3 +133,36 @@ def check_context(ctx: ssl.SSLContext, *, server_side: bool) -> None:
             _log.warning("TLS client context does not verify the server's certificate: anyone can impersonate the server")
         elif not ctx.check_hostname:
             _log.info("TLS client context does not check the server's host name: any certificate of its CAs is accepted")
+
+
+TLS_PROTOCOL_VERSION_ALERT = b"\x15\x03\x03\x00\x02\x02\x46"
+"""A fatal TLS ``protocol_version`` alert record: what a plain server answers a TLS hello
+with, so that the TLS client reports a reason instead of an unexplained close."""
+
+
+def sniff_first_bytes(data: bytes) -> str | None:
+    """What the first bytes a peer sent are, if they cannot start a fabric frame: ``"tls"``
+    (a TLS record: handshake, alert, ...), ``"http"``, ``"text"`` (another text protocol),
+    ``"binary"``; ``None`` if they may be a fabric frame. Every fabric handshake frame is
+    under 16 MiB, so its length header starts with a zero byte."""
+    if not data or data[0] == 0:
+        return None
+    if len(data) >= 3 and 0x14 <= data[0] <= 0x17 and data[1] == 3 and data[2] <= 4:
+        return "tls"
+    if data.startswith(b"HTTP/") or data[:4] in (b"GET ", b"POST", b"HEAD", b"PUT "):
+        return "http"
+    head = data[:16]
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return "text"
+    return "binary"
+
+
+def describe_tls_failure(exc: BaseException) -> str:
+    """A reason for a failed TLS connection that says what to do (used by the client)."""
+    reason = getattr(exc, "reason", None) or ""
+    text = f"{type(exc).__name__}: {exc}".rstrip(": ")
+    if "CERTIFICATE_REQUIRED" in reason or "certificate required" in str(exc):
+        return "the server requires a client certificate: pass certfile/keyfile to pyfabric.tls.client_context"
+    if "PROTOCOL_VERSION" in reason or "WRONG_VERSION_NUMBER" in reason or isinstance(exc, (ssl.SSLEOFError, ConnectionResetError)):
+        return f"the TLS handshake failed ({text}): the server does not seem to speak TLS (connect without ssl=?)"
+    return text

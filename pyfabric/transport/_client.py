@@ -21,7 +21,7 @@ from ..protocol import (
     HandshakeComplete,
 )
 from ..runtime import Node
-from ..tls import check_context
+from ..tls import check_context, describe_tls_failure
 from ._local import LocalProcesses
 from ._errors import ConnectFailed, NotConnected
 from ._options import (
@@ -136,7 +136,8 @@ class Client(LocalProcesses):
         except (OSError, TimeoutError) as exc:
             # link.conn stays the previous (closed) connection: DEAD notices and queued
             # sends keep accumulating for a resume.
-            raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {exc or 'timed out'}") from exc
+            why = describe_tls_failure(exc) if self._ssl and isinstance(exc, (_ssl.SSLError, ConnectionError)) else exc
+            raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {why or 'timed out'}") from exc
         # The session continues (a resume when the server may still keep it, and what
         # was deferred meanwhile); the server speaks only after our hello, so build now.
         conn = link.new_connection()

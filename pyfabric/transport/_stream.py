@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import time
 from typing import Any
 
+from ..tls import TLS_PROTOCOL_VERSION_ALERT, describe_tls_failure, sniff_first_bytes
+from ._errors import ConnectFailed
 from ._options import DEFAULT_WRITE_BUFFER_HIGH
 from ._peer import PeerLink
 
@@ -124,6 +127,8 @@ class FrameStream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._last_recv = time.monotonic()
+        if not self.bytes_in and data and data[0] and self._not_fabric(data):
+            return
         self.bytes_in += len(data)
         if not self._burst:
             asyncio.get_running_loop().call_soon(self._end_burst)
@@ -139,6 +144,34 @@ class FrameStream(asyncio.Protocol):
         dests = self.link.destinations
         if dests:
             self._check_mailboxes(dests)
+
+    def _not_fabric(self, data: bytes) -> bool:
+        """The peer's first bytes cannot start a fabric frame: say what they are and close."""
+        kind = sniff_first_bytes(data)
+        if kind is None:
+            return False
+        self.bytes_in += len(data)
+        transport = self.transport
+        tls = transport is not None and transport.get_extra_info("sslcontext") is not None
+        link = self.link
+        if link.role == "client":
+            if kind == "tls" and not tls:
+                why = "the server speaks TLS: connect with ssl=pyfabric.tls.client_context(...)"
+            elif kind == "http":
+                why = f"this is not a fabric server: it answered HTTP ({data[:40]!r})"
+            else:
+                why = f"this is not a fabric server: it answered {data[:24]!r}"
+            link.auth_error = ConnectFailed(f"{link.label}: {why}")
+            _log.warning("%s: %s", link.label, why)
+        else:
+            if kind == "tls" and not tls and transport is not None:
+                transport.write(TLS_PROTOCOL_VERSION_ALERT)  # the client's TLS stack says why
+                _log.warning("%s: the client speaks TLS, this server does not (no ssl=); closing", link.label)
+            else:
+                _log.warning("%s: the client does not speak fabric (it sent %r); closing", link.label, data[:24])
+        if transport is not None:
+            transport.close()  # flushes the alert
+        return True
 
     def _end_burst(self) -> None:
         self._burst = 0
@@ -179,6 +212,10 @@ class FrameStream(asyncio.Protocol):
             self._poll.cancel()
             self._poll = None
         link = self.link
+        if link.role == "client" and link.auth_error is None and not link.connected:
+            why = self._why_closed(exc)
+            if why:
+                link.auth_error = ConnectFailed(f"{link.label}: {why}")
         current = link.writer == self.write
         if current:
             link.writer = None
@@ -192,6 +229,23 @@ class FrameStream(asyncio.Protocol):
             self._can_write.set()
             if not self.closed.done():
                 self.closed.set_result(exc)
+
+    def _why_closed(self, exc: Exception | None) -> str | None:
+        """Client: a reason for a close during the handshake that says what to do."""
+        if isinstance(exc, ssl.SSLError):
+            return describe_tls_failure(exc)  # an alert (certificate_required, ...)
+        if self.bytes_in:
+            return None  # the server spoke fabric: the core has the reason
+        transport = self.transport
+        if transport is not None and transport.get_extra_info("sslcontext") is not None:
+            return (
+                "the server closed the TLS connection without answering our hello: it may require a "
+                "client certificate (certfile/keyfile of pyfabric.tls.client_context), or refused the connection"
+            )
+        return (
+            "the server closed the connection without answering our hello: it may speak TLS (connect "
+            "with ssl=pyfabric.tls.client_context(...)), or refused the connection (full, or this address is blocked)"
+        )
 
     def pause_writing(self) -> None:
         self._can_write.clear()
