@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl as _ssl
-import time
 from typing import Any
 
 from ..etf import Atom, Pid
@@ -23,6 +22,12 @@ from ..protocol import (
 )
 from ..runtime import Node
 from ..tls import check_context
+from ._admission import (
+    DEFAULT_MAX_PENDING_HANDSHAKES,
+    DEFAULT_MAX_PENDING_PER_ADDRESS,
+    DEFAULT_SERVER_HANDSHAKE_TIMEOUT,
+    PendingTable,
+)
 from ._local import LocalProcesses
 from ._options import (
     DEFAULT_SESSION_TIMEOUT,
@@ -39,7 +44,7 @@ from ._throttle import (
     address_key,
 )
 
-__all__ = [
+__all__ = [  # the admission defaults are re-exported: they are options of serve()
     "Server",
     "serve",
     "DEFAULT_MAX_CONNECTIONS",
@@ -54,18 +59,6 @@ _log = logging.getLogger("pyfabric.server")
 DEFAULT_MAX_CONNECTIONS = 1024
 """Concurrent client connections (file descriptors are finite). When full, a new connection
 takes the place of the oldest one still in its handshake, if any; else it is closed."""
-DEFAULT_MAX_PENDING_HANDSHAKES = 128
-"""Connections still in their handshake (slowloris defence). When full, a new connection is
-not refused: it takes the place of the oldest pending one (one that has sent nothing first),
-so a flood of idle connections can delay legitimate clients but never lock them out."""
-DEFAULT_MAX_PENDING_PER_ADDRESS = 32
-"""Pending handshakes from one address (IPv4 address, IPv6 /64); a new one from an address
-at its limit takes the place of that address's oldest pending one (same rule as above),
-so one host cannot fill the table for the others."""
-DEFAULT_SERVER_HANDSHAKE_TIMEOUT = 5.0
-"""Seconds an unauthenticated client has to finish its handshake (TLS included): a real
-client needs two round trips. A timeout counts as a failed authentication of its address
-(``max_auth_failures``), so a host that keeps connections idle gets blocked like a guesser."""
 DEFAULT_MAX_KEPT_SESSIONS = 1024
 """Sessions of disconnected clients kept for a resume; beyond it the oldest one expires
 (its proxies end with ``noconnection``)."""
@@ -109,8 +102,8 @@ class Server(LocalProcesses):
         max_pending_per_address: int = DEFAULT_MAX_PENDING_PER_ADDRESS,
         max_write_buffer: int = DEFAULT_MAX_WRITE_BUFFER,
     ) -> None:
-        if max_pending_handshakes < 1 or max_pending_per_address < 1 or max_connections < 1:
-            raise ValueError("max_connections, max_pending_handshakes and max_pending_per_address must be at least 1")
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
         self.options = options
         self._throttle = throttle if throttle is not None else AuthThrottle()
         self._node = node
@@ -118,22 +111,23 @@ class Server(LocalProcesses):
         self._handshake_timeout = handshake_timeout
         self._session_timeout = session_timeout
         self._max_connections = max_connections
-        self._max_pending = max_pending_handshakes
-        self._max_per_address = max_pending_per_address
         self._max_write_buffer = max_write_buffer
         self._max_kept = max_kept_sessions
         self._server: asyncio.base_events.Server | None = None
         self._accepted: dict[FrameStream, _Accepted] = {}
-        self._pending: dict[FrameStream, _Accepted] = {}  # in handshake, oldest first
-        self._pending_by_key: dict[str | None, dict[FrameStream, _Accepted]] = {}
-        self._evict_logged = 0.0
+        self._pending: PendingTable[_Accepted] = PendingTable(
+            max_pending_handshakes,
+            max_pending_per_address,
+            heard=lambda e: e.stream.bytes_in > 0,
+            evict=self._evict,
+            label=lambda e: e.link.label,
+        )
         self._sessions: dict[bytes, PeerLink] = {}
         self._expiry: dict[bytes, asyncio.TimerHandle] = {}
         self._closing = False
         self.connections_total = 0
         self.connections_refused = 0
         self.connections_throttled = 0
-        self.connections_evicted = 0
         self.auth_failures = 0
         self.handshake_timeouts = 0
 
@@ -175,13 +169,7 @@ class Server(LocalProcesses):
             stream.abort()
             return
         entry = _Accepted(link, stream, address)
-        same = self._pending_by_key.get(entry.key)
-        if same is not None and len(same) >= self._max_per_address:
-            self._evict(same, f"{self._max_per_address} pending handshakes from {address} (max_pending_per_address)")
-        if len(self._pending) >= self._max_pending:
-            self._evict(self._pending, f"{self._max_pending} pending handshakes (max_pending_handshakes)")
-        if len(self._accepted) >= self._max_connections and self._pending:
-            self._evict(self._pending, f"{self._max_connections} connections (max_connections)")
+        self._pending.make_room(entry.key, address, self._accepted.__len__, self._max_connections)
         if len(self._accepted) >= self._max_connections:
             self.connections_refused += 1
             _log.warning("%s refused: %d connections, all authenticated (max_connections)", label, len(self._accepted))
@@ -189,8 +177,7 @@ class Server(LocalProcesses):
             return
         self.connections_total += 1
         self._accepted[stream] = entry
-        self._pending[stream] = entry
-        self._pending_by_key.setdefault(entry.key, {})[stream] = entry
+        self._pending.add(entry, entry.key)
         link.on_established = lambda lk, ev: self._established(entry, lk, ev)
         link.on_auth_failed = lambda lk, ev: self._auth_failed(entry, ev)
         link.on_closed = lambda lk, ev: self._closed(entry, lk, ev)
@@ -209,22 +196,8 @@ class Server(LocalProcesses):
             link.close()
         return link.session
 
-    def _evict(self, among: dict[FrameStream, _Accepted], why: str) -> None:
-        """Close the oldest pending connection of ``among`` that has sent nothing (else the
-        oldest one) to make room for a new connection."""
-        victim = next((e for e in among.values() if not e.stream.bytes_in), None)
-        if victim is None:
-            victim = next(iter(among.values()))
-        self.connections_evicted += 1
-        now = time.monotonic()
-        if now - self._evict_logged >= 10.0:  # an attack evicts thousands: log it once in a while
-            self._evict_logged = now
-            _log.warning(
-                "%s closed unauthenticated to make room for a new connection: %s (%d evicted so far)",
-                victim.link.label,
-                why,
-                self.connections_evicted,
-            )
+    def _evict(self, victim: _Accepted) -> None:
+        """Close a pending connection to make room (the pending table chose it)."""
         victim.evicted = True
         self._handshake_done(victim)
         self._accepted.pop(victim.stream, None)  # its slot is free now, not when its close completes
@@ -233,12 +206,7 @@ class Server(LocalProcesses):
     def _handshake_done(self, entry: _Accepted) -> None:
         if entry.handshaking:
             entry.handshaking = False
-            self._pending.pop(entry.stream, None)
-            same = self._pending_by_key.get(entry.key)
-            if same is not None:
-                same.pop(entry.stream, None)
-                if not same:
-                    del self._pending_by_key[entry.key]
+            self._pending.remove(entry)
         if entry.timer is not None:
             entry.timer.cancel()
             entry.timer = None
@@ -358,7 +326,7 @@ class Server(LocalProcesses):
         return {
             "connections": len(self._accepted),
             "handshaking": len(self._pending),
-            "connections_evicted": self.connections_evicted,
+            "connections_evicted": self._pending.evicted,
             "handshake_timeouts": self.handshake_timeouts,
             "connections_total": self.connections_total,
             "connections_refused": self.connections_refused,
