@@ -64,7 +64,7 @@ async def _serve(args: argparse.Namespace) -> None:
         kwargs["ssl"] = server_context(args.tls + "/server.pem", args.tls + "/server-key.pem", cafile=args.tls + "/ca.pem")
     server = await pyfabric.serve(HOST, 0, SECRET, allowed=list(SERVICES), **kwargs)
     server.spawn(ping, name="ping")
-    server.spawn(slow, name="slow")
+    server.spawn(slow, name="slow", **({"max_mailbox": args.slow_mailbox} if args.slow_mailbox else {}))
     print(f"port {server.port}", flush=True)
     loop = asyncio.get_running_loop()
     stdin_closed = loop.create_future()
@@ -79,12 +79,16 @@ async def _serve(args: argparse.Namespace) -> None:
 class ServerProcess:
     """A Python fabric server in a child process (default options unless given)."""
 
-    def __init__(self, *, pythonpath: str | None = None, tls: str | None = None, **options: Any) -> None:
+    def __init__(
+        self, *, pythonpath: str | None = None, tls: str | None = None, slow_mailbox: int = 0, **options: Any
+    ) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = pythonpath or str(ROOT)
         cmd = [sys.executable, __file__, "serve", "--options", json.dumps(options)]
         if tls:
             cmd += ["--tls", tls]
+        if slow_mailbox:
+            cmd += ["--slow-mailbox", str(slow_mailbox)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
         line = self.proc.stdout.readline()
         if not line.startswith("port "):
@@ -464,6 +468,7 @@ def main() -> None:
     s = sub.add_parser("serve")
     s.add_argument("--options", default="{}")
     s.add_argument("--tls")
+    s.add_argument("--slow-mailbox", type=int, default=0)
     m = sub.add_parser("measure")
     m.add_argument("attack", choices=ATTACKS)
     m.add_argument("--pythonpath")

@@ -102,9 +102,9 @@ class PeerLink:
         self._whereis: dict[int, asyncio.Future[Pid | None]] = {}
         self._flush_scheduled = False
         self.frames_dropped = 0
-        self.destinations: set[Any] | None = None
-        """If a set: every destination a received message was delivered to is added (the
-        server's stream empties it after each burst to check those mailboxes)."""
+        self.destinations: dict[Any, int] | None = None
+        """If a dict: messages delivered per destination (the server's stream empties it
+        after each slice it feeds, to check those mailboxes)."""
         self.taken_over_by: PeerLink | None = None
         """Server: the link of the session this link's connection resumed (it owns the
         connection now, and every proxy and export the connection creates)."""
@@ -199,8 +199,9 @@ class PeerLink:
             if kind is MessageReceived:
                 try:
                     node.send(ev.dest, ev.payload)
-                    if self.destinations is not None:
-                        self.destinations.add(ev.dest)
+                    dests = self.destinations
+                    if dests is not None:
+                        dests[ev.dest] = dests.get(ev.dest, 0) + 1
                 except NotRegistered:
                     _log.debug("%s: message to unregistered name %s dropped", self.label, ev.dest)
             elif kind is ProxyDied:

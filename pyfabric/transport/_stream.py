@@ -43,6 +43,15 @@ shared service exit with ``mailbox_overflow``; other connections are read as usu
 they, too, deliver to that mailbox."""
 MAILBOX_LOW_WATER = 1 / 16
 """...and reads it again once every such mailbox is back below this fill."""
+MAILBOX_FLOODER = 8
+"""Only connections that delivered at least this many messages to the mailbox in one slice
+(``FEED_SLICE``) are paused at the high-water mark: a client sending one request at a time
+is still read, and its request queued, while the flood waits."""
+MAILBOX_HARD_WATER = 1 / 2
+"""Past this fill every connection delivering to the mailbox is paused (many connections
+each sending a little)."""
+FEED_SLICE = 16 * 1024
+"""Bytes a server hands the protocol core at a time, checking mailboxes in between."""
 MAILBOX_POLL = 0.01
 """Seconds between checks of a congested mailbox while a connection is paused for it."""
 
@@ -72,6 +81,8 @@ class FrameStream(asyncio.Protocol):
         self.max_write_buffer = max_write_buffer
         self._paused = 0
         self._congested: set[Any] = set()
+        self._held: list[bytes] | None = None  # received while a mailbox is congested
+        self._congestion_logged = False
         self._poll: asyncio.TimerHandle | None = None
         self.transport: asyncio.Transport | None = None
         self.peername: Any = None
@@ -107,7 +118,7 @@ class FrameStream(asyncio.Protocol):
         link.writer = self.write
         link.closer = self.close
         if self._push_back and link.destinations is None:
-            link.destinations = set()
+            link.destinations = {}
 
     def _pause(self, reason: int) -> None:
         was = self._paused
@@ -133,17 +144,39 @@ class FrameStream(asyncio.Protocol):
         if not self._burst:
             asyncio.get_running_loop().call_soon(self._end_burst)
         self._burst += len(data)
+        if self._held is not None:
+            self._held.append(data)  # a mailbox this connection feeds is congested
+        elif not self._push_back or len(data) <= FEED_SLICE:
+            self._feed(data)
+        else:
+            self._feed_sliced(data)
+        if self._burst >= READ_BURST:
+            self._pause(_P_BURST)
+
+    def _feed_sliced(self, data: bytes) -> bool:
+        """Feed in slices, the mailboxes checked after each: one chunk (up to 256 KiB,
+        thousands of small messages) cannot overshoot the high-water mark by more than a
+        slice's worth. False (the rest held) once a mailbox is congested."""
+        view = memoryview(data)
+        for start in range(0, len(data), FEED_SLICE):
+            if not self._feed(view[start : start + FEED_SLICE].tobytes()):
+                if self._held is not None and start + FEED_SLICE < len(data):
+                    self._held.insert(0, view[start + FEED_SLICE :].tobytes())
+                return False
+        return True
+
+    def _feed(self, data: bytes) -> bool:
+        """Hand ``data`` to the link; False if the stream must not feed more now."""
         try:
             self.link.data_received(data)
         except Exception:  # a bug must not leave a half-dead connection behind
             _log.exception("%s: internal error while handling received data; closing", self.link.label)
             self.close()
-            return
-        if self._burst >= READ_BURST:
-            self._pause(_P_BURST)
+            return False
         dests = self.link.destinations
         if dests:
             self._check_mailboxes(dests)
+        return self._held is None
 
     def _not_fabric(self, data: bytes) -> bool:
         """The peer's first bytes cannot start a fabric frame: say what they are and close."""
@@ -178,22 +211,31 @@ class FrameStream(asyncio.Protocol):
         if self._paused & _P_BURST:
             self._resume(_P_BURST)
 
-    def _check_mailboxes(self, dests: set[Any]) -> None:
+    def _check_mailboxes(self, dests: dict[Any, int]) -> None:
         fill = self.link.node.mailbox_fill
-        for dest in dests:
-            if fill(dest) >= MAILBOX_HIGH_WATER and dest not in self._congested:
+        for dest, count in dests.items():
+            level = fill(dest)
+            if level < MAILBOX_HIGH_WATER or dest in self._congested:
+                continue
+            # A connection that delivered only a few messages (a client waiting for its
+            # reply) keeps being read until the mailbox is really full: the flood waits.
+            if count >= MAILBOX_FLOODER or level >= MAILBOX_HARD_WATER:
                 if not self._congested:
-                    _log.info(
-                        "%s: mailbox of %s is over %d%% full: not reading this connection until it drains",
+                    # Logged once per connection (a flood congests it again and again).
+                    (_log.debug if self._congestion_logged else _log.info)(
+                        "%s: mailbox of %s is over %.1f%% full: not reading this connection until it drains",
                         self.link.label,
                         dest,
                         100 * MAILBOX_HIGH_WATER,
                     )
+                    self._congestion_logged = True
                 self._congested.add(dest)
         dests.clear()
-        if self._congested and not self._paused & _P_MAILBOX:
+        if self._congested and self._held is None:
+            self._held = []
             self._pause(_P_MAILBOX)
-            self._poll = asyncio.get_running_loop().call_later(MAILBOX_POLL, self._poll_mailboxes)
+            if self._poll is None:
+                self._poll = asyncio.get_running_loop().call_later(MAILBOX_POLL, self._poll_mailboxes)
 
     def _poll_mailboxes(self) -> None:
         self._poll = None
@@ -201,8 +243,14 @@ class FrameStream(asyncio.Protocol):
         self._congested = {d for d in self._congested if fill(d) > MAILBOX_LOW_WATER}
         if self._congested:
             self._poll = asyncio.get_running_loop().call_later(MAILBOX_POLL, self._poll_mailboxes)
-        else:
-            self._resume(_P_MAILBOX)
+            return
+        held, self._held = self._held or [], None
+        while held:
+            if not self._feed_sliced(held.pop(0)):
+                if self._held is not None:
+                    self._held[:0] = held  # congested again: keep the rest, in order
+                return
+        self._resume(_P_MAILBOX)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._hb_handle is not None:
