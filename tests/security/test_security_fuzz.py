@@ -3,7 +3,8 @@
 Each example opens one to three raw connections that stay unauthenticated, do the
 original (MD5) handshake, or do the extended (HMAC) one properly, and then throw random
 bytes, lying length headers, truncated frames, mutated recorded frames (from
-conformance/legacy) and structured nonsense terms at the server. After every example the
+conformance/legacy), structured nonsense terms and amplifying frames (millions of tiny
+terms, often compressed into a few KiB) at the server. After every example the
 good client's ping still answers and nothing was logged as an ERROR (what an internal
 error, i.e. a bug, is logged as); at the end the server holds only the good client's
 connection and what pyfabric code retains in memory is bounded.
@@ -24,6 +25,7 @@ import struct
 import threading
 import time
 import tracemalloc
+import zlib
 from typing import Any
 
 import pytest
@@ -86,6 +88,15 @@ def _framed(body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + body
 
 
+def _amplifier(n: int, unit: bytes, compress: bool) -> bytes:
+    """``{m, sink, [Unit, Unit, ...]}``: a frame that is cheap to send and costly to decode
+    (issue 11); compressed, ``n`` units fit in a few KiB."""
+    body = b"h\x03w\x01mw\x04sinkl" + struct.pack(">I", n) + unit * n + b"j"
+    if compress:
+        return _framed(b"\x83P" + struct.pack(">I", len(body)) + zlib.compress(body))
+    return _framed(b"\x83" + body[: MAX_FRAME - 8])
+
+
 def _mutate(vector: bytes, edits: list[tuple[int, int]]) -> bytes:
     data = bytearray(vector)
     for where, value in edits:
@@ -108,6 +119,7 @@ chunks = st.one_of(
     st.integers(0, len(VECTORS) - 1).map(lambda v: _framed(VECTORS[v])),  # recorded frames, out of context
     st.sampled_from([2**32 - 1, 2**31, MAX_FRAME + 1, 17 * 1024]).map(lambda n: struct.pack(">I", n) + b"\x83"),  # lying headers
     st.integers(5, 5000).map(lambda n: struct.pack(">I", n) + b"\x83h"),  # truncated frames
+    st.builds(_amplifier, st.integers(1, 4_000_000), st.sampled_from([b"j", b"h\x00", b"a\x01", b"h\x01j"]), st.booleans()),
 )
 
 attacks = st.tuples(st.sampled_from(["raw", "legacy", "extended"]), st.lists(chunks, min_size=1, max_size=8), st.integers(1, 64))

@@ -1,0 +1,86 @@
+"""A server's output buffer is bounded (issue 11 item 3): a client that does not read is
+pushed back (its requests are not read while our replies wait) and closed, with a logged
+reason, once ``max_write_buffer`` bytes are unsent."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+import pytest
+from transport_helpers import HOST, SECRET, arun, start_server, wait_for
+
+from pyfabric import Atom
+from pyfabric.etf import Pid
+from pyfabric.protocol import Connection
+
+
+async def raw_client(port: int) -> tuple[socket.socket, Connection]:
+    """An authenticated client socket that we read only when we choose to."""
+    node = Atom("lazy@host")
+    ids = iter(range(1, 10**6))
+    conn = Connection("client", SECRET, node_name=node, new_proxy_pid=lambda _i: Pid(node, next(ids), 0, 0))
+    sock = socket.create_connection((HOST, port))
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    conn.start()
+    await loop.sock_sendall(sock, conn.data_to_send())
+    while conn.state != "established":
+        conn.receive_data(await loop.sock_recv(sock, 65536))
+        conn.events()
+        await loop.sock_sendall(sock, conn.data_to_send())
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    return sock, conn
+
+
+def test_requests_are_not_read_while_replies_wait() -> None:
+    async def body() -> None:
+        server = await start_server()
+        try:
+            sock, conn = await raw_client(server.port)
+            me = Pid(Atom("lazy@host"), 1, 0, 0)
+            blob = bytes(256 * 1024)
+            loop = asyncio.get_running_loop()
+            sent = 0
+            for _ in range(200):  # 50 MiB of replies if the server kept reading
+                conn.send_message(Atom("ping"), (me, blob))
+                try:
+                    await asyncio.wait_for(loop.sock_sendall(sock, conn.data_to_send()), 0.5)
+                except TimeoutError:
+                    break  # pushed back: the server stopped reading us
+                sent += 1
+            assert sent < 200
+            # What the server holds for us is its high-water mark plus a few replies.
+            stream = next(iter(server._accepted))
+            assert stream.transport.get_write_buffer_size() < 16 * 2**20
+            sock.close()
+        finally:
+            await server.close()
+
+    arun(body, allow_errors_from=("pyfabric.server", "pyfabric.transport"))
+
+
+def test_a_client_that_never_reads_is_closed_past_max_write_buffer(caplog: pytest.LogCaptureFixture) -> None:
+    async def body() -> None:
+        server = await start_server(max_write_buffer=2 * 2**20)
+        try:
+            sock, conn = await raw_client(server.port)
+            me = Pid(Atom("lazy@host"), 1, 0, 0)
+            conn.send_message(Atom("ping"), (me, 0))  # gives the server a proxy of our process
+            await asyncio.get_running_loop().sock_sendall(sock, conn.data_to_send())
+            await wait_for(lambda: any(True for _ in server.node.processes()) and len(server._accepted) == 1)
+            await asyncio.sleep(0.2)
+            proxies = [p for p in server.node.processes() if server.node.proxy_handle(p) is not None]
+            assert proxies
+            for _ in range(64):  # a local process streams to the client: 64 MiB
+                server.send(proxies[0], bytes(2**20))
+                await asyncio.sleep(0)
+            await wait_for(lambda: server.statistics()["connections"] == 0)
+            sock.close()
+        finally:
+            await server.close()
+
+    with caplog.at_level(logging.WARNING, logger="pyfabric.transport"):
+        arun(body, allow_errors_from=("pyfabric.server", "pyfabric.transport"))
+    assert "peer does not read" in caplog.text and "max_write_buffer" in caplog.text
