@@ -195,3 +195,25 @@ def test_fuzz_amplifying_frames_against_a_live_server() -> None:
         if server.alive:
             bystander.stop()
             server.stop()
+
+
+def test_fuzz_sustained_attacks_against_a_live_server() -> None:
+    """Idle connections, a never-reading peer and a flood one after the other on one server
+    for ``2 * SCALE`` s each (``make fuzz``: minutes), the bystander pinging throughout."""
+    server = ServerProcess(slow_mailbox=20_000)
+    bystander = Bystander(server.port, timeout=60)
+    try:
+        idle = measure_idle(server, count=300, seconds=2.0 * SCALE)
+        never = measure_never_read(server, seconds=2.0 * SCALE)
+        flood = measure_flood(server, seconds=2.0 * SCALE)
+        result = bystander.stop()
+        report("sustained", {"idle": idle, "never_read": never, "flood": flood, "bystander": result})
+        attempts = idle["legit_ok"] + idle["legit_failed"]
+        assert attempts > 0 and idle["legit_ok"] >= 0.9 * attempts, idle
+        assert never["failures"] == [] and flood["failures"] == [] and result["failures"] == []
+        assert result["pings"] > 0
+        check_survived(server, result)
+    finally:
+        if server.alive:
+            bystander.stop()
+            server.stop()
