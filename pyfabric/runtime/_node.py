@@ -323,16 +323,16 @@ class Node:
         """The pids of all live proxies (remote processes seen through a transport)."""
         return [pid for pid, entry in self._table.items() if isinstance(entry, Proxy)]
 
-    def mailbox_fill(self, dest: Pid | Atom | str) -> float:
-        """How full the mailbox of the local process ``dest`` (pid or registered name) is, as
-        a fraction of its ``max_mailbox``; 0.0 for a proxy, a dead pid or an unknown name.
-        Cheap enough to call per received burst: transports use it to stop reading a
-        connection while a process it feeds is overloaded."""
+    def mailbox_size(self, dest: Pid | Atom | str) -> tuple[int, int]:
+        """``(queued, max_mailbox)`` of the local process ``dest`` (pid or registered name);
+        ``(0, 0)`` for a proxy, a dead pid or an unknown name. Cheap enough to call per
+        received burst: transports use it to stop reading a connection while a process it
+        feeds is overloaded."""
         pid = dest if isinstance(dest, Pid) else self._registry.whereis(to_name(dest))
         entry = self._table.get(pid) if pid is not None else None
         if isinstance(entry, LocalProcess):
-            return len(entry._queue) / entry._max
-        return 0.0
+            return len(entry._queue), entry._max
+        return 0, 0
 
     def links(self, pid: Pid) -> frozenset[Pid]:
         """The pids linked with ``pid`` (Erlang's ``process_info(Pid, links)``); empty if

@@ -415,8 +415,8 @@ async def serve(
     ``max_pending_per_address`` (when either is full a new connection replaces the oldest
     pending one instead of being refused), ``max_write_buffer`` (bytes unsent to a client
     that does not read before its connection is closed; above 4 MiB the server already
-    stops reading that client; a client whose messages fill a local process's mailbox
-    past 1/8 is not read until it drains below 1/16), ``max_frame``, ``decode_limits``, ``max_proxies`` /
+    stops reading that client; a client flooding a local process is not read while that
+    process has 2048 messages queued, see ``_stream.MAILBOX_HIGH_WATER``), ``max_frame``, ``decode_limits``, ``max_proxies`` /
     ``max_exports`` (per client session: a frame that would create one proxy more is
     dropped with code ``limit``; a send that would export one local pid more raises
     ``LocalProtocolError``); ``max_auth_failures`` failed authentications from one address

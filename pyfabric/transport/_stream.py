@@ -20,7 +20,7 @@ from ._errors import ConnectFailed
 from ._options import DEFAULT_WRITE_BUFFER_HIGH
 from ._peer import PeerLink
 
-__all__ = ["FrameStream", "DEFAULT_MAX_WRITE_BUFFER", "MAILBOX_HIGH_WATER", "MAILBOX_LOW_WATER"]
+__all__ = ["FrameStream", "DEFAULT_MAX_WRITE_BUFFER", "MAILBOX_HIGH_WATER"]
 
 _log = logging.getLogger("pyfabric.transport")
 
@@ -35,25 +35,26 @@ connection is closed (logged). Above ``DEFAULT_WRITE_BUFFER_HIGH`` (4 MiB) the s
 already stops reading the client's requests (push-back), so only traffic from elsewhere
 can reach this: one largest frame (64 MiB) plus the high-water mark, with room to spare."""
 
-MAILBOX_HIGH_WATER = 1 / 8
-"""A server stops reading a connection when a local process it just delivered to has its
-mailbox this full (fraction of ``max_mailbox``: 12 500 messages by default, far more than
-a live receiver lets accumulate), so one flooding client slows down instead of making a
-shared service exit with ``mailbox_overflow``; other connections are read as usual until
-they, too, deliver to that mailbox."""
-MAILBOX_LOW_WATER = 1 / 16
-"""...and reads it again once every such mailbox is back below this fill."""
+MAILBOX_HIGH_WATER = 2048
+"""A server stops reading a connection when a local process it just delivered to has this
+many messages queued (or 1/8 of its ``max_mailbox`` if smaller), so one flooding client
+slows down instead of making a shared service exit with ``mailbox_overflow``, and a request
+of another client waits behind at most this many (plus one ``FEED_SLICE``) messages. A live
+receiver drains that in a few milliseconds; other connections are read as usual."""
+MAILBOX_LOW_WATER_DIVISOR = 2
+"""...and reads it again once every such mailbox is back below half that mark."""
 MAILBOX_FLOODER = 8
 """Only connections that delivered at least this many messages to the mailbox in one slice
 (``FEED_SLICE``) are paused at the high-water mark: a client sending one request at a time
 is still read, and its request queued, while the flood waits."""
 MAILBOX_HARD_WATER = 1 / 2
-"""Past this fill every connection delivering to the mailbox is paused (many connections
-each sending a little)."""
+"""Past this fill of ``max_mailbox`` every connection delivering to the mailbox is paused
+(many connections each sending a little)."""
 FEED_SLICE = 16 * 1024
 """Bytes a server hands the protocol core at a time, checking mailboxes in between."""
-MAILBOX_POLL = 0.01
-"""Seconds between checks of a congested mailbox while a connection is paused for it."""
+MAILBOX_POLL = 0.001
+"""Seconds between checks of a congested mailbox while a connection is paused for it (a
+timer runs only while some mailbox is congested)."""
 
 # Why reading is paused (a bit each); reading resumes when none is left.
 _P_BURST = 1  # READ_BURST bytes handled this loop iteration
@@ -212,21 +213,21 @@ class FrameStream(asyncio.Protocol):
             self._resume(_P_BURST)
 
     def _check_mailboxes(self, dests: dict[Any, int]) -> None:
-        fill = self.link.node.mailbox_fill
+        size = self.link.node.mailbox_size
         for dest, count in dests.items():
-            level = fill(dest)
-            if level < MAILBOX_HIGH_WATER or dest in self._congested:
+            queued, most = size(dest)
+            if queued < min(MAILBOX_HIGH_WATER, most >> 3) or dest in self._congested:
                 continue
             # A connection that delivered only a few messages (a client waiting for its
             # reply) keeps being read until the mailbox is really full: the flood waits.
-            if count >= MAILBOX_FLOODER or level >= MAILBOX_HARD_WATER:
+            if count >= MAILBOX_FLOODER or queued >= most * MAILBOX_HARD_WATER:
                 if not self._congested:
                     # Logged once per connection (a flood congests it again and again).
                     (_log.debug if self._congestion_logged else _log.info)(
-                        "%s: mailbox of %s is over %.1f%% full: not reading this connection until it drains",
+                        "%s: mailbox of %s holds %d messages: not reading this connection until it drains",
                         self.link.label,
                         dest,
-                        100 * MAILBOX_HIGH_WATER,
+                        queued,
                     )
                     self._congestion_logged = True
                 self._congested.add(dest)
@@ -239,8 +240,13 @@ class FrameStream(asyncio.Protocol):
 
     def _poll_mailboxes(self) -> None:
         self._poll = None
-        fill = self.link.node.mailbox_fill
-        self._congested = {d for d in self._congested if fill(d) > MAILBOX_LOW_WATER}
+        size = self.link.node.mailbox_size
+
+        def congested(dest: Any) -> bool:
+            queued, most = size(dest)
+            return queued > min(MAILBOX_HIGH_WATER, most >> 3) // MAILBOX_LOW_WATER_DIVISOR
+
+        self._congested = {d for d in self._congested if congested(d)}
         if self._congested:
             self._poll = asyncio.get_running_loop().call_later(MAILBOX_POLL, self._poll_mailboxes)
             return
