@@ -130,9 +130,9 @@ def test_a_peer_that_never_reads_is_pushed_back() -> None:
 
 
 def test_a_flood_does_not_kill_a_shared_service() -> None:
-    # A small mailbox: the high-water mark (1/8) is reached in a fraction of a second,
-    # and without push-back the service would exit with mailbox_overflow at once.
-    server = ServerProcess(slow_mailbox=2000)
+    # A small mailbox: without push-back the service would exit with mailbox_overflow in
+    # a fraction of a second (the default, 100 000, takes about 2 s).
+    server = ServerProcess(slow_mailbox=20_000)
     try:
         result = measure_flood(server, seconds=5.0 * SCALE)
         report("flood", result)

@@ -51,7 +51,9 @@ MAILBOX_HARD_WATER = 1 / 2
 """Past this fill of ``max_mailbox`` every connection delivering to the mailbox is paused
 (many connections each sending a little)."""
 FEED_SLICE = 16 * 1024
-"""Bytes a server hands the protocol core at a time, checking mailboxes in between."""
+"""Bytes a server hands the protocol core at a time, checking mailboxes in between, while a
+mailbox it feeds is at a quarter of its mark or more (else whole reads, up to 256 KiB: a
+mailbox smaller than one read's worth of messages, ~7000 small ones, is not protected)."""
 MAILBOX_POLL = 0.001
 """Seconds between checks of a congested mailbox while a connection is paused for it (a
 timer runs only while some mailbox is congested)."""
@@ -84,6 +86,9 @@ class FrameStream(asyncio.Protocol):
         self._congested: set[Any] = set()
         self._held: list[bytes] | None = None  # received while a mailbox is congested
         self._congestion_logged = False
+        # Feed in slices only while a mailbox we feed is filling (a quarter of its mark):
+        # a fast stream into a live receiver is fed whole chunks, as without push-back.
+        self._slicing = False
         self._poll: asyncio.TimerHandle | None = None
         self.transport: asyncio.Transport | None = None
         self.peername: Any = None
@@ -147,7 +152,7 @@ class FrameStream(asyncio.Protocol):
         self._burst += len(data)
         if self._held is not None:
             self._held.append(data)  # a mailbox this connection feeds is congested
-        elif not self._push_back or len(data) <= FEED_SLICE:
+        elif not self._slicing or len(data) <= FEED_SLICE:
             self._feed(data)
         else:
             self._feed_sliced(data)
@@ -214,9 +219,15 @@ class FrameStream(asyncio.Protocol):
 
     def _check_mailboxes(self, dests: dict[Any, int]) -> None:
         size = self.link.node.mailbox_size
+        slicing = False
         for dest, count in dests.items():
             queued, most = size(dest)
-            if queued < min(MAILBOX_HIGH_WATER, most >> 3) or dest in self._congested:
+            if not most:
+                continue  # not a local process (any more)
+            mark = min(MAILBOX_HIGH_WATER, most >> 3)
+            if queued >= mark >> 2:
+                slicing = True
+            if queued < mark or dest in self._congested:
                 continue
             # A connection that delivered only a few messages (a client waiting for its
             # reply) keeps being read until the mailbox is really full: the flood waits.
@@ -231,6 +242,7 @@ class FrameStream(asyncio.Protocol):
                     )
                     self._congestion_logged = True
                 self._congested.add(dest)
+        self._slicing = slicing
         dests.clear()
         if self._congested and self._held is None:
             self._held = []
