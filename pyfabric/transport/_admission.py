@@ -81,7 +81,7 @@ class PendingTable(Generic[E]):
             self._evict_one(same, f"{self.max_per_address} pending handshakes from {address} (max_pending_per_address)")
         if len(self._all) >= self.max_pending:
             self._evict_one(self._all, f"{self.max_pending} pending handshakes (max_pending_handshakes)")
-        if connections() >= max_connections and self._all:
+        if self._all and connections() == max_connections > 0:  # room for exactly this one
             self._evict_one(self._all, f"{max_connections} connections (max_connections)")
 
     def add(self, entry: E, key: Any) -> None:

@@ -102,8 +102,8 @@ class Server(LocalProcesses):
         max_pending_per_address: int = DEFAULT_MAX_PENDING_PER_ADDRESS,
         max_write_buffer: int = DEFAULT_MAX_WRITE_BUFFER,
     ) -> None:
-        if max_connections < 1:
-            raise ValueError("max_connections must be at least 1")
+        if max_connections < 0:
+            raise ValueError("max_connections must not be negative")
         self.options = options
         self._throttle = throttle if throttle is not None else AuthThrottle()
         self._node = node

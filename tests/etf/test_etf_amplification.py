@@ -107,9 +107,12 @@ def test_max_total_terms_bounds_scalars() -> None:
 
 
 def test_max_depth_default_is_what_the_network_path_enforces() -> None:
-    from pyfabric.protocol._connection import DEFAULT_MAX_DEPTH
+    from pyfabric.protocol import ConnectionConfig
 
-    assert etf.DEFAULT_LIMITS.max_depth == DEFAULT_MAX_DEPTH == 512
+    network = ConnectionConfig.build("secret").limits()
+    assert etf.DEFAULT_LIMITS.max_depth == network.max_depth == 512
+    assert network.max_total_terms == etf.DEFAULT_LIMITS.max_total_terms
+    assert network.max_containers == etf.DEFAULT_LIMITS.max_containers
     deep = b"\x83" + b"l\x00\x00\x00\x01" * 512 + b"j" + b"j" * 512
     assert etf.decode(deep) is not None
     too_deep = b"\x83" + b"l\x00\x00\x00\x01" * 513 + b"j" + b"j" * 513
