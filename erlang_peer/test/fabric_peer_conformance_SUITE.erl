@@ -1,15 +1,15 @@
 %% The Erlang peer against the conformance corpus (conformance/ at the repository root, see
 %% its README): the same files the Python runner (tests/conformance) loads.
 %%
-%% Only the pure modules are used: fabric_peer_handshake (hello, offer, accept, info, both
-%% MACs), fabric_peer_rewrite (payloads both ways), fabric_peer_etf (safe decoding),
-%% fabric_peer_frame (framing, classification, encodings, error frames and window) and
-%% fabric_peer_policy. Handshakes: the roles the Erlang peer played in a transcript are
-%% rebuilt byte for byte, the other side's frames are verified as the Erlang peer's
-%% connection verifies them. Exchanges: each step is played on a small model of one
-%% connection's id tables (the bookkeeping fabric_peer_conn does around those modules) and
-%% what it produces must be exactly the case's observation lines. The mutation cases show
-%% that a broken MAC or a changed rewritten id makes a case fail here too.
+%% Everything runs on the real pure modules, with no model in between. Handshakes: the roles
+%% the Erlang peer played in a transcript are replayed on fabric_peer_client_hs /
+%% fabric_peer_server_hs with the case's nonces and must write the same bytes and reach the
+%% same outcome; both MACs are also checked with fabric_peer_handshake. Exchanges: each step
+%% is a call of fabric_peer_protocol (frame/2, send/3, down/4, whereis/3, proxy_exit/4,
+%% heartbeat/1, lost/2, established/4 for a resume) and the actions it returns, rendered by
+%% fabric_peer_conformance_lib, must be exactly the case's observation lines. The mutation
+%% cases show that a broken MAC or a changed rewritten id makes a case fail here too; the
+%% live group replays cases against a running server.
 -module(fabric_peer_conformance_SUITE).
 -include_lib("common_test/include/ct.hrl").
 -compile([export_all, nowarn_export_all]).
@@ -23,6 +23,12 @@ all() ->
      changed_rewritten_id_fails, changed_delivered_id_fails, {group, live}].
 
 groups() -> [{live, [], [live_exchanges, live_drifts, live_handshake_frames, live_changed_code_fails]}].
+
+init_per_suite(Config) ->
+    ok = fabric_peer_conformance_lib:capture_logs(),
+    Config.
+
+end_per_suite(_) -> fabric_peer_conformance_lib:release_logs().
 
 init_per_group(live, Config) ->
     ok = fabric_peer_test_lib:start_app(),
@@ -115,53 +121,34 @@ check_handshake(L) ->
     end,
     ok.
 
-%% The client role as fabric_peer_conn plays it (client_challenge/3, client_auth/2).
-erlang_client(L, F1, F2, F3, F4, Secret, Nonce, Offer) ->
-    same(fabric_peer_handshake:encode(fabric_peer_handshake:extended_hello(Nonce)), F1, erlang_hello),
-    Feats = [F || F <- words(<<"client_features">>, L), lists:member(F, maps:get(features, Offer))],
-    Resume = case lists:member(<<"session">>, Feats) of
-                 true -> opt_hex(get(<<"resume">>, L));
-                 false -> undefined
-             end,
-    Accept = fabric_peer_handshake:accept(#{features => Feats, node => get(<<"client_node">>, L),
-                                            max_frame => int(<<"client_max_frame">>, L, <<>>),
-                                            heartbeat => int(<<"client_heartbeat">>, L, <<>>),
-                                            resume => Resume}),
-    AcceptBin = term_to_binary(Accept),
-    Mac = fabric_peer_handshake:client_mac(Secret, F1, F2, AcceptBin),
-    same(fabric_peer_handshake:encode({response, Mac, AcceptBin}), F3, erlang_response),
-    Outcome = case binary_to_term(F4) of
-                  {auth, failed} -> <<"auth_failed">>;
-                  {auth, success, SMac, InfoBin} ->
-                      Expected = fabric_peer_handshake:server_mac(Secret, F1, F2, F3, InfoBin),
-                      case fabric_peer_handshake:check_mac(Expected, SMac) of
-                          false -> <<"auth_failed">>;
-                          true ->
-                              {ok, #{session := Sid, resumed := Resumed}} =
-                                  fabric_peer_handshake:parse_info(binary_to_term(InfoBin)),
-                              same({Sid, atom_to_binary(Resumed)},
-                                   {opt_hex(get(<<"session_id">>, L)), get(<<"resumed">>, L)}, client_session),
-                              established(Feats)
-                      end
+%% The client role on fabric_peer_client_hs, with the case's nonce and settings: it must
+%% write frames 1 and 3 byte for byte and reach the case's outcome on frame 4.
+erlang_client(L, F1, F2, F3, F4, Secret, Nonce, _Offer) ->
+    {ok, O} = fabric_peer_opts:normalize(client, Secret, role_opts(<<"client_">>, L)),
+    {MyF1, Hs} = fabric_peer_client_hs:hello(O, Nonce),
+    same(MyF1, F1, erlang_hello),
+    {send, MyF3, Hs1} = fabric_peer_client_hs:challenge(F2, Hs, opt_hex(get(<<"resume">>, L)), O, <<"server">>),
+    same(MyF3, F3, erlang_response),
+    Outcome = case fabric_peer_client_hs:auth(F4, Hs1, O, <<"server">>) of
+                  {fail, {auth_failed, _}} -> <<"auth_failed">>;
+                  {established, #{features := Feats, session := Sid}, Resumed} ->
+                      same({Sid, atom_to_binary(Resumed)},
+                           {opt_hex(get(<<"session_id">>, L)), get(<<"resumed">>, L)}, client_session),
+                      established(Feats)
               end,
     same(Outcome, get(<<"client_outcome">>, L), client_outcome).
 
-%% The server role as fabric_peer_conn plays it (server_ext_challenge/3, server_response/3).
+%% The server role on fabric_peer_server_hs, with the case's nonce and settings: it must
+%% write frames 2 and 4 byte for byte (the session it ends with decided as
+%% fabric_peer_server:session/4 does: the one asked for if it is kept, else the case's new
+%% one) and reach the case's outcome.
 erlang_server(L, F1, F2, F3, F4, Secret, Nonce) ->
-    Offered = words(<<"server_features">>, L),
-    {extended, ClientVersion, _} = fabric_peer_handshake:parse_hello(binary_to_term(F1)),
-    Offer = fabric_peer_handshake:offer(#{version => min(ClientVersion, fabric_peer_handshake:version()),
-                                          features => Offered, node => get(<<"server_node">>, L),
-                                          max_frame => int(<<"server_max_frame">>, L, <<>>),
-                                          heartbeat => int(<<"server_heartbeat">>, L, <<>>)}),
-    same(fabric_peer_handshake:encode({challenge, Nonce, Offer}), F2, erlang_challenge),
-    {response, Mac, AcceptBin} = binary_to_term(F3),
-    Expected = fabric_peer_handshake:client_mac(Secret, F1, F2, AcceptBin),
-    Accepted = fabric_peer_handshake:check_mac(Expected, Mac) andalso
-        fabric_peer_handshake:parse_accept(binary_to_term(AcceptBin), Offered),
+    {ok, O} = fabric_peer_opts:normalize(server, Secret, role_opts(<<"server_">>, L)),
+    {send, MyF2, Hs} = fabric_peer_server_hs:hello(F1, O, #{nonce => Nonce, challenge => "unused"}),
+    same(MyF2, F2, erlang_challenge),
     {Outcome, Frame} =
-        case Accepted of
-            {ok, #{features := Feats, resume := Resume}} ->
+        case fabric_peer_server_hs:response(F3, Hs, O, <<"client">>) of
+            {extended, #{features := Feats}, Resume} ->
                 Kept = opt_hex(get(<<"server_kept_session">>, L)),
                 {Sid, Resumed} = case lists:member(<<"session">>, Feats) of
                                      true when Resume =/= undefined, Resume =:= Kept -> {Resume, true};
@@ -169,20 +156,30 @@ erlang_server(L, F1, F2, F3, F4, Secret, Nonce) ->
                                      false -> {undefined, false}
                                  end,
                 same(atom_to_binary(Resumed), get(<<"resumed">>, L), resumed),
-                InfoBin = term_to_binary(fabric_peer_handshake:info(#{session => Sid, resumed => Resumed})),
-                SMac = fabric_peer_handshake:server_mac(Secret, F1, F2, F3, InfoBin),
-                {established(Feats), fabric_peer_handshake:encode({auth, success, SMac, InfoBin})};
-            _ ->
-                {<<"auth_failed">>, fabric_peer_handshake:encode({auth, failed})}
+                {established(Feats), fabric_peer_server_hs:success(Sid, Resumed, F3, Hs, O)};
+            failed ->
+                {<<"auth_failed">>, fabric_peer_server_hs:failure()}
         end,
     same(Frame, F4, erlang_auth_frame),
     same(Outcome, get(<<"server_outcome">>, L), server_outcome).
+
+role_opts(P, L) ->
+    K = fun(Key) -> <<P/binary, Key/binary>> end,
+    #{features => words(K(<<"features">>), L), node => get(K(<<"node">>), L),
+      max_frame => int(K(<<"max_frame">>), L, <<>>), heartbeat => int(K(<<"heartbeat">>), L, <<>>)}.
 
 established(Feats) -> iolist_to_binary(lists:join(<<" ">>, [<<"established">> | lists:usort(Feats)])).
 
 %%% ---------------------------------------------------------------- exchanges
 
-exchanges(_) -> run_all(fun check_exchange/1, load_cases(<<"exchange">>)).
+exchanges(_) ->
+    Cases = load_cases(<<"exchange">>),
+    %% only link_exit2 stops early: its last steps write link frames (see ?NO_ENTRY_POINT)
+    Partial = [N || {N, L} <- Cases, element(2, fabric_peer_conformance_lib:playable(steps(L))) =/= []],
+    [<<"link_exit2">>] = Partial,
+    run_all(fun check_exchange/1, Cases),
+    {comment, io_lib:format("~b cases (~s played up to its first link step: the Erlang peer "
+                            "writes no link frames)", [length(Cases), hd(Partial)])}.
 
 %% Legacy handshakes and refused first frames, on the handshake model.
 handshake_frames(_) -> run_all(fun check_exchange/1, load_cases(<<"handshake_frames">>)).
@@ -194,13 +191,16 @@ drifts(_) ->
     [] = [N || {N, L} <- Cases, steps(L, <<"erlang">>) =:= steps(L, <<"python">>)],
     run_all(fun check_exchange/1, Cases).
 
+%% Every step the Erlang peer has an entry point for, on the real protocol (see
+%% fabric_peer_conformance_lib); each must produce exactly the case's observable lines.
 check_exchange(L) ->
+    {Played, _} = fabric_peer_conformance_lib:playable(steps(L)),
     St0 = fabric_peer_conformance_lib:new_state(L),
     lists:foldl(fun({{K, V} = Step, Want}, {N, St}) ->
-                        {Got, St1} = fabric_peer_conformance_lib:step(K, V, St#{events := [], outs := [], refused := []}),
-                        compare(N, Step, Got, Want, St1),
+                        {Got, St1} = fabric_peer_conformance_lib:step(K, V, St),
+                        compare(N, Step, Got, fabric_peer_conformance_lib:observable(Want), St1),
                         {N + 1, St1}
-                end, {1, St0}, steps(L)),
+                end, {1, St0}, Played),
     ok.
 
 compare(N, Step, Got, Want, _St) ->

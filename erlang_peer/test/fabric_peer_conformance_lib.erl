@@ -1,7 +1,9 @@
 %% The conformance corpus for the Erlang side (conformance/README.md): loading the case
-%% files, and the model of one established connection that plays an exchange case's steps
-%% with the pure modules (fabric_peer_rewrite, fabric_peer_etf, fabric_peer_frame,
-%% fabric_peer_policy), doing the id-table bookkeeping fabric_peer_conn does around them.
+%% files, and playing a case's steps on the real pure modules: fabric_peer_protocol (and
+%% through it fabric_peer_session and fabric_peer_payload) for exchanges,
+%% fabric_peer_server_hs / fabric_peer_client_hs for handshakes. This module only does
+%% what the connection process does around them (the env, recording monitors, the
+%% framing's length check) and renders the returned actions as observation lines.
 %% Used by fabric_peer_conformance_SUITE.
 -module(fabric_peer_conformance_lib).
 -compile([export_all, nowarn_export_all]).
@@ -60,11 +62,21 @@ opt_hex(<<"none">>) -> undefined;
 opt_hex(H) -> binary:decode_hex(H).
 term(Hex) -> binary_to_term(binary:decode_hex(Hex)).
 
-%%% ---------------------------------------------------------------- exchange model
+%%% ---------------------------------------------------------------- exchanges on the real protocol
 
 -define(STEPS, [<<"start">>, <<"send">>, <<"recv">>, <<"recv_raw">>, <<"exited">>, <<"whereis">>,
-                <<"reply_whereis">>, <<"link">>, <<"unlink">>, <<"exit_signal">>, <<"heartbeat">>]).
+                <<"reply_whereis">>, <<"link">>, <<"unlink">>, <<"exit_signal">>, <<"heartbeat">>,
+                <<"lost">>, <<"resume">>]).
 -define(OBS, [<<"out">>, <<"out_error">>, <<"event">>, <<"refused">>]).
+%% Steps the Erlang peer has no entry point for: it carries links lazily and never writes
+%% a link or unlink frame (docs/protocol.md 5.2). A case is played up to the first of them.
+-define(NO_ENTRY_POINT, [<<"link">>, <<"unlink">>]).
+%% Events the Erlang protocol has no form of: a heartbeat is only answered (the ack is
+%% compared), an ack is only accepted.
+-define(NO_EVENT, [<<"heartbeat">>, <<"heartbeat_ack">>]).
+-define(SECRET, <<"conformance">>).
+-define(SESSION, <<0:128>>).
+-define(PEER, <<"conformance peer">>).
 
 %% [{Step, [Observation]}] in case order: the common observation lines, and in a drift case
 %% the Erlang peer's own (`erlang KEY VALUE'; the `python' lines are the other side's).
@@ -84,295 +96,341 @@ steps(L, Side) ->
                           end
                   end, [], lists:flatmap(Own, L))).
 
+%% The steps the Erlang peer can play: all of them, or those before the first step it has
+%% no entry point for ({Played, Step} tells the suite which).
+playable(Steps) ->
+    lists:splitwith(fun({{K, _}, _}) -> not lists:member(K, ?NO_ENTRY_POINT) end, Steps).
+
+%% The observation lines the Erlang side can produce (see ?NO_EVENT).
+observable(Want) ->
+    [O || {K, V} = O <- Want,
+          not (K =:= <<"event">> andalso
+               lists:member(hd(binary:split(V, <<" ">>)), ?NO_EVENT))].
+
 new_state(L) ->
     case get(<<"kind">>, L) of
         <<"handshake_frames">> -> handshake_state(L);
         _ -> exchange_state(L)
     end.
 
+%% Pids the test VM never gives a process (high serials), standing for local processes.
+fake(N) -> list_to_pid(lists:flatten(io_lib:format("<0.~b.~b>", [N rem 32768, N div 32768]))).
+
+%% fabric_peer_protocol:new/2 and established/4 with the case's settings, as the server
+%% lifecycle does after an authenticated handshake. The env answers what the connection
+%% process would: proxies are the case's proxy_pid lines, the exited placeholder its
+%% dead_pid, whereis/1 of a registered name a pid of its own (or, for a name the case's
+%% application answers with reply_whereis, that pid).
 exchange_state(L) ->
     Mode = binary_to_atom(get(<<"mode">>, L)),
     Feats = case Mode of
                 legacy -> [];
                 extended -> words(<<"features">>, L)
             end,
-    Proxies = maps:from_list([{binary_to_integer(I), term(H)} ||
-                                 {<<"proxy_pid">>, V} <- L, [I, H] <- [binary:split(V, <<" ">>)]]),
-    #{mode => Mode, feats => fabric_peer_rewrite:features(Feats),
-      policy => fabric_peer_policy:new([binary_to_atom(N) || N <- words(<<"allowed">>, L)], []),
-      %% the names a process is registered under on the receiver (default: every allowed one)
-      registered => [binary_to_atom(N) || N <- words(<<"registered">>, L, words(<<"allowed">>, L))],
-      max_frame => int(<<"max_frame">>, L, <<"67108864">>),
-      max_proxies => int(<<"max_proxies">>, L, <<"100000">>),
-      window => fabric_peer_frame:new_window(int(<<"max_errors">>, L, <<"20">>),
-                                             int(<<"error_window">>, L, <<"200">>)),
-      frames_in => 0, proxy_decl => Proxies,
-      dead_pid => case get(<<"dead_pid">>, L, <<"none">>) of <<"none">> -> undefined; H -> term(H) end,
-      exp_pid => #{}, exp_id => #{}, next_id => 1, prox_id => #{}, prox_pid => #{},
-      next_req => 1, waiting => #{}, hb => 0, events => [], outs => [], refused => []}.
+    Decl = maps:from_list([{binary_to_integer(I), term(H)} ||
+                              {<<"proxy_pid">>, V} <- L, [I, H] <- [binary:split(V, <<" ">>)]]),
+    Allowed = [binary_to_atom(N) || N <- words(<<"allowed">>, L)],
+    Registered = [binary_to_atom(N) || N <- words(<<"registered">>, L, words(<<"allowed">>, L))],
+    Names0 = maps:from_list([{N, fake(700000 + I)} || {N, I} <- lists:zip(Registered, lists:seq(1, length(Registered)))]),
+    Names = maps:merge(Names0, whereis_answers(L)),
+    Dead = case get(<<"dead_pid">>, L, <<"none">>) of <<"none">> -> fake(900002); H -> term(H) end,
+    Env = #{self => fake(900000),
+            spawn_proxy => fun(Id) ->
+                                   case maps:find(Id, Decl) of
+                                       {ok, Pid} -> Pid;
+                                       error -> error({no_proxy_pid_line, Id})
+                                   end
+                           end,
+            placeholder => fun() -> Dead end,
+            signaller => fun() -> fake(900003) end,
+            whereis => fun(N) -> maps:get(N, Names, undefined) end,
+            policy => fun() -> undefined end,
+            server_atoms_left => fun() -> 50000 end,
+            spend_server_atoms => fun(_) -> ok end},
+    {ok, O} = fabric_peer_opts:normalize(server, ?SECRET,
+                                         #{allowed => Allowed, node => <<"us@conformance">>,
+                                           features => case Feats of [] -> []; _ -> Feats end,
+                                           max_frame => int(<<"max_frame">>, L, <<"67108864">>),
+                                           max_errors => int(<<"max_errors">>, L, <<"20">>),
+                                           error_window => int(<<"error_window">>, L, <<"200">>),
+                                           max_proxies => int(<<"max_proxies">>, L, <<"100000">>)}),
+    {[], P} = fabric_peer_protocol:established(#{mode => Mode, features => Feats, peer_max => 67108864},
+                                               false, false, fabric_peer_protocol:new(O, Env)),
+    #{kind => exchange, p => P, o => O, mode => Mode, feats => Feats, decl => Decl,
+      rdecl => maps:from_list([{Pid, Id} || {Id, Pid} <- maps:to_list(Decl)]),
+      rnames => maps:from_list([{Pid, N} || {N, Pid} <- maps:to_list(Names), is_pid(Pid)]),
+      dead => Dead, exports => #{}, whereis_tags => #{}, held => #{},
+      replies => [binary_to_integer(R) || {<<"reply_whereis">>, V} <- L, [R, _] <- [binary:split(V, <<" ">>)]],
+      closed => false, received => undefined}.
 
-%% Observations are reported as the Python runner groups them: a refusal, the events, then
-%% the frames written.
+%% Names the case's application answers a whereis for: `event whereis_requested REQ NAME'
+%% followed later by `reply_whereis REQ PID|undefined'.
+whereis_answers(L) ->
+    Asked = maps:from_list([{R, N} || {<<"event">>, V} <- L,
+                                      [<<"whereis_requested">>, R, N] <- [binary:split(V, <<" ">>, [global])]]),
+    maps:from_list([{binary_to_atom(maps:get(R, Asked)), case A of <<"undefined">> -> undefined; _ -> term(A) end}
+                    || {<<"reply_whereis">>, V} <- L, [R, A] <- [binary:split(V, <<" ">>)]]).
+
+%% One step: its observations as the Python runner groups them (a refusal, the events, then
+%% the frames written).
+step(K, V, #{kind := handshake} = St) -> hs_step(K, binary:split(V, <<" ">>, [global, trim_all]), St);
 step(K, V, St0) ->
-    St = do_step(K, binary:split(V, <<" ">>, [global, trim_all]), St0),
-    #{refused := R, events := E, outs := O} = St,
-    {[{refused, C} || C <- R] ++ lists:reverse(E) ++ lists:reverse(O), St}.
+    flush_logs(),
+    {Refused, Acts, Extra, St1} = do_step(K, binary:split(V, <<" ">>, [global, trim_all]), St0#{received := undefined}),
+    {Events, Outs, St2} = render(Acts, St1),
+    Logged = logged(),
+    Closed = [{event, [<<"closed">>, C], none} || C <- Extra],
+    {[{refused, C} || C <- Refused] ++ Events ++ Logged ++ Closed ++ Outs, St2}.
 
-do_step(<<"start">>, [], #{kind := handshake, random := [Nonce | R]} = St) ->
-    %% our client always opens with the extended hello (docs/protocol.md 3.1)
-    ctrl_out(fabric_peer_handshake:extended_hello(Nonce), St#{random := R, hs := await_challenge});
-do_step(<<"recv">>, [Hex], #{kind := handshake} = St) ->
-    %% handshake frames never create atoms (fabric_peer_conn:hs_decode/2)
-    Term = case fabric_peer_etf:decode(binary:decode_hex(Hex), #{atoms_left => 0, max_decompressed => 16384}) of
-               {ok, T, _} -> T;
-               {error, _} -> bad_frame
-           end,
-    handshake(maps:get(hs, St), Term, St);
-do_step(<<"send">>, [Kind, Dest0, Payload], St) ->
+%% -> {Refusals, Actions, Close codes, State}
+do_step(<<"send">>, [Kind, Dest0, Payload], #{p := P, decl := Decl} = St) ->
     Dest = case Kind of
                <<"name">> -> binary_to_atom(Dest0);
-               <<"proxy">> -> binary_to_integer(Dest0)
+               <<"proxy">> -> maps:get(binary_to_integer(Dest0), Decl)
            end,
-    case fabric_peer_rewrite:out(term(Payload), maps:get(feats, St), fun pid_out/2, St) of
-        {ok, W, St1} -> message_out({m, Dest, W}, St1);
-        {error, {unsupported, _}} -> St#{refused := [<<"bad_payload">>]}
+    {Reply, Acts, P1} = fabric_peer_protocol:send(Dest, term(Payload), P),
+    Refused = case Reply of
+                  ok -> [];
+                  {error, {unsupported, _}} -> [<<"bad_payload">>];
+                  {error, {limit, _}} -> [<<"limit">>];
+                  {error, Other} -> error({send_refused, Other})
+              end,
+    {Refused, Acts, [], St#{p := P1}};
+do_step(<<"recv">>, Hex, #{p := P} = St) ->
+    Bin = case Hex of [H] -> binary:decode_hex(H); [] -> <<>> end,
+    {Status, Acts, P1} = fabric_peer_protocol:frame(Bin, P),
+    Received = try binary_to_term(Bin) catch error:badarg -> undefined end,
+    {[], Acts, [<<"too_many_errors">> || Status =:= close], St#{p := P1, received := Received}};
+do_step(<<"recv_raw">>, [Hex], #{p := P, o := O} = St) ->
+    %% fabric_peer_conn's framing: a length over the limit ends the connection
+    case fabric_peer_frame:take(binary:decode_hex(Hex), maps:get(max_frame, O)) of
+        {error, {frame_too_large, Len}} ->
+            {Acts, P1} = fabric_peer_protocol:too_large(Len, P),
+            {[], Acts, [<<"frame_too_large">>], St#{p := P1}};
+        more -> {[], [], [], St}
     end;
-do_step(<<"recv">>, [Hex], St) -> recv(binary:decode_hex(Hex), St);
-do_step(<<"recv">>, [], St) -> recv(<<>>, St);
-do_step(<<"recv_raw">>, [Hex], #{max_frame := Max} = St) ->
-    case fabric_peer_frame:take(binary:decode_hex(Hex), Max) of
-        {error, {frame_too_large, _}} ->
-            St1 = event([<<"closed">>, <<"frame_too_large">>], St),
-            error_out(frame_too_large, St1);
-        more -> St
-    end;
-do_step(<<"exited">>, [PidHex, Reason], #{exp_pid := EP, exp_id := EI} = St) ->
+do_step(<<"exited">>, [PidHex, Reason], #{p := P, exports := E} = St) ->
     Pid = term(PidHex),
-    case maps:take(Pid, EP) of
-        {Id, EP1} -> ctrl_out({'DEAD', {pr, Id}, term(Reason)},
-                              St#{exp_pid := EP1, exp_id := maps:remove(Id, EI)});
-        error -> St
+    case maps:find(Pid, E) of
+        {ok, {_, Ref}} ->
+            {Acts, P1} = fabric_peer_protocol:down(Ref, Pid, term(Reason), P),
+            {[], Acts, [], St#{p := P1}};
+        error -> {[], [], [], St}   % never exported: no monitor, nothing happens
     end;
-do_step(<<"whereis">>, [Name], #{next_req := R, waiting := W} = St) ->
-    ctrl_out({whereis, R, Name}, St#{next_req := R + 1, waiting := W#{R => true}});
-do_step(<<"reply_whereis">>, [Req, <<"undefined">>], St) ->
-    ctrl_out({whereis_reply, binary_to_integer(Req), undefined}, St);
-do_step(<<"reply_whereis">>, [Req, PidHex], St) ->
-    {Id, St1} = export(term(PidHex), St),
-    ctrl_out({whereis_reply, binary_to_integer(Req), {pr, Id}}, St1);
-do_step(Tag, [PidHex, B], St) when Tag =:= <<"link">>; Tag =:= <<"unlink">> ->
-    %% The Erlang peer itself carries links lazily (docs/protocol.md 5.2) and sends no link
-    %% frame: this checks the frame's encoding and ids.
-    {A, St1} = export(term(PidHex), St),
-    ctrl_out({binary_to_atom(Tag), A, binary_to_integer(B)}, St1);
-do_step(<<"exit_signal">>, [PidHex, B, Reason], St) ->
-    {A, St1} = export(term(PidHex), St),
-    {ok, W, St2} = fabric_peer_rewrite:out(term(Reason), maps:get(feats, St1), fun pid_out/2, St1),
-    ctrl_out({exit2, A, binary_to_integer(B), W}, St2);
-do_step(<<"heartbeat">>, [], #{hb := N} = St) ->
-    ctrl_out({heartbeat, N}, St#{hb := N + 1}).
+do_step(<<"whereis">>, [Name], #{p := P, whereis_tags := T} = St) ->
+    Tag = make_ref(),
+    {Acts, P1} = fabric_peer_protocol:whereis(Name, {self(), Tag}, P),
+    [Req] = [R || {send, ctrl, B} <- Acts, {whereis, R, _} <- [binary_to_term(B)]],
+    {[], Acts, [], St#{p := P1, whereis_tags := T#{Tag => Req}}};
+do_step(<<"reply_whereis">>, [Req, _], #{held := H} = St) ->
+    %% the Erlang peer answered when the request arrived (its env's whereis/1 gave the
+    %% case's answer); the reply is shown here, where the Python application gives it
+    {Bin, H1} = maps:take(binary_to_integer(Req), H),
+    {[], [{send, ctrl, Bin}], [], St#{held := H1}};
+do_step(<<"exit_signal">>, [PidHex, B, Reason], #{p := P, decl := Decl} = St) ->
+    {Acts, P1} = fabric_peer_protocol:proxy_exit(maps:get(binary_to_integer(B), Decl), term(PidHex),
+                                                 term(Reason), P),
+    {[], Acts, [], St#{p := P1}};
+do_step(<<"heartbeat">>, [], #{p := P} = St) ->
+    {Acts, P1} = fabric_peer_protocol:heartbeat(P),
+    {[], Acts, [], St#{p := P1}};
+do_step(<<"lost">>, [], #{p := P} = St) ->
+    %% the socket is gone; the session is kept (fabric_peer_server: detached)
+    {Acts, P1} = fabric_peer_protocol:lost({error, closed}, P),
+    {[], Acts, [], St#{p := P1}};
+do_step(<<"resume">>, [], #{p := P} = St) ->
+    %% a new connection authenticates and resumes the session: the handshake is played by
+    %% fabric_peer_client_hs against fabric_peer_server_hs, the kept session claimed as
+    %% fabric_peer_server:session/4 does, then the kept protocol state is established again
+    {Params, Resumed} = resume_handshake(St),
+    {Acts, P1} = fabric_peer_protocol:established(Params, false, Resumed, fabric_peer_protocol:detach(P)),
+    {[], [{resumed, Resumed} | Acts], [], St#{p := P1}}.
 
-%% One received frame after the handshake, as fabric_peer_conn:established_frame/2 and
-%% dispatch/2 handle it.
-recv(Bin, #{frames_in := N, mode := Mode, feats := F, max_frame := Max} = St0) ->
-    St = St0#{frames_in := N + 1},
-    case fabric_peer_etf:decode(Bin, #{atoms_left => 1000, max_decompressed => Max}) of
-        {error, {Code, _}} -> drop(Code, St);
-        {ok, Term, _} -> dispatch(fabric_peer_frame:classify(Term, Mode, F), St)
-    end.
+resume_handshake(#{o := SO0, feats := Feats}) ->
+    SO = SO0#{features => Feats},
+    {ok, CO} = fabric_peer_opts:normalize(client, ?SECRET, #{features => Feats, node => <<"peer@conformance">>}),
+    {F1, CHs} = fabric_peer_client_hs:hello(CO, <<1:256>>),
+    {send, F2, SHs} = fabric_peer_server_hs:hello(F1, SO, #{nonce => <<2:256>>, challenge => "unused"}),
+    {send, F3, CHs1} = fabric_peer_client_hs:challenge(F2, CHs, ?SESSION, CO, ?PEER),
+    {extended, Params, Asked} = fabric_peer_server_hs:response(F3, SHs, SO, ?PEER),
+    Kept = lists:member(<<"session">>, Feats) andalso Asked =:= ?SESSION,
+    F4 = fabric_peer_server_hs:success(case Kept of true -> Asked; false -> <<3:128>> end, Kept, F3, SHs, SO),
+    {established, _, ClientResumed} = fabric_peer_client_hs:auth(F4, CHs1, CO, ?PEER),
+    same_resumed(Kept, ClientResumed),
+    {Params, Kept}.
 
-dispatch({error, unknown_frame}, St) -> drop(unknown_frame, St);
-dispatch({m, Dest, Payload}, St) ->
-    case dest(Dest, St) of
-        {ok, Words} ->
-            case fabric_peer_rewrite:in(Payload, maps:get(feats, St), fun resolve/3, St) of
-                {ok, Msg, St1} -> event([<<"message">> | Words], Msg, St1);
-                {error, {Code, _}} -> drop(Code, St)
+same_resumed(X, X) -> ok;
+same_resumed(S, C) -> error({resumed, {server, S}, {client, C}}).
+
+%% The actions of one step as observation lines. Monitors are started and recorded as
+%% fabric_peer_conn:run/2 does (watch_export/3, watch_proxy/3).
+render(Acts, St0) ->
+    Discarded = [Pid || {discard_proxy, Pid} <- Acts],
+    {Evs, Outs, St} =
+        lists:foldl(fun(A, {E, O, S}) ->
+                            {E1, O1, S1} = action(A, Discarded, S),
+                            {E ++ E1, O ++ O1, S1}
+                    end, {[], [], St0}, Acts),
+    {Evs, Outs, St}.
+
+action({monitor_export, Pid, Id}, _, #{p := P, exports := E} = St) ->
+    Ref = make_ref(),
+    {[], [], St#{p := fabric_peer_protocol:watch_export(Ref, Id, P), exports := E#{Pid => {Id, Ref}}}};
+action({monitor_proxy, Pid, Id}, Discarded, #{p := P} = St) ->
+    St1 = St#{p := fabric_peer_protocol:watch_proxy(make_ref(), Id, P)},
+    %% a proxy started for a frame that was then dropped stood for nothing
+    case lists:member(Pid, Discarded) of
+        true -> {[], [], St1};
+        false -> {[ev([<<"proxy_created">>, i(Id)])], [], St1}
+    end;
+action({deliver, Target, Msg}, _, St) ->
+    {substituted(Msg, St) ++ [ev([<<"message">> | dest(Target, St)], Msg)], [], St};
+action({control, Proxy, Cmd}, _, #{rdecl := R} = St) ->
+    A = i(maps:get(Proxy, R)),
+    E = case Cmd of
+            {die, Reason} -> ev([<<"proxy_died">>, A], Reason);
+            {link, BPid} -> ev([<<"link">>, A, export_id(BPid, St)]);
+            {unlink, BPid} -> ev([<<"unlink">>, A, export_id(BPid, St)]);
+            {exit, BPid, Reason} -> ev([<<"exit2">>, A, export_id(BPid, St)], Reason)
+        end,
+    {[E], [], St};
+action({reply, {_, Tag}, Result}, _, #{whereis_tags := T, rdecl := R} = St) ->
+    {Req, T1} = maps:take(Tag, T),
+    Id = case Result of
+             undefined -> <<"undefined">>;
+             Pid when is_pid(Pid) -> i(maps:get(Pid, R))
+         end,
+    {[ev([<<"whereis_replied">>, i(Req), Id])], [], St#{whereis_tags := T1}};
+action({send, _, Bin}, _, #{held := H, replies := Rs, received := Recv} = St) ->
+    case {binary_to_term(Bin), Recv} of
+        {{whereis_reply, Req, _}, {whereis, Req, Name}} ->
+            case lists:member(Req, Rs) andalso not is_map_key(Req, H) of
+                true -> {[ev([<<"whereis_requested">>, i(Req), Name])], [], St#{held := H#{Req => Bin}}};
+                false -> {[], [{out, Bin}], St}
             end;
-        ignore -> St;
-        {error, Code} -> drop(Code, St)
+        _ -> {[], [{out, Bin}], St}
     end;
-dispatch({dead, Id, Reason}, #{prox_id := PI, mode := Mode} = St) ->
-    case maps:take(Id, PI) of
-        {Pid, PI1} ->
-            R = case {Reason, Mode} of
-                    {noproc, legacy} -> normal;
-                    _ -> Reason
-                end,
-            event([<<"proxy_died">>, integer_to_binary(Id)], R,
-                  St#{prox_id := PI1, prox_pid := maps:remove(Pid, maps:get(prox_pid, St))});
-        error -> St
-    end;
-dispatch({r, Id}, St) ->
-    {ok, _, St1} = resolve(pr, Id, St),
-    St1;
-dispatch({whereis, Req, NameBin}, St) ->
-    Name = try binary_to_existing_atom(NameBin) catch error:badarg -> undefined end,
-    case Name =/= undefined andalso fabric_peer_policy:check(Name, maps:get(policy, St)) of
-        ok -> event([<<"whereis_requested">>, integer_to_binary(Req), NameBin], St);
-        _ -> ctrl_out({whereis_reply, Req, undefined}, St)
-    end;
-dispatch({whereis_reply, Req, Result}, #{waiting := W} = St0) ->
-    case maps:take(Req, W) of
-        error -> St0;  % nobody waits for it: ignored
-        {_, W1} ->
-            St = St0#{waiting := W1},
-            case Result of
-                undefined -> event([<<"whereis_replied">>, integer_to_binary(Req), <<"undefined">>], St);
-                {pr, Id} ->
-                    {ok, _, St1} = resolve(pr, Id, St),
-                    event([<<"whereis_replied">>, integer_to_binary(Req), integer_to_binary(Id)], St1)
+action({write, Bin}, _, St) ->
+    {error, Code, _} = binary_to_term(Bin),
+    {[], [{out_error, Code}], St};
+action({resumed, true}, _, St) -> {[ev([<<"resumed">>])], [], St};
+action({resumed, false}, _, St) -> {[], [], St};
+action({Ignored, _}, _, St) when Ignored =:= forget_proxy; Ignored =:= discard_proxy;
+                                 Ignored =:= demonitor ->
+    {[], [], St}.
+
+%% {pl, Id} markers of the received payload that the protocol resolved to the exited
+%% placeholder of its env (docs/protocol.md 4.1): the wire term and the delivered one are
+%% walked together.
+substituted(Msg, #{received := {m, _, Wire}, dead := Dead}) -> placeholders(Wire, Msg, Dead);
+substituted(_, _) -> [].
+
+placeholders({pl, Id}, Dead, Dead) when is_integer(Id) -> [ev([<<"dead_pid_substituted">>, i(Id)])];
+placeholders({t, W}, D, Dead) when is_tuple(W), is_tuple(D), tuple_size(W) =:= tuple_size(D) ->
+    placeholders(tuple_to_list(W), tuple_to_list(D), Dead);
+placeholders([W | Ws], [D | Ds], Dead) -> placeholders(W, D, Dead) ++ placeholders(Ws, Ds, Dead);
+placeholders(_, _, _) -> [].
+
+dest(Target, #{exports := E, rnames := N, received := Recv}) when is_pid(Target) ->
+    case [Id || {Pid, {Id, _}} <- maps:to_list(E), Pid =:= Target] of
+        [Id] -> [<<"id">>, i(Id)];
+        [] ->
+            Name = maps:get(Target, N),
+            case Recv of
+                {m, {Name, Node}, _} -> [<<"node">>, atom_to_binary(Name), atom_to_binary(Node)];
+                _ -> [<<"name">>, atom_to_binary(Name)]
             end
     end;
-dispatch({Tag, A, B}, #{exp_id := EI} = St) when Tag =:= link; Tag =:= unlink ->
-    case is_map_key(B, EI) of
-        true ->
-            {ok, _, St1} = resolve(pr, A, St),
-            event([atom_to_binary(Tag), integer_to_binary(A), integer_to_binary(B)], St1);
-        false -> St
-    end;
-dispatch({exit2, A, B, Reason0}, #{exp_id := EI} = St) ->
-    case is_map_key(B, EI) of
-        true ->
-            case fabric_peer_rewrite:in(Reason0, maps:get(feats, St), fun resolve/3, St) of
-                {ok, Reason, St1} ->
-                    {ok, _, St2} = resolve(pr, A, St1),
-                    event([<<"exit2">>, integer_to_binary(A), integer_to_binary(B)], Reason, St2);
-                {error, {Code, _}} -> drop(Code, St)
-            end;
-        false -> St
-    end;
-dispatch({heartbeat, N}, St) ->
-    ctrl_out({heartbeat_ack, N}, event([<<"heartbeat">>, integer_to_binary(N)], St));
-dispatch({heartbeat_ack, N}, St) -> event([<<"heartbeat_ack">>, integer_to_binary(N)], St);
-dispatch({error, Code, _Msg}, St) -> event([<<"peer_error">>, Code], St).
+dest({Name, Node}, _) -> [<<"node">>, atom_to_binary(Name), atom_to_binary(Node)].
 
-dest(Id, #{exp_id := EI, next_id := Next}) when is_integer(Id) ->
-    case maps:is_key(Id, EI) of
-        true -> {ok, [<<"id">>, integer_to_binary(Id)]};
-        false when Id > 0, Id < Next -> ignore;
-        false -> {error, unknown_id}
-    end;
-dest(Name, #{policy := P, registered := R}) when is_atom(Name) ->
-    case fabric_peer_policy:check(Name, P) of
-        %% fabric_peer_conn:resolve_name/2: no process under the name, the frame is dropped
-        ok -> case lists:member(Name, R) of
-                  true -> {ok, [<<"name">>, atom_to_binary(Name)]};
-                  false -> ignore
-              end;
-        {error, _} -> {error, not_allowed}
-    end;
-dest({Name, Node}, #{policy := P}) ->
-    case fabric_peer_policy:check_node(Node, [], <<"us@conformance">>) of
-        local -> case fabric_peer_policy:check(Name, P) of
-                     ok -> {ok, [<<"node">>, atom_to_binary(Name), atom_to_binary(Node)]};
-                     {error, _} -> {error, not_allowed}
-                 end;
-        _ -> {error, not_allowed}
+export_id(Pid, #{exports := E}) -> {Id, _} = maps:get(Pid, E), i(Id).
+
+i(N) -> integer_to_binary(N).
+ev(Words) -> {event, Words, none}.
+ev(Words, Term) -> {event, Words, Term}.
+
+%%% ---------------------------------------------------------------- what the protocol logs
+
+%% fabric_peer_protocol logs each dropped frame (with its code) and each error frame of
+%% the peer once; these log events are how a drop is seen when no error frame is written
+%% (a legacy peer). A logger handler sends them to the process that logged them.
+-define(HANDLER, fabric_peer_conformance).
+
+capture_logs() ->
+    _ = logger:remove_handler(?HANDLER),
+    ok = logger:add_handler(?HANDLER, ?MODULE, #{level => all}),
+    ok = logger:set_module_level(fabric_peer_protocol, warning).
+
+release_logs() ->
+    _ = logger:unset_module_level(fabric_peer_protocol),
+    _ = logger:remove_handler(?HANDLER),
+    ok.
+
+%% logger handler callback
+log(#{msg := {Fmt, Args}, meta := #{mfa := {fabric_peer_protocol, _, _}, pid := Pid}}, _) when is_list(Fmt) ->
+    Pid ! {?HANDLER, Fmt, Args},
+    ok;
+log(_, _) -> ok.
+
+flush_logs() ->
+    receive {?HANDLER, _, _} -> flush_logs() after 0 -> ok end.
+
+logged() ->
+    receive
+        {?HANDLER, "fabric: dropped a frame from ~s: ~s ~0P", [_, Code | _]} ->
+            [ev([<<"dropped">>, atom_to_binary(Code)]) | logged()];
+        {?HANDLER, "fabric: peer ~s reports error ~s: ~ts", [_, Code, _]} ->
+            [ev([<<"peer_error">>, Code]) | logged()];
+        {?HANDLER, _, _} -> logged()
+    after 0 -> []
     end.
 
-%% Section 9: count the error, tell an extended peer, close after too many.
-drop(Code, #{frames_in := N, window := W} = St) ->
-    St1 = error_out(Code, event([<<"dropped">>, atom_to_binary(Code)], St)),
-    case fabric_peer_frame:note_error(N, W) of
-        {ok, W1} -> St1#{window := W1};
-        {close, W1} ->
-            error_out(too_many_errors, event([<<"closed">>, <<"too_many_errors">>], St1#{window := W1}))
-    end.
+%%% ---------------------------------------------------------------- handshake frames
 
-error_out(Code, #{mode := extended, feats := #{<<"error">> := true}, outs := O} = St) ->
-    {error, CodeBin, _} = fabric_peer_frame:error_frame(Code, <<"conformance">>),
-    St#{outs := [{out_error, CodeBin} | O]};
-error_out(_, St) -> St.
-
-event(Words, #{events := E} = St) -> St#{events := [{event, Words, none} | E]}.
-event(Words, Term, #{events := E} = St) -> St#{events := [{event, Words, Term} | E]}.
-
-%% m frames as fabric_peer_conn:emit_checked/3 writes them, to any peer: the original's
-%% encoding, compressed when that is smaller (drift.cases: Python writes plain frames to
-%% our peers, as docs/protocol.md 4.1 says our implementations default to).
-message_out(Term, #{outs := O} = St) ->
-    St#{outs := [{out, fabric_peer_frame:encode_message(Term)} | O]}.
-
-ctrl_out(Term, #{outs := O} = St) ->
-    St#{outs := [{out, fabric_peer_frame:encode_plain(Term)} | O]}.
-
-%% Id tables (fabric_peer_conn: pid_out/2, resolve/3, export/2, proxy_for/2).
-pid_out(Pid, #{prox_pid := PP} = St) ->
-    case maps:find(Pid, PP) of
-        {ok, Id} -> {{pl, Id}, St};
-        error ->
-            {Id, St1} = export(Pid, St),
-            {{pr, Id}, St1}
-    end.
-
-export(Pid, #{exp_pid := EP, exp_id := EI, next_id := Next} = St) ->
-    case maps:find(Pid, EP) of
-        {ok, Id} -> {Id, St};
-        error -> {Next, St#{exp_pid := EP#{Pid => Next}, exp_id := EI#{Next => Pid}, next_id := Next + 1}}
-    end.
-
-resolve(pr, Id, #{prox_id := PI, prox_pid := PP, proxy_decl := Decl, max_proxies := Max} = St) ->
-    case maps:find(Id, PI) of
-        {ok, Pid} -> {ok, Pid, St};
-        error when map_size(PI) >= Max -> {error, {limit, {max_proxies, Max}}};
-        error ->
-            Pid = maps:get(Id, Decl),
-            {ok, Pid, event([<<"proxy_created">>, integer_to_binary(Id)],
-                            St#{prox_id := PI#{Id => Pid}, prox_pid := PP#{Pid => Id}})}
-    end;
-resolve(pl, Id, #{exp_id := EI, dead_pid := Dead} = St) ->
-    case maps:find(Id, EI) of
-        {ok, Pid} -> {ok, Pid, St};
-        error -> {ok, Dead, event([<<"dead_pid_substituted">>, integer_to_binary(Id)], St)}
-    end;
-resolve(Kind, Bin, St) when Kind =:= r; Kind =:= po ->
-    case fabric_peer_etf:decode(Bin, #{atoms_left => 100, max_decompressed => 4096}) of
-        {ok, V, _} when Kind =:= r, is_reference(V) -> {ok, V, St};
-        {ok, V, _} when Kind =:= po, is_port(V) -> {ok, V, St};
-        _ -> {error, {bad_payload, Kind}}
-    end.
-
-
-%%% ---------------------------------------------------------------- handshake model
-
-%% The legacy handshake and refused first frames, as fabric_peer_conn plays them with
-%% fabric_peer_handshake (the extended handshake is checked by transcripts instead).
+%% Legacy handshakes and refused first frames, played on fabric_peer_server_hs /
+%% fabric_peer_client_hs with the case's random bytes, closing as the lifecycles do
+%% (fabric_peer_server: a refused hello closes silently, a refused response gets
+%% {auth, failed}; fabric_peer_client: a failure closes).
 handshake_state(L) ->
     Role = binary_to_atom(get(<<"role">>, L)),
-    #{kind => handshake, role => Role, secret => hex(<<"secret">>, L),
-      allow => get(<<"allow_legacy_auth">>, L) =:= <<"true">>,
+    {ok, O} = fabric_peer_opts:normalize(Role, hex(<<"secret">>, L),
+                                         #{allow_legacy_auth => get(<<"allow_legacy_auth">>, L) =:= <<"true">>,
+                                           node => <<"us@conformance">>}),
+    #{kind => handshake, role => Role, o => O,
       random => [binary:decode_hex(H) || H <- words(<<"random">>, L)],
-      hs => case Role of server -> await_hello; client -> idle end,
-      events => [], outs => [], refused => []}.
+      hs => case Role of server -> await_hello; client -> idle end}.
 
-handshake(await_hello, Term, #{random := [Bytes | R]} = St) ->
-    case Term =/= bad_frame andalso fabric_peer_handshake:parse_hello(Term) of
-        legacy ->
-            C = binary_to_list(fabric_peer_handshake:hex(Bytes)),
-            ctrl_out({challenge, C}, St#{random := R, hs := {await_response, C}});
-        {extended, _, _} -> error(extended_hello_not_modelled);
-        _ -> auth_failed(St)
-    end;
-handshake({await_response, C}, Term, #{allow := Allow, secret := Secret} = St) ->
-    case {Allow, Term} of
-        {true, {response, Resp}} ->
-            case fabric_peer_handshake:check_legacy_response(C, Secret, Resp) of
-                true -> event([<<"established">>, <<"legacy">>],
-                              ctrl_out({auth, success}, St#{hs := established}));
-                false -> auth_failed(ctrl_out({auth, failed}, St))
-            end;
-        _ -> auth_failed(ctrl_out({auth, failed}, St))
-    end;
-handshake(await_challenge, {challenge, C}, #{allow := Allow, secret := Secret} = St) ->
-    case Allow andalso fabric_peer_handshake:parse_legacy_challenge(C) of
-        {ok, Ch} -> ctrl_out({response, fabric_peer_handshake:legacy_response(Ch, Secret)},
-                             St#{hs := await_auth});
-        _ -> auth_failed(St)
-    end;
-handshake(await_auth, {auth, success}, St) ->
-    event([<<"established">>, <<"legacy">>], St#{hs := established});
-handshake(_, _, St) -> auth_failed(St).
+hs_step(<<"start">>, [], #{role := client, hs := idle, random := [Nonce | R], o := O} = St) ->
+    {F1, Hs} = fabric_peer_client_hs:hello(O, Nonce),
+    {[{out, F1}], St#{random := R, hs := {await_challenge, Hs}}};
+hs_step(<<"recv">>, [Hex], #{hs := State} = St) -> hs_recv(State, binary:decode_hex(Hex), St).
 
-auth_failed(St) ->
-    event([<<"closed">>, <<"auth_failed">>], event([<<"auth_failed">>], St#{hs := closed})).
+hs_recv(await_hello, F1, #{o := O, random := R} = St) ->
+    {Challenge, Nonce} = case R of
+                             [C] -> {C, <<0:256>>};
+                             [C, N | _] -> {C, N}
+                         end,
+    Rand = #{challenge => binary_to_list(fabric_peer_handshake:hex(Challenge)), nonce => Nonce},
+    case fabric_peer_server_hs:hello(F1, O, Rand) of
+        {send, F2, Hs} -> {[{out, F2}], St#{hs := {await_response, Hs}}};
+        {refuse, _} -> {auth_failed(), St#{hs := closed}}
+    end;
+hs_recv({await_response, Hs}, F3, #{o := O} = St) ->
+    case fabric_peer_server_hs:response(F3, Hs, O, ?PEER) of
+        {legacy, F4} -> {[ev([<<"established">>, <<"legacy">>]), {out, F4}], St#{hs := established}};
+        {extended, _, _} -> error(extended_handshake_in_handshake_frames);
+        failed -> {auth_failed() ++ [{out, fabric_peer_server_hs:failure()}], St#{hs := closed}}
+    end;
+hs_recv({await_challenge, Hs}, F2, #{o := O} = St) ->
+    case fabric_peer_client_hs:challenge(F2, Hs, undefined, O, ?PEER) of
+        {send, F3, Hs1} -> {[{out, F3}], St#{hs := {await_auth, Hs1}}};
+        {fail, _} -> {auth_failed(), St#{hs := closed}}
+    end;
+hs_recv({await_auth, Hs}, F4, #{o := O} = St) ->
+    case fabric_peer_client_hs:auth(F4, Hs, O, ?PEER) of
+        {established, #{mode := legacy}, _} -> {[ev([<<"established">>, <<"legacy">>])], St#{hs := established}};
+        {established, _, _} -> error(extended_handshake_in_handshake_frames);
+        {fail, _} -> {auth_failed(), St#{hs := closed}}
+    end.
+
+auth_failed() -> [ev([<<"auth_failed">>]), ev([<<"closed">>, <<"auth_failed">>])].
