@@ -260,6 +260,36 @@ def rewriting() -> list[Case]:
     ]
 
 
+def resume_cases() -> list[Case]:
+    """docs/protocol.md 7: what a resumed session keeps and sends (our side is the server;
+    the peer's new connection resumes with the same secret, features and session id)."""
+    ext = EXT + [("compress_messages", "true")]  # as the Erlang peer writes m frames (drift.cases)
+    dead = lambda ident, reason: fr((A("DEAD"), (A("pr"), ident), reason))  # noqa: E731
+    return [
+        exchange("resume_tables_kept", "after a resume our export 1 and the proxy for the peer's 7 keep their ids both ways",
+                 ext + proxies(7),
+                 [("recv", m_to_echo((A("pr"), 7))), ("send", f"proxy 7 {hx(LOCAL_A)}"), ("lost", ""), ("resume", ""),
+                  ("recv", fr((M, 1, (A("t"), (A("back"), (A("pr"), 7)))))),
+                  ("send", f"proxy 7 {hx((LOCAL_A, P(1007)))}")]),
+        exchange("resume_dead_resent", "the DEAD sent before the cut is sent again after the resume, oldest first, then the "
+                 "one queued while disconnected; nothing else is resent",
+                 ext,
+                 [("send", f"name echo {hx((LOCAL_A, LOCAL_B, P(3)))}"), ("exited", f"{hx(LOCAL_A)} {hx(A('normal'))}"),
+                  ("exited", f"{hx(LOCAL_B)} {hx((A('shutdown'), 1))}"), ("lost", ""),
+                  ("exited", f"{hx(P(3))} {hx(A('killed'))}"), ("resume", ""), ("send", f"name echo {hx(1)}")]),
+        exchange("resume_duplicate_dead_ignored", "a DEAD received again after a resume (the peer resends its last ones) is "
+                 "ignored: the proxy already ended; one for a live proxy still ends it",
+                 ext + proxies(7, 8),
+                 [("recv", m_to_echo([(A("pr"), 7), (A("pr"), 8)])), ("recv", dead(7, A("normal"))), ("lost", ""),
+                  ("resume", ""), ("recv", dead(7, A("normal"))), ("recv", dead(8, A("crashed"))),
+                  ("recv", dead(8, A("crashed"))), ("recv", m_to_echo((A("pr"), 7)))]),
+        exchange("resume_twice_resends_again", "the recent DEAD notices are kept: a second resume resends them again",
+                 ext,
+                 [("send", f"name echo {hx(LOCAL_A)}"), ("exited", f"{hx(LOCAL_A)} {hx(A('normal'))}"), ("lost", ""),
+                  ("resume", ""), ("lost", ""), ("resume", "")]),
+    ]
+
+
 def frames_cases() -> list[Case]:
     return [
         exchange("whereis_both_ways", "section 5.1: a refused name is undefined; an allowed one is answered by the runtime",
@@ -420,6 +450,7 @@ def main() -> None:
     write(CASES_DIR / "legacy_handshakes.cases", HEADER + "\n# Legacy handshakes (docs/protocol.md 2) and refused first frames (section 10).", legacy_handshakes())
     write(CASES_DIR / "rewriting.cases", HEADER + "\n# Payload rewriting and DEAD (docs/protocol.md 4).", rewriting())
     write(CASES_DIR / "frames.cases", HEADER + "\n# Extended frames: whereis, link/exit2, heartbeat, error (docs/protocol.md 5).", frames_cases())
+    write(CASES_DIR / "resume.cases", HEADER + "\n# Resumed sessions: tables kept, DEAD notices resent, duplicates ignored (docs/protocol.md 7).", resume_cases())
     write(CASES_DIR / "drift.cases", HEADER + "\n# Known disagreements between the two implementations (each side's lines are its own).", drifts())
     write(CASES_DIR / "errors.cases", HEADER + "\n# One case per error code of docs/protocol.md 9 (auth_failed: handshakes.cases).", errors())
 

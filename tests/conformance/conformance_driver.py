@@ -45,8 +45,12 @@ from pyfabric.protocol import (
 # after the first step line is a step.
 OBSERVATIONS = frozenset({"out", "out_error", "event", "refused"})
 STEPS = frozenset(
-    {"start", "send", "recv", "recv_raw", "exited", "whereis", "reply_whereis", "link", "unlink", "exit_signal", "heartbeat"}
+    {
+        "start", "send", "recv", "recv_raw", "exited", "whereis", "reply_whereis", "link", "unlink", "exit_signal",
+        "heartbeat", "lost", "resume",
+    }
 )
+SESSION_ID = bytes(16)  # the session an extended exchange's handshake creates (the server's random id)
 A_ERROR = Atom("error")
 
 
@@ -180,6 +184,7 @@ class Exchange:
             "max_proxies": int(case.get("max_proxies", "100000")),
             "compress_messages": case.get("compress_messages", "false") == "true",
         }
+        self.opts = opts
         if mode == "legacy":
             self.conn = Connection("server", b"secret", allow_legacy_auth=True, random_bytes=fixed_random(LEGACY_CHALLENGE), **opts)
             self.conn.receive_data(frame(legacy_vector(1)) + frame(legacy_vector(3)))
@@ -187,17 +192,11 @@ class Exchange:
         elif mode == "extended":
             features = case.words("features")
             self.conn = Connection(
-                "server", b"conformance", features=features, random_bytes=fixed_random(bytes(32), bytes(16)), **opts
+                "server", b"conformance", features=features, random_bytes=fixed_random(bytes(32), SESSION_ID), **opts
             )
-            peer = Connection("client", b"conformance", node_name=PEER, new_proxy_pid=self._new_proxy,
-                              features=features, random_bytes=fixed_random(bytes(32)))
-            peer.start()
-            events = []
-            for _ in range(2):
-                self.conn.receive_data(peer.data_to_send())
-                events += self.conn.events()
-                peer.receive_data(self.conn.data_to_send())
-                peer.events()
+            self.peer = Connection("client", b"conformance", node_name=PEER, new_proxy_pid=self._new_proxy,
+                                   features=features, random_bytes=fixed_random(bytes(32)))
+            events, _ = self._handshake(self.conn, self.peer)
         else:
             raise ValueError(f"case {case.name}: mode must be legacy or extended, not {mode!r}")
         events += self.conn.events()
@@ -206,6 +205,37 @@ class Exchange:
             raise AssertionError(f"case {case.name}: could not establish a {mode} connection: {events}")
         self.conn.data_to_send()
         self.pending_whereis: dict[int, int] = {}
+
+    @staticmethod
+    def _handshake(conn: Connection, peer: Connection) -> tuple[list[Any], list[bytes]]:
+        """Run ``peer`` (a client) against ``conn`` (our server) to the end of the
+        handshake; our events, and the frames we wrote after the handshake's last one."""
+        peer.start()
+        events: list[Any] = []
+        after: list[bytes] = []
+        for _ in range(2):
+            conn.receive_data(peer.data_to_send())
+            events += conn.events()
+            frames = split_frames(conn.data_to_send())
+            if conn.state == "established":
+                frames, after = frames[:1], frames[1:]
+            peer.receive_data(b"".join(frame(f) for f in frames))
+            peer.events()
+        return events, after
+
+    def _resume(self) -> tuple[list[Any], list[bytes]]:
+        """A new connection of the peer resumes the session: a client with the peer's old
+        session against a server that finds ours (docs/protocol.md 7)."""
+        kept = self.conn.session
+        self.peer.connection_lost()
+        self.peer = Connection("client", b"conformance", node_name=PEER, new_proxy_pid=self._new_proxy,
+                               features=self.case.words("features"), session=self.peer.session,
+                               random_bytes=fixed_random(bytes(32)))
+        self.conn = Connection(
+            "server", b"conformance", features=self.case.words("features"), random_bytes=fixed_random(bytes(32)),
+            find_session=lambda sid: kept if sid == kept.id else None, **self.opts,
+        )
+        return self._handshake(self.conn, self.peer)
 
     def _new_proxy(self, remote_id: int) -> Pid:
         try:
@@ -228,8 +258,15 @@ class Exchange:
         conn = self.conn
         args = value.split()
         obs: list[tuple[str, str]] = []
+        resumed: list[bytes] | None = None
         try:
-            if key == "send":
+            if key == "lost":
+                conn.connection_lost()
+            elif key == "resume":
+                events, resumed = self._resume()
+                conn = self.conn
+                obs += [("event", line) for line in map(self._event, events) if line is not None]
+            elif key == "send":
                 kind, dest, payload = args
                 target: Any = self._proxy(dest) if kind == "proxy" else Atom(dest)
                 conn.send_message(target, term_of(payload))
@@ -257,7 +294,7 @@ class Exchange:
             line = self._event(ev)
             if line is not None:
                 obs.append(("event", line))
-        for payload in split_frames(conn.data_to_send()):
+        for payload in (resumed or []) + split_frames(conn.data_to_send()):
             obs.append(self._out(payload))
         return obs
 
@@ -307,7 +344,10 @@ class Exchange:
         if isinstance(ev, FrameDropped):
             return f"dropped {ev.error.code}"
         if isinstance(ev, ConnectionClosed):
-            return f"closed {ev.code}"
+            # a lost socket (no code) is the step itself, not an observation
+            return None if ev.code is None else f"closed {ev.code}"
+        if isinstance(ev, HandshakeComplete) and ev.resumed:
+            return "resumed"
         raise AssertionError(f"unexpected event {ev!r}")
 
 
