@@ -287,6 +287,12 @@ def resume_cases() -> list[Case]:
                  ext,
                  [("send", f"name echo {hx(LOCAL_A)}"), ("exited", f"{hx(LOCAL_A)} {hx(A('normal'))}"), ("lost", ""),
                   ("resume", ""), ("lost", ""), ("resume", "")]),
+        exchange("resume_unknown_session", "the peer asks for a session we no longer keep: a new session, nothing is "
+                 "resent, the old ids are void (our 1 is unknown, the peer's 7 is a new proxy)",
+                 ext + proxies(7),
+                 [("recv", m_to_echo((A("pr"), 7))), ("send", f"name echo {hx(LOCAL_A)}"),
+                  ("exited", f"{hx(LOCAL_A)} {hx(A('normal'))}"), ("lost", ""), ("reconnect", ""),
+                  ("recv", fr((M, 1, A("x")))), ("recv", m_to_echo((A("pr"), 7)))]),
     ]
 
 

@@ -66,7 +66,7 @@ term(Hex) -> binary_to_term(binary:decode_hex(Hex)).
 
 -define(STEPS, [<<"start">>, <<"send">>, <<"recv">>, <<"recv_raw">>, <<"exited">>, <<"whereis">>,
                 <<"reply_whereis">>, <<"link">>, <<"unlink">>, <<"exit_signal">>, <<"heartbeat">>,
-                <<"lost">>, <<"resume">>]).
+                <<"lost">>, <<"resume">>, <<"reconnect">>]).
 -define(OBS, [<<"out">>, <<"out_error">>, <<"event">>, <<"refused">>]).
 %% Steps the Erlang peer has no entry point for: it carries links lazily and never writes
 %% a link or unlink frame (docs/protocol.md 5.2). A case is played up to the first of them.
@@ -161,7 +161,7 @@ exchange_state(L) ->
       rnames => maps:from_list([{Pid, N} || {N, Pid} <- maps:to_list(Names), is_pid(Pid)]),
       dead => Dead, exports => #{}, whereis_tags => #{}, held => #{},
       replies => [binary_to_integer(R) || {<<"reply_whereis">>, V} <- L, [R, _] <- [binary:split(V, <<" ">>)]],
-      closed => false, received => undefined}.
+      lines => L, received => undefined}.
 
 %% Names the case's application answers a whereis for: `event whereis_requested REQ NAME'
 %% followed later by `reply_whereis REQ PID|undefined'.
@@ -242,18 +242,26 @@ do_step(<<"resume">>, [], #{p := P} = St) ->
     %% a new connection authenticates and resumes the session: the handshake is played by
     %% fabric_peer_client_hs against fabric_peer_server_hs, the kept session claimed as
     %% fabric_peer_server:session/4 does, then the kept protocol state is established again
-    {Params, Resumed} = resume_handshake(St),
-    {Acts, P1} = fabric_peer_protocol:established(Params, false, Resumed, fabric_peer_protocol:detach(P)),
-    {[], [{resumed, Resumed} | Acts], [], St#{p := P1}}.
+    {Params, true} = resume_handshake(St, ?SESSION),
+    {Acts, P1} = fabric_peer_protocol:established(Params, false, true, fabric_peer_protocol:detach(P)),
+    {[], [{resumed, true} | Acts], [], St#{p := P1}};
+do_step(<<"reconnect">>, [], #{lines := L} = St) ->
+    %% the session asked for is not kept: the new connection is a new process with a new
+    %% protocol state (fabric_peer_server:session/4), the old one's ids mean nothing to it
+    {Params, false} = resume_handshake(St, none),
+    #{p := P} = St1 = exchange_state(L),
+    {Acts, P1} = fabric_peer_protocol:established(Params, false, false, P),
+    {[], [{resumed, false} | Acts], [], St1#{p := P1}}.
 
-resume_handshake(#{o := SO0, feats := Feats}) ->
+%% The peer's new connection asks for ?SESSION; the server keeps `KeptSid'.
+resume_handshake(#{o := SO0, feats := Feats}, KeptSid) ->
     SO = SO0#{features => Feats},
     {ok, CO} = fabric_peer_opts:normalize(client, ?SECRET, #{features => Feats, node => <<"peer@conformance">>}),
     {F1, CHs} = fabric_peer_client_hs:hello(CO, <<1:256>>),
     {send, F2, SHs} = fabric_peer_server_hs:hello(F1, SO, #{nonce => <<2:256>>, challenge => "unused"}),
     {send, F3, CHs1} = fabric_peer_client_hs:challenge(F2, CHs, ?SESSION, CO, ?PEER),
     {extended, Params, Asked} = fabric_peer_server_hs:response(F3, SHs, SO, ?PEER),
-    Kept = lists:member(<<"session">>, Feats) andalso Asked =:= ?SESSION,
+    Kept = lists:member(<<"session">>, Feats) andalso Asked =:= KeptSid,
     F4 = fabric_peer_server_hs:success(case Kept of true -> Asked; false -> <<3:128>> end, Kept, F3, SHs, SO),
     {established, _, ClientResumed} = fabric_peer_client_hs:auth(F4, CHs1, CO, ?PEER),
     same_resumed(Kept, ClientResumed),
@@ -314,7 +322,7 @@ action({write, Bin}, _, St) ->
     {error, Code, _} = binary_to_term(Bin),
     {[], [{out_error, Code}], St};
 action({resumed, true}, _, St) -> {[ev([<<"resumed">>])], [], St};
-action({resumed, false}, _, St) -> {[], [], St};
+action({resumed, false}, _, St) -> {[ev([<<"not_resumed">>])], [], St};
 action({Ignored, _}, _, St) when Ignored =:= forget_proxy; Ignored =:= discard_proxy;
                                  Ignored =:= demonitor ->
     {[], [], St}.

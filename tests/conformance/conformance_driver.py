@@ -47,10 +47,11 @@ OBSERVATIONS = frozenset({"out", "out_error", "event", "refused"})
 STEPS = frozenset(
     {
         "start", "send", "recv", "recv_raw", "exited", "whereis", "reply_whereis", "link", "unlink", "exit_signal",
-        "heartbeat", "lost", "resume",
+        "heartbeat", "lost", "resume", "reconnect",
     }
 )
 SESSION_ID = bytes(16)  # the session an extended exchange's handshake creates (the server's random id)
+NEW_SESSION_ID = bytes([1] * 16)  # the one a reconnect that cannot resume creates
 A_ERROR = Atom("error")
 
 
@@ -223,17 +224,18 @@ class Exchange:
             peer.events()
         return events, after
 
-    def _resume(self) -> tuple[list[Any], list[bytes]]:
-        """A new connection of the peer resumes the session: a client with the peer's old
-        session against a server that finds ours (docs/protocol.md 7)."""
-        kept = self.conn.session
+    def _resume(self, kept: Session | None) -> tuple[list[Any], list[bytes]]:
+        """A new connection of the peer asks to resume its session: a client with the
+        peer's old session against a new server connection that finds ``kept`` (resumed,
+        docs/protocol.md 7) or, with None, no session (a new one: the old ids are void)."""
         self.peer.connection_lost()
         self.peer = Connection("client", b"conformance", node_name=PEER, new_proxy_pid=self._new_proxy,
                                features=self.case.words("features"), session=self.peer.session,
                                random_bytes=fixed_random(bytes(32)))
         self.conn = Connection(
-            "server", b"conformance", features=self.case.words("features"), random_bytes=fixed_random(bytes(32)),
-            find_session=lambda sid: kept if sid == kept.id else None, **self.opts,
+            "server", b"conformance", features=self.case.words("features"),
+            random_bytes=fixed_random(bytes(32)) if kept else fixed_random(bytes(32), NEW_SESSION_ID),
+            find_session=lambda sid: kept if kept is not None and sid == kept.id else None, **self.opts,
         )
         return self._handshake(self.conn, self.peer)
 
@@ -262,8 +264,8 @@ class Exchange:
         try:
             if key == "lost":
                 conn.connection_lost()
-            elif key == "resume":
-                events, resumed = self._resume()
+            elif key in ("resume", "reconnect"):
+                events, resumed = self._resume(conn.session if key == "resume" else None)
                 conn = self.conn
                 obs += [("event", line) for line in map(self._event, events) if line is not None]
             elif key == "send":
@@ -346,8 +348,8 @@ class Exchange:
         if isinstance(ev, ConnectionClosed):
             # a lost socket (no code) is the step itself, not an observation
             return None if ev.code is None else f"closed {ev.code}"
-        if isinstance(ev, HandshakeComplete) and ev.resumed:
-            return "resumed"
+        if isinstance(ev, HandshakeComplete):
+            return "resumed" if ev.resumed else "not_resumed"
         raise AssertionError(f"unexpected event {ev!r}")
 
 

@@ -118,6 +118,14 @@ def test_corpus_covers_the_spec() -> None:
     assert len(legacy_paths()) == 53
 
 
+def test_corpus_covers_resume() -> None:
+    """Section 7: a resume that resends a DEAD sent before the cut, and one that cannot resume."""
+    lines = [[k for k, _ in c.lines] for c in EXCHANGES]
+    after_resume = [keys[keys.index("resume") + 1 :] for keys in lines if "resume" in keys]
+    assert any(after[:2] == ["event", "out"] for after in after_resume)
+    assert any(k == "reconnect" for c in EXCHANGES for k, _ in c.lines)
+
+
 # --------------------------------------------------------------------------- mutations
 
 
@@ -182,3 +190,17 @@ def test_changed_delivered_id_fails() -> None:
     lines = [(k, message.replace("message id 1 ", "message id 2 ") if v == message else v) for k, v in case.lines]
     with pytest.raises(AssertionError, match="step 2 recv"):
         check_exchange(dataclasses.replace(case, lines=lines))
+
+
+def _without_line(case: Case, index: int) -> Case:
+    return dataclasses.replace(case, lines=case.lines[:index] + case.lines[index + 1 :])
+
+
+def test_missing_dead_resend_fails() -> None:
+    """The DEAD notice resent after a resume left out of the case: the core's resend fails it."""
+    case = _case("resume_dead_resent")
+    check_exchange(case)
+    at = [k for k, _ in case.lines].index("resume")
+    assert case.lines[at + 1] == ("event", "resumed") and case.lines[at + 2][0] == "out"
+    with pytest.raises(AssertionError, match="step .* resume"):
+        check_exchange(_without_line(case, at + 2))
