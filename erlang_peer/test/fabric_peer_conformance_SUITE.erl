@@ -21,7 +21,7 @@ all() ->
      drifts, coverage,
      flipped_client_mac_fails, flipped_server_mac_fails, flipped_mac_in_frame_fails,
      changed_rewritten_id_fails, changed_delivered_id_fails, missing_dead_resend_fails,
-     {group, live}].
+     broken_mac_in_the_code_fails, broken_rewrite_in_the_code_fails, {group, live}].
 
 groups() -> [{live, [], [live_exchanges, live_drifts, live_handshake_frames, live_changed_code_fails]}].
 
@@ -336,6 +336,46 @@ missing_dead_resend_fails(_) ->
     {fail, _, {step, _, {<<"resume">>, _}, _, _}, _} =
         verdict(fun check_exchange/1, {Name, Before ++ [R, E | After]}),
     ok.
+
+%% The other way round: the corpus unchanged, the real code broken. A copy of the module
+%% with one edit is loaded for the duration of the test (the original is loaded again
+%% after): the runner must then fail the cases that depend on it.
+broken_mac_in_the_code_fails(Config) ->
+    %% ClientMac over lp(F2) ++ lp(F1) instead of lp(F1) ++ lp(F2)
+    with_broken(Config, fabric_peer_handshake, <<"lp(F1), lp(F2), lp(AcceptBin)]">>, <<"lp(F2), lp(F1), lp(AcceptBin)]">>,
+                fun() ->
+                        [{fail, _, _, _} = verdict(fun check_handshake/1, named(N))
+                         || N <- [<<"hs_er_client_er_server">>, <<"hs_py_client_er_server">>,
+                                  <<"hs_er_client_py_server">>]]
+                end),
+    pass = verdict(fun check_handshake/1, named(<<"hs_er_client_er_server">>)),
+    ok.
+
+broken_rewrite_in_the_code_fails(Config) ->
+    %% a local pid goes out as {pr, Id + 1}
+    with_broken(Config, fabric_peer_payload, <<"{{pr, Id}, P1};">>, <<"{{pr, Id + 1}, P1};">>,
+                fun() ->
+                        [{fail, _, _, _} = verdict(fun check_exchange/1, named(N))
+                         || N <- [<<"rw_in_markers_ext">>, <<"rw_out_rich_legacy">>, <<"resume_tables_kept">>]]
+                end),
+    pass = verdict(fun check_exchange/1, named(<<"rw_in_markers_ext">>)),
+    ok.
+
+with_broken(Config, Mod, Old, New, Test) ->
+    Dir = ?config(priv_dir, Config),
+    SrcDir = filename:join(code:lib_dir(fabric_peer), "src"),
+    {ok, Src} = file:read_file(filename:join(SrcDir, atom_to_list(Mod) ++ ".erl")),
+    [_] = binary:matches(Src, Old),
+    Tmp = filename:join(Dir, atom_to_list(Mod) ++ ".erl"),
+    ok = file:write_file(Tmp, binary:replace(Src, Old, New)),
+    {ok, Mod, Bin} = compile:file(Tmp, [binary, {i, SrcDir}, return_errors]),
+    {module, Mod} = code:load_binary(Mod, Tmp, Bin),
+    try Test()
+    after
+        code:purge(Mod),
+        {module, Mod} = code:load_file(Mod),
+        code:purge(Mod)
+    end.
 
 %%% ---------------------------------------------------------------- live
 
