@@ -96,8 +96,8 @@ steps(L, Side) ->
                           end
                   end, [], lists:flatmap(Own, L))).
 
-%% The steps the Erlang peer can play: all of them, or those before the first step it has
-%% no entry point for ({Played, Step} tells the suite which).
+%% {Played, NotPlayed}: the steps before the first one the Erlang peer has no entry point
+%% for, and the rest (empty when the whole case is played).
 playable(Steps) ->
     lists:splitwith(fun({{K, _}, _}) -> not lists:member(K, ?NO_ENTRY_POINT) end, Steps).
 
@@ -149,7 +149,7 @@ exchange_state(L) ->
             spend_server_atoms => fun(_) -> ok end},
     {ok, O} = fabric_peer_opts:normalize(server, ?SECRET,
                                          #{allowed => Allowed, node => <<"us@conformance">>,
-                                           features => case Feats of [] -> []; _ -> Feats end,
+                                           features => Feats,
                                            max_frame => int(<<"max_frame">>, L, <<"67108864">>),
                                            max_errors => int(<<"max_errors">>, L, <<"20">>),
                                            error_window => int(<<"error_window">>, L, <<"200">>),
