@@ -3,10 +3,10 @@
 %% decoded frame according to the mode and the agreed features.
 -module(fabric_peer_frame).
 
--export([take/2, encode_message/1, encode_plain/1, check_size/2, classify/3,
+-export([take/2, append/2, buffered/1, encode_message/1, encode_plain/1, check_size/2, classify/3,
          default/1, error_frame/2, error_codes/0, new_window/2, note_error/2]).
 
--export_type([frame/0, window/0]).
+-export_type([frame/0, window/0, buffer/0]).
 
 -type dest() :: integer() | atom() | {atom(), atom()}.
 -type frame() :: {m, dest(), term()}
@@ -21,6 +21,14 @@
                | {heartbeat_ack, non_neg_integer()}
                | {error, binary(), binary()}.
 
+%% Received bytes not yet split into frames. `<<>>' (or any binary) is a buffer too, so a
+%% caller may start from, or reset to, `<<>>'. Otherwise `{Need, Chunks, Size}': the chunks
+%% received, newest first, `Size' bytes in all, and `Need' the whole length (4-byte header
+%% included) of the frame being received, or `header' while fewer than 4 bytes are there.
+%% Appending a chunk is O(1) and a frame is joined once, when all of it is there: receiving
+%% a frame of N bytes in chunks costs O(N), not O(N^2 / chunk) as re-concatenating would.
+-opaque buffer() :: binary() | {pos_integer() | header, [binary()], non_neg_integer()}.
+
 %% Sliding error window of section 9: frame numbers of the recent errors.
 -opaque window() :: #{max := non_neg_integer(), size := pos_integer(), errs := queue:queue()}.
 
@@ -32,6 +40,10 @@ default(max_handshake_frame) -> 16384;
 default(max_frame) -> 64 * 1024 * 1024;
 default(handshake_timeout) -> 10000;
 default(session_timeout) -> 60000;
+%% Terms in one received payload (fabric_peer_etf: memory is per term, ~16 bytes for a list
+%% cell, and a received term exists a few times over): with the per-compressed-byte bound
+%% there, a frame costs memory in proportion to what arrived, and at most ~100 MiB.
+default(max_terms) -> 2000000;
 %% Per connection; a server also bounds the total (section 8).
 default(max_new_atoms) -> 1000;
 default(max_server_atoms) -> 50000;
@@ -51,16 +63,49 @@ default(max_kept_sessions) -> 1024;
 %% refused for auth_block_time (ms); the Python server's defaults. 0 failures: no throttling.
 default(max_auth_failures) -> 5;
 default(auth_failure_window) -> 60000;
-default(auth_block_time) -> 60000.
+default(auth_block_time) -> 60000;
+%% Connection admission (fabric_peer_admission): connections in all (each is a process and a
+%% socket), connections not yet authenticated, and those from one address. Beyond the two
+%% pending limits the oldest pending connection is evicted, never the newest refused.
+default(max_connections) -> 4096;
+default(max_pending) -> 256;
+default(max_pending_per_address) -> 64.
 
 %% @doc Split one frame off the received bytes: a 4-byte big-endian length, then the
 %% payload. The length is checked against `Limit' as soon as the 4 bytes are there, before
-%% any of the body is buffered (section 1).
--spec take(binary(), pos_integer()) ->
-          {ok, binary(), binary()} | more | {error, {frame_too_large, non_neg_integer()}}.
+%% any of the body is buffered (section 1). `Rest' is the buffer after the frame.
+-spec take(buffer(), pos_integer()) ->
+          {ok, binary(), buffer()} | more
+          | {error, {frame_too_large, non_neg_integer()}}.
 take(<<Len:32, _/binary>>, Limit) when Len > Limit -> {error, {frame_too_large, Len}};
 take(<<Len:32, Frame:Len/binary, Rest/binary>>, _) -> {ok, Frame, Rest};
-take(_, _) -> more.
+take(Bin, _) when is_binary(Bin) -> more;
+take({header, Chunks, Size}, Limit) when Size >= 4 ->
+    take(join(Chunks), Limit);
+take({header, _, _}, _) -> more;
+take({Need, _, _}, Limit) when Need - 4 > Limit -> {error, {frame_too_large, Need - 4}};
+take({Need, _, Size}, _) when Size < Need -> more;
+take({_, Chunks, _}, Limit) -> take(join(Chunks), Limit).
+
+%% @doc Add received bytes to a buffer.
+-spec append(buffer(), binary()) -> buffer().
+append(<<>>, Data) -> Data;
+append(<<Len:32, _/binary>> = Bin, Data) -> {Len + 4, [Data, Bin], byte_size(Bin) + byte_size(Data)};
+append(Bin, Data) when is_binary(Bin) ->
+    Size = byte_size(Bin) + byte_size(Data),
+    case Size >= 4 of
+        true -> append(<<>>, <<Bin/binary, Data/binary>>);       % under 4 + 64 KiB: cheap
+        false -> {header, [Data, Bin], Size}
+    end;
+append({header, Chunks, _}, Data) -> append(join(Chunks), Data);
+append({Need, Chunks, Size}, Data) -> {Need, [Data | Chunks], Size + byte_size(Data)}.
+
+%% @doc How many bytes a buffer holds.
+-spec buffered(buffer()) -> non_neg_integer().
+buffered(Bin) when is_binary(Bin) -> byte_size(Bin);
+buffered({_, _, Size}) -> Size.
+
+join(Chunks) -> iolist_to_binary(lists:reverse(Chunks)).
 
 %% @doc An `m' frame exactly as the original encodes it: compressed only when smaller.
 -spec encode_message(term()) -> binary().
@@ -178,6 +223,37 @@ take_test_() ->
      %% refused from the header alone
      ?_assertEqual({error, {frame_too_large, 11}}, take(<<0, 0, 0, 11>>, 10)),
      ?_assertEqual({error, {frame_too_large, 16#ffffffff}}, take(<<255, 255, 255, 255>>, 10))].
+
+%% A frame arriving in many chunks, split at every possible place, comes out whole.
+chunked_take_test() ->
+    Frames = [<<>>, <<1>>, <<2, 3, 4, 5, 6>>, binary:copy(<<7>>, 300)],
+    Wire = iolist_to_binary([[<<(byte_size(F)):32>>, F] || F <- Frames]),
+    [begin
+         Chunks = chunks(Wire, Step),
+         ?assertEqual(Frames, feed(Chunks, <<>>, []))
+     end || Step <- [1, 2, 3, 4, 5, 7, 64, byte_size(Wire)]].
+
+chunks(<<>>, _) -> [];
+chunks(B, N) when byte_size(B) =< N -> [B];
+chunks(B, N) -> <<C:N/binary, R/binary>> = B, [C | chunks(R, N)].
+
+feed([], Buf, Acc) -> ?assertEqual(0, buffered(Buf)), lists:reverse(Acc);
+feed([C | Cs], Buf0, Acc0) ->
+    {Buf, Acc} = drain(append(Buf0, C), Acc0),
+    feed(Cs, Buf, Acc).
+
+drain(Buf, Acc) ->
+    case take(Buf, 1000) of
+        {ok, F, Rest} -> drain(Rest, [F | Acc]);
+        more -> {Buf, Acc}
+    end.
+
+%% The limit is checked however the header arrived (here a byte at a time).
+chunked_limit_test() ->
+    B1 = append(append(<<>>, <<0, 0>>), <<0>>),
+    ?assertEqual(more, take(B1, 10)),
+    B2 = append(append(B1, <<11>>), <<"x">>),
+    ?assertEqual({error, {frame_too_large, 11}}, take(B2, 10)).
 
 size_test() ->
     ?assertEqual(ok, check_size(<<1, 2>>, 2)),

@@ -9,6 +9,8 @@
 %% adds the 4-byte length.
 -module(fabric_peer_transport).
 
+-include_lib("kernel/include/logger.hrl").
+
 -export([listen/3, accept/2, handshake/3, connect/5, send/3, activate/2,
          controlling_process/3, close/2, peername/2, peer_ip/2, port/2, messages/1, name/1]).
 
@@ -17,12 +19,22 @@
 -type transport() :: tcp | {tls, [term()]}.
 -type socket() :: gen_tcp:socket() | term().
 
-%% Writes that block this long mean the peer stopped reading: the connection is closed.
--define(SEND_TIMEOUT, 30000).
+%% Output is bounded per connection: once more than ?HIGH_WATERMARK bytes wait in the
+%% socket's queue (beyond what the kernel holds), a write blocks until the queue is under
+%% ?LOW_WATERMARK; a write blocked for ?SEND_TIMEOUT ms means the peer stopped reading, and
+%% the connection is closed (`send_timeout_close'), with a warning. A connection's output
+%% memory is so at most the watermark plus the frame being written.
+-define(SEND_TIMEOUT, 15000).
+-define(HIGH_WATERMARK, 1048576).
+-define(LOW_WATERMARK, 524288).
+%% Size of the user-level receive buffer: each `{active, once}' message carries up to this
+%% many bytes, so a 64 MiB frame arrives in ~1000 messages rather than ~50000.
+-define(RECV_BUFFER, 65536).
 
 base_opts(_Limit) ->
-    [binary, {packet, raw}, {active, false}, {nodelay, true},
-     {send_timeout, ?SEND_TIMEOUT}, {send_timeout_close, true}].
+    [binary, {packet, raw}, {active, false}, {nodelay, true}, {buffer, ?RECV_BUFFER},
+     {send_timeout, ?SEND_TIMEOUT}, {send_timeout_close, true},
+     {high_watermark, ?HIGH_WATERMARK}, {low_watermark, ?LOW_WATERMARK}].
 
 %% @doc Listen on `Ip':`Port' (0 = the OS picks).
 -spec listen(transport(), inet:port_number(), #{ip := inet:ip_address(), limit := pos_integer()}) ->
@@ -92,8 +104,15 @@ ip_bytes(Ip6) when tuple_size(Ip6) =:= 8 -> << <<W:16>> || W <- tuple_to_list(Ip
 
 %% @doc Send one frame (the 4-byte length is added by the socket).
 -spec send(transport(), socket(), iodata()) -> ok | {error, term()}.
-send(tcp, S, Data) -> gen_tcp:send(S, [<<(iolist_size(Data)):32>>, Data]);
-send({tls, _}, S, Data) -> ssl:send(S, [<<(iolist_size(Data)):32>>, Data]).
+send(T, S, Data) ->
+    Frame = [<<(iolist_size(Data)):32>>, Data],
+    case case T of tcp -> gen_tcp:send(S, Frame); {tls, _} -> ssl:send(S, Frame) end of
+        {error, timeout} = E ->
+            ?LOG_WARNING("fabric: the peer has not read its data for ~b ms (over ~b bytes "
+                         "queued): connection closed", [?SEND_TIMEOUT, ?HIGH_WATERMARK]),
+            E;
+        Other -> Other
+    end.
 
 %% @doc Ask for the next frame as a message.
 -spec activate(transport(), socket()) -> ok | {error, term()}.
