@@ -1,15 +1,29 @@
 %% @doc Safe decoding of untrusted External Term Format payloads (docs/protocol.md section 8).
 %%
-%% `binary_to_term(B, [safe])' refuses to create atoms, so a frame that names an atom this
-%% node has never seen (an exit reason, a foreign node name inside a pid or reference, a
-%% user atom) fails with `badarg'. This module then walks the encoded term with a small,
-%% non-recursive scanner, lists the atom texts that do not exist yet, checks them against
-%% the caller's budget of new atoms, creates them and decodes again. The scanner also
-%% enforces the structural bounds (every declared count is checked against the bytes that
-%% remain, decompression is capped by the declared size and by a limit) and refuses the
-%% encodings that must never come from the network (funs, atom cache references, LOCAL_EXT).
-%% After decoding, funs and ports are refused wherever they appear: the protocol carries
-%% them only as opaque binaries.
+%% Every payload is first walked by a small, non-recursive scanner over its bytes (inflated
+%% once, within bounds, when it is compressed). The scanner checks the structure (every
+%% declared count against the bytes that remain, no trailing bytes), counts the terms the
+%% payload decodes to and refuses it beyond the term bounds below, refuses the encodings
+%% that must never come from the network (funs, ports, atom cache references, LOCAL_EXT)
+%% and lists the atom texts that do not exist on this node. Those are checked against the
+%% caller's budget of new atoms and created; then `binary_to_term(B, [safe])' decodes the
+%% payload once. Nothing is walked or copied after decoding: the cost of a frame is
+%% proportional to its bytes and to the bounded number of terms it holds.
+%%
+%% The bounds, each with its reason:
+%% - `max_decompressed' (the caller's, the frame limit): the uncompressed size a compressed
+%%   payload declares is refused above it before anything is inflated, and inflating stops
+%%   there (a zip bomb costs at most that much memory).
+%% - `max_terms' (default `fabric_peer_frame:default(max_terms)'): terms in one payload.
+%%   Decoded terms cost memory per term (a list cell is 16 bytes where it took one byte on
+%%   the wire), and the decoded term exists a few times over (the decoded frame, its
+%%   rewritten payload, the copy in the receiver's heap): this caps that memory.
+%% - ?TERMS_PER_COMPRESSED_BYTE: a compressed payload may hold at most this many terms per
+%%   byte of its compressed form (and at least ?MIN_COMPRESSED_TERMS): zlib expands up to
+%%   ~1000 times, so without it a 16 KB frame of 16 million `[]' would cost gigabytes. Bytes
+%%   (a large binary of zeros) are not limited by it: a binary is one term.
+%% - An uncompressed payload needs at least one byte per term (a STRING_EXT byte is a term:
+%%   it decodes to a list cell), so its terms are bounded by its size.
 -module(fabric_peer_etf).
 
 -export([decode/2, missing_atoms/2, contains_unsafe/1, inflate_bounded/2]).
@@ -17,59 +31,58 @@
 -export_type([decode_opts/0, decode_error/0]).
 
 -type decode_opts() :: #{atoms_left := non_neg_integer(),
-                         max_decompressed := pos_integer()}.
+                         max_decompressed := pos_integer(),
+                         max_terms => pos_integer()}.
 -type decode_error() :: {bad_term, term()} | {limit, term()}.
 
 -define(VERSION, 131).
 -define(COMPRESSED, 80).
 %% An atom text is at most 255 characters (the VM's limit); in UTF-8 that is <= 1020 bytes.
 -define(MAX_ATOM_BYTES, 1020).
+-define(TERMS_PER_COMPRESSED_BYTE, 64).
+-define(MIN_COMPRESSED_TERMS, 65536).
 
 %% @doc Decode one untrusted payload. Returns the term and how many atoms were created.
 %% Errors: `{bad_term, Why}' (not ETF, truncated, trailing bytes, over a bound, a fun or a
-%% port outside an opaque handle) or `{limit, Why}' (the new-atom budget is exhausted).
+%% port) or `{limit, Why}' (the new-atom budget is exhausted).
 -spec decode(binary(), decode_opts()) ->
           {ok, term(), non_neg_integer()} | {error, decode_error()}.
-decode(Bin, #{max_decompressed := MaxDec} = Opts) when is_binary(Bin) ->
-    case check_header(Bin, MaxDec) of
-        ok -> decode_checked(Bin, Opts);
-        {error, _} = E -> E
-    end.
-
-decode_checked(Bin, #{atoms_left := Left} = Opts) ->
-    case safe_b2t(Bin) of
-        {ok, Term} -> check_unsafe(Term, 0);
-        {error, trailing} -> {error, {bad_term, trailing_bytes}};
-        {error, badarg} ->
-            case missing_atoms(Bin, Opts) of
-                {ok, []} -> {error, {bad_term, not_etf}};
+decode(Bin, #{atoms_left := Left} = Opts) when is_binary(Bin) ->
+    case plain(Bin, Opts) of
+        {ok, Plain, MaxTerms} ->
+            case scan_top(Plain, MaxTerms) of
                 {ok, Missing} when length(Missing) > Left ->
                     {error, {limit, {new_atoms, length(Missing)}}};
                 {ok, Missing} ->
                     case create_atoms(Missing) of
-                        ok ->
-                            case safe_b2t(Bin) of
-                                {ok, Term} -> check_unsafe(Term, length(Missing));
-                                {error, _} -> {error, {bad_term, not_etf}}
-                            end;
+                        ok -> b2t(Plain, length(Missing));
                         error -> {error, {bad_term, bad_atom}}
                     end;
                 {error, _} = E -> E
-            end
+            end;
+        {error, _} = E -> E
     end.
 
-safe_b2t(Bin) ->
-    try binary_to_term(Bin, [safe, used]) of
-        {Term, Used} when Used =:= byte_size(Bin) -> {ok, Term};
-        {_, _} -> {error, trailing}
-    catch error:badarg -> {error, badarg}
+b2t(Plain, Created) ->
+    try binary_to_term(Plain, [safe]) of
+        Term -> {ok, Term, Created}
+    catch error:badarg -> {error, {bad_term, not_etf}}
     end.
 
-check_unsafe(Term, Created) ->
-    case contains_unsafe(Term) of
-        false -> {ok, Term, Created};
-        {true, What} -> {error, {bad_term, What}}
-    end.
+%% The payload with its version byte and without compression, and its term bound.
+plain(<<?VERSION, ?COMPRESSED, Size:32, Z/binary>>, #{max_decompressed := MaxDec} = Opts) ->
+    case Size =< MaxDec andalso inflate_bounded(Z, Size) of
+        false -> {error, {bad_term, {decompressed_size, Size}}};
+        {ok, Plain} when byte_size(Plain) =:= Size ->
+            Ratio = max(?MIN_COMPRESSED_TERMS, ?TERMS_PER_COMPRESSED_BYTE * byte_size(Z)),
+            {ok, <<?VERSION, Plain/binary>>, min(max_terms(Opts), Ratio)};
+        _ -> {error, {bad_term, bad_compression}}
+    end;
+plain(<<?VERSION, _/binary>> = Bin, Opts) -> {ok, Bin, max_terms(Opts)};
+plain(_, _) -> {error, {bad_term, not_etf}}.
+
+max_terms(#{max_terms := N}) -> N;
+max_terms(_) -> fabric_peer_frame:default(max_terms).
 
 create_atoms(Missing) ->
     try
@@ -78,48 +91,50 @@ create_atoms(Missing) ->
     catch error:_ -> error
     end.
 
-%% A compressed payload declares its uncompressed size: refuse it before inflating anything.
-check_header(<<?VERSION, ?COMPRESSED, Size:32, _/binary>>, MaxDec) when Size > MaxDec ->
-    {error, {bad_term, {decompressed_size, Size}}};
-check_header(<<?VERSION, _, _/binary>>, _) -> ok;
-check_header(_, _) -> {error, {bad_term, not_etf}}.
-
 %% @doc True (with what was found) when a decoded term holds a fun or a port anywhere.
+%% Walks the term without copying it: the work stack holds only positions in containers.
 -spec contains_unsafe(term()) -> false | {true, 'fun' | port}.
 contains_unsafe(T) ->
-    try walk_unsafe([T]), false
+    try w(T, []), false
     catch throw:{unsafe, What} -> {true, What}
     end.
 
-walk_unsafe([]) -> ok;
-walk_unsafe([H | Rest]) when is_tuple(H) -> walk_unsafe(tuple_to_list(H) ++ Rest);
-walk_unsafe([H | Rest]) when is_list(H) -> walk_unsafe(list_items(H, Rest));
-walk_unsafe([H | Rest]) when is_map(H) ->
-    walk_unsafe(maps:fold(fun(K, V, Acc) -> [K, V | Acc] end, Rest, H));
-walk_unsafe([H | _]) when is_function(H) -> throw({unsafe, 'fun'});
-walk_unsafe([H | _]) when is_port(H) -> throw({unsafe, port});
-walk_unsafe([_ | Rest]) -> walk_unsafe(Rest).
+w(T, S) when is_list(T) -> wl(T, S);
+w(T, S) when is_tuple(T) -> wt(T, 1, tuple_size(T), S);
+w(T, S) when is_map(T) -> wm(maps:next(maps:iterator(T)), S);
+w(T, _) when is_function(T) -> throw({unsafe, 'fun'});
+w(T, _) when is_port(T) -> throw({unsafe, port});
+w(_, S) -> pop(S).
 
-%% Elements and (improper) tail of a list, pushed in front of the work list.
-list_items([], Rest) -> Rest;
-list_items([H | T], Rest) -> [H | list_items(T, Rest)];
-list_items(Tail, Rest) -> [Tail | Rest].
+wl([H | T], S) -> w(H, [{l, T} | S]);
+wl([], S) -> pop(S);
+wl(Tail, S) -> w(Tail, S).
+
+wt(_, I, N, S) when I > N -> pop(S);
+wt(T, I, N, S) -> w(element(I, T), [{t, T, I + 1, N} | S]).
+
+wm(none, S) -> pop(S);
+wm({K, V, I}, S) -> w(K, [{v, V}, {m, I} | S]).
+
+pop([]) -> ok;
+pop([{l, T} | S]) -> wl(T, S);
+pop([{t, T, I, N} | S]) -> wt(T, I, N, S);
+pop([{v, V} | S]) -> w(V, S);
+pop([{m, I} | S]) -> wm(maps:next(I), S).
 
 %% @doc The atom texts a payload names that do not exist on this node, each once, as
-%% `{latin1 | utf8, Text}'. Validates the whole structure on the way.
+%% `{latin1 | utf8, Text}'. Validates the whole structure on the way (with the term bounds
+%% of `decode/2').
 -spec missing_atoms(binary(), #{max_decompressed := pos_integer(), _ => _}) ->
           {ok, [{latin1 | utf8, binary()}]} | {error, decode_error()}.
-missing_atoms(<<?VERSION, ?COMPRESSED, Size:32, Z/binary>>, #{max_decompressed := MaxDec}) ->
-    case Size =< MaxDec andalso inflate_bounded(Z, Size) of
-        {ok, Plain} when byte_size(Plain) =:= Size -> scan_top(Plain);
-        false -> {error, {bad_term, {decompressed_size, Size}}};
-        _ -> {error, {bad_term, bad_compression}}
-    end;
-missing_atoms(<<?VERSION, Body/binary>>, _) -> scan_top(Body);
-missing_atoms(_, _) -> {error, {bad_term, not_etf}}.
+missing_atoms(Bin, Opts) ->
+    case plain(Bin, Opts) of
+        {ok, Plain, MaxTerms} -> scan_top(Plain, MaxTerms);
+        {error, _} = E -> E
+    end.
 
-scan_top(Body) ->
-    try scan(Body, 1, #{}) of
+scan_top(<<?VERSION, Body/binary>>, MaxTerms) ->
+    try scan(Body, 1, MaxTerms - 1, #{}) of
         {<<>>, Found} -> {ok, lists:sort(maps:keys(Found))};
         {_, _} -> {error, {bad_term, trailing_bytes}}
     catch throw:{bad, Why} -> {error, {bad_term, Why}}
@@ -143,47 +158,46 @@ inflate_loop(S, {Cont, Out}, Max, Acc, N0) ->
        true -> inflate_loop(S, zlib:safeInflate(S, []), Max, [Out | Acc], N)
     end.
 
-%% scan(Bytes, Pending, Found): consume Pending terms. Non-recursive: a container adds its
-%% element count to Pending. Each pending term needs at least one byte, which bounds every
-%% declared count by the input size before anything is allocated.
-scan(Rest, 0, Found) -> {Rest, Found};
-scan(Rest, N, _) when N > byte_size(Rest) -> throw({bad, truncated});
-scan(<<97, _, R/binary>>, N, F) -> scan(R, N - 1, F);
-scan(<<98, _:32, R/binary>>, N, F) -> scan(R, N - 1, F);
-scan(<<99, _:31/binary, R/binary>>, N, F) -> scan(R, N - 1, F);
-scan(<<70, _:64, R/binary>>, N, F) -> scan(R, N - 1, F);
-scan(<<T, _/binary>> = B, N, F) when T =:= 100; T =:= 115; T =:= 118; T =:= 119 ->
+%% scan(Bytes, Pending, TermsLeft, Found): consume Pending terms. Non-recursive: a container
+%% adds its element count to Pending and takes it from TermsLeft (the term bound, checked
+%% as soon as a count is declared, before anything is allocated). Each pending term needs
+%% at least one byte, which bounds every declared count by the input size too.
+scan(_, _, Left, _) when Left < 0 -> throw({bad, too_many_terms});
+scan(Rest, 0, _, Found) -> {Rest, Found};
+scan(Rest, N, _, _) when N > byte_size(Rest) -> throw({bad, truncated});
+scan(<<97, _, R/binary>>, N, L, F) -> scan(R, N - 1, L, F);
+scan(<<98, _:32, R/binary>>, N, L, F) -> scan(R, N - 1, L, F);
+scan(<<99, _:31/binary, R/binary>>, N, L, F) -> scan(R, N - 1, L, F);
+scan(<<70, _:64, R/binary>>, N, L, F) -> scan(R, N - 1, L, F);
+scan(<<T, _/binary>> = B, N, L, F) when T =:= 100; T =:= 115; T =:= 118; T =:= 119 ->
     {R, F1} = atom(B, F),
-    scan(R, N - 1, F1);
-scan(<<101, B/binary>>, N, F) ->                        % REFERENCE_EXT
-    {R0, F1} = atom(B, F), R = skip(R0, 5), scan(R, N - 1, F1);
-scan(<<114, Len:16, B/binary>>, N, F) ->                % NEW_REFERENCE_EXT
-    {R0, F1} = atom(B, F), R = skip(R0, 1 + 4 * Len), scan(R, N - 1, F1);
-scan(<<90, Len:16, B/binary>>, N, F) ->                 % NEWER_REFERENCE_EXT
-    {R0, F1} = atom(B, F), R = skip(R0, 4 + 4 * Len), scan(R, N - 1, F1);
-scan(<<102, B/binary>>, N, F) ->                        % PORT_EXT
-    {R0, F1} = atom(B, F), scan(skip(R0, 5), N - 1, F1);
-scan(<<89, B/binary>>, N, F) ->                         % NEW_PORT_EXT
-    {R0, F1} = atom(B, F), scan(skip(R0, 8), N - 1, F1);
-scan(<<120, B/binary>>, N, F) ->                        % V4_PORT_EXT
-    {R0, F1} = atom(B, F), scan(skip(R0, 12), N - 1, F1);
-scan(<<103, B/binary>>, N, F) ->                        % PID_EXT
-    {R0, F1} = atom(B, F), scan(skip(R0, 9), N - 1, F1);
-scan(<<88, B/binary>>, N, F) ->                         % NEW_PID_EXT
-    {R0, F1} = atom(B, F), scan(skip(R0, 12), N - 1, F1);
-scan(<<104, A, R/binary>>, N, F) -> scan(R, N - 1 + A, F);
-scan(<<105, A:32, R/binary>>, N, F) -> scan(R, N - 1 + A, F);
-scan(<<116, A:32, R/binary>>, N, F) -> scan(R, N - 1 + 2 * A, F);
-scan(<<106, R/binary>>, N, F) -> scan(R, N - 1, F);
-scan(<<107, Len:16, R/binary>>, N, F) -> scan(skip(R, Len), N - 1, F);
-scan(<<108, Len:32, R/binary>>, N, F) -> scan(R, N + Len, F);   % Len elements + tail - self
-scan(<<109, Len:32, R/binary>>, N, F) -> scan(skip(R, Len), N - 1, F);
-scan(<<77, Len:32, _Bits, R/binary>>, N, F) -> scan(skip(R, Len), N - 1, F);
-scan(<<110, Len, _Sign, R/binary>>, N, F) -> scan(skip(R, Len), N - 1, F);
-scan(<<111, Len:32, _Sign, R/binary>>, N, F) -> scan(skip(R, Len), N - 1, F);
-scan(<<T, _/binary>>, _, _) when T =:= 112; T =:= 113; T =:= 117 -> throw({bad, 'fun'});
-scan(<<T, _/binary>>, _, _) -> throw({bad, {tag, T}});
-scan(<<>>, _, _) -> throw({bad, truncated}).
+    scan(R, N - 1, L, F1);
+scan(<<101, B/binary>>, N, L, F) ->                        % REFERENCE_EXT
+    {R0, F1} = atom(B, F), R = skip(R0, 5), scan(R, N - 1, L, F1);
+scan(<<114, Len:16, B/binary>>, N, L, F) ->                % NEW_REFERENCE_EXT
+    {R0, F1} = atom(B, F), R = skip(R0, 1 + 4 * Len), scan(R, N - 1, L, F1);
+scan(<<90, Len:16, B/binary>>, N, L, F) ->                 % NEWER_REFERENCE_EXT
+    {R0, F1} = atom(B, F), R = skip(R0, 4 + 4 * Len), scan(R, N - 1, L, F1);
+scan(<<T, _/binary>>, _, _, _) when T =:= 102; T =:= 89; T =:= 120 ->  % ports
+    throw({bad, port});
+scan(<<103, B/binary>>, N, L, F) ->                        % PID_EXT
+    {R0, F1} = atom(B, F), scan(skip(R0, 9), N - 1, L, F1);
+scan(<<88, B/binary>>, N, L, F) ->                         % NEW_PID_EXT
+    {R0, F1} = atom(B, F), scan(skip(R0, 12), N - 1, L, F1);
+scan(<<104, A, R/binary>>, N, L, F) -> scan(R, N - 1 + A, L - A, F);
+scan(<<105, A:32, R/binary>>, N, L, F) -> scan(R, N - 1 + A, L - A, F);
+scan(<<116, A:32, R/binary>>, N, L, F) -> scan(R, N - 1 + 2 * A, L - 2 * A, F);
+scan(<<106, R/binary>>, N, L, F) -> scan(R, N - 1, L, F);
+%% STRING_EXT: one list cell per byte
+scan(<<107, Len:16, R/binary>>, N, L, F) -> scan(skip(R, Len), N - 1, L - Len, F);
+scan(<<108, Len:32, R/binary>>, N, L, F) -> scan(R, N + Len, L - Len - 1, F); % + tail - self
+scan(<<109, Len:32, R/binary>>, N, L, F) -> scan(skip(R, Len), N - 1, L, F);
+scan(<<77, Len:32, _Bits, R/binary>>, N, L, F) -> scan(skip(R, Len), N - 1, L, F);
+scan(<<110, Len, _Sign, R/binary>>, N, L, F) -> scan(skip(R, Len), N - 1, L, F);
+scan(<<111, Len:32, _Sign, R/binary>>, N, L, F) -> scan(skip(R, Len), N - 1, L, F);
+scan(<<T, _/binary>>, _, _, _) when T =:= 112; T =:= 113; T =:= 117 -> throw({bad, 'fun'});
+scan(<<T, _/binary>>, _, _, _) -> throw({bad, {tag, T}});
+scan(<<>>, _, _, _) -> throw({bad, truncated}).
 
 skip(B, Len) when byte_size(B) >= Len -> binary_part(B, Len, byte_size(B) - Len);
 skip(_, _) -> throw({bad, truncated}).
@@ -253,6 +267,34 @@ funs_and_ports_refused_test() ->
     ?assertEqual({error, {bad_term, 'fun'}}, decode(term_to_binary({x, fun lists:sort/1}), opts(0))),
     [Port | _] = erlang:ports(),
     ?assertEqual({error, {bad_term, port}}, decode(term_to_binary([a, #{k => Port}]), opts(0))).
+
+%% Terms are bounded by the frame: a compressed list of many [] is refused from the
+%% declared length, before it is decoded (the amplification of issue 11).
+term_bounds_test_() ->
+    Nils = fun(N) -> <<131, 108, N:32, (binary:copy(<<106>>, N))/binary, 106>> end,
+    Big = Nils(1 bsl 20),
+    Z = term_to_binary(binary_to_term(Big), [compressed]),
+    O = opts(0),
+    [?_assertMatch({ok, _, 0}, decode(Nils(1000), O)),
+     ?_assertEqual({error, {bad_term, too_many_terms}},
+                   decode(Nils(1000), O#{max_terms => 1001})),
+     ?_assertMatch({ok, _, 0}, decode(Nils(1000), O#{max_terms => 1002})),
+     ?_assert(byte_size(Z) < 4096),
+     ?_assertEqual({error, {bad_term, too_many_terms}},
+                   decode(Z, O#{max_decompressed => 2 bsl 20})),
+     %% a string's bytes are list cells
+     ?_assertEqual({error, {bad_term, too_many_terms}},
+                   decode(term_to_binary(lists:duplicate(500, $a)), O#{max_terms => 100})),
+     %% a large compressible binary is one term: accepted
+     ?_assertMatch({ok, <<0:8000000>>, 0},
+                   decode(term_to_binary(<<0:8000000>>, [compressed]), O#{max_decompressed => 2 bsl 20}))].
+
+contains_unsafe_test_() ->
+    [Port | _] = erlang:ports(),
+    [?_assertEqual(false, contains_unsafe({a, [1, 2 | x], #{k => [v]}, <<>>})),
+     ?_assertEqual({true, 'fun'}, contains_unsafe([1, {2, #{k => [fun erlang:self/0]}}])),
+     ?_assertEqual({true, port}, contains_unsafe([x | Port])),
+     ?_assertEqual(false, contains_unsafe(lists:seq(1, 100000)))].
 
 scanner_rejects_fun_test() ->
     B = <<131, 104, 2, 119, 3, "zzq", 113, 119, 1, "m", 119, 1, "f", 97, 1>>,

@@ -1,7 +1,8 @@
 %% @doc Payload rewriting both ways (docs/protocol.md section 4.1), as pure functions.
 %%
 %% Outbound: every tuple becomes `{t, T}', pids become `{pr, Id}' / `{pl, Id}' (decided by
-%% the caller's `pid' callback, which owns the id tables), references `{r, Bin}', and with
+%% the caller's `pid' callback, which owns the id tables), references `{r, Bin}' (the
+%% peer's own bytes for one it sent us: `fabric_peer_refs'), and with
 %% the matching features maps stay maps, non-byte bitstrings stay as they are, ports become
 %% `{po, Bin}' and funs `{f, Arity, Bin}'. A value the peer cannot carry is a local error
 %% raised before anything is written.
@@ -49,7 +50,7 @@ o(T, F, P, A, D) when is_tuple(T) ->
     {Elems, A1} = o_elems(tuple_to_list(T), F, P, A, D + 1, []),
     {{t, list_to_tuple(Elems)}, A1};
 o(Pid, _, P, A, _) when is_pid(Pid) -> P(Pid, A);
-o(Ref, _, _, A, _) when is_reference(Ref) -> {{r, term_to_binary(Ref)}, A};
+o(Ref, _, _, A, _) when is_reference(Ref) -> {{r, fabric_peer_refs:out(Ref)}, A};
 o(M, F, P, A, D) when is_map(M) ->
     need(<<"maps">>, F, map),
     {Pairs, A1} = maps:fold(fun(K, V, {Acc, AccA}) ->
@@ -97,10 +98,8 @@ in(Wire, Features, Resolve, Acc) ->
 i(_, _, _, _, D) when D > ?MAX_DEPTH -> bad({too_deep, ?MAX_DEPTH});
 i(T, _, _, A, _) when is_atom(T); is_number(T); is_binary(T); T =:= [] -> {T, A};
 i(T, F, _, A, _) when is_bitstring(T) -> need_in(<<"bitstrings">>, F, bitstring), {T, A};
-i(L, F, R, A, D) when is_list(L) -> i_list(L, F, R, A, D, []);
-i({t, T}, F, R, A, D) when is_tuple(T) ->
-    {Elems, A1} = i_elems(tuple_to_list(T), F, R, A, D + 1, []),
-    {list_to_tuple(Elems), A1};
+i(L, F, R, A, D) when is_list(L) -> i_same(L, F, R, A, D, 0, L);
+i({t, T}, F, R, A, D) when is_tuple(T) -> i_tuple(T, 1, F, R, A, D + 1);
 i({pr, Id}, _, R, A, _) when is_integer(Id), Id > 0 -> resolve(R, pr, Id, A);
 i({pl, Id}, _, R, A, _) when is_integer(Id) -> resolve(R, pl, Id, A);
 i({r, Bin}, _, R, A, _) when is_binary(Bin) -> resolve(R, r, Bin, A);
@@ -110,17 +109,48 @@ i({f, Arity, Bin}, F, _, A, _)
     {{fabric_fun, Arity, Bin}, A};
 i(M, F, R, A, D) when is_map(M) ->
     need_in(<<"maps">>, F, map),
-    {Pairs, A1} = maps:fold(fun(K, V, {Acc, AccA}) ->
-                                    {K1, AccA1} = i(K, F, R, AccA, D + 1),
-                                    {V1, AccA2} = i(V, F, R, AccA1, D + 1),
-                                    {[{K1, V1} | Acc], AccA2}
-                            end, {[], A}, M),
-    {maps:from_list(Pairs), A1};
+    {Pairs, Same, A1} =
+        maps:fold(fun(K, V, {Acc, Same0, AccA}) ->
+                          {K1, AccA1} = i(K, F, R, AccA, D + 1),
+                          {V1, AccA2} = i(V, F, R, AccA1, D + 1),
+                          {[{K1, V1} | Acc], Same0 andalso K1 =:= K andalso V1 =:= V, AccA2}
+                  end, {[], true, A}, M),
+    case Same of
+        true -> {M, A1};
+        false -> {maps:from_list(Pairs), A1}
+    end;
 i(T, _, _, _, _) when is_tuple(T) -> bad({bad_marker, element(1, T), tuple_size(T)});
 i(T, _, _, _, _) when is_pid(T) -> bad(raw_pid);
 i(T, _, _, _, _) when is_port(T) -> bad(raw_port);
 i(T, _, _, _, _) when is_reference(T) -> bad(raw_reference);
 i(T, _, _, _, _) when is_function(T) -> bad(raw_fun).
+
+%% A received term is rewritten in place of the original only where something changes: an
+%% unchanged list (or tuple, or map) is the original term itself, so a large payload of
+%% plain data is neither copied nor held twice. (`=:=' on the same term is a pointer test.)
+i_same([H | T], F, R, A, D, K, L) ->
+    case i(H, F, R, A, D + 1) of
+        {H, A1} -> i_same(T, F, R, A1, D, K + 1, L);
+        {H1, A1} -> i_list(T, F, R, A1, D, [H1 | lists:reverse(lists:sublist(L, K))])
+    end;
+i_same([], _, _, A, _, _, L) -> {L, A};
+i_same(Tail, F, R, A, D, K, L) ->
+    case i(Tail, F, R, A, D + 1) of
+        {Tail, A1} -> {L, A1};
+        {T1, A1} -> {rev_onto(lists:reverse(lists:sublist(L, K)), T1), A1}
+    end.
+
+%% Elements from I on; the tuple itself while none changed.
+i_tuple(T, I, _, _, A, _) when I > tuple_size(T) -> {T, A};
+i_tuple(T, I, F, R, A, D) ->
+    E = element(I, T),
+    case i(E, F, R, A, D) of
+        {E, A1} -> i_tuple(T, I + 1, F, R, A1, D);
+        {E1, A1} ->
+            {Before, [_ | After]} = lists:split(I - 1, tuple_to_list(T)),
+            {Elems, A2} = i_elems(After, F, R, A1, D, []),
+            {list_to_tuple(Before ++ [E1 | Elems]), A2}
+    end.
 
 i_list([H | T], F, R, A, D, Acc) ->
     {H1, A1} = i(H, F, R, A, D + 1),
@@ -232,6 +262,22 @@ strict_decoding_test_() ->
      ?_assertMatch({error, {bad_payload, _}}, in([1 | {a, b}], #{}, R, #{})),
      ?_assertMatch({ok, [1 | x], _}, in([1 | x], #{}, R, #{})),
      ?_assertMatch({ok, {local, 777}, _}, in({pl, 777}, #{}, R, #{}))].
+
+%% Plain data comes back as the very same term (nothing copied); a changed element makes a
+%% new container with the rest unchanged.
+shares_unchanged_terms_test() ->
+    R = fun resolve_in/3,
+    L = lists:seq(1, 1000),
+    {ok, L2, _} = in(L, #{}, R, #{}),
+    ?assert(erts_debug:same(L, L2)),
+    Inner = {a, lists:seq(1, 2), atom_to_binary(node())},
+    {ok, T2, _} = in({t, Inner}, #{}, R, #{}),
+    ?assert(erts_debug:same(Inner, T2)),
+    ?assertEqual({ok, [1, 2, {x, {remote, 3}}, 4 | {remote, 5}], #{}},
+                 in([1, 2, {t, {x, {pr, 3}}}, 4 | {pr, 5}], #{}, R, #{})),
+    ?assertEqual({ok, {a, {remote, 1}, b, {local, 2}}, #{}},
+                 in({t, {a, {pr, 1}, b, {pl, 2}}}, #{}, R, #{})),
+    ?assertEqual({ok, [{remote, 1}], #{}}, in([{pr, 1}], #{}, R, #{})).
 
 depth_bound_test() ->
     Deep = lists:foldl(fun(_, Acc) -> {t, {Acc}} end, x, lists:seq(1, 20000)),

@@ -103,11 +103,13 @@ atom_budget(Config) ->
     recv_nothing(S, 300),
     send(S, Frame(6)),
     {error, <<"limit">>, _} = recv(S),
-    %% a foreign node name in a reference counts too
+    %% a reference of an unknown node spends no atom even now: it is translated to a local
+    %% reference for this connection, and goes back to the peer as the very same bytes
     Node = <<"evil_node_", (integer_to_binary(erlang:unique_integer([positive])))/binary, "@h">>,
     RefBin = <<131, 90, 0, 1, 119, (byte_size(Node)), Node/binary, 0:32, 1:32>>,
     send(S, term_to_binary({m, hping, {t, {{pr, 1}, {r, RefBin}}}})),
-    {error, <<"limit">>, _} = recv(S),
+    {m, 1, {t, {{pr, 1}, {t, {pong, {r, RefBin}}}}}} = recv(S),
+    {'EXIT', _} = (catch binary_to_existing_atom(Node)),
     gen_tcp:close(S).
 
 %% whereis of system names, unknown names, huge names: undefined, never an atom created.
