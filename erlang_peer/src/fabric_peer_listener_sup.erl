@@ -1,5 +1,7 @@
 %% @doc One server: its connection supervisor, then its acceptors (which own the listening
 %% socket). `rest_for_one': if the connection supervisor goes, the acceptors restart too.
+%% This process also owns the server's table of pending connections (`fabric_peer_admission'),
+%% which so lives exactly as long as the server.
 -module(fabric_peer_listener_sup).
 -behaviour(supervisor).
 
@@ -11,7 +13,8 @@ start_link(Ctx) -> supervisor:start_link(?MODULE, Ctx).
 
 %% @doc Supervisor callback.
 -spec init(map()) -> {ok, {supervisor:sup_flags(), [supervisor:child_spec()]}}.
-init(Ctx) ->
+init(Ctx0) ->
+    Ctx = Ctx0#{admission => fabric_peer_admission:new_table()},
     {ok, {#{strategy => rest_for_one, intensity => 5, period => 10},
           [#{id => conn_sup, start => {fabric_peer_conn_sup, start_link, [Ctx]},
              type => supervisor, shutdown => infinity},

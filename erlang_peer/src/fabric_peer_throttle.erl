@@ -2,8 +2,9 @@
 %%
 %% `max_auth_failures' failed handshakes from one address within `auth_failure_window' ms
 %% make the server refuse that address's new connections for `auth_block_time' ms (the
-%% Python server's rule and defaults). `max_auth_failures => 0' disables it. Handshakes that
-%% time out are not counted (slow is not guessing; the handshake timeout bounds them).
+%% Python server's rule and defaults). `max_auth_failures => 0' disables it. A handshake
+%% that times out counts as a failure too (`timed_out/3'): holding connections open without
+%% authenticating is how an attacker without the secret would otherwise keep slots busy.
 %%
 %% The entries live in one public ETS table (created by `fabric_peer_sup'), keyed by
 %% `{ServerRef, Ip}', bounded to `?MAX_ADDRESSES' entries: beyond, the least recently used
@@ -12,7 +13,9 @@
 %% counted, which only delays a block by one attempt.
 -module(fabric_peer_throttle).
 
--export([table/0, failed/3, blocked/3, forget/1, record/4, left/2]).
+-include_lib("kernel/include/logger.hrl").
+
+-export([table/0, failed/3, timed_out/3, blocked/3, forget/1, record/4, left/2]).
 
 -export_type([entry/0]).
 
@@ -46,6 +49,19 @@ failed(Ref, Ip, #{max_auth_failures := Max} = O) when Max > 0 ->
         false -> ok
     end;
 failed(_, _, _) -> ok.
+
+%% @doc A handshake from `Ip' timed out: counted as a failure (logged when it starts a block).
+-spec timed_out(reference(), inet:ip_address() | undefined, map()) -> ok.
+timed_out(_, undefined, _) -> ok;
+timed_out(Ref, Ip, O) ->
+    case failed(Ref, Ip, O) of
+        block ->
+            ?LOG_WARNING("fabric: ~b failed or timed-out handshakes from ~s within ~b ms: refusing "
+                         "its new connections for ~b ms",
+                         [maps:get(max_auth_failures, O), inet:ntoa(Ip),
+                          maps:get(auth_failure_window, O), maps:get(auth_block_time, O)]);
+        ok -> ok
+    end.
 
 %% @doc Milliseconds `Ip' stays refused by server `Ref' (0: not blocked).
 -spec blocked(reference(), inet:ip_address(), map()) -> non_neg_integer().
