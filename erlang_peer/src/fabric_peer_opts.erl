@@ -40,14 +40,17 @@ defaults(Role) ->
                heartbeat => F(heartbeat), node => default, max_queue => F(max_queue),
                max_errors => F(max_errors), error_window => F(error_window),
                max_proxies => F(max_proxies), max_exports => F(max_exports),
-               tls => false},
+               max_terms => F(max_terms), tls => false},
     case Role of
         server -> Common#{ip => {127, 0, 0, 1}, acceptors => 4, mode => extended,
                           max_server_atoms => F(max_server_atoms),
                           max_kept_sessions => F(max_kept_sessions),
                           max_auth_failures => F(max_auth_failures),
                           auth_failure_window => F(auth_failure_window),
-                          auth_block_time => F(auth_block_time)};
+                          auth_block_time => F(auth_block_time),
+                          max_connections => F(max_connections), max_pending => F(max_pending),
+                          max_pending_per_address => F(max_pending_per_address),
+                          refuse_exits => false};
         client -> Common#{mode => extended, reconnect => true, reconnect_min => 100,
                           reconnect_max => 30000, connect_timeout => 5000}
     end.
@@ -59,7 +62,8 @@ check(K, V) when K =:= max_frame; K =:= max_handshake_frame; K =:= handshake_tim
                  K =:= session_timeout; K =:= acceptors; K =:= reconnect_min;
                  K =:= reconnect_max; K =:= connect_timeout; K =:= error_window;
                  K =:= max_proxies; K =:= max_exports; K =:= max_kept_sessions;
-                 K =:= auth_failure_window; K =:= auth_block_time ->
+                 K =:= auth_failure_window; K =:= auth_block_time; K =:= max_terms;
+                 K =:= max_connections; K =:= max_pending; K =:= max_pending_per_address ->
     (is_integer(V) andalso V > 0) orelse bad(K, V);
 check(K, V) when K =:= max_new_atoms; K =:= max_server_atoms; K =:= heartbeat;
                  K =:= max_queue; K =:= max_errors; K =:= max_auth_failures ->
@@ -67,6 +71,8 @@ check(K, V) when K =:= max_new_atoms; K =:= max_server_atoms; K =:= heartbeat;
 check(features, V) ->
     (is_list(V) andalso lists:all(fun(F) -> lists:member(to_bin(F), ?ALL_FEATURES) end, V))
         orelse bad(features, V);
+check(refuse_exits, V) ->
+    (is_boolean(V) orelse (is_list(V) andalso lists:all(fun is_atom/1, V))) orelse bad(refuse_exits, V);
 check(mode, V) -> lists:member(V, [extended, legacy]) orelse bad(mode, V);
 check(node, V) -> (V =:= default orelse is_atom(V) orelse is_binary(V)) orelse bad(node, V);
 check(ip, V) -> (is_tuple(V) andalso (tuple_size(V) =:= 4 orelse tuple_size(V) =:= 8)) orelse bad(ip, V);

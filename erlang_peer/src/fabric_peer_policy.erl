@@ -3,21 +3,42 @@
 %% Every way of addressing a process by name (an atom `Dest', `{Name, Node}', `whereis')
 %% goes through `check/2'. A name must be in the user's allowed set, and system names are
 %% refused even when listed unless the user forces them one by one.
+%%
+%% System names are structural, not only a list that goes stale with each OTP release: a
+%% name is a system name when the process registered under it belongs to an application
+%% of Erlang/OTP itself (kernel, stdlib, ssl, ...: every application of the OTP
+%% installation, read once from its `installed_application_versions'), plus the fixed list
+%% below for the runtime's processes that belong to no application (init, the code purger,
+%% the logger, ...) and the names starting with fabric_ or pyfabric_ (ours).
+%%
+%% Remote exit signals and links (`signals_refused/2'): the server option `refuse_exits'
+%% (`false' by default, `true' for every process, or a list of registered names) makes a
+%% server refuse the peer's `exit2' and `link' frames aimed at those processes, so that
+%% being reachable by name does not also mean being killable by any authenticated peer.
 -module(fabric_peer_policy).
 
--export([new/2, check/2, is_system_name/1, check_node/3, system_names/0]).
+-export([new/2, check/2, is_system_name/1, check_node/3, system_names/0, otp_applications/0,
+         signals_refused/2, screen/3]).
 -export_type([policy/0]).
 
 -opaque policy() :: #{allowed := #{atom() => true}, forced := #{atom() => true}}.
 
-%% The names of section 6, item 2. Names starting with fabric_ or pyfabric_ are ours too.
+%% The names of section 6, item 2, for processes outside any application (and, for an
+%% older OTP, a few more). Names starting with fabric_ or pyfabric_ are ours too.
 -define(SYSTEM_NAMES,
         [rex, init, code_server, erl_prim_loader, net_kernel, net_sup, auth,
          global_name_server, global_group, global_group_check, application_controller,
          kernel_sup, kernel_safe_sup, kernel_refc, user, user_drv, standard_error,
          standard_error_sup, file_server_2, inet_db, erts_code_purger, erl_signal_server,
          logger, logger_sup, error_logger, timer_server, ssl_manager, erpc, socket_registry,
-         erl_epmd, dist_util, os_mon, disk_log_server, pg, fabric_server]).
+         erl_epmd, dist_util, os_mon, disk_log_server, pg, fabric_server, logger_proxy,
+         logger_handler_watcher, logger_std_h_default]).
+%% When the OTP installation has no installed_application_versions (a stripped release):
+-define(OTP_APPS, [kernel, stdlib, sasl, compiler, crypto, public_key, ssl, inets, asn1,
+                   mnesia, os_mon, runtime_tools, tools, observer, ssh, xmerl, syntax_tools,
+                   parsetools, eldap, ftp, tftp, snmp, diameter, megaco, odbc, wx,
+                   common_test, eunit, debugger, reltool, et, dialyzer, edoc, erl_interface,
+                   jinterface, os_mon, otp_mibs]).
 
 %% @doc A policy from the allowed names and the system names the user explicitly forces.
 -spec new([atom()], [atom()]) -> policy().
@@ -42,7 +63,68 @@ is_system_name(Name) when is_atom(Name) ->
         begin
             Text = atom_to_binary(Name, utf8),
             prefix(<<"fabric_">>, Text) orelse prefix(<<"pyfabric_">>, Text)
-        end.
+        end orelse otp_process(erlang:whereis(Name)).
+
+otp_process(Pid) when is_pid(Pid) ->
+    case application:get_application(Pid) of
+        {ok, App} -> is_map_key(App, otp_applications_set());
+        undefined -> false
+    end;
+otp_process(_) -> false.
+
+%% @doc The applications of the Erlang/OTP installation (their names are system names).
+-spec otp_applications() -> [atom()].
+otp_applications() -> lists:sort(maps:keys(otp_applications_set())).
+
+otp_applications_set() ->
+    case persistent_term:get({?MODULE, otp_apps}, undefined) of
+        undefined ->
+            Set = maps:from_list([{A, true} || A <- read_otp_applications()]),
+            persistent_term:put({?MODULE, otp_apps}, Set),
+            Set;
+        Set -> Set
+    end.
+
+read_otp_applications() ->
+    File = filename:join([code:root_dir(), "releases", erlang:system_info(otp_release),
+                          "installed_application_versions"]),
+    case file:read_file(File) of
+        {ok, Text} ->
+            Apps = [binary_to_atom(hd(binary:split(L, <<"-">>)), utf8)
+                    || L <- binary:split(Text, <<"\n">>, [global, trim_all])],
+            lists:usort(Apps ++ ?OTP_APPS);
+        {error, _} -> ?OTP_APPS
+    end.
+
+%% @doc A classified frame as it is, or `{refused, Why}' for a `link' or `exit2' frame to an
+%% exported process (`ExpId': id to pid) that the server option `refuse_exits' protects.
+-spec screen(T, #{integer() => pid()}, map()) -> T | {refused, term()} when T :: term().
+screen({Kind, _, B} = F, ExpId, O) when Kind =:= link -> screen(Kind, B, F, ExpId, O);
+screen({Kind, _, B, _} = F, ExpId, O) when Kind =:= exit2 -> screen(Kind, B, F, ExpId, O);
+screen(F, _, _) -> F.
+
+screen(Kind, B, F, ExpId, #{refuse_exits := R}) when R =/= false ->
+    case ExpId of
+        #{B := Pid} ->
+            case signals_refused(Pid, R) of
+                true -> {refused, {Kind, refused_by_refuse_exits}};
+                false -> F
+            end;
+        _ -> F
+    end;
+screen(_, _, F, _, _) -> F.
+
+%% @doc True when remote exit signals and links to `Pid' are refused under the server
+%% option `refuse_exits' (`true', `false' or registered names).
+-spec signals_refused(pid(), boolean() | [atom()]) -> boolean().
+signals_refused(_, false) -> false;
+signals_refused(_, true) -> true;
+signals_refused(Pid, Names) when is_list(Names), node(Pid) =:= node() ->
+    case erlang:process_info(Pid, registered_name) of
+        {registered_name, N} -> lists:member(N, Names);
+        _ -> false
+    end;
+signals_refused(_, _) -> false.
 
 %% @doc The fixed list of system names (without the fabric_/pyfabric_ prefixes).
 -spec system_names() -> [atom()].
@@ -83,6 +165,39 @@ system_names_refused_even_if_listed_test_() ->
 forced_system_name_test() ->
     ?assertEqual(ok, check(rex, new([rex], [rex]))),
     ?assertEqual({error, not_allowed}, check(rex, new([], [rex]))).
+
+%% Names registered by OTP's own applications are system names without being listed.
+structural_system_names_test_() ->
+    P = new([logger_proxy, code_server, inet_db, kernel_safe_sup], []),
+    [?_assert(lists:member(kernel, otp_applications())),
+     ?_assertEqual({error, system_name}, check(logger_proxy, P)),
+     ?_assertEqual({error, system_name}, check(code_server, P)),
+     ?_assertEqual({error, system_name}, check(kernel_safe_sup, P)),
+     ?_assertEqual(false, is_system_name(policy_test_unregistered_name_zz)),
+     ?_assert(lists:all(fun is_system_name/1,
+                        [N || N <- registered(), is_pid(whereis(N)),
+                              application:get_application(whereis(N)) =:= {ok, kernel}]))].
+
+user_names_are_not_system_names_test() ->
+    Pid = spawn(fun() -> receive stop -> ok end end),
+    Name = policy_test_user_proc,
+    true = register(Name, Pid),
+    try ?assertEqual(ok, check(Name, new([Name], [])))
+    after Pid ! stop
+    end.
+
+signals_refused_test() ->
+    Name = policy_test_protected,
+    Pid = spawn(fun() -> receive stop -> ok end end),
+    true = register(Name, Pid),
+    try
+        ?assertNot(signals_refused(Pid, false)),
+        ?assert(signals_refused(Pid, true)),
+        ?assert(signals_refused(Pid, [other, Name])),
+        ?assertNot(signals_refused(Pid, [other])),
+        ?assertNot(signals_refused(self(), [Name]))
+    after Pid ! stop
+    end.
 
 node_check_test() ->
     ?assertEqual(local, check_node(node(), [], <<"x">>)),
