@@ -1,0 +1,51 @@
+%% @doc Per-connection fairness at a local process (README "Security"): a connection that
+%% floods a process shared by many clients is slowed down, so that the process keeps up
+%% and keeps serving the others.
+%%
+%% After delivering a message, a connection looks at the receiver's message queue. Over
+%% ?MAX_BACKLOG messages, it waits (in steps of ?STEP ms, at most ?MAX_WAIT ms per message)
+%% until the queue is back under the bound. While it waits it does not read its socket, so
+%% TCP pushes back on the flooding peer; other connections are not slowed. A receiver that
+%% does not drain at all costs the flooder at most ?MAX_WAIT ms per message.
+-module(fabric_peer_flow).
+
+-export([deliver/2]).
+
+-define(MAX_BACKLOG, 10000).
+-define(STEP, 2).
+-define(MAX_WAIT, 2000).
+
+%% @doc Send `Msg' to `Target' (a pid or `{Name, Node}'), then wait while a local receiver's
+%% queue is over the bound.
+-spec deliver(pid() | {atom(), node()}, term()) -> ok.
+deliver(Target, Msg) ->
+    Target ! Msg,
+    case is_pid(Target) andalso node(Target) =:= node() of
+        true -> wait(Target, ?MAX_WAIT);
+        false -> ok
+    end.
+
+wait(Pid, Left) ->
+    case erlang:process_info(Pid, message_queue_len) of
+        {message_queue_len, N} when N > ?MAX_BACKLOG, Left > 0 ->
+            timer:sleep(?STEP),
+            wait(Pid, Left - ?STEP);
+        _ -> ok
+    end.
+
+-ifdef(TEST).
+-include_lib("eunit/include/eunit.hrl").
+
+delivers_test() ->
+    ok = deliver(self(), hello),
+    receive hello -> ok after 0 -> ?assert(false) end.
+
+%% A receiver that does not drain holds the sender back, for a bounded time.
+waits_for_a_full_queue_test() ->
+    Pid = spawn(fun() -> receive go -> ok end end),
+    [Pid ! x || _ <- lists:seq(1, 10001)],
+    T0 = erlang:monotonic_time(millisecond),
+    ok = deliver(Pid, y),
+    ?assert(erlang:monotonic_time(millisecond) - T0 >= 1000),
+    exit(Pid, kill).
+-endif.
