@@ -3,7 +3,7 @@
 %% decoded frame according to the mode and the agreed features.
 -module(fabric_peer_frame).
 
--export([take/2, append/2, buffered/1, encode_message/1, encode_plain/1, check_size/2, classify/3,
+-export([take/2, append/2, buffered/1, header_reason/2, encode_message/1, encode_plain/1, check_size/2, classify/3,
          default/1, error_frame/2, error_codes/0, new_window/2, note_error/2]).
 
 -export_type([frame/0, window/0, buffer/0]).
@@ -86,6 +86,19 @@ take({header, _, _}, _) -> more;
 take({Need, _, _}, Limit) when Need - 4 > Limit -> {error, {frame_too_large, Need - 4}};
 take({Need, _, Size}, _) when Size < Need -> more;
 take({_, Chunks, _}, Limit) -> take(join(Chunks), Limit).
+
+%% @doc Why a length header over the limit ended a connection. A client in its handshake
+%% reads what the server said first: a TLS record (a plain client facing a TLS server
+%% reads the server's alert), an HTTP reply, or anything else that is not fabric.
+-spec header_reason(server | client, non_neg_integer()) -> frame_too_large | {not_fabric, binary()}.
+header_reason(client, Len) ->
+    case <<Len:32>> of
+        <<Type, 3, Minor, _>> when Type >= 20, Type =< 23, Minor =< 4 ->
+            {not_fabric, <<"the server speaks TLS: connect with the tls option">>};
+        <<"HTTP">> -> {not_fabric, <<"this is not a fabric server (it answered HTTP)">>};
+        _ -> {not_fabric, <<"this is not a fabric server (its first bytes are no fabric frame)">>}
+    end;
+header_reason(server, _) -> frame_too_large.
 
 %% @doc Add received bytes to a buffer.
 -spec append(buffer(), binary()) -> buffer().
@@ -254,6 +267,13 @@ chunked_limit_test() ->
     ?assertEqual(more, take(B1, 10)),
     B2 = append(append(B1, <<11>>), <<"x">>),
     ?assertEqual({error, {frame_too_large, 11}}, take(B2, 10)).
+
+header_reason_test_() ->
+    [?_assertMatch({not_fabric, <<"the server speaks TLS", _/binary>>}, header_reason(client, 16#15030300)),
+     ?_assertMatch({not_fabric, <<"this is not a fabric server (it answered HTTP)">>},
+                   header_reason(client, 16#48545450)),
+     ?_assertMatch({not_fabric, <<"this is not a fabric server", _/binary>>}, header_reason(client, 16#00ffffff)),
+     ?_assertEqual(frame_too_large, header_reason(server, 16#15030300))].
 
 size_test() ->
     ?assertEqual(ok, check_size(<<1, 2>>, 2)),

@@ -12,7 +12,8 @@
 -include_lib("kernel/include/logger.hrl").
 
 -export([listen/3, accept/2, handshake/3, connect/5, send/3, activate/2,
-         controlling_process/3, close/2, peername/2, peer_ip/2, port/2, messages/1, name/1]).
+         controlling_process/3, close/2, peername/2, peer_ip/2, port/2, messages/1, name/1,
+         explain/3]).
 
 -export_type([transport/0, socket/0]).
 
@@ -159,6 +160,32 @@ port({tls, _}, S) ->
 -spec messages(transport()) -> {atom(), atom(), atom()}.
 messages(tcp) -> {tcp, tcp_closed, tcp_error};
 messages({tls, _}) -> {ssl, ssl_closed, ssl_error}.
+
+%% @doc A client's connect or handshake failure, in words where the raw reason misleads:
+%% `{tls, Text}' for a TLS failure whose cause is known, the reason as it is otherwise.
+%% `Stage' is where it happened: `connecting' (TCP and TLS handshakes) or the client state
+%% after them. A TLS 1.3 server checks the client's certificate after the client finished
+%% its handshake, and the `certificate_required' alert it sends does not reach the client
+%% (OTP reports `closed'): a TLS connection closed before the server's first fabric frame,
+%% by a client that has no certificate, is that case.
+-spec explain(transport(), connecting | atom(), term()) -> term().
+explain({tls, _}, _, {tls_alert, {certificate_required, _}}) -> no_certificate();
+explain({tls, Opts}, await_challenge, Why) when Why =:= closed; Why =:= econnreset ->
+    case lists:any(fun(K) -> proplists:is_defined(K, Opts) end, [certfile, cert, certs_keys]) of
+        false -> no_certificate();
+        true -> {tls, <<"the server closed the connection right after the TLS handshake: it "
+                        "refused this client's certificate">>}
+    end;
+explain({tls, _}, _, {tls_alert, {Alert, Desc}}) ->
+    {tls, iolist_to_binary(io_lib:format("TLS alert ~s: ~ts", [Alert, Desc]))};
+explain({tls, _}, connecting, Why) when Why =:= closed; Why =:= econnreset ->
+    {tls, <<"the server closed the connection during the TLS handshake: it does not speak TLS "
+            "(connect without the tls option)">>};
+explain(_, _, Why) -> Why.
+
+no_certificate() ->
+    {tls, <<"the server requires a client certificate: give one in the tls option "
+            "({certfile, F} and {keyfile, F}, or {cert, Der} and {key, Key})">>}.
 
 %% @doc `tcp' or `tls', for info maps.
 -spec name(transport()) -> tcp | tls.

@@ -13,7 +13,7 @@ all() -> [{group, tls}, {group, throttle}, {group, limits}].
 
 groups() ->
     [{tls, [], [tls_client_needs_a_ca, tls_old_versions_refused, tls_verified_by_ip_and_name,
-                tls_host_name_checked, mutual_tls]},
+                tls_host_name_checked, mutual_tls, tls_errors_read_well, not_a_fabric_server]},
      {throttle, [], [failed_auths_block_the_address, throttle_disabled_with_zero]},
      {limits, [], [max_proxies_drops_the_frame, max_exports_refuses_the_send,
                    max_kept_sessions_expires_the_oldest]}].
@@ -139,6 +139,60 @@ mutual_tls(Config) ->
     {error, {bad_option, {tls, {verify_peer, _}}}} =
         fabric_peer:start_server(0, "secret", #{tls => server_tls(Good) ++ [{verify, verify_peer}]}),
     fabric_peer:stop_server(S).
+
+%% Each TLS mismatch is reported as what it is (issue 11, item 7).
+tls_errors_read_well(Config) ->
+    Good = ?config(good, Config),
+    Base = [{cacerts, server_ca(Good)}],
+    Opts = #{reconnect => false, connect_timeout => 3000, handshake_timeout => 3000},
+    %% a plain client facing a TLS server
+    S1 = tls_server(Good, []),
+    {error, {connect, {not_fabric, Why1}}} =
+        fabric_peer:connect("127.0.0.1", fabric_peer:port(S1), "secret", Opts),
+    ct:log("plain client, TLS server: ~s", [Why1]),
+    match(<<"the server speaks TLS">>, Why1),
+    fabric_peer:stop_server(S1),
+    %% a client without a certificate facing a server that requires one
+    S2 = tls_server(Good, [{verify, verify_peer}, {cacerts, client_ca(Good)}]),
+    {error, {connect, {tls, Why2}}} =
+        fabric_peer:connect("127.0.0.1", fabric_peer:port(S2), "secret", Opts#{tls => Base}),
+    ct:log("no client certificate: ~s", [Why2]),
+    match(<<"the server requires a client certificate">>, Why2),
+    fabric_peer:stop_server(S2),
+    %% a TLS client facing a plain server
+    {ok, S3} = fabric_peer:start_server(0, "secret", #{}),
+    {error, {connect, {tls, Why3}}} =
+        fabric_peer:connect("127.0.0.1", fabric_peer:port(S3), "secret", Opts#{tls => Base}),
+    ct:log("TLS client, plain server: ~s", [Why3]),
+    match(<<"does not speak TLS">>, Why3),
+    fabric_peer:stop_server(S3).
+
+%% A service on the port that is not a fabric server (an HTTP reply, a short garbage frame).
+not_a_fabric_server(_Config) ->
+    Opts = #{reconnect => false, connect_timeout => 3000, handshake_timeout => 3000},
+    [begin
+         {ok, L} = gen_tcp:listen(0, [binary, {active, false}, {ip, {127, 0, 0, 1}}]),
+         {ok, Port} = inet:port(L),
+         Srv = spawn_link(fun() ->
+                                  {ok, A} = gen_tcp:accept(L),
+                                  _ = gen_tcp:recv(A, 0, 3000),
+                                  ok = gen_tcp:send(A, Reply),
+                                  receive stop -> ok end
+                          end),
+         {error, {connect, {not_fabric, Why}}} =
+             fabric_peer:connect("127.0.0.1", Port, "secret", Opts),
+         ct:log("~p: ~s", [Reply, Why]),
+         match(<<"this is not a fabric server">>, Why),
+         Srv ! stop,
+         gen_tcp:close(L)
+     end || Reply <- [<<"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n">>,
+                      <<0, 0, 0, 3, 1, 2, 3>>]].
+
+match(Part, Text) ->
+    case binary:match(Text, Part) of
+        nomatch -> ct:fail({expected, Part, in, Text});
+        _ -> ok
+    end.
 
 %%% throttle
 
