@@ -3,8 +3,8 @@
 test_peer_hostile.py covers unauthenticated and legacy-authenticated garbage; here hostile
 clients authenticate with the extended handshake (done by pyfabric's own protocol core),
 agree on every feature, and then send random, mutated and structured nonsense frames,
-including feature frames (whereis, link, exit2, heartbeat, error) and floods of new
-process ids. A pyfabric client keeps pinging through it all, and new clients are still
+including feature frames (whereis, link, exit2, heartbeat, error), floods of new
+process ids, amplifying frames (compressed lists of millions of ``[]``) and large frames. A pyfabric client keeps pinging through it all, and new clients are still
 accepted at the end. Scale: ``PYFABRIC_FUZZ_EXAMPLES`` (default 40; ``make fuzz``: thousands).
 """
 
@@ -15,6 +15,7 @@ import os
 import random
 import socket
 import struct
+import zlib
 
 import pytest
 
@@ -66,7 +67,7 @@ def term(rng: random.Random, depth: int = 0) -> object:
 def frames(rng: random.Random) -> bytes:
     out = bytearray()
     for _ in range(rng.randrange(1, 12)):
-        kind = rng.randrange(6)
+        kind = rng.randrange(8)
         if kind == 0:
             body = encode((rng.choice(TAGS), *[term(rng) for _ in range(rng.randrange(0, 4))]))
         elif kind == 1:
@@ -79,6 +80,15 @@ def frames(rng: random.Random) -> bytes:
             body = bytearray(encode((Atom("m"), Atom("sink"), (Atom("t"), (Atom("x"), 1)))))
             body[rng.randrange(len(body))] ^= 1 << rng.randrange(8)
             body = bytes(body)
+        elif kind == 6:  # amplifying: a compressed list of up to 16M [] in a few KB
+            n = rng.choice([1000, 1 << 16, 1 << 20, 1 << 24])
+            plain_ = b"h\x03d\x00\x01md\x00\x04sinkl" + struct.pack(">I", n) + b"j" * n + b"j"
+            body = b"\x83P" + struct.pack(">I", len(plain_)) + zlib.compress(plain_, 9)
+            if len(body) > 65536:
+                continue
+        elif kind == 7:  # large (near the 64 KiB max_frame of this server), or a huge count
+            body = rng.choice([encode((Atom("m"), Atom("sink"), rng.randbytes(65000))),
+                               b"\x83l" + struct.pack(">I", rng.randrange(1 << 20, 1 << 32)) + b"j"])
         else:
             out += struct.pack(">I", rng.choice([65537, 1 << 30])) + b"\x83"
             break
