@@ -4,7 +4,8 @@
 %% once, within bounds, when it is compressed). The scanner checks the structure (every
 %% declared count against the bytes that remain, no trailing bytes), counts the terms the
 %% payload decodes to and refuses it beyond the term bounds below, refuses the encodings
-%% that must never come from the network (funs, ports, atom cache references, LOCAL_EXT)
+%% that must never come from the network (funs, atom cache references, LOCAL_EXT, ports
+%% other than a payload that is one port: the opaque handle `{po, Bin}')
 %% and lists the atom texts that do not exist on this node. Those are checked against the
 %% caller's budget of new atoms and created; then `binary_to_term(B, [safe])' decodes the
 %% payload once. Nothing is walked or copied after decoding: the cost of a frame is
@@ -134,11 +135,19 @@ missing_atoms(Bin, Opts) ->
     end.
 
 scan_top(<<?VERSION, Body/binary>>, MaxTerms) ->
-    try scan(Body, 1, MaxTerms - 1, #{}) of
+    try scan_port_or_term(Body, MaxTerms) of
         {<<>>, Found} -> {ok, lists:sort(maps:keys(Found))};
         {_, _} -> {error, {bad_term, trailing_bytes}}
     catch throw:{bad, Why} -> {error, {bad_term, Why}}
     end.
+
+%% A port is refused inside a term, but a payload that is a port and nothing else is the
+%% opaque handle `{po, Bin}' carries (docs/protocol.md 4.1): its node name is an atom like
+%% any other, within the caller's budget.
+scan_port_or_term(<<T, B/binary>>, _) when T =:= 102; T =:= 89; T =:= 120 ->
+    {R, F} = atom(B, #{}),
+    {skip(R, case T of 102 -> 5; 89 -> 8; 120 -> 12 end), F};
+scan_port_or_term(Body, MaxTerms) -> scan(Body, 1, MaxTerms - 1, #{}).
 
 %% @doc Inflate a zlib stream, producing at most `Max' bytes (a zip bomb stops there).
 -spec inflate_bounded(binary(), non_neg_integer()) -> {ok, binary()} | {error, term()}.
@@ -266,7 +275,9 @@ decompression_bound_test() ->
 funs_and_ports_refused_test() ->
     ?assertEqual({error, {bad_term, 'fun'}}, decode(term_to_binary({x, fun lists:sort/1}), opts(0))),
     [Port | _] = erlang:ports(),
-    ?assertEqual({error, {bad_term, port}}, decode(term_to_binary([a, #{k => Port}]), opts(0))).
+    ?assertEqual({error, {bad_term, port}}, decode(term_to_binary([a, #{k => Port}]), opts(0))),
+    %% a port alone is the payload of an opaque handle {po, Bin}
+    ?assertEqual({ok, Port, 0}, decode(term_to_binary(Port), opts(0))).
 
 %% Terms are bounded by the frame: a compressed list of many [] is refused from the
 %% declared length, before it is decoded (the amplification of issue 11).
