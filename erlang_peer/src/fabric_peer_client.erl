@@ -50,10 +50,11 @@ handle_event(internal, connect, connecting, #d{o = O, t = T, target = {Host, Por
                     ok = fabric_peer_conn:activate(D2),
                     {next_state, await_challenge, D2#d{hs = Hs},
                      [{{timeout, handshake}, maps:get(handshake_timeout, O), handshake}]};
-                {{error, Why}, D2} -> failed({connect, Why}, D2)
+                {{error, Why}, D2} ->
+                    failed({connect, fabric_peer_transport:explain(T, await_challenge, Why)}, D2)
             end;
         {error, Why} ->
-            failed({connect, Why}, D)
+            failed({connect, fabric_peer_transport:explain(T, connecting, Why)}, D)
     end;
 
 handle_event(internal, {frame, F2}, await_challenge, D0) ->
@@ -64,6 +65,10 @@ handle_event(internal, {frame, F2}, await_challenge, D0) ->
                 {ok, D1} -> {next_state, await_auth, D1#d{hs = Hs1}};
                 {{error, Why}, D1} -> failed({connect, Why}, D1)
             end;
+        {fail, {auth_failed, bad_challenge}} ->
+            %% what answered the hello is neither a challenge nor a term: no fabric server
+            failed({connect, {not_fabric, <<"this is not a fabric server (its first frame is "
+                                            "not a fabric challenge)">>}}, D);
         {fail, Why} -> failed(Why, D)
     end;
 
@@ -141,7 +146,7 @@ retry(Session, #d{o = O} = D) ->
 -spec socket_gone(atom(), term(), #d{}) -> gen_statem:event_handler_result(atom()).
 socket_gone(established, Why, D) -> lost(D, Why);
 socket_gone(State, Why, D) when State =:= await_challenge; State =:= await_auth ->
-    failed({connect, Why}, D);
+    failed({connect, fabric_peer_transport:explain(D#d.t, State, Why)}, D);
 socket_gone(_, _, D) -> {keep_state, drop_socket(D)}.
 
 %% A handshake or connect failure: the first attempt reports to `connect/4' and stops;

@@ -111,7 +111,7 @@ role_module(#d{role = client}) -> fabric_peer_client.
 %%% --- framing: bytes in, one frame at a time (the limit depends on the state)
 
 handle_common(info, {Tag, S, Data}, _, #d{sock = S, buf = Buf} = D) when Tag =:= tcp; Tag =:= ssl ->
-    {keep_state, D#d{buf = <<Buf/binary, Data/binary>>}, [{next_event, internal, parse}]};
+    {keep_state, D#d{buf = fabric_peer_frame:append(Buf, Data)}, [{next_event, internal, parse}]};
 handle_common(internal, parse, _, #d{sock = undefined}) ->
     keep_state_and_data;
 handle_common(internal, parse, State, #d{o = O, buf = Buf} = D) ->
@@ -217,6 +217,7 @@ apply_result({Acts, P}, D) ->
 %% extended peer `features', `version', `peer_node', `peer_max', `peer_hb', `session'.
 -spec established(map(), boolean(), data()) -> gen_statem:event_handler_result(atom()).
 established(Params, Resumed, #d{p = P0} = D0) ->
+    ok = fabric_peer_admission:authenticated(D0#d.o),
     Mode = maps:get(mode, Params),
     %% a client that was connected before and did not resume starts fresh
     Reset = D0#d.ever_connected andalso not Resumed,
@@ -266,7 +267,7 @@ too_large(State, Len, #d{p = P} = D) ->
     D1 = apply_result(fabric_peer_protocol:too_large(Len, P), D),
     case State of
         established -> (role_module(D1)):lost(D1, closed_by_us);
-        _ -> (role_module(D1)):socket_gone(State, frame_too_large, D1)
+        _ -> (role_module(D1)):socket_gone(State, fabric_peer_frame:header_reason(D1#d.role, Len), D1)
     end.
 
 %% @doc Carry out the protocol's actions in order. Returns the first error of a message
@@ -287,7 +288,7 @@ run1({write, Bin}, {R, D}) ->
     {_, D1} = raw_send(Bin, D),
     {R, D1};
 run1({deliver, Target, Msg}, Acc) ->
-    Target ! Msg,
+    ok = fabric_peer_flow:deliver(Target, Msg),
     Acc;
 run1({control, Proxy, Cmd}, {_, #d{token = Token}} = Acc) ->
     ok = fabric_peer_proxy:control(Proxy, Token, Cmd),

@@ -7,7 +7,7 @@
           ref :: reference(),                  % registry key of the server / client
           t :: fabric_peer_transport:transport(),
           sock :: term(),
-          buf = <<>> :: binary(),              % bytes received, not yet a whole frame
+          buf = <<>> :: fabric_peer_frame:buffer(), % bytes received, not yet a whole frame
           peer = <<"unknown">> :: binary(),
           peer_ip :: inet:ip_address() | undefined,
           version = 0 :: non_neg_integer(),

@@ -112,7 +112,12 @@ resolve(pl, Id, #p{s = S} = P) ->
                     {ok, Dead, P1}
             end
     end;
-resolve(r, Bin, P) -> opaque(Bin, fun is_reference/1, bad_reference, P);
+%% a reference of an unknown node is translated, creating no atom (fabric_peer_refs)
+resolve(r, Bin, P) ->
+    case fabric_peer_refs:in(Bin) of
+        {ok, Ref} -> {ok, Ref, P};
+        error -> {error, {bad_payload, bad_reference}}
+    end;
 resolve(po, Bin, P) -> opaque(Bin, fun is_port/1, bad_port, P).
 
 %% stands in for a proxy not started yet in the first pass (that result is thrown away)

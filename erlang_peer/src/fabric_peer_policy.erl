@@ -97,20 +97,22 @@ read_otp_applications() ->
     end.
 
 %% @doc A classified frame as it is, or `{refused, Why}' for a `link' or `exit2' frame to an
-%% exported process (`ExpId': id to pid) that the server option `refuse_exits' protects.
--spec screen(T, #{integer() => pid()}, map()) -> T | {refused, term()} when T :: term().
-screen({Kind, _, B} = F, ExpId, O) when Kind =:= link -> screen(Kind, B, F, ExpId, O);
-screen({Kind, _, B, _} = F, ExpId, O) when Kind =:= exit2 -> screen(Kind, B, F, ExpId, O);
+%% exported process (`Exported(Id)': `{ok, Pid}' or `error') that the server option
+%% `refuse_exits' protects.
+-spec screen(T, fun((integer()) -> {ok, pid()} | error), map()) -> T | {refused, term()}
+              when T :: term().
+screen({link, _, B} = F, Exported, O) -> screen(link, B, F, Exported, O);
+screen({exit2, _, B, _} = F, Exported, O) -> screen(exit2, B, F, Exported, O);
 screen(F, _, _) -> F.
 
-screen(Kind, B, F, ExpId, #{refuse_exits := R}) when R =/= false ->
-    case ExpId of
-        #{B := Pid} ->
+screen(Kind, B, F, Exported, #{refuse_exits := R}) when R =/= false ->
+    case Exported(B) of
+        {ok, Pid} ->
             case signals_refused(Pid, R) of
                 true -> {refused, {Kind, refused_by_refuse_exits}};
                 false -> F
             end;
-        _ -> F
+        error -> F
     end;
 screen(_, _, F, _, _) -> F.
 

@@ -163,11 +163,14 @@ count(Key, #p{stats = St} = P) -> P#p{stats = maps:update_with(Key, fun(N) -> N 
 frame(Bin, #p{o = O, atoms_left = Left} = P0) ->
     P = count(frames_in, P0),
     Budget = min(Left, server_atoms_left(P)),
-    case fabric_peer_etf:decode(Bin, #{atoms_left => Budget,
+    case fabric_peer_etf:decode(Bin, #{atoms_left => Budget, max_terms => maps:get(max_terms, O),
                                        max_decompressed => maps:get(max_frame, O)}) of
         {ok, Term, New} ->
             P1 = spend_atoms(New, P),
-            {Status, P2} = case dispatch(fabric_peer_frame:classify(Term, P1#p.mode, P1#p.feats), P1) of
+            Frame = fabric_peer_frame:classify(Term, P1#p.mode, P1#p.feats),
+            Screened = fabric_peer_policy:screen(
+                         Frame, fun(B) -> fabric_peer_session:exported(B, P1#p.s) end, O),
+            {Status, P2} = case dispatch(Screened, P1) of
                                {ok, Pd} -> {ok, Pd};
                                {error, Code, Why, Pe} -> frame_error(Code, Why, Pe)
                            end,
@@ -277,6 +280,7 @@ dispatch({error, Code, Msg}, P) ->
     ?LOG_WARNING("fabric: peer ~s reports error ~s: ~ts", [P#p.peer, Code, Msg]),
     {ok, P};
 dispatch({error, unknown_frame}, P) -> {error, unknown_frame, unknown_frame_shape, P};
+dispatch({refused, Why}, P) -> {error, not_allowed, Why, P};
 dispatch(_, P) -> {error, unknown_frame, bad_ids, P}.
 
 incoming_message(Dest, Payload, P) ->

@@ -90,6 +90,7 @@ handle_event(internal, {frame, F3}, await_response, D0) ->
 handle_event({timeout, handshake}, handshake, State, D)
   when State =:= await_hello; State =:= await_response ->
     ?LOG_WARNING("fabric: handshake timeout from ~s", [D#d.peer]),
+    fabric_peer_throttle:timed_out(D#d.ref, D#d.peer_ip, D#d.o),
     case State of
         await_response -> _ = raw_send(fabric_peer_server_hs:failure(), D);
         _ -> ok
