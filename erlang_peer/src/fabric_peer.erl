@@ -44,7 +44,7 @@
 %% `max_kept_sessions' (1024), `max_auth_failures' (5, 0 = no throttling),
 %% `auth_failure_window' / `auth_block_time' (60000 ms), `max_terms' (2000000 per payload),
 %% `max_connections' (4096) / `max_pending' (256) / `max_pending_per_address' (64),
-%% `refuse_exits' (false, true or [atom()]). TLS options get safe defaults
+%% `refuse_remote_exits' (false, true or [atom()]). TLS options get safe defaults
 %% (TLS 1.2+ only; README "Security options").
 -spec start_server(inet:port_number(), iodata(), map()) -> {ok, server()} | {error, term()}.
 start_server(Port, Secret, Opts) when is_integer(Port), Port >= 0, Port < 65536 ->

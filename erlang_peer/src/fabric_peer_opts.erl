@@ -50,7 +50,7 @@ defaults(Role) ->
                           auth_block_time => F(auth_block_time),
                           max_connections => F(max_connections), max_pending => F(max_pending),
                           max_pending_per_address => F(max_pending_per_address),
-                          refuse_exits => false};
+                          refuse_remote_exits => false};
         client -> Common#{mode => extended, reconnect => true, reconnect_min => 100,
                           reconnect_max => 30000, connect_timeout => 5000}
     end.
@@ -71,8 +71,9 @@ check(K, V) when K =:= max_new_atoms; K =:= max_server_atoms; K =:= heartbeat;
 check(features, V) ->
     (is_list(V) andalso lists:all(fun(F) -> lists:member(to_bin(F), ?ALL_FEATURES) end, V))
         orelse bad(features, V);
-check(refuse_exits, V) ->
-    (is_boolean(V) orelse (is_list(V) andalso lists:all(fun is_atom/1, V))) orelse bad(refuse_exits, V);
+check(refuse_remote_exits, V) ->
+    (is_boolean(V) orelse (is_list(V) andalso lists:all(fun is_atom/1, V)))
+        orelse bad(refuse_remote_exits, V);
 check(mode, V) -> lists:member(V, [extended, legacy]) orelse bad(mode, V);
 check(node, V) -> (V =:= default orelse is_atom(V) orelse is_binary(V)) orelse bad(node, V);
 check(ip, V) -> (is_tuple(V) andalso (tuple_size(V) =:= 4 orelse tuple_size(V) =:= 8)) orelse bad(ip, V);

@@ -11,9 +11,9 @@
 %% below for the runtime's processes that belong to no application (init, the code purger,
 %% the logger, ...) and the names starting with fabric_ or pyfabric_ (ours).
 %%
-%% Remote exit signals and links (`signals_refused/2'): the server option `refuse_exits'
-%% (`false' by default, `true' for every process, or a list of registered names) makes a
-%% server refuse the peer's `exit2' and `link' frames aimed at those processes, so that
+%% Remote exit signals and links (`signals_refused/2'): the server option
+%% `refuse_remote_exits' (`false' by default, `true' for every process, or a list of
+%% registered names) makes a server refuse the peer's `exit2' and `link' frames aimed at those processes, so that
 %% being reachable by name does not also mean being killable by any authenticated peer.
 -module(fabric_peer_policy).
 
@@ -98,18 +98,18 @@ read_otp_applications() ->
 
 %% @doc A classified frame as it is, or `{refused, Why}' for a `link' or `exit2' frame to an
 %% exported process (`Exported(Id)': `{ok, Pid}' or `error') that the server option
-%% `refuse_exits' protects.
+%% `refuse_remote_exits' protects.
 -spec screen(T, fun((integer()) -> {ok, pid()} | error), map()) -> T | {refused, term()}
               when T :: term().
 screen({link, _, B} = F, Exported, O) -> screen(link, B, F, Exported, O);
 screen({exit2, _, B, _} = F, Exported, O) -> screen(exit2, B, F, Exported, O);
 screen(F, _, _) -> F.
 
-screen(Kind, B, F, Exported, #{refuse_exits := R}) when R =/= false ->
+screen(Kind, B, F, Exported, #{refuse_remote_exits := R}) when R =/= false ->
     case Exported(B) of
         {ok, Pid} ->
             case signals_refused(Pid, R) of
-                true -> {refused, {Kind, refused_by_refuse_exits}};
+                true -> {refused, {Kind, refused_by_refuse_remote_exits}};
                 false -> F
             end;
         error -> F
@@ -117,7 +117,7 @@ screen(Kind, B, F, Exported, #{refuse_exits := R}) when R =/= false ->
 screen(_, _, F, _, _) -> F.
 
 %% @doc True when remote exit signals and links to `Pid' are refused under the server
-%% option `refuse_exits' (`true', `false' or registered names).
+%% option `refuse_remote_exits' (`true', `false' or registered names).
 -spec signals_refused(pid(), boolean() | [atom()]) -> boolean().
 signals_refused(_, false) -> false;
 signals_refused(_, true) -> true;

@@ -18,7 +18,7 @@ all() -> [oversize_before_auth, oversize_after_auth, error_frames_for_extended_p
 groups() ->
     [{issue11, [], [amplifying_frame_refused, large_frames_received, foreign_references_no_atoms,
                     idle_connections_evicted, handshake_timeouts_count, max_connections_refuses,
-                    refuse_exits_protects, otp_names_are_system_names]}].
+                    refuse_remote_exits_protects, otp_names_are_system_names]}].
 
 init_per_suite(Config) ->
     ok = fabric_peer_test_lib:start_app(),
@@ -318,14 +318,14 @@ max_connections_refuses(_Config) ->
     [gen_tcp:close(X) || X <- [L4 | tl(Ls)]],
     fabric_peer:stop_server(Srv).
 
-%% refuse_exits: exit2 and link frames to protected names are refused (not_allowed); others
+%% refuse_remote_exits: exit2 and link frames to protected names are refused (not_allowed); others
 %% still work.
-refuse_exits_protects(_Config) ->
+refuse_remote_exits_protects(_Config) ->
     Obs = self(),
     Prot = fabric_peer_test_lib:unique_name("protected"),
     Free = fabric_peer_test_lib:unique_name("unprotected"),
     [true = register(N, spawn(fun() -> fabric_peer_test_lib:victim(Obs, N) end)) || N <- [Prot, Free]],
-    {Srv, Port} = start(#{allowed => [Prot, Free], refuse_exits => [Prot]}),
+    {Srv, Port} = start(#{allowed => [Prot, Free], refuse_remote_exits => [Prot]}),
     {S, _, _} = ext_login(Port, "secret"),
     Id = fun(N, Req) ->
                  send(S, {whereis, Req, atom_to_binary(N)}),
