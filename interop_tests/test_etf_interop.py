@@ -127,6 +127,53 @@ def test_python_encoding_matches_erlang_literals(erl: Erl, tmp_path: pathlib.Pat
         assert etf.encode(value, compressed=compressed, minor_version=minor) == data, f"{expr} with {name}"
 
 
+# Maps whose keys are distinct in Erlang but equal in Python (decoded as ErlangMap).
+ERLANG_MAPS = [
+    "#{1 => a, 1.0 => b}",
+    "#{{1} => a, {1.0} => b, [1] => c, [1.0] => d, [300] => e, [300.0] => f}",
+    "#{#{1 => x} => a, #{1.0 => x} => b, 0.0 => c}",
+    "#{[{1, [a]} | t] => a, [{1.0, [a]} | t] => b}",
+    "#{outer => #{1 => a, 1.0 => b}, #{-1 => a, -1.0 => b} => [#{2 => c, 2.0 => d}]}",
+    "maps:from_list([{I, I} || I <- lists:seq(1, 40)] ++ [{float(I), {I}} || I <- lists:seq(1, 40)])",
+    "maps:from_list([{{I}, I} || I <- lists:seq(-20, 20)] ++ [{{float(I)}, I} || I <- lists:seq(-20, 20)])",
+]
+
+
+def test_erlang_maps_with_python_equal_keys_reencode_byte_exact(erl: Erl, tmp_path: pathlib.Path) -> None:
+    """term_to_binary of maps with keys 1 and 1.0 (also nested, large, compressed) decodes and re-encodes byte for byte."""
+    source = tmp_path / "maps.txt"
+    source.write_text("\n".join(ERLANG_MAPS) + "\n", encoding="utf-8")
+    out = tmp_path / "maps.bin"
+    erl.run("exprs", str(source), str(out))
+    records = read_records(out)
+    assert len(records) == len(ERLANG_MAPS) * len(OPTION_SETS)
+    for i, data in enumerate(records):
+        expr = ERLANG_MAPS[i // len(OPTION_SETS)]
+        name, compressed, minor = OPTION_SETS[i % len(OPTION_SETS)]
+        term = etf.decode(data)
+        assert isinstance(term, (etf.ErlangMap, dict)), expr
+        assert etf.ErlangMap in _types_inside(term), expr
+        assert etf.encode(term, compressed=compressed, minor_version=minor) == data, f"{expr} with {name}"
+        assert etf.parse(etf.format(term)) == term, expr
+
+
+def _types_inside(term: Any) -> set[type]:
+    seen: set[type] = set()
+    stack = [term]
+    while stack:
+        value = stack.pop()
+        seen.add(type(value))
+        if isinstance(value, etf.ErlangMap):
+            stack.extend(x for pair in value.pairs for x in pair)
+        elif isinstance(value, (dict, etf.FrozenDict)):
+            stack.extend(x for pair in value.items() for x in pair)
+        elif isinstance(value, (tuple, list, etf.FrozenList)):
+            stack.extend(value)
+        elif isinstance(value, etf.ImproperList):
+            stack.extend((*value.elements, value.tail))
+    return seen
+
+
 def test_vectors_decode_like_erlang(erl: Erl, tmp_path: pathlib.Path) -> None:
     """Erlang's reading of each vector (re-encoded by Erlang) equals ours."""
     vectors = [p.read_bytes() for p in sorted(VECTOR_DIR.glob("*.bin"))]

@@ -19,6 +19,7 @@ from typing import Any
 
 from . import _decode, _encode
 from ._convert import binary_to_str, charlist_to_str, str_to_binary, str_to_charlist
+from ._erlang_map import ErlangMap, erlang_equal
 from ._errors import (
     DecodeError,
     EncodeError,
@@ -58,6 +59,8 @@ __all__ = [
     "ExportFun",
     "FrozenList",
     "FrozenDict",
+    "ErlangMap",
+    "erlang_equal",
     "DecodeLimits",
     "DEFAULT_LIMITS",
     "RELAXED_LIMITS",

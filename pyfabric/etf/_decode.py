@@ -16,6 +16,7 @@ import zlib
 from typing import Any
 
 from . import _tags as T
+from ._erlang_map import ErlangMap
 from ._errors import DecodeError, LimitExceeded, TruncatedError, UnsafeTermError, UnsupportedTermError
 from ._limits import DecodeLimits
 from ._types import (
@@ -463,11 +464,18 @@ def _finish_map(items: list[Any], frozen: int, offset: int) -> Any:
     except TypeError as exc:  # defensive: keys are built hashable
         raise DecodeError(f"map key is not hashable in Python: {exc}", offset) from None
     if 2 * len(value) != len(items):
-        raise DecodeError(
-            "map has duplicate keys, or keys that are distinct in Erlang but equal in Python (like 1 and 1.0)",
-            offset,
-        )
+        return _erlang_map(items, offset)
     return FrozenDict(value) if frozen == 1 else value
+
+
+def _erlang_map(items: list[Any], offset: int) -> ErlangMap:
+    """A map whose keys a dict cannot hold (Erlang-distinct, Python-equal, like 1 and 1.0)."""
+    try:
+        return ErlangMap(zip(items[0::2], items[1::2]))
+    except ValueError:
+        raise DecodeError("map has duplicate keys (Erlang rejects them too)", offset) from None
+    except RecursionError:  # comparing keys nested deeper than Python compares (safe=False depths)
+        raise LimitExceeded("max_depth", "map keys nested too deep to compare in Python", offset) from None
 
 
 def _finish_fun(items: list[Any], header: tuple[Any, ...], buf: bytes, end: int) -> Any:

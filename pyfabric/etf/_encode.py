@@ -16,6 +16,7 @@ from typing import Any
 
 from . import _tags as T
 from ._errors import EncodeError
+from ._erlang_map import ErlangMap
 from ._types import Atom, BitString, ExportFun, FrozenDict, FrozenList, Fun, ImproperList, Pid, Port, Reference
 
 __all__ = ["encode_term", "MAX_ENCODE_DEPTH"]
@@ -201,7 +202,7 @@ def _path(stack: list[tuple[Any, bytes, Any]], it: Any, container: Any) -> str:
     for level_it, level_container in levels:
         if isinstance(level_container, (list, tuple, FrozenList)):
             parts.append(f"[{len(level_container) - length_hint(level_it) - 1}]")
-        elif isinstance(level_container, (dict, FrozenDict)):
+        elif isinstance(level_container, (dict, FrozenDict, ErlangMap)):
             parts.append("{map}")
         elif isinstance(level_container, ImproperList):
             parts.append("[improper]")
@@ -310,14 +311,14 @@ def encode_term(term: Any, out: bytearray, minor_version: int, big_parts: list[b
                     break
                 elif t is float:
                     out += _float_ext(obj, minor_version)
-                elif t is dict or t is FrozenDict:
+                elif t is dict or t is FrozenDict or t is ErlangMap:
                     count = len(obj)
                     out += pack_u32(116, count)
                     if count:
                         if len(stack) >= MAX_ENCODE_DEPTH:
                             raise EncodeError(f"value nested deeper than {MAX_ENCODE_DEPTH} (cyclic?)")
                         push((it, suffix, container))
-                        it = chain.from_iterable(obj.items())
+                        it = chain.from_iterable(obj.pairs if t is ErlangMap else obj.items())
                         suffix = _EMPTY
                         container = obj
                         break

@@ -6,8 +6,8 @@ import struct
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ._encode import encode as _encode_term
 from ._text_lex import MAX_PARSE_DEPTH, Lexer, ParseError, Token
+from ._erlang_map import ErlangMap, erlang_key
 from ._types import Atom, BitString, ExportFun, FrozenDict, FrozenList, ImproperList
 
 __all__ = ["Functions", "Parser", "parse"]
@@ -165,36 +165,32 @@ class Parser:
             self.expect("]", "or ',' or '|' in list")
             return items
 
-    def _map(self, _open: Token) -> dict[Any, Any]:
-        result: dict[Any, Any] = {}
+    def _map(self, _open: Token) -> dict[Any, Any] | ErlangMap:
         if self.is_punct("}"):
             self.advance()
-            return result
-        seen: dict[bytes, Any] = {}  # Erlang identity of each key -> the key in result
+            return {}
+        pairs: list[tuple[Any, Any]] = []
+        seen: dict[Any, int] = {}  # Erlang identity (=:=) of each key -> its place in pairs
         while True:
-            key_tok = self.tok
             key = freeze(self.term())
             if self.is_punct(":="):
                 raise self.error("':=' only updates existing keys: a map literal uses '=>'")
             self.expect("=>", "after a map key")
             value = self.term()
-            identity = _encode_term(key)
-            if identity in seen:
-                del result[seen[identity]]  # a repeated key: the last value wins, as in Erlang
-            elif key in result:
-                old = next(k for k in result if k == key)
-                raise self.error(
-                    f"map keys {_fmt(old)} and {_fmt(key)} are distinct in Erlang but equal in Python",
-                    key_tok,
-                    incomplete=False,
-                )
-            seen[identity] = key
-            result[key] = value
+            identity = erlang_key(key)
+            place = seen.get(identity)
+            if place is None:
+                seen[identity] = len(pairs)
+                pairs.append((key, value))
+            else:  # a repeated key: the last value wins, the first key stays, as in Erlang
+                pairs[place] = (pairs[place][0], value)
             if self.is_punct(","):
                 self.advance()
                 continue
             self.expect("}", "or ',' in map")
-            return result
+            result = dict(pairs)
+            # Keys distinct in Erlang but equal in Python (1 and 1.0): a dict cannot hold them.
+            return result if len(result) == len(pairs) else ErlangMap(pairs)
 
     def _fun(self) -> ExportFun:
         self.advance()  # fun
@@ -306,6 +302,8 @@ def freeze(value: Any) -> Any:
         return FrozenList(freeze(v) for v in value)
     if isinstance(value, dict):
         return FrozenDict((freeze(k), freeze(v)) for k, v in value.items())
+    if isinstance(value, ErlangMap):
+        return ErlangMap((freeze(k), freeze(v)) for k, v in value.pairs)
     if isinstance(value, tuple):
         return tuple(freeze(v) for v in value)
     if isinstance(value, ImproperList):
@@ -402,8 +400,3 @@ def parse(text: str, *, bindings: Mapping[str, Any] | None = None, functions: Fu
     parser.finish()
     return value
 
-
-def _fmt(term: Any) -> str:
-    from ._text import format as format_term  # the formatter imports this module
-
-    return format_term(term)

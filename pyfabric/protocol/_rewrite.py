@@ -18,6 +18,7 @@ from ..etf import (
     DecodeError,
     DecodeLimits,
     ExportFun,
+    ErlangMap,
     FrozenDict,
     FrozenList,
     Fun,
@@ -145,6 +146,10 @@ class Rewriter:
             return result
         if t is FrozenList:
             return [x if type(x) in plain else out(x) for x in v]
+        if t is ErlangMap:
+            if not self.maps:
+                raise FeatureNotSupported("maps", "maps cannot be sent to this peer (an original peer, or 'maps' not agreed)", "bad_payload")
+            return ErlangMap((k if type(k) in plain else out(k), x if type(x) in plain else out(x)) for k, x in v.pairs)
         if t is BitString:
             if not self.bitstrings:
                 raise FeatureNotSupported("bitstrings", "non-byte bitstrings cannot be sent to this peer (an original peer, or 'bitstrings' not agreed)", "bad_payload")
@@ -272,7 +277,19 @@ class Rewriter:
             for key, item in v.items():
                 key = key if type(key) in plain else _freeze(inn(key))
                 result[key] = item if type(item) in plain else inn(item)
+            if len(result) != len(v):  # keys equal in Python once restored (like {1} and {1.0})
+                try:
+                    return inn(ErlangMap(v.items()))
+                except ValueError as exc:
+                    raise _bad(f"a map in the payload with equal keys: {exc}") from None
             return result
+        if t is ErlangMap:
+            if not self.maps:
+                raise _bad("a map in the payload ('maps' not agreed)")
+            try:
+                return ErlangMap((k if type(k) in plain else _freeze(inn(k)), x if type(x) in plain else inn(x)) for k, x in v.pairs)
+            except ValueError as exc:
+                raise _bad(f"a map in the payload with equal keys: {exc}") from None
         if t is FrozenDict or t is FrozenList:  # only inside map keys, which need maps
             if not self.maps:
                 raise _bad("a map in the payload ('maps' not agreed)")
