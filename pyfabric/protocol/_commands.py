@@ -83,6 +83,7 @@ def establish(
         limits=limits,
         max_proxies=config.max_proxies,
         max_exports=config.max_exports,
+        strings=config.strings,
     )
     est = Established(
         session=session,

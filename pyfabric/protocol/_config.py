@@ -46,6 +46,9 @@ class ConnectionConfig:
     ``max_proxies`` / ``max_exports``: bounds of the session's id tables.
     ``decode_limits``: limits for received terms (default derived from ``max_frame``).
     ``compress_messages``: zlib-compress ``m`` frames to one of our peers when smaller.
+    ``strings``: how received Erlang lists of small integers (STRING_EXT, e.g. ``[1,2,3]``
+    or ``"abc"``) are delivered in messages and exit reasons: ``"str"`` (default,
+    ``'\x01\x02\x03'``) or ``"list"`` (``[1, 2, 3]``); see ``docs/terms.md``.
     """
 
     secret: bytes
@@ -61,6 +64,7 @@ class ConnectionConfig:
     max_exports: int = DEFAULT_MAX_EXPORTS
     decode_limits: DecodeLimits | None = None
     compress_messages: bool = False
+    strings: str = "str"
 
     @classmethod
     def build(
@@ -101,6 +105,8 @@ class ConnectionConfig:
             raise ValueError("max_proxies and max_exports must be at least 1")
         if self.heartbeat_interval < 0:
             raise ValueError("heartbeat_interval must not be negative")
+        if self.strings not in ("str", "list"):
+            raise ValueError(f"strings must be 'str' or 'list', not {self.strings!r}")
 
     def replace(self, **changes: Any) -> ConnectionConfig:
         """A copy with ``changes`` applied (checked like :meth:`build`)."""

@@ -86,8 +86,11 @@ class Rewriter:
         limits: DecodeLimits,
         max_proxies: int | None = None,
         max_exports: int | None = None,
+        strings: str = "str",
     ) -> None:
         self.session = session
+        # strings="list": received charlists (STRING_EXT, a str) are delivered as list[int]
+        self.plain_in = _PLAIN_IN if strings == "str" else _PLAIN_IN - {str}
         self.maps = "maps" in features
         self.bitstrings = "bitstrings" in features
         self.ports = "ports" in features
@@ -233,9 +236,11 @@ class Rewriter:
 
     def _in(self, v: Any) -> Any:
         t = type(v)
-        if t in _PLAIN_IN:
+        plain = self.plain_in
+        if t in plain:
             return v
-        plain = _PLAIN_IN
+        if t is str:  # strings="list"
+            return list(v.encode("latin-1"))
         inn = self._in
         if t is tuple:
             n = len(v)
@@ -266,10 +271,10 @@ class Rewriter:
             return [x if type(x) in plain else inn(x) for x in v]
         if t is ImproperList:
             tail = v.tail
-            return ImproperList(
-                tuple([x if type(x) in plain else inn(x) for x in v.elements]),
-                tail if type(tail) in plain else inn(tail),
-            )
+            elements = [x if type(x) in plain else inn(x) for x in v.elements]
+            if tail == "":  # [a | ""], only from a hand-made encoding: the proper list [a]
+                return elements
+            return ImproperList(tuple(elements), tail if type(tail) in plain else inn(tail))
         if t is dict:
             if not self.maps:
                 raise _bad("a map in the payload ('maps' not agreed)")

@@ -460,7 +460,9 @@ async def aconnect(
     code ``limit``; a send that would export one local pid more raises
     :class:`~pyfabric.protocol.LocalProtocolError` code ``limit``); ``compress``: zlib-compress
     messages to our own peers when smaller (off by default: on fast links it costs more than
-    it saves; messages to an original peer are always encoded as the original does).
+    it saves; messages to an original peer are always encoded as the original does);
+    ``strings="list"`` delivers received Erlang lists of small integers (``[1,2,3]``) as
+    ``list[int]`` instead of ``str`` (default ``"str"``, see docs/terms.md).
     Every option not named in the signature goes to :meth:`PeerOptions.build` and from
     there to :meth:`~pyfabric.protocol.ConnectionConfig.build` (``allowed``,
     ``force_allowed``, ``allow_legacy_auth``, ``features``, ``max_frame``, ...); an unknown

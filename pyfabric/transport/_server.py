@@ -421,7 +421,8 @@ async def serve(
     dropped with code ``limit``; a send that would export one local pid more raises
     ``LocalProtocolError``); ``max_auth_failures`` failed authentications from one address
     within ``auth_failure_window`` s block its new connections for ``auth_block_time`` s
-    (``max_auth_failures=0``: no throttling);
+    (``max_auth_failures=0``: no throttling); ``strings="list"``: received Erlang lists of
+    small integers (``[1,2,3]``) as ``list[int]`` instead of ``str`` (default ``"str"``);
     ``refuse_remote_exits``: True (every local process) or names of local processes that
     clients may not link to nor send exit signals to (``exit/2``, ``kill`` included): such
     frames are dropped with a warning, nothing is sent back;
