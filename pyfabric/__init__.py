@@ -53,10 +53,12 @@ from .runtime import (
 )
 from .transport import (
     Client,
+    ClientClosed,
     ConnectFailed,
     ConnectionState,
     NotConnected,
     Server,
+    ServerClosed,
     ServerConnection,
     TransportError,
     aconnect,
@@ -115,4 +117,6 @@ __all__ = [
     "TransportError",
     "NotConnected",
     "ConnectFailed",
+    "ClientClosed",
+    "ServerClosed",
 ]

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from .etf import Atom, Pid, Reference
 from .runtime import Mailbox
-from .transport import Client, Server, ServerConnection, aconnect, serve
+from .transport import Client, ClientClosed, Server, ServerClosed, ServerConnection, aconnect, serve
 from .transport._client import DEFAULT_SEND_TIMEOUT
 
 __all__ = ["connect", "start_server", "BlockingClient", "BlockingServer", "BlockingMailbox"]
@@ -38,7 +38,9 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 class _LoopThread:
     """An event loop running forever in a daemon thread."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, closed: Callable[[str], Exception], what: str, hint: str) -> None:
+        # The error of a call made after close() (ClientClosed / ServerClosed) and its words.
+        self.closed, self._what, self._hint = closed, what, hint
         self.loop = _new_loop()
         self._close_lock = threading.Lock()
         self._closed = False
@@ -74,13 +76,13 @@ class _LoopThread:
             )
         if self.loop.is_closed() or not self.thread.is_alive():
             coro.close()
-            raise RuntimeError("this pyfabric object is closed")
+            raise self.closed(f"{self._what} is closed; {self._hint}")
         fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
             return fut.result(timeout)
         except concurrent.futures.CancelledError:
             if not self.thread.is_alive() or self.loop.is_closed() or not self.loop.is_running():
-                raise RuntimeError("this pyfabric object was closed while the call was waiting") from None
+                raise self.closed(f"{self._what} was closed while the call was waiting; {self._hint}") from None
             raise
         except BaseException as exc:
             if fut.done():
@@ -368,7 +370,9 @@ def connect(
     Returns a :class:`BlockingClient` whose methods are safe to call from any thread.
     Raises what ``aconnect`` raises (``ConnectFailed``, ``AuthenticationError``).
     """
-    runner = _LoopThread(f"pyfabric-client-{host}:{port}")
+    runner = _LoopThread(
+        f"pyfabric-client-{host}:{port}", ClientClosed, f"the client of {host}:{port}", "call pyfabric.connect() again for a new one"
+    )
     try:
         client = runner.run(aconnect(host, port, secret, send_timeout=send_timeout, **options))
     except BaseException:
@@ -383,7 +387,9 @@ def start_server(host: str, port: int, secret: bytes | str, **options: Any) -> B
     Same options as ``serve``; returns a :class:`BlockingServer` (``.port``, ``.mailbox()``,
     ``.spawn()``, ``.register()``, ``.close()``), safe to use from any thread.
     """
-    runner = _LoopThread(f"pyfabric-server-{host}:{port}")
+    runner = _LoopThread(
+        f"pyfabric-server-{host}:{port}", ServerClosed, f"the server on {host}:{port}", "call pyfabric.start_server() again for a new one"
+    )
     try:
         server = runner.run(serve(host, port, secret, **options))
     except BaseException:

@@ -359,7 +359,7 @@ class Connection:
 
     def _fatal(self, error: ProtocolError) -> None:
         """Close because of the peer's input (error frame first when the peer is ours)."""
-        log.warning("peer %s: closing: %s", self.peer, error)
+        log.debug("peer %s: closing: %s", self.peer, error)  # the transport logs the close
         if self._state.state == ESTABLISHED:
             if "error" in self.features:
                 self._writer.write(error_frame(error))
@@ -370,7 +370,7 @@ class Connection:
     def _auth_failed(self, message: str, *, remote: bool, code: str = "auth_failed") -> None:
         if self.role == SERVER and self._state.state == AWAIT_RESPONSE:
             self._writer.write(plain((A_AUTH, A_FAILED)))  # the client waits for it
-        log.warning("peer %s: authentication failed: %s", self.peer, message)
+        log.debug("peer %s: authentication failed: %s", self.peer, message)  # AuthFailed: the transport logs it
         error = AuthenticationError(message)
         self._events.append(AuthFailed(error))
         self._end(code, message, error)

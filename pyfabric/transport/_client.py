@@ -136,8 +136,15 @@ class Client(LocalProcesses):
         except (OSError, TimeoutError) as exc:
             # link.conn stays the previous (closed) connection: DEAD notices and queued
             # sends keep accumulating for a resume.
-            why = describe_tls_failure(exc) if self._ssl and isinstance(exc, (_ssl.SSLError, ConnectionError)) else exc
-            raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {why or 'timed out'}") from exc
+            why = describe_tls_failure(exc) if self._ssl and isinstance(exc, (_ssl.SSLError, ConnectionError)) else str(exc)
+            if not why:  # TimeoutError() says nothing
+                why = (
+                    f"timed out after {self._connect_timeout} s (connect_timeout); check that a fabric "
+                    "server is running there and reachable"
+                    if isinstance(exc, TimeoutError)
+                    else type(exc).__name__
+                )
+            raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {why}") from exc
         # The session continues (a resume when the server may still keep it, and what
         # was deferred meanwhile); the server speaks only after our hello, so build now.
         conn = link.new_connection()
@@ -371,8 +378,26 @@ class Client(LocalProcesses):
 
         Needs one of our servers (the ``whereis`` feature): with an original server it
         raises :class:`~pyfabric.protocol.FeatureNotSupported`; send to the name instead.
+
+        While disconnected it raises :class:`NotConnected`, like :meth:`send`: at once
+        with ``when_disconnected="error"``, else once ``connect_timeout`` seconds pass
+        without a reconnection (and at once when the client is closed).
         """
-        await self.wait_connected(self._connect_timeout)
+        if self._state != ConnectionState.CONNECTED:
+            if self._state == ConnectionState.CLOSED:
+                raise NotConnected(f"whereis({str(name)!r}): the client of {self.host}:{self.port} is closed")
+            if self.options.when_disconnected == "error":
+                raise NotConnected(
+                    f"whereis({str(name)!r}): not connected to {self.host}:{self.port} (reconnecting); "
+                    "retry later, or pass when_disconnected='wait' to wait for the reconnection"
+                )
+            try:
+                await self.wait_connected(self._connect_timeout)
+            except TimeoutError:
+                raise NotConnected(
+                    f"whereis({str(name)!r}): still not connected to {self.host}:{self.port} after "
+                    f"{self._connect_timeout} s (connect_timeout); retry later or await wait_connected()"
+                ) from None
         return await self._link.whereis(name, self._whereis_timeout if timeout is None else timeout)
 
     # -- closing ----------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["TransportError", "NotConnected", "ConnectFailed"]
+__all__ = ["TransportError", "NotConnected", "ConnectFailed", "ClientClosed", "ServerClosed"]
 
 
 class TransportError(Exception):
@@ -17,4 +17,18 @@ class ConnectFailed(TransportError, ConnectionError):
     """Connecting failed (TCP/TLS error, timeout, or the handshake did not complete).
 
     Authentication failures raise :class:`pyfabric.protocol.AuthenticationError` instead.
+    """
+
+
+class ClientClosed(TransportError, RuntimeError):
+    """A blocking client (or one of its mailboxes) was used after ``close()``: connect again.
+
+    A ``RuntimeError`` too, for code written against earlier versions.
+    """
+
+
+class ServerClosed(TransportError, RuntimeError):
+    """A blocking server (or one of its mailboxes) was used after ``close()``: start a new one.
+
+    A ``RuntimeError`` too, for code written against earlier versions.
     """

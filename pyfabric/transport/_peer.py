@@ -233,7 +233,9 @@ class PeerLink:
                     return
             elif kind is AuthFailed:
                 self.auth_error = ev.error
-                _log.warning("%s: authentication failed: %s", self.label, ev.message)
+                # A server logs a client's failure; a client raises AuthenticationError
+                # to its caller (or logs the reconnect giving up): a warning would repeat it.
+                (_log.warning if self.role == "server" else _log.info)("%s: authentication failed: %s", self.label, ev.message)
                 if self.on_auth_failed is not None:
                     self.on_auth_failed(self, ev)
             elif kind is FrameDropped:
@@ -302,7 +304,9 @@ class PeerLink:
 
     def _closed(self, ev: ConnectionClosed) -> None:
         self.close_event = ev
-        if ev.code is not None:
+        if ev.code is not None and self.auth_error is not None and ev.error is self.auth_error:
+            _log.debug("%s: connection closed: %s (%s)", self.label, ev.message, ev.code)  # logged as AuthFailed
+        elif ev.code is not None:
             _log.warning("%s: connection closed: %s (%s)", self.label, ev.message, ev.code)
         else:
             _log.info("%s: connection closed: %s", self.label, ev.message)
