@@ -14,12 +14,13 @@ import concurrent.futures
 import logging
 import threading
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 from .etf import Atom, Pid, Reference
 from .runtime import Mailbox
 from .transport import Client, ClientClosed, Server, ServerClosed, ServerConnection, aconnect, serve
 from .transport._client import DEFAULT_SEND_TIMEOUT
+from .transport._signature import BlockingConnectOptions, BlockingServeOptions, show_options
 
 __all__ = ["connect", "start_server", "BlockingClient", "BlockingServer", "BlockingMailbox"]
 
@@ -362,8 +363,9 @@ class BlockingServer(_BlockingNodeApi):
         return f"<BlockingServer {self._target!r}>"
 
 
+@show_options(like=aconnect)
 def connect(
-    host: str, port: int, secret: bytes | str, *, send_timeout: float = DEFAULT_SEND_TIMEOUT, **options: Any
+    host: str, port: int, secret: bytes | str, *, send_timeout: float = DEFAULT_SEND_TIMEOUT, **options: Unpack[BlockingConnectOptions]
 ) -> BlockingClient:
     """Blocking :func:`~pyfabric.aconnect`: connect to a fabric server; same options.
 
@@ -381,7 +383,8 @@ def connect(
     return BlockingClient(runner, client, send_timeout)
 
 
-def start_server(host: str, port: int, secret: bytes | str, **options: Any) -> BlockingServer:
+@show_options(like=serve)
+def start_server(host: str, port: int, secret: bytes | str, **options: Unpack[BlockingServeOptions]) -> BlockingServer:
     """Blocking :func:`~pyfabric.serve`: start a fabric server in a background thread.
 
     Same options as ``serve``; returns a :class:`BlockingServer` (``.port``, ``.mailbox()``,

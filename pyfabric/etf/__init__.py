@@ -9,6 +9,7 @@ the active backend and re-exports the public names; the work is done in private 
 - ``_limits``: :class:`DecodeLimits` and the default bounds
 - ``_encode`` / ``_decode``: the pure-Python backend (``implementation == "python"``)
 - ``_convert``: text helpers (charlists and UTF-8 binaries)
+- ``_erlang_map``: :class:`ErlangMap` and Erlang's exact equality (maps a dict cannot hold)
 
 See ``docs/terms.md`` for the full Erlang <-> Python mapping.
 """

@@ -12,7 +12,7 @@ import logging
 import random
 import ssl as _ssl
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Unpack
 
 from ..etf import Atom, Pid
 from ..protocol import (
@@ -30,6 +30,7 @@ from ._options import (
     PeerOptions,
 )
 from ._peer import PeerLink
+from ._signature import ConnectOptions, show_options
 from ._stream import FrameStream
 
 __all__ = ["Client", "aconnect", "ConnectionState"]
@@ -444,6 +445,7 @@ class Client(LocalProcesses):
         return f"<Client {self.host}:{self.port} {self._state} {self.mode or ''}>"
 
 
+@show_options()
 async def aconnect(
     host: str,
     port: int,
@@ -460,7 +462,7 @@ async def aconnect(
     whereis_timeout: float = DEFAULT_WHEREIS_TIMEOUT,
     backoff_initial: float = DEFAULT_BACKOFF_INITIAL,
     backoff_max: float = DEFAULT_BACKOFF_MAX,
-    **options: Any,
+    **options: Unpack[ConnectOptions],
 ) -> Client:
     """Connect to the fabric server at ``host:port`` with ``secret``; return a connected
     :class:`Client`.

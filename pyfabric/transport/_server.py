@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl as _ssl
-from typing import Any
+from typing import Any, Unpack
 
 from ..etf import Atom, Pid
 from ..protocol import (
@@ -35,6 +35,7 @@ from ._options import (
 )
 from ._peer import PeerLink
 from ._server_conn import ServerConnection
+from ._signature import ServeOptions, show_options
 from ._stream import DEFAULT_MAX_WRITE_BUFFER, FrameStream
 from ._throttle import (
     DEFAULT_AUTH_BLOCK_TIME,
@@ -381,6 +382,7 @@ class Server(LocalProcesses):
         return f"<Server port={port} connections={len(self._accepted)}>"
 
 
+@show_options(exclude=["when_disconnected"])
 async def serve(
     host: str,
     port: int,
@@ -399,7 +401,7 @@ async def serve(
     auth_block_time: float = DEFAULT_AUTH_BLOCK_TIME,
     max_kept_sessions: int = DEFAULT_MAX_KEPT_SESSIONS,
     max_write_buffer: int = DEFAULT_MAX_WRITE_BUFFER,
-    **options: Any,
+    **options: Unpack[ServeOptions],
 ) -> Server:
     """Start a fabric server on ``host:port`` (``port=0``: the OS picks; see
     :attr:`Server.port`) that authenticates clients with ``secret``.
