@@ -157,6 +157,17 @@ def test_erlang_maps_with_python_equal_keys_reencode_byte_exact(erl: Erl, tmp_pa
         assert etf.parse(etf.format(term)) == term, expr
 
 
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(strategies.colliding_maps())
+def test_erlang_accepts_python_equal_keys_and_reencodes_byte_exact(echo: EchoProcess, term: etf.ErlangMap) -> None:
+    """Erlang decodes our ErlangMaps (no duplicate keys for it); its term_to_binary re-encodes byte for byte."""
+    reply = echo.roundtrip(etf.encode(term))
+    answer = etf.decode(reply)
+    assert answer[0] == Atom("ok"), answer
+    assert etf.erlang_equal(answer[1], term)
+    assert etf.encode(answer, minor_version=2) == reply
+
+
 def _types_inside(term: Any) -> set[type]:
     seen: set[type] = set()
     stack = [term]

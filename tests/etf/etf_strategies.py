@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from pyfabric.etf import (
     Atom,
+    ErlangMap,
     BitString,
     ExportFun,
     FrozenDict,
@@ -125,3 +126,24 @@ def norm(value: Any) -> Any:
     if t in (Atom, Pid, Port, Reference, ExportFun):
         return value
     raise TypeError(f"norm: unexpected {t}")
+
+
+def _colliding_keys(i: int) -> list[Any]:
+    """Pairs of keys distinct in Erlang but equal in Python, built around the integer ``i``."""
+    return [
+        [i, float(i)],
+        [(i,), (float(i),)],
+        [FrozenList([i]), FrozenList([float(i)])],
+        [FrozenDict({i: Atom("a")}), FrozenDict({float(i): Atom("a")})],
+        [(i, FrozenList([i, 1])), (float(i), FrozenList([i, 1.0]))],
+    ][i % 5]
+
+
+@st.composite
+def colliding_maps(draw: st.DrawFn) -> ErlangMap:
+    """ErlangMaps whose keys a dict cannot hold (1 and 1.0, {1} and {1.0}, ...), in any order."""
+    ints = draw(st.lists(st.integers(-(2**40), 2**40), min_size=1, max_size=40, unique=True))
+    keys = draw(st.permutations([k for i in ints for k in _colliding_keys(i)]))
+    values = st.one_of(st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.binary(max_size=4),
+                       st.lists(st.integers(0, 300), max_size=3))
+    return ErlangMap((k, draw(values)) for k in keys)

@@ -9,6 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from etf_strategies import colliding_maps
+
 from pyfabric import etf
 from pyfabric.etf import Atom, ErlangMap, FrozenDict, FrozenList, erlang_equal
 from pyfabric.etf._erlang_map import erlang_key
@@ -123,29 +125,7 @@ def test_text_parse_and_format() -> None:
     assert etf.parse("#{1 => a, 1 => b}") == {1: B}
 
 
-def _colliding_maps() -> st.SearchStrategy[ErlangMap]:
-    variants = st.sampled_from([
-        lambda i: [i, float(i)],
-        lambda i: [(i,), (float(i),)],
-        lambda i: [FrozenList([i]), FrozenList([float(i)])],
-        lambda i: [FrozenDict({i: A}), FrozenDict({float(i): A})],
-        lambda i: [(i, FrozenList([i, 1])), (float(i), FrozenList([i, 1.0]))],
-    ])
-    entries = st.lists(st.tuples(st.integers(-(2**40), 2**40), variants), min_size=1, max_size=40,
-                       unique_by=lambda e: e[0])
-    values = st.one_of(st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.binary(max_size=4),
-                       st.lists(st.integers(0, 300), max_size=3))
-
-    @st.composite
-    def build(draw: st.DrawFn) -> ErlangMap:
-        keys = [k for i, make in draw(entries) for k in make(i)]
-        order = draw(st.permutations(keys))
-        return ErlangMap((k, draw(values)) for k in order)
-
-    return build()
-
-
-@given(_colliding_maps(), st.sampled_from([(False, 2), (True, 1), (False, 0), (6, 1)]))
+@given(colliding_maps(), st.sampled_from([(False, 2), (True, 1), (False, 0), (6, 1)]))
 def test_roundtrip_byte_exact(term: ErlangMap, options: tuple[Any, int]) -> None:
     compressed, minor = options
     data = etf.encode(term, compressed=compressed, minor_version=minor)
