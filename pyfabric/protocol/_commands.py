@@ -31,6 +31,7 @@ from ._config import ConnectionConfig
 from ._established import Established
 from ._framing import FrameWriter
 from ._handshake import Agreement
+from ._outbox import Note
 from ._rewrite import A_PR, Rewriter
 from ._session import Deferred, ExitSignalCommand, LinkCommand, SendMessage, Session, UnlinkCommand
 
@@ -124,13 +125,26 @@ class Commands:
     def queue(self, frame: bytes) -> None:
         self.est.writer.write(frame, self.est.peer_max_frame)
 
-    def send_rewritten(self, build: Callable[[], bytes]) -> None:
-        """Encode and queue a frame that carries rewritten values; all or nothing."""
+    def issue(self, frame: bytes, note: Note | None = None) -> None:
+        """Queue a sequenced frame; with ``acks`` it also enters the outbox (11.4)."""
+        est = self.est
+        est.writer.write(frame, est.peer_max_frame)
+        outbox = est.session.outbox
+        if outbox is not None:
+            outbox.issue(frame, note)
+
+    def send_rewritten(self, build: Callable[[], bytes], *, note: Note | None = None, seq: bool = True) -> None:
+        """Encode and queue a frame that carries rewritten values; all or nothing.
+        ``seq``: the frame is sequenced (docs/protocol.md 11.2); ``note`` what a message
+        frame keeps in the outbox."""
         est = self.est
         rw = est.rw
         try:
             frame = build()
-            self.queue(frame)
+            if seq:
+                self.issue(frame, note)
+            else:
+                self.queue(frame)
         except LocalProtocolError:
             rw.rollback()
             raise
@@ -148,7 +162,7 @@ class Commands:
             pid = session.exports.get(ident)
             if pid is not None:
                 session.unexport(pid)
-            est.writer.write(plain((A_DEAD, (A_PR, ident), A_NOPROC)))
+            self.issue(plain((A_DEAD, (A_PR, ident), A_NOPROC)))
         if new and self.on_export is not None:
             for pid in new:
                 ident = session.export_ids.get(pid)
@@ -199,7 +213,7 @@ class Commands:
         def build() -> bytes:
             return encode((A_M, wire_dest, rw.outbound(payload)), minor_version=1, compressed=compress)
 
-        self.send_rewritten(build)
+        self.send_rewritten(build, note=(dest, payload, False))
 
     def link_frame(self, tag: Atom, local_pid: Pid, proxy_pid: Pid) -> None:
         self.need("link")
@@ -234,7 +248,7 @@ class Commands:
         if pid is None:
             self.queue(plain((A_WHEREIS_REPLY, req_id, A_UNDEFINED)))
         else:
-            self.send_rewritten(lambda: plain((A_WHEREIS_REPLY, req_id, (A_PR, self.export(pid, "pid")))))
+            self.send_rewritten(lambda: plain((A_WHEREIS_REPLY, req_id, (A_PR, self.export(pid, "pid")))), seq=False)
         their.discard(req_id)
 
     def heartbeat(self) -> int:

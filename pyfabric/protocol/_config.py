@@ -16,6 +16,8 @@ from typing import Any
 
 from ..etf import Atom, DecodeLimits
 from ._constants import (
+    DEFAULT_ACK_DELAY,
+    DEFAULT_ACK_EVERY,
     DEFAULT_ERROR_WINDOW,
     DEFAULT_MAX_DEPTH,
     DEFAULT_MAX_ERRORS,
@@ -23,6 +25,8 @@ from ._constants import (
     DEFAULT_MAX_FRAME,
     DEFAULT_MAX_HANDSHAKE_FRAME,
     DEFAULT_MAX_PROXIES,
+    DEFAULT_OUTBOX_BYTES,
+    DEFAULT_OUTBOX_FRAMES,
     FEATURES,
     MAX_PACKET,
 )
@@ -49,6 +53,11 @@ class ConnectionConfig:
     ``strings``: how received Erlang lists of small integers (STRING_EXT, e.g. ``[1,2,3]``
     or ``"abc"``) are delivered in messages and exit reasons: ``"str"`` (default,
     ``'\x01\x02\x03'``) or ``"list"`` (``[1, 2, 3]``); see ``docs/terms.md``.
+    ``ack_every`` / ``ack_delay`` (s): with ``acks``, we acknowledge after that many
+    frames or that long after the first unacknowledged one (docs/protocol.md 11.3).
+    ``outbox_frames`` / ``outbox_bytes``: the bounds of a session's unacknowledged frames
+    (11.4); a command beyond them waits in the session (bounded by the transport's
+    ``max_pending``).
     """
 
     secret: bytes
@@ -65,6 +74,10 @@ class ConnectionConfig:
     decode_limits: DecodeLimits | None = None
     compress_messages: bool = False
     strings: str = "str"
+    ack_every: int = DEFAULT_ACK_EVERY
+    ack_delay: float = DEFAULT_ACK_DELAY
+    outbox_frames: int = DEFAULT_OUTBOX_FRAMES
+    outbox_bytes: int = DEFAULT_OUTBOX_BYTES
 
     @classmethod
     def build(
@@ -107,6 +120,10 @@ class ConnectionConfig:
             raise ValueError("heartbeat_interval must not be negative")
         if self.strings not in ("str", "list"):
             raise ValueError(f"strings must be 'str' or 'list', not {self.strings!r}")
+        if self.ack_every < 1 or self.outbox_frames < 1 or self.outbox_bytes < 1:
+            raise ValueError("ack_every, outbox_frames and outbox_bytes must be at least 1")
+        if not self.ack_delay > 0:
+            raise ValueError("ack_delay must be positive (seconds)")
 
     def replace(self, **changes: Any) -> ConnectionConfig:
         """A copy with ``changes`` applied (checked like :meth:`build`)."""

@@ -20,6 +20,7 @@ from ..etf import Atom, DecodeError, Pid, decode
 from ._commands import Commands, dead_frame, default_dead_pid, establish
 from ._config import ConnectionConfig
 from ._constants import (
+    A_ACK,
     A_AUTH,
     A_CHALLENGE,
     A_FAILED,
@@ -31,14 +32,25 @@ from ._constants import (
 )
 from ._error_policy import ErrorWindow, HandshakeFailure, error_frame, is_error_frame
 from ._errors import AuthenticationError, LocalProtocolError, ProtocolError, RemoteProtocolError
-from ._established import Established
-from ._events import NEED_DATA, AuthFailed, ConnectionClosed, Event, FrameDropped, HandshakeComplete, ProxyDied
+from ._established import UNSEQUENCED, Established
+from ._events import (
+    NEED_DATA,
+    AuthFailed,
+    ConnectionClosed,
+    Event,
+    FrameDropped,
+    HandshakeComplete,
+    MessagesUndelivered,
+    ProxyDied,
+    UndeliveredMessage,
+)
 from ._framing import FrameReader, FrameTooLarge, FrameWriter
 from ._handshake import Agreement
 from ._handshake_client import ClientHandshake
 from ._handshake_server import ServerHandshake
 from ._rewrite import describe
-from ._session import Deferred, Session
+from ._outbox import Outbox
+from ._session import Deferred, ExitSignalCommand, LinkCommand, SendMessage, Session, UnlinkCommand
 from ._state import (
     AWAIT_AUTH,
     AWAIT_CHALLENGE,
@@ -241,11 +253,21 @@ class Connection:
     def _on_frame(self, start: int, end: int) -> None:
         self._state.process("recv:frame")
         self._errors.frame_received()
+        outbox = self._session.outbox
         try:
             term = self._reader.decode(start, end, self._limits)
         except DecodeError as exc:
+            if outbox is not None:
+                self._handled(outbox)  # undecodable: sequenced (docs/protocol.md 11.2)
             self._drop(RemoteProtocolError("bad_term", f"frame is not a valid term: {exc}"))
             return
+        if outbox is not None:
+            tag = term[0] if type(term) is tuple and term else None
+            if tag.__class__ is not Atom or tag not in UNSEQUENCED:
+                self._handled(outbox)
+            elif tag == A_ACK:
+                self._ack_received(term)
+                return
         try:
             self._est.dispatch(term)  # type: ignore[union-attr]
         except RemoteProtocolError as exc:
@@ -253,6 +275,22 @@ class Connection:
         except Exception as exc:  # a bug of ours: never let the peer crash the connection
             log.exception("peer %s: internal error while handling a frame", self.peer)
             self._drop(RemoteProtocolError("unknown_frame", f"{INTERNAL_ERROR}: {type(exc).__name__}: {exc}"))
+
+    def _handled(self, outbox: Outbox) -> None:
+        # Counted before it is acted on: nothing between here and the end of its handler
+        # can lose its effects (the transport carries out every event it got).
+        outbox.received += 1
+        if outbox.received - outbox.ack_sent >= self.config.ack_every:
+            self.send_ack()
+
+    def _ack_received(self, term: Any) -> None:
+        try:
+            self._est.dispatch(term)  # type: ignore[union-attr]
+        except RemoteProtocolError as exc:
+            self._drop(exc)
+            return
+        if self._session.deferred_count():
+            self._pump()
 
     def _on_handshake_frame(self, raw: bytes) -> None:
         try:
@@ -312,6 +350,11 @@ class Connection:
         session = self._session
         session.attached = True
         self._handshake = None
+        if "acks" in agreed.features and session.outbox is None:
+            session.outbox = Outbox()
+        if agreed.not_resumable:
+            self._refuse_resume(agreed)
+            return
         self._cmd = establish(
             session,
             agreed,
@@ -336,13 +379,35 @@ class Connection:
                 resumed=agreed.resumed,
                 peer_max_frame=agreed.peer_max_frame,
                 peer_heartbeat=agreed.peer_heartbeat,
+                resume_refused=agreed.resume_refused,
+                refused_session_id=agreed.refused_id,
             )
         )
-        if agreed.resumed:
+        if agreed.undelivered is not None:
+            self._events.append(agreed.undelivered)
+        if agreed.resumed and session.outbox is not None:
+            # The replay: our frames the peer has not handled, unchanged, before any new
+            # one (docs/protocol.md 11.5); it replaces the DEAD resend of section 7.
+            for frame in session.outbox.resume(agreed.peer_received):
+                self._writer.write(frame)
+        elif agreed.resumed:
             # What could not be sent while disconnected, and the recent DEAD notices in
             # case one was lost in the cut (docs/protocol.md section 7).
             for frame in session.take_dead_notices():
                 self._writer.write(frame)
+
+    def _refuse_resume(self, agreed: Agreement) -> None:
+        """Client: the server resumed with a count out of range (docs/protocol.md 11.6):
+        tell it, report the old session's messages, close; the next connection starts a
+        new session (its id was cleared)."""
+        if agreed.undelivered is not None:
+            self._events.append(agreed.undelivered)
+        message = "the server's received count is outside what our outbox holds; starting a new session"
+        error = RemoteProtocolError("not_resumable", message)
+        log.warning("peer %s: %s", self.peer, message)
+        if "error" in agreed.features:
+            self._writer.write(error_frame(error))
+        self._end("not_resumable", message, error)
 
     # -- errors and closing -----------------------------------------------------------
 
@@ -427,19 +492,93 @@ class Connection:
         registered name (``Atom``/``str``) or ``(name, node)``. Raises
         LocalProtocolError (nothing queued) if the payload holds a value this peer
         cannot carry, or the frame exceeds the peer's ``max_frame``."""
-        self._commands("send_message").send_message(dest, payload)
+        cmd = self._commands("send_message")
+        if self._must_wait():
+            self._session.defer(SendMessage(dest, payload))
+            return
+        cmd.send_message(dest, payload)
 
     def link(self, local_pid: Pid, proxy_pid: Pid) -> None:
         """Queue ``{link, A, B}``: ``local_pid`` is now linked to the peer's process."""
-        self._commands("link").link(local_pid, proxy_pid)
+        cmd = self._commands("link")
+        if self._must_wait():
+            self._session.defer(LinkCommand(local_pid, proxy_pid))
+            return
+        cmd.link(local_pid, proxy_pid)
 
     def unlink(self, local_pid: Pid, proxy_pid: Pid) -> None:
         """Queue ``{unlink, A, B}``."""
-        self._commands("unlink").unlink(local_pid, proxy_pid)
+        cmd = self._commands("unlink")
+        if self._must_wait():
+            self._session.defer(UnlinkCommand(local_pid, proxy_pid))
+            return
+        cmd.unlink(local_pid, proxy_pid)
 
     def exit_signal(self, local_pid: Pid, proxy_pid: Pid, reason: Any) -> None:
         """Queue ``{exit2, A, B, Reason}``: ``exit(proxy_pid, reason)`` called by ``local_pid``."""
-        self._commands("exit_signal").exit_signal(local_pid, proxy_pid, reason)
+        cmd = self._commands("exit_signal")
+        if self._must_wait():
+            self._session.defer(ExitSignalCommand(local_pid, proxy_pid, reason))
+            return
+        cmd.exit_signal(local_pid, proxy_pid, reason)
+
+    # -- acks: the outbox, acknowledgements (docs/protocol.md section 11) --------------------
+
+    def _must_wait(self) -> bool:
+        """With ``acks``, a user command waits (in the session's deferred queue) while
+        earlier ones wait or the outbox is full (docs/protocol.md 11.4)."""
+        session = self._session
+        outbox = session.outbox
+        if outbox is None:
+            return False
+        config = self.config
+        return session.deferred_count() > 0 or not outbox.has_room(config.outbox_frames, config.outbox_bytes)
+
+    def _pump(self) -> list[tuple[Deferred, LocalProtocolError]]:
+        """Issue the waiting commands while the outbox has room, oldest first. A message
+        that cannot be carried any more is reported (``MessagesUndelivered``, its error
+        code); other failed commands are returned."""
+        session = self._session
+        outbox = session.outbox
+        cmd = self._cmd
+        assert outbox is not None and cmd is not None
+        config = self.config
+        failed = []
+        while session.deferred_count() and outbox.has_room(config.outbox_frames, config.outbox_bytes):
+            command = session.next_deferred()
+            try:
+                if not cmd.replay(command):
+                    log.debug("peer %s: waiting %s to an ended proxy dropped", self.peer, type(command).__name__)
+            except LocalProtocolError as exc:
+                if type(command) is SendMessage:
+                    lost = UndeliveredMessage(command.dest, command.payload, False, "unsent")
+                    self._events.append(MessagesUndelivered(exc.code, session.id, self.peer_node, (lost,)))
+                else:
+                    failed.append((command, exc))
+        return failed
+
+    def ack_owed(self) -> bool:
+        """With ``acks``: frames were handled since our last acknowledgement (the
+        transport then calls :meth:`send_ack` within ``config.ack_delay``)."""
+        outbox = self._session.outbox
+        return outbox is not None and outbox.received > outbox.ack_sent and self._state.state == ESTABLISHED
+
+    def send_ack(self) -> None:
+        """Queue ``{ack, Received}`` if it advances (docs/protocol.md 11.3); else nothing."""
+        outbox = self._session.outbox
+        if outbox is None or outbox.received <= outbox.ack_sent or self._state.state != ESTABLISHED:
+            return
+        outbox.ack_sent = outbox.received
+        self._writer.write(plain((A_ACK, outbox.received)))
+
+    def waiting(self) -> int:
+        """Commands waiting in the session (for a connection, or for outbox room)."""
+        return self._session.deferred_count()
+
+    def unacknowledged(self) -> int:
+        """With ``acks``: our frames the peer has not acknowledged yet (0 without)."""
+        outbox = self._session.outbox
+        return len(outbox) if outbox is not None else 0
 
     def whereis(self, name: Atom | str) -> int:
         """Queue ``{whereis, ReqId, NameBin}``; returns ReqId (matched by ``WhereisReplied``)."""
@@ -460,6 +599,8 @@ class Connection:
         that is gone are dropped; the ones the peer cannot carry are returned with
         their error (nothing of them was sent)."""
         cmd = self._commands("send_deferred")
+        if self._session.outbox is not None:
+            return self._pump()
         failed = []
         for command in self._session.take_deferred():
             try:
@@ -481,6 +622,14 @@ class Connection:
         if ident is None:
             return
         frame = dead_frame(ident, reason)
+        outbox = session.outbox
+        if outbox is not None:
+            # A DEAD is sequenced and always admitted; while disconnected it waits in the
+            # outbox for the replay (docs/protocol.md 11.4).
+            outbox.issue(frame)
+            if self._state.state == ESTABLISHED:
+                self._writer.write(frame)
+            return
         if self._state.state == ESTABLISHED:
             self._writer.write(frame)
             if session.id is not None:

@@ -18,11 +18,16 @@ __all__ = [
     "DEFAULT_MAX_DEPTH",
     "MAX_ERROR_TEXT",
     "INTERNAL_ERROR",
+    "DEFAULT_ACK_EVERY",
+    "DEFAULT_ACK_DELAY",
+    "DEFAULT_OUTBOX_FRAMES",
+    "DEFAULT_OUTBOX_BYTES",
+    "DEFAULT_MAX_CONFIRMS",
     "plain",
 ]
 
 FEATURES = frozenset(
-    {"whereis", "link", "maps", "bitstrings", "ports", "funs", "heartbeat", "error", "session"}
+    {"whereis", "link", "maps", "bitstrings", "ports", "funs", "heartbeat", "error", "session", "acks"}
 )
 """The features of extension version 1 (docs/protocol.md section 3.5)."""
 
@@ -53,6 +58,18 @@ MAX_ERROR_TEXT = 300
 """Bytes of an ``{error, Code, Message}`` text we send or keep."""
 INTERNAL_ERROR = "internal error while handling the frame"
 
+# The `acks` feature (docs/protocol.md sections 11 and 13.2).
+DEFAULT_ACK_EVERY = 64
+"""Frames handled since our last ``{ack, N}`` after which we send the next one at once."""
+DEFAULT_ACK_DELAY = 0.010
+"""Seconds after the first frame handled since our last ack within which an ack is sent."""
+DEFAULT_OUTBOX_FRAMES = 16_384
+"""Unacknowledged sequenced frames a session keeps; a user command beyond it waits."""
+DEFAULT_OUTBOX_BYTES = 16 * 1024 * 1024
+"""Bytes of unacknowledged frames (lengths as in the 4-byte prefix) a session keeps."""
+DEFAULT_MAX_CONFIRMS = 16_384
+"""Confirmed sends pending per session (reserved for ``mc``, docs/protocol.md 11.8)."""
+
 A_HELLO = Atom("hello")
 A_CHALLENGE = Atom("challenge")
 A_RESPONSE = Atom("response")
@@ -70,6 +87,7 @@ A_EXIT2 = Atom("exit2")
 A_HEARTBEAT = Atom("heartbeat")
 A_HEARTBEAT_ACK = Atom("heartbeat_ack")
 A_ERROR = Atom("error")
+A_ACK = Atom("ack")
 A_UNDEFINED = Atom("undefined")
 A_NOPROC = Atom("noproc")
 A_NORMAL = Atom("normal")

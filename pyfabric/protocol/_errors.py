@@ -38,6 +38,8 @@ CODES = frozenset(
         "limit",
         "too_many_errors",
         "illegal_state",
+        "bad_ack",
+        "not_resumable",
     }
 )
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..etf import Atom, Pid
 from ._constants import (
+    A_ACK,
     A_DEAD,
     A_ERROR,
     A_EXIT2,
@@ -52,7 +53,7 @@ from ._policy import NamePolicy
 from ._rewrite import A_PR, Rewriter, describe
 from ._session import Session
 
-__all__ = ["Established", "FrameSpec", "FRAMES", "classify"]
+__all__ = ["Established", "FrameSpec", "FRAMES", "UNSEQUENCED", "classify"]
 
 log = logging.getLogger("pyfabric.protocol")
 
@@ -241,6 +242,15 @@ class Established:
         log.warning("peer %s reported error %s: %s", self.peer, code_text, text)
         self.events.append(PeerError(code_text, text))
 
+    # -- acks (docs/protocol.md section 11) ---------------------------------------------
+
+    def on_ack(self, n: Any) -> None:
+        outbox = self.session.outbox
+        if outbox is None or not outbox.ack(n):
+            sent = outbox.sent if outbox is not None else 0
+            acked = outbox.acked if outbox is not None else 0
+            raise RemoteProtocolError("bad_ack", f"ack {describe(n)} outside {acked + 1}..{sent}")
+
 
 @dataclass(frozen=True, slots=True)
 class FrameSpec:
@@ -250,6 +260,7 @@ class FrameSpec:
     arity: int
     feature: str | None  # None: a legacy frame, valid in every mode
     handler: Callable[..., None]  # Established.on_*, called with the elements after the tag
+    sequenced: bool = True  # numbered with `acks` (docs/protocol.md 11.2)
 
 
 FRAMES: dict[Atom, FrameSpec] = {
@@ -258,17 +269,22 @@ FRAMES: dict[Atom, FrameSpec] = {
         FrameSpec(A_M, 3, None, Established.on_message),
         FrameSpec(A_DEAD, 3, None, Established.on_dead),
         FrameSpec(A_R, 4, None, Established.on_registered),
-        FrameSpec(A_WHEREIS, 3, "whereis", Established.on_whereis),
-        FrameSpec(A_WHEREIS_REPLY, 3, "whereis", Established.on_whereis_reply),
+        FrameSpec(A_WHEREIS, 3, "whereis", Established.on_whereis, sequenced=False),
+        FrameSpec(A_WHEREIS_REPLY, 3, "whereis", Established.on_whereis_reply, sequenced=False),
         FrameSpec(A_LINK, 3, "link", Established.on_link),
         FrameSpec(A_UNLINK, 3, "link", Established.on_unlink),
         FrameSpec(A_EXIT2, 4, "link", Established.on_exit2),
-        FrameSpec(A_HEARTBEAT, 2, "heartbeat", Established.on_heartbeat),
-        FrameSpec(A_HEARTBEAT_ACK, 2, "heartbeat", Established.on_heartbeat_ack),
-        FrameSpec(A_ERROR, 3, "error", Established.on_error),
+        FrameSpec(A_HEARTBEAT, 2, "heartbeat", Established.on_heartbeat, sequenced=False),
+        FrameSpec(A_HEARTBEAT_ACK, 2, "heartbeat", Established.on_heartbeat_ack, sequenced=False),
+        FrameSpec(A_ERROR, 3, "error", Established.on_error, sequenced=False),
+        FrameSpec(A_ACK, 2, "acks", Established.on_ack, sequenced=False),
     )
 }
-"""Every frame a peer may send after the handshake (docs/protocol.md sections 4 and 5)."""
+"""Every frame a peer may send after the handshake (docs/protocol.md sections 4, 5, 11)."""
+
+UNSEQUENCED = frozenset(tag for tag, spec in FRAMES.items() if not spec.sequenced)
+"""Tags of the frames not numbered with ``acks``; every other frame after the handshake is,
+whatever its arity, agreement or validity (docs/protocol.md 11.2)."""
 
 
 def classify(term: Any, features: frozenset[str]) -> FrameSpec:

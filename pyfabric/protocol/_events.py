@@ -31,6 +31,8 @@ __all__ = [
     "PeerError",
     "FrameDropped",
     "ConnectionClosed",
+    "UndeliveredMessage",
+    "MessagesUndelivered",
 ]
 
 
@@ -66,7 +68,9 @@ class HandshakeComplete(Event):
     ``"extended"``. ``features`` are the agreed feature names (empty for legacy).
     ``peer_max_frame`` / ``peer_heartbeat`` (ms, 0 = none) are what the peer announced
     (legacy: our defaults, 0). ``session_id`` is set when ``session`` was agreed;
-    ``resumed`` says whether an earlier session (its id tables) was resumed.
+    ``resumed`` says whether an earlier session (its id tables) was resumed; when a
+    resume was asked and refused, ``resume_refused`` is ``"unknown_session"`` or
+    ``"not_resumable"`` and ``refused_session_id`` the session asked for.
     """
 
     mode: str
@@ -77,6 +81,8 @@ class HandshakeComplete(Event):
     resumed: bool
     peer_max_frame: int
     peer_heartbeat: int
+    resume_refused: str | None = None
+    refused_session_id: bytes | None = None
 
 
 @_ev
@@ -222,3 +228,34 @@ class ConnectionClosed(Event):
     code: str | None
     message: str
     error: ProtocolError | None = None
+
+
+@_ev
+class UndeliveredMessage:
+    """One message a session cannot vouch for (docs/protocol.md 11.7).
+
+    ``dest`` as the user gave it (proxy pid, name or ``(name, node)``), ``message`` the
+    message itself, ``confirmed`` whether it was a confirmed send, ``state``
+    ``"unconfirmed"`` (written, never acknowledged: it may or may not have been
+    delivered) or ``"unsent"`` (never written: certainly not delivered).
+    """
+
+    dest: Any
+    message: Any
+    confirmed: bool
+    state: str
+
+
+@_ev
+class MessagesUndelivered(Event):
+    """A session with ``acks`` ended (or a single message could not be issued) and these
+    messages were not confirmed, in the order sent (docs/protocol.md 11.7).
+
+    ``reason``: ``"session_expired"``, ``"not_resumable"``, ``"closed"``, or, for single
+    messages, ``"overflow"`` or the local error code that stopped them.
+    """
+
+    reason: str
+    session_id: bytes | None
+    peer_node: Atom | None
+    messages: tuple[UndeliveredMessage, ...]

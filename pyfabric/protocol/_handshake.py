@@ -14,6 +14,7 @@ from typing import Any
 
 from ..etf import Atom, Pid
 from ._constants import DEFAULT_MAX_FRAME
+from ._events import MessagesUndelivered
 from ._session import Session
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "client_mac",
     "server_mac",
     "lp",
+    "feature_rule",
 ]
 
 EXT_VERSION = 1
@@ -42,7 +44,11 @@ class Agreement:
     """What a handshake settled, filled in as it goes (read by ``Connection.mode`` ...).
 
     ``session`` is the session the established connection uses; ``expired`` the (remote
-    id, proxy) pairs of an old session the server did not resume (client only).
+    id, proxy) pairs of an old session the server did not resume (client only). With
+    ``acks``: ``peer_received`` the peer's count of a resume, ``resume_refused`` /
+    ``refused_id`` why a resume asked for was refused, ``undelivered`` the report of an
+    old session that ended (client), ``not_resumable`` the client found the server's count
+    out of range (docs/protocol.md 11.5, 11.6).
     """
 
     mode: str | None = None
@@ -54,6 +60,20 @@ class Agreement:
     session: Session | None = None
     resumed: bool = False
     expired: list[tuple[int, Pid]] = field(default_factory=list)
+    peer_received: int = 0
+    resume_refused: str | None = None
+    refused_id: bytes | None = None
+    undelivered: MessagesUndelivered | None = None
+    not_resumable: bool = False
+
+
+def feature_rule(features: set[str] | frozenset[str]) -> frozenset[str]:
+    """``features`` without the ones whose prerequisite is missing: ``acks`` needs
+    ``session`` (docs/protocol.md 11.1)."""
+    out = set(features)
+    if "session" not in out:
+        out.discard("acks")
+    return frozenset(out)
 
 
 def ext_hello_name(max_version: int, client_nonce: bytes) -> str:

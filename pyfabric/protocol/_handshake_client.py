@@ -86,7 +86,7 @@ class ClientHandshake:
         agreed.mode = "extended"
         agreed.version = version
         # Reserved or unknown names in the offer are ignored (docs/protocol.md 3.5).
-        agreed_features = sorted(config.features.intersection(features))
+        agreed_features = sorted(hs.feature_rule(config.features.intersection(features)))
         agreed.features = frozenset(agreed_features)
         agreed.peer_node = node
         agreed.peer_max_frame = max_frame
@@ -101,6 +101,8 @@ class ClientHandshake:
         if "session" in agreed.features and old is not None and old.id is not None:
             accept[b"resume"] = old.id
             self._asked_resume = old.id
+            if old.outbox is not None:
+                accept[b"received"] = old.outbox.received
         accept_bin = plain(accept)
         hello = self._transcript[0]
         mac = hs.client_mac(config.secret, hello, raw, accept_bin)
@@ -144,7 +146,28 @@ class ClientHandshake:
         elif session_id is not None or resumed:
             raise HandshakeFailure("server sent a session although 'session' was not agreed")
         self._transcript = []
+        refused = info.get(b"resume_refused")
+        if "acks" in agreed.features and refused in (b"unknown_session", b"not_resumable"):
+            agreed.resume_refused = refused.decode()
+        old = self.resume_from
+        if resumed and old is not None and (old.outbox is not None or "acks" in agreed.features):
+            received = info.get(b"received")
+            if (old.outbox is None) == ("acks" in agreed.features) or not old.outbox.in_range(received):
+                # Frames the outbox no longer holds, or never sent (docs/protocol.md 11.6).
+                self._not_resumable(old)
+                return
+            agreed.peer_received = received
         self._choose_session(session_id if "session" in agreed.features else None, resumed=resumed)
+
+    def _not_resumable(self, old: Session) -> None:
+        agreed = self.agreed
+        self.resume_from = None
+        agreed.not_resumable = True
+        agreed.expired = [(ident, pid) for ident, pid in old.proxies.items()]
+        agreed.undelivered = old.undelivered("not_resumable", agreed.peer_node)
+        old.expire()
+        old.id = None  # the next connection starts a new session
+        agreed.session = old
 
     def _choose_session(self, session_id: bytes | None, *, resumed: bool) -> None:
         agreed = self.agreed
@@ -156,9 +179,12 @@ class ClientHandshake:
             return
         new = Session(session_id)
         if old is not None:
-            # The old session is gone on the server: its proxies are unreachable; what
-            # the transport deferred moves on (its ids are checked again when sent).
+            # The old session is gone on the server: its proxies are unreachable. With
+            # `acks` its messages are reported (docs/protocol.md 11.7); without, what the
+            # transport deferred moves on (its ids are checked again when sent).
             agreed.expired = [(ident, pid) for ident, pid in old.proxies.items()]
+            reason = "not_resumable" if agreed.resume_refused == "not_resumable" else "session_expired"
+            agreed.undelivered = old.undelivered(reason, agreed.peer_node)
             old.hand_over(new)
             old.expire()
         agreed.session = new

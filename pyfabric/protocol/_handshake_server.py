@@ -56,7 +56,7 @@ class ServerHandshake:
         if client_version is not None:
             agreed.mode = "extended"
             agreed.version = min(client_version, hs.EXT_VERSION)
-            features = sorted(config.features)
+            features = sorted(hs.feature_rule(config.features))
             offer = {
                 b"version": agreed.version,
                 b"features": [f.encode() for f in features],
@@ -102,6 +102,8 @@ class ServerHandshake:
             raise HandshakeFailure(f"accepted features {sorted(set(features) - self._offer_features)} were not offered")
         if resume is not None and type(resume) is not bytes:
             raise HandshakeFailure("Accept resume is not a binary")
+        if hs.feature_rule(features) != frozenset(features):
+            raise HandshakeFailure("accepted 'acks' without 'session' (docs/protocol.md 11.1)")
         agreed = self.agreed
         agreed.features = frozenset(features)
         agreed.peer_node = node
@@ -111,15 +113,35 @@ class ServerHandshake:
             found = None
             if resume is not None and self._find_session is not None:
                 found = self._find_session(resume)
+            acks = "acks" in agreed.features
             if found is not None and not found.attached and found.id == resume:
-                agreed.session = found
-                agreed.resumed = True
-            else:
+                received = accept.get(b"received")
+                outbox = found.outbox
+                if (outbox is None) == (not acks) and (outbox is None or outbox.in_range(received)):
+                    agreed.session = found
+                    agreed.resumed = True
+                    agreed.peer_received = received if outbox is not None else 0
+                else:
+                    # Counts out of range or features differ: the old session ends
+                    # (docs/protocol.md 11.6); the transport ends it on this refusal.
+                    log.warning("peer %s: session cannot be resumed losslessly; starting a new one", self._peer)
+                    agreed.resume_refused = "not_resumable"
+                    agreed.refused_id = resume
+            elif resume is not None:
+                agreed.resume_refused = "unknown_session"
+                agreed.refused_id = resume
+            if agreed.session is None:
                 agreed.session = Session(self._random_bytes(16))
         info: dict[bytes, Any] = {}
         if agreed.session is not None:
             info[b"session"] = agreed.session.id
         info[b"resumed"] = agreed.resumed
+        if "acks" in agreed.features:
+            # Keys of `acks` go only to a peer that agreed on it (docs/protocol.md 11.1).
+            if agreed.resumed:
+                info[b"received"] = agreed.session.outbox.received  # type: ignore[union-attr]
+            elif agreed.resume_refused is not None:
+                info[b"resume_refused"] = agreed.resume_refused.encode()
         info_bin = plain(info)
         server_mac = hs.server_mac(secret, hello, challenge, raw, info_bin)
         self._transcript = []

@@ -8,8 +8,9 @@ outbox of commands waiting for the next connection).
 
 It is the one owner of outstanding work: what each side exported, the proxies we hold,
 the DEAD notices and commands that wait for a connection, and the recent DEAD notices
-resent after a resume (docs/protocol.md section 7). The acks and credit of later
-versions extend it.
+resent after a resume (docs/protocol.md section 7). With ``acks`` its :attr:`Session.outbox`
+(:class:`~._outbox.Outbox`) keeps the counts and unacknowledged frames instead of the DEAD
+resend, and the deferred commands are the pending queue of section 12.6.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from ..etf import Pid, decode
+from ..etf import Atom, Pid, decode
+from ._events import MessagesUndelivered, UndeliveredMessage
+from ._outbox import Outbox
 
 __all__ = [
     "Session",
@@ -107,6 +110,7 @@ class Session:
         "_dead_queue",
         "_recent_dead",
         "_deferred",
+        "outbox",
     )
 
     def __init__(self, session_id: bytes | None = None) -> None:
@@ -124,6 +128,7 @@ class Session:
         self._dead_queue: list[bytes] = []  # DEAD frames waiting for a resume
         self._recent_dead: deque[bytes] = deque(maxlen=RESEND_DEAD)  # the last DEAD frames
         self._deferred: deque[Deferred] = deque()
+        self.outbox: Outbox | None = None  # with `acks`: counts and unacknowledged frames
 
     # -- id tables ------------------------------------------------------------------------
 
@@ -211,6 +216,28 @@ class Session:
         """Commands waiting in :meth:`defer`'s queue."""
         return len(self._deferred)
 
+    def next_deferred(self) -> Deferred:
+        """Take the oldest deferred command (there must be one)."""
+        return self._deferred.popleft()
+
+    def undefer(self, command: Deferred) -> None:
+        """Put ``command`` back at the head of the deferred queue (it must wait longer)."""
+        self._deferred.appendleft(command)
+
+    def undelivered(self, reason: str, peer_node: Atom | None) -> MessagesUndelivered | None:
+        """The session ends (with ``acks``): the report of the messages it cannot vouch
+        for (docs/protocol.md 11.7), or None when there are none or no ``acks``. Empties
+        the outbox and the deferred commands (they are never sent in another session)."""
+        outbox = self.outbox
+        if outbox is None:
+            return None
+        messages = outbox.undelivered()
+        messages += [UndeliveredMessage(c.dest, c.payload, False, "unsent") for c in self._deferred if type(c) is SendMessage]
+        self._deferred.clear()
+        if not messages:
+            return None
+        return MessagesUndelivered(reason, self.id, peer_node, tuple(messages))
+
     def take_deferred(self) -> list[Deferred]:
         """Empty the deferred commands' queue and return what it held, oldest first."""
         commands = list(self._deferred)
@@ -219,7 +246,8 @@ class Session:
 
     def hand_over(self, successor: Session) -> None:
         """This session was not resumed: deferred commands move to ``successor`` (the
-        ids they name are checked again when they are sent); the rest ends here."""
+        ids they name are checked again when they are sent); the rest ends here. With
+        ``acks`` nothing moves: call :meth:`undelivered` first (docs/protocol.md 11.7)."""
         successor._deferred.extend(self._deferred)
         self._deferred.clear()
 
@@ -241,6 +269,8 @@ class Session:
         ):
             table.clear()
         self._dead_queue = []
+        if self.outbox is not None:
+            self.outbox.undelivered()
         return proxies
 
     def __repr__(self) -> str:

@@ -30,8 +30,10 @@ DEFAULT_HEARTBEAT = 15.0
 """Seconds of silence after which we send a heartbeat (extended peers only); a peer silent
 for three of its own intervals is considered lost."""
 
-DEFAULT_MAX_PENDING = 10_000
-"""Sends queued while disconnected, at most: bounded so a dead peer cannot eat memory."""
+DEFAULT_MAX_PENDING = 250_000
+"""Sends and link commands waiting per connection, at most: while disconnected, and with
+``acks`` also while the outbox is full (docs/protocol.md 12.6, 13.2); bounded so a dead or
+slow peer cannot eat memory. Beyond it a send raises :class:`SendQueueFull`."""
 
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 """Seconds a handshake may take before the connection is closed."""

@@ -16,6 +16,16 @@ from pyfabric.protocol import (
 import pytest
 
 
+_features = FEATURES  # the DEAD-resend tests below run without `acks` (section 7 behaviour)
+
+
+@pytest.fixture
+def without_acks(monkeypatch):
+    """Section 7 as an older peer of ours speaks it: sessions without `acks` (with `acks`
+    the replay of section 11.5 replaces the DEAD resend: test_protocol_acks.py)."""
+    monkeypatch.setattr(__import__(__name__), "_features", FEATURES - {"acks"})
+
+
 def connect(client, server):
     pair = Pair(client, server)
     client.start()
@@ -25,8 +35,8 @@ def connect(client, server):
 
 def setup_session():
     store = {}
-    client = make_conn("client")
-    server = make_conn("server", allowed={"echo"}, find_session=store.get)
+    client = make_conn("client", features=_features)
+    server = make_conn("server", allowed={"echo"}, find_session=store.get, features=_features)
     pair = connect(client, server)
     me = client.pids.new()
     client.send_message(A("echo"), me)
@@ -128,8 +138,8 @@ def split_dead_frames(data):
 def resume(pair, store):
     client, server = pair.client, pair.server
     store[server.session.id] = server.session
-    client2 = make_conn("client", session=client.session, pids=client.pids)
-    server2 = make_conn("server", allowed={"echo"}, find_session=store.get, pids=server.pids)
+    client2 = make_conn("client", session=client.session, pids=client.pids, features=_features)
+    server2 = make_conn("server", allowed={"echo"}, find_session=store.get, pids=server.pids, features=_features)
     client2.start()
     return Pair(client2, server2)
 
@@ -149,7 +159,7 @@ def client_output_after_resume(pair2):
     return s_events, pair2.client.data_to_send()
 
 
-def test_dead_lost_in_the_cut_arrives_after_the_resume():
+def test_dead_lost_in_the_cut_arrives_after_the_resume(without_acks):
     store, pair, me, server_proxy_for_me, local, client_proxy = setup_session()
     client, server = pair.client, pair.server
     client.process_exited(me, A("bye"))
@@ -165,7 +175,7 @@ def test_dead_lost_in_the_cut_arrives_after_the_resume():
     assert s_events[1:] == [ProxyDied(server_proxy_for_me, 1, A("bye"))]
 
 
-def test_resent_dead_already_received_is_ignored():
+def test_resent_dead_already_received_is_ignored(without_acks):
     store, pair, me, server_proxy_for_me, local, client_proxy = setup_session()
     client, server = pair.client, pair.server
     client.process_exited(me, A("bye"))
@@ -183,7 +193,7 @@ def test_resent_dead_already_received_is_ignored():
     assert pair2.server.events() == []  # ignored: that proxy is already dead
 
 
-def test_dead_resend_is_bounded_and_in_order():
+def test_dead_resend_is_bounded_and_in_order(without_acks):
     from pyfabric.protocol import RESEND_DEAD
 
     store, pair, me, server_proxy_for_me, local, client_proxy = setup_session()
@@ -212,7 +222,7 @@ def test_dead_resend_is_bounded_and_in_order():
     assert ids[:-1] == expected
 
 
-def test_no_resend_without_a_resume():
+def test_no_resend_without_a_resume(without_acks):
     store, pair, me, server_proxy_for_me, local, client_proxy = setup_session()
     client, server = pair.client, pair.server
     client.process_exited(me, A("bye"))
@@ -220,8 +230,8 @@ def test_no_resend_without_a_resume():
     pair.take("server")
     client.connection_lost()
     client.events()
-    client2 = make_conn("client", session=client.session, pids=client.pids)
-    server2 = make_conn("server", allowed={"echo"}, find_session=store.get)  # session not kept
+    client2 = make_conn("client", session=client.session, pids=client.pids, features=_features)
+    server2 = make_conn("server", allowed={"echo"}, find_session=store.get, features=_features)  # session not kept
     pair2 = connect(client2, server2)
     assert pair2.take("client")[-1].resumed is False
     assert pair2.take("server")[0].resumed is False  # nothing but the handshake arrived
