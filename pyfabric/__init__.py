@@ -35,8 +35,10 @@ from .protocol import (
     AuthenticationError,
     FeatureNotSupported,
     LocalProtocolError,
+    MessagesUndelivered,
     ProtocolError,
     RemoteProtocolError,
+    UndeliveredMessage,
 )
 from .runtime import (
     ANY,
@@ -57,6 +59,7 @@ from .transport import (
     ConnectFailed,
     ConnectionState,
     NotConnected,
+    SendQueueFull,
     Server,
     ServerClosed,
     ServerConnection,
@@ -116,7 +119,10 @@ __all__ = [
     "NameTaken",
     "TransportError",
     "NotConnected",
+    "SendQueueFull",
     "ConnectFailed",
     "ClientClosed",
     "ServerClosed",
+    "MessagesUndelivered",
+    "UndeliveredMessage",
 ]

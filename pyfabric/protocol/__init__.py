@@ -144,9 +144,11 @@ from ._events import (
     HeartbeatReceived,
     LinkRequested,
     MessageReceived,
+    MessagesUndelivered,
     PeerError,
     ProxyCreated,
     ProxyDied,
+    UndeliveredMessage,
     UnlinkRequested,
     WhereisReplied,
     WhereisRequested,
@@ -203,4 +205,6 @@ __all__ = [
     "PeerError",
     "FrameDropped",
     "ConnectionClosed",
+    "MessagesUndelivered",
+    "UndeliveredMessage",
 ]

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..etf import Atom, DecodeError, Pid, decode
+from . import _acks as acks
 from ._commands import Commands, dead_frame, default_dead_pid, establish
 from ._config import ConnectionConfig
 from ._constants import (
@@ -33,17 +34,7 @@ from ._constants import (
 from ._error_policy import ErrorWindow, HandshakeFailure, error_frame, is_error_frame
 from ._errors import AuthenticationError, LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._established import UNSEQUENCED, Established
-from ._events import (
-    NEED_DATA,
-    AuthFailed,
-    ConnectionClosed,
-    Event,
-    FrameDropped,
-    HandshakeComplete,
-    MessagesUndelivered,
-    ProxyDied,
-    UndeliveredMessage,
-)
+from ._events import NEED_DATA, AuthFailed, ConnectionClosed, Event, FrameDropped, HandshakeComplete, ProxyDied
 from ._framing import FrameReader, FrameTooLarge, FrameWriter
 from ._handshake import Agreement
 from ._handshake_client import ClientHandshake
@@ -76,7 +67,7 @@ _HANDSHAKE_FRAMES = {
 }
 
 
-class Connection:
+class Connection(acks.AcksMixin):
     """One side of one fabric connection (see the package docstring).
 
     ``config`` (a :class:`ConnectionConfig`) or the options as keywords (``secret``
@@ -149,41 +140,14 @@ class Connection:
         """The id tables and outbox of this connection's session."""
         return self._session
 
-    @property
-    def mode(self) -> str | None:
-        """``"extended"``, ``"legacy"``, or None before the hello/challenge."""
-        return self._agreed.mode
-
-    @property
-    def version(self) -> int:
-        """The agreed extension version (0: legacy)."""
-        return self._agreed.version
-
-    @property
-    def features(self) -> frozenset[str]:
-        """The agreed features (empty for a legacy peer)."""
-        return self._agreed.features
-
-    @property
-    def peer_node(self) -> Atom | None:
-        """The peer's node name (extended peers only)."""
-        return self._agreed.peer_node
-
-    @property
-    def peer_max_frame(self) -> int:
-        """The largest frame the peer accepts."""
-        return self._agreed.peer_max_frame
-
-    @property
-    def peer_heartbeat(self) -> int:
-        """The peer's heartbeat interval, ms (0: none)."""
-        return self._agreed.peer_heartbeat
-
-    @property
-    def max_frame(self) -> int:
-        """The largest frame we accept once established (``config.max_frame``)."""
-        return self.config.max_frame
-
+    # What the handshake settled (``Agreement``), and our own limits.
+    mode = property(lambda self: self._agreed.mode, doc='``"extended"``, ``"legacy"``, or None before the hello/challenge.')
+    version = property(lambda self: self._agreed.version, doc="The agreed extension version (0: legacy).")
+    features = property(lambda self: self._agreed.features, doc="The agreed features (empty for a legacy peer).")
+    peer_node = property(lambda self: self._agreed.peer_node, doc="The peer's node name (extended peers only).")
+    peer_max_frame = property(lambda self: self._agreed.peer_max_frame, doc="The largest frame the peer accepts.")
+    peer_heartbeat = property(lambda self: self._agreed.peer_heartbeat, doc="The peer's heartbeat interval, ms (0: none).")
+    max_frame = property(lambda self: self.config.max_frame, doc="The largest frame we accept once established.")
     max_proxies = property(lambda self: self.config.max_proxies, doc="``config.max_proxies``")
     max_exports = property(lambda self: self.config.max_exports, doc="``config.max_exports``")
     allow_legacy_auth = property(lambda self: self.config.allow_legacy_auth, doc="``config.allow_legacy_auth``")
@@ -276,22 +240,6 @@ class Connection:
             log.exception("peer %s: internal error while handling a frame", self.peer)
             self._drop(RemoteProtocolError("unknown_frame", f"{INTERNAL_ERROR}: {type(exc).__name__}: {exc}"))
 
-    def _handled(self, outbox: Outbox) -> None:
-        # Counted before it is acted on: nothing between here and the end of its handler
-        # can lose its effects (the transport carries out every event it got).
-        outbox.received += 1
-        if outbox.received - outbox.ack_sent >= self.config.ack_every:
-            self.send_ack()
-
-    def _ack_received(self, term: Any) -> None:
-        try:
-            self._est.dispatch(term)  # type: ignore[union-attr]
-        except RemoteProtocolError as exc:
-            self._drop(exc)
-            return
-        if self._session.deferred_count():
-            self._pump()
-
     def _on_handshake_frame(self, raw: bytes) -> None:
         try:
             term = decode(raw, limits=self._hs_limits)
@@ -353,7 +301,7 @@ class Connection:
         if "acks" in agreed.features and session.outbox is None:
             session.outbox = Outbox()
         if agreed.not_resumable:
-            self._refuse_resume(agreed)
+            self._end("not_resumable", *acks.refuse_resume(agreed, self._writer, self._events, self.peer))
             return
         self._cmd = establish(
             session,
@@ -383,31 +331,7 @@ class Connection:
                 refused_session_id=agreed.refused_id,
             )
         )
-        if agreed.undelivered is not None:
-            self._events.append(agreed.undelivered)
-        if agreed.resumed and session.outbox is not None:
-            # The replay: our frames the peer has not handled, unchanged, before any new
-            # one (docs/protocol.md 11.5); it replaces the DEAD resend of section 7.
-            for frame in session.outbox.resume(agreed.peer_received):
-                self._writer.write(frame)
-        elif agreed.resumed:
-            # What could not be sent while disconnected, and the recent DEAD notices in
-            # case one was lost in the cut (docs/protocol.md section 7).
-            for frame in session.take_dead_notices():
-                self._writer.write(frame)
-
-    def _refuse_resume(self, agreed: Agreement) -> None:
-        """Client: the server resumed with a count out of range (docs/protocol.md 11.6):
-        tell it, report the old session's messages, close; the next connection starts a
-        new session (its id was cleared)."""
-        if agreed.undelivered is not None:
-            self._events.append(agreed.undelivered)
-        message = "the server's received count is outside what our outbox holds; starting a new session"
-        error = RemoteProtocolError("not_resumable", message)
-        log.warning("peer %s: %s", self.peer, message)
-        if "error" in agreed.features:
-            self._writer.write(error_frame(error))
-        self._end("not_resumable", message, error)
+        acks.after_handshake(session, agreed, self._writer, self._events)
 
     # -- errors and closing -----------------------------------------------------------
 
@@ -493,92 +417,25 @@ class Connection:
         LocalProtocolError (nothing queued) if the payload holds a value this peer
         cannot carry, or the frame exceeds the peer's ``max_frame``."""
         cmd = self._commands("send_message")
-        if self._must_wait():
-            self._session.defer(SendMessage(dest, payload))
-            return
-        cmd.send_message(dest, payload)
+        if self._session.outbox is not None and acks.must_wait(self._session, self.config):
+            self._session.defer(SendMessage(dest, payload))  # docs/protocol.md 11.4
+        else:
+            cmd.send_message(dest, payload)
 
     def link(self, local_pid: Pid, proxy_pid: Pid) -> None:
         """Queue ``{link, A, B}``: ``local_pid`` is now linked to the peer's process."""
         cmd = self._commands("link")
-        if self._must_wait():
-            self._session.defer(LinkCommand(local_pid, proxy_pid))
-            return
-        cmd.link(local_pid, proxy_pid)
+        self._run_or_wait(LinkCommand(local_pid, proxy_pid), cmd.link, local_pid, proxy_pid)
 
     def unlink(self, local_pid: Pid, proxy_pid: Pid) -> None:
         """Queue ``{unlink, A, B}``."""
         cmd = self._commands("unlink")
-        if self._must_wait():
-            self._session.defer(UnlinkCommand(local_pid, proxy_pid))
-            return
-        cmd.unlink(local_pid, proxy_pid)
+        self._run_or_wait(UnlinkCommand(local_pid, proxy_pid), cmd.unlink, local_pid, proxy_pid)
 
     def exit_signal(self, local_pid: Pid, proxy_pid: Pid, reason: Any) -> None:
         """Queue ``{exit2, A, B, Reason}``: ``exit(proxy_pid, reason)`` called by ``local_pid``."""
         cmd = self._commands("exit_signal")
-        if self._must_wait():
-            self._session.defer(ExitSignalCommand(local_pid, proxy_pid, reason))
-            return
-        cmd.exit_signal(local_pid, proxy_pid, reason)
-
-    # -- acks: the outbox, acknowledgements (docs/protocol.md section 11) --------------------
-
-    def _must_wait(self) -> bool:
-        """With ``acks``, a user command waits (in the session's deferred queue) while
-        earlier ones wait or the outbox is full (docs/protocol.md 11.4)."""
-        session = self._session
-        outbox = session.outbox
-        if outbox is None:
-            return False
-        config = self.config
-        return session.deferred_count() > 0 or not outbox.has_room(config.outbox_frames, config.outbox_bytes)
-
-    def _pump(self) -> list[tuple[Deferred, LocalProtocolError]]:
-        """Issue the waiting commands while the outbox has room, oldest first. A message
-        that cannot be carried any more is reported (``MessagesUndelivered``, its error
-        code); other failed commands are returned."""
-        session = self._session
-        outbox = session.outbox
-        cmd = self._cmd
-        assert outbox is not None and cmd is not None
-        config = self.config
-        failed = []
-        while session.deferred_count() and outbox.has_room(config.outbox_frames, config.outbox_bytes):
-            command = session.next_deferred()
-            try:
-                if not cmd.replay(command):
-                    log.debug("peer %s: waiting %s to an ended proxy dropped", self.peer, type(command).__name__)
-            except LocalProtocolError as exc:
-                if type(command) is SendMessage:
-                    lost = UndeliveredMessage(command.dest, command.payload, False, "unsent")
-                    self._events.append(MessagesUndelivered(exc.code, session.id, self.peer_node, (lost,)))
-                else:
-                    failed.append((command, exc))
-        return failed
-
-    def ack_owed(self) -> bool:
-        """With ``acks``: frames were handled since our last acknowledgement (the
-        transport then calls :meth:`send_ack` within ``config.ack_delay``)."""
-        outbox = self._session.outbox
-        return outbox is not None and outbox.received > outbox.ack_sent and self._state.state == ESTABLISHED
-
-    def send_ack(self) -> None:
-        """Queue ``{ack, Received}`` if it advances (docs/protocol.md 11.3); else nothing."""
-        outbox = self._session.outbox
-        if outbox is None or outbox.received <= outbox.ack_sent or self._state.state != ESTABLISHED:
-            return
-        outbox.ack_sent = outbox.received
-        self._writer.write(plain((A_ACK, outbox.received)))
-
-    def waiting(self) -> int:
-        """Commands waiting in the session (for a connection, or for outbox room)."""
-        return self._session.deferred_count()
-
-    def unacknowledged(self) -> int:
-        """With ``acks``: our frames the peer has not acknowledged yet (0 without)."""
-        outbox = self._session.outbox
-        return len(outbox) if outbox is not None else 0
+        self._run_or_wait(ExitSignalCommand(local_pid, proxy_pid, reason), cmd.exit_signal, local_pid, proxy_pid, reason)
 
     def whereis(self, name: Atom | str) -> int:
         """Queue ``{whereis, ReqId, NameBin}``; returns ReqId (matched by ``WhereisReplied``)."""
@@ -614,25 +471,19 @@ class Connection:
         """The runtime reports that local process ``pid`` ended (call it for every local
         death, or for every exported one). If the peer knows it, ``{'DEAD', {pr, Id},
         Reason}`` is queued (``reason`` raw). While disconnected with a session, the
-        notice is kept and sent after a resume (with the last few sent ones,
-        docs/protocol.md section 7)."""
+        notice is kept and sent after a resume (with ``acks`` in the replay, 11.4; without,
+        with the last few sent ones, docs/protocol.md section 7)."""
         self._state.process("process_exited")
         session = self._session
         ident = session.unexport(pid)
         if ident is None:
             return
         frame = dead_frame(ident, reason)
-        outbox = session.outbox
-        if outbox is not None:
-            # A DEAD is sequenced and always admitted; while disconnected it waits in the
-            # outbox for the replay (docs/protocol.md 11.4).
-            outbox.issue(frame)
-            if self._state.state == ESTABLISHED:
-                self._writer.write(frame)
-            return
+        if session.outbox is not None:  # sequenced, always admitted; replayed (11.4)
+            session.outbox.issue(frame)
         if self._state.state == ESTABLISHED:
             self._writer.write(frame)
-            if session.id is not None:
+            if session.id is not None and session.outbox is None:
                 session.dead_sent(frame, queued=False)
-        elif session.id is not None:
+        elif session.id is not None and session.outbox is None:
             session.dead_sent(frame, queued=True)

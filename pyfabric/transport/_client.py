@@ -23,7 +23,7 @@ from ..protocol import (
 from ..runtime import Node
 from ..tls import check_context, describe_tls_failure
 from ._local import LocalProcesses
-from ._errors import ConnectFailed, NotConnected
+from ._errors import ConnectFailed, NotConnected, SendQueueFull
 from ._options import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -218,7 +218,7 @@ class Client(LocalProcesses):
         self._finish_closed()
 
     def _finish_closed(self) -> None:
-        self._link.expire()
+        self._link.expire("closed" if self._closing else "session_expired")
         self._set_state(ConnectionState.CLOSED)
 
     def _set_state(self, state: str) -> None:
@@ -325,6 +325,9 @@ class Client(LocalProcesses):
         the bounded queue is full. Call :meth:`drain` to wait for the bytes to leave.
         """
         if dest.__class__ is Pid:
+            link = self._link
+            if link.acks and link.pending_count() >= self.options.max_pending:
+                raise SendQueueFull(f"{self.options.max_pending} messages already wait for {link.label} (max_pending)")
             self._node.send(dest, msg)
             return
         if self._state == ConnectionState.CLOSED:
@@ -352,7 +355,7 @@ class Client(LocalProcesses):
             # without a timer or a context switch per call.
             if self._link.pending_output() >= DRAIN_FLUSH_BYTES:
                 self._link.flush()
-            if stream.can_write:
+            if stream.can_write and not self._link.pending_count():
                 self._drain_calls += 1
                 if self._drain_calls % DRAIN_YIELD_EVERY == 0:
                     await asyncio.sleep(0)
@@ -365,6 +368,10 @@ class Client(LocalProcesses):
                         raise NotConnected(f"the client of {self.host}:{self.port} is closed")
                     if self._state == ConnectionState.CONNECTED and self._stream is not None:
                         await self._stream.drain()
+                        if self._link.pending_count():
+                            # With `acks`, sends wait for outbox room (docs/protocol.md 12.6).
+                            await self._link.wait_idle()
+                            continue
                         if self._state == ConnectionState.CONNECTED:
                             return
                     await self._connected.wait()
@@ -416,6 +423,9 @@ class Client(LocalProcesses):
             except asyncio.CancelledError:
                 pass
         stream = self._stream
+        if self._link.acks and self._link.connected:
+            # A clean close reports nothing: wait for the server's acks first (11.7).
+            await self._link.wait_acknowledged(self._send_timeout)
         if self._owns_node and self._link.connected and stream is not None:
             # End our processes while the server can still hear of it: their DEAD notices
             # (reason `shutdown`) go out before the close. The protocol has no close frame,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["TransportError", "NotConnected", "ConnectFailed", "ClientClosed", "ServerClosed"]
+__all__ = ["TransportError", "NotConnected", "ConnectFailed", "SendQueueFull", "ClientClosed", "ServerClosed"]
 
 
 class TransportError(Exception):
@@ -32,3 +32,9 @@ class ServerClosed(TransportError, RuntimeError):
 
     A ``RuntimeError`` too, for code written against earlier versions.
     """
+
+
+class SendQueueFull(TransportError):
+    """``max_pending`` messages already wait for this peer (for a connection, or for
+    room in the unacknowledged outbox): nothing was queued. Await ``drain()`` and retry,
+    or slow down (docs/protocol.md 12.6)."""

@@ -9,12 +9,12 @@ plus what only a transport needs (heartbeat timing, the queue kept while disconn
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from ..etf import Atom
-from ..protocol import ConnectionConfig
+from ..protocol import ConnectionConfig, MessagesUndelivered
 
 __all__ = [
     "PeerOptions",
@@ -58,6 +58,9 @@ class PeerOptions:
     silence before we send a heartbeat (announced to the peer as
     ``config.heartbeat_interval`` ms when the feature is offered). ``when_disconnected``:
     ``"wait"`` (keep up to ``max_pending`` sends for the next connection) or ``"error"``.
+    ``on_undelivered``: called with a :class:`~pyfabric.protocol.MessagesUndelivered` when
+    a session with ``acks`` ends with messages it cannot vouch for, or a local process's
+    message overflows ``max_pending`` (docs/protocol.md 11.7, 12.6); they are logged too.
     """
 
     config: ConnectionConfig
@@ -67,6 +70,7 @@ class PeerOptions:
     refuse_remote_exits: bool | frozenset[Atom] = False
     """True: no peer may link to or send an exit signal to any local process; a set of
     names: not to the processes registered under them (README "Security")."""
+    on_undelivered: Callable[[MessagesUndelivered], None] | None = None
 
     @property
     def heartbeat_ms(self) -> int:
@@ -83,6 +87,7 @@ class PeerOptions:
         max_pending: int = DEFAULT_MAX_PENDING,
         compress: bool = False,
         refuse_remote_exits: bool | Iterable[Atom | str] = False,
+        on_undelivered: Callable[[MessagesUndelivered], None] | None = None,
         **options: Any,
     ) -> PeerOptions:
         """Check the options; ``compress`` is ``ConnectionConfig.compress_messages`` and
@@ -109,4 +114,5 @@ class PeerOptions:
             when_disconnected=when_disconnected,
             max_pending=max_pending,
             refuse_remote_exits=refuse,
+            on_undelivered=on_undelivered,
         )

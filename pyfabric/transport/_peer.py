@@ -31,6 +31,7 @@ from ..protocol import (
     LinkRequested,
     LocalProtocolError,
     MessageReceived,
+    MessagesUndelivered,
     PeerError,
     ProxyDied,
     SendMessage,
@@ -41,7 +42,7 @@ from ..protocol import (
     WhereisRequested,
 )
 from ..runtime import Node, NotRegistered, WatchToken
-from ._errors import NotConnected
+from ._errors import NotConnected, SendQueueFull
 from ._options import PeerOptions
 
 __all__ = ["PeerLink", "ProxyHandle"]
@@ -62,7 +63,17 @@ class ProxyHandle:
         self.pid: Pid | None = None
 
     def deliver(self, msg: Any) -> None:
-        self.link.send(self.pid, msg)
+        link = self.link
+        try:
+            link.send(self.pid, msg)
+        except SendQueueFull:
+            # `Process.send` / `Node.send` never block nor raise (docs/protocol.md 12.6):
+            # the message is dropped, counted, logged and reported.
+            link.overflowed(self.pid, msg)
+        except NotConnected:
+            if not (link.acks and link.pending_count() >= link.options.max_pending):
+                raise
+            link.overflowed(self.pid, msg)
 
     def link_added(self, local_pid: Pid) -> None:
         self.link.link(local_pid, self.pid)
@@ -105,6 +116,13 @@ class PeerLink:
         self.destinations: dict[Any, int] | None = None
         """If a dict: messages delivered per destination (the server's stream empties it
         after each slice it feeds, to check those mailboxes)."""
+        self.dropped_overflow = 0
+        """Messages from local processes dropped because ``max_pending`` were waiting."""
+        self.on_session_ended: Callable[[PeerLink, bytes], None] | None = None
+        """Server: told when a session ends before its connection closes (``not_resumable``)."""
+        self._ack_timer: asyncio.TimerHandle | None = None
+        self._idle = asyncio.Event()  # set while no command waits (see wait_idle)
+        self._idle.set()
         self.taken_over_by: PeerLink | None = None
         """Server: the link of the session this link's connection resumed (it owns the
         connection now, and every proxy and export the connection creates)."""
@@ -243,9 +261,35 @@ class PeerLink:
                 _log.warning("%s: dropped a frame (%s): %s", self.label, ev.code, ev.detail)
             elif kind is PeerError:
                 _log.warning("%s: peer reported %s: %s", self.label, ev.code, ev.message)
+                if ev.code == "not_resumable" and self.role == "server" and self.session is not None:
+                    self._end_session_now()
+            elif kind is MessagesUndelivered:
+                self.report_undelivered(ev)
             elif kind is ConnectionClosed:
                 self._closed(ev)
         self._flush()
+        if conn is not None and conn.ack_owed() and self._ack_timer is None:
+            self._ack_timer = self.node.loop.call_later(self.options.config.ack_delay, self._ack_due)
+        self._update_idle()
+
+    def _ack_due(self) -> None:
+        self._ack_timer = None
+        conn = self.conn
+        if conn is not None:
+            conn.send_ack()
+            self._flush()
+
+    def _update_idle(self) -> None:
+        if self.pending_count() == 0:
+            self._idle.set()
+        else:
+            self._idle.clear()
+
+    async def wait_idle(self) -> None:
+        """Return once no command waits (for a connection or for outbox room)."""
+        while self.pending_count():
+            self._idle.clear()
+            await self._idle.wait()
 
     def _exit_refused(self, pid: Pid, what: str) -> bool:
         """``refuse_remote_exits``: True if the peer may not link to / signal ``pid``."""
@@ -323,13 +367,59 @@ class PeerLink:
         if self.on_closed is not None:
             self.on_closed(self, ev)
 
-    def expire(self) -> None:
+    def expire(self, reason: str = "session_expired") -> None:
         """End the session for good: proxies end with ``noconnection``, exports and
-        deferred sends are dropped."""
+        deferred sends are dropped; with ``acks`` the messages it cannot vouch for are
+        reported with ``reason`` (docs/protocol.md 11.7)."""
         if self.session is not None:
+            peer = self.established.peer_node if self.established is not None else None
+            report = self.session.undelivered(reason, peer)
+            if report is not None:
+                self.report_undelivered(report)
             for pid, _remote_id in self.session.expire():
                 self.node.terminate_proxy(pid, Atom("noconnection"))
         self._forget_exports()
+
+    def _end_session_now(self) -> None:
+        # The client could not resume losslessly and told us (docs/protocol.md 11.6).
+        session = self.session
+        assert session is not None
+        session_id = session.id
+        self.expire("not_resumable")
+        if self.on_session_ended is not None and session_id is not None:
+            self.on_session_ended(self, session_id)
+
+    def report_undelivered(self, report: MessagesUndelivered) -> None:
+        """Tell the user which messages a session cannot vouch for (docs/protocol.md 11.7):
+        one warning with the counts, then the ``on_undelivered`` callback."""
+        unsent = sum(1 for m in report.messages if m.state == "unsent")
+        _log.warning(
+            "%s: %d messages not confirmed (%d unconfirmed, %d unsent): %s",
+            self.label,
+            len(report.messages),
+            len(report.messages) - unsent,
+            unsent,
+            report.reason,
+        )
+        callback = self.options.on_undelivered
+        if callback is not None:
+            try:
+                callback(report)
+            except Exception:
+                _log.exception("%s: on_undelivered callback failed", self.label)
+
+    def overflowed(self, dest: Any, msg: Any) -> None:
+        """A local process's message found ``max_pending`` waiting: dropped, counted,
+        logged (the first one) and reported as ``overflow`` (docs/protocol.md 12.6)."""
+        from ..protocol import UndeliveredMessage
+
+        self.dropped_overflow += 1
+        if self.dropped_overflow == 1:
+            _log.warning("%s: %d messages wait (max_pending): dropping further ones", self.label, self.options.max_pending)
+        session = self.session
+        lost = UndeliveredMessage(dest, msg, False, "unsent")
+        peer = self.established.peer_node if self.established is not None else None
+        self.report_undelivered(MessagesUndelivered("overflow", session.id if session else None, peer, (lost,)))
 
     def _forget_exports(self) -> None:
         for token in self._watches.values():
@@ -355,6 +445,12 @@ class PeerLink:
     # -- commands from the runtime and the API -------------------------------------------------
 
     @property
+    def acks(self) -> bool:
+        """Does the current session have ``acks`` (docs/protocol.md 11)?"""
+        session = self.session
+        return session is not None and session.outbox is not None
+
+    @property
     def connected(self) -> bool:
         conn = self.conn
         return conn is not None and conn.state == ESTABLISHED
@@ -363,7 +459,12 @@ class PeerLink:
         """Send ``msg`` to ``dest`` (proxy pid, remote name, or ``(name, node)``)."""
         conn = self.conn
         if conn is not None and conn.state == ESTABLISHED:
+            session = conn.session
+            if session.outbox is not None and session.deferred_count() >= self.options.max_pending:
+                raise SendQueueFull(f"{self.options.max_pending} messages already wait for {self.label} (max_pending)")
             conn.send_message(dest, msg)
+            if session.deferred_count():
+                self._idle.clear()
             self._schedule_flush()
         else:
             self._defer(SendMessage(dest, msg))
@@ -427,6 +528,7 @@ class PeerLink:
                 f"not connected to {self.label} and {opts.max_pending} sends are already queued (max_pending)"
             )
         session.defer(command)
+        self._idle.clear()
 
     def _send_deferred(self) -> None:
         conn = self.conn
@@ -462,6 +564,23 @@ class PeerLink:
         for fut in waiting.values():
             if not fut.done():
                 fut.set_exception(exc)
+
+    async def wait_acknowledged(self, timeout: float) -> bool:
+        """With ``acks``: wait (at most ``timeout`` s) until nothing waits and the peer has
+        acknowledged every frame of ours, so that a clean close reports nothing
+        (docs/protocol.md 11.7); True when it did."""
+        loop = self.node.loop
+        deadline = loop.time() + timeout
+        while True:
+            conn = self.conn
+            if conn is None or conn.state != ESTABLISHED:
+                return False
+            if conn.unacknowledged() == 0 and self.pending_count() == 0:
+                return True
+            if loop.time() >= deadline:
+                return False
+            self._flush()
+            await asyncio.sleep(0.005)
 
     def close(self) -> None:
         """Close the current connection in an orderly way (flushes what is queued)."""

@@ -252,6 +252,10 @@ class Server(LocalProcesses):
             entry.stream.attach(owner)
         elif ev.session_id is not None:
             self._sessions[ev.session_id] = link
+        if ev.resume_refused == "not_resumable" and ev.refused_session_id is not None:
+            # The session asked for cannot be resumed losslessly: it ends now (11.6).
+            self._end_session(ev.refused_session_id, "not_resumable")
+        owner.on_session_ended = lambda lk, sid: self._end_session(sid, None)
         entry.stream.start_heartbeat(self.options.heartbeat_ms / 1000, ev.peer_heartbeat / 1000)
         return owner
 
@@ -274,6 +278,15 @@ class Server(LocalProcesses):
         elif session_id is not None:
             self._sessions.pop(session_id, None)
             link.expire()
+
+    def _end_session(self, session_id: bytes, reason: str | None) -> None:
+        """End a kept session at once (``reason`` None: its link already reported it)."""
+        timer = self._expiry.pop(session_id, None)
+        if timer is not None:
+            timer.cancel()
+        link = self._sessions.pop(session_id, None)
+        if link is not None and reason is not None:
+            link.expire(reason)
 
     def _expire(self, session_id: bytes) -> None:
         self._expiry.pop(session_id, None)
@@ -351,6 +364,10 @@ class Server(LocalProcesses):
         self._closing = True
         if self._server is not None:
             self._server.close()
+        acking = [entry.link.wait_acknowledged(2.0) for entry in self._accepted.values() if entry.link.acks]
+        if acking:
+            # A clean shutdown reports nothing: give the clients' acks a moment (11.7).
+            await asyncio.gather(*acking)
         for entry in list(self._accepted.values()):
             entry.link.close()
             entry.stream.close()
@@ -364,7 +381,7 @@ class Server(LocalProcesses):
             timer.cancel()
         self._expiry.clear()
         for link in list(self._sessions.values()):
-            link.expire()
+            link.expire("closed")
         self._sessions.clear()
         if self._server is not None:
             await self._server.wait_closed()

@@ -1,0 +1,163 @@
+"""What a connection does for `acks` beyond counting (docs/protocol.md section 11).
+
+The counts and the outbox are the session's (:class:`~._outbox.Outbox`); these functions
+are the connection's decisions about them: whether a user command must wait for outbox
+room (11.4), issuing the waiting ones as room appears, and writing acknowledgements
+(11.3). Sans-IO like the rest of the core: the transport runs the ``ack_delay`` timer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ..etf import Atom
+from ._commands import Commands
+from ._config import ConnectionConfig
+from ._constants import A_ACK, plain
+from ._error_policy import error_frame
+from ._errors import LocalProtocolError, RemoteProtocolError
+from ._events import MessagesUndelivered, UndeliveredMessage
+from ._framing import FrameWriter
+from ._handshake import Agreement
+from ._outbox import Outbox
+from ._state import ESTABLISHED
+from ._session import Deferred, SendMessage, Session
+
+__all__ = ["AcksMixin", "must_wait", "pump", "write_ack", "after_handshake", "refuse_resume"]
+
+log = logging.getLogger("pyfabric.protocol")
+
+
+def must_wait(session: Session, config: ConnectionConfig) -> bool:
+    """With ``acks``, a user command waits (in the session's deferred queue) while
+    earlier ones wait or the outbox is full (docs/protocol.md 11.4)."""
+    outbox = session.outbox
+    if outbox is None:
+        return False
+    return session.deferred_count() > 0 or not outbox.has_room(config.outbox_frames, config.outbox_bytes)
+
+
+def pump(
+    session: Session, cmd: Commands, config: ConnectionConfig, events: Any, peer: str, peer_node: Atom | None
+) -> list[tuple[Deferred, LocalProtocolError]]:
+    """Issue the waiting commands while the outbox has room, oldest first. A message that
+    cannot be carried any more is reported (``MessagesUndelivered`` with its error code,
+    docs/protocol.md 12.2); the other failed commands are returned."""
+    outbox = session.outbox
+    assert outbox is not None
+    failed = []
+    while session.deferred_count() and outbox.has_room(config.outbox_frames, config.outbox_bytes):
+        command = session.next_deferred()
+        try:
+            if not cmd.replay(command):
+                log.debug("peer %s: waiting %s to an ended proxy dropped", peer, type(command).__name__)
+        except LocalProtocolError as exc:
+            if type(command) is SendMessage:
+                lost = UndeliveredMessage(command.dest, command.payload, False, "unsent")
+                events.append(MessagesUndelivered(exc.code, session.id, peer_node, (lost,)))
+            else:
+                failed.append((command, exc))
+    return failed
+
+
+def write_ack(outbox: Outbox, writer: FrameWriter) -> None:
+    """Queue ``{ack, Received}`` if it advances (docs/protocol.md 11.3); else nothing."""
+    if outbox.received > outbox.ack_sent:
+        outbox.ack_sent = outbox.received
+        writer.write(plain((A_ACK, outbox.received)))
+
+
+def after_handshake(session: Session, agreed: Agreement, writer: FrameWriter, events: Any) -> None:
+    """Right after ``HandshakeComplete``: the report of an old session that ended, then,
+    on a resume, the replay (``acks``, 11.5) or the DEAD resend (section 7)."""
+    if agreed.undelivered is not None:
+        events.append(agreed.undelivered)
+    if not agreed.resumed:
+        return
+    if session.outbox is not None:
+        # Our frames the peer has not handled, unchanged, before any new one.
+        frames = session.outbox.resume(agreed.peer_received)
+    else:
+        # What could not be sent while disconnected, and the recent DEAD notices in case
+        # one was lost in the cut.
+        frames = session.take_dead_notices()
+    for frame in frames:
+        writer.write(frame)
+
+
+def refuse_resume(agreed: Agreement, writer: FrameWriter, events: Any, peer: str) -> tuple[str, RemoteProtocolError]:
+    """Client: the server resumed with a count out of range (docs/protocol.md 11.6): report
+    the old session's messages and tell the server; returns the close's message and error
+    (the next connection starts a new session: the old id was cleared)."""
+    if agreed.undelivered is not None:
+        events.append(agreed.undelivered)
+    message = "the server's received count is outside what our outbox holds; starting a new session"
+    error = RemoteProtocolError("not_resumable", message)
+    log.warning("peer %s: %s", peer, message)
+    if "error" in agreed.features:
+        writer.write(error_frame(error))
+    return message, error
+
+
+class AcksMixin:
+    """The `acks` part of :class:`~pyfabric.protocol.Connection` (its attributes are the
+    connection's: ``_session``, ``_writer``, ``_events``, ``_state``, ``_cmd``, ``_est``)."""
+
+    _session: Session
+    _writer: FrameWriter
+    _events: Any
+    _state: Any
+    _cmd: Commands | None
+    _est: Any
+    config: ConnectionConfig
+    peer: str
+    peer_node: Any
+    _drop: Callable[..., None]
+
+    def _handled(self, outbox: Outbox) -> None:
+        # Counted before it is acted on: nothing between here and the end of its handler
+        # can lose its effects (the transport carries out every event it got).
+        outbox.received += 1
+        if outbox.received - outbox.ack_sent >= self.config.ack_every:
+            write_ack(outbox, self._writer)
+
+    def _ack_received(self, term: Any) -> None:
+        try:
+            self._est.dispatch(term)  # type: ignore[union-attr]
+        except RemoteProtocolError as exc:
+            self._drop(exc)
+            return
+        if self._session.deferred_count():
+            self._pump()
+
+    def _run_or_wait(self, command: Deferred, run: Callable[..., None], *args: Any) -> None:
+        if must_wait(self._session, self.config):
+            self._session.defer(command)
+        else:
+            run(*args)
+
+    def _pump(self) -> list[tuple[Deferred, LocalProtocolError]]:
+        return pump(self._session, self._cmd, self.config, self._events, self.peer, self.peer_node)  # type: ignore[arg-type]
+
+    def ack_owed(self) -> bool:
+        """With ``acks``: frames handled since our last ack (call :meth:`send_ack` within ``ack_delay``)."""
+        outbox = self._session.outbox
+        return outbox is not None and outbox.received > outbox.ack_sent and self._state.state == ESTABLISHED
+
+    def send_ack(self) -> None:
+        """Queue ``{ack, Received}`` if it advances (docs/protocol.md 11.3); else nothing."""
+        outbox = self._session.outbox
+        if outbox is not None and self._state.state == ESTABLISHED:
+            write_ack(outbox, self._writer)
+
+    def waiting(self) -> int:
+        """Commands waiting in the session (for a connection, or for outbox room)."""
+        return self._session.deferred_count()
+
+    def unacknowledged(self) -> int:
+        """With ``acks``: our frames the peer has not acknowledged yet (0 without)."""
+        outbox = self._session.outbox
+        return len(outbox) if outbox is not None else 0
+
