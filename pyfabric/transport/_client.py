@@ -299,7 +299,9 @@ class Client(LocalProcesses):
             stream.abort()
 
     def statistics(self) -> dict[str, Any]:
-        """Counters for monitoring: state, reconnects, bytes, proxies, exports, queued sends."""
+        """Counters for monitoring: state, reconnects, bytes, proxies, exports, queued sends;
+        with ``acks``, our frames not acknowledged yet and local messages dropped at
+        ``max_pending`` (docs/protocol.md 12.6)."""
         stream = self._stream
         session = self._link.session
         return {
@@ -312,6 +314,8 @@ class Client(LocalProcesses):
             "exports": len(session.exports) if session else 0,
             "pending_sends": self._link.pending_count(),
             "frames_dropped": self._link.frames_dropped,
+            "unacknowledged": len(session.outbox) if session is not None and session.outbox is not None else 0,
+            "dropped_overflow": self._link.dropped_overflow,
         }
 
     # -- messaging -------------------------------------------------------------------------------

@@ -277,7 +277,7 @@ class Server(LocalProcesses):
                 self._expire(oldest)
         elif session_id is not None:
             self._sessions.pop(session_id, None)
-            link.expire()
+            link.expire("closed" if self._closing else "session_expired")
 
     def _end_session(self, session_id: bytes, reason: str | None) -> None:
         """End a kept session at once (``reason`` None: its link already reported it)."""

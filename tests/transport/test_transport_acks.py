@@ -1,0 +1,187 @@
+"""`acks` over TCP, Python <-> Python through a relay on 127.0.0.1 that cuts the connection
+every 100-300 ms under load: 0 lost, 0 duplicated, 0 reordered both ways (docs/protocol.md
+section 11). The short runs are part of ``make test``; ``make fuzz`` (``-k fuzz``) runs
+them for ``FUZZ_SECONDS``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from typing import Any
+
+import pytest
+from transport_helpers import WAIT, Relay, arun, connect, start_server, wait_for
+
+from pyfabric import ANY, Atom, MessagesUndelivered, ReceiveTimeout, SendQueueFull
+
+ECHO = Atom("echo")
+WINDOW = 2_000  # messages sent and not echoed yet, at most (keeps traffic going during the cuts)
+FUZZ_SECONDS = float(os.environ.get("FUZZ_SECONDS", "20"))
+
+
+class CutRelay(Relay):
+    """The relay of transport_helpers that can also cut: ``cut()`` resets every open
+    connection at once (bytes in flight are lost both ways); ``freeze_and_drop(client)``
+    stops forwarding and drops the client's side only, so that the server still holds the
+    old connection when the client resumes (docs/protocol.md 11.5, step 2)."""
+
+    def cut(self) -> None:
+        self.freeze()
+        writers, self._writers = self._writers, []
+        for writer in writers:
+            writer.transport.abort()
+
+
+def echo(seen: list[int]) -> Any:
+    """A process body echoing ``{From, N}`` to ``From`` as ``{echo, N}``; records in ``seen``."""
+
+    async def body(proc: Any) -> None:
+        while True:
+            sender, n = await proc.receive((ANY, ANY))
+            seen.append(n)
+            proc.send(sender, (ECHO, n))
+
+    return body
+
+
+async def cutter(relay: CutRelay, client: Any, stop: asyncio.Event, counts: dict[str, int]) -> None:
+    rng = random.Random(7)
+    while not stop.is_set():
+        await asyncio.sleep(rng.uniform(0.1, 0.3))
+        if stop.is_set():
+            return
+        if rng.random() < 0.5:
+            relay.cut()
+            counts["reset"] += 1
+        else:
+            relay.freeze()
+            client.drop_connection()
+            counts["half_open"] += 1
+
+
+async def chaos_run(total: int, *, burst: int, min_cuts: int = 5, seconds: float | None = None) -> dict[str, int]:
+    """Send at least ``total`` numbered messages (in bursts, draining between them, at most
+    ``WINDOW`` unanswered) to the server's echo process through a cutting relay, until
+    ``min_cuts`` cuts happened (and ``seconds`` passed); every echo must come back once
+    and in order, and the echo process must have seen each once and in order."""
+    lost: list[MessagesUndelivered] = []
+    server = await start_server(allowed=("echo",), register_ping=False, on_undelivered=lost.append)
+    seen: list[int] = []
+    server.spawn(echo(seen), name="echo")
+    relay = await CutRelay(server.port).__aenter__()
+    client = await connect(relay.port, on_undelivered=lost.append)
+    counts = {"reset": 0, "half_open": 0}
+    stop = asyncio.Event()
+    try:
+        box = client.mailbox()
+        cuts = asyncio.get_running_loop().create_task(cutter(relay, client, stop, counts))
+        got: list[int] = []
+        deadline = time.monotonic() + seconds if seconds else None
+        sent = 0
+        while (
+            sent < total
+            or counts["reset"] + counts["half_open"] < min_cuts
+            or (deadline is not None and time.monotonic() < deadline)
+        ):
+            for _ in range(burst):
+                client.send(ECHO, (box.pid, sent))
+                sent += 1
+            await client.drain(timeout=30)
+            while True:  # take what has arrived; wait while too many are unanswered
+                try:
+                    msg = await box.receive(timeout=WAIT * 4 if sent - len(got) > WINDOW else 0)
+                except ReceiveTimeout:
+                    if sent - len(got) > WINDOW:
+                        raise
+                    break
+                got.append(msg[1])
+        stop.set()
+        await cuts
+        while len(got) < sent:
+            msg = await box.receive(timeout=WAIT * 4)
+            got.append(msg[1])
+        assert got == list(range(sent)), "echoes lost, duplicated or reordered"
+        await wait_for(lambda: len(seen) == sent)
+        assert seen == list(range(sent)), "messages lost, duplicated or reordered"
+        assert not lost, lost
+        box.close()
+        counts["messages"] = sent
+        return counts
+    finally:
+        stop.set()
+        await client.close()
+        await relay.__aexit__(None, None, None)
+        await server.close()
+
+
+def test_chaos_20000_messages_both_ways_through_cuts():
+    counts = arun(lambda: chaos_run(20_000, burst=200), timeout=120)
+    assert counts["messages"] >= 20_000 and counts["reset"] + counts["half_open"] >= 5, counts
+
+
+def test_chaos_single_sends_through_cuts():
+    counts = arun(lambda: chaos_run(3_000, burst=1, min_cuts=3), timeout=120)
+    assert counts["messages"] >= 3_000
+
+
+def test_fuzz_chaos_long_run():
+    """FUZZ_SECONDS / 10 of cuts (2 s in ``make test``, a minute in ``make fuzz``), bursts of
+    random sizes."""
+    seconds = max(1.0, FUZZ_SECONDS / 10)
+    counts = arun(lambda: chaos_run(20_000, burst=random.randint(1, 1000), seconds=seconds), timeout=seconds * 4 + 120)
+    assert counts["messages"] >= 20_000
+
+
+def test_session_expiry_reports_unconfirmed_messages():
+    """The server disappears for good: the client learns which messages were not confirmed."""
+
+    async def body() -> None:
+        lost: list[MessagesUndelivered] = []
+        server = await start_server(allowed=("echo",), register_ping=False)
+        server.spawn(echo([]), name="echo")
+        relay = await CutRelay(server.port).__aenter__()
+        client = await connect(relay.port, on_undelivered=lost.append, send_timeout=0.5)
+        try:
+            box = client.mailbox()
+            client.send(ECHO, (box.pid, 0))
+            await box.receive(timeout=WAIT)
+            await wait_for(lambda: client.statistics()["unacknowledged"] == 0)  # the server's ack came
+            relay.freeze()  # nothing arrives any more: the next ones stay unacknowledged
+            for n in range(1, 4):
+                client.send(ECHO, (box.pid, n))
+            await client.drain()
+        finally:
+            await client.close()  # waits for acks (send_timeout), then reports
+            await relay.__aexit__(None, None, None)
+            await server.close()
+        assert len(lost) == 1 and lost[0].reason == "closed"
+        assert [m.message[1] for m in lost[0].messages] == [1, 2, 3]
+        assert {m.state for m in lost[0].messages} == {"unconfirmed"}
+
+    arun(body, timeout=60)
+
+
+def test_full_pending_queue_raises_and_overflow_of_a_process_is_reported():
+    async def body() -> None:
+        lost: list[MessagesUndelivered] = []
+        server = await start_server(allowed=("echo",), register_ping=False)
+        relay = await CutRelay(server.port).__aenter__()
+        client = await connect(relay.port, on_undelivered=lost.append, outbox_frames=2, max_pending=3, send_timeout=0.5)
+        try:
+            relay.freeze()  # connected, but no ack comes back: the outbox fills
+            for n in range(5):  # 2 in the outbox, 3 waiting
+                client.send(ECHO, n)
+            with pytest.raises(SendQueueFull):
+                client.send(ECHO, 5)
+        finally:
+            relay.cut()
+            await client.close()
+            await relay.__aexit__(None, None, None)
+            await server.close()
+        assert lost and lost[-1].reason == "closed"
+        assert [m.message for m in lost[-1].messages] == [0, 1, 2, 3, 4]
+        assert [m.state for m in lost[-1].messages] == ["unconfirmed"] * 2 + ["unsent"] * 3
+
+    arun(body, timeout=60)
