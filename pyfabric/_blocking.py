@@ -279,12 +279,17 @@ class BlockingClient(_BlockingNodeApi):
 
         Blocks only for backpressure (a full socket buffer) or, while the client
         reconnects, until it is connected again (at most ``send_timeout`` s, then
-        :class:`~pyfabric.transport.NotConnected`).
+        :class:`~pyfabric.transport.NotConnected`). With ``acks`` (docs/protocol.md
+        12.6) it blocks until the message can be issued (connected, room in the outbox of
+        unacknowledged frames), at most ``send_timeout`` s, then raises
+        :class:`~pyfabric.transport.SendTimeout` and sends nothing.
         """
         self._runner.run(self._send(dest, msg))
 
     async def _send(self, dest: Any, msg: Any) -> None:
         client = self._target
+        if client.acks:
+            await client.wait_issuable(self._send_timeout)
         client.send(dest, msg)
         if not client.writable:
             await client.drain(self._send_timeout)

@@ -141,6 +141,10 @@ class AcksMixin:
     def _pump(self) -> list[tuple[Deferred, LocalProtocolError]]:
         return pump(self._session, self._cmd, self.config, self._events, self.peer, self.peer_node)  # type: ignore[arg-type]
 
+    def must_wait(self) -> bool:
+        """With ``acks``: would a user command wait now (earlier ones wait, or the outbox is full)?"""
+        return must_wait(self._session, self.config)
+
     def ack_owed(self) -> bool:
         """With ``acks``: frames handled since our last ack (call :meth:`send_ack` within ``ack_delay``)."""
         outbox = self._session.outbox

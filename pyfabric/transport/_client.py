@@ -384,6 +384,18 @@ class Client(LocalProcesses):
                 f"still not connected to {self.host}:{self.port} after {timeout} s; queued sends stay queued"
             ) from None
 
+    @property
+    def acks(self) -> bool:
+        """Does the session with the server have ``acks`` (lossless across reconnects,
+        docs/protocol.md 11)?"""
+        return self._link.acks
+
+    async def wait_issuable(self, timeout: float | None = None) -> None:
+        """Wait until a send would be written at once: connected and, with ``acks``, room
+        in the outbox of unacknowledged frames (at most ``timeout``, default
+        ``send_timeout``; then :class:`SendTimeout`)."""
+        await self._link.wait_issuable(self._send_timeout if timeout is None else timeout)
+
     async def whereis(self, name: Atom | str, *, timeout: float | None = None) -> Pid | None:
         """The server's process registered as ``name``, as a proxy pid; None if the server
         does not have it or does not allow it.
@@ -504,6 +516,8 @@ async def aconnect(
     it saves; messages to an original peer are always encoded as the original does);
     ``strings="list"`` delivers received Erlang lists of small integers (``[1,2,3]``) as
     ``list[int]`` instead of ``str`` (default ``"str"``, see docs/terms.md).
+    ``on_undelivered`` called with :class:`~pyfabric.protocol.MessagesUndelivered` when a
+    session with ``acks`` ends with messages it cannot vouch for (README, "Delivery").
     Every option not named in the signature goes to :meth:`PeerOptions.build` and from
     there to :meth:`~pyfabric.protocol.ConnectionConfig.build` (``allowed``,
     ``force_allowed``, ``allow_legacy_auth``, ``features``, ``max_frame``, ...); an unknown

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["TransportError", "NotConnected", "ConnectFailed", "SendQueueFull", "ClientClosed", "ServerClosed"]
+__all__ = ["TransportError", "NotConnected", "ConnectFailed", "SendQueueFull", "ClientClosed", "ServerClosed", "SendTimeout"]
 
 
 class TransportError(Exception):
@@ -38,3 +38,9 @@ class SendQueueFull(TransportError):
     """``max_pending`` messages already wait for this peer (for a connection, or for
     room in the unacknowledged outbox): nothing was queued. Await ``drain()`` and retry,
     or slow down (docs/protocol.md 12.6)."""
+
+
+class SendTimeout(TransportError, TimeoutError):
+    """A blocking send could not be issued within ``send_timeout`` (with ``acks``: the
+    outbox stayed full, or the client stayed disconnected); nothing was sent
+    (docs/protocol.md 12.6)."""

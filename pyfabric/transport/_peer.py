@@ -42,6 +42,7 @@ from ..protocol import (
     WhereisRequested,
 )
 from ..runtime import Node, NotRegistered, WatchToken
+from ._delivery import DeliveryMixin
 from ._errors import NotConnected, SendQueueFull
 from ._options import PeerOptions
 
@@ -85,7 +86,7 @@ class ProxyHandle:
         self.link.exit_signal(from_pid, self.pid, reason)
 
 
-class PeerLink:
+class PeerLink(DeliveryMixin):
     """The session with one peer, bound to ``node``; see the module docstring.
 
     ``writer`` is set by the stream while a connection is up: it takes bytes to write.
@@ -123,6 +124,7 @@ class PeerLink:
         self._ack_timer: asyncio.TimerHandle | None = None
         self._idle = asyncio.Event()  # set while no command waits (see wait_idle)
         self._idle.set()
+        self._room = asyncio.Event()  # set when a command would be issued at once (wait_issuable)
         self.taken_over_by: PeerLink | None = None
         """Server: the link of the session this link's connection resumed (it owns the
         connection now, and every proxy and export the connection creates)."""
@@ -272,25 +274,6 @@ class PeerLink:
             self._ack_timer = self.node.loop.call_later(self.options.config.ack_delay, self._ack_due)
         self._update_idle()
 
-    def _ack_due(self) -> None:
-        self._ack_timer = None
-        conn = self.conn
-        if conn is not None:
-            conn.send_ack()
-            self._flush()
-
-    def _update_idle(self) -> None:
-        if self.pending_count() == 0:
-            self._idle.set()
-        else:
-            self._idle.clear()
-
-    async def wait_idle(self) -> None:
-        """Return once no command waits (for a connection or for outbox room)."""
-        while self.pending_count():
-            self._idle.clear()
-            await self._idle.wait()
-
     def _exit_refused(self, pid: Pid, what: str) -> bool:
         """``refuse_remote_exits``: True if the peer may not link to / signal ``pid``."""
         refuse = self.options.refuse_remote_exits
@@ -379,47 +362,6 @@ class PeerLink:
             for pid, _remote_id in self.session.expire():
                 self.node.terminate_proxy(pid, Atom("noconnection"))
         self._forget_exports()
-
-    def _end_session_now(self) -> None:
-        # The client could not resume losslessly and told us (docs/protocol.md 11.6).
-        session = self.session
-        assert session is not None
-        session_id = session.id
-        self.expire("not_resumable")
-        if self.on_session_ended is not None and session_id is not None:
-            self.on_session_ended(self, session_id)
-
-    def report_undelivered(self, report: MessagesUndelivered) -> None:
-        """Tell the user which messages a session cannot vouch for (docs/protocol.md 11.7):
-        one warning with the counts, then the ``on_undelivered`` callback."""
-        unsent = sum(1 for m in report.messages if m.state == "unsent")
-        _log.warning(
-            "%s: %d messages not confirmed (%d unconfirmed, %d unsent): %s",
-            self.label,
-            len(report.messages),
-            len(report.messages) - unsent,
-            unsent,
-            report.reason,
-        )
-        callback = self.options.on_undelivered
-        if callback is not None:
-            try:
-                callback(report)
-            except Exception:
-                _log.exception("%s: on_undelivered callback failed", self.label)
-
-    def overflowed(self, dest: Any, msg: Any) -> None:
-        """A local process's message found ``max_pending`` waiting: dropped, counted,
-        logged (the first one) and reported as ``overflow`` (docs/protocol.md 12.6)."""
-        from ..protocol import UndeliveredMessage
-
-        self.dropped_overflow += 1
-        if self.dropped_overflow == 1:
-            _log.warning("%s: %d messages wait (max_pending): dropping further ones", self.label, self.options.max_pending)
-        session = self.session
-        lost = UndeliveredMessage(dest, msg, False, "unsent")
-        peer = self.established.peer_node if self.established is not None else None
-        self.report_undelivered(MessagesUndelivered("overflow", session.id if session else None, peer, (lost,)))
 
     def _forget_exports(self) -> None:
         for token in self._watches.values():
@@ -564,23 +506,6 @@ class PeerLink:
         for fut in waiting.values():
             if not fut.done():
                 fut.set_exception(exc)
-
-    async def wait_acknowledged(self, timeout: float) -> bool:
-        """With ``acks``: wait (at most ``timeout`` s) until nothing waits and the peer has
-        acknowledged every frame of ours, so that a clean close reports nothing
-        (docs/protocol.md 11.7); True when it did."""
-        loop = self.node.loop
-        deadline = loop.time() + timeout
-        while True:
-            conn = self.conn
-            if conn is None or conn.state != ESTABLISHED:
-                return False
-            if conn.unacknowledged() == 0 and self.pending_count() == 0:
-                return True
-            if loop.time() >= deadline:
-                return False
-            self._flush()
-            await asyncio.sleep(0.005)
 
     def close(self) -> None:
         """Close the current connection in an orderly way (flushes what is queued)."""

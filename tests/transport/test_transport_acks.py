@@ -185,3 +185,32 @@ def test_full_pending_queue_raises_and_overflow_of_a_process_is_reported():
         assert [m.state for m in lost[-1].messages] == ["unconfirmed"] * 2 + ["unsent"] * 3
 
     arun(body, timeout=60)
+
+
+def test_blocking_send_waits_for_outbox_room_then_times_out_sending_nothing():
+    """The blocking facade (docs/protocol.md 12.6): a server that acknowledges late (its
+    ack_delay is long) leaves our outbox full; send blocks up to send_timeout, then raises
+    SendTimeout, and that message never arrives."""
+    import pyfabric
+
+    seen: list[int] = []
+    server = pyfabric.start_server("127.0.0.1", 0, b"s", allowed=["echo"], ack_every=10**6, ack_delay=30.0)
+    try:
+        server.spawn(echo(seen), name="echo")
+        client = pyfabric.connect("127.0.0.1", server.port, b"s", outbox_frames=3, send_timeout=0.3)
+        try:
+            with client.mailbox() as box:
+                for n in range(3):
+                    client.send("echo", (box.pid, n))
+                started = time.monotonic()
+                with pytest.raises(pyfabric.SendTimeout):
+                    client.send("echo", (box.pid, 3))
+                assert time.monotonic() - started >= 0.25
+                assert [box.receive(timeout=WAIT)[1] for _ in range(3)] == [0, 1, 2]
+                with pytest.raises(ReceiveTimeout):
+                    box.receive(timeout=0.2)
+        finally:
+            client.close()
+    finally:
+        server.close()
+    assert seen == [0, 1, 2]
