@@ -36,7 +36,7 @@ def must_wait(session: Session, config: ConnectionConfig) -> bool:
     outbox = session.outbox
     if outbox is None:
         return False
-    return session.deferred_count() > 0 or not outbox.has_room(config.outbox_frames, config.outbox_bytes)
+    return session.deferred_count() > 0 or len(outbox.frames) >= config.outbox_frames or outbox.nbytes >= config.outbox_bytes
 
 
 def pump(

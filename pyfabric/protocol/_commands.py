@@ -130,8 +130,10 @@ class Commands:
         est = self.est
         est.writer.write(frame, est.peer_max_frame)
         outbox = est.session.outbox
-        if outbox is not None:
-            outbox.issue(frame, note)
+        if outbox is not None:  # Outbox.issue, inlined (the hot path of every send)
+            outbox.sent += 1
+            outbox.frames.append((frame, note))
+            outbox.nbytes += len(frame)
 
     def send_rewritten(self, build: Callable[[], bytes], *, note: Note | None = None, seq: bool = True) -> None:
         """Encode and queue a frame that carries rewritten values; all or nothing.

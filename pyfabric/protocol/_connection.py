@@ -26,6 +26,7 @@ from ._constants import (
     A_CHALLENGE,
     A_FAILED,
     A_HELLO,
+    A_M,
     A_NOCONNECTION,
     A_RESPONSE,
     INTERNAL_ERROR,
@@ -227,8 +228,11 @@ class Connection(acks.AcksMixin):
             return
         if outbox is not None:
             tag = term[0] if type(term) is tuple and term else None
-            if tag.__class__ is not Atom or tag not in UNSEQUENCED:
-                self._handled(outbox)
+            # Atoms are interned: `is A_M` settles the common case without hashing.
+            if tag is A_M or tag.__class__ is not Atom or tag not in UNSEQUENCED:
+                outbox.received += 1  # counted before it is acted on (see _handled)
+                if outbox.received - outbox.ack_sent >= self.config.ack_every:
+                    acks.write_ack(outbox, self._writer)
             elif tag == A_ACK:
                 self._ack_received(term)
                 return
@@ -417,7 +421,8 @@ class Connection(acks.AcksMixin):
         LocalProtocolError (nothing queued) if the payload holds a value this peer
         cannot carry, or the frame exceeds the peer's ``max_frame``."""
         cmd = self._commands("send_message")
-        if self._session.outbox is not None and acks.must_wait(self._session, self.config):
+        session = self._session
+        if session.outbox is not None and acks.must_wait(session, self.config):
             self._session.defer(SendMessage(dest, payload))  # docs/protocol.md 11.4
         else:
             cmd.send_message(dest, payload)

@@ -350,8 +350,10 @@ class Client(LocalProcesses):
         """Wait until queued sends have been written to the socket's buffer and the buffer is
         below its high-water mark; while reconnecting, wait for the reconnection.
 
-        ``timeout`` defaults to the client's ``send_timeout``; raises :class:`NotConnected`
-        when it expires or the client closes.
+        With ``acks``, also wait until no send waits for room in the outbox. ``timeout``
+        defaults to the client's ``send_timeout``; raises :class:`NotConnected` when it
+        expires or the client closes (:class:`SendQueueFull` when connected and sends
+        still wait for the server's acks).
         """
         stream = self._stream
         if self._state == ConnectionState.CONNECTED and stream is not None:
@@ -380,6 +382,11 @@ class Client(LocalProcesses):
                             return
                     await self._connected.wait()
         except TimeoutError:
+            if self._state == ConnectionState.CONNECTED:  # acks: the outbox stayed full
+                raise SendQueueFull(
+                    f"{self._link.pending_count()} sends still wait for the acks of {self.host}:{self.port} "
+                    f"after {timeout} s; they stay queued"
+                ) from None
             raise NotConnected(
                 f"still not connected to {self.host}:{self.port} after {timeout} s; queued sends stay queued"
             ) from None

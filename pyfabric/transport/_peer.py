@@ -402,12 +402,15 @@ class PeerLink(DeliveryMixin):
         conn = self.conn
         if conn is not None and conn.state == ESTABLISHED:
             session = conn.session
-            if session.outbox is not None and session.deferred_count() >= self.options.max_pending:
-                raise SendQueueFull(f"{self.options.max_pending} messages already wait for {self.label} (max_pending)")
-            conn.send_message(dest, msg)
-            if session.deferred_count():
+            if session.outbox is not None and session.deferred_count():
+                if session.deferred_count() >= self.options.max_pending:
+                    raise SendQueueFull(f"{self.options.max_pending} messages already wait for {self.label} (max_pending)")
                 self._idle.clear()
-            self._schedule_flush()
+            conn.send_message(dest, msg)
+            if session.outbox is not None and session.deferred_count():
+                self._idle.clear()
+            if not self._flush_scheduled:
+                self._schedule_flush()
         else:
             self._defer(SendMessage(dest, msg))
 
