@@ -214,3 +214,59 @@ def test_blocking_send_waits_for_outbox_room_then_times_out_sending_nothing():
     finally:
         server.close()
     assert seen == [0, 1, 2]
+
+
+def test_flood_sender_ten_times_faster_is_slowed_and_bounded_nothing_dropped():
+    """A sender about 10x faster than its receiver (the receiver sleeps 1 ms per 10
+    messages): the server's push-back stops reading while the mailbox is congested, so
+    frames stay unacknowledged; the client's outbox bound (outbox_frames) then holds the
+    sender back through drain(). Bounds are counts, not timings: at every sample, what the
+    sender is ahead of the receiver stays under outbox + mailbox push-back + one burst, the
+    receiver's mailbox stays bounded, and every message arrives once and in order."""
+    from pyfabric import Atom as _A  # noqa: N814
+
+    total, burst, outbox = 20_000, 100, 1_024
+
+    async def body() -> dict[str, int]:
+        seen: list[int] = []
+
+        async def slow(proc: Any) -> None:
+            while True:
+                _sender, n = await proc.receive((ANY, ANY))
+                seen.append(n)
+                if n % 10 == 0:
+                    await asyncio.sleep(0.001)
+
+        server = await start_server(allowed=("slow",), register_ping=False)
+        server.spawn(slow, name="slow")
+        client = await connect(server, outbox_frames=outbox)
+        peak = {"ahead": 0, "mailbox": 0, "pending": 0, "unacked": 0}
+        sent = 0
+        try:
+            box = client.mailbox()
+            while sent < total:
+                for _ in range(burst):
+                    client.send(_A("slow"), (box.pid, sent))
+                    sent += 1
+                await client.drain(timeout=30)
+                stats = client.statistics()
+                peak["ahead"] = max(peak["ahead"], sent - len(seen))
+                peak["mailbox"] = max(peak["mailbox"], server.node.mailbox_size("slow")[0])
+                peak["pending"] = max(peak["pending"], stats["pending_sends"])
+                peak["unacked"] = max(peak["unacked"], stats["unacknowledged"])
+            await wait_for(lambda: len(seen) == total, timeout=60)
+            assert seen == list(range(total))
+            assert client.statistics()["dropped_overflow"] == 0
+            box.close()
+        finally:
+            await client.close()
+            await server.close()
+        return peak
+
+    peak = arun(body, timeout=120)
+    # 2048 + a read: the push-back threshold of transport._stream, checked per slice.
+    mailbox_bound = 4_096
+    assert peak["unacked"] <= outbox, peak
+    assert peak["mailbox"] <= mailbox_bound, peak
+    assert peak["ahead"] <= outbox + mailbox_bound + burst, peak
+    assert peak["ahead"] > outbox // 2, peak  # the sender really was ahead: it was slowed, not idle
