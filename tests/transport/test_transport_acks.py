@@ -270,3 +270,41 @@ def test_flood_sender_ten_times_faster_is_slowed_and_bounded_nothing_dropped():
     assert peak["mailbox"] <= mailbox_bound, peak
     assert peak["ahead"] <= outbox + mailbox_bound + burst, peak
     assert peak["ahead"] > outbox // 2, peak  # the sender really was ahead: it was slowed, not idle
+
+
+def test_server_reports_what_an_expired_session_left_unconfirmed():
+    """The client vanishes for good: after session_timeout the server's on_undelivered gets
+    the messages its process sent that the client never acknowledged (docs/protocol.md 11.7)."""
+
+    async def later(proc: Any) -> None:
+        sender, k = await proc.receive((ANY, ANY))
+        await asyncio.sleep(0.1)
+        for n in range(k):
+            proc.send(sender, (ECHO, n))
+
+    async def body() -> tuple[list[MessagesUndelivered], Any]:
+        lost: list[MessagesUndelivered] = []
+        server = await start_server(allowed=("later",), register_ping=False, session_timeout=0.3, on_undelivered=lost.append)
+        server.spawn(later, name="later")
+        relay = await CutRelay(server.port).__aenter__()
+        client = await connect(relay.port, reconnect=False)
+        try:
+            box = client.mailbox()
+            client.send(Atom("later"), (box.pid, 3))
+            await wait_for(lambda: client.statistics()["unacknowledged"] == 0)  # the server has it
+            relay.freeze()  # the three replies, written within 0.1 s, reach nobody
+            await asyncio.sleep(0.2)
+            relay.cut()
+            await wait_for(lambda: bool(lost), timeout=WAIT * 2)
+            return lost, box.pid
+        finally:
+            await client.close()
+            await relay.__aexit__(None, None, None)
+            await server.close()
+
+    lost, box_pid = arun(body, timeout=60)
+    (report,) = lost
+    assert report.reason == "session_expired"
+    assert [(m.message, m.state) for m in report.messages] == [((ECHO, n), "unconfirmed") for n in range(3)]
+    # One destination, as the server's process gave it: its proxy pid for the client's box.
+    assert len({m.dest for m in report.messages}) == 1 and type(report.messages[0].dest).__name__ == "Pid"
