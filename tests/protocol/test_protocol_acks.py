@@ -386,3 +386,39 @@ def test_dead_while_disconnected_is_replayed_once_not_resent():
     world.cut()
     world.settle()
     assert len([e for e in world.events["server"] if type(e).__name__ == "ProxyDied"]) == 1
+
+
+def test_a_client_that_does_not_accept_acks_sees_nothing_new():
+    """An older client of ours (no `acks`) at our server: Info keys as in version 1 (also
+    when its resume is refused), no ack frames, no outbox on either side."""
+    for resume in (None, b"\x01" * 16):
+        client = make_conn("client", features=NO_ACKS, allowed={"csink"})
+        if resume is not None:
+            from pyfabric.protocol import Session
+
+            client = make_conn("client", features=NO_ACKS, allowed={"csink"}, session=Session(resume))
+        server = make_conn("server", allowed={"sink"}, find_session={}.get)
+        client.start()
+        server.receive_data(client.data_to_send())
+        server.events()
+        client.receive_data(server.data_to_send())
+        client.events()
+        server.receive_data(client.data_to_send())
+        server.events()
+        auth = decode(split_frames(server.data_to_send())[0])
+        assert set(decode(auth[3])) == {b"session", b"resumed"}
+        client.receive_data(frame(auth))
+        client.events()
+        assert "acks" not in server.features and server.session.outbox is None
+        for i in range(200):
+            client.send_message(A("sink"), i)
+            server.send_message(A("csink"), i)
+        server.receive_data(client.data_to_send())
+        assert len([e for e in server.events() if isinstance(e, MessageReceived)]) == 200
+        server.send_ack()
+        s_out = server.data_to_send()
+        assert [decode(f)[0] for f in split_frames(s_out)] == [A("m")] * 200  # no ack among them
+        client.receive_data(s_out)
+        assert len([e for e in client.events() if isinstance(e, MessageReceived)]) == 200
+        client.send_ack()
+        assert client.data_to_send() == b""
