@@ -37,9 +37,37 @@ class DeliveryMixin:
     _ack_timer: asyncio.TimerHandle | None
     _idle: asyncio.Event
     _room: asyncio.Event
+    _overflow_batch: list[UndeliveredMessage]
+    _overflow_since: int | None
     _flush: Callable[[], None]
     expire: Callable[..., None]
     pending_count: Callable[[], int]
+
+    def _init_delivery(self) -> None:
+        self.dropped_overflow = 0
+        """Messages from local processes dropped because ``max_pending`` were waiting."""
+        self.on_session_ended = None
+        """Server: told when a session ends before its connection closes (``not_resumable``)."""
+        self._ack_timer = None
+        self._idle = asyncio.Event()  # set while no command waits (see wait_idle)
+        self._idle.set()
+        self._overflow_batch = []  # dropped at max_pending, reported together
+        self._overflow_since = None  # dropped_overflow when the overflow began
+        self._room = asyncio.Event()  # set when a command would be issued at once (wait_issuable)
+
+    @property
+    def acks(self) -> bool:
+        """Does the current session have ``acks`` (docs/protocol.md 11)?"""
+        session = self.session
+        return session is not None and session.outbox is not None
+
+    def _report_ending(self, reason: str) -> None:
+        # The session ends: what it cannot vouch for (docs/protocol.md 11.7).
+        assert self.session is not None
+        peer = self.established.peer_node if self.established is not None else None
+        report = self.session.undelivered(reason, peer)
+        if report is not None:
+            self.report_undelivered(report)
 
     def _ack_due(self) -> None:
         self._ack_timer = None
@@ -49,6 +77,8 @@ class DeliveryMixin:
             self._flush()
 
     def _update_idle(self) -> None:
+        if self._overflow_since is not None:
+            self._overflow_ended()
         if self.pending_count() == 0:
             self._idle.set()
             if self.can_issue():
@@ -111,14 +141,33 @@ class DeliveryMixin:
 
     def overflowed(self, dest: Any, msg: Any) -> None:
         """A local process's message found ``max_pending`` waiting: dropped, counted,
-        logged (the first one) and reported as ``overflow`` (docs/protocol.md 12.6)."""
+        reported as ``overflow`` in batches (one report per loop iteration), logged at the
+        first drop and once more, with the count, when the overflow ends (12.6)."""
         self.dropped_overflow += 1
-        if self.dropped_overflow == 1:
-            _log.warning("%s: %d messages wait (max_pending): dropping further ones", self.label, self.options.max_pending)
+        batch = self._overflow_batch
+        if not batch:
+            self.node.loop.call_soon(self._report_overflow)
+        if self._overflow_since is None:
+            self._overflow_since = self.dropped_overflow - 1
+            _log.warning("%s: %d messages wait (max_pending): dropping new ones", self.label, self.options.max_pending)
+        batch.append(UndeliveredMessage(dest, msg, False, "unsent"))
+
+    def _report_overflow(self) -> None:
+        batch, self._overflow_batch = self._overflow_batch, []
         session = self.session
-        lost = UndeliveredMessage(dest, msg, False, "unsent")
         peer = self.established.peer_node if self.established is not None else None
-        self.report_undelivered(MessagesUndelivered("overflow", session.id if session else None, peer, (lost,)))
+        report = MessagesUndelivered("overflow", session.id if session else None, peer, tuple(batch))
+        callback = self.options.on_undelivered
+        if callback is not None:
+            try:
+                callback(report)
+            except Exception:
+                _log.exception("%s: on_undelivered callback failed", self.label)
+
+    def _overflow_ended(self) -> None:
+        if self._overflow_since is not None and self.pending_count() < self.options.max_pending:
+            _log.warning("%s: overflow ended: %d messages dropped", self.label, self.dropped_overflow - self._overflow_since)
+            self._overflow_since = None
 
     async def wait_acknowledged(self, timeout: float) -> bool:
         """With ``acks``: wait (at most ``timeout`` s) until nothing waits and the peer has

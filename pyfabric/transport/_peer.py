@@ -117,14 +117,7 @@ class PeerLink(DeliveryMixin):
         self.destinations: dict[Any, int] | None = None
         """If a dict: messages delivered per destination (the server's stream empties it
         after each slice it feeds, to check those mailboxes)."""
-        self.dropped_overflow = 0
-        """Messages from local processes dropped because ``max_pending`` were waiting."""
-        self.on_session_ended: Callable[[PeerLink, bytes], None] | None = None
-        """Server: told when a session ends before its connection closes (``not_resumable``)."""
-        self._ack_timer: asyncio.TimerHandle | None = None
-        self._idle = asyncio.Event()  # set while no command waits (see wait_idle)
-        self._idle.set()
-        self._room = asyncio.Event()  # set when a command would be issued at once (wait_issuable)
+        self._init_delivery()
         self.taken_over_by: PeerLink | None = None
         """Server: the link of the session this link's connection resumed (it owns the
         connection now, and every proxy and export the connection creates)."""
@@ -355,10 +348,7 @@ class PeerLink(DeliveryMixin):
         deferred sends are dropped; with ``acks`` the messages it cannot vouch for are
         reported with ``reason`` (docs/protocol.md 11.7)."""
         if self.session is not None:
-            peer = self.established.peer_node if self.established is not None else None
-            report = self.session.undelivered(reason, peer)
-            if report is not None:
-                self.report_undelivered(report)
+            self._report_ending(reason)
             for pid, _remote_id in self.session.expire():
                 self.node.terminate_proxy(pid, Atom("noconnection"))
         self._forget_exports()
@@ -385,12 +375,6 @@ class PeerLink(DeliveryMixin):
         self._schedule_flush()
 
     # -- commands from the runtime and the API -------------------------------------------------
-
-    @property
-    def acks(self) -> bool:
-        """Does the current session have ``acks`` (docs/protocol.md 11)?"""
-        session = self.session
-        return session is not None and session.outbox is not None
 
     @property
     def connected(self) -> bool:

@@ -168,19 +168,34 @@ def test_full_pending_queue_raises_and_overflow_of_a_process_is_reported():
         lost: list[MessagesUndelivered] = []
         server = await start_server(allowed=("echo",), register_ping=False)
         relay = await CutRelay(server.port).__aenter__()
+        server.spawn(echo([]), name="echo")
         client = await connect(relay.port, on_undelivered=lost.append, outbox_frames=2, max_pending=3, send_timeout=0.5)
         try:
+            echo_proxy = await client.whereis("echo")
+            await wait_for(lambda: client.statistics()["unacknowledged"] == 0)
             relay.freeze()  # connected, but no ack comes back: the outbox fills
             for n in range(5):  # 2 in the outbox, 3 waiting
                 client.send(ECHO, n)
             with pytest.raises(SendQueueFull):
                 client.send(ECHO, 5)
+            with pytest.raises(SendQueueFull):
+                client.send(echo_proxy, 5)
+
+            async def flooder(proc: Any) -> None:  # Process.send never raises: drop + report
+                for n in range(10, 14):
+                    proc.send(echo_proxy, n)
+
+            client.spawn(flooder)
+            await wait_for(lambda: client.statistics()["dropped_overflow"] == 4)
+            await wait_for(lambda: len(lost) == 1)
+            assert lost[0].reason == "overflow"
+            assert [(m.dest, m.message, m.state) for m in lost[0].messages] == [(echo_proxy, n, "unsent") for n in range(10, 14)]
         finally:
             relay.cut()
             await client.close()
             await relay.__aexit__(None, None, None)
             await server.close()
-        assert lost and lost[-1].reason == "closed"
+        assert len(lost) == 2 and lost[-1].reason == "closed"
         assert [m.message for m in lost[-1].messages] == [0, 1, 2, 3, 4]
         assert [m.state for m in lost[-1].messages] == ["unconfirmed"] * 2 + ["unsent"] * 3
 
