@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Literal, TypedDict, TypeVar
 
 from ..etf import Atom, DecodeLimits
-from ..protocol import ConnectionConfig, NamePolicy
+from ..protocol import ConnectionConfig, MessagesUndelivered, NamePolicy
 from ..runtime import Node
 from ._options import PeerOptions
 
@@ -54,6 +54,11 @@ class ServeOptions(TypedDict, total=False):
     max_pending: int
     compress: bool
     refuse_remote_exits: bool | Iterable[Atom | str]
+    ack_every: int
+    ack_delay: float
+    outbox_frames: int
+    outbox_bytes: int
+    on_undelivered: Callable[[MessagesUndelivered], None] | None
 
 
 class ConnectOptions(ServeOptions, total=False):
