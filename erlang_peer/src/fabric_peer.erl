@@ -17,7 +17,7 @@
 -module(fabric_peer).
 
 -export([start_server/3, stop_server/1, port/1, connect/4, close/1, whereis/2, whereis/3,
-         send/2, info/1, allow/2, is_proxy/1, disconnect/1]).
+         send/2, send_confirmed/2, send_confirmed/3, info/1, allow/2, is_proxy/1, disconnect/1]).
 
 -export_type([server/0, conn/0, dest/0]).
 
@@ -107,7 +107,7 @@ connect(Host0, Port, Secret, Opts) ->
             Ref = make_ref(),
             ok = fabric_peer_registry:init_handle(Ref, #{policy => policy(O)}),
             case supervisor:start_child(fabric_peer_clients_sup,
-                                        [O#{ref => Ref}, {Host, Port}]) of
+                                        [O#{ref => Ref, owner => self()}, {Host, Port}]) of
                 {ok, Pid} ->
                     Timeout = maps:get(connect_timeout, O) + maps:get(handshake_timeout, O) + 2000,
                     try fabric_peer_conn:await_ready(Pid, Timeout) of
@@ -157,6 +157,34 @@ send({Conn, Name}, Msg) when is_pid(Conn), is_atom(Name) -> call_send(Conn, Name
 send({Conn, {Name, Node}}, Msg) when is_pid(Conn), is_atom(Name), is_atom(Node) ->
     call_send(Conn, {Name, Node}, Msg);
 send(Dest, _) -> error({badarg, Dest}).
+
+%% @doc `send_confirmed/3' with a 5 s timeout.
+-spec send_confirmed(dest(), term()) -> ok | {error, term()}.
+send_confirmed(Dest, Msg) -> send_confirmed(Dest, Msg, 5000).
+
+%% @doc Send a message and wait until the peer says it was put in the destination's
+%% mailbox (docs/protocol.md 11.8, the `acks' feature): `ok', or `{error, Code}' with the
+%% peer's reason (`noproc', `not_allowed', `unknown_id', `bad_payload', `limit'), or
+%% `{error, timeout}' after `Timeout' ms (the message may still be delivered), or
+%% `{error, not_supported}' when the peer did not agree on `acks' (nothing is sent). If the
+%% session ends first: `{error, session_expired | not_resumable | closed}'. `Dest' as for
+%% `send/2' (a proxy, `{Conn, Name}', `{Conn, {Name, Node}}').
+-spec send_confirmed(dest(), term(), timeout()) -> ok | {error, term()}.
+send_confirmed(Pid, Msg, Timeout) when is_pid(Pid) ->
+    case fabric_peer_registry:proxy_conn(Pid) of
+        undefined -> {error, not_a_proxy};
+        Conn -> call_confirmed(Conn, Pid, Msg, Timeout)
+    end;
+send_confirmed({Conn, Name}, Msg, Timeout) when is_pid(Conn), is_atom(Name) ->
+    call_confirmed(Conn, Name, Msg, Timeout);
+send_confirmed({Conn, {Name, Node}}, Msg, Timeout) when is_pid(Conn), is_atom(Name), is_atom(Node) ->
+    call_confirmed(Conn, {Name, Node}, Msg, Timeout);
+send_confirmed(Dest, _, _) -> error({badarg, Dest}).
+
+call_confirmed(Conn, Dest, Msg, Timeout) ->
+    try fabric_peer_conn:send_confirmed(Conn, Dest, Msg, Timeout)
+    catch exit:_ -> {error, not_connected}
+    end.
 
 call_send(Conn, Dest, Msg) ->
     try fabric_peer_conn:send(Conn, Dest, Msg)

@@ -58,7 +58,11 @@ handle_event(internal, connect, connecting, #d{o = O, t = T, target = {Host, Por
     end;
 
 handle_event(internal, {frame, F2}, await_challenge, D0) ->
-    #d{o = O, hs = Hs, session = Sid, peer = Peer} = D = fabric_peer_conn:count_in(D0),
+    #d{o = O, hs = Hs, session = Sid0, peer = Peer, p = P} = D = fabric_peer_conn:count_in(D0),
+    Sid = case fabric_peer_protocol:received(P) of
+              N when is_integer(N), Sid0 =/= undefined -> {Sid0, N};
+              _ -> Sid0
+          end,
     case fabric_peer_client_hs:challenge(F2, Hs, Sid, O, Peer) of
         {send, F3, Hs1} ->
             case raw_send(F3, D) of
@@ -75,6 +79,11 @@ handle_event(internal, {frame, F2}, await_challenge, D0) ->
 handle_event(internal, {frame, F4}, await_auth, D0) ->
     #d{o = O, hs = Hs, peer = Peer} = D = fabric_peer_conn:count_in(D0),
     case fabric_peer_client_hs:auth(F4, Hs, O, Peer) of
+        {established, Params, true} ->
+            case fabric_peer_protocol:resume_ok(Params, D#d.p) of
+                true -> fabric_peer_conn:established(Params, true, D);
+                false -> not_resumable(Params, D)
+            end;
         {established, Params, Resumed} -> fabric_peer_conn:established(Params, Resumed, D);
         {fail, Why} -> failed(Why, D)
     end;
@@ -141,6 +150,21 @@ retry(Session, #d{o = O} = D) ->
             {next_state, disconnected, D#d{attempt = 1},
              [{state_timeout, Delay, reconnect}, {{timeout, heartbeat}, cancel} | SessionTimer]}
     end.
+
+%% The server resumed our session with a count out of range (docs/protocol.md 11.6): tell
+%% it, close, end the session (reported) and reconnect without resuming.
+not_resumable(Params, #d{p = P} = D) ->
+    ?LOG_WARNING("fabric: ~s resumed the session with a count out of range: the session "
+                 "ends (not_resumable)", [D#d.peer]),
+    _ = case lists:member(<<"error">>, maps:get(features, Params, [])) of
+            true -> raw_send(fabric_peer_frame:encode_plain(
+                               {error, <<"not_resumable">>,
+                                <<"received count out of range">>}), D);
+            false -> ok
+        end,
+    {Acts, P1} = fabric_peer_protocol:reset(not_resumable, P),
+    {_, D1} = fabric_peer_conn:run(Acts, drop_socket(D#d{p = P1, session = undefined})),
+    retry(false, D1).
 
 %% @doc The socket closed or failed in `State'.
 -spec socket_gone(atom(), term(), #d{}) -> gen_statem:event_handler_result(atom()).

@@ -22,9 +22,11 @@ hello(O, Nonce) ->
     F1 = fabric_peer_handshake:encode(Hello),
     {F1, Hs#{f1 => F1}}.
 
-%% @doc The server's challenge. `Session': the session to ask to resume (or `undefined').
+%% @doc The server's challenge. `Session': the session to ask to resume (or `undefined'),
+%% with `acks' as `{Sid, Received}' (the count of the server's frames we handled).
 %% `Peer' names the server in the logs.
--spec challenge(binary(), hs(), binary() | undefined, map(), binary()) ->
+-spec challenge(binary(), hs(), binary() | {binary(), non_neg_integer()} | undefined, map(),
+                binary()) ->
           {send, binary(), hs()} | {fail, {auth_failed, atom()}}.
 challenge(F2, Hs, Session, O, Peer) ->
     case decode(F2, O) of
@@ -48,15 +50,28 @@ challenge({challenge, Nonce, Offer0}, F2, #{kind := extended, f1 := F1} = Hs, Se
   when is_binary(Nonce), byte_size(Nonce) =:= 32 ->
     case fabric_peer_handshake:parse_offer(Offer0) of
         {ok, Offer} ->
-            Feats = [F || F <- maps:get(features, O), lists:member(F, maps:get(features, Offer))],
+            Feats0 = [F || F <- maps:get(features, O), lists:member(F, maps:get(features, Offer))],
+            %% acks only with session (docs/protocol.md 11.1)
+            Feats = case lists:member(<<"session">>, Feats0) of
+                        true -> Feats0;
+                        false -> Feats0 -- [<<"acks">>]
+                    end,
+            {Sid, Received} = case Session of
+                                  {S, N} -> {S, N};
+                                  S -> {S, undefined}
+                              end,
             Resume = case lists:member(<<"session">>, Feats) of
-                         true -> Session;
+                         true -> Sid;
                          false -> undefined
                      end,
+            Rc = case lists:member(<<"acks">>, Feats) of
+                     true -> Received;
+                     false -> undefined
+                 end,
             Accept = fabric_peer_handshake:accept(#{features => Feats, node => maps:get(node, O),
                                                     max_frame => maps:get(max_frame, O),
                                                     heartbeat => maps:get(heartbeat, O),
-                                                    resume => Resume}),
+                                                    resume => Resume, received => Rc}),
             AcceptBin = term_to_binary(Accept),
             Mac = fabric_peer_handshake:client_mac(maps:get(secret, O), F1, F2, AcceptBin),
             F3 = fabric_peer_handshake:encode({response, Mac, AcceptBin}),
@@ -89,13 +104,16 @@ auth_term({auth, success, Mac, InfoBin}, #{kind := extended} = Hs, O, Peer) when
             case decode(InfoBin, O) of
                 {ok, I} ->
                     case fabric_peer_handshake:parse_info(I) of
-                        {ok, #{session := Sid, resumed := Resumed}} ->
+                        {ok, #{session := Sid, resumed := Resumed} = Info} ->
                             {established, #{mode => extended, features => Feats,
                                             version => maps:get(version, Offer),
                                             peer_node => maps:get(node, Offer),
                                             peer_max => maps:get(max_frame, Offer),
                                             peer_hb => maps:get(heartbeat, Offer),
-                                            session => Sid}, Resumed};
+                                            session => Sid,
+                                            peer_received => maps:get(received, Info),
+                                            resume_refused => maps:get(resume_refused, Info)},
+                             Resumed};
                         {error, _} -> {fail, {auth_failed, bad_info}}
                     end;
                 error -> {fail, {auth_failed, bad_info}}

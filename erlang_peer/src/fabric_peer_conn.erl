@@ -18,10 +18,13 @@
 -include_lib("kernel/include/logger.hrl").
 -include("fabric_peer_conn.hrl").
 
--export([socket_ready/1, info/1, whereis/3, send/3, close/1, await_ready/2, allow/2,
+-export([socket_ready/1, info/1, whereis/3, send/3, send_confirmed/4, close/1, await_ready/2, allow/2,
          drop_connection/1]).
 -export([new_data/2, handle_common/4, established/3, lost/1, terminate/1, run/2,
          raw_send/2, drop_socket/1, activate/1, count_in/1, now_ms/0]).
+
+%% `Proxy ! Msg' messages taken from the mailbox per event (proxy_batch/5).
+-define(PROXY_BATCH, 1024).
 
 -type data() :: #d{}.
 -export_type([data/0]).
@@ -44,9 +47,21 @@ whereis(Pid, Name, Timeout) -> gen_statem:call(Pid, {whereis, Name}, Timeout).
 -spec send(pid(), pid() | atom() | {atom(), atom()}, term()) -> ok | {error, term()}.
 send(Pid, Dest, Msg) -> gen_statem:call(Pid, {send, Dest, Msg}).
 
-%% @doc Close the connection (proxies end with `noconnection').
+%% @doc A confirmed send (`acks'): `ok' once the peer delivered `Msg' to `Dest''s mailbox,
+%% `{error, Code}' if it says why not, `{error, timeout}' after `Timeout' ms (a late result
+%% is dropped), `{error, not_supported}' without `acks'.
+-spec send_confirmed(pid(), pid() | atom() | {atom(), atom()}, term(), timeout()) -> ok | {error, term()}.
+send_confirmed(Pid, Dest, Msg, Timeout) ->
+    try gen_statem:call(Pid, {send_confirmed, Dest, Msg}, Timeout)
+    catch exit:{timeout, _} -> {error, timeout}
+    end.
+
+%% @doc Close the connection (proxies end with `noconnection'). With `acks' it first waits
+%% up to `close_timeout' ms for the peer to acknowledge what was written, so that a clean
+%% close reports nothing (README, "Acknowledgements").
 -spec close(pid()) -> ok.
 close(Pid) ->
+    _ = (catch gen_statem:call(Pid, flush_outbox, {dirty_timeout, 5000})),
     try gen_statem:stop(Pid, normal, 5000)
     catch exit:_ -> ok
     end.
@@ -161,11 +176,15 @@ handle_common({timeout, heartbeat}, tick, _, _) -> keep_state_and_data;
 %%% --- local processes: proxies, exports
 
 handle_common(info, {fabric_proxy_msg, Proxy, Msg}, _, #d{p = P} = D) ->
-    {keep_state, apply_result(fabric_peer_protocol:proxy_msg(Proxy, Msg, P), D)};
+    {keep_state, apply_result(proxy_batch(Proxy, Msg, P, ?PROXY_BATCH, []), D)};
 handle_common(info, {fabric_proxy_exit, Proxy, From, Reason}, _, #d{p = P} = D) ->
     {keep_state, apply_result(fabric_peer_protocol:proxy_exit(Proxy, From, Reason, P), D)};
 handle_common(info, {'DOWN', Ref, process, Pid, Reason}, _, #d{p = P} = D) ->
     {keep_state, apply_result(fabric_peer_protocol:down(Ref, Pid, Reason, P), D)};
+handle_common(info, fabric_ack_due, _, #d{p = P} = D) ->
+    {keep_state, apply_result(fabric_peer_protocol:ack_due(P), D)};
+handle_common(info, fabric_send_expire, _, #d{p = P} = D) ->
+    {keep_state, apply_result(fabric_peer_protocol:expire(now_ms(), P), D)};
 handle_common(info, {'EXIT', _Pid, _Reason}, _, _) ->
     %% the signaller or the dead-pid placeholder: nothing to do
     keep_state_and_data;
@@ -197,17 +216,43 @@ handle_common({call, From}, {whereis, Name}, State, #d{p = P} = D) ->
         _ -> {keep_state_and_data, [{reply, From, {error, not_connected}}]}
     end;
 handle_common({call, From}, {send, Dest, Msg}, _, #d{p = P} = D) ->
-    {Reply, Acts, P1} = fabric_peer_protocol:send(Dest, Msg, P),
+    {Reply, Acts, P1} = fabric_peer_protocol:send(Dest, Msg, From, P),
     {Written, D1} = run(Acts, D#d{p = P1}),
-    Reply1 = case Reply of
-                 ok -> Written;
-                 _ -> Reply
-             end,
-    {keep_state, D1, [{reply, From, Reply1}]};
+    case Reply of
+        wait -> {keep_state, D1};
+        ok -> {keep_state, D1, [{reply, From, Written}]};
+        _ -> {keep_state, D1, [{reply, From, Reply}]}
+    end;
+handle_common({call, From}, {send_confirmed, Dest, Msg}, _, #d{p = P} = D) ->
+    {Reply, Acts, P1} = fabric_peer_protocol:send_confirmed(Dest, Msg, From, P),
+    {_, D1} = run(Acts, D#d{p = P1}),
+    case Reply of
+        wait -> {keep_state, D1};
+        _ -> {keep_state, D1, [{reply, From, Reply}]}
+    end;
+handle_common({call, From}, flush_outbox, _, #d{p = P} = D) ->
+    {keep_state, apply_result(fabric_peer_protocol:flush(From, P), D)};
 handle_common({call, From}, _, _, _) ->
     {keep_state_and_data, [{reply, From, {error, badarg}}]};
 handle_common(_, _, _, _) ->
     keep_state_and_data.
+
+%% A burst of `Proxy ! Msg': the messages already waiting in the mailbox are taken in
+%% batches and their frames written in one socket write. Each write waits for its reply
+%% with a receive that scans the whole mailbox, so one write per message would make a
+%% burst quadratic (issue 12: 200k messages at 1.5k msgs/s).
+proxy_batch(Proxy, Msg, P, N, Acc) ->
+    {Acts, P1} = fabric_peer_protocol:proxy_msg(Proxy, Msg, P),
+    Acc1 = [Acts | Acc],
+    case N > 1 andalso next_proxy_msg() of
+        {Proxy2, Msg2} -> proxy_batch(Proxy2, Msg2, P1, N - 1, Acc1);
+        _ -> {lists:append(lists:reverse(Acc1)), P1}
+    end.
+
+next_proxy_msg() ->
+    receive {fabric_proxy_msg, Proxy, Msg} -> {Proxy, Msg}
+    after 0 -> none
+    end.
 
 apply_result({Acts, P}, D) ->
     {_, D1} = run(Acts, D#d{p = P}),
@@ -272,18 +317,33 @@ too_large(State, Len, #d{p = P} = D) ->
 
 %% @doc Carry out the protocol's actions in order. Returns the first error of a message
 %% that could neither be written nor kept (for the reply to `send/3').
+%% Consecutive frames are written in one socket write.
 -spec run([fabric_peer_protocol:action()], data()) -> {ok | {error, term()}, data()}.
-run(Acts, D) -> lists:foldl(fun run1/2, {ok, D}, Acts).
+run(Acts, D) -> run(Acts, [], {ok, D}).
 
-run1({send, Kind, Bin}, {R, #d{sock = S} = D}) ->
-    case raw_send(Bin, D) of
-        {ok, D1} -> {R, D1#d{last_out = now_ms()}};
-        {{error, Why}, D1} ->
-            %% not written: keep it for a resumed session (dropped otherwise)
+run([{send, Kind, Bin} | T], Batch, Acc) -> run(T, [{Kind, Bin} | Batch], Acc);
+run([A | T], Batch, Acc) -> run(T, [], run1(A, write_batch(Batch, Acc)));
+run([], Batch, Acc) -> write_batch(Batch, Acc).
+
+write_batch([], Acc) -> Acc;
+write_batch(Rev, {R, #d{t = T, sock = S, p = P} = D}) ->
+    Batch = lists:reverse(Rev),
+    Result = case S of
+                 undefined -> {error, closed};
+                 _ -> fabric_peer_transport:send_many(T, S, [B || {_, B} <- Batch])
+             end,
+    case Result of
+        ok ->
+            P1 = lists:foldl(fun(_, Acc) -> fabric_peer_protocol:count(frames_out, Acc) end, P, Batch),
+            {R, D#d{p = P1, last_out = now_ms()}};
+        {error, Why} ->
+            %% not written: keep them for a resumed session (dropped otherwise)
             _ = [self() ! {fabric_send_failed, S, Why} || S =/= undefined],
-            {R1, P} = fabric_peer_protocol:unsent(Kind, Bin, D1#d.p),
-            {case R of ok -> R1; _ -> R end, D1#d{p = P}}
-    end;
+            lists:foldl(fun({Kind, Bin}, {R0, #d{p = P0} = D0}) ->
+                                {R1, P1} = fabric_peer_protocol:unsent(Kind, Bin, P0),
+                                {case R0 of ok -> R1; _ -> R0 end, D0#d{p = P1}}
+                        end, {R, D}, Batch)
+    end.
 run1({write, Bin}, {R, D}) ->
     {_, D1} = raw_send(Bin, D),
     {R, D1};
@@ -313,7 +373,38 @@ run1({discard_proxy, Pid}, Acc) ->
     Acc;
 run1({demonitor, Ref}, Acc) ->
     erlang:demonitor(Ref, [flush]),
+    Acc;
+run1({ack_timer, Ms}, Acc) ->
+    _ = erlang:send_after(Ms, self(), fabric_ack_due),
+    Acc;
+run1({send_timer, Ms}, Acc) ->
+    _ = erlang:send_after(Ms + 1, self(), fabric_send_expire),
+    Acc;
+run1({undelivered, Reason, Items}, {_, D} = Acc) ->
+    report_undelivered(Reason, Items, D),
     Acc.
+
+%% Section 11.7: the messages a session cannot vouch for, to the `undelivered' handler
+%% (README, "Acknowledgements"), and one warning with the counts.
+report_undelivered(Reason, Items, #d{o = O} = D) ->
+    Unconfirmed = length([x || #{state := unconfirmed} <- Items]),
+    ?LOG_WARNING("fabric: session with ~s ended (~0p): ~b messages unconfirmed, ~b unsent; "
+                 "reported to the undelivered handler",
+                 [D#d.peer, Reason, Unconfirmed, length(Items) - Unconfirmed]),
+    Report = #{reason => Reason, session => D#d.session, peer_node => D#d.peer_node,
+               messages => Items},
+    case maps:get(undelivered, O) of
+        owner -> notify(maps:get(owner, O, undefined), Report);
+        none -> ok;
+        Pid when is_pid(Pid) -> notify(Pid, Report);
+        Fun when is_function(Fun, 1) ->
+            try Fun(Report)
+            catch C:E -> ?LOG_ERROR("fabric: the undelivered handler failed: ~0p:~0p", [C, E])
+            end
+    end.
+
+notify(Pid, Report) when is_pid(Pid) -> Pid ! {fabric_undelivered, self(), Report};
+notify(_, _) -> ok.
 
 %% Wait until Pid has handled our monitor signal. On OTP 25 a monitor signal can still sit
 %% unhandled in the target's queue when the target, woken by a message sent by a third
@@ -341,7 +432,8 @@ raw_send(_, D) -> {{error, closed}, D}.
 drop_socket(#d{sock = undefined} = D) -> D;
 drop_socket(#d{t = T, sock = S} = D) ->
     fabric_peer_transport:close(T, S),
-    D#d{sock = undefined}.
+    %% a partial frame of the old socket is no frame of the next one
+    D#d{sock = undefined, buf = <<>>}.
 
 %% @doc Ask for the next bytes of the socket (a failure arrives as `fabric_send_failed').
 -spec activate(data()) -> ok.

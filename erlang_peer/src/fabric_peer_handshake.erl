@@ -120,9 +120,10 @@ parse_offer(_) -> {error, bad_offer}.
                heartbeat := non_neg_integer(), resume => binary() | undefined}) -> map().
 accept(#{features := F, node := N, max_frame := M, heartbeat := H} = A) ->
     Base = #{<<"features">> => F, <<"node">> => N, <<"max_frame">> => M, <<"heartbeat">> => H},
-    case maps:get(resume, A, undefined) of
-        undefined -> Base;
-        S when is_binary(S) -> Base#{<<"resume">> => S}
+    case {maps:get(resume, A, undefined), maps:get(received, A, undefined)} of
+        {undefined, _} -> Base;
+        {S, undefined} when is_binary(S) -> Base#{<<"resume">> => S};
+        {S, R} when is_binary(S), is_integer(R) -> Base#{<<"resume">> => S, <<"received">> => R}
     end.
 
 %% @doc Validate a decoded accept map against the offered features.
@@ -131,12 +132,16 @@ parse_accept(#{<<"features">> := F, <<"node">> := N, <<"max_frame">> := M,
                <<"heartbeat">> := H} = A, Offered)
   when is_list(F), is_binary(N), is_integer(M), M > 0, is_integer(H), H >= 0 ->
     Resume = maps:get(<<"resume">>, A, undefined),
-    case lists:all(fun is_binary/1, F) andalso (Resume =:= undefined orelse is_binary(Resume)) of
+    Received = maps:get(<<"received">>, A, undefined),
+    case lists:all(fun is_binary/1, F) andalso (Resume =:= undefined orelse is_binary(Resume))
+        andalso (Received =:= undefined orelse (is_integer(Received) andalso Received >= 0))
+        %% acks only with session (docs/protocol.md 11.1)
+        andalso (not lists:member(<<"acks">>, F) orelse lists:member(<<"session">>, F)) of
         false -> {error, bad_accept};
         true ->
             case F -- Offered of
                 [] -> {ok, #{features => lists:usort(F), node => N, max_frame => M,
-                             heartbeat => H, resume => Resume}};
+                             heartbeat => H, resume => Resume, received => Received}};
                 _ -> {error, not_offered}
             end
     end;
@@ -161,17 +166,27 @@ check_mac(Expected, Got) when is_binary(Got), byte_size(Got) =:= byte_size(Expec
 check_mac(_, _) -> false.
 
 %% @doc The info map of a successful extended authentication.
--spec info(#{session := binary() | undefined, resumed := boolean()}) -> map().
+%% With `acks': `received' (a resumed session) or `resume_refused' (a refused resume).
+-spec info(#{session := binary() | undefined, resumed := boolean(),
+             received => non_neg_integer(), resume_refused => binary()}) -> map().
 info(#{session := undefined, resumed := R}) -> #{<<"resumed">> => R};
-info(#{session := S, resumed := R}) -> #{<<"session">> => S, <<"resumed">> => R}.
+info(#{session := S, resumed := R} = I) ->
+    Extra = maps:from_list([{atom_to_binary(K), V} || K <- [received, resume_refused],
+                                                      V <- [maps:get(K, I, undefined)],
+                                                      V =/= undefined]),
+    Extra#{<<"session">> => S, <<"resumed">> => R}.
 
 %% @doc Validate a decoded info map.
 -spec parse_info(term()) -> {ok, #{session := binary() | undefined, resumed := boolean()}} | {error, bad_info}.
 parse_info(#{} = I) ->
     S = maps:get(<<"session">>, I, undefined),
     R = maps:get(<<"resumed">>, I, false),
-    case (S =:= undefined orelse is_binary(S)) andalso is_boolean(R) of
-        true -> {ok, #{session => S, resumed => R}};
+    N = maps:get(<<"received">>, I, undefined),
+    Refused = maps:get(<<"resume_refused">>, I, undefined),
+    case (S =:= undefined orelse is_binary(S)) andalso is_boolean(R)
+        andalso (N =:= undefined orelse (is_integer(N) andalso N >= 0))
+        andalso (Refused =:= undefined orelse is_binary(Refused)) of
+        true -> {ok, #{session => S, resumed => R, received => N, resume_refused => Refused}};
         false -> {error, bad_info}
     end;
 parse_info(_) -> {error, bad_info}.
@@ -262,13 +277,28 @@ offer_accept_test() ->
     ?assertEqual({error, bad_accept}, parse_accept(A#{<<"features">> => [maps]}, [])),
     ?assertEqual({error, bad_accept}, parse_accept(#{}, [])),
     R = accept(#{features => [], node => <<"c">>, max_frame => 1, heartbeat => 0, resume => <<1>>}),
-    ?assertMatch({ok, #{resume := <<1>>}}, parse_accept(R, [])).
+    ?assertMatch({ok, #{resume := <<1>>, received := undefined}}, parse_accept(R, [])),
+    Rn = accept(#{features => [<<"session">>, <<"acks">>], node => <<"c">>, max_frame => 1,
+                  heartbeat => 0, resume => <<1>>, received => 12}),
+    ?assertMatch({ok, #{received := 12}}, parse_accept(Rn, [<<"session">>, <<"acks">>])),
+    %% acks without session breaks 11.1
+    NoSession = accept(#{features => [<<"acks">>], node => <<"c">>, max_frame => 1, heartbeat => 0}),
+    ?assertEqual({error, bad_accept}, parse_accept(NoSession, [<<"session">>, <<"acks">>])).
 
 info_test() ->
-    ?assertEqual({ok, #{session => <<1>>, resumed => true}},
+    ?assertMatch({ok, #{session := <<1>>, resumed := true, received := undefined,
+                        resume_refused := undefined}},
                  parse_info(info(#{session => <<1>>, resumed => true}))),
-    ?assertEqual({ok, #{session => undefined, resumed => false}},
+    ?assertEqual(#{<<"session">> => <<1>>, <<"resumed">> => true},
+                 info(#{session => <<1>>, resumed => true})),
+    ?assertMatch({ok, #{session := undefined, resumed := false}},
                  parse_info(info(#{session => undefined, resumed => false}))),
+    ?assertMatch({ok, #{received := 7}},
+                 parse_info(info(#{session => <<1>>, resumed => true, received => 7}))),
+    ?assertMatch({ok, #{resume_refused := <<"not_resumable">>}},
+                 parse_info(info(#{session => <<1>>, resumed => false,
+                                   resume_refused => <<"not_resumable">>}))),
+    ?assertEqual({error, bad_info}, parse_info(#{<<"resumed">> => true, <<"received">> => -1})),
     ?assertEqual({error, bad_info}, parse_info(#{<<"resumed">> => 1})),
     ?assertEqual({error, bad_info}, parse_info(x)).
 -endif.

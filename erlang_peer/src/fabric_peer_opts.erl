@@ -6,7 +6,8 @@
 -export([normalize/3, all_features/0]).
 
 -define(ALL_FEATURES, [<<"whereis">>, <<"link">>, <<"maps">>, <<"bitstrings">>, <<"ports">>,
-                       <<"funs">>, <<"heartbeat">>, <<"error">>, <<"session">>]).
+                       <<"funs">>, <<"heartbeat">>, <<"error">>, <<"session">>,
+                       <<"acks">>]).
 
 %% @doc The version 1 features this implementation speaks (docs/protocol.md section 3.5).
 -spec all_features() -> [binary()].
@@ -32,6 +33,7 @@ normalize(_, _, Opts) -> {error, {bad_option, {not_a_map, Opts}}}.
 
 defaults(Role) ->
     F = fun fabric_peer_frame:default/1,
+    A = fun acks_default/1,
     Common = #{allowed => [], allow_legacy_auth => false,
                max_frame => F(max_frame), max_handshake_frame => F(max_handshake_frame),
                handshake_timeout => F(handshake_timeout),
@@ -40,7 +42,12 @@ defaults(Role) ->
                heartbeat => F(heartbeat), node => default, max_queue => F(max_queue),
                max_errors => F(max_errors), error_window => F(error_window),
                max_proxies => F(max_proxies), max_exports => F(max_exports),
-               max_terms => F(max_terms), tls => false},
+               max_terms => F(max_terms),
+               outbox_frames => A(outbox_frames), outbox_bytes => A(outbox_bytes),
+               ack_every => A(ack_every), ack_delay => A(ack_delay),
+               max_pending_messages => A(max_pending_messages), send_timeout => A(send_timeout),
+               max_confirms => A(max_confirms),
+               undelivered => owner, tls => false},
     case Role of
         server -> Common#{ip => {127, 0, 0, 1}, acceptors => 4, mode => extended,
                           max_server_atoms => F(max_server_atoms),
@@ -55,6 +62,18 @@ defaults(Role) ->
                           reconnect_max => 30000, connect_timeout => 5000}
     end.
 
+%% The `acks' defaults (docs/protocol.md 13.2): the outbox bounds what a cut can cost
+%% (frames and bytes not acknowledged, per session); an ack per 64 frames or 10 ms; user
+%% commands beyond the outbox wait, at most max_pending_messages per connection, a send/2 caller at
+%% most send_timeout ms.
+acks_default(outbox_frames) -> 16384;
+acks_default(outbox_bytes) -> 16 * 1024 * 1024;
+acks_default(ack_every) -> 64;
+acks_default(ack_delay) -> 10;
+acks_default(max_pending_messages) -> 250000;
+acks_default(send_timeout) -> 5000;
+acks_default(max_confirms) -> 16384.
+
 check(K, V) when K =:= allowed; K =:= force_system_names; K =:= routable_nodes ->
     (is_list(V) andalso lists:all(fun is_atom/1, V)) orelse bad(K, V);
 check(K, V) when K =:= allow_legacy_auth; K =:= reconnect -> is_boolean(V) orelse bad(K, V);
@@ -63,7 +82,9 @@ check(K, V) when K =:= max_frame; K =:= max_handshake_frame; K =:= handshake_tim
                  K =:= reconnect_max; K =:= connect_timeout; K =:= error_window;
                  K =:= max_proxies; K =:= max_exports; K =:= max_kept_sessions;
                  K =:= auth_failure_window; K =:= auth_block_time; K =:= max_terms;
-                 K =:= max_connections; K =:= max_pending; K =:= max_pending_per_address ->
+                 K =:= max_connections; K =:= max_pending; K =:= max_pending_per_address;
+                 K =:= outbox_frames; K =:= outbox_bytes; K =:= ack_every; K =:= ack_delay;
+                 K =:= max_pending_messages; K =:= send_timeout; K =:= max_confirms ->
     (is_integer(V) andalso V > 0) orelse bad(K, V);
 check(K, V) when K =:= max_new_atoms; K =:= max_server_atoms; K =:= heartbeat;
                  K =:= max_queue; K =:= max_errors; K =:= max_auth_failures ->
@@ -74,6 +95,9 @@ check(features, V) ->
 check(refuse_remote_exits, V) ->
     (is_boolean(V) orelse (is_list(V) andalso lists:all(fun is_atom/1, V)))
         orelse bad(refuse_remote_exits, V);
+check(undelivered, V) ->
+    (V =:= owner orelse V =:= none orelse is_pid(V) orelse is_function(V, 1))
+        orelse bad(undelivered, V);
 check(mode, V) -> lists:member(V, [extended, legacy]) orelse bad(mode, V);
 check(node, V) -> (V =:= default orelse is_atom(V) orelse is_binary(V)) orelse bad(node, V);
 check(ip, V) -> (is_tuple(V) andalso (tuple_size(V) =:= 4 orelse tuple_size(V) =:= 8)) orelse bad(ip, V);
@@ -118,7 +142,12 @@ tls(Role, Opts) ->
 %% could serve nobody, so the combination is refused rather than silently useless.
 check_combination(server, #{mode := legacy, allow_legacy_auth := false}) ->
     bad(mode, {legacy, requires_allow_legacy_auth});
-check_combination(_, _) -> ok.
+check_combination(_, #{features := F}) ->
+    %% acks needs session (docs/protocol.md 11.1)
+    Fs = [to_bin(X) || X <- F],
+    (not lists:member(<<"acks">>, Fs) orelse lists:member(<<"session">>, Fs))
+        orelse bad(features, {<<"acks">>, requires, <<"session">>}),
+    ok.
 
 to_bin(F) when is_atom(F) -> atom_to_binary(F, utf8);
 to_bin(F) when is_binary(F) -> F;
@@ -156,7 +185,7 @@ utf8_secret_test() ->
 bad_options_test_() ->
     [?_assertMatch({error, {bad_option, {unknown, [alowed]}}}, normalize(server, "s", #{alowed => [x]})),
      ?_assertMatch({error, {bad_option, {allowed, _}}}, normalize(server, "s", #{allowed => ["x"]})),
-     ?_assertMatch({error, {bad_option, {features, _}}}, normalize(server, "s", #{features => [acks]})),
+     ?_assertMatch({error, {bad_option, {features, _}}}, normalize(server, "s", #{features => [route]})),
      ?_assertMatch({error, {bad_option, {max_frame, _}}}, normalize(client, "s", #{max_frame => 0})),
      ?_assertMatch({error, {bad_option, {mode, {legacy, requires_allow_legacy_auth}}}},
                    normalize(server, "s", #{mode => legacy})),

@@ -26,10 +26,16 @@
 
 -include_lib("kernel/include/logger.hrl").
 
--export([new/2, established/4, frame/2, too_large/2, send/3, proxy_msg/3, proxy_exit/4,
-         down/4, whereis/3, heartbeat/1, lost/2, detach/1, reset/1, terminate/1,
+-export([new/2, established/4, frame/2, too_large/2, send/3, send/4, send_confirmed/4,
+         proxy_msg/3, proxy_exit/4,
+         down/4, whereis/3, heartbeat/1, lost/2, detach/1, reset/1, reset/2, terminate/1,
          watch_export/3, watch_proxy/3, unsent/3, count/2, set_peer/2, set_opts/2,
          mode/1, features/1, connected/1, info/1]).
+%% acks (fabric_peer_acks)
+-export([ack_due/1, expire/2, flush/2, resumable/3, resume_ok/2, set_end_reason/2,
+         received/1]).
+%% for fabric_peer_acks
+-export([incoming/3]).
 
 -export_type([proto/0, env/0, action/0]).
 
@@ -46,11 +52,14 @@
                 | {deliver, pid() | {atom(), atom()}, term()}
                 | {control, pid(), term()} | {reply, gen_statem:from(), term()}
                 | {monitor_export | monitor_proxy, pid(), integer()}
-                | {forget_proxy | discard_proxy, pid()} | {demonitor, reference()}.
+                | {forget_proxy | discard_proxy, pid()} | {demonitor, reference()}
+                | {ack_timer | send_timer, pos_integer()}
+                | {undelivered, atom(), [map()]}.
 
 -include("fabric_peer_protocol.hrl").
 
--import(fabric_peer_payload, [rewrite_out/2, rewrite_in/2, pid_id/2, export/2, remote_pid/2,
+-import(fabric_peer_commands, [emit/3]).
+-import(fabric_peer_payload, [rewrite_in/2, export/2, remote_pid/2,
                               proxy_for/2, end_proxy/3, signaller/1, spend_atoms/2,
                               server_atoms_left/1, act/2]).
 
@@ -69,19 +78,31 @@ new(O, Env) ->
        stats = #{frames_in => 0, frames_out => 0, errors => 0, connects => 0, new_atoms => 0,
                  local_errors => 0}}.
 
-%% @doc The handshake completed with `Params' (`mode', `features', `peer_max'). `Reset':
-%% forget the old session first (a reconnect that did not resume). `Resumed': the outbox
-%% and the last DEAD notices are written now; otherwise the outbox is dropped.
+%% @doc The handshake completed with `Params' (`mode', `features', `peer_max'; with
+%% `acks' and `Resumed' also `peer_received'; a refused resume may give `resume_refused').
+%% `Reset': forget the old session first (a reconnect that did not resume). `Resumed': the
+%% outbox and the last DEAD notices are written now (with `acks': the outbox from the
+%% peer's count on, section 11.5); otherwise the outbox is dropped.
 -spec established(map(), boolean(), boolean(), proto()) -> result().
 established(Params, Reset, Resumed, #p{o = O} = P0) ->
     P1 = count(connects, P0#p{mode = maps:get(mode, Params),
                               feats = fabric_peer_rewrite:features(maps:get(features, Params, [])),
                               peer_max = maps:get(peer_max, Params, maps:get(max_frame, O))}),
     P2 = case Reset of
-             true -> reset_tables(P1);
+             true ->
+                 Why = case maps:get(resume_refused, Params, undefined) of
+                           <<"not_resumable">> -> not_resumable;
+                           _ -> session_expired
+                       end,
+                 reset_tables(Why, P1);
              false -> P1
          end,
-    done(flush_outbox(Resumed, P2#p{connected = true})).
+    P3 = P2#p{connected = true},
+    case Resumed andalso fabric_peer_acks:on(P3) of
+        true -> done(fabric_peer_acks:resume(maps:get(peer_received, Params), P3));
+        false when Resumed -> done(flush_outbox(true, P3));
+        false -> done(flush_outbox(false, fabric_peer_acks:start(P3)))
+    end.
 
 flush_outbox(true, #p{s = S} = P) ->
     {Queued, S1} = fabric_peer_session:take_outbox(S),
@@ -112,9 +133,14 @@ detach(P) -> P#p{connected = false}.
 %% @doc Forget the session (no session, or it was not resumed): proxies end with
 %% `noconnection', exported processes are no longer watched.
 -spec reset(proto()) -> result().
-reset(P) -> done(reset_tables(P)).
+reset(P) -> reset(session_expired, P).
 
-reset_tables(#p{s = S} = P) ->
+%% @doc `reset/1', the session ending for `Reason' (reported with `acks', section 11.7).
+-spec reset(atom(), proto()) -> result().
+reset(Why, P) -> done(reset_tables(Why, P)).
+
+reset_tables(Why, P0) ->
+    #p{s = S} = P = fabric_peer_acks:end_session(Why, P0),
     {Proxies, Monitors, S1} = fabric_peer_session:reset(S),
     P1 = lists:foldl(fun(Proxy, Acc) -> act({forget_proxy, Proxy}, act({control, Proxy, {die, noconnection}}, Acc)) end,
                      P, Proxies),
@@ -124,7 +150,8 @@ reset_tables(#p{s = S} = P) ->
 %% @doc The connection ends: its proxies end with `noconnection', `whereis' callers get
 %% `{error, closed}'.
 -spec terminate(proto()) -> [action()].
-terminate(#p{s = S} = P) ->
+terminate(#p{s = S} = P0) ->
+    P = fabric_peer_acks:end_session(P0#p.end_reason, P0),
     P1 = lists:foldl(fun(Proxy, Acc) -> end_proxy(Proxy, noconnection, Acc) end, P,
                      fabric_peer_session:proxies(S)),
     {Acts, _} = done(reply_whereis_waiters({error, closed}, P1)),
@@ -138,9 +165,16 @@ watch_export(Ref, Id, #p{s = S} = P) -> P#p{s = fabric_peer_session:watch_export
 -spec watch_proxy(reference(), integer(), proto()) -> proto().
 watch_proxy(Ref, Id, #p{s = S} = P) -> P#p{s = fabric_peer_session:watch_proxy(Ref, Id, S)}.
 
-%% @doc A `send' action could not be written: keep the frame for a resumed session.
+%% @doc A `send' action could not be written: keep the frame for a resumed session (with
+%% `acks' a sequenced frame is in the outbox already, and the rest is connection-scoped).
 -spec unsent(msg | ctrl, binary(), proto()) -> {ok | {error, term()}, proto()}.
 unsent(Kind, Bin, #p{s = S, o = #{max_queue := Max}} = P) ->
+    case fabric_peer_acks:on(P) of
+        true -> {ok, P};
+        false -> keep_unsent(Kind, Bin, Max, S, P)
+    end.
+
+keep_unsent(Kind, Bin, Max, S, P) ->
     {R, S1} = fabric_peer_session:enqueue(Kind, Bin, Max, S),
     {R, P#p{s = S1}}.
 
@@ -167,12 +201,29 @@ frame(Bin, #p{o = O, atoms_left = Left} = P0) ->
                                        max_decompressed => maps:get(max_frame, O)}) of
         {ok, Term, New} ->
             P1 = spend_atoms(New, P),
-            Frame = fabric_peer_frame:classify(Term, P1#p.mode, P1#p.feats),
-            Screened = fabric_peer_policy:screen(
-                         Frame, fun(B) -> fabric_peer_session:exported(B, P1#p.s) end, O),
-            {Status, P2} = case dispatch(Screened, P1) of
-                               {ok, Pd} -> {ok, Pd};
-                               {error, Code, Why, Pe} -> frame_error(Code, Why, Pe)
+            Result = case fabric_peer_acks:frame_in(Term, P1) of
+                         pass ->
+                             Frame = fabric_peer_frame:classify(Term, P1#p.mode, P1#p.feats),
+                             Screened = fabric_peer_policy:screen(
+                                          Frame, fun(B) -> fabric_peer_session:exported(B, P1#p.s) end, O),
+                             dispatch(Screened, P1);
+                         R -> R
+                     end,
+            {Status, P2} = case Result of
+                               {ok, Pd} -> {ok, fabric_peer_acks:handled(Term, Pd)};
+                               {close, Pc} -> {close, Pc};
+                               {refused, Code, Why, Pr} ->
+                                   %% a refused mc: counted as dropped, its mc_result
+                                   %% replaces the error frame (11.8)
+                                   {St, Pq} = frame_error(Code, Why, fabric_peer_acks:handled(
+                                                                       Term, Pr#p{mode = legacy})),
+                                   Pm = Pq#p{mode = Pr#p.mode},
+                                   {St, case St of
+                                            close -> error_frame(too_many_errors, <<"too many errors">>, Pm);
+                                            ok -> Pm
+                                        end};
+                               {error, Code, Why, Pe} ->
+                                   frame_error(Code, Why, fabric_peer_acks:handled(Term, Pe))
                            end,
             %% proxies started for this frame but in neither table after it (the frame was
             %% dropped half-way) stand for nothing: end them (a stand-in of an exit2 is
@@ -185,7 +236,7 @@ frame(Bin, #p{o = O, atoms_left = Left} = P0) ->
             {Acts, P4} = done(P3#p{fresh = []}),
             {Status, Acts, P4};
         {error, {Code, Why}} when Code =:= bad_term; Code =:= limit ->
-            {Status, P1} = frame_error(Code, Why, P),
+            {Status, P1} = frame_error(Code, Why, fabric_peer_acks:handled(undecodable, P)),
             {Acts, P2} = done(P1),
             {Status, Acts, P2}
     end.
@@ -296,6 +347,11 @@ incoming_message(Dest, Payload, P) ->
         {error, Code, Why} -> {error, Code, Why, P}
     end.
 
+%% @doc An incoming message (an `m', or the message of an `mc'): delivered (a `deliver'
+%% action is the newest), dropped silently (`{ok, P}' without one), or refused.
+-spec incoming(term(), term(), proto()) -> {ok, proto()} | {error, atom(), term(), proto()}.
+incoming(Dest, Payload, P) -> incoming_message(Dest, Payload, P).
+
 deliver(Target, _, #p{env = #{self := Self}} = P) when Target =:= Self -> P;
 deliver(Target, Msg, P) -> act({deliver, Target, Msg}, P).
 
@@ -356,7 +412,7 @@ refused(Name, P) ->
 %% reference of the peer's node: it would never cross the connection. So the call is
 %% delivered with the plain tag `Ref' (the pre-alias form every gen behaviour still
 %% accepts): the reply is then sent to the caller's proxy as `{Ref, Reply}', and
-%% gen_reply_out/3 restores the tag the caller waits for. See README "gen_server:call".
+%% fabric_peer_commands (gen_reply_out) restores the tag the caller waits for. See README "gen_server:call".
 gen_call_in({'$gen_call', {From, [alias | Ref]}, Req}, #p{s = S} = P)
   when is_pid(From), is_reference(Ref) ->
     case fabric_peer_session:proxy_id(From, S) of
@@ -365,12 +421,6 @@ gen_call_in({'$gen_call', {From, [alias | Ref]}, Req}, #p{s = S} = P)
     end;
 gen_call_in(Msg, P) -> {Msg, P}.
 
-gen_reply_out(Proxy, {Ref, Reply} = Msg, #p{s = S} = P) when is_reference(Ref) ->
-    case fabric_peer_session:call_out(Ref, Proxy, S) of
-        {ok, S1} -> {{[alias | Ref], Reply}, P#p{s = S1}};
-        error -> {Msg, P}
-    end;
-gen_reply_out(_, Msg, P) -> {Msg, P}.
 
 whereis_local(NameBin, #p{o = O, s = S, env = #{whereis := Whereis}} = P) ->
     Name = try binary_to_existing_atom(NameBin, utf8) catch error:_ -> undefined end,
@@ -424,56 +474,31 @@ error_frame(_, _, P) -> P.
 detail(B) when is_binary(B) -> B;
 detail(T) -> iolist_to_binary(io_lib:format("~0P", [T, 10])).
 
-%%% local commands and events
+%%% local commands (fabric_peer_commands)
 
 %% @doc `fabric_peer:send/2' through this connection: to a proxy pid, a name or
-%% `{Name, Node}'.
--spec send(pid() | atom() | {atom(), atom()} | term(), term(), proto()) ->
-          {ok | {error, term()}, [action()], proto()}.
-send(Dest, Msg, #p{s = S} = P) ->
-    {Reply, P1} = case Dest of
-                      Pid when is_pid(Pid) ->
-                          case fabric_peer_session:proxy_id(Pid, S) of
-                              {ok, Id} -> send_message(Id, Msg, P);
-                              error -> {{error, not_a_proxy}, P}
-                          end;
-                      Name when is_atom(Name) -> send_message(Name, Msg, P);
-                      {Name, Node} when is_atom(Name), is_atom(Node) -> send_message(Dest, Msg, P);
-                      _ -> {{error, badarg}, P}
-                  end,
-    {Acts, P2} = done(P1),
-    {Reply, Acts, P2}.
+%% `{Name, Node}' (`fabric_peer_commands:send/3').
+-spec send(term(), term(), proto()) -> {ok | {error, term()}, [action()], proto()}.
+send(Dest, Msg, P) -> fabric_peer_commands:send(Dest, Msg, P).
+
+%% @doc `send/3' for caller `From': with `acks' it may wait (`fabric_peer_commands:send/4').
+-spec send(term(), term(), gen_statem:from() | none, proto()) ->
+          {ok | wait | {error, term()}, [action()], proto()}.
+send(Dest, Msg, From, P) -> fabric_peer_commands:send(Dest, Msg, From, P).
+
+%% @doc A confirmed send for caller `From' (`fabric_peer_commands:send_confirmed/4').
+-spec send_confirmed(term(), term(), gen_statem:from(), proto()) ->
+          {wait | {error, term()}, [action()], proto()}.
+send_confirmed(Dest, Msg, From, P) -> fabric_peer_commands:send_confirmed(Dest, Msg, From, P).
 
 %% @doc A message sent to proxy `Proxy' (`Proxy ! Msg'): errors are logged and counted.
 -spec proxy_msg(pid(), term(), proto()) -> result().
-proxy_msg(Proxy, Msg0, #p{s = S} = P0) ->
-    case fabric_peer_session:proxy_id(Proxy, S) of
-        {ok, Id} ->
-            {Msg, P} = gen_reply_out(Proxy, Msg0, P0),
-            case send_message(Id, Msg, P) of
-                {ok, P1} -> done(P1);
-                {{error, Why}, P1} ->
-                    ?LOG_WARNING("fabric: message to a proxy of ~s not sent: ~0p", [P#p.peer, Why]),
-                    done(count(local_errors, P1))
-            end;
-        error -> done(P0)
-    end.
+proxy_msg(Proxy, Msg, P) -> done(fabric_peer_commands:proxy_msg(Proxy, Msg, P)).
 
 %% @doc Proxy `Proxy' received an exit signal from local process `From' that the peer
 %% must see (an `exit2' frame, with the `link' feature).
 -spec proxy_exit(pid(), pid(), term(), proto()) -> result().
-proxy_exit(Proxy, From, Reason, #p{s = S} = P) ->
-    case {fabric_peer_session:proxy_id(Proxy, S), link_enabled(P)} of
-        {{ok, B}, true} ->
-            {A, P1} = pid_id(From, P),
-            case rewrite_out(Reason, P1) of
-                {ok, W, P2} -> done(flush_redead(emit(ctrl, {exit2, A, B, W}, P2)));
-                {{error, Why}, _} ->
-                    ?LOG_WARNING("fabric: exit reason not sendable: ~0p", [Why]),
-                    done(P1#p{redead = []})
-            end;
-        _ -> done(P)
-    end.
+proxy_exit(Proxy, From, Reason, P) -> done(fabric_peer_commands:proxy_exit(Proxy, From, Reason, P)).
 
 %% @doc A monitor fired: an exported process ended (its DEAD is written) or a proxy did.
 -spec down(reference(), pid(), term(), proto()) -> result().
@@ -509,41 +534,43 @@ whereis(_, From, P) -> done(act({reply, From, {error, not_supported}}, P)).
 -spec heartbeat(proto()) -> result().
 heartbeat(#p{hb_n = N} = P) -> done(emit(ctrl, {heartbeat, N}, P#p{hb_n = N + 1})).
 
-%%% sending
-
-send_message(Dest, Msg, P) ->
-    case rewrite_out(Msg, P) of
-        {ok, W, P1} ->
-            case emit_checked(msg, {m, Dest, W}, P1) of
-                {ok, P2} -> {ok, flush_redead(P2)};
-                {E, P2} -> {E, P2#p{redead = []}}
-            end;
-        {{error, _} = E, P1} -> {E, P1#p{redead = []}}
-    end.
-
-flush_redead(#p{redead = []} = P) -> P;
-flush_redead(#p{redead = Ds} = P) ->
-    lists:foldl(fun(Dead, Acc) -> emit(ctrl, Dead, Acc) end, P#p{redead = []}, lists:reverse(Ds)).
-
-%% A frame goes out now, or into the outbox while there is no socket (control frames
-%% always; messages up to `max_queue').
-emit(Kind, Term, P) ->
-    {_, P1} = emit_checked(Kind, Term, P),
-    P1.
-
-emit_checked(Kind, Term, P) ->
-    Bin = case Kind of
-              msg -> fabric_peer_frame:encode_message(Term);
-              ctrl -> fabric_peer_frame:encode_plain(Term)
-          end,
-    case fabric_peer_frame:check_size(Bin, P#p.peer_max) of
-        {error, _} = E -> {E, P};
-        ok when P#p.connected -> {ok, act({send, Kind, Bin}, P)};
-        ok -> unsent(Kind, Bin, P)
-    end.
-
 reply_whereis_waiters(Reply, #p{whereis_waiting = W} = P) ->
     lists:foldl(fun(From, Acc) -> act({reply, From, Reply}, Acc) end, P, maps:values(W)).
+
+%%% acks (fabric_peer_acks)
+
+%% @doc The ack delay passed: write the ack owed, if any.
+-spec ack_due(proto()) -> result().
+ack_due(P) -> done(fabric_peer_acks:ack_due(P)).
+
+%% @doc `send/4' callers waiting since before `Now - send_timeout' get `{error, timeout}'.
+-spec expire(integer(), proto()) -> result().
+expire(Now, P) -> done(fabric_peer_acks:expire(Now, P)).
+
+%% @doc `close' caller `From' is answered once nothing waits for an ack.
+-spec flush(gen_statem:from(), proto()) -> result().
+flush(From, P) -> done(fabric_peer_acks:flush(From, P)).
+
+%% @doc Server: may this session be resumed by a connection agreeing on `Feats' whose
+%% client handled `PeerCount' of our frames? (`fabric_peer_acks:resumable/3')
+-spec resumable([binary()], term(), proto()) -> {ok, non_neg_integer() | undefined} | not_resumable.
+resumable(Feats, PeerCount, P) -> fabric_peer_acks:resumable(Feats, PeerCount, P).
+
+%% @doc Client: is the server's count of a resumed session in range?
+-spec resume_ok(map(), proto()) -> boolean().
+resume_ok(Params, P) -> fabric_peer_acks:resume_ok(Params, P).
+
+%% @doc Sequenced frames handled from the peer in this session (`undefined' without `acks').
+-spec received(proto()) -> non_neg_integer() | undefined.
+received(#p{s = S}) ->
+    case fabric_peer_session:seq(S) of
+        undefined -> undefined;
+        Seq -> fabric_peer_seq:received(Seq)
+    end.
+
+%% @doc Why the session will have ended when the connection terminates (11.7).
+-spec set_end_reason(atom(), proto()) -> proto().
+set_end_reason(Why, P) -> P#p{end_reason = Why}.
 
 %%% accessors
 
@@ -564,8 +591,8 @@ connected(#p{connected = C}) -> C.
 
 %% @doc The protocol's part of `fabric_peer:info/1'.
 -spec info(proto()) -> map().
-info(#p{stats = St, s = S, mode = Mode, feats = F, atoms_left = A}) ->
-    St#{mode => case Mode of undefined -> none; M -> M end,
+info(#p{stats = St, s = S, mode = Mode, feats = F, atoms_left = A} = P) ->
+    (maps:merge(St, fabric_peer_acks:info(P)))#{mode => case Mode of undefined -> none; M -> M end,
         features => lists:sort(maps:keys(F)),
         proxies => fabric_peer_session:proxy_count(S),
         exported => fabric_peer_session:export_count(S),

@@ -1,5 +1,6 @@
 %% The state of fabric_peer_protocol, shared with fabric_peer_payload (the payload
-%% rewriting against the session's id tables). No other module includes it.
+%% rewriting against the session's id tables) and fabric_peer_acks (sequencing, acks and
+%% the commands waiting for outbox room). No other module includes it.
 -record(p, {
           o :: map(),
           env :: fabric_peer_protocol:env(),
@@ -24,5 +25,15 @@
           fresh = [] :: [pid()],
           missing = #{} :: #{integer() => true},
           refused :: term(),
-          acts = [] :: [fabric_peer_protocol:action()]               % newest first
+          acts = [] :: [fabric_peer_protocol:action()],              % newest first
+          %% acks: user commands waiting for outbox room (oldest first), how many of them
+          %% are send/2 callers, messages of `!' dropped in the current overflow (and the
+          %% batch not reported yet), why the session ends, `close' callers waiting
+          pending = queue:new() :: queue:queue(tuple()),
+          npending = 0 :: non_neg_integer(),
+          nsenders = 0 :: non_neg_integer(),
+          overflow = 0 :: non_neg_integer(),
+          overflow_batch = [] :: [map()],
+          end_reason = closed :: atom(),
+          flushers = [] :: [gen_statem:from()]
          }).

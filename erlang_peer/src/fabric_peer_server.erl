@@ -100,18 +100,29 @@ handle_event({timeout, handshake}, _, _, _) -> keep_state_and_data;
 
 %%% --- sessions
 
-handle_event(state_timeout, expire, State, D) when State =:= detached; State =:= resuming ->
+handle_event(state_timeout, expire, State, #d{p = P} = D) when State =:= detached; State =:= resuming ->
     ?LOG_INFO("fabric: session of ~s expired", [D#d.peer]),
-    {stop, normal, D};
-handle_event(cast, expire_session, detached, D) ->
+    {stop, normal, D#d{p = fabric_peer_protocol:set_end_reason(session_expired, P)}};
+handle_event(cast, expire_session, detached, #d{p = P} = D) ->
     ?LOG_INFO("fabric: session of ~s expired: more than max_kept_sessions are waiting", [D#d.peer]),
-    {stop, normal, D};
-handle_event({call, From}, {claim, _NewConn}, State, #d{p = P} = D)
+    {stop, normal, D#d{p = fabric_peer_protocol:set_end_reason(session_expired, P)}};
+handle_event({call, From}, {claim, _NewConn, Feats, PeerCount}, State, #d{p = P} = D)
   when State =:= established; State =:= detached; State =:= resuming ->
+    %% the connection still using the session ends first (docs/protocol.md 11.5): its
+    %% frames handled so far are final, the rest of its input is discarded
     unkeep_session(D),
     D1 = drop_socket(D#d{p = fabric_peer_protocol:detach(P)}),
-    {next_state, resuming, D1, [{reply, From, ok}, {state_timeout, ?ATTACH_TIMEOUT, expire},
-                                {{timeout, heartbeat}, cancel}]};
+    case fabric_peer_protocol:resumable(Feats, PeerCount, D1#d.p) of
+        {ok, Received} ->
+            {next_state, resuming, D1, [{reply, From, {ok, Received}},
+                                        {state_timeout, ?ATTACH_TIMEOUT, expire},
+                                        {{timeout, heartbeat}, cancel}]};
+        not_resumable ->
+            ?LOG_WARNING("fabric: session of ~s cannot be resumed losslessly (features or "
+                         "counts differ): it ends", [D#d.peer]),
+            gen_statem:reply(From, {error, not_resumable}),
+            {stop, normal, D1#d{p = fabric_peer_protocol:set_end_reason(not_resumable, D1#d.p)}}
+    end;
 handle_event({call, From}, {claim, _}, _, _) ->
     {keep_state_and_data, [{reply, From, {error, not_resumable}}]};
 handle_event(cast, {attach, T, S, Peer, Params}, resuming, D) ->
@@ -180,16 +191,24 @@ unkeep_session(#d{ref = Ref}) -> fabric_peer_registry:unkeep_detached(Ref, self(
 session(#{features := Feats} = Params, Resume, F3, #d{o = O, ref = Ref, hs = Hs} = D) ->
     SessionOn = lists:member(<<"session">>, Feats),
     Claimed = case {SessionOn, Resume} of
-                  {true, Sid} when is_binary(Sid) -> claim(Ref, Sid);
-                  _ -> error
+                  {true, Sid} when is_binary(Sid) ->
+                      claim(Ref, Sid, Feats, maps:get(peer_received, Params, undefined));
+                  _ -> {error, none}
               end,
     {SidBin, Owner} = case {SessionOn, Claimed} of
-                          {true, {ok, Pid}} -> {Resume, Pid};
-                          {true, error} -> {crypto:strong_rand_bytes(16), none};
+                          {true, {ok, Pid, _}} -> {Resume, Pid};
+                          {true, {error, _}} -> {crypto:strong_rand_bytes(16), none};
                           {false, _} -> {undefined, none}
                       end,
     Resumed = Owner =/= none,
-    F4 = fabric_peer_server_hs:success(SidBin, Resumed, F3, Hs, O),
+    %% the Info keys of acks go only to a client that agreed on it (11.1)
+    Extra = case {fabric_peer_acks:agreed(Feats), Claimed} of
+                {true, {ok, _, N}} when is_integer(N) -> #{received => N};
+                {true, {error, not_resumable}} -> #{resume_refused => <<"not_resumable">>};
+                {true, {error, unknown_session}} -> #{resume_refused => <<"unknown_session">>};
+                _ -> #{}
+            end,
+    F4 = fabric_peer_server_hs:success(SidBin, {Resumed, Extra}, F3, Hs, O),
     case raw_send(F4, D) of
         {{error, _}, D1} -> {stop, normal, D1};
         {ok, #d{t = T, sock = S, peer = Peer} = D1} when Resumed ->
@@ -202,14 +221,15 @@ session(#{features := Feats} = Params, Resume, F3, #d{o = O, ref = Ref, hs = Hs}
             fabric_peer_conn:established(Params#{session => SidBin}, false, D1)
     end.
 
-claim(Ref, Sid) ->
+claim(Ref, Sid, Feats, PeerCount) ->
     case fabric_peer_registry:session_owner(Ref, Sid) of
-        undefined -> error;
+        undefined -> {error, unknown_session};
         Pid ->
-            try gen_statem:call(Pid, {claim, self()}, 5000) of
-                ok -> {ok, Pid};
-                _ -> error
-            catch exit:_ -> error
+            try gen_statem:call(Pid, {claim, self(), Feats, PeerCount}, 5000) of
+                {ok, Received} -> {ok, Pid, Received};
+                {error, not_resumable} -> {error, not_resumable};
+                _ -> {error, unknown_session}
+            catch exit:_ -> {error, unknown_session}
             end
     end.
 

@@ -84,7 +84,8 @@ response({response, Mac, AcceptBin}, _, #{kind := extended, f1 := F1, f2 := F2} 
         {ok, #{features := Feats} = Acc} ->
             Params = #{mode => extended, features => Feats, version => maps:get(version, Hs),
                        peer_node => maps:get(node, Acc), peer_max => maps:get(max_frame, Acc),
-                       peer_hb => maps:get(heartbeat, Acc)},
+                       peer_hb => maps:get(heartbeat, Acc),
+                       peer_received => maps:get(received, Acc)},
             Resume = case maps:get(resume, Acc) of
                          Sid when is_binary(Sid) -> Sid;
                          _ -> undefined
@@ -100,9 +101,12 @@ response(_, _, _, _, Peer) ->
 
 %% @doc The last extended frame: the session id (`undefined' without the session feature)
 %% and whether it was resumed, proven with the server MAC over the whole handshake.
--spec success(binary() | undefined, boolean(), binary(), hs(), map()) -> binary().
-success(Sid, Resumed, F3, #{kind := extended, f1 := F1, f2 := F2}, O) ->
-    InfoBin = term_to_binary(fabric_peer_handshake:info(#{session => Sid, resumed => Resumed})),
+%% `Resumed' may carry the extra `Info' keys of the `acks' feature: `{true, #{received =>
+%% N}}' or `{false, #{resume_refused => Why}}' (docs/protocol.md 11.1).
+-spec success(binary() | undefined, boolean() | {boolean(), map()}, binary(), hs(), map()) -> binary().
+success(Sid, Resumed, F3, Hs, O) when is_boolean(Resumed) -> success(Sid, {Resumed, #{}}, F3, Hs, O);
+success(Sid, {Resumed, Extra}, F3, #{kind := extended, f1 := F1, f2 := F2}, O) ->
+    InfoBin = term_to_binary(fabric_peer_handshake:info(Extra#{session => Sid, resumed => Resumed})),
     Mac = fabric_peer_handshake:server_mac(maps:get(secret, O), F1, F2, F3, InfoBin),
     fabric_peer_handshake:encode({auth, success, Mac, InfoBin}).
 

@@ -11,8 +11,9 @@
 %% <li>proxy graves: proxies that ended, so shipping one back still gives `{pl, Id}';</li>
 %% <li>the DEAD notices recently written (resent after a resume);</li>
 %% <li>gen calls from the peer whose alias tag was replaced (see fabric_peer_protocol);</li>
-%% <li>the outbox: frames written while there is no socket, sent on resume (acks and
-%%   credit will extend it).</li>
+%% <li>the outbox: frames written while there is no socket, sent on resume; with the
+%%   `acks' feature instead the sequencing state of `fabric_peer_seq' (counts, and the
+%%   outbox of every frame not acknowledged, replayed on resume).</li>
 %% </ul>
 -module(fabric_peer_session).
 
@@ -23,7 +24,7 @@
          end_proxy/2, proxy_down/3, buried_proxy/2, dead_proxy/2, remote_ended/2,
          recent_dead/1,
          call_in/3, call_out/3,
-         enqueue/4, take_outbox/1, outbox_len/1]).
+         enqueue/4, take_outbox/1, outbox_len/1, seq/1, set_seq/2]).
 
 -export_type([session/0]).
 
@@ -53,7 +54,9 @@
           calls = #{} :: #{reference() => pid()},
           calls_q = queue:new() :: queue:queue(reference()),
           outbox = queue:new() :: queue:queue(binary()),
-          queued_msgs = 0 :: non_neg_integer()
+          queued_msgs = 0 :: non_neg_integer(),
+          %% with the `acks' feature: counts and the outbox of unacknowledged frames
+          seq :: fabric_peer_seq:seq() | undefined
          }).
 
 -opaque session() :: #session{}.
@@ -275,3 +278,13 @@ take_outbox(#session{outbox = Q} = S) ->
 %% @doc How many frames wait in the outbox.
 -spec outbox_len(session()) -> non_neg_integer().
 outbox_len(#session{outbox = Q}) -> queue:len(Q).
+
+%%% sequencing (acks)
+
+%% @doc The sequencing state, `undefined' for a session without `acks'.
+-spec seq(session()) -> fabric_peer_seq:seq() | undefined.
+seq(#session{seq = Q}) -> Q.
+
+%% @doc Replace the sequencing state.
+-spec set_seq(fabric_peer_seq:seq() | undefined, session()) -> session().
+set_seq(Q, S) -> S#session{seq = Q}.

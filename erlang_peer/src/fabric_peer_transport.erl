@@ -11,7 +11,7 @@
 
 -include_lib("kernel/include/logger.hrl").
 
--export([listen/3, accept/2, handshake/3, connect/5, send/3, activate/2,
+-export([listen/3, accept/2, handshake/3, connect/5, send/3, send_many/3, activate/2,
          controlling_process/3, close/2, peername/2, peer_ip/2, port/2, messages/1, name/1,
          explain/3]).
 
@@ -105,8 +105,13 @@ ip_bytes(Ip6) when tuple_size(Ip6) =:= 8 -> << <<W:16>> || W <- tuple_to_list(Ip
 
 %% @doc Send one frame (the 4-byte length is added by the socket).
 -spec send(transport(), socket(), iodata()) -> ok | {error, term()}.
-send(T, S, Data) ->
-    Frame = [<<(iolist_size(Data)):32>>, Data],
+send(T, S, Data) -> write(T, S, [<<(iolist_size(Data)):32>>, Data]).
+
+%% @doc Send several frames in one write, in order.
+-spec send_many(transport(), socket(), [iodata()]) -> ok | {error, term()}.
+send_many(T, S, Frames) -> write(T, S, [[<<(iolist_size(F)):32>>, F] || F <- Frames]).
+
+write(T, S, Frame) ->
     case case T of tcp -> gen_tcp:send(S, Frame); {tls, _} -> ssl:send(S, Frame) end of
         {error, timeout} = E ->
             ?LOG_WARNING("fabric: the peer has not read its data for ~b ms (over ~b bytes "

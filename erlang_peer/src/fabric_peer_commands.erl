@@ -1,0 +1,216 @@
+%% @doc The local commands of the established protocol (docs/protocol.md 4, 5, 11.4),
+%% without I/O: `fabric_peer:send/2', `Proxy ! Msg' and a proxy's exit signal become
+%% frames (payload rewritten, size checked against the peer's limit), written at once or,
+%% with `acks' and no outbox room, waiting in issue order (`fabric_peer_acks:admit/3').
+%% Works on the protocol state of `fabric_peer_protocol', which exposes these functions.
+-module(fabric_peer_commands).
+
+-include_lib("kernel/include/logger.hrl").
+-include("fabric_peer_protocol.hrl").
+
+-export([send/3, send/4, send_confirmed/4, proxy_msg/3, proxy_exit/4, run_pending/2, emit/3]).
+
+-import(fabric_peer_payload, [rewrite_out/2, pid_id/2, act/2]).
+
+-type proto() :: fabric_peer_protocol:proto().
+-type action() :: fabric_peer_protocol:action().
+
+%% @doc `fabric_peer:send/2' through this connection: to a proxy pid, a name or
+%% `{Name, Node}'.
+-spec send(pid() | atom() | {atom(), atom()} | term(), term(), proto()) ->
+          {ok | {error, term()}, [action()], proto()}.
+send(Dest, Msg, P) ->
+    case send(Dest, Msg, none, P) of
+        {wait, Acts, P1} -> {ok, Acts, P1};
+        R -> R
+    end.
+
+%% @doc `send/3' for caller `From': with `acks' and no outbox room it waits (`wait': the
+%% reply comes later as a `reply' action, or `{error, timeout}' after `send_timeout').
+-spec send(term(), term(), gen_statem:from() | none, proto()) ->
+          {ok | wait | {error, term()}, [action()], proto()}.
+send(Dest, Msg, From, #p{s = S} = P) ->
+    {Reply, P1} = case wire_dest(Dest, S) of
+                      {ok, _} when P#p.connected orelse map_get(max_queue, P#p.o) =/= 0 ->
+                          case admit({send, From, Dest, Msg}, P) of
+                              {now, Pa} -> send_to(Dest, Msg, Pa);
+                              {queued, Pq} -> {wait, Pq};
+                              {E, Pe} -> {E, Pe}
+                          end;
+                      {ok, _} -> send_to(Dest, Msg, P);
+                      E -> {E, P}
+                  end,
+    {Acts, P2} = done(P1),
+    {Reply, Acts, P2}.
+
+%% @doc A confirmed send (docs/protocol.md 11.8) for caller `From': `wait' (the result
+%% comes as a `reply' action: `ok' or `{error, Code}'), or an error at once, nothing sent
+%% (`not_supported' without `acks').
+-spec send_confirmed(term(), term(), gen_statem:from(), proto()) ->
+          {wait | {error, term()}, [action()], proto()}.
+send_confirmed(Dest, Msg, From, #p{s = S} = P) ->
+    {Reply, P1} = case {fabric_peer_acks:on(P), wire_dest(Dest, S)} of
+                      {false, _} -> {{error, not_supported}, P};
+                      {true, {ok, _}} ->
+                          case admit({confirm, From, Dest, Msg}, P) of
+                              {now, Pa} -> confirm_now(From, Dest, Msg, Pa);
+                              {queued, Pq} -> {wait, Pq};
+                              {E, Pe} -> {E, Pe}
+                          end;
+                      {true, E} -> {E, P}
+                  end,
+    {Acts, P2} = done(P1),
+    {Reply, Acts, P2}.
+
+confirm_now(From, Dest, Msg, #p{s = S} = P) ->
+    {Ref, Seq} = fabric_peer_seq:confirm(From, fabric_peer_session:seq(S)),
+    P1 = P#p{s = fabric_peer_session:set_seq(Seq, S)},
+    {ok, W} = wire_dest(Dest, S),
+    case rewrite_out(Msg, P1) of
+        {ok, Payload, P2} ->
+            case emit_checked(msg, {mc, Ref, W, Payload}, {mc, Dest, Msg}, P2) of
+                {ok, P3} -> {wait, flush_redead(P3)};
+                {E, P3} -> {E, unconfirm(Ref, P3#p{redead = []})}
+            end;
+        {{error, _} = E, P2} -> {E, unconfirm(Ref, P2#p{redead = []})}
+    end.
+
+unconfirm(Ref, #p{s = S} = P) ->
+    {ok, _, Seq} = fabric_peer_seq:confirmed(Ref, fabric_peer_session:seq(S)),
+    P#p{s = fabric_peer_session:set_seq(Seq, S)}.
+
+send_to(Dest, Msg, #p{s = S} = P) ->
+    {ok, W} = wire_dest(Dest, S),
+    send_message(W, Dest, Msg, P).
+
+wire_dest(Pid, S) when is_pid(Pid) ->
+    case fabric_peer_session:proxy_id(Pid, S) of
+        {ok, Id} -> {ok, Id};
+        error -> {error, not_a_proxy}
+    end;
+wire_dest(Name, _) when is_atom(Name) -> {ok, Name};
+wire_dest({Name, Node} = D, _) when is_atom(Name), is_atom(Node) -> {ok, D};
+wire_dest(_, _) -> {error, badarg}.
+
+%% Without `acks' every command goes at once (fabric_peer_acks:admit/3 otherwise).
+admit(Cmd, P) ->
+    case fabric_peer_acks:on(P) of
+        true -> fabric_peer_acks:admit(Cmd, erlang:monotonic_time(millisecond), P);
+        false -> {now, P}
+    end.
+
+%% @doc A command that waited for outbox room goes now (fabric_peer_acks).
+-spec run_pending(tuple(), proto()) -> proto().
+run_pending({send, From, Dest, Msg}, #p{s = S} = P) ->
+    {R, P1} = case wire_dest(Dest, S) of
+                  {ok, W} -> send_message(W, Dest, Msg, P);
+                  E -> {E, P}
+              end,
+    case From of
+        none -> P1;
+        _ -> act({reply, From, R}, P1)
+    end;
+run_pending({confirm, From, Dest, Msg}, #p{s = S} = P) ->
+    case wire_dest(Dest, S) of
+        {ok, _} ->
+            case confirm_now(From, Dest, Msg, P) of
+                {wait, P1} -> P1;
+                {E, P1} -> act({reply, From, E}, P1)
+            end;
+        E -> act({reply, From, E}, P)
+    end;
+run_pending({proxy, Proxy, Msg}, P) -> proxy_msg_now(Proxy, Msg, P);
+run_pending({exit, Proxy, From, Reason}, P) -> proxy_exit_now(Proxy, From, Reason, P).
+
+%% @doc A message sent to proxy `Proxy' (`Proxy ! Msg'): errors are logged and counted.
+-spec proxy_msg(pid(), term(), proto()) -> proto().
+proxy_msg(Proxy, Msg, P0) ->
+    case admit({proxy, Proxy, Msg}, P0) of
+        {now, P} -> proxy_msg_now(Proxy, Msg, P);
+        {_, P} -> P
+    end.
+
+proxy_msg_now(Proxy, Msg0, #p{s = S} = P0) ->
+    case fabric_peer_session:proxy_id(Proxy, S) of
+        {ok, Id} ->
+            {Msg, P} = gen_reply_out(Proxy, Msg0, P0),
+            case send_message(Id, Proxy, Msg, P) of
+                {ok, P1} -> P1;
+                {{error, Why}, P1} ->
+                    ?LOG_WARNING("fabric: message to a proxy of ~s not sent: ~0p", [P#p.peer, Why]),
+                    fabric_peer_protocol:count(local_errors, P1)
+            end;
+        error -> P0
+    end.
+
+%% @doc Proxy `Proxy' received an exit signal from local process `From' that the peer
+%% must see (an `exit2' frame, with the `link' feature).
+-spec proxy_exit(pid(), pid(), term(), proto()) -> proto().
+proxy_exit(Proxy, From, Reason, P0) ->
+    case admit({exit, Proxy, From, Reason}, P0) of
+        {now, P} -> proxy_exit_now(Proxy, From, Reason, P);
+        {_, P} -> P
+    end.
+
+proxy_exit_now(Proxy, From, Reason, #p{s = S} = P) ->
+    case {fabric_peer_session:proxy_id(Proxy, S), link_enabled(P)} of
+        {{ok, B}, true} ->
+            {A, P1} = pid_id(From, P),
+            case rewrite_out(Reason, P1) of
+                {ok, W, P2} -> flush_redead(emit(ctrl, {exit2, A, B, W}, P2));
+                {{error, Why}, _} ->
+                    ?LOG_WARNING("fabric: exit reason not sendable: ~0p", [Why]),
+                    P1#p{redead = []}
+            end;
+        _ -> P
+    end.
+
+%%% sending
+
+send_message(Dest, UserDest, Msg, P) ->
+    case rewrite_out(Msg, P) of
+        {ok, W, P1} ->
+            case emit_checked(msg, {m, Dest, W}, {msg, UserDest, Msg}, P1) of
+                {ok, P2} -> {ok, flush_redead(P2)};
+                {E, P2} -> {E, P2#p{redead = []}}
+            end;
+        {{error, _} = E, P1} -> {E, P1#p{redead = []}}
+    end.
+
+flush_redead(#p{redead = []} = P) -> P;
+flush_redead(#p{redead = Ds} = P) ->
+    lists:foldl(fun(Dead, Acc) -> emit(ctrl, Dead, Acc) end, P#p{redead = []}, lists:reverse(Ds)).
+
+%% @doc A frame goes out now, or into the outbox while there is no socket (control frames
+%% always; messages up to `max_queue'; with `acks' see fabric_peer_acks:emit/5).
+-spec emit(msg | ctrl, term(), proto()) -> proto().
+emit(Kind, Term, P) ->
+    {_, P1} = emit_checked(Kind, Term, ctrl, P),
+    P1.
+
+emit_checked(Kind, Term, Info, P) ->
+    Bin = case Kind of
+              msg -> fabric_peer_frame:encode_message(Term);
+              ctrl -> fabric_peer_frame:encode_plain(Term)
+          end,
+    Acks = fabric_peer_acks:on(P),
+    case fabric_peer_frame:check_size(Bin, P#p.peer_max) of
+        {error, _} = E -> {E, P};
+        ok when Acks -> fabric_peer_acks:emit(Kind, Term, Bin, Info, P);
+        ok when P#p.connected -> {ok, act({send, Kind, Bin}, P)};
+        ok -> fabric_peer_protocol:unsent(Kind, Bin, P)
+    end.
+
+link_enabled(#p{mode = extended, feats = #{<<"link">> := true}}) -> true;
+link_enabled(_) -> false.
+
+done(#p{acts = As} = P) -> {lists:reverse(As), P#p{acts = []}}.
+
+%% gen_server/gen_statem replies to a call from the peer get their alias tag back (see
+%% fabric_peer_protocol, "gen calls").
+gen_reply_out(Proxy, {Ref, Reply} = Msg, #p{s = S} = P) when is_reference(Ref) ->
+    case fabric_peer_session:call_out(Ref, Proxy, S) of
+        {ok, S1} -> {{[alias | Ref], Reply}, P#p{s = S1}};
+        error -> {Msg, P}
+    end;
+gen_reply_out(_, Msg, P) -> {Msg, P}.
