@@ -25,6 +25,8 @@ rewrite_out(Term, P) ->
         {error, Why} -> {{error, Why}, P}
     end.
 
+pid_out(Ref, #p{s = S} = P) when is_reference(Ref) ->
+    {{r, fabric_peer_refs:out(Ref, fabric_peer_session:refs(S))}, P};
 pid_out(_, #p{refused = R} = P) when R =/= undefined -> {{pr, 1}, P};
 pid_out(Pid, #p{s = S, o = #{max_exports := Max}} = P) ->
     case fabric_peer_session:proxy_id(Pid, S) of
@@ -113,9 +115,9 @@ resolve(pl, Id, #p{s = S} = P) ->
             end
     end;
 %% a reference of an unknown node is translated, creating no atom (fabric_peer_refs)
-resolve(r, Bin, P) ->
-    case fabric_peer_refs:in(Bin) of
-        {ok, Ref} -> {ok, Ref, P};
+resolve(r, Bin, #p{s = S} = P) ->
+    case fabric_peer_refs:in(Bin, fabric_peer_session:refs(S)) of
+        {ok, Ref, Refs} -> {ok, Ref, P#p{s = fabric_peer_session:set_refs(Refs, S)}};
         error -> {error, {bad_payload, bad_reference}}
     end;
 resolve(po, Bin, P) -> opaque(Bin, fun is_port/1, bad_port, P).

@@ -34,10 +34,11 @@
             peer_linked = #{} :: #{pid() => true}}).
 
 %% @doc Start the proxy for remote id `Id' of connection `Conn' (not linked: the
-%% connection monitors it, and it monitors the connection).
+%% connection monitors it, and it monitors the connection). The proxy itself does not need
+%% `Id': the connection maps it to the proxy.
 -spec start(pid(), pos_integer(), reference()) -> pid().
-start(Conn, Id, Token) ->
-    spawn(fun() -> init(Conn, Id, Token) end).
+start(Conn, _Id, Token) ->
+    spawn(fun() -> init(Conn, Token) end).
 
 %% @doc Send a control command to a proxy: `{die, Reason}', `{link, Pid}', `{unlink, Pid}'
 %% or `{exit, Pid, Reason}' (the proxy calls `exit(Pid, Reason)', so `Pid' sees the proxy
@@ -47,10 +48,9 @@ control(Proxy, Token, Cmd) ->
     Proxy ! {'$fabric_ctl', Token, Cmd},
     ok.
 
-init(Conn, Id, Token) ->
+init(Conn, Token) ->
     process_flag(trap_exit, true),
     Ref = monitor(process, Conn),
-    put('$fabric_proxy', {Conn, Id}),
     loop(#s{conn = Conn, ref = Ref, token = Token}).
 
 loop(#s{conn = Conn, ref = Ref, token = Token} = S) ->

@@ -12,65 +12,73 @@
 %% known here (this node's own references coming back, or those of a node already known)
 %% is decoded as it is.
 %%
-%% The table lives in the connection process's dictionary (it is that connection's state,
-%% like its pid tables, and survives a resumed session with the process). It keeps the
-%% ?MAX_REFS most recent translations; an older one is forgotten, after which its local
-%% reference goes back to the peer as a reference of this node (it no longer equals the
-%% peer's original). Identity is per connection: the same foreign reference received on
-%% two connections gives two local references.
+%% The table is pure data, part of the connection's session (`fabric_peer_session', like
+%% its pid tables, so it survives a resumed session). It keeps the ?MAX_REFS most recent
+%% translations; an older one is forgotten, after which its local reference goes back to
+%% the peer as a reference of this node (it no longer equals the peer's original). Identity
+%% is per connection: the same foreign reference received on two connections gives two
+%% local references.
 -module(fabric_peer_refs).
 
--export([in/1, out/1, size/0]).
+-export([new/0, in/2, out/2, count/1]).
+-export_type([refs/0]).
 
 -define(MAX_REFS, 16384).
 %% REFERENCE_EXT, NEW_REFERENCE_EXT, NEWER_REFERENCE_EXT
 -define(REF_TAGS, #{101 => true, 114 => true, 90 => true}).
--define(Q, '$fabric_refs_q').
+
+-record(refs, {
+          in = #{} :: #{binary() => reference()},
+          out = #{} :: #{reference() => binary()},
+          %% the foreign references translated, oldest first
+          q = queue:new() :: queue:queue(binary())
+         }).
+
+-opaque refs() :: #refs{}.
+
+%% @doc An empty table.
+-spec new() -> refs().
+new() -> #refs{}.
 
 %% @doc The local value of a received `{r, Bin}': a reference, or `error' when `Bin' is not
 %% a (well-formed, single) reference.
--spec in(binary()) -> {ok, reference()} | error.
-in(<<131, Tag, _/binary>> = Bin) when is_map_key(Tag, ?REF_TAGS), byte_size(Bin) =< 4096 ->
+-spec in(binary(), refs()) -> {ok, reference(), refs()} | error.
+in(<<131, Tag, _/binary>> = Bin, Refs) when is_map_key(Tag, ?REF_TAGS), byte_size(Bin) =< 4096 ->
     case fabric_peer_etf:decode(Bin, #{atoms_left => 0, max_decompressed => 4096}) of
-        {ok, R, 0} when is_reference(R) -> {ok, R};
-        {error, {limit, {new_atoms, 1}}} -> translate(Bin);
+        {ok, R, 0} when is_reference(R) -> {ok, R, Refs};
+        {error, {limit, {new_atoms, 1}}} -> translate(Bin, Refs);
         _ -> error
     end;
-in(_) -> error.
+in(_, _) -> error.
 
 %% @doc The wire form of a reference: the peer's original for a translated one.
--spec out(reference()) -> binary().
-out(Ref) ->
-    case get({'$fabric_ref_out', Ref}) of
-        undefined -> term_to_binary(Ref);
-        Bin -> Bin
+-spec out(reference(), refs()) -> binary().
+out(Ref, #refs{out = Out}) ->
+    case Out of
+        #{Ref := Bin} -> Bin;
+        _ -> term_to_binary(Ref)
     end.
 
-%% @doc How many translations this process holds.
--spec size() -> non_neg_integer().
-size() ->
-    case get(?Q) of
-        undefined -> 0;
-        Q -> queue:len(Q)
+%% @doc How many translations the table holds.
+-spec count(refs()) -> non_neg_integer().
+count(#refs{q = Q}) -> queue:len(Q).
+
+translate(Bin, #refs{in = In} = Refs) ->
+    case In of
+        #{Bin := Ref} -> {ok, Ref, Refs};
+        _ -> Ref = make_ref(), {ok, Ref, remember(Bin, Ref, Refs)}
     end.
 
-translate(Bin) ->
-    case get({'$fabric_ref_in', Bin}) of
-        undefined ->
-            Ref = make_ref(),
-            put({'$fabric_ref_in', Bin}, Ref),
-            put({'$fabric_ref_out', Ref}, Bin),
-            Q0 = case get(?Q) of undefined -> queue:new(); Q -> Q end,
-            Q1 = queue:in(Bin, Q0),
-            put(?Q, case queue:len(Q1) > ?MAX_REFS of
-                        true ->
-                            {{value, Old}, Q2} = queue:out(Q1),
-                            erase({'$fabric_ref_out', erase({'$fabric_ref_in', Old})}),
-                            Q2;
-                        false -> Q1
-                    end),
-            {ok, Ref};
-        Ref -> {ok, Ref}
+remember(Bin, Ref, #refs{in = In, out = Out, q = Q}) ->
+    Q1 = queue:in(Bin, Q),
+    In1 = In#{Bin => Ref},
+    Out1 = Out#{Ref => Bin},
+    case queue:len(Q1) > ?MAX_REFS of
+        true ->
+            {{value, Old}, Q2} = queue:out(Q1),
+            {OldRef, In2} = maps:take(Old, In1),
+            #refs{in = In2, out = maps:remove(OldRef, Out1), q = Q2};
+        false -> #refs{in = In1, out = Out1, q = Q1}
     end.
 
 -ifdef(TEST).
@@ -82,33 +90,49 @@ foreign(N) ->
 
 own_references_decode_as_they_are_test() ->
     R = make_ref(),
-    ?assertEqual({ok, R}, in(term_to_binary(R))),
-    ?assertEqual(term_to_binary(R), out(R)).
+    T = new(),
+    ?assertEqual({ok, R, T}, in(term_to_binary(R), T)),
+    ?assertEqual(term_to_binary(R), out(R, T)),
+    ?assertEqual(0, count(T)).
 
 foreign_references_create_no_atom_test() ->
     B = foreign(1),
     Atoms = erlang:system_info(atom_count),
-    {ok, L} = in(B),
+    {ok, L, T1} = in(B, new()),
     ?assert(is_reference(L)),
     ?assertEqual(node(), node(L)),
-    ?assertEqual({ok, L}, in(B)),
-    ?assertEqual(B, out(L)),
-    {ok, L2} = in(foreign(2)),
+    ?assertEqual({ok, L, T1}, in(B, T1)),
+    ?assertEqual(B, out(L, T1)),
+    {ok, L2, T2} = in(foreign(2), T1),
     ?assertNotEqual(L, L2),
+    ?assertEqual(2, count(T2)),
+    ?assertEqual(B, out(L, T2)),
     ?assertEqual(Atoms, erlang:system_info(atom_count)).
 
+%% the same foreign reference in two tables (two connections) gives two local references
+identity_is_per_table_test() ->
+    B = foreign(3),
+    {ok, L1, _} = in(B, new()),
+    {ok, L2, _} = in(B, new()),
+    ?assertNotEqual(L1, L2).
+
 not_references_test_() ->
-    [?_assertEqual(error, in(term_to_binary(x))),
-     ?_assertEqual(error, in(<<131, 90>>)),
-     ?_assertEqual(error, in(<<1, 2, 3>>)),
-     ?_assertEqual(error, in(binary:copy(<<0>>, 5000))),
+    T = new(),
+    [?_assertEqual(error, in(term_to_binary(x), T)),
+     ?_assertEqual(error, in(<<131, 90>>, T)),
+     ?_assertEqual(error, in(<<1, 2, 3>>, T)),
+     ?_assertEqual(error, in(binary:copy(<<0>>, 5000), T)),
      %% a pid of an unknown node is not a reference
-     ?_assertEqual(error, in(<<131, 88, 119, 5, "a@zzz", 0:32, 0:32, 1:32>>))].
+     ?_assertEqual(error, in(<<131, 88, 119, 5, "a@zzz", 0:32, 0:32, 1:32>>, T))].
 
 bounded_test() ->
     Old = foreign(7),
-    {ok, OldRef} = in(Old),
-    [in(foreign(N)) || N <- lists:seq(1, 16384)],
-    ?assert(size() =< 16384),
-    ?assertEqual(term_to_binary(OldRef), out(OldRef)).
+    {ok, OldRef, T0} = in(Old, new()),
+    T = lists:foldl(fun(N, Acc) -> {ok, _, Acc1} = in(foreign(N), Acc), Acc1 end,
+                    T0, lists:seq(1, 16384)),
+    ?assertEqual(16384, count(T)),
+    ?assertEqual(term_to_binary(OldRef), out(OldRef, T)),
+    %% forgotten: the same bytes now give a new local reference
+    {ok, Again, _} = in(Old, T),
+    ?assertNotEqual(OldRef, Again).
 -endif.

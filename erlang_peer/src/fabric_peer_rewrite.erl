@@ -1,8 +1,8 @@
 %% @doc Payload rewriting both ways (docs/protocol.md section 4.1), as pure functions.
 %%
-%% Outbound: every tuple becomes `{t, T}', pids become `{pr, Id}' / `{pl, Id}' (decided by
-%% the caller's `pid' callback, which owns the id tables), references `{r, Bin}' (the
-%% peer's own bytes for one it sent us: `fabric_peer_refs'), and with
+%% Outbound: every tuple becomes `{t, T}', pids become `{pr, Id}' / `{pl, Id}' and
+%% references `{r, Bin}' (decided by the caller's callback, which owns the id tables and
+%% the reference translations: the peer's own bytes for one it sent us, `fabric_peer_refs'), and with
 %% the matching features maps stay maps, non-byte bitstrings stay as they are, ports become
 %% `{po, Bin}' and funs `{f, Arity, Bin}'. A value the peer cannot carry is a local error
 %% raised before anything is written.
@@ -16,7 +16,8 @@
 -export_type([features/0, out_fun/1, in_fun/1]).
 
 -type features() :: #{binary() => true}.
--type out_fun(Acc) :: fun((pid(), Acc) -> {{pr | pl, pos_integer()}, Acc}).
+-type out_fun(Acc) :: fun((pid() | reference(), Acc) ->
+                               {{pr | pl, pos_integer()} | {r, binary()}, Acc}).
 -type in_fun(Acc) :: fun((pr | pl | r | po, term(), Acc) ->
                               {ok, term(), Acc} | {error, {atom(), term()}}).
 
@@ -29,8 +30,9 @@
 features(List) -> maps:from_list([{F, true} || F <- List]).
 
 %% @doc Rewrite a term for the wire. Errors: `{unsupported, map | bitstring | port | 'fun'}'
-%% when the peer did not agree on the feature, `{too_deep, Max}'. `PidFun' may refuse a pid
-%% by throwing `{rewrite, Why}': `out/4' then returns `{error, Why}'.
+%% when the peer did not agree on the feature, `{too_deep, Max}'. `PidFun' is called for
+%% every pid and reference; it may refuse a pid by throwing `{rewrite, Why}': `out/4' then
+%% returns `{error, Why}'.
 -spec out(term(), features(), out_fun(Acc), Acc) -> {ok, term(), Acc} | {error, term()}.
 out(Term, Features, PidFun, Acc) ->
     try
@@ -50,7 +52,7 @@ o(T, F, P, A, D) when is_tuple(T) ->
     {Elems, A1} = o_elems(tuple_to_list(T), F, P, A, D + 1, []),
     {{t, list_to_tuple(Elems)}, A1};
 o(Pid, _, P, A, _) when is_pid(Pid) -> P(Pid, A);
-o(Ref, _, _, A, _) when is_reference(Ref) -> {{r, fabric_peer_refs:out(Ref)}, A};
+o(Ref, _, P, A, _) when is_reference(Ref) -> P(Ref, A);
 o(M, F, P, A, D) when is_map(M) ->
     need(<<"maps">>, F, map),
     {Pairs, A1} = maps:fold(fun(K, V, {Acc, AccA}) ->
@@ -187,7 +189,8 @@ rev_onto([H | T], Tail) -> rev_onto(T, [H | Tail]).
 
 all() -> features([<<"maps">>, <<"bitstrings">>, <<"ports">>, <<"funs">>]).
 
-%% Out: pids numbered by a table kept in the accumulator.
+%% Out: pids numbered by a table kept in the accumulator, references as they are.
+pid_out(Ref, A) when is_reference(Ref) -> {{r, term_to_binary(Ref)}, A};
 pid_out(Pid, #{ids := Ids, next := N} = A) ->
     case Ids of
         #{Pid := Id} -> {{pr, Id}, A};

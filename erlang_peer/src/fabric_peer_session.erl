@@ -11,6 +11,8 @@
 %% <li>proxy graves: proxies that ended, so shipping one back still gives `{pl, Id}';</li>
 %% <li>the DEAD notices recently written (resent after a resume);</li>
 %% <li>gen calls from the peer whose alias tag was replaced (see fabric_peer_protocol);</li>
+%% <li>the translations of the peer's references of nodes unknown here
+%%   (`fabric_peer_refs');</li>
 %% <li>the outbox: frames written while there is no socket, sent on resume; with the
 %%   `acks' feature instead the sequencing state of `fabric_peer_seq' (counts, and the
 %%   outbox of every frame not acknowledged, replayed on resume).</li>
@@ -24,6 +26,7 @@
          end_proxy/2, proxy_down/3, buried_proxy/2, dead_proxy/2, remote_ended/2,
          recent_dead/1,
          call_in/3, call_out/3,
+         refs/1, set_refs/2,
          enqueue/4, take_outbox/1, outbox_len/1, seq/1, set_seq/2]).
 
 -export_type([session/0]).
@@ -53,6 +56,7 @@
           recent_dead = queue:new() :: queue:queue(tuple()),
           calls = #{} :: #{reference() => pid()},
           calls_q = queue:new() :: queue:queue(reference()),
+          refs = fabric_peer_refs:new() :: fabric_peer_refs:refs(),
           outbox = queue:new() :: queue:queue(binary()),
           queued_msgs = 0 :: non_neg_integer(),
           %% with the `acks' feature: counts and the outbox of unacknowledged frames
@@ -67,11 +71,12 @@ new() -> #session{}.
 
 %% @doc Forget the session (no session, or it was not resumed). Returns the live proxies
 %% (the caller ends them) and the exports' monitors (the caller drops them). Pending gen
-%% call tags stay: a late reply through a proxy still finds its caller's tag.
+%% call tags stay: a late reply through a proxy still finds its caller's tag. So do the
+%% reference translations: a local reference handed out keeps standing for the peer's.
 -spec reset(session()) -> {[pid()], [reference()], session()}.
-reset(#session{calls = C, calls_q = Q} = S) ->
+reset(#session{calls = C, calls_q = Q, refs = R} = S) ->
     {maps:keys(S#session.prox_pid), maps:keys(S#session.exp_mon),
-     #session{calls = C, calls_q = Q}}.
+     #session{calls = C, calls_q = Q, refs = R}}.
 
 %%% exports
 
@@ -257,6 +262,16 @@ call_out(Ref, Proxy, #session{calls = C} = S) ->
         #{Ref := Proxy} -> {ok, S#session{calls = maps:remove(Ref, C)}};
         _ -> error
     end.
+
+%%% references
+
+%% @doc The translations of the peer's foreign references (fabric_peer_refs).
+-spec refs(session()) -> fabric_peer_refs:refs().
+refs(#session{refs = R}) -> R.
+
+%% @doc Replace the reference translations.
+-spec set_refs(fabric_peer_refs:refs(), session()) -> session().
+set_refs(R, S) -> S#session{refs = R}.
 
 %%% the outbox
 
