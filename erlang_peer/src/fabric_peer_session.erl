@@ -303,3 +303,16 @@ seq(#session{seq = Q}) -> Q.
 %% @doc Replace the sequencing state.
 -spec set_seq(fabric_peer_seq:seq() | undefined, session()) -> session().
 set_seq(Q, S) -> S#session{seq = Q}.
+
+-ifdef(TEST).
+-include_lib("eunit/include/eunit.hrl").
+
+%% a foreign reference (of a node unknown here) keeps its translation across a reset
+refs_survive_reset_test() ->
+    Node = <<"py_", (integer_to_binary(erlang:unique_integer([positive])))/binary, "@nohost">>,
+    Bin = <<131, 90, 0, 3, 119, (byte_size(Node)), Node/binary, 1:32, 1:32, 2:32, 3:32>>,
+    {ok, Local, Refs} = fabric_peer_refs:in(Bin, refs(new())),
+    {_, _, S} = reset(set_refs(Refs, new())),
+    ?assertEqual(Bin, fabric_peer_refs:out(Local, refs(S))),
+    ?assertEqual({ok, Local, Refs}, fabric_peer_refs:in(Bin, refs(S))).
+-endif.
