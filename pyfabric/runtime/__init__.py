@@ -13,8 +13,9 @@ Not thread-safe: call everything on the node's loop (see :mod:`pyfabric.runtime.
 Private modules: ``_node`` (table, allocators, spawning, proxies, the transport's entry
 points), ``_relations`` (links, monitors, watchers and what an exit fires), ``_process``
 (LocalProcess, Mailbox: mailbox and receive), ``_task`` (Process), ``_proxy``
-(RemoteHandle), ``_ids`` (pid and reference allocation), ``_signals`` (the exit-signal
-table), ``_match`` (receive patterns), ``_registry``, ``_errors``.
+(RemoteHandle), ``_handle`` (ProcessHandle: how the table drives its entries), ``_ids``
+(pid and reference allocation), ``_signals`` (the exit-signal table), ``_match`` (receive
+patterns), ``_registry``, ``_errors``.
 
 Example (``tests/runtime/test_runtime_example.py`` runs it)::
 

@@ -27,16 +27,17 @@ from ._ids import MAX_U32, IdAllocator
 from ._process import (
     DEFAULT_MAX_MAILBOX,
     DEFAULT_OVERFLOW,
-    OVERFLOW_POLICIES,
     LocalProcess,
     Mailbox,
     Overflow,
+    check_max_mailbox,
+    check_overflow,
 )
 from ._proxy import Proxy, RemoteHandle
 from ._registry import Registry, to_name
 from ._relations import Entry, ExitCallback, Relations, WatchToken
 from ._signals import NOCONNECTION, SHUTDOWN
-from ._task import Process
+from ._task import Process, close_awaitable, function_name
 
 __all__ = ["Node", "WatchToken", "DEFAULT_CLOSE_TIMEOUT"]
 
@@ -106,8 +107,8 @@ class Node:
             raise ValueError(f"creation must be an int in 0..2**32-1, got {creation!r}")
         self._name: Atom = node_name
         self._creation = creation
-        self._max_mailbox = _check_max_mailbox(max_mailbox)
-        self._overflow: Overflow = _check_overflow(overflow)
+        self._max_mailbox = check_max_mailbox(max_mailbox)
+        self._overflow: Overflow = check_overflow(overflow)
         self._table: dict[Pid, Entry] = {}
         self._registry = Registry()
         self._ids = IdAllocator(node_name, creation)
@@ -177,9 +178,9 @@ class Node:
             pid,
             relations=self._relations,
             trap_exit=trap_exit,
-            max_mailbox=self._max_mailbox if max_mailbox is None else _check_max_mailbox(max_mailbox),
-            overflow=self._overflow if overflow is None else _check_overflow(overflow),
-            function=_function_name(fn),
+            max_mailbox=self._max_mailbox if max_mailbox is None else check_max_mailbox(max_mailbox),
+            overflow=self._overflow if overflow is None else check_overflow(overflow),
+            function=function_name(fn),
         )
         body = fn(proc, *args)
         if not inspect.isawaitable(body):
@@ -188,10 +189,10 @@ class Node:
             try:
                 link_entry.handle.link_added(pid)
             except BaseException:
-                _close_awaitable(body)
+                close_awaitable(body)
                 raise
         self._commit(proc, reg_name, link_entry)
-        task = proc._start(body)
+        task = proc.start(body)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return pid
@@ -226,8 +227,8 @@ class Node:
             pid,
             relations=self._relations,
             trap_exit=trap_exit,
-            max_mailbox=self._max_mailbox if max_mailbox is None else _check_max_mailbox(max_mailbox),
-            overflow=self._overflow if overflow is None else _check_overflow(overflow),
+            max_mailbox=self._max_mailbox if max_mailbox is None else check_max_mailbox(max_mailbox),
+            overflow=self._overflow if overflow is None else check_overflow(overflow),
         )
         if isinstance(link_entry, Proxy):
             link_entry.handle.link_added(pid)
@@ -275,13 +276,13 @@ class Node:
         if dest.__class__ is Pid:
             entry = self._table.get(dest)  # type: ignore[arg-type]
             if entry is not None:
-                entry._deliver(msg)
+                entry.deliver(msg)
             return
         reg_name = to_name(dest)  # type: ignore[arg-type]
         pid = self._registry.whereis(reg_name)
         if pid is None:
             raise NotRegistered(reg_name)
-        self._table[pid]._deliver(msg)
+        self._table[pid].deliver(msg)
 
     def register(self, name: Atom | str, pid: Pid) -> None:
         """Register ``pid`` (a live local process) under ``name`` (Erlang ``register/2``).
@@ -331,7 +332,7 @@ class Node:
         pid = dest if isinstance(dest, Pid) else self._registry.whereis(to_name(dest))
         entry = self._table.get(pid) if pid is not None else None
         if isinstance(entry, LocalProcess):
-            return len(entry._queue), entry._max
+            return entry.qsize(), entry.max_mailbox
         return 0, 0
 
     def links(self, pid: Pid) -> frozenset[Pid]:
@@ -485,26 +486,3 @@ class Node:
     def __repr__(self) -> str:
         return f"<Node {self._name.name} creation={self._creation} processes={len(self._table)}>"
 
-
-def _function_name(fn: Callable[..., Any]) -> str:
-    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
-    module = getattr(fn, "__module__", None)
-    return f"{module}.{name}" if module else name
-
-
-def _close_awaitable(body: Any) -> None:
-    close = getattr(body, "close", None)
-    if close is not None:
-        close()
-
-
-def _check_max_mailbox(value: int) -> int:
-    if type(value) is not int or value < 1:
-        raise ValueError(f"max_mailbox must be a positive int, got {value!r}")
-    return value
-
-
-def _check_overflow(value: str) -> Overflow:
-    if value not in OVERFLOW_POLICIES:
-        raise ValueError(f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}; got {value!r}")
-    return value  # type: ignore[return-value]

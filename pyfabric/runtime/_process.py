@@ -3,10 +3,10 @@
 :class:`LocalProcess` holds everything a process owns (its queue, links, monitors, flags);
 the rules that involve other processes (signals, links, monitors, exits) live in
 :class:`~._relations.Relations`, which this module calls (and which drives a process
-only through its ``_deliver`` and ``_stopped`` hooks). :class:`Process` is a
-process that runs a coroutine in an asyncio task; :class:`Mailbox` is a process without
-a task, held and driven by ordinary code (:class:`~._task.Process`, a process that runs a
-coroutine in its own task, builds on it).
+only through its :class:`~._handle.ProcessHandle` methods, ``deliver`` and
+``on_stopped``). :class:`Mailbox` is a process without a task, held and driven by
+ordinary code (:class:`~._task.Process`, a process that runs a coroutine in its own
+task, builds on it). ``check_max_mailbox`` / ``check_overflow`` validate the options.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ __all__ = [
     "OVERFLOW_POLICIES",
     "DEFAULT_MAX_MAILBOX",
     "DEFAULT_OVERFLOW",
+    "check_max_mailbox",
+    "check_overflow",
 ]
 
 _log = logging.getLogger("pyfabric.runtime")
@@ -161,6 +163,11 @@ class LocalProcess:
         """The name this process is registered under, or ``None``."""
         return self._rel.registry.name_of(self.pid)
 
+    @property
+    def max_mailbox(self) -> int:
+        """The mailbox bound: how many messages may be queued before ``overflow`` applies."""
+        return self._max
+
     def qsize(self) -> int:
         """Number of messages queued in the mailbox."""
         return len(self._queue)
@@ -258,8 +265,11 @@ class LocalProcess:
 
     # -- mailbox -----------------------------------------------------------------------
 
-    def _deliver(self, msg: Any) -> None:
-        """Queue ``msg`` (the hot path of every send) and wake a waiting receive."""
+    def deliver(self, msg: Any) -> None:
+        """Queue ``msg`` (the hot path of every send) and wake a waiting receive.
+
+        Internal (:class:`~._handle.ProcessHandle`): the node and its relations call it; to
+        send a message, use :meth:`send` or :meth:`Node.send`."""
         if not self._alive:
             return
         queue = self._queue
@@ -419,14 +429,29 @@ class LocalProcess:
 
     # -- exit ----------------------------------------------------------------------------
 
-    def _stopped(self, reason: Any) -> None:
-        """Hook called by :class:`~._relations.Relations` when this process exits: record
-        ``reason``, drop the queue, wake a waiting receive."""
+    def on_stopped(self, reason: Any) -> None:
+        """Internal (:class:`~._handle.ProcessHandle`): called by
+        :class:`~._relations.Relations` when this process exits: record ``reason``, drop the
+        queue, wake a waiting receive. To end a process, use :meth:`exit`."""
         self._alive = False
         self._exit_reason = reason
         self._queue.clear()
         self._wake()
 
+
+
+def check_max_mailbox(value: int) -> int:
+    """``value`` if it is a valid ``max_mailbox`` (a positive int), else ``ValueError``."""
+    if type(value) is not int or value < 1:
+        raise ValueError(f"max_mailbox must be a positive int, got {value!r}")
+    return value
+
+
+def check_overflow(value: str) -> Overflow:
+    """``value`` if it is one of :data:`OVERFLOW_POLICIES`, else ``ValueError``."""
+    if value not in OVERFLOW_POLICIES:
+        raise ValueError(f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}; got {value!r}")
+    return value  # type: ignore[return-value]
 
 def _find(queue: deque[Any], matcher: Matcher, start: int) -> int:
     """Index of the first message at or after ``start`` that matches, or -1."""

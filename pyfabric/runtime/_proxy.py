@@ -58,7 +58,8 @@ class Proxy:
     """The process-table entry of a remote process (internal; users only see its pid).
 
     Its links and monitors are kept by :class:`~._relations.Relations` like those of a
-    local process; it is driven through the same two hooks, ``_deliver`` and ``_stopped``.
+    local process; it is driven through the same :class:`~._handle.ProcessHandle` methods, ``deliver`` and
+    ``on_stopped``.
     """
 
     __slots__ = ("pid", "handle", "_alive", "_exit_reason")
@@ -79,10 +80,12 @@ class Proxy:
     def exit_reason(self) -> Any:
         return self._exit_reason
 
-    def _deliver(self, msg: Any) -> None:
+    def deliver(self, msg: Any) -> None:
+        """Forward ``msg`` to the remote process through :attr:`handle`."""
         self.handle.deliver(msg)
 
-    def _stopped(self, reason: Any) -> None:
+    def on_stopped(self, reason: Any) -> None:
+        """The remote process is gone (or its connection): record ``reason``."""
         self._alive = False
         self._exit_reason = reason
 

@@ -8,9 +8,10 @@ cascades are processed iteratively (a chain of a million linked processes does n
 recurse).
 
 Process-table entries (:class:`~._process.LocalProcess`, :class:`~._proxy.Proxy`) are
-driven through two hooks only: ``_deliver(msg)`` (queue a message, or forward it for a
-proxy) and ``_stopped(reason)`` (the entry has exited: record the reason, drop the queue,
-wake a waiting receive, cancel the task). Nothing else of theirs is touched here.
+driven through the two methods of :class:`~._handle.ProcessHandle` only:
+``deliver(msg)`` (queue a message, or forward it for a proxy) and ``on_stopped(reason)``
+(the entry has exited: record the reason, drop the queue, wake a waiting receive, cancel
+the task). Nothing else of theirs is touched here.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ class Relations:
         target = self.table.get(pid)
         if target is None:
             if proc.trap_exit:
-                proc._deliver((EXIT, pid, NOPROC))
+                proc.deliver((EXIT, pid, NOPROC))
                 return
             raise NoProcess(pid, "link")
         if isinstance(target, Proxy):
@@ -146,7 +147,7 @@ class Relations:
             raise ProcessExited(proc.pid, proc.exit_reason)
         ref = self._make_ref()
         if pid not in self.table:
-            proc._deliver((DOWN, ref, PROCESS, pid, NOPROC))
+            proc.deliver((DOWN, ref, PROCESS, pid, NOPROC))
             return ref
         self._monitors.setdefault(proc.pid, {})[ref] = pid
         self._monitored_by.setdefault(pid, {})[ref] = proc.pid
@@ -183,7 +184,7 @@ class Relations:
             reason, via_link=via_link, trapping=target.trap_exit, from_self=from_pid == target.pid
         )
         if action is Action.MESSAGE:
-            target._deliver((EXIT, from_pid, value))
+            target.deliver((EXIT, from_pid, value))
         elif action is Action.EXIT:
             self.terminate(target, value)
 
@@ -196,7 +197,7 @@ class Relations:
         pid = entry.pid
         del self.table[pid]
         self.registry.release(pid)
-        entry._stopped(reason)
+        entry.on_stopped(reason)
         self._dying.append(entry)
         if self._propagating:
             return  # the outer call's loop below will get to it
@@ -230,7 +231,7 @@ class Relations:
                 theirs = self._monitors.get(watcher_pid)
                 if theirs is not None:
                     theirs.pop(ref, None)
-                watcher._deliver((DOWN, ref, PROCESS, pid, reason))
+                watcher.deliver((DOWN, ref, PROCESS, pid, reason))
         for ref, target_pid in self._monitors.pop(pid, {}).items():
             theirs = self._monitored_by.get(target_pid)
             if theirs is not None:

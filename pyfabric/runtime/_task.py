@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from pyfabric.etf import Pid
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ._node import Node
     from ._relations import Relations
 
-__all__ = ["Process"]
+__all__ = ["Process", "function_name", "close_awaitable"]
 
 _log = logging.getLogger("pyfabric.runtime")
 
@@ -61,8 +61,9 @@ class Process(LocalProcess):
         self._task: asyncio.Task[None] | None = None
         self._started = False
 
-    def _start(self, body: Awaitable[Any]) -> asyncio.Task[None]:
-        """Hook called by the node's ``spawn``: run ``body`` in this process's task."""
+    def start(self, body: Awaitable[Any]) -> asyncio.Task[None]:
+        """Internal: called once by :meth:`Node.spawn` to run ``body`` in this process's
+        task (users start processes with ``spawn``)."""
         pid = self.pid
         task = self.node.loop.create_task(self._run(body), name=f"pyfabric process {pid.id}.{pid.serial}")
         self._task = task
@@ -72,9 +73,7 @@ class Process(LocalProcess):
         """The task's coroutine: run the body, then turn how it ended into an exit reason."""
         self._started = True
         if not self._alive:  # killed before its first step: the body never runs
-            close = getattr(body, "close", None)
-            if close is not None:
-                close()
+            close_awaitable(body)
             return
         try:
             await body
@@ -107,13 +106,29 @@ class Process(LocalProcess):
         if self._alive:
             self._rel.terminate(self, reason)
 
-    def _stopped(self, reason: Any) -> None:
-        super()._stopped(reason)
+    def on_stopped(self, reason: Any) -> None:
+        """Internal (:class:`~._handle.ProcessHandle`): as :meth:`LocalProcess.on_stopped`,
+        and cancel the process's task if it has started."""
+        super().on_stopped(reason)
         task = self._task
         # A task that has not started yet is left to start: _run then sees the process is
         # dead and closes the body (cancelling it now would leave the body never awaited).
         if task is not None and self._started and not task.done():
             task.cancel()
+
+
+def function_name(fn: Callable[..., Any]) -> str:
+    """``module.qualname`` of the function a process runs, for logs and crash reports."""
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    module = getattr(fn, "__module__", None)
+    return f"{module}.{name}" if module else name
+
+
+def close_awaitable(body: Any) -> None:
+    """Close a process body that will never run (a coroutine not awaited would warn)."""
+    close = getattr(body, "close", None)
+    if close is not None:
+        close()
 
 
 def _fmt(pid: Pid) -> str:
