@@ -9,26 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import ssl as _ssl
 from collections.abc import Callable
 from typing import Any, Unpack
 
 from ..etf import Atom, Pid
-from ..protocol import (
-    AuthenticationError,
-    ConnectionClosed,
-    HandshakeComplete,
-)
+from ..protocol import ConnectionClosed, HandshakeComplete
 from ..runtime import Node
-from ..tls import check_context, describe_tls_failure
+from ..tls import check_context
+from ._dial import dial, redial
+from ._errors import NotConnected, SendQueueFull
 from ._local import LocalProcesses
-from ._errors import ConnectFailed, NotConnected, SendQueueFull
-from ._options import (
-    DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_HANDSHAKE_TIMEOUT,
-    PeerOptions,
-)
+from ._options import DEFAULT_CONNECT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, PeerOptions
 from ._peer import PeerLink
 from ._signature import ConnectOptions, show_options
 from ._stream import FrameStream
@@ -120,66 +112,15 @@ class Client(LocalProcesses):
     # -- connection life cycle ------------------------------------------------------------------
 
     async def _connect_once(self) -> HandshakeComplete:
-        """One TCP connect + handshake. Raises ConnectFailed or AuthenticationError."""
-        loop = asyncio.get_running_loop()
-        link = self._link
-        heartbeat = self.options.heartbeat_ms / 1000
-        try:
-            async with asyncio.timeout(self._connect_timeout):
-                _transport, stream = await loop.create_connection(
-                    lambda: FrameStream(link, heartbeat=heartbeat),
-                    self.host,
-                    self.port,
-                    ssl=self._ssl,
-                    server_hostname=self._server_hostname if self._ssl else None,
-                    ssl_handshake_timeout=self._connect_timeout if self._ssl else None,
-                )
-        except (OSError, TimeoutError) as exc:
-            # link.conn stays the previous (closed) connection: DEAD notices and queued
-            # sends keep accumulating for a resume.
-            why = describe_tls_failure(exc) if self._ssl and isinstance(exc, (_ssl.SSLError, ConnectionError)) else str(exc)
-            if not why:  # TimeoutError() says nothing
-                why = (
-                    f"timed out after {self._connect_timeout} s (connect_timeout); check that a fabric "
-                    "server is running there and reachable"
-                    if isinstance(exc, TimeoutError)
-                    else type(exc).__name__
-                )
-            raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {why}") from exc
-        # The session continues (a resume when the server may still keep it, and what
-        # was deferred meanwhile); the server speaks only after our hello, so build now.
-        conn = link.new_connection()
-        done: asyncio.Future[HandshakeComplete | ConnectionClosed] = loop.create_future()
+        """One TCP connect + handshake (:func:`._dial.dial`). Raises ConnectFailed or AuthenticationError."""
+        return await dial(
+            self._link, self.host, self.port, ssl=self._ssl, server_hostname=self._server_hostname,
+            connect_timeout=self._connect_timeout, handshake_timeout=self._handshake_timeout,
+            heartbeat=self.options.heartbeat_ms / 1000, on_stream=self._set_stream,
+        )
 
-        def established(_link: PeerLink, ev: HandshakeComplete) -> None:
-            if not done.done():
-                done.set_result(ev)
-
-        link.on_established = established
+    def _set_stream(self, stream: FrameStream) -> None:
         self._stream = stream
-        conn.start()
-        link.flush()
-        try:
-            async with asyncio.timeout(self._handshake_timeout):
-                await asyncio.wait({done, stream.closed}, return_when=asyncio.FIRST_COMPLETED)
-        except TimeoutError:
-            stream.abort()
-            raise ConnectFailed(
-                f"handshake with {self.host}:{self.port} did not complete within {self._handshake_timeout} s"
-            ) from None
-        if done.done() and link.connected:
-            ev = done.result()
-            stream.start_heartbeat(heartbeat, ev.peer_heartbeat / 1000)
-            return ev
-        if done.done():
-            # Closed right after the handshake (in the same read): not a usable connection,
-            # and its close was ignored as that of a failed attempt.
-            raise ConnectFailed(f"{self.host}:{self.port} closed the connection right after the handshake")
-        if link.auth_error is not None:
-            error, link.auth_error = link.auth_error, None
-            raise error
-        reason = link.close_event.message if link.close_event is not None else "connection closed"
-        raise ConnectFailed(f"{self.host}:{self.port} closed the connection during the handshake: {reason}")
 
     async def _start(self) -> None:
         await self._connect_once()
@@ -196,26 +137,18 @@ class Client(LocalProcesses):
         self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect_loop())
 
     async def _reconnect_loop(self) -> None:
-        delay = self._backoff_initial
-        while not self._closing:
-            # Full jitter: many clients of one restarted server do not reconnect in step.
-            await asyncio.sleep(random.uniform(delay / 2, delay))
-            if self._closing:
-                return
-            try:
-                ev = await self._connect_once()
-            except AuthenticationError as exc:
-                _log.error("reconnect to %s:%s refused: %s; giving up", self.host, self.port, exc)
-                break
-            except (ConnectFailed, OSError) as exc:
-                _log.info("reconnect to %s:%s failed: %s (next try within %.1f s)", self.host, self.port, exc, delay)
-                delay = min(delay * 2, self._backoff_max)
-                continue
-            self.reconnects += 1
-            _log.info("reconnected to %s:%s (session %s)", self.host, self.port, "resumed" if ev.resumed else "new")
-            self._set_state(ConnectionState.CONNECTED)
+        ev = await redial(
+            self._connect_once, f"{self.host}:{self.port}", self._backoff_initial, self._backoff_max, self._is_closing
+        )
+        if ev is None:
+            self._finish_closed()
             return
-        self._finish_closed()
+        self.reconnects += 1
+        _log.info("reconnected to %s:%s (session %s)", self.host, self.port, "resumed" if ev.resumed else "new")
+        self._set_state(ConnectionState.CONNECTED)
+
+    def _is_closing(self) -> bool:
+        return self._closing
 
     def _finish_closed(self) -> None:
         self._link.expire("closed" if self._closing else "session_expired")
