@@ -43,7 +43,8 @@ class ErlangCommandError(RuntimeError):
 
 def ensure_compiled() -> Path:
     """Return the ebin directory, running ``rebar3 compile`` when it is missing or stale."""
-    sources = list((PEER_DIR / "src").glob("*.erl")) + [PEER_DIR / "src" / "fabric_peer.app.src"]
+    src = PEER_DIR / "fabric_peer" / "src"
+    sources = list(src.glob("*.erl")) + [src / "fabric_peer.app.src"]
     newest_src = max(p.stat().st_mtime for p in sources)
     beams = list(EBIN.glob("*.beam")) if EBIN.is_dir() else []
     if len(beams) < len(sources) - 1 or min(p.stat().st_mtime for p in beams) < newest_src:

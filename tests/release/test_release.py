@@ -12,7 +12,7 @@ import pyfabric
 from pyfabric import _version
 
 ROOT = Path(__file__).resolve().parents[2]
-APP_SRC = ROOT / "erlang_peer" / "src" / "fabric_peer.app.src"
+APP_SRC = ROOT / "erlang_peer" / "fabric_peer" / "src" / "fabric_peer.app.src"
 
 
 def _app_src() -> str:
