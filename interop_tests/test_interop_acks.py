@@ -373,10 +373,12 @@ def test_fuzz_chaos_erlang_client_python_server_long_run(erl: Harness) -> None:
 
 def test_control_without_acks_cuts_lose_messages(erl: Harness) -> None:
     """The control: the same run (a) with a Python client that does not offer ``acks``
-    (version 1 without it, as with an original peer) loses messages in the cuts, which the
-    echo process and the client both see; so the runs above would notice a loss."""
+    (version 1 without it, as with an original peer) loses messages in the cuts, so the runs
+    above would notice a loss. Which direction loses depends on where each cut falls (requests
+    on their way to the echo process, echoes on their way back, or both); the Python client,
+    at the end of the round trip, always sees the loss."""
     counts = python_to_erlang(erl, 20_000, seconds=1.0, seed=11, acks=False)
     log.info("control %s", counts)
     assert cuts(counts) >= 1, counts
-    assert counts["erl_received"] < counts["messages"] or counts["erl_out_of_order"] > 0, counts
+    assert counts["erl_received"] <= counts["messages"], counts  # the echo process never sees more than was sent
     assert not counts["in_order"] and counts["echoed"] < counts["messages"], counts
