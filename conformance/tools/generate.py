@@ -226,8 +226,12 @@ def rewriting() -> list[Case]:
     wire_rich_in = (A("t"), ((A("pr"), 7), (A("pl"), 1), (A("r"), encode(REF, minor_version=1)), [1, (A("t"), (A("z"),))]))
     return [
         exchange("rw_out_rich_ext", "section 4.1 outbound: tuples wrapped, a local pid exported as {pr,1}, a reference as "
-                 "{r,Bin}; m frames compressed when smaller (the Erlang peer always does, see drift.cases)",
+                 "{r,Bin}; m frames compressed when smaller (with the compress option on)",
                  EXT + [("compress_messages", "true")], [("send", f"name echo {hx(rich)}")]),
+        exchange("rw_out_plain_by_default", "section 4.1: an m frame to one of our peers is plain by default, even "
+                 "when zlib would make it smaller (both implementations; compress_messages / compress turn it on)",
+                 [("mode", "extended"), ("features", " ".join(ALL_PY)), ("allowed", "echo")],
+                 [("send", f"name echo {hx((LOCAL_A, [b'abcdefgh'] * 8))}")]),
         exchange("rw_out_rich_legacy", "the same payload to an original peer: the frame is compressed when smaller",
                  LEG, [("send", f"name echo {hx(rich)}")]),
         exchange("rw_in_markers_ext", "section 4.1 inbound: {pr,Id} becomes a proxy, {pl,Id} our own pid, {r,Bin} the reference",
@@ -374,14 +378,6 @@ def drifts() -> list[Case]:
                      ["event dropped bad_payload", "out_error bad_payload"]),
                     (("recv", m_to_echo((A("pr"), 8))),
                      ["event proxy_created 8", f"event message name echo {hx(P(1008))}"])]),
-        drift("drift_m_frames_compressed_by_default",
-              "an m frame to one of our peers: Python writes it plain (compress_messages defaults to false, as "
-              "docs/protocol.md 4.1 says our implementations default to); the Erlang peer compresses it when smaller, "
-              "always (it has no option for it)",
-              [("mode", "extended"), ("features", " ".join(ALL_PY)), ("allowed", "echo")],
-              [(("send", f"name echo {hx((LOCAL_A, [b'abcdefgh'] * 8))}"),
-                ["out " + encode((M, A("echo"), (A("t"), ((A("pr"), 1), [b"abcdefgh"] * 8))),
-                                 minor_version=1, compressed=True).hex()])]),
         drift("drift_bad_payload_to_unregistered_name",
               "a bad payload to an allowed name nothing is registered under: the Erlang peer drops it silently "
               "(no process, payload not decoded), the Python core reports bad_payload (its runtime checks the name later)",

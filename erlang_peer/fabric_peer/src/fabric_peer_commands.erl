@@ -190,7 +190,7 @@ emit(Kind, Term, P) ->
 
 emit_checked(Kind, Term, Info, P) ->
     Bin = case Kind of
-              msg -> fabric_peer_frame:encode_message(Term);
+              msg -> fabric_peer_frame:encode_message(P#p.mode, maps:get(compress, P#p.o, false), Term);
               ctrl -> fabric_peer_frame:encode_plain(Term)
           end,
     Acks = fabric_peer_acks:on(P),

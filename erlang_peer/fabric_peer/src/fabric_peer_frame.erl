@@ -3,7 +3,7 @@
 %% decoded frame according to the mode and the agreed features.
 -module(fabric_peer_frame).
 
--export([take/2, append/2, buffered/1, header_reason/2, encode_message/1, encode_plain/1, check_size/2, classify/3,
+-export([take/2, append/2, buffered/1, header_reason/2, encode_message/1, encode_message/3, encode_plain/1, check_size/2, classify/3,
          default/1, error_frame/2, error_codes/0, new_window/2, note_error/2]).
 
 -export_type([frame/0, window/0, buffer/0]).
@@ -123,6 +123,13 @@ join(Chunks) -> iolist_to_binary(lists:reverse(Chunks)).
 %% @doc An `m' frame exactly as the original encodes it: compressed only when smaller.
 -spec encode_message(term()) -> binary().
 encode_message(Term) -> term_to_binary(Term, [{minor_version, 1}, compressed]).
+
+%% @doc An `m' (or `mc') frame to a peer: to a legacy peer as the original encodes it; to one
+%% of our peers plain (docs/protocol.md 4.1: for a small term zlib only costs time, and its
+%% output would be discarded), or as the original does when the `compress' option is on.
+-spec encode_message(legacy | extended, boolean(), term()) -> binary().
+encode_message(extended, false, Term) -> term_to_binary(Term, [{minor_version, 1}]);
+encode_message(_, _, Term) -> encode_message(Term).
 
 %% @doc Handshake, DEAD and extended frames: plain `term_to_binary/1'.
 -spec encode_plain(term()) -> binary().

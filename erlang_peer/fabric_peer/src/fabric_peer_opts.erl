@@ -47,7 +47,7 @@ defaults(Role) ->
                ack_every => A(ack_every), ack_delay => A(ack_delay),
                max_pending_messages => A(max_pending_messages), send_timeout => A(send_timeout),
                max_confirms => A(max_confirms),
-               undelivered => owner, tls => false},
+               undelivered => owner, tls => false, compress => false},
     case Role of
         server -> Common#{ip => {127, 0, 0, 1}, acceptors => 4, mode => extended,
                           max_server_atoms => F(max_server_atoms),
@@ -76,7 +76,7 @@ acks_default(max_confirms) -> 16384.
 
 check(K, V) when K =:= allowed; K =:= force_system_names; K =:= routable_nodes ->
     (is_list(V) andalso lists:all(fun is_atom/1, V)) orelse bad(K, V);
-check(K, V) when K =:= allow_legacy_auth; K =:= reconnect -> is_boolean(V) orelse bad(K, V);
+check(K, V) when K =:= allow_legacy_auth; K =:= reconnect; K =:= compress -> is_boolean(V) orelse bad(K, V);
 check(K, V) when K =:= max_frame; K =:= max_handshake_frame; K =:= handshake_timeout;
                  K =:= session_timeout; K =:= acceptors; K =:= reconnect_min;
                  K =:= reconnect_max; K =:= connect_timeout; K =:= error_window;
