@@ -316,6 +316,8 @@ def frames_cases() -> list[Case]:
                   ("recv", fr((A("link"), 7, 42))),
                   ("link", f"{hx(LOCAL_B)} 7"), ("unlink", f"{hx(LOCAL_B)} 7"),
                   ("exit_signal", f"{hx(LOCAL_B)} 7 {hx((A('bye'), LOCAL_B))}")]),
+        exchange("whereis_reply_unsolicited", "section 9: a whereis_reply nobody asked for is unknown_frame (dropped, error frame)",
+                 EXT, [("recv", fr((A("whereis_reply"), 5, A("undefined"))))]),
         exchange("heartbeat", "section 5.3: a heartbeat is acknowledged with the same N",
                  EXT, [("recv", fr((A("heartbeat"), 5))), ("heartbeat", ""), ("recv", fr((A("heartbeat_ack"), 0)))]),
         exchange("peer_error_frame", "section 5.4: an error frame is logged, never answered",
@@ -368,9 +370,6 @@ def drifts() -> list[Case]:
     ctx = [("mode", "extended"), ("features", "error heartbeat link whereis"), ("allowed", "echo"), ("max_proxies", "1")]
     ctx += proxies(7, 8)
     return [
-        drift("drift_whereis_reply_unknown_req",
-              "a whereis_reply nobody asked for: Python drops it (unknown_frame, error frame), the Erlang peer ignores it",
-              ctx, [(("recv", fr((A("whereis_reply"), 5, A("undefined")))), [])]),
         drift("drift_proxy_of_dropped_frame",
               "a proxy made while decoding a frame that is then dropped: Python keeps it (it counts against "
               "max_proxies), the Erlang peer ends it",

@@ -285,7 +285,9 @@ dispatch({whereis_reply, Req, Result}, P) ->
                 _ ->
                     {error, bad_payload, bad_whereis_reply, act({reply, From, {error, bad_reply}}, P1)}
             end;
-        error -> {ok, P}
+        %% nobody asked (a waiting caller stays waiting until its reply or the end of the
+        %% connection, so a late reply is still known): a protocol error (section 9)
+        error -> {error, unknown_frame, {unknown_whereis_reply, Req}, P}
     end;
 dispatch({link, A, B}, #p{s = S} = P) when A > 0 ->
     case {fabric_peer_session:exported(B, S), fabric_peer_session:remote_ended(A, S)} of
