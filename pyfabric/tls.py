@@ -163,6 +163,12 @@ def describe_tls_failure(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}".rstrip(": ")
     if "CERTIFICATE_REQUIRED" in reason or "certificate required" in str(exc):
         return "the server requires a client certificate: pass certfile/keyfile to pyfabric.tls.client_context"
-    if "PROTOCOL_VERSION" in reason or "WRONG_VERSION_NUMBER" in reason or isinstance(exc, (ssl.SSLEOFError, ConnectionResetError)):
+    if "PROTOCOL_VERSION" in reason or "WRONG_VERSION_NUMBER" in reason:
         return f"the TLS handshake failed ({text}): the server does not seem to speak TLS (connect without ssl=?)"
+    if isinstance(exc, (ssl.SSLEOFError, ConnectionResetError)):
+        return (
+            f"the server closed the connection during the TLS handshake ({text}): it may not speak TLS "
+            "(connect without ssl=?), or it requires a client certificate (certfile/keyfile of "
+            "pyfabric.tls.client_context) or refused ours"
+        )
     return text

@@ -4,6 +4,7 @@ TLS, a missing client certificate, a service that is not a fabric server."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 
 import pytest
 from transport_helpers import HOST, SECRET, arun, start_server
@@ -58,6 +59,24 @@ def test_client_without_certificate_to_a_mutual_tls_server(certs: DevCerts) -> N
         server = await start_server(ssl=ctx)
         try:
             assert "client certificate" in await attempt(server.port, ssl=client_context(certs.ca_cert))
+        finally:
+            await server.close()
+
+    arun(body, allow_errors_from=QUIET)
+
+
+def test_tls12_client_without_certificate_to_a_mutual_tls_server(certs: DevCerts) -> None:
+    """Over TLS 1.2 the refusal comes inside the handshake, which asyncio ends without the
+    alert (CPython gh-98078): the reason still names the client certificate."""
+
+    async def body() -> None:
+        ctx = server_context(certs.server_cert, certs.server_key, cafile=certs.ca_cert, require_client_cert=True)
+        server = await start_server(ssl=ctx)
+        try:
+            client = client_context(certs.ca_cert)
+            client.maximum_version = ssl.TLSVersion.TLSv1_2
+            text = await attempt(server.port, ssl=client)
+            assert "client certificate" in text, text
         finally:
             await server.close()
 
