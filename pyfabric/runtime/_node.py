@@ -335,6 +335,17 @@ class Node:
             return entry.qsize(), entry.max_mailbox
         return 0, 0
 
+    def mailbox_load(self, dest: Pid | Atom | str) -> tuple[int, int, float]:
+        """``(queued, max_mailbox, service_time)`` of the local process ``dest`` (see
+        :attr:`LocalProcess.service_time`); ``(0, 0, 0.0)`` for a proxy, a dead pid or an
+        unknown name. Servers use it to bound how long one connection's messages can make
+        the others wait in a shared mailbox."""
+        pid = dest if isinstance(dest, Pid) else self._registry.whereis(to_name(dest))
+        entry = self._table.get(pid) if pid is not None else None
+        if isinstance(entry, LocalProcess):
+            return entry.qsize(), entry.max_mailbox, entry.service_time
+        return 0, 0, 0.0
+
     def links(self, pid: Pid) -> frozenset[Pid]:
         """The pids linked with ``pid`` (Erlang's ``process_info(Pid, links)``); empty if
         ``pid`` is not alive."""

@@ -16,6 +16,7 @@ import itertools
 import logging
 from collections import deque
 from dataclasses import dataclass
+from time import monotonic
 from typing import TYPE_CHECKING, Any, Literal
 
 from pyfabric.etf import Atom, Pid, Reference
@@ -116,6 +117,8 @@ class LocalProcess:
         "_head_drops",
         "_received",
         "_dropped",
+        "_service",
+        "_last_take",
     )
 
     def __init__(
@@ -145,6 +148,11 @@ class LocalProcess:
         self._head_drops = 0
         self._received = 0
         self._dropped = 0
+        # Seconds the process takes per message while it is behind (an average over the
+        # takes that found more messages waiting): transports bound by it how much of the
+        # mailbox one flooding connection may fill (see service_time).
+        self._service = 0.0
+        self._last_take = 0.0
 
     # -- state -------------------------------------------------------------------------
 
@@ -171,6 +179,14 @@ class LocalProcess:
     def qsize(self) -> int:
         """Number of messages queued in the mailbox."""
         return len(self._queue)
+
+    @property
+    def service_time(self) -> float:
+        """Seconds this process spends per message while messages are waiting for it (a
+        moving average of the time between two receives with more messages queued; 0.0 until
+        it has been behind): ``qsize() * service_time`` estimates how long a message sent
+        now waits in the mailbox."""
+        return self._service
 
     def queued(self) -> list[Any]:
         """A snapshot of the queued messages, oldest first (Erlang's
@@ -319,6 +335,13 @@ class LocalProcess:
 
     def _take(self, index: int) -> Any:
         queue = self._queue
+        now = monotonic()
+        if self._last_take:
+            # The previous take left messages queued, and only takes remove them: the time
+            # since then went to this process's own work, not to waiting for messages.
+            sample = now - self._last_take
+            self._service = self._service + (sample - self._service) * 0.125 if self._service else sample
+        self._last_take = now if len(queue) > 1 else 0.0
         if index == 0:
             msg = queue.popleft()
         else:

@@ -37,7 +37,8 @@ can reach this: one largest frame (64 MiB) plus the high-water mark, with room t
 
 MAILBOX_HIGH_WATER = 2048
 """A server stops reading a connection when a local process it just delivered to has this
-many messages queued (or 1/8 of its ``max_mailbox`` if smaller), so one flooding client
+many messages queued (or 1/8 of its ``max_mailbox``, or ``MAILBOX_WAIT_TARGET`` of its work,
+if smaller), so one flooding client
 slows down instead of making a shared service exit with ``mailbox_overflow``, and a request
 of another client waits behind at most this many (plus one ``FEED_SLICE``) messages. A live
 receiver drains that in a few milliseconds; other connections are read as usual."""
@@ -50,10 +51,23 @@ is still read, and its request queued, while the flood waits."""
 MAILBOX_HARD_WATER = 1 / 2
 """Past this fill of ``max_mailbox`` every connection delivering to the mailbox is paused
 (many connections each sending a little)."""
-FEED_SLICE = 16 * 1024
-"""Bytes a server hands the protocol core at a time, checking mailboxes in between, while a
-mailbox it feeds is at a quarter of its mark or more (else whole reads, up to 256 KiB: a
-mailbox smaller than one read's worth of messages, ~7000 small ones, is not protected)."""
+FEED_SLICE = 4 * 1024
+"""Bytes a server hands the protocol core at a time, checking the mailboxes it fed in
+between (a read is up to 256 KiB, ~7000 small messages: fed whole, it would fill a mailbox
+far past its mark before the check). While a mailbox is at a quarter of a mark below
+``MAILBOX_HIGH_WATER``, slices shrink in proportion (at least ``FEED_SLICE_MIN``)."""
+MAILBOX_WAIT_TARGET = 0.1
+"""Seconds of the receiving process's own work that one flooding connection may queue in
+its mailbox: the high-water mark of a slow process is lowered to what it handles in this
+time (its ``service_time``, measured), so another client's request waits about this long
+behind a flood, not ``MAILBOX_HIGH_WATER`` slow requests."""
+MAILBOX_MIN_MARK = 32
+"""...but never below this many messages (a process that is slow once is not starved)."""
+MAILBOX_UNKNOWN_MARK = 64
+"""The mark of a process that has not been behind yet (its ``service_time`` is unknown)."""
+FEED_SLICE_MIN = 512
+"""Bytes of the smallest slice, for a mailbox whose mark is low (slices shrink with the
+mark, so that one slice cannot overshoot it by much)."""
 MAILBOX_POLL = 0.001
 """Seconds between checks of a congested mailbox while a connection is paused for it (a
 timer runs only while some mailbox is congested)."""
@@ -63,6 +77,17 @@ _P_BURST = 1  # READ_BURST bytes handled this loop iteration
 _P_CLOSE = 2  # pause_reading(): for good, before an orderly close
 _P_WRITE = 4  # our write buffer is above its high-water mark (push-back)
 _P_MAILBOX = 8  # a mailbox this connection feeds is above MAILBOX_HIGH_WATER
+
+
+def _mark(most: int, service: float) -> int:
+    """The high-water mark of a mailbox of ``most`` messages whose process takes ``service``
+    seconds per message."""
+    mark = min(MAILBOX_HIGH_WATER, most >> 3)
+    if service > 0.0:
+        return min(mark, max(MAILBOX_MIN_MARK, int(MAILBOX_WAIT_TARGET / service)))
+    # Never behind yet, so its speed is unknown: a low mark until it is measured (a fast
+    # process drains it before the next poll, and its own mark then applies).
+    return min(mark, MAILBOX_UNKNOWN_MARK)
 
 
 class FrameStream(asyncio.Protocol):
@@ -86,9 +111,9 @@ class FrameStream(asyncio.Protocol):
         self._congested: set[Any] = set()
         self._held: list[bytes] | None = None  # received while a mailbox is congested
         self._congestion_logged = False
-        # Feed in slices only while a mailbox we feed is filling (a quarter of its mark):
-        # a fast stream into a live receiver is fed whole chunks, as without push-back.
-        self._slicing = False
+        # Bytes fed at a time, mailboxes checked in between: FEED_SLICE, smaller while a
+        # mailbox we feed is filling towards a low mark (a quarter of it or more).
+        self._slice = FEED_SLICE
         self._poll: asyncio.TimerHandle | None = None
         self.transport: asyncio.Transport | None = None
         self.peername: Any = None
@@ -152,7 +177,7 @@ class FrameStream(asyncio.Protocol):
         self._burst += len(data)
         if self._held is not None:
             self._held.append(data)  # a mailbox this connection feeds is congested
-        elif not self._slicing or len(data) <= FEED_SLICE:
+        elif len(data) <= self._slice:
             self._feed(data)
         else:
             self._feed_sliced(data)
@@ -164,11 +189,14 @@ class FrameStream(asyncio.Protocol):
         thousands of small messages) cannot overshoot the high-water mark by more than a
         slice's worth. False (the rest held) once a mailbox is congested."""
         view = memoryview(data)
-        for start in range(0, len(data), FEED_SLICE):
-            if not self._feed(view[start : start + FEED_SLICE].tobytes()):
-                if self._held is not None and start + FEED_SLICE < len(data):
-                    self._held.insert(0, view[start + FEED_SLICE :].tobytes())
+        start = 0
+        while start < len(data):
+            end = start + self._slice  # the slice adapts as it goes
+            if not self._feed(view[start:end].tobytes()):
+                if self._held is not None and end < len(data):
+                    self._held.insert(0, view[end:].tobytes())
                 return False
+            start = end
         return True
 
     def _feed(self, data: bytes) -> bool:
@@ -218,15 +246,15 @@ class FrameStream(asyncio.Protocol):
             self._resume(_P_BURST)
 
     def _check_mailboxes(self, dests: dict[Any, int]) -> None:
-        size = self.link.node.mailbox_size
-        slicing = False
+        load = self.link.node.mailbox_load
+        piece = FEED_SLICE
         for dest, count in dests.items():
-            queued, most = size(dest)
+            queued, most, service = load(dest)
             if not most:
                 continue  # not a local process (any more)
-            mark = min(MAILBOX_HIGH_WATER, most >> 3)
+            mark = _mark(most, service)
             if queued >= mark >> 2:
-                slicing = True
+                piece = min(piece, max(FEED_SLICE_MIN, FEED_SLICE * mark // MAILBOX_HIGH_WATER))
             if queued < mark or dest in self._congested:
                 continue
             # A connection that delivered only a few messages (a client waiting for its
@@ -242,7 +270,7 @@ class FrameStream(asyncio.Protocol):
                     )
                     self._congestion_logged = True
                 self._congested.add(dest)
-        self._slicing = slicing
+        self._slice = piece
         dests.clear()
         if self._congested and self._held is None:
             self._held = []
@@ -252,11 +280,11 @@ class FrameStream(asyncio.Protocol):
 
     def _poll_mailboxes(self) -> None:
         self._poll = None
-        size = self.link.node.mailbox_size
+        load = self.link.node.mailbox_load
 
         def congested(dest: Any) -> bool:
-            queued, most = size(dest)
-            return queued > min(MAILBOX_HIGH_WATER, most >> 3) // MAILBOX_LOW_WATER_DIVISOR
+            queued, most, service = load(dest)
+            return queued > _mark(most, service) // MAILBOX_LOW_WATER_DIVISOR
 
         self._congested = {d for d in self._congested if congested(d)}
         if self._congested:

@@ -66,3 +66,35 @@ def test_max_mailbox_and_mailbox_size(run):
     max_mailbox, default, size = run(body)
     assert (max_mailbox, size) == (7, (1, 7))
     assert default == 100_000
+
+
+def test_service_time_is_measured_only_while_behind(run):
+    """``service_time``: unknown (0.0) until the process took a message with more waiting,
+    then about its own time per message (here >= 20 ms of sleep), and ``mailbox_load``
+    reports it with the queue; a process that is never behind stays at 0.0."""
+
+    async def body(node: Node) -> tuple[list[float], tuple[int, int, float], float, tuple[int, int, float]]:
+        seen: list[float] = []
+
+        async def worker(proc) -> None:
+            while True:
+                await proc.receive()
+                seen.append(proc.service_time)
+                await asyncio.sleep(0.02)
+
+        pid = node.spawn(worker)
+        for n in range(6):
+            node.send(pid, n)
+        while len(seen) < 6:
+            await asyncio.sleep(0.01)
+        idle = node.mailbox()
+        idle.send(idle.pid, 1)
+        await idle.receive()
+        return seen, node.mailbox_load(pid), idle.service_time, node.mailbox_load(Atom("nobody"))
+
+    seen, load, idle, unknown = run(body)
+    assert seen[0] == 0.0  # the first take: nothing measured yet
+    assert all(0.02 <= t < 1.0 for t in seen[1:]), seen
+    assert load == (0, 100_000, seen[-1]), load  # queue empty, the last measurement kept
+    assert idle == 0.0
+    assert unknown == (0, 0, 0.0)

@@ -82,3 +82,43 @@ def test_a_client_that_never_reads_is_closed_past_max_write_buffer(caplog: pytes
     with caplog.at_level(logging.WARNING, logger="pyfabric.transport"):
         arun(body, allow_errors_from=("pyfabric.server", "pyfabric.transport"))
     assert "peer does not read" in caplog.text and "max_write_buffer" in caplog.text
+
+
+def test_a_flood_queues_only_a_slow_service_s_short_work() -> None:
+    """Issue 11, bystander latency: a raw client floods a shared service that takes >= 5 ms
+    per request (without acks or credit, as an attacker would). The server lowers that
+    mailbox's push-back mark to what the service handles in MAILBOX_WAIT_TARGET (0.1 s, so
+    here at most max(32, 20) messages) plus a slice: the mailbox never holds the 2048 of the
+    fixed mark, so another client's request waits behind a bounded amount of work."""
+    async def body() -> tuple[int, float, list[int]]:
+        async def slow(proc) -> None:
+            while True:
+                await proc.receive()
+                await asyncio.sleep(0.005)
+
+        server = await start_server(allowed=("slow",), register_ping=False)
+        server.spawn(slow, name="slow")
+        try:
+            sock, conn = await raw_client(server.port)
+            me = Pid(Atom("lazy@host"), 1, 0, 0)
+            for _ in range(5_000):
+                conn.send_message(Atom("slow"), (me, 0))
+            data = conn.data_to_send()
+            loop = asyncio.get_running_loop()
+            writer = loop.create_task(loop.sock_sendall(sock, data))
+            peaks: list[int] = []
+            for _ in range(150):  # 1.5 s of samples
+                await asyncio.sleep(0.01)
+                peaks.append(server.node.mailbox_load("slow")[0])
+            load = server.node.mailbox_load("slow")
+            writer.cancel()
+            sock.close()
+            return max(peaks), load[2], peaks
+        finally:
+            await server.close()
+
+    peak, service, peaks = arun(body, timeout=60, allow_errors_from=("pyfabric.server", "pyfabric.transport"))
+    assert service >= 0.005, service  # measured: the service's own time per request
+    assert sum(1 for p in peaks if p > 0) > 100, peaks  # the flood kept it busy throughout
+    # the unknown-speed mark (64) plus one 4 KiB slice of these small requests, at most
+    assert peak <= 64 + 200, peaks  # the fixed mark alone (2048) let it fill to about 2048 + a slice
