@@ -498,5 +498,7 @@ class PeerLink(DeliveryMixin):
         """Close the current connection in an orderly way (flushes what is queued)."""
         conn = self.conn
         if conn is not None and conn.state != "closed":
+            if conn.ack_owed():
+                conn.send_ack()  # what we received must not be reported unconfirmed (11.7)
             conn.close()
             self._process_events()

@@ -323,3 +323,37 @@ def test_server_reports_what_an_expired_session_left_unconfirmed():
     assert [(m.message, m.state) for m in report.messages] == [((ECHO, n), "unconfirmed") for n in range(3)]
     # One destination, as the server's process gave it: its proxy pid for the client's box.
     assert len({m.dest for m in report.messages}) == 1 and type(report.messages[0].dest).__name__ == "Pid"
+
+
+def test_a_clean_close_reports_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    """A client closes right after a message from the server arrived, its ack not yet due
+    (``ack_delay`` 5 s here): ``close()`` acknowledges what it received before the socket
+    closes, so the server, when its kept session later ends, has nothing to report as
+    unconfirmed (docs/protocol.md 11.7); nor has the client."""
+    import logging
+
+    import pyfabric
+    from transport_helpers import HOST, SECRET
+
+    async def later(proc: Any) -> None:
+        sender = await proc.receive()
+        await asyncio.sleep(0.3)  # by then both sides have acknowledged everything else
+        proc.send(sender, (ECHO, 1))
+
+    async def body() -> None:
+        server = await start_server(allowed=("later",), register_ping=False)
+        server.spawn(later, name="later")
+        try:
+            client = await pyfabric.aconnect(HOST, server.port, SECRET, ack_delay=5.0)
+            assert "acks" in client.features
+            box = client.mailbox()
+            client.send(Atom("later"), box.pid)
+            assert await box.receive((ECHO, ANY), timeout=WAIT) == (ECHO, 1)
+            await client.close()
+        finally:
+            await server.close()  # ends the kept session: it reports what is unconfirmed
+
+    with caplog.at_level(logging.WARNING, logger="pyfabric"):
+        arun(body)
+    warned = [r.getMessage() for r in caplog.records if "not confirmed" in r.getMessage()]
+    assert warned == [], warned
