@@ -382,3 +382,37 @@ def test_control_without_acks_cuts_lose_messages(erl: Harness) -> None:
     assert cuts(counts) >= 1, counts
     assert counts["erl_received"] <= counts["messages"], counts  # the echo process never sees more than was sent
     assert not counts["in_order"] and counts["echoed"] < counts["messages"], counts
+
+
+def test_erlang_client_clean_close_leaves_nothing_unconfirmed(erl: Harness) -> None:
+    """An erlang_peer client closes right after a message from the Python server arrived,
+    its ack not due yet (``ack_delay`` 5 s): ``fabric_peer:close/1`` acknowledges what it
+    received first, so the Python server's kept session, ended by ``server.close()``, has
+    nothing to report (docs/protocol.md 11.7)."""
+
+    async def later(proc: Any) -> None:
+        sender = await proc.receive()
+        await asyncio.sleep(0.3)  # by then both sides have acknowledged everything else
+        proc.send(sender, (ECHO, 1))
+
+    async def body() -> list[MessagesUndelivered]:
+        lost: list[MessagesUndelivered] = []
+        server = await pyfabric.serve(HOST, 0, SECRET, allowed=["later"], on_undelivered=lost.append)
+        server.spawn(later, name="later")
+        try:
+            conn = int(re.search(r"\d+", await erl.acmd(
+                '{connect, "%s", %d, "%s", #{ack_delay => 5000}}' % (HOST, server.port, SECRET)
+            )).group(0))  # type: ignore[union-attr]
+            handle = int(re.search(r"handle => (\d+)", await erl.acmd(f"{{whereis, {conn}, later}}")).group(1))  # type: ignore[union-attr]
+            got = await erl.acmd("{eval, %s}" % erl_string(
+                f"P = maps:get({handle}, get(handles)), P ! self(), "
+                "receive {echo, N} -> N after 5000 -> timeout end."
+            ))
+            assert got == "1", got
+            await erl.acmd(f"{{close, {conn}}}")
+        finally:
+            await server.close()
+        return lost
+
+    lost = asyncio.run(asyncio.wait_for(body(), timeout=60))
+    assert lost == [], lost

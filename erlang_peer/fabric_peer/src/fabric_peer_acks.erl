@@ -139,11 +139,12 @@ drain_one(Cmd, #p{pending = Q, nsenders = NS} = P) ->
     drain(fabric_peer_commands:run_pending(Cmd, P#p{pending = queue:drop(Q), nsenders = NS1,
                                                     npending = P#p.npending - 1})).
 
-%% `close' callers wait until nothing is unacknowledged or waiting.
+%% `close' callers wait until nothing is unacknowledged or waiting; the ack we owe goes
+%% out before they are answered, so the peer has nothing of ours to report unconfirmed.
 flushed(#p{flushers = []} = P) -> P;
 flushed(#p{flushers = Fs, s = S, npending = 0} = P) ->
     case fabric_peer_seq:outbox_len(fabric_peer_session:seq(S)) of
-        0 -> lists:foldl(fun(F, Acc) -> act({reply, F, ok}, Acc) end, P#p{flushers = []}, Fs);
+        0 -> lists:foldl(fun(F, Acc) -> act({reply, F, ok}, Acc) end, ack_due(P#p{flushers = []}), Fs);
         _ -> P
     end;
 flushed(P) -> P.
