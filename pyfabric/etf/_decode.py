@@ -13,6 +13,7 @@ import gc
 import re
 import struct
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 from . import _tags as T
@@ -247,13 +248,15 @@ def _d_bit_binary(buf: bytes, pos: int, opts: Options) -> tuple[Any, int]:
 # (the slot descriptors' setters are the cheapest way) instead of re-validating fields
 # the wire format already bounds.
 _new = object.__new__
-_set_pid_node = Pid.node.__set__  # type: ignore[attr-defined]
-_set_pid_id = Pid.id.__set__  # type: ignore[attr-defined]
-_set_pid_serial = Pid.serial.__set__  # type: ignore[attr-defined]
-_set_pid_creation = Pid.creation.__set__  # type: ignore[attr-defined]
-_set_ref_node = Reference.node.__set__  # type: ignore[attr-defined]
-_set_ref_creation = Reference.creation.__set__  # type: ignore[attr-defined]
-_set_ref_ids = Reference.ids.__set__  # type: ignore[attr-defined]
+# (Read from the class __dict__: type checkers see a slot as the field's type, not as
+# the member descriptor it is at run time.)
+_set_pid_node: Callable[[Pid, Atom], None] = Pid.__dict__["node"].__set__
+_set_pid_id: Callable[[Pid, int], None] = Pid.__dict__["id"].__set__
+_set_pid_serial: Callable[[Pid, int], None] = Pid.__dict__["serial"].__set__
+_set_pid_creation: Callable[[Pid, int], None] = Pid.__dict__["creation"].__set__
+_set_ref_node: Callable[[Reference, Atom], None] = Reference.__dict__["node"].__set__
+_set_ref_creation: Callable[[Reference, int], None] = Reference.__dict__["creation"].__set__
+_set_ref_ids: Callable[[Reference, tuple[int, ...]], None] = Reference.__dict__["ids"].__set__
 
 
 def _pid(node: Atom, ident: int, serial: int, creation: int) -> Pid:
@@ -263,7 +266,7 @@ def _pid(node: Atom, ident: int, serial: int, creation: int) -> Pid:
     _set_pid_id(pid, ident)
     _set_pid_serial(pid, serial)
     _set_pid_creation(pid, creation)
-    return pid  # type: ignore[no-any-return]
+    return pid
 
 
 def _reference(node: Atom, creation: int, ids: tuple[int, ...]) -> Reference:
@@ -271,7 +274,7 @@ def _reference(node: Atom, creation: int, ids: tuple[int, ...]) -> Reference:
     _set_ref_node(ref, node)
     _set_ref_creation(ref, creation)
     _set_ref_ids(ref, ids)
-    return ref  # type: ignore[no-any-return]
+    return ref
 
 
 def _atom_end(buf: bytes, pos: int) -> int:
@@ -460,7 +463,7 @@ def _finish_list(items: list[Any], frozen: int, offset: int) -> Any:
 def _finish_map(items: list[Any], frozen: int, offset: int) -> Any:
     it = iter(items)
     try:
-        value = dict(zip(it, it))
+        value = dict(zip(it, it, strict=True))
     except TypeError as exc:  # defensive: keys are built hashable
         raise DecodeError(f"map key is not hashable in Python: {exc}", offset) from None
     if 2 * len(value) != len(items):
@@ -471,7 +474,7 @@ def _finish_map(items: list[Any], frozen: int, offset: int) -> Any:
 def _erlang_map(items: list[Any], offset: int) -> ErlangMap:
     """A map whose keys a dict cannot hold (Erlang-distinct, Python-equal, like 1 and 1.0)."""
     try:
-        return ErlangMap(zip(items[0::2], items[1::2]))
+        return ErlangMap(zip(items[0::2], items[1::2], strict=True))
     except ValueError:
         raise DecodeError("map has duplicate keys (Erlang rejects them too)", offset) from None
     except RecursionError:  # comparing keys nested deeper than Python compares (safe=False depths)

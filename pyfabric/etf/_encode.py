@@ -7,16 +7,16 @@ to one ``bytearray`` and dispatches on the exact type of each value, so subclass
 
 from __future__ import annotations
 
-
 import struct
 import zlib
+from collections.abc import Callable
 from itertools import chain
 from operator import length_hint
 from typing import Any
 
 from . import _tags as T
-from ._errors import EncodeError
 from ._erlang_map import ErlangMap
+from ._errors import EncodeError
 from ._types import Atom, BitString, ExportFun, FrozenDict, FrozenList, Fun, ImproperList, Pid, Port, Reference
 
 __all__ = ["encode_term", "MAX_ENCODE_DEPTH"]
@@ -72,7 +72,7 @@ def _atom_ext(atom: Atom, minor_version: int) -> bytes:
 
 
 def _atom_bytes(atom: Atom, minor_version: int) -> bytes:
-    data = atom._ext2 if minor_version == 2 else atom._ext1  # type: ignore[attr-defined]
+    data = atom._ext2 if minor_version == 2 else atom._ext1
     return data if data is not None else _atom_ext(atom, minor_version)
 
 
@@ -99,7 +99,7 @@ def _float_ext(value: float, minor_version: int) -> bytes:
     if minor_version:
         return _pack_float(T.NEW_FLOAT_EXT, value)
     # FLOAT_EXT: 31 bytes holding C's "%.20e", zero padded (OTP's minor_version 0).
-    return bytes((T.FLOAT_EXT,)) + ("%.20e" % value).encode("ascii").ljust(31, b"\0")
+    return bytes((T.FLOAT_EXT,)) + f"{value:.20e}".encode("ascii").ljust(31, b"\0")
 
 
 def _charlist(text: str) -> bytes:
@@ -113,7 +113,7 @@ def _charlist(text: str) -> bytes:
 
 def _pid_ext(pid: Pid, minor_version: int) -> bytes:
     node = pid.node
-    data = node._ext2 if minor_version == 2 else node._ext1  # type: ignore[attr-defined]
+    data = node._ext2 if minor_version == 2 else node._ext1
     if data is None:
         data = _atom_ext(node, minor_version)
     return b"X" + data + _pack_pid_tail(pid.id, pid.serial, pid.creation)
@@ -130,7 +130,7 @@ def _reference_ext(ref: Reference, minor_version: int) -> bytes:
     ids = ref.ids
     count = len(ids)
     node = ref.node
-    data = node._ext2 if minor_version == 2 else node._ext1  # type: ignore[attr-defined]
+    data = node._ext2 if minor_version == 2 else node._ext1
     if data is None:
         data = _atom_ext(node, minor_version)
     words = _pack_ref_words[count] if count < 6 else struct.Struct(f">{count + 1}I").pack
@@ -154,7 +154,8 @@ def _fun_ext(fun: Fun, minor_version: int) -> bytes:
     return bytes((T.NEW_FUN_EXT,)) + fun.raw
 
 
-_LEAF_ENCODERS = {
+# Each encoder takes a value of its key's type (a mapping mypy cannot spell).
+_LEAF_ENCODERS: dict[type, Callable[[Any, int], bytes]] = {
     Pid: _pid_ext,
     Port: _port_ext,
     Reference: _reference_ext,
@@ -211,7 +212,7 @@ def _path(stack: list[tuple[Any, bytes, Any]], it: Any, container: Any) -> str:
     return "".join(parts)
 
 
-def encode_term(term: Any, out: bytearray, minor_version: int, big_parts: list[bytes]) -> None:
+def encode_term(term: Any, out: bytearray, minor_version: int, big_parts: list[bytes | bytearray]) -> None:
     """Append the encoding of ``term`` (without the version byte) to ``out``.
 
     Large binaries are not copied into ``out``: ``out`` so far and the binary are moved
@@ -389,7 +390,7 @@ def encode(term: Any, compressed: bool | int = False, minor_version: int = 2) ->
     else:
         raise ValueError(f"compressed must be a bool or an int 0..9, got {compressed!r}")
     out = bytearray(b"\x83")
-    big_parts: list[bytes] = []
+    big_parts: list[bytes | bytearray] = []
     encode_term(term, out, minor_version, big_parts)
     if big_parts:
         big_parts.append(out)

@@ -34,6 +34,8 @@ _MAP = "m"
 _BINARY = "b"
 
 _SELF = frozenset({Atom, Pid, Port, Reference, BitString, ExportFun, Fun})
+# Subclasses of these are read as the base, as the encoder does.
+_BASES: tuple[type, ...] = (bool, int, float, str, bytes, tuple, list, dict)
 
 
 def _split(value: Any) -> tuple[str | None, Any]:
@@ -65,7 +67,7 @@ def _split(value: Any) -> tuple[str | None, Any]:
         return None, (_BINARY, bytes(value))
     if t is ImproperList:
         return _IMPROPER, (*value.elements, value.tail)
-    for base in (bool, int, float, str, bytes, tuple, list, dict):  # subclasses, as the encoder does
+    for base in _BASES:
         if isinstance(value, base):
             return _split(base(value))
     raise TypeError(f"a value of type {t.__module__}.{t.__qualname__} has no Erlang form: {value!r:.60}")
@@ -73,7 +75,7 @@ def _split(value: Any) -> tuple[str | None, Any]:
 
 def _build(tag: str, items: list[Any]) -> Any:
     if tag == _MAP:
-        return (_MAP, frozenset(zip(items[0::2], items[1::2])))
+        return (_MAP, frozenset(zip(items[0::2], items[1::2], strict=True)))
     return (tag, tuple(items))
 
 
@@ -123,6 +125,9 @@ class ErlangMap(Mapping[Any, Any]):
     """
 
     __slots__ = ("_pairs", "_index", "_hash")
+    _pairs: tuple[tuple[Any, Any], ...]
+    _index: dict[Any, int]
+    _hash: int | None
 
     def __init__(self, pairs: Iterable[tuple[Any, Any]] | Mapping[Any, Any] = ()) -> None:
         if isinstance(pairs, Mapping):
@@ -147,7 +152,7 @@ class ErlangMap(Mapping[Any, Any]):
     @property
     def pairs(self) -> tuple[tuple[Any, Any], ...]:
         """The ``(key, value)`` pairs, in order."""
-        return self._pairs  # type: ignore[no-any-return]
+        return self._pairs
 
     def __getitem__(self, key: Any) -> Any:
         try:
@@ -182,7 +187,7 @@ class ErlangMap(Mapping[Any, Any]):
         if h is None:
             h = hash((ErlangMap, erlang_key(self)))
             object.__setattr__(self, "_hash", h)
-        return h  # type: ignore[no-any-return]
+        return h
 
     def __repr__(self) -> str:
         return f"ErlangMap({list(self._pairs)!r})"

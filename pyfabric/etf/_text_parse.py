@@ -6,8 +6,8 @@ import struct
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ._text_lex import MAX_PARSE_DEPTH, Lexer, ParseError, Token
 from ._erlang_map import ErlangMap, erlang_key
+from ._text_lex import MAX_PARSE_DEPTH, Lexer, ParseError, Token
 from ._types import Atom, BitString, ExportFun, FrozenDict, FrozenList, ImproperList
 
 __all__ = ["Functions", "Parser", "parse"]

@@ -24,7 +24,7 @@ __all__ = [
     "FrozenDict",
 ]
 
-_ATOM_INTERN: dict[str, "Atom"] = {}
+_ATOM_INTERN: dict[str, Atom] = {}
 # Interning is bounded: hostile input may name millions of distinct atoms, and an
 # unbounded cache would be a memory leak (Erlang's atom table problem). Atoms created
 # after the cache is full are simply not interned; equality is by name anyway.
@@ -40,8 +40,11 @@ class Atom:
 
     __slots__ = ("name", "_hash", "_ext1", "_ext2")
     name: str
+    _hash: int
+    _ext1: bytes | None
+    _ext2: bytes | None
 
-    def __new__(cls, name: str) -> "Atom":
+    def __new__(cls, name: str) -> Atom:
         atom = _ATOM_INTERN.get(name)
         if atom is not None:
             return atom
@@ -71,18 +74,18 @@ class Atom:
     def __eq__(self, other: object) -> bool:
         if self is other:
             return True
-        if other.__class__ is Atom:
-            return self.name == other.name  # type: ignore[attr-defined]
-        return NotImplemented  # type: ignore[return-value]
+        if type(other) is Atom:
+            return self.name == other.name
+        return NotImplemented
 
     def __ne__(self, other: object) -> bool:
         result = self.__eq__(other)
         return result if result is NotImplemented else not result
 
     def __hash__(self) -> int:
-        return self._hash  # type: ignore[attr-defined,no-any-return]
+        return self._hash
 
-    def __lt__(self, other: "Atom") -> bool:
+    def __lt__(self, other: Atom) -> bool:
         if other.__class__ is not Atom:
             return NotImplemented
         return self.name < other.name
@@ -96,10 +99,10 @@ class Atom:
     def __reduce__(self) -> tuple[type, tuple[str]]:
         return (Atom, (self.name,))
 
-    def __copy__(self) -> "Atom":
+    def __copy__(self) -> Atom:
         return self
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> "Atom":
+    def __deepcopy__(self, memo: dict[int, Any]) -> Atom:
         return self
 
 
@@ -275,11 +278,11 @@ class Fun:
     def __eq__(self, other: object) -> bool:
         # Like Erlang: the same code and environment, however it was encoded
         # (raw bytes differ with minor_version, e.g. ATOM_EXT vs SMALL_ATOM_UTF8_EXT).
-        if other.__class__ is Fun:
-            return self.raw == other.raw or (  # type: ignore[attr-defined]
-                self._identity() == other._identity() and self.free_vars == other.free_vars  # type: ignore[attr-defined]
+        if type(other) is Fun:
+            return self.raw == other.raw or (
+                self._identity() == other._identity() and self.free_vars == other.free_vars
             )
-        return NotImplemented  # type: ignore[return-value]
+        return NotImplemented
 
     def __hash__(self) -> int:
         return hash((Fun, self._identity()))
@@ -295,7 +298,7 @@ class Fun:
 
 
 def _make_fun(values: tuple[Any, ...]) -> Fun:
-    return Fun(**dict(zip(Fun.__slots__, values)))
+    return Fun(**dict(zip(Fun.__slots__, values, strict=True)))
 
 
 class FrozenList:
@@ -306,6 +309,8 @@ class FrozenList:
     """
 
     __slots__ = ("_items", "_hash")
+    _items: tuple[Any, ...]
+    _hash: int | None
 
     def __init__(self, items: Iterable[Any] = ()) -> None:
         object.__setattr__(self, "_items", tuple(items))
@@ -324,18 +329,18 @@ class FrozenList:
         return self._items[index]
 
     def __eq__(self, other: object) -> bool:
-        if other.__class__ is FrozenList:
-            return self._items == other._items  # type: ignore[attr-defined]
+        if type(other) is FrozenList:
+            return self._items == other._items
         if isinstance(other, list):
             return list(self._items) == other
-        return NotImplemented  # type: ignore[return-value]
+        return NotImplemented
 
     def __hash__(self) -> int:
         h = self._hash
         if h is None:
             h = hash((FrozenList, self._items))
             object.__setattr__(self, "_hash", h)
-        return h  # type: ignore[no-any-return]
+        return h
 
     def __repr__(self) -> str:
         return f"FrozenList({list(self._items)!r})"
@@ -353,6 +358,8 @@ class FrozenDict(Mapping[Any, Any]):
     """
 
     __slots__ = ("_map", "_hash")
+    _map: dict[Any, Any]
+    _hash: int | None
 
     def __init__(self, items: Any = ()) -> None:
         object.__setattr__(self, "_map", dict(items))
@@ -371,8 +378,8 @@ class FrozenDict(Mapping[Any, Any]):
         return len(self._map)
 
     def __eq__(self, other: object) -> bool:
-        if other.__class__ is FrozenDict:
-            return self._map == other._map  # type: ignore[attr-defined]
+        if type(other) is FrozenDict:
+            return self._map == other._map
         if isinstance(other, dict):
             return self._map == other
         return NotImplemented
@@ -382,7 +389,7 @@ class FrozenDict(Mapping[Any, Any]):
         if h is None:
             h = hash((FrozenDict, frozenset(self._map.items())))
             object.__setattr__(self, "_hash", h)
-        return h  # type: ignore[no-any-return]
+        return h
 
     def __repr__(self) -> str:
         return f"FrozenDict({self._map!r})"
