@@ -9,6 +9,7 @@ room (11.4), issuing the waiting ones as room appears, and writing acknowledgeme
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -18,12 +19,13 @@ from ._config import ConnectionConfig
 from ._constants import A_ACK, plain
 from ._error_policy import error_frame
 from ._errors import LocalProtocolError, RemoteProtocolError
-from ._events import MessagesUndelivered, UndeliveredMessage
+from ._established import Established
+from ._events import Event, MessagesUndelivered, UndeliveredMessage
 from ._framing import FrameWriter
 from ._handshake import Agreement
 from ._outbox import Outbox
-from ._state import ESTABLISHED
 from ._session import Deferred, SendMessage, Session
+from ._state import ESTABLISHED, ConnectionState
 
 __all__ = ["AcksMixin", "must_wait", "pump", "write_ack", "after_handshake", "refuse_resume"]
 
@@ -40,7 +42,7 @@ def must_wait(session: Session, config: ConnectionConfig) -> bool:
 
 
 def pump(
-    session: Session, cmd: Commands, config: ConnectionConfig, events: Any, peer: str, peer_node: Atom | None
+    session: Session, cmd: Commands, config: ConnectionConfig, events: deque[Event], peer: str, peer_node: Atom | None
 ) -> list[tuple[Deferred, LocalProtocolError]]:
     """Issue the waiting commands while the outbox has room, oldest first. A message that
     cannot be carried any more is reported (``MessagesUndelivered`` with its error code,
@@ -107,14 +109,14 @@ class AcksMixin:
 
     _session: Session
     _writer: FrameWriter
-    _events: Any
-    _state: Any
+    _events: deque[Event]
+    _state: ConnectionState
     _cmd: Commands | None
-    _est: Any
+    _est: Established | None
     config: ConnectionConfig
     peer: str
-    peer_node: Any
-    _drop: Callable[..., None]
+    peer_node: Atom | None
+    _drop: Callable[[RemoteProtocolError], None]
 
     def _handled(self, outbox: Outbox) -> None:
         # Counted before it is acted on: nothing between here and the end of its handler
@@ -124,8 +126,10 @@ class AcksMixin:
             write_ack(outbox, self._writer)
 
     def _ack_received(self, term: Any) -> None:
+        est = self._est
+        assert est is not None  # an ack is a frame of an established connection
         try:
-            self._est.dispatch(term)  # type: ignore[union-attr]
+            est.dispatch(term)
         except RemoteProtocolError as exc:
             self._drop(exc)
             return
@@ -139,7 +143,9 @@ class AcksMixin:
             run(*args)
 
     def _pump(self) -> list[tuple[Deferred, LocalProtocolError]]:
-        return pump(self._session, self._cmd, self.config, self._events, self.peer, self.peer_node)  # type: ignore[arg-type]
+        cmd = self._cmd
+        assert cmd is not None  # commands wait for room only once established
+        return pump(self._session, cmd, self.config, self._events, self.peer, self.peer_node)
 
     def must_wait(self) -> bool:
         """With ``acks``: would a user command wait now (earlier ones wait, or the outbox is full)?"""

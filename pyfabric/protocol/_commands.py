@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..etf import Atom, DecodeLimits, EncodeError, Pid, encode
+from ._config import ConnectionConfig
 from ._constants import (
     A_DEAD,
     A_EXIT2,
@@ -27,7 +28,6 @@ from ._constants import (
     plain,
 )
 from ._errors import FeatureNotSupported, LocalProtocolError
-from ._config import ConnectionConfig
 from ._established import Established
 from ._framing import FrameWriter
 from ._handshake import Agreement
@@ -158,6 +158,7 @@ class Commands:
             raise LocalProtocolError("bad_payload", "value is nested too deeply to send") from None
         session = est.session
         dead, new = rw.commit()
+        ident: int | None
         for ident in dead:
             # Shipped a pid whose process had already ended (docs/protocol.md 4.3): a new
             # export, or an ended one shipped again under its old id; its DEAD follows.

@@ -40,8 +40,8 @@ from ._framing import FrameReader, FrameTooLarge, FrameWriter
 from ._handshake import Agreement
 from ._handshake_client import ClientHandshake
 from ._handshake_server import ServerHandshake
-from ._rewrite import describe
 from ._outbox import Outbox
+from ._rewrite import describe
 from ._session import Deferred, ExitSignalCommand, LinkCommand, SendMessage, Session, UnlinkCommand
 from ._state import (
     AWAIT_AUTH,
@@ -206,7 +206,7 @@ class Connection(acks.AcksMixin):
 
     def events(self) -> list[Event]:
         """All events available now (``next_event()`` until ``NEED_DATA``)."""
-        out = []
+        out: list[Event] = []
         while True:
             event = self.next_event()
             if event is NEED_DATA:

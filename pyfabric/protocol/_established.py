@@ -145,7 +145,7 @@ class Established:
             target, node = dest
         else:
             raise RemoteProtocolError("unknown_frame", f"m frame with a bad Dest {describe(dest)}")
-        if (node is not None or t is Atom) and not self.policy(target):
+        if isinstance(target, Atom) and not self.policy(target):  # a name (not a pid)
             log.warning("peer %s: message to refused name %s dropped", self.peer, target.name)
             raise RemoteProtocolError("not_allowed", f"name {target.name!r} is not reachable")
         self.events.append(MessageReceived(target, self.inbound(payload), node))

@@ -7,7 +7,7 @@ caller issues never produce events, only bytes in :meth:`Connection.data_to_send
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, dataclass_transform
 
 from ..etf import Atom, Pid
 from ._errors import AuthenticationError, ProtocolError, RemoteProtocolError
@@ -57,7 +57,13 @@ class Event:
     __slots__ = ()
 
 
-_ev = dataclass(frozen=True, slots=True)
+_T = TypeVar("_T")
+
+
+@dataclass_transform(frozen_default=True)
+def _ev(cls: type[_T]) -> type[_T]:
+    """Make an event class a frozen, slotted dataclass (spelled once, seen by type checkers)."""
+    return dataclass(frozen=True, slots=True)(cls)
 
 
 @_ev

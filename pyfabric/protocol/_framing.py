@@ -51,7 +51,7 @@ class FrameReader:
             self._buf = data if type(data) is bytes else bytes(data)
             self._pos = 0
             return
-        if type(buf) is bytes:
+        if isinstance(buf, bytes):
             self._buf = buf = bytearray(memoryview(buf)[self._pos :])
             self._pos = 0
         elif self._pos >= _COMPACT_AT and self._pos * 2 >= len(buf):

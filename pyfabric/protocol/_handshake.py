@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,7 +68,7 @@ class Agreement:
     not_resumable: bool = False
 
 
-def feature_rule(features: set[str] | frozenset[str]) -> frozenset[str]:
+def feature_rule(features: Iterable[str]) -> frozenset[str]:
     """``features`` without the ones whose prerequisite is missing: ``acks`` needs
     ``session`` (docs/protocol.md 11.1)."""
     out = set(features)

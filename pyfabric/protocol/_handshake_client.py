@@ -152,7 +152,8 @@ class ClientHandshake:
         old = self.resume_from
         if resumed and old is not None and (old.outbox is not None or "acks" in agreed.features):
             received = info.get(b"received")
-            if (old.outbox is None) == ("acks" in agreed.features) or not old.outbox.in_range(received):
+            outbox = old.outbox
+            if outbox is None or "acks" not in agreed.features or not outbox.in_range(received):
                 # Frames the outbox no longer holds, or never sent (docs/protocol.md 11.6).
                 self._not_resumable(old)
                 return

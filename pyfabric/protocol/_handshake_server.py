@@ -117,10 +117,11 @@ class ServerHandshake:
             if found is not None and not found.attached and found.id == resume:
                 received = accept.get(b"received")
                 outbox = found.outbox
-                if (outbox is None) == (not acks) and (outbox is None or outbox.in_range(received)):
+                count = received if outbox is not None and outbox.in_range(received) else None
+                if (outbox is None) == (not acks) and (outbox is None or count is not None):
                     agreed.session = found
                     agreed.resumed = True
-                    agreed.peer_received = received if outbox is not None else 0
+                    agreed.peer_received = count if count is not None else 0
                 else:
                     # Counts out of range or features differ: the old session ends
                     # (docs/protocol.md 11.6); the transport ends it on this refusal.

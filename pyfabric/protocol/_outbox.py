@@ -10,7 +10,7 @@ message frame keeps its destination and message too, for the report of section 1
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import Any, TypeGuard
 
 from ._events import UndeliveredMessage
 
@@ -46,7 +46,7 @@ class Outbox:
         """May a user command's frame be admitted (docs/protocol.md 11.4)?"""
         return len(self.frames) < max_frames and self.nbytes < max_bytes
 
-    def in_range(self, count: Any) -> bool:
+    def in_range(self, count: object) -> TypeGuard[int]:
         """Is ``count`` (the peer's ``received`` in a resume) one we can replay from?"""
         return type(count) is int and self.acked <= count <= self.sent
 

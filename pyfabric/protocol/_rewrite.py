@@ -10,15 +10,16 @@ one ``type()`` and one set lookup for leaves.
 from __future__ import annotations
 
 import reprlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..etf import (
     Atom,
     BitString,
     DecodeError,
     DecodeLimits,
-    ExportFun,
     ErlangMap,
+    ExportFun,
     FrozenDict,
     FrozenList,
     Fun,
@@ -48,6 +49,8 @@ _CANON = {a: a for a in (A_T, A_PR, A_PL, A_R, A_PO, A_F)}
 _PLAIN_OUT = frozenset({int, float, Atom, bytes, str, bool, type(None), bytearray, memoryview})
 # What the decoder produces for leaves that need no undoing.
 _PLAIN_IN = frozenset({int, float, Atom, bytes, str})
+# Subclasses (IntEnum, namedtuple, OrderedDict ...) are rewritten as the first of these they are.
+_BASES: tuple[type, ...] = (bool, int, float, str, bytes, tuple, list, dict)
 
 
 def _freeze(value: Any) -> Any:
@@ -167,7 +170,7 @@ class Rewriter:
             return (A_F, v.arity, encode(v, minor_version=1))
         if isinstance(v, (int, float, str, bytes, tuple, list, dict)):
             # Subclasses (IntEnum, namedtuple, OrderedDict ...): rewrite as the base type.
-            for base in (bool, int, float, str, bytes, tuple, list, dict):
+            for base in _BASES:
                 if isinstance(v, base):
                     return self._out(base(v))
         raise LocalProtocolError("bad_payload", f"a value of type {t.__module__}.{t.__qualname__} has no Erlang form")

@@ -52,16 +52,16 @@ _ESTABLISHED_COMMANDS = (
 _ANYWHERE = {"close": CLOSED, "connection_lost": CLOSED, "fail": CLOSED}
 
 
-def _handshake(extra: dict[str, str]) -> dict[str, str]:
-    table = {"handshake_timed_out": CLOSED, "process_exited": None}
+def _handshake(extra: dict[str, str | None]) -> dict[str, str | None]:
+    table: dict[str, str | None] = {"handshake_timed_out": CLOSED, "process_exited": None}
     table.update(_ANYWHERE)
     table.update(extra)
     return table
 
 
-_ESTABLISHED_ROW = {name: ESTABLISHED for name in _ESTABLISHED_COMMANDS}
+_ESTABLISHED_ROW: dict[str, str | None] = dict.fromkeys(_ESTABLISHED_COMMANDS, ESTABLISHED)
 _ESTABLISHED_ROW.update(_ANYWHERE, process_exited=ESTABLISHED)
-_CLOSED_ROW = {"close": CLOSED, "connection_lost": CLOSED, "fail": CLOSED, "process_exited": CLOSED}
+_CLOSED_ROW: dict[str, str | None] = {"close": CLOSED, "connection_lost": CLOSED, "fail": CLOSED, "process_exited": CLOSED}
 
 # TRANSITIONS[role][state][input] -> next state (None: stay in the same state).
 TRANSITIONS: dict[str, dict[str, dict[str, str | None]]] = {
