@@ -6,7 +6,7 @@ scan over a long mailbox costs one call per message and no re-interpretation.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from pyfabric.etf import FrozenList
@@ -20,9 +20,9 @@ class _AnyType:
     """The type of :data:`ANY` (a singleton)."""
 
     __slots__ = ()
-    _instance: "_AnyType | None" = None
+    _instance: _AnyType | None = None
 
-    def __new__(cls) -> "_AnyType":
+    def __new__(cls) -> _AnyType:
         if cls._instance is None:
             cls._instance = object.__new__(cls)
         return cls._instance
@@ -100,14 +100,16 @@ def _compile_pattern(pattern: Any) -> Matcher:
     return lambda msg: msg is constant or bool(constant == msg)
 
 
-def _compile_sequence(pattern: Any, kinds: type | tuple[type, ...]) -> Matcher:
+def _compile_sequence(
+    pattern: Any, kinds: type[Sequence[Any]] | tuple[type[Sequence[Any]] | type[FrozenList], ...]
+) -> Matcher:
     subs = tuple(_compile_pattern(element) for element in pattern)
     size = len(subs)
 
     def match_sequence(msg: Any) -> bool:
         if not isinstance(msg, kinds) or len(msg) != size:
             return False
-        for sub, element in zip(subs, msg):
+        for sub, element in zip(subs, msg, strict=True):
             if not sub(element):
                 return False
         return True

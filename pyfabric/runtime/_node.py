@@ -93,7 +93,7 @@ class Node:
         if name is None:
             node_name = default_node_name()
         elif name.__class__ is Atom:
-            node_name = name  # type: ignore[assignment]
+            node_name = name
         elif isinstance(name, str):
             node_name = Atom(name)
         else:
@@ -274,7 +274,7 @@ class Node:
         To a proxy: whatever its :meth:`RemoteHandle.deliver` raises propagates.
         """
         if dest.__class__ is Pid:
-            entry = self._table.get(dest)  # type: ignore[arg-type]
+            entry = self._table.get(dest)
             if entry is not None:
                 entry.deliver(msg)
             return

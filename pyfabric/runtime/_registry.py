@@ -28,7 +28,7 @@ def to_name(name: Atom | str) -> Atom:
         raise TypeError(f"a registered name is an Atom or a str, got {type(name).__name__}")
     if atom == UNDEFINED:
         raise ValueError("'undefined' cannot be registered (it means 'no name' in Erlang)")
-    return atom  # type: ignore[return-value]
+    return atom
 
 
 class Registry:

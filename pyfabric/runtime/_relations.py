@@ -228,14 +228,14 @@ class Relations:
         for ref, watcher_pid in self._monitored_by.pop(pid, {}).items():
             watcher = table.get(watcher_pid)
             if isinstance(watcher, LocalProcess):
-                theirs = self._monitors.get(watcher_pid)
-                if theirs is not None:
-                    theirs.pop(ref, None)
+                watching = self._monitors.get(watcher_pid)
+                if watching is not None:
+                    watching.pop(ref, None)
                 watcher.deliver((DOWN, ref, PROCESS, pid, reason))
         for ref, target_pid in self._monitors.pop(pid, {}).items():
-            theirs = self._monitored_by.get(target_pid)
-            if theirs is not None:
-                theirs.pop(ref, None)
+            watched = self._monitored_by.get(target_pid)
+            if watched is not None:
+                watched.pop(ref, None)
         watchers = self._watchers.pop(pid, None)
         if watchers:
             for token, callback in watchers.items():
