@@ -10,8 +10,8 @@ Layers, bottom up (each imports only from the ones below it):
   with the blocking facade (:func:`connect`, :func:`start_server`) for scripts and threads.
 """
 
-from ._version import __version__
 from ._blocking import BlockingClient, BlockingMailbox, BlockingServer, connect, start_server
+from ._version import __version__ as __version__
 from .etf import (
     Atom,
     BitString,

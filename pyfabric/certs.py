@@ -62,7 +62,7 @@ def _name(common_name: str) -> x509.Name:
 def _validity(days: int) -> tuple[datetime.datetime, datetime.datetime]:
     if days < 1:
         raise ValueError("days must be at least 1")
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     return now - _SKEW, now + datetime.timedelta(days=days)
 
 

@@ -49,12 +49,20 @@ def start_erlang_server(ebin: Path) -> tuple[subprocess.Popen[str], int]:
     return proc, int(line.split()[1])
 
 
+def _registered(client: pyfabric.BlockingClient, name: str) -> pyfabric.Pid:
+    """The pid registered as ``name`` on the server (the demo's server registers them all)."""
+    pid = client.whereis(name)
+    if pid is None:
+        raise RuntimeError(f"the Erlang server has no process registered as {name}")
+    return pid
+
+
 def run(port: int) -> None:
     """The exchange itself, against a fabric server with ping/echo/counter on ``port``."""
     with pyfabric.connect("127.0.0.1", port, SECRET) as client:
         _say(f"connected: {client.mode} protocol, features: {', '.join(sorted(client.features))}")
 
-        ping = client.whereis("ping")
+        ping = _registered(client, "ping")
         _say(f"whereis(ping) -> {ping!r} (a local proxy for the Erlang process)")
 
         with client.mailbox() as box:
@@ -77,7 +85,7 @@ def run(port: int) -> None:
             _say(f"echo answered the Python process with {msg!r}")
 
             # Monitors see the real exit reason of an Erlang process.
-            counter = client.whereis("counter")
+            counter = _registered(client, "counter")
             ref = box.monitor(counter)
             box.exit(counter, Atom("kill"))
             down = box.receive(match=(Atom("DOWN"), ref, ANY, ANY, ANY), timeout=10)
