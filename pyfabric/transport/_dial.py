@@ -13,7 +13,7 @@ import random
 import ssl as _ssl
 from collections.abc import Awaitable, Callable
 
-from ..protocol import AuthenticationError, ConnectionClosed, HandshakeComplete
+from ..protocol import AuthenticationError, HandshakeComplete
 from ..tls import describe_tls_failure
 from ._errors import ConnectFailed
 from ._peer import PeerLink
@@ -70,7 +70,7 @@ async def dial(
     # The session continues (a resume when the server may still keep it, and what
     # was deferred meanwhile); the server speaks only after our hello, so build now.
     conn = link.new_connection()
-    done: asyncio.Future[HandshakeComplete | ConnectionClosed] = loop.create_future()
+    done: asyncio.Future[HandshakeComplete] = loop.create_future()
 
     def established(_link: PeerLink, ev: HandshakeComplete) -> None:
         if not done.done():

@@ -61,7 +61,9 @@ class ProxyHandle:
 
     def __init__(self, link: PeerLink) -> None:
         self.link = link
-        self.pid: Pid | None = None
+        # The node names the proxy right after making its handle (PeerLink._new_proxy_pid);
+        # nothing uses the handle before then.
+        self.pid: Pid = None  # type: ignore[assignment]
 
     def deliver(self, msg: Any) -> None:
         link = self.link
@@ -204,6 +206,7 @@ class PeerLink(DeliveryMixin):
 
     def _process_events(self, events: Any = None) -> None:
         conn = self.conn
+        assert conn is not None  # only a link with a connection has events
         node = self.node
         if events is None:
             events = iter(conn.events())
@@ -306,6 +309,7 @@ class PeerLink(DeliveryMixin):
 
     def _established(self, ev: HandshakeComplete) -> PeerLink:
         self.established = ev
+        assert self.conn is not None  # the handshake was this connection's
         self.session = self.conn.session
         if not ev.resumed:
             self._forget_exports()

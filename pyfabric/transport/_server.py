@@ -306,7 +306,8 @@ class Server(LocalProcesses):
     def port(self) -> int:
         """The port the server listens on (useful with ``port=0``)."""
         assert self._server is not None
-        return self._server.sockets[0].getsockname()[1]
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
 
     @property
     def sockets(self) -> list[Any]:

@@ -13,7 +13,7 @@ import logging
 import socket
 import ssl
 import time
-from typing import Any
+from typing import Any, cast
 
 from ..tls import TLS_PROTOCOL_VERSION_ALERT, describe_tls_failure, sniff_first_bytes
 from ._errors import ConnectFailed
@@ -131,7 +131,8 @@ class FrameStream(asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # A stream's transport is a full Transport (the Protocol API names the base class).
+        self.transport = transport = cast(asyncio.Transport, transport)
         self.peername = transport.get_extra_info("peername")
         sock = transport.get_extra_info("socket")
         if sock is not None:
