@@ -14,7 +14,7 @@ import concurrent.futures
 import logging
 import threading
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar, Unpack
+from typing import Any, Generic, TypeVar, Unpack
 
 from .etf import Atom, Pid, Reference
 from .runtime import Mailbox
@@ -26,6 +26,7 @@ __all__ = ["connect", "start_server", "BlockingClient", "BlockingServer", "Block
 
 _log = logging.getLogger("pyfabric.blocking")
 T = TypeVar("T")
+_Target = TypeVar("_Target", Client, Server)
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -206,11 +207,11 @@ class BlockingMailbox:
         return f"<BlockingMailbox {self._box.pid!r}>"
 
 
-class _BlockingNodeApi:
+class _BlockingNodeApi(Generic[_Target]):
     """What the blocking client and server share: local processes on their node."""
 
     _runner: _LoopThread
-    _target: Client | Server
+    _target: _Target
 
     def mailbox(self, name: Atom | str | None = None, **options: Any) -> BlockingMailbox:
         """A new :class:`BlockingMailbox` on this node."""
@@ -242,7 +243,7 @@ class _BlockingNodeApi:
         return self._runner.loop
 
 
-class BlockingClient(_BlockingNodeApi):
+class BlockingClient(_BlockingNodeApi[Client]):
     """A connection to a fabric server for blocking code; create it with :func:`connect`.
 
     Every method is safe to call from any thread. Use it as a context manager, or call
@@ -321,7 +322,7 @@ class BlockingClient(_BlockingNodeApi):
         return f"<BlockingClient {self._target!r}>"
 
 
-class BlockingServer(_BlockingNodeApi):
+class BlockingServer(_BlockingNodeApi[Server]):
     """A fabric server for blocking code; create it with :func:`start_server`."""
 
     def __init__(self, runner: _LoopThread, server: Server) -> None:
