@@ -13,12 +13,12 @@ FUZZ_SECONDS ?= 20
 FUZZ_LONG_SECONDS ?= 600
 FUZZ_EXAMPLES ?= 3000
 
-.PHONY: help setup python-env erlang peer test unit peer-test interop fuzz demo bench bench-codec clean
+.PHONY: help setup python-env erlang peer test lint unit peer-test interop fuzz demo bench bench-codec clean
 
 help:
 	@echo "make demo   - set up and run a Python client against an Erlang fabric server"
 	@echo "make test   - set up and run every test suite (Python, Erlang, interop)"
-	@echo "make interop, make fuzz, make bench, make bench-codec, make setup, make clean"
+	@echo "make lint, make interop, make fuzz, make bench, make bench-codec, make setup, make clean"
 
 setup: python-env erlang
 
@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml
 	    else echo "python3 -m venv failed: install python3-venv (apt-get install python3-venv)"; exit 1; fi; }; \
 	fi
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --config-settings editable_mode=compat -e '.[test,fast,bench]'
+	$(PY) -m pip install --quiet --config-settings editable_mode=compat -e '.[test,fast,bench,lint]'
 	@touch $(STAMP)
 
 erlang:
@@ -50,6 +50,12 @@ erlang:
 
 peer: erlang
 	cd erlang_peer && rebar3 compile
+
+# `make lint`: mypy --strict on the package (settings in pyproject.toml) and ruff on all the
+# Python code; `make test` runs it first.
+lint: python-env
+	$(PY) -m mypy
+	$(PY) -m ruff check .
 
 unit: python-env
 	$(PYTEST) tests
@@ -67,6 +73,7 @@ fuzz: setup peer
 	  --case=chaos_both_directions_exactly_once_in_order
 
 test: setup
+	$(MAKE) lint
 	$(MAKE) unit
 	$(MAKE) peer-test
 	$(MAKE) interop

@@ -41,11 +41,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import pyfabric
-from pyfabric import Atom
-
 from harness import Env
 from measure import cpu_delta, cpu_snapshot, median, percentile, rss_bytes
+
+import pyfabric
+from pyfabric import Atom
 
 PAIRINGS: dict[str, tuple[str, str, str]] = {
     # key: (label, client process, server process)

@@ -21,7 +21,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import harness  # noqa: E402
 from measure import new_event_loop  # noqa: E402
-from messaging import PAYLOAD as SCENARIOS, PyClients, py_pingpong, py_stream  # noqa: E402
+from messaging import PAYLOAD as SCENARIOS  # noqa: E402
+from messaging import PyClients, py_pingpong, py_stream  # noqa: E402
 
 
 async def profiled(scenario: str, pairing: str, n: int, top: int, callers: bool) -> None:

@@ -141,8 +141,8 @@ def messaging_table(res: dict[str, Any], counts: dict[str, Any]) -> str:
         status = _status(s)
         rows.append([PAIRINGS[p][0]] + ([status, "", "", ""] if status else
                     [_num(s.get("msgs_per_s")), _cpu(s), _num(s10.get("mb_per_s"), 1), _cpu(s10)]))
-    lines += ["", table([f"streaming ({counts['stream_rounds']} batches of {counts['stream_batch']:,} small / "
-                         f"{counts['stream_10k_rounds']} of {counts['stream_10k_batch']:,} x 10 KiB)",
+    lines += ["", table([(f"streaming ({counts['stream_rounds']} batches of {counts['stream_batch']:,} small / "
+                         f"{counts['stream_10k_rounds']} of {counts['stream_10k_batch']:,} x 10 KiB)"),
                          "small msgs/s", "CPU us/msg", "10 KiB MB/s", "CPU us/msg"], rows)]
     for scenario, by_pairing in res.items():
         for p, r in by_pairing.items():

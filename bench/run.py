@@ -227,14 +227,14 @@ def header_lines(out: dict[str, Any], counts: dict[str, Any], started: float, qu
     orig = m.get("original", {})
     lines = [
         "",
-        f"fabric benchmarks{' (QUICK run: tiny counts, figures not meaningful)' if quick else ''}: "
-        f"{datetime.datetime.fromtimestamp(started).isoformat(timespec='seconds')}",
-        f"machine: {m['cpu_count']} cores{', ' + m['cpu_model'] if 'cpu_model' in m else ''}; "
-        f"load average before {' '.join(map(str, m['loadavg_before']))}, after {' '.join(map(str, m['loadavg_after']))}",
-        f"python {m['python']} ({m['event_loop']}), OTP {m.get('otp', '?')} (erl {m.get('erl_flags', '')}); "
-        f"CPU from {m['cpu_source']}; {out['elapsed_s']:.0f} s",
-        "throughput and CPU per operation: medians of the per-batch figures; latency percentiles over every round trip;"
-        " pairings interleaved batch by batch",
+        (f"fabric benchmarks{' (QUICK run: tiny counts, figures not meaningful)' if quick else ''}: "
+        f"{datetime.datetime.fromtimestamp(started).isoformat(timespec='seconds')}"),
+        (f"machine: {m['cpu_count']} cores{', ' + m['cpu_model'] if 'cpu_model' in m else ''}; "
+        f"load average before {' '.join(map(str, m['loadavg_before']))}, after {' '.join(map(str, m['loadavg_after']))}"),
+        (f"python {m['python']} ({m['event_loop']}), OTP {m.get('otp', '?')} (erl {m.get('erl_flags', '')}); "
+        f"CPU from {m['cpu_source']}; {out['elapsed_s']:.0f} s"),
+        ("throughput and CPU per operation: medians of the per-batch figures; latency percentiles over every round trip;"
+        " pairings interleaved batch by batch"),
     ]
     placed = m.get("placement", {})
     if placed:

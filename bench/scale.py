@@ -35,11 +35,11 @@ from typing import Any
 BENCH = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))  # run as a script: the pyfabric of this checkout
 
-import pyfabric  # noqa: E402
-from pyfabric import Atom  # noqa: E402
-
 from harness import Env  # noqa: E402
 from measure import rss_bytes, summarize  # noqa: E402
+
+import pyfabric  # noqa: E402
+from pyfabric import Atom  # noqa: E402
 
 BENCH_PIDS = Atom("bench_pids")
 CHUNK_TAG = Atom("bench_pids_chunk")

@@ -68,7 +68,7 @@ class ErlangNode:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    def start(self) -> "ErlangNode":
+    def start(self) -> ErlangNode:
         if shutil.which("erl") is None:
             raise ErlangNodeError("erl is not installed (make erlang)")
         ebin = ensure_compiled()
@@ -104,7 +104,7 @@ class ErlangNode:
                 proc.kill()
                 proc.wait(timeout=5)
 
-    def __enter__(self) -> "ErlangNode":
+    def __enter__(self) -> ErlangNode:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -142,7 +142,7 @@ class ErlangNode:
                      demo: bool = False, **opts: str) -> int:
         """Start a server on 127.0.0.1, port 0; return its port. ``opts`` values are
         Erlang term texts, e.g. ``allow_legacy_auth="true"``."""
-        parts = [f'port => 0', f'secret => {erl_string(secret)}']
+        parts = ['port => 0', f'secret => {erl_string(secret)}']
         if allowed is not None:
             parts.append("allowed => [" + ", ".join(allowed) + "]")
         parts += [f"{k} => {v}" for k, v in opts.items()]

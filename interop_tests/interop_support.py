@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from erlnode import ErlangNode, erl_string
+
 from pyfabric import ANY, Atom, Pid, ProcessExit
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,15 +12,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-
 from conformance_corpus import LEGACY_DIR
+from hypothesis import HealthCheck, given, settings
 
 from pyfabric import etf
 from pyfabric.etf import Atom
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from etf_support.erl_runner import OPTION_SETS, EchoProcess, Erl, compile_helpers, read_records, write_records  # noqa: E402
+from etf_support.erl_runner import OPTION_SETS, EchoProcess, Erl, compile_helpers, read_records, write_records
 
 _spec = importlib.util.spec_from_file_location(
     "etf_strategies", pathlib.Path(__file__).resolve().parents[1] / "tests" / "etf" / "etf_strategies.py"

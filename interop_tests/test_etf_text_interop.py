@@ -33,7 +33,7 @@ from pyfabric.etf import Atom
 TRUE = Atom("true")
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests" / "cli"))
-from term_strategies import floats, terms
+from term_strategies import floats, terms  # noqa: E402
 
 # Hypothesis warns that the (recursive) strategy's own repr is large: noise, not a finding.
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")

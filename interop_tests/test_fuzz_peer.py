@@ -18,8 +18,8 @@ import struct
 import zlib
 
 import pytest
-
 from erlnode import ErlangNode
+
 import pyfabric
 from pyfabric import ANY, Atom
 from pyfabric.etf import Pid, encode

@@ -28,10 +28,10 @@ import time
 from typing import Any
 
 import pytest
-
-import pyfabric
 from erlnode import erl_string
 from interop_support import HOST, SECRET, WAIT, Harness, erl, erl_session  # noqa: F401
+
+import pyfabric
 from pyfabric import ANY, Atom, MessagesUndelivered, ReceiveTimeout
 from pyfabric.protocol import FEATURES
 

@@ -18,8 +18,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
-import pyfabric
 from interop_support import (  # noqa: F401
     DIE,
     DOWN,
@@ -39,6 +37,8 @@ from interop_support import (  # noqa: F401
     ping,
     victim,
 )
+
+import pyfabric
 from pyfabric import ANY, Atom, AuthenticationError, FeatureNotSupported, LocalProtocolError
 
 LEGACY = {"mode": "legacy", "allow_legacy_auth": "true"}

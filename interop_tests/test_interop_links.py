@@ -15,8 +15,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
-import pyfabric
 from interop_support import (  # noqa: F401
     CUSTOM_REASON,
     CUSTOM_REASON_ERL,
@@ -39,6 +37,8 @@ from interop_support import (  # noqa: F401
     pids_in,
     victim,
 )
+
+import pyfabric
 from pyfabric import ANY, Atom, Node, Pid
 
 ALLOWED = ["victim", "echo", "dead_shipper", "coll"]

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from interop_support import HOST, PAYLOAD, PONG, QUIET_MS, SECRET, WAIT, Harness, erl, erl_session, ping  # noqa: F401
 
 import pyfabric
-from interop_support import HOST, PAYLOAD, PONG, QUIET_MS, SECRET, WAIT, Harness, erl, erl_session, ping  # noqa: F401
 from pyfabric import Atom, Pid, ReceiveTimeout
 
 GEN_CALL = Atom("$gen_call")

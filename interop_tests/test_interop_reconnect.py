@@ -15,9 +15,23 @@ import time
 from collections.abc import Callable
 
 import pytest
+from interop_support import (  # noqa: F401
+    DOWN,
+    HOST,
+    KILLED,
+    PAYLOAD,
+    PONG,
+    PROCESS,
+    QUIET_MS,
+    SECRET,
+    WAIT,
+    Harness,
+    erl,
+    erl_session,
+    ping,
+)
 
 import pyfabric
-from interop_support import DOWN, HOST, KILLED, PAYLOAD, PONG, PROCESS, QUIET_MS, SECRET, WAIT, Harness, erl, erl_session, ping  # noqa: F401
 from pyfabric import ANY, Atom, ReceiveTimeout
 
 SEED = (PAYLOAD, "abababa")
@@ -78,7 +92,7 @@ def test_blocking_client_resumes_after_erlang_drops_connection(erl: Harness, erl
         with client.mailbox() as box:
             for round_ in range(1, 3):
                 assert erl.drop_server_connections() == 1
-                _until(lambda: client.statistics()["reconnects"] >= round_ and client.state == "connected", "reconnect")
+                _until(lambda n=round_: client.statistics()["reconnects"] >= n and client.state == "connected", "reconnect")
                 assert client.whereis("ping") == proxy
                 client.send(proxy, (box.pid, round_))
                 assert box.receive(timeout=WAIT) == (proxy, (PONG, round_))

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import asyncio
 
-import pyfabric
-from interop_support import HOST, PAYLOAD, PONG, SECRET, WAIT, Harness, erl, erl_session, ping  # noqa: F401
-from pyfabric import ANY, Atom, Pid
-
 import pytest
+from interop_support import HOST, PAYLOAD, PONG, SECRET, WAIT, Harness, erl, erl_session, ping  # noqa: F401
+
+import pyfabric
+from pyfabric import ANY, Atom, Pid
 
 SEED = (PAYLOAD, "abababa")
 

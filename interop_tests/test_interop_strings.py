@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import pyfabric
 from interop_support import HOST, SECRET, WAIT, Harness, erl, erl_session  # noqa: F401
+
+import pyfabric
 from pyfabric import ANY, Atom
 
 

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from interop_support import HOST, ROOT, SECRET, WAIT, Harness, erl, erl_session  # noqa: F401
 
 import pyfabric
-from interop_support import HOST, ROOT, SECRET, WAIT, Harness, erl, erl_session  # noqa: F401
 from pyfabric import ANY, Atom, BitString, ImproperList, Pid, Reference, etf
 from pyfabric.etf import FrozenDict, FrozenList
 
@@ -32,7 +32,7 @@ strategies = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(strategies)
 norm = strategies.norm
 
-SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large]}
 
 
 def terms_with(pids: list[Pid]) -> st.SearchStrategy[Any]:

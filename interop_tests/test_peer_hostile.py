@@ -11,7 +11,6 @@ import random
 import struct
 
 import pytest
-
 from erlnode import ErlangNode
 from test_peer_vectors import Raw, legacy_login, plain, vector
 
@@ -119,10 +118,11 @@ import threading  # noqa: E402
 import time  # noqa: E402
 import zlib  # noqa: E402
 
+from test_fuzz_peer import extended_login  # noqa: E402
+
 import pyfabric  # noqa: E402
 from pyfabric import Atom  # noqa: E402
 from pyfabric.etf import encode  # noqa: E402
-from test_fuzz_peer import extended_login  # noqa: E402
 
 ATTACK_SECRET = "fuzz-secret"   # extended_login's
 RSS_BOUND_MIB = 768
@@ -308,7 +308,7 @@ def test_never_reading_peer_is_closed(attacked):
     while time.monotonic() - t0 < 60:
         try:
             sock.sendall(_frame(body))
-        except socket.timeout:
+        except TimeoutError:
             continue
         except OSError:
             closed = True
@@ -356,7 +356,7 @@ def test_flood_on_a_shared_service_spares_the_other_clients(attacked):
     while time.monotonic() - t0 < 5:
         try:
             sock.sendall(burst)
-        except socket.timeout:
+        except TimeoutError:
             continue
         except OSError:
             break

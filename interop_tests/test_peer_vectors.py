@@ -15,8 +15,7 @@ import zlib
 
 import pytest
 from conformance_corpus import LEGACY_DIR
-
-from erlnode import ErlangNode, ErlangCommandError  # noqa: F401  (re-exported for readers)
+from erlnode import ErlangCommandError, ErlangNode  # noqa: F401  (re-exported for readers)
 
 SECRET = "secret"
 

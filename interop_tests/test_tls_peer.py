@@ -8,8 +8,8 @@ import asyncio
 from pathlib import Path
 
 import pytest
-
 from erlnode import ErlangCommandError, ErlangNode, erl_string
+
 import pyfabric
 from pyfabric import ANY, Atom, ConnectFailed
 from pyfabric.certs import DevCerts, write_dev_certs

@@ -24,10 +24,8 @@ sys.path.insert(0, str(ROOT / "tests" / "conformance"))
 
 from conformance_corpus import CASES_DIR, Case  # noqa: E402
 from conformance_driver import (  # noqa: E402
-    PEER,
     US,
     etf_hex,
-    exchange_steps,
     handshake_result,
     handshake_role,
     outcome_of,
@@ -401,8 +399,8 @@ def legacy_handshakes() -> list[Case]:
          server("true"), [("recv", vec(1)), ("recv", vec(3))]),
         ("legacy_server_wrong_secret", "vectors 01, 02, 05, 06: a wrong legacy response gets {auth, failed}",
          server("true"), [("recv", vec(1)), ("recv", vec(5))]),
-        ("legacy_server_refused_by_default", "legacy auth disabled (the default): the original client still gets "
-         "a challenge, then {auth, failed}", server("false"), [("recv", vec(1)), ("recv", vec(3))]),
+        ("legacy_server_refused_by_default", ("legacy auth disabled (the default): the original client still gets "
+         "a challenge, then {auth, failed}"), server("false"), [("recv", vec(1)), ("recv", vec(3))]),
         ("legacy_server_short_response", "vector 43: a short response gets {auth, failed} (the original crashed)",
          server("true"), [("recv", vec(1)), ("recv", vec(43))]),
         ("hs_bad_hello_unknown_atom", "vector 40: a first frame that is not a hello closes, nothing is sent",

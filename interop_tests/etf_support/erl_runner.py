@@ -57,7 +57,7 @@ class Erl:
             pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
         return proc.stdout
 
-    def echo(self) -> "EchoProcess":
+    def echo(self) -> EchoProcess:
         return EchoProcess(self)
 
 

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from pyfabric.etf import (
     Atom,
-    ErlangMap,
     BitString,
+    ErlangMap,
     ExportFun,
     FrozenDict,
     FrozenList,

@@ -6,10 +6,9 @@ import pickle
 from typing import Any
 
 import pytest
+from etf_strategies import colliding_maps
 from hypothesis import given
 from hypothesis import strategies as st
-
-from etf_strategies import colliding_maps
 
 from pyfabric import etf
 from pyfabric.etf import Atom, ErlangMap, FrozenDict, FrozenList, erlang_equal

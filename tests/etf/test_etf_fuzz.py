@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from hypothesis import HealthCheck, given, settings
 from conformance_corpus import LEGACY_DIR
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pyfabric import etf

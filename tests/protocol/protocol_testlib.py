@@ -11,7 +11,7 @@ from typing import Any
 from conformance_corpus import legacy_paths, legacy_vectors
 
 from pyfabric.etf import Atom, Pid, decode, encode
-from pyfabric.protocol import NEED_DATA, Connection
+from pyfabric.protocol import Connection
 
 VECTORS = legacy_vectors()
 VECTOR_NAMES = {int(p.name[:2]): p.name for p in legacy_paths()}

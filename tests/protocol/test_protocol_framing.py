@@ -219,4 +219,4 @@ def test_frames_dropped_do_not_reply_to_legacy():
     (dropped,) = conn.events()
     assert isinstance(dropped, FrameDropped) and dropped.code == "unknown_frame"
     assert conn.data_to_send() == b""
-    assert FEATURES  # noqa
+    assert FEATURES

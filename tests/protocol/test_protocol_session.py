@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from protocol_testlib import A, Pair, make_conn
 
 from pyfabric.protocol import (
@@ -13,8 +14,6 @@ from pyfabric.protocol import (
     ProxyCreated,
     ProxyDied,
 )
-import pytest
-
 
 _features = FEATURES  # the DEAD-resend tests below run without `acks` (section 7 behaviour)
 
@@ -224,7 +223,7 @@ def test_dead_resend_is_bounded_and_in_order(without_acks):
 
 def test_no_resend_without_a_resume(without_acks):
     store, pair, me, server_proxy_for_me, local, client_proxy = setup_session()
-    client, server = pair.client, pair.server
+    client = pair.client
     client.process_exited(me, A("bye"))
     pair.pump()
     pair.take("server")

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "transport"))
 
-from pyfabric.certs import DevCerts, write_dev_certs  # noqa: E402
+from pyfabric.certs import DevCerts, write_dev_certs
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,7 @@ def test_idle_connections_beyond_the_per_address_limit_make_room_for_a_client() 
                 assert client.state == "connected"
             stats = server.statistics()
             assert stats["connections_evicted"] == 8 and stats["connections_refused"] == 0
-            for reader, writer in socks[:7]:
+            for reader, _writer in socks[:7]:
                 assert await eof(reader)
             for _reader, writer in socks:
                 await close_writer(writer)

@@ -29,9 +29,9 @@ import zlib
 from typing import Any
 
 import pytest
+from conformance_corpus import legacy_vectors
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from conformance_corpus import legacy_vectors
 from transport_helpers import HOST, SECRET, WAIT
 
 import pyfabric

@@ -6,7 +6,7 @@ import asyncio
 import logging
 
 import pytest
-from transport_helpers import HOST, SECRET, WAIT, arun, close_writer, connect, frame, read_frame, start_server, wait_for
+from transport_helpers import HOST, WAIT, arun, close_writer, connect, frame, read_frame, start_server, wait_for
 
 from pyfabric import Atom, AuthenticationError, ConnectFailed
 from pyfabric.transport import (

@@ -238,7 +238,7 @@ def test_flood_sender_ten_times_faster_is_slowed_and_bounded_nothing_dropped():
     sender back through drain(). Bounds are counts, not timings: at every sample, what the
     sender is ahead of the receiver stays under outbox + mailbox push-back + one burst, the
     receiver's mailbox stays bounded, and every message arrives once and in order."""
-    from pyfabric import Atom as _A  # noqa: N814
+    from pyfabric import Atom as _A
 
     total, burst, outbox = 20_000, 100, 1_024
 

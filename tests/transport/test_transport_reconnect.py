@@ -6,17 +6,17 @@ from typing import Any
 
 import pytest
 from transport_helpers import (
-    Relay,
-    restart_serve,
     DOWN,
     NOCONNECTION,
     PONG,
     PROCESS,
     SECRET,
     WAIT,
+    Relay,
     arun,
     connect,
     ping,
+    restart_serve,
     start_server,
     wait_for,
 )

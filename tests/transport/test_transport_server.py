@@ -10,10 +10,10 @@ import struct
 import pytest
 from transport_helpers import (
     HOST,
-    Relay,
     PONG,
     SECRET,
     WAIT,
+    Relay,
     arun,
     close_writer,
     connect,
