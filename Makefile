@@ -13,12 +13,12 @@ FUZZ_SECONDS ?= 20
 FUZZ_LONG_SECONDS ?= 600
 FUZZ_EXAMPLES ?= 3000
 
-.PHONY: help setup python-env erlang peer test lint unit peer-test interop fuzz demo bench bench-codec clean
+.PHONY: help setup python-env erlang peer test lint docs unit peer-test interop fuzz demo bench bench-codec clean
 
 help:
 	@echo "make demo   - set up and run a Python client against an Erlang fabric server"
 	@echo "make test   - set up and run every test suite (Python, Erlang, interop)"
-	@echo "make lint, make interop, make fuzz, make bench, make bench-codec, make setup, make clean"
+	@echo "make lint, make docs, make interop, make fuzz, make bench, make bench-codec, make setup, make clean"
 
 setup: python-env erlang
 
@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml
 	    else echo "python3 -m venv failed: install python3-venv (apt-get install python3-venv)"; exit 1; fi; }; \
 	fi
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --config-settings editable_mode=compat -e '.[test,fast,bench,lint]'
+	$(PY) -m pip install --quiet --config-settings editable_mode=compat -e '.[test,fast,bench,lint,docs]'
 	@touch $(STAMP)
 
 erlang:
@@ -56,6 +56,11 @@ peer: erlang
 lint: python-env
 	$(PY) -m mypy
 	$(PY) -m ruff check .
+
+# `make docs`: the API reference from the docstrings, in build/docs/ (offline; warnings fail).
+docs: python-env
+	$(PY) -m sphinx -W -q -b html docs/api build/docs
+	@echo "API reference: build/docs/index.html"
 
 unit: python-env
 	$(PYTEST) tests

@@ -2,7 +2,9 @@
 
 For development, tests and closed deployments that want TLS (and mutual TLS) without a
 public CA. Keys are ECDSA P-256 (accepted by Python's ``ssl`` and Erlang's ``ssl``),
-signatures SHA-256; private keys are written with mode 0600 and never overwritten.
+signatures SHA-256; private keys are written with mode 0600. Existing server and client
+files are replaced only with ``overwrite=True`` (``pyfabric certs --force``); the CA is reused.
+For example::
 
     paths = write_dev_certs("certs", hostnames=["localhost"], clients=["worker"])
     ctx = pyfabric.tls.server_context(paths.server_cert, paths.server_key,
