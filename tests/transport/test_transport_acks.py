@@ -332,8 +332,9 @@ def test_a_clean_close_reports_nothing(caplog: pytest.LogCaptureFixture) -> None
     unconfirmed (docs/protocol.md 11.7); nor has the client."""
     import logging
 
-    import pyfabric
     from transport_helpers import HOST, SECRET
+
+    import pyfabric
 
     async def later(proc: Any) -> None:
         sender = await proc.receive()
