@@ -61,9 +61,7 @@ class ProxyHandle:
 
     def __init__(self, link: PeerLink) -> None:
         self.link = link
-        # The node names the proxy right after making its handle (PeerLink._new_proxy_pid);
-        # nothing uses the handle before then.
-        self.pid: Pid = None  # type: ignore[assignment]
+        self.pid: Pid = None  # type: ignore[assignment]  # named by _new_proxy_pid before any use
 
     def deliver(self, msg: Any) -> None:
         link = self.link
