@@ -290,10 +290,19 @@ class BlockingClient(_BlockingNodeApi[Client]):
     async def _send(self, dest: Any, msg: Any) -> None:
         client = self._target
         if client.acks:
-            await client.wait_issuable(self._send_timeout)
+            await client.wait_issuable(self._send_timeout, dest if dest.__class__ is not str else Atom(dest))
         client.send(dest, msg)
         if not client.writable:
             await client.drain(self._send_timeout)
+
+    def send_confirmed(self, dest: Pid | Atom | str | tuple[Any, Any], msg: Any, *, timeout: float | None = None) -> None:
+        """Send ``msg`` and block until the server has put it in the destination's
+        mailbox (docs/protocol.md 11.8), at most ``timeout`` s (default ``send_timeout``);
+        raises :class:`~pyfabric.transport.SendRefused` with the server's code,
+        :class:`~pyfabric.transport.SendTimeout`, or
+        :class:`~pyfabric.protocol.FeatureNotSupported` without ``acks``."""
+        limit = self._send_timeout if timeout is None else timeout
+        self._runner.run(self._target.send_confirmed(dest, msg, timeout=limit))
 
     def whereis(self, name: Atom | str, *, timeout: float | None = None) -> Pid | None:
         """The server's process registered as ``name`` (a proxy pid), or None; see

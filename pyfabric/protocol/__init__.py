@@ -61,7 +61,10 @@ Commands: ``start()``, ``send_message(dest, payload)`` (dest: proxy pid, name, o
 ``(name, node)``), ``process_exited(pid, reason)``, ``link(local, proxy)``,
 ``unlink(local, proxy)``, ``exit_signal(local, proxy, reason)``, ``whereis(name) ->
 req_id``, ``reply_whereis(req_id, pid | None)``, ``heartbeat() -> n``, ``close()``,
-``connection_lost()``, ``handshake_timed_out()``, ``send_deferred()``. Each is checked against the state
+``connection_lost()``, ``handshake_timed_out()``, ``send_deferred()``; with ``acks`` / ``credit``
+``send_confirmed(dest, payload) -> ref``, ``send_result(ref, code)``, ``credit_delivered``,
+``credit_returned``, ``recheck_owed``, ``send_ack()``, ``send_grant()`` (docs/protocol.md
+11, 12; ``_flow.py``). Each is checked against the state
 table (``_state.py``); an illegal one raises ``LocalProtocolError`` (code
 ``illegal_state``) naming role, state and command.
 
@@ -69,7 +72,8 @@ Events (frozen slotted dataclasses, :mod:`._events`): ``HandshakeComplete``,
 ``AuthFailed``, ``ProxyCreated``, ``MessageReceived``, ``ProxyDied``,
 ``DeadPidSubstituted``, ``LinkRequested``, ``UnlinkRequested``, ``ExitSignalReceived``,
 ``WhereisRequested``, ``WhereisReplied``, ``HeartbeatReceived``, ``HeartbeatAcked``,
-``PeerError``, ``FrameDropped``, ``ConnectionClosed`` (always last: flush
+``PeerError``, ``FrameDropped``, ``MessagesUndelivered``, ``SendResult``,
+``ConnectionClosed`` (always last: flush
 ``data_to_send()`` then close the socket).
 
 Errors and policy (docs/protocol.md section 9). ``next_event()`` never raises for
@@ -148,6 +152,7 @@ from ._events import (
     PeerError,
     ProxyCreated,
     ProxyDied,
+    SendResult,
     UndeliveredMessage,
     UnlinkRequested,
     WhereisReplied,
@@ -156,6 +161,7 @@ from ._events import (
 from ._policy import NamePolicy
 from ._session import (
     RESEND_DEAD,
+    ConfirmedSend,
     Deferred,
     ExitSignalCommand,
     LinkCommand,
@@ -171,6 +177,7 @@ __all__ = [
     "RESEND_DEAD",
     "Deferred",
     "SendMessage",
+    "ConfirmedSend",
     "LinkCommand",
     "UnlinkCommand",
     "ExitSignalCommand",
@@ -207,4 +214,5 @@ __all__ = [
     "ConnectionClosed",
     "MessagesUndelivered",
     "UndeliveredMessage",
+    "SendResult",
 ]

@@ -13,18 +13,19 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ..etf import Atom
+from ..etf import Atom, Pid
 from ._commands import Commands
 from ._config import ConnectionConfig
 from ._constants import A_ACK, plain
 from ._error_policy import error_frame
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._established import Established
-from ._events import Event, MessagesUndelivered, UndeliveredMessage
+from ._events import Event, MessagesUndelivered, SendResult, UndeliveredMessage
 from ._framing import FrameWriter
 from ._handshake import Agreement
 from ._outbox import Outbox
-from ._session import Deferred, SendMessage, Session
+from ._pending import CONN, DEST, ISSUED, STOP
+from ._session import ConfirmedSend, Deferred, SendMessage, Session
 from ._state import ESTABLISHED, ConnectionState
 
 __all__ = ["AcksMixin", "must_wait", "pump", "write_ack", "after_handshake", "refuse_resume"]
@@ -32,35 +33,70 @@ __all__ = ["AcksMixin", "must_wait", "pump", "write_ack", "after_handshake", "re
 log = logging.getLogger("pyfabric.protocol")
 
 
-def must_wait(session: Session, config: ConnectionConfig) -> bool:
-    """With ``acks``, a user command waits (in the session's deferred queue) while
-    earlier ones wait or the outbox is full (docs/protocol.md 11.4)."""
+def must_wait(session: Session, config: ConnectionConfig, key: Any = None) -> bool:
+    """With ``acks``, must a user command to ``key`` (None: any destination) wait in the
+    pending queue: commands to it wait already (all of them for None), the outbox is full
+    (docs/protocol.md 11.4), or, with ``credit``, a message to it would have no credit (12.2)?"""
     outbox = session.outbox
     if outbox is None:
         return False
-    return session.deferred_count() > 0 or len(outbox.frames) >= config.outbox_frames or outbox.nbytes >= config.outbox_bytes
+    pending = session.queue
+    if (pending.has(key) if key is not None else len(pending) > 0) or not outbox.has_room(config.outbox_frames, config.outbox_bytes):
+        return True
+    credit = session.credit
+    if credit is None or key is None:
+        return False
+    if credit.conn_blocked():
+        return True
+    wire = session.proxy_ids.get(key) if type(key) is Pid else key
+    return wire is not None and credit.dest_blocked(wire)
 
 
 def pump(
     session: Session, cmd: Commands, config: ConnectionConfig, events: deque[Event], peer: str, peer_node: Atom | None
 ) -> list[tuple[Deferred, LocalProtocolError]]:
-    """Issue the waiting commands while the outbox has room, oldest first. A message that
-    cannot be carried any more is reported (``MessagesUndelivered`` with its error code,
-    docs/protocol.md 12.2); the other failed commands are returned."""
+    """Issue the waiting commands that can go now, oldest first per destination (11.4,
+    12.2). A message that cannot be carried any more is reported (``MessagesUndelivered``
+    with its error code, docs/protocol.md 12.2); the other failed commands are returned."""
     outbox = session.outbox
     assert outbox is not None
-    failed = []
-    while session.deferred_count() and outbox.has_room(config.outbox_frames, config.outbox_bytes):
-        command = session.next_deferred()
+    failed: list[tuple[Deferred, LocalProtocolError]] = []
+    credit = session.credit
+    proxy_ids = session.proxy_ids
+
+    def attempt(command: Deferred) -> int:
+        if not outbox.has_room(config.outbox_frames, config.outbox_bytes):
+            return STOP
+        t = type(command)
         try:
+            if t is SendMessage or t is ConfirmedSend:
+                dest = command.dest  # type: ignore[union-attr]
+                ref = command.ref if t is ConfirmedSend else 0  # type: ignore[union-attr]
+                if ref and len(session.confirms) >= config.max_confirms:
+                    return CONN
+                if type(dest) is Pid and dest not in proxy_ids:
+                    log.debug("peer %s: waiting message to an ended proxy dropped", peer)
+                    if ref:
+                        events.append(SendResult(ref, "noproc"))
+                    return ISSUED
+                if credit is not None:
+                    if credit.conn_blocked():
+                        return CONN
+                    if credit.dest_blocked(cmd.wire_dest(dest)):
+                        return DEST
+                return ISSUED if cmd.send_message(dest, command.payload, ref) else CONN  # type: ignore[union-attr]
             if not cmd.replay(command):
-                log.debug("peer %s: waiting %s to an ended proxy dropped", peer, type(command).__name__)
+                log.debug("peer %s: waiting %s to an ended proxy dropped", peer, t.__name__)
         except LocalProtocolError as exc:
-            if type(command) is SendMessage:
-                lost = UndeliveredMessage(command.dest, command.payload, False, "unsent")
-                events.append(MessagesUndelivered(exc.code, session.id, peer_node, (lost,)))
+            if t is SendMessage or t is ConfirmedSend:
+                ref = command.ref if t is ConfirmedSend else 0  # type: ignore[union-attr]
+                lost = UndeliveredMessage(command.dest, command.payload, bool(ref), "unsent")  # type: ignore[union-attr]
+                events.append(MessagesUndelivered(exc.code, session.id, peer_node, (lost,), (ref,) if ref else ()))
             else:
                 failed.append((command, exc))
+        return ISSUED
+
+    session.queue.pump(attempt)
     return failed
 
 
@@ -87,6 +123,14 @@ def after_handshake(session: Session, agreed: Agreement, writer: FrameWriter, ev
         frames = session.take_dead_notices()
     for frame in frames:
         writer.write(frame)
+    credit = session.credit
+    if credit is not None:
+        # Returns made while disconnected go in one grant right after the replay (12.4).
+        term = credit.take_grant()
+        if term is not None:
+            frame = plain(term)
+            writer.write(frame)
+            session.outbox.issue(frame)  # type: ignore[union-attr]
 
 
 def refuse_resume(agreed: Agreement, writer: FrameWriter, events: Any, peer: str) -> tuple[str, RemoteProtocolError]:

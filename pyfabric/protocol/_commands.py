@@ -20,6 +20,7 @@ from ._constants import (
     A_HEARTBEAT,
     A_LINK,
     A_M,
+    A_MC,
     A_NOPROC,
     A_UNDEFINED,
     A_UNLINK,
@@ -33,7 +34,7 @@ from ._framing import FrameWriter
 from ._handshake import Agreement
 from ._outbox import Note
 from ._rewrite import A_PR, Rewriter
-from ._session import Deferred, ExitSignalCommand, LinkCommand, SendMessage, Session, UnlinkCommand
+from ._session import ConfirmedSend, Deferred, ExitSignalCommand, LinkCommand, SendMessage, Session, UnlinkCommand
 
 __all__ = ["Commands", "dead_frame", "default_dead_pid", "establish"]
 
@@ -135,18 +136,33 @@ class Commands:
             outbox.frames.append((frame, note))
             outbox.nbytes += len(frame)
 
-    def send_rewritten(self, build: Callable[[], bytes], *, note: Note | None = None, seq: bool = True) -> None:
+    def send_rewritten(
+        self, build: Callable[[], bytes], *, note: Note | None = None, seq: bool = True, credit_dest: Any = None, dry: bool = False
+    ) -> bool:
         """Encode and queue a frame that carries rewritten values; all or nothing.
         ``seq``: the frame is sequenced (docs/protocol.md 11.2); ``note`` what a message
-        frame keeps in the outbox."""
+        frame keeps in the outbox; ``credit_dest``: with ``credit``, the frame is credited
+        to that destination, and False (nothing queued) when its bytes do not fit the
+        window (12.2). ``dry``: only check that it can be encoded (nothing queued)."""
         est = self.est
         rw = est.rw
         try:
             frame = build()
+            if dry:
+                if len(frame) > est.peer_max_frame:
+                    raise LocalProtocolError("frame_too_large", f"frame of {len(frame)} bytes exceeds the peer's limit")
+                rw.rollback()
+                return True
+            credit = est.session.credit if credit_dest is not None else None
+            if credit is not None and not credit.bytes_fit(len(frame)):
+                rw.rollback()
+                return False
             if seq:
                 self.issue(frame, note)
             else:
                 self.queue(frame)
+            if credit is not None:
+                credit.take(credit_dest, len(frame))
         except LocalProtocolError:
             rw.rollback()
             raise
@@ -171,6 +187,7 @@ class Commands:
                 ident = session.export_ids.get(pid)
                 if ident is not None:
                     self.on_export(pid, ident)
+        return True
 
     def wire_dest(self, dest: Any) -> Any:
         t = type(dest)
@@ -208,15 +225,29 @@ class Commands:
 
     # -- the commands -------------------------------------------------------------------
 
-    def send_message(self, dest: Any, payload: Any) -> None:
+    def send_message(self, dest: Any, payload: Any, ref: int = 0, *, dry: bool = False) -> bool:
+        """``{m, Dest, Payload}``, or ``{mc, Ref, Dest, Payload}`` when ``ref``. With
+        ``credit``: False (nothing queued) when its bytes do not fit the window now; the
+        caller checked the message and destination windows. ``dry``: check only."""
         wire_dest = self.wire_dest(dest)
         rw = self.est.rw
         compress = self.compress
+        if ref:
 
-        def build() -> bytes:
-            return encode((A_M, wire_dest, rw.outbound(payload)), minor_version=1, compressed=compress)
+            def build() -> bytes:
+                return encode((A_MC, ref, wire_dest, rw.outbound(payload)), minor_version=1, compressed=compress)
 
-        self.send_rewritten(build, note=(dest, payload, False))
+        else:
+
+            def build() -> bytes:
+                return encode((A_M, wire_dest, rw.outbound(payload)), minor_version=1, compressed=compress)
+
+        session = self.est.session
+        if not self.send_rewritten(build, note=(dest, payload, ref), credit_dest=wire_dest, dry=dry):
+            return False
+        if ref and not dry:
+            session.confirms[ref] = (dest, payload)
+        return True
 
     def link_frame(self, tag: Atom, local_pid: Pid, proxy_pid: Pid) -> None:
         self.need("link")
@@ -270,6 +301,10 @@ class Commands:
                 if type(dest) is Pid and dest not in proxy_ids:
                     return False
                 self.send_message(dest, payload)
+            case ConfirmedSend(ref, dest, payload):
+                if type(dest) is Pid and dest not in proxy_ids:
+                    return False
+                self.send_message(dest, payload, ref)
             case LinkCommand(local_pid, proxy_pid) | UnlinkCommand(local_pid, proxy_pid):
                 if proxy_pid not in proxy_ids:
                     return False

@@ -18,6 +18,13 @@ from ..etf import Atom, DecodeLimits
 from ._constants import (
     DEFAULT_ACK_DELAY,
     DEFAULT_ACK_EVERY,
+    DEFAULT_CREDIT_BYTES,
+    DEFAULT_CREDIT_DEST,
+    DEFAULT_CREDIT_WINDOW,
+    DEFAULT_GRANT_DELAY,
+    DEFAULT_GRANT_EVERY,
+    DEFAULT_MAILBOX_HIGH,
+    DEFAULT_MAX_CONFIRMS,
     DEFAULT_ERROR_WINDOW,
     DEFAULT_MAX_DEPTH,
     DEFAULT_MAX_ERRORS,
@@ -57,7 +64,13 @@ class ConnectionConfig:
     frames or that long after the first unacknowledged one (docs/protocol.md 11.3).
     ``outbox_frames`` / ``outbox_bytes``: the bounds of a session's unacknowledged frames
     (11.4); a command beyond them waits in the session (bounded by the transport's
-    ``max_pending``).
+    ``max_pending``). ``max_confirms``: confirmed sends issued and not answered (11.8).
+    ``credit_window`` / ``credit_bytes`` / ``credit_dest``: with ``credit``, the windows we
+    grant the peer (messages and bytes in flight on the connection, messages to one
+    destination; announced in the handshake, fixed for the session, docs/protocol.md 12.1).
+    ``mailbox_high``: credit for a message is returned once its mailbox holds fewer;
+    ``grant_every`` / ``grant_delay`` (s): credit frames are written after that many returns
+    or that long after the first one (12.3, 12.4).
     """
 
     secret: bytes
@@ -78,6 +91,13 @@ class ConnectionConfig:
     ack_delay: float = DEFAULT_ACK_DELAY
     outbox_frames: int = DEFAULT_OUTBOX_FRAMES
     outbox_bytes: int = DEFAULT_OUTBOX_BYTES
+    max_confirms: int = DEFAULT_MAX_CONFIRMS
+    credit_window: int = DEFAULT_CREDIT_WINDOW
+    credit_bytes: int = DEFAULT_CREDIT_BYTES
+    credit_dest: int = DEFAULT_CREDIT_DEST
+    mailbox_high: int = DEFAULT_MAILBOX_HIGH
+    grant_every: int = DEFAULT_GRANT_EVERY
+    grant_delay: float = DEFAULT_GRANT_DELAY
 
     @classmethod
     def build(
@@ -122,8 +142,13 @@ class ConnectionConfig:
             raise ValueError(f"strings must be 'str' or 'list', not {self.strings!r}")
         if self.ack_every < 1 or self.outbox_frames < 1 or self.outbox_bytes < 1:
             raise ValueError("ack_every, outbox_frames and outbox_bytes must be at least 1")
-        if not self.ack_delay > 0:
-            raise ValueError("ack_delay must be positive (seconds)")
+        if not self.ack_delay > 0 or not self.grant_delay > 0:
+            raise ValueError("ack_delay and grant_delay must be positive (seconds)")
+        windows = (self.credit_window, self.credit_bytes, self.credit_dest)
+        if any(type(w) is not int or w < 1 for w in windows) or self.credit_dest > self.credit_window:
+            raise ValueError("credit_window, credit_bytes and credit_dest must be integers >= 1, credit_dest <= credit_window")
+        if self.max_confirms < 1 or self.mailbox_high < 1 or self.grant_every < 1:
+            raise ValueError("max_confirms, mailbox_high and grant_every must be at least 1")
 
     def replace(self, **changes: Any) -> ConnectionConfig:
         """A copy with ``changes`` applied (checked like :meth:`build`)."""

@@ -33,8 +33,9 @@ from ._constants import (
     plain,
 )
 from ._error_policy import ErrorWindow, HandshakeFailure, error_frame, is_error_frame
-from ._errors import AuthenticationError, LocalProtocolError, ProtocolError, RemoteProtocolError
+from ._errors import AuthenticationError, ConfirmRefused, LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._established import UNSEQUENCED, Established
+from ._flow import FlowMixin, new_credit
 from ._events import NEED_DATA, AuthFailed, ConnectionClosed, Event, FrameDropped, HandshakeComplete, ProxyDied
 from ._framing import FrameReader, FrameTooLarge, FrameWriter
 from ._handshake import Agreement
@@ -68,7 +69,7 @@ _HANDSHAKE_FRAMES = {
 }
 
 
-class Connection(acks.AcksMixin):
+class Connection(acks.AcksMixin, FlowMixin):
     """One side of one fabric connection (see the package docstring).
 
     ``config`` (a :class:`ConnectionConfig`) or the options as keywords (``secret``
@@ -236,10 +237,12 @@ class Connection(acks.AcksMixin):
             elif tag == A_ACK:
                 self._ack_received(term)
                 return
+        est = self._est
+        est.frame_size = end - start  # type: ignore[union-attr]
         try:
-            self._est.dispatch(term)  # type: ignore[union-attr]
+            est.dispatch(term)  # type: ignore[union-attr]
         except RemoteProtocolError as exc:
-            self._drop(exc, reply=not is_error_frame(term))
+            self._drop(exc, reply=not is_error_frame(term) and exc.__class__ is not ConfirmRefused)
         except Exception as exc:  # a bug of ours: never let the peer crash the connection
             log.exception("peer %s: internal error while handling a frame", self.peer)
             self._drop(RemoteProtocolError("unknown_frame", f"{INTERNAL_ERROR}: {type(exc).__name__}: {exc}"))
@@ -304,6 +307,8 @@ class Connection(acks.AcksMixin):
         self._handshake = None
         if "acks" in agreed.features and session.outbox is None:
             session.outbox = Outbox()
+        if "credit" in agreed.features and session.credit is None and agreed.peer_windows is not None:
+            session.credit = new_credit(self.config, agreed.peer_windows)
         if agreed.not_resumable:
             self._end("not_resumable", *acks.refuse_resume(agreed, self._writer, self._events, self.peer))
             return
@@ -321,6 +326,7 @@ class Connection(acks.AcksMixin):
             peer=self.peer,
         )
         self._est = self._cmd.est
+        self._est.pump = self._pump
         self._events.append(
             HandshakeComplete(
                 mode=agreed.mode or "legacy",
@@ -421,11 +427,10 @@ class Connection(acks.AcksMixin):
         LocalProtocolError (nothing queued) if the payload holds a value this peer
         cannot carry, or the frame exceeds the peer's ``max_frame``."""
         cmd = self._commands("send_message")
-        session = self._session
-        if session.outbox is not None and acks.must_wait(session, self.config):
-            self._session.defer(SendMessage(dest, payload))  # docs/protocol.md 11.4
-        else:
+        if self._session.outbox is None:
             cmd.send_message(dest, payload)
+        else:  # it may wait for outbox room or credit (docs/protocol.md 11.4, 12.2)
+            self._wait_or_send(cmd, dest, payload, 0)
 
     def link(self, local_pid: Pid, proxy_pid: Pid) -> None:
         """Queue ``{link, A, B}``: ``local_pid`` is now linked to the peer's process."""

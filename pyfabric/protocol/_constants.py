@@ -23,11 +23,17 @@ __all__ = [
     "DEFAULT_OUTBOX_FRAMES",
     "DEFAULT_OUTBOX_BYTES",
     "DEFAULT_MAX_CONFIRMS",
+    "DEFAULT_CREDIT_WINDOW",
+    "DEFAULT_CREDIT_BYTES",
+    "DEFAULT_CREDIT_DEST",
+    "DEFAULT_MAILBOX_HIGH",
+    "DEFAULT_GRANT_EVERY",
+    "DEFAULT_GRANT_DELAY",
     "plain",
 ]
 
 FEATURES = frozenset(
-    {"whereis", "link", "maps", "bitstrings", "ports", "funs", "heartbeat", "error", "session", "acks"}
+    {"whereis", "link", "maps", "bitstrings", "ports", "funs", "heartbeat", "error", "session", "acks", "credit"}
 )
 """The features of extension version 1 (docs/protocol.md section 3.5)."""
 
@@ -68,7 +74,24 @@ DEFAULT_OUTBOX_FRAMES = 16_384
 DEFAULT_OUTBOX_BYTES = 16 * 1024 * 1024
 """Bytes of unacknowledged frames (lengths as in the 4-byte prefix) a session keeps."""
 DEFAULT_MAX_CONFIRMS = 16_384
-"""Confirmed sends pending per session (reserved for ``mc``, docs/protocol.md 11.8)."""
+"""Confirmed sends (``mc``) issued and not answered per session; a further one waits
+(docs/protocol.md 11.8)."""
+
+# The `credit` feature (docs/protocol.md sections 12 and 13.2).
+DEFAULT_CREDIT_WINDOW = 16_384
+"""Messages in flight on a connection we grant the peer (announced in Offer / Accept)."""
+DEFAULT_CREDIT_BYTES = 16 * 1024 * 1024
+"""Bytes of those messages we grant the peer."""
+DEFAULT_CREDIT_DEST = 1_024
+"""Messages in flight to one destination we grant the peer."""
+DEFAULT_MAILBOX_HIGH = 1_024
+"""A local mailbox holding this many messages or more is not keeping up: credit for the
+messages delivered to it is returned only once it holds fewer (12.3)."""
+DEFAULT_GRANT_EVERY = 64
+"""Returned messages after which we write a ``credit`` frame at once (12.4)."""
+DEFAULT_GRANT_DELAY = 0.010
+"""Seconds after the first return not granted within which a ``credit`` frame is written;
+also the period of the recheck of mailboxes still owed credit."""
 
 A_HELLO = Atom("hello")
 A_CHALLENGE = Atom("challenge")
@@ -88,6 +111,10 @@ A_HEARTBEAT = Atom("heartbeat")
 A_HEARTBEAT_ACK = Atom("heartbeat_ack")
 A_ERROR = Atom("error")
 A_ACK = Atom("ack")
+A_MC = Atom("mc")
+A_MC_RESULT = Atom("mc_result")
+A_CREDIT = Atom("credit")
+A_OK = Atom("ok")
 A_UNDEFINED = Atom("undefined")
 A_NOPROC = Atom("noproc")
 A_NORMAL = Atom("normal")

@@ -22,6 +22,7 @@ __all__ = [
     "FeatureNotSupported",
     "RemoteProtocolError",
     "AuthenticationError",
+    "ConfirmRefused",
 ]
 
 # The codes of docs/protocol.md section 9 (the ones that travel in error frames), plus
@@ -40,6 +41,8 @@ CODES = frozenset(
         "illegal_state",
         "bad_ack",
         "not_resumable",
+        "credit_exceeded",
+        "credit_overflow",
     }
 )
 
@@ -79,3 +82,8 @@ class AuthenticationError(ProtocolError):
 
     def __init__(self, message: str) -> None:
         super().__init__("auth_failed", message)
+
+
+class ConfirmRefused(RemoteProtocolError):
+    """A confirmed send (``mc``) refused by its receiver: dropped like a refused ``m``, but
+    its ``mc_result`` already tells the peer, so no error frame (docs/protocol.md 11.8)."""

@@ -17,6 +17,7 @@ from typing import Any
 from ..etf import Atom, Pid
 from ._constants import (
     A_ACK,
+    A_CREDIT,
     A_DEAD,
     A_ERROR,
     A_EXIT2,
@@ -24,8 +25,11 @@ from ._constants import (
     A_HEARTBEAT_ACK,
     A_LINK,
     A_M,
+    A_MC,
+    A_MC_RESULT,
     A_NOPROC,
     A_NORMAL,
+    A_OK,
     A_R,
     A_UNDEFINED,
     A_UNLINK,
@@ -34,7 +38,7 @@ from ._constants import (
     MAX_ERROR_TEXT,
     plain,
 )
-from ._errors import RemoteProtocolError
+from ._errors import ConfirmRefused, RemoteProtocolError
 from ._events import (
     Event,
     ExitSignalReceived,
@@ -44,6 +48,7 @@ from ._events import (
     MessageReceived,
     PeerError,
     ProxyDied,
+    SendResult,
     UnlinkRequested,
     WhereisReplied,
     WhereisRequested,
@@ -90,6 +95,8 @@ class Established:
         self.peer = peer
         self.our_whereis: set[int] = set()
         self.their_whereis: set[int] = set()
+        self.frame_size = 0  # the length of the frame being handled (credit, 12.2)
+        self.pump: Callable[[], None] = lambda: None  # issue what waits (set by the connection)
 
     def dispatch(self, term: Any) -> None:
         """Handle one decoded frame; raises RemoteProtocolError to drop it."""
@@ -127,6 +134,61 @@ class Established:
     # -- legacy frames ----------------------------------------------------------------
 
     def on_message(self, dest: Any, payload: Any) -> None:
+        if self.session.credit is None:
+            resolved = self.resolve(dest)
+            if resolved is not None:
+                self.events.append(MessageReceived(resolved[0], self.inbound(payload), resolved[1]))
+            return
+        self.credited(0, dest, payload)
+
+    def credited(self, ref: int, dest: Any, payload: Any) -> None:
+        """An ``m`` (``ref`` 0) or ``mc`` with ``credit``: counted against our windows, and
+        its credit returned at once unless it is delivered (docs/protocol.md 12.3)."""
+        credit = self.session.credit
+        assert credit is not None
+        try:
+            hash(dest)
+        except TypeError:
+            raise RemoteProtocolError("unknown_frame", f"m frame with a bad Dest {describe(dest)}") from None
+        token = (dest, self.frame_size)
+        try:
+            if not credit.admit(dest, self.frame_size):
+                raise RemoteProtocolError("credit_exceeded", f"credited frame to {describe(dest)} over our window")
+            resolved = self.resolve(dest)
+            if resolved is not None:
+                self.events.append(MessageReceived(resolved[0], self.inbound(payload), resolved[1], token, ref))
+                return
+        except RemoteProtocolError:
+            self.give_back(token)
+            raise
+        self.give_back(token)  # to an ended process
+        if ref:
+            self.result(ref, "noproc")
+
+    def give_back(self, token: tuple[Any, int]) -> None:
+        """Return the credit of one received frame; writes a grant when one is due (12.4)."""
+        credit = self.session.credit
+        if credit is not None and credit.give_back(*token):
+            self.grant()
+
+    def grant(self) -> None:
+        """Write ``{credit, Grants, Bytes}`` for the returns not granted yet, if any."""
+        term = self.session.credit.take_grant()  # type: ignore[union-attr]
+        if term is not None:
+            self.issue(plain(term))
+
+    def issue(self, frame: bytes) -> None:
+        """Write a sequenced frame the protocol generates (always admitted, 11.4)."""
+        self.writer.write(frame)
+        self.session.outbox.issue(frame)  # type: ignore[union-attr]
+
+    def result(self, ref: int, code: str | None) -> None:
+        """Answer the confirmed send ``ref``: ``{mc_result, Ref, ok | {error, Code}}`` (11.8)."""
+        self.issue(plain((A_MC_RESULT, ref, A_OK if code is None else (A_ERROR, code.encode()))))
+
+    def resolve(self, dest: Any) -> tuple[Pid | Atom, Atom | None] | None:
+        """The local target of a message's ``Dest`` and its node, None for an ended
+        process; RemoteProtocolError to refuse it."""
         node = None
         t = type(dest)
         if t is int:
@@ -136,7 +198,7 @@ class Established:
                     # Issued, but the process has ended: its DEAD is on its way to the peer
                     # (an ordinary race). Sending to a dead process is a no-op in Erlang.
                     log.debug("peer %s: message to ended process id %s dropped", self.peer, dest)
-                    return
+                    return None
                 raise RemoteProtocolError("unknown_id", f"message to unknown process id {dest}")
         elif t is Atom:
             target = dest
@@ -148,7 +210,7 @@ class Established:
         if isinstance(target, Atom) and not self.policy(target):  # a name (not a pid)
             log.warning("peer %s: message to refused name %s dropped", self.peer, target.name)
             raise RemoteProtocolError("not_allowed", f"name {target.name!r} is not reachable")
-        self.events.append(MessageReceived(target, self.inbound(payload), node))
+        return target, node
 
     def on_dead(self, who: Any, reason: Any) -> None:
         if type(who) is not tuple or len(who) != 2 or who[0] != A_PR or type(who[1]) is not int:
@@ -251,6 +313,61 @@ class Established:
             acked = outbox.acked if outbox is not None else 0
             raise RemoteProtocolError("bad_ack", f"ack {describe(n)} outside {acked + 1}..{sent}")
 
+    def on_mc(self, ref: Any, dest: Any, payload: Any) -> None:
+        if type(ref) is not int or ref < 1:
+            credit = self.session.credit
+            if credit is not None:  # counted, and returned at once (12.3)
+                key = dest if _hashable(dest) else None
+                credit.admit(key, self.frame_size)
+                self.give_back((key, self.frame_size))
+            raise RemoteProtocolError("unknown_frame", f"mc frame with a bad Ref {describe(ref)}")
+        try:
+            if self.session.credit is not None:
+                self.credited(ref, dest, payload)
+                return
+            resolved = self.resolve(dest)
+            if resolved is None:
+                self.result(ref, "noproc")
+                return
+            self.events.append(MessageReceived(resolved[0], self.inbound(payload), resolved[1], None, ref))
+        except RemoteProtocolError as exc:
+            self.result(ref, exc.code)
+            raise ConfirmRefused(exc.code, exc.message) from None
+
+    def on_mc_result(self, ref: Any, result: Any) -> None:
+        if type(ref) is not int or ref not in self.session.confirms:
+            raise RemoteProtocolError("unknown_frame", f"mc_result for a Ref not pending: {describe(ref)}")
+        if result == A_OK:
+            error = None
+        elif type(result) is tuple and len(result) == 2 and result[0] == A_ERROR and type(result[1]) is bytes:
+            error = result[1].decode("utf-8", "replace")[:64]
+        else:
+            raise RemoteProtocolError("unknown_frame", f"mc_result with a bad Result {describe(result)}")
+        del self.session.confirms[ref]
+        self.events.append(SendResult(ref, error))
+        self.pump()  # a confirmed send may have waited for max_confirms
+
+    def on_credit(self, grants: Any, nbytes: Any) -> None:
+        session = self.session
+        error, dests = session.credit.granted(grants, nbytes)  # type: ignore[union-attr]
+        pending = session.queue
+        for dest in dests:
+            pending.unblock(dest)
+            proxy = session.proxies.get(dest) if type(dest) is int else None
+            if proxy is not None:
+                pending.unblock(proxy)
+        self.pump()
+        if error is not None:
+            raise RemoteProtocolError("credit_overflow", error)
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
 
 @dataclass(frozen=True, slots=True)
 class FrameSpec:
@@ -278,9 +395,12 @@ FRAMES: dict[Atom, FrameSpec] = {
         FrameSpec(A_HEARTBEAT_ACK, 2, "heartbeat", Established.on_heartbeat_ack, sequenced=False),
         FrameSpec(A_ERROR, 3, "error", Established.on_error, sequenced=False),
         FrameSpec(A_ACK, 2, "acks", Established.on_ack, sequenced=False),
+        FrameSpec(A_MC, 4, "acks", Established.on_mc),
+        FrameSpec(A_MC_RESULT, 3, "acks", Established.on_mc_result),
+        FrameSpec(A_CREDIT, 3, "credit", Established.on_credit),
     )
 }
-"""Every frame a peer may send after the handshake (docs/protocol.md sections 4, 5, 11)."""
+"""Every frame a peer may send after the handshake (docs/protocol.md sections 4, 5, 11, 12)."""
 
 UNSEQUENCED = frozenset(tag for tag, spec in FRAMES.items() if not spec.sequenced)
 """Tags of the frames not numbered with ``acks``; every other frame after the handshake is,

@@ -6,7 +6,7 @@ caller issues never produce events, only bytes in :meth:`Connection.data_to_send
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, dataclass_transform
 
 from ..etf import Atom, Pid
@@ -33,6 +33,7 @@ __all__ = [
     "ConnectionClosed",
     "UndeliveredMessage",
     "MessagesUndelivered",
+    "SendResult",
 ]
 
 
@@ -117,11 +118,18 @@ class ProxyCreated(Event):
 class MessageReceived(Event):
     """``{m, Dest, Payload}`` with ``Dest`` resolved: a local ``Pid`` (integer Dest) or a
     registered-name ``Atom`` that passed the name policy (``node`` is the ``Node`` of a
-    ``{Name, Node}`` Dest, else None). The runtime drops messages to unregistered names."""
+    ``{Name, Node}`` Dest, else None). The runtime drops messages to unregistered names.
+
+    With ``credit``, ``credit`` is the token of the message's credit: once delivered, the
+    runtime gives it back with ``Connection.credit_delivered`` (docs/protocol.md 12.3).
+    ``ref`` is the ``Ref`` of a confirmed send (``{mc, ...}``, 11.8; 0 for ``m``): answer
+    with ``Connection.send_result(ref, code)`` once delivered, or why not."""
 
     dest: Pid | Atom
     payload: Any
     node: Atom | None = None
+    credit: tuple[Any, int] | None = field(default=None, compare=False)  # bookkeeping, not content
+    ref: int = 0
 
 
 @_ev
@@ -265,3 +273,16 @@ class MessagesUndelivered(Event):
     session_id: bytes | None
     peer_node: Atom | None
     messages: tuple[UndeliveredMessage, ...]
+    confirms: tuple[int, ...] = ()
+    """The ``Ref`` of every confirmed send of the session still waiting for its result:
+    each fails with ``reason``."""
+
+
+@_ev
+class SendResult(Event):
+    """``{mc_result, Ref, Result}``: the confirmed send ``ref`` (from
+    ``Connection.send_confirmed``) was delivered (``error`` None) or refused with the code
+    ``error`` (``"noproc"``, ``"not_allowed"``, ... docs/protocol.md 11.8)."""
+
+    ref: int
+    error: str | None

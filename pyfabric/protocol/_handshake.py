@@ -29,6 +29,8 @@ __all__ = [
     "server_mac",
     "lp",
     "feature_rule",
+    "credit_keys",
+    "peer_windows",
 ]
 
 EXT_VERSION = 1
@@ -66,15 +68,35 @@ class Agreement:
     refused_id: bytes | None = None
     undelivered: MessagesUndelivered | None = None
     not_resumable: bool = False
+    peer_windows: tuple[int, int, int] | None = None  # with `credit`: what the peer grants us
 
 
 def feature_rule(features: Iterable[str]) -> frozenset[str]:
     """``features`` without the ones whose prerequisite is missing: ``acks`` needs
-    ``session`` (docs/protocol.md 11.1)."""
+    ``session``, ``credit`` needs ``acks`` (docs/protocol.md 11.1)."""
     out = set(features)
     if "session" not in out:
         out.discard("acks")
+    if "acks" not in out:
+        out.discard("credit")
     return frozenset(out)
+
+
+_WINDOW_KEYS = (b"credit_window", b"credit_bytes", b"credit_dest")
+
+
+def credit_keys(config: Any) -> dict[bytes, int]:
+    """The windows we grant the peer, as Offer / Accept keys (docs/protocol.md 12.1)."""
+    return {b"credit_window": config.credit_window, b"credit_bytes": config.credit_bytes, b"credit_dest": config.credit_dest}
+
+
+def peer_windows(keys: dict[bytes, Any]) -> tuple[int, int, int] | None:
+    """The peer's windows (window, bytes, dest) from its Offer / Accept, or None if one is
+    missing or bad: integers >= 1, ``credit_dest <= credit_window`` (12.1)."""
+    values = [keys.get(k) for k in _WINDOW_KEYS]
+    if any(type(v) is not int or v < 1 for v in values) or values[2] > values[0]:
+        return None
+    return values[0], values[1], values[2]
 
 
 def ext_hello_name(max_version: int, client_nonce: bytes) -> str:

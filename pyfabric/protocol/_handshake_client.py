@@ -97,6 +97,11 @@ class ClientHandshake:
             b"max_frame": config.max_frame,
             b"heartbeat": config.heartbeat_interval,
         }
+        if "credit" in agreed.features:
+            agreed.peer_windows = hs.peer_windows(offer)
+            if agreed.peer_windows is None:
+                raise HandshakeFailure("offer lacks valid credit windows (docs/protocol.md 12.1)")
+            accept.update(hs.credit_keys(config))
         old = self.resume_from
         if "session" in agreed.features and old is not None and old.id is not None:
             accept[b"resume"] = old.id
@@ -153,7 +158,12 @@ class ClientHandshake:
         if resumed and old is not None and (old.outbox is not None or "acks" in agreed.features):
             received = info.get(b"received")
             outbox = old.outbox
-            if outbox is None or "acks" not in agreed.features or not outbox.in_range(received):
+            if (
+                outbox is None
+                or "acks" not in agreed.features
+                or (old.credit is None) == ("credit" in agreed.features)
+                or not outbox.in_range(received)
+            ):
                 # Frames the outbox no longer holds, or never sent (docs/protocol.md 11.6).
                 self._not_resumable(old)
                 return

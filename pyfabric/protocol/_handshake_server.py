@@ -64,6 +64,8 @@ class ServerHandshake:
                 b"max_frame": config.max_frame,
                 b"heartbeat": config.heartbeat_interval,
             }
+            if "credit" in features:
+                offer.update(hs.credit_keys(config))
             self._offer_features = frozenset(features)
             frame = plain((A_CHALLENGE, self._random_bytes(32), offer))
         else:
@@ -103,7 +105,11 @@ class ServerHandshake:
         if resume is not None and type(resume) is not bytes:
             raise HandshakeFailure("Accept resume is not a binary")
         if hs.feature_rule(features) != frozenset(features):
-            raise HandshakeFailure("accepted 'acks' without 'session' (docs/protocol.md 11.1)")
+            raise HandshakeFailure("accepted 'acks' without 'session' or 'credit' without 'acks' (docs/protocol.md 11.1)")
+        if "credit" in features:
+            self.agreed.peer_windows = hs.peer_windows(accept)
+            if self.agreed.peer_windows is None:
+                raise HandshakeFailure("Accept lacks valid credit windows (docs/protocol.md 12.1)")
         agreed = self.agreed
         agreed.features = frozenset(features)
         agreed.peer_node = node
@@ -118,7 +124,8 @@ class ServerHandshake:
                 received = accept.get(b"received")
                 outbox = found.outbox
                 count = received if outbox is not None and outbox.in_range(received) else None
-                if (outbox is None) == (not acks) and (outbox is None or count is not None):
+                same = (outbox is None) == (not acks) and (found.credit is None) == ("credit" not in agreed.features)
+                if same and (outbox is None or count is not None):
                     agreed.session = found
                     agreed.resumed = True
                     agreed.peer_received = count if count is not None else 0

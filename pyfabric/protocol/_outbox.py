@@ -16,8 +16,9 @@ from ._events import UndeliveredMessage
 
 __all__ = ["Outbox", "Note"]
 
-Note = tuple[Any, Any, bool]
-"""What a message frame remembers: (destination as the user gave it, message, confirmed)."""
+Note = tuple[Any, Any, int]
+"""What a message frame remembers: (destination as the user gave it, message, the ``Ref``
+of a confirmed send or 0)."""
 
 
 class Outbox:
@@ -81,7 +82,7 @@ class Outbox:
 
     def undelivered(self) -> list[UndeliveredMessage]:
         """The messages written and not acknowledged, oldest first; the outbox is emptied."""
-        out = [UndeliveredMessage(note[0], note[1], note[2], "unconfirmed") for _f, note in self.frames if note is not None]
+        out = [UndeliveredMessage(note[0], note[1], bool(note[2]), "unconfirmed") for _f, note in self.frames if note is not None]
         self.frames.clear()
         self.nbytes = 0
         return out

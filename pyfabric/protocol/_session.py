@@ -16,12 +16,15 @@ resend, and the deferred commands are the pending queue of section 12.6.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
 from ..etf import Atom, Pid, decode
+from ._credit import Credit
 from ._events import MessagesUndelivered, UndeliveredMessage
 from ._outbox import Outbox
+from ._pending import Pending
 
 __all__ = [
     "Session",
@@ -29,7 +32,10 @@ __all__ = [
     "RESEND_DEAD",
     "Deferred",
     "SendMessage",
+    "ConfirmedSend",
     "LinkCommand",
+    "dest_key",
+    "key_of",
     "UnlinkCommand",
     "ExitSignalCommand",
 ]
@@ -48,6 +54,15 @@ ignores the ones it already had."""
 class SendMessage:
     """``send_message(dest, payload)`` kept while disconnected."""
 
+    dest: Any
+    payload: Any
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmedSend:
+    """``send_confirmed(dest, payload)`` waiting to be issued as ``{mc, Ref, ...}`` (11.8)."""
+
+    ref: int
     dest: Any
     payload: Any
 
@@ -77,7 +92,30 @@ class ExitSignalCommand:
     reason: Any
 
 
-Deferred = SendMessage | LinkCommand | UnlinkCommand | ExitSignalCommand
+Deferred = SendMessage | ConfirmedSend | LinkCommand | UnlinkCommand | ExitSignalCommand
+
+
+def dest_key(command: Deferred) -> Hashable:
+    """The destination a waiting command keeps its order with (docs/protocol.md 11.4): the
+    proxy pid, the name as an atom, or the ``(name, node)`` pair."""
+    t = type(command)
+    return key_of(command.dest if t is SendMessage or t is ConfirmedSend else command.proxy_pid)  # type: ignore[union-attr]
+
+
+def key_of(dest: Any) -> Hashable:
+    """:func:`dest_key` of a destination as the user gave it."""
+    t = type(dest)
+    if t is Pid or t is Atom:
+        return dest
+    if t is str:
+        return Atom(dest)
+    if t is tuple and len(dest) == 2:
+        return tuple(Atom(x) if type(x) is str else x for x in dest)
+    try:
+        hash(dest)
+    except TypeError:
+        return ("unhashable", id(dest))  # refused when its turn comes
+    return dest
 
 
 class Session:
@@ -109,8 +147,11 @@ class Session:
         "dead_proxy_ids",
         "_dead_queue",
         "_recent_dead",
-        "_deferred",
+        "queue",
         "outbox",
+        "credit",
+        "confirms",
+        "next_ref",
     )
 
     def __init__(self, session_id: bytes | None = None) -> None:
@@ -127,8 +168,11 @@ class Session:
         self.dead_proxy_ids: dict[Pid, int] = {}  # proxy pid that ended -> peer's id
         self._dead_queue: list[bytes] = []  # DEAD frames waiting for a resume
         self._recent_dead: deque[bytes] = deque(maxlen=RESEND_DEAD)  # the last DEAD frames
-        self._deferred: deque[Deferred] = deque()
+        self.queue = Pending()  # commands that wait (docs/protocol.md 12.6)
         self.outbox: Outbox | None = None  # with `acks`: counts and unacknowledged frames
+        self.credit: Credit | None = None  # with `credit`: the counts both ways (12)
+        self.confirms: dict[int, tuple[Any, Any]] = {}  # mc issued, not answered: ref -> (dest, msg)
+        self.next_ref = 1  # the Ref of the next confirmed send (11.8)
 
     # -- id tables ------------------------------------------------------------------------
 
@@ -210,19 +254,17 @@ class Session:
 
     def defer(self, command: Deferred) -> None:
         """Keep a command the transport could not send now (sent by ``send_deferred``)."""
-        self._deferred.append(command)
+        self.queue.add(dest_key(command), command)
 
     def deferred_count(self) -> int:
         """Commands waiting in :meth:`defer`'s queue."""
-        return len(self._deferred)
+        return len(self.queue)
 
-    def next_deferred(self) -> Deferred:
-        """Take the oldest deferred command (there must be one)."""
-        return self._deferred.popleft()
-
-    def undefer(self, command: Deferred) -> None:
-        """Put ``command`` back at the head of the deferred queue (it must wait longer)."""
-        self._deferred.appendleft(command)
+    def new_ref(self) -> int:
+        """The ``Ref`` of a new confirmed send (a per-session counter, 11.8)."""
+        ref = self.next_ref
+        self.next_ref = ref + 1
+        return ref
 
     def undelivered(self, reason: str, peer_node: Atom | None) -> MessagesUndelivered | None:
         """The session ends (with ``acks``): the report of the messages it cannot vouch
@@ -231,25 +273,32 @@ class Session:
         outbox = self.outbox
         if outbox is None:
             return None
-        messages = outbox.undelivered()
-        messages += [UndeliveredMessage(c.dest, c.payload, False, "unsent") for c in self._deferred if type(c) is SendMessage]
-        self._deferred.clear()
-        if not messages:
+        in_outbox = {note[2] for _frame, note in outbox.frames if note is not None and note[2]}
+        refs = list(self.confirms)
+        # Confirmed sends acknowledged but not answered: delivery unknown.
+        messages = [UndeliveredMessage(d, m, True, "unconfirmed") for r, (d, m) in self.confirms.items() if r not in in_outbox]
+        messages += outbox.undelivered()
+        for c in self.queue.take_all():
+            if type(c) is SendMessage:
+                messages.append(UndeliveredMessage(c.dest, c.payload, False, "unsent"))
+            elif type(c) is ConfirmedSend:
+                messages.append(UndeliveredMessage(c.dest, c.payload, True, "unsent"))
+                refs.append(c.ref)
+        self.confirms.clear()
+        if not messages and not refs:
             return None
-        return MessagesUndelivered(reason, self.id, peer_node, tuple(messages))
+        return MessagesUndelivered(reason, self.id, peer_node, tuple(messages), tuple(refs))
 
     def take_deferred(self) -> list[Deferred]:
         """Empty the deferred commands' queue and return what it held, oldest first."""
-        commands = list(self._deferred)
-        self._deferred.clear()
-        return commands
+        return self.queue.take_all()
 
     def hand_over(self, successor: Session) -> None:
         """This session was not resumed: deferred commands move to ``successor`` (the
         ids they name are checked again when they are sent); the rest ends here. With
         ``acks`` nothing moves: call :meth:`undelivered` first (docs/protocol.md 11.7)."""
-        successor._deferred.extend(self._deferred)
-        self._deferred.clear()
+        for command in self.queue.take_all():
+            successor.defer(command)
 
     def expire(self) -> list[tuple[Pid, int]]:
         """End the session for good: forget every table and the outbox; returns the
@@ -264,8 +313,9 @@ class Session:
             self.ended_export_ids,
             self.dead_proxies,
             self.dead_proxy_ids,
-            self._deferred,
+            self.queue,
             self._recent_dead,
+            self.confirms,
         ):
             table.clear()
         self._dead_queue = []

@@ -330,11 +330,17 @@ class Client(LocalProcesses):
         docs/protocol.md 11)?"""
         return self._link.acks
 
-    async def wait_issuable(self, timeout: float | None = None) -> None:
-        """Wait until a send would be written at once: connected and, with ``acks``, room
-        in the outbox of unacknowledged frames (at most ``timeout``, default
-        ``send_timeout``; then :class:`SendTimeout`)."""
-        await self._link.wait_issuable(self._send_timeout if timeout is None else timeout)
+    async def wait_issuable(self, timeout: float | None = None, dest: Any = None) -> None:
+        """Wait until a send to ``dest`` (None: any) would be written at once (connected,
+        outbox room, credit), at most ``timeout`` (``send_timeout``); else :class:`SendTimeout`."""
+        await self._link.wait_issuable(self._send_timeout if timeout is None else timeout, dest)
+
+    async def send_confirmed(self, dest: Pid | Atom | str | tuple[Any, Any], msg: Any, *, timeout: float | None = None) -> None:
+        """Send ``msg``; return once the server put it in the destination's mailbox
+        (docs/protocol.md 11.8), ``timeout`` s in all (default ``send_timeout``). Raises
+        :class:`SendRefused` (``.code``: the server's, or why the session ended),
+        :class:`SendTimeout`, or ``FeatureNotSupported`` without ``acks``."""
+        await self._link.send_confirmed(dest, msg, self._send_timeout if timeout is None else timeout)
 
     async def whereis(self, name: Atom | str, *, timeout: float | None = None) -> Pid | None:
         """The server's process registered as ``name``, as a proxy pid; None if the server

@@ -81,28 +81,29 @@ class DeliveryMixin:
             self._overflow_ended()
         if self.pending_count() == 0:
             self._idle.set()
-            if self.can_issue():
-                self._room.set()
         else:
             self._idle.clear()
+        self._room.set()  # waiters of wait_issuable check again (an ack, a grant, a result)
 
-    def can_issue(self) -> bool:
-        """Would a send be written at once (connected; with ``acks``, nothing waits and the
-        outbox has room, docs/protocol.md 11.4)?"""
+    def can_issue(self, dest: Any = None) -> bool:
+        """Would a send to ``dest`` (None: any) be written at once (connected; with ``acks``,
+        nothing to it waits, the outbox has room and, with ``credit``, it has credit,
+        docs/protocol.md 11.4, 12.2)?"""
         conn = self.conn
-        return conn is not None and conn.state == ESTABLISHED and not conn.must_wait()
+        return conn is not None and conn.state == ESTABLISHED and not conn.must_wait_for(dest)
 
-    async def wait_issuable(self, timeout: float) -> None:
+    async def wait_issuable(self, timeout: float, dest: Any = None) -> None:
         """Wait until :meth:`can_issue` (at most ``timeout`` s, then :class:`SendTimeout`)."""
         try:
             async with asyncio.timeout(timeout):
-                while not self.can_issue():
+                while not self.can_issue(dest):
                     self._room.clear()
                     await self._room.wait()
         except TimeoutError:
             raise SendTimeout(
-                f"could not send to {self.label} within {timeout} s (not connected, or "
-                f"{self.options.config.outbox_frames} frames unacknowledged); nothing was sent"
+                f"could not send to {self.label} within {timeout} s (not connected, "
+                f"{self.options.config.outbox_frames} frames unacknowledged, or no credit "
+                "from the receiver); nothing was sent"
             ) from None
 
     async def wait_idle(self) -> None:
@@ -132,6 +133,7 @@ class DeliveryMixin:
             unsent,
             report.reason,
         )
+        self.confirms_failed(report)  # type: ignore[attr-defined]
         callback = self.options.on_undelivered
         if callback is not None:
             try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["TransportError", "NotConnected", "ConnectFailed", "SendQueueFull", "ClientClosed", "ServerClosed", "SendTimeout"]
+__all__ = ["TransportError", "NotConnected", "ConnectFailed", "SendQueueFull", "ClientClosed", "ServerClosed", "SendTimeout", "SendRefused"]
 
 
 class TransportError(Exception):
@@ -44,3 +44,15 @@ class SendTimeout(TransportError, TimeoutError):
     """A blocking send could not be issued within ``send_timeout`` (with ``acks``: the
     outbox stayed full, or the client stayed disconnected); nothing was sent
     (docs/protocol.md 12.6)."""
+
+
+class SendRefused(TransportError):
+    """A confirmed send (``send_confirmed``, docs/protocol.md 11.8) did not deliver its
+    message: ``code`` is the receiver's answer (``"noproc"``, ``"not_allowed"``,
+    ``"unknown_id"``, ``"bad_payload"``, ``"limit"``, ``"credit_exceeded"``), the reason
+    its session ended first (``"session_expired"``, ``"not_resumable"``, ``"closed"``; the
+    message may or may not have been delivered), or the local code that stopped it."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code

@@ -35,6 +35,7 @@ from ..protocol import (
     PeerError,
     ProxyDied,
     SendMessage,
+    SendResult,
     Session,
     UnlinkCommand,
     UnlinkRequested,
@@ -44,6 +45,8 @@ from ..protocol import (
 from ..runtime import Node, NotRegistered, WatchToken
 from ._delivery import DeliveryMixin
 from ._errors import NotConnected, SendQueueFull
+from ._flowlink import FlowLinkMixin
+from ._proxyhandle import ProxyHandle
 from ._options import PeerOptions
 
 __all__ = ["PeerLink", "ProxyHandle"]
@@ -54,39 +57,7 @@ ESTABLISHED = "established"
 _LOCAL_ONLY = object()  # a link command a legacy peer cannot learn of
 
 
-class ProxyHandle:
-    """The runtime's view of one remote process: forwards to the peer link (RemoteHandle)."""
-
-    __slots__ = ("link", "pid")
-
-    def __init__(self, link: PeerLink) -> None:
-        self.link = link
-        self.pid: Pid = None  # type: ignore[assignment]  # named by _new_proxy_pid before any use
-
-    def deliver(self, msg: Any) -> None:
-        link = self.link
-        try:
-            link.send(self.pid, msg)
-        except SendQueueFull:
-            # `Process.send` / `Node.send` never block nor raise (docs/protocol.md 12.6):
-            # the message is dropped, counted, logged and reported.
-            link.overflowed(self.pid, msg)
-        except NotConnected:
-            if not (link.acks and link.pending_count() >= link.options.max_pending):
-                raise
-            link.overflowed(self.pid, msg)
-
-    def link_added(self, local_pid: Pid) -> None:
-        self.link.link(local_pid, self.pid)
-
-    def link_removed(self, local_pid: Pid) -> None:
-        self.link.unlink(local_pid, self.pid)
-
-    def exit_signal(self, from_pid: Pid, reason: Any) -> None:
-        self.link.exit_signal(from_pid, self.pid, reason)
-
-
-class PeerLink(DeliveryMixin):
+class PeerLink(DeliveryMixin, FlowLinkMixin):
     """The session with one peer, bound to ``node``; see the module docstring.
 
     ``writer`` is set by the stream while a connection is up: it takes bytes to write.
@@ -118,6 +89,7 @@ class PeerLink(DeliveryMixin):
         """If a dict: messages delivered per destination (the server's stream empties it
         after each slice it feeds, to check those mailboxes)."""
         self._init_delivery()
+        self._init_flow()
         self.taken_over_by: PeerLink | None = None
         """Server: the link of the session this link's connection resumed (it owns the
         connection now, and every proxy and export the connection creates)."""
@@ -218,6 +190,11 @@ class PeerLink(DeliveryMixin):
                         dests[ev.dest] = dests.get(ev.dest, 0) + 1
                 except NotRegistered:
                     _log.debug("%s: message to unregistered name %s dropped", self.label, ev.dest)
+                    if ev.credit is not None or ev.ref:
+                        self.undeliverable(conn, ev, "noproc")
+                else:
+                    if ev.credit is not None or ev.ref:
+                        self.delivered(conn, ev)
             elif kind is ProxyDied:
                 node.terminate_proxy(ev.pid, ev.reason)
             elif kind is LinkRequested:
@@ -261,11 +238,15 @@ class PeerLink(DeliveryMixin):
                     self._end_session_now()
             elif kind is MessagesUndelivered:
                 self.report_undelivered(ev)
+            elif kind is SendResult:
+                self.confirm_done(ev)
             elif kind is ConnectionClosed:
                 self._closed(ev)
         self._flush()
-        if conn is not None and conn.ack_owed() and self._ack_timer is None:
-            self._ack_timer = self.node.loop.call_later(self.options.config.ack_delay, self._ack_due)
+        if conn is not None:
+            if conn.ack_owed() and self._ack_timer is None:
+                self._ack_timer = self.node.loop.call_later(self.options.config.ack_delay, self._ack_due)
+            self._flow_timers(conn)
         self._update_idle()
 
     def _exit_refused(self, pid: Pid, what: str) -> bool:

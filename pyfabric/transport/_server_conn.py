@@ -8,10 +8,12 @@ connection (:meth:`ServerConnection.abort`), as an operator or a test does.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from ..etf import Atom, Pid
 from ..protocol import Session
+from ._errors import SendQueueFull
 
 if TYPE_CHECKING:
     from ._peer import PeerLink
@@ -80,6 +82,24 @@ class ServerConnection:
         if isinstance(dest, str):
             dest = Atom(dest)
         self._link.send(dest, msg)
+
+    async def send_confirmed(self, dest: Pid | Atom | str | tuple[Any, Any], msg: Any, *, timeout: float = 5.0) -> None:
+        """Send ``msg`` and wait until the client has put it in the destination's mailbox
+        (docs/protocol.md 11.8; see :meth:`Client.send_confirmed`): raises
+        :class:`~pyfabric.transport.SendRefused` with its code,
+        :class:`~pyfabric.transport.SendTimeout` after ``timeout`` s, or
+        :class:`~pyfabric.protocol.FeatureNotSupported` without ``acks``."""
+        await self._link.send_confirmed(dest, msg, timeout)
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Wait until no send to this client waits in the pending queue (for outbox room
+        or credit, docs/protocol.md 12.6), at most ``timeout`` s; then
+        :class:`~pyfabric.transport.SendQueueFull` (the sends stay queued)."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._link.wait_idle()
+        except TimeoutError:
+            raise SendQueueFull(f"{self._link.pending_count()} sends still wait for {self.label} after {timeout} s") from None
 
     async def whereis(self, name: Atom | str, timeout: float | None = None) -> Pid | None:
         """The client's process registered as ``name`` (a proxy pid), or None if it has

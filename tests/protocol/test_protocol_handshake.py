@@ -73,7 +73,10 @@ def test_extended_frames_have_the_documented_shapes():
     tag, mac, accept_bin = decode(response)
     assert tag == A("response") and len(mac) == 32
     accept = decode(accept_bin)
-    assert set(accept) == {b"features", b"node", b"max_frame", b"heartbeat"}
+    credit_keys = {b"credit_window", b"credit_bytes", b"credit_dest"}  # with `credit` (docs/protocol.md 12.1)
+    assert set(accept) == {b"features", b"node", b"max_frame", b"heartbeat"} | credit_keys
+    assert {k: accept[k] for k in credit_keys} == {b"credit_window": 16384, b"credit_bytes": 16 << 20, b"credit_dest": 1024}
+    assert {k: offer[k] for k in credit_keys} == {b"credit_window": 16384, b"credit_bytes": 16 << 20, b"credit_dest": 1024}
     server.receive_data(frame(response))
     server.events()
     auth = split_frames(server.data_to_send())[0]
