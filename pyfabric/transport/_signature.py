@@ -58,6 +58,13 @@ class ServeOptions(TypedDict, total=False):
     ack_delay: float
     outbox_frames: int
     outbox_bytes: int
+    max_confirms: int
+    credit_window: int
+    credit_bytes: int
+    credit_dest: int
+    mailbox_high: int
+    grant_every: int
+    grant_delay: float
     on_undelivered: Callable[[MessagesUndelivered], None] | None
 
 
