@@ -464,7 +464,7 @@ def test_max_confirms_makes_further_confirmed_sends_wait():
     assert len(world.client.session.confirms) == 2 and world.client.waiting() == 3
     world.client.send_message("s2", A("plain"))  # other sends are not held back
     assert world.client.waiting() == 3
-    assert [f[0] for f in map(decode, split_frames(world.client._writer._out))][-1] == A("m")
+    assert decode(world.client.session.outbox.frames[-1][0]) == (A("m"), A("s2"), A("plain"))
     world.move_all()
     world.timers()
     assert sorted(results(world)) == [(n, None) for n in range(1, 6)]
