@@ -323,6 +323,55 @@ def frames_cases() -> list[Case]:
     ]
 
 
+FLOW = ["acks", "credit", "error", "session"]
+CREDIT = [("mode", "extended"), ("features", " ".join(FLOW)), ("allowed", "echo other ghost"), ("registered", "echo other")]
+NO_CREDIT = [("mode", "extended"), ("features", "acks error session"), ("allowed", "echo ghost"), ("registered", "echo")]
+
+
+def credit_cases() -> list[Case]:
+    """docs/protocol.md 12 and 13.4: grants, owed credit, windows both ways, violations."""
+    ok, err = A("ok"), A("error")
+    return [
+        exchange("credit_grant_at_half_the_destination_window", "12.4: a return reaching half of credit_dest (rounded up) is granted at once",
+                 CREDIT + [("credit_dest", "2")],
+                 [("recv", m_to_echo(A("a")))]),
+        exchange("credit_owed_until_the_mailbox_has_room", "12.3: over mailbox_high the credit waits; the recheck returns it in one grant",
+                 CREDIT + [("mailbox_high", "4")],
+                 [("mailbox", "echo 10"), ("recv", m_to_echo(A("a"))), ("recv", m_to_echo(A("b"))), ("grant", ""),
+                  ("mailbox", "echo 2"), ("grant", "")]),
+        exchange("credit_grant_after_grant_delay", "12.4: below every threshold the grant waits for the grant_delay timer",
+                 CREDIT, [("recv", m_to_echo(1)), ("recv", fr((M, A("other"), 2))), ("grant", ""), ("grant", "")]),
+        exchange("credit_returned_at_once_when_not_delivered", "12.3: an unregistered name, an unknown id: returned at once",
+                 CREDIT + [("credit_dest", "1")],
+                 [("recv", fr((M, A("ghost"), 1))), ("recv", fr((M, 99, 2)))]),
+        exchange("credit_exceeded", "13.4: a frame over credit_dest is dropped, returned at once, error frame",
+                 CREDIT + [("credit_dest", "1"), ("mailbox_high", "1")],
+                 [("recv", m_to_echo(1)), ("recv", m_to_echo(2)), ("mailbox", "echo 0")]),
+        exchange("credit_sender_waits_per_destination", "12.2, 14.2: a destination out of credit waits, the others go on; a grant releases it in order",
+                 CREDIT + [("peer_credit_dest", "1")],
+                 [("send", f"name echo {hx(A('a'))}"), ("send", f"name echo {hx(A('b'))}"), ("send", f"name other {hx(A('x'))}"),
+                  ("send", f"name echo {hx(A('c'))}"),
+                  ("recv", fr((A("credit"), [(A("echo"), 1)], 13))), ("recv", fr((A("credit"), [(A("echo"), 1), (A("other"), 1)], 31)))]),
+        exchange("credit_overflow", "13.4: a grant above what is outstanding is clamped, dropped with an error frame",
+                 CREDIT, [("send", f"name echo {hx(1)}"), ("recv", fr((A("credit"), [(A("echo"), 5)], 0))),
+                          ("recv", fr((A("credit"), A("bad"), 0)))]),
+        exchange("credit_frame_without_the_feature", "13.1: a credit frame when credit was not agreed is unknown_frame",
+                 NO_CREDIT, [("recv", fr((A("credit"), [], 0)))]),
+        exchange("mc_answered", "11.8: ok at delivery, noproc for an unregistered name, not_allowed (no error frame), a bad Ref",
+                 NO_CREDIT, [("recv", fr((A("mc"), 1, A("echo"), A("hi")))), ("recv", fr((A("mc"), 2, A("ghost"), 1))),
+                             ("recv", fr((A("mc"), 3, A("secret"), 1))), ("recv", fr((A("mc"), 0, A("echo"), 1)))]),
+        exchange("mc_with_credit", "11.8, 12.3: an mc is credited like an m and answered at delivery",
+                 CREDIT + [("credit_dest", "1")], [("recv", fr((A("mc"), 7, A("echo"), A("hi"))))]),
+        exchange("send_confirmed", "11.8: our mc, its result, a result for a Ref not pending",
+                 NO_CREDIT, [("send_confirmed", f"name echo {hx(A('hi'))}"), ("send_confirmed", f"name ghost {hx(2)}"),
+                             ("recv", fr((A("mc_result"), 1, ok))), ("recv", fr((A("mc_result"), 2, (err, b"noproc")))),
+                             ("recv", fr((A("mc_result"), 1, ok)))]),
+        exchange("send_confirmed_needs_acks", "11.8: without acks a confirmed send is refused, nothing written; an mc frame is unknown",
+                 [("mode", "extended"), ("features", "error session"), ("allowed", "echo")],
+                 [("send_confirmed", f"name echo {hx(1)}"), ("recv", fr((A("mc"), 1, A("echo"), 1)))]),
+    ]
+
+
 def errors() -> list[Case]:
     legacy = lambda n: (ROOT / "conformance" / "legacy").glob(f"{n:02d}_*.bin")  # noqa: E731
     vec = lambda n: next(legacy(n)).read_bytes().hex()  # noqa: E731
@@ -451,6 +500,7 @@ def main() -> None:
     write(CASES_DIR / "frames.cases", HEADER + "\n# Extended frames: whereis, link/exit2, heartbeat, error (docs/protocol.md 5).", frames_cases())
     write(CASES_DIR / "resume.cases", HEADER + "\n# Resumed sessions: tables kept, DEAD notices resent, duplicates ignored (docs/protocol.md 7).", resume_cases())
     write(CASES_DIR / "drift.cases", HEADER + "\n# Known disagreements between the two implementations (each side's lines are its own).", drifts())
+    write(CASES_DIR / "credit.cases", HEADER + "\n# Flow control and confirmed sends (docs/protocol.md 11.8, 12, 13.4).", credit_cases())
     write(CASES_DIR / "errors.cases", HEADER + "\n# One case per error code of docs/protocol.md 9 (auth_failed: handshakes.cases).", errors())
 
 

@@ -35,6 +35,7 @@ from pyfabric.protocol import (
     PeerError,
     ProxyCreated,
     ProxyDied,
+    SendResult,
     Session,
     UnlinkRequested,
     WhereisReplied,
@@ -47,9 +48,11 @@ OBSERVATIONS = frozenset({"out", "out_error", "event", "refused"})
 STEPS = frozenset(
     {
         "start", "send", "recv", "recv_raw", "exited", "whereis", "reply_whereis", "link", "unlink", "exit_signal",
-        "heartbeat", "lost", "resume", "reconnect",
+        "heartbeat", "lost", "resume", "reconnect", "send_confirmed", "mailbox", "grant", "ack",
     }
 )
+# Options of our side ("us") and of the peer ("peer_" + name) a case may set (credit, acks).
+FLOW_OPTIONS = ("credit_window", "credit_bytes", "credit_dest", "mailbox_high", "grant_every", "ack_every", "max_confirms")
 SESSION_ID = bytes(16)  # the session an extended exchange's handshake creates (the server's random id)
 NEW_SESSION_ID = bytes([1] * 16)  # the one a reconnect that cannot resume creates
 A_ERROR = Atom("error")
@@ -185,7 +188,15 @@ class Exchange:
             "max_proxies": int(case.get("max_proxies", "100000")),
             "compress_messages": case.get("compress_messages", "false") == "true",
         }
+        opts.update({k: int(case.get(k)) for k in FLOW_OPTIONS if case.get(k, "") != ""})
+        peer_opts = {k: int(case.get("peer_" + k)) for k in FLOW_OPTIONS if case.get("peer_" + k, "") != ""}
+        self.peer_opts = peer_opts
         self.opts = opts
+        # The runtime's side of credit and confirmed sends: mailbox lengths (by name, or
+        # "id N" for an export), registered names.
+        self.mailboxes: dict[str, int] = {}
+        self.registered = set(case.words("registered")) if case.get("registered", "") != "" else set(opts["allowed"])
+        self.high = opts.get("mailbox_high", 1024)
         if mode == "legacy":
             self.conn = Connection("server", b"secret", allow_legacy_auth=True, random_bytes=fixed_random(LEGACY_CHALLENGE), **opts)
             self.conn.receive_data(frame(legacy_vector(1)) + frame(legacy_vector(3)))
@@ -196,7 +207,7 @@ class Exchange:
                 "server", b"conformance", features=features, random_bytes=fixed_random(bytes(32), SESSION_ID), **opts
             )
             self.peer = Connection("client", b"conformance", node_name=PEER, new_proxy_pid=self._new_proxy,
-                                   features=features, random_bytes=fixed_random(bytes(32)))
+                                   features=features, random_bytes=fixed_random(bytes(32)), **peer_opts)
             events, _ = self._handshake(self.conn, self.peer)
         else:
             raise ValueError(f"case {case.name}: mode must be legacy or extended, not {mode!r}")
@@ -231,7 +242,7 @@ class Exchange:
         self.peer.connection_lost()
         self.peer = Connection("client", b"conformance", node_name=PEER, new_proxy_pid=self._new_proxy,
                                features=self.case.words("features"), session=self.peer.session,
-                               random_bytes=fixed_random(bytes(32)))
+                               random_bytes=fixed_random(bytes(32)), **self.peer_opts)
         self.conn = Connection(
             "server", b"conformance", features=self.case.words("features"),
             random_bytes=fixed_random(bytes(32)) if kept else fixed_random(bytes(32), NEW_SESSION_ID),
@@ -288,6 +299,16 @@ class Exchange:
                 conn.exit_signal(term_of(args[0]), self._proxy(args[1]), term_of(args[2]))
             elif key == "heartbeat":
                 conn.heartbeat()
+            elif key == "send_confirmed":
+                kind, dest, payload = args
+                conn.send_confirmed(self._proxy(dest) if kind == "proxy" else Atom(dest), term_of(payload))
+            elif key == "mailbox":  # a mailbox's length changes; the grant_delay recheck runs
+                self.mailboxes[args[0]] = int(args[1])
+                conn.recheck_owed(lambda mailbox: self.mailboxes.get(self._box(mailbox), 0) < self.high)
+            elif key == "grant":  # the grant_delay timer fires
+                conn.send_grant()
+            elif key == "ack":  # the ack_delay timer fires
+                conn.send_ack()
             else:
                 raise ValueError(f"case {self.case.name}: unknown step {key!r}")
         except LocalProtocolError as exc:
@@ -296,9 +317,27 @@ class Exchange:
             line = self._event(ev)
             if line is not None:
                 obs.append(("event", line))
+            if isinstance(ev, MessageReceived) and (ev.credit is not None or ev.ref):
+                self._runtime(conn, ev)
         for payload in (resumed or []) + split_frames(conn.data_to_send()):
             obs.append(self._out(payload))
         return obs
+
+    def _box(self, dest: Any) -> str:
+        return "id " + self._local_id(dest) if type(dest) is Pid else dest.name
+
+    def _runtime(self, conn: Connection, ev: MessageReceived) -> None:
+        """What the runtime does with a delivery (docs/protocol.md 11.8, 12.3): a name not
+        registered drops it (credit back at once, ``noproc``); otherwise it goes into the
+        mailbox, and its credit comes back if the mailbox then holds fewer than mailbox_high."""
+        if type(ev.dest) is Atom and ev.dest.name not in self.registered:
+            conn.credit_returned(ev.credit)
+            conn.send_result(ev.ref, "noproc")
+            return
+        box = self._box(ev.dest)
+        self.mailboxes[box] = self.mailboxes.get(box, 0) + 1
+        conn.send_result(ev.ref, None)
+        conn.credit_delivered(ev.credit, ev.dest, self.mailboxes[box] < self.high)
 
     def _out(self, payload: bytes) -> tuple[str, str]:
         term = decode(payload)
@@ -350,6 +389,8 @@ class Exchange:
             return None if ev.code is None else f"closed {ev.code}"
         if isinstance(ev, HandshakeComplete):
             return "resumed" if ev.resumed else "not_resumed"
+        if isinstance(ev, SendResult):
+            return f"result {ev.ref} {ev.error or 'ok'}"
         raise AssertionError(f"unexpected event {ev!r}")
 
 
