@@ -195,11 +195,11 @@ def fr(term: Any) -> str:
     return encode(term, minor_version=1).hex()
 
 
-def exchange(name: str, note: str, context: list[tuple[str, str]], steps: list[tuple[str, str]]) -> Case:
-    lines = [("kind", "exchange"), ("note", note)] + context + [(k, v) for k, v in steps]
+def exchange(name: str, note: str, context: list[tuple[str, str]], steps: list[tuple[str, str]], kind: str = "exchange") -> Case:
+    lines = [("kind", kind), ("note", note)] + context + [(k, v) for k, v in steps]
     case = Case(name, "generated", lines)
     recorded = run_exchange(case)
-    out = [("kind", "exchange"), ("note", note)] + context
+    out = [("kind", kind), ("note", note)] + context
     for step, obs in recorded:
         out.append(step)
         out.extend(obs)
@@ -331,7 +331,7 @@ NO_CREDIT = [("mode", "extended"), ("features", "acks error session"), ("allowed
 def credit_cases() -> list[Case]:
     """docs/protocol.md 12 and 13.4: grants, owed credit, windows both ways, violations."""
     ok, err = A("ok"), A("error")
-    return [
+    cases = [
         exchange("credit_grant_at_half_the_destination_window", "12.4: a return reaching half of credit_dest (rounded up) is granted at once",
                  CREDIT + [("credit_dest", "2")],
                  [("recv", m_to_echo(A("a")))]),
@@ -370,6 +370,8 @@ def credit_cases() -> list[Case]:
                  [("mode", "extended"), ("features", "error session"), ("allowed", "echo")],
                  [("send_confirmed", f"name echo {hx(1)}"), ("recv", fr((A("mc"), 1, A("echo"), 1)))]),
     ]
+    # Kind `flow`: exchanges with the acks / credit keys and steps (read by the Erlang runner once it knows them).
+    return [Case(c.name, c.file, [("kind", "flow") if k == "kind" else (k, v) for k, v in c.lines]) for c in cases]
 
 
 def errors() -> list[Case]:

@@ -31,6 +31,7 @@ from pyfabric.etf import Atom, decode
 
 HANDSHAKES = load_cases("handshake")
 EXCHANGES = load_cases("exchange")
+FLOWS = load_cases("flow")  # exchanges with acks / credit (credit.cases; the Erlang runner reads them later)
 DRIFTS = load_cases("drift")
 HANDSHAKE_FRAMES = load_cases("handshake_frames")
 
@@ -84,7 +85,7 @@ def test_handshake(case: Case) -> None:
     check_handshake(case)
 
 
-@pytest.mark.parametrize("case", EXCHANGES, ids=lambda c: c.name)
+@pytest.mark.parametrize("case", EXCHANGES + FLOWS, ids=lambda c: c.name)
 def test_exchange(case: Case) -> None:
     check_exchange(case)
 
@@ -116,6 +117,9 @@ def test_corpus_covers_the_spec() -> None:
     assert {("python", "python"), ("erlang", "erlang"), ("python", "erlang"), ("erlang", "python")} <= makers
     assert any(c.get("resumed") == "true" for c in HANDSHAKES)
     assert len(legacy_paths()) == 53
+    flow = {v.split()[1] for c in FLOWS for v in c.all("event") if v.split()[0] == "dropped"}
+    assert flow >= {"credit_exceeded", "credit_overflow", "unknown_frame", "not_allowed"}
+    assert {v.split()[2] for c in FLOWS for v in c.all("event") if v.startswith("result")} >= {"ok", "noproc"}
 
 
 def test_corpus_covers_resume() -> None:
