@@ -232,9 +232,8 @@ class Client(LocalProcesses):
             stream.abort()
 
     def statistics(self) -> dict[str, Any]:
-        """Counters for monitoring: state, reconnects, bytes, proxies, exports, queued sends;
-        with ``acks``, our frames not acknowledged yet and local messages dropped at
-        ``max_pending`` (docs/protocol.md 12.6)."""
+        """Counters for monitoring: state, reconnects, bytes, proxies, exports, queued sends; with
+        ``acks``, frames not acknowledged yet, messages dropped at ``max_pending`` (12.6)."""
         stream = self._stream
         session = self._link.session
         return {
@@ -336,10 +335,9 @@ class Client(LocalProcesses):
         await self._link.wait_issuable(self._send_timeout if timeout is None else timeout, dest)
 
     async def send_confirmed(self, dest: Pid | Atom | str | tuple[Any, Any], msg: Any, *, timeout: float | None = None) -> None:
-        """Send ``msg``; return once the server put it in the destination's mailbox
-        (docs/protocol.md 11.8), ``timeout`` s in all (default ``send_timeout``). Raises
-        :class:`SendRefused` (``.code``: the server's, or why the session ended),
-        :class:`SendTimeout`, or ``FeatureNotSupported`` without ``acks``."""
+        """Send ``msg``; return once the server put it in the destination's mailbox (11.8),
+        ``timeout`` s in all (default ``send_timeout``). Raises :class:`SendRefused` (``.code``:
+        the server's, or why the session ended), :class:`SendTimeout`, ``FeatureNotSupported``."""
         await self._link.send_confirmed(dest, msg, self._send_timeout if timeout is None else timeout)
 
     async def whereis(self, name: Atom | str, *, timeout: float | None = None) -> Pid | None:
