@@ -61,17 +61,20 @@ async def cutter(relay: CutRelay, client: Any, stop: asyncio.Event, counts: dict
             counts["half_open"] += 1
 
 
-async def chaos_run(total: int, *, burst: int, min_cuts: int = 5, seconds: float | None = None) -> dict[str, int]:
+async def chaos_run(
+    total: int, *, burst: int, min_cuts: int = 5, seconds: float | None = None, **flow: int
+) -> dict[str, int]:
     """Send at least ``total`` numbered messages (in bursts, draining between them, at most
     ``WINDOW`` unanswered) to the server's echo process through a cutting relay, until
     ``min_cuts`` cuts happened (and ``seconds`` passed); every echo must come back once
-    and in order, and the echo process must have seen each once and in order."""
+    and in order, and the echo process must have seen each once and in order. ``flow``:
+    credit options of both sides (docs/protocol.md 12)."""
     lost: list[MessagesUndelivered] = []
-    server = await start_server(allowed=("echo",), register_ping=False, on_undelivered=lost.append)
+    server = await start_server(allowed=("echo",), register_ping=False, on_undelivered=lost.append, **flow)
     seen: list[int] = []
     server.spawn(echo(seen), name="echo")
     relay = await CutRelay(server.port).__aenter__()
-    client = await connect(relay.port, on_undelivered=lost.append)
+    client = await connect(relay.port, on_undelivered=lost.append, **flow)
     counts = {"reset": 0, "half_open": 0}
     stop = asyncio.Event()
     try:
@@ -119,6 +122,14 @@ async def chaos_run(total: int, *, burst: int, min_cuts: int = 5, seconds: float
 def test_chaos_20000_messages_both_ways_through_cuts():
     counts = arun(lambda: chaos_run(20_000, burst=200), timeout=120)
     assert counts["messages"] >= 20_000 and counts["reset"] + counts["half_open"] >= 5, counts
+
+
+def test_chaos_with_small_credit_windows_through_cuts():
+    """The same with windows small enough that credit, its grants and the mailbox rechecks
+    are what paces both directions across every cut (credit state is session state, 12.5)."""
+    flow = {"credit_window": 256, "credit_dest": 64, "credit_bytes": 8192, "mailbox_high": 16}
+    counts = arun(lambda: chaos_run(10_000, burst=200, **flow), timeout=120)
+    assert counts["messages"] >= 10_000 and counts["reset"] + counts["half_open"] >= 5, counts
 
 
 def test_chaos_single_sends_through_cuts():

@@ -78,7 +78,7 @@ def test_a_slow_destination_does_not_hold_the_others():
         server = await start_server(allowed=("stuck", "fast"), register_ping=False, mailbox_high=10, credit_dest=20)
         server.spawn(stuck, name="stuck")
         server.spawn(fast, name="fast")
-        client = await connect(server)
+        client = await connect(server, send_timeout=0.5)  # close() waits that long for what never leaves
         try:
             for n in range(200):
                 client.send("stuck", n)
@@ -198,3 +198,80 @@ def test_blocking_send_confirmed():
             client.close()
     finally:
         server.close()
+
+
+def test_a_proxy_of_another_connection_counts_what_waits_for_it_there():
+    """12.3: a node relaying between two connections. A sends to a pid of the server S that
+    is S's proxy of a stuck process of client B; S returns A's credit only while what
+    waits for that proxy in S's queue towards B is below mailbox_high, so backpressure
+    crosses S: A is held back, and S holds a bounded number of A's messages."""
+    high, dest_window = 10, 20
+
+    async def body() -> None:
+        async def stuck(proc: Any) -> None:
+            await asyncio.sleep(3600)
+
+        server = await start_server(allowed=(), register_ping=False, mailbox_high=high, credit_dest=dest_window)
+        client_b = await connect(server, allowed=("bsink",), credit_dest=2, mailbox_high=1, send_timeout=0.5)
+        client_a = await connect(server, allowed=("abox",), send_timeout=0.5)
+        try:
+            client_b.spawn(stuck, name="bsink")
+            abox = client_a.mailbox(name="abox")
+            await wait_for(lambda: len(server.connections()) == 2)
+            conns = server.connections()
+            found = [await c.whereis("bsink", timeout=WAIT) for c in conns]
+            (conn_b, proxy_at_s), = [(c, p) for c, p in zip(conns, found) if p is not None]
+            (conn_a,) = [c for c in conns if c != conn_b]
+            conn_a.send("abox", proxy_at_s)  # A gets a pid standing for S's proxy
+            target = await abox.receive(timeout=WAIT)
+            for n in range(100):
+                client_a.send(target, n)
+            # S returns A's credit while fewer than `high` wait for B: the 2 that B's credit
+            # lets through at once and `high - 1` more; then it owes A's whole credit_dest.
+            issued = 2 + (high - 1) + dest_window
+            await wait_for(lambda: client_a.statistics()["pending_sends"] == 100 - issued)
+            await asyncio.sleep(0.1)  # rechecks every grant_delay return nothing while B is stuck
+            assert client_a.statistics()["pending_sends"] == 100 - issued
+            assert conn_b.session.deferred_count() == issued - 2  # bounded: high - 1 + credit_dest
+        finally:
+            await client_a.close()
+            await client_b.close()
+            await server.close()
+
+    arun(body, timeout=60)
+
+
+def test_process_send_beyond_max_pending_without_credit_is_dropped_counted_and_reported():
+    """12.6: ``Process.send`` to a proxy never blocks nor raises; with the destination out
+    of credit and ``max_pending`` waiting, further messages are dropped, counted and
+    reported as ``overflow`` / ``unsent``."""
+    from pyfabric import MessagesUndelivered
+
+    async def body() -> None:
+        async def stuck(proc: Any) -> None:
+            await asyncio.sleep(3600)
+
+        lost: list[MessagesUndelivered] = []
+        server = await start_server(allowed=("stuck",), register_ping=False, mailbox_high=1, credit_dest=2)
+        server.spawn(stuck, name="stuck")
+        client = await connect(server, max_pending=3, on_undelivered=lost.append, send_timeout=0.5)
+        try:
+            proxy = await client.whereis("stuck")
+
+            async def flooder(proc: Any) -> None:
+                for n in range(10):
+                    proc.send(proxy, n)
+
+            client.spawn(flooder)
+            await wait_for(lambda: client.statistics()["dropped_overflow"] == 5)
+            await wait_for(lambda: len(lost) == 1)
+            assert lost[0].reason == "overflow"
+            assert [(m.message, m.state) for m in lost[0].messages] == [(n, "unsent") for n in range(5, 10)]
+            assert client.statistics()["pending_sends"] == 3
+            assert server.node.mailbox_size("stuck")[0] == 2
+        finally:
+            await client.close()
+            await server.close()
+        assert lost[-1].reason == "closed" and [m.message for m in lost[-1].messages] == [2, 3, 4]
+
+    arun(body, timeout=60)
