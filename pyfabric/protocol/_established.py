@@ -146,13 +146,14 @@ class Established:
         its credit returned at once unless it is delivered (docs/protocol.md 12.3)."""
         credit = self.session.credit
         assert credit is not None
+        size = self.frame_size
         try:
-            hash(dest)
-        except TypeError:
+            ok = credit.admit(dest, size)
+        except TypeError:  # an unhashable Dest
             raise RemoteProtocolError("unknown_frame", f"m frame with a bad Dest {describe(dest)}") from None
-        token = (dest, self.frame_size)
+        token = (dest, size)
         try:
-            if not credit.admit(dest, self.frame_size):
+            if not ok:
                 raise RemoteProtocolError("credit_exceeded", f"credited frame to {describe(dest)} over our window")
             resolved = self.resolve(dest)
             if resolved is not None:

@@ -63,10 +63,25 @@ class FlowMixin:
         # With `acks`: issue now if nothing to this destination waits and it fits, else
         # check the message can be carried (errors go to the caller) and let it wait.
         session = self._session
-        key = key_of(dest)
-        if not must_wait(session, self.config, key) and not (ref and len(session.confirms) >= self.config.max_confirms):
-            if cmd.send_message(dest, payload, ref):
-                return
+        outbox = session.outbox
+        config = self.config
+        queue = session.queue
+        if (
+            (not len(queue) or not queue.has(key_of(dest)))
+            and len(outbox.frames) < config.outbox_frames  # type: ignore[union-attr]
+            and outbox.nbytes < config.outbox_bytes  # type: ignore[union-attr]
+            and not (ref and len(session.confirms) >= config.max_confirms)
+        ):
+            credit = session.credit
+            if credit is None or credit.out_count < credit.out_window:
+                if credit is not None:  # the destination's window (12.2), inlined: the hot path
+                    t = type(dest)
+                    wire = session.proxy_ids.get(dest) if t is Pid else dest if t is Atom else key_of(dest)
+                    blocked = wire is not None and credit.out_dest.get(wire, 0) >= credit.out_dest_max
+                else:
+                    blocked = False
+                if not blocked and cmd.send_message(dest, payload, ref):
+                    return
         cmd.send_message(dest, payload, ref, dry=True)
         session.defer(ConfirmedSend(ref, dest, payload) if ref else SendMessage(dest, payload))
 

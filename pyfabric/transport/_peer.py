@@ -330,6 +330,7 @@ class PeerLink(DeliveryMixin, FlowLinkMixin):
         """End the session for good: proxies end with ``noconnection``, exports and
         deferred sends are dropped; with ``acks`` the messages it cannot vouch for are
         reported with ``reason`` (docs/protocol.md 11.7)."""
+        self._stop_flow_timers()
         if self.session is not None:
             self._report_ending(reason)
             for pid, _remote_id in self.session.expire():
