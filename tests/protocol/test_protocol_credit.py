@@ -468,3 +468,53 @@ def test_max_confirms_makes_further_confirmed_sends_wait():
     world.move_all()
     world.timers()
     assert sorted(results(world)) == [(n, None) for n in range(1, 6)]
+
+
+# -- the pending queue (12.6, 11.4) ----------------------------------------------------------
+
+
+@settings(max_examples=200 * SCALE, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abcd"), st.booleans()), max_size=60), st.sets(st.sampled_from("abcd")),
+       st.integers(0, 10))
+def test_pending_issues_in_order_per_destination_and_never_lets_a_blocked_one_through(adds, blocked, room):
+    from pyfabric.protocol._pending import CONN, DEST, ISSUED, STOP, Pending
+
+    queue = Pending()
+    for n, (key, credited) in enumerate(adds):
+        queue.add(key, (key, n, credited))
+    issued: list[tuple[str, int, bool]] = []
+    budget = {"room": room, "conn": 1}
+
+    def attempt(command):
+        key, _n, credited = command
+        if budget["room"] == 0:
+            return STOP
+        if key in blocked:
+            return DEST
+        if budget["conn"] and credited and len(issued) % 3 == 2:
+            return CONN  # a connection-wide limit for this kind only, this time
+        budget["room"] -= 1
+        issued.append(command)
+        return ISSUED
+
+    queue.pump(attempt)
+    for key in "abcd":  # one destination's commands leave in issue order, never past a waiting one
+        mine = [c[1] for c in adds_with_index(adds) if c[0] == key]
+        out = [c[1] for c in issued if c[0] == key]
+        assert out == mine[: len(out)]
+        assert key not in blocked or not out
+    assert len(issued) <= room
+    assert len(queue) == len(adds) - len(issued)
+    for key in blocked:
+        queue.unblock(key)
+    blocked.clear()
+    budget.update(room=len(adds), conn=0)  # room and credit for everything now
+    queue.pump(attempt)
+    assert len(queue) == 0 and sorted(c[1] for c in issued) == list(range(len(adds)))
+    for key in "abcd":
+        assert [c[1] for c in issued if c[0] == key] == [n for k, n in adds_with_index(adds) if k == key]
+    assert queue.take_all() == []
+
+
+def adds_with_index(adds):
+    return [(key, n) for n, (key, _c) in enumerate(adds)]
