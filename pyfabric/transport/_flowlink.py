@@ -77,6 +77,10 @@ class FlowLinkMixin:
         if ev.ref:
             conn.send_result(ev.ref, None)
         if ev.credit is not None:
+            size, cap = self.node.mailbox_size(ev.dest)  # a local process: the common case
+            if cap and size < self.options.config.mailbox_high:
+                conn.credit_returned(ev.credit)
+                return
             target = ev.dest if type(ev.dest) is Pid else self.node.whereis(ev.dest)
             if target is None:  # unregistered meanwhile
                 conn.credit_returned(ev.credit)
