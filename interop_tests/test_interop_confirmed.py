@@ -14,10 +14,10 @@ import re
 from typing import Any
 
 import pytest
-
-import pyfabric
 from erlnode import erl_string
 from interop_support import HOST, SECRET, WAIT, Harness, erl, erl_session  # noqa: F401
+
+import pyfabric
 from pyfabric import ANY, Atom, SendRefused
 
 

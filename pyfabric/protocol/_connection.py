@@ -35,15 +35,15 @@ from ._constants import (
 from ._error_policy import ErrorWindow, HandshakeFailure, error_frame, is_error_frame
 from ._errors import AuthenticationError, ConfirmRefused, LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._established import UNSEQUENCED, Established
-from ._flow import FlowMixin, new_credit
 from ._events import NEED_DATA, AuthFailed, ConnectionClosed, Event, FrameDropped, HandshakeComplete, ProxyDied
+from ._flow import FlowMixin, new_credit
 from ._framing import FrameReader, FrameTooLarge, FrameWriter
 from ._handshake import Agreement
 from ._handshake_client import ClientHandshake
 from ._handshake_server import ServerHandshake
 from ._outbox import Outbox
 from ._rewrite import describe
-from ._session import Deferred, ExitSignalCommand, LinkCommand, SendMessage, Session, UnlinkCommand
+from ._session import Deferred, ExitSignalCommand, LinkCommand, Session, UnlinkCommand
 from ._state import (
     AWAIT_AUTH,
     AWAIT_CHALLENGE,

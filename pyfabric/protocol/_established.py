@@ -96,7 +96,7 @@ class Established:
         self.our_whereis: set[int] = set()
         self.their_whereis: set[int] = set()
         self.frame_size = 0  # the length of the frame being handled (credit, 12.2)
-        self.pump: Callable[[], None] = lambda: None  # issue what waits (set by the connection)
+        self.pump: Callable[[], object] = lambda: None  # issue what waits (set by the connection)
 
     def dispatch(self, term: Any) -> None:
         """Handle one decoded frame; raises RemoteProtocolError to drop it."""

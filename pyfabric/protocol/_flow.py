@@ -151,7 +151,7 @@ class FlowMixin:
             return
         outbox.issue(frame)  # always admitted; replayed if not written now (11.4)
         if self._state.state == ESTABLISHED:
-            self._writer.write(frame)  # type: ignore[attr-defined]
+            self._writer.write(frame)
 
     def pending_for(self, key: Any) -> int:
         """Commands waiting for destination ``key`` (a proxy pid, a name)."""

@@ -94,9 +94,10 @@ def peer_windows(keys: dict[bytes, Any]) -> tuple[int, int, int] | None:
     """The peer's windows (window, bytes, dest) from its Offer / Accept, or None if one is
     missing or bad: integers >= 1, ``credit_dest <= credit_window`` (12.1)."""
     values = [keys.get(k) for k in _WINDOW_KEYS]
-    if any(type(v) is not int or v < 1 for v in values) or values[2] > values[0]:
+    window, nbytes, dest = (v if type(v) is int and v >= 1 else 0 for v in values)
+    if not (window and nbytes and dest) or dest > window:
         return None
-    return values[0], values[1], values[2]
+    return window, nbytes, dest
 
 
 def ext_hello_name(max_version: int, client_nonce: bytes) -> str:

@@ -16,7 +16,6 @@ resend, and the deferred commands are the pending queue of section 12.6.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,15 +94,15 @@ class ExitSignalCommand:
 Deferred = SendMessage | ConfirmedSend | LinkCommand | UnlinkCommand | ExitSignalCommand
 
 
-def dest_key(command: Deferred) -> Hashable:
+def dest_key(command: Deferred) -> Any:
     """The destination a waiting command keeps its order with (docs/protocol.md 11.4): the
     proxy pid, the name as an atom, or the ``(name, node)`` pair."""
     t = type(command)
     return key_of(command.dest if t is SendMessage or t is ConfirmedSend else command.proxy_pid)  # type: ignore[union-attr]
 
 
-def key_of(dest: Any) -> Hashable:
-    """:func:`dest_key` of a destination as the user gave it."""
+def key_of(dest: Any) -> Any:
+    """:func:`dest_key` of a destination as the user gave it (always hashable)."""
     t = type(dest)
     if t is Pid or t is Atom:
         return dest

@@ -9,7 +9,16 @@ clients, each with its own id space, and keeps their sessions for a resume;
 """
 
 from ._client import Client, ConnectionState, aconnect
-from ._errors import ClientClosed, ConnectFailed, NotConnected, SendQueueFull, SendRefused, SendTimeout, ServerClosed, TransportError
+from ._errors import (
+    ClientClosed,
+    ConnectFailed,
+    NotConnected,
+    SendQueueFull,
+    SendRefused,
+    SendTimeout,
+    ServerClosed,
+    TransportError,
+)
 from ._server import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_KEPT_SESSIONS, DEFAULT_MAX_PENDING_HANDSHAKES, Server, serve
 from ._server_conn import ServerConnection
 from ._throttle import DEFAULT_AUTH_BLOCK_TIME, DEFAULT_AUTH_FAILURE_WINDOW, DEFAULT_MAX_AUTH_FAILURES, AuthThrottle

@@ -81,7 +81,7 @@ class FlowLinkMixin:
             if cap and size < self.options.config.mailbox_high:
                 conn.credit_returned(ev.credit)
                 return
-            target = ev.dest if type(ev.dest) is Pid else self.node.whereis(ev.dest)
+            target = ev.dest if isinstance(ev.dest, Pid) else self.node.whereis(ev.dest)
             if target is None:  # unregistered meanwhile
                 conn.credit_returned(ev.credit)
             else:

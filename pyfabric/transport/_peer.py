@@ -46,8 +46,8 @@ from ..runtime import Node, NotRegistered, WatchToken
 from ._delivery import DeliveryMixin
 from ._errors import NotConnected, SendQueueFull
 from ._flowlink import FlowLinkMixin
-from ._proxyhandle import ProxyHandle
 from ._options import PeerOptions
+from ._proxyhandle import ProxyHandle
 
 __all__ = ["PeerLink", "ProxyHandle"]
 
