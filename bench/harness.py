@@ -39,7 +39,9 @@ from measure import AUTO_PLACEMENT, pin_process, placement, process_name
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 EBIN = ROOT / "erlang_peer" / "_build" / "default" / "lib" / "fabric_peer" / "ebin"
-ERL_SOURCES = sorted((BENCH / "erl").glob("*.erl"))
+# bench/erl's drivers and fabric_peer_cli (its line parser), a test-support module that the
+# app does not ship (erlang_peer/test_support/)
+ERL_SOURCES = sorted((BENCH / "erl").glob("*.erl")) + [ROOT / "erlang_peer" / "test_support" / "fabric_peer_cli.erl"]
 ERL_FLAGS = ["+sbwt", "none", "+sbwtdcpu", "none", "+sbwtdio", "none"]
 
 

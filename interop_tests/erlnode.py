@@ -1,6 +1,7 @@
 """Start, drive and stop an Erlang node running erlang_peer (stdlib only).
 
-The node runs ``fabric_peer_cli`` (see erlang_peer/README.md, "Harness"): one Erlang term per
+The node runs ``fabric_peer_cli`` (erlang_peer/test_support/, never shipped in the app; see
+erlang_peer/README.md, "Harness"), compiled with ``erlc`` into ``SUPPORT_EBIN``: one Erlang term per
 line on stdin, exactly one reply line per command on stdout, ``ok <term>`` or
 ``error <term>``. Logs go to stderr and are kept (``node.stderr_tail()``) for failure messages.
 
@@ -26,6 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PEER_DIR = ROOT / "erlang_peer"
 EBIN = PEER_DIR / "_build" / "default" / "lib" / "fabric_peer" / "ebin"
+SUPPORT_DIR = PEER_DIR / "test_support"
+SUPPORT_EBIN = PEER_DIR / "_build" / "test_support" / "ebin"
 
 
 class ErlangNodeError(RuntimeError):
@@ -41,17 +44,31 @@ class ErlangCommandError(RuntimeError):
         self.term = term
 
 
+def _stale(sources: list[Path], ebin: Path, modules: int) -> bool:
+    """True when ``ebin`` has fewer than ``modules`` beams or one older than a source."""
+    beams = list(ebin.glob("*.beam")) if ebin.is_dir() else []
+    newest_src = max(p.stat().st_mtime for p in sources)
+    return len(beams) < modules or min(p.stat().st_mtime for p in beams) < newest_src
+
+
 def ensure_compiled() -> Path:
-    """Return the ebin directory, running ``rebar3 compile`` when it is missing or stale."""
+    """Return the app's ebin directory, running ``rebar3 compile`` when it is missing or stale.
+
+    Also compiles the test-support modules (``fabric_peer_cli``, ``fabric_peer_demo``) into
+    ``SUPPORT_EBIN`` with ``erlc`` when needed (``make peer`` does the same).
+    """
     src = PEER_DIR / "fabric_peer" / "src"
     sources = list(src.glob("*.erl")) + [src / "fabric_peer.app.src"]
-    newest_src = max(p.stat().st_mtime for p in sources)
-    beams = list(EBIN.glob("*.beam")) if EBIN.is_dir() else []
-    if len(beams) < len(sources) - 1 or min(p.stat().st_mtime for p in beams) < newest_src:
+    if _stale(sources, EBIN, len(sources) - 1):
         if shutil.which("rebar3") is None:
             raise ErlangNodeError("rebar3 is not installed (make erlang)")
         subprocess.run(["rebar3", "compile"], cwd=PEER_DIR, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
+    support = sorted(SUPPORT_DIR.glob("*.erl"))
+    if _stale(support + sources, SUPPORT_EBIN, len(support)):
+        SUPPORT_EBIN.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["erlc", "-o", str(SUPPORT_EBIN), "-pa", str(EBIN), *map(str, support)],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
     return EBIN
 
 
@@ -72,7 +89,7 @@ class ErlangNode:
         if shutil.which("erl") is None:
             raise ErlangNodeError("erl is not installed (make erlang)")
         ebin = ensure_compiled()
-        cmd = ["erl", "-noshell", "-pa", str(ebin), *self.extra_args,
+        cmd = ["erl", "-noshell", "-pa", str(ebin), "-pa", str(SUPPORT_EBIN), *self.extra_args,
                "-run", "fabric_peer_cli", "main"]
         env = dict(os.environ)
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,

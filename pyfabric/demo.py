@@ -5,8 +5,10 @@ Starts a real Erlang node running ``fabric_peer_demo`` (a fabric server with the
 shows the exchange: ``whereis``, the seed's ping example, a Python pid shipped to Erlang
 and answered, and a monitor seeing an Erlang process killed.
 
-Run from the repository (``make demo`` builds erlang_peer first), or point
-``PYFABRIC_PEER_EBIN`` at the compiled ``fabric_peer`` ebin directory.
+Run from the repository (``make demo`` builds erlang_peer and its test-support modules
+first), or point ``PYFABRIC_PEER_EBIN`` at the compiled ``fabric_peer`` ebin directory and
+``PYFABRIC_DEMO_EBIN`` at the one holding ``fabric_peer_demo`` (erlang_peer/test_support/,
+not part of the shipped application).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import pyfabric
 from pyfabric import ANY, Atom
 
 SECRET = "demo-secret"
-_EBIN = Path(__file__).resolve().parents[1] / "erlang_peer" / "_build" / "default" / "lib" / "fabric_peer" / "ebin"
+_BUILD = Path(__file__).resolve().parents[1] / "erlang_peer" / "_build"
+_EBIN = _BUILD / "default" / "lib" / "fabric_peer" / "ebin"
+_DEMO_EBIN = _BUILD / "test_support" / "ebin"
 
 
 def _say(text: str) -> None:
@@ -29,15 +33,16 @@ def _say(text: str) -> None:
     sys.stdout.flush()
 
 
-def start_erlang_server(ebin: Path) -> tuple[subprocess.Popen[str], int]:
+def start_erlang_server(ebin: Path, demo_ebin: Path = _DEMO_EBIN) -> tuple[subprocess.Popen[str], int]:
     """Start ``fabric_peer_demo`` in a fresh ``erl``; return the process and its port."""
     erl = shutil.which("erl")
     if erl is None:
         raise SystemExit("erl not found: run `make setup` (it installs Erlang/OTP)")
-    if not (ebin / "fabric_peer_demo.beam").exists():
-        raise SystemExit(f"erlang_peer is not built in {ebin}: run `make peer`")
+    for directory, beam in ((ebin, "fabric_peer.beam"), (demo_ebin, "fabric_peer_demo.beam")):
+        if not (directory / beam).exists():
+            raise SystemExit(f"erlang_peer is not built ({beam} is not in {directory}): run `make peer`")
     proc = subprocess.Popen(
-        [erl, "-noshell", "-pa", str(ebin), "-run", "fabric_peer_demo", "main", "0", SECRET],
+        [erl, "-noshell", "-pa", str(ebin), "-pa", str(demo_ebin), "-run", "fabric_peer_demo", "main", "0", SECRET],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -94,7 +99,7 @@ def run(port: int) -> None:
 
 def main() -> int:
     ebin = Path(os.environ.get("PYFABRIC_PEER_EBIN", _EBIN))
-    erl_proc, port = start_erlang_server(ebin)
+    erl_proc, port = start_erlang_server(ebin, Path(os.environ.get("PYFABRIC_DEMO_EBIN", _DEMO_EBIN)))
     _say(f"Erlang fabric server (erlang_peer) listening on 127.0.0.1:{port}")
     try:
         run(port)
