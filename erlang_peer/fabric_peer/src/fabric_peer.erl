@@ -14,14 +14,27 @@
 %% Ping ! {self(), {payload, "abababa"}},
 %% receive {Ping, {pong, M}} -> M end.
 %% '''
+%%
+%% Servers and clients started with `start_server/3' and `connect/4' live under the
+%% application's own supervisors. To put them in your supervision tree instead, use
+%% `server_child_spec/4' and `client_child_spec/5' (or call `start_server_link/3' and
+%% `connect_link/4' yourself); README "In your supervision tree".
 -module(fabric_peer).
 
 -export([start_server/3, stop_server/1, port/1, connect/4, close/1, whereis/2, whereis/3,
          send/2, send_confirmed/2, send_confirmed/3, info/1, allow/2, is_proxy/1, disconnect/1]).
+-export([start_server_link/3, connect_link/4, server_child_spec/4, client_child_spec/5,
+         server/1]).
+%% the public API: called by the applications that use fabric_peer, not from inside it
+-ignore_xref([start_server/3, stop_server/1, port/1, connect/4, close/1, whereis/2, whereis/3,
+              send/2, send_confirmed/2, send_confirmed/3, info/1, allow/2, is_proxy/1,
+              disconnect/1, start_server_link/3, connect_link/4, server_child_spec/4,
+              client_child_spec/5, server/1]).
 
 -export_type([server/0, conn/0, dest/0]).
 
 -include_lib("kernel/include/logger.hrl").
+-include("fabric_peer_log.hrl").
 
 -opaque server() :: {fabric_peer_server, reference(), pid()}.
 -type conn() :: pid().
@@ -47,34 +60,70 @@
 %% `refuse_remote_exits' (false, true or [atom()]). TLS options get safe defaults
 %% (TLS 1.2+ only; README "Security options").
 -spec start_server(inet:port_number(), iodata(), map()) -> {ok, server()} | {error, term()}.
-start_server(Port, Secret, Opts) when is_integer(Port), Port >= 0, Port < 65536 ->
+start_server(Port, Secret, Opts) ->
+    case server_ctx(Port, Secret, Opts) of
+        {ok, #{ref := Ref} = Ctx} ->
+            case supervisor:start_child(fabric_peer_servers_sup, [Ctx]) of
+                {ok, Sup} -> {ok, {fabric_peer_server, Ref, Sup}};
+                {error, Why} -> {error, unwrap(Why)}
+            end;
+        {error, _} = E -> E
+    end.
+
+%% @doc `start_server/3' for your own supervisor: the server (a supervisor process, the pid
+%% returned) is linked to the caller and is not under `fabric_peer''s supervisors. Its
+%% handle for `port/1', `info/1', `allow/2' is `server(Pid)'. Each start is a new server:
+%% a restarted one listens again on `Port' (with port 0, on a new port the OS picks).
+%% The `fabric_peer' application must be running (list it in your application's
+%% `applications'; it is started here otherwise).
+-spec start_server_link(inet:port_number(), iodata(), map()) -> {ok, pid()} | {error, term()}.
+start_server_link(Port, Secret, Opts) ->
+    case server_ctx(Port, Secret, Opts) of
+        {ok, Ctx} ->
+            case fabric_peer_listener_sup:start_link(Ctx) of
+                {ok, Sup} -> {ok, Sup};
+                {error, Why} -> {error, unwrap(Why)}
+            end;
+        {error, _} = E -> E
+    end.
+
+%% @doc A child spec for a server under your supervisor (`start_server_link/3'): a
+%% permanent `supervisor' child, `shutdown => infinity' (its connections close first).
+-spec server_child_spec(term(), inet:port_number(), iodata(), map()) -> supervisor:child_spec().
+server_child_spec(Id, Port, Secret, Opts) ->
+    #{id => Id, start => {?MODULE, start_server_link, [Port, Secret, Opts]},
+      restart => permanent, type => supervisor, shutdown => infinity,
+      modules => [fabric_peer_listener_sup]}.
+
+%% @doc The handle of a server started with `start_server_link/3', from its pid.
+-spec server(pid()) -> server().
+server(Sup) when is_pid(Sup) ->
+    [Keeper] = [P || {handle, P, _, _} <- supervisor:which_children(Sup), is_pid(P)],
+    {fabric_peer_server, fabric_peer_server_handle:ref(Keeper), Sup}.
+
+server_ctx(Port, Secret, Opts) when is_integer(Port), Port >= 0, Port < 65536 ->
     ok = ensure_started(Opts),
     case fabric_peer_opts:normalize(server, Secret, Opts) of
         {ok, O} ->
-            Ref = make_ref(),
-            Ctx = O#{ref => Ref, port => Port, transport => transport(O),
-                     server_atoms => atomics:new(1, [])},
-            ok = fabric_peer_registry:init_handle(
-                   Ref, #{policy => policy(O),
-                          allowed => {maps:get(allowed, O), maps:get(force_system_names, O)}}),
-            case supervisor:start_child(fabric_peer_servers_sup, [Ctx]) of
-                {ok, Sup} -> {ok, {fabric_peer_server, Ref, Sup}};
-                {error, Why} ->
-                    forget(Ref),
-                    {error, unwrap(Why)}
-            end;
+            {ok, O#{ref => make_ref(), port => Port, transport => transport(O),
+                    server_atoms => atomics:new(1, [])}};
         {error, _} = E -> E
     end;
-start_server(Port, _, _) -> {error, {bad_port, Port}}.
+server_ctx(Port, _, _) -> {error, {bad_port, Port}}.
 
 %% @doc Stop a server: its listener closes and its connections end (their proxies exit
-%% with `noconnection').
+%% with `noconnection'). A server of `start_server_link/3' is stopped with reason
+%% `shutdown' (a permanent child of your supervisor is then restarted: use
+%% `supervisor:terminate_child/2' to stop it for good).
 -spec stop_server(server()) -> ok.
-stop_server({fabric_peer_server, Ref, Sup}) ->
-    _ = supervisor:terminate_child(fabric_peer_servers_sup, Sup),
-    forget(Ref),
-    ok = fabric_peer_throttle:forget(Ref),
-    ok.
+stop_server({fabric_peer_server, _Ref, Sup}) ->
+    case supervisor:terminate_child(fabric_peer_servers_sup, Sup) of
+        ok -> ok;
+        {error, not_found} ->
+            try proc_lib:stop(Sup, shutdown, infinity)
+            catch exit:_ -> ok
+            end
+    end.
 
 %% @doc The port a server listens on.
 -spec port(server()) -> inet:port_number().
@@ -93,9 +142,38 @@ port({fabric_peer_server, Ref, _}) ->
 %% ms, 100 / 30000), `connect_timeout' (5000), `max_queue' (messages queued while
 %% reconnecting, 1000; 0 refuses them with `{error, not_connected}'), `tls' (false or a list
 %% of `ssl' client options).
+%%
+%% The connection is owned by the caller: it is monitored, and when the owner exits the
+%% connection closes (its proxies exit with `noconnection'). `close_with_owner => false'
+%% keeps it open until `close/1'. The connection runs under `fabric_peer''s supervisor; see
+%% `connect_link/4' for your own.
 -spec connect(inet:hostname() | inet:ip_address() | binary(), inet:port_number(), iodata(), map()) ->
           {ok, conn()} | {error, term()}.
-connect(Host0, Port, Secret, Opts) ->
+connect(Host, Port, Secret, Opts) ->
+    start_client(fun(Ctx, Target) -> supervisor:start_child(fabric_peer_clients_sup, [Ctx, Target]) end,
+                 Host, Port, Secret, Opts).
+
+%% @doc `connect/4' for your own supervisor: the connection process is linked to the caller
+%% (which also owns it, as in `connect/4') and is not under `fabric_peer''s supervisors.
+%% It returns once the first handshake completed, or its failure, like `connect/4'.
+%% When the connection stops for good (`reconnect => false' and the socket lost, or
+%% authentication refused on a reconnect) it exits with `normal'.
+-spec connect_link(inet:hostname() | inet:ip_address() | binary(), inet:port_number(), iodata(), map()) ->
+          {ok, conn()} | {error, term()}.
+connect_link(Host, Port, Secret, Opts) ->
+    start_client(fun fabric_peer_client:start_link/2, Host, Port, Secret, Opts).
+
+%% @doc A child spec for a client connection under your supervisor (`connect_link/4'): a
+%% permanent worker, `shutdown => 5000' (what was written is acknowledged first, as in
+%% `close/1'). Start it after the server it connects to: a failed first attempt fails the
+%% child's start.
+-spec client_child_spec(term(), inet:hostname() | inet:ip_address() | binary(), inet:port_number(),
+                        iodata(), map()) -> supervisor:child_spec().
+client_child_spec(Id, Host, Port, Secret, Opts) ->
+    #{id => Id, start => {?MODULE, connect_link, [Host, Port, Secret, Opts]},
+      restart => permanent, type => worker, shutdown => 5000, modules => [fabric_peer_client]}.
+
+start_client(Start, Host0, Port, Secret, Opts) ->
     ok = ensure_started(Opts),
     Host = case Host0 of
                B when is_binary(B) -> binary_to_list(B);
@@ -106,21 +184,29 @@ connect(Host0, Port, Secret, Opts) ->
             warn_unverified(Host, Port, maps:get(tls, O)),
             Ref = make_ref(),
             ok = fabric_peer_registry:init_handle(Ref, #{policy => policy(O)}),
-            case supervisor:start_child(fabric_peer_clients_sup,
-                                        [O#{ref => Ref, owner => self()}, {Host, Port}]) of
+            case Start(O#{ref => Ref, owner => self()}, {Host, Port}) of
                 {ok, Pid} ->
                     Timeout = maps:get(connect_timeout, O) + maps:get(handshake_timeout, O) + 2000,
                     try fabric_peer_conn:await_ready(Pid, Timeout) of
                         ok -> {ok, Pid};
-                        {error, _} = E -> E
+                        {error, _} = E -> unlinked(Pid, E)
                     catch exit:_ ->
                             fabric_peer_conn:close(Pid),
-                            {error, closed}
+                            unlinked(Pid, {error, closed})
                     end;
-                {error, Why} -> {error, Why}
+                {error, Why} ->
+                    forget(Ref),
+                    {error, Why}
             end;
         {error, _} = E -> E
     end.
+
+%% A first attempt failed and the connection process ends: a caller of connect_link/4 that
+%% traps exits gets no stray 'EXIT' for it.
+unlinked(Pid, Result) ->
+    true = unlink(Pid),
+    receive {'EXIT', Pid, _} -> ok after 0 -> ok end,
+    Result.
 
 %% @doc Close a client connection (or one server-side connection). Its proxies exit with
 %% `noconnection'.
@@ -205,7 +291,7 @@ info({fabric_peer_server, Ref, _}) ->
             end,
     Sum = fun(K) -> lists:sum([maps:get(K, C, 0) || C <- Conns]) end,
     Established = [C || C <- Conns, maps:get(state, C) =:= established],
-    #{port => catch port({fabric_peer_server, Ref, undefined}),
+    #{port => fabric_peer_registry:port(Ref),
       connections => length(Established),
       processes => length(Conns),
       detached_sessions => length([C || C <- Conns, maps:get(state, C) =:= detached]),
@@ -240,9 +326,10 @@ is_proxy(Pid) when is_pid(Pid) ->
 warn_unverified(Host, Port, Tls) when is_list(Tls) ->
     case proplists:get_value(verify, Tls) of
         verify_none ->
-            ?LOG_WARNING("fabric: TLS connection to ~0p:~b without verifying the server "
-                         "({verify, verify_none}): anyone on the path can impersonate it",
-                         [Host, Port]);
+            ?LOG_WARNING(#{what => tls_unverified, host => Host, port => Port,
+                           text => "TLS connection without verifying the server ({verify, "
+                                   "verify_none}): anyone on the path can impersonate it"},
+                         ?FABRIC_LOG);
         _ -> ok
     end;
 warn_unverified(_, _, _) -> ok.

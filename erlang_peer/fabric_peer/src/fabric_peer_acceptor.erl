@@ -6,6 +6,8 @@
 -module(fabric_peer_acceptor).
 
 -export([start_link/2, init/3]).
+%% started by its child spec; init/3 is the proc_lib entry point
+-ignore_xref([start_link/2, init/3]).
 
 %% @doc Start an acceptor on a listening socket.
 -spec start_link(map(), term()) -> {ok, pid()}.

@@ -5,6 +5,8 @@
 -behaviour(supervisor).
 
 -export([start_link/1, init/1]).
+% started by its child spec
+-ignore_xref([start_link/1]).
 
 %% @doc Open the listening socket and start the acceptors.
 -spec start_link(map()) -> {ok, pid()} | {error, term()}.

@@ -23,8 +23,9 @@
 -module(fabric_peer_admission).
 
 -include_lib("kernel/include/logger.hrl").
+-include("fabric_peer_log.hrl").
 
--export([new_table/0, admit/3, pending/3, authenticated/1, plan/4]).
+-export([new_table/0, admit/3, pending/3, authenticated/1]).
 
 %% @doc The pending table of a new server.
 -spec new_table() -> ets:tid().
@@ -39,9 +40,10 @@ admit(#{admission := Tab} = O, Ip, Connections) ->
     [evict(Tab, P, PIp, Why) || {P, PIp, Why} <- Evict],
     case Verdict of
         refuse ->
-            ?LOG_WARNING("fabric: connection from ~s refused: max_connections (~b) reached and "
-                         "none is waiting for authentication",
-                         [ip_text(Ip), maps:get(max_connections, O)]);
+            ?LOG_WARNING(#{what => connection_refused, peer => ip_text(Ip),
+                           reason => max_connections, max_connections => maps:get(max_connections, O),
+                           text => "max_connections reached and none is waiting for "
+                                   "authentication"}, ?FABRIC_LOG);
         ok -> ok
     end,
     Verdict;
@@ -95,8 +97,8 @@ live(Tab) ->
 
 evict(Tab, Pid, Ip, Why) ->
     ets:delete(Tab, Pid),
-    ?LOG_WARNING("fabric: unauthenticated connection from ~s closed to admit a new one (~s)",
-                 [ip_text(Ip), Why]),
+    ?LOG_WARNING(#{what => unauthenticated_connection_evicted, peer => ip_text(Ip), reason => Why,
+                   text => "closed to admit a new connection"}, ?FABRIC_LOG),
     exit(Pid, kill).
 
 ip_text(undefined) -> "unknown";

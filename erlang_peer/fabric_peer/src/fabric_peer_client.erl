@@ -11,9 +11,13 @@
 -behaviour(gen_statem).
 
 -include_lib("kernel/include/logger.hrl").
+-include("fabric_peer_log.hrl").
 -include("fabric_peer_conn.hrl").
 
 -export([start_link/2, lost/2, socket_gone/3]).
+%% lost/2 and socket_gone/3: called by fabric_peer_conn through the role module of the
+%% connection
+-ignore_xref([lost/2, socket_gone/3]).
 -export([init/1, callback_mode/0, handle_event/4, terminate/3, code_change/4]).
 
 -import(fabric_peer_conn, [raw_send/2, drop_socket/1]).
@@ -31,9 +35,16 @@ callback_mode() -> handle_event_function.
 -spec init({map(), {term(), inet:port_number()}}) -> gen_statem:init_result(atom()).
 init({O, Target}) ->
     process_flag(trap_exit, true),
+    logger:update_process_metadata(?FABRIC_LOG),
     %% the first attempt starts when connect/4 waits for it (await_ready), so its result
     %% always has someone to go to
-    {ok, connecting, (fabric_peer_conn:new_data(client, O))#d{target = Target}}.
+    {ok, connecting, (fabric_peer_conn:new_data(client, watch_owner(O)))#d{target = Target}}.
+
+%% The owner (the caller of fabric_peer:connect/4 or connect_link/4) is monitored unless
+%% `close_with_owner => false'; its 'DOWN' closes the connection (handle_event/4).
+watch_owner(#{close_with_owner := true, owner := Owner} = O) ->
+    O#{owner_monitor => erlang:monitor(process, Owner)};
+watch_owner(O) -> O.
 
 %% @private
 -spec handle_event(gen_statem:event_type(), term(), atom(), #d{}) ->
@@ -107,6 +118,12 @@ handle_event({call, From}, await_ready, connecting, D)
   when not D#d.ever_connected, D#d.waiters =:= [] ->
     {keep_state, D#d{waiters = [From]}, [{next_event, internal, connect}]};
 
+handle_event(info, {'DOWN', MRef, process, Owner, Why}, _, #d{o = #{owner_monitor := MRef}} = D) ->
+    ?LOG_INFO(#{what => owner_down, owner => Owner, reason => Why, peer => D#d.peer,
+                text => "the connection's owner exited: the connection closes"},
+              ?FABRIC_LOG),
+    {stop, normal, D};
+
 handle_event(Type, Event, State, D) ->
     fabric_peer_conn:handle_common(Type, Event, State, D).
 
@@ -135,7 +152,8 @@ lost(D0, Why) ->
                  {_, Dr} = fabric_peer_conn:run(Acts, D#d{p = P}),
                  Dr
          end,
-    ?LOG_INFO("fabric: connection to ~s lost (~0p); reconnecting", [D1#d.peer, Why]),
+    ?LOG_INFO(#{what => connection_lost, peer => D1#d.peer, reason => Why, then => reconnect},
+              ?FABRIC_LOG),
     retry(Session, D1).
 
 retry(Session, #d{o = O} = D) ->
@@ -154,8 +172,9 @@ retry(Session, #d{o = O} = D) ->
 %% The server resumed our session with a count out of range (docs/protocol.md 11.6): tell
 %% it, close, end the session (reported) and reconnect without resuming.
 not_resumable(Params, #d{p = P} = D) ->
-    ?LOG_WARNING("fabric: ~s resumed the session with a count out of range: the session "
-                 "ends (not_resumable)", [D#d.peer]),
+    ?LOG_WARNING(#{what => session_not_resumable, peer => D#d.peer,
+                   text => "the server resumed the session with a count out of range: "
+                           "the session ends"}, ?FABRIC_LOG),
     _ = case lists:member(<<"error">>, maps:get(features, Params, [])) of
             true -> raw_send(fabric_peer_frame:encode_plain(
                                {error, <<"not_resumable">>,
@@ -182,8 +201,9 @@ failed({auth_failed, _} = Why, D) ->
     %% The server refused us, or could not prove it knows the secret, or is an original
     %% peer we may not use: retrying cannot help (and would hammer the server). Stop; the
     %% proxies end with `noconnection' (terminate/3).
-    ?LOG_ERROR("fabric: authentication with ~s failed on reconnect (~0p): giving up; "
-               "the connection's proxies end with noconnection", [D#d.peer, Why]),
+    ?LOG_ERROR(#{what => reconnect_auth_failed, peer => D#d.peer, reason => Why,
+                 text => "authentication failed on reconnect: giving up; the connection's "
+                         "proxies end with noconnection"}, ?FABRIC_LOG),
     {stop, normal, drop_socket(D)};
 failed(Why, #d{o = O, attempt = N} = D) ->
     D1 = drop_socket(D),
@@ -191,8 +211,8 @@ failed(Why, #d{o = O, attempt = N} = D) ->
         false -> {stop, normal, D1};
         true ->
             Delay = fabric_peer_backoff:delay(N, maps:get(reconnect_min, O), maps:get(reconnect_max, O)),
-            ?LOG_INFO("fabric: connection to ~0p failed (~0p); retrying in ~b ms",
-                      [D#d.target, Why, Delay]),
+            ?LOG_INFO(#{what => connect_failed, target => D#d.target, reason => Why,
+                        retry_in_ms => Delay}, ?FABRIC_LOG),
             {next_state, disconnected, D1#d{attempt = N + 1},
              [{state_timeout, Delay, reconnect}, {{timeout, handshake}, cancel}]}
     end.

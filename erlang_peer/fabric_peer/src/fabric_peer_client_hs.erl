@@ -4,6 +4,7 @@
 -module(fabric_peer_client_hs).
 
 -include_lib("kernel/include/logger.hrl").
+-include("fabric_peer_log.hrl").
 
 -export([hello/2, challenge/5, auth/4]).
 
@@ -37,9 +38,10 @@ challenge(F2, Hs, Session, O, Peer) ->
 challenge({challenge, C}, _, Hs, _, O, Peer) ->
     case {maps:get(allow_legacy_auth, O), fabric_peer_handshake:parse_legacy_challenge(C)} of
         {false, _} ->
-            ?LOG_ERROR("fabric: the server at ~s is an original (MD5-only) fabric peer and "
-                       "legacy authentication is disabled; pass allow_legacy_auth => true "
-                       "to allow MD5 authentication", [Peer]),
+            ?LOG_ERROR(#{what => legacy_server_refused, peer => Peer,
+                         text => "the server is an original (MD5-only) fabric peer and legacy "
+                                 "authentication is disabled; pass allow_legacy_auth => true "
+                                 "to allow MD5 authentication"}, ?FABRIC_LOG),
             {fail, {auth_failed, legacy_server}};
         {true, {ok, Ch}} ->
             R = fabric_peer_handshake:legacy_response(Ch, maps:get(secret, O)),
@@ -98,7 +100,8 @@ auth_term({auth, success, Mac, InfoBin}, #{kind := extended} = Hs, O, Peer) when
     Expected = fabric_peer_handshake:server_mac(maps:get(secret, O), F1, F2, F3, InfoBin),
     case fabric_peer_handshake:check_mac(Expected, Mac) of
         false ->
-            ?LOG_ERROR("fabric: the server at ~s could not prove it knows the secret", [Peer]),
+            ?LOG_ERROR(#{what => server_not_authenticated, peer => Peer,
+                         text => "the server could not prove it knows the secret"}, ?FABRIC_LOG),
             {fail, {auth_failed, server_not_authenticated}};
         true ->
             case decode(InfoBin, O) of

@@ -4,6 +4,8 @@
 -behaviour(supervisor).
 
 -export([start_link/0, init/1]).
+% started by its child spec
+-ignore_xref([start_link/0]).
 
 %% @doc Start the clients supervisor.
 -spec start_link() -> {ok, pid()} | {error, term()}.

@@ -6,11 +6,15 @@
 -module(fabric_peer_commands).
 
 -include_lib("kernel/include/logger.hrl").
+-include("fabric_peer_log.hrl").
 -include("fabric_peer_protocol.hrl").
 
 -export([send/3, send/4, send_confirmed/4, proxy_msg/3, proxy_exit/4, run_pending/2, emit/3]).
 
 -import(fabric_peer_payload, [rewrite_out/2, pid_id/2, act/2]).
+
+%% `[alias | Ref]' is OTP's reply tag of a gen call: improper on purpose
+-dialyzer({no_improper_lists, [gen_reply_out/3]}).
 
 -type proto() :: fabric_peer_protocol:proto().
 -type action() :: fabric_peer_protocol:action().
@@ -137,7 +141,8 @@ proxy_msg_now(Proxy, Msg0, #p{s = S} = P0) ->
             case send_message(Id, Proxy, Msg, P) of
                 {ok, P1} -> P1;
                 {{error, Why}, P1} ->
-                    ?LOG_WARNING("fabric: message to a proxy of ~s not sent: ~0p", [P#p.peer, Why]),
+                    ?LOG_WARNING(#{what => proxy_message_not_sent, peer => P#p.peer, reason => Why},
+                                 ?FABRIC_LOG),
                     fabric_peer_protocol:count(local_errors, P1)
             end;
         error -> P0
@@ -159,7 +164,7 @@ proxy_exit_now(Proxy, From, Reason, #p{s = S} = P) ->
             case rewrite_out(Reason, P1) of
                 {ok, W, P2} -> flush_redead(emit(ctrl, {exit2, A, B, W}, P2));
                 {{error, Why}, _} ->
-                    ?LOG_WARNING("fabric: exit reason not sendable: ~0p", [Why]),
+                    ?LOG_WARNING(#{what => exit_reason_not_sendable, reason => Why}, ?FABRIC_LOG),
                     P1#p{redead = []}
             end;
         _ -> P

@@ -21,7 +21,7 @@
 -export([socket_ready/1, info/1, whereis/3, send/3, send_confirmed/4, close/1, await_ready/2, allow/2,
          drop_connection/1]).
 -export([new_data/2, handle_common/4, established/3, lost/1, terminate/1, run/2,
-         raw_send/2, drop_socket/1, activate/1, count_in/1, now_ms/0]).
+         raw_send/2, drop_socket/1, activate/1, count_in/1]).
 
 %% `Proxy ! Msg' messages taken from the mailbox per event (proxy_batch/5).
 -define(PROXY_BATCH, 1024).

@@ -3,6 +3,8 @@
 -behaviour(supervisor).
 
 -export([start_link/1, init/1, start_conn/2]).
+% started by its child spec
+-ignore_xref([start_link/1]).
 
 %% @doc Start the connection supervisor and record it in the server's registry entry.
 -spec start_link(map()) -> {ok, pid()} | {error, term()}.

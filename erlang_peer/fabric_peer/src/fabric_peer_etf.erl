@@ -27,7 +27,7 @@
 %%   it decodes to a list cell), so its terms are bounded by its size.
 -module(fabric_peer_etf).
 
--export([decode/2, missing_atoms/2, contains_unsafe/1, inflate_bounded/2]).
+-export([decode/2]).
 
 -export_type([decode_opts/0, decode_error/0]).
 
@@ -92,48 +92,6 @@ create_atoms(Missing) ->
     catch error:_ -> error
     end.
 
-%% @doc True (with what was found) when a decoded term holds a fun or a port anywhere.
-%% Walks the term without copying it: the work stack holds only positions in containers.
--spec contains_unsafe(term()) -> false | {true, 'fun' | port}.
-contains_unsafe(T) ->
-    try w(T, []), false
-    catch throw:{unsafe, What} -> {true, What}
-    end.
-
-w(T, S) when is_list(T) -> wl(T, S);
-w(T, S) when is_tuple(T) -> wt(T, 1, tuple_size(T), S);
-w(T, S) when is_map(T) -> wm(maps:next(maps:iterator(T)), S);
-w(T, _) when is_function(T) -> throw({unsafe, 'fun'});
-w(T, _) when is_port(T) -> throw({unsafe, port});
-w(_, S) -> pop(S).
-
-wl([H | T], S) -> w(H, [{l, T} | S]);
-wl([], S) -> pop(S);
-wl(Tail, S) -> w(Tail, S).
-
-wt(_, I, N, S) when I > N -> pop(S);
-wt(T, I, N, S) -> w(element(I, T), [{t, T, I + 1, N} | S]).
-
-wm(none, S) -> pop(S);
-wm({K, V, I}, S) -> w(K, [{v, V}, {m, I} | S]).
-
-pop([]) -> ok;
-pop([{l, T} | S]) -> wl(T, S);
-pop([{t, T, I, N} | S]) -> wt(T, I, N, S);
-pop([{v, V} | S]) -> w(V, S);
-pop([{m, I} | S]) -> wm(maps:next(I), S).
-
-%% @doc The atom texts a payload names that do not exist on this node, each once, as
-%% `{latin1 | utf8, Text}'. Validates the whole structure on the way (with the term bounds
-%% of `decode/2').
--spec missing_atoms(binary(), #{max_decompressed := pos_integer(), _ => _}) ->
-          {ok, [{latin1 | utf8, binary()}]} | {error, decode_error()}.
-missing_atoms(Bin, Opts) ->
-    case plain(Bin, Opts) of
-        {ok, Plain, MaxTerms} -> scan_top(Plain, MaxTerms);
-        {error, _} = E -> E
-    end.
-
 scan_top(<<?VERSION, Body/binary>>, MaxTerms) ->
     try scan_port_or_term(Body, MaxTerms) of
         {<<>>, Found} -> {ok, lists:sort(maps:keys(Found))};
@@ -149,8 +107,7 @@ scan_port_or_term(<<T, B/binary>>, _) when T =:= 102; T =:= 89; T =:= 120 ->
     {skip(R, case T of 102 -> 5; 89 -> 8; 120 -> 12 end), F};
 scan_port_or_term(Body, MaxTerms) -> scan(Body, 1, MaxTerms - 1, #{}).
 
-%% @doc Inflate a zlib stream, producing at most `Max' bytes (a zip bomb stops there).
--spec inflate_bounded(binary(), non_neg_integer()) -> {ok, binary()} | {error, term()}.
+%% Inflate a zlib stream, producing at most `Max' bytes (a zip bomb stops there).
 inflate_bounded(Z, Max) ->
     S = zlib:open(),
     try
@@ -300,14 +257,7 @@ term_bounds_test_() ->
      ?_assertMatch({ok, <<0:8000000>>, 0},
                    decode(term_to_binary(<<0:8000000>>, [compressed]), O#{max_decompressed => 2 bsl 20}))].
 
-contains_unsafe_test_() ->
-    [Port | _] = erlang:ports(),
-    [?_assertEqual(false, contains_unsafe({a, [1, 2 | x], #{k => [v]}, <<>>})),
-     ?_assertEqual({true, 'fun'}, contains_unsafe([1, {2, #{k => [fun erlang:self/0]}}])),
-     ?_assertEqual({true, port}, contains_unsafe([x | Port])),
-     ?_assertEqual(false, contains_unsafe(lists:seq(1, 100000)))].
-
 scanner_rejects_fun_test() ->
     B = <<131, 104, 2, 119, 3, "zzq", 113, 119, 1, "m", 119, 1, "f", 97, 1>>,
-    ?assertMatch({error, {bad_term, 'fun'}}, missing_atoms(B, opts(10))).
+    ?assertMatch({error, {bad_term, 'fun'}}, decode(B, opts(10))).
 -endif.

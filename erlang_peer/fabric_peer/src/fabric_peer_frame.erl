@@ -3,10 +3,12 @@
 %% decoded frame according to the mode and the agreed features.
 -module(fabric_peer_frame).
 
--export([take/2, append/2, buffered/1, header_reason/2, encode_message/1, encode_message/3, encode_plain/1, check_size/2, classify/3,
+-export([take/2, append/2, header_reason/2, encode_message/1, encode_message/3, encode_plain/1, check_size/2, classify/3,
          default/1, error_frame/2, error_codes/0, new_window/2, note_error/2]).
 
 -export_type([frame/0, window/0, buffer/0]).
+%% used by the conformance suite (the error codes it checks against the spec)
+-ignore_xref([error_codes/0]).
 
 -type dest() :: integer() | atom() | {atom(), atom()}.
 -type frame() :: {m, dest(), term()}
@@ -27,7 +29,7 @@
 %% included) of the frame being received, or `header' while fewer than 4 bytes are there.
 %% Appending a chunk is O(1) and a frame is joined once, when all of it is there: receiving
 %% a frame of N bytes in chunks costs O(N), not O(N^2 / chunk) as re-concatenating would.
--opaque buffer() :: binary() | {pos_integer() | header, [binary()], non_neg_integer()}.
+-type buffer() :: binary() | {pos_integer() | header, [binary()], non_neg_integer()}.
 
 %% Sliding error window of section 9: frame numbers of the recent errors.
 -opaque window() :: #{max := non_neg_integer(), size := pos_integer(), errs := queue:queue()}.
@@ -112,11 +114,6 @@ append(Bin, Data) when is_binary(Bin) ->
     end;
 append({header, Chunks, _}, Data) -> append(join(Chunks), Data);
 append({Need, Chunks, Size}, Data) -> {Need, [Data | Chunks], Size + byte_size(Data)}.
-
-%% @doc How many bytes a buffer holds.
--spec buffered(buffer()) -> non_neg_integer().
-buffered(Bin) when is_binary(Bin) -> byte_size(Bin);
-buffered({_, _, Size}) -> Size.
 
 join(Chunks) -> iolist_to_binary(lists:reverse(Chunks)).
 
@@ -204,6 +201,10 @@ drop_old(Q, Oldest) ->
 
 -ifdef(TEST).
 -include_lib("eunit/include/eunit.hrl").
+
+%% How many bytes a buffer holds.
+buffered(Bin) when is_binary(Bin) -> byte_size(Bin);
+buffered({_, _, Size}) -> Size.
 
 %% Our encoder reproduces the original's frames (vectors 09, 14, 07 are re-encodings).
 encode_like_original_test() ->

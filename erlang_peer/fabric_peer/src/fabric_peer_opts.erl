@@ -4,6 +4,8 @@
 -module(fabric_peer_opts).
 
 -export([normalize/3, all_features/0]).
+%% all_features/0: for the test suites (every feature offered)
+-ignore_xref([all_features/0]).
 
 -define(ALL_FEATURES, [<<"whereis">>, <<"link">>, <<"maps">>, <<"bitstrings">>, <<"ports">>,
                        <<"funs">>, <<"heartbeat">>, <<"error">>, <<"session">>,
@@ -59,7 +61,8 @@ defaults(Role) ->
                           max_pending_per_address => F(max_pending_per_address),
                           refuse_remote_exits => false};
         client -> Common#{mode => extended, reconnect => true, reconnect_min => 100,
-                          reconnect_max => 30000, connect_timeout => 5000}
+                          reconnect_max => 30000, connect_timeout => 5000,
+                          close_with_owner => true}
     end.
 
 %% The `acks' defaults (docs/protocol.md 13.2): the outbox bounds what a cut can cost
@@ -76,7 +79,8 @@ acks_default(max_confirms) -> 16384.
 
 check(K, V) when K =:= allowed; K =:= force_system_names; K =:= routable_nodes ->
     (is_list(V) andalso lists:all(fun is_atom/1, V)) orelse bad(K, V);
-check(K, V) when K =:= allow_legacy_auth; K =:= reconnect; K =:= compress -> is_boolean(V) orelse bad(K, V);
+check(K, V) when K =:= allow_legacy_auth; K =:= reconnect; K =:= compress; K =:= close_with_owner ->
+    is_boolean(V) orelse bad(K, V);
 check(K, V) when K =:= max_frame; K =:= max_handshake_frame; K =:= handshake_timeout;
                  K =:= session_timeout; K =:= acceptors; K =:= reconnect_min;
                  K =:= reconnect_max; K =:= connect_timeout; K =:= error_window;

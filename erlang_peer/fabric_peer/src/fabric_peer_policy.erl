@@ -17,8 +17,7 @@
 %% being reachable by name does not also mean being killable by any authenticated peer.
 -module(fabric_peer_policy).
 
--export([new/2, check/2, is_system_name/1, check_node/3, system_names/0, otp_applications/0,
-         signals_refused/2, screen/3]).
+-export([new/2, check/2, check_node/3, screen/3]).
 -export_type([policy/0]).
 
 -opaque policy() :: #{allowed := #{atom() => true}, forced := #{atom() => true}}.
@@ -72,10 +71,6 @@ otp_process(Pid) when is_pid(Pid) ->
     end;
 otp_process(_) -> false.
 
-%% @doc The applications of the Erlang/OTP installation (their names are system names).
--spec otp_applications() -> [atom()].
-otp_applications() -> lists:sort(maps:keys(otp_applications_set())).
-
 otp_applications_set() ->
     case persistent_term:get({?MODULE, otp_apps}, undefined) of
         undefined ->
@@ -128,10 +123,6 @@ signals_refused(Pid, Names) when is_list(Names), node(Pid) =:= node() ->
     end;
 signals_refused(_, _) -> false.
 
-%% @doc The fixed list of system names (without the fabric_/pyfabric_ prefixes).
--spec system_names() -> [atom()].
-system_names() -> ?SYSTEM_NAMES.
-
 %% @doc The node part of `{Name, Node}': `local' for this node (or the name we announce),
 %% `{remote, Node}' for a node listed in `routable_nodes', otherwise refused.
 -spec check_node(term(), [atom()], binary()) -> local | {remote, atom()} | {error, not_allowed}.
@@ -150,6 +141,9 @@ prefix(P, Text) -> binary:longest_common_prefix([P, Text]) =:= byte_size(P).
 
 -ifdef(TEST).
 -include_lib("eunit/include/eunit.hrl").
+
+%% The applications of the Erlang/OTP installation (their names are system names).
+otp_applications() -> lists:sort(maps:keys(otp_applications_set())).
 
 default_denies_everything_test() ->
     P = new([], []),

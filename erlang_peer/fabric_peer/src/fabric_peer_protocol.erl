@@ -36,6 +36,10 @@
          received/1]).
 %% for fabric_peer_acks
 -export([incoming/3]).
+%% send/3 and connected/1 are the pure API the unit tests drive (the connection uses send/4)
+-ignore_xref([send/3, connected/1]).
+%% `[alias | Ref]' is OTP's reply tag of a gen call: improper on purpose
+-dialyzer({no_improper_lists, [gen_call_in/2]}).
 
 -export_type([proto/0, env/0, action/0]).
 

@@ -20,7 +20,7 @@
 %% local references.
 -module(fabric_peer_refs).
 
--export([new/0, in/2, out/2, count/1]).
+-export([new/0, in/2, out/2]).
 -export_type([refs/0]).
 
 -define(MAX_REFS, 16384).
@@ -59,10 +59,6 @@ out(Ref, #refs{out = Out}) ->
         _ -> term_to_binary(Ref)
     end.
 
-%% @doc How many translations the table holds.
--spec count(refs()) -> non_neg_integer().
-count(#refs{q = Q}) -> queue:len(Q).
-
 translate(Bin, #refs{in = In} = Refs) ->
     case In of
         #{Bin := Ref} -> {ok, Ref, Refs};
@@ -83,6 +79,9 @@ remember(Bin, Ref, #refs{in = In, out = Out, q = Q}) ->
 
 -ifdef(TEST).
 -include_lib("eunit/include/eunit.hrl").
+
+%% How many translations the table holds.
+count(#refs{q = Q}) -> queue:len(Q).
 
 foreign(N) ->
     Node = <<"py_", (integer_to_binary(erlang:unique_integer([positive])))/binary, "@nohost">>,

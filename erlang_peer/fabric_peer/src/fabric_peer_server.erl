@@ -11,9 +11,13 @@
 -behaviour(gen_statem).
 
 -include_lib("kernel/include/logger.hrl").
+-include("fabric_peer_log.hrl").
 -include("fabric_peer_conn.hrl").
 
 -export([start_link/2, lost/2, socket_gone/3]).
+%% start_link/2: by its child spec (fabric_peer_conn_sup); lost/2 and socket_gone/3: by
+%% fabric_peer_conn through the role module of the connection
+-ignore_xref([start_link/2, lost/2, socket_gone/3]).
 -export([init/1, callback_mode/0, handle_event/4, terminate/3, code_change/4]).
 
 %% A claimed session waits this long for the resuming connection to hand its socket over.
@@ -34,6 +38,7 @@ callback_mode() -> handle_event_function.
 -spec init({map(), term()}) -> gen_statem:init_result(atom()).
 init({O, Sock}) ->
     process_flag(trap_exit, true),
+    logger:update_process_metadata(?FABRIC_LOG),
     {ok, wait_socket, (fabric_peer_conn:new_data(server, O))#d{sock = Sock}}.
 
 %% @private
@@ -51,8 +56,9 @@ handle_event(cast, socket_ready, wait_socket, #d{t = T, sock = S0, o = O, ref = 
               end,
     case Blocked > 0 orelse fabric_peer_transport:handshake(T, S0, HsTimeout) of
         true ->
-            ?LOG_WARNING("fabric: connection from ~s refused: too many failed authentications "
-                         "(blocked for ~b ms more)", [inet:ntoa(Ip), Blocked]),
+            ?LOG_WARNING(#{what => connection_refused, peer => inet:ntoa(Ip),
+                           reason => too_many_failed_authentications, blocked_ms => Blocked},
+                         ?FABRIC_LOG),
             fabric_peer_transport:close(T, S0),
             {stop, normal, D#d{sock = undefined}};
         {ok, S} ->
@@ -60,7 +66,7 @@ handle_event(cast, socket_ready, wait_socket, #d{t = T, sock = S0, o = O, ref = 
             ok = fabric_peer_conn:activate(D1),
             {next_state, await_hello, D1, [{{timeout, handshake}, HsTimeout, handshake}]};
         {error, Why} ->
-            ?LOG_INFO("fabric: transport handshake failed: ~0p", [Why]),
+            ?LOG_INFO(#{what => transport_handshake_failed, reason => Why}, ?FABRIC_LOG),
             {stop, normal, D}
     end;
 
@@ -71,7 +77,8 @@ handle_event(internal, {frame, Bin}, await_hello, D0) ->
     case fabric_peer_server_hs:hello(Bin, O, Rand) of
         {send, F2, Hs} -> hs_send(F2, await_response, D#d{hs = Hs});
         {refuse, Why} ->
-            ?LOG_WARNING("fabric: handshake refused from ~s: ~s", [D#d.peer, Why]),
+            ?LOG_WARNING(#{what => handshake_refused, peer => D#d.peer, reason => Why},
+                         ?FABRIC_LOG),
             {stop, normal, D}
     end;
 
@@ -89,7 +96,7 @@ handle_event(internal, {frame, F3}, await_response, D0) ->
 
 handle_event({timeout, handshake}, handshake, State, D)
   when State =:= await_hello; State =:= await_response ->
-    ?LOG_WARNING("fabric: handshake timeout from ~s", [D#d.peer]),
+    ?LOG_WARNING(#{what => handshake_timeout, peer => D#d.peer}, ?FABRIC_LOG),
     fabric_peer_throttle:timed_out(D#d.ref, D#d.peer_ip, D#d.o),
     case State of
         await_response -> _ = raw_send(fabric_peer_server_hs:failure(), D);
@@ -101,10 +108,11 @@ handle_event({timeout, handshake}, _, _, _) -> keep_state_and_data;
 %%% --- sessions
 
 handle_event(state_timeout, expire, State, #d{p = P} = D) when State =:= detached; State =:= resuming ->
-    ?LOG_INFO("fabric: session of ~s expired", [D#d.peer]),
+    ?LOG_INFO(#{what => session_expired, peer => D#d.peer}, ?FABRIC_LOG),
     {stop, normal, D#d{p = fabric_peer_protocol:set_end_reason(session_expired, P)}};
 handle_event(cast, expire_session, detached, #d{p = P} = D) ->
-    ?LOG_INFO("fabric: session of ~s expired: more than max_kept_sessions are waiting", [D#d.peer]),
+    ?LOG_INFO(#{what => session_expired, peer => D#d.peer, reason => max_kept_sessions},
+              ?FABRIC_LOG),
     {stop, normal, D#d{p = fabric_peer_protocol:set_end_reason(session_expired, P)}};
 handle_event({call, From}, {claim, _NewConn, Feats, PeerCount}, State, #d{p = P} = D)
   when State =:= established; State =:= detached; State =:= resuming ->
@@ -118,8 +126,9 @@ handle_event({call, From}, {claim, _NewConn, Feats, PeerCount}, State, #d{p = P}
                                         {state_timeout, ?ATTACH_TIMEOUT, expire},
                                         {{timeout, heartbeat}, cancel}]};
         not_resumable ->
-            ?LOG_WARNING("fabric: session of ~s cannot be resumed losslessly (features or "
-                         "counts differ): it ends", [D#d.peer]),
+            ?LOG_WARNING(#{what => session_not_resumable, peer => D#d.peer,
+                           text => "the session cannot be resumed losslessly (features or "
+                                   "counts differ): it ends"}, ?FABRIC_LOG),
             gen_statem:reply(From, {error, not_resumable}),
             {stop, normal, D1#d{p = fabric_peer_protocol:set_end_reason(not_resumable, D1#d.p)}}
     end;
@@ -127,7 +136,7 @@ handle_event({call, From}, {claim, _}, _, _) ->
     {keep_state_and_data, [{reply, From, {error, not_resumable}}]};
 handle_event(cast, {attach, T, S, Peer, Params}, resuming, D) ->
     D1 = D#d{t = T, sock = S, peer = Peer, buf = <<>>},
-    ?LOG_INFO("fabric: session resumed by ~s", [Peer]),
+    ?LOG_INFO(#{what => session_resumed, peer => Peer}, ?FABRIC_LOG),
     fabric_peer_conn:established(Params, true, D1);
 handle_event(cast, {attach, T, S, _, _}, _, _) ->
     fabric_peer_transport:close(T, S),
@@ -159,7 +168,8 @@ lost(D0, Why) ->
     D = fabric_peer_conn:lost(D0),
     case D#d.session =/= undefined andalso Why =/= closed_by_us of
         true ->
-            ?LOG_INFO("fabric: connection from ~s lost (~0p); keeping its session", [D#d.peer, Why]),
+            ?LOG_INFO(#{what => connection_lost, peer => D#d.peer, reason => Why,
+                        then => keep_session}, ?FABRIC_LOG),
             keep_session(D),
             {next_state, detached, D,
              [{state_timeout, maps:get(session_timeout, D#d.o), expire},
@@ -237,10 +247,12 @@ auth_failed(#d{ref = Ref, peer_ip = Ip, o = O} = D) ->
     {_, D1} = raw_send(fabric_peer_server_hs:failure(), D),
     case Ip =/= undefined andalso fabric_peer_throttle:failed(Ref, Ip, O) of
         block ->
-            ?LOG_WARNING("fabric: ~b failed authentications from ~s within ~b ms: refusing its "
-                         "new connections for ~b ms",
-                         [maps:get(max_auth_failures, O), inet:ntoa(Ip),
-                          maps:get(auth_failure_window, O), maps:get(auth_block_time, O)]);
+            ?LOG_WARNING(#{what => address_blocked, peer => inet:ntoa(Ip),
+                           failures => maps:get(max_auth_failures, O),
+                           window_ms => maps:get(auth_failure_window, O),
+                           blocked_ms => maps:get(auth_block_time, O),
+                           text => "too many failed authentications: new connections from "
+                                   "this address are refused for blocked_ms"}, ?FABRIC_LOG);
         _ -> ok
     end,
     {stop, normal, D1}.

@@ -9,6 +9,7 @@
 -module(fabric_peer_server_hs).
 
 -include_lib("kernel/include/logger.hrl").
+-include("fabric_peer_log.hrl").
 
 -export([hello/3, response/4, success/5, failure/0]).
 
@@ -58,14 +59,15 @@ response(F3, Hs, O, Peer) ->
 response({response, R}, _, #{kind := legacy, challenge := C}, O, Peer) ->
     case maps:get(allow_legacy_auth, O) of
         false ->
-            ?LOG_WARNING("fabric: legacy client refused: MD5 authentication is disabled (~s)",
-                         [Peer]),
+            ?LOG_WARNING(#{what => legacy_client_refused, peer => Peer,
+                           text => "MD5 authentication is disabled (allow_legacy_auth)"},
+                         ?FABRIC_LOG),
             failed;
         true ->
             case fabric_peer_handshake:check_legacy_response(C, maps:get(secret, O), R) of
                 true -> {legacy, fabric_peer_handshake:encode({auth, success})};
                 false ->
-                    ?LOG_WARNING("fabric: authentication failed (legacy) from ~s", [Peer]),
+                    ?LOG_WARNING(#{what => auth_failed, peer => Peer, mode => legacy}, ?FABRIC_LOG),
                     failed
             end
     end;
@@ -92,11 +94,12 @@ response({response, Mac, AcceptBin}, _, #{kind := extended, f1 := F1, f2 := F2} 
                      end,
             {extended, Params, Resume};
         {error, Why} ->
-            ?LOG_WARNING("fabric: authentication failed (~0p) from ~s", [Why, Peer]),
+            ?LOG_WARNING(#{what => auth_failed, peer => Peer, mode => extended, reason => Why},
+                         ?FABRIC_LOG),
             failed
     end;
 response(_, _, _, _, Peer) ->
-    ?LOG_WARNING("fabric: bad handshake response from ~s", [Peer]),
+    ?LOG_WARNING(#{what => bad_handshake_response, peer => Peer}, ?FABRIC_LOG),
     failed.
 
 %% @doc The last extended frame: the session id (`undefined' without the session feature)

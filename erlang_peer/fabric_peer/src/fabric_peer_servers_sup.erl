@@ -3,6 +3,8 @@
 -behaviour(supervisor).
 
 -export([start_link/0, init/1]).
+% started by its child spec
+-ignore_xref([start_link/0]).
 
 %% @doc Start the servers supervisor.
 -spec start_link() -> {ok, pid()} | {error, term()}.

@@ -14,8 +14,9 @@
 -module(fabric_peer_throttle).
 
 -include_lib("kernel/include/logger.hrl").
+-include("fabric_peer_log.hrl").
 
--export([table/0, failed/3, timed_out/3, blocked/3, forget/1, record/4, left/2]).
+-export([table/0, failed/3, timed_out/3, blocked/3, forget/1]).
 
 -export_type([entry/0]).
 
@@ -56,10 +57,12 @@ timed_out(_, undefined, _) -> ok;
 timed_out(Ref, Ip, O) ->
     case failed(Ref, Ip, O) of
         block ->
-            ?LOG_WARNING("fabric: ~b failed or timed-out handshakes from ~s within ~b ms: refusing "
-                         "its new connections for ~b ms",
-                         [maps:get(max_auth_failures, O), inet:ntoa(Ip),
-                          maps:get(auth_failure_window, O), maps:get(auth_block_time, O)]);
+            ?LOG_WARNING(#{what => address_blocked, peer => inet:ntoa(Ip),
+                           failures => maps:get(max_auth_failures, O),
+                           window_ms => maps:get(auth_failure_window, O),
+                           blocked_ms => maps:get(auth_block_time, O),
+                           text => "too many failed or timed-out handshakes: new connections "
+                                   "from this address are refused for blocked_ms"}, ?FABRIC_LOG);
         ok -> ok
     end.
 

@@ -10,9 +10,10 @@
 -module(fabric_peer_transport).
 
 -include_lib("kernel/include/logger.hrl").
+-include("fabric_peer_log.hrl").
 
 -export([listen/3, accept/2, handshake/3, connect/5, send/3, send_many/3, activate/2,
-         controlling_process/3, close/2, peername/2, peer_ip/2, port/2, messages/1, name/1,
+         controlling_process/3, close/2, peername/2, peer_ip/2, port/2, name/1,
          explain/3]).
 
 -export_type([transport/0, socket/0]).
@@ -114,8 +115,10 @@ send_many(T, S, Frames) -> write(T, S, [[<<(iolist_size(F)):32>>, F] || F <- Fra
 write(T, S, Frame) ->
     case case T of tcp -> gen_tcp:send(S, Frame); {tls, _} -> ssl:send(S, Frame) end of
         {error, timeout} = E ->
-            ?LOG_WARNING("fabric: the peer has not read its data for ~b ms (over ~b bytes "
-                         "queued): connection closed", [?SEND_TIMEOUT, ?HIGH_WATERMARK]),
+            ?LOG_WARNING(#{what => peer_not_reading, send_timeout_ms => ?SEND_TIMEOUT,
+                           queued_over_bytes => ?HIGH_WATERMARK,
+                           text => "the peer has not read its data: connection closed"},
+                         ?FABRIC_LOG),
             E;
         Other -> Other
     end.
@@ -160,11 +163,6 @@ port({tls, _}, S) ->
         {ok, {_, P}} -> {ok, P};
         E -> E
     end.
-
-%% @doc The message tags of this transport: `{Data, Closed, Error}'.
--spec messages(transport()) -> {atom(), atom(), atom()}.
-messages(tcp) -> {tcp, tcp_closed, tcp_error};
-messages({tls, _}) -> {ssl, ssl_closed, ssl_error}.
 
 %% @doc A client's connect or handshake failure, in words where the raw reason misleads:
 %% `{tls, Text}' for a TLS failure whose cause is known, the reason as it is otherwise.

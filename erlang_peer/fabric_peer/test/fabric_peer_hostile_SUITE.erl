@@ -29,8 +29,9 @@ init_per_suite(Config) ->
                                                         max_frame => 65536, max_new_atoms => 5,
                                                         max_auth_failures => 0}),
     Port = fabric_peer:port(S),
-    %% a well-behaved client that must keep working through every case
-    {ok, C} = fabric_peer:connect("127.0.0.1", Port, "secret", #{}),
+    %% a well-behaved client that must keep working through every case (its owner, this
+    %% init_per_suite process, ends before the cases run)
+    {ok, C} = fabric_peer:connect("127.0.0.1", Port, "secret", #{close_with_owner => false}),
     [{server, S}, {port, Port}, {good, C} | Config].
 
 end_per_suite(Config) ->
