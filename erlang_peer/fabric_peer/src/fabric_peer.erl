@@ -24,12 +24,13 @@
 -export([start_server/3, stop_server/1, port/1, connect/4, close/1, whereis/2, whereis/3,
          send/2, send_confirmed/2, send_confirmed/3, info/1, allow/2, is_proxy/1, disconnect/1]).
 -export([start_server_link/3, connect_link/4, server_child_spec/4, client_child_spec/5,
-         server/1]).
+         server/1, exit/2]).
+-compile({no_auto_import, [exit/2]}).
 %% the public API: called by the applications that use fabric_peer, not from inside it
 -ignore_xref([start_server/3, stop_server/1, port/1, connect/4, close/1, whereis/2, whereis/3,
               send/2, send_confirmed/2, send_confirmed/3, info/1, allow/2, is_proxy/1,
               disconnect/1, start_server_link/3, connect_link/4, server_child_spec/4,
-              client_child_spec/5, server/1]).
+              client_child_spec/5, server/1, exit/2]).
 
 -export_type([server/0, conn/0, dest/0]).
 
@@ -243,6 +244,31 @@ send({Conn, Name}, Msg) when is_pid(Conn), is_atom(Name) -> call_send(Conn, Name
 send({Conn, {Name, Node}}, Msg) when is_pid(Conn), is_atom(Name), is_atom(Node) ->
     call_send(Conn, {Name, Node}, Msg);
 send(Dest, _) -> error({badarg, Dest}).
+
+%% @doc `erlang:exit(Proxy, Reason)' with an answer: `ok' once the signal is on its way (the
+%% caller is its sender, as with `erlang:exit/2'); `{error, not_supported}' when the peer
+%% cannot receive exit signals (an original peer, or one that did not agree on `link'):
+%% nothing is done then, the proxy lives on even for `kill'. `{error, not_a_proxy}' for a
+%% pid that is not a proxy, `{error, not_connected}' while reconnecting. A plain
+%% `erlang:exit/2' on a proxy of such a peer is logged (`exit_not_supported') and counted in
+%% `info/1' (`local_errors'); with `kill' the proxy dies and the peer's next reference to
+%% that process gets a new proxy (README "Links and exit signals").
+-spec exit(pid(), term()) -> ok | {error, not_supported | not_a_proxy | not_connected}.
+exit(Proxy, Reason) when is_pid(Proxy) ->
+    case fabric_peer_registry:proxy_conn(Proxy) of
+        undefined -> {error, not_a_proxy};
+        Conn ->
+            try fabric_peer_conn:info(Conn) of
+                #{state := established, mode := extended, features := F} ->
+                    case lists:member(<<"link">>, F) of
+                        true -> erlang:exit(Proxy, Reason), ok;
+                        false -> {error, not_supported}
+                    end;
+                #{state := established} -> {error, not_supported};
+                #{} -> {error, not_connected}
+            catch exit:_ -> {error, not_connected}
+            end
+    end.
 
 %% @doc `send_confirmed/3' with a 5 s timeout.
 -spec send_confirmed(dest(), term()) -> ok | {error, term()}.

@@ -9,7 +9,8 @@
 -include("fabric_peer_log.hrl").
 -include("fabric_peer_protocol.hrl").
 
--export([send/3, send/4, send_confirmed/4, proxy_msg/3, proxy_exit/4, run_pending/2, emit/3]).
+-export([send/3, send/4, send_confirmed/4, proxy_msg/3, proxy_exit/4, run_pending/2, emit/3,
+         exit_not_supported/3]).
 
 -import(fabric_peer_payload, [rewrite_out/2, pid_id/2, act/2]).
 
@@ -167,8 +168,31 @@ proxy_exit_now(Proxy, From, Reason, #p{s = S} = P) ->
                     ?LOG_WARNING(#{what => exit_reason_not_sendable, reason => Why}, ?FABRIC_LOG),
                     P1#p{redead = []}
             end;
-        _ -> P
+        {{ok, _}, false} when Reason =:= normal ->
+            %% exit(Proxy, normal), or a linked local process ending normally: a process
+            %% that does not trap exits ignores it, nothing is lost
+            P;
+        {{ok, _}, false} ->
+            exit_not_supported(Proxy, Reason, P),
+            fabric_peer_protocol:count(local_errors, P);
+        {error, _} -> P
     end.
+
+%% @doc `exit(Proxy, Reason)' on a proxy of a peer without the `link' feature (an original
+%% peer): the remote process cannot be signalled. Logged, and counted in `local_errors' by
+%% the caller; `fabric_peer:exit/2' returns `{error, not_supported}' instead. For `kill'
+%% the proxy itself is dead (kill cannot be trapped), the remote process lives on.
+-spec exit_not_supported(pid(), term(), proto()) -> ok.
+exit_not_supported(Proxy, Reason, P) ->
+    ?LOG_WARNING(#{what => exit_not_supported, peer => P#p.peer, proxy => Proxy, reason => Reason,
+                   text => case Reason of
+                               kill -> "exit(Proxy, kill): the peer has no link feature (an "
+                                       "original peer?), its process lives on; the proxy is "
+                                       "dead, the peer's next reference to the process gets "
+                                       "a new proxy";
+                               _ -> "exit(Proxy, Reason) not sent: the peer has no link "
+                                    "feature (an original peer?)"
+                           end}, ?FABRIC_LOG).
 
 %%% sending
 

@@ -27,6 +27,9 @@ rewrite_out(Term, P) ->
 
 pid_out(Ref, #p{s = S} = P) when is_reference(Ref) ->
     {{r, fabric_peer_refs:out(Ref, fabric_peer_session:refs(S))}, P};
+pid_out(Fun, #p{s = S} = P) when is_function(Fun) ->
+    {W, Funs} = fabric_peer_funs:out(Fun, fabric_peer_session:funs(S)),
+    {W, P#p{s = fabric_peer_session:set_funs(Funs, S)}};
 pid_out(_, #p{refused = R} = P) when R =/= undefined -> {{pr, 1}, P};
 pid_out(Pid, #p{s = S, o = #{max_exports := Max}} = P) ->
     case fabric_peer_session:proxy_id(Pid, S) of
@@ -120,7 +123,10 @@ resolve(r, Bin, #p{s = S} = P) ->
         {ok, Ref, Refs} -> {ok, Ref, P#p{s = fabric_peer_session:set_refs(Refs, S)}};
         error -> {error, {bad_payload, bad_reference}}
     end;
-resolve(po, Bin, P) -> opaque(Bin, fun is_port/1, bad_port, P).
+resolve(po, Bin, P) -> opaque(Bin, fun is_port/1, bad_port, P);
+%% one of the funs we sent is that fun again; any other is the inert handle (fabric_peer_funs)
+resolve(f, {Arity, Bin}, #p{s = S} = P) ->
+    {ok, fabric_peer_funs:in(Arity, Bin, fabric_peer_session:funs(S)), P}.
 
 %% stands in for a proxy not started yet in the first pass (that result is thrown away)
 placeholder_of(#p{env = #{self := Self}}) -> Self.

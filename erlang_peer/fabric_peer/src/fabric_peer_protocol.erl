@@ -516,12 +516,17 @@ down(Ref, Pid, Reason, #p{s = S} = P) ->
                 {killed_live, Id, S1} ->
                     %% not ended by a DEAD: killed locally (exit(Proxy, kill))
                     P1 = act({forget_proxy, Pid}, P#p{s = S1}),
-                    case Reason =:= killed andalso link_enabled(P1) of
-                        true ->
+                    case {Reason, link_enabled(P1)} of
+                        {killed, true} ->
                             {Sig, P2} = signaller(P1),
                             {A, P3} = export(Sig, P2),
                             done(emit(ctrl, {exit2, A, Id, kill}, P3));
-                        false -> done(P1)
+                        {killed, false} ->
+                            %% the peer cannot be told (no `link'): its process lives on
+                            fabric_peer_commands:exit_not_supported(Pid, kill, P1),
+                            done(count(local_errors,
+                                       P1#p{s = fabric_peer_session:alive_behind(Pid, P1#p.s)}));
+                        _ -> done(P1)
                     end;
                 {ok, S1} -> done(P#p{s = S1});
                 error -> done(P)

@@ -16,9 +16,9 @@
 -export_type([features/0, out_fun/1, in_fun/1]).
 
 -type features() :: #{binary() => true}.
--type out_fun(Acc) :: fun((pid() | reference(), Acc) ->
-                               {{pr | pl, pos_integer()} | {r, binary()}, Acc}).
--type in_fun(Acc) :: fun((pr | pl | r | po, term(), Acc) ->
+-type out_fun(Acc) :: fun((pid() | reference() | function(), Acc) ->
+                               {{pr | pl, pos_integer()} | {r, binary()} | {f, arity(), binary()}, Acc}).
+-type in_fun(Acc) :: fun((pr | pl | r | po | f, term(), Acc) ->
                               {ok, term(), Acc} | {error, {atom(), term()}}).
 
 %% Nesting bound for tuples, maps and list elements (list tails do not count): deeper input
@@ -31,7 +31,7 @@ features(List) -> maps:from_list([{F, true} || F <- List]).
 
 %% @doc Rewrite a term for the wire. Errors: `{unsupported, map | bitstring | port | 'fun'}'
 %% when the peer did not agree on the feature, `{too_deep, Max}'. `PidFun' is called for
-%% every pid and reference; it may refuse a pid by throwing `{rewrite, Why}': `out/4' then
+%% every pid, reference and fun (once the `funs' feature is agreed); it may refuse a pid by throwing `{rewrite, Why}': `out/4' then
 %% returns `{error, Why}'.
 -spec out(term(), features(), out_fun(Acc), Acc) -> {ok, term(), Acc} | {error, term()}.
 out(Term, Features, PidFun, Acc) ->
@@ -63,10 +63,9 @@ o(M, F, P, A, D) when is_map(M) ->
     {maps:from_list(Pairs), A1};
 o(Port, F, _, A, _) when is_port(Port) ->
     need(<<"ports">>, F, port), {{po, term_to_binary(Port)}, A};
-o(Fun, F, _, A, _) when is_function(Fun) ->
+o(Fun, F, P, A, _) when is_function(Fun) ->
     need(<<"funs">>, F, 'fun'),
-    {arity, Arity} = erlang:fun_info(Fun, arity),
-    {{f, Arity, term_to_binary(Fun)}, A}.
+    P(Fun, A).
 
 o_list([H | T], F, P, A, D, Acc) ->
     {H1, A1} = o(H, F, P, A, D + 1),
@@ -106,9 +105,9 @@ i({pr, Id}, _, R, A, _) when is_integer(Id), Id > 0 -> resolve(R, pr, Id, A);
 i({pl, Id}, _, R, A, _) when is_integer(Id) -> resolve(R, pl, Id, A);
 i({r, Bin}, _, R, A, _) when is_binary(Bin) -> resolve(R, r, Bin, A);
 i({po, Bin}, F, R, A, _) when is_binary(Bin), is_map_key(<<"ports">>, F) -> resolve(R, po, Bin, A);
-i({f, Arity, Bin}, F, _, A, _)
+i({f, Arity, Bin}, F, R, A, _)
   when is_integer(Arity), Arity >= 0, Arity =< 255, is_binary(Bin), is_map_key(<<"funs">>, F) ->
-    {{fabric_fun, Arity, Bin}, A};
+    resolve(R, f, {Arity, Bin}, A);
 i(M, F, R, A, D) when is_map(M) ->
     need_in(<<"maps">>, F, map),
     {Pairs, Same, A1} =
@@ -191,6 +190,9 @@ all() -> features([<<"maps">>, <<"bitstrings">>, <<"ports">>, <<"funs">>]).
 
 %% Out: pids numbered by a table kept in the accumulator, references as they are.
 pid_out(Ref, A) when is_reference(Ref) -> {{r, term_to_binary(Ref)}, A};
+pid_out(Fun, A) when is_function(Fun) ->
+    {arity, Arity} = erlang:fun_info(Fun, arity),
+    {{f, Arity, term_to_binary(Fun)}, A};
 pid_out(Pid, #{ids := Ids, next := N} = A) ->
     case Ids of
         #{Pid := Id} -> {{pr, Id}, A};
@@ -205,7 +207,8 @@ resolve_in(r, Bin, A) ->
         R when is_reference(R) -> {ok, R, A};
         _ -> {error, {bad_payload, bad_reference}}
     end;
-resolve_in(po, Bin, A) -> {ok, binary_to_term(Bin, [safe]), A}.
+resolve_in(po, Bin, A) -> {ok, binary_to_term(Bin, [safe]), A};
+resolve_in(f, {Arity, Bin}, A) -> {ok, {fabric_fun, Arity, Bin}, A}.
 
 acc0() -> #{ids => #{}, next => 1}.
 

@@ -23,10 +23,10 @@
          export_of/2, exported/2, export_count/1, issued/2, next_id/1, add_export/2, watch_export/3,
          export_down/4, grave_of/2, grave_pid/2,
          proxy_of/2, proxy_id/2, proxy_count/1, proxies/1, add_proxy/3, watch_proxy/3,
-         end_proxy/2, proxy_down/3, buried_proxy/2, dead_proxy/2, remote_ended/2,
+         end_proxy/2, proxy_down/3, buried_proxy/2, dead_proxy/2, alive_behind/2, remote_ended/2,
          recent_dead/1,
          call_in/3, call_out/3,
-         refs/1, set_refs/2,
+         refs/1, set_refs/2, funs/1, set_funs/2,
          enqueue/4, take_outbox/1, outbox_len/1, seq/1, set_seq/2]).
 
 -export_type([session/0]).
@@ -57,6 +57,7 @@
           calls = #{} :: #{reference() => pid()},
           calls_q = queue:new() :: queue:queue(reference()),
           refs = fabric_peer_refs:new() :: fabric_peer_refs:refs(),
+          funs = fabric_peer_funs:new() :: fabric_peer_funs:funs(),
           outbox = queue:new() :: queue:queue(binary()),
           queued_msgs = 0 :: non_neg_integer(),
           %% with the `acks' feature: counts and the outbox of unacknowledged frames
@@ -74,9 +75,9 @@ new() -> #session{}.
 %% call tags stay: a late reply through a proxy still finds its caller's tag. So do the
 %% reference translations: a local reference handed out keeps standing for the peer's.
 -spec reset(session()) -> {[pid()], [reference()], session()}.
-reset(#session{calls = C, calls_q = Q, refs = R} = S) ->
+reset(#session{calls = C, calls_q = Q, refs = R, funs = F} = S) ->
     {maps:keys(S#session.prox_pid), maps:keys(S#session.exp_mon),
-     #session{calls = C, calls_q = Q, refs = R}}.
+     #session{calls = C, calls_q = Q, refs = R, funs = F}}.
 
 %%% exports
 
@@ -217,6 +218,16 @@ bury_proxy(Pid, Id, #session{pgrave = G, pgrave_id = GI, pgrave_q = Q} = S) ->
         false -> S#session{pgrave = G1, pgrave_id = GI1, pgrave_q = Q1}
     end.
 
+%% @doc Proxy `Pid' ended but the remote process it stands for did not (a peer without the
+%% `link' feature cannot be told of `exit(Proxy, kill)'): the dead pid keeps its remote id
+%% (shipped back it is still that process), but a later `{pr, Id}' gets a new, live proxy.
+-spec alive_behind(pid(), session()) -> session().
+alive_behind(Pid, #session{pgrave = G, pgrave_id = GI} = S) ->
+    case G of
+        #{Pid := Id} when map_get(Id, GI) =:= Pid -> S#session{pgrave_id = maps:remove(Id, GI)};
+        _ -> S
+    end.
+
 %% @doc The remote id of a proxy that ended.
 -spec buried_proxy(pid(), session()) -> {ok, integer()} | error.
 buried_proxy(Pid, #session{pgrave = G}) -> maps:find(Pid, G).
@@ -264,6 +275,14 @@ call_out(Ref, Proxy, #session{calls = C} = S) ->
     end.
 
 %%% references
+
+%% @doc The funs sent on this connection (fabric_peer_funs).
+-spec funs(session()) -> fabric_peer_funs:funs().
+funs(#session{funs = F}) -> F.
+
+%% @doc Replace the table of funs sent.
+-spec set_funs(fabric_peer_funs:funs(), session()) -> session().
+set_funs(F, S) -> S#session{funs = F}.
 
 %% @doc The translations of the peer's foreign references (fabric_peer_refs).
 -spec refs(session()) -> fabric_peer_refs:refs().
