@@ -304,7 +304,8 @@ call_send(Conn, Dest, Msg) ->
     end.
 
 %% @doc Statistics. For a connection: `mode' (legacy | extended | none before the
-%% handshake), `features', `proxies', `exported', `frames_in', `frames_out', `errors',
+%% handshake), `features', `proxies', `exported', `frames_in', `frames_out', `messages_in',
+%% `messages_out' (messages delivered here / written or queued for the peer), `errors',
 %% `local_errors', `state', `session', ... For a server: `port', `connections' and the
 %% same counters summed over its connections, plus `conns' (one map per connection).
 -spec info(server() | conn()) -> map().
@@ -322,7 +323,8 @@ info({fabric_peer_server, Ref, _}) ->
       processes => length(Conns),
       detached_sessions => length([C || C <- Conns, maps:get(state, C) =:= detached]),
       proxies => Sum(proxies), exported => Sum(exported), frames_in => Sum(frames_in),
-      frames_out => Sum(frames_out), errors => Sum(errors), new_atoms => Sum(new_atoms),
+      frames_out => Sum(frames_out), messages_in => Sum(messages_in),
+      messages_out => Sum(messages_out), errors => Sum(errors), new_atoms => Sum(new_atoms),
       modes => lists:usort([maps:get(mode, C) || C <- Established]),
       conns => Conns};
 info(Conn) when is_pid(Conn) -> fabric_peer_conn:info(Conn).

@@ -74,7 +74,7 @@ confirm_now(From, Dest, Msg, #p{s = S} = P) ->
     case rewrite_out(Msg, P1) of
         {ok, Payload, P2} ->
             case emit_checked(msg, {mc, Ref, W, Payload}, {mc, Dest, Msg}, P2) of
-                {ok, P3} -> {wait, flush_redead(P3)};
+                {ok, P3} -> {wait, flush_redead(fabric_peer_protocol:count(messages_out, P3))};
                 {E, P3} -> {E, unconfirm(Ref, P3#p{redead = []})}
             end;
         {{error, _} = E, P2} -> {E, unconfirm(Ref, P2#p{redead = []})}
@@ -163,7 +163,7 @@ proxy_exit_now(Proxy, From, Reason, #p{s = S} = P) ->
         {{ok, B}, true} ->
             {A, P1} = pid_id(From, P),
             case rewrite_out(Reason, P1) of
-                {ok, W, P2} -> flush_redead(emit(ctrl, {exit2, A, B, W}, P2));
+                {ok, W, P2} -> flush_redead(emit(ctrl, exit_frame(A, B, Reason, W, P2), P2));
                 {{error, Why}, _} ->
                     ?LOG_WARNING(#{what => exit_reason_not_sendable, reason => Why}, ?FABRIC_LOG),
                     P1#p{redead = []}
@@ -177,6 +177,11 @@ proxy_exit_now(Proxy, From, Reason, #p{s = S} = P) ->
             fabric_peer_protocol:count(local_errors, P);
         {error, _} -> P
     end.
+
+%% A trapped `kill' is a link signal (exit(Proxy, kill) cannot be trapped: the proxy would be
+%% dead): a peer that agreed on `link_exit' gets it as one (docs/protocol.md 5.2).
+exit_frame(A, B, kill, W, #p{feats = #{<<"link_exit">> := true}}) -> {link_exit, A, B, W};
+exit_frame(A, B, _, W, _) -> {exit2, A, B, W}.
 
 %% @doc `exit(Proxy, Reason)' on a proxy of a peer without the `link' feature (an original
 %% peer): the remote process cannot be signalled. Logged, and counted in `local_errors' by
@@ -200,7 +205,7 @@ send_message(Dest, UserDest, Msg, P) ->
     case rewrite_out(Msg, P) of
         {ok, W, P1} ->
             case emit_checked(msg, {m, Dest, W}, {msg, UserDest, Msg}, P1) of
-                {ok, P2} -> {ok, flush_redead(P2)};
+                {ok, P2} -> {ok, flush_redead(fabric_peer_protocol:count(messages_out, P2))};
                 {E, P2} -> {E, P2#p{redead = []}}
             end;
         {{error, _} = E, P1} -> {E, P1#p{redead = []}}

@@ -19,6 +19,7 @@
                | {link, integer(), integer()}
                | {unlink, integer(), integer()}
                | {exit2, integer(), integer(), term()}
+               | {link_exit, integer(), integer(), term()}
                | {heartbeat, non_neg_integer()}
                | {heartbeat_ack, non_neg_integer()}
                | {error, binary(), binary()}.
@@ -156,6 +157,8 @@ extended({link, A, B}, F) when is_integer(A), is_integer(B) -> feature(<<"link">
 extended({unlink, A, B}, F) when is_integer(A), is_integer(B) -> feature(<<"link">>, F, {unlink, A, B});
 extended({exit2, A, B, R}, F) when is_integer(A), is_integer(B) ->
     feature(<<"link">>, F, {exit2, A, B, R});
+extended({link_exit, A, B, R}, F) when is_integer(A), is_integer(B) ->
+    feature(<<"link_exit">>, F, {link_exit, A, B, R});
 extended({heartbeat, N}, F) when is_integer(N), N >= 0 -> feature(<<"heartbeat">>, F, {heartbeat, N});
 extended({heartbeat_ack, N}, F) when is_integer(N), N >= 0 ->
     feature(<<"heartbeat">>, F, {heartbeat_ack, N});

@@ -9,7 +9,7 @@
 
 -define(ALL_FEATURES, [<<"whereis">>, <<"link">>, <<"maps">>, <<"bitstrings">>, <<"ports">>,
                        <<"funs">>, <<"heartbeat">>, <<"error">>, <<"session">>,
-                       <<"acks">>]).
+                       <<"acks">>, <<"link_exit">>]).
 
 %% @doc The version 1 features this implementation speaks (docs/protocol.md section 3.5).
 -spec all_features() -> [binary()].

@@ -98,6 +98,7 @@ read_otp_applications() ->
               when T :: term().
 screen({link, _, B} = F, Exported, O) -> screen(link, B, F, Exported, O);
 screen({exit2, _, B, _} = F, Exported, O) -> screen(exit2, B, F, Exported, O);
+screen({link_exit, _, B, _} = F, Exported, O) -> screen(link_exit, B, F, Exported, O);
 screen(F, _, _) -> F.
 
 screen(Kind, B, F, Exported, #{refuse_remote_exits := R}) when R =/= false ->

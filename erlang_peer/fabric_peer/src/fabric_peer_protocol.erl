@@ -80,7 +80,7 @@ new(O, Env) ->
        window = fabric_peer_frame:new_window(maps:get(max_errors, O), maps:get(error_window, O)),
        atoms_left = maps:get(max_new_atoms, O),
        stats = #{frames_in => 0, frames_out => 0, errors => 0, connects => 0, new_atoms => 0,
-                 local_errors => 0}}.
+                 local_errors => 0, messages_in => 0, messages_out => 0}}.
 
 %% @doc The handshake completed with `Params' (`mode', `features', `peer_max'; with
 %% `acks' and `Resumed' also `peer_received'; a refused resume may give `resume_refused').
@@ -309,7 +309,20 @@ dispatch({unlink, A, B}, #p{s = S} = P) ->
         {{ok, Proxy}, {ok, BPid}} -> {ok, act({control, Proxy, {unlink, BPid}}, P)};
         _ -> {ok, P}
     end;
-dispatch({exit2, A, B, Reason0}, #p{s = S} = P) when A > 0 ->
+dispatch({exit2, A, B, Reason0}, P) when A > 0 -> exit_in(exit, A, B, Reason0, P);
+%% a link signal from A, which ended (docs/protocol.md 5.2): the proxy for A ends with it
+dispatch({link_exit, A, B, Reason0}, P) when A > 0 -> exit_in(link_exit, A, B, Reason0, P);
+dispatch({heartbeat, N}, P) -> {ok, emit(ctrl, {heartbeat_ack, N}, P)};
+dispatch({heartbeat_ack, _}, P) -> {ok, P};
+dispatch({error, Code, Msg}, P) ->
+    ?LOG_WARNING("fabric: peer ~s reports error ~s: ~ts", [P#p.peer, Code, Msg]),
+    {ok, P};
+dispatch({error, unknown_frame}, P) -> {error, unknown_frame, unknown_frame_shape, P};
+dispatch({refused, Why}, P) -> {error, not_allowed, Why, P};
+dispatch(_, P) -> {error, unknown_frame, bad_ids, P}.
+
+%% `exit2' (Kind `exit') or `link_exit' from the peer's A to our B.
+exit_in(Kind, A, B, Reason0, #p{s = S} = P) ->
     case fabric_peer_session:exported(B, S) of
         {ok, BPid} ->
             case rewrite_in(Reason0, P) of
@@ -317,7 +330,7 @@ dispatch({exit2, A, B, Reason0}, #p{s = S} = P) when A > 0 ->
                     Ended = fabric_peer_session:remote_ended(A, P1#p.s),
                     case proxy_for(A, P1) of
                         {ok, Proxy, P2} ->
-                            P3 = act({control, Proxy, {exit, BPid, Reason}}, P2),
+                            P3 = act({control, Proxy, {Kind, BPid, Reason}}, P2),
                             case Ended of
                                 %% A's DEAD overtook its exit signal (both are sent
                                 %% independently): deliver the signal from a stand-in that
@@ -330,15 +343,7 @@ dispatch({exit2, A, B, Reason0}, #p{s = S} = P) when A > 0 ->
                 {error, {Code, Why}, P1} -> fail(Code, Why, P, P1)
             end;
         error -> {ok, P}
-    end;
-dispatch({heartbeat, N}, P) -> {ok, emit(ctrl, {heartbeat_ack, N}, P)};
-dispatch({heartbeat_ack, _}, P) -> {ok, P};
-dispatch({error, Code, Msg}, P) ->
-    ?LOG_WARNING("fabric: peer ~s reports error ~s: ~ts", [P#p.peer, Code, Msg]),
-    {ok, P};
-dispatch({error, unknown_frame}, P) -> {error, unknown_frame, unknown_frame_shape, P};
-dispatch({refused, Why}, P) -> {error, not_allowed, Why, P};
-dispatch(_, P) -> {error, unknown_frame, bad_ids, P}.
+    end.
 
 incoming_message(Dest, Payload, P) ->
     case resolve_dest(Dest, P) of
@@ -358,8 +363,10 @@ incoming_message(Dest, Payload, P) ->
 -spec incoming(term(), term(), proto()) -> {ok, proto()} | {error, atom(), term(), proto()}.
 incoming(Dest, Payload, P) -> incoming_message(Dest, Payload, P).
 
+%% a message is counted in `messages_in' when delivered (`messages_out': when written or
+%% queued for writing, fabric_peer_commands); replays and frames dropped are not messages
 deliver(Target, _, #p{env = #{self := Self}} = P) when Target =:= Self -> P;
-deliver(Target, Msg, P) -> act({deliver, Target, Msg}, P).
+deliver(Target, Msg, P) -> act({deliver, Target, Msg}, count(messages_in, P)).
 
 resolve_dest(Id, #p{s = S}) when is_integer(Id) ->
     case fabric_peer_session:exported(Id, S) of

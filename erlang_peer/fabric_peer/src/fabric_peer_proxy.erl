@@ -18,7 +18,9 @@
 %%   observes for a link signal too; so no liveness check is needed to tell them apart.</li>
 %% </ul>
 %% `exit(Proxy, kill)' cannot be trapped: the proxy dies with `killed' and the connection,
-%% which monitors it, sends `exit2 ... kill' itself.
+%% which monitors it, sends `exit2 ... kill' itself. A trapped `{'EXIT', From, kill}' is
+%% always a link signal (From ended with `kill'): with the `link_exit' feature the peer gets
+%% it as one (`link_exit', trappable there), otherwise as `exit2 ... kill'.
 %%
 %% This is a plain process, not a behaviour, on purpose: a proxy must forward every term
 %% verbatim, including terms shaped like `gen_server' calls or system messages. It is not
@@ -40,9 +42,10 @@
 start(Conn, _Id, Token) ->
     spawn(fun() -> init(Conn, Token) end).
 
-%% @doc Send a control command to a proxy: `{die, Reason}', `{link, Pid}', `{unlink, Pid}'
-%% or `{exit, Pid, Reason}' (the proxy calls `exit(Pid, Reason)', so `Pid' sees the proxy
-%% as the sender).
+%% @doc Send a control command to a proxy: `{die, Reason}', `{link, Pid}', `{unlink, Pid}',
+%% `{exit, Pid, Reason}' (the proxy calls `exit(Pid, Reason)', so `Pid' sees the proxy
+%% as the sender) or `{link_exit, Pid, Reason}' (the proxy links to `Pid' and ends with
+%% `Reason').
 -spec control(pid(), reference(), term()) -> ok.
 control(Proxy, Token, Cmd) ->
     Proxy ! {'$fabric_ctl', Token, Cmd},
@@ -78,6 +81,12 @@ command({unlink, Pid}, #s{peer_linked = L} = S) ->
 command({exit, Pid, Reason}, S) ->
     exit(Pid, Reason),
     S;
+command({link_exit, Pid, Reason}, _) ->
+    %% the link signal of the remote process's death (a `link_exit' frame): as that process
+    %% ended, its stand-in ends too, linked to Pid, so that Pid gets a link signal, `kill'
+    %% included, trappable (docs/protocol.md 5.2)
+    _ = catch link(Pid),
+    exit(Reason);
 command(_, S) -> S.
 
 exit_signal(From, Reason, #s{peer_linked = L} = S) when is_map_key(From, L) ->

@@ -148,11 +148,16 @@ info_reports_stats(Config) ->
     Ping = fabric_peer:whereis(C, ping),
     Ping ! {self(), x},
     receive {Ping, _} -> ok end,
+    ok = fabric_peer:send(Ping, {self(), y}),
+    receive {Ping, _} -> ok end,
     #{mode := extended, proxies := 1, exported := 1, frames_in := In, frames_out := Out,
-      errors := 0, features := F, session := true} = fabric_peer:info(C),
+      errors := 0, features := F, session := true, messages_in := 2, messages_out := 2}
+        = fabric_peer:info(C),
     true = In >= 3 andalso Out >= 3,
     true = lists:member(<<"whereis">>, F),
-    #{connections := N, port := P} = fabric_peer:info(?config(server, Config)),
+    #{connections := N, port := P, messages_in := SIn, messages_out := SOut}
+        = fabric_peer:info(?config(server, Config)),
+    true = SIn >= 2 andalso SOut >= 2,
     P = ?config(port, Config),
     true = N >= 1,
     fabric_peer:close(C).

@@ -16,7 +16,9 @@ groups() ->
                   link_then_die_at_once, link_normal_exit_does_not_kill,
                   unlink_stops_propagation, link_to_dead_remote_gives_noproc,
                   remote_links_to_local, remote_link_dies_kills_local,
-                  no_tracing_of_proxies]},
+                  no_tracing_of_proxies, link_local_kill_is_trappable_remotely,
+                  link_local_kill_kills_non_trapping_remote,
+                  link_local_kill_without_link_exit_is_untrappable]},
      {exit2, [], [exit_custom_reason_kills_remote, exit_to_trapping_remote,
                   exit_normal_ignored_by_remote, exit_by_process_that_ends_at_once, exit_kill]},
      {calls, [], [gen_server_call_through_proxy, gen_server_call_to_dead_remote]},
@@ -141,6 +143,37 @@ link_local_dies_remote_traps(Config) ->
     receive {remote, {'EXIT', P, bye}} -> true = P =/= L   % the server-side proxy of L
     after 3000 -> ct:fail(no_exit) end,
     true = is_process_alive(Pid).
+
+%% The local process ends with `kill' (exit(kill) itself): a link signal, trappable in
+%% Erlang; with `link_exit' the remote process gets it as one (docs/protocol.md 5.2).
+link_local_kill_is_trappable_remotely(Config) ->
+    {Pid, Proxy} = trapper(Config),
+    L = spawn(fun() -> link(Proxy), receive {exit, R} -> exit(R) end end),
+    L ! {exit, kill},
+    receive {remote, {'EXIT', P, kill}} -> true = P =/= L
+    after 3000 -> ct:fail(no_exit) end,
+    true = is_process_alive(Pid).
+
+%% ... and a remote process that does not trap exits ends with `kill', as a linked process
+%% does in Erlang (not `killed': that is exit/2's).
+link_local_kill_kills_non_trapping_remote(Config) ->
+    {Pid, Proxy} = victim(Config),
+    L = spawn(fun() -> link(Proxy), receive {exit, R} -> exit(R) end end),
+    kill = down_reason(Pid, fun() -> L ! {exit, kill} end).
+
+%% Without `link_exit' (an older peer of ours) the link death arrives as exit2 kill, which
+%% cannot be trapped: the trapping remote process is killed (the documented difference).
+link_local_kill_without_link_exit_is_untrappable(Config) ->
+    Feats = fabric_peer_opts:all_features() -- [<<"link_exit">>],
+    {ok, C} = fabric_peer:connect("127.0.0.1", ?config(port, Config), "secret", #{features => Feats}),
+    false = lists:member(<<"link_exit">>, maps:get(features, fabric_peer:info(C))),
+    Self = self(),
+    {Name, Pid} = fabric_peer_test_lib:remote(?config(server, Config), "remote",
+                                               fun() -> fabric_peer_test_lib:trapper(Self, remote) end),
+    Proxy = fabric_peer:whereis(C, Name),
+    L = spawn(fun() -> link(Proxy), receive {exit, R} -> exit(R) end end),
+    killed = down_reason(Pid, fun() -> L ! {exit, kill} end),
+    fabric_peer:close(C).
 
 %% A process that links and ends at once still takes the remote process with it (no window
 %% in which the link is not yet known).
