@@ -3,7 +3,7 @@
 %% decoded frame according to the mode and the agreed features.
 -module(fabric_peer_frame).
 
--export([take/2, append/2, header_reason/2, encode_message/1, encode_message/3, encode_plain/1, check_size/2, classify/3,
+-export([take/2, append/2, header_reason/2, encode_message/3, encode_plain/1, check_size/2, classify/3,
          default/1, error_frame/2, error_codes/0, new_window/2, note_error/2]).
 
 -export_type([frame/0, window/0, buffer/0]).
@@ -118,7 +118,7 @@ append({Need, Chunks, Size}, Data) -> {Need, [Data | Chunks], Size + byte_size(D
 
 join(Chunks) -> iolist_to_binary(lists:reverse(Chunks)).
 
-%% @doc An `m' frame exactly as the original encodes it: compressed only when smaller.
+%% An `m' frame exactly as the original encodes it: compressed only when smaller.
 -spec encode_message(term()) -> binary().
 encode_message(Term) -> term_to_binary(Term, [{minor_version, 1}, compressed]).
 
