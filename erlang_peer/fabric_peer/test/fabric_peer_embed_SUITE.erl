@@ -166,7 +166,8 @@ client_shutdown_ends_its_proxies(_Config) ->
     stop_sup(Sup),
     fabric_peer:stop_server(S).
 
-%% The whole tree shut down: children stop in reverse order, the client before the server.
+%% The whole tree shut down (children stop in reverse order, the client before the server):
+%% both end with the supervisor's reason and the server's port is closed.
 supervisor_shutdown_stops_clients_then_server(_Config) ->
     Sup = start_sup([server_spec()]),
     Port = port_of(Sup),
@@ -176,7 +177,6 @@ supervisor_shutdown_stops_clients_then_server(_Config) ->
     ok = ping(C),
     Refs = [monitor(process, P) || P <- [C, Srv]],
     stop_sup(Sup),
-    %% the client went first: it saw no loss and stopped with the supervisor's reason
     [receive {'DOWN', R, process, P, Why} -> ?assertEqual(shutdown, Why) after 30000 -> error({alive, P}) end
      || {R, P} <- lists:zip(Refs, [C, Srv])],
     ?assert(refused(Port)).
