@@ -319,7 +319,7 @@ max_connections_refuses(_Config) ->
     [gen_tcp:close(X) || X <- [L4 | tl(Ls)]],
     fabric_peer:stop_server(Srv).
 
-%% refuse_remote_exits: exit2 and link frames to protected names are refused (not_allowed); others
+%% refuse_remote_exits: exit2, link and link_exit frames to protected names are refused (not_allowed); others
 %% still work.
 refuse_remote_exits_protects(_Config) ->
     Obs = self(),
@@ -337,6 +337,8 @@ refuse_remote_exits_protects(_Config) ->
     send(S, {exit2, 1, P, kill}),
     {error, <<"not_allowed">>, _} = recv(S),
     send(S, {link, 1, P}),
+    {error, <<"not_allowed">>, _} = recv(S),
+    send(S, {link_exit, 1, P, kill}),
     {error, <<"not_allowed">>, _} = recv(S),
     timer:sleep(100),
     true = is_process_alive(whereis(Prot)),
