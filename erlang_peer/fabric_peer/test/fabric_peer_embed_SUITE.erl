@@ -74,6 +74,7 @@ ping(C) ->
 servers_sup_children() -> length(supervisor:which_children(fabric_peer_servers_sup)).
 clients_sup_children() -> length(supervisor:which_children(fabric_peer_clients_sup)).
 
+%% The port no longer listens (its socket closes as its owner ends: wait_until, not at once).
 refused(Port) ->
     {error, econnrefused} =:= gen_tcp:connect({127, 0, 0, 1}, Port, [binary], 5000).
 
@@ -112,7 +113,7 @@ server_shutdown_by_user_supervisor(_Config) ->
     CRef = monitor(process, C),
     ok = supervisor:terminate_child(Sup, fabric),
     receive {'DOWN', CRef, process, C, _} -> ok after 30000 -> error(client_alive) end,
-    ?assert(refused(Port)),
+    true = wait_until(fun() -> refused(Port) end),
     ?assertEqual(undefined, fabric_peer_registry:port(element(2, Handle))),
     ?assertEqual(undefined, fabric_peer_registry:policy(element(2, Handle))),
     stop_sup(Sup).
@@ -125,7 +126,7 @@ stop_server_of_linked_server(_Config) ->
     Port = fabric_peer:port(fabric_peer:server(Srv)),
     ok = fabric_peer:stop_server(fabric_peer:server(Srv)),
     receive {'EXIT', Srv, shutdown} -> ok after 30000 -> error(server_alive) end,
-    ?assert(refused(Port)),
+    true = wait_until(fun() -> refused(Port) end),
     %% a bad port is an error, not a crash of the caller's supervisor
     ?assertEqual({error, {bad_port, 70000}}, fabric_peer:start_server_link(70000, ?SECRET, #{})),
     process_flag(trap_exit, false).
@@ -179,7 +180,7 @@ supervisor_shutdown_stops_clients_then_server(_Config) ->
     stop_sup(Sup),
     [receive {'DOWN', R, process, P, Why} -> ?assertEqual(shutdown, Why) after 30000 -> error({alive, P}) end
      || {R, P} <- lists:zip(Refs, [C, Srv])],
-    ?assert(refused(Port)).
+    true = wait_until(fun() -> refused(Port) end).
 
 %% A failed first attempt is returned; the caller (trapping exits, as a supervisor does)
 %% gets no 'EXIT' of a process it never got to know.
