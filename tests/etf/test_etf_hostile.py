@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import struct
-import time
 import tracemalloc
 import zlib
 
@@ -14,16 +13,16 @@ from pyfabric import etf
 DEEP = 100_000
 
 
-def _bounded(fn, *, max_seconds: float = 1.0, max_bytes: int = 64 * 1024 * 1024):  # type: ignore[no-untyped-def]
+def _bounded(fn, *, max_bytes: int = 64 * 1024 * 1024):  # type: ignore[no-untyped-def]
+    """Run ``fn`` and check its peak Python memory (deterministic). Its time is not asserted
+    here (speed targets live in ``make bench``; the decode cost bounds are measured by
+    bench/codec_bench.py); the module's pytest timeout catches a pathological hang."""
     tracemalloc.start()
-    start = time.perf_counter()
     try:
         fn()
     finally:
-        elapsed = time.perf_counter() - start
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-    assert elapsed < max_seconds, f"took {elapsed:.2f}s"
     assert peak < max_bytes, f"peak memory {peak} bytes"
 
 
@@ -119,7 +118,7 @@ def test_zip_bomb_lying_about_its_size() -> None:
         with pytest.raises(etf.DecodeError, match="more than its declared"):
             etf.decode(data)
 
-    _bounded(run, max_seconds=2.0)
+    _bounded(run)
 
 
 def test_declared_uncompressed_size_wrong() -> None:
