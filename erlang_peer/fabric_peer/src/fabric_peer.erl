@@ -236,9 +236,9 @@ whereis(Conn, Name, Timeout) ->
 %% too; its errors are logged and counted in `info/1' (`local_errors').
 -spec send(dest(), term()) -> ok | {error, term()}.
 send(Pid, Msg) when is_pid(Pid) ->
-    case fabric_peer_registry:proxy_conn(Pid) of
+    case fabric_peer_registry:proxy_entry(Pid) of
         undefined -> Pid ! Msg, ok;
-        Conn -> call_send(Conn, Pid, Msg)
+        {Conn, Shared} -> proxy_send(Conn, Pid, Shared, Msg)
     end;
 send({Conn, Name}, Msg) when is_pid(Conn), is_atom(Name) -> call_send(Conn, Name, Msg);
 send({Conn, {Name, Node}}, Msg) when is_pid(Conn), is_atom(Name), is_atom(Node) ->
@@ -296,6 +296,21 @@ send_confirmed(Dest, _, _) -> error({badarg, Dest}).
 call_confirmed(Conn, Dest, Msg, Timeout) ->
     try fabric_peer_conn:send_confirmed(Conn, Dest, Msg, Timeout)
     catch exit:_ -> {error, not_connected}
+    end.
+
+%% Through the proxy, so that it keeps its order with the proxy's `!' messages
+%% (docs/protocol.md 12.6); the proxy or the connection answers by the deadline.
+proxy_send(Conn, Proxy, #{token := Token, send_timeout := T}, Msg) ->
+    Mon = erlang:monitor(process, Conn, [{alias, demonitor}]),
+    Tag = [alias | Mon],
+    ok = fabric_peer_proxy:request(Proxy, Token, {self(), Tag}, Msg,
+                                   erlang:monotonic_time(millisecond) + T),
+    receive
+        {Tag, Reply} -> erlang:demonitor(Mon, [flush]), Reply;
+        {'DOWN', Mon, process, _, _} -> {error, not_connected}
+    after T + 2000 ->
+            erlang:demonitor(Mon, [flush]),
+            receive {Tag, Reply} -> Reply after 0 -> {error, timeout} end
     end.
 
 call_send(Conn, Dest, Msg) ->

@@ -54,9 +54,14 @@ challenge({challenge, Nonce, Offer0}, F2, #{kind := extended, f1 := F1} = Hs, Se
         {ok, Offer} ->
             Feats0 = [F || F <- maps:get(features, O), lists:member(F, maps:get(features, Offer))],
             %% acks only with session (docs/protocol.md 11.1)
-            Feats = case lists:member(<<"session">>, Feats0) of
-                        true -> Feats0;
-                        false -> Feats0 -- [<<"acks">>]
+            Feats1 = case lists:member(<<"session">>, Feats0) of
+                         true -> Feats0;
+                         false -> Feats0 -- [<<"acks">>]
+                     end,
+            %% credit only with acks (12)
+            Feats = case lists:member(<<"acks">>, Feats1) of
+                        true -> Feats1;
+                        false -> Feats1 -- [<<"credit">>]
                     end,
             {Sid, Received} = case Session of
                                   {S, N} -> {S, N};
@@ -73,7 +78,8 @@ challenge({challenge, Nonce, Offer0}, F2, #{kind := extended, f1 := F1} = Hs, Se
             Accept = fabric_peer_handshake:accept(#{features => Feats, node => maps:get(node, O),
                                                     max_frame => maps:get(max_frame, O),
                                                     heartbeat => maps:get(heartbeat, O),
-                                                    resume => Resume, received => Rc}),
+                                                    resume => Resume, received => Rc,
+                                                    credit => fabric_peer_flowctl:windows(O)}),
             AcceptBin = term_to_binary(Accept),
             Mac = fabric_peer_handshake:client_mac(maps:get(secret, O), F1, F2, AcceptBin),
             F3 = fabric_peer_handshake:encode({response, Mac, AcceptBin}),
@@ -115,6 +121,7 @@ auth_term({auth, success, Mac, InfoBin}, #{kind := extended} = Hs, O, Peer) when
                                             peer_hb => maps:get(heartbeat, Offer),
                                             session => Sid,
                                             peer_received => maps:get(received, Info),
+                                            peer_credit => maps:get(credit, Offer),
                                             resume_refused => maps:get(resume_refused, Info)},
                              Resumed};
                         {error, _} -> {fail, {auth_failed, bad_info}}

@@ -9,7 +9,7 @@
 -include("fabric_peer_log.hrl").
 -include("fabric_peer_protocol.hrl").
 
--export([send/3, send/4, send_confirmed/4, proxy_msg/3, proxy_exit/4, run_pending/2, emit/3,
+-export([send/3, send/4, send_confirmed/4, proxy_msg/3, proxy_send/5, proxy_exit/4, carry_out/2, emit/3,
          exit_not_supported/3]).
 
 -import(fabric_peer_payload, [rewrite_out/2, pid_id/2, act/2]).
@@ -30,23 +30,25 @@ send(Dest, Msg, P) ->
         R -> R
     end.
 
-%% @doc `send/3' for caller `From': with `acks' and no outbox room it waits (`wait': the
-%% reply comes later as a `reply' action, or `{error, timeout}' after `send_timeout').
+%% @doc `send/3' for caller `From': with `acks' and no outbox room or credit it waits
+%% (`wait': the reply comes later as a `reply' action, or `{error, timeout}' after
+%% `send_timeout').
 -spec send(term(), term(), gen_statem:from() | none, proto()) ->
           {ok | wait | {error, term()}, [action()], proto()}.
 send(Dest, Msg, From, #p{s = S} = P) ->
     {Reply, P1} = case wire_dest(Dest, S) of
                       {ok, _} when P#p.connected orelse map_get(max_queue, P#p.o) =/= 0 ->
-                          case admit({send, From, Dest, Msg}, P) of
-                              {now, Pa} -> send_to(Dest, Msg, Pa);
-                              {queued, Pq} -> {wait, Pq};
-                              {E, Pe} -> {E, Pe}
-                          end;
+                          admitted(admit({send, From, Dest, Msg}, P));
                       {ok, _} -> send_to(Dest, Msg, P);
                       E -> {E, P}
                   end,
     {Acts, P2} = done(P1),
     {Reply, Acts, P2}.
+
+admitted({now, blocked, P}) -> {wait, P};
+admitted({now, R, P}) -> {R, P};
+admitted({queued, P}) -> {wait, P};
+admitted({E, P}) -> {E, P}.
 
 %% @doc A confirmed send (docs/protocol.md 11.8) for caller `From': `wait' (the result
 %% comes as a `reply' action: `ok' or `{error, Code}'), or an error at once, nothing sent
@@ -57,10 +59,9 @@ send_confirmed(Dest, Msg, From, #p{s = S} = P) ->
     {Reply, P1} = case {fabric_peer_acks:on(P), wire_dest(Dest, S)} of
                       {false, _} -> {{error, not_supported}, P};
                       {true, {ok, _}} ->
-                          case admit({confirm, From, Dest, Msg}, P) of
-                              {now, Pa} -> confirm_now(From, Dest, Msg, Pa);
-                              {queued, Pq} -> {wait, Pq};
-                              {E, Pe} -> {E, Pe}
+                          case admitted(admit({confirm, From, Dest, Msg}, P)) of
+                              {confirming, Pa} -> {wait, Pa};
+                              R -> R
                           end;
                       {true, E} -> {E, P}
                   end,
@@ -74,7 +75,7 @@ confirm_now(From, Dest, Msg, #p{s = S} = P) ->
     case rewrite_out(Msg, P1) of
         {ok, Payload, P2} ->
             case emit_checked(msg, {mc, Ref, W, Payload}, {mc, Dest, Msg}, P2) of
-                {ok, P3} -> {wait, flush_redead(fabric_peer_protocol:count(messages_out, P3))};
+                {ok, P3} -> {confirming, flush_redead(fabric_peer_protocol:count(messages_out, P3))};
                 {E, P3} -> {E, unconfirm(Ref, P3#p{redead = []})}
             end;
         {{error, _} = E, P2} -> {E, unconfirm(Ref, P2#p{redead = []})}
@@ -85,8 +86,10 @@ unconfirm(Ref, #p{s = S} = P) ->
     P#p{s = fabric_peer_session:set_seq(Seq, S)}.
 
 send_to(Dest, Msg, #p{s = S} = P) ->
-    {ok, W} = wire_dest(Dest, S),
-    send_message(W, Dest, Msg, P).
+    case wire_dest(Dest, S) of
+        {ok, W} -> send_message(W, Dest, Msg, P);
+        E -> {E, P}
+    end.
 
 wire_dest(Pid, S) when is_pid(Pid) ->
     case fabric_peer_session:proxy_id(Pid, S) of
@@ -97,42 +100,53 @@ wire_dest(Name, _) when is_atom(Name) -> {ok, Name};
 wire_dest({Name, Node} = D, _) when is_atom(Name), is_atom(Node) -> {ok, D};
 wire_dest(_, _) -> {error, badarg}.
 
-%% Without `acks' every command goes at once (fabric_peer_acks:admit/3 otherwise).
+%% Without `acks' every command goes at once (fabric_peer_issue:admit/2 otherwise).
 admit(Cmd, P) ->
     case fabric_peer_acks:on(P) of
-        true -> fabric_peer_acks:admit(Cmd, erlang:monotonic_time(millisecond), P);
-        false -> {now, P}
+        true -> fabric_peer_issue:admit(Cmd, P);
+        false ->
+            {R, P1} = carry_out(Cmd, P),
+            {now, R, fabric_peer_issue:returned(Cmd, P1)}
     end.
 
-%% @doc A command that waited for outbox room goes now (fabric_peer_acks).
--spec run_pending(tuple(), proto()) -> proto().
-run_pending({send, From, Dest, Msg}, #p{s = S} = P) ->
-    {R, P1} = case wire_dest(Dest, S) of
-                  {ok, W} -> send_message(W, Dest, Msg, P);
-                  E -> {E, P}
-              end,
-    case From of
-        none -> P1;
-        _ -> act({reply, From, R}, P1)
-    end;
-run_pending({confirm, From, Dest, Msg}, #p{s = S} = P) ->
+%% @doc Carry out a command (fabric_peer_issue checked the outbox room and the message
+%% windows): its result, `confirming' for a confirmed send now waiting for its result, or
+%% `blocked' when the frame does not fit the byte window (it waits, as the message).
+-spec carry_out(tuple(), proto()) -> {term(), proto()}.
+carry_out({send, _, Dest, Msg}, P) -> send_to(Dest, Msg, P);
+carry_out({psend, Proxy, _, {Msg, _}}, P) -> proxy_msg_now(Proxy, Msg, P);
+carry_out({confirm, From, Dest, Msg}, #p{s = S} = P) ->
     case wire_dest(Dest, S) of
-        {ok, _} ->
-            case confirm_now(From, Dest, Msg, P) of
-                {wait, P1} -> P1;
-                {E, P1} -> act({reply, From, E}, P1)
-            end;
-        E -> act({reply, From, E}, P)
+        {ok, _} -> confirm_now(From, Dest, Msg, P);
+        E -> {E, P}
     end;
-run_pending({proxy, Proxy, Msg}, P) -> proxy_msg_now(Proxy, Msg, P);
-run_pending({exit, Proxy, From, Reason}, P) -> proxy_exit_now(Proxy, From, Reason, P).
+carry_out({proxy, Proxy, Msg}, P) -> proxy_msg_now(Proxy, Msg, P);
+carry_out({exit, Proxy, From, Reason}, P) -> {ok, proxy_exit_now(Proxy, From, Reason, P)}.
 
 %% @doc A message sent to proxy `Proxy' (`Proxy ! Msg'): errors are logged and counted.
 -spec proxy_msg(pid(), term(), proto()) -> proto().
 proxy_msg(Proxy, Msg, P0) ->
     case admit({proxy, Proxy, Msg}, P0) of
-        {now, P} -> proxy_msg_now(Proxy, Msg, P);
+        {now, {error, Why}, P} ->
+            ?LOG_WARNING(#{what => proxy_message_not_sent, peer => P#p.peer, reason => Why}, ?FABRIC_LOG),
+            fabric_peer_protocol:count(local_errors, P);
+        {now, _, P} -> P;
         {_, P} -> P
+    end.
+
+%% @doc `send/2' to proxy `Proxy', forwarded by the proxy (so that it keeps its order with
+%% the proxy's `!' messages): `From' gets the result, at the latest at `Deadline'.
+-spec proxy_send(pid(), gen_statem:from(), term(), integer(), proto()) -> proto().
+proxy_send(Proxy, From, Msg, Deadline, P0) ->
+    Cmd = {psend, Proxy, From, {Msg, Deadline}},
+    case erlang:monotonic_time(millisecond) >= Deadline of
+        true -> act({reply, From, {error, timeout}}, fabric_peer_issue:returned(Cmd, P0));
+        false ->
+            case admit(Cmd, P0) of
+                {now, blocked, P} -> P;
+                {now, R, P} -> act({reply, From, R}, P);
+                {_, P} -> P
+            end
     end.
 
 proxy_msg_now(Proxy, Msg0, #p{s = S} = P0) ->
@@ -140,13 +154,11 @@ proxy_msg_now(Proxy, Msg0, #p{s = S} = P0) ->
         {ok, Id} ->
             {Msg, P} = gen_reply_out(Proxy, Msg0, P0),
             case send_message(Id, Proxy, Msg, P) of
-                {ok, P1} -> P1;
-                {{error, Why}, P1} ->
-                    ?LOG_WARNING(#{what => proxy_message_not_sent, peer => P#p.peer, reason => Why},
-                                 ?FABRIC_LOG),
-                    fabric_peer_protocol:count(local_errors, P1)
+                {blocked, _} -> {blocked, P0};
+                R -> R
             end;
-        error -> P0
+        %% the proxy ended: like a message to an ended process
+        error -> {ok, P0}
     end.
 
 %% @doc Proxy `Proxy' received an exit signal from local process `From' that the peer
@@ -154,7 +166,7 @@ proxy_msg_now(Proxy, Msg0, #p{s = S} = P0) ->
 -spec proxy_exit(pid(), pid(), term(), proto()) -> proto().
 proxy_exit(Proxy, From, Reason, P0) ->
     case admit({exit, Proxy, From, Reason}, P0) of
-        {now, P} -> proxy_exit_now(Proxy, From, Reason, P);
+        {_, _, P} -> P;
         {_, P} -> P
     end.
 
@@ -206,6 +218,8 @@ send_message(Dest, UserDest, Msg, P) ->
         {ok, W, P1} ->
             case emit_checked(msg, {m, Dest, W}, {msg, UserDest, Msg}, P1) of
                 {ok, P2} -> {ok, flush_redead(fabric_peer_protocol:count(messages_out, P2))};
+                %% over the byte window: the exports stay, the encoding is dropped (12.2)
+                {blocked, P2} -> {blocked, P2#p{redead = []}};
                 {E, P2} -> {E, P2#p{redead = []}}
             end;
         {{error, _} = E, P1} -> {E, P1#p{redead = []}}
@@ -230,9 +244,25 @@ emit_checked(Kind, Term, Info, P) ->
     Acks = fabric_peer_acks:on(P),
     case fabric_peer_frame:check_size(Bin, P#p.peer_max) of
         {error, _} = E -> {E, P};
+        ok when Acks, Kind =:= msg -> credited(Term, Bin, Info, P);
         ok when Acks -> fabric_peer_acks:emit(Kind, Term, Bin, Info, P);
         ok when P#p.connected -> {ok, act({send, Kind, Bin}, P)};
         ok -> fabric_peer_protocol:unsent(Kind, Bin, P)
+    end.
+
+%% A credited frame (m, mc) takes credit as it is issued, if it fits the byte window.
+credited(Term, Bin, Info, #p{s = S} = P) ->
+    case fabric_peer_session:credit(S) of
+        undefined -> fabric_peer_acks:emit(msg, Term, Bin, Info, P);
+        C ->
+            Size = byte_size(Bin),
+            case fabric_peer_credit:fits(Size, C) of
+                false -> {blocked, P};
+                true ->
+                    Dest = case Term of {m, D, _} -> D; {mc, _, D, _} -> D end,
+                    C1 = fabric_peer_credit:issue(Dest, Size, C),
+                    fabric_peer_acks:emit(msg, Term, Bin, Info, P#p{s = fabric_peer_session:set_credit(C1, S)})
+            end
     end.
 
 link_enabled(#p{mode = extended, feats = #{<<"link">> := true}}) -> true;

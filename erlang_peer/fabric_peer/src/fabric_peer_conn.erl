@@ -84,17 +84,24 @@ drop_connection(Pid) -> gen_statem:call(Pid, drop_connection).
 -spec new_data(server | client, map()) -> data().
 new_data(Role, #{ref := Ref} = O) ->
     Token = make_ref(),
-    #d{role = Role, o = O, ref = Ref, t = transport(O), token = Token,
-       p = fabric_peer_protocol:new(O, env(Ref, Token, O))}.
+    Shared = #{token => Token, counters => counters:new(2, [write_concurrency]),
+               send_timeout => maps:get(send_timeout, O),
+               max_pending => maps:get(max_pending_messages, O)},
+    #d{role = Role, o = O, ref = Ref, t = transport(O), token = Token, shared = Shared,
+       p = fabric_peer_protocol:new(O, env(Ref, Shared, O))}.
 
 transport(#{tls := false}) -> tcp;
 transport(#{tls := Opts}) -> {tls, Opts}.
 
 %% What the protocol must be answered at once (fabric_peer_protocol, "env").
-env(Ref, Token, O) ->
+env(Ref, #{token := Token, counters := Ctr, max_pending := Max}, O) ->
     Self = self(),
     #{self => Self,
-      spawn_proxy => fun(Id) -> fabric_peer_proxy:start(Self, Id, Token) end,
+      spawn_proxy => fun(Id) -> fabric_peer_proxy:start(Self, Id, {Token, Ctr, Max}) end,
+      %% messages waiting in this connection's proxies (12.6)
+      proxies_pending => fun() -> counters:get(Ctr, 1) end,
+      %% a local process's mailbox length, or what waits for a proxy (credit, 12.3)
+      mailbox => fun backlog/1,
       %% a pid whose process has already exited, substituted for an unknown {pl, Id}
       placeholder => fun() ->
                              {Pid, MRef} = spawn_monitor(fun() -> ok end),
@@ -177,6 +184,17 @@ handle_common({timeout, heartbeat}, tick, _, _) -> keep_state_and_data;
 
 handle_common(info, {fabric_proxy_msg, Proxy, Msg}, _, #d{p = P} = D) ->
     {keep_state, apply_result(proxy_batch(Proxy, Msg, P, ?PROXY_BATCH, []), D)};
+handle_common(info, {fabric_proxy_send, Proxy, From, Msg, Deadline}, _, #d{p = P} = D) ->
+    {keep_state, apply_result(fabric_peer_protocol:proxy_send(Proxy, From, Msg, Deadline, P), D)};
+handle_common(info, {fabric_proxy_dropped, Proxy, Msg}, _, #d{p = P} = D) ->
+    {keep_state, apply_result(fabric_peer_protocol:proxy_dropped(Proxy, Msg, P), D)};
+handle_common(info, {fabric_proxy_unsent, Proxy, Msgs}, _, #d{p = P} = D) ->
+    %% a proxy ended with its connection's session: what waited in it is reported (11.7)
+    Items = [fabric_peer_issue:item(Proxy, M, unsent) || M <- Msgs],
+    {_, D1} = run([{undelivered, fabric_peer_protocol:end_reason(P), Items}], D),
+    {keep_state, D1};
+handle_common(info, fabric_grant_due, _, #d{p = P} = D) ->
+    {keep_state, apply_result(fabric_peer_protocol:grant_due(P), D)};
 handle_common(info, {fabric_proxy_exit, Proxy, From, Reason}, _, #d{p = P} = D) ->
     {keep_state, apply_result(fabric_peer_protocol:proxy_exit(Proxy, From, Reason, P), D)};
 handle_common(info, {'DOWN', Ref, process, Pid, Reason}, _, #d{p = P} = D) ->
@@ -319,7 +337,19 @@ too_large(State, Len, #d{p = P} = D) ->
 %% that could neither be written nor kept (for the reply to `send/3').
 %% Consecutive frames are written in one socket write.
 -spec run([fabric_peer_protocol:action()], data()) -> {ok | {error, term()}, data()}.
-run(Acts, D) -> run(Acts, [], {ok, D}).
+run(Acts, D) ->
+    {R, #d{p = P} = D1} = run(Acts, [], {ok, D}),
+    %% proxies whose messages were carried out may forward more; the proxies see how many
+    %% messages wait here (12.6)
+    case fabric_peer_protocol:allowances(P) of
+        {[], N, _} -> pending(N, D1), {R, D1};
+        {Allow, N, P1} ->
+            {_, D2} = run(Allow, [], {ok, D1#d{p = P1}}),
+            pending(N, D2),
+            {R, D2}
+    end.
+
+pending(N, #d{shared = #{counters := Ctr}}) -> counters:put(Ctr, 2, N).
 
 run([{send, Kind, Bin} | T], Batch, Acc) -> run(T, [{Kind, Bin} | Batch], Acc);
 run([A | T], Batch, Acc) -> run(T, [], run1(A, write_batch(Batch, Acc)));
@@ -347,8 +377,13 @@ write_batch(Rev, {R, #d{t = T, sock = S, p = P} = D}) ->
 run1({write, Bin}, {R, D}) ->
     {_, D1} = raw_send(Bin, D),
     {R, D1};
-run1({deliver, Target, Msg}, Acc) ->
-    ok = fabric_peer_flow:deliver(Target, Msg),
+run1({deliver, Target, Msg}, {_, #d{p = P}} = Acc) ->
+    %% with credit a slow receiver is held back by its credit (docs/protocol.md 12.3);
+    %% without, by the fairness wait of fabric_peer_flow
+    case fabric_peer_protocol:credit_on(P) of
+        true -> Target ! Msg;
+        false -> ok = fabric_peer_flow:deliver(Target, Msg)
+    end,
     Acc;
 run1({control, Proxy, Cmd}, {_, #d{token = Token}} = Acc) ->
     ok = fabric_peer_proxy:control(Proxy, Token, Cmd),
@@ -362,7 +397,7 @@ run1({monitor_export, Pid, Id}, {R, #d{p = P} = D}) ->
     {R, D#d{p = fabric_peer_protocol:watch_export(Ref, Id, P)}};
 run1({monitor_proxy, Pid, Id}, {R, #d{p = P} = D}) ->
     Ref = erlang:monitor(process, Pid),
-    ok = fabric_peer_registry:add_proxy(Pid, self()),
+    ok = fabric_peer_registry:add_proxy(Pid, self(), D#d.shared),
     {R, D#d{p = fabric_peer_protocol:watch_proxy(Ref, Id, P)}};
 run1({forget_proxy, Pid}, Acc) ->
     ok = fabric_peer_registry:remove_proxy(Pid),
@@ -376,6 +411,9 @@ run1({demonitor, Ref}, Acc) ->
     Acc;
 run1({ack_timer, Ms}, Acc) ->
     _ = erlang:send_after(Ms, self(), fabric_ack_due),
+    Acc;
+run1({grant_timer, Ms}, Acc) ->
+    _ = erlang:send_after(Ms, self(), fabric_grant_due),
     Acc;
 run1({send_timer, Ms}, Acc) ->
     _ = erlang:send_after(Ms + 1, self(), fabric_send_expire),
@@ -417,6 +455,18 @@ monitor_in_place(Pid) when node(Pid) =:= node() ->
     _ = erlang:process_info(Pid, monitored_by),
     ok;
 monitor_in_place(_) -> ok.
+
+%% The mailbox length of a local process (docs/protocol.md 12.3); for a proxy of a
+%% connection, what waits in that connection and its proxies.
+backlog(Pid) ->
+    case fabric_peer_registry:proxy_entry(Pid) of
+        {_, #{counters := Ctr}} -> counters:get(Ctr, 1) + counters:get(Ctr, 2);
+        undefined ->
+            case erlang:process_info(Pid, message_queue_len) of
+                {message_queue_len, N} -> N;
+                undefined -> gone
+            end
+    end.
 
 %% @doc Write one frame on the socket (counted in `frames_out').
 -spec raw_send(iodata(), data()) -> {ok | {error, term()}, data()}.

@@ -16,6 +16,9 @@
           session :: binary() | undefined,
           hs = #{} :: map(),                   % handshake in progress (frames, nonces)
           token :: reference(),                % authenticates control messages to proxies
+          %% shared with the proxies: token, counters (messages waiting in the proxies,
+          %% slot 1, and in this connection, slot 2), send_timeout, max_pending
+          shared :: map(),
           p :: fabric_peer_protocol:proto(),
           waiters = [] :: [gen_statem:from()],
           attempt = 0 :: non_neg_integer(),

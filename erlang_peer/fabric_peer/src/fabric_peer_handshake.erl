@@ -101,19 +101,43 @@ parse_legacy_challenge(_) -> error.
 %% @doc The server's offer map (binary keys) from its settings.
 -spec offer(#{version := pos_integer(), features := [binary()], node := binary(),
               max_frame := pos_integer(), heartbeat := non_neg_integer()}) -> map().
-offer(#{version := V, features := F, node := N, max_frame := M, heartbeat := H}) ->
-    #{<<"version">> => V, <<"features">> => F, <<"node">> => N,
-      <<"max_frame">> => M, <<"heartbeat">> => H}.
+offer(#{version := V, features := F, node := N, max_frame := M, heartbeat := H} = O) ->
+    with_windows(F, maps:get(credit, O, undefined),
+                 #{<<"version">> => V, <<"features">> => F, <<"node">> => N,
+                   <<"max_frame">> => M, <<"heartbeat">> => H}).
+
+%% The credit windows (docs/protocol.md 12.1) go with the `credit' feature.
+with_windows(F, {W, B, D}, Map) ->
+    case lists:member(<<"credit">>, F) of
+        true -> Map#{<<"credit_window">> => W, <<"credit_bytes">> => B, <<"credit_dest">> => D};
+        false -> Map
+    end;
+with_windows(_, _, Map) -> Map.
+
+%% The windows of a map that has `credit' in its features: integers >= 1, the
+%% per-destination one not above the connection's.
+windows(F, Map) ->
+    case lists:member(<<"credit">>, F) of
+        false -> {ok, undefined};
+        true ->
+            case {maps:get(<<"credit_window">>, Map, x), maps:get(<<"credit_bytes">>, Map, x),
+                  maps:get(<<"credit_dest">>, Map, x)} of
+                {W, B, D} when is_integer(W), is_integer(B), is_integer(D), W >= 1, B >= 1,
+                               D >= 1, D =< W -> {ok, {W, B, D}};
+                _ -> error
+            end
+    end.
 
 %% @doc Validate a received offer; unknown keys are ignored.
 -spec parse_offer(term()) -> {ok, map()} | {error, bad_offer}.
 parse_offer(#{<<"version">> := V, <<"features">> := F, <<"node">> := N,
-              <<"max_frame">> := M, <<"heartbeat">> := H})
+              <<"max_frame">> := M, <<"heartbeat">> := H} = Offer)
   when is_integer(V), V >= 1, is_list(F), is_binary(N), is_integer(M), M > 0,
        is_integer(H), H >= 0 ->
-    case lists:all(fun is_binary/1, F) of
-        true -> {ok, #{version => V, features => F, node => N, max_frame => M, heartbeat => H}};
-        false -> {error, bad_offer}
+    case lists:all(fun is_binary/1, F) andalso windows(F, Offer) of
+        {ok, Credit} -> {ok, #{version => V, features => F, node => N, max_frame => M,
+                               heartbeat => H, credit => Credit}};
+        _ -> {error, bad_offer}
     end;
 parse_offer(_) -> {error, bad_offer}.
 
@@ -123,7 +147,9 @@ parse_offer(_) -> {error, bad_offer}.
                heartbeat := non_neg_integer(), resume => binary() | undefined,
                received => non_neg_integer() | undefined}) -> map().
 accept(#{features := F, node := N, max_frame := M, heartbeat := H} = A) ->
-    Base = #{<<"features">> => F, <<"node">> => N, <<"max_frame">> => M, <<"heartbeat">> => H},
+    Base = with_windows(F, maps:get(credit, A, undefined),
+                        #{<<"features">> => F, <<"node">> => N, <<"max_frame">> => M,
+                          <<"heartbeat">> => H}),
     case {maps:get(resume, A, undefined), maps:get(received, A, undefined)} of
         {undefined, _} -> Base;
         {S, undefined} when is_binary(S) -> Base#{<<"resume">> => S};
@@ -140,12 +166,17 @@ parse_accept(#{<<"features">> := F, <<"node">> := N, <<"max_frame">> := M,
     case lists:all(fun is_binary/1, F) andalso (Resume =:= undefined orelse is_binary(Resume))
         andalso (Received =:= undefined orelse (is_integer(Received) andalso Received >= 0))
         %% acks only with session (docs/protocol.md 11.1)
-        andalso (not lists:member(<<"acks">>, F) orelse lists:member(<<"session">>, F)) of
+        andalso (not lists:member(<<"acks">>, F) orelse lists:member(<<"session">>, F))
+        %% credit only with acks, and with its windows (12.1)
+        andalso (not lists:member(<<"credit">>, F) orelse lists:member(<<"acks">>, F))
+        andalso windows(F, A) of
         false -> {error, bad_accept};
-        true ->
+        error -> {error, bad_accept};
+        {ok, Credit} ->
             case F -- Offered of
                 [] -> {ok, #{features => lists:usort(F), node => N, max_frame => M,
-                             heartbeat => H, resume => Resume, received => Received}};
+                             heartbeat => H, resume => Resume, received => Received,
+                             credit => Credit}};
                 _ -> {error, not_offered}
             end
     end;
@@ -291,6 +322,26 @@ offer_accept_test() ->
     %% acks without session breaks 11.1
     NoSession = accept(#{features => [<<"acks">>], node => <<"c">>, max_frame => 1, heartbeat => 0}),
     ?assertEqual({error, bad_accept}, parse_accept(NoSession, [<<"session">>, <<"acks">>])).
+
+credit_windows_test() ->
+    F = [<<"session">>, <<"acks">>, <<"credit">>],
+    O = offer(#{version => 1, features => F, node => <<"n">>, max_frame => 9, heartbeat => 0,
+                credit => {16, 100, 4}}),
+    ?assertMatch(#{<<"credit_window">> := 16, <<"credit_bytes">> := 100, <<"credit_dest">> := 4}, O),
+    ?assertMatch({ok, #{credit := {16, 100, 4}}}, parse_offer(O)),
+    ?assertEqual({error, bad_offer}, parse_offer(maps:remove(<<"credit_dest">>, O))),
+    ?assertEqual({error, bad_offer}, parse_offer(O#{<<"credit_dest">> => 17})),
+    ?assertEqual({error, bad_offer}, parse_offer(O#{<<"credit_window">> => 0})),
+    %% without the feature, no keys
+    ?assertNot(is_map_key(<<"credit_window">>,
+                          offer(#{version => 1, features => [<<"acks">>], node => <<"n">>,
+                                  max_frame => 9, heartbeat => 0, credit => {1, 1, 1}}))),
+    A = accept(#{features => F, node => <<"c">>, max_frame => 1, heartbeat => 0, credit => {8, 50, 2}}),
+    ?assertMatch({ok, #{credit := {8, 50, 2}}}, parse_accept(A, F)),
+    ?assertEqual({error, bad_accept}, parse_accept(maps:remove(<<"credit_bytes">>, A), F)),
+    NoAcks = accept(#{features => [<<"session">>, <<"credit">>], node => <<"c">>, max_frame => 1,
+                      heartbeat => 0, credit => {8, 50, 2}}),
+    ?assertEqual({error, bad_accept}, parse_accept(NoAcks, F)).
 
 info_test() ->
     ?assertMatch({ok, #{session := <<1>>, resumed := true, received := undefined,

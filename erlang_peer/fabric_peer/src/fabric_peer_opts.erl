@@ -9,7 +9,7 @@
 
 -define(ALL_FEATURES, [<<"whereis">>, <<"link">>, <<"maps">>, <<"bitstrings">>, <<"ports">>,
                        <<"funs">>, <<"heartbeat">>, <<"error">>, <<"session">>,
-                       <<"acks">>, <<"link_exit">>]).
+                       <<"acks">>, <<"credit">>, <<"link_exit">>]).
 
 %% @doc The version 1 features this implementation speaks (docs/protocol.md section 3.5).
 -spec all_features() -> [binary()].
@@ -27,7 +27,7 @@ normalize(Role, Secret, Opts) when is_map(Opts) ->
         maps:foreach(fun check/2, M),
         check_combination(Role, M),
         {ok, M#{secret => S, role => Role, tls => tls(Role, maps:get(tls, M)),
-                features => [to_bin(F) || F <- maps:get(features, M)],
+                features => features([to_bin(F) || F <- maps:get(features, M)]),
                 node => node_name(maps:get(node, M))}}
     catch throw:{bad_option, _} = E -> {error, E}
     end;
@@ -49,6 +49,9 @@ defaults(Role) ->
                ack_every => A(ack_every), ack_delay => A(ack_delay),
                max_pending_messages => A(max_pending_messages), send_timeout => A(send_timeout),
                max_confirms => A(max_confirms),
+               credit_window => A(credit_window), credit_bytes => A(credit_bytes),
+               credit_dest => A(credit_dest), mailbox_high => A(mailbox_high),
+               grant_every => A(grant_every), grant_delay => A(grant_delay),
                undelivered => owner, tls => false, compress => false},
     case Role of
         server -> Common#{ip => {127, 0, 0, 1}, acceptors => 4, mode => extended,
@@ -75,7 +78,15 @@ acks_default(ack_every) -> 64;
 acks_default(ack_delay) -> 10;
 acks_default(max_pending_messages) -> 250000;
 acks_default(send_timeout) -> 5000;
-acks_default(max_confirms) -> 16384.
+acks_default(max_confirms) -> 16384;
+%% credit (docs/protocol.md 12, 13.2): the windows we grant the peer, when a mailbox is
+%% "not keeping up", how grants are batched
+acks_default(credit_window) -> 16384;
+acks_default(credit_bytes) -> 16 * 1024 * 1024;
+acks_default(credit_dest) -> 1024;
+acks_default(mailbox_high) -> 1024;
+acks_default(grant_every) -> 64;
+acks_default(grant_delay) -> 10.
 
 check(K, V) when K =:= allowed; K =:= force_system_names; K =:= routable_nodes ->
     (is_list(V) andalso lists:all(fun is_atom/1, V)) orelse bad(K, V);
@@ -88,7 +99,9 @@ check(K, V) when K =:= max_frame; K =:= max_handshake_frame; K =:= handshake_tim
                  K =:= auth_failure_window; K =:= auth_block_time; K =:= max_terms;
                  K =:= max_connections; K =:= max_pending; K =:= max_pending_per_address;
                  K =:= outbox_frames; K =:= outbox_bytes; K =:= ack_every; K =:= ack_delay;
-                 K =:= max_pending_messages; K =:= send_timeout; K =:= max_confirms ->
+                 K =:= max_pending_messages; K =:= send_timeout; K =:= max_confirms;
+                 K =:= credit_window; K =:= credit_bytes; K =:= credit_dest;
+                 K =:= mailbox_high; K =:= grant_every; K =:= grant_delay ->
     (is_integer(V) andalso V > 0) orelse bad(K, V);
 check(K, V) when K =:= max_new_atoms; K =:= max_server_atoms; K =:= heartbeat;
                  K =:= max_queue; K =:= max_errors; K =:= max_auth_failures ->
@@ -146,12 +159,21 @@ tls(Role, Opts) ->
 %% could serve nobody, so the combination is refused rather than silently useless.
 check_combination(server, #{mode := legacy, allow_legacy_auth := false}) ->
     bad(mode, {legacy, requires_allow_legacy_auth});
+check_combination(_, #{credit_dest := D, credit_window := W}) when D > W ->
+    bad(credit_dest, {D, above, credit_window, W});
 check_combination(_, #{features := F}) ->
     %% acks needs session (docs/protocol.md 11.1)
     Fs = [to_bin(X) || X <- F],
     (not lists:member(<<"acks">>, Fs) orelse lists:member(<<"session">>, Fs))
         orelse bad(features, {<<"acks">>, requires, <<"session">>}),
     ok.
+
+%% credit needs acks (docs/protocol.md 11.1): without acks it is neither offered nor accepted.
+features(Fs) ->
+    case lists:member(<<"acks">>, Fs) of
+        true -> Fs;
+        false -> Fs -- [<<"credit">>]
+    end.
 
 to_bin(F) when is_atom(F) -> atom_to_binary(F, utf8);
 to_bin(F) when is_binary(F) -> F;

@@ -34,6 +34,8 @@
 %% acks (fabric_peer_acks)
 -export([ack_due/1, expire/2, flush/2, resumable/3, resume_ok/2, set_end_reason/2,
          received/1]).
+%% credit and the proxies' allowance (fabric_peer_flowctl, fabric_peer_issue)
+-export([grant_due/1, end_reason/1, proxy_send/5, proxy_dropped/3, allowances/1, credit_on/1]).
 %% for fabric_peer_acks
 -export([incoming/3]).
 %% send/3 and connected/1 are the pure API the unit tests drive (the connection uses send/4)
@@ -57,7 +59,7 @@
                 | {control, pid(), term()} | {reply, gen_statem:from(), term()}
                 | {monitor_export | monitor_proxy, pid(), integer()}
                 | {forget_proxy | discard_proxy, pid()} | {demonitor, reference()}
-                | {ack_timer | send_timer, pos_integer()}
+                | {ack_timer | send_timer | grant_timer, pos_integer()}
                 | {undelivered, atom(), [map()]}.
 
 -include("fabric_peer_protocol.hrl").
@@ -105,7 +107,7 @@ established(Params, Reset, Resumed, #p{o = O} = P0) ->
     case Resumed andalso fabric_peer_acks:on(P3) of
         true -> done(fabric_peer_acks:resume(maps:get(peer_received, Params), P3));
         false when Resumed -> done(flush_outbox(true, P3));
-        false -> done(flush_outbox(false, fabric_peer_acks:start(P3)))
+        false -> done(flush_outbox(false, fabric_peer_acks:start(Params, P3)))
     end.
 
 flush_outbox(true, #p{s = S} = P) ->
@@ -204,8 +206,10 @@ frame(Bin, #p{o = O, atoms_left = Left} = P0) ->
     case fabric_peer_etf:decode(Bin, #{atoms_left => Budget, max_terms => maps:get(max_terms, O),
                                        max_decompressed => maps:get(max_frame, O)}) of
         {ok, Term, New} ->
-            P1 = spend_atoms(New, P),
-            Result = case fabric_peer_acks:frame_in(Term, P1) of
+            {Credited, Verdict, P1} = fabric_peer_flowctl:received(Term, byte_size(Bin),
+                                                                   spend_atoms(New, P)),
+            Result = case Verdict =:= ok andalso first_in(Term, P1) of
+                         false -> fabric_peer_flowctl:exceeded(Term, P1);
                          pass ->
                              Frame = fabric_peer_frame:classify(Term, P1#p.mode, P1#p.feats),
                              Screened = fabric_peer_policy:screen(
@@ -213,7 +217,7 @@ frame(Bin, #p{o = O, atoms_left = Left} = P0) ->
                              dispatch(Screened, P1);
                          R -> R
                      end,
-            {Status, P2} = case Result of
+            {Status, P2a} = case Result of
                                {ok, Pd} -> {ok, fabric_peer_acks:handled(Term, Pd)};
                                {close, Pc} -> {close, Pc};
                                {refused, Code, Why, Pr} ->
@@ -232,7 +236,7 @@ frame(Bin, #p{o = O, atoms_left = Left} = P0) ->
             %% proxies started for this frame but in neither table after it (the frame was
             %% dropped half-way) stand for nothing: end them (a stand-in of an exit2 is
             %% buried, and ends by itself after delivering its signal)
-            #p{s = S} = P2,
+            #p{s = S} = P2 = fabric_peer_flowctl:settle(Credited, P2a),
             P3 = lists:foldl(fun(Pid, Acc) -> act({discard_proxy, Pid}, Acc) end, P2,
                              [Pid || Pid <- lists:reverse(P2#p.fresh),
                                      fabric_peer_session:proxy_id(Pid, S) =:= error,
@@ -243,6 +247,13 @@ frame(Bin, #p{o = O, atoms_left = Left} = P0) ->
             {Status, P1} = frame_error(Code, Why, fabric_peer_acks:handled(undecodable, P)),
             {Acts, P2} = done(P1),
             {Status, Acts, P2}
+    end.
+
+%% The frames of `credit' and `acks' (`pass' for the others).
+first_in(Term, P) ->
+    case fabric_peer_flowctl:frame_in(Term, P) of
+        pass -> fabric_peer_acks:frame_in(Term, P);
+        R -> R
     end.
 
 %% A dropped frame restarts from the state before it, keeping what was done meanwhile.
@@ -366,6 +377,8 @@ incoming(Dest, Payload, P) -> incoming_message(Dest, Payload, P).
 %% a message is counted in `messages_in' when delivered (`messages_out': when written or
 %% queued for writing, fabric_peer_commands); replays and frames dropped are not messages
 deliver(Target, _, #p{env = #{self := Self}} = P) when Target =:= Self -> P;
+deliver(Target, Msg, P) when is_pid(Target), node(Target) =:= node() ->
+    act({deliver, Target, Msg}, count(messages_in, P#p{delivered = Target}));
 deliver(Target, Msg, P) -> act({deliver, Target, Msg}, count(messages_in, P)).
 
 resolve_dest(Id, #p{s = S}) when is_integer(Id) ->
@@ -563,7 +576,31 @@ ack_due(P) -> done(fabric_peer_acks:ack_due(P)).
 
 %% @doc `send/4' callers waiting since before `Now - send_timeout' get `{error, timeout}'.
 -spec expire(integer(), proto()) -> result().
-expire(Now, P) -> done(fabric_peer_acks:expire(Now, P)).
+expire(Now, P) -> done(fabric_peer_issue:expire(Now, P)).
+
+%% @doc The grant delay passed (`credit'): owed mailboxes checked again, returns granted.
+-spec grant_due(proto()) -> result().
+grant_due(P) -> done(fabric_peer_flowctl:grant_due(P)).
+
+%% @doc `send/2' to proxy `Proxy' of caller `From', forwarded by the proxy.
+-spec proxy_send(pid(), gen_statem:from(), term(), integer(), proto()) -> result().
+proxy_send(Proxy, From, Msg, Deadline, P) ->
+    done(fabric_peer_commands:proxy_send(Proxy, From, Msg, Deadline, P)).
+
+%% @doc A message of `!' the proxy dropped (max_pending_messages reached, 12.6).
+-spec proxy_dropped(pid(), term(), proto()) -> result().
+proxy_dropped(Proxy, Msg, P) -> done(fabric_peer_issue:dropped(Proxy, Msg, P)).
+
+%% @doc The allowance to give back to proxies (control actions), and whether the overflow
+%% may have ended; plus the commands waiting in the connection.
+-spec allowances(proto()) -> {[action()], non_neg_integer(), proto()}.
+allowances(#p{pq = PQ} = P) ->
+    {Acts, P1} = fabric_peer_issue:take_allowances(P),
+    {Acts, fabric_peer_pending:len(PQ), P1}.
+
+%% @doc True with `credit' (a delivery is then never held back by the connection).
+-spec credit_on(proto()) -> boolean().
+credit_on(P) -> fabric_peer_flowctl:on(P).
 
 %% @doc `close' caller `From' is answered once nothing waits for an ack.
 -spec flush(gen_statem:from(), proto()) -> result().
@@ -590,6 +627,10 @@ received(#p{s = S}) ->
 -spec set_end_reason(atom(), proto()) -> proto().
 set_end_reason(Why, P) -> P#p{end_reason = Why}.
 
+%% @doc Why the session ends (as `set_end_reason/2' left it).
+-spec end_reason(proto()) -> atom().
+end_reason(#p{end_reason = Why}) -> Why.
+
 %%% accessors
 
 link_enabled(#p{mode = extended, feats = #{<<"link">> := true}}) -> true;
@@ -610,7 +651,7 @@ connected(#p{connected = C}) -> C.
 %% @doc The protocol's part of `fabric_peer:info/1'.
 -spec info(proto()) -> map().
 info(#p{stats = St, s = S, mode = Mode, feats = F, atoms_left = A} = P) ->
-    (maps:merge(St, fabric_peer_acks:info(P)))#{mode => case Mode of undefined -> none; M -> M end,
+    (maps:merge(maps:merge(St, fabric_peer_acks:info(P)), fabric_peer_flowctl:info(P)))#{mode => case Mode of undefined -> none; M -> M end,
         features => lists:sort(maps:keys(F)),
         proxies => fabric_peer_session:proxy_count(S),
         exported => fabric_peer_session:export_count(S),

@@ -26,14 +26,15 @@
           missing = #{} :: #{integer() => true},
           refused :: term(),
           acts = [] :: [fabric_peer_protocol:action()],              % newest first
-          %% acks: user commands waiting for outbox room (oldest first), how many of them
-          %% are send/2 callers, messages of `!' dropped in the current overflow (and the
-          %% batch not reported yet), why the session ends, `close' callers waiting
-          pending = queue:new() :: queue:queue(tuple()),
-          npending = 0 :: non_neg_integer(),
-          nsenders = 0 :: non_neg_integer(),
+          %% acks: user commands waiting for outbox room or credit (fabric_peer_pending),
+          %% messages of `!' dropped in the current overflow (and the batch not reported
+          %% yet), allowance to give back to proxies (messages of theirs carried out)
+          pq = fabric_peer_pending:new() :: fabric_peer_pending:pending(),
           overflow = 0 :: non_neg_integer(),
           overflow_batch = [] :: [map()],
+          allow = #{} :: #{pid() => pos_integer()},
+          %% credit: the local pid the frame being handled was delivered to
+          delivered = none :: pid() | none,
           end_reason = closed :: atom(),
           flushers = [] :: [gen_statem:from()]
          }).

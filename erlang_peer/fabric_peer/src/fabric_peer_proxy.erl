@@ -22,6 +22,16 @@
 %% always a link signal (From ended with `kill'): with the `link_exit' feature the peer gets
 %% it as one (`link_exit', trappable there), otherwise as `exit2 ... kill'.
 %%
+%% Flow (docs/protocol.md 12.6). A message sent to the proxy (`Proxy ! Msg', and
+%% `fabric_peer:send/2' to it, which comes as a request so that both keep their order) is
+%% forwarded to the connection only as far as an allowance the connection gives back as it
+%% carries them out; the rest waits here, in order, so that the connection's mailbox stays
+%% short whatever the burst. The messages waiting in all the proxies of a connection are
+%% counted in a `counters' reference shared with it (slot 1; slot 2 is the connection's
+%% own pending queue): beyond `max_pending_messages' a message of `!' is dropped and handed
+%% to the connection to be counted and reported, a `send/2' request gets
+%% `{error, overflow}'. A request still waiting at its deadline gets `{error, timeout}'.
+%%
 %% This is a plain process, not a behaviour, on purpose: a proxy must forward every term
 %% verbatim, including terms shaped like `gen_server' calls or system messages. It is not
 %% started with `proc_lib' either: a proxy ending with the remote process's abnormal reason
@@ -29,18 +39,36 @@
 %% per-connection token no other process knows.
 -module(fabric_peer_proxy).
 
--export([start/3, control/3]).
+-export([start/3, control/3, request/5]).
+
+%% Messages the connection lets a proxy forward before it gives allowance back.
+-define(ALLOWANCE, 512).
 
 -record(s, {conn :: pid(), ref :: reference(), token :: reference(),
             %% local processes linked to this proxy because the peer sent {link, A, B}
-            peer_linked = #{} :: #{pid() => true}}).
+            peer_linked = #{} :: #{pid() => true},
+            allow = ?ALLOWANCE :: non_neg_integer(),
+            q = queue:new() :: queue:queue({m, term()} | {s, term(), term(), integer()}),
+            ctr :: counters:counters_ref() | undefined,
+            max = 0 :: non_neg_integer()}).
 
 %% @doc Start the proxy for remote id `Id' of connection `Conn' (not linked: the
 %% connection monitors it, and it monitors the connection). The proxy itself does not need
 %% `Id': the connection maps it to the proxy.
--spec start(pid(), pos_integer(), reference()) -> pid().
+%% `Token' is the connection's token, or `{Token, Counters, MaxPending}' (flow, above).
+-spec start(pid(), pos_integer(), reference() | {reference(), counters:counters_ref(), pos_integer()}) -> pid().
+start(Conn, _Id, {Token, Ctr, Max}) ->
+    spawn(fun() -> init(Conn, Token, Ctr, Max) end);
 start(Conn, _Id, Token) ->
-    spawn(fun() -> init(Conn, Token) end).
+    spawn(fun() -> init(Conn, Token, undefined, 0) end).
+
+%% @doc `fabric_peer:send/2' to a proxy: the request goes through the proxy (its order
+%% with the `!' messages is kept); the reply `{Tag, Result}' goes to `From' = `{Pid, Tag}'
+%% (from the connection once issued, or from the proxy: overflow, timeout, ended).
+-spec request(pid(), reference(), term(), term(), integer()) -> ok.
+request(Proxy, Token, From, Msg, Deadline) ->
+    Proxy ! {'$fabric_send', Token, From, Msg, Deadline},
+    ok.
 
 %% @doc Send a control command to a proxy: `{die, Reason}', `{link, Pid}', `{unlink, Pid}',
 %% `{exit, Pid, Reason}' (the proxy calls `exit(Pid, Reason)', so `Pid' sees the proxy
@@ -51,25 +79,98 @@ control(Proxy, Token, Cmd) ->
     Proxy ! {'$fabric_ctl', Token, Cmd},
     ok.
 
-init(Conn, Token) ->
+init(Conn, Token, Ctr, Max) ->
     process_flag(trap_exit, true),
     Ref = monitor(process, Conn),
-    loop(#s{conn = Conn, ref = Ref, token = Token}).
+    loop(#s{conn = Conn, ref = Ref, token = Token, ctr = Ctr, max = Max}).
 
 loop(#s{conn = Conn, ref = Ref, token = Token} = S) ->
     receive
         {'$fabric_ctl', Token, Cmd} ->
             loop(command(Cmd, S));
+        {'$fabric_send', Token, From, Msg, Deadline} ->
+            loop(item({s, From, Msg, Deadline}, S));
+        {'$fabric_expire', Token} ->
+            loop(expire(S));
         {'DOWN', Ref, process, Conn, _} ->
-            exit(noconnection);
+            die(noconnection, S);
         {'EXIT', From, Reason} ->
             loop(exit_signal(From, Reason, S));
         Msg ->
-            Conn ! {fabric_proxy_msg, self(), Msg},
-            loop(S)
+            loop(item({m, Msg}, S))
     end.
 
-command({die, Reason}, _) -> exit(Reason);
+%% A message or a send request: forwarded within the allowance, or waiting here, or
+%% beyond max_pending_messages refused.
+item(It, #s{allow = A, q = Q} = S) when A > 0 ->
+    case queue:is_empty(Q) of
+        true -> forward(It, S), S#s{allow = A - 1};
+        false -> wait(It, S)
+    end;
+item(It, S) -> wait(It, S).
+
+wait(It, #s{ctr = undefined, q = Q} = S) -> S#s{q = queue:in(It, Q)};
+wait(It, #s{ctr = Ctr, max = Max, q = Q, conn = Conn} = S) ->
+    case counters:get(Ctr, 1) + counters:get(Ctr, 2) >= Max of
+        true ->
+            case It of
+                {m, Msg} -> Conn ! {fabric_proxy_dropped, self(), Msg};
+                {s, From, _, _} -> reply(From, {error, overflow})
+            end,
+            S;
+        false ->
+            counters:add(Ctr, 1, 1),
+            case It of
+                {s, _, _, Deadline} ->
+                    erlang:send_after(max(0, Deadline - erlang:monotonic_time(millisecond)) + 1,
+                                      self(), {'$fabric_expire', S#s.token});
+                _ -> ok
+            end,
+            S#s{q = queue:in(It, Q)}
+    end.
+
+forward({m, Msg}, #s{conn = Conn}) -> Conn ! {fabric_proxy_msg, self(), Msg};
+forward({s, From, Msg, Deadline}, #s{conn = Conn}) ->
+    Conn ! {fabric_proxy_send, self(), From, Msg, Deadline}.
+
+%% The connection gave allowance back: forward what waits, oldest first.
+release(#s{allow = 0} = S) -> S;
+release(#s{allow = A, q = Q, ctr = Ctr} = S) ->
+    case queue:out(Q) of
+        {{value, It}, Q1} ->
+            Ctr =:= undefined orelse counters:sub(Ctr, 1, 1),
+            forward(It, S),
+            release(S#s{allow = A - 1, q = Q1});
+        {empty, _} -> S
+    end.
+
+%% Send requests still waiting at their deadline: nothing was sent.
+expire(#s{q = Q, ctr = Ctr} = S) ->
+    Now = erlang:monotonic_time(millisecond),
+    {Keep, Gone} = lists:partition(fun({s, _, _, D}) -> D > Now; (_) -> true end, queue:to_list(Q)),
+    [reply(From, {error, timeout}) || {s, From, _, _} <- Gone],
+    Ctr =:= undefined orelse Gone =:= [] orelse counters:sub(Ctr, 1, length(Gone)),
+    S#s{q = queue:from_list(Keep)}.
+
+reply({To, Tag}, R) -> gen:reply({To, Tag}, R).
+
+%% The proxy ends: what still waits here is given to the connection (reported with the
+%% session's end, 11.7); waiting send/2 callers get `{error, Reason}' for a connection
+%% that ended, `ok' for a remote process that ended (a message to an ended process).
+die(Reason, #s{q = Q, ctr = Ctr, conn = Conn}) ->
+    Items = queue:to_list(Q),
+    Ctr =:= undefined orelse Items =:= [] orelse counters:sub(Ctr, 1, length(Items)),
+    R = case Reason of noconnection -> {error, noconnection}; _ -> ok end,
+    [reply(From, R) || {s, From, _, _} <- Items],
+    case [M || {m, M} <- Items] of
+        [] -> ok;
+        Msgs when Reason =:= noconnection -> Conn ! {fabric_proxy_unsent, self(), Msgs};
+        _ -> ok
+    end,
+    exit(Reason).
+
+command({die, Reason}, S) -> die(Reason, S);
+command({allow, N}, #s{allow = A} = S) -> release(S#s{allow = A + N});
 command({link, Pid}, #s{peer_linked = L} = S) ->
     %% linking to a process that already ended gives us {'EXIT', Pid, noproc}: handled
     %% as a link death (its DEAD is on its way), since Pid is recorded first

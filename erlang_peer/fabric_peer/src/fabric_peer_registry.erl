@@ -26,7 +26,7 @@
          conn_sup/1, set_conn_sup/2,
          session_owner/2, register_session/3, unregister_session/3,
          keep_detached/3, unkeep_detached/2,
-         add_proxy/2, remove_proxy/1, proxy_conn/1, is_proxy/1]).
+         add_proxy/3, remove_proxy/1, proxy_conn/1, proxy_entry/1, is_proxy/1]).
 
 -define(REG, fabric_peer_registry).
 -define(PROXIES, fabric_peer_proxies).
@@ -126,12 +126,11 @@ unkeep_detached(Ref, Pid) ->
 %%% proxies
 
 %% @doc Record proxy `Proxy' of connection `Conn'.
--spec add_proxy(pid(), pid()) -> ok.
-add_proxy(Proxy, Conn) ->
-    true = ets:insert(?PROXIES, {Proxy, Conn}),
+-spec add_proxy(pid(), pid(), map()) -> ok.
+add_proxy(Proxy, Conn, Shared) ->
+    true = ets:insert(?PROXIES, {Proxy, Conn, Shared}),
     ok.
 
-%% @doc Forget proxy `Proxy'.
 -spec remove_proxy(pid()) -> ok.
 remove_proxy(Proxy) ->
     true = ets:delete(?PROXIES, Proxy),
@@ -141,7 +140,16 @@ remove_proxy(Proxy) ->
 -spec proxy_conn(pid()) -> pid() | undefined.
 proxy_conn(Pid) ->
     case ets:lookup(?PROXIES, Pid) of
-        [{_, Conn}] -> Conn;
+        [{_, Conn, _}] -> Conn;
+        [] -> undefined
+    end.
+
+%% @doc A proxy's connection and what it shares with its proxies (`token', `counters',
+%% `send_timeout', `max_pending').
+-spec proxy_entry(pid()) -> {pid(), map()} | undefined.
+proxy_entry(Pid) ->
+    case ets:lookup(?PROXIES, Pid) of
+        [{_, Conn, Shared}] -> {Conn, Shared};
         [] -> undefined
     end.
 

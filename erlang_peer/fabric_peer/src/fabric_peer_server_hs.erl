@@ -42,7 +42,8 @@ extended_challenge(F1, ClientVersion, Nonce, O) ->
     Offer = fabric_peer_handshake:offer(#{version => Version, features => maps:get(features, O),
                                           node => maps:get(node, O),
                                           max_frame => maps:get(max_frame, O),
-                                          heartbeat => maps:get(heartbeat, O)}),
+                                          heartbeat => maps:get(heartbeat, O),
+                                          credit => fabric_peer_flowctl:windows(O)}),
     F2 = fabric_peer_handshake:encode({challenge, Nonce, Offer}),
     {send, F2, #{kind => extended, f1 => F1, f2 => F2, version => Version}}.
 
@@ -87,7 +88,8 @@ response({response, Mac, AcceptBin}, _, #{kind := extended, f1 := F1, f2 := F2} 
             Params = #{mode => extended, features => Feats, version => maps:get(version, Hs),
                        peer_node => maps:get(node, Acc), peer_max => maps:get(max_frame, Acc),
                        peer_hb => maps:get(heartbeat, Acc),
-                       peer_received => maps:get(received, Acc)},
+                       peer_received => maps:get(received, Acc),
+                       peer_credit => maps:get(credit, Acc)},
             Resume = case maps:get(resume, Acc) of
                          Sid when is_binary(Sid) -> Sid;
                          _ -> undefined

@@ -27,7 +27,7 @@
          recent_dead/1,
          call_in/3, call_out/3,
          refs/1, set_refs/2, funs/1, set_funs/2,
-         enqueue/4, take_outbox/1, outbox_len/1, seq/1, set_seq/2]).
+         enqueue/4, take_outbox/1, outbox_len/1, seq/1, set_seq/2, credit/1, set_credit/2]).
 
 -export_type([session/0]).
 
@@ -61,7 +61,9 @@
           outbox = queue:new() :: queue:queue(binary()),
           queued_msgs = 0 :: non_neg_integer(),
           %% with the `acks' feature: counts and the outbox of unacknowledged frames
-          seq :: fabric_peer_seq:seq() | undefined
+          seq :: fabric_peer_seq:seq() | undefined,
+          %% with the `credit' feature: both directions' counts (fabric_peer_credit)
+          credit :: fabric_peer_credit:credit() | undefined
          }).
 
 -opaque session() :: #session{}.
@@ -322,6 +324,14 @@ seq(#session{seq = Q}) -> Q.
 %% @doc Replace the sequencing state.
 -spec set_seq(fabric_peer_seq:seq() | undefined, session()) -> session().
 set_seq(Q, S) -> S#session{seq = Q}.
+
+%% @doc The credit state, `undefined' for a session without `credit'.
+-spec credit(session()) -> fabric_peer_credit:credit() | undefined.
+credit(#session{credit = C}) -> C.
+
+%% @doc Replace the credit state.
+-spec set_credit(fabric_peer_credit:credit() | undefined, session()) -> session().
+set_credit(C, S) -> S#session{credit = C}.
 
 -ifdef(TEST).
 -include_lib("eunit/include/eunit.hrl").

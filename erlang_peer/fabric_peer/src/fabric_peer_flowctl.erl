@@ -1,0 +1,152 @@
+%% @doc The `credit' feature inside the established protocol (docs/protocol.md 12), without
+%% I/O: counting the credited frames received against our windows (`credit_exceeded'),
+%% returning their credit once delivered with room in the mailbox, batching the returns
+%% into `{credit, Grants, Bytes}' frames, and applying the peer's grants (then the frames
+%% waiting for credit go, `fabric_peer_issue:drain/1'). The counts are
+%% `fabric_peer_credit', inside the session. Mailbox lengths come from the env's
+%% `mailbox' fun (the connection asks `process_info'); it adds the action
+%% `{grant_timer, Ms}': call `fabric_peer_protocol:grant_due/1' after `Ms'.
+-module(fabric_peer_flowctl).
+
+-include_lib("kernel/include/logger.hrl").
+-include("fabric_peer_protocol.hrl").
+
+-export([windows/1, on/1, received/3, exceeded/2, frame_in/2, settle/2, grant_due/1,
+         after_replay/1, info/1]).
+
+-import(fabric_peer_payload, [act/2]).
+
+%% @doc Our windows from the settings: `{credit_window, credit_bytes, credit_dest}'.
+-spec windows(map()) -> fabric_peer_credit:windows().
+windows(O) -> {maps:get(credit_window, O), maps:get(credit_bytes, O), maps:get(credit_dest, O)}.
+
+%% @doc True when this connection's session has `credit'.
+-spec on(#p{}) -> boolean().
+on(#p{s = S}) -> fabric_peer_session:credit(S) =/= undefined.
+
+%% @doc A decoded frame of `Size' bytes: a credited one (`m', `mc') is counted against our
+%% windows. Returns its destination key (`none' for other frames, or without `credit') and
+%% `exceeded' when it broke a window (13.4).
+-spec received(term(), non_neg_integer(), #p{}) -> {term(), ok | exceeded, #p{}}.
+received(Term, Size, #p{s = S} = P) ->
+    case {fabric_peer_session:credit(S), credited_dest(Term)} of
+        {undefined, _} -> {none, ok, P#p{delivered = none}};
+        {_, none} -> {none, ok, P#p{delivered = none}};
+        {C, {ok, Dest}} ->
+            {V, C1} = fabric_peer_credit:receive_frame(Dest, Size, C),
+            {{Dest, Size}, V, P#p{s = fabric_peer_session:set_credit(C1, S), delivered = none}}
+    end.
+
+credited_dest({m, Dest, _}) -> {ok, Dest};
+credited_dest({mc, _, Dest, _}) -> {ok, Dest};
+credited_dest(_) -> none.
+
+%% @doc The result of a credited frame over a window: dropped (an `mc' is answered
+%% `{error, <<"credit_exceeded">>}'); its credit is returned at once by `settle/2'.
+-spec exceeded(term(), #p{}) -> {error | refused, credit_exceeded, term(), #p{}}.
+exceeded({mc, Ref, Dest, _}, P) when is_integer(Ref), Ref > 0 ->
+    {refused, credit_exceeded, {mc, Dest},
+     fabric_peer_commands:emit(ctrl, {mc_result, Ref, {error, <<"credit_exceeded">>}}, P)};
+exceeded(Term, P) -> {error, credit_exceeded, {element(1, Term), element(2, Term)}, P}.
+
+%% @doc The peer's `{credit, Grants, Bytes}' (with `credit'; `pass' for other frames).
+-spec frame_in(term(), #p{}) -> pass | {ok, #p{}} | {error, atom(), term(), #p{}}.
+frame_in(Term, #p{s = S} = P) when element(1, Term) =:= credit ->
+    case fabric_peer_session:credit(S) of
+        undefined -> {error, unknown_frame, unknown_frame_shape, P};
+        C ->
+            {Verdict, C1} = case Term of
+                                {credit, Grants, Bytes} -> fabric_peer_credit:grant(Grants, Bytes, C);
+                                _ -> {{overflow, bad_shape}, C}
+                            end,
+            P1 = fabric_peer_issue:drain(P#p{s = fabric_peer_session:set_credit(C1, S)}),
+            case Verdict of
+                ok -> {ok, P1};
+                {overflow, Why} -> {error, credit_overflow, Why, P1}
+            end
+    end;
+frame_in(_, _) -> pass.
+
+%% @doc A credited frame (`Key' from `received/3') was handled: delivered into a local
+%% mailbox with fewer than `mailbox_high' messages, to another node, dropped or refused,
+%% it is returned now; into a longer mailbox, it is owed until that mailbox is short
+%% (12.3). A grant is written when due.
+-spec settle(term(), #p{}) -> #p{}.
+settle(none, P) -> P;
+settle({Dest, Size}, #p{s = S, delivered = To} = P) ->
+    C = fabric_peer_session:credit(S),
+    C1 = case To =/= none andalso not room(To, 1, P) of
+             true -> fabric_peer_credit:owe(To, Dest, Size, C);
+             false -> fabric_peer_credit:return(Dest, Size, C)
+         end,
+    check(P#p{s = fabric_peer_session:set_credit(C1, S), delivered = none}).
+
+%% Fewer than mailbox_high messages in To's mailbox once `Extra' more arrive (or To ended).
+room(To, Extra, #p{o = O, env = Env}) ->
+    Mailbox = maps:get(mailbox, Env, fun(_) -> gone end),
+    case Mailbox(To) of
+        gone -> true;
+        N -> N + Extra < maps:get(mailbox_high, O)
+    end.
+
+%% Write a grant when one is due; otherwise make sure the timer runs while returns wait or
+%% mailboxes are owed.
+check(#p{s = S, o = O, connected = Conn} = P) ->
+    C = fabric_peer_session:credit(S),
+    case Conn andalso fabric_peer_credit:grant_due(maps:get(grant_every, O), C) of
+        true -> timer(write_grant(P));
+        false -> timer(P)
+    end.
+
+timer(#p{s = S, o = O} = P) ->
+    C = fabric_peer_session:credit(S),
+    Needed = fabric_peer_credit:owed(C) =/= [] orelse
+        (P#p.connected andalso fabric_peer_credit:returns(C) > 0),
+    case Needed andalso not fabric_peer_credit:timer(C) of
+        true -> act({grant_timer, maps:get(grant_delay, O)},
+                    P#p{s = fabric_peer_session:set_credit(fabric_peer_credit:set_timer(true, C), S)});
+        false -> P
+    end.
+
+write_grant(#p{s = S} = P) ->
+    case fabric_peer_credit:take_grant(fabric_peer_session:credit(S)) of
+        {none, _} -> P;
+        {Frame, C1} -> fabric_peer_commands:emit(ctrl, Frame, P#p{s = fabric_peer_session:set_credit(C1, S)})
+    end.
+
+%% @doc The grant delay passed: owed mailboxes are checked again, the returns granted.
+-spec grant_due(#p{}) -> #p{}.
+grant_due(#p{s = S} = P) ->
+    case fabric_peer_session:credit(S) of
+        undefined -> P;
+        C0 ->
+            C = fabric_peer_credit:set_timer(false, C0),
+            C1 = lists:foldl(fun(Pid, Acc) ->
+                                     case room(Pid, 0, P) of
+                                         true -> fabric_peer_credit:release(Pid, Acc);
+                                         false -> Acc
+                                     end
+                             end, C, fabric_peer_credit:owed(C)),
+            P1 = P#p{s = fabric_peer_session:set_credit(C1, S)},
+            timer(case P1#p.connected of
+                      true -> write_grant(P1);
+                      false -> P1
+                  end)
+    end.
+
+%% @doc Right after the replay of a resume: the returns accumulated while disconnected go
+%% in one grant (12.4).
+-spec after_replay(#p{}) -> #p{}.
+after_replay(P) ->
+    case on(P) of
+        true -> timer(write_grant(P));
+        false -> P
+    end.
+
+%% @doc The `credit' part of `info/1'.
+-spec info(#p{}) -> map().
+info(#p{s = S}) ->
+    case fabric_peer_session:credit(S) of
+        undefined -> #{};
+        C -> fabric_peer_credit:info(C)
+    end.

@@ -1,0 +1,247 @@
+%% @doc When a user command of a session with `acks' is carried out (docs/protocol.md 11.4,
+%% 12.2, 12.6), without I/O: at once when nothing waits for its destination, the outbox has
+%% room and (with `credit') the peer's windows allow it; otherwise it waits in
+%% `fabric_peer_pending', in issue order per destination, and goes when an ack, a grant or
+%% a result makes room (`drain/1'). Frames to other destinations go on.
+%%
+%% Commands: `{send, From, Dest, Msg}' (`send/2' to a name), `{psend, Proxy, From, Msg}'
+%% (`send/2' to a proxy, through the proxy), `{confirm, From, Dest, Msg}', `{proxy, Proxy,
+%% Msg}' (`Proxy ! Msg'), `{exit, Proxy, From, Reason}'. A waiting message is kept as the
+%% message: it is rewritten when it goes (12.2). Beyond `max_pending_messages' waiting
+%% messages (the connection's and its proxies'), a blocking send is refused and a message
+%% of `!' is dropped, counted, logged and reported (`overflow').
+-module(fabric_peer_issue).
+
+-include_lib("kernel/include/logger.hrl").
+-include("fabric_peer_protocol.hrl").
+
+-export([admit/2, drain/1, expire/2, end_pending/2, dropped/3, overflow_ended/1, flushed/1,
+         returned/2, take_allowances/1, item/3, key/2]).
+
+-import(fabric_peer_payload, [act/2]).
+
+%% Dropped messages of `!' are reported in batches of this many.
+-define(OVERFLOW_BATCH, 1000).
+
+%% @doc Carry out `Cmd' now (`{now, Result, P}'), or keep it waiting (`queued'), or refuse
+%% it (`{error, overflow}': a blocking send beyond `max_pending_messages').
+-spec admit(tuple(), #p{}) -> {now, term(), #p{}} | {queued | {error, overflow}, #p{}}.
+admit(Cmd, #p{pq = PQ} = P) ->
+    Key = key(Cmd, P),
+    case fabric_peer_pending:waiting(Key, PQ) of
+        true -> enqueue(Key, Cmd, P);
+        false ->
+            case attempt(Cmd, Key, P) of
+                {blocked, P1} -> enqueue(Key, Cmd, P1);
+                {R, P1} -> {now, R, returned(Cmd, P1)}
+            end
+    end.
+
+%% @doc The destination key of a command: the wire destination (a proxy's id).
+-spec key(tuple(), #p{}) -> term().
+key({send, _, Dest, _}, P) -> wire(Dest, P);
+key({confirm, _, Dest, _}, P) -> wire(Dest, P);
+key({psend, Proxy, _, _}, P) -> wire(Proxy, P);
+key({proxy, Proxy, _}, P) -> wire(Proxy, P);
+key({exit, Proxy, _, _}, P) -> wire(Proxy, P).
+
+wire(Pid, #p{s = S}) when is_pid(Pid) ->
+    case fabric_peer_session:proxy_id(Pid, S) of
+        {ok, Id} -> Id;
+        error -> Pid
+    end;
+wire(Dest, _) -> Dest.
+
+%% Room in the outbox (and for a confirmed send fewer than max_confirms pending), then the
+%% message windows of the peer; the byte window is checked when the frame is encoded.
+attempt(Cmd, Key, P) ->
+    case room(Cmd, P) =:= ok andalso credit_ok(Cmd, Key, P) of
+        true -> fabric_peer_commands:carry_out(Cmd, P);
+        false -> {blocked, P}
+    end.
+
+room(Cmd, #p{s = S, o = O}) ->
+    Seq = fabric_peer_session:seq(S),
+    case fabric_peer_seq:room(Seq) of
+        false -> outbox;
+        true when element(1, Cmd) =:= confirm ->
+            case fabric_peer_seq:confirms(Seq) < maps:get(max_confirms, O) of
+                true -> ok;
+                false -> confirms
+            end;
+        true -> ok
+    end.
+
+credit_ok({exit, _, _, _}, _, _) -> true;
+credit_ok(_, Key, #p{s = S}) ->
+    case fabric_peer_session:credit(S) of
+        undefined -> true;
+        C -> fabric_peer_credit:may_issue(Key, C)
+    end.
+
+enqueue(Key, Cmd, #p{pq = PQ, o = #{max_pending_messages := Max}, env = Env} = P) ->
+    Proxied = maps:get(proxies_pending, Env, fun() -> 0 end),
+    case fabric_peer_pending:len(PQ) + Proxied() >= Max of
+        true -> overflow(Cmd, P);
+        false ->
+            Now = erlang:monotonic_time(millisecond),
+            case deadline(Cmd, Now, P) of
+                none -> {queued, P#p{pq = fabric_peer_pending:add(Key, Cmd, none, PQ)}};
+                T -> {queued, act({send_timer, max(1, T - Now)},
+                                  P#p{pq = fabric_peer_pending:add(Key, Cmd, T, PQ)})}
+            end
+    end.
+
+deadline({K, _, _, _}, Now, #p{o = O}) when K =:= send; K =:= confirm ->
+    Now + maps:get(send_timeout, O);
+deadline({psend, _, _, {_, T}}, _, _) -> T;
+deadline(_, _, _) -> none.
+
+overflow({send, _, _, _}, P) -> {{error, overflow}, P};
+overflow({confirm, _, _, _}, P) -> {{error, overflow}, P};
+overflow({psend, _, From, _} = Cmd, P) ->
+    {queued, returned(Cmd, act({reply, From, {error, overflow}}, P))};
+overflow({proxy, Proxy, Msg} = Cmd, P) -> {queued, returned(Cmd, dropped(Proxy, Msg, P))};
+overflow({exit, _, _, _}, P) ->
+    ?LOG_WARNING("fabric: exit signal to a proxy of ~s dropped: max_pending_messages reached",
+                 [P#p.peer]),
+    {queued, fabric_peer_protocol:count(dropped_overflow, P)}.
+
+%% @doc A message of `!' dropped (12.6): counted, logged at the first drop of an overflow,
+%% reported in batches.
+-spec dropped(pid(), term(), #p{}) -> #p{}.
+dropped(Proxy, Msg, #p{overflow = N, overflow_batch = B} = P) ->
+    N =:= 0 andalso ?LOG_WARNING("fabric: messages to proxies of ~s dropped: max_pending_messages "
+                                 "are waiting for outbox room or credit; they are counted "
+                                 "(dropped_overflow) and reported", [P#p.peer]),
+    P1 = fabric_peer_protocol:count(dropped_overflow, P),
+    B1 = [item(Proxy, Msg, unsent) | B],
+    case (N + 1) rem ?OVERFLOW_BATCH =:= 0 of
+        true -> act({undelivered, overflow, lists:reverse(B1)}, P1#p{overflow = N + 1, overflow_batch = []});
+        false -> P1#p{overflow = N + 1, overflow_batch = B1}
+    end.
+
+%% @doc The overflow ended (or the session does): one summary line, the last batch.
+-spec overflow_ended(#p{}) -> #p{}.
+overflow_ended(#p{overflow = 0} = P) -> P;
+overflow_ended(#p{overflow = N, overflow_batch = B} = P) ->
+    ?LOG_WARNING("fabric: ~b messages to proxies of ~s were dropped (max_pending_messages)", [N, P#p.peer]),
+    P1 = P#p{overflow = 0, overflow_batch = []},
+    case B of
+        [] -> P1;
+        _ -> act({undelivered, overflow, lists:reverse(B)}, P1)
+    end.
+
+%% @doc A report item (11.7).
+-spec item(term(), term(), unconfirmed | unsent) -> map().
+item(Dest, Msg, State) -> #{dest => Dest, msg => Msg, confirmed => false, state => State}.
+
+%% @doc A proxy's message was carried out (or refused): the proxy may forward one more.
+-spec returned(tuple(), #p{}) -> #p{}.
+returned({K, Proxy, _, _}, #p{allow = A} = P) when K =:= psend ->
+    P#p{allow = A#{Proxy => maps:get(Proxy, A, 0) + 1}};
+returned({proxy, Proxy, _}, #p{allow = A} = P) ->
+    P#p{allow = A#{Proxy => maps:get(Proxy, A, 0) + 1}};
+returned(_, P) -> P.
+
+%% @doc The allowance to give back to proxies, as control actions.
+-spec take_allowances(#p{}) -> {[{control, pid(), {allow, pos_integer()}}], #p{}}.
+take_allowances(#p{allow = A} = P) when map_size(A) =:= 0 -> {[], P};
+take_allowances(#p{allow = A} = P) ->
+    {[{control, Proxy, {allow, N}} || {Proxy, N} <- maps:to_list(A)], P#p{allow = #{}}}.
+
+%% @doc Carry out the waiting commands that can go now, oldest first per destination;
+%% everything stops while the outbox is full.
+-spec drain(#p{}) -> #p{}.
+drain(#p{pq = PQ} = P) ->
+    case fabric_peer_pending:len(PQ) of
+        0 -> flushed(overflow_ended(P));
+        _ -> after_drain(drain_keys(fabric_peer_pending:keys(PQ), P))
+    end.
+
+after_drain(#p{pq = PQ, o = #{max_pending_messages := Max}} = P) ->
+    P1 = case fabric_peer_pending:len(PQ) < Max of
+             true -> overflow_ended(P);
+             false -> P
+         end,
+    flushed(P1).
+
+drain_keys([], P) -> P;
+drain_keys([K | Ks], P) ->
+    case drain_key(K, P) of
+        {stop, P1} -> P1;
+        {next, P1} -> drain_keys(Ks, P1)
+    end.
+
+drain_key(K, #p{pq = PQ} = P) ->
+    case fabric_peer_pending:peek(K, PQ) of
+        empty -> {next, P};
+        {ok, Cmd} ->
+            case room(Cmd, P) of
+                outbox -> {stop, P};
+                confirms -> {next, P};
+                ok ->
+                    case credit_ok(Cmd, K, P) andalso fabric_peer_commands:carry_out(Cmd, P) of
+                        false -> {next, P};
+                        {blocked, P1} -> {next, P1};
+                        {R, P1} ->
+                            P2 = P1#p{pq = fabric_peer_pending:drop(K, P1#p.pq)},
+                            drain_key(K, returned(Cmd, answer(Cmd, R, P2)))
+                    end
+            end
+    end.
+
+%% The caller of a command that waited gets its result now.
+answer({send, From, _, _}, R, P) -> reply(From, R, P);
+answer({psend, _, From, _}, R, P) -> reply(From, R, P);
+answer({confirm, _, _, _}, confirming, P) -> P;
+answer({confirm, From, _, _}, R, P) -> reply(From, R, P);
+answer({proxy, _, _}, {error, Why}, P) ->
+    ?LOG_WARNING("fabric: message to a proxy of ~s not sent: ~0p", [P#p.peer, Why]),
+    fabric_peer_protocol:count(local_errors, P);
+answer(_, _, P) -> P.
+
+reply(none, _, P) -> P;
+reply({_, _} = From, R, P) -> act({reply, From, R}, P);
+reply(_, _, P) -> P.
+
+%% @doc `close' callers wait until nothing is unacknowledged or waiting; the ack we owe
+%% goes out before they are answered, so the peer has nothing of ours to report
+%% unconfirmed.
+-spec flushed(#p{}) -> #p{}.
+flushed(#p{flushers = []} = P) -> P;
+flushed(#p{flushers = Fs, s = S, pq = PQ} = P) ->
+    case fabric_peer_pending:len(PQ) =:= 0 andalso
+        fabric_peer_seq:outbox_len(fabric_peer_session:seq(S)) =:= 0 of
+        true -> lists:foldl(fun(F, Acc) -> act({reply, F, ok}, Acc) end,
+                            fabric_peer_acks:ack_due(P#p{flushers = []}), Fs);
+        false -> P
+    end.
+
+%% @doc Blocking callers waiting since before their deadline get `{error, timeout}'
+%% (nothing is sent).
+-spec expire(integer(), #p{}) -> #p{}.
+expire(Now, #p{pq = PQ} = P) ->
+    {Gone, PQ1} = fabric_peer_pending:expire(Now, PQ),
+    lists:foldl(fun({send, From, _, _}, Acc) -> reply(From, {error, timeout}, Acc);
+                   ({confirm, From, _, _}, Acc) -> reply(From, {error, timeout}, Acc);
+                   ({psend, _, From, _} = Cmd, Acc) ->
+                        returned(Cmd, reply(From, {error, timeout}, Acc))
+                end, P#p{pq = PQ1}, Gone).
+
+%% @doc The session ends with `Reason': the waiting messages, in issue order, as report
+%% items (`unsent'); their callers get `{error, Reason}'.
+-spec end_pending(atom(), #p{}) -> {[map()], #p{}}.
+end_pending(Reason, #p{pq = PQ} = P) ->
+    {Items, P1} = lists:foldl(
+                    fun({send, From, D, M}, {L, Acc}) ->
+                            {[item(D, M, unsent) | L], reply(From, {error, Reason}, Acc)};
+                       ({psend, Proxy, From, {M, _}}, {L, Acc}) ->
+                            {[item(Proxy, M, unsent) | L], reply(From, {error, Reason}, Acc)};
+                       ({confirm, From, D, M}, {L, Acc}) ->
+                            {[(item(D, M, unsent))#{confirmed := true} | L],
+                             reply(From, {error, Reason}, Acc)};
+                       ({proxy, Proxy, M}, {L, Acc}) -> {[item(Proxy, M, unsent) | L], Acc};
+                       (_, Acc) -> Acc
+                    end, {[], P}, fabric_peer_pending:to_list(PQ)),
+    {lists:reverse(Items), P1#p{pq = fabric_peer_pending:new(), allow = #{}}}.
