@@ -38,7 +38,7 @@ start(Params, #p{feats = F, s = S, o = O} = P) ->
             Seq = fabric_peer_seq:new(maps:get(outbox_frames, O), maps:get(outbox_bytes, O)),
             Credit = case is_map_key(<<"credit">>, F) of
                          true -> fabric_peer_credit:new(fabric_peer_flowctl:windows(O),
-                                                        maps:get(peer_credit, Params));
+                                                        maps:get(peer_credit, Params, fabric_peer_flowctl:windows(O)));
                          false -> undefined
                      end,
             P#p{s = fabric_peer_session:set_credit(Credit, fabric_peer_session:set_seq(Seq, S))};

@@ -86,9 +86,9 @@ ext_login(Port, Secret, AcceptOver) ->
     send(S, F1),
     F2 = recv_bin(S),
     {challenge, _Nonce, Offer} = binary_to_term(F2),
-    %% a raw client is a version 1 peer that does not know `acks' (docs/protocol.md 11),
-    %% unless the test accepts it itself
-    Accept = maps:merge(#{<<"features">> => maps:get(<<"features">>, Offer) -- [<<"acks">>],
+    %% a raw client is a version 1 peer that does not know `acks' nor `credit'
+    %% (docs/protocol.md 11, 12), unless the test accepts them itself
+    Accept = maps:merge(#{<<"features">> => maps:get(<<"features">>, Offer) -- [<<"acks">>, <<"credit">>],
                           <<"node">> => <<"raw@test">>, <<"max_frame">> => 1 bsl 20,
                           <<"heartbeat">> => 0}, AcceptOver),
     AcceptBin = term_to_binary(Accept),
