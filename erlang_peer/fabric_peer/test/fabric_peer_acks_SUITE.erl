@@ -9,7 +9,8 @@
 -include_lib("common_test/include/ct.hrl").
 -compile([export_all, nowarn_export_all]).
 
-all() -> [chaos_both_directions_exactly_once_in_order, without_acks_agreed_nothing_changes,
+all() -> [chaos_both_directions_exactly_once_in_order, chaos_with_small_credit_windows,
+          without_acks_agreed_nothing_changes,
           an_expired_session_reports_its_messages, overflow_of_bang_is_counted_and_reported,
           a_blocked_send_times_out_and_sends_nothing, a_clean_close_reports_nothing,
           a_raw_peer_sees_acks_only_when_it_accepts_them, confirmed_sends].
@@ -23,9 +24,17 @@ init_per_suite(Config) ->
 
 end_per_suite(Config) -> Config.
 
-init_per_testcase(_, Config) ->
+%% With small windows credit holds the senders back all the time (docs/protocol.md 12).
+-define(SMALL_CREDIT, #{credit_window => 64, credit_dest => 16, mailbox_high => 8,
+                        grant_every => 8}).
+
+init_per_testcase(Case, Config) ->
     fabric_peer_test_lib:flush(),
-    {ok, S} = fabric_peer:start_server(0, "secret", #{session_timeout => 60000}),
+    Extra = case Case of
+                chaos_with_small_credit_windows -> ?SMALL_CREDIT;
+                _ -> #{}
+            end,
+    {ok, S} = fabric_peer:start_server(0, "secret", Extra#{session_timeout => 60000}),
     {ok, R} = fabric_peer_relay:start(fabric_peer:port(S)),
     [{server, S}, {relay, R} | Config].
 
@@ -90,21 +99,34 @@ report(Checker) ->
 done(St, Streams, N) -> lists:all(fun(S) -> element(1, maps:get(S, St, {0, []})) >= N end, Streams).
 
 chaos_both_directions_exactly_once_in_order(Config) ->
+    chaos(Config, #{}).
+
+%% The same with credit holding every sender back (both ends grant small windows): still
+%% exactly once and in order, and every credit comes back once the streams are done.
+chaos_with_small_credit_windows(Config) ->
+    chaos(Config, ?SMALL_CREDIT).
+
+chaos(Config, ClientOpts) ->
     N = 5000 * scale(),
     Sink = spawn(fun checker/0),
     Name = fabric_peer_test_lib:unique_name("sink"),
     true = register(Name, Sink),
     ok = fabric_peer:allow(?config(server, Config), [Name]),
     Collector = spawn(fun checker/0),
-    C = connect(Config, #{}),
+    C = connect(Config, ClientOpts),
+    true = lists:member(<<"credit">>, maps:get(features, fabric_peer:info(C))),
     P = fabric_peer:whereis(C, Name),
     true = is_pid(P),
     ok = fabric_peer_relay:cut_every(?config(relay, Config), 100, 300),
     P ! {start, Collector, N},
     spawn_link(fun() -> send_loop(fun(I) -> fabric_peer:send(P, {c_send, I}) end, N) end),
     spawn_link(fun() -> send_loop(fun(I) -> P ! {c_bang, I}, ok end, N) end),
+    %% one process mixing `!' and send/2 to the same proxy: one ordered stream
+    spawn_link(fun() -> send_loop(fun(I) when I rem 2 =:= 0 -> P ! {c_mix, I}, ok;
+                                     (I) -> fabric_peer:send(P, {c_mix, I})
+                                  end, N) end),
     Deadline = erlang:monotonic_time(millisecond) + 120000 * scale(),
-    wait_streams(Sink, [c_send, c_bang], N, Deadline),
+    wait_streams(Sink, [c_send, c_bang, c_mix], N, Deadline),
     wait_streams(Collector, [s_send, s_bang], N, Deadline),
     ok = fabric_peer_relay:cut_every(?config(relay, Config), 0, 0),
     Cuts = fabric_peer_relay:cuts(?config(relay, Config)),
@@ -113,14 +135,19 @@ chaos_both_directions_exactly_once_in_order(Config) ->
     Out = report(Collector),
     ct:pal("~b messages per stream, ~b cuts; client connects ~b; at the server ~0p, at the "
            "client ~0p", [N, Cuts, maps:get(connects, fabric_peer:info(C)), In, Out]),
-    [{N, []} = maps:get(S, In) || S <- [c_send, c_bang]],
+    [{N, []} = maps:get(S, In) || S <- [c_send, c_bang, c_mix]],
     [{N, []} = maps:get(S, Out) || S <- [s_send, s_bang]],
     true = Cuts >= 3,
     #{connects := Connects} = fabric_peer:info(C),
     true = Connects >= 3,
     %% one session throughout: the proxy kept its identity
     P = fabric_peer:whereis(C, Name),
+    %% the sinks read everything: all credit comes back, both ways
+    true = fabric_peer_test_lib:wait_until(fun() -> credit_settled(fabric_peer:info(C)) end),
     fabric_peer:close(C).
+
+credit_settled(#{credit_out := 0, credit_in := 0, credit_owed := 0}) -> true;
+credit_settled(_) -> false.
 
 wait_streams(Checker, Streams, N, Deadline) ->
     St = report(Checker),
