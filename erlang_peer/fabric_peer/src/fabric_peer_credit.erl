@@ -10,7 +10,7 @@
 %% survives the socket (12.5).
 -module(fabric_peer_credit).
 
--export([new/2, windows/1, may_issue/2, fits/2, issue/3, grant/3,
+-export([new/2, windows/1, fresh/1, checked/1, batch/2, may_issue/2, fits/2, issue/3, grant/3,
          receive_frame/3, return/3, owe/4, owed/1, release/2,
          returns/1, grant_due/2, take_grant/1, timer/1, set_timer/2, info/1]).
 
@@ -34,6 +34,7 @@
           ret_d = #{} :: #{term() => pos_integer()},
           %% delivered into a mailbox over mailbox_high: pid => [{Dest, Size}]
           owed = #{} :: #{pid() => [{term(), non_neg_integer()}]},
+          fresh = 0 :: non_neg_integer(),        % owed since the last check of mailboxes
           timer = false :: boolean()
          }).
 
@@ -111,8 +112,21 @@ return(Dest, Size, #credit{ret_n = N, ret_b = B, ret_d = RD} = C) ->
 %% @doc A frame delivered to `Pid', whose mailbox is over `mailbox_high': returned later
 %% (`release/2').
 -spec owe(pid(), term(), non_neg_integer(), credit()) -> credit().
-owe(Pid, Dest, Size, #credit{owed = O} = C) ->
-    C#credit{owed = O#{Pid => [{Dest, Size} | maps:get(Pid, O, [])]}}.
+owe(Pid, Dest, Size, #credit{owed = O, fresh = F} = C) ->
+    C#credit{owed = O#{Pid => [{Dest, Size} | maps:get(Pid, O, [])]}, fresh = F + 1}.
+
+%% @doc Frames owed since the mailboxes were last checked.
+-spec fresh(credit()) -> non_neg_integer().
+fresh(#credit{fresh = F}) -> F.
+
+%% @doc The owed mailboxes were checked.
+-spec checked(credit()) -> credit().
+checked(C) -> C#credit{fresh = 0}.
+
+%% @doc How many deliveries are checked together: a grant's worth (`GrantEvery', half of
+%% our window, half of our per-destination window rounded up).
+-spec batch(pos_integer(), credit()) -> pos_integer().
+batch(GrantEvery, #credit{mine = {W, _, DW}}) -> max(1, min(GrantEvery, min(W div 2, (DW + 1) div 2))).
 
 %% @doc The processes still owed.
 -spec owed(credit()) -> [pid()].

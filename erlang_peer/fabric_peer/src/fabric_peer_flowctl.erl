@@ -67,19 +67,33 @@ frame_in(Term, #p{s = S} = P) when element(1, Term) =:= credit ->
     end;
 frame_in(_, _) -> pass.
 
-%% @doc A credited frame (`Key' from `received/3') was handled: delivered into a local
-%% mailbox with fewer than `mailbox_high' messages, to another node, dropped or refused,
-%% it is returned now; into a longer mailbox, it is owed until that mailbox is short
-%% (12.3). A grant is written when due.
+%% @doc A credited frame (`Key' from `received/3') was handled: to another node, dropped
+%% or refused, it is returned now; delivered into a local mailbox, it is owed until that
+%% mailbox holds fewer than `mailbox_high' messages (12.3). Mailboxes are checked once per
+%% batch of deliveries (a grant's worth) and every `grant_delay', one check per process;
+%% a grant is written when due.
 -spec settle(term(), #p{}) -> #p{}.
 settle(none, P) -> P;
-settle({Dest, Size}, #p{s = S, delivered = To} = P) ->
+settle({Dest, Size}, #p{s = S, delivered = To, o = O} = P) ->
     C = fabric_peer_session:credit(S),
-    C1 = case To =/= none andalso not room(To, 1, P) of
-             true -> fabric_peer_credit:owe(To, Dest, Size, C);
-             false -> fabric_peer_credit:return(Dest, Size, C)
+    C1 = case To of
+             none -> fabric_peer_credit:return(Dest, Size, C);
+             _ -> fabric_peer_credit:owe(To, Dest, Size, C)
          end,
-    check(P#p{s = fabric_peer_session:set_credit(C1, S), delivered = none}).
+    C2 = case fabric_peer_credit:fresh(C1) >= fabric_peer_credit:batch(maps:get(grant_every, O), C1) of
+             true -> recheck(C1, P);
+             false -> C1
+         end,
+    check(P#p{s = fabric_peer_session:set_credit(C2, S), delivered = none}).
+
+%% The owed processes whose mailbox has room again are released.
+recheck(C, P) ->
+    lists:foldl(fun(Pid, Acc) ->
+                        case room(Pid, 0, P) of
+                            true -> fabric_peer_credit:release(Pid, Acc);
+                            false -> Acc
+                        end
+                end, fabric_peer_credit:checked(C), fabric_peer_credit:owed(C)).
 
 %% Fewer than mailbox_high messages in To's mailbox once `Extra' more arrive (or To ended).
 room(To, Extra, #p{o = O, env = Env}) ->
@@ -120,13 +134,7 @@ grant_due(#p{s = S} = P) ->
     case fabric_peer_session:credit(S) of
         undefined -> P;
         C0 ->
-            C = fabric_peer_credit:set_timer(false, C0),
-            C1 = lists:foldl(fun(Pid, Acc) ->
-                                     case room(Pid, 0, P) of
-                                         true -> fabric_peer_credit:release(Pid, Acc);
-                                         false -> Acc
-                                     end
-                             end, C, fabric_peer_credit:owed(C)),
+            C1 = recheck(fabric_peer_credit:set_timer(false, C0), P),
             P1 = P#p{s = fabric_peer_session:set_credit(C1, S)},
             timer(case P1#p.connected of
                       true -> write_grant(P1);
