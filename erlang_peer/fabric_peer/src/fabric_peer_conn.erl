@@ -318,8 +318,10 @@ lost(#d{p = P} = D) ->
 %% @doc The connection ends: proxies end with `noconnection', waiting callers get
 %% `{error, closed}', the socket is closed.
 -spec terminate(data()) -> data().
-terminate(#d{p = P} = D) ->
+terminate(#d{p = P, shared = #{counters := Ctr}} = D) ->
     {_, D1} = run(fabric_peer_protocol:terminate(P), D),
+    %% what still waited in the proxies (told to end just now) is reported too (11.7)
+    fabric_peer_report:proxies_unsent(Ctr, fabric_peer_protocol:end_reason(P), D1),
     [gen_statem:reply(W, {error, closed}) || W <- D1#d.waiters],
     drop_socket(D1#d{waiters = []}).
 
@@ -419,30 +421,8 @@ run1({send_timer, Ms}, Acc) ->
     _ = erlang:send_after(Ms + 1, self(), fabric_send_expire),
     Acc;
 run1({undelivered, Reason, Items}, {_, D} = Acc) ->
-    report_undelivered(Reason, Items, D),
+    fabric_peer_report:undelivered(Reason, Items, D),
     Acc.
-
-%% Section 11.7: the messages a session cannot vouch for, to the `undelivered' handler
-%% (README, "Acknowledgements"), and one warning with the counts.
-report_undelivered(Reason, Items, #d{o = O} = D) ->
-    Unconfirmed = length([x || #{state := unconfirmed} <- Items]),
-    ?LOG_WARNING("fabric: session with ~s ended (~0p): ~b messages unconfirmed, ~b unsent; "
-                 "reported to the undelivered handler",
-                 [D#d.peer, Reason, Unconfirmed, length(Items) - Unconfirmed]),
-    Report = #{reason => Reason, session => D#d.session, peer_node => D#d.peer_node,
-               messages => Items},
-    case maps:get(undelivered, O) of
-        owner -> notify(maps:get(owner, O, undefined), Report);
-        none -> ok;
-        Pid when is_pid(Pid) -> notify(Pid, Report);
-        Fun when is_function(Fun, 1) ->
-            try Fun(Report)
-            catch C:E -> ?LOG_ERROR("fabric: the undelivered handler failed: ~0p:~0p", [C, E])
-            end
-    end.
-
-notify(Pid, Report) when is_pid(Pid) -> Pid ! {fabric_undelivered, self(), Report};
-notify(_, _) -> ok.
 
 %% Wait until Pid has handled our monitor signal. On OTP 25 a monitor signal can still sit
 %% unhandled in the target's queue when the target, woken by a message sent by a third

@@ -159,7 +159,6 @@ reply({To, Tag}, R) -> gen:reply({To, Tag}, R).
 %% that ended, `ok' for a remote process that ended (a message to an ended process).
 die(Reason, #s{q = Q, ctr = Ctr, conn = Conn}) ->
     Items = queue:to_list(Q),
-    Ctr =:= undefined orelse Items =:= [] orelse counters:sub(Ctr, 1, length(Items)),
     R = case Reason of noconnection -> {error, noconnection}; _ -> ok end,
     [reply(From, R) || {s, From, _, _} <- Items],
     case [M || {m, M} <- Items] of
@@ -167,6 +166,8 @@ die(Reason, #s{q = Q, ctr = Ctr, conn = Conn}) ->
         Msgs when Reason =:= noconnection -> Conn ! {fabric_proxy_unsent, self(), Msgs};
         _ -> ok
     end,
+    %% after the report: a connection that ends waits until the count is 0
+    Ctr =:= undefined orelse Items =:= [] orelse counters:sub(Ctr, 1, length(Items)),
     exit(Reason).
 
 command({die, Reason}, S) -> die(Reason, S);

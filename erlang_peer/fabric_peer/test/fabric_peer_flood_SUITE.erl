@@ -14,7 +14,7 @@ all() -> [a_fast_bang_sender_is_slowed_and_the_mailbox_bounded,
           a_slow_destination_does_not_block_the_others,
           overflow_beyond_max_pending_is_counted_and_reported,
           a_blocked_send_times_out_and_sends_nothing,
-          the_server_side_is_slowed_too].
+          the_server_side_is_slowed_too, closing_reports_what_waited_in_the_proxy].
 
 suite() -> [{timetrap, {minutes, 5}}].
 
@@ -220,3 +220,35 @@ the_server_side_is_slowed_too(Config) ->
     [] = maps:get(bad, St),
     true = maps:get(max, St) =< ?BOUND,
     fabric_peer:close(C).
+
+%% Messages of `!' still waiting (in the connection and in the proxy, beyond its
+%% allowance) when the connection is closed are reported, never lost silently.
+closing_reports_what_waited_in_the_proxy(Config) ->
+    {Name, Pid} = slow_receiver(Config, 1),
+    Pid ! {go, 1000000},
+    C = connect(Config, #{}),
+    P = fabric_peer:whereis(C, Name),
+    N = 2000,
+    [P ! {bang, I} || I <- lists:seq(1, N)],
+    true = fabric_peer_test_lib:wait_until(
+             fun() -> maps:get(pending, fabric_peer:info(C)) > 0 end),
+    ok = fabric_peer:close(C),
+    Reported = collect_reports([]),
+    Unsent = [I || #{state := unsent, msg := {bang, I}} <- Reported],
+    Unconfirmed = [I || #{state := unconfirmed, msg := {bang, I}} <- Reported],
+    {message_queue_len, InBox} = process_info(Pid, message_queue_len),
+    Delivered = InBox + 1,                      % it read one, then sleeps
+    ct:pal("delivered ~b, reported unsent ~b, unconfirmed ~b", [Delivered, length(Unsent),
+                                                                length(Unconfirmed)]),
+    true = length(Unsent) > 512,                % some of them waited in the proxy
+    true = Delivered + length(Unsent) + length(Unconfirmed) >= N,
+    true = Delivered + length(Unsent) =< N,
+    %% each reported once, in order
+    Unsent = lists:usort(Unsent),
+    exit(Pid, kill).
+
+collect_reports(Acc) ->
+    receive
+        {fabric_undelivered, _, #{messages := Ms}} -> collect_reports(Acc ++ Ms)
+    after 3000 -> Acc
+    end.
