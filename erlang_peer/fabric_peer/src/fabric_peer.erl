@@ -298,6 +298,9 @@ call_confirmed(Conn, Dest, Msg, Timeout) ->
     catch exit:_ -> {error, not_connected}
     end.
 
+%% `[alias | Mon]' is the reply tag of a gen call (OTP's, improper on purpose)
+-dialyzer({no_improper_lists, [proxy_send/4]}).
+
 %% Through the proxy, so that it keeps its order with the proxy's `!' messages
 %% (docs/protocol.md 12.6); the proxy or the connection answers by the deadline.
 proxy_send(Conn, Proxy, #{token := Token, send_timeout := T}, Msg) ->

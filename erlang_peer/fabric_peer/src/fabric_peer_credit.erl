@@ -10,7 +10,7 @@
 %% survives the socket (12.5).
 -module(fabric_peer_credit).
 
--export([new/2, windows/1, fresh/1, checked/1, batch/2, may_issue/2, fits/2, issue/3, grant/3,
+-export([new/2, fresh/1, checked/1, batch/2, may_issue/2, fits/2, issue/3, grant/3,
          receive_frame/3, return/3, owe/4, owed/1, release/2,
          returns/1, grant_due/2, take_grant/1, timer/1, set_timer/2, info/1]).
 
@@ -43,10 +43,6 @@
 %% @doc A new state: `Mine' the windows we announced, `Peer' the peer's (12.1).
 -spec new(windows(), windows()) -> credit().
 new(Mine, Peer) -> #credit{mine = Mine, peer = Peer}.
-
-%% @doc `{Mine, Peer}'.
--spec windows(credit()) -> {windows(), windows()}.
-windows(#credit{mine = M, peer = P}) -> {M, P}.
 
 %% @doc The message counts allow one more credited frame to `Dest' (12.2).
 -spec may_issue(term(), credit()) -> boolean().

@@ -100,7 +100,8 @@ parse_legacy_challenge(_) -> error.
 
 %% @doc The server's offer map (binary keys) from its settings.
 -spec offer(#{version := pos_integer(), features := [binary()], node := binary(),
-              max_frame := pos_integer(), heartbeat := non_neg_integer()}) -> map().
+              max_frame := pos_integer(), heartbeat := non_neg_integer(),
+              credit => fabric_peer_credit:windows() | undefined}) -> map().
 offer(#{version := V, features := F, node := N, max_frame := M, heartbeat := H} = O) ->
     with_windows(F, maps:get(credit, O, undefined),
                  #{<<"version">> => V, <<"features">> => F, <<"node">> => N,
@@ -145,7 +146,8 @@ parse_offer(_) -> {error, bad_offer}.
 %% `received' (the count of the `acks' feature) only with it.
 -spec accept(#{features := [binary()], node := binary(), max_frame := pos_integer(),
                heartbeat := non_neg_integer(), resume => binary() | undefined,
-               received => non_neg_integer() | undefined}) -> map().
+               received => non_neg_integer() | undefined,
+               credit => fabric_peer_credit:windows() | undefined}) -> map().
 accept(#{features := F, node := N, max_frame := M, heartbeat := H} = A) ->
     Base = with_windows(F, maps:get(credit, A, undefined),
                         #{<<"features">> => F, <<"node">> => N, <<"max_frame">> => M,

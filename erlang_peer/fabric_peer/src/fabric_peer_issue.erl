@@ -16,7 +16,7 @@
 -include("fabric_peer_protocol.hrl").
 
 -export([admit/2, drain/1, expire/2, end_pending/2, dropped/3, overflow_ended/1, flushed/1,
-         returned/2, take_allowances/1, item/3, key/2]).
+         returned/2, take_allowances/1, item/3]).
 
 -import(fabric_peer_payload, [act/2]).
 

@@ -6,7 +6,7 @@
 %% 11.7) and a deadline (`none' for the commands that never time out).
 -module(fabric_peer_pending).
 
--export([new/0, len/1, senders/1, waiting/2, add/4, keys/1, peek/2, drop/2, to_list/1,
+-export([new/0, len/1, waiting/2, add/4, keys/1, peek/2, drop/2, to_list/1,
          expire/2]).
 
 -export_type([pending/0]).
@@ -29,9 +29,6 @@ new() -> #pq{}.
 -spec len(pending()) -> non_neg_integer().
 len(#pq{n = N}) -> N.
 
-%% @doc Commands waiting with a deadline (blocking callers).
--spec senders(pending()) -> non_neg_integer().
-senders(#pq{senders = S}) -> S.
 
 %% @doc True while commands to `Key' wait (a new one must wait behind them).
 -spec waiting(term(), pending()) -> boolean().
@@ -96,6 +93,10 @@ expire(Now, #pq{dests = D, order = O} = P) ->
      P#pq{dests = D1, order = O1, n = P#pq.n - N, senders = P#pq.senders - N}}.
 
 -ifdef(TEST).
+
+%% @doc Commands waiting with a deadline (blocking callers).
+-spec senders(pending()) -> non_neg_integer().
+senders(#pq{senders = S}) -> S.
 -include_lib("eunit/include/eunit.hrl").
 
 order_per_key_test() ->

@@ -52,7 +52,11 @@
                  whereis := fun((atom()) -> pid() | undefined),
                  policy := fun(() -> fabric_peer_policy:policy() | undefined),
                  server_atoms_left := fun(() -> non_neg_integer()),
-                 spend_server_atoms := fun((pos_integer()) -> ok)}.
+                 spend_server_atoms := fun((pos_integer()) -> ok),
+                 %% credit (12.3): a local process's mailbox length, and what waits in
+                 %% the connection of a local proxy
+                 mailbox => fun((pid()) -> non_neg_integer() | gone),
+                 proxies_pending => fun(() -> non_neg_integer())}.
 
 -type action() :: {send, msg | ctrl, binary()} | {write, binary()}
                 | {deliver, pid() | {atom(), atom()}, term()}
