@@ -412,6 +412,10 @@ class FrameStream(asyncio.Protocol):
 
     def _beat(self) -> None:
         now = time.monotonic()
+        if self._paused & (_P_BURST | _P_WRITE | _P_MAILBOX):
+            # We are not reading (push-back): the peer's silence cannot be observed, and
+            # what it sent waits in the socket. Its clock restarts when we read again.
+            self._last_recv = now
         if self._silence and now - self._last_recv > self._silence:
             _log.warning("%s: peer silent for %.1f s (3 heartbeat intervals); closing", self.link.label, now - self._last_recv)
             self.abort()

@@ -122,3 +122,49 @@ def test_a_flood_queues_only_a_slow_service_s_short_work() -> None:
     assert sum(1 for p in peaks if p > 0) > 100, peaks  # the flood kept it busy throughout
     # the unknown-speed mark (64) plus one 4 KiB slice of these small requests, at most
     assert peak <= 64 + 200, peaks  # the fixed mark alone (2048) let it fill to about 2048 + a slice
+
+
+def test_a_connection_paused_by_push_back_is_not_closed_for_silence(caplog: pytest.LogCaptureFixture) -> None:
+    """While the server does not read a connection (a mailbox it feeds is congested), the
+    peer's silence cannot be observed: the heartbeat check must not close it, however long
+    the pause lasts (here > 10 of the client's 0.1 s intervals)."""
+
+    async def body() -> tuple[int, int]:
+        async def slow(proc) -> None:
+            while True:
+                await proc.receive()
+                await asyncio.sleep(0.05)
+
+        server = await start_server(allowed=("slow",), register_ping=False)
+        server.spawn(slow, name="slow")
+        try:
+            node = Atom("lazy@host")
+            ids = iter(range(1, 10**6))
+            conn = Connection("client", SECRET, node_name=node, heartbeat_interval=100, new_proxy_pid=lambda _i: Pid(node, next(ids), 0, 0))
+            sock = socket.create_connection((HOST, server.port))
+            sock.setblocking(False)
+            loop = asyncio.get_running_loop()
+            conn.start()
+            await loop.sock_sendall(sock, conn.data_to_send())
+            while conn.state != "established":
+                conn.receive_data(await loop.sock_recv(sock, 65536))
+                conn.events()
+                await loop.sock_sendall(sock, conn.data_to_send())
+            me = Pid(node, 1, 0, 0)
+            for _ in range(400):  # 20 s of the service's work: the server pauses us for long
+                conn.send_message(Atom("slow"), (me, 0))
+            writer = loop.create_task(loop.sock_sendall(sock, conn.data_to_send()))
+            await asyncio.sleep(1.5)
+            alive = len(server.connections())
+            queued = server.node.mailbox_load("slow")[0]
+            writer.cancel()
+            sock.close()
+            return alive, queued
+        finally:
+            await server.close()
+
+    with caplog.at_level(logging.WARNING, logger="pyfabric"):
+        alive, queued = arun(body, timeout=60, allow_errors_from=("pyfabric.server", "pyfabric.transport"))
+    assert queued > 0  # still busy with the flood: the connection was paused throughout
+    assert alive == 1, [r.getMessage() for r in caplog.records]
+    assert not [r for r in caplog.records if "silent" in r.getMessage()]
