@@ -304,10 +304,25 @@ class BlockingClient(_BlockingNodeApi[Client]):
         limit = self._send_timeout if timeout is None else timeout
         self._runner.run(self._target.send_confirmed(dest, msg, timeout=limit))
 
-    def whereis(self, name: Atom | str, *, timeout: float | None = None) -> Pid | None:
-        """The server's process registered as ``name`` (a proxy pid), or None; see
+    def whereis(self, name: Atom | str, *, node: Atom | str | None = None, timeout: float | None = None) -> Pid | None:
+        """The server's process registered as ``name`` (a proxy pid), or None; with
+        ``node``, another client node's (routing server); see
         :meth:`pyfabric.transport.Client.whereis`."""
-        return self._runner.run(self._target.whereis(name, timeout=timeout))
+        return self._runner.run(self._target.whereis(name, node=node, timeout=timeout))
+
+    def nodes(self, *, timeout: float | None = None) -> list[Atom]:
+        """The other client nodes of a routing server this client may see; see
+        :meth:`pyfabric.transport.Client.nodes`."""
+        return self._runner.run(self._target.nodes(timeout=timeout))
+
+    def monitor_node(self, node: Atom | str, pid: Pid, *, timeout: float | None = None) -> None:
+        """``pid`` receives ``('nodedown', node)`` once when that client node goes down; see
+        :meth:`pyfabric.transport.Client.monitor_node`."""
+        self._runner.run(self._target.monitor_node(node, pid, timeout=timeout))
+
+    def demonitor_node(self, node: Atom | str, pid: Pid) -> bool:
+        """Remove one :meth:`monitor_node` of ``pid`` on ``node``; True if there was one."""
+        return self._runner.call(self._target.demonitor_node, node, pid)
 
     def wait_connected(self, timeout: float | None = None) -> None:
         """Block until connected (``TimeoutError`` after ``timeout`` s; ``NotConnected`` if closed)."""

@@ -33,7 +33,7 @@ from ._constants import (
     plain,
 )
 from ._error_policy import ErrorWindow, HandshakeFailure, error_frame, is_error_frame
-from ._errors import AuthenticationError, ConfirmRefused, LocalProtocolError, ProtocolError, RemoteProtocolError
+from ._errors import AuthenticationError, ConfirmRefused, LocalProtocolError, NodeNameInUse, ProtocolError, RemoteProtocolError
 from ._established import UNSEQUENCED, Established
 from ._events import NEED_DATA, AuthFailed, ConnectionClosed, Event, FrameDropped, HandshakeComplete, ProxyDied
 from ._flow import FlowMixin, new_credit
@@ -43,6 +43,7 @@ from ._handshake_client import ClientHandshake
 from ._handshake_server import ServerHandshake
 from ._outbox import Outbox
 from ._rewrite import describe
+from ._route import RouteHooks, RouteMixin
 from ._session import Deferred, ExitSignalCommand, LinkCommand, Session, UnlinkCommand
 from ._state import (
     AWAIT_AUTH,
@@ -69,7 +70,7 @@ _HANDSHAKE_FRAMES = {
 }
 
 
-class Connection(acks.AcksMixin, FlowMixin):
+class Connection(acks.AcksMixin, FlowMixin, RouteMixin):
     """One side of one fabric connection (see the package docstring).
 
     ``config`` (a :class:`ConnectionConfig`) or the options as keywords (``secret``
@@ -91,6 +92,7 @@ class Connection(acks.AcksMixin, FlowMixin):
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
         session: Session | None = None,
         find_session: Callable[[bytes], Session | None] | None = None,
+        route: RouteHooks | None = None,
         peer: str = "?",
         **options: Any,
     ) -> None:
@@ -120,8 +122,9 @@ class Connection(acks.AcksMixin, FlowMixin):
             self._handshake = ClientHandshake(config, self.node_name, random_bytes=random_bytes, resume_from=session)
         else:
             self._handshake = ServerHandshake(
-                config, self.node_name, random_bytes=random_bytes, find_session=find_session, peer=peer
+                config, self.node_name, random_bytes=random_bytes, find_session=find_session, route=route, peer=peer
             )
+        self._route = route if role == SERVER else None
         self._agreed: Agreement = self._handshake.agreed
         # Until established: the session a resume would continue (client), else a blank one.
         self._session = session if role == CLIENT and session is not None else Session()
@@ -256,7 +259,7 @@ class Connection(acks.AcksMixin, FlowMixin):
         try:
             self._handshake_step(raw, term)
         except HandshakeFailure as failure:
-            self._auth_failed(failure.message, remote=failure.remote)
+            self._auth_failed(failure.message, remote=failure.remote, code=failure.code, reply=failure.reply)
         except Exception as exc:  # a bug of ours: fail the handshake, never crash
             log.exception("peer %s: internal error during the handshake", self.peer)
             self._auth_failed(f"{INTERNAL_ERROR}: {type(exc).__name__}: {exc}", remote=False)
@@ -327,6 +330,8 @@ class Connection(acks.AcksMixin, FlowMixin):
         )
         self._est = self._cmd.est
         self._est.pump = self._pump
+        self._est.hub = self._route  # a routing server resolves {Name, Node} (16.3)
+        self._est.route_from = agreed.peer_node if "route" in agreed.features else None
         self._events.append(
             HandshakeComplete(
                 mode=agreed.mode or "legacy",
@@ -339,6 +344,7 @@ class Connection(acks.AcksMixin, FlowMixin):
                 peer_heartbeat=agreed.peer_heartbeat,
                 resume_refused=agreed.resume_refused,
                 refused_session_id=agreed.refused_id,
+                heartbeat=agreed.heartbeat if agreed.heartbeat >= 0 else self.config.heartbeat_interval,
             )
         )
         acks.after_handshake(session, agreed, self._writer, self._events)
@@ -366,11 +372,12 @@ class Connection(acks.AcksMixin, FlowMixin):
         else:
             self._auth_failed(error.message, remote=True, code=error.code)
 
-    def _auth_failed(self, message: str, *, remote: bool, code: str = "auth_failed") -> None:
+    def _auth_failed(self, message: str, *, remote: bool, code: str = "auth_failed", reply: bytes | None = None) -> None:
         if self.role == SERVER and self._state.state == AWAIT_RESPONSE:
-            self._writer.write(plain((A_AUTH, A_FAILED)))  # the client waits for it
+            # The client waits for it: {auth, failed}, or a refusal it can verify (16.1).
+            self._writer.write(reply if reply is not None else plain((A_AUTH, A_FAILED)))
         log.debug("peer %s: authentication failed: %s", self.peer, message)  # AuthFailed: the transport logs it
-        error = AuthenticationError(message)
+        error = NodeNameInUse(message) if code == "node_in_use" else AuthenticationError(message)
         self._events.append(AuthFailed(error))
         self._end(code, message, error)
 

@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 FEATURES = frozenset(
-    {"whereis", "link", "maps", "bitstrings", "ports", "funs", "heartbeat", "error", "session", "acks", "credit"}
+    {"whereis", "link", "maps", "bitstrings", "ports", "funs", "heartbeat", "error", "session", "acks", "credit", "route"}
 )
 """The features of extension version 1 (docs/protocol.md section 3.5)."""
 
@@ -116,6 +116,12 @@ A_MC_RESULT = Atom("mc_result")
 A_CREDIT = Atom("credit")
 A_OK = Atom("ok")
 A_UNDEFINED = Atom("undefined")
+# The `route` feature (docs/protocol.md section 16).
+A_WHEREIS_NODE = Atom("whereis_node")
+A_NODES = Atom("nodes")
+A_NODES_REPLY = Atom("nodes_reply")
+A_NODEUP = Atom("nodeup")
+A_NODEDOWN = Atom("nodedown")
 A_NOPROC = Atom("noproc")
 A_NORMAL = Atom("normal")
 A_NOCONNECTION = Atom("noconnection")

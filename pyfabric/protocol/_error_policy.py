@@ -56,9 +56,14 @@ class HandshakeFailure(Exception):
     """Abort the handshake (the connection turns it into AuthFailed + ConnectionClosed).
 
     ``remote``: the peer's fault (False: our own refusal, e.g. legacy auth disabled).
+    ``code``: ``"auth_failed"``, or ``"node_in_use"`` for a client node name a routing
+    server refused (docs/protocol.md 16.1); ``reply``: the server's auth frame to write
+    instead of ``{auth, failed}`` (the refusal's ``{auth, success, Mac, InfoBin}``).
     """
 
-    def __init__(self, message: str, remote: bool = True) -> None:
+    def __init__(self, message: str, remote: bool = True, *, code: str = "auth_failed", reply: bytes | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.remote = remote
+        self.code = code
+        self.reply = reply

@@ -23,6 +23,7 @@ __all__ = [
     "RemoteProtocolError",
     "AuthenticationError",
     "ConfirmRefused",
+    "NodeNameInUse",
 ]
 
 # The codes of docs/protocol.md section 9 (the ones that travel in error frames), plus
@@ -43,6 +44,7 @@ CODES = frozenset(
         "not_resumable",
         "credit_exceeded",
         "credit_overflow",
+        "node_in_use",
     }
 )
 
@@ -80,8 +82,17 @@ class RemoteProtocolError(ProtocolError):
 class AuthenticationError(ProtocolError):
     """The handshake failed: wrong secret, refused legacy auth, bad or late handshake frame."""
 
+    def __init__(self, message: str, code: str = "auth_failed") -> None:
+        super().__init__(code, message)
+
+
+class NodeNameInUse(AuthenticationError):
+    """A routing server refused our client node name: another connected client holds it
+    (docs/protocol.md 16.1). The credentials were fine; a later attempt may succeed once
+    the other client is gone."""
+
     def __init__(self, message: str) -> None:
-        super().__init__("auth_failed", message)
+        super().__init__(message, "node_in_use")
 
 
 class ConfirmRefused(RemoteProtocolError):

@@ -27,6 +27,10 @@ from ._constants import (
     A_M,
     A_MC,
     A_MC_RESULT,
+    A_NODEDOWN,
+    A_NODES,
+    A_NODES_REPLY,
+    A_NODEUP,
     A_NOPROC,
     A_NORMAL,
     A_OK,
@@ -34,6 +38,7 @@ from ._constants import (
     A_UNDEFINED,
     A_UNLINK,
     A_WHEREIS,
+    A_WHEREIS_NODE,
     A_WHEREIS_REPLY,
     MAX_ERROR_TEXT,
     plain,
@@ -53,6 +58,7 @@ from ._events import (
     WhereisReplied,
     WhereisRequested,
 )
+from . import _route as route
 from ._framing import FrameWriter
 from ._policy import NamePolicy
 from ._rewrite import A_PR, Rewriter, describe
@@ -97,6 +103,11 @@ class Established:
         self.their_whereis: set[int] = set()
         self.frame_size = 0  # the length of the frame being handled (credit, 12.2)
         self.pump: Callable[[], object] = lambda: None  # issue what waits (set by the connection)
+        # `route` (docs/protocol.md 16): a routing server's hooks, and nodes requests in flight
+        self.hub: route.RouteHooks | None = None
+        self.route_from: Atom | None = None  # the peer's client node name (with `route`)
+        self.our_nodes: set[int] = set()
+        self.their_nodes: set[int] = set()
 
     def dispatch(self, term: Any) -> None:
         """Handle one decoded frame; raises RemoteProtocolError to drop it."""
@@ -204,8 +215,11 @@ class Established:
         elif t is Atom:
             target = dest
         elif t is tuple and len(dest) == 2 and type(dest[0]) is Atom and type(dest[1]) is Atom:
-            # A Python node has no cluster: every Node is this node (docs/protocol.md 4.1).
+            # A Python node has no cluster: every Node is this node (docs/protocol.md 4.1),
+            # unless it is a routing server and Node one of its clients (16.3).
             target, node = dest
+            if self.hub is not None and route.route_message(self, target, node, payload):
+                return
         else:
             raise RemoteProtocolError("unknown_frame", f"m frame with a bad Dest {describe(dest)}")
         if isinstance(target, Atom) and not self.policy(target):  # a name (not a pid)
@@ -388,7 +402,7 @@ FRAMES: dict[Atom, FrameSpec] = {
         FrameSpec(A_DEAD, 3, None, Established.on_dead),
         FrameSpec(A_R, 4, None, Established.on_registered),
         FrameSpec(A_WHEREIS, 3, "whereis", Established.on_whereis, sequenced=False),
-        FrameSpec(A_WHEREIS_REPLY, 3, "whereis", Established.on_whereis_reply, sequenced=False),
+        FrameSpec(A_WHEREIS_REPLY, 3, "whereis", Established.on_whereis_reply, sequenced=False),  # or `route`
         FrameSpec(A_LINK, 3, "link", Established.on_link),
         FrameSpec(A_UNLINK, 3, "link", Established.on_unlink),
         FrameSpec(A_EXIT2, 4, "link", Established.on_exit2),
@@ -399,9 +413,14 @@ FRAMES: dict[Atom, FrameSpec] = {
         FrameSpec(A_MC, 4, "acks", Established.on_mc),
         FrameSpec(A_MC_RESULT, 3, "acks", Established.on_mc_result),
         FrameSpec(A_CREDIT, 3, "credit", Established.on_credit),
+        FrameSpec(A_WHEREIS_NODE, 4, "route", route.on_whereis_node, sequenced=False),
+        FrameSpec(A_NODES, 2, "route", route.on_nodes, sequenced=False),
+        FrameSpec(A_NODES_REPLY, 3, "route", route.on_nodes_reply, sequenced=False),
+        FrameSpec(A_NODEUP, 2, "route", route.on_nodeup, sequenced=False),
+        FrameSpec(A_NODEDOWN, 2, "route", route.on_nodedown, sequenced=False),
     )
 }
-"""Every frame a peer may send after the handshake (docs/protocol.md sections 4, 5, 11, 12)."""
+"""Every frame a peer may send after the handshake (docs/protocol.md sections 4, 5, 11, 12, 16)."""
 
 UNSEQUENCED = frozenset(tag for tag, spec in FRAMES.items() if not spec.sequenced)
 """Tags of the frames not numbered with ``acks``; every other frame after the handshake is,
@@ -418,7 +437,7 @@ def classify(term: Any, features: frozenset[str]) -> FrameSpec:
     if spec is None or (spec.feature is None and len(term) != spec.arity):
         raise RemoteProtocolError("unknown_frame", f"unknown frame {describe(term)}")
     if spec.feature is not None:
-        if spec.feature not in features:
+        if spec.feature not in features and not (tag == A_WHEREIS_REPLY and "route" in features):
             raise RemoteProtocolError("unknown_frame", f"{tag.name} frame but {spec.feature!r} was not agreed")
         if len(term) != spec.arity:
             raise RemoteProtocolError("unknown_frame", f"{tag.name} frame with {len(term) - 1} elements")

@@ -26,6 +26,12 @@ __all__ = [
     "ExitSignalReceived",
     "WhereisRequested",
     "WhereisReplied",
+    "MessageRouted",
+    "WhereisNodeRequested",
+    "NodesRequested",
+    "NodesReplied",
+    "NodeUp",
+    "NodeDown",
     "HeartbeatReceived",
     "HeartbeatAcked",
     "PeerError",
@@ -77,7 +83,9 @@ class HandshakeComplete(Event):
     (legacy: our defaults, 0). ``session_id`` is set when ``session`` was agreed;
     ``resumed`` says whether an earlier session (its id tables) was resumed; when a
     resume was asked and refused, ``resume_refused`` is ``"unknown_session"`` or
-    ``"not_resumable"`` and ``refused_session_id`` the session asked for.
+    ``"not_resumable"`` and ``refused_session_id`` the session asked for. ``heartbeat``:
+    the interval we announced, ms (with ``route``, a client's is at most the server's
+    ``route_heartbeat``, docs/protocol.md 16.1).
     """
 
     mode: str
@@ -90,6 +98,7 @@ class HandshakeComplete(Event):
     peer_heartbeat: int
     resume_refused: str | None = None
     refused_session_id: bytes | None = None
+    heartbeat: int = 0
 
 
 @_ev
@@ -192,6 +201,57 @@ class WhereisReplied(Event):
 
     req_id: int
     pid: Pid | None
+
+
+@_ev
+class MessageRouted(Event):
+    """Routing server: ``{m, {Name, Node}, Payload}`` for the client node ``node``, which the
+    routing policy lets the peer reach (docs/protocol.md 16.3); the transport forwards
+    ``payload`` (rewriting undone: the peer's pids are our proxies) to ``name`` there."""
+
+    name: Atom
+    node: Atom
+    payload: Any
+
+
+@_ev
+class WhereisNodeRequested(Event):
+    """Routing server: ``{whereis_node, ...}`` for ``name`` on ``node`` (the server's own
+    node, allowed by its policy, or a client node the policy lets the peer reach). Answer
+    with ``Connection.reply_whereis(req_id, pid_or_None)`` (16.5)."""
+
+    req_id: int
+    name: Atom
+    node: Atom
+
+
+@_ev
+class NodesRequested(Event):
+    """Routing server: ``{nodes, ReqId}``; answer with ``Connection.reply_nodes`` (16.6)."""
+
+    req_id: int
+
+
+@_ev
+class NodesReplied(Event):
+    """Client: the answer to our ``request_nodes()``: the client nodes we may see."""
+
+    req_id: int
+    nodes: tuple[Atom, ...]
+
+
+@_ev
+class NodeUp(Event):
+    """Client: ``{nodeup, NodeBin}``: a client node we may see is connected (16.6)."""
+
+    node: Atom
+
+
+@_ev
+class NodeDown(Event):
+    """Client: ``{nodedown, NodeBin}``: a client node we could see lost its connection."""
+
+    node: Atom
 
 
 @_ev

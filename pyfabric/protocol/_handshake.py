@@ -69,16 +69,21 @@ class Agreement:
     undelivered: MessagesUndelivered | None = None
     not_resumable: bool = False
     peer_windows: tuple[int, int, int] | None = None  # with `credit`: what the peer grants us
+    heartbeat: int = -1  # the interval we announced, ms (-1: our config's)
+    route_heartbeat: int = 0  # with `route`: the server's route_heartbeat, ms (16.1)
 
 
 def feature_rule(features: Iterable[str]) -> frozenset[str]:
     """``features`` without the ones whose prerequisite is missing: ``acks`` needs
-    ``session``, ``credit`` needs ``acks`` (docs/protocol.md 11.1)."""
+    ``session``, ``credit`` needs ``acks`` (docs/protocol.md 11.1), ``route`` needs
+    ``heartbeat`` (16.1)."""
     out = set(features)
     if "session" not in out:
         out.discard("acks")
     if "acks" not in out:
         out.discard("credit")
+    if "heartbeat" not in out:
+        out.discard("route")
     return frozenset(out)
 
 

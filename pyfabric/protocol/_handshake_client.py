@@ -91,11 +91,20 @@ class ClientHandshake:
         agreed.peer_node = node
         agreed.peer_max_frame = max_frame
         agreed.peer_heartbeat = heartbeat
+        own_heartbeat = config.heartbeat_interval
+        if "route" in agreed.features:
+            # Our heartbeat is at most the server's route_heartbeat (docs/protocol.md 16.1).
+            route_heartbeat = hs.non_negative_int(offer.get(b"route_heartbeat"))
+            if not route_heartbeat:
+                raise HandshakeFailure("offer has 'route' but no positive route_heartbeat")
+            agreed.route_heartbeat = route_heartbeat
+            own_heartbeat = min(own_heartbeat, route_heartbeat) if own_heartbeat > 0 else route_heartbeat
+        agreed.heartbeat = own_heartbeat
         accept: dict[bytes, Any] = {
             b"features": [f.encode() for f in agreed_features],
             b"node": self.node_name.name.encode("utf-8"),
             b"max_frame": config.max_frame,
-            b"heartbeat": config.heartbeat_interval,
+            b"heartbeat": own_heartbeat,
         }
         if "credit" in agreed.features:
             agreed.peer_windows = hs.peer_windows(offer)
@@ -138,6 +147,13 @@ class ClientHandshake:
             raise HandshakeFailure(f"InfoBin is not a valid term: {exc}") from None
         if info is None:
             raise HandshakeFailure("Info is not a map with binary keys")
+        if "route" in agreed.features and info.get(b"refused") == b"node_in_use":
+            # A routing server refuses our node name (docs/protocol.md 16.1); it closes.
+            raise HandshakeFailure(
+                f"the server refused our client node name {self.node_name.name!r}: another connected client uses it",
+                remote=False,
+                code="node_in_use",
+            )
         session_id = info.get(b"session")
         resumed = info.get(b"resumed", A_FALSE)
         if resumed not in (A_TRUE, A_FALSE):

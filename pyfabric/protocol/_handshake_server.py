@@ -18,6 +18,7 @@ from . import _handshake as hs
 from ._config import ConnectionConfig
 from ._constants import A_AUTH, A_CHALLENGE, A_SUCCESS, plain
 from ._error_policy import HandshakeFailure
+from ._route import RouteHooks
 from ._session import Session
 
 __all__ = ["ServerHandshake"]
@@ -36,12 +37,14 @@ class ServerHandshake:
         random_bytes: Callable[[int], bytes],
         find_session: Callable[[bytes], Session | None] | None,
         peer: str,
+        route: RouteHooks | None = None,
     ) -> None:
         self.config = config
         self.node_name = node_name
         self.agreed = hs.Agreement()
         self._random_bytes = random_bytes
         self._find_session = find_session
+        self._route = route
         self._peer = peer
         self._limits = config.handshake_limits()
         self._transcript: list[bytes] = []  # F1 (hello), F2 (challenge)
@@ -56,7 +59,8 @@ class ServerHandshake:
         if client_version is not None:
             agreed.mode = "extended"
             agreed.version = min(client_version, hs.EXT_VERSION)
-            features = sorted(hs.feature_rule(config.features))
+            offered = config.features if self._route is not None else config.features - {"route"}
+            features = sorted(hs.feature_rule(offered))
             offer = {
                 b"version": agreed.version,
                 b"features": [f.encode() for f in features],
@@ -66,6 +70,8 @@ class ServerHandshake:
             }
             if "credit" in features:
                 offer.update(hs.credit_keys(config))
+            if "route" in features and self._route is not None:
+                offer[b"route_heartbeat"] = self._route.heartbeat
             self._offer_features = frozenset(features)
             frame = plain((A_CHALLENGE, self._random_bytes(32), offer))
         else:
@@ -105,11 +111,16 @@ class ServerHandshake:
         if resume is not None and type(resume) is not bytes:
             raise HandshakeFailure("Accept resume is not a binary")
         if hs.feature_rule(features) != frozenset(features):
-            raise HandshakeFailure("accepted 'acks' without 'session' or 'credit' without 'acks' (docs/protocol.md 11.1)")
+            raise HandshakeFailure(
+                "accepted 'acks' without 'session', 'credit' without 'acks' or 'route' without 'heartbeat' "
+                "(docs/protocol.md 11.1, 16.1)"
+            )
         if "credit" in features:
             self.agreed.peer_windows = hs.peer_windows(accept)
             if self.agreed.peer_windows is None:
                 raise HandshakeFailure("Accept lacks valid credit windows (docs/protocol.md 12.1)")
+        if "route" in features and self._route is not None and not 1 <= heartbeat <= self._route.heartbeat:
+            raise HandshakeFailure(f"accepted 'route' with a heartbeat of {heartbeat} ms, not 1..{self._route.heartbeat} (docs/protocol.md 16.1)")
         agreed = self.agreed
         agreed.features = frozenset(features)
         agreed.peer_node = node
@@ -138,8 +149,12 @@ class ServerHandshake:
             elif resume is not None:
                 agreed.resume_refused = "unknown_session"
                 agreed.refused_id = resume
-            if agreed.session is None:
-                agreed.session = Session(self._random_bytes(16))
+        if "route" in agreed.features and self._route is not None:
+            resumed_session = agreed.session if agreed.resumed else None
+            if not self._route.claim_node(node, resumed_session):
+                self._refuse_node(node, hello, challenge, raw)
+        if "session" in agreed.features and agreed.session is None:
+            agreed.session = Session(self._random_bytes(16))
         info: dict[bytes, Any] = {}
         if agreed.session is not None:
             info[b"session"] = agreed.session.id
@@ -154,6 +169,22 @@ class ServerHandshake:
         server_mac = hs.server_mac(secret, hello, challenge, raw, info_bin)
         self._transcript = []
         return plain((A_AUTH, A_SUCCESS, server_mac, info_bin))
+
+    def _refuse_node(self, node: Atom, hello: bytes, challenge: bytes, response: bytes) -> None:
+        """The node name is in use (docs/protocol.md 16.1): a verifiable refusal, then close."""
+        agreed = self.agreed
+        agreed.session = None
+        agreed.resumed = False
+        info_bin = plain({b"resumed": False, b"refused": b"node_in_use"})
+        mac = hs.server_mac(self.config.secret, hello, challenge, response, info_bin)
+        self._transcript = []
+        log.warning("peer %s: client node name %s refused: in use by another client", self._peer, node.name)
+        raise HandshakeFailure(
+            f"client node name {node.name!r} is in use by another client of this server",
+            remote=False,
+            code="node_in_use",
+            reply=plain((A_AUTH, A_SUCCESS, mac, info_bin)),
+        )
 
     def _legacy_response(self, term: tuple[Any, ...]) -> bytes:
         if len(term) != 2:

@@ -22,6 +22,7 @@ from ._errors import NotConnected, SendQueueFull
 from ._local import LocalProcesses
 from ._options import DEFAULT_CONNECT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, PeerOptions
 from ._peer import PeerLink
+from ._route_client import ClientNodes, RouteClientMixin, to_node
 from ._signature import ConnectOptions, show_options
 from ._stream import FrameStream
 
@@ -54,7 +55,7 @@ class ConnectionState:
     CLOSED = "closed"
 
 
-class Client(LocalProcesses):
+class Client(LocalProcesses, RouteClientMixin):
     """A connection to one fabric server; create it with :func:`aconnect`.
 
     Use it as an async context manager, or call :meth:`close`. Everything here must be
@@ -100,6 +101,7 @@ class Client(LocalProcesses):
         self._send_timeout = send_timeout
         self._link = PeerLink(node, options, role="client", label=f"server {host}:{port}")
         self._link.on_closed = self._on_link_closed
+        self._route_nodes = ClientNodes(node, self._link)
         self._stream: FrameStream | None = None
         self._state = ConnectionState.CONNECTING
         self._listeners: list[Callable[[str], None]] = []
@@ -113,11 +115,13 @@ class Client(LocalProcesses):
 
     async def _connect_once(self) -> HandshakeComplete:
         """One TCP connect + handshake (:func:`._dial.dial`). Raises ConnectFailed or AuthenticationError."""
-        return await dial(
+        ev = await dial(
             self._link, self.host, self.port, ssl=self._ssl, server_hostname=self._server_hostname,
             connect_timeout=self._connect_timeout, handshake_timeout=self._handshake_timeout,
             heartbeat=self.options.heartbeat_ms / 1000, on_stream=self._set_stream,
         )
+        self._route_nodes.established(ev)
+        return ev
 
     def _set_stream(self, stream: FrameStream) -> None:
         self._stream = stream
@@ -130,6 +134,7 @@ class Client(LocalProcesses):
         if self._state != ConnectionState.CONNECTED:
             return  # a failed attempt: _connect_once reports it
         self._connected.clear()
+        self._route_nodes.connection_lost()
         if self._closing or not self._reconnect:
             self._finish_closed()
             return
@@ -152,6 +157,7 @@ class Client(LocalProcesses):
 
     def _finish_closed(self) -> None:
         self._link.expire("closed" if self._closing else "session_expired")
+        self._route_nodes.all_down()
         self._set_state(ConnectionState.CLOSED)
 
     def _set_state(self, state: str) -> None:
@@ -340,9 +346,10 @@ class Client(LocalProcesses):
         the server's, or why the session ended), :class:`SendTimeout`, ``FeatureNotSupported``."""
         await self._link.send_confirmed(dest, msg, self._send_timeout if timeout is None else timeout)
 
-    async def whereis(self, name: Atom | str, *, timeout: float | None = None) -> Pid | None:
+    async def whereis(self, name: Atom | str, *, node: Atom | str | None = None, timeout: float | None = None) -> Pid | None:
         """The server's process registered as ``name``, as a proxy pid; None if the server
-        does not have it or does not allow it.
+        does not have it or does not allow it. ``node``: ask another client node of a
+        routing server instead (its allowed names; docs/protocol.md 16.5).
 
         Needs one of our servers (the ``whereis`` feature): with an original server it
         raises :class:`~pyfabric.protocol.FeatureNotSupported`; send to the name instead.
@@ -366,7 +373,9 @@ class Client(LocalProcesses):
                     f"whereis({str(name)!r}): still not connected to {self.host}:{self.port} after "
                     f"{self._connect_timeout} s (connect_timeout); retry later or await wait_connected()"
                 ) from None
-        return await self._link.whereis(name, self._whereis_timeout if timeout is None else timeout)
+        if node is not None and to_node(node) == self.peer_node:
+            node = None  # the server's own name
+        return await self._link.whereis(name, self._whereis_timeout if timeout is None else timeout, node=node)
 
     # -- closing ----------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import random
 import ssl as _ssl
 from collections.abc import Awaitable, Callable
 
-from ..protocol import AuthenticationError, HandshakeComplete
+from ..protocol import AuthenticationError, HandshakeComplete, NodeNameInUse
 from ..tls import describe_tls_failure
 from ._errors import ConnectFailed
 from ._peer import PeerLink
@@ -90,7 +90,8 @@ async def dial(
         ) from None
     if done.done() and link.connected:
         ev = done.result()
-        stream.start_heartbeat(heartbeat, ev.peer_heartbeat / 1000)
+        # With `route` our interval is at most the server's route_heartbeat (16.1).
+        stream.start_heartbeat(ev.heartbeat / 1000 if "route" in ev.features else heartbeat, ev.peer_heartbeat / 1000)
         return ev
     if done.done():
         # Closed right after the handshake (in the same read): not a usable connection,
@@ -123,6 +124,11 @@ async def redial(
             return None
         try:
             return await attempt()
+        except NodeNameInUse as exc:
+            # Our old connection may still look up to the server (half-open) until its
+            # heartbeat finds it gone (docs/protocol.md 16.1): try again.
+            _log.warning("reconnect to %s refused: %s (next try within %.1f s)", label, exc, delay)
+            delay = min(delay * 2, backoff_max)
         except AuthenticationError as exc:
             _log.error("reconnect to %s refused: %s; giving up", label, exc)
             return None

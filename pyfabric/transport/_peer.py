@@ -34,6 +34,8 @@ from ..protocol import (
     MessagesUndelivered,
     PeerError,
     ProxyDied,
+    ROUTE_EVENTS,
+    RouteHooks,
     SendMessage,
     SendResult,
     Session,
@@ -81,6 +83,8 @@ class PeerLink(DeliveryMixin, FlowLinkMixin):
         self.on_closed: Callable[[PeerLink, ConnectionClosed], None] | None = None
         self.on_auth_failed: Callable[[PeerLink, AuthFailed], None] | None = None
         """Server: told of every failed authentication (per-address throttling)."""
+        self.on_route_event: Callable[[PeerLink, Any], None] | None = None
+        """Told of the events of the `route` feature (the server's router, the client's nodes)."""
         self._watches: dict[Pid, WatchToken] = {}
         self._whereis: dict[int, asyncio.Future[Pid | None]] = {}
         self._flush_scheduled = False
@@ -96,7 +100,9 @@ class PeerLink(DeliveryMixin, FlowLinkMixin):
 
     # -- building connections -------------------------------------------------------------
 
-    def new_connection(self, *, find_session: Callable[[bytes], Session | None] | None = None) -> Connection:
+    def new_connection(
+        self, *, find_session: Callable[[bytes], Session | None] | None = None, route: RouteHooks | None = None
+    ) -> Connection:
         """A fresh protocol connection for this peer. A client's continues our session:
         it asks for a resume when the session has an id, and takes over the commands
         deferred while disconnected either way."""
@@ -110,6 +116,7 @@ class PeerLink(DeliveryMixin, FlowLinkMixin):
             on_export=self._exported,
             session=self.session if self.role == "client" else None,
             find_session=find_session,
+            route=route,
             peer=self.label,
         )
         # `established` is kept: it describes the session (features, mode) until the new
@@ -242,6 +249,9 @@ class PeerLink(DeliveryMixin, FlowLinkMixin):
                 self.confirm_done(ev)
             elif kind is ConnectionClosed:
                 self._closed(ev)
+            elif kind in ROUTE_EVENTS:
+                if self.on_route_event is not None:
+                    self.on_route_event(self, ev)
         self._flush()
         if conn is not None:
             if conn.ack_owed() and self._ack_timer is None:
@@ -350,6 +360,26 @@ class PeerLink(DeliveryMixin, FlowLinkMixin):
         if pid not in owner._watches and owner.node.is_alive(pid):
             owner._watches[pid] = owner.node.watch(pid, owner._exported_exited)
 
+    def end_export(self, pid: Pid, reason: Any) -> None:
+        """Tell the peer now that our export ``pid`` ended with ``reason`` (its DEAD, queued
+        while disconnected), and forget its id: shipped again, it gets a new one (a routing
+        server ends its exports of a lost client's proxies, docs/protocol.md 16.4)."""
+        owner = self._owner()
+        token = owner._watches.pop(pid, None)
+        if token is not None:
+            owner.node.unwatch(token)
+        conn = owner.conn
+        if conn is None:
+            return
+        session = conn.session
+        ident = session.export_ids.get(pid)
+        if ident is None:
+            return
+        conn.process_exited(pid, reason)
+        session.ended_exports.pop(ident, None)
+        session.ended_export_ids.pop(pid, None)
+        owner._schedule_flush()
+
     def _exported_exited(self, pid: Pid, reason: Any) -> None:
         self._watches.pop(pid, None)
         conn = self.conn
@@ -456,11 +486,11 @@ class PeerLink(DeliveryMixin, FlowLinkMixin):
         session = self.session if self.session is not None else (self.conn.session if self.conn else None)
         return session.deferred_count() if session is not None else 0
 
-    async def whereis(self, name: Atom | str, timeout: float | None) -> Pid | None:
+    async def whereis(self, name: Atom | str, timeout: float | None, node: Atom | str | None = None) -> Pid | None:
         conn = self.conn
         if conn is None or conn.state != ESTABLISHED:
             raise NotConnected(f"not connected to {self.label}")
-        req_id = conn.whereis(name)
+        req_id = conn.whereis(name) if node is None else conn.whereis_node(name, node)
         fut: asyncio.Future[Pid | None] = self.node.loop.create_future()
         self._whereis[req_id] = fut
         self._flush()

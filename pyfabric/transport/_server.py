@@ -9,6 +9,7 @@ reachable from every client. A bad client only ever affects its own connection.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import ssl as _ssl
 from typing import Any, Unpack
@@ -18,6 +19,7 @@ from ..protocol import (
     AuthFailed,
     ConnectionClosed,
     HandshakeComplete,
+    NodeNameInUse,
     Session,
 )
 from ..runtime import Node
@@ -34,6 +36,7 @@ from ._options import (
     PeerOptions,
 )
 from ._peer import PeerLink
+from ._router import DEFAULT_ROUTE_GRACE, DEFAULT_ROUTE_HEARTBEAT, DEFAULT_ROUTE_MAX_PROXIES, Router, RoutingPolicy, check_routing
 from ._server_conn import ServerConnection
 from ._signature import ServeOptions, show_options
 from ._stream import DEFAULT_MAX_WRITE_BUFFER, FrameStream
@@ -102,6 +105,9 @@ class Server(LocalProcesses):
         max_kept_sessions: int = DEFAULT_MAX_KEPT_SESSIONS,
         max_pending_per_address: int = DEFAULT_MAX_PENDING_PER_ADDRESS,
         max_write_buffer: int = DEFAULT_MAX_WRITE_BUFFER,
+        routing: RoutingPolicy = False,
+        route_grace: float = DEFAULT_ROUTE_GRACE,
+        route_heartbeat: float = DEFAULT_ROUTE_HEARTBEAT,
     ) -> None:
         if max_connections < 0:
             raise ValueError("max_connections must not be negative")
@@ -131,6 +137,10 @@ class Server(LocalProcesses):
         self.connections_throttled = 0
         self.auth_failures = 0
         self.handshake_timeouts = 0
+        self._router = None if routing is False else Router(
+            node, routing, grace=route_grace, heartbeat=route_heartbeat, end_session=self._end_link_session,
+            links=lambda: {e.link for e in self._accepted.values()} | set(self._sessions.values()),
+        )  # fmt: skip
 
     # -- accepting -----------------------------------------------------------------------------
 
@@ -182,7 +192,7 @@ class Server(LocalProcesses):
         link.on_established = lambda lk, ev: self._established(entry, lk, ev)
         link.on_auth_failed = lambda lk, ev: self._auth_failed(entry, ev)
         link.on_closed = lambda lk, ev: self._closed(entry, lk, ev)
-        link.new_connection(find_session=self._find_session)
+        link.new_connection(find_session=self._find_session, route=self._router.hooks if self._router else None)
         entry.timer = asyncio.get_running_loop().call_later(self._handshake_timeout, self._handshake_timeout_fired, entry)
         stream.closed.add_done_callback(lambda _f: self._stream_gone(entry))
 
@@ -221,8 +231,8 @@ class Server(LocalProcesses):
             entry.stream.close()
 
     def _auth_failed(self, entry: _Accepted, ev: AuthFailed) -> None:
-        if entry.evicted:
-            return  # closed to make room: says nothing about the client
+        if entry.evicted or isinstance(ev.error, NodeNameInUse):
+            return  # closed to make room, or a node name in use: says nothing about the secret
         # Wrong secrets and handshakes that time out alike (a host holding connections
         # idle is as hostile as one guessing).
         self.auth_failures += 1
@@ -256,6 +266,8 @@ class Server(LocalProcesses):
             # The session asked for cannot be resumed losslessly: it ends now (11.6).
             self._end_session(ev.refused_session_id, "not_resumable")
         owner.on_session_ended = lambda lk, sid: self._end_session(sid, None)
+        if self._router is not None:
+            self._router.established(owner, ev)
         entry.stream.start_heartbeat(self.options.heartbeat_ms / 1000, ev.peer_heartbeat / 1000)
         return owner
 
@@ -263,7 +275,12 @@ class Server(LocalProcesses):
         if link.established is None:
             return  # handshake never completed: nothing to keep
         session_id = link.session.id if link.session is not None else None
-        if session_id is not None and "session" in link.established.features and not self._closing:
+        kept = session_id is not None and "session" in link.established.features and not self._closing
+        if self._router is not None and kept:
+            self._router.lost(link)
+        elif self._router is not None:
+            self._router.session_ended(link)
+        if kept:
             # Keep the session for a resume; end it for good after session_timeout.
             loop = asyncio.get_running_loop()
             old = self._expiry.pop(session_id, None)
@@ -285,13 +302,22 @@ class Server(LocalProcesses):
         if timer is not None:
             timer.cancel()
         link = self._sessions.pop(session_id, None)
+        if link is not None and self._router is not None:
+            self._router.session_ended(link)
         if link is not None and reason is not None:
             link.expire(reason)
+
+    def _end_link_session(self, link: PeerLink) -> None:
+        """The router gives ``link``'s client node name to a new client: its kept session ends."""
+        if link.session is not None and link.session.id is not None:
+            self._end_session(link.session.id, "session_expired")
 
     def _expire(self, session_id: bytes) -> None:
         self._expiry.pop(session_id, None)
         link = self._sessions.pop(session_id, None)
         if link is not None and not link.connected:
+            if self._router is not None:
+                self._router.session_ended(link)
             _log.info("%s: session expired after %s s without a resume", link.label, self._session_timeout)
             link.expire()
 
@@ -381,6 +407,8 @@ class Server(LocalProcesses):
         for timer in self._expiry.values():
             timer.cancel()
         self._expiry.clear()
+        if self._router is not None:
+            self._router.close()
         for link in list(self._sessions.values()):
             link.expire("closed")
         self._sessions.clear()
@@ -419,6 +447,10 @@ async def serve(
     auth_block_time: float = DEFAULT_AUTH_BLOCK_TIME,
     max_kept_sessions: int = DEFAULT_MAX_KEPT_SESSIONS,
     max_write_buffer: int = DEFAULT_MAX_WRITE_BUFFER,
+    routing: RoutingPolicy = False,
+    route_grace: float = DEFAULT_ROUTE_GRACE,
+    route_heartbeat: float = DEFAULT_ROUTE_HEARTBEAT,
+    route_max_proxies: int = DEFAULT_ROUTE_MAX_PROXIES,
     **options: Unpack[ServeOptions],
 ) -> Server:
     """Start a fabric server on ``host:port`` (``port=0``: the OS picks; see
@@ -449,13 +481,22 @@ async def serve(
     ``session_timeout``: how long a disconnected client's session (proxies, ids) is kept
     for a resume, at most ``max_kept_sessions`` of them (the oldest expires first); ``max_pending``: sends queued for a disconnected client; ``compress``:
     zlib-compress messages to our own peers (off by default; an original peer always gets
-    the original's encoding). Every option not named in the signature goes to
+    the original's encoding). ``routing`` (README "Clients talking to each other",
+    docs/protocol.md 16): False (default), True, or a predicate ``(from_node, to_node) ->
+    bool``: clients with a node name see and reach each other's allowed names through this
+    server; ``route_grace`` s after a client's connection is lost, the other clients'
+    proxies for its processes end with ``noconnection``; routing clients heartbeat at least
+    every ``route_heartbeat`` s; each client's pids create at most ``route_max_proxies``
+    proxies here. Every option not named in the signature goes to
     :meth:`PeerOptions.build` and from there to
     :meth:`~pyfabric.protocol.ConnectionConfig.build`; an unknown name raises ``TypeError``.
     """
     if "when_disconnected" in options:
         raise TypeError("serve() takes no when_disconnected: a server always keeps sends for a disconnected client")
     peer_options = PeerOptions.build(secret, **options)
+    check_routing(routing, route_grace, route_heartbeat, route_max_proxies)
+    if routing is not False and peer_options.config.max_proxies > route_max_proxies:
+        peer_options = dataclasses.replace(peer_options, config=peer_options.config.replace(max_proxies=route_max_proxies))
     if ssl is not None:
         check_context(ssl, server_side=True)
     throttle = AuthThrottle(max_auth_failures, auth_failure_window, auth_block_time)
@@ -474,6 +515,9 @@ async def serve(
         max_kept_sessions=max_kept_sessions,
         max_pending_per_address=max_pending_per_address,
         max_write_buffer=max_write_buffer,
+        routing=routing,
+        route_grace=route_grace,
+        route_heartbeat=route_heartbeat,
     )
     loop = asyncio.get_running_loop()
     try:

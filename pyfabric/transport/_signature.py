@@ -105,6 +105,10 @@ class BlockingServeOptions(ServeOptions, total=False):
     auth_block_time: float
     max_kept_sessions: int
     max_write_buffer: int
+    routing: bool | Callable[[str | None, str], bool]
+    route_grace: float
+    route_heartbeat: float
+    route_max_proxies: int
 
 
 def option_parameters(exclude: Iterable[str] = ()) -> list[inspect.Parameter]:

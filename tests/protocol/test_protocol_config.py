@@ -24,7 +24,7 @@ def test_build_normalises_and_is_frozen():
     "options, error, text",
     [
         ({"max_frmae": 1}, TypeError, "max_frmae"),
-        ({"features": {"route"}}, ValueError, "route"),
+        ({"features": {"route_undelivered"}}, ValueError, "route_undelivered"),
         ({"max_frame": 0}, ValueError, "max_frame"),
         ({"max_exports": 0}, ValueError, "max_exports"),
         ({"heartbeat_interval": -1}, ValueError, "heartbeat_interval"),

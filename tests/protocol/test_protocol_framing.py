@@ -207,7 +207,7 @@ def test_unknown_role_and_feature_rejected():
     with pytest.raises(ValueError):
         make_conn("proxy")
     with pytest.raises(ValueError):
-        make_conn("client", features={"route"})
+        make_conn("client", features={"route_undelivered"})
 
 
 def test_frames_dropped_do_not_reply_to_legacy():
