@@ -423,11 +423,14 @@ class Node:
 
         The handle is not called (the remote side made the link). Returns False, doing
         nothing, if B is not a live local process (its DEAD is on its way) or the proxy has
-        ended.
+        ended. B may be a proxy of another connection (a node relaying between two peers,
+        docs/protocol.md 16.4): the link is then passed on through B's handle.
         """
         proxy = self._table.get(proxy_pid)
         local = self._table.get(local_pid)
-        if not isinstance(proxy, Proxy) or not isinstance(local, LocalProcess):
+        if not isinstance(proxy, Proxy) or not isinstance(local, (LocalProcess, Proxy)) or proxy_pid == local_pid:
+            return False
+        if isinstance(local, Proxy) and not _relay(local.handle.link_added, proxy_pid):
             return False
         self._relations.add_link(proxy_pid, local_pid)
         return True
@@ -439,18 +442,23 @@ class Node:
         """
         proxy = self._table.get(proxy_pid)
         local = self._table.get(local_pid)
-        if not isinstance(proxy, Proxy) or not isinstance(local, LocalProcess):
+        if not isinstance(proxy, Proxy) or not isinstance(local, (LocalProcess, Proxy)):
             return False
-        return self._relations.remove_link(proxy_pid, local_pid)
+        removed = self._relations.remove_link(proxy_pid, local_pid)
+        if removed and isinstance(local, Proxy):
+            _relay(local.handle.link_removed, proxy_pid)
+        return removed
 
     def remote_exit(self, proxy_pid: Pid, local_pid: Pid, reason: Any) -> bool:
         """An ``{exit2, A, B, Reason}`` frame arrived: ``exit(B, Reason)`` sent by the proxy for A.
 
         Applies ``exit/2`` rules on B (``kill`` kills it with ``killed``; a trapping B gets
         ``(Atom('EXIT'), proxy_pid, Reason)``). Returns False (ignored) if B is not a live
-        local process.
+        local process. B a proxy of another connection: the signal is passed on to its peer.
         """
         local = self._table.get(local_pid)
+        if isinstance(local, Proxy):
+            return _relay(local.handle.exit_signal, proxy_pid, reason)
         if not isinstance(local, LocalProcess):
             return False
         self._relations.signal(local, proxy_pid, reason, via_link=False)
@@ -497,3 +505,15 @@ class Node:
     def __repr__(self) -> str:
         return f"<Node {self._name.name} creation={self._creation} processes={len(self._table)}>"
 
+
+
+def _relay(command: Callable[..., None], *args: Any) -> bool:
+    """Pass a remote link or exit signal on to another connection's peer through a proxy's
+    handle; a failure there (not connected, queue full) is logged, never raised back into
+    the connection that received the frame."""
+    try:
+        command(*args)
+    except Exception as exc:
+        _log.warning("link or exit signal not passed on (%s): %s", getattr(command, "__qualname__", command), exc)
+        return False
+    return True

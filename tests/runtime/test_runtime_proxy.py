@@ -355,3 +355,22 @@ def test_dead_pid_behaves_like_an_exited_process(run):
     msgs, ref, ghost, seen = run(body)
     assert msgs == [(EXIT, ghost, NOPROC), (DOWN, ref, PROCESS, ghost, NOPROC)]
     assert seen == [NOPROC]
+
+
+def test_remote_link_unlink_and_exit_to_a_proxy_are_passed_on(run):
+    """A node relaying between two peers (a routing server, docs/protocol.md 16.4): a link or
+    exit signal addressed to a proxy goes on through that proxy's handle."""
+
+    async def body(node):
+        from_peer, to_peer = FakeHandle(), FakeHandle()
+        a = node.new_proxy(from_peer)
+        b = node.new_proxy(to_peer)
+        assert node.remote_link(a, b) is True
+        assert node.remote_unlink(a, b) is True
+        assert node.remote_unlink(a, b) is False  # nothing more to pass on
+        assert node.remote_exit(a, b, BOOM) is True
+        return from_peer.calls, to_peer.calls
+
+    from_calls, to_calls = run(body)
+    assert from_calls == []
+    assert [call[0] for call in to_calls] == ["link_added", "link_removed", "exit_signal"]
