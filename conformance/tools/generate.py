@@ -374,6 +374,63 @@ def credit_cases() -> list[Case]:
     return [Case(c.name, c.file, [("kind", "flow") if k == "kind" else (k, v) for k, v in c.lines]) for c in cases]
 
 
+def route_cases() -> list[Case]:
+    """docs/protocol.md 16: the route frames on one connection, ours a routing server
+    (``route_nodes``: client nodes it reaches, ``route_refused``: ones its policy refuses)
+    or, with ``role client``, ours a client of one (kind ``route_exchange``)."""
+    feats = " ".join(sorted(ALL_PY + ["route"]))
+    hub = [("mode", "extended"), ("features", feats), ("allowed", "echo"),
+           ("route_nodes", "c2@conformance"), ("route_refused", "c3@conformance")]
+    node = [("mode", "extended"), ("features", feats), ("allowed", "echo"), ("role", "client")]
+    c2, c3 = b"c2@conformance", b"c3@conformance"
+    route = lambda name, steps, note, ctx=hub: exchange(name, note, ctx, steps, kind="route_exchange")  # noqa: E731
+    return [
+        route("route_m_to_client_nodes",
+              [("recv", fr((M, (A("echo"), A("c2@conformance")), (A("t"), (A("hi"), (A("pr"), 7)))))),
+               ("recv", fr((M, (A("echo"), A("us@conformance")), A("local")))),
+               ("recv", fr((M, (A("rex"), A("c2@conformance")), A("not_ours_to_check")))),
+               ("recv", fr((M, (A("echo"), A("c3@conformance")), A("refused")))),
+               ("recv", fr((M, (A("echo"), A("c9@conformance")), (A("pr"), 8))))],
+              "16.3: {Name, Node} to a client node is routed (the payload's pids become our proxies, our name "
+              "policy does not apply), to our own node delivered here, refused by the policy not_allowed, to an "
+              "unknown node dropped without a word (no proxy made)",
+              hub + proxies(7)),
+        route("route_whereis_node",
+              [("recv", fr((A("whereis_node"), 1, b"echo", c2))), ("reply_whereis", f"1 {hx(P(1007))}"),
+               ("recv", fr((A("whereis_node"), 2, b"echo", c3))),
+               ("recv", fr((A("whereis_node"), 3, b"echo", b"us@conformance"))), ("reply_whereis", "3 undefined"),
+               ("recv", fr((A("whereis_node"), 4, b"rex", b"us@conformance"))),
+               ("recv", fr((A("whereis_node"), 5, b"echo", b"c9@conformance"))),
+               ("recv", fr((A("whereis_node"), 6, b"echo", b"not a node"))),
+               ("recv", fr((A("whereis_node"), 0, b"echo", c2)))],
+              "16.5: whereis on a client node is asked of the runtime (it asks that client), the answer exported "
+              "as ours; refused, unknown or malformed nodes and our own refused names are undefined at once; a bad "
+              "ReqId is unknown_frame"),
+        route("route_nodes_and_notices",
+              [("recv", fr((A("nodes"), 1))), ("reply_nodes", "1 c2@conformance c4@conformance"),
+               ("nodeup", "c5@conformance"), ("nodedown", "c5@conformance"),
+               ("recv", fr((A("nodes"), 2))), ("recv", fr((A("nodes"), 2))), ("reply_nodes", "2"),
+               ("recv", fr((A("nodeup"), c2))), ("recv", fr((A("nodes_reply"), 1, [c2])))],
+              "16.6: nodes answered with what the runtime lists; nodeup/nodedown written; a ReqId already pending "
+              "and the client-bound frames at a server are unknown_frame"),
+        route("route_client_side",
+              [("nodes", ""), ("recv", fr((A("nodes_reply"), 1, [c2, c3]))),
+               ("recv", fr((A("nodeup"), b"c4@conformance"))), ("recv", fr((A("nodedown"), c2))),
+               ("whereis_node", "echo c2@conformance"), ("recv", fr((A("whereis_reply"), 2, (A("pr"), 9)))),
+               ("recv", fr((A("nodes_reply"), 7, []))), ("recv", fr((A("nodeup"), b"no_host"))),
+               ("recv", fr((A("whereis_node"), 1, b"echo", c2))), ("recv", fr((A("nodes"), 1)))],
+              "16.5, 16.6 at a client: nodes and whereis_node written, the replies and notices become events; a "
+              "reply to no request, a bad node name and the server-bound frames are unknown_frame",
+              node + proxies(9)),
+        route("route_not_agreed",
+              [("recv", fr((A("nodes"), 1))), ("recv", fr((A("whereis_node"), 1, b"echo", c2))),
+               ("recv", fr((M, (A("echo"), A("c2@conformance")), A("as_before"))))],
+              "a server without routing: the route frames are unknown_frame, and {Name, Node} is delivered here "
+              "as in version 1 (a Python node treats every Node as itself, docs/protocol.md 4.1)",
+              EXT),
+    ]
+
+
 def errors() -> list[Case]:
     legacy = lambda n: (ROOT / "conformance" / "legacy").glob(f"{n:02d}_*.bin")  # noqa: E731
     vec = lambda n: next(legacy(n)).read_bytes().hex()  # noqa: E731
@@ -503,8 +560,16 @@ def main() -> None:
     write(CASES_DIR / "resume.cases", HEADER + "\n# Resumed sessions: tables kept, DEAD notices resent, duplicates ignored (docs/protocol.md 7).", resume_cases())
     write(CASES_DIR / "drift.cases", HEADER + "\n# Known disagreements between the two implementations (each side's lines are its own).", drifts())
     write(CASES_DIR / "credit.cases", HEADER + "\n# Flow control and confirmed sends (docs/protocol.md 11.8, 12, 13.4).", credit_cases())
+    write_route()
     write(CASES_DIR / "errors.cases", HEADER + "\n# One case per error code of docs/protocol.md 9 (auth_failed: handshakes.cases).", errors())
 
 
-if __name__ == "__main__":
+def write_route() -> None:
+    """Only route.cases (recorded from the Python core alone: ``generate.py route``)."""
+    write(CASES_DIR / "route.cases", HEADER + "\n# Routing between clients: the route frames (docs/protocol.md 16), kind route_exchange.", route_cases())
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["route"]:
+    write_route()
+elif __name__ == "__main__":
     main()

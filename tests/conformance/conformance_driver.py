@@ -32,12 +32,19 @@ from pyfabric.protocol import (
     LinkRequested,
     LocalProtocolError,
     MessageReceived,
+    MessageRouted,
+    NodeDown,
+    NodesReplied,
+    NodesRequested,
+    NodeUp,
     PeerError,
     ProxyCreated,
     ProxyDied,
     SendResult,
+    RouteHooks,
     Session,
     UnlinkRequested,
+    WhereisNodeRequested,
     WhereisReplied,
     WhereisRequested,
 )
@@ -49,6 +56,8 @@ STEPS = frozenset(
     {
         "start", "send", "recv", "recv_raw", "exited", "whereis", "reply_whereis", "link", "unlink", "exit_signal",
         "heartbeat", "lost", "resume", "reconnect", "send_confirmed", "mailbox", "grant", "ack",
+        # route (docs/protocol.md 16): kind route_exchange
+        "whereis_node", "nodes", "reply_nodes", "nodeup", "nodedown",
     }
 )
 # Options of our side ("us") and of the peer ("peer_" + name) a case may set (credit, acks).
@@ -168,8 +177,25 @@ PEER = Atom("peer@conformance")
 LEGACY_CHALLENGE = bytes.fromhex("ce7e5a220e0749da5543bce7f8d953fb")  # vector 02's challenge text, as 16 bytes
 
 
+def route_hooks(case: Case) -> RouteHooks | None:
+    """A routing server's hooks from a case's ``route_nodes`` (client nodes it may reach),
+    ``route_refused`` (client nodes the policy refuses) and ``route_heartbeat`` (ms)."""
+    if "route" not in case.words("features"):
+        return None
+    reachable = set(case.words("route_nodes"))
+    refused = set(case.words("route_refused"))
+
+    def lookup(from_node: Atom | None, node: Atom) -> str:
+        if node == US:
+            return "local"
+        return "route" if node.name in reachable else "refused" if node.name in refused else "unknown"
+
+    return RouteHooks(int(case.get("route_heartbeat", "1000")), lambda node, resumed: True, lookup)
+
+
 class Exchange:
-    """One established Python connection ("us") fed with a case's steps."""
+    """One established Python connection ("us") fed with a case's steps. ``role client``
+    (route cases): we are the client of a routing server instead of the server."""
 
     def __init__(self, case: Case) -> None:
         self.case = case
@@ -201,10 +227,17 @@ class Exchange:
             self.conn = Connection("server", b"secret", allow_legacy_auth=True, random_bytes=fixed_random(LEGACY_CHALLENGE), **opts)
             self.conn.receive_data(frame(legacy_vector(1)) + frame(legacy_vector(3)))
             events: list[Any] = []
+        elif mode == "extended" and case.get("role", "server") == "client":
+            features = case.words("features")
+            self.conn = Connection("client", b"conformance", features=features, random_bytes=fixed_random(bytes(32)), **opts)
+            server = Connection("server", b"conformance", node_name=PEER, new_proxy_pid=self._new_proxy, features=features,
+                                random_bytes=fixed_random(bytes(32), SESSION_ID), route=route_hooks(case))
+            events = self._client_handshake(self.conn, server)
         elif mode == "extended":
             features = case.words("features")
             self.conn = Connection(
-                "server", b"conformance", features=features, random_bytes=fixed_random(bytes(32), SESSION_ID), **opts
+                "server", b"conformance", features=features, random_bytes=fixed_random(bytes(32), SESSION_ID),
+                route=route_hooks(case), **opts,
             )
             self.peer = Connection("client", b"conformance", node_name=PEER, new_proxy_pid=self._new_proxy,
                                    features=features, random_bytes=fixed_random(bytes(32)), **peer_opts)
@@ -234,6 +267,18 @@ class Exchange:
             peer.receive_data(b"".join(frame(f) for f in frames))
             peer.events()
         return events, after
+
+    @staticmethod
+    def _client_handshake(conn: Connection, server: Connection) -> list[Any]:
+        """Run our client ``conn`` against a routing ``server`` to the end of the handshake."""
+        conn.start()
+        events: list[Any] = []
+        for _ in range(2):
+            server.receive_data(conn.data_to_send())
+            server.events()
+            conn.receive_data(server.data_to_send())
+            events += conn.events()
+        return events
 
     def _resume(self, kept: Session | None) -> tuple[list[Any], list[bytes]]:
         """A new connection of the peer asks to resume its session: a client with the
@@ -309,6 +354,16 @@ class Exchange:
                 conn.send_grant()
             elif key == "ack":  # the ack_delay timer fires
                 conn.send_ack()
+            elif key == "whereis_node":
+                conn.whereis_node(Atom(args[0]), Atom(args[1]))
+            elif key == "nodes":
+                conn.request_nodes()
+            elif key == "reply_nodes":
+                conn.reply_nodes(int(args[0]), [Atom(n) for n in args[1:]])
+            elif key == "nodeup":
+                conn.node_up(Atom(value))
+            elif key == "nodedown":
+                conn.node_down(Atom(value))
             else:
                 raise ValueError(f"case {self.case.name}: unknown step {key!r}")
         except LocalProtocolError as exc:
@@ -391,6 +446,16 @@ class Exchange:
             return "resumed" if ev.resumed else "not_resumed"
         if isinstance(ev, SendResult):
             return f"result {ev.ref} {ev.error or 'ok'}"
+        if isinstance(ev, MessageRouted):
+            return f"routed {ev.name.name} {ev.node.name} {etf_hex(ev.payload)}"
+        if isinstance(ev, WhereisNodeRequested):
+            return f"whereis_node_requested {ev.req_id} {ev.name.name} {ev.node.name}"
+        if isinstance(ev, NodesRequested):
+            return f"nodes_requested {ev.req_id}"
+        if isinstance(ev, NodesReplied):
+            return " ".join(["nodes_replied", str(ev.req_id), *(n.name for n in ev.nodes)])
+        if isinstance(ev, (NodeUp, NodeDown)):
+            return f"{'nodeup' if isinstance(ev, NodeUp) else 'nodedown'} {ev.node.name}"
         raise AssertionError(f"unexpected event {ev!r}")
 
 

@@ -34,6 +34,7 @@ EXCHANGES = load_cases("exchange")
 FLOWS = load_cases("flow")  # exchanges with acks / credit (credit.cases; the Erlang runner reads them later)
 DRIFTS = load_cases("drift")
 HANDSHAKE_FRAMES = load_cases("handshake_frames")
+ROUTE = load_cases("route_exchange")
 
 
 def check_handshake(case: Case) -> None:
@@ -93,6 +94,28 @@ def test_exchange(case: Case) -> None:
 @pytest.mark.parametrize("case", HANDSHAKE_FRAMES, ids=lambda c: c.name)
 def test_handshake_frames(case: Case) -> None:
     check_exchange(case)
+
+
+@pytest.mark.parametrize("case", ROUTE, ids=lambda c: c.name)
+def test_route_exchange(case: Case) -> None:
+    check_exchange(case)
+
+
+def test_route_cases_cover_every_route_frame() -> None:
+    """docs/protocol.md 16.10: each route frame is received and written in some case."""
+    steps = {k for c in ROUTE for k, _ in c.lines}
+    assert {"whereis_node", "nodes", "reply_nodes", "nodeup", "nodedown"} <= steps
+    events = {v.split()[0] for c in ROUTE for v in c.all("event")}
+    assert {"routed", "whereis_node_requested", "nodes_requested", "nodes_replied", "nodeup", "nodedown"} <= events
+
+
+def test_changed_routed_node_fails() -> None:
+    """A routed message recorded for another node than the core routes to fails."""
+    case = next(c for c in ROUTE if c.name == "route_m_to_client_nodes")
+    check_exchange(case)
+    lines = [(k, v.replace(" c2@conformance ", " c3@conformance ", 1) if v.startswith("routed ") else v) for k, v in case.lines]
+    with pytest.raises(AssertionError, match="recv"):
+        check_exchange(dataclasses.replace(case, lines=lines))
 
 
 @pytest.mark.parametrize("case", DRIFTS, ids=lambda c: c.name)
