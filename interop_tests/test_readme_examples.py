@@ -21,6 +21,7 @@ EBIN = ROOT / "erlang_peer" / "_build" / "default" / "lib" / "fabric_peer" / "eb
 EXAMPLE_PORT = "5555"  # Python client, Erlang server
 PYSERVER_PORT = "5556"  # Python server, Erlang client
 SECURITY_PORT = "5557"  # Security
+ROUTING_PORT = "5558"  # Clients talking to each other
 
 
 def _sections() -> dict[str, list[tuple[str, str]]]:
@@ -57,6 +58,7 @@ def test_every_example_is_run_here() -> None:
         "Python client, Erlang server": {"erlang": 1, "python": 2},
         "Python server, Erlang client": {"erlang": 1, "python": 1},
         "Processes in Python": {"python": 1},
+        "Clients talking to each other": {"python": 1},
         "Security": {"python": 1},
     }
     found = {
@@ -127,6 +129,7 @@ def test_each_section_has_its_own_port() -> None:
         "Python client, Erlang server": EXAMPLE_PORT,
         "Python server, Erlang client": PYSERVER_PORT,
         "Security": SECURITY_PORT,
+        "Clients talking to each other": ROUTING_PORT,
     }
     for heading, port in ports.items():
         code = "".join(code for _, code in SECTIONS[heading])
@@ -157,6 +160,16 @@ def test_processes_example() -> None:
     (code,) = _blocks("Processes in Python", "python")
     out = _run_python(code).strip()
     assert out.startswith("(Atom('EXIT'), Pid(") and out.endswith("(Atom('gave_up'), 'work'))"), out
+
+
+def test_routing_example() -> None:
+    """Two clients through a routing server; the port comes from the OS, both clients use it."""
+    (code,) = _blocks("Clients talking to each other", "python")
+    assert code.count(ROUTING_PORT) == 3
+    code = code.replace(f'"127.0.0.1", {ROUTING_PORT}, "secret", routing=True)', '"127.0.0.1", 0, "secret", routing=True)')
+    code = code.replace(ROUTING_PORT, "server.port")
+    out = _run_python(code).splitlines()
+    assert out == ["[Atom('c2@localhost')]", "hello", "(Atom('nodedown'), Atom('c2@localhost'))"]
 
 
 def test_security_example(tmp_path: Path) -> None:
