@@ -33,7 +33,7 @@ from ._process import (
     check_max_mailbox,
     check_overflow,
 )
-from ._proxy import Proxy, RemoteHandle
+from ._proxy import Proxy, RemoteHandle, relay
 from ._registry import Registry, to_name
 from ._relations import Entry, ExitCallback, Relations, WatchToken
 from ._signals import NOCONNECTION, SHUTDOWN
@@ -430,7 +430,7 @@ class Node:
         local = self._table.get(local_pid)
         if not isinstance(proxy, Proxy) or not isinstance(local, (LocalProcess, Proxy)) or proxy_pid == local_pid:
             return False
-        if isinstance(local, Proxy) and not _relay(local.handle.link_added, proxy_pid):
+        if isinstance(local, Proxy) and not relay(local.handle.link_added, proxy_pid):
             return False
         self._relations.add_link(proxy_pid, local_pid)
         return True
@@ -446,7 +446,7 @@ class Node:
             return False
         removed = self._relations.remove_link(proxy_pid, local_pid)
         if removed and isinstance(local, Proxy):
-            _relay(local.handle.link_removed, proxy_pid)
+            relay(local.handle.link_removed, proxy_pid)
         return removed
 
     def remote_exit(self, proxy_pid: Pid, local_pid: Pid, reason: Any) -> bool:
@@ -458,7 +458,7 @@ class Node:
         """
         local = self._table.get(local_pid)
         if isinstance(local, Proxy):
-            return _relay(local.handle.exit_signal, proxy_pid, reason)
+            return relay(local.handle.exit_signal, proxy_pid, reason)
         if not isinstance(local, LocalProcess):
             return False
         self._relations.signal(local, proxy_pid, reason, via_link=False)
@@ -504,16 +504,3 @@ class Node:
 
     def __repr__(self) -> str:
         return f"<Node {self._name.name} creation={self._creation} processes={len(self._table)}>"
-
-
-
-def _relay(command: Callable[..., None], *args: Any) -> bool:
-    """Pass a remote link or exit signal on to another connection's peer through a proxy's
-    handle; a failure there (not connected, queue full) is logged, never raised back into
-    the connection that received the frame."""
-    try:
-        command(*args)
-    except Exception as exc:
-        _log.warning("link or exit signal not passed on (%s): %s", getattr(command, "__qualname__", command), exc)
-        return False
-    return True

@@ -9,11 +9,15 @@ fires local links and monitors exactly like a local exit (docs/protocol.md 4.3, 
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 from pyfabric.etf import Pid
 
-__all__ = ["RemoteHandle", "Proxy"]
+__all__ = ["RemoteHandle", "Proxy", "relay"]
+
+_log = logging.getLogger("pyfabric.runtime")
 
 
 @runtime_checkable
@@ -92,3 +96,15 @@ class Proxy:
     def __repr__(self) -> str:
         state = "alive" if self._alive else f"exited {self._exit_reason!r}"
         return f"<Proxy {self.pid.node.name}.{self.pid.id}.{self.pid.serial} {state} via {self.handle!r}>"
+
+
+def relay(command: Callable[..., None], *args: Any) -> bool:
+    """Pass a remote link or exit signal on to another connection's peer through a proxy's
+    handle (a node relaying between two peers, docs/protocol.md 16.4); a failure there (not
+    connected, queue full) is logged, never raised into the connection that received it."""
+    try:
+        command(*args)
+    except Exception as exc:
+        _log.warning("link or exit signal not passed on (%s): %s", getattr(command, "__qualname__", command), exc)
+        return False
+    return True

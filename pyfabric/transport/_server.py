@@ -20,7 +20,6 @@ from ..protocol import (
     ConnectionClosed,
     HandshakeComplete,
     NodeNameInUse,
-    Session,
 )
 from ..runtime import Node
 from ..tls import check_context
@@ -35,6 +34,7 @@ from ._options import (
     DEFAULT_SESSION_TIMEOUT,
     PeerOptions,
 )
+from ._kept import KeptSessions
 from ._peer import PeerLink
 from ._router import DEFAULT_ROUTE_GRACE, DEFAULT_ROUTE_HEARTBEAT, DEFAULT_ROUTE_MAX_PROXIES, Router, RoutingPolicy, check_routing
 from ._server_conn import ServerConnection
@@ -116,10 +116,8 @@ class Server(LocalProcesses):
         self._node = node
         self._owns_node = owns_node
         self._handshake_timeout = handshake_timeout
-        self._session_timeout = session_timeout
         self._max_connections = max_connections
         self._max_write_buffer = max_write_buffer
-        self._max_kept = max_kept_sessions
         self._server: asyncio.base_events.Server | None = None
         self._accepted: dict[FrameStream, _Accepted] = {}
         self._pending: PendingTable[_Accepted] = PendingTable(
@@ -129,8 +127,7 @@ class Server(LocalProcesses):
             evict=self._evict,
             label=lambda e: e.link.label,
         )
-        self._sessions: dict[bytes, PeerLink] = {}
-        self._expiry: dict[bytes, asyncio.TimerHandle] = {}
+        self._kept = KeptSessions(session_timeout, max_kept_sessions)
         self._closing = False
         self.connections_total = 0
         self.connections_refused = 0
@@ -138,9 +135,10 @@ class Server(LocalProcesses):
         self.auth_failures = 0
         self.handshake_timeouts = 0
         self._router = None if routing is False else Router(
-            node, routing, grace=route_grace, heartbeat=route_heartbeat, end_session=self._end_link_session,
-            links=lambda: {e.link for e in self._accepted.values()} | set(self._sessions.values()),
+            node, routing, grace=route_grace, heartbeat=route_heartbeat, end_session=self._kept.end_link,
+            links=lambda: {e.link for e in self._accepted.values()} | set(self._kept.links.values()),
         )  # fmt: skip
+        self._kept.on_ended = self._router.session_ended if self._router is not None else None
 
     # -- accepting -----------------------------------------------------------------------------
 
@@ -192,20 +190,9 @@ class Server(LocalProcesses):
         link.on_established = lambda lk, ev: self._established(entry, lk, ev)
         link.on_auth_failed = lambda lk, ev: self._auth_failed(entry, ev)
         link.on_closed = lambda lk, ev: self._closed(entry, lk, ev)
-        link.new_connection(find_session=self._find_session, route=self._router.hooks if self._router else None)
+        link.new_connection(find_session=self._kept.find, route=self._router.hooks if self._router else None)
         entry.timer = asyncio.get_running_loop().call_later(self._handshake_timeout, self._handshake_timeout_fired, entry)
         stream.closed.add_done_callback(lambda _f: self._stream_gone(entry))
-
-    def _find_session(self, session_id: bytes) -> Session | None:
-        link = self._sessions.get(session_id)
-        if link is None:
-            return None
-        if link.connected:
-            # The client is back (authenticated) while its old connection still looks up
-            # to us (half-open: its end vanished without a FIN): the resume wins.
-            _log.info("%s: session resumed from a new connection; closing the old one", link.label)
-            link.close()
-        return link.session
 
     def _evict(self, victim: _Accepted) -> None:
         """Close a pending connection to make room (the pending table chose it)."""
@@ -250,22 +237,19 @@ class Server(LocalProcesses):
     def _established(self, entry: _Accepted, link: PeerLink, ev: HandshakeComplete) -> PeerLink:
         self._handshake_done(entry)
         owner = link
-        if ev.resumed and ev.session_id in self._sessions:
+        if ev.resumed and ev.session_id in self._kept.links:
             # The client resumed its session: the session's link takes over this stream.
-            owner = self._sessions[ev.session_id]
-            timer = self._expiry.pop(ev.session_id, None)
-            if timer is not None:
-                timer.cancel()
+            owner = self._kept.resumed(ev.session_id)
             owner.adopt(link, ev)
             owner.on_closed = lambda lk, e: self._closed(entry, lk, e)
             entry.link = owner
             entry.stream.attach(owner)
         elif ev.session_id is not None:
-            self._sessions[ev.session_id] = link
+            self._kept.links[ev.session_id] = link
         if ev.resume_refused == "not_resumable" and ev.refused_session_id is not None:
             # The session asked for cannot be resumed losslessly: it ends now (11.6).
-            self._end_session(ev.refused_session_id, "not_resumable")
-        owner.on_session_ended = lambda lk, sid: self._end_session(sid, None)
+            self._kept.end(ev.refused_session_id, "not_resumable")
+        owner.on_session_ended = lambda lk, sid: self._kept.end(sid, None)
         if self._router is not None:
             self._router.established(owner, ev)
         entry.stream.start_heartbeat(self.options.heartbeat_ms / 1000, ev.peer_heartbeat / 1000)
@@ -281,45 +265,10 @@ class Server(LocalProcesses):
         elif self._router is not None:
             self._router.session_ended(link)
         if kept:
-            # Keep the session for a resume; end it for good after session_timeout.
-            loop = asyncio.get_running_loop()
-            old = self._expiry.pop(session_id, None)
-            if old is not None:
-                old.cancel()
-            self._expiry[session_id] = loop.call_later(self._session_timeout, self._expire, session_id)
-            while len(self._expiry) > self._max_kept:
-                oldest = next(iter(self._expiry))
-                self._expiry.pop(oldest).cancel()
-                _log.info("more than %d sessions kept for a resume: the oldest expires now", self._max_kept)
-                self._expire(oldest)
+            self._kept.keep(session_id)  # for a resume; it ends for good after session_timeout
         elif session_id is not None:
-            self._sessions.pop(session_id, None)
+            self._kept.links.pop(session_id, None)
             link.expire("closed" if self._closing else "session_expired")
-
-    def _end_session(self, session_id: bytes, reason: str | None) -> None:
-        """End a kept session at once (``reason`` None: its link already reported it)."""
-        timer = self._expiry.pop(session_id, None)
-        if timer is not None:
-            timer.cancel()
-        link = self._sessions.pop(session_id, None)
-        if link is not None and self._router is not None:
-            self._router.session_ended(link)
-        if link is not None and reason is not None:
-            link.expire(reason)
-
-    def _end_link_session(self, link: PeerLink) -> None:
-        """The router gives ``link``'s client node name to a new client: its kept session ends."""
-        if link.session is not None and link.session.id is not None:
-            self._end_session(link.session.id, "session_expired")
-
-    def _expire(self, session_id: bytes) -> None:
-        self._expiry.pop(session_id, None)
-        link = self._sessions.pop(session_id, None)
-        if link is not None and not link.connected:
-            if self._router is not None:
-                self._router.session_ended(link)
-            _log.info("%s: session expired after %s s without a resume", link.label, self._session_timeout)
-            link.expire()
 
     def _stream_gone(self, entry: _Accepted) -> None:
         if self._accepted.pop(entry.stream, None) is None:
@@ -374,8 +323,8 @@ class Server(LocalProcesses):
             "connections_throttled": self.connections_throttled,
             "auth_failures": self.auth_failures,
             "throttled_addresses": len(self._throttle),
-            "sessions": len(self._sessions),
-            "sessions_waiting_resume": len(self._expiry),
+            "sessions": len(self._kept.links),
+            "sessions_waiting_resume": len(self._kept.expiry),
         }
 
     async def serve_forever(self) -> None:
@@ -404,14 +353,9 @@ class Server(LocalProcesses):
             for entry in list(self._accepted.values()):
                 if entry.stream.closed in pending:
                     entry.stream.abort()
-        for timer in self._expiry.values():
-            timer.cancel()
-        self._expiry.clear()
+        self._kept.close()
         if self._router is not None:
             self._router.close()
-        for link in list(self._sessions.values()):
-            link.expire("closed")
-        self._sessions.clear()
         if self._server is not None:
             await self._server.wait_closed()
         if self._owns_node:
