@@ -45,12 +45,17 @@ class ClientNodes:
         self._up: set[Atom] = set()
         self._monitors: dict[Atom, list[Pid]] = {}
         self._waiting: dict[int, asyncio.Future[tuple[Atom, ...]]] = {}
+        self._connected_before = False
         link.on_route_event = self._on_event
 
     # -- the connection's life ----------------------------------------------------------------
 
     def established(self, ev: HandshakeComplete) -> None:
-        """A new connection: learn the current set (nodes we knew and it lacks are down)."""
+        """A new connection: learn the current set (nodes we knew and it lacks are down).
+        A reconnection that did not resume our session ended it: every node is down first."""
+        if self._connected_before and not ev.resumed:
+            self.all_down()
+        self._connected_before = True
         if "route" not in ev.features:
             self.all_down()
             return

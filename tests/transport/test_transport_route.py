@@ -385,3 +385,25 @@ def test_routing_options_are_checked() -> None:
             await start_server(routing=True, route_max_proxies=0)
 
     arun(body)
+
+
+def test_our_own_session_ending_is_a_nodedown_of_every_node() -> None:
+    async def body() -> None:
+        server = await start_server(register_ping=False, routing=True, session_timeout=0.05, route_heartbeat=0.1)
+        c2 = await connect(server, node_name=C2)
+        async with Relay(server.port) as relay:
+            c1 = await connect(relay.port, node_name=C1)
+            try:
+                box = c1.mailbox()
+                await c1.monitor_node(C2, box.pid)
+                relay.freeze()  # C1's path dies silently: the server drops it, its session expires
+                await wait_for(lambda: server.statistics()["sessions"] == 1)  # only C2's is left
+                c1.drop_connection()  # C1 notices now and reconnects: its session is gone
+                assert await box.receive(match=(NODEDOWN, ANY), timeout=WAIT) == (NODEDOWN, C2)
+                await wait_for(lambda: c1.state == "connected")
+                assert await c1.nodes() == [C2]  # C2 itself never went away
+            finally:
+                await close_all(c1)
+        await close_all(c2, server)
+
+    arun(body)
