@@ -15,10 +15,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from interop_support import HOST, SECRET, WAIT, Harness, echo, erl, erl_session  # noqa: F401
 
 import pyfabric
-from interop_support import HOST, SECRET, WAIT, Harness, echo, erl, erl_session  # noqa: F401
-from pyfabric import ANY
 
 C2 = "c2@localhost"
 LEGACY = {"mode": "legacy", "allow_legacy_auth": "true"}

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..etf import Atom, Pid
+from . import _route as route
 from ._constants import (
     A_ACK,
     A_CREDIT,
@@ -58,7 +59,6 @@ from ._events import (
     WhereisReplied,
     WhereisRequested,
 )
-from . import _route as route
 from ._framing import FrameWriter
 from ._policy import NamePolicy
 from ._rewrite import A_PR, Rewriter, describe

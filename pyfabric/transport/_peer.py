@@ -18,6 +18,7 @@ from typing import Any
 
 from ..etf import Atom, Pid
 from ..protocol import (
+    ROUTE_EVENTS,
     AuthFailed,
     Connection,
     ConnectionClosed,
@@ -34,7 +35,6 @@ from ..protocol import (
     MessagesUndelivered,
     PeerError,
     ProxyDied,
-    ROUTE_EVENTS,
     RouteHooks,
     SendMessage,
     SendResult,

@@ -18,8 +18,8 @@ from typing import Any
 
 from ..etf import Atom
 from ..protocol import (
-    LocalProtocolError,
     HandshakeComplete,
+    LocalProtocolError,
     MessageRouted,
     NodesRequested,
     RouteHooks,

@@ -29,14 +29,21 @@ from ._admission import (
     DEFAULT_SERVER_HANDSHAKE_TIMEOUT,
     PendingTable,
 )
+from ._kept import KeptSessions
 from ._local import LocalProcesses
 from ._options import (
     DEFAULT_SESSION_TIMEOUT,
     PeerOptions,
 )
-from ._kept import KeptSessions
 from ._peer import PeerLink
-from ._router import DEFAULT_ROUTE_GRACE, DEFAULT_ROUTE_HEARTBEAT, DEFAULT_ROUTE_MAX_PROXIES, Router, RoutingPolicy, check_routing
+from ._router import (
+    DEFAULT_ROUTE_GRACE,
+    DEFAULT_ROUTE_HEARTBEAT,
+    DEFAULT_ROUTE_MAX_PROXIES,
+    Router,
+    RoutingPolicy,
+    check_routing,
+)
 from ._server_conn import ServerConnection
 from ._signature import ServeOptions, show_options
 from ._stream import DEFAULT_MAX_WRITE_BUFFER, FrameStream
@@ -264,7 +271,7 @@ class Server(LocalProcesses):
             self._router.lost(link)
         elif self._router is not None:
             self._router.session_ended(link)
-        if kept:
+        if kept and session_id is not None:
             self._kept.keep(session_id)  # for a resume; it ends for good after session_timeout
         elif session_id is not None:
             self._kept.links.pop(session_id, None)
