@@ -115,3 +115,14 @@ def test_bench_quick_run(tmp_path: Path) -> None:
     # the tables went to stdout
     for heading in ("== messaging (loopback", "== scale ==", "== ratios (all from this run) ==", "goal >= 1.5"):
         assert heading in proc.stdout, heading
+
+
+def test_route_bench_quick_run() -> None:
+    """``bench/route_bench.py --quick`` (issue 13): both ping-pong paths and the pid shipping ran."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "route_bench.py"), "--quick"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert out["pingpong"]["direct_median_us"] > 0 and out["pingpong"]["routed_median_us"] > 0
+    assert out["scale"]["proxies_at_c1"] == out["scale"]["clients"] * out["scale"]["pids_each"]
