@@ -52,7 +52,11 @@ async def echo(proc: Any) -> None:
 
 async def serve_role() -> None:
     """S: print the port, then answer ``rss`` lines on stdin with the resident memory."""
-    server = await pyfabric.serve("127.0.0.1", 0, SECRET, routing=True, allowed=["echo"], route_max_proxies=100_000)
+    # Everything C1 gets is exported by S (clients x pids + its echo): above the 100,000 default.
+    # A sender process busy making 100,000 mailboxes can stall its loop past 3 x route_heartbeat.
+    server = await pyfabric.serve(
+        "127.0.0.1", 0, SECRET, routing=True, allowed=["echo"], max_exports=1_000_000, route_heartbeat=5.0
+    )
     server.spawn(echo, name="echo")
     print(f"port {server.port}", flush=True)
     loop = asyncio.get_running_loop()
@@ -120,7 +124,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         senders = spawn("senders", str(port), str(args.clients), str(args.pids))
         ask(senders, None, "ready")
         c1 = await pyfabric.aconnect(
-            "127.0.0.1", port, SECRET, node_name=C1, allowed=["inbox"], max_proxies=max(100_000, args.clients * args.pids)
+            "127.0.0.1", port, SECRET, node_name=C1, allowed=["inbox"], max_proxies=args.clients * args.pids + 100_000
         )
         box = c1.mailbox()
         direct_echo = await c1.whereis("echo")
