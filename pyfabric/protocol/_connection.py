@@ -33,7 +33,14 @@ from ._constants import (
     plain,
 )
 from ._error_policy import ErrorWindow, HandshakeFailure, error_frame, is_error_frame
-from ._errors import AuthenticationError, ConfirmRefused, LocalProtocolError, NodeNameInUse, ProtocolError, RemoteProtocolError
+from ._errors import (
+    AuthenticationError,
+    ConfirmRefused,
+    LocalProtocolError,
+    NodeNameInUse,
+    ProtocolError,
+    RemoteProtocolError,
+)
 from ._established import UNSEQUENCED, Established
 from ._events import NEED_DATA, AuthFailed, ConnectionClosed, Event, FrameDropped, HandshakeComplete, ProxyDied
 from ._flow import FlowMixin, new_credit

@@ -52,6 +52,7 @@ from ._events import (
     HeartbeatReceived,
     LinkRequested,
     MessageReceived,
+    MessageRouted,
     PeerError,
     ProxyDied,
     SendResult,
@@ -148,7 +149,7 @@ class Established:
         if self.session.credit is None:
             resolved = self.resolve(dest)
             if resolved is not None:
-                self.events.append(MessageReceived(resolved[0], self.inbound(payload), resolved[1]))
+                self.events.append(self.message(resolved, payload, None, 0))
             return
         self.credited(0, dest, payload)
 
@@ -168,7 +169,7 @@ class Established:
                 raise RemoteProtocolError("credit_exceeded", f"credited frame to {describe(dest)} over our window")
             resolved = self.resolve(dest)
             if resolved is not None:
-                self.events.append(MessageReceived(resolved[0], self.inbound(payload), resolved[1], token, ref))
+                self.events.append(self.message(resolved, payload, token, ref))
                 return
         except RemoteProtocolError:
             self.give_back(token)
@@ -198,9 +199,17 @@ class Established:
         """Answer the confirmed send ``ref``: ``{mc_result, Ref, ok | {error, Code}}`` (11.8)."""
         self.issue(plain((A_MC_RESULT, ref, A_OK if code is None else (A_ERROR, code.encode()))))
 
-    def resolve(self, dest: Any) -> tuple[Pid | Atom, Atom | None] | None:
-        """The local target of a message's ``Dest`` and its node, None for an ended
-        process; RemoteProtocolError to refuse it."""
+    def message(self, resolved: tuple[Pid | Atom, Atom | None, bool], payload: Any, token: Any, ref: int) -> Event:
+        """The event of a resolved message: routed to a client node (16.3), or delivered here."""
+        target, node, routed = resolved
+        if routed:
+            return MessageRouted(target, node, self.inbound(payload), token, ref)  # type: ignore[arg-type]
+        return MessageReceived(target, self.inbound(payload), node, token, ref)
+
+    def resolve(self, dest: Any) -> tuple[Pid | Atom, Atom | None, bool] | None:
+        """The target of a message's ``Dest``, its node and whether it is routed to a
+        client node (16.3); None for an ended process or an unknown node;
+        RemoteProtocolError to refuse it."""
         node = None
         t = type(dest)
         if t is int:
@@ -218,14 +227,18 @@ class Established:
             # A Python node has no cluster: every Node is this node (docs/protocol.md 4.1),
             # unless it is a routing server and Node one of its clients (16.3).
             target, node = dest
-            if self.hub is not None and route.route_message(self, target, node, payload):
-                return
+            if self.hub is not None:
+                verdict = route.route_verdict(self, target, node)
+                if verdict == route.ROUTE:
+                    return target, node, True  # the receiving client's policy applies there
+                if verdict == route.UNKNOWN:
+                    return None
         else:
             raise RemoteProtocolError("unknown_frame", f"m frame with a bad Dest {describe(dest)}")
         if isinstance(target, Atom) and not self.policy(target):  # a name (not a pid)
             log.warning("peer %s: message to refused name %s dropped", self.peer, target.name)
             raise RemoteProtocolError("not_allowed", f"name {target.name!r} is not reachable")
-        return target, node
+        return target, node, False
 
     def on_dead(self, who: Any, reason: Any) -> None:
         if type(who) is not tuple or len(who) != 2 or who[0] != A_PR or type(who[1]) is not int:
@@ -344,7 +357,7 @@ class Established:
             if resolved is None:
                 self.result(ref, "noproc")
                 return
-            self.events.append(MessageReceived(resolved[0], self.inbound(payload), resolved[1], None, ref))
+            self.events.append(self.message(resolved, payload, None, ref))
         except RemoteProtocolError as exc:
             self.result(ref, exc.code)
             raise ConfirmRefused(exc.code, exc.message) from None

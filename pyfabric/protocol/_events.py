@@ -212,6 +212,8 @@ class MessageRouted(Event):
     name: Atom
     node: Atom
     payload: Any
+    credit: tuple[Any, int] | None = field(default=None, compare=False)  # as MessageReceived's
+    ref: int = 0  # a confirmed send's Ref: answered once forwarded
 
 
 @_ev

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from ._commands import Commands
     from ._established import Established
 
-__all__ = ["RouteHooks", "ROUTE", "LOCAL", "REFUSED", "UNKNOWN", "ROUTE_EVENTS", "node_from_bin", "RouteMixin"]
+__all__ = ["RouteHooks", "ROUTE", "LOCAL", "REFUSED", "UNKNOWN", "ROUTE_EVENTS", "node_from_bin", "route_verdict", "RouteMixin"]
 
 log = logging.getLogger("pyfabric.protocol")
 
@@ -94,23 +94,20 @@ def _name_from_bin(value: Any) -> Atom | None:
 # -- received frames (handlers of the FRAMES table) -----------------------------------------
 
 
-def route_message(est: Established, target: Atom, node: Atom, payload: Any) -> bool:
-    """``{m, {Name, Node}, Payload}`` at a routing server: True if handled here (routed,
-    refused or dropped), False if ``Node`` is the server's own (deliver locally)."""
+def route_verdict(est: Established, target: Atom, node: Atom) -> str:
+    """What a routing server does with ``{Name, Node}`` (16.3): :data:`LOCAL` (deliver
+    here), :data:`ROUTE` (forward: emit :class:`MessageRouted`), :data:`UNKNOWN` (drop, like
+    a message to an unregistered name); a node the policy refuses raises ``not_allowed``."""
     hooks = est.hub
     if hooks is None:
-        return False
+        return LOCAL
     verdict = hooks.lookup(est.route_from, node)
-    if verdict == LOCAL:
-        return False
-    if verdict == ROUTE:
-        est.events.append(MessageRouted(target, node, est.inbound(payload)))
-        return True
     if verdict == REFUSED:
         log.warning("peer %s: message to %s on client node %s refused by the routing policy", est.peer, target.name, node.name)
         raise RemoteProtocolError("not_allowed", f"node {node.name!r} is not reachable from this client")
-    log.debug("peer %s: message to %s on unknown node %s dropped", est.peer, target.name, node.name)
-    return True
+    if verdict == UNKNOWN:
+        log.debug("peer %s: message to %s on unknown node %s dropped", est.peer, target.name, node.name)
+    return verdict
 
 
 def on_whereis_node(est: Established, req_id: Any, name_bin: Any, node_bin: Any) -> None:

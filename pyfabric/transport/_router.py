@@ -241,14 +241,25 @@ class Router:
             _log.debug("%s: route event %s ignored at a server", link.label, kind.__name__)
 
     def _forward(self, link: PeerLink, ev: MessageRouted) -> None:
+        """Send a routed message on to its client node; its credit on the sender's hop comes
+        back, and a confirmed send is answered, once it is issued there (16.8)."""
         target = self._holders.get(ev.node)
+        code: str | None = None
         if target is None:
             _log.debug("%s: message to %s on %s dropped: the node is gone", link.label, ev.name.name, ev.node.name)
-            return
-        try:
-            target.send(ev.name, ev.payload)
-        except (LocalProtocolError, NotConnected, SendQueueFull) as exc:
-            _log.warning("%s: message to %s on %s dropped: %s", link.label, ev.name.name, ev.node.name, exc)
+            code = "noproc"
+        else:
+            try:
+                target.send(ev.name, ev.payload)
+            except (LocalProtocolError, NotConnected, SendQueueFull) as exc:
+                _log.warning("%s: message to %s on %s dropped: %s", link.label, ev.name.name, ev.node.name, exc)
+                code = exc.code if isinstance(exc, LocalProtocolError) else "limit"
+        conn = link.conn
+        if conn is not None and (ev.ref or ev.credit is not None):
+            if ev.ref:
+                conn.send_result(ev.ref, code)
+            if ev.credit is not None:
+                conn.credit_returned(ev.credit)
 
     def _whereis(self, link: PeerLink, ev: WhereisNodeRequested) -> None:
         conn = link.conn

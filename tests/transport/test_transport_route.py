@@ -16,6 +16,7 @@ import pytest
 from transport_helpers import DOWN, EXIT, NOCONNECTION, PROCESS, WAIT, Relay, arun, connect, start_server, wait_for
 
 from pyfabric import ANY, Atom, FeatureNotSupported, NodeNameInUse, ProcessExit
+from pyfabric.transport import SendRefused
 
 C1 = Atom("c1@localhost")
 C2 = Atom("c2@localhost")
@@ -405,5 +406,31 @@ def test_our_own_session_ending_is_a_nodedown_of_every_node() -> None:
             finally:
                 await close_all(c1)
         await close_all(c2, server)
+
+    arun(body)
+
+
+def test_routed_sends_are_credited_and_confirmed_hop_by_hop() -> None:
+    """With acks and credit (our default): a stream far above credit_dest to a client node
+    arrives whole and in order (the server returns C1's credit once it issued each message to
+    C2), and a routed confirmed send is answered: ok, or noproc for an unknown node."""
+
+    async def body() -> None:
+        server, c1, c2 = await hub(credit_dest=64)
+        try:
+            assert {"acks", "credit", "route"} <= c1.features
+            inbox = c2.mailbox("inbox", max_mailbox=10_000)
+            for i in range(3_000):
+                c1.send(("inbox", C2), i)
+            await c1.drain(timeout=WAIT)
+            got = [await inbox.receive(timeout=WAIT) for _ in range(3_000)]
+            assert got == list(range(3_000))
+            await c1.send_confirmed(("inbox", C2), "confirmed")
+            assert await inbox.receive(timeout=WAIT) == "confirmed"
+            with pytest.raises(SendRefused) as refused:
+                await c1.send_confirmed(("inbox", "c9@localhost"), "nowhere")
+            assert refused.value.code == "noproc"
+        finally:
+            await close_all(c1, c2, server)
 
     arun(body)
