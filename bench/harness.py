@@ -310,6 +310,7 @@ class Env:
         await self.pysrv.start()
         await self.cli.command(f'{{connect, ext, {self.ext_port}, "{self.secret}", extended}}')
         await self.cli.command(f'{{connect, legacy, {self.legacy_port}, "{self.secret}", legacy}}')
+        await self.cli.command(f'{{connect, plain, {self.ext_port}, "{self.secret}", plain}}')
         await self.cli.command(f"{{raw_connect, raw, {self.raw_port}}}")
         if self.orig_ebin and not self.orig_error:
             try:

@@ -46,6 +46,7 @@ from measure import cpu_delta, cpu_snapshot, median, percentile, rss_bytes
 
 import pyfabric
 from pyfabric import Atom
+from pyfabric.protocol import FEATURES
 
 PAIRINGS: dict[str, tuple[str, str, str]] = {
     # key: (label, client process, server process)
@@ -54,18 +55,26 @@ PAIRINGS: dict[str, tuple[str, str, str]] = {
     "erlpeer_legacy": ("erlang_peer <-> erlang_peer (legacy)", "cli", "srv"),
     "py_erlpeer": ("Python -> erlang_peer", "py", "srv"),
     "py_py": ("Python <-> Python", "py", "pysrv"),
+    # the same connections without the acks and credit features (issue 12: what they cost)
+    "erlpeer_plain": ("erlang_peer <-> erlang_peer (acks, credit off)", "cli", "srv"),
+    "py_erlpeer_plain": ("Python -> erlang_peer (acks, credit off)", "py", "srv"),
+    "py_py_plain": ("Python <-> Python (acks, credit off)", "py", "pysrv"),
     "erl_dist": ("Erlang distribution (reference)", "cli", "srv"),
     "gen_tcp": ("gen_tcp {packet,4} nodelay echo (ceiling)", "cli", "srv"),
     "asyncio": ("bare asyncio echo (ceiling)", "py", "pysrv"),
 }
+NO_FLOW = {"erlpeer_ext": "erlpeer_plain", "py_erlpeer": "py_erlpeer_plain", "py_py": "py_py_plain"}
+"""A pairing with acks and credit (the default) -> the same one with both features off."""
+NO_FLOW_FEATURES = FEATURES - {"acks", "credit"}
 SCENARIO_PAIRINGS: dict[str, tuple[str, ...]] = {
     "pingpong": tuple(PAIRINGS),
-    "stream": ("orig", "erlpeer_ext", "erlpeer_legacy", "py_erlpeer", "py_py", "erl_dist"),
-    "stream_10k": ("orig", "erlpeer_ext", "erlpeer_legacy", "py_erlpeer", "py_py", "erl_dist"),
+    "stream": ("orig", "erlpeer_ext", "erlpeer_legacy", "py_erlpeer", "py_py", "erl_dist", *NO_FLOW.values()),
+    "stream_10k": ("orig", "erlpeer_ext", "erlpeer_legacy", "py_erlpeer", "py_py", "erl_dist", *NO_FLOW.values()),
 }
 BURST_PAIRINGS = ("erl_dist", "erlpeer_ext", "orig")
 PAYLOAD = {"pingpong": 0, "stream": 0, "stream_10k": 10 * 1024}
-ERL_TAG = {"orig": "orig", "erlpeer_ext": "ext", "erlpeer_legacy": "legacy", "erl_dist": "dist", "gen_tcp": "raw"}
+ERL_TAG = {"orig": "orig", "erlpeer_ext": "ext", "erlpeer_legacy": "legacy", "erlpeer_plain": "plain", "erl_dist": "dist",
+           "gen_tcp": "raw"}
 RAW_FRAME = struct.pack(">I", 32) + bytes(32)  # the same 32-byte frame as the gen_tcp ceiling
 
 HELLO = Atom("hello")
@@ -89,6 +98,9 @@ class PyClients:
         assert env.pysrv is not None
         for pairing, port in (("py_erlpeer", env.ext_port), ("py_py", env.pysrv.port)):
             self.clients[pairing] = await pyfabric.aconnect("127.0.0.1", port, env.secret, reconnect=False)
+            self.clients[NO_FLOW[pairing]] = await pyfabric.aconnect(
+                "127.0.0.1", port, env.secret, reconnect=False, features=NO_FLOW_FEATURES
+            )
         self.echo = await RawEchoClient.connect(env.pysrv.echo_port)
         return self
 

@@ -26,6 +26,7 @@ from pyfabric import Atom, Pid  # noqa: E402
 BENCH_COUNTER = Atom("bench_counter")
 BENCH_DONE = Atom("bench_done")
 BENCH_START = Atom("bench_start")
+BENCH_SLOW = Atom("bench_slow")
 # A counting process may fall behind a fast sender by a whole run: its bound is not what
 # is measured here (the default, 100,000, is exactly one streaming run).
 MAX_MAILBOX = 10_000_000
@@ -47,12 +48,27 @@ async def count(proc, reply_to: Pid, n: int):
     proc.send(reply_to, (BENCH_DONE, proc.pid, n))
 
 
+async def slow_count(proc, reply_to: Pid, n: int, delay_ms: int):
+    """The slow receiver: ``delay_ms`` per message; reports the longest mailbox it saw."""
+    receive, qsize = proc.receive, proc.qsize
+    peak = 0
+    for _ in range(n):
+        await receive()
+        peak = max(peak, qsize() + 1)
+        await asyncio.sleep(delay_ms / 1000)
+    proc.send(reply_to, (BENCH_DONE, proc.pid, n, peak))
+
+
 async def counter_factory(proc):
-    """``(bench_start, From, N)``: spawn a process counting N messages; reply its pid."""
+    """``(bench_start, From, N)``: spawn a process counting N messages; reply its pid.
+    ``(bench_slow, From, N, DelayMs)``: the same with a slow receiver (``slow_count``)."""
     while True:
         msg = await proc.receive()
         if msg.__class__ is tuple and len(msg) == 3 and msg[0] == BENCH_START:
             pid = proc.node.spawn(count, msg[1], msg[2], max_mailbox=MAX_MAILBOX)
+            proc.send(msg[1], (BENCH_COUNTER, pid))
+        elif msg.__class__ is tuple and len(msg) == 4 and msg[0] == BENCH_SLOW:
+            pid = proc.node.spawn(slow_count, msg[1], msg[2], msg[3], max_mailbox=MAX_MAILBOX)
             proc.send(msg[1], (BENCH_COUNTER, pid))
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from messaging import PAIRINGS
+from messaging import NO_FLOW, PAIRINGS
 from scale import HANDSHAKE_PAIRINGS
 
 OURS_STREAMING = ("erlpeer_ext", "erlpeer_legacy", "py_erlpeer", "py_py")
@@ -19,6 +19,9 @@ SHORT = {
     "erlpeer_legacy": "erlang_peer<->erlang_peer legacy",
     "py_erlpeer": "Python->erlang_peer",
     "py_py": "Python<->Python",
+    "erlpeer_plain": "erlang_peer<->erlang_peer without acks/credit",
+    "py_erlpeer_plain": "Python->erlang_peer without acks/credit",
+    "py_py_plain": "Python<->Python without acks/credit",
     "erl_dist": "Erlang distribution",
     "gen_tcp": "gen_tcp echo",
     "asyncio": "asyncio echo",
@@ -77,6 +80,12 @@ def ratios(out: dict[str, Any]) -> list[dict[str, Any]]:
     for p in WITH_ERLANG_PEER:
         e.append(_entry(f"{SHORT[p]} 10 KiB stream MB/s", _get(m, "stream_10k", p, "mb_per_s"), 1.0, 900.0, ">=",
                         _why(m, "stream_10k", p), kind="absolute", unit="MB/s"))
+    # issue 12: acks and credit cost at most 10% of the throughput of the same connection without
+    for p, plain in NO_FLOW.items():
+        e.append(_entry(f"{SHORT[p]} small-stream msgs/s, acks+credit on / off", _get(m, "stream", p, "msgs_per_s"),
+                        _get(m, "stream", plain, "msgs_per_s"), 0.9, ">=", _why(m, "stream", p, plain)))
+        e.append(_entry(f"{SHORT[p]} 10 KiB stream MB/s, acks+credit on / off", _get(m, "stream_10k", p, "mb_per_s"),
+                        _get(m, "stream_10k", plain, "mb_per_s"), 0.9, ">=", _why(m, "stream_10k", p, plain)))
     ext_burst = burst.get("erlpeer_ext", {}).get("summary", {})
     e.append(_entry("200k Proxy ! Msg burst on erlang_peer, msgs/s", ext_burst.get("msgs_per_s"), 1.0, 100_000.0, ">=",
                     _why({"burst": burst}, "burst", "erlpeer_ext"), kind="absolute", unit="msgs/s"))

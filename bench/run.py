@@ -10,8 +10,9 @@ everything (every batch, the machine's core count and load before and after) to
   interleaved batch by batch: the original (with ``ORIG_EBIN``), erlang_peer <->
   erlang_peer (extended and legacy), Python -> erlang_peer, Python <-> Python, Erlang
   distribution and the raw ceilings (gen_tcp ``{packet,4}`` and bare asyncio echoes);
-  median/p99 latency and CPU per operation per side; then, last of the run, the 200k
-  ``Proxy ! Msg`` burst;
+  median/p99 latency and CPU per operation per side; streaming also with acks and credit
+  off (their cost, issue 12); the slow-receiver run (``bench/flow.py``: peak memory at
+  both ends); then, last of the run, the 200k ``Proxy ! Msg`` burst;
 - scale (``bench/scale.py``): memory per live and idle proxy, creation and handshake rates.
 
 Usage: python bench/run.py [--quick] [--only codec|messaging|scale] [--repeat N]
@@ -45,9 +46,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 import harness  # noqa: E402
 import report  # noqa: E402
 from chart import write_chart  # noqa: E402
+from flow import run_slow, slow_table  # noqa: E402
 from harness import Env  # noqa: E402
 from measure import PIN_MODES, loadavg, machine_info, new_event_loop  # noqa: E402
-from messaging import run_burst, run_messaging  # noqa: E402
+from messaging import PyClients, run_burst, run_messaging  # noqa: E402
 from scale import run_scale  # noqa: E402
 
 FULL = {
@@ -58,6 +60,8 @@ FULL = {
     "stream_10k_batch": 500,
     "stream_10k_rounds": 10,
     "burst": 200_000,
+    "slow_n": 3_000,
+    "slow_delay_ms": 1,
     "burst_cap_s": 20.0,
     "proxies": 100_000,
     "proxy_chunk": 10_000,
@@ -74,6 +78,8 @@ QUICK = {
     "stream_10k_batch": 50,
     "stream_10k_rounds": 2,
     "burst": 2_000,
+    "slow_n": 100,
+    "slow_delay_ms": 1,
     "burst_cap_s": 10.0,
     "proxies": 2_000,
     "proxy_chunk": 500,
@@ -129,6 +135,9 @@ async def run_live(parts: list[str], counts: dict[str, Any], out: dict[str, Any]
         if "messaging" in parts:
             log("messaging ...")
             out["messaging"] = await run_messaging(env, counts, log)
+            log(f"slow receiver ({counts['slow_n']:,} messages, {counts['slow_delay_ms']} ms each at the receiver) ...")
+            async with PyClients(env) as clients:
+                out["slow"] = await run_slow(env, clients, counts["slow_n"], counts["slow_delay_ms"], log)
         if "scale" in parts:
             log("scale ...")
             out["scale"] = await run_scale(
@@ -201,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(codec_table if codec_table else f"ERROR {out['codec'].get('error')}")
     if "messaging" in out:
         lines += ["", "== messaging (loopback, one OS process per side) ==", report.messaging_table(out["messaging"], counts)]
+    if "slow" in out:
+        lines += ["", slow_table(out["slow"], counts["slow_n"], counts["slow_delay_ms"])]
     if "burst" in out:
         lines += ["", report.burst_table(out["burst"], counts["burst"])]
     if "scale" in out:

@@ -14,6 +14,8 @@
 %%   `{bench_counter, Pid}'; that process receives N messages, then sends
 %%   `{bench_done, self(), N}' to From (one acknowledgement at the end); the count of the
 %%   latest counter is readable with `counted' while it runs (a burst that timed out);</li>
+%% <li>`bench_counter' also takes `{bench_slow, From, N, DelayMs}': the counter sleeps
+%%   DelayMs per message and ends with `{bench_done, self(), N, PeakMailbox}';</li>
 %% <li>`bench_pids': `{bench_pids, From, N, Chunk}' sends N distinct live pids (idle
 %%   hibernated processes, spawned once and kept) as `{bench_pids_chunk, [Pid]}' messages of
 %%   Chunk pids, then `{bench_pids_done, N}';</li>
@@ -163,11 +165,26 @@ counter_factory() ->
             Pid = spawn(fun() -> count(From, N, 0, Ctr) end),
             From ! {bench_counter, Pid},
             counter_factory();
+        {bench_slow, From, N, DelayMs} when is_pid(From), is_integer(N), N >= 0,
+                                            is_integer(DelayMs), DelayMs >= 0 ->
+            Pid = spawn(fun() -> slow(From, N, 0, DelayMs, 0) end),
+            From ! {bench_counter, Pid},
+            counter_factory();
         _ -> counter_factory()
     end.
 
 count(From, N, N, _) -> From ! {bench_done, self(), N};
 count(From, N, I, Ctr) -> receive _ -> counters:add(Ctr, 1, 1), count(From, N, I + 1, Ctr) end.
+
+%% The slow receiver: DelayMs per message; reports the longest mailbox it saw.
+slow(From, N, N, _, Peak) -> From ! {bench_done, self(), N, Peak};
+slow(From, N, I, DelayMs, Peak) ->
+    receive
+        _ ->
+            {message_queue_len, Q} = erlang:process_info(self(), message_queue_len),
+            timer:sleep(DelayMs),
+            slow(From, N, I + 1, DelayMs, max(Peak, Q + 1))
+    end.
 
 dispatch() ->
     receive

@@ -5,7 +5,7 @@
 %% the CPU time of both sides around each command. Destinations are kept under a tag
 %% across commands so batches reuse their connection:
 %% ```
-%% {connect, Tag, Port, Secret, extended|legacy}   a fabric_peer client
+%% {connect, Tag, Port, Secret, extended|legacy|plain}   a fabric_peer client (plain: no acks, credit)
 %% {dist_connect, Tag, SrvNode}                    plain Erlang distribution (reference)
 %% {orig_connect, Tag, Port, Secret}               the original implementation's client
 %% {raw_connect, Tag, Port}                        gen_tcp {packet,4} nodelay (ceiling)
@@ -31,7 +31,9 @@
 handle({connect, Tag, Port, Secret, Mode}, St) ->
     Opts = case Mode of
                legacy -> #{mode => legacy, allow_legacy_auth => true};
-               extended -> #{}
+               extended -> #{};
+               %% acks and credit off (what they cost, issue 12)
+               plain -> #{features => fabric_peer_opts:all_features() -- [<<"acks">>, <<"credit">>]}
            end,
     {ok, Conn} = fabric_peer:connect("127.0.0.1", Port, Secret, Opts),
     {{ok, #{mode => Mode}}, St#{Tag => {fabric, Conn}}};

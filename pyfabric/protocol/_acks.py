@@ -75,6 +75,7 @@ def pump(
                 if ref and len(session.confirms) >= config.max_confirms:
                     return CONN
                 if type(dest) is Pid and dest not in proxy_ids:
+                    cmd.forget(command)
                     log.debug("peer %s: waiting message to an ended proxy dropped", peer)
                     if ref:
                         events.append(SendResult(ref, "noproc"))
@@ -84,11 +85,12 @@ def pump(
                         return CONN
                     if credit.dest_blocked(cmd.wire_dest(dest)):
                         return DEST
-                return ISSUED if cmd.send_message(dest, command.payload, ref) else CONN  # type: ignore[union-attr]
+                return ISSUED if cmd.send_message(dest, command.payload, ref, waiting=command) else CONN  # type: ignore[union-attr]
             if not cmd.replay(command):
                 log.debug("peer %s: waiting %s to an ended proxy dropped", peer, t.__name__)
         except LocalProtocolError as exc:
             if t is SendMessage or t is ConfirmedSend:
+                cmd.forget(command)
                 ref = command.ref if t is ConfirmedSend else 0  # type: ignore[union-attr]
                 lost = UndeliveredMessage(command.dest, command.payload, bool(ref), "unsent")  # type: ignore[union-attr]
                 events.append(MessagesUndelivered(exc.code, session.id, peer_node, (lost,), (ref,) if ref else ()))

@@ -118,6 +118,12 @@ class Commands:
         self.on_export = on_export
         self.next_req_id = 1
         self.heartbeat_n = 0
+        # A message frame that was encoded but not queued (it waits for credit or room):
+        # kept when nothing in it depends on the session's tables (no pid), so that issuing
+        # it later does not encode it again (``unsent``: the last one; ``held``: the frames
+        # of waiting commands, by identity, valid on this connection only).
+        self.unsent: bytes | None = None
+        self.held: dict[int, tuple[Any, bytes]] = {}
 
     def need(self, feature: str) -> None:
         if feature not in self.est.features:
@@ -152,12 +158,14 @@ class Commands:
                 if len(frame) > est.peer_max_frame:
                     raise LocalProtocolError("frame_too_large", f"frame of {len(frame)} bytes exceeds the peer's limit")
                 rw.rollback()
+                self.unsent = None if rw.pids_seen else frame
                 return True
             credit = est.session.credit if credit_dest is not None else None
             if credit is not None:
                 size = len(frame)
                 if credit.out_bytes and credit.out_bytes + size > credit.out_bytes_max:  # Credit.bytes_fit
                     rw.rollback()
+                    self.unsent = None if rw.pids_seen or size > est.peer_max_frame else frame
                     return False
             if seq:
                 self.issue(frame, note)
@@ -230,12 +238,29 @@ class Commands:
 
     # -- the commands -------------------------------------------------------------------
 
-    def send_message(self, dest: Any, payload: Any, ref: int = 0, *, dry: bool = False) -> bool:
+    def send_message(self, dest: Any, payload: Any, ref: int = 0, *, dry: bool = False, waiting: Any = None) -> bool:
         """``{m, Dest, Payload}``, or ``{mc, Ref, Dest, Payload}`` when ``ref``. With
         ``credit``: False (nothing queued) when its bytes do not fit the window now; the
-        caller checked the message and destination windows. ``dry``: check only."""
+        caller checked the message and destination windows. ``dry``: check only (the frame
+        is kept in ``unsent`` when it can be reused). ``waiting``: the deferred command
+        this message is, whose frame :meth:`hold` may have kept."""
         wire_dest = self.wire_dest(dest)
         rw = self.est.rw
+        rw.pids_seen = 0
+        self.unsent = None
+        held = self.held.pop(id(waiting), None) if waiting is not None and self.held else None
+        if held is not None and held[0] is waiting:
+            frame = held[1]
+
+            def build() -> bytes:
+                return frame
+
+            sent = self.send_rewritten(build, note=(dest, payload, ref), credit_dest=wire_dest)
+            if not sent:
+                self.hold(waiting)
+            elif ref:
+                self.est.session.confirms[ref] = (dest, payload)
+            return sent
         compress = self.compress
         if ref:
 
@@ -249,10 +274,25 @@ class Commands:
 
         session = self.est.session
         if not self.send_rewritten(build, note=(dest, payload, ref), credit_dest=wire_dest, dry=dry):
+            if waiting is not None:
+                self.hold(waiting)
             return False
         if ref and not dry:
             session.confirms[ref] = (dest, payload)
         return True
+
+    def hold(self, command: Any) -> None:
+        """Keep the ``unsent`` frame of the last :meth:`send_message` for the waiting
+        ``command`` (nothing when there is none)."""
+        frame = self.unsent
+        if frame is not None:
+            self.held[id(command)] = (command, frame)
+            self.unsent = None
+
+    def forget(self, command: Any) -> None:
+        """A waiting command left the queue without :meth:`send_message`: drop its frame."""
+        if self.held:
+            self.held.pop(id(command), None)
 
     def link_frame(self, tag: Atom, local_pid: Pid, proxy_pid: Pid) -> None:
         self.need("link")

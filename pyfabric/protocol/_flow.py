@@ -66,6 +66,7 @@ class FlowMixin:
         outbox = session.outbox
         config = self.config
         queue = session.queue
+        checked = False
         if (
             (not len(queue) or not queue.has(key_of(dest)))
             and len(outbox.frames) < config.outbox_frames  # type: ignore[union-attr]
@@ -80,10 +81,15 @@ class FlowMixin:
                     blocked = wire is not None and credit.out_dest.get(wire, 0) >= credit.out_dest_max
                 else:
                     blocked = False
-                if not blocked and cmd.send_message(dest, payload, ref):
-                    return
-        cmd.send_message(dest, payload, ref, dry=True)
-        session.defer(ConfirmedSend(ref, dest, payload) if ref else SendMessage(dest, payload))
+                if not blocked:
+                    if cmd.send_message(dest, payload, ref):
+                        return
+                    checked = True  # encoded, did not fit the bytes window
+        if not checked:
+            cmd.send_message(dest, payload, ref, dry=True)
+        command = ConfirmedSend(ref, dest, payload) if ref else SendMessage(dest, payload)
+        cmd.hold(command)  # its frame, when it can be issued as encoded now
+        session.defer(command)
 
     def must_wait_for(self, dest: Any) -> bool:
         """Would a user command to ``dest`` (None: any) wait now (docs/protocol.md 12.6)?"""

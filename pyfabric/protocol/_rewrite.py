@@ -108,6 +108,9 @@ class Rewriter:
         self.new_exports: list[Pid] = []
         self.dead_exports: list[int] = []
         self.events: list[Any] = []
+        # pids met by outbound rewrites (reset by the caller): a frame without any can be
+        # kept encoded while it waits, nothing of the session's tables is in it
+        self.pids_seen = 0
 
     # -- outbound -------------------------------------------------------------------
 
@@ -176,6 +179,7 @@ class Rewriter:
         raise LocalProtocolError("bad_payload", f"a value of type {t.__module__}.{t.__qualname__} has no Erlang form")
 
     def _out_pid(self, pid: Pid) -> tuple[Atom, int]:
+        self.pids_seen += 1
         session = self.session
         ident = session.proxy_ids.get(pid)
         if ident is not None:

@@ -265,6 +265,37 @@ def test_a_waiting_message_is_checked_when_sent_and_a_link_waits_behind_messages
     assert [p for _, p in world.got["server"]] == [1, 2]
 
 
+def test_a_waiting_message_without_pids_is_encoded_once_and_one_with_a_pid_at_issue(monkeypatch):
+    from pyfabric.protocol import _commands
+
+    calls: list[object] = []
+
+    def counting_encode(term, **kw):
+        if term[0] == A("m"):
+            calls.append(term[-1])
+        return encode(term, **kw)
+
+    monkeypatch.setattr(_commands, "encode", counting_encode)
+    world = World(server_kw={"credit_dest": 1})
+    world.slow["server"].add("s1")
+    local = world.client.pids.new()
+    world.client.send_message("s1", 1)  # goes at once
+    world.client.send_message("s1", (A("n"), 2))  # waits: encoded once, kept
+    world.client.send_message("s1", (A("from"), local))  # waits: checked now, encoded again when issued
+    assert world.client.waiting() == 2 and len(calls) == 3
+    assert local not in world.client.session.export_ids  # the check exported nothing
+    world.move_all()
+    world.release("server", "s1")
+    world.timers()
+    world.release("server", "s1")
+    world.timers()
+    payloads = [p for _, p in world.got["server"]]
+    assert payloads[:2] == [1, (A("n"), 2)] and payloads[2][0] == A("from")
+    assert local in world.client.session.export_ids  # exported by the frame that carried it
+    assert len(calls) == 4  # 1, 2 once each; the pid's message at the check and at issue
+    assert world.client.waiting() == 0
+
+
 def test_a_returned_credit_for_undelivered_messages_comes_back_at_once():
     world = World(server_kw={"credit_dest": 1})
     world.answer["s1"] = "noproc"  # the runtime finds no such process
