@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from typing import Any
 
 import pytest
 from transport_helpers import HOST, SECRET, arun, start_server, wait_for
@@ -16,11 +17,12 @@ from pyfabric.etf import Pid
 from pyfabric.protocol import Connection
 
 
-async def raw_client(port: int) -> tuple[socket.socket, Connection]:
-    """An authenticated client socket that we read only when we choose to."""
+async def raw_client(port: int, **config: Any) -> tuple[socket.socket, Connection]:
+    """An authenticated client socket that we read only when we choose to (``config``: more
+    options of the client's protocol core)."""
     node = Atom("lazy@host")
     ids = iter(range(1, 10**6))
-    conn = Connection("client", SECRET, node_name=node, new_proxy_pid=lambda _i: Pid(node, next(ids), 0, 0))
+    conn = Connection("client", SECRET, node_name=node, new_proxy_pid=lambda _i: Pid(node, next(ids), 0, 0), **config)
     sock = socket.create_connection((HOST, port))
     sock.setblocking(False)
     loop = asyncio.get_running_loop()
@@ -138,19 +140,9 @@ def test_a_connection_paused_by_push_back_is_not_closed_for_silence(caplog: pyte
         server = await start_server(allowed=("slow",), register_ping=False)
         server.spawn(slow, name="slow")
         try:
-            node = Atom("lazy@host")
-            ids = iter(range(1, 10**6))
-            conn = Connection("client", SECRET, node_name=node, heartbeat_interval=100, new_proxy_pid=lambda _i: Pid(node, next(ids), 0, 0))
-            sock = socket.create_connection((HOST, server.port))
-            sock.setblocking(False)
+            sock, conn = await raw_client(server.port, heartbeat_interval=100)
             loop = asyncio.get_running_loop()
-            conn.start()
-            await loop.sock_sendall(sock, conn.data_to_send())
-            while conn.state != "established":
-                conn.receive_data(await loop.sock_recv(sock, 65536))
-                conn.events()
-                await loop.sock_sendall(sock, conn.data_to_send())
-            me = Pid(node, 1, 0, 0)
+            me = Pid(Atom("lazy@host"), 1, 0, 0)
             for _ in range(400):  # 20 s of the service's work: the server pauses us for long
                 conn.send_message(Atom("slow"), (me, 0))
             writer = loop.create_task(loop.sock_sendall(sock, conn.data_to_send()))
