@@ -22,15 +22,16 @@
 -module(fabric_peer).
 
 -export([start_server/3, stop_server/1, port/1, connect/4, close/1, whereis/2, whereis/3,
-         send/2, send_confirmed/2, send_confirmed/3, info/1, allow/2, is_proxy/1, disconnect/1]).
+         send/2, send_confirmed/2, send_confirmed/3, info/1, allow/2, is_proxy/1, disconnect/1,
+         nodes/1, monitor_node/3]).
 -export([start_server_link/3, connect_link/4, server_child_spec/4, client_child_spec/5,
          server/1, exit/2]).
 -compile({no_auto_import, [exit/2]}).
 %% the public API: called by the applications that use fabric_peer, not from inside it
 -ignore_xref([start_server/3, stop_server/1, port/1, connect/4, close/1, whereis/2, whereis/3,
               send/2, send_confirmed/2, send_confirmed/3, info/1, allow/2, is_proxy/1,
-              disconnect/1, start_server_link/3, connect_link/4, server_child_spec/4,
-              client_child_spec/5, server/1, exit/2]).
+              disconnect/1, nodes/1, monitor_node/3, start_server_link/3, connect_link/4,
+              server_child_spec/4, client_child_spec/5, server/1, exit/2]).
 
 -export_type([server/0, conn/0, dest/0]).
 
@@ -58,7 +59,11 @@
 %% `max_kept_sessions' (1024), `max_auth_failures' (5, 0 = no throttling),
 %% `auth_failure_window' / `auth_block_time' (60000 ms), `max_terms' (2000000 per payload),
 %% `max_connections' (4096) / `max_pending' (256) / `max_pending_per_address' (64),
-%% `refuse_remote_exits' (false, true or [atom()]). TLS options get safe defaults
+%% `refuse_remote_exits' (false, true or [atom()]), `routing' (false, true or a fun of
+%% arity 2 taking the sending and the target client node names as binaries, `undefined' for
+%% a client without one: clients reach each other's allowed names by node, README
+%% "Routing"), `route_heartbeat' (1000 ms), `route_grace' (10000 ms), `route_max_proxies'
+%% (10000 per client connection). TLS options get safe defaults
 %% (TLS 1.2+ only; README "Security options").
 -spec start_server(inet:port_number(), iodata(), map()) -> {ok, server()} | {error, term()}.
 start_server(Port, Secret, Opts) ->
@@ -222,9 +227,33 @@ whereis(Conn, Name) -> whereis(Conn, Name, 10000).
 %% proxy pid usable like any pid, or `undefined' when the name is not registered there or not
 %% allowed by its policy (the two look the same). With a legacy (original) peer, which has no
 %% way to answer, it returns `{error, not_supported'}; while reconnecting `{error, not_connected}'.
--spec whereis(conn(), atom() | binary() | string(), timeout()) -> pid() | undefined | {error, term()}.
+-spec whereis(conn(), atom() | binary() | string() | {atom(), atom()}, timeout()) ->
+          pid() | undefined | {error, term()}.
+whereis(Conn, {Name, Node}, Timeout) when is_atom(Name), is_atom(Node) ->
+    %% a name at another client of a routing server (`route'), or at the server's own node
+    route_call(Conn, {whereis, Name, Node}, Timeout);
 whereis(Conn, Name, Timeout) ->
     try fabric_peer_conn:whereis(Conn, Name, Timeout)
+    catch exit:{timeout, _} -> {error, timeout};
+          exit:_ -> {error, not_connected}
+    end.
+
+%% @doc The client nodes of a routing server this client may see (its own and the
+%% server's not included), asked now; `{error, not_supported}' when the server did not
+%% agree on `route', `{error, not_connected}' while reconnecting.
+-spec nodes(conn()) -> [node()] | {error, term()}.
+nodes(Conn) -> route_call(Conn, nodes, 10000).
+
+%% @doc Like `erlang:monitor_node/2' for a client node of a routing server: with `true'
+%% the caller receives `{nodedown, Node}' once when `Node' goes down (at once if it is not
+%% up), also when this connection's session ends or it is closed; `false' removes the
+%% caller's monitors of `Node'. `{error, not_supported}' without `route'.
+-spec monitor_node(conn(), node(), boolean()) -> ok | {error, term()}.
+monitor_node(Conn, Node, Flag) when is_atom(Node), is_boolean(Flag) ->
+    route_call(Conn, {monitor_node, self(), Node, Flag}, 10000).
+
+route_call(Conn, Cmd, Timeout) ->
+    try gen_statem:call(Conn, {fabric_route, Cmd}, Timeout)
     catch exit:{timeout, _} -> {error, timeout};
           exit:_ -> {error, not_connected}
     end.

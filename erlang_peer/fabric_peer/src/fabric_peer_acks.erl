@@ -144,6 +144,9 @@ confirmed_message(Ref, Dest, Payload, P) ->
     Answer = fun(R, Px) -> fabric_peer_commands:emit(ctrl, {mc_result, Ref, R}, Px) end,
     case fabric_peer_protocol:incoming(Dest, Payload, P) of
         {ok, #p{acts = [{deliver, _, _} | _]} = P1} -> {ok, Answer(ok, P1)};
+        %% routed to another client (16.8): answered with that client's result
+        {ok, #p{acts = [{route, {msg, C, N, M}} | As]} = P1} ->
+            {ok, P1#p{acts = [{route, {mc, C, N, M, Ref}} | As]}};
         {ok, P1} -> {ok, Answer({error, <<"noproc">>}, P1)};
         {error, Code, Why, P1} -> {refused, Code, Why, Answer({error, atom_to_binary(Code)}, P1)}
     end.

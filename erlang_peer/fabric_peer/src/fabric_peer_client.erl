@@ -88,8 +88,14 @@ handle_event(internal, {frame, F2}, await_challenge, D0) ->
     end;
 
 handle_event(internal, {frame, F4}, await_auth, D0) ->
-    #d{o = O, hs = Hs, peer = Peer} = D = fabric_peer_conn:count_in(D0),
-    case fabric_peer_client_hs:auth(F4, Hs, O, Peer) of
+    #d{o = O, hs = Hs, peer = Peer} = D1 = fabric_peer_conn:count_in(D0),
+    Result = fabric_peer_client_hs:auth(F4, Hs, O, Peer),
+    D = case Result of
+            {established, Params0, _} ->
+                D1#d{o = fabric_peer_route_conn:own_heartbeat(Params0, O)};
+            _ -> D1
+        end,
+    case Result of
         {established, Params, true} ->
             case fabric_peer_protocol:resume_ok(Params, D#d.p) of
                 true -> fabric_peer_conn:established(Params, true, D);

@@ -59,10 +59,13 @@ challenge({challenge, Nonce, Offer0}, F2, #{kind := extended, f1 := F1} = Hs, Se
                          false -> Feats0 -- [<<"acks">>]
                      end,
             %% credit only with acks (12)
-            Feats = case lists:member(<<"acks">>, Feats1) of
-                        true -> Feats1;
-                        false -> Feats1 -- [<<"credit">>]
-                    end,
+            Feats2 = case lists:member(<<"acks">>, Feats1) of
+                         true -> Feats1;
+                         false -> Feats1 -- [<<"credit">>]
+                     end,
+            %% route only with heartbeat, announcing at most route_heartbeat (16.1)
+            {Feats, Hb} = route_terms(Feats2, maps:get(heartbeat, O),
+                                      maps:get(route_heartbeat, Offer)),
             {Sid, Received} = case Session of
                                   {S, N} -> {S, N};
                                   S -> {S, undefined}
@@ -77,22 +80,36 @@ challenge({challenge, Nonce, Offer0}, F2, #{kind := extended, f1 := F1} = Hs, Se
                  end,
             Accept = fabric_peer_handshake:accept(#{features => Feats, node => maps:get(node, O),
                                                     max_frame => maps:get(max_frame, O),
-                                                    heartbeat => maps:get(heartbeat, O),
+                                                    heartbeat => Hb,
                                                     resume => Resume, received => Rc,
                                                     credit => fabric_peer_flowctl:windows(O)}),
             AcceptBin = term_to_binary(Accept),
             Mac = fabric_peer_handshake:client_mac(maps:get(secret, O), F1, F2, AcceptBin),
             F3 = fabric_peer_handshake:encode({response, Mac, AcceptBin}),
-            {send, F3, Hs#{f2 => F2, f3 => F3, offer => Offer, features => Feats}};
+            {send, F3, Hs#{f2 => F2, f3 => F3, offer => Offer, features => Feats, heartbeat => Hb}};
         {error, _} -> {fail, {auth_failed, bad_offer}}
     end;
 challenge(_, _, _, _, _, _) ->
     {fail, {auth_failed, bad_challenge}}.
 
+%% The features and heartbeat we accept: `route' needs `heartbeat' and the server's
+%% `route_heartbeat', and our interval is lowered to it (our own interval 0 takes it).
+route_terms(Feats, Hb, RH) ->
+    case lists:member(<<"route">>, Feats) of
+        false -> {Feats, Hb};
+        true when is_integer(RH) ->
+            case lists:member(<<"heartbeat">>, Feats) of
+                true when Hb =:= 0 -> {Feats, RH};
+                true -> {Feats, min(Hb, RH)};
+                false -> {Feats -- [<<"route">>], Hb}
+            end;
+        true -> {Feats -- [<<"route">>], Hb}
+    end.
+
 %% @doc The server's verdict: established with the connection's parameters (and whether
 %% the session was resumed), or why not.
 -spec auth(binary(), hs(), map(), binary()) ->
-          {established, map(), boolean()} | {fail, {auth_failed, atom()}}.
+          {established, map(), boolean()} | {fail, {auth_failed, atom()} | {node_in_use, atom()}}.
 auth(F4, Hs, O, Peer) ->
     case decode(F4, O) of
         {ok, Term} -> auth_term(Term, Hs, O, Peer);
@@ -113,12 +130,18 @@ auth_term({auth, success, Mac, InfoBin}, #{kind := extended} = Hs, O, Peer) when
             case decode(InfoBin, O) of
                 {ok, I} ->
                     case fabric_peer_handshake:parse_info(I) of
+                        {ok, #{refused := <<"node_in_use">>}} ->
+                            Node = maps:get(node, O),
+                            ?LOG_WARNING("fabric: the server at ~s refused our node name ~ts: "
+                                         "another client holds it", [Peer, Node]),
+                            {fail, {node_in_use, binary_to_atom(Node, utf8)}};
                         {ok, #{session := Sid, resumed := Resumed} = Info} ->
                             {established, #{mode => extended, features => Feats,
                                             version => maps:get(version, Offer),
                                             peer_node => maps:get(node, Offer),
                                             peer_max => maps:get(max_frame, Offer),
                                             peer_hb => maps:get(heartbeat, Offer),
+                                            own_heartbeat => maps:get(heartbeat, Hs),
                                             session => Sid,
                                             peer_received => maps:get(received, Info),
                                             peer_credit => maps:get(credit, Offer),

@@ -96,7 +96,8 @@ transport(#{tls := Opts}) -> {tls, Opts}.
 %% What the protocol must be answered at once (fabric_peer_protocol, "env").
 env(Ref, #{token := Token, counters := Ctr, max_pending := Max}, O) ->
     Self = self(),
-    #{self => Self,
+    Route = fabric_peer_route_conn:env(Ref, O),
+    Route#{self => Self,
       spawn_proxy => fun(Id) -> fabric_peer_proxy:start(Self, Id, {Token, Ctr, Max}) end,
       %% messages waiting in this connection's proxies (12.6)
       proxies_pending => fun() -> counters:get(Ctr, 1) end,
@@ -203,6 +204,8 @@ handle_common(info, fabric_ack_due, _, #d{p = P} = D) ->
     {keep_state, apply_result(fabric_peer_protocol:ack_due(P), D)};
 handle_common(info, fabric_send_expire, _, #d{p = P} = D) ->
     {keep_state, apply_result(fabric_peer_protocol:expire(now_ms(), P), D)};
+handle_common(info, {fabric_route, _} = Ev, State, D) -> fabric_peer_route_conn:info(Ev, State, D);
+handle_common(info, {{fabric_route, _, _}, _} = Ev, State, D) -> fabric_peer_route_conn:info(Ev, State, D);
 handle_common(info, {'EXIT', _Pid, _Reason}, _, _) ->
     %% the signaller or the dead-pid placeholder: nothing to do
     keep_state_and_data;
@@ -248,6 +251,8 @@ handle_common({call, From}, {send_confirmed, Dest, Msg}, _, #d{p = P} = D) ->
         wait -> {keep_state, D1};
         _ -> {keep_state, D1, [{reply, From, Reply}]}
     end;
+handle_common({call, From}, {fabric_route, Cmd}, State, D) ->
+    fabric_peer_route_conn:call(Cmd, From, State, D);
 handle_common({call, From}, flush_outbox, _, #d{p = P} = D) ->
     {keep_state, apply_result(fabric_peer_protocol:flush(From, P), D)};
 handle_common({call, From}, _, _, _) ->
@@ -420,6 +425,8 @@ run1({grant_timer, Ms}, Acc) ->
 run1({send_timer, Ms}, Acc) ->
     _ = erlang:send_after(Ms + 1, self(), fabric_send_expire),
     Acc;
+run1({route, Cmd}, {R, D}) ->
+    {R, fabric_peer_route_conn:action(Cmd, D)};
 run1({undelivered, Reason, Items}, {_, D} = Acc) ->
     fabric_peer_report:undelivered(Reason, Items, D),
     Acc.

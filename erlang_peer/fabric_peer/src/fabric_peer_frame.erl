@@ -22,7 +22,8 @@
                | {link_exit, integer(), integer(), term()}
                | {heartbeat, non_neg_integer()}
                | {heartbeat_ack, non_neg_integer()}
-               | {error, binary(), binary()}.
+               | {error, binary(), binary()}
+               | {route, tuple()}.
 
 %% Received bytes not yet split into frames. `<<>>' (or any binary) is a buffer too, so a
 %% caller may start from, or reset to, `<<>>'. Otherwise `{Need, Chunks, Size}': the chunks
@@ -151,8 +152,17 @@ classify(_, legacy, _) -> {error, unknown_frame}.
 
 extended({whereis, Req, Name}, F) when is_integer(Req), Req > 0, is_binary(Name) ->
     feature(<<"whereis">>, F, {whereis, Req, Name});
+extended({whereis_reply, Req, Result}, #{<<"route">> := true}) when is_integer(Req) ->
+    {whereis_reply, Req, Result};
 extended({whereis_reply, Req, Result}, F) when is_integer(Req) ->
     feature(<<"whereis">>, F, {whereis_reply, Req, Result});
+extended(T, #{<<"route">> := true}) when element(1, T) =:= whereis_node; element(1, T) =:= nodes;
+                                         element(1, T) =:= nodes_reply; element(1, T) =:= nodeup;
+                                         element(1, T) =:= nodedown ->
+    case fabric_peer_route:classify(T) of
+        {error, _} = E -> E;
+        Frame -> {route, Frame}
+    end;
 extended({link, A, B}, F) when is_integer(A), is_integer(B) -> feature(<<"link">>, F, {link, A, B});
 extended({unlink, A, B}, F) when is_integer(A), is_integer(B) -> feature(<<"link">>, F, {unlink, A, B});
 extended({exit2, A, B, R}, F) when is_integer(A), is_integer(B) ->

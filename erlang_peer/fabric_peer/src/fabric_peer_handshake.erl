@@ -101,11 +101,17 @@ parse_legacy_challenge(_) -> error.
 %% @doc The server's offer map (binary keys) from its settings.
 -spec offer(#{version := pos_integer(), features := [binary()], node := binary(),
               max_frame := pos_integer(), heartbeat := non_neg_integer(),
-              credit => fabric_peer_credit:windows() | undefined}) -> map().
+              credit => fabric_peer_credit:windows() | undefined,
+              route_heartbeat => pos_integer() | undefined}) -> map().
 offer(#{version := V, features := F, node := N, max_frame := M, heartbeat := H} = O) ->
-    with_windows(F, maps:get(credit, O, undefined),
-                 #{<<"version">> => V, <<"features">> => F, <<"node">> => N,
-                   <<"max_frame">> => M, <<"heartbeat">> => H}).
+    Base = with_windows(F, maps:get(credit, O, undefined),
+                        #{<<"version">> => V, <<"features">> => F, <<"node">> => N,
+                          <<"max_frame">> => M, <<"heartbeat">> => H}),
+    %% only with `route' offered (16.1)
+    case {lists:member(<<"route">>, F), maps:get(route_heartbeat, O, undefined)} of
+        {true, RH} when is_integer(RH) -> Base#{<<"route_heartbeat">> => RH};
+        _ -> Base
+    end.
 
 %% The credit windows (docs/protocol.md 12.1) go with the `credit' feature.
 with_windows(F, {W, B, D}, Map) ->
@@ -136,8 +142,13 @@ parse_offer(#{<<"version">> := V, <<"features">> := F, <<"node">> := N,
   when is_integer(V), V >= 1, is_list(F), is_binary(N), is_integer(M), M > 0,
        is_integer(H), H >= 0 ->
     case lists:all(fun is_binary/1, F) andalso windows(F, Offer) of
-        {ok, Credit} -> {ok, #{version => V, features => F, node => N, max_frame => M,
-                               heartbeat => H, credit => Credit}};
+        {ok, Credit} ->
+            RH = case maps:get(<<"route_heartbeat">>, Offer, undefined) of
+                     X when is_integer(X), X >= 1 -> X;
+                     _ -> undefined
+                 end,
+            {ok, #{version => V, features => F, node => N, max_frame => M, heartbeat => H,
+                   credit => Credit, route_heartbeat => RH}};
         _ -> {error, bad_offer}
     end;
 parse_offer(_) -> {error, bad_offer}.
@@ -223,10 +234,13 @@ parse_info(#{} = I) ->
     R = maps:get(<<"resumed">>, I, false),
     N = maps:get(<<"received">>, I, undefined),
     Refused = maps:get(<<"resume_refused">>, I, undefined),
+    Node = maps:get(<<"refused">>, I, undefined),
     case (S =:= undefined orelse is_binary(S)) andalso is_boolean(R)
         andalso (N =:= undefined orelse (is_integer(N) andalso N >= 0))
-        andalso (Refused =:= undefined orelse is_binary(Refused)) of
-        true -> {ok, #{session => S, resumed => R, received => N, resume_refused => Refused}};
+        andalso (Refused =:= undefined orelse is_binary(Refused))
+        andalso (Node =:= undefined orelse is_binary(Node)) of
+        true -> {ok, #{session => S, resumed => R, received => N, resume_refused => Refused,
+                       refused => Node}};
         false -> {error, bad_info}
     end;
 parse_info(_) -> {error, bad_info}.

@@ -9,7 +9,7 @@
 
 -define(ALL_FEATURES, [<<"whereis">>, <<"link">>, <<"maps">>, <<"bitstrings">>, <<"ports">>,
                        <<"funs">>, <<"heartbeat">>, <<"error">>, <<"session">>,
-                       <<"acks">>, <<"credit">>, <<"link_exit">>]).
+                       <<"acks">>, <<"credit">>, <<"link_exit">>, <<"route">>]).
 
 %% @doc The version 1 features this implementation speaks (docs/protocol.md section 3.5).
 -spec all_features() -> [binary()].
@@ -26,9 +26,11 @@ normalize(Role, Secret, Opts) when is_map(Opts) ->
         M = maps:merge(Defaults, Opts),
         maps:foreach(fun check/2, M),
         check_combination(Role, M),
-        {ok, M#{secret => S, role => Role, tls => tls(Role, maps:get(tls, M)),
-                features => features([to_bin(F) || F <- maps:get(features, M)]),
-                node => node_name(maps:get(node, M))}}
+        {ok, fabric_peer_router:settings(
+               maps:get(node, M) =:= default,
+               M#{secret => S, role => Role, tls => tls(Role, maps:get(tls, M)),
+                  features => features([to_bin(F) || F <- maps:get(features, M)]),
+                  node => node_name(maps:get(node, M))})}
     catch throw:{bad_option, _} = E -> {error, E}
     end;
 normalize(_, _, Opts) -> {error, {bad_option, {not_a_map, Opts}}}.
@@ -62,7 +64,9 @@ defaults(Role) ->
                           auth_block_time => F(auth_block_time),
                           max_connections => F(max_connections), max_pending => F(max_pending),
                           max_pending_per_address => F(max_pending_per_address),
-                          refuse_remote_exits => false};
+                          refuse_remote_exits => false,
+                          routing => false, route_heartbeat => 1000, route_grace => 10000,
+                          route_max_proxies => 10000};
         client -> Common#{mode => extended, reconnect => true, reconnect_min => 100,
                           reconnect_max => 30000, connect_timeout => 5000,
                           close_with_owner => true}
@@ -101,7 +105,8 @@ check(K, V) when K =:= max_frame; K =:= max_handshake_frame; K =:= handshake_tim
                  K =:= outbox_frames; K =:= outbox_bytes; K =:= ack_every; K =:= ack_delay;
                  K =:= max_pending_messages; K =:= send_timeout; K =:= max_confirms;
                  K =:= credit_window; K =:= credit_bytes; K =:= credit_dest;
-                 K =:= mailbox_high; K =:= grant_every; K =:= grant_delay ->
+                 K =:= mailbox_high; K =:= grant_every; K =:= grant_delay;
+                 K =:= route_heartbeat; K =:= route_grace; K =:= route_max_proxies ->
     (is_integer(V) andalso V > 0) orelse bad(K, V);
 check(K, V) when K =:= max_new_atoms; K =:= max_server_atoms; K =:= heartbeat;
                  K =:= max_queue; K =:= max_errors; K =:= max_auth_failures ->
@@ -115,6 +120,8 @@ check(refuse_remote_exits, V) ->
 check(undelivered, V) ->
     (V =:= owner orelse V =:= none orelse is_pid(V) orelse is_function(V, 1))
         orelse bad(undelivered, V);
+check(routing, V) ->
+    (is_boolean(V) orelse is_function(V, 2)) orelse bad(routing, V);
 check(mode, V) -> lists:member(V, [extended, legacy]) orelse bad(mode, V);
 check(node, V) -> (V =:= default orelse is_atom(V) orelse is_binary(V)) orelse bad(node, V);
 check(ip, V) -> (is_tuple(V) andalso (tuple_size(V) =:= 4 orelse tuple_size(V) =:= 8)) orelse bad(ip, V);
@@ -211,7 +218,9 @@ utf8_secret_test() ->
 bad_options_test_() ->
     [?_assertMatch({error, {bad_option, {unknown, [alowed]}}}, normalize(server, "s", #{alowed => [x]})),
      ?_assertMatch({error, {bad_option, {allowed, _}}}, normalize(server, "s", #{allowed => ["x"]})),
-     ?_assertMatch({error, {bad_option, {features, _}}}, normalize(server, "s", #{features => [route]})),
+     ?_assertMatch({error, {bad_option, {features, _}}}, normalize(server, "s", #{features => [routes]})),
+     ?_assertMatch({error, {bad_option, {routing, _}}}, normalize(server, "s", #{routing => yes})),
+     ?_assertMatch({error, {bad_option, {unknown, [routing]}}}, normalize(client, "s", #{routing => true})),
      ?_assertMatch({error, {bad_option, {max_frame, _}}}, normalize(client, "s", #{max_frame => 0})),
      ?_assertMatch({error, {bad_option, {mode, {legacy, requires_allow_legacy_auth}}}},
                    normalize(server, "s", #{mode => legacy})),

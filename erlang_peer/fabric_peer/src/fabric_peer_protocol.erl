@@ -56,7 +56,8 @@
                  %% credit (12.3): a local process's mailbox length, and what waits in
                  %% the connection of a local proxy
                  mailbox => fun((pid()) -> non_neg_integer() | gone),
-                 proxies_pending => fun(() -> non_neg_integer())}.
+                 proxies_pending => fun(() -> non_neg_integer()),
+                 route => fun((atom()) -> {ok, pid()} | not_allowed | none)}.
 
 -type action() :: {send, msg | ctrl, binary()} | {write, binary()}
                 | {deliver, pid() | {atom(), atom()}, term()}
@@ -64,7 +65,8 @@
                 | {monitor_export | monitor_proxy, pid(), integer()}
                 | {forget_proxy | discard_proxy, pid()} | {demonitor, reference()}
                 | {ack_timer | send_timer | grant_timer, pos_integer()}
-                | {undelivered, atom(), [map()]}.
+                | {undelivered, atom(), [map()]}
+                | {route, tuple()}.
 
 -include("fabric_peer_protocol.hrl").
 
@@ -108,11 +110,12 @@ established(Params, Reset, Resumed, #p{o = O} = P0) ->
              false -> P1
          end,
     P3 = P2#p{connected = true},
-    case Resumed andalso fabric_peer_acks:on(P3) of
-        true -> done(fabric_peer_acks:resume(maps:get(peer_received, Params), P3));
-        false when Resumed -> done(flush_outbox(true, P3));
-        false -> done(flush_outbox(false, fabric_peer_acks:start(Params, P3)))
-    end.
+    P4 = case Resumed andalso fabric_peer_acks:on(P3) of
+             true -> fabric_peer_acks:resume(maps:get(peer_received, Params), P3);
+             false when Resumed -> flush_outbox(true, P3);
+             false -> flush_outbox(false, fabric_peer_acks:start(Params, P3))
+         end,
+    done(fabric_peer_route:established(P4)).
 
 flush_outbox(true, #p{s = S} = P) ->
     {Queued, S1} = fabric_peer_session:take_outbox(S),
@@ -132,7 +135,7 @@ flush_outbox(false, #p{s = S} = P) ->
 %% outbox from now on.
 -spec lost(term(), proto()) -> result().
 lost(Reply, P) ->
-    P1 = reply_whereis_waiters(Reply, P),
+    P1 = fabric_peer_route:lost(reply_whereis_waiters(Reply, P)),
     done(P1#p{connected = false, whereis_waiting = #{}}).
 
 %% @doc The socket was taken away (a resuming connection claimed the session): frames are
@@ -150,7 +153,7 @@ reset(P) -> reset(session_expired, P).
 reset(Why, P) -> done(reset_tables(Why, P)).
 
 reset_tables(Why, P0) ->
-    #p{s = S} = P = fabric_peer_acks:end_session(Why, P0),
+    #p{s = S} = P = fabric_peer_route:session_end(fabric_peer_acks:end_session(Why, P0)),
     {Proxies, Monitors, S1} = fabric_peer_session:reset(S),
     P1 = lists:foldl(fun(Proxy, Acc) -> act({forget_proxy, Proxy}, act({control, Proxy, {die, noconnection}}, Acc)) end,
                      P, Proxies),
@@ -161,7 +164,7 @@ reset_tables(Why, P0) ->
 %% `{error, closed}'.
 -spec terminate(proto()) -> [action()].
 terminate(#p{s = S} = P0) ->
-    P = fabric_peer_acks:end_session(P0#p.end_reason, P0),
+    P = fabric_peer_route:session_end(fabric_peer_acks:end_session(P0#p.end_reason, P0)),
     P1 = lists:foldl(fun(Proxy, Acc) -> end_proxy(Proxy, noconnection, Acc) end, P,
                      fabric_peer_session:proxies(S)),
     {Acts, _} = done(reply_whereis_waiters({error, closed}, P1)),
@@ -327,6 +330,9 @@ dispatch({unlink, A, B}, #p{s = S} = P) ->
 dispatch({exit2, A, B, Reason0}, P) when A > 0 -> exit_in(exit, A, B, Reason0, P);
 %% a link signal from A, which ended (docs/protocol.md 5.2): the proxy for A ends with it
 dispatch({link_exit, A, B, Reason0}, P) when A > 0 -> exit_in(link_exit, A, B, Reason0, P);
+dispatch({route, {whereis_node, Req, NameBin, Node}}, #p{o = #{node := Node}} = P) ->
+    dispatch({whereis, Req, NameBin}, P);
+dispatch({route, Frame}, P) -> fabric_peer_route:dispatch(Frame, P);
 dispatch({heartbeat, N}, P) -> {ok, emit(ctrl, {heartbeat_ack, N}, P)};
 dispatch({heartbeat_ack, _}, P) -> {ok, P};
 dispatch({error, Code, Msg}, P) ->
@@ -381,6 +387,8 @@ incoming(Dest, Payload, P) -> incoming_message(Dest, Payload, P).
 %% a message is counted in `messages_in' when delivered (`messages_out': when written or
 %% queued for writing, fabric_peer_commands); replays and frames dropped are not messages
 deliver(Target, _, #p{env = #{self := Self}} = P) when Target =:= Self -> P;
+deliver({route, Conn, Name}, Msg, P) ->
+    act({route, {msg, Conn, Name, Msg}}, count(messages_in, P));
 deliver(Target, Msg, P) when is_pid(Target), node(Target) =:= node() ->
     act({deliver, Target, Msg}, count(messages_in, P#p{delivered = Target}));
 deliver(Target, Msg, P) -> act({deliver, Target, Msg}, count(messages_in, P)).
@@ -396,7 +404,13 @@ resolve_dest(Id, #p{s = S}) when is_integer(Id) ->
             end
     end;
 resolve_dest(Name, P) when is_atom(Name) -> resolve_name(Name, P);
-resolve_dest({Name, Node}, #p{o = O} = P) ->
+resolve_dest({Name, Node} = Dest, #p{o = O} = P) ->
+    case fabric_peer_route:resolve(Dest, P) of
+        pass -> resolve_node(Name, Node, O, P);
+        Routed -> Routed
+    end.
+
+resolve_node(Name, Node, O, P) ->
     case fabric_peer_policy:check_node(Node, maps:get(routable_nodes, O), maps:get(node, O)) of
         local -> resolve_name(Name, P);
         {remote, N} ->

@@ -1,6 +1,7 @@
 %% The state of fabric_peer_protocol, shared with fabric_peer_payload (the payload
 %% rewriting against the session's id tables) and fabric_peer_acks (sequencing, acks and
-%% the commands waiting for outbox room). No other module includes it.
+%% the commands waiting for outbox room) and fabric_peer_route (the `route' frames). No
+%% other module includes it.
 -record(p, {
           o :: map(),
           env :: fabric_peer_protocol:env(),
@@ -15,6 +16,8 @@
           stats :: map(),
           next_req = 1 :: pos_integer(),
           whereis_waiting = #{} :: #{pos_integer() => gen_statem:from()},
+          %% route (fabric_peer_route): requests in flight, a client's node set and monitors
+          route = #{} :: map(),
           %% DEAD notices to repeat right after the frame being written (see pid_id/2)
           redead = [] :: [tuple()],
           hb_n = 0 :: non_neg_integer(),

@@ -36,7 +36,7 @@
 create_tables() ->
     _ = ets:new(?REG, [named_table, public, set, {read_concurrency, true}]),
     _ = ets:new(?PROXIES, [named_table, public, set, {read_concurrency, true}]),
-    ok.
+    fabric_peer_router:create_table().
 
 %%% handles
 
@@ -51,7 +51,7 @@ init_handle(Ref, #{policy := Policy} = Init) ->
 -spec forget(reference()) -> ok.
 forget(Ref) ->
     true = ets:match_delete(?REG, {{Ref, '_'}, '_'}),
-    ok.
+    fabric_peer_router:forget(Ref).
 
 %% @doc The handle's current name policy, or `undefined'.
 -spec policy(reference()) -> term() | undefined.

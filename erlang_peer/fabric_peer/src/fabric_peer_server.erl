@@ -104,6 +104,10 @@ handle_event({timeout, handshake}, handshake, State, D)
     end,
     {stop, normal, D};
 handle_event({timeout, handshake}, _, _, _) -> keep_state_and_data;
+handle_event({timeout, route_grace}, grace, detached, D) ->
+    ok = fabric_peer_route_conn:grace(D),
+    keep_state_and_data;
+handle_event({timeout, route_grace}, _, _, _) -> keep_state_and_data;
 
 %%% --- sessions
 
@@ -137,6 +141,7 @@ handle_event({call, From}, {claim, _}, _, _) ->
 handle_event(cast, {attach, T, S, Peer, Params}, resuming, D) ->
     D1 = D#d{t = T, sock = S, peer = Peer, buf = <<>>},
     ?LOG_INFO(#{what => session_resumed, peer => Peer}, ?FABRIC_LOG),
+    ok = fabric_peer_route_conn:up(D1),
     fabric_peer_conn:established(Params, true, D1);
 handle_event(cast, {attach, T, S, _, _}, _, _) ->
     fabric_peer_transport:close(T, S),
@@ -149,6 +154,7 @@ handle_event(Type, Event, State, D) ->
 -spec terminate(term(), atom(), #d{}) -> ok.
 terminate(_Reason, _State, #d{ref = Ref} = D) ->
     unkeep_session(D),
+    ok = fabric_peer_route_conn:release(D),
     D1 = fabric_peer_conn:terminate(D),
     case D1#d.session of
         undefined -> ok;
@@ -166,6 +172,7 @@ code_change(_, State, D, _) -> {ok, State, D}.
 -spec lost(#d{}, term()) -> gen_statem:event_handler_result(atom()).
 lost(D0, Why) ->
     D = fabric_peer_conn:lost(D0),
+    ok = fabric_peer_route_conn:down(D),
     case D#d.session =/= undefined andalso Why =/= closed_by_us of
         true ->
             ?LOG_INFO(#{what => connection_lost, peer => D#d.peer, reason => Why,
@@ -173,7 +180,9 @@ lost(D0, Why) ->
             keep_session(D),
             {next_state, detached, D,
              [{state_timeout, maps:get(session_timeout, D#d.o), expire},
-              {{timeout, heartbeat}, cancel}]};
+              {{timeout, heartbeat}, cancel}
+              | [{{timeout, route_grace}, maps:get(route_grace, D#d.o), grace}
+                 || fabric_peer_router:enabled(D#d.o)]]};
         false ->
             {stop, normal, D}
     end.
@@ -199,6 +208,22 @@ unkeep_session(#d{ref = Ref}) -> fabric_peer_registry:unkeep_detached(Ref, self(
 %% The client is authenticated: a new session, a resumed one (this process hands the
 %% socket to the session's owner and ends), or none.
 session(#{features := Feats} = Params, Resume, F3, #d{o = O, ref = Ref, hs = Hs} = D) ->
+    %% the node name first (16.1): a refusal creates, resumes and ends no session
+    Owner0 = case lists:member(<<"session">>, Feats) andalso is_binary(Resume) andalso
+                 fabric_peer_registry:session_owner(Ref, Resume) of
+                 Pid0 when is_pid(Pid0) -> Pid0;
+                 _ -> self()
+             end,
+    case fabric_peer_route_conn:claim(Params, Owner0, D) of
+        ok -> session(Feats, Params, Resume, F3, Owner0, D);
+        node_in_use ->
+            ?LOG_WARNING("fabric: client ~s refused: its node name ~ts is in use",
+                         [D#d.peer, maps:get(peer_node, Params)]),
+            _ = raw_send(fabric_peer_server_hs:refused(F3, Hs, O), D),
+            {stop, normal, drop_socket(D)}
+    end.
+
+session(Feats, Params, Resume, F3, Owner0, #d{o = O, ref = Ref, hs = Hs} = D) ->
     SessionOn = lists:member(<<"session">>, Feats),
     Claimed = case {SessionOn, Resume} of
                   {true, Sid} when is_binary(Sid) ->
@@ -211,6 +236,7 @@ session(#{features := Feats} = Params, Resume, F3, #d{o = O, ref = Ref, hs = Hs}
                           {false, _} -> {undefined, none}
                       end,
     Resumed = Owner =/= none,
+    _ = [fabric_peer_route_conn:move(Params, Owner0, D) || not Resumed, Owner0 =/= self()],
     %% the Info keys of acks go only to a client that agreed on it (11.1)
     Extra = case {fabric_peer_acks:agreed(Feats), Claimed} of
                 {true, {ok, _, N}} when is_integer(N) -> #{received => N};
@@ -228,6 +254,7 @@ session(#{features := Feats} = Params, Resume, F3, #d{o = O, ref = Ref, hs = Hs}
             end,
             {stop, normal, D1#d{sock = undefined}};
         {ok, D1} ->
+            ok = fabric_peer_route_conn:up(D1),
             fabric_peer_conn:established(Params#{session => SidBin}, false, D1)
     end.
 

@@ -11,7 +11,7 @@
 -include_lib("kernel/include/logger.hrl").
 -include("fabric_peer_log.hrl").
 
--export([hello/3, response/4, success/5, failure/0]).
+-export([hello/3, response/4, success/5, refused/3, failure/0]).
 
 -export_type([hs/0]).
 
@@ -43,7 +43,8 @@ extended_challenge(F1, ClientVersion, Nonce, O) ->
                                           node => maps:get(node, O),
                                           max_frame => maps:get(max_frame, O),
                                           heartbeat => maps:get(heartbeat, O),
-                                          credit => fabric_peer_flowctl:windows(O)}),
+                                          credit => fabric_peer_flowctl:windows(O),
+                                          route_heartbeat => maps:get(route_heartbeat, O, 1000)}),
     F2 = fabric_peer_handshake:encode({challenge, Nonce, Offer}),
     {send, F2, #{kind => extended, f1 => F1, f2 => F2, version => Version}}.
 
@@ -83,7 +84,7 @@ response({response, Mac, AcceptBin}, _, #{kind := extended, f1 := F1, f2 := F2} 
                      end;
                  false -> {error, bad_mac}
              end,
-    case Accept of
+    case route_rules(Accept, O) of
         {ok, #{features := Feats} = Acc} ->
             Params = #{mode => extended, features => Feats, version => maps:get(version, Hs),
                        peer_node => maps:get(node, Acc), peer_max => maps:get(max_frame, Acc),
@@ -114,6 +115,28 @@ success(Sid, {Resumed, Extra}, F3, #{kind := extended, f1 := F1, f2 := F2}, O) -
     InfoBin = term_to_binary(fabric_peer_handshake:info(Extra#{session => Sid, resumed => Resumed})),
     Mac = fabric_peer_handshake:server_mac(maps:get(secret, O), F1, F2, F3, InfoBin),
     fabric_peer_handshake:encode({auth, success, Mac, InfoBin}).
+
+%% @doc The last frame for a client whose node name is in use (16.1): authenticated, but
+%% refused; no session.
+-spec refused(binary(), hs(), map()) -> binary().
+refused(F3, #{kind := extended, f1 := F1, f2 := F2}, O) ->
+    InfoBin = term_to_binary(#{<<"resumed">> => false, <<"refused">> => <<"node_in_use">>}),
+    Mac = fabric_peer_handshake:server_mac(maps:get(secret, O), F1, F2, F3, InfoBin),
+    fabric_peer_handshake:encode({auth, success, Mac, InfoBin}).
+
+%% An Accept with `route' must agree on `heartbeat' too, with an interval between 1 and
+%% our `route_heartbeat' (16.1).
+route_rules({ok, #{features := Feats, heartbeat := H}} = A, O) ->
+    case lists:member(<<"route">>, Feats) of
+        false -> A;
+        true ->
+            case lists:member(<<"heartbeat">>, Feats) andalso H >= 1
+                andalso H =< maps:get(route_heartbeat, O, 1000) of
+                true -> A;
+                false -> {error, route_without_heartbeat}
+            end
+    end;
+route_rules(Other, _) -> Other.
 
 %% @doc The frame that refuses a client (both modes).
 -spec failure() -> binary().

@@ -21,7 +21,7 @@
 
 -export([new/0, reset/1,
          export_of/2, exported/2, export_count/1, issued/2, next_id/1, add_export/2, watch_export/3,
-         export_down/4, grave_of/2, grave_pid/2,
+         export_down/4, forget_export/2, grave_of/2, grave_pid/2,
          proxy_of/2, proxy_id/2, proxy_count/1, proxies/1, add_proxy/3, watch_proxy/3,
          end_proxy/2, proxy_down/3, buried_proxy/2, dead_proxy/2, alive_behind/2, remote_ended/2,
          recent_dead/1,
@@ -132,6 +132,21 @@ export_down(Ref, Pid, Reason, #session{exp_mon = M} = S) ->
                           false -> Recent
                       end,
             {dead, Dead, S1#session{recent_dead = Recent1}};
+        error -> error
+    end.
+
+%% @doc Forget the export of `Pid' without a grave (a routing server's grace period,
+%% docs/protocol.md 16.4): its id is void, a later export gets a new one. Returns its id
+%% and monitor (for the caller to demonitor).
+-spec forget_export(pid(), session()) -> {ok, pos_integer(), reference(), session()} | error.
+forget_export(Pid, #session{exp_pid = EP, exp_id = EI, exp_mon = M} = S) ->
+    case maps:take(Pid, EP) of
+        {Id, EP1} ->
+            case [R || {R, I} <- maps:to_list(M), I =:= Id] of
+                [Ref] -> {ok, Id, Ref, S#session{exp_pid = EP1, exp_id = maps:remove(Id, EI),
+                                                 exp_mon = maps:remove(Ref, M)}};
+                _ -> error
+            end;
         error -> error
     end.
 
