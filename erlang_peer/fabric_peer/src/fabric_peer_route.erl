@@ -209,7 +209,12 @@ nodes(From, P) ->
 %% down (at once if it is not up: the server is asked first); `false' removes them.
 -spec monitor_node(pid(), binary(), boolean(), proto()) -> {ok | {error, term()}, proto()}.
 monitor_node(Pid, Node, false, P) ->
-    #{mons := Mons} = R = state(P),
+    #{mons := Mons, reqs := Reqs0} = R0 = state(P),
+    %% a monitor still waiting for the server's answer goes too
+    Reqs = maps:map(fun(_, {monitor, X, N}) when X =:= Pid, N =:= Node -> refresh;
+                       (_, W) -> W
+                    end, Reqs0),
+    R = R0#{reqs := Reqs},
     Left = [X || X <- maps:get(Node, Mons, []), X =/= Pid],
     Mons1 = case Left of
                 [] -> maps:remove(Node, Mons);
@@ -272,8 +277,12 @@ lost(P) ->
 %% @doc The session ends (or the connection closes): every node is down to us.
 -spec session_end(proto()) -> proto().
 session_end(P) ->
-    #{mons := Mons} = R = state(P),
-    fire(maps:keys(Mons), P#p{route = R#{up := #{}}}).
+    #{mons := Mons, reqs := Reqs} = R = state(P),
+    P1 = lists:foldl(fun({call, From}, Acc) -> act({reply, From, {error, closed}}, Acc);
+                        ({monitor, Pid, Node}, Acc) -> add_monitor(Pid, Node, Acc);
+                        (refresh, Acc) -> Acc
+                     end, P#p{route = R#{up := #{}, reqs := #{}}}, maps:values(Reqs)),
+    fire(maps:keys(Mons) ++ [N || {monitor, _, N} <- maps:values(Reqs)], P1).
 
 %% @doc The actions produced so far, in order, and the state without them.
 -spec finish(proto()) -> {[fabric_peer_protocol:action()], proto()}.
