@@ -14,6 +14,7 @@ all() ->
      monitors_and_links_across, exit_from_c1_reaches_c2, nodedown_then_grace,
      nodedown_by_heartbeat, predicate_refuses, duplicate_node_refused,
      legacy_client_as_c1, legacy_client_as_c2, not_supported_without_routing,
+     resume_within_grace, takeover_of_a_kept_session, route_max_proxies,
      readme_example].
 
 init_per_suite(Config) ->
@@ -297,25 +298,81 @@ not_supported_without_routing(_Config) ->
     fabric_peer:close(C),
     fabric_peer:stop_server(S).
 
-%% The README's routing example, as written there.
-readme_example(_Config) ->
-    %% README: routing example
-    {ok, S} = fabric_peer:start_server(0, "secret", #{routing => true}),
-    Port = fabric_peer:port(S),
-    Echo = spawn(fun Loop() -> receive {From, X} -> From ! {echoed, X}, Loop() end end),
-    register(echo_service, Echo),
-    {ok, C2} = fabric_peer:connect("127.0.0.1", Port, "secret",
-                                   #{node => 'c2@127.0.0.1', allowed => [echo_service]}),
-    {ok, C1} = fabric_peer:connect("127.0.0.1", Port, "secret", #{node => 'c1@127.0.0.1'}),
-    ['c2@127.0.0.1'] = fabric_peer:nodes(C1),
-    ok = fabric_peer:send({C1, {echo_service, 'c2@127.0.0.1'}}, {self(), hello}),
-    receive {echoed, hello} -> ok end,
-    Proxy = fabric_peer:whereis(C1, {echo_service, 'c2@127.0.0.1'}),
-    ok = fabric_peer:monitor_node(C1, 'c2@127.0.0.1', true),
-    fabric_peer:close(C2),
-    receive {nodedown, 'c2@127.0.0.1'} -> ok end,
-    %% README: end
-    true = is_pid(Proxy),
-    exit(Echo, kill),
-    fabric_peer:close(C1),
+%% A cut C2 resumes before route_grace: C1 saw nodedown, then nodeup; its proxy for C2's
+%% process lives on and still reaches it.
+resume_within_grace(Config) ->
+    {ok, S} = fabric_peer:start_server(0, "secret", #{routing => true, route_grace => 30000}),
+    Cfg = [{port, fabric_peer:port(S)} | Config],
+    {Svc, SvcPid} = echo("svc"),
+    {C2, N2} = client(Cfg, "c2_", [Svc]),
+    {C1, _} = client(Cfg, "c1_", []),
+    P = fabric_peer:whereis(C1, {Svc, N2}),
+    MRef = monitor(process, P),
+    ok = fabric_peer:monitor_node(C1, N2, true),
+    ok = fabric_peer:disconnect(C2),
+    receive {nodedown, N2} -> ok after ?T -> error(no_nodedown) end,
+    true = fabric_peer_test_lib:wait_until(fun() -> lists:member(N2, fabric_peer:nodes(C1)) end),
+    P ! {self(), after_resume},
+    receive {echo, _, after_resume} -> ok after ?T -> error(no_echo) end,
+    receive {'DOWN', MRef, _, _, R} -> error({proxy_ended, R}) after 0 -> ok end,
+    SvcPid ! stop,
+    close([C1, C2]),
     fabric_peer:stop_server(S).
+
+%% A client restarted with the same node name while its old session is kept replaces it:
+%% the old session ends now (C1's proxies end with noconnection, well before route_grace).
+takeover_of_a_kept_session(Config) ->
+    {ok, S} = fabric_peer:start_server(0, "secret", #{routing => true, route_grace => 60000}),
+    Cfg = [{port, fabric_peer:port(S)} | Config],
+    {Svc, SvcPid} = echo("svc"),
+    {C2, N2} = client(Cfg, "c2_", [Svc]),
+    {C1, _} = client(Cfg, "c1_", []),
+    P = fabric_peer:whereis(C1, {Svc, N2}),
+    MRef = monitor(process, P),
+    unlink(C2),
+    exit(C2, kill),
+    true = fabric_peer_test_lib:wait_until(fun() -> not lists:member(N2, fabric_peer:nodes(C1)) end),
+    {ok, C2b} = fabric_peer:connect("127.0.0.1", fabric_peer:port(S), "secret",
+                                    #{node => N2, allowed => [Svc]}),
+    receive {'DOWN', MRef, process, P, R} -> ?assertEqual(noconnection, R) after ?T -> error(no_down) end,
+    ?assert(lists:member(N2, fabric_peer:nodes(C1))),
+    ok = fabric_peer:send({C1, {Svc, N2}}, {self(), to_new_incarnation}),
+    receive {echo, _, to_new_incarnation} -> ok after ?T -> error(no_echo) end,
+    SvcPid ! stop,
+    close([C1, C2b]),
+    fabric_peer:stop_server(S).
+
+%% route_max_proxies bounds the proxies one client's pids make at the server: a routed
+%% message carrying more is dropped (limit), a smaller one goes through.
+route_max_proxies(Config) ->
+    {ok, S} = fabric_peer:start_server(0, "secret", #{routing => true, route_max_proxies => 3}),
+    Cfg = [{port, fabric_peer:port(S)} | Config],
+    {Svc, SvcPid} = echo("svc"),
+    {C2, N2} = client(Cfg, "c2_", [Svc]),
+    {C1, _} = client(Cfg, "c1_", []),
+    Pids = [spawn(fun() -> receive stop -> ok end end) || _ <- lists:seq(1, 5)],
+    ?assertEqual({error, limit}, fabric_peer:send_confirmed({C1, {Svc, N2}}, {self(), Pids})),
+    ?assertEqual(ok, fabric_peer:send_confirmed({C1, {Svc, N2}}, {self(), lists:sublist(Pids, 2)})),
+    receive {got, Svc, _, Two} -> ?assertEqual(2, length(Two)) after ?T -> error(not_routed) end,
+    receive {got, Svc, _, _} -> error(over_limit_delivered) after 200 -> ok end,
+    [X ! stop || X <- Pids],
+    SvcPid ! stop,
+    close([C1, C2]),
+    fabric_peer:stop_server(S).
+
+%% The README's routing example (erlang_peer/README.md, "Routing between clients"), read
+%% from the README and evaluated as written.
+readme_example(_Config) ->
+    Readme = filename:join(filename:dirname(fabric_peer_test_lib:conformance_dir()),
+                           "erlang_peer/README.md"),
+    {ok, Text} = file:read_file(Readme),
+    [_, Section] = binary:split(Text, <<"### Routing between clients">>),
+    [_, AfterFence] = binary:split(Section, <<"```erlang\n">>),
+    [Code, _] = binary:split(AfterFence, <<"```">>),
+    {ok, Tokens, _} = erl_scan:string(binary_to_list(Code)),
+    {ok, Exprs} = erl_parse:parse_exprs(Tokens),
+    {value, ok, Bindings} = erl_eval:exprs(Exprs, erl_eval:new_bindings()),
+    Get = fun(K) -> {value, V} = erl_eval:binding(K, Bindings), V end,
+    exit(Get('Echo'), kill),
+    fabric_peer:close(Get('C1')),
+    fabric_peer:stop_server(Get('S')).
