@@ -15,7 +15,7 @@
 -include_lib("kernel/include/logger.hrl").
 -include("fabric_peer_protocol.hrl").
 
--export([classify/1, on/1, dispatch/2, resolve/2, finish/1,
+-export([classify/1, node_name/1, on/1, dispatch/2, resolve/2, finish/1,
          established/1, lost/1, session_end/1,
          nodes/2, monitor_node/4, whereis_node/4,
          nodes_reply/3, whereis_answer/3, notice/2, unexport/2, proxies/1]).
@@ -33,13 +33,26 @@ classify({whereis_node, Req, Name, Node} = F)
   when is_integer(Req), Req > 0, is_binary(Name), is_binary(Node) -> F;
 classify({nodes, Req} = F) when is_integer(Req), Req > 0 -> F;
 classify({nodes_reply, Req, Nodes} = F) when is_integer(Req), is_list(Nodes) ->
-    case lists:all(fun is_binary/1, Nodes) of
+    case lists:all(fun node_name/1, Nodes) of
         true -> F;
         false -> {error, unknown_frame}
     end;
-classify({nodeup, Node} = F) when is_binary(Node) -> F;
-classify({nodedown, Node} = F) when is_binary(Node) -> F;
+classify({Notice, Node} = F) when Notice =:= nodeup; Notice =:= nodedown ->
+    case node_name(Node) of
+        true -> F;
+        false -> {error, unknown_frame}
+    end;
 classify(_) -> {error, unknown_frame}.
+
+%% @doc A node name as the protocol carries it (16.1): UTF-8, 1 to 255 characters (what an
+%% atom can hold).
+-spec node_name(term()) -> boolean().
+node_name(N) when is_binary(N), byte_size(N) > 0 ->
+    case unicode:characters_to_list(N) of
+        L when is_list(L) -> length(L) =< 255;
+        _ -> false
+    end;
+node_name(_) -> false.
 
 %% @doc True when `route' was agreed on this connection.
 -spec on(proto()) -> boolean().
@@ -81,7 +94,9 @@ answered(What, Nodes, P0) ->
     Up = maps:from_list([{N, true} || N <- Nodes]),
     P = P0#p{route = R#{up := Up}},
     P1 = case What of
-             {call, From} -> act({reply, From, [to_atom(N) || N <- Nodes]}, P);
+             {call, From} ->
+                 {Atoms, Pa} = atoms(Nodes, P, []),
+                 act({reply, From, Atoms}, Pa);
              {monitor, Pid, Node} -> add_monitor(Pid, Node, P);
              refresh -> P
          end,
@@ -108,9 +123,23 @@ fire(Nodes, P) ->
     lists:foldl(fun({N, Pid}, Acc) -> act({deliver, Pid, {nodedown, to_atom(N)}}, Acc) end,
                 P#p{route = R#{mons := Mons1}}, lists:reverse(Fired)).
 
-%% Node names are what `nodes()' and `{nodedown, Node}' give in Erlang: atoms. They come
-%% from the server the client authenticated, one per client node it may see.
-to_atom(N) -> binary_to_atom(N, utf8).
+%% Node names are what `nodes()' and `{nodedown, Node}' give in Erlang: atoms. A name new
+%% to this VM costs one atom of the connection's budget (`max_new_atoms'); beyond it, the
+%% name is left out (logged).
+atoms([N | Ns], P, Acc) ->
+    try binary_to_existing_atom(N, utf8) of
+        A -> atoms(Ns, P, [A | Acc])
+    catch error:badarg when P#p.atoms_left > 0 ->
+            atoms(Ns, fabric_peer_payload:spend_atoms(1, P), [binary_to_atom(N, utf8) | Acc]);
+          error:badarg ->
+            ?LOG_WARNING("fabric: node ~ts from ~s left out of nodes(): no atoms left",
+                         [N, P#p.peer]),
+            atoms(Ns, P, Acc)
+    end;
+atoms([], P, Acc) -> {lists:reverse(Acc), P}.
+
+%% Monitored nodes were given as atoms: they exist.
+to_atom(N) -> binary_to_existing_atom(N, utf8).
 
 %%% a routing server: `{Name, Node}' (16.3)
 

@@ -126,13 +126,17 @@ refused(F3, #{kind := extended, f1 := F1, f2 := F2}, O) ->
 
 %% An Accept with `route' must agree on `heartbeat' too, with an interval between 1 and
 %% our `route_heartbeat' (16.1).
-route_rules({ok, #{features := Feats, heartbeat := H}} = A, O) ->
+route_rules({ok, #{features := Feats, heartbeat := H, node := N}} = A, O) ->
     case lists:member(<<"route">>, Feats) of
         false -> A;
         true ->
             case lists:member(<<"heartbeat">>, Feats) andalso H >= 1
                 andalso H =< maps:get(route_heartbeat, O, 1000) of
-                true -> A;
+                true ->
+                    case fabric_peer_route:node_name(N) of
+                        true -> A;
+                        false -> {error, bad_node_name}
+                    end;
                 false -> {error, route_without_heartbeat}
             end
     end;

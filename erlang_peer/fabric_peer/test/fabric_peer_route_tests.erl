@@ -45,7 +45,25 @@ classify_test_() ->
      ?_assertEqual({nodes_reply, 3, [<<"a@h">>]}, C({nodes_reply, 3, [<<"a@h">>]})),
      ?_assertEqual({error, unknown_frame}, C({nodes_reply, 3, [a]})),
      ?_assertEqual({nodeup, <<"x">>}, C({nodeup, <<"x">>})),
-     ?_assertEqual({error, unknown_frame}, C({nodedown, x}))].
+     ?_assertEqual({error, unknown_frame}, C({nodedown, x})),
+     %% node names are UTF-8, 1 to 255 characters (an atom's limit)
+     ?_assertEqual({error, unknown_frame}, C({nodeup, binary:copy(<<"a">>, 256)})),
+     ?_assertMatch({nodeup, _}, C({nodeup, unicode:characters_to_binary(lists:duplicate(255, 233))})),
+     ?_assertEqual({error, unknown_frame}, C({nodeup, <<255, 0>>})),
+     ?_assertEqual({error, unknown_frame}, C({nodes_reply, 1, [<<>>]}))].
+
+nodes_reply_atoms_within_the_budget_test() ->
+    {ok, O} = fabric_peer_opts:normalize(client, "s", #{node => 'me@h', max_new_atoms => 1}),
+    P0 = fabric_peer_protocol:new(O#{ref => make_ref()}, env(fun(_) -> none end)),
+    {_, P1} = fabric_peer_protocol:established(#{mode => extended, features => ?FEATS}, false, false, P0),
+    P2 = fabric_peer_route:nodes(from, P1),
+    {Acts, P3} = fabric_peer_route:finish(P2),
+    [{nodes, Req}] = written(Acts),
+    New1 = iolist_to_binary(["fresh_", integer_to_list(erlang:unique_integer([positive])), "@h"]),
+    New2 = iolist_to_binary(["fresh_", integer_to_list(erlang:unique_integer([positive])), "@h"]),
+    {ok, A, _} = frame({nodes_reply, Req, [<<"me@h">>, New1, New2]}, P3),
+    [{reply, from, Atoms}] = [R || {reply, _, _} = R <- A],
+    ?assertEqual(['me@h', binary_to_atom(New1)], Atoms).
 
 route_frames_need_route_test() ->
     F = #{<<"heartbeat">> => true},
