@@ -110,12 +110,11 @@ established(Params, Reset, Resumed, #p{o = O} = P0) ->
              false -> P1
          end,
     P3 = P2#p{connected = true},
-    P4 = case Resumed andalso fabric_peer_acks:on(P3) of
-             true -> fabric_peer_acks:resume(maps:get(peer_received, Params), P3);
-             false when Resumed -> flush_outbox(true, P3);
-             false -> flush_outbox(false, fabric_peer_acks:start(Params, P3))
-         end,
-    done(fabric_peer_route:established(P4)).
+    case Resumed andalso fabric_peer_acks:on(P3) of
+        true -> done(fabric_peer_acks:resume(maps:get(peer_received, Params), P3));
+        false when Resumed -> done(flush_outbox(true, P3));
+        false -> done(flush_outbox(false, fabric_peer_acks:start(Params, P3)))
+    end.
 
 flush_outbox(true, #p{s = S} = P) ->
     {Queued, S1} = fabric_peer_session:take_outbox(S),

@@ -16,7 +16,7 @@
 -include("fabric_peer_protocol.hrl").
 
 -export([classify/1, node_name/1, on/1, dispatch/2, resolve/2, finish/1,
-         established/1, lost/1, session_end/1,
+         established/1, known/1, lost/1, session_end/1,
          nodes/2, monitor_node/4, whereis_node/4,
          nodes_reply/3, whereis_answer/3, notice/2, unexport/2, proxies/1]).
 
@@ -44,14 +44,15 @@ classify({Notice, Node} = F) when Notice =:= nodeup; Notice =:= nodedown ->
     end;
 classify(_) -> {error, unknown_frame}.
 
-%% @doc A node name as the protocol carries it (16.1): UTF-8, 1 to 255 characters (what an
-%% atom can hold).
+%% @doc A node name as the protocol carries it (16.1): `name@host' (both parts non-empty),
+%% UTF-8, at most 255 bytes.
 -spec node_name(term()) -> boolean().
-node_name(N) when is_binary(N), byte_size(N) > 0 ->
-    case unicode:characters_to_list(N) of
-        L when is_list(L) -> length(L) =< 255;
-        _ -> false
-    end;
+node_name(N) when is_binary(N), byte_size(N) > 0, byte_size(N) =< 255 ->
+    is_binary(unicode:characters_to_binary(N)) andalso
+        case binary:split(N, <<"@">>) of
+            [Name, Host] -> Name =/= <<>> andalso Host =/= <<>>;
+            _ -> false
+        end;
 node_name(_) -> false.
 
 %% @doc True when `route' was agreed on this connection.
@@ -72,7 +73,13 @@ dispatch({whereis_node, Req, Name, Node}, #p{o = #{role := server}} = P) ->
             {ok, act({route, {whereis_node, Tag, Name, Node}}, P1)}
     end;
 dispatch({nodes, Req}, #p{o = #{role := server}} = P) ->
-    {ok, act({route, {nodes, Req}}, P)};
+    #{asks := Asks} = R = state(P),
+    case is_map_key({nodes, Req}, Asks) of
+        true -> {error, unknown_frame, {nodes_pending, Req}, P};
+        false ->
+            P1 = P#p{route = R#{asks := Asks#{{nodes, Req} => true}}},
+            {ok, act({route, {nodes, Req}}, P1)}
+    end;
 dispatch({nodes_reply, Req, Nodes}, #p{o = #{role := client}} = P) ->
     #{reqs := Reqs} = R = state(P),
     case maps:take(Req, Reqs) of
@@ -168,7 +175,14 @@ resolve(_, _) -> pass.
 
 %% @doc A routing server's answer to `{nodes, Req}'.
 -spec nodes_reply(pos_integer(), [binary()], proto()) -> proto().
-nodes_reply(Req, Nodes, P) -> emit(ctrl, {nodes_reply, Req, Nodes}, P).
+nodes_reply(Req, Nodes, P) ->
+    #{asks := Asks} = R = state(P),
+    case is_map_key({nodes, Req}, Asks) of
+        true ->
+            emit(ctrl, {nodes_reply, Req, Nodes},
+                 P#p{route = R#{asks := maps:remove({nodes, Req}, Asks)}});
+        false -> P   % asked on a connection that is gone
+    end.
 
 %% @doc The other client's answer to a `whereis_node' (`Result': S's proxy for its
 %% process, `undefined', or an error), or its timeout: the first one answers the request.
@@ -283,7 +297,8 @@ ask(What, P) ->
 
 %%% lifecycle
 
-%% @doc The connection is established: a client that agreed `route' learns the node set.
+%% @doc The connection is established: a client that agreed `route' learns the node set
+%% (called by the connection process, `fabric_peer_route_conn:established/1').
 -spec established(proto()) -> proto().
 established(#p{o = #{role := client}} = P) ->
     case on(P) of
@@ -291,6 +306,10 @@ established(#p{o = #{role := client}} = P) ->
         false -> P
     end;
 established(P) -> P.
+
+%% @doc The client nodes a client believes up.
+-spec known(proto()) -> [binary()].
+known(P) -> maps:keys(maps:get(up, state(P))).
 
 %% @doc The socket is gone: requests in flight are void (unsequenced); `nodes' callers
 %% get `{error, not_connected}'; monitors asked meanwhile stay, checked after the resume.

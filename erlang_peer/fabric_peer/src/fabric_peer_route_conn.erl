@@ -14,7 +14,7 @@
 -include_lib("kernel/include/logger.hrl").
 -include("fabric_peer_conn.hrl").
 
--export([env/2, action/2, info/3, call/4, own_heartbeat/2,
+-export([env/2, established/1, action/2, info/3, call/4, own_heartbeat/2,
          claim/3, move/3, up/1, down/1, release/1, grace/1]).
 
 %% How long a routing server waits for another client's whereis answer (16.5).
@@ -32,6 +32,10 @@ env(Ref, O) ->
                        end};
         false -> #{}
     end.
+
+%% @doc The connection is established: a client that agreed `route' asks for the node set.
+-spec established(fabric_peer_conn:data()) -> fabric_peer_conn:data().
+established(D) -> with(fun fabric_peer_route:established/1, D).
 
 %%% actions
 

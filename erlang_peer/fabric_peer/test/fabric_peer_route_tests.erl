@@ -44,11 +44,14 @@ classify_test_() ->
      ?_assertEqual({error, unknown_frame}, C({whereis_node, 2, a, <<"n@h">>})),
      ?_assertEqual({nodes_reply, 3, [<<"a@h">>]}, C({nodes_reply, 3, [<<"a@h">>]})),
      ?_assertEqual({error, unknown_frame}, C({nodes_reply, 3, [a]})),
-     ?_assertEqual({nodeup, <<"x">>}, C({nodeup, <<"x">>})),
+     ?_assertEqual({nodeup, <<"x@h">>}, C({nodeup, <<"x@h">>})),
      ?_assertEqual({error, unknown_frame}, C({nodedown, x})),
-     %% node names are UTF-8, 1 to 255 characters (an atom's limit)
-     ?_assertEqual({error, unknown_frame}, C({nodeup, binary:copy(<<"a">>, 256)})),
-     ?_assertMatch({nodeup, _}, C({nodeup, unicode:characters_to_binary(lists:duplicate(255, 233))})),
+     %% node names are name@host, UTF-8, at most 255 bytes
+     ?_assertEqual({error, unknown_frame}, C({nodeup, <<(binary:copy(<<"a">>, 254))/binary, "@h">>})),
+     ?_assertMatch({nodeup, _}, C({nodeup, <<(binary:copy(<<"a">>, 253))/binary, "@h">>})),
+     ?_assertEqual({error, unknown_frame}, C({nodeup, <<"no_host">>})),
+     ?_assertEqual({error, unknown_frame}, C({nodeup, <<"@h">>})),
+     ?_assertEqual({error, unknown_frame}, C({nodeup, <<"n@">>})),
      ?_assertEqual({error, unknown_frame}, C({nodeup, <<255, 0>>})),
      ?_assertEqual({error, unknown_frame}, C({nodes_reply, 1, [<<>>]}))].
 
@@ -56,9 +59,9 @@ nodes_reply_atoms_within_the_budget_test() ->
     {ok, O} = fabric_peer_opts:normalize(client, "s", #{node => 'me@h', max_new_atoms => 1}),
     P0 = fabric_peer_protocol:new(O#{ref => make_ref()}, env(fun(_) -> none end)),
     {_, P1} = fabric_peer_protocol:established(#{mode => extended, features => ?FEATS}, false, false, P0),
-    P2 = fabric_peer_route:nodes(from, P1),
+    P2 = fabric_peer_route:nodes(from, fabric_peer_route:established(P1)),
     {Acts, P3} = fabric_peer_route:finish(P2),
-    [{nodes, Req}] = written(Acts),
+    [{nodes, _}, {nodes, Req}] = written(Acts),
     New1 = iolist_to_binary(["fresh_", integer_to_list(erlang:unique_integer([positive])), "@h"]),
     New2 = iolist_to_binary(["fresh_", integer_to_list(erlang:unique_integer([positive])), "@h"]),
     {ok, A, _} = frame({nodes_reply, Req, [<<"me@h">>, New1, New2]}, P3),
@@ -109,6 +112,15 @@ whereis_node_asks_once_per_request_test() ->
     ?assertEqual([{whereis_reply, 5, undefined}], written(Acts)),
     %% a second answer (the timeout) is dropped
     {[], _} = fabric_peer_route:finish(fabric_peer_route:whereis_answer(Tag, undefined, S3)).
+
+nodes_pending_twice_is_unknown_frame_test() ->
+    S = proto(server, fun(_) -> none end),
+    {ok, [{route, {nodes, 2}}], S1} = frame({nodes, 2}, S),
+    {ok, A, S2} = frame({nodes, 2}, S1),
+    ?assertEqual([<<"unknown_frame">>], errors(A)),
+    {Acts, S3} = fabric_peer_route:finish(fabric_peer_route:nodes_reply(2, [<<"a@h">>], S2)),
+    ?assertEqual([{nodes_reply, 2, [<<"a@h">>]}], written(Acts)),
+    {ok, [{route, {nodes, 2}}], _} = frame({nodes, 2}, S3).
 
 %%% a client
 
