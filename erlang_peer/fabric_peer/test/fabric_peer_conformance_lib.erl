@@ -66,7 +66,9 @@ term(Hex) -> binary_to_term(binary:decode_hex(Hex)).
 
 -define(STEPS, [<<"start">>, <<"send">>, <<"recv">>, <<"recv_raw">>, <<"exited">>, <<"whereis">>,
                 <<"reply_whereis">>, <<"link">>, <<"unlink">>, <<"exit_signal">>, <<"heartbeat">>,
-                <<"lost">>, <<"resume">>, <<"reconnect">>]).
+                <<"lost">>, <<"resume">>, <<"reconnect">>,
+                %% route_exchange (docs/protocol.md 16)
+                <<"whereis_node">>, <<"nodes">>, <<"reply_nodes">>, <<"nodeup">>, <<"nodedown">>]).
 -define(OBS, [<<"out">>, <<"out_error">>, <<"event">>, <<"refused">>]).
 %% Steps the Erlang peer has no entry point for: it carries links lazily and never writes
 %% a link or unlink frame (docs/protocol.md 5.2). A case is played up to the first of them.
@@ -134,7 +136,9 @@ exchange_state(L) ->
     Names0 = maps:from_list([{N, fake(700000 + I)} || {N, I} <- lists:zip(Registered, lists:seq(1, length(Registered)))]),
     Names = maps:merge(Names0, whereis_answers(L)),
     Dead = case get(<<"dead_pid">>, L, <<"none">>) of <<"none">> -> fake(900002); H -> term(H) end,
-    Env = #{self => fake(900000),
+    Role = binary_to_atom(get(<<"role">>, L, <<"server">>)),
+    Routing = Role =:= server andalso lists:member(<<"route">>, Feats),
+    Env0 = #{self => fake(900000),
             spawn_proxy => fun(Id) ->
                                    case maps:find(Id, Decl) of
                                        {ok, Pid} -> Pid;
@@ -147,8 +151,22 @@ exchange_state(L) ->
             policy => fun() -> undefined end,
             server_atoms_left => fun() -> 50000 end,
             spend_server_atoms => fun(_) -> ok end},
-    {ok, O} = fabric_peer_opts:normalize(server, ?SECRET,
-                                         #{allowed => Allowed, node => <<"us@conformance">>,
+    %% a routing server's node table (fabric_peer_router:target/4): the case's client nodes
+    Env = case Routing of
+              true -> Env0#{route => fun(Node) ->
+                                             case route_target(atom_to_binary(Node), L) of
+                                                 reachable -> {ok, fake(600000)};
+                                                 Other -> Other
+                                             end
+                                     end};
+              false -> Env0
+          end,
+    RouteOpts = case Role of
+                    server -> #{routing => Routing};
+                    client -> #{}
+                end,
+    {ok, O} = fabric_peer_opts:normalize(Role, ?SECRET,
+                                         RouteOpts#{allowed => Allowed, node => <<"us@conformance">>,
                                            features => Feats,
                                            max_frame => int(<<"max_frame">>, L, <<"67108864">>),
                                            max_errors => int(<<"max_errors">>, L, <<"20">>),
@@ -161,16 +179,31 @@ exchange_state(L) ->
       rdecl => maps:from_list([{Pid, Id} || {Id, Pid} <- maps:to_list(Decl)]),
       rnames => maps:from_list([{Pid, N} || {N, Pid} <- maps:to_list(Names), is_pid(Pid)]),
       dead => Dead, exports => #{}, whereis_tags => #{}, held => #{},
+      nodes_tags => #{}, route_asks => #{},
       replies => [binary_to_integer(R) || {<<"reply_whereis">>, V} <- L, [R, _] <- [binary:split(V, <<" ">>)]],
       lines => L, received => undefined}.
 
+%% A client node of the case's routing server: `reachable' (route_nodes), `not_allowed'
+%% (route_refused) or `none'.
+route_target(Node, L) ->
+    case {lists:member(Node, words(<<"route_nodes">>, L)), lists:member(Node, words(<<"route_refused">>, L))} of
+        {true, _} -> reachable;
+        {_, true} -> not_allowed;
+        _ -> none
+    end.
+
 %% Names the case's application answers a whereis for: `event whereis_requested REQ NAME'
-%% followed later by `reply_whereis REQ PID|undefined'.
+%% (or a `whereis_node_requested REQ NAME NODE' for our own node) followed later by
+%% `reply_whereis REQ PID|undefined'.
 whereis_answers(L) ->
     Asked = maps:from_list([{R, N} || {<<"event">>, V} <- L,
-                                      [<<"whereis_requested">>, R, N] <- [binary:split(V, <<" ">>, [global])]]),
+                                      [<<"whereis_requested">>, R, N] <- [binary:split(V, <<" ">>, [global])]]
+                           ++ [{R, N} || {<<"event">>, V} <- L,
+                                         [<<"whereis_node_requested">>, R, N, <<"us@conformance">>]
+                                             <- [binary:split(V, <<" ">>, [global])]]),
     maps:from_list([{binary_to_atom(maps:get(R, Asked)), case A of <<"undefined">> -> undefined; _ -> term(A) end}
-                    || {<<"reply_whereis">>, V} <- L, [R, A] <- [binary:split(V, <<" ">>)]]).
+                    || {<<"reply_whereis">>, V} <- L, [R, A] <- [binary:split(V, <<" ">>)],
+                       is_map_key(R, Asked)]).
 
 %% One step: its observations as the Python runner groups them (a refusal, the events, then
 %% the frames written).
@@ -178,7 +211,8 @@ step(K, V, #{kind := handshake} = St) -> hs_step(K, binary:split(V, <<" ">>, [gl
 step(K, V, St0) ->
     flush_logs(),
     {Refused, Acts, Extra, St1} = do_step(K, binary:split(V, <<" ">>, [global, trim_all]), St0#{received := undefined}),
-    {Events, Outs, St2} = render(Acts, St1),
+    {Events0, Outs, St2} = render(Acts, St1),
+    Events = Events0 ++ notice_events(Acts, St2),
     Logged = logged(),
     Closed = [{event, [<<"closed">>, C], none} || C <- Extra],
     {[{refused, C} || C <- Refused] ++ Events ++ Logged ++ Closed ++ Outs, St2}.
@@ -223,6 +257,12 @@ do_step(<<"whereis">>, [Name], #{p := P, whereis_tags := T} = St) ->
     {Acts, P1} = fabric_peer_protocol:whereis(Name, {self(), Tag}, P),
     [Req] = [R || {send, ctrl, B} <- Acts, {whereis, R, _} <- [binary_to_term(B)]],
     {[], Acts, [], St#{p := P1, whereis_tags := T#{Tag => Req}}};
+do_step(<<"reply_whereis">>, [Req, Answer], #{route_asks := A, p := P} = St) when is_map_key(Req, A) ->
+    %% the other client's answer, through fabric_peer_route_conn
+    {Tag, A1} = maps:take(Req, A),
+    Result = case Answer of <<"undefined">> -> undefined; _ -> term(Answer) end,
+    {Acts, P1} = fabric_peer_route:finish(fabric_peer_route:whereis_answer(Tag, Result, P)),
+    {[], Acts, [], St#{p := P1, route_asks := A1}};
 do_step(<<"reply_whereis">>, [Req, _], #{held := H} = St) ->
     %% the Erlang peer answered when the request arrived (its env's whereis/1 gave the
     %% case's answer); the reply is shown here, where the Python application gives it
@@ -231,6 +271,22 @@ do_step(<<"reply_whereis">>, [Req, _], #{held := H} = St) ->
 do_step(<<"exit_signal">>, [PidHex, B, Reason], #{p := P, decl := Decl} = St) ->
     {Acts, P1} = fabric_peer_protocol:proxy_exit(maps:get(binary_to_integer(B), Decl), term(PidHex),
                                                  term(Reason), P),
+    {[], Acts, [], St#{p := P1}};
+do_step(<<"whereis_node">>, [Name, Node], #{p := P, whereis_tags := T} = St) ->
+    Tag = make_ref(),
+    {Acts, P1} = fabric_peer_route:finish(fabric_peer_route:whereis_node(Name, Node, {self(), Tag}, P)),
+    [Req] = [R || {send, ctrl, B} <- Acts, {whereis_node, R, _, _} <- [binary_to_term(B)]],
+    {[], Acts, [], St#{p := P1, whereis_tags := T#{Tag => Req}}};
+do_step(<<"nodes">>, [], #{p := P, nodes_tags := T} = St) ->
+    Tag = make_ref(),
+    {Acts, P1} = fabric_peer_route:finish(fabric_peer_route:nodes({self(), Tag}, P)),
+    [Req] = [R || {send, ctrl, B} <- Acts, {nodes, R} <- [binary_to_term(B)]],
+    {[], Acts, [], St#{p := P1, nodes_tags := T#{Tag => Req}}};
+do_step(<<"reply_nodes">>, [Req | Nodes], #{p := P} = St) ->
+    {Acts, P1} = fabric_peer_route:finish(fabric_peer_route:nodes_reply(binary_to_integer(Req), Nodes, P)),
+    {[], Acts, [], St#{p := P1}};
+do_step(Notice, [Node], #{p := P} = St) when Notice =:= <<"nodeup">>; Notice =:= <<"nodedown">> ->
+    {Acts, P1} = fabric_peer_route:finish(fabric_peer_route:notice({binary_to_atom(Notice), Node}, P)),
     {[], Acts, [], St#{p := P1}};
 do_step(<<"heartbeat">>, [], #{p := P} = St) ->
     {Acts, P1} = fabric_peer_protocol:heartbeat(P),
@@ -253,6 +309,15 @@ do_step(<<"reconnect">>, [], #{lines := L} = St) ->
     #{p := P} = St1 = exchange_state(L),
     {Acts, P1} = fabric_peer_protocol:established(Params, false, false, P),
     {[], [{resumed, false} | Acts], [], St1#{p := P1}}.
+
+%% A client of ours that accepted a received nodeup/nodedown (no error frame written) tells
+%% its transport, as the Python core's NodeUp/NodeDown events do.
+notice_events(Acts, #{received := {Notice, Node}}) when Notice =:= nodeup; Notice =:= nodedown ->
+    case [x || {write, _} <- Acts] of
+        [] -> [ev([atom_to_binary(Notice), Node])];
+        _ -> []
+    end;
+notice_events(_, _) -> [].
 
 %% The peer's new connection asks for ?SESSION; the server keeps `KeptSid'.
 resume_handshake(#{o := SO0, feats := Feats}, KeptSid) ->
@@ -303,6 +368,24 @@ action({control, Proxy, Cmd}, _, #{rdecl := R} = St) ->
             {exit, BPid, Reason} -> ev([<<"exit2">>, A, export_id(BPid, St)], Reason)
         end,
     {[E], [], St};
+action({reply, {_, Tag}, Nodes}, _, #{nodes_tags := T} = St) when is_map_key(Tag, T) ->
+    {Req, T1} = maps:take(Tag, T),
+    {[ev([<<"nodes_replied">>, i(Req) | [atom_to_binary(N) || N <- Nodes]])], [], St#{nodes_tags := T1}};
+action({route, {msg, _Conn, Name, Msg}}, _, #{received := {m, {Name, Node}, _}} = St) ->
+    {[ev([<<"routed">>, atom_to_binary(Name), atom_to_binary(Node)], Msg)], [], St};
+action({route, {nodes, Req}}, _, St) ->
+    {[ev([<<"nodes_requested">>, i(Req)])], [], St};
+action({route, {whereis_node, Tag, Name, Node}}, _, #{received := {whereis_node, Req, _, _}, lines := L,
+                                                      p := P, route_asks := A} = St) ->
+    %% fabric_peer_route_conn: a reachable client is asked, anything else is undefined at once
+    case route_target(Node, L) of
+        reachable ->
+            {[ev([<<"whereis_node_requested">>, i(Req), Name, Node])], [],
+             St#{route_asks := A#{i(Req) => Tag}}};
+        _ ->
+            {Acts, P1} = fabric_peer_route:finish(fabric_peer_route:whereis_answer(Tag, undefined, P)),
+            render(Acts, St#{p := P1})
+    end;
 action({reply, {_, Tag}, Result}, _, #{whereis_tags := T, rdecl := R} = St) ->
     {Req, T1} = maps:take(Tag, T),
     Id = case Result of
@@ -315,6 +398,12 @@ action({send, _, Bin}, _, #{held := H, replies := Rs, received := Recv} = St) ->
         {{whereis_reply, Req, _}, {whereis, Req, Name}} ->
             case lists:member(Req, Rs) andalso not is_map_key(Req, H) of
                 true -> {[ev([<<"whereis_requested">>, i(Req), Name])], [], St#{held := H#{Req => Bin}}};
+                false -> {[], [{out, Bin}], St}
+            end;
+        {{whereis_reply, Req, _}, {whereis_node, Req, Name, Node}} ->
+            %% our own node: asked of the application, as a plain whereis
+            case lists:member(Req, Rs) andalso not is_map_key(Req, H) of
+                true -> {[ev([<<"whereis_node_requested">>, i(Req), Name, Node])], [], St#{held := H#{Req => Bin}}};
                 false -> {[], [{out, Bin}], St}
             end;
         _ -> {[], [{out, Bin}], St}
@@ -381,7 +470,7 @@ release_logs() ->
     ok.
 
 quiet(#{meta := #{mfa := {M, _, _}}} = Event, _) ->
-    case lists:member(M, [fabric_peer_protocol, fabric_peer_server_hs, fabric_peer_client_hs]) of
+    case lists:member(M, [fabric_peer_protocol, fabric_peer_route, fabric_peer_server_hs, fabric_peer_client_hs]) of
         true -> stop;
         false -> Event
     end;
