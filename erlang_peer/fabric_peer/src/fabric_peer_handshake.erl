@@ -227,7 +227,8 @@ info(#{session := S, resumed := R} = I) ->
 %% @doc Validate a decoded info map.
 -spec parse_info(term()) ->
           {ok, #{session := binary() | undefined, resumed := boolean(),
-                 received := non_neg_integer() | undefined, resume_refused := binary() | undefined}}
+                 received := non_neg_integer() | undefined, resume_refused := binary() | undefined,
+                 refused := binary() | undefined}}
           | {error, bad_info}.
 parse_info(#{} = I) ->
     S = maps:get(<<"session">>, I, undefined),

@@ -15,8 +15,8 @@
 -include_lib("kernel/include/logger.hrl").
 -include("fabric_peer_protocol.hrl").
 
--export([classify/1, node_name/1, on/1, dispatch/2, resolve/2, finish/1,
-         established/1, known/1, lost/1, session_end/1,
+-export([classify/1, node_name/1, dispatch/2, resolve/2, finish/1,
+         established/1, lost/1, session_end/1,
          nodes/2, monitor_node/4, whereis_node/4,
          nodes_reply/3, whereis_answer/3, notice/2, unexport/2, proxies/1]).
 
@@ -55,7 +55,7 @@ node_name(N) when is_binary(N), byte_size(N) > 0, byte_size(N) =< 255 ->
         end;
 node_name(_) -> false.
 
-%% @doc True when `route' was agreed on this connection.
+%% True when `route' was agreed on this connection.
 -spec on(proto()) -> boolean().
 on(#p{mode = extended, feats = #{<<"route">> := true}}) -> true;
 on(_) -> false.
@@ -306,10 +306,6 @@ established(#p{o = #{role := client}} = P) ->
         false -> P
     end;
 established(P) -> P.
-
-%% @doc The client nodes a client believes up.
--spec known(proto()) -> [binary()].
-known(P) -> maps:keys(maps:get(up, state(P))).
 
 %% @doc The socket is gone: requests in flight are void (unsequenced); `nodes' callers
 %% get `{error, not_connected}'; monitors asked meanwhile stay, checked after the resume.
