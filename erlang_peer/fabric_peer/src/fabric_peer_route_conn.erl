@@ -70,8 +70,16 @@ action({nodes, Req}, #d{ref = Ref, o = O} = D) ->
 %% connection (`{{fabric_route, Kind, Tag}, Result}').
 -spec info(term(), atom(), fabric_peer_conn:data()) -> gen_statem:event_handler_result(atom()).
 info({fabric_route, {msg, Name, Msg}}, _, #d{p = P} = D) ->
-    {_, Acts, P1} = fabric_peer_protocol:send(Name, Msg, none, P),
-    {_, D1} = fabric_peer_conn:run(Acts, D#d{p = P1}),
+    {Acts, P2} = case fabric_peer_protocol:send(Name, Msg, none, P) of
+                     {{error, Why}, A, P1} ->
+                         %% refused on this hop (e.g. `overflow': max_pending_messages wait
+                         %% for this client's credit): logged and counted, not lost silently
+                         ?LOG_WARNING("fabric: a routed message to ~0p at ~s dropped: ~0p",
+                                      [Name, D#d.peer, Why]),
+                         {A, fabric_peer_protocol:count(local_errors, P1)};
+                     {_, A, P1} -> {A, P1}
+                 end,
+    {_, D1} = fabric_peer_conn:run(Acts, D#d{p = P2}),
     {keep_state, D1};
 info({fabric_route, {mc, Name, Msg, From}}, _, #d{p = P} = D) ->
     case fabric_peer_protocol:send_confirmed(Name, Msg, From, P) of
