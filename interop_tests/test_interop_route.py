@@ -1,8 +1,9 @@
 """Erlang clients at a Python routing server (docs/protocol.md 16.10, issue 13).
 
-erlang_peer does not speak ``route`` yet, so its client is what 16.10 calls a client without a
-node name: with the extended protocol, and in ``mode => legacy`` (exactly the original's
-frames). As C1 it reaches a Python client node's allowed names with ``{m, {Name, Node}, _}``,
+Here the erlang_peer client does not accept ``route`` (it has no ``node`` option of its own,
+README "Routing"), so it is what 16.10 calls a client without a node name: with the extended
+protocol, and in ``mode => legacy`` (exactly the original's frames); erlang_peer clients that
+are client nodes are in test_interop_route_peers.py. As C1 it reaches a Python client node's allowed names with ``{m, {Name, Node}, _}``,
 its pid travels to C2 and the reply comes back to it; a name the Python client did not allow
 stays unreachable, and the routing predicate is called with no sending node. As C2 its pids
 reach a Python client node through the server (it cannot be named: it is never listed).
