@@ -9,7 +9,7 @@
 -include("fabric_peer_protocol.hrl").
 
 -export([rewrite_out/2, rewrite_in/2, pid_id/2, export/2, remote_pid/2, proxy_for/2,
-         end_proxy/3, signaller/1, spend_atoms/2, server_atoms_left/1, act/2]).
+         end_proxy/3, signaller/1, spend_atoms/2, server_atoms_left/1, fail/4, act/2]).
 
 -type proto() :: fabric_peer_protocol:proto().
 
@@ -204,6 +204,13 @@ spend_atoms(N, #p{env = #{spend_server_atoms := Spend}} = P) ->
     ok = Spend(N),
     P#p{atoms_left = max(0, P#p.atoms_left - N),
         stats = maps:update_with(new_atoms, fun(X) -> X + N end, P#p.stats)}.
+
+%% @doc A frame dropped half-way (`Code', `Why'): the state before it (`Before'), keeping
+%% what was done meanwhile (actions, proxies started, placeholder and signaller pids).
+-spec fail(atom(), term(), proto(), proto()) -> {error, atom(), term(), proto()}.
+fail(Code, Why, Before, After) ->
+    {error, Code, Why, Before#p{acts = After#p.acts, fresh = After#p.fresh,
+                                dead_pid = After#p.dead_pid, signaller = After#p.signaller}}.
 
 %% @doc Add an action (the protocol returns them in order).
 -spec act(fabric_peer_protocol:action(), proto()) -> proto().

@@ -20,6 +20,13 @@
 %% `whereis' of a local name, the name policy and the server-wide atom budget. Tests pass
 %% their own. Logs are written here, once per event.
 %%
+%% The frames of one job are handled by its module, on the same state (the record of
+%% `fabric_peer_protocol.hrl'): destinations and whereis `fabric_peer_names', links and
+%% exit signals `fabric_peer_links', payloads `fabric_peer_payload', local commands
+%% `fabric_peer_commands', `acks' `fabric_peer_acks', `credit' `fabric_peer_flowctl' and
+%% `fabric_peer_issue', `route' `fabric_peer_route'. This module reads each frame,
+%% dispatches it and applies the error table.
+%%
 %% Incoming frames follow the error table of section 9: a bad frame is dropped and counted,
 %% an extended peer gets an error frame, and too many errors close the connection.
 -module(fabric_peer_protocol).
@@ -71,9 +78,8 @@
 -include("fabric_peer_protocol.hrl").
 
 -import(fabric_peer_commands, [emit/3]).
--import(fabric_peer_payload, [rewrite_in/2, export/2, remote_pid/2,
-                              proxy_for/2, end_proxy/3, signaller/1, spend_atoms/2,
-                              server_atoms_left/1, act/2]).
+-import(fabric_peer_payload, [rewrite_in/2, proxy_for/2, end_proxy/3, spend_atoms/2,
+                              server_atoms_left/1, fail/4, act/2]).
 
 -type proto() :: #p{}.
 
@@ -134,7 +140,7 @@ flush_outbox(false, #p{s = S} = P) ->
 %% outbox from now on.
 -spec lost(term(), proto()) -> result().
 lost(Reply, P) ->
-    P1 = fabric_peer_route:lost(reply_whereis_waiters(Reply, P)),
+    P1 = fabric_peer_route:lost(fabric_peer_names:reply_waiters(Reply, P)),
     done(P1#p{connected = false, whereis_waiting = #{}}).
 
 %% @doc The socket was taken away (a resuming connection claimed the session): frames are
@@ -166,7 +172,7 @@ terminate(#p{s = S} = P0) ->
     P = fabric_peer_route:session_end(fabric_peer_acks:end_session(P0#p.end_reason, P0)),
     P1 = lists:foldl(fun(Proxy, Acc) -> end_proxy(Proxy, noconnection, Acc) end, P,
                      fabric_peer_session:proxies(S)),
-    {Acts, _} = done(reply_whereis_waiters({error, closed}, P1)),
+    {Acts, _} = done(fabric_peer_names:reply_waiters({error, closed}, P1)),
     Acts.
 
 %% @doc Record the monitor the connection started for a `monitor_export' action.
@@ -262,11 +268,6 @@ first_in(Term, P) ->
         R -> R
     end.
 
-%% A dropped frame restarts from the state before it, keeping what was done meanwhile.
-fail(Code, Why, Before, After) ->
-    {error, Code, Why, Before#p{acts = After#p.acts, fresh = After#p.fresh,
-                                dead_pid = After#p.dead_pid, signaller = After#p.signaller}}.
-
 dispatch({m, Dest, Payload}, P) -> incoming_message(Dest, Payload, P);
 dispatch({dead, Id, Reason}, #p{s = S} = P) ->
     case fabric_peer_session:proxy_of(Id, S) of
@@ -288,49 +289,12 @@ dispatch({r, Id}, P) when Id > 0 ->
         {error, Why, P1} -> {error, limit, Why, P1}
     end;
 dispatch({r, _}, P) -> {error, unknown_frame, bad_id, P};
-dispatch({whereis, Req, NameBin}, P) ->
-    {Result, P1} = whereis_local(NameBin, P),
-    {ok, emit(ctrl, {whereis_reply, Req, Result}, P1)};
-dispatch({whereis_reply, Req, Result}, P) ->
-    case maps:take(Req, P#p.whereis_waiting) of
-        {From, W} ->
-            P1 = P#p{whereis_waiting = W},
-            case Result of
-                {pr, Id} when is_integer(Id), Id > 0 ->
-                    case remote_pid(Id, P1) of
-                        {ok, Pid, P2} -> {ok, act({reply, From, Pid}, P2)};
-                        {error, Why, P2} ->
-                            {error, limit, Why, act({reply, From, {error, {limit, max_proxies}}}, P2)}
-                    end;
-                undefined -> {ok, act({reply, From, undefined}, P1)};
-                _ ->
-                    {error, bad_payload, bad_whereis_reply, act({reply, From, {error, bad_reply}}, P1)}
-            end;
-        %% nobody asked (a waiting caller stays waiting until its reply or the end of the
-        %% connection, so a late reply is still known): a protocol error (section 9)
-        error -> {error, unknown_frame, {unknown_whereis_reply, Req}, P}
-    end;
-dispatch({link, A, B}, #p{s = S} = P) when A > 0 ->
-    case {fabric_peer_session:exported(B, S), fabric_peer_session:remote_ended(A, S)} of
-        {{ok, BPid}, false} ->
-            case proxy_for(A, P) of
-                {ok, Proxy, P1} -> {ok, act({control, Proxy, {link, BPid}}, P1)};
-                {error, Why, P1} -> {error, limit, Why, P1}
-            end;
-        %% B ended (its DEAD is on its way), or A ended before its link frame was read: a
-        %% link that cannot exist any more
-        _ -> {ok, P}
-    end;
-dispatch({unlink, A, B}, #p{s = S} = P) ->
-    case {fabric_peer_session:proxy_of(A, S), fabric_peer_session:exported(B, S)} of
-        {{ok, Proxy}, {ok, BPid}} -> {ok, act({control, Proxy, {unlink, BPid}}, P)};
-        _ -> {ok, P}
-    end;
-dispatch({exit2, A, B, Reason0}, P) when A > 0 -> exit_in(exit, A, B, Reason0, P);
-%% a link signal from A, which ended (docs/protocol.md 5.2): the proxy for A ends with it
-dispatch({link_exit, A, B, Reason0}, P) when A > 0 -> exit_in(link_exit, A, B, Reason0, P);
-dispatch({route, {whereis_node, Req, NameBin, Node}}, #p{o = #{node := Node}} = P) ->
-    dispatch({whereis, Req, NameBin}, P);
+dispatch({whereis, Req, NameBin}, P) -> {ok, fabric_peer_names:whereis_in(Req, NameBin, P)};
+dispatch({whereis_reply, Req, Result}, P) -> fabric_peer_names:reply_in(Req, Result, P);
+dispatch({Kind, _, _} = F, P) when Kind =:= link; Kind =:= unlink ->
+    fabric_peer_links:dispatch(F, P);
+dispatch({Kind, _, _, _} = F, P) when Kind =:= exit2; Kind =:= link_exit ->
+    fabric_peer_links:dispatch(F, P);
 dispatch({route, Frame}, P) -> fabric_peer_route:dispatch(Frame, P);
 dispatch({heartbeat, N}, P) -> {ok, emit(ctrl, {heartbeat_ack, N}, P)};
 dispatch({heartbeat_ack, _}, P) -> {ok, P};
@@ -341,32 +305,8 @@ dispatch({error, unknown_frame}, P) -> {error, unknown_frame, unknown_frame_shap
 dispatch({refused, Why}, P) -> {error, not_allowed, Why, P};
 dispatch(_, P) -> {error, unknown_frame, bad_ids, P}.
 
-%% `exit2' (Kind `exit') or `link_exit' from the peer's A to our B.
-exit_in(Kind, A, B, Reason0, #p{s = S} = P) ->
-    case fabric_peer_session:exported(B, S) of
-        {ok, BPid} ->
-            case rewrite_in(Reason0, P) of
-                {ok, Reason, P1} ->
-                    Ended = fabric_peer_session:remote_ended(A, P1#p.s),
-                    case proxy_for(A, P1) of
-                        {ok, Proxy, P2} ->
-                            P3 = act({control, Proxy, {Kind, BPid, Reason}}, P2),
-                            case Ended of
-                                %% A's DEAD overtook its exit signal (both are sent
-                                %% independently): deliver the signal from a stand-in that
-                                %% ends right after
-                                true -> {ok, end_proxy(Proxy, noproc, P3)};
-                                false -> {ok, P3}
-                            end;
-                        {error, Why, P2} -> fail(limit, Why, P, P2)
-                    end;
-                {error, {Code, Why}, P1} -> fail(Code, Why, P, P1)
-            end;
-        error -> {ok, P}
-    end.
-
 incoming_message(Dest, Payload, P) ->
-    case resolve_dest(Dest, P) of
+    case fabric_peer_names:resolve(Dest, P) of
         {ok, Target} ->
             case rewrite_in(Payload, P) of
                 {ok, Msg, P1} ->
@@ -392,64 +332,6 @@ deliver(Target, Msg, P) when is_pid(Target), node(Target) =:= node() ->
     act({deliver, Target, Msg}, count(messages_in, P#p{delivered = Target}));
 deliver(Target, Msg, P) -> act({deliver, Target, Msg}, count(messages_in, P)).
 
-resolve_dest(Id, #p{s = S}) when is_integer(Id) ->
-    case fabric_peer_session:exported(Id, S) of
-        {ok, Pid} -> {ok, Pid};
-        error ->
-            case fabric_peer_session:issued(Id, S) of
-                %% issued, and the process ended since: the peer has not seen its DEAD yet
-                true -> drop;
-                false -> {error, unknown_id, Id}
-            end
-    end;
-resolve_dest(Name, P) when is_atom(Name) -> resolve_name(Name, P);
-resolve_dest({Name, Node} = Dest, #p{o = O} = P) ->
-    case fabric_peer_route:resolve(Dest, P) of
-        pass -> resolve_node(Name, Node, O, P);
-        Routed -> Routed
-    end.
-
-resolve_node(Name, Node, O, P) ->
-    case fabric_peer_policy:check_node(Node, maps:get(routable_nodes, O), maps:get(node, O)) of
-        local -> resolve_name(Name, P);
-        {remote, N} ->
-            case check_name(Name, P) of
-                ok -> {ok, {Name, N}};
-                Err -> Err
-            end;
-        {error, not_allowed} ->
-            refused(Name, P),
-            {error, not_allowed, {Name, Node}}
-    end.
-
-resolve_name(Name, #p{env = #{whereis := Whereis}} = P) ->
-    case check_name(Name, P) of
-        ok ->
-            case Whereis(Name) of
-                Pid when is_pid(Pid) -> {ok, Pid};
-                _ ->
-                    ?LOG_DEBUG("fabric: message to unregistered name ~0p dropped", [Name]),
-                    drop
-            end;
-        Err -> Err
-    end.
-
-check_name(Name, P) ->
-    case fabric_peer_policy:check(Name, policy(P)) of
-        ok -> ok;
-        {error, _} -> refused(Name, P), {error, not_allowed, Name}
-    end.
-
-%% The handle's policy as `allow/2' left it (the registry), or the one of our settings.
-policy(#p{env = #{policy := Get}, o = O}) ->
-    case Get() of
-        undefined -> fabric_peer_policy:new(maps:get(allowed, O), maps:get(force_system_names, O));
-        Policy -> Policy
-    end.
-
-refused(Name, P) ->
-    ?LOG_WARNING("fabric: name ~0p refused by the name policy (peer ~s)", [Name, P#p.peer]).
-
 %% gen_server/gen_statem calls from the peer (OTP 24+ callers). The caller's reply tag is
 %% `[alias | Ref]' and `gen:reply/2' sends the reply to the alias `Ref' itself, which is a
 %% reference of the peer's node: it would never cross the connection. So the call is
@@ -463,33 +345,6 @@ gen_call_in({'$gen_call', {From, [alias | Ref]}, Req}, #p{s = S} = P)
         error -> {{'$gen_call', {From, [alias | Ref]}, Req}, P}
     end;
 gen_call_in(Msg, P) -> {Msg, P}.
-
-
-whereis_local(NameBin, #p{o = O, s = S, env = #{whereis := Whereis}} = P) ->
-    Name = try binary_to_existing_atom(NameBin, utf8) catch error:_ -> undefined end,
-    case Name =/= undefined andalso fabric_peer_policy:check(Name, policy(P)) of
-        ok ->
-            case Whereis(Name) of
-                Pid when is_pid(Pid) ->
-                    case fabric_peer_session:export_of(Pid, S) of
-                        {ok, Id} -> {{pr, Id}, P};
-                        error ->
-                            case fabric_peer_session:export_count(S) < maps:get(max_exports, O) of
-                                true ->
-                                    {Id, P1} = export(Pid, P),
-                                    {{pr, Id}, P1};
-                                false ->
-                                    ?LOG_WARNING("fabric: whereis(~0p) from ~s not answered: "
-                                                 "max_exports reached", [Name, P#p.peer]),
-                                    {undefined, P}
-                            end
-                    end;
-                _ -> {undefined, P}
-            end;
-        _ ->
-            ?LOG_WARNING("fabric: whereis(~0p) refused or unknown (peer ~s)", [NameBin, P#p.peer]),
-            {undefined, P}
-    end.
 
 %% Section 9: count, log, tell an extended peer, close after too many.
 frame_error(Code, Why, P) ->
@@ -552,19 +407,7 @@ down(Ref, Pid, Reason, #p{s = S} = P) ->
             case fabric_peer_session:proxy_down(Ref, Pid, S) of
                 {killed_live, Id, S1} ->
                     %% not ended by a DEAD: killed locally (exit(Proxy, kill))
-                    P1 = act({forget_proxy, Pid}, P#p{s = S1}),
-                    case {Reason, link_enabled(P1)} of
-                        {killed, true} ->
-                            {Sig, P2} = signaller(P1),
-                            {A, P3} = export(Sig, P2),
-                            done(emit(ctrl, {exit2, A, Id, kill}, P3));
-                        {killed, false} ->
-                            %% the peer cannot be told (no `link'): its process lives on
-                            fabric_peer_commands:exit_not_supported(Pid, kill, P1),
-                            done(count(local_errors,
-                                       P1#p{s = fabric_peer_session:alive_behind(Pid, P1#p.s)}));
-                        _ -> done(P1)
-                    end;
+                    done(fabric_peer_links:proxy_killed(Pid, Id, Reason, P#p{s = S1}));
                 {ok, S1} -> done(P#p{s = S1});
                 error -> done(P)
             end
@@ -572,18 +415,11 @@ down(Ref, Pid, Reason, #p{s = S} = P) ->
 
 %% @doc `fabric_peer:whereis/3' in the established state, name already a binary.
 -spec whereis(binary(), gen_statem:from(), proto()) -> result().
-whereis(NameBin, From, #p{mode = extended, feats = #{<<"whereis">> := true}} = P) ->
-    Req = P#p.next_req,
-    P1 = emit(ctrl, {whereis, Req, NameBin}, P#p{next_req = Req + 1}),
-    done(P1#p{whereis_waiting = (P1#p.whereis_waiting)#{Req => From}});
-whereis(_, From, P) -> done(act({reply, From, {error, not_supported}}, P)).
+whereis(NameBin, From, P) -> done(fabric_peer_names:whereis(NameBin, From, P)).
 
 %% @doc Our heartbeat is due.
 -spec heartbeat(proto()) -> result().
 heartbeat(#p{hb_n = N} = P) -> done(emit(ctrl, {heartbeat, N}, P#p{hb_n = N + 1})).
-
-reply_whereis_waiters(Reply, #p{whereis_waiting = W} = P) ->
-    lists:foldl(fun(From, Acc) -> act({reply, From, Reply}, Acc) end, P, maps:values(W)).
 
 %%% acks (fabric_peer_acks)
 
@@ -649,9 +485,6 @@ set_end_reason(Why, P) -> P#p{end_reason = Why}.
 end_reason(#p{end_reason = Why}) -> Why.
 
 %%% accessors
-
-link_enabled(#p{mode = extended, feats = #{<<"link">> := true}}) -> true;
-link_enabled(_) -> false.
 
 %% @doc `legacy', `extended' or `undefined' before the first handshake.
 -spec mode(proto()) -> legacy | extended | undefined.

@@ -1,7 +1,10 @@
-%% The state of fabric_peer_protocol, shared with fabric_peer_payload (the payload
-%% rewriting against the session's id tables) and fabric_peer_acks (sequencing, acks and
-%% the commands waiting for outbox room) and fabric_peer_route (the `route' frames). No
-%% other module includes it.
+%% The state of fabric_peer_protocol, shared with the modules of the established protocol
+%% that work on it: fabric_peer_payload (the payload rewriting against the session's id
+%% tables), fabric_peer_names (destinations and whereis), fabric_peer_links (link and exit
+%% frames), fabric_peer_commands (local commands into frames), fabric_peer_acks
+%% (sequencing, acks and the commands waiting for outbox room), fabric_peer_flowctl and
+%% fabric_peer_issue (credit), and fabric_peer_route (the `route' frames). No other module
+%% includes it.
 -record(p, {
           o :: map(),
           env :: fabric_peer_protocol:env(),

@@ -63,6 +63,9 @@ on(_) -> false.
 %% @doc A `route' frame received (`classify/1' accepted it). A frame of the other
 %% direction is `unknown_frame' (16.6).
 -spec dispatch(tuple(), proto()) -> {ok, proto()} | {error, atom(), term(), proto()}.
+dispatch({whereis_node, Req, NameBin, Node}, #p{o = #{node := Node}} = P) ->
+    %% our own node: a plain whereis (16.5)
+    {ok, fabric_peer_names:whereis_in(Req, NameBin, P)};
 dispatch({whereis_node, Req, Name, Node}, #p{o = #{role := server}} = P) ->
     #{asks := Asks} = R = state(P),
     case is_map_key(Req, Asks) of
