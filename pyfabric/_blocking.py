@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar, Unpack
 from .etf import Atom, Pid, Reference
 from .runtime import Mailbox
 from .transport import Client, ClientClosed, Server, ServerClosed, ServerConnection, aconnect, serve
-from .transport._client import DEFAULT_SEND_TIMEOUT
+from .transport._connect import DEFAULT_SEND_TIMEOUT
 from .transport._signature import BlockingConnectOptions, BlockingServeOptions, show_options
 
 __all__ = ["connect", "start_server", "BlockingClient", "BlockingServer", "BlockingMailbox"]

@@ -12,7 +12,7 @@ Not thread-safe: call everything on the node's loop (see :mod:`pyfabric.runtime.
 
 Private modules: ``_node`` (table, allocators, spawning, proxies, the transport's entry
 points), ``_relations`` (links, monitors, watchers and what an exit fires), ``_process``
-(LocalProcess, Mailbox: mailbox and receive), ``_task`` (Process), ``_proxy``
+(LocalProcess, Mailbox: mailbox and receive), ``_limits`` (mailbox options, ProcessStatistics), ``_task`` (Process), ``_proxy``
 (RemoteHandle), ``_handle`` (ProcessHandle: how the table drives its entries), ``_ids``
 (pid and reference allocation), ``_signals`` (the exit-signal table), ``_match`` (receive
 patterns), ``_registry``, ``_errors``.
@@ -56,16 +56,10 @@ from ._errors import (
     ProcessExited,
     ReceiveTimeout,
 )
+from ._limits import DEFAULT_MAX_MAILBOX, DEFAULT_OVERFLOW, Overflow, ProcessStatistics
 from ._match import ANY
 from ._node import DEFAULT_CLOSE_TIMEOUT, Node
-from ._process import (
-    DEFAULT_MAX_MAILBOX,
-    DEFAULT_OVERFLOW,
-    LocalProcess,
-    Mailbox,
-    Overflow,
-    ProcessStatistics,
-)
+from ._process import LocalProcess, Mailbox
 from ._proxy import RemoteHandle
 from ._relations import WatchToken
 from ._task import Process

@@ -3,7 +3,8 @@
 A send queues the message before returning. The relations between processes (links,
 monitors, watchers) and what an exit fires belong to :class:`~._relations.Relations`,
 which the node owns and every local process calls; the node creates processes and
-proxies and gives the transport its entry points.
+proxies and gives the transport its entry points (those for proxies and remote signals are
+:class:`~._remote.RemoteEntries`, a base of :class:`Node`).
 
 Threading: a :class:`Node` belongs to the event loop that created it and is not
 thread-safe. Code on other threads (e.g. the blocking facade) must marshal every call
@@ -24,18 +25,12 @@ from pyfabric.etf import Atom, Pid, Reference
 
 from ._errors import NameTaken, NoProcess, NotRegistered, ProcessError
 from ._ids import MAX_U32, IdAllocator
-from ._process import (
-    DEFAULT_MAX_MAILBOX,
-    DEFAULT_OVERFLOW,
-    LocalProcess,
-    Mailbox,
-    Overflow,
-    check_max_mailbox,
-    check_overflow,
-)
-from ._proxy import Proxy, RemoteHandle, relay
+from ._limits import DEFAULT_MAX_MAILBOX, DEFAULT_OVERFLOW, Overflow, check_max_mailbox, check_overflow
+from ._process import LocalProcess, Mailbox
+from ._proxy import Proxy
 from ._registry import Registry, to_name
 from ._relations import Entry, ExitCallback, Relations, WatchToken
+from ._remote import RemoteEntries
 from ._signals import NOCONNECTION, SHUTDOWN
 from ._task import Process, close_awaitable, function_name
 
@@ -53,7 +48,7 @@ def default_node_name() -> Atom:
     return Atom(f"py_{secrets.token_hex(4)}@{host}")
 
 
-class Node:
+class Node(RemoteEntries):
     """The process table of one Python node, bound to the running asyncio loop.
 
     ``name``: the node name (``Atom`` or ``str``, ``name@host``); default
@@ -369,97 +364,6 @@ class Node:
     def unwatch(self, token: WatchToken) -> bool:
         """Cancel a watch; True if the callback had not been called yet (and now never will be)."""
         return self._relations.unwatch(token)
-
-    # -- proxies (for the transport) --------------------------------------------------------
-
-    def new_proxy(self, handle: RemoteHandle) -> Pid:
-        """Create a proxy for a remote process; return its new pid (of this node).
-
-        Everything sent to the pid goes to ``handle.deliver``; see :class:`RemoteHandle`.
-        The transport keeps one proxy per remote process (so the same remote process is
-        always the same pid) and ends it with :meth:`terminate_proxy`.
-        """
-        self._check_open()
-        if not isinstance(handle, RemoteHandle):
-            raise TypeError(f"handle must implement RemoteHandle, got {type(handle).__name__}")
-        pid = self._new_pid()
-        self._table[pid] = Proxy(pid, handle)
-        return pid
-
-    def dead_pid(self) -> Pid:
-        """A new pid of this node whose process has already exited (it never lived).
-
-        For a ``{pl, Id}`` naming an id that was never issued (docs/protocol.md 4.1):
-        sending to it does nothing, linking to it gives ``noproc``, monitoring it gives a
-        ``DOWN`` with ``noproc``.
-        """
-        return self._new_pid()
-
-    def proxy_handle(self, pid: Pid) -> RemoteHandle | None:
-        """The handle of the live proxy ``pid``, or ``None`` (not a proxy, or ended)."""
-        entry = self._table.get(pid)
-        return entry.handle if isinstance(entry, Proxy) else None
-
-    def terminate_proxy(self, pid: Pid, reason: Any) -> bool:
-        """End proxy ``pid`` with ``reason`` (its DEAD arrived, or ``noconnection``).
-
-        Local links and monitors fire with ``reason`` exactly as for a local exit. Returns
-        False if the proxy had already ended or never existed (a duplicate DEAD: ignore
-        it); :class:`ProcessError` if ``pid`` is a local process.
-        """
-        entry = self._table.get(pid)
-        if entry is None:
-            return False
-        if not isinstance(entry, Proxy):
-            raise ProcessError(f"terminate_proxy: {pid!r} is a local process, not a proxy")
-        self._relations.terminate(entry, reason)
-        return True
-
-    def remote_link(self, proxy_pid: Pid, local_pid: Pid) -> bool:
-        """A ``{link, A, B}`` frame arrived: link local process B with the proxy for A.
-
-        The handle is not called (the remote side made the link). Returns False, doing
-        nothing, if B is not a live local process (its DEAD is on its way) or the proxy has
-        ended. B may be a proxy of another connection (a node relaying between two peers,
-        docs/protocol.md 16.4): the link is then passed on through B's handle.
-        """
-        proxy = self._table.get(proxy_pid)
-        local = self._table.get(local_pid)
-        if not isinstance(proxy, Proxy) or not isinstance(local, (LocalProcess, Proxy)) or proxy_pid == local_pid:
-            return False
-        if isinstance(local, Proxy) and not relay(local.handle.link_added, proxy_pid):
-            return False
-        self._relations.add_link(proxy_pid, local_pid)
-        return True
-
-    def remote_unlink(self, proxy_pid: Pid, local_pid: Pid) -> bool:
-        """An ``{unlink, A, B}`` frame arrived: remove that link (without calling the handle).
-
-        Returns True if there was such a link.
-        """
-        proxy = self._table.get(proxy_pid)
-        local = self._table.get(local_pid)
-        if not isinstance(proxy, Proxy) or not isinstance(local, (LocalProcess, Proxy)):
-            return False
-        removed = self._relations.remove_link(proxy_pid, local_pid)
-        if removed and isinstance(local, Proxy):
-            relay(local.handle.link_removed, proxy_pid)
-        return removed
-
-    def remote_exit(self, proxy_pid: Pid, local_pid: Pid, reason: Any) -> bool:
-        """An ``{exit2, A, B, Reason}`` frame arrived: ``exit(B, Reason)`` sent by the proxy for A.
-
-        Applies ``exit/2`` rules on B (``kill`` kills it with ``killed``; a trapping B gets
-        ``(Atom('EXIT'), proxy_pid, Reason)``). Returns False (ignored) if B is not a live
-        local process. B a proxy of another connection: the signal is passed on to its peer.
-        """
-        local = self._table.get(local_pid)
-        if isinstance(local, Proxy):
-            return relay(local.handle.exit_signal, proxy_pid, reason)
-        if not isinstance(local, LocalProcess):
-            return False
-        self._relations.signal(local, proxy_pid, reason, via_link=False)
-        return True
 
     # -- shutdown --------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ the rules that involve other processes (signals, links, monitors, exits) live in
 only through its :class:`~._handle.ProcessHandle` methods, ``deliver`` and
 ``on_stopped``). :class:`Mailbox` is a process without a task, held and driven by
 ordinary code (:class:`~._task.Process`, a process that runs a coroutine in its own
-task, builds on it). ``check_max_mailbox`` / ``check_overflow`` validate the options.
+task, builds on it). The mailbox options and the statistics snapshot are in :mod:`._limits`.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import asyncio
 import itertools
 import logging
 from collections import deque
-from dataclasses import dataclass
 from time import monotonic
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pyfabric.etf import Atom, Pid, Reference
 
 from ._errors import ProcessError, ProcessExited, ReceiveTimeout
+from ._limits import Overflow, ProcessStatistics
 from ._match import Matcher, compile_match
 from ._signals import DOWN, MAILBOX_OVERFLOW, NORMAL
 
@@ -29,64 +29,9 @@ if TYPE_CHECKING:
     from ._node import Node
     from ._relations import Relations
 
-__all__ = [
-    "LocalProcess",
-    "Mailbox",
-    "ProcessStatistics",
-    "Overflow",
-    "OVERFLOW_POLICIES",
-    "DEFAULT_MAX_MAILBOX",
-    "DEFAULT_OVERFLOW",
-    "check_max_mailbox",
-    "check_overflow",
-]
+__all__ = ["LocalProcess", "Mailbox"]
 
 _log = logging.getLogger("pyfabric.runtime")
-
-Overflow = Literal["exit", "drop_new", "drop_old"]
-OVERFLOW_POLICIES: tuple[str, ...] = ("exit", "drop_new", "drop_old")
-
-DEFAULT_MAX_MAILBOX = 100_000
-"""Default bound of a mailbox, in messages.
-
-Erlang mailboxes are unbounded; ours are not, so that a fast remote sender cannot exhaust
-the Python node's memory. The value holds about one second of traffic at the 100k msg/s
-target, far more than any burst a live receiver lets accumulate, so reaching it means the
-receiver is stuck or far too slow, which the overflow policy then makes visible.
-"""
-
-DEFAULT_OVERFLOW: Overflow = "exit"
-"""Default overflow policy: the process exits with reason ``mailbox_overflow``.
-
-Like Erlang's ``max_heap_size`` kill, this turns an overloaded receiver into an ordinary,
-observable process exit (links and monitors fire, a ``Mailbox`` raises
-:class:`ProcessExited` on its next receive) instead of silently losing messages.
-``"drop_new"`` (discard the incoming message) and ``"drop_old"`` (discard the oldest queued
-message) are the alternatives; both log a warning once per overflow episode.
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class ProcessStatistics:
-    """A snapshot of one process, from :meth:`LocalProcess.statistics`."""
-
-    pid: Pid
-    alive: bool
-    exit_reason: Any
-    queued: int
-    max_mailbox: int
-    overflow: str
-    received: int
-    """Messages accepted into the mailbox so far (dropped ones excluded)."""
-    dropped: int
-    """Messages lost to the overflow policy so far."""
-    links: int
-    monitors: int
-    """Monitors this process holds on others."""
-    monitored_by: int
-    trap_exit: bool
-    registered_name: Atom | None
-
 
 class LocalProcess:
     """The process API shared by :class:`Process` and :class:`Mailbox`.
@@ -461,20 +406,6 @@ class LocalProcess:
         self._queue.clear()
         self._wake()
 
-
-
-def check_max_mailbox(value: int) -> int:
-    """``value`` if it is a valid ``max_mailbox`` (a positive int), else ``ValueError``."""
-    if type(value) is not int or value < 1:
-        raise ValueError(f"max_mailbox must be a positive int, got {value!r}")
-    return value
-
-
-def check_overflow(value: str) -> Overflow:
-    """``value`` if it is one of :data:`OVERFLOW_POLICIES`, else ``ValueError``."""
-    if value not in OVERFLOW_POLICIES:
-        raise ValueError(f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}; got {value!r}")
-    return value  # type: ignore[return-value]
 
 def _find(queue: deque[Any], matcher: Matcher, start: int) -> int:
     """Index of the first message at or after ``start`` that matches, or -1."""

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 from pyfabric.etf import Pid
 
 from ._errors import ProcessExit
-from ._process import LocalProcess, Overflow
+from ._limits import Overflow
+from ._process import LocalProcess
 from ._signals import KILLED, NORMAL, crash_reason
 
 if TYPE_CHECKING:

@@ -8,7 +8,8 @@ clients, each with its own id space, and keeps their sessions for a resume;
 :class:`AuthThrottle` refuses addresses after repeated failed authentications.
 """
 
-from ._client import Client, ConnectionState, aconnect
+from ._client import Client, ConnectionState
+from ._connect import aconnect
 from ._errors import (
     ClientClosed,
     ConnectFailed,
@@ -19,7 +20,8 @@ from ._errors import (
     ServerClosed,
     TransportError,
 )
-from ._server import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_KEPT_SESSIONS, DEFAULT_MAX_PENDING_HANDSHAKES, Server, serve
+from ._serve import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_KEPT_SESSIONS, DEFAULT_MAX_PENDING_HANDSHAKES, serve
+from ._server import Server
 from ._server_conn import ServerConnection
 from ._throttle import DEFAULT_AUTH_BLOCK_TIME, DEFAULT_AUTH_FAILURE_WINDOW, DEFAULT_MAX_AUTH_FAILURES, AuthThrottle
 

@@ -1,6 +1,6 @@
 """The asyncio client: connect to a fabric server, keep the session alive, reconnect.
 
-:func:`aconnect` returns a connected :class:`Client`. The client owns (or shares) a
+:func:`~._connect.aconnect` returns a connected :class:`Client`. The client owns (or shares) a
 runtime :class:`~pyfabric.runtime.Node`, so it can hold mailboxes and spawn processes
 whose pids travel to the server; remote pids arrive as proxies of that node.
 """
@@ -11,33 +11,23 @@ import asyncio
 import logging
 import ssl as _ssl
 from collections.abc import Callable
-from typing import Any, Unpack
+from typing import Any
 
 from ..etf import Atom, Pid
 from ..protocol import ConnectionClosed, HandshakeComplete
 from ..runtime import Node
-from ..tls import check_context
 from ._dial import dial, redial
 from ._errors import NotConnected, SendQueueFull
 from ._local import LocalProcesses
-from ._options import DEFAULT_CONNECT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, PeerOptions
+from ._options import PeerOptions
 from ._peer import PeerLink
 from ._route_client import ClientNodes, RouteClientMixin, to_node
-from ._signature import ConnectOptions, show_options
 from ._stream import FrameStream
 
-__all__ = ["Client", "aconnect", "ConnectionState"]
+__all__ = ["Client", "ConnectionState"]
 
 _log = logging.getLogger("pyfabric.client")
 
-DEFAULT_BACKOFF_INITIAL = 0.1
-"""First reconnect delay, seconds."""
-DEFAULT_BACKOFF_MAX = 10.0
-"""Reconnect delays double up to this cap (with jitter), seconds."""
-DEFAULT_WHEREIS_TIMEOUT = 10.0
-"""Seconds ``whereis`` waits for the server's answer."""
-DEFAULT_SEND_TIMEOUT = 10.0
-"""Seconds ``drain`` waits for a reconnection before giving up on queued sends."""
 DRAIN_FLUSH_BYTES = 64 * 1024
 """``drain`` hands produced frames to the socket once this many bytes are waiting (smaller
 bursts go out at the end of the loop iteration, in one write)."""
@@ -422,88 +412,3 @@ class Client(LocalProcesses, RouteClientMixin):
 
     def __repr__(self) -> str:
         return f"<Client {self.host}:{self.port} {self._state} {self.mode or ''}>"
-
-
-@show_options()
-async def aconnect(
-    host: str,
-    port: int,
-    secret: bytes | str,
-    *,
-    node: Node | None = None,
-    node_name: Atom | str | None = None,
-    ssl: _ssl.SSLContext | None = None,
-    server_hostname: str | None = None,
-    reconnect: bool = True,
-    send_timeout: float = DEFAULT_SEND_TIMEOUT,
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
-    whereis_timeout: float = DEFAULT_WHEREIS_TIMEOUT,
-    backoff_initial: float = DEFAULT_BACKOFF_INITIAL,
-    backoff_max: float = DEFAULT_BACKOFF_MAX,
-    **options: Unpack[ConnectOptions],
-) -> Client:
-    """Connect to the fabric server at ``host:port`` with ``secret``; return a connected
-    :class:`Client`.
-
-    Raises :class:`ConnectFailed` if the server cannot be reached or the handshake does not
-    complete, and :class:`~pyfabric.protocol.AuthenticationError` on a wrong secret, a
-    server that cannot prove the secret, or an original (MD5-only) server when
-    ``allow_legacy_auth`` is False (the default; MD5 authentication is weak, enable it only
-    on trusted networks or over TLS).
-
-    Options: ``allowed`` names of local processes the server may reach by name (default
-    none); ``node``/``node_name`` to share a runtime node or name it; ``ssl`` a client-side
-    :class:`ssl.SSLContext` for TLS (:func:`pyfabric.tls.client_context`: the server's
-    certificate is verified, TLS 1.2+ only), its host name checked against ``server_hostname``
-    (default: ``host``); ``reconnect`` (default on: capped exponential backoff
-    ``backoff_initial``..``backoff_max`` s with jitter; with one of our servers the session
-    is resumed and proxies keep their identity); ``when_disconnected`` ``"wait"`` (queue up
-    to ``max_pending`` sends; :meth:`Client.drain` waits up to ``send_timeout``) or
-    ``"error"`` (raise :class:`NotConnected`); ``heartbeat`` seconds (0 = off);
-    ``max_frame`` and ``decode_limits`` bound what we accept; ``max_proxies`` / ``max_exports``
-    bound the session's id tables (a frame that would create one proxy more is dropped with
-    code ``limit``; a send that would export one local pid more raises
-    :class:`~pyfabric.protocol.LocalProtocolError` code ``limit``); ``compress``: zlib-compress
-    messages to our own peers when smaller (off by default: on fast links it costs more than
-    it saves; messages to an original peer are always encoded as the original does);
-    ``strings="list"`` delivers received Erlang lists of small integers (``[1,2,3]``) as
-    ``list[int]`` instead of ``str`` (default ``"str"``, see docs/terms.md).
-    ``on_undelivered`` called with :class:`~pyfabric.protocol.MessagesUndelivered` when a
-    session with ``acks`` ends with messages it cannot vouch for (README, "Delivery").
-    Every option not named in the signature goes to :meth:`PeerOptions.build` and from
-    there to :meth:`~pyfabric.protocol.ConnectionConfig.build` (``allowed``,
-    ``force_allowed``, ``allow_legacy_auth``, ``features``, ``max_frame``, ...); an unknown
-    name raises ``TypeError``.
-    """
-    peer_options = PeerOptions.build(secret, **options)
-    if ssl is not None:
-        check_context(ssl, server_side=False)
-    owns_node = node is None
-    if node is None:
-        node = Node(node_name)
-    client = Client(
-        host,
-        port,
-        peer_options,
-        node=node,
-        owns_node=owns_node,
-        ssl=ssl,
-        server_hostname=server_hostname or (host if ssl else None),
-        connect_timeout=connect_timeout,
-        handshake_timeout=handshake_timeout,
-        reconnect=reconnect,
-        backoff_initial=backoff_initial,
-        backoff_max=backoff_max,
-        whereis_timeout=whereis_timeout,
-        send_timeout=send_timeout,
-    )
-    try:
-        await client._start()
-    except BaseException:
-        client._closing = True
-        client._set_state(ConnectionState.CLOSED)
-        if owns_node:
-            await node.close()
-        raise
-    return client

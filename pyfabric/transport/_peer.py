@@ -3,7 +3,8 @@
 A :class:`PeerLink` owns the protocol :class:`~pyfabric.protocol.Connection` currently in
 use for one peer (a server we connected to, or one client of our server), turns the
 core's events into runtime operations (deliver messages, end proxies, links, whereis),
-turns runtime operations on proxies into protocol commands (through :class:`ProxyHandle`),
+turns runtime operations on proxies into protocol commands (through :class:`ProxyHandle`
+and :class:`~._peer_commands.PeerCommandsMixin`),
 and emits DEAD notices for the local processes the peer knows about (through
 :meth:`Node.watch`). It does no socket I/O itself: a :class:`~._stream.FrameStream`
 feeds it bytes and writes what it produces.
@@ -22,13 +23,9 @@ from ..protocol import (
     AuthFailed,
     Connection,
     ConnectionClosed,
-    Deferred,
-    ExitSignalCommand,
     ExitSignalReceived,
-    FeatureNotSupported,
     FrameDropped,
     HandshakeComplete,
-    LinkCommand,
     LinkRequested,
     LocalProtocolError,
     MessageReceived,
@@ -36,19 +33,18 @@ from ..protocol import (
     PeerError,
     ProxyDied,
     RouteHooks,
-    SendMessage,
     SendResult,
     Session,
-    UnlinkCommand,
     UnlinkRequested,
     WhereisReplied,
     WhereisRequested,
 )
 from ..runtime import Node, NotRegistered, WatchToken
 from ._delivery import DeliveryMixin
-from ._errors import NotConnected, SendQueueFull
+from ._errors import NotConnected
 from ._flowlink import FlowLinkMixin
 from ._options import PeerOptions
+from ._peer_commands import PeerCommandsMixin
 from ._proxyhandle import ProxyHandle
 
 __all__ = ["PeerLink", "ProxyHandle"]
@@ -56,10 +52,9 @@ __all__ = ["PeerLink", "ProxyHandle"]
 _log = logging.getLogger("pyfabric.transport")
 
 ESTABLISHED = "established"
-_LOCAL_ONLY = object()  # a link command a legacy peer cannot learn of
 
 
-class PeerLink(DeliveryMixin, FlowLinkMixin):
+class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
     """The session with one peer, bound to ``node``; see the module docstring.
 
     ``writer`` is set by the stream while a connection is up: it takes bytes to write.
@@ -387,126 +382,6 @@ class PeerLink(DeliveryMixin, FlowLinkMixin):
             return
         conn.process_exited(pid, reason)
         self._schedule_flush()
-
-    # -- commands from the runtime and the API -------------------------------------------------
-
-    @property
-    def connected(self) -> bool:
-        conn = self.conn
-        return conn is not None and conn.state == ESTABLISHED
-
-    def send(self, dest: Any, msg: Any) -> None:
-        """Send ``msg`` to ``dest`` (proxy pid, remote name, or ``(name, node)``)."""
-        conn = self.conn
-        if conn is not None and conn.state == ESTABLISHED:
-            session = conn.session
-            if session.outbox is not None and session.deferred_count():
-                if session.deferred_count() >= self.options.max_pending:
-                    raise SendQueueFull(f"{self.options.max_pending} messages already wait for {self.label} (max_pending)")
-                self._idle.clear()
-            conn.send_message(dest, msg)
-            if session.outbox is not None and session.deferred_count():
-                self._idle.clear()
-            if not self._flush_scheduled:
-                self._schedule_flush()
-        else:
-            self._defer(SendMessage(dest, msg))
-
-    def link(self, local_pid: Pid, proxy_pid: Pid) -> None:
-        """``local_pid`` linked the proxy ``proxy_pid``: tell the peer (``{link, A, B}``)."""
-        conn = self._link_feature("link")
-        if conn is None:
-            self._defer(LinkCommand(local_pid, proxy_pid))
-        elif conn is not _LOCAL_ONLY:
-            conn.link(local_pid, proxy_pid)
-            self._schedule_flush()
-
-    def unlink(self, local_pid: Pid, proxy_pid: Pid) -> None:
-        """``local_pid`` unlinked the proxy ``proxy_pid``: tell the peer."""
-        conn = self._link_feature("unlink")
-        if conn is None:
-            self._defer(UnlinkCommand(local_pid, proxy_pid))
-        elif conn is not _LOCAL_ONLY:
-            conn.unlink(local_pid, proxy_pid)
-            self._schedule_flush()
-
-    def exit_signal(self, local_pid: Pid, proxy_pid: Pid, reason: Any) -> None:
-        """``exit(proxy_pid, reason)`` called by ``local_pid``: send ``{exit2, A, B, R}``."""
-        conn = self._link_feature("exit_signal")
-        if conn is None:
-            self._defer(ExitSignalCommand(local_pid, proxy_pid, reason))
-        else:
-            conn.exit_signal(local_pid, proxy_pid, reason)
-            self._schedule_flush()
-
-    def _link_feature(self, command: str) -> Any:
-        """The established connection to run a link command on, None while disconnected,
-        or ``_LOCAL_ONLY`` when the peer cannot learn of links (a legacy peer)."""
-        conn = self.conn
-        if conn is None or conn.state != ESTABLISHED:
-            return None
-        if "link" in conn.features:
-            return conn
-        if command == "exit_signal":
-            raise FeatureNotSupported(
-                f"exit/2 on a remote process needs the 'link' feature, which {self.label} does not support"
-            )
-        if command == "link":
-            # A legacy peer cannot learn of the link: it still works one way (the proxy
-            # ends when the remote process ends).
-            _log.debug("%s: link to a legacy peer's process is local only", self.label)
-        return _LOCAL_ONLY
-
-    def _defer(self, command: Deferred) -> None:
-        opts = self.options
-        conn = self.conn
-        if opts.when_disconnected == "error" or conn is None:
-            raise NotConnected(
-                f"not connected to {self.label}; the client reconnects in the background "
-                "(pass when_disconnected='wait' to queue sends while it does)"
-            )
-        session = self.session or conn.session
-        if session.deferred_count() >= opts.max_pending:
-            raise NotConnected(
-                f"not connected to {self.label} and {opts.max_pending} sends are already queued (max_pending)"
-            )
-        session.defer(command)
-        self._idle.clear()
-
-    def _send_deferred(self) -> None:
-        conn = self.conn
-        if conn is None or conn.state != ESTABLISHED:
-            return
-        for command, exc in conn.send_deferred():  # a queued send the peer cannot carry
-            _log.warning("%s: queued %s dropped: %s", self.label, type(command).__name__, exc)
-        self._schedule_flush()
-
-    def pending_count(self) -> int:
-        """Sends and link commands kept for the next connection."""
-        session = self.session if self.session is not None else (self.conn.session if self.conn else None)
-        return session.deferred_count() if session is not None else 0
-
-    async def whereis(self, name: Atom | str, timeout: float | None, node: Atom | str | None = None) -> Pid | None:
-        conn = self.conn
-        if conn is None or conn.state != ESTABLISHED:
-            raise NotConnected(f"not connected to {self.label}")
-        req_id = conn.whereis(name) if node is None else conn.whereis_node(name, node)
-        fut: asyncio.Future[Pid | None] = self.node.loop.create_future()
-        self._whereis[req_id] = fut
-        self._flush()
-        try:
-            async with asyncio.timeout(timeout):
-                return await fut
-        except TimeoutError:
-            raise TimeoutError(f"whereis({name!r}) got no answer from {self.label} within {timeout} s") from None
-        finally:
-            self._whereis.pop(req_id, None)
-
-    def _fail_whereis(self, exc: Exception) -> None:
-        waiting, self._whereis = self._whereis, {}
-        for fut in waiting.values():
-            if not fut.done():
-                fut.set_exception(exc)
 
     def close(self) -> None:
         """Close the current connection in an orderly way (flushes what is queued)."""

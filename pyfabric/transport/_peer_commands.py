@@ -1,0 +1,168 @@
+"""What a peer link sends: the runtime's operations on proxies (messages, links, exit
+signals) and the API's (whereis) as protocol commands, deferred in the session while
+disconnected. A mixin of :class:`~._peer.PeerLink` (its attributes are the link's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ..etf import Atom, Pid
+from ..protocol import (
+    Connection,
+    Deferred,
+    ExitSignalCommand,
+    FeatureNotSupported,
+    LinkCommand,
+    SendMessage,
+    Session,
+    UnlinkCommand,
+)
+from ..runtime import Node
+from ._errors import NotConnected, SendQueueFull
+from ._options import PeerOptions
+
+__all__ = ["PeerCommandsMixin"]
+
+_log = logging.getLogger("pyfabric.transport")
+
+ESTABLISHED = "established"
+_LOCAL_ONLY = object()  # a link command a legacy peer cannot learn of
+
+
+class PeerCommandsMixin:
+    """The commands of a peer link (see the module docstring)."""
+
+    conn: Connection | None
+    session: Session | None
+    options: PeerOptions
+    node: Node
+    label: str
+    _idle: asyncio.Event
+    _flush_scheduled: bool
+    _whereis: dict[int, asyncio.Future[Pid | None]]
+    _flush: Callable[[], None]
+    _schedule_flush: Callable[[], None]
+
+    # -- commands from the runtime and the API -------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        conn = self.conn
+        return conn is not None and conn.state == ESTABLISHED
+
+    def send(self, dest: Any, msg: Any) -> None:
+        """Send ``msg`` to ``dest`` (proxy pid, remote name, or ``(name, node)``)."""
+        conn = self.conn
+        if conn is not None and conn.state == ESTABLISHED:
+            session = conn.session
+            if session.outbox is not None and session.deferred_count():
+                if session.deferred_count() >= self.options.max_pending:
+                    raise SendQueueFull(f"{self.options.max_pending} messages already wait for {self.label} (max_pending)")
+                self._idle.clear()
+            conn.send_message(dest, msg)
+            if session.outbox is not None and session.deferred_count():
+                self._idle.clear()
+            if not self._flush_scheduled:
+                self._schedule_flush()
+        else:
+            self._defer(SendMessage(dest, msg))
+
+    def link(self, local_pid: Pid, proxy_pid: Pid) -> None:
+        """``local_pid`` linked the proxy ``proxy_pid``: tell the peer (``{link, A, B}``)."""
+        conn = self._link_feature("link")
+        if conn is None:
+            self._defer(LinkCommand(local_pid, proxy_pid))
+        elif conn is not _LOCAL_ONLY:
+            conn.link(local_pid, proxy_pid)
+            self._schedule_flush()
+
+    def unlink(self, local_pid: Pid, proxy_pid: Pid) -> None:
+        """``local_pid`` unlinked the proxy ``proxy_pid``: tell the peer."""
+        conn = self._link_feature("unlink")
+        if conn is None:
+            self._defer(UnlinkCommand(local_pid, proxy_pid))
+        elif conn is not _LOCAL_ONLY:
+            conn.unlink(local_pid, proxy_pid)
+            self._schedule_flush()
+
+    def exit_signal(self, local_pid: Pid, proxy_pid: Pid, reason: Any) -> None:
+        """``exit(proxy_pid, reason)`` called by ``local_pid``: send ``{exit2, A, B, R}``."""
+        conn = self._link_feature("exit_signal")
+        if conn is None:
+            self._defer(ExitSignalCommand(local_pid, proxy_pid, reason))
+        else:
+            conn.exit_signal(local_pid, proxy_pid, reason)
+            self._schedule_flush()
+
+    def _link_feature(self, command: str) -> Any:
+        """The established connection to run a link command on, None while disconnected,
+        or ``_LOCAL_ONLY`` when the peer cannot learn of links (a legacy peer)."""
+        conn = self.conn
+        if conn is None or conn.state != ESTABLISHED:
+            return None
+        if "link" in conn.features:
+            return conn
+        if command == "exit_signal":
+            raise FeatureNotSupported(
+                f"exit/2 on a remote process needs the 'link' feature, which {self.label} does not support"
+            )
+        if command == "link":
+            # A legacy peer cannot learn of the link: it still works one way (the proxy
+            # ends when the remote process ends).
+            _log.debug("%s: link to a legacy peer's process is local only", self.label)
+        return _LOCAL_ONLY
+
+    def _defer(self, command: Deferred) -> None:
+        opts = self.options
+        conn = self.conn
+        if opts.when_disconnected == "error" or conn is None:
+            raise NotConnected(
+                f"not connected to {self.label}; the client reconnects in the background "
+                "(pass when_disconnected='wait' to queue sends while it does)"
+            )
+        session = self.session or conn.session
+        if session.deferred_count() >= opts.max_pending:
+            raise NotConnected(
+                f"not connected to {self.label} and {opts.max_pending} sends are already queued (max_pending)"
+            )
+        session.defer(command)
+        self._idle.clear()
+
+    def _send_deferred(self) -> None:
+        conn = self.conn
+        if conn is None or conn.state != ESTABLISHED:
+            return
+        for command, exc in conn.send_deferred():  # a queued send the peer cannot carry
+            _log.warning("%s: queued %s dropped: %s", self.label, type(command).__name__, exc)
+        self._schedule_flush()
+
+    def pending_count(self) -> int:
+        """Sends and link commands kept for the next connection."""
+        session = self.session if self.session is not None else (self.conn.session if self.conn else None)
+        return session.deferred_count() if session is not None else 0
+
+    async def whereis(self, name: Atom | str, timeout: float | None, node: Atom | str | None = None) -> Pid | None:
+        conn = self.conn
+        if conn is None or conn.state != ESTABLISHED:
+            raise NotConnected(f"not connected to {self.label}")
+        req_id = conn.whereis(name) if node is None else conn.whereis_node(name, node)
+        fut: asyncio.Future[Pid | None] = self.node.loop.create_future()
+        self._whereis[req_id] = fut
+        self._flush()
+        try:
+            async with asyncio.timeout(timeout):
+                return await fut
+        except TimeoutError:
+            raise TimeoutError(f"whereis({name!r}) got no answer from {self.label} within {timeout} s") from None
+        finally:
+            self._whereis.pop(req_id, None)
+
+    def _fail_whereis(self, exc: Exception) -> None:
+        waiting, self._whereis = self._whereis, {}
+        for fut in waiting.values():
+            if not fut.done():
+                fut.set_exception(exc)
