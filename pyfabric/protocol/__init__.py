@@ -70,7 +70,7 @@ table (``_state.py``); an illegal one raises ``LocalProtocolError`` (code
 
 Events (frozen slotted dataclasses, :mod:`._events`): ``HandshakeComplete``,
 ``AuthFailed``, ``ProxyCreated``, ``MessageReceived``, ``ProxyDied``,
-``DeadPidSubstituted``, ``LinkRequested``, ``UnlinkRequested``, ``ExitSignalReceived``,
+``DeadPidSubstituted``, ``LinkRequested``, ``UnlinkRequested``, ``ExitSignalReceived``, ``LinkExitReceived``,
 ``WhereisRequested``, ``WhereisReplied``, ``HeartbeatReceived``, ``HeartbeatAcked``,
 ``PeerError``, ``FrameDropped``, ``MessagesUndelivered``, ``SendResult``,
 ``ConnectionClosed`` (always last: flush
@@ -147,6 +147,7 @@ from ._events import (
     HandshakeComplete,
     HeartbeatAcked,
     HeartbeatReceived,
+    LinkExitReceived,
     LinkRequested,
     MessageReceived,
     MessageRouted,
@@ -222,6 +223,7 @@ __all__ = [
     "LinkRequested",
     "UnlinkRequested",
     "ExitSignalReceived",
+    "LinkExitReceived",
     "WhereisRequested",
     "WhereisReplied",
     "HeartbeatReceived",

@@ -19,6 +19,7 @@ from ._constants import (
     A_EXIT2,
     A_HEARTBEAT,
     A_LINK,
+    A_LINK_EXIT,
     A_M,
     A_MC,
     A_NOPROC,
@@ -305,11 +306,14 @@ class Commands:
     def unlink(self, local_pid: Pid, proxy_pid: Pid) -> None:
         self.link_frame(A_UNLINK, local_pid, proxy_pid)
 
-    def exit_signal(self, local_pid: Pid, proxy_pid: Pid, reason: Any) -> None:
+    def exit_signal(self, local_pid: Pid, proxy_pid: Pid, reason: Any, link_exit: bool = False) -> None:
+        """``{exit2, A, B, Reason}``; with ``link_exit`` the link signal ``{link_exit, A, B,
+        Reason}`` instead, if the peer agreed on that feature (else exit2, 5.2)."""
         self.need("link")
+        tag = A_LINK_EXIT if link_exit and "link_exit" in self.est.features else A_EXIT2
         b = self.proxy_id(proxy_pid)
         rw = self.est.rw
-        self.send_rewritten(lambda: plain((A_EXIT2, self.export(local_pid, "local_pid"), b, rw.outbound(reason))))
+        self.send_rewritten(lambda: plain((tag, self.export(local_pid, "local_pid"), b, rw.outbound(reason))))
 
     def whereis(self, name: Atom | str) -> int:
         self.need("whereis")
@@ -356,8 +360,8 @@ class Commands:
                 if "link" not in self.est.features:
                     return True  # a legacy peer cannot learn of links (they work one way)
                 (self.link if type(command) is LinkCommand else self.unlink)(local_pid, proxy_pid)
-            case ExitSignalCommand(local_pid, proxy_pid, reason):
+            case ExitSignalCommand(local_pid, proxy_pid, reason, link_exit):
                 if proxy_pid not in proxy_ids:
                     return False
-                self.exit_signal(local_pid, proxy_pid, reason)
+                self.exit_signal(local_pid, proxy_pid, reason, link_exit)
         return True

@@ -76,6 +76,15 @@ class ConnectionCommands:
         cmd = self._commands("exit_signal")
         self._run_or_wait(ExitSignalCommand(local_pid, proxy_pid, reason), cmd.exit_signal, local_pid, proxy_pid, reason)
 
+    def link_exit(self, local_pid: Pid, proxy_pid: Pid, reason: Any) -> None:
+        """Queue the link signal ``{link_exit, A, B, Reason}``: ``local_pid``, lazily linked
+        to the peer's process, ended with ``reason`` (docs/protocol.md 5.2; a routing node
+        passes one on). To a peer that did not agree on ``link_exit`` it goes as
+        ``{exit2, A, B, Reason}``, the behaviour without the feature; needs ``link``."""
+        cmd = self._commands("exit_signal")
+        command = ExitSignalCommand(local_pid, proxy_pid, reason, link_exit=True)
+        self._run_or_wait(command, cmd.exit_signal, local_pid, proxy_pid, reason, True)
+
     def whereis(self, name: Atom | str) -> int:
         """Queue ``{whereis, ReqId, NameBin}``; returns ReqId (matched by ``WhereisReplied``)."""
         return self._commands("whereis").whereis(name)

@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 FEATURES = frozenset(
-    {"whereis", "link", "maps", "bitstrings", "ports", "funs", "heartbeat", "error", "session", "acks", "credit", "route"}
+    {"whereis", "link", "link_exit", "maps", "bitstrings", "ports", "funs", "heartbeat", "error", "session", "acks", "credit", "route"}
 )
 """The features of extension version 1 (docs/protocol.md section 3.5)."""
 
@@ -107,6 +107,7 @@ A_WHEREIS_REPLY = Atom("whereis_reply")
 A_LINK = Atom("link")
 A_UNLINK = Atom("unlink")
 A_EXIT2 = Atom("exit2")
+A_LINK_EXIT = Atom("link_exit")
 A_HEARTBEAT = Atom("heartbeat")
 A_HEARTBEAT_ACK = Atom("heartbeat_ack")
 A_ERROR = Atom("error")

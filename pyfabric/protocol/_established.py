@@ -25,6 +25,7 @@ from ._constants import (
     A_HEARTBEAT,
     A_HEARTBEAT_ACK,
     A_LINK,
+    A_LINK_EXIT,
     A_M,
     A_MC,
     A_MC_RESULT,
@@ -50,6 +51,7 @@ from ._events import (
     ExitSignalReceived,
     HeartbeatAcked,
     HeartbeatReceived,
+    LinkExitReceived,
     LinkRequested,
     MessageReceived,
     MessageRouted,
@@ -285,6 +287,15 @@ class Established:
             return
         self.events.append(ExitSignalReceived(proxy, local, reason))
 
+    def on_link_exit(self, a: Any, b: Any, reason: Any) -> None:
+        local = self.local_target(b, "link_exit")
+        proxy = self.remote_source(a, "link_exit")
+        reason = self.inbound(reason)
+        if local is None:
+            log.debug("peer %s: link_exit to ended process id %s ignored", self.peer, b)
+            return
+        self.events.append(LinkExitReceived(proxy, local, reason))
+
     def on_whereis(self, req_id: Any, name_bin: Any) -> None:
         if type(req_id) is not int or req_id < 1 or type(name_bin) is not bytes:
             raise RemoteProtocolError("unknown_frame", "whereis frame with a bad ReqId or NameBin")
@@ -419,6 +430,7 @@ FRAMES: dict[Atom, FrameSpec] = {
         FrameSpec(A_LINK, 3, "link", Established.on_link),
         FrameSpec(A_UNLINK, 3, "link", Established.on_unlink),
         FrameSpec(A_EXIT2, 4, "link", Established.on_exit2),
+        FrameSpec(A_LINK_EXIT, 4, "link_exit", Established.on_link_exit),
         FrameSpec(A_HEARTBEAT, 2, "heartbeat", Established.on_heartbeat, sequenced=False),
         FrameSpec(A_HEARTBEAT_ACK, 2, "heartbeat", Established.on_heartbeat_ack, sequenced=False),
         FrameSpec(A_ERROR, 3, "error", Established.on_error, sequenced=False),

@@ -24,6 +24,7 @@ __all__ = [
     "LinkRequested",
     "UnlinkRequested",
     "ExitSignalReceived",
+    "LinkExitReceived",
     "WhereisRequested",
     "WhereisReplied",
     "MessageRouted",
@@ -179,6 +180,18 @@ class UnlinkRequested(Event):
 @_ev
 class ExitSignalReceived(Event):
     """``{exit2, A, B, Reason}``: ``exit(to_local, reason)`` called by the peer's process."""
+
+    from_proxy: Pid
+    to_local: Pid
+    reason: Any
+
+
+@_ev
+class LinkExitReceived(Event):
+    """``{link_exit, A, B, Reason}`` (feature ``link_exit``, docs/protocol.md 5.2): the
+    peer's process A, lazily linked to ``to_local``, ended with ``reason``. Deliver it as
+    the exit signal of a link from ``from_proxy`` (trappable, ``kill`` included), and end
+    ``from_proxy`` with ``reason``."""
 
     from_proxy: Pid
     to_local: Pid

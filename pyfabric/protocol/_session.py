@@ -84,11 +84,13 @@ class UnlinkCommand:
 
 @dataclass(frozen=True, slots=True)
 class ExitSignalCommand:
-    """``exit_signal(local_pid, proxy_pid, reason)`` kept while disconnected."""
+    """``exit_signal(local_pid, proxy_pid, reason)`` kept while disconnected (``link_exit``:
+    ``link_exit(...)``, the link signal of 5.2)."""
 
     local_pid: Pid
     proxy_pid: Pid
     reason: Any
+    link_exit: bool = False
 
 
 Deferred = SendMessage | ConfirmedSend | LinkCommand | UnlinkCommand | ExitSignalCommand

@@ -55,6 +55,11 @@ class RemoteHandle(Protocol):
 
         The proxy itself is unaffected (even by ``kill``): it ends when the remote process's
         ``DEAD`` arrives.
+
+        A handle may also have the optional method ``link_exit_signal(from_pid, reason)``:
+        a node relaying between two peers calls it to pass on the link signal of a remote
+        process that ended (``{link_exit, A, B, Reason}``, docs/protocol.md 5.2); without it
+        that signal goes on through ``exit_signal``.
         """
 
 

@@ -118,3 +118,31 @@ class RemoteEntries:
             return False
         self._relations.signal(local, proxy_pid, reason, via_link=False)
         return True
+
+    def remote_link_exit(self, proxy_pid: Pid, local_pid: Pid, reason: Any) -> bool:
+        """A ``{link_exit, A, B, Reason}`` frame arrived (docs/protocol.md 5.2): the remote
+        process A, lazily linked to B, ended with ``reason``.
+
+        B gets the exit signal of a link from the proxy for A (a trapping B receives
+        ``(Atom('EXIT'), proxy_pid, Reason)``, ``kill`` included; otherwise ``normal`` is
+        ignored and any other reason, ``kill`` included, ends B with it), and the proxy for
+        A ends with ``reason`` (its DEAD, when it arrives, is for an ended proxy). B a proxy
+        of another connection: the signal is passed on to its peer (through the handle's
+        optional ``link_exit_signal``, else as ``exit_signal``) before the proxy for A ends.
+        Returns False (ignored) if B is neither.
+        """
+        local = self._table.get(local_pid)
+        proxy = self._table.get(proxy_pid)
+        if isinstance(local, Proxy):
+            handle = local.handle
+            relayed = relay(getattr(handle, "link_exit_signal", handle.exit_signal), proxy_pid, reason)
+        elif isinstance(local, LocalProcess):
+            relayed = True
+            if not (isinstance(proxy, Proxy) and local_pid in self._relations.links_of(proxy_pid)):
+                # a link held here too fires when the proxy ends below: one signal, not two
+                self._relations.signal(local, proxy_pid, reason, via_link=True)
+        else:
+            return False
+        if isinstance(proxy, Proxy):
+            self._relations.terminate(proxy, reason)
+        return relayed

@@ -228,7 +228,9 @@ class Client(LocalProcesses, RouteClientMixin):
             stream.abort()
 
     def statistics(self) -> dict[str, Any]:
-        """Counters for monitoring: state, reconnects, bytes, proxies, exports, queued sends; with
+        """Counters for monitoring: state, reconnects, bytes (of the current socket), messages
+        both ways (``messages_in``: delivered here from the server; ``messages_out``: written
+        or queued for it; both across reconnects), proxies, exports, queued sends; with
         ``acks``, frames not acknowledged yet, messages dropped at ``max_pending`` (12.6)."""
         stream = self._stream
         session = self._link.session
@@ -238,6 +240,8 @@ class Client(LocalProcesses, RouteClientMixin):
             "reconnects": self.reconnects,
             "bytes_in": stream.bytes_in if stream else 0,
             "bytes_out": stream.bytes_out if stream else 0,
+            "messages_in": self._link.messages_in,
+            "messages_out": self._link.messages_out,
             "proxies": len(session.proxies) if session else 0,
             "exports": len(session.exports) if session else 0,
             "pending_sends": self._link.pending_count(),

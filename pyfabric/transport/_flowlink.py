@@ -42,6 +42,7 @@ class FlowLinkMixin:
     options: PeerOptions
     node: Node
     label: str
+    messages_out: int
     _grant_timer: asyncio.TimerHandle | None
     _owed_timer: asyncio.TimerHandle | None
     _confirms: dict[int, asyncio.Future[str | None]]
@@ -145,6 +146,7 @@ class FlowLinkMixin:
         if self.pending_count() >= self.options.max_pending:  # type: ignore[attr-defined]
             raise SendQueueFull(f"{self.options.max_pending} messages already wait for {self.label} (max_pending)")
         ref = conn.send_confirmed(dest, msg)
+        self.messages_out += 1
         fut: asyncio.Future[str | None] = loop.create_future()
         self._confirms[ref] = fut
         self._schedule_flush()  # type: ignore[attr-defined]

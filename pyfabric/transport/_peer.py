@@ -26,9 +26,11 @@ from ..protocol import (
     ExitSignalReceived,
     FrameDropped,
     HandshakeComplete,
+    LinkExitReceived,
     LinkRequested,
     LocalProtocolError,
     MessageReceived,
+    MessageRouted,
     MessagesUndelivered,
     PeerError,
     ProxyDied,
@@ -84,6 +86,11 @@ class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
         self._whereis: dict[int, asyncio.Future[Pid | None]] = {}
         self._flush_scheduled = False
         self.frames_dropped = 0
+        self.messages_in = 0
+        """Messages from the peer delivered to a local process (at a routing server: or
+        handed on to another client), across reconnects of this session's link."""
+        self.messages_out = 0
+        """Messages to the peer written or queued for it (refused sends not counted)."""
         self.destinations: dict[Any, int] | None = None
         """If a dict: messages delivered per destination (the server's stream empties it
         after each slice it feeds, to check those mailboxes)."""
@@ -195,6 +202,7 @@ class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
                     if ev.credit is not None or ev.ref:
                         self.undeliverable(conn, ev, "noproc")
                 else:
+                    self.messages_in += 1
                     if ev.credit is not None or ev.ref:
                         self.delivered(conn, ev)
             elif kind is ProxyDied:
@@ -207,6 +215,9 @@ class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
             elif kind is ExitSignalReceived:
                 if not self._exit_refused(ev.to_local, "exit signal"):
                     node.remote_exit(ev.from_proxy, ev.to_local, ev.reason)
+            elif kind is LinkExitReceived:
+                if not self._exit_refused(ev.to_local, "link signal"):
+                    node.remote_link_exit(ev.from_proxy, ev.to_local, ev.reason)
             elif kind is WhereisRequested:
                 try:
                     conn.reply_whereis(ev.req_id, node.whereis(ev.name))
@@ -245,6 +256,8 @@ class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
             elif kind is ConnectionClosed:
                 self._closed(ev)
             elif kind in ROUTE_EVENTS:
+                if kind is MessageRouted:
+                    self.messages_in += 1
                 if self.on_route_event is not None:
                     self.on_route_event(self, ev)
         self._flush()

@@ -41,6 +41,7 @@ class PeerCommandsMixin:
     options: PeerOptions
     node: Node
     label: str
+    messages_out: int
     _idle: asyncio.Event
     _flush_scheduled: bool
     _whereis: dict[int, asyncio.Future[Pid | None]]
@@ -64,12 +65,14 @@ class PeerCommandsMixin:
                     raise SendQueueFull(f"{self.options.max_pending} messages already wait for {self.label} (max_pending)")
                 self._idle.clear()
             conn.send_message(dest, msg)
+            self.messages_out += 1
             if session.outbox is not None and session.deferred_count():
                 self._idle.clear()
             if not self._flush_scheduled:
                 self._schedule_flush()
         else:
             self._defer(SendMessage(dest, msg))
+            self.messages_out += 1
 
     def link(self, local_pid: Pid, proxy_pid: Pid) -> None:
         """``local_pid`` linked the proxy ``proxy_pid``: tell the peer (``{link, A, B}``)."""
@@ -96,6 +99,17 @@ class PeerCommandsMixin:
             self._defer(ExitSignalCommand(local_pid, proxy_pid, reason))
         else:
             conn.exit_signal(local_pid, proxy_pid, reason)
+            self._schedule_flush()
+
+    def link_exit(self, local_pid: Pid, proxy_pid: Pid, reason: Any) -> None:
+        """Pass on the link signal of ``local_pid`` (a proxy of another peer, which ended
+        with ``reason``) to ``proxy_pid``: ``{link_exit, A, B, R}`` to a peer that agreed on
+        ``link_exit``, else ``{exit2, A, B, R}`` (docs/protocol.md 5.2)."""
+        conn = self._link_feature("exit_signal")
+        if conn is None:
+            self._defer(ExitSignalCommand(local_pid, proxy_pid, reason, link_exit=True))
+        else:
+            conn.link_exit(local_pid, proxy_pid, reason)
             self._schedule_flush()
 
     def _link_feature(self, command: str) -> Any:

@@ -44,3 +44,6 @@ class ProxyHandle:
 
     def exit_signal(self, from_pid: Pid, reason: Any) -> None:
         self.link.exit_signal(from_pid, self.pid, reason)
+
+    def link_exit_signal(self, from_pid: Pid, reason: Any) -> None:
+        self.link.link_exit(from_pid, self.pid, reason)

@@ -299,7 +299,10 @@ class Server(LocalProcesses):
     def statistics(self) -> dict[str, Any]:
         """Counters: connections (open, handshaking, total, refused, refused because their
         address is blocked after failed authentications), failed authentications,
-        addresses tracked by the throttle, sessions kept."""
+        addresses tracked by the throttle, sessions kept, messages from and to the clients
+        connected now (``messages_in`` / ``messages_out``: the sums of their
+        :meth:`ServerConnection.statistics`)."""
+        links = [entry.link for entry in self._accepted.values()]
         return {
             "connections": len(self._accepted),
             "handshaking": len(self._pending),
@@ -312,6 +315,8 @@ class Server(LocalProcesses):
             "throttled_addresses": len(self._throttle),
             "sessions": len(self._kept.links),
             "sessions_waiting_resume": len(self._kept.expiry),
+            "messages_in": sum(link.messages_in for link in links),
+            "messages_out": sum(link.messages_out for link in links),
         }
 
     async def serve_forever(self) -> None:

@@ -70,6 +70,30 @@ class ServerConnection:
         """Frames of this client dropped by the error policy so far."""
         return self._link.frames_dropped
 
+    def statistics(self) -> dict[str, Any]:
+        """Counters of this client connection, as :meth:`Client.statistics` has them:
+        ``bytes_in`` / ``bytes_out`` (this socket), ``messages_in`` (messages from the
+        client delivered here, or routed on to another client) / ``messages_out`` (to the
+        client, written or queued; both for its session, across resumes), ``proxies``,
+        ``exports``, ``pending_sends``, ``frames_dropped``, ``unacknowledged`` (with
+        ``acks``), ``dropped_overflow``."""
+        link = self._link
+        stream = self._stream
+        session = link.session
+        return {
+            "mode": self.mode,
+            "bytes_in": stream.bytes_in,
+            "bytes_out": stream.bytes_out,
+            "messages_in": link.messages_in,
+            "messages_out": link.messages_out,
+            "proxies": len(session.proxies) if session else 0,
+            "exports": len(session.exports) if session else 0,
+            "pending_sends": link.pending_count(),
+            "frames_dropped": link.frames_dropped,
+            "unacknowledged": len(session.outbox) if session is not None and session.outbox is not None else 0,
+            "dropped_overflow": link.dropped_overflow,
+        }
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         """Transport information (``"peercert"``, ``"ssl_object"``, ``"socket"`` ...),
         as :meth:`asyncio.BaseTransport.get_extra_info` gives it."""

@@ -374,3 +374,90 @@ def test_remote_link_unlink_and_exit_to_a_proxy_are_passed_on(run):
     from_calls, to_calls = run(body)
     assert from_calls == []
     assert [call[0] for call in to_calls] == ["link_added", "link_removed", "exit_signal"]
+
+
+# -- link_exit (docs/protocol.md 5.2) -------------------------------------------------------
+
+
+class LinkExitHandle(FakeHandle):
+    """A handle with the optional ``link_exit_signal`` (a transport that passes link_exit on)."""
+
+    def link_exit_signal(self, from_pid: Pid, reason: Any) -> None:
+        self._record("link_exit_signal", from_pid, reason)
+
+
+def test_remote_link_exit_is_a_trappable_link_signal_and_ends_the_proxy(run):
+    async def body(node):
+        out = {}
+        for label, trap in (("trapper", True), ("plain", False)):
+            proxy = node.new_proxy(FakeHandle())
+            box = node.mailbox(trap_exit=trap)
+            ref = box.monitor(proxy) if trap else None
+            assert node.remote_link_exit(proxy, box.pid, KILL) is True
+            assert not node.is_alive(proxy)
+            if trap:
+                out[label] = (await box.receive(timeout=0), await box.receive(timeout=0), proxy, ref)
+            else:
+                out[label] = box.exit_reason
+        ignored = node.new_proxy(FakeHandle())
+        normal_box = node.mailbox()
+        assert node.remote_link_exit(ignored, normal_box.pid, NORMAL) is True
+        out["normal"] = (normal_box.alive, node.is_alive(ignored))
+        return out
+
+    out = run(body)
+    exit_msg, down, proxy, ref = out["trapper"]
+    assert exit_msg == (EXIT, proxy, KILL)  # kill, trappable: not turned into killed
+    assert down == (DOWN, ref, PROCESS, proxy, KILL)
+    assert out["plain"] == KILL  # not `killed`: a link signal, not exit/2
+    assert out["normal"] == (True, False)
+
+
+def test_remote_link_exit_with_a_real_link_signals_once(run):
+    async def body(node):
+        proxy = node.new_proxy(FakeHandle())
+        box = node.mailbox(trap_exit=True)
+        box.link(proxy)
+        node.remote_link_exit(proxy, box.pid, KILL)
+        first = await box.receive(timeout=0)
+        more = box.queued()
+        return first, more, proxy
+
+    first, more, proxy = run(body)
+    assert first == (EXIT, proxy, KILL) and more == []
+
+
+def test_remote_link_exit_to_an_ended_process_is_ignored(run):
+    async def body(node):
+        proxy = node.new_proxy(FakeHandle())
+        dead = node.mailbox()
+        dead.close()
+        return node.remote_link_exit(proxy, dead.pid, KILL), node.is_alive(proxy)
+
+    assert run(body) == (False, True)
+
+
+def test_remote_link_exit_to_a_proxy_is_passed_on_then_the_sender_proxy_ends(run):
+    async def body(node):
+        a = node.new_proxy(FakeHandle())
+        with_feature = node.new_proxy(LinkExitHandle())
+        without = node.new_proxy(FakeHandle())
+        order = []
+        node.watch(a, lambda pid, reason: order.append(("a ended", reason)))
+        assert node.remote_link_exit(a, with_feature, KILL) is True
+        a2 = node.new_proxy(FakeHandle())
+        assert node.remote_link_exit(a2, without, KILL) is True
+        return (
+            node.proxy_handle(with_feature).calls,
+            node.proxy_handle(without).calls,
+            order,
+            node.is_alive(a),
+            node.is_alive(a2),
+            a,
+            a2,
+        )
+
+    with_calls, without_calls, order, a_alive, a2_alive, a, a2 = run(body)
+    assert with_calls == [("link_exit_signal", a, KILL)]
+    assert without_calls == [("exit_signal", a2, KILL)]  # a handle without it: exit_signal
+    assert order == [("a ended", KILL)] and not a_alive and not a2_alive
