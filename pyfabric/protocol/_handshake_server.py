@@ -18,7 +18,7 @@ from . import _handshake as hs
 from ._config import ConnectionConfig
 from ._constants import A_AUTH, A_CHALLENGE, A_SUCCESS, plain
 from ._error_policy import HandshakeFailure
-from ._route import RouteHooks
+from ._route import RouteHooks, node_from_bin
 from ._session import Session
 
 __all__ = ["ServerHandshake"]
@@ -121,6 +121,8 @@ class ServerHandshake:
                 raise HandshakeFailure("Accept lacks valid credit windows (docs/protocol.md 12.1)")
         if "route" in features and self._route is not None and not 1 <= heartbeat <= self._route.heartbeat:
             raise HandshakeFailure(f"accepted 'route' with a heartbeat of {heartbeat} ms, not 1..{self._route.heartbeat} (docs/protocol.md 16.1)")
+        if "route" in features and self._route is not None and node_from_bin(accept.get(b"node")) is None:
+            raise HandshakeFailure(f"accepted 'route' with the node name {node.name!r}: a client node is name@host (docs/protocol.md 16.1)")
         agreed = self.agreed
         agreed.features = frozenset(features)
         agreed.peer_node = node

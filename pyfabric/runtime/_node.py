@@ -110,6 +110,7 @@ class Node(RemoteEntries):
         self._tasks: set[asyncio.Task[None]] = set()
         self._relations = Relations(self._table, self._registry, self._loop, self.make_ref)
         self._closed = False
+        self._node_senders: list[Callable[[Atom, Atom, Any], bool]] = []
 
     # -- identity and allocators -----------------------------------------------------------
 
@@ -261,23 +262,56 @@ class Node(RemoteEntries):
 
     # -- sending and the registry ------------------------------------------------------------
 
-    def send(self, dest: Pid | Atom | str, msg: Any) -> None:
-        """Send ``msg`` to a pid (local process or proxy) or to a registered name.
+    def send(self, dest: Pid | Atom | str | tuple[Atom | str, Atom | str], msg: Any) -> None:
+        """Send ``msg`` to a pid (local process or proxy), a registered name, or a
+        ``(name, node)`` pair (Erlang's ``{Name, Node} ! Msg``).
 
         To a pid: never fails; a dead or unknown pid silently drops the message (Erlang).
         To a name (``Atom`` or ``str``): :class:`NotRegistered` if no process holds it.
         To a proxy: whatever its :meth:`RemoteHandle.deliver` raises propagates.
+        To ``(name, node)``: this node's own name delivers here (an unregistered name drops
+        the message silently, as Erlang does); another node goes to the first node sender
+        (:meth:`add_node_sender`, a transport) that reaches it, and is dropped silently
+        (debug log) when none does; what a sender raises propagates.
         """
         if dest.__class__ is Pid:
             entry = self._table.get(dest)
             if entry is not None:
                 entry.deliver(msg)
             return
+        if dest.__class__ is tuple:
+            self._send_to_node(dest, msg)
+            return
         reg_name = to_name(dest)  # type: ignore[arg-type]
         pid = self._registry.whereis(reg_name)
         if pid is None:
             raise NotRegistered(reg_name)
         self._table[pid].deliver(msg)
+
+    def _send_to_node(self, dest: tuple[Any, ...], msg: Any) -> None:
+        if len(dest) != 2:
+            raise TypeError(f"a (name, node) destination has two items, got {dest!r}")
+        name, node = to_name(dest[0]), to_name(dest[1])
+        if node == self._name:
+            pid = self._registry.whereis(name)
+            if pid is not None:
+                self._table[pid].deliver(msg)
+            return
+        for sender in self._node_senders:
+            if sender(name, node, msg):
+                return
+        _log.debug("node %s: message to %s on %s dropped: no connection reaches that node", self._name.name, name.name, node.name)
+
+    def add_node_sender(self, sender: Callable[[Atom, Atom, Any], bool]) -> None:
+        """Let ``sender(name, node, msg)`` carry sends to ``(name, node)`` for other nodes:
+        it returns True when it took the message (a client for its server's node and, with
+        ``route``, the client nodes; a server for its clients' nodes), False to pass."""
+        self._node_senders.append(sender)
+
+    def remove_node_sender(self, sender: Callable[[Atom, Atom, Any], bool]) -> None:
+        """Undo :meth:`add_node_sender` (nothing if ``sender`` was not added)."""
+        if sender in self._node_senders:
+            self._node_senders.remove(sender)
 
     def register(self, name: Atom | str, pid: Pid) -> None:
         """Register ``pid`` (a live local process) under ``name`` (Erlang ``register/2``).

@@ -169,8 +169,8 @@ class LocalProcess:
 
     # -- the process API (delegates the cross-process rules to the node) ----------------
 
-    def send(self, dest: Pid | Atom | str, msg: Any) -> None:
-        """Send ``msg`` to a pid or a registered name; see :meth:`Node.send`."""
+    def send(self, dest: Pid | Atom | str | tuple[Atom | str, Atom | str], msg: Any) -> None:
+        """Send ``msg`` to a pid, a registered name or ``(name, node)``; see :meth:`Node.send`."""
         self.node.send(dest, msg)
 
     def link(self, pid: Pid) -> None:

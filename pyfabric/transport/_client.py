@@ -100,6 +100,15 @@ class Client(LocalProcesses, RouteClientMixin):
         self._closing = False
         self.reconnects = 0
         self._drain_calls = 0
+        node.add_node_sender(self._send_to_node)
+
+    def _send_to_node(self, name: Atom, node: Atom, msg: Any) -> bool:
+        # A local process sends to (name, node): the server's node, or with `route` any
+        # other node (the server routes it to that client node, or drops it, 16.3).
+        if self._state == ConnectionState.CLOSED or not (node == self.peer_node or "route" in self.features):
+            return False
+        self._link.send((name, node), msg)
+        return True
 
     # -- connection life cycle ------------------------------------------------------------------
 
@@ -274,6 +283,9 @@ class Client(LocalProcesses, RouteClientMixin):
             if len(dest) != 2:
                 raise TypeError(f"a (name, node) destination has two items, got {dest!r}")
             dest = (Atom(dest[0]) if isinstance(dest[0], str) else dest[0], Atom(dest[1]) if isinstance(dest[1], str) else dest[1])
+            if dest[1] == self._node.name:
+                self._node.send(dest, msg)  # our own node: delivered here, as Erlang does
+                return
         elif dest.__class__ is not Atom:
             raise TypeError(f"send: dest must be a Pid, a name or a (name, node) pair, got {type(dest).__name__}")
         self._link.send(dest, msg)
@@ -343,7 +355,8 @@ class Client(LocalProcesses, RouteClientMixin):
     async def whereis(self, name: Atom | str, *, node: Atom | str | None = None, timeout: float | None = None) -> Pid | None:
         """The server's process registered as ``name``, as a proxy pid; None if the server
         does not have it or does not allow it. ``node``: ask another client node of a
-        routing server instead (its allowed names; docs/protocol.md 16.5).
+        routing server instead (its allowed names; docs/protocol.md 16.5); this client's own
+        node name resolves here, without asking the server.
 
         Needs one of our servers (the ``whereis`` feature): with an original server it
         raises :class:`~pyfabric.protocol.FeatureNotSupported`; send to the name instead.
@@ -352,6 +365,8 @@ class Client(LocalProcesses, RouteClientMixin):
         with ``when_disconnected="error"``, else once ``connect_timeout`` seconds pass
         without a reconnection (and at once when the client is closed).
         """
+        if node is not None and to_node(node) == self._node.name:
+            return self._node.whereis(name)
         if self._state != ConnectionState.CONNECTED:
             if self._state == ConnectionState.CLOSED:
                 raise NotConnected(f"whereis({str(name)!r}): the client of {self.host}:{self.port} is closed")
@@ -405,6 +420,7 @@ class Client(LocalProcesses, RouteClientMixin):
                 stream.abort()
         if self._state != ConnectionState.CLOSED:
             self._finish_closed()
+        self._node.remove_node_sender(self._send_to_node)
         if self._owns_node:
             await self._node.close()
 

@@ -110,6 +110,7 @@ async def aconnect(
     except BaseException:
         client._closing = True
         client._set_state(ConnectionState.CLOSED)
+        node.remove_node_sender(client._send_to_node)
         if owns_node:
             await node.close()
         raise

@@ -23,6 +23,7 @@ from ..protocol import (
     AuthFailed,
     Connection,
     ConnectionClosed,
+    Deferred,
     ExitSignalReceived,
     FrameDropped,
     HandshakeComplete,
@@ -84,6 +85,7 @@ class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
         """Told of the events of the `route` feature (the server's router, the client's nodes)."""
         self._watches: dict[Pid, WatchToken] = {}
         self._whereis: dict[int, asyncio.Future[Pid | None]] = {}
+        self._written: list[tuple[Deferred, Callable[[str | None], None]]] = []  # see send_routed
         self._flush_scheduled = False
         self.frames_dropped = 0
         self.messages_in = 0
@@ -349,6 +351,7 @@ class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
         deferred sends are dropped; with ``acks`` the messages it cannot vouch for are
         reported with ``reason`` (docs/protocol.md 11.7)."""
         self._stop_flow_timers()
+        self.fail_written(reason)
         if self.session is not None:
             self._report_ending(reason)
             for pid, _remote_id in self.session.expire():

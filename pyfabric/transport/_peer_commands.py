@@ -12,6 +12,7 @@ from typing import Any
 
 from ..etf import Atom, Pid
 from ..protocol import (
+    ConfirmedSend,
     Connection,
     Deferred,
     ExitSignalCommand,
@@ -45,6 +46,8 @@ class PeerCommandsMixin:
     _idle: asyncio.Event
     _flush_scheduled: bool
     _whereis: dict[int, asyncio.Future[Pid | None]]
+    _confirms: dict[int, asyncio.Future[str | None]]
+    _written: list[tuple[Deferred, Callable[[str | None], None]]]
     _flush: Callable[[], None]
     _schedule_flush: Callable[[], None]
 
@@ -73,6 +76,37 @@ class PeerCommandsMixin:
         else:
             self._defer(SendMessage(dest, msg))
             self.messages_out += 1
+
+    def send_routed(self, dest: Any, msg: Any, done: Callable[[str | None], None]) -> None:
+        """A routing server hands on a confirmed send to this peer (docs/protocol.md 16.8).
+        With ``acks`` on this hop: as a confirmed send of our own (queued while
+        disconnected), ``done`` gets the peer's result, or why the session ended. Without: a
+        plain message, ``done(None)`` once it is written (at once when connected, else after
+        the resume), ``done(reason)`` if the session ends first. Raises like :meth:`send`
+        (nothing sent, ``done`` not called)."""
+        session = self.session
+        if session is not None and session.outbox is not None:
+            conn = self.conn
+            if conn is not None and conn.state == ESTABLISHED:
+                if session.deferred_count() >= self.options.max_pending:
+                    raise SendQueueFull(f"{self.options.max_pending} messages already wait for {self.label} (max_pending)")
+                ref = conn.send_confirmed(dest, msg)
+            else:
+                ref = session.new_ref()
+                self._defer(ConfirmedSend(ref, dest, msg))
+            self.messages_out += 1
+            fut: asyncio.Future[str | None] = self.node.loop.create_future()
+            self._confirms[ref] = fut
+            fut.add_done_callback(lambda f: done(None if f.cancelled() else f.result()))
+            self._schedule_flush()
+        elif self.connected:
+            self.send(dest, msg)
+            done(None)
+        else:
+            command = SendMessage(dest, msg)
+            self._defer(command)
+            self.messages_out += 1
+            self._written.append((command, done))
 
     def link(self, local_pid: Pid, proxy_pid: Pid) -> None:
         """``local_pid`` linked the proxy ``proxy_pid``: tell the peer (``{link, A, B}``)."""
@@ -150,9 +184,21 @@ class PeerCommandsMixin:
         conn = self.conn
         if conn is None or conn.state != ESTABLISHED:
             return
-        for command, exc in conn.send_deferred():  # a queued send the peer cannot carry
+        failed = conn.send_deferred()
+        for command, exc in failed:  # a queued send the peer cannot carry
             _log.warning("%s: queued %s dropped: %s", self.label, type(command).__name__, exc)
+        if self._written:  # routed confirmed sends without acks: answered once written (16.8)
+            refused = {id(command): exc.code for command, exc in failed}
+            waiting, self._written = self._written, []
+            for command, done in waiting:
+                done(refused.get(id(command)))
         self._schedule_flush()
+
+    def fail_written(self, reason: str) -> None:
+        """The session ends: the routed sends waiting to be written are answered ``reason``."""
+        waiting, self._written = self._written, []
+        for _command, done in waiting:
+            done(reason)
 
     def pending_count(self) -> int:
         """Sends and link commands kept for the next connection."""

@@ -62,7 +62,10 @@ class ClientNodes:
         conn = self._link.conn
         if conn is not None:
             req_id = conn.request_nodes()
-            self._waiting[req_id] = self._node.loop.create_future()
+            fut: asyncio.Future[tuple[Atom, ...]] = self._node.loop.create_future()
+            # nobody awaits it: a connection lost before the answer must not log "never retrieved"
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+            self._waiting[req_id] = fut
             self._link.flush()
 
     def connection_lost(self) -> None:

@@ -112,6 +112,10 @@ class Router:
         me = self._names.get(link)
         return [name for name, holder in self._holders.items() if holder is not link and holder in self._up and self.may(me, name)]
 
+    def holder(self, node: Atom) -> PeerLink | None:
+        """The link of the session holding the client node name ``node`` (connected or kept)."""
+        return self._holders.get(node)
+
     @property
     def node_names(self) -> list[Atom]:
         """Every client node name held now (connected or not)."""
@@ -242,24 +246,40 @@ class Router:
 
     def _forward(self, link: PeerLink, ev: MessageRouted) -> None:
         """Send a routed message on to its client node; its credit on the sender's hop comes
-        back, and a confirmed send is answered, once it is issued there (16.8)."""
+        back once it is issued there. A confirmed send is end to end (16.8): sent on as a
+        confirmed send when that hop has ``acks`` and answered with the client's result, else
+        answered once written there; refusals are answered at once."""
         target = self._holders.get(ev.node)
         code: str | None = None
+        answer = (lambda result: self._answer(link, ev.ref, result)) if ev.ref else None
         if target is None:
             _log.debug("%s: message to %s on %s dropped: the node is gone", link.label, ev.name.name, ev.node.name)
             code = "noproc"
         else:
             try:
-                target.send(ev.name, ev.payload)
+                if answer is not None:
+                    target.send_routed(ev.name, ev.payload, answer)
+                    answer = None  # answered by the next hop
+                else:
+                    target.send(ev.name, ev.payload)
             except (LocalProtocolError, NotConnected, SendQueueFull) as exc:
                 _log.warning("%s: message to %s on %s dropped: %s", link.label, ev.name.name, ev.node.name, exc)
                 code = exc.code if isinstance(exc, LocalProtocolError) else "limit"
+        if answer is not None:
+            answer(code)
         conn = link.conn
-        if conn is not None and (ev.ref or ev.credit is not None):
-            if ev.ref:
-                conn.send_result(ev.ref, code)
-            if ev.credit is not None:
-                conn.credit_returned(ev.credit)
+        if conn is not None and ev.credit is not None:
+            conn.credit_returned(ev.credit)
+
+    @staticmethod
+    def _answer(link: PeerLink, ref: int, code: str | None) -> None:
+        """Answer the sender's confirmed send ``ref`` (kept for its replay while it is
+        disconnected; nothing once its session is gone)."""
+        conn = link.conn
+        if conn is None or link.session is None or link.session.outbox is None:
+            return
+        conn.send_result(ref, code)
+        link.flush()
 
     def _whereis(self, link: PeerLink, ev: WhereisNodeRequested) -> None:
         conn = link.conn

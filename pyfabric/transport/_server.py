@@ -126,6 +126,19 @@ class Server(LocalProcesses):
             links=lambda: {e.link for e in self._accepted.values()} | set(self._kept.links.values()),
         )  # fmt: skip
         self._kept.on_ended = self._router.session_ended if self._router is not None else None
+        node.add_node_sender(self._send_to_node)
+
+    def _send_to_node(self, name: Atom, node: Atom, msg: Any) -> bool:
+        """A local process sends to ``(name, node)``: ``node`` is a client's node name (a
+        routing server's table, else the node an established client announced)."""
+        link = self._router.holder(node) if self._router is not None else None
+        if link is None:
+            link = next((e.link for e in self._accepted.values() if e.link.connected and e.link.established is not None
+                         and e.link.established.peer_node == node), None)  # fmt: skip
+        if link is None:
+            return False
+        link.send(name, msg)  # an atom Dest: the client's own name policy applies (16.3)
+        return True
 
     # -- accepting -----------------------------------------------------------------------------
 
@@ -276,8 +289,10 @@ class Server(LocalProcesses):
         """The listening sockets (empty once closed)."""
         return list(self._server.sockets) if self._server is not None else []
 
-    def send(self, dest: Pid | Atom | str, msg: Any) -> None:
-        """Send to a local process or a proxy of a client's process."""
+    def send(self, dest: Pid | Atom | str | tuple[Atom | str, Atom | str], msg: Any) -> None:
+        """Send to a local process, a proxy of a client's process, or ``(name, node)``: a
+        name on this server's node, or a name a client node allows (the client with that
+        node name; see :meth:`Node.send`)."""
         self._node.send(dest, msg)
 
     def connections(self) -> list[ServerConnection]:
@@ -348,6 +363,7 @@ class Server(LocalProcesses):
         self._kept.close()
         if self._router is not None:
             self._router.close()
+        self._node.remove_node_sender(self._send_to_node)
         if self._server is not None:
             await self._server.wait_closed()
         if self._owns_node:

@@ -67,6 +67,24 @@ def test_route_needs_heartbeat() -> None:
     assert "route" not in pair.client.features and "heartbeat" not in pair.client.features
 
 
+@pytest.mark.parametrize("name", ["nohost", "@host", "name@", "\u00e9" * 130 + "@h"])
+def test_a_route_accept_with_a_node_name_not_name_at_host_fails_the_handshake(name: str) -> None:
+    """16.1 (as erlang_peer): a routing client's node is name@host, at most 255 bytes; any
+    other name fails the handshake with auth_failed at the server and its client."""
+    client = make_conn("client", node=A(name))
+    pair = Pair(client, make_conn("server", route=hooks()))
+    pair.client.start()
+    pair.pump()
+    server_failure = only(pair.take("server"), AuthFailed)
+    assert "name@host" in str(server_failure.error)
+    assert isinstance(only(pair.take("client"), AuthFailed), AuthFailed)
+    # Without route (a server that does not route) the node name is not checked.
+    plain = Pair(make_conn("client", node=A("nohost")), make_conn("server"))
+    plain.client.start()
+    plain.pump()
+    assert plain.server.state == "established"
+
+
 def test_a_refused_node_name_is_a_verifiable_refusal() -> None:
     claims: list[tuple[Atom, Session | None]] = []
 
