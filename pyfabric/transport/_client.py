@@ -10,14 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl as _ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..etf import Atom, Pid
 from ..protocol import ConnectionClosed, HandshakeComplete
 from ..runtime import Node
 from ._dial import dial, redial
-from ._errors import NotConnected, SendQueueFull
+from ._errors import ConnectFailed, NotConnected, SendQueueFull
 from ._local import LocalProcesses
 from ._options import PeerOptions
 from ._peer import PeerLink
@@ -74,9 +74,13 @@ class Client(LocalProcesses, RouteClientMixin):
         backoff_max: float,
         whereis_timeout: float,
         send_timeout: float,
+        fallbacks: Sequence[tuple[str, int]] = (),
     ) -> None:
         self.host = host
+        """The server connected to now (or last), one of :attr:`addresses`."""
         self.port = port
+        self.addresses: tuple[tuple[str, int], ...] = ((host, port), *fallbacks)
+        """The server addresses, in the order they are tried (README "Failover")."""
         self.options = options
         self._node = node
         self._owns_node = owns_node
@@ -99,6 +103,8 @@ class Client(LocalProcesses, RouteClientMixin):
         self._reconnect_task: asyncio.Task[None] | None = None
         self._closing = False
         self.reconnects = 0
+        self.failovers = 0
+        """Reconnections that went to another address than the one before."""
         self._drain_calls = 0
         node.add_node_sender(self._send_to_node)
 
@@ -113,14 +119,35 @@ class Client(LocalProcesses, RouteClientMixin):
     # -- connection life cycle ------------------------------------------------------------------
 
     async def _connect_once(self) -> HandshakeComplete:
-        """One TCP connect + handshake (:func:`._dial.dial`). Raises ConnectFailed or AuthenticationError."""
-        ev = await dial(
-            self._link, self.host, self.port, ssl=self._ssl, server_hostname=self._server_hostname,
-            connect_timeout=self._connect_timeout, handshake_timeout=self._handshake_timeout,
-            heartbeat=self.options.heartbeat_ms / 1000, on_stream=self._set_stream,
-        )
-        self._route_nodes.established(ev)
-        return ev
+        """One round of connection attempts (:func:`._dial.dial`: TCP connect + handshake):
+        the current server first, then the other :attr:`addresses` in order. Raises
+        ConnectFailed (every address failed) or AuthenticationError (at once)."""
+        current = (self.host, self.port)
+        failures: list[ConnectFailed | OSError] = []
+        for host, port in (current, *(a for a in self.addresses if a != current)):
+            self.host, self.port = host, port
+            self._link.label = f"server {host}:{port}"
+            try:
+                ev = await dial(
+                    self._link, host, port, ssl=self._ssl,
+                    server_hostname=self._server_hostname or (host if self._ssl else None),
+                    connect_timeout=self._connect_timeout, handshake_timeout=self._handshake_timeout,
+                    heartbeat=self.options.heartbeat_ms / 1000, on_stream=self._set_stream,
+                )  # fmt: skip
+            except (ConnectFailed, OSError) as exc:
+                failures.append(exc)
+                if len(self.addresses) > 1:
+                    _log.info("%s:%s: %s; trying the next address", host, port, exc)
+                continue
+            if (host, port) != current and self._state == ConnectionState.RECONNECTING:
+                self.failovers += 1
+                _log.warning("failed over from %s:%s to %s:%s (session %s)", *current, host, port,
+                             "resumed" if ev.resumed else "new: proxies of the old server end with noconnection")  # fmt: skip
+            self._route_nodes.established(ev)
+            return ev
+        if len(failures) == 1:
+            raise failures[0]
+        raise ConnectFailed("no server could be reached: " + "; ".join(map(str, failures))) from failures[-1]
 
     def _set_stream(self, stream: FrameStream) -> None:
         self._stream = stream
@@ -141,9 +168,8 @@ class Client(LocalProcesses, RouteClientMixin):
         self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect_loop())
 
     async def _reconnect_loop(self) -> None:
-        ev = await redial(
-            self._connect_once, f"{self.host}:{self.port}", self._backoff_initial, self._backoff_max, self._is_closing
-        )
+        label = ", ".join(f"{host}:{port}" for host, port in self.addresses)
+        ev = await redial(self._connect_once, label, self._backoff_initial, self._backoff_max, self._is_closing)
         if ev is None:
             self._finish_closed()
             return
@@ -237,7 +263,8 @@ class Client(LocalProcesses, RouteClientMixin):
             stream.abort()
 
     def statistics(self) -> dict[str, Any]:
-        """Counters for monitoring: state, reconnects, bytes (of the current socket), messages
+        """Counters for monitoring: state, the ``server`` connected to, reconnects, failovers
+        (reconnections to another address), bytes (of the current socket), messages
         both ways (``messages_in``: delivered here from the server; ``messages_out``: written
         or queued for it; both across reconnects), proxies, exports, queued sends; with
         ``acks``, frames not acknowledged yet, messages dropped at ``max_pending`` (12.6)."""
@@ -246,7 +273,9 @@ class Client(LocalProcesses, RouteClientMixin):
         return {
             "state": self._state,
             "mode": self.mode,
+            "server": f"{self.host}:{self.port}",
             "reconnects": self.reconnects,
+            "failovers": self.failovers,
             "bytes_in": stream.bytes_in if stream else 0,
             "bytes_out": stream.bytes_out if stream else 0,
             "messages_in": self._link.messages_in,

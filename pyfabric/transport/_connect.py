@@ -4,6 +4,7 @@ client's default timeouts and backoff."""
 from __future__ import annotations
 
 import ssl as _ssl
+from collections.abc import Iterable
 from typing import Unpack
 
 from ..etf import Atom
@@ -15,6 +16,7 @@ from ._signature import ConnectOptions, show_options
 
 __all__ = [
     "aconnect",
+    "check_fallbacks",
     "DEFAULT_BACKOFF_INITIAL",
     "DEFAULT_BACKOFF_MAX",
     "DEFAULT_WHEREIS_TIMEOUT",
@@ -29,6 +31,21 @@ DEFAULT_WHEREIS_TIMEOUT = 10.0
 """Seconds ``whereis`` waits for the server's answer."""
 DEFAULT_SEND_TIMEOUT = 10.0
 """Seconds ``drain`` waits for a reconnection before giving up on queued sends."""
+
+
+def check_fallbacks(fallbacks: Iterable[tuple[str, int]]) -> tuple[tuple[str, int], ...]:
+    """``fallbacks`` as a tuple of ``(host, port)`` pairs; ``TypeError`` / ``ValueError``
+    naming the first bad one."""
+    if isinstance(fallbacks, (str, bytes)):
+        raise TypeError("fallbacks must be a list of (host, port) pairs, not a string")
+    out = []
+    for item in fallbacks:
+        if not (isinstance(item, tuple | list) and len(item) == 2 and isinstance(item[0], str) and type(item[1]) is int):
+            raise TypeError(f"fallbacks: each item is a (host, port) pair, got {item!r}")
+        if not 0 < item[1] < 65536:
+            raise ValueError(f"fallbacks: port {item[1]} of {item[0]!r} is not in 1..65535")
+        out.append((item[0], item[1]))
+    return tuple(out)
 
 
 @show_options()
@@ -48,6 +65,7 @@ async def aconnect(
     whereis_timeout: float = DEFAULT_WHEREIS_TIMEOUT,
     backoff_initial: float = DEFAULT_BACKOFF_INITIAL,
     backoff_max: float = DEFAULT_BACKOFF_MAX,
+    fallbacks: Iterable[tuple[str, int]] = (),
     **options: Unpack[ConnectOptions],
 ) -> Client:
     """Connect to the fabric server at ``host:port`` with ``secret``; return a connected
@@ -74,6 +92,11 @@ async def aconnect(
     :class:`~pyfabric.protocol.LocalProtocolError` code ``limit``); ``compress``: zlib-compress
     messages to our own peers when smaller (off by default: on fast links it costs more than
     it saves; messages to an original peer are always encoded as the original does);
+    ``fallbacks``: more server addresses ``[(host2, port2), ...]``, tried in order after
+    ``host:port`` when it cannot be reached, at the first connection and at every reconnection
+    (which starts with the server of the current session); a client that moves to another
+    server resumes its session if that server accepts it, else starts a new one: proxies of
+    the old server's processes end with ``noconnection`` (README "Failover").
     ``strings="list"`` delivers received Erlang lists of small integers (``[1,2,3]``) as
     ``list[int]`` instead of ``str`` (default ``"str"``, see docs/terms.md).
     ``on_undelivered`` called with :class:`~pyfabric.protocol.MessagesUndelivered` when a
@@ -84,6 +107,7 @@ async def aconnect(
     name raises ``TypeError``.
     """
     peer_options = PeerOptions.build(secret, **options)
+    extra = check_fallbacks(fallbacks)
     if ssl is not None:
         check_context(ssl, server_side=False)
     owns_node = node is None
@@ -96,7 +120,7 @@ async def aconnect(
         node=node,
         owns_node=owns_node,
         ssl=ssl,
-        server_hostname=server_hostname or (host if ssl else None),
+        server_hostname=server_hostname,
         connect_timeout=connect_timeout,
         handshake_timeout=handshake_timeout,
         reconnect=reconnect,
@@ -104,6 +128,7 @@ async def aconnect(
         backoff_max=backoff_max,
         whereis_timeout=whereis_timeout,
         send_timeout=send_timeout,
+        fallbacks=extra,
     )
     try:
         await client._start()

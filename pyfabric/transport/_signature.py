@@ -87,6 +87,7 @@ class BlockingConnectOptions(ConnectOptions, total=False):
     whereis_timeout: float
     backoff_initial: float
     backoff_max: float
+    fallbacks: Iterable[tuple[str, int]]
 
 
 class BlockingServeOptions(ServeOptions, total=False):
