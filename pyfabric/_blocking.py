@@ -141,8 +141,9 @@ class BlockingMailbox:
         """This mailbox's pid: ship it in messages so remote processes can answer."""
         return self._box.pid
 
-    def send(self, dest: Pid | Atom | str, msg: Any) -> None:
-        """Send to a local process, a proxy, or a locally registered name."""
+    def send(self, dest: Pid | Atom | str | tuple[Atom | str, Atom | str], msg: Any) -> None:
+        """Send to a local process, a proxy, a locally registered name, or ``(name, node)``
+        (see :meth:`pyfabric.runtime.Node.send`)."""
         self._runner.call(self._box.send, dest, msg)
 
     def receive(self, match: Any = None, timeout: float | None = None) -> Any:
@@ -360,8 +361,9 @@ class BlockingServer(_BlockingNodeApi[Server]):
         """The underlying :class:`~pyfabric.transport.Server` (use only on :attr:`loop`)."""
         return self._target
 
-    def send(self, dest: Pid | Atom | str, msg: Any) -> None:
-        """Send to a local process, a proxy of a client's process, or a local name."""
+    def send(self, dest: Pid | Atom | str | tuple[Atom | str, Atom | str], msg: Any) -> None:
+        """Send to a local process, a proxy of a client's process, a local name, or
+        ``(name, node)`` of a client node (see :meth:`pyfabric.transport.Server.send`)."""
         self._runner.call(self._target.send, dest, msg)
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
