@@ -81,6 +81,7 @@ class Client(LocalProcesses, RouteClientMixin):
         self.port = port
         self.addresses: tuple[tuple[str, int], ...] = ((host, port), *fallbacks)
         """The server addresses, in the order they are tried (README "Failover")."""
+        self._home = (host, port)  # the server of the last connection: tried first
         self.options = options
         self._node = node
         self._owns_node = owns_node
@@ -122,7 +123,7 @@ class Client(LocalProcesses, RouteClientMixin):
         """One round of connection attempts (:func:`._dial.dial`: TCP connect + handshake):
         the current server first, then the other :attr:`addresses` in order. Raises
         ConnectFailed (every address failed) or AuthenticationError (at once)."""
-        current = (self.host, self.port)
+        current = self._home
         failures: list[ConnectFailed | OSError] = []
         for host, port in (current, *(a for a in self.addresses if a != current)):
             self.host, self.port = host, port
@@ -143,8 +144,11 @@ class Client(LocalProcesses, RouteClientMixin):
                 self.failovers += 1
                 _log.warning("failed over from %s:%s to %s:%s (session %s)", *current, host, port,
                              "resumed" if ev.resumed else "new: proxies of the old server end with noconnection")  # fmt: skip
+            self._home = (host, port)
             self._route_nodes.established(ev)
             return ev
+        self.host, self.port = current  # until an attempt succeeds, the session's server
+        self._link.label = f"server {current[0]}:{current[1]}"
         if len(failures) == 1:
             raise failures[0]
         raise ConnectFailed("no server could be reached: " + "; ".join(map(str, failures))) from failures[-1]
