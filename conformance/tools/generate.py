@@ -67,7 +67,8 @@ def feed(conn: Any, payload: bytes) -> tuple[bytes, list[Any]]:
 def transcript(name: str, client: str, server: str, *, note: str, client_secret: bytes = b"conformance secret",
                server_secret: bytes = b"conformance secret", client_features: list[str] | None = None,
                server_features: list[str] | None = None, resume: bytes | None = None,
-               kept: bytes | None = None, seed: int = 1) -> Case:
+               kept: bytes | None = None, seed: int = 1, client_node: str = "cli@conformance",
+               server_routing: int | None = None, file: str = "handshakes.cases") -> Case:
     cf = client_features if client_features is not None else (ALL_PY if client == "python" else ALL_ERL)
     sf = server_features if server_features is not None else (ALL_PY if server == "python" else ALL_ERL)
     client_nonce = bytes(range(seed, seed + 32))
@@ -77,10 +78,12 @@ def transcript(name: str, client: str, server: str, *, note: str, client_secret:
              ("client_secret", client_secret.hex()), ("server_secret", server_secret.hex()),
              ("client_nonce", client_nonce.hex()), ("server_nonce", server_nonce.hex()),
              ("resume", resume.hex() if resume else "none"), ("server_kept_session", kept.hex() if kept else "none"),
-             ("client_node", "cli@conformance"), ("client_features", " ".join(cf)),
+             ("client_node", client_node), ("client_features", " ".join(cf)),
              ("client_max_frame", "1048576"), ("client_heartbeat", "0"),
              ("server_node", "srv@conformance"), ("server_features", " ".join(sf)),
              ("server_max_frame", "67108864"), ("server_heartbeat", "15000")]
+    if server_routing is not None:  # a routing server (16.1), its route_heartbeat in ms
+        lines.append(("server_routing", str(server_routing)))
     # the session id the server ends with: the resumed one, a new one, or none
     agreed = [f for f in cf if f in sf]
     session_on = "session" in agreed
@@ -129,7 +132,7 @@ def transcript(name: str, client: str, server: str, *, note: str, client_secret:
     else:
         client_outcome = server_outcome  # an Erlang client accepts what the server established (checked by its runner)
     lines.append(("client_outcome", client_outcome))
-    return Case(name, "handshakes.cases", lines)
+    return Case(name, file, lines)
 
 
 def tamper_server_mac(case: Case, name: str) -> Case:
@@ -428,6 +431,15 @@ def route_cases() -> list[Case]:
               "a server without routing: the route frames are unknown_frame, and {Name, Node} is delivered here "
               "as in version 1 (a Python node treats every Node as itself, docs/protocol.md 4.1)",
               EXT),
+        transcript("hs_route_py_client_py_server", "python", "python", seed=30, file="route.cases",
+                   client_features=sorted(ALL_PY + ["route"]), server_features=sorted(ALL_PY + ["route"]),
+                   server_routing=1000,
+                   note="16.1: a routing server offers route with route_heartbeat; the client accepts it with a "
+                        "heartbeat of at most that, and its node name name@host"),
+        transcript("hs_route_bad_node_py_client_py_server", "python", "python", seed=31, file="route.cases",
+                   client_features=sorted(ALL_PY + ["route"]), server_features=sorted(ALL_PY + ["route"]),
+                   server_routing=1000, client_node="cli_without_host",
+                   note="16.1: a route Accept whose node name is not name@host fails the handshake, auth_failed"),
     ]
 
 
@@ -566,7 +578,7 @@ def main() -> None:
 
 def write_route() -> None:
     """Only route.cases (recorded from the Python core alone: ``generate.py route``)."""
-    write(CASES_DIR / "route.cases", HEADER + "\n# Routing between clients: the route frames (docs/protocol.md 16), kind route_exchange.", route_cases())
+    write(CASES_DIR / "route.cases", HEADER + "\n# Routing between clients: the route frames (docs/protocol.md 16), kind route_exchange; two route handshakes (16.1), kind handshake.", route_cases())
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["route"]:

@@ -140,6 +140,9 @@ def handshake_role(case: Case, role: str) -> Connection:
         if sid is not None and case.get("resumed", "false") != "true":
             chunks.append(sid)
         extra = {"find_session": (lambda s: Session(s) if s == kept else None)}
+        routing = case.get("server_routing", "none")
+        if routing != "none":  # a routing server (16.1): every node name is free here
+            extra["route"] = RouteHooks(int(routing), lambda node, resumed: True, lambda from_node, node: "unknown")
     return Connection(
         role,
         case.hex(p + "secret"),
