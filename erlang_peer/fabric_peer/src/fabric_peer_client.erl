@@ -38,7 +38,8 @@ init({O, Target}) ->
     logger:update_process_metadata(?FABRIC_LOG),
     %% the first attempt starts when connect/4 waits for it (await_ready), so its result
     %% always has someone to go to
-    {ok, connecting, (fabric_peer_conn:new_data(client, watch_owner(O)))#d{target = Target}}.
+    D = (fabric_peer_conn:new_data(client, watch_owner(O)))#d{target = Target},
+    {ok, connecting, D#d{o = (D#d.o)#{ring => ring(D)}}}.
 
 %% The owner (the caller of fabric_peer:connect/4 or connect_link/4) is monitored unless
 %% `close_with_owner => false'; its 'DOWN' closes the connection (handle_event/4).
@@ -200,9 +201,19 @@ socket_gone(_, _, D) -> {keep_state, drop_socket(D)}.
 
 %% A handshake or connect failure: the first attempt reports to `connect/4' and stops;
 %% later attempts back off and retry.
-failed(Why, #d{ever_connected = false} = D) ->
-    [gen_statem:reply(W, {error, Why}) || W <- D#d.waiters],
-    {stop, normal, drop_socket(D#d{waiters = []})};
+failed(Why, #d{ever_connected = false, attempt = N} = D) ->
+    case fallback(Why) andalso N + 1 < length(ring(D)) of
+        true ->
+            %% the first attempt tries every address once, in order (docs/cluster.md 6)
+            Next = next_target(D),
+            ?LOG_INFO(#{what => connect_failed, target => D#d.target, reason => Why,
+                        then => Next}, ?FABRIC_LOG),
+            {next_state, connecting, drop_socket(D#d{attempt = N + 1, target = Next}),
+             [{next_event, internal, connect}, {{timeout, handshake}, cancel}]};
+        false ->
+            [gen_statem:reply(W, {error, Why}) || W <- D#d.waiters],
+            {stop, normal, drop_socket(D#d{waiters = []})}
+    end;
 failed({auth_failed, _} = Why, D) ->
     %% The server refused us, or could not prove it knows the secret, or is an original
     %% peer we may not use: retrying cannot help (and would hammer the server). Stop; the
@@ -217,8 +228,36 @@ failed(Why, #d{o = O, attempt = N} = D) ->
         false -> {stop, normal, D1};
         true ->
             Delay = fabric_peer_backoff:delay(N, maps:get(reconnect_min, O), maps:get(reconnect_max, O)),
+            %% each failed attempt moves on to the next address of the ring (fallbacks)
+            Next = next_target(D),
             ?LOG_INFO(#{what => connect_failed, target => D#d.target, reason => Why,
-                        retry_in_ms => Delay}, ?FABRIC_LOG),
-            {next_state, disconnected, D1#d{attempt = N + 1},
+                        retry_in_ms => Delay, next => Next}, ?FABRIC_LOG),
+            {next_state, disconnected, D1#d{attempt = N + 1, target = Next},
              [{state_timeout, Delay, reconnect}, {{timeout, handshake}, cancel}]}
     end.
+
+%%% fallbacks (docs/cluster.md section 6)
+
+%% The addresses of the client, in order: the one given to connect, then `fallbacks'.
+ring(#d{o = O, target = T}) ->
+    case maps:get(ring, O, undefined) of
+        undefined -> [T | [{host(H), P} || {H, P} <- maps:get(fallbacks, O, [])]];
+        Ring -> Ring
+    end.
+
+host(H) when is_binary(H) -> binary_to_list(H);
+host(H) -> H.
+
+%% The address after the current one (the ring is fixed at start: `init/1').
+next_target(#d{target = T} = D) ->
+    Ring = ring(D),
+    case lists:dropwhile(fun(X) -> X =/= T end, Ring) of
+        [T, Next | _] -> Next;
+        _ -> hd(Ring)
+    end.
+
+%% A failure that another address may not have (not an authentication refusal, nor a
+%% node name in use, which are final: docs/cluster.md section 6).
+fallback({connect, _}) -> true;
+fallback(handshake_timeout) -> true;
+fallback(_) -> false.

@@ -111,7 +111,8 @@ env(Ref, #{token := Token, counters := Ctr, max_pending := Max}, O) ->
                      end,
       %% the sender id used for `exit(Proxy, kill)', whose real caller is unknown
       signaller => fun() -> spawn_link(fun Loop() -> receive _ -> Loop() end end) end,
-      whereis => fun erlang:whereis/1,
+      %% the local registry, then global (docs/cluster.md section 5)
+      whereis => fun fabric_peer_cluster:whereis_name/1,
       policy => fun() -> fabric_peer_registry:policy(Ref) end,
       server_atoms_left => fun() -> server_atoms_left(O) end,
       spend_server_atoms => fun(N) -> spend_server_atoms(N, O) end}.

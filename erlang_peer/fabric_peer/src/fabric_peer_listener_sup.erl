@@ -21,8 +21,10 @@ init(Ctx0) ->
     Ctx = Ctx0#{admission => fabric_peer_admission:new_table()},
     {ok, {#{strategy => rest_for_one, intensity => 5, period => 10},
           [#{id => handle, start => {fabric_peer_server_handle, start_link, [Ctx]},
-             shutdown => 5000},
-           #{id => conn_sup, start => {fabric_peer_conn_sup, start_link, [Ctx]},
+             shutdown => 5000}]
+         %% a clustered server's directory process (docs/cluster.md)
+         ++ fabric_peer_cluster:child_specs(Ctx) ++
+          [#{id => conn_sup, start => {fabric_peer_conn_sup, start_link, [Ctx]},
              type => supervisor, shutdown => infinity},
            #{id => acceptors_sup, start => {fabric_peer_acceptors_sup, start_link, [Ctx]},
              type => supervisor, shutdown => infinity}]}}.

@@ -66,10 +66,11 @@ defaults(Role) ->
                           max_pending_per_address => F(max_pending_per_address),
                           refuse_remote_exits => false,
                           routing => false, route_heartbeat => 1000, route_grace => 10000,
-                          route_max_proxies => 10000};
+                          route_max_proxies => 10000, cluster => false,
+                          register_global => false};
         client -> Common#{mode => extended, reconnect => true, reconnect_min => 100,
                           reconnect_max => 30000, connect_timeout => 5000,
-                          close_with_owner => true}
+                          close_with_owner => true, fallbacks => []}
     end.
 
 %% The `acks' defaults (docs/protocol.md 13.2): the outbox bounds what a cut can cost
@@ -120,6 +121,15 @@ check(refuse_remote_exits, V) ->
 check(undelivered, V) ->
     (V =:= owner orelse V =:= none orelse is_pid(V) orelse is_function(V, 1))
         orelse bad(undelivered, V);
+check(cluster, _) -> ok;   % with routing: check_combination/2
+check(register_global, V) ->
+    (is_boolean(V) orelse (is_list(V) andalso lists:all(fun is_atom/1, V)))
+        orelse bad(register_global, V);
+check(fallbacks, V) ->
+    (is_list(V) andalso lists:all(fun({H, P}) -> (is_list(H) orelse is_binary(H) orelse is_tuple(H))
+                                                     andalso is_integer(P) andalso P > 0 andalso P < 65536;
+                                     (_) -> false
+                                  end, V)) orelse bad(fallbacks, V);
 check(routing, V) ->
     (is_boolean(V) orelse is_function(V, 2)) orelse bad(routing, V);
 check(mode, V) -> lists:member(V, [extended, legacy]) orelse bad(mode, V);
@@ -168,6 +178,9 @@ check_combination(server, #{mode := legacy, allow_legacy_auth := false}) ->
     bad(mode, {legacy, requires_allow_legacy_auth});
 check_combination(_, #{credit_dest := D, credit_window := W}) when D > W ->
     bad(credit_dest, {D, above, credit_window, W});
+check_combination(server, #{cluster := _} = M) ->
+    ok = fabric_peer_cluster:check(M),
+    check_combination(any, maps:remove(cluster, M));
 check_combination(_, #{features := F}) ->
     %% acks needs session (docs/protocol.md 11.1)
     Fs = [to_bin(X) || X <- F],

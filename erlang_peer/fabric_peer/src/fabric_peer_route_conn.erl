@@ -150,7 +150,12 @@ own_heartbeat(_, O) -> O.
 -spec claim(map(), pid(), fabric_peer_conn:data()) -> ok | node_in_use.
 claim(#{features := Feats, peer_node := Node}, Claimant, #d{ref = Ref, o = O}) ->
     case lists:member(<<"route">>, Feats) of
-        true -> fabric_peer_router:claim(Ref, Node, Claimant, O);
+        true ->
+            %% unique across the servers of a cluster too (docs/cluster.md section 3)
+            case fabric_peer_cluster:claim(O, Node, Claimant) of
+                ok -> fabric_peer_router:claim(Ref, Node, Claimant, O);
+                node_in_use -> node_in_use
+            end;
         false -> ok
     end.
 
@@ -166,7 +171,9 @@ move(#{features := Feats, peer_node := Node}, From, #d{ref = Ref}) ->
 -spec up(fabric_peer_conn:data()) -> ok.
 up(#d{ref = Ref, o = O}) ->
     case fabric_peer_router:enabled(O) of
-        true -> fabric_peer_router:up(Ref, self(), O);
+        true ->
+            ok = fabric_peer_router:up(Ref, self(), O),
+            fabric_peer_cluster:up(O, fabric_peer_router:own_node(Ref, self()));
         false -> ok
     end.
 
@@ -174,7 +181,9 @@ up(#d{ref = Ref, o = O}) ->
 -spec down(fabric_peer_conn:data()) -> ok.
 down(#d{ref = Ref, o = O}) ->
     case fabric_peer_router:enabled(O) of
-        true -> fabric_peer_router:down(Ref, self(), O);
+        true ->
+            ok = fabric_peer_cluster:down(O, fabric_peer_router:own_node(Ref, self())),
+            fabric_peer_router:down(Ref, self(), O);
         false -> ok
     end.
 
@@ -189,13 +198,13 @@ release(#d{ref = Ref, o = O}) ->
 %% @doc `route_grace' after this connection lost its client (16.4): the other connections
 %% end their exports of our proxies with `noconnection'.
 -spec grace(fabric_peer_conn:data()) -> ok.
-grace(#d{ref = Ref, p = P} = D) ->
+grace(#d{ref = Ref, p = P, o = O} = D) ->
     Proxies = fabric_peer_route:proxies(P),
     ?LOG_INFO("fabric: ~s did not resume within route_grace: ~b of its processes end "
               "(noconnection) at the other clients", [D#d.peer, length(Proxies)]),
     _ = [C ! {fabric_route, {unexport, Proxies}} || Proxies =/= [],
          C <- fabric_peer_router:conns(Ref), C =/= self()],
-    ok.
+    fabric_peer_cluster:grace(O, Proxies).
 
 %%% internals
 

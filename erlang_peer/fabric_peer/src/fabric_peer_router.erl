@@ -20,9 +20,7 @@
 
 -export([create_table/0, forget/1, settings/2, enabled/1,
          claim/4, move/4, up/3, down/3, release/3,
-         target/4, visible/3, allowed/3, conns/1]).
-%% allowed/3: the EUnit tests check the routing policy with it directly
--ignore_xref([allowed/3]).
+         target/4, visible/3, allowed/3, conns/1, own_node/2, notify/4]).
 
 -define(T, fabric_peer_router).
 
@@ -175,15 +173,16 @@ target(Ref, O, From, Node) ->
                 true -> {ok, Conn};
                 false -> not_allowed
             end;
-        _ -> none
+        %% a client of another server of the cluster (docs/cluster.md section 3)
+        _ -> fabric_peer_cluster:target(O, own_node(Ref, From), From, Node)
     end.
 
 %% @doc The client nodes connection `From' may see: connected, not itself (16.6).
 -spec visible(reference(), map(), pid()) -> [binary()].
 visible(Ref, O, From) ->
     Mine = own_node(Ref, From),
-    [N || [N, Pid] <- ets:match(?T, {{Ref, node, '$1'}, '$2', up}), Pid =/= From,
-          allowed(O, Mine, N)].
+    fabric_peer_cluster:visible(O, Mine, [N || [N, Pid] <- ets:match(?T, {{Ref, node, '$1'}, '$2', up}),
+                                               Pid =/= From, allowed(O, Mine, N)]).
 
 %% @doc The `routing' policy for `(From, To)' (16.2): a predicate that crashes or answers
 %% anything but `true' refuses; a crash is logged once per pair of nodes.
@@ -206,7 +205,7 @@ allowed(_, _, _) -> false.
 -spec conns(reference()) -> [pid()].
 conns(Ref) -> [P || [P] <- ets:match(?T, {{Ref, conn, '$1'}, '_'})].
 
-%% The client node name held by connection `Pid', or `undefined'.
+%% @doc The client node name held by connection `Pid', or `undefined'.
 -spec own_node(reference(), pid()) -> binary() | undefined.
 own_node(Ref, Pid) ->
     case ets:lookup(?T, {Ref, conn, Pid}) of
@@ -214,7 +213,9 @@ own_node(Ref, Pid) ->
         [] -> undefined
     end.
 
-%% nodeup / nodedown to the connected named clients that may see `Node'
+%% @doc `nodeup' / `nodedown' to the connected named clients that may see `Node' (but
+%% `Source'; `fabric_peer_cluster' tells them about the clients of other servers).
+-spec notify(reference(), map(), pid() | none, {nodeup | nodedown, binary()}) -> ok.
 notify(Ref, O, Source, {_, Node} = Notice) ->
     _ = [Pid ! {fabric_route, {notice, Notice}}
          || [N, Pid] <- ets:match(?T, {{Ref, node, '$1'}, '$2', up}),

@@ -1,0 +1,402 @@
+%% Servers of one fabric on three distributed Erlang nodes (docs/cluster.md, issue 14).
+%%
+%% The suite starts three peer nodes (OTP's `peer', short names, a test cookie, distribution
+%% bound to 127.0.0.1), connects them, and starts one erlang_peer server on each in one
+%% `pg' scope. The CT node is a *hidden* node (it controls the peers; it is not part of
+%% their `pg' scope nor of `global'), and the erlang_peer clients run on it: a message from
+%% a client of one server to a client of another can only go client -> server -> server ->
+%% client. The peers are stopped at the end (failover stops one of them itself).
+-module(fabric_peer_cluster_SUITE).
+-include_lib("common_test/include/ct.hrl").
+-include_lib("stdlib/include/assert.hrl").
+-compile([export_all, nowarn_export_all]).
+
+-define(T, 5000).
+-define(SCOPE, fabric_ct_cluster).
+-define(COOKIE, fabric_ct_cookie).
+
+all() ->
+    [cross_server_send, cross_server_whereis_and_nodes, pid_identity_across,
+     monitors_and_links_across, nodeup_nodedown_across, node_name_unique_across,
+     global_name_of_an_erlang_process, register_global, cluster_options,
+     failover_when_a_server_node_stops].
+
+init_per_suite(Config) ->
+    ok = fabric_peer_test_lib:start_app(),
+    logger:set_primary_config(level, error),
+    Epmd = ensure_epmd(),
+    Dist = case node() of
+               nonode@nohost ->
+                   {ok, _} = net_kernel:start(fabric_ct_origin,
+                                              #{name_domain => shortnames, hidden => true}),
+                   true;
+               _ -> false
+           end,
+    Nodes = [start_node(L) || L <- [a, b, c]],
+    [{_, NA, _} | _] = Nodes,
+    [true = erpc:call(NA, net_kernel, connect_node, [N]) || {_, N, _} <- tl(Nodes)],
+    Servers = [{L, N, P, start_server(N)} || {L, N, P} <- Nodes],
+    %% the mesh is complete and every server sees the others in the scope
+    true = wait(fun() ->
+                        lists:all(fun({_, N, _}) ->
+                                          length(erpc:call(N, erlang, nodes, [])) =:= 2 andalso
+                                              length(erpc:call(N, pg, get_members,
+                                                               [?SCOPE, fabric_peer_servers])) =:= 3
+                                  end, Nodes)
+                end),
+    [{servers, Servers}, {epmd_started, Epmd}, {dist_started, Dist} | Config].
+
+end_per_suite(Config) ->
+    [catch peer:stop(P) || {_, _, P, _} <- ?config(servers, Config)],
+    _ = [net_kernel:stop() || ?config(dist_started, Config)],
+    _ = [os:cmd("epmd -kill") || ?config(epmd_started, Config)],
+    Config.
+
+init_per_testcase(_, Config) ->
+    fabric_peer_test_lib:flush(),
+    Config.
+
+end_per_testcase(_, Config) -> Config.
+
+%%% nodes and servers
+
+%% epmd must run before this node can be distributed (erl -sname starts it; we may not
+%% have been started that way): started on the loopback only, stopped at the end.
+ensure_epmd() ->
+    case erl_epmd:names("127.0.0.1") of
+        {ok, _} -> false;
+        _ ->
+            _ = os:cmd("epmd -address 127.0.0.1 -daemon"),
+            true = wait(
+                   fun() -> element(1, erl_epmd:names("127.0.0.1")) =:= ok end),
+            true
+    end.
+
+start_node(Label) ->
+    Name = peer:random_name("fabric_ct_" ++ atom_to_list(Label)),
+    [_, Host] = string:split(atom_to_list(node()), "@"),
+    Node = list_to_atom(Name ++ "@" ++ Host),
+    true = erlang:set_cookie(Node, ?COOKIE),
+    Paths = lists:usort([filename:dirname(code:which(M))
+                         || M <- [fabric_peer, ?MODULE, fabric_peer_test_lib]]),
+    Args = ["-setcookie", atom_to_list(?COOKIE),
+            "-kernel", "inet_dist_use_interface", "{127,0,0,1}"]
+        ++ lists:append([["-pa", P] || P <- Paths]),
+    {ok, Peer, Node} = peer:start(#{name => Name, host => Host, args => Args,
+                                    wait_boot => 30000}),
+    ok = erpc:call(Node, logger, set_primary_config, [level, error]),
+    {Label, Node, Peer}.
+
+start_server(Node) ->
+    Opts = #{routing => true, cluster => ?SCOPE, route_heartbeat => 200, route_grace => 500,
+             register_global => true},
+    {ok, S} = erpc:call(Node, fabric_peer, start_server, [0, "secret", Opts]),
+    {S, erpc:call(Node, fabric_peer, port, [S])}.
+
+server(Config, L) ->
+    {L, Node, _, {S, Port}} = lists:keyfind(L, 1, ?config(servers, Config)),
+    {Node, S, Port}.
+
+%%% clients (on this node) and their processes
+
+node_name(Prefix) ->
+    list_to_atom(Prefix ++ integer_to_list(erlang:unique_integer([positive])) ++ "@127.0.0.1").
+
+client(Config, L, Prefix, Allowed) -> client(Config, L, Prefix, Allowed, #{}).
+client(Config, L, Prefix, Allowed, Extra) ->
+    {_, _, Port} = server(Config, L),
+    Node = node_name(Prefix),
+    {ok, C} = fabric_peer:connect("127.0.0.1", Port, "secret",
+                                  Extra#{node => Node, allowed => Allowed}),
+    {C, Node}.
+
+%% An echo service under a fresh name: `{From, X}' -> `From ! {echo, self(), X}', and it
+%% reports to the test process what it received.
+echo(Prefix) ->
+    Test = self(),
+    Name = fabric_peer_test_lib:unique_name(Prefix),
+    Pid = spawn(fun() -> echo_loop(Test, Name) end),
+    true = register(Name, Pid),
+    {Name, Pid}.
+
+echo_loop(Test, Name) ->
+    receive
+        {From, X} when is_pid(From) ->
+            Test ! {got, Name, From, X},
+            From ! {echo, self(), X},
+            echo_loop(Test, Name);
+        stop -> ok
+    end.
+
+close(Cs) -> [fabric_peer:close(C) || C <- Cs], ok.
+
+%% Client `C' sees these client nodes (the directory is eventually consistent: a client of
+%% another server is visible a moment after its connection).
+sees(C, Nodes) -> wait(fun() -> Nodes -- fabric_peer:nodes(C) =:= [] end).
+
+%% `F()' true within 5 s (checked every 20 ms), or the last answer.
+wait(F) -> wait(F, erlang:monotonic_time(millisecond) + ?T).
+wait(F, Deadline) ->
+    case catch F() of
+        true -> true;
+        Other ->
+            case erlang:monotonic_time(millisecond) > Deadline of
+                true -> Other;
+                false -> timer:sleep(20), wait(F, Deadline)
+            end
+    end.
+
+%%% cases
+
+%% C1 (server a) -> {Svc, N2} -> C2 (server b), the reply back, and a confirmed send.
+cross_server_send(Config) ->
+    {Svc, SvcPid} = echo("svc"),
+    {C2, N2} = client(Config, b, "c2_", [Svc]),
+    {C1, _} = client(Config, a, "c1_", []),
+    true = sees(C1, [N2]),
+    ok = fabric_peer:send({C1, {Svc, N2}}, {self(), hello}),
+    receive {got, Svc, From, hello} -> ?assert(fabric_peer:is_proxy(From))
+    after ?T -> error(not_routed) end,
+    receive {echo, Echo, hello} -> ?assert(fabric_peer:is_proxy(Echo)) after ?T -> error(no_echo) end,
+    ?assertEqual(ok, fabric_peer:send_confirmed({C1, {Svc, N2}}, {self(), confirmed})),
+    receive {got, Svc, _, confirmed} -> ok after ?T -> error(not_routed) end,
+    %% C2's own policy still applies; an unknown node is noproc
+    ?assertEqual({error, not_allowed}, fabric_peer:send_confirmed({C1, {not_there, N2}}, x)),
+    ?assertEqual({error, noproc}, fabric_peer:send_confirmed({C1, {Svc, 'nobody@127.0.0.1'}}, x)),
+    SvcPid ! stop,
+    close([C1, C2]).
+
+cross_server_whereis_and_nodes(Config) ->
+    {Svc, SvcPid} = echo("svc"),
+    {C1, N1} = client(Config, a, "c1_", []),
+    {C2, N2} = client(Config, b, "c2_", [Svc]),
+    {C3, N3} = client(Config, c, "c3_", []),
+    true = sees(C1, [N2]),
+    P = fabric_peer:whereis(C1, {Svc, N2}),
+    ?assert(is_pid(P) andalso fabric_peer:is_proxy(P)),
+    P ! {self(), via_whereis},
+    receive {echo, _, via_whereis} -> ok after ?T -> error(no_echo) end,
+    ?assertEqual(P, fabric_peer:whereis(C1, {Svc, N2})),
+    ?assertEqual(undefined, fabric_peer:whereis(C1, {not_allowed_there, N2})),
+    true = wait(
+           fun() -> L = fabric_peer:nodes(C1),
+                    lists:member(N2, L) andalso lists:member(N3, L) end),
+    ?assertNot(lists:member(N1, fabric_peer:nodes(C1))),
+    L3 = fabric_peer:nodes(C3),
+    ?assert(lists:member(N1, L3) andalso lists:member(N2, L3) andalso not lists:member(N3, L3)),
+    SvcPid ! stop,
+    close([C1, C2, C3]).
+
+%% A process of C1 reaches C2 by two ways (a routed message from C1, and forwarded by a
+%% process of C3 on a third server): one proxy at C2; sent back, C1 gets its own pid.
+pid_identity_across(Config) ->
+    {Svc, SvcPid} = echo("svc"),
+    Fwd = fabric_peer_test_lib:unique_name("fwd"),
+    {C1, _} = client(Config, a, "c1_", []),
+    {C2, N2} = client(Config, b, "c2_", [Svc]),
+    {C3, N3} = client(Config, c, "c3_", [Fwd]),
+    %% at C3: forward {fwd, Pid} to {Svc, N2} as {Pid, forwarded}
+    true = sees(C1, [N2, N3]),
+    true = sees(C3, [N2]),
+    FwdPid = spawn(fun() -> receive {fwd, X} -> fabric_peer:send({C3, {Svc, N2}}, {X, forwarded}) end end),
+    true = register(Fwd, FwdPid),
+    Me = self(),
+    ok = fabric_peer:send({C1, {Svc, N2}}, {Me, direct}),
+    From1 = receive {got, _, F1, direct} -> F1 after ?T -> error(not_routed) end,
+    ok = fabric_peer:send({C1, {Fwd, N3}}, {fwd, Me}),
+    From2 = receive {got, _, F2, forwarded} -> F2 after ?T -> error(not_forwarded) end,
+    ?assertEqual(From1, From2),
+    %% the echo's replies to From1 / From2 reach this very process
+    receive {echo, _, direct} -> ok after ?T -> error(no_echo) end,
+    receive {echo, _, forwarded} -> ok after ?T -> error(no_echo) end,
+    SvcPid ! stop,
+    close([C1, C2, C3]).
+
+%% Monitors and links between processes of clients of different servers fire with the
+%% real exit reasons, both ways.
+monitors_and_links_across(Config) ->
+    V1 = fabric_peer_test_lib:unique_name("victim"),
+    V2 = fabric_peer_test_lib:unique_name("victim"),
+    {C2, N2} = client(Config, b, "c2_", [V1, V2]),
+    {C1, _} = client(Config, a, "c1_", []),
+    Me = self(),
+    Victim = fun() -> receive {die, R} -> exit(R); {'EXIT', _, R} -> Me ! {victim_got, R} end end,
+    true = register(V1, spawn(Victim)),
+    true = register(V2, spawn(fun() -> process_flag(trap_exit, true), Victim() end)),
+    true = sees(C1, [N2]),
+    P1 = fabric_peer:whereis(C1, {V1, N2}),
+    P2 = fabric_peer:whereis(C1, {V2, N2}),
+    ?assert(is_pid(P1) andalso is_pid(P2)),
+    %% a monitor at C1 on C2's process: the real reason
+    Mon = erlang:monitor(process, P1),
+    P1 ! {die, {shutdown, real_reason}},
+    receive {'DOWN', Mon, process, P1, R1} -> ?assertEqual({shutdown, real_reason}, R1)
+    after ?T -> error(no_down) end,
+    %% a process of C1 linked to C2's trapping process dies: C2's process gets the reason
+    L = spawn(fun() -> link(P2), Me ! linked, receive go -> exit(boom_from_c1) end end),
+    receive linked -> ok after ?T -> error(not_linked) end,
+    L ! go,
+    receive {victim_got, R2} -> ?assertEqual(boom_from_c1, R2) after ?T -> error(no_exit_signal) end,
+    %% and the other way: C2's process ends, a trapping linked process of C1 gets the reason
+    V3 = fabric_peer_test_lib:unique_name("victim"),
+    true = register(V3, spawn(Victim)),
+    ok = fabric_peer:allow(C2, [V3]),
+    P3 = fabric_peer:whereis(C1, {V3, N2}),
+    T = spawn(fun() -> process_flag(trap_exit, true), link(P3), Me ! linked,
+                       receive {'EXIT', P3, R} -> Me ! {trapped, R} end end),
+    receive linked -> ok after ?T -> error(not_linked) end,
+    P3 ! {die, {custom, 42}},
+    receive {trapped, R3} -> ?assertEqual({custom, 42}, R3) after ?T -> error(no_link_signal) end,
+    ?assertNot(is_process_alive(T)),
+    close([C1, C2]).
+
+%% C1 monitors C2's node (another server): nodedown when C2 goes, nodeup when a client
+%% takes the name again (at a third server).
+nodeup_nodedown_across(Config) ->
+    {C1, _} = client(Config, a, "c1_", []),
+    {C2, N2} = client(Config, b, "c2_", []),
+    true = wait(fun() -> lists:member(N2, fabric_peer:nodes(C1)) end),
+    ok = fabric_peer:monitor_node(C1, N2, true),
+    ok = fabric_peer:close(C2),
+    receive {nodedown, N2} -> ok after ?T -> error(no_nodedown) end,
+    ?assertNot(lists:member(N2, fabric_peer:nodes(C1))),
+    {_, Port} = element(4, lists:keyfind(c, 1, ?config(servers, Config))),
+    {ok, C2b} = fabric_peer:connect("127.0.0.1", Port, "secret", #{node => N2}),
+    true = wait(fun() -> lists:member(N2, fabric_peer:nodes(C1)) end),
+    close([C1, C2b]).
+
+%% A client node name is unique across the servers; a kept session of the name at another
+%% server ends when a new client takes it.
+node_name_unique_across(Config) ->
+    {C1, N1} = client(Config, a, "c1_", [], #{reconnect => false}),
+    {_, _, PortB} = server(Config, b),
+    ?assertEqual({error, {node_in_use, N1}},
+                 fabric_peer:connect("127.0.0.1", PortB, "secret", #{node => N1, reconnect => false})),
+    %% C1 cut off (its session kept at a), a new client with the name at b takes it over
+    {NodeA, _, _} = server(Config, a),
+    Held = {fabric_peer_node, atom_to_binary(N1)},
+    ?assertMatch([_], erpc:call(NodeA, pg, get_local_members, [?SCOPE, Held])),
+    ok = fabric_peer:disconnect(C1),
+    true = wait(fun() -> [] =:= erpc:call(NodeA, pg, get_local_members,
+                                          [?SCOPE, {fabric_peer_up, atom_to_binary(N1)}]) end),
+    ?assertMatch([_], erpc:call(NodeA, pg, get_local_members, [?SCOPE, Held])),
+    {ok, C1b} = fabric_peer:connect("127.0.0.1", PortB, "secret", #{node => N1}),
+    true = wait(fun() -> [] =:= erpc:call(NodeA, pg, get_local_members, [?SCOPE, Held]) end),
+    close([C1b]).
+
+%% A name registered with `global' on node b is reachable from a client of server a
+%% (local, then global) when a allows it.
+global_name_of_an_erlang_process(Config) ->
+    {NodeA, SA, _} = server(Config, a),
+    {NodeB, _, _} = server(Config, b),
+    G = fabric_peer_test_lib:unique_name("gsvc"),
+    Pid = erpc:call(NodeB, ?MODULE, start_global_echo, [G, self()]),
+    true = erpc:call(NodeA, ?MODULE, wait, [fun() -> global:whereis_name(G) =:= Pid end]),
+    {C1, _} = client(Config, a, "c1_", []),
+    %% not allowed at a yet: unreachable
+    ?assertEqual(undefined, fabric_peer:whereis(C1, G)),
+    ok = erpc:call(NodeA, fabric_peer, allow, [SA, [G]]),
+    ok = fabric_peer:send({C1, G}, {self(), by_name}),
+    receive {global_got, G, by_name} -> ok after ?T -> error(not_delivered) end,
+    receive {echo, E, by_name} -> ?assert(fabric_peer:is_proxy(E)) after ?T -> error(no_echo) end,
+    P = fabric_peer:whereis(C1, G),
+    ?assert(is_pid(P) andalso fabric_peer:is_proxy(P)),
+    Pid ! stop,
+    close([C1]).
+
+start_global_echo(Name, Test) ->
+    Pid = spawn(fun Loop() ->
+                        receive
+                            {From, X} when is_pid(From) ->
+                                Test ! {global_got, Name, X},
+                                From ! {echo, self(), X},
+                                Loop();
+                            stop -> ok
+                        end
+                end),
+    yes = global:register_name(Name, Pid),
+    Pid.
+
+%% A client of b registers one of its processes globally; a client of a reaches it by
+%% name; a second registration conflicts; the name ends with the process.
+register_global(Config) ->
+    {NodeA, SA, _} = server(Config, a),
+    G = fabric_peer_test_lib:unique_name("greg"),
+    {C2, _} = client(Config, b, "c2_", []),
+    {C3, _} = client(Config, c, "c3_", []),
+    Me = self(),
+    Svc = spawn(fun Loop() -> receive {From, X} -> Me ! {reg_got, X}, From ! {echo, self(), X}, Loop();
+                                      stop -> ok end end),
+    ?assertEqual(ok, fabric_peer:register_global(C2, G, Svc)),
+    ?assertEqual(ok, fabric_peer:register_global(C2, G, Svc)),
+    Other = spawn(fun() -> receive stop -> ok end end),
+    ?assertEqual({error, {name_in_use, G}}, fabric_peer:register_global(C3, G, Other)),
+    true = erpc:call(NodeA, ?MODULE, wait,
+                   [fun() -> is_pid(global:whereis_name(G)) end]),
+    ok = erpc:call(NodeA, fabric_peer, allow, [SA, [G]]),
+    {C1, _} = client(Config, a, "c1_", []),
+    ok = fabric_peer:send({C1, G}, {self(), via_global}),
+    receive {reg_got, via_global} -> ok after ?T -> error(not_delivered) end,
+    receive {echo, _, via_global} -> ok after ?T -> error(no_echo) end,
+    ?assertEqual({error, not_registered}, fabric_peer:unregister_global(C3, G)),
+    %% the registration ends with the process
+    Svc ! stop,
+    true = erpc:call(NodeA, ?MODULE, wait,
+                   [fun() -> global:whereis_name(G) =:= undefined end]),
+    ?assertEqual(ok, fabric_peer:register_global(C3, G, Other)),
+    ?assertEqual(ok, fabric_peer:unregister_global(C3, G)),
+    true = erpc:call(NodeA, ?MODULE, wait,
+                   [fun() -> global:whereis_name(G) =:= undefined end]),
+    %% system names are refused
+    ?assertEqual({error, not_allowed}, fabric_peer:register_global(C3, fabric_server, Other)),
+    Other ! stop,
+    close([C1, C2, C3]).
+
+cluster_options(Config) ->
+    {NodeA, _, _} = server(Config, a),
+    ?assertEqual({error, {bad_option, {cluster, needs_routing}}},
+                 erpc:call(NodeA, fabric_peer, start_server, [0, "s", #{cluster => ?SCOPE}])),
+    ?assertEqual({error, {cluster_scope_in_use, ?SCOPE}},
+                 erpc:call(NodeA, fabric_peer, start_server,
+                           [0, "s", #{cluster => ?SCOPE, routing => true}])),
+    ?assertMatch({error, {bad_option, {cluster, _}}},
+                 fabric_peer:start_server(0, "s", #{cluster => "x", routing => true})),
+    ok.
+
+%% Server b's node stops: C1 (server a) sees C2's processes end with noconnection and
+%% C2's node go down; C2 (fallbacks: server c) reconnects to c with a new session within
+%% 5 s and is reachable by name again; its old proxies end with noconnection.
+failover_when_a_server_node_stops(Config) ->
+    {Svc, SvcPid} = echo("svc"),
+    Svc1 = fabric_peer_test_lib:unique_name("svc1"),
+    true = register(Svc1, spawn(fun() -> receive stop -> ok end end)),
+    {NodeC, SC, PortC} = server(Config, c),
+    {C1, N1} = client(Config, a, "c1_", [Svc1]),
+    {C2, N2} = client(Config, b, "c2_", [Svc], #{fallbacks => [{"127.0.0.1", PortC}]}),
+    true = sees(C1, [N2]),
+    true = sees(C2, [N1]),
+    P = fabric_peer:whereis(C1, {Svc, N2}),
+    Q = fabric_peer:whereis(C2, {Svc1, N1}),
+    ?assert(is_pid(P) andalso is_pid(Q)),
+    MonP = erlang:monitor(process, P),
+    MonQ = erlang:monitor(process, Q),
+    ok = fabric_peer:monitor_node(C1, N2, true),
+    {_, _, PeerB, _} = lists:keyfind(b, 1, ?config(servers, Config)),
+    T0 = erlang:monotonic_time(millisecond),
+    ok = peer:stop(PeerB),
+    receive {'DOWN', MonP, process, P, RP} -> ?assertEqual(noconnection, RP)
+    after ?T -> error(no_noconnection_at_c1) end,
+    receive {nodedown, N2} -> ok after ?T -> error(no_nodedown) end,
+    receive {'DOWN', MonQ, process, Q, RQ} -> ?assertEqual(noconnection, RQ)
+    after ?T -> error(no_noconnection_at_c2) end,
+    true = wait(fun() -> lists:member(N2, fabric_peer:nodes(C1)) end),
+    Elapsed = erlang:monotonic_time(millisecond) - T0,
+    ct:log("failover: C2 reachable again after ~b ms", [Elapsed]),
+    ?assert(Elapsed < 5000),
+    ?assertEqual(1, maps:get(connections, erpc:call(NodeC, fabric_peer, info, [SC]))),
+    P2 = fabric_peer:whereis(C1, {Svc, N2}),
+    ?assert(is_pid(P2) andalso P2 =/= P),
+    ok = fabric_peer:send({C1, {Svc, N2}}, {self(), after_failover}),
+    receive {got, Svc, _, after_failover} -> ok after ?T -> error(not_routed_after_failover) end,
+    SvcPid ! stop,
+    close([C1, C2]).
