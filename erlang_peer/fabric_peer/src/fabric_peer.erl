@@ -23,14 +23,15 @@
 
 -export([start_server/3, stop_server/1, port/1, connect/4, close/1, whereis/2, whereis/3,
          send/2, send_confirmed/2, send_confirmed/3, info/1, allow/2, is_proxy/1, disconnect/1,
-         nodes/1, monitor_node/3]).
+         nodes/1, monitor_node/3, register_global/3, unregister_global/2, drain_server/1]).
 -export([start_server_link/3, connect_link/4, server_child_spec/4, client_child_spec/5,
          server/1, exit/2]).
 -compile({no_auto_import, [exit/2]}).
 %% the public API: called by the applications that use fabric_peer, not from inside it
 -ignore_xref([start_server/3, stop_server/1, port/1, connect/4, close/1, whereis/2, whereis/3,
               send/2, send_confirmed/2, send_confirmed/3, info/1, allow/2, is_proxy/1,
-              disconnect/1, nodes/1, monitor_node/3, start_server_link/3, connect_link/4,
+              disconnect/1, nodes/1, monitor_node/3, register_global/3, unregister_global/2,
+              drain_server/1, start_server_link/3, connect_link/4,
               server_child_spec/4, client_child_spec/5, server/1, exit/2]).
 
 -export_type([server/0, conn/0, dest/0]).
@@ -129,6 +130,21 @@ stop_server({fabric_peer_server, _Ref, Sup}) ->
             try proc_lib:stop(Sup, shutdown, infinity)
             catch exit:_ -> ok
             end
+    end.
+
+%% @doc Drain a server (docs/cluster.md section 6): it stops accepting (its listening socket
+%% closes), then every connection and kept session of it ends; clients with `fallbacks'
+%% reconnect to their next server (with a new session there). Returns when no connection
+%% is left; the server stays started (`stop_server/1').
+-spec drain_server(server()) -> ok.
+drain_server({fabric_peer_server, Ref, Sup}) ->
+    _ = supervisor:terminate_child(Sup, acceptors_sup),
+    case fabric_peer_registry:conn_sup(Ref) of
+        undefined -> ok;
+        ConnSup ->
+            _ = [supervisor:terminate_child(ConnSup, Pid)
+                 || {_, Pid, _, _} <- supervisor:which_children(ConnSup), is_pid(Pid)],
+            ok
     end.
 
 %% @doc The port a server listens on.
@@ -251,6 +267,32 @@ nodes(Conn) -> route_call(Conn, nodes, 10000).
 -spec monitor_node(conn(), node(), boolean()) -> ok | {error, term()}.
 monitor_node(Conn, Node, Flag) when is_atom(Node), is_boolean(Flag) ->
     route_call(Conn, {monitor_node, self(), Node, Flag}, 10000).
+
+%% @doc Register the local process `Pid' under the `global' name `Name' through the
+%% server of client connection `Conn' (docs/protocol.md 17, docs/cluster.md section 5):
+%% the server registers its proxy for `Pid', so the name reaches `Pid' from anywhere in the
+%% server's Erlang cluster (and from clients of servers that allow the name). The name
+%% ends with `Pid' or with the connection's session. `ok' (also when `Pid' already holds
+%% it), `{error, {name_in_use, Name}}', `{error, not_allowed}' (the server's
+%% `register_global' refuses it), `{error, limit}', `{error, noproc}',
+%% `{error, not_supported}' (the server does not offer `global'), `{error, not_connected}'.
+-spec register_global(conn(), atom(), pid()) -> ok | {error, term()}.
+register_global(Conn, Name, Pid) when is_atom(Name), is_pid(Pid) ->
+    case global_call(Conn, {register, Name, Pid}) of
+        {error, in_use} -> {error, {name_in_use, Name}};
+        R -> R
+    end.
+
+%% @doc Remove a `global' name that `register_global/3' gave one of this connection's
+%% processes: `ok', or `{error, not_registered}' when this client does not hold it.
+-spec unregister_global(conn(), atom()) -> ok | {error, term()}.
+unregister_global(Conn, Name) when is_atom(Name) -> global_call(Conn, {unregister, Name}).
+
+global_call(Conn, Cmd) ->
+    try gen_statem:call(Conn, {fabric_global, Cmd}, 10000)
+    catch exit:{timeout, _} -> {error, timeout};
+          exit:_ -> {error, not_connected}
+    end.
 
 route_call(Conn, Cmd, Timeout) ->
     try gen_statem:call(Conn, {fabric_route, Cmd}, Timeout)

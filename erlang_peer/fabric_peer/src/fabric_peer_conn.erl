@@ -254,6 +254,8 @@ handle_common({call, From}, {send_confirmed, Dest, Msg}, _, #d{p = P} = D) ->
     end;
 handle_common({call, From}, {fabric_route, Cmd}, State, D) ->
     fabric_peer_route_conn:call(Cmd, From, State, D);
+handle_common({call, From}, {fabric_global, Cmd}, State, D) ->
+    fabric_peer_cluster_global:call(Cmd, From, State, D);
 handle_common({call, From}, flush_outbox, _, #d{p = P} = D) ->
     {keep_state, apply_result(fabric_peer_protocol:flush(From, P), D)};
 handle_common({call, From}, _, _, _) ->
@@ -429,6 +431,8 @@ run1({send_timer, Ms}, Acc) ->
     Acc;
 run1({route, Cmd}, {R, D}) ->
     {R, fabric_peer_route_conn:action(Cmd, D)};
+run1({global, Cmd}, {R, D}) ->
+    {R, fabric_peer_cluster_global:action(Cmd, D)};
 run1({undelivered, Reason, Items}, {_, D} = Acc) ->
     fabric_peer_report:undelivered(Reason, Items, D),
     Acc.

@@ -23,7 +23,8 @@
                | {heartbeat, non_neg_integer()}
                | {heartbeat_ack, non_neg_integer()}
                | {error, binary(), binary()}
-               | {route, tuple()}.
+               | {route, tuple()}
+               | {global, tuple()}.
 
 %% Received bytes not yet split into frames. `<<>>' (or any binary) is a buffer too, so a
 %% caller may start from, or reset to, `<<>>'. Otherwise `{Need, Chunks, Size}': the chunks
@@ -162,6 +163,13 @@ extended(T, #{<<"route">> := true}) when element(1, T) =:= whereis_node; element
     case fabric_peer_route:classify(T) of
         {error, _} = E -> E;
         Frame -> {route, Frame}
+    end;
+extended(T, #{<<"global">> := true}) when element(1, T) =:= register_global;
+                                          element(1, T) =:= unregister_global;
+                                          element(1, T) =:= global_reply ->
+    case fabric_peer_cluster_global:classify(T) of
+        {error, _} = E -> E;
+        Frame -> {global, Frame}
     end;
 extended({link, A, B}, F) when is_integer(A), is_integer(B) -> feature(<<"link">>, F, {link, A, B});
 extended({unlink, A, B}, F) when is_integer(A), is_integer(B) -> feature(<<"link">>, F, {unlink, A, B});

@@ -9,7 +9,7 @@
 
 -define(ALL_FEATURES, [<<"whereis">>, <<"link">>, <<"maps">>, <<"bitstrings">>, <<"ports">>,
                        <<"funs">>, <<"heartbeat">>, <<"error">>, <<"session">>,
-                       <<"acks">>, <<"credit">>, <<"link_exit">>, <<"route">>]).
+                       <<"acks">>, <<"credit">>, <<"link_exit">>, <<"route">>, <<"global">>]).
 
 %% @doc The version 1 features this implementation speaks (docs/protocol.md section 3.5).
 -spec all_features() -> [binary()].
@@ -26,11 +26,12 @@ normalize(Role, Secret, Opts) when is_map(Opts) ->
         M = maps:merge(Defaults, Opts),
         maps:foreach(fun check/2, M),
         check_combination(Role, M),
+        M1 = M#{secret => S, role => Role, tls => tls(Role, maps:get(tls, M)),
+                features => features([to_bin(F) || F <- maps:get(features, M)]),
+                node => node_name(maps:get(node, M))},
         {ok, fabric_peer_router:settings(
                maps:get(node, M) =:= default,
-               M#{secret => S, role => Role, tls => tls(Role, maps:get(tls, M)),
-                  features => features([to_bin(F) || F <- maps:get(features, M)]),
-                  node => node_name(maps:get(node, M))})}
+               M1#{features => fabric_peer_cluster_global:features(Role, M1)})}
     catch throw:{bad_option, _} = E -> {error, E}
     end;
 normalize(_, _, Opts) -> {error, {bad_option, {not_a_map, Opts}}}.

@@ -73,7 +73,8 @@
                 | {forget_proxy | discard_proxy, pid()} | {demonitor, reference()}
                 | {ack_timer | send_timer | grant_timer, pos_integer()}
                 | {undelivered, atom(), [map()]}
-                | {route, tuple()}.
+                | {route, tuple()}
+                | {global, tuple()}.
 
 -include("fabric_peer_protocol.hrl").
 
@@ -296,6 +297,7 @@ dispatch({Kind, _, _} = F, P) when Kind =:= link; Kind =:= unlink ->
 dispatch({Kind, _, _, _} = F, P) when Kind =:= exit2; Kind =:= link_exit ->
     fabric_peer_links:dispatch(F, P);
 dispatch({route, Frame}, P) -> fabric_peer_route:dispatch(Frame, P);
+dispatch({global, Frame}, P) -> fabric_peer_cluster_global:dispatch(Frame, P);
 dispatch({heartbeat, N}, P) -> {ok, emit(ctrl, {heartbeat_ack, N}, P)};
 dispatch({heartbeat_ack, _}, P) -> {ok, P};
 dispatch({error, Code, Msg}, P) ->

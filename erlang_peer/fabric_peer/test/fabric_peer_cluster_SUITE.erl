@@ -19,7 +19,7 @@ all() ->
     [cross_server_send, cross_server_whereis_and_nodes, pid_identity_across,
      monitors_and_links_across, nodeup_nodedown_across, node_name_unique_across,
      global_name_of_an_erlang_process, register_global, cluster_options,
-     failover_when_a_server_node_stops].
+     drain_server_moves_clients, failover_when_a_server_node_stops].
 
 init_per_suite(Config) ->
     ok = fabric_peer_test_lib:start_app(),
@@ -269,7 +269,10 @@ nodeup_nodedown_across(Config) ->
 %% server ends when a new client takes it.
 node_name_unique_across(Config) ->
     {C1, N1} = client(Config, a, "c1_", [], #{reconnect => false}),
-    {_, _, PortB} = server(Config, b),
+    {NodeB, _, PortB} = server(Config, b),
+    %% the directory is eventually consistent: b learns of C1 a moment after it connected
+    true = wait(fun() -> [] =/= erpc:call(NodeB, pg, get_members,
+                                          [?SCOPE, {fabric_peer_up, atom_to_binary(N1)}]) end),
     ?assertEqual({error, {node_in_use, N1}},
                  fabric_peer:connect("127.0.0.1", PortB, "secret", #{node => N1, reconnect => false})),
     %% C1 cut off (its session kept at a), a new client with the name at b takes it over
@@ -363,16 +366,35 @@ cluster_options(Config) ->
                  fabric_peer:start_server(0, "s", #{cluster => "x", routing => true})),
     ok.
 
+%% Server c drains: it refuses new clients, its client C2 (fallbacks: server b) moves to b
+%% with a new session, and C1 (server a) sees C2's node go down and come back.
+drain_server_moves_clients(Config) ->
+    {NodeC, SC, PortC} = server(Config, c),
+    {_, _, PortB} = server(Config, b),
+    {C1, _} = client(Config, a, "c1_", []),
+    {C2, N2} = client(Config, c, "c2_", [], #{fallbacks => [{"127.0.0.1", PortB}]}),
+    true = sees(C1, [N2]),
+    ok = fabric_peer:monitor_node(C1, N2, true),
+    ?assertEqual(ok, erpc:call(NodeC, fabric_peer, drain_server, [SC])),
+    receive {nodedown, N2} -> ok after ?T -> error(no_nodedown) end,
+    true = sees(C1, [N2]),
+    #{peer := Peer} = fabric_peer:info(C2),
+    ?assertEqual(integer_to_binary(PortB), lists:last(binary:split(Peer, <<":">>, [global]))),
+    ?assertEqual(0, maps:get(processes, erpc:call(NodeC, fabric_peer, info, [SC]))),
+    ?assertMatch({error, {connect, _}},
+                 fabric_peer:connect("127.0.0.1", PortC, "secret", #{reconnect => false})),
+    close([C1, C2]).
+
 %% Server b's node stops: C1 (server a) sees C2's processes end with noconnection and
-%% C2's node go down; C2 (fallbacks: server c) reconnects to c with a new session within
+%% C2's node go down; C2 (fallbacks: server a) reconnects to a with a new session within
 %% 5 s and is reachable by name again; its old proxies end with noconnection.
 failover_when_a_server_node_stops(Config) ->
     {Svc, SvcPid} = echo("svc"),
     Svc1 = fabric_peer_test_lib:unique_name("svc1"),
     true = register(Svc1, spawn(fun() -> receive stop -> ok end end)),
-    {NodeC, SC, PortC} = server(Config, c),
+    {_, _, PortA} = server(Config, a),
     {C1, N1} = client(Config, a, "c1_", [Svc1]),
-    {C2, N2} = client(Config, b, "c2_", [Svc], #{fallbacks => [{"127.0.0.1", PortC}]}),
+    {C2, N2} = client(Config, b, "c2_", [Svc], #{fallbacks => [{"127.0.0.1", PortA}]}),
     true = sees(C1, [N2]),
     true = sees(C2, [N1]),
     P = fabric_peer:whereis(C1, {Svc, N2}),
@@ -393,7 +415,8 @@ failover_when_a_server_node_stops(Config) ->
     Elapsed = erlang:monotonic_time(millisecond) - T0,
     ct:log("failover: C2 reachable again after ~b ms", [Elapsed]),
     ?assert(Elapsed < 5000),
-    ?assertEqual(1, maps:get(connections, erpc:call(NodeC, fabric_peer, info, [SC]))),
+    #{peer := Peer} = fabric_peer:info(C2),
+    ?assertEqual(integer_to_binary(PortA), lists:last(binary:split(Peer, <<":">>, [global]))),
     P2 = fabric_peer:whereis(C1, {Svc, N2}),
     ?assert(is_pid(P2) andalso P2 =/= P),
     ok = fabric_peer:send({C1, {Svc, N2}}, {self(), after_failover}),
