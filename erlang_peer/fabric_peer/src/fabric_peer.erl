@@ -64,7 +64,10 @@
 %% arity 2 taking the sending and the target client node names as binaries, `undefined' for
 %% a client without one: clients reach each other's allowed names by node, README
 %% "Routing"), `route_heartbeat' (1000 ms), `route_grace' (10000 ms), `route_max_proxies'
-%% (10000 per client connection). TLS options get safe defaults
+%% (10000 per client connection), `cluster' (false, or the atom naming the `pg' scope of a
+%% cluster of servers on connected Erlang nodes; needs `routing': docs/cluster.md),
+%% `register_global' (false, true or [atom()]: the names a client may register globally
+%% through this server, docs/protocol.md 17). TLS options get safe defaults
 %% (TLS 1.2+ only; README "Security options").
 -spec start_server(inet:port_number(), iodata(), map()) -> {ok, server()} | {error, term()}.
 start_server(Port, Secret, Opts) ->
@@ -163,7 +166,9 @@ port({fabric_peer_server, Ref, _}) ->
 %% client), `reconnect' (default true), `reconnect_min' / `reconnect_max' (backoff bounds in
 %% ms, 100 / 30000), `connect_timeout' (5000), `max_queue' (messages queued while
 %% reconnecting, 1000; 0 refuses them with `{error, not_connected}'), `tls' (false or a list
-%% of `ssl' client options).
+%% of `ssl' client options), `fallbacks' (`[{Host, Port}]', other servers of a cluster:
+%% the first attempt tries each once, in order; each failed reconnection moves to the next,
+%% docs/cluster.md section 6).
 %%
 %% The connection is owned by the caller: it is monitored, and when the owner exits the
 %% connection closes (its proxies exit with `noconnection'). `close_with_owner => false'
