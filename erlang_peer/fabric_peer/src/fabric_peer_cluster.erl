@@ -9,6 +9,9 @@
 %% <li>`{fabric_peer_node, NodeBin}': the server-side connection process holding the client
 %%   node name (connected, or its session kept);</li>
 %% <li>`{fabric_peer_up, NodeBin}': the same process while its client is connected;</li>
+%% <li>`{fabric_peer_session, SessionId}': the server-side connection process that owns a
+%%   session (so that a client resuming it at another server is relayed to it:
+%%   `fabric_peer_cluster_relay');</li>
 %% <li>`fabric_peer_servers': one process of this module per clustered server.</li>
 %% </ul>
 %% The connection processes join and leave their groups themselves (`up/2', `down/2'; `pg'
@@ -25,7 +28,8 @@
 -include("fabric_peer_log.hrl").
 
 -export([child_specs/1, start_link/1, check/1,
-         claim/3, up/2, down/2, target/4, visible/3, grace/2, whereis_name/1]).
+         claim/3, up/2, down/2, target/4, visible/3, grace/2, whereis_name/1,
+         session/2, session_owner/2]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2]).
 %% start_link/1: by its child spec (child_specs/1)
 -ignore_xref([start_link/1]).
@@ -143,6 +147,27 @@ visible(#{cluster := Scope} = O, FromNode, Local) ->
                    foreign(Scope, {fabric_peer_up, N}, self()) =/= [],
                    fabric_peer_router:allowed(O, FromNode, N)],
     lists:usort(Local ++ Remote).
+
+%% @doc The calling server connection process owns session `Sid' (it keeps it until it
+%% ends: `pg' drops it then).
+-spec session(map(), binary()) -> ok.
+session(#{cluster := false}, _) -> ok;
+session(#{cluster := Scope}, Sid) ->
+    G = {fabric_peer_session, Sid},
+    case lists:member(self(), pg:get_local_members(Scope, G)) of
+        true -> ok;
+        false -> pg:join(Scope, G, self())
+    end;
+session(_, _) -> ok.
+
+%% @doc The owner of session `Sid' at another server of the cluster, or `undefined'.
+-spec session_owner(map(), binary()) -> pid() | undefined.
+session_owner(#{cluster := Scope}, Sid) when Scope =/= false ->
+    case foreign(Scope, {fabric_peer_session, Sid}, self()) of
+        [Owner | _] -> Owner;
+        [] -> undefined
+    end;
+session_owner(_, _) -> undefined.
 
 %% @doc `route_grace' ended for a client of this server (docs/protocol.md 16.4): the other
 %% servers end their exports of these proxies too.

@@ -313,8 +313,9 @@ established(Params, Resumed, #d{p = P0} = D0) ->
       | heartbeat_timer(D3)]}.
 
 register_session(undefined, D) -> D#d{session = undefined};
-register_session(Sid, #d{role = server, ref = Ref} = D) ->
+register_session(Sid, #d{role = server, ref = Ref, o = O} = D) ->
     ok = fabric_peer_registry:register_session(Ref, Sid, self()),
+    ok = fabric_peer_cluster:session(O, Sid),   % resumable at the other servers
     D#d{session = Sid};
 register_session(Sid, D) -> D#d{session = Sid}.
 

@@ -153,6 +153,9 @@ claim(#{features := Feats, peer_node := Node}, Claimant, #d{ref = Ref, o = O}) -
         true ->
             %% unique across the servers of a cluster too (docs/cluster.md section 3)
             case fabric_peer_cluster:claim(O, Node, Claimant) of
+                %% a session resumed from another server is this connection's until it
+                %% is handed over (fabric_peer_cluster_relay)
+                ok when node(Claimant) =/= node() -> fabric_peer_router:claim(Ref, Node, self(), O);
                 ok -> fabric_peer_router:claim(Ref, Node, Claimant, O);
                 node_in_use -> node_in_use
             end;

@@ -210,7 +210,7 @@ unkeep_session(#d{ref = Ref}) -> fabric_peer_registry:unkeep_detached(Ref, self(
 session(#{features := Feats} = Params, Resume, F3, #d{o = O, ref = Ref, hs = Hs} = D) ->
     %% the node name first (16.1): a refusal creates, resumes and ends no session
     Owner0 = case lists:member(<<"session">>, Feats) andalso is_binary(Resume) andalso
-                 fabric_peer_registry:session_owner(Ref, Resume) of
+                 owner(Ref, O, Resume) of
                  Pid0 when is_pid(Pid0) -> Pid0;
                  _ -> self()
              end,
@@ -227,7 +227,7 @@ session(Feats, Params, Resume, F3, Owner0, #d{o = O, ref = Ref, hs = Hs} = D) ->
     SessionOn = lists:member(<<"session">>, Feats),
     Claimed = case {SessionOn, Resume} of
                   {true, Sid} when is_binary(Sid) ->
-                      claim(Ref, Sid, Feats, maps:get(peer_received, Params, undefined));
+                      claim(Ref, O, Sid, Feats, maps:get(peer_received, Params, undefined));
                   _ -> {error, none}
               end,
     {SidBin, Owner} = case {SessionOn, Claimed} of
@@ -247,19 +247,32 @@ session(Feats, Params, Resume, F3, Owner0, #d{o = O, ref = Ref, hs = Hs} = D) ->
     F4 = fabric_peer_server_hs:success(SidBin, {Resumed, Extra}, F3, Hs, O),
     case raw_send(F4, D) of
         {{error, _}, D1} -> {stop, normal, D1};
-        {ok, #d{t = T, sock = S, peer = Peer} = D1} when Resumed ->
+        {ok, #d{t = T, sock = S, peer = Peer} = D1} when Resumed, node(Owner) =:= node() ->
             case fabric_peer_transport:controlling_process(T, S, Owner) of
                 ok -> gen_statem:cast(Owner, {attach, T, S, Peer, Params});
                 {error, _} -> fabric_peer_transport:close(T, S)
             end,
+            {stop, normal, D1#d{sock = undefined}};
+        {ok, #d{t = T, sock = S, peer = Peer} = D1} when Resumed ->
+            %% the session lives at another server of the cluster (docs/cluster.md 6)
+            ?LOG_INFO(#{what => session_relayed, peer => Peer, owner => node(Owner)}, ?FABRIC_LOG),
+            _ = fabric_peer_cluster_relay:start(T, S, Owner, Peer, Params),
             {stop, normal, D1#d{sock = undefined}};
         {ok, D1} ->
             ok = fabric_peer_route_conn:up(D1),
             fabric_peer_conn:established(Params#{session => SidBin}, false, D1)
     end.
 
-claim(Ref, Sid, Feats, PeerCount) ->
+%% The owner of session `Sid': a connection of this server, or of another server of its
+%% cluster.
+owner(Ref, O, Sid) ->
     case fabric_peer_registry:session_owner(Ref, Sid) of
+        undefined -> fabric_peer_cluster:session_owner(O, Sid);
+        Pid -> Pid
+    end.
+
+claim(Ref, O, Sid, Feats, PeerCount) ->
+    case owner(Ref, O, Sid) of
         undefined -> {error, unknown_session};
         Pid ->
             try gen_statem:call(Pid, {claim, self(), Feats, PeerCount}, 5000) of

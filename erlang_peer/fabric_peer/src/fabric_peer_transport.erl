@@ -7,6 +7,11 @@
 %% `{packet, 4}' and `packet_size' the runtime would close the socket on an over-size header,
 %% leaving no way to send the `frame_too_large' error frame the protocol asks for. `send/3'
 %% adds the 4-byte length.
+%%
+%% A third transport, `{relay, Pid}' with a reference for a socket, is a session resumed
+%% through another server of a cluster (docs/cluster.md section 6): the socket lives at
+%% that server, in the relay process `Pid' (`fabric_peer_cluster_relay'), which forwards its
+%% bytes here as `{tcp, Ref, Data}' / `{tcp_closed, Ref}' and writes what it is sent.
 -module(fabric_peer_transport).
 
 -include_lib("kernel/include/logger.hrl").
@@ -14,11 +19,11 @@
 
 -export([listen/3, accept/2, handshake/3, connect/5, send/3, send_many/3, activate/2,
          controlling_process/3, close/2, peername/2, peer_ip/2, port/2, name/1,
-         explain/3]).
+         explain/3, write/3]).
 
 -export_type([transport/0, socket/0]).
 
--type transport() :: tcp | {tls, [term()]}.
+-type transport() :: tcp | {tls, [term()]} | {relay, pid()}.
 -type socket() :: gen_tcp:socket() | term().
 
 %% Output is bounded per connection: once more than ?HIGH_WATERMARK bytes wait in the
@@ -112,6 +117,9 @@ send(T, S, Data) -> write(T, S, [<<(iolist_size(Data)):32>>, Data]).
 -spec send_many(transport(), socket(), [iodata()]) -> ok | {error, term()}.
 send_many(T, S, Frames) -> write(T, S, [[<<(iolist_size(F)):32>>, F] || F <- Frames]).
 
+%% @doc Write bytes as they are (the frames' lengths included).
+-spec write(transport(), socket(), iodata()) -> ok | {error, term()}.
+write({relay, Pid}, Ref, Frame) -> Pid ! {fabric_relay, Ref, {write, Frame}}, ok;
 write(T, S, Frame) ->
     case case T of tcp -> gen_tcp:send(S, Frame); {tls, _} -> ssl:send(S, Frame) end of
         {error, timeout} = E ->
@@ -126,22 +134,25 @@ write(T, S, Frame) ->
 %% @doc Ask for the next frame as a message.
 -spec activate(transport(), socket()) -> ok | {error, term()}.
 activate(tcp, S) -> inet:setopts(S, [{active, once}]);
+activate({relay, Pid}, Ref) -> Pid ! {fabric_relay, Ref, activate}, ok;
 activate({tls, _}, S) -> ssl:setopts(S, [{active, once}]).
 
 %% @doc Hand the socket to another process.
 -spec controlling_process(transport(), socket(), pid()) -> ok | {error, term()}.
 controlling_process(tcp, S, Pid) -> gen_tcp:controlling_process(S, Pid);
-controlling_process({tls, _}, S, Pid) -> ssl:controlling_process(S, Pid).
+controlling_process({tls, _}, S, Pid) -> ssl:controlling_process(S, Pid);
+controlling_process({relay, _}, _, _) -> {error, relayed}.
 
 %% @doc Close the socket.
 -spec close(transport(), socket()) -> ok.
 close(tcp, S) -> _ = gen_tcp:close(S), ok;
+close({relay, Pid}, Ref) -> Pid ! {fabric_relay, Ref, close}, ok;
 close({tls, _}, S) -> _ = ssl:close(S), ok.
 
 %% @doc The peer address as text for logs.
 -spec peername(transport(), socket()) -> binary().
 peername(T, S) ->
-    R = case T of tcp -> inet:peername(S); {tls, _} -> ssl:peername(S) end,
+    R = case T of tcp -> inet:peername(S); {tls, _} -> ssl:peername(S); {relay, _} -> relay end,
     case R of
         {ok, {Ip, Port}} -> iolist_to_binary([inet:ntoa(Ip), ":", integer_to_list(Port)]);
         _ -> <<"unknown">>
@@ -150,7 +161,7 @@ peername(T, S) ->
 %% @doc The peer's IP address (for per-address throttling).
 -spec peer_ip(transport(), socket()) -> {ok, inet:ip_address()} | error.
 peer_ip(T, S) ->
-    case case T of tcp -> inet:peername(S); {tls, _} -> ssl:peername(S) end of
+    case case T of tcp -> inet:peername(S); {tls, _} -> ssl:peername(S); {relay, _} -> relay end of
         {ok, {Ip, _}} -> {ok, Ip};
         _ -> error
     end.
@@ -191,6 +202,7 @@ no_certificate() ->
             "({certfile, F} and {keyfile, F}, or {cert, Der} and {key, Key})">>}.
 
 %% @doc `tcp' or `tls', for info maps.
--spec name(transport()) -> tcp | tls.
+-spec name(transport()) -> tcp | tls | relay.
 name(tcp) -> tcp;
-name({tls, _}) -> tls.
+name({tls, _}) -> tls;
+name({relay, _}) -> relay.

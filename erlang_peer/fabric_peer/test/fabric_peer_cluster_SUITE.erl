@@ -19,7 +19,8 @@ all() ->
     [cross_server_send, cross_server_whereis_and_nodes, pid_identity_across,
      monitors_and_links_across, nodeup_nodedown_across, node_name_unique_across,
      global_name_of_an_erlang_process, register_global, cluster_options,
-     drain_server_moves_clients, failover_when_a_server_node_stops].
+     resume_through_another_server, drain_server_moves_clients,
+     failover_when_a_server_node_stops].
 
 init_per_suite(Config) ->
     ok = fabric_peer_test_lib:start_app(),
@@ -88,7 +89,7 @@ start_node(Label) ->
     {Label, Node, Peer}.
 
 start_server(Node) ->
-    Opts = #{routing => true, cluster => ?SCOPE, route_heartbeat => 200, route_grace => 500,
+    Opts = #{routing => true, cluster => ?SCOPE, route_heartbeat => 200, route_grace => 3000,
              register_global => true},
     {ok, S} = erpc:call(Node, fabric_peer, start_server, [0, "secret", Opts]),
     {S, erpc:call(Node, fabric_peer, port, [S])}.
@@ -365,6 +366,48 @@ cluster_options(Config) ->
     ?assertMatch({error, {bad_option, {cluster, _}}},
                  fabric_peer:start_server(0, "s", #{cluster => "x", routing => true})),
     ok.
+
+%% C2's path to server b is cut (b stays up): C2 reconnects to its fallback c, which relays
+%% it to its session at b. Proxies keep their identity both ways, and the 200 messages C1
+%% sent to C2's process meanwhile all arrive, in order (acks).
+resume_through_another_server(Config) ->
+    {Svc, SvcPid} = echo("svc"),
+    {Svc1, Svc1Pid} = echo("svc1"),
+    {NodeB, SB, PortB} = server(Config, b),
+    {_, _, PortC} = server(Config, c),
+    {ok, Relay} = fabric_peer_relay:start(PortB),
+    {C1, N1} = client(Config, a, "c1_", [Svc1]),
+    N2 = node_name("c2_"),
+    {ok, C2} = fabric_peer:connect("127.0.0.1", fabric_peer_relay:port(Relay), "secret",
+                                   #{node => N2, allowed => [Svc],
+                                     fallbacks => [{"127.0.0.1", PortC}]}),
+    true = sees(C1, [N2]),
+    true = sees(C2, [N1]),
+    P = fabric_peer:whereis(C1, {Svc, N2}),
+    Q = fabric_peer:whereis(C2, {Svc1, N1}),
+    ?assert(is_pid(P) andalso is_pid(Q)),
+    MonP = erlang:monitor(process, P),
+    MonQ = erlang:monitor(process, Q),
+    Me = self(),
+    ok = fabric_peer_relay:stop(Relay),
+    [P ! {Me, {n, I}} || I <- lists:seq(1, 200)],
+    [receive {got, Svc, _, {n, I}} -> ok after ?T -> error({lost, I}) end || I <- lists:seq(1, 200)],
+    #{peer := Peer, session := _} = fabric_peer:info(C2),
+    ?assertEqual(integer_to_binary(PortC), lists:last(binary:split(Peer, <<":">>, [global]))),
+    %% its session is still served at b, through c
+    ?assert(lists:any(fun(#{transport := relay, state := established}) -> true; (_) -> false end,
+                      maps:get(conns, erpc:call(NodeB, fabric_peer, info, [SB])))),
+    %% C2's proxy for C1's process is the same and works
+    ?assertEqual(Q, fabric_peer:whereis(C2, {Svc1, N1})),
+    Q ! {Me, back},
+    receive {got, Svc1, _, back} -> ok after ?T -> error(not_delivered) end,
+    ?assertEqual(P, fabric_peer:whereis(C1, {Svc, N2})),
+    receive {'DOWN', Mon, process, _, R} when Mon =:= MonP; Mon =:= MonQ -> error({proxy_ended, R})
+    after 0 -> ok
+    end,
+    [erlang:demonitor(M, [flush]) || M <- [MonP, MonQ]],
+    [X ! stop || X <- [SvcPid, Svc1Pid]],
+    close([C1, C2]).
 
 %% Server c drains: it refuses new clients, its client C2 (fallbacks: server b) moves to b
 %% with a new session, and C1 (server a) sees C2's node go down and come back.
