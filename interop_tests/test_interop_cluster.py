@@ -8,7 +8,9 @@ non-distributed harness ``erl`` (so its processes are not on a cluster node: a m
 the two clients can only go client -> A -> B -> client). Covered: ``{Name, Node}`` both
 ways, ``whereis`` with a node, ``nodes()``, one proxy per pid, a monitor across with the real
 reason, global names (an Erlang process registered on node C; an erlang_peer client's process
-registered through B) reached from the Python client, and B's node stopped: the Python
+registered through B) reached from the Python client, a Python client's session resumed
+through C while A stays up (relayed to A: its proxy kept, 200 messages none lost), and B's
+node stopped: the Python
 client gets ``nodedown`` and ``noconnection`` at once, and the erlang_peer client (with
 ``fallbacks``) is reachable again through C within 5 s. Python's own ``register_global`` and
 ``fallbacks`` are not built yet (docs/cluster.md section 7).
@@ -20,6 +22,8 @@ test stops B and runs last.
 from __future__ import annotations
 
 import os
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -199,6 +203,95 @@ def test_global_names_reach_the_python_client(erl: Harness, cluster: Cluster, ec
         assert box.receive(timeout=WAIT)[1] == "to_ecl"
     assert erl.eval("fabric_peer:unregister_global(get(ecl), pyfcl_ereg)") == "ok"
     assert wait_for(lambda: ev(a, "global:whereis_name(pyfcl_ereg)") == "undefined")
+
+
+class Forwarder:
+    """A TCP forwarder on 127.0.0.1 whose target can change: ``cut(new_port)`` closes every
+    connection going through it (as a network failure would) and sends the next ones to
+    ``new_port``. Stands for "the path to server A is lost, the client's next try lands at C"
+    for a Python client, which has no ``fallbacks`` yet."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.pairs: list[tuple[socket.socket, socket.socket]] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                a, _ = self.listener.accept()
+            except OSError:
+                return
+            with self.lock:
+                b = socket.create_connection(("127.0.0.1", self.target))
+                self.pairs.append((a, b))
+            for src, dst in ((a, b), (b, a)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self, new_target: int) -> None:
+        with self.lock:
+            self.target = new_target
+            pairs, self.pairs = self.pairs, []
+        for a, b in pairs:
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
+    def close(self) -> None:
+        self.cut(self.target)
+        self.listener.close()
+
+
+def test_python_session_resumed_through_another_server(erl: Harness, cluster: Cluster, ecl: str) -> None:
+    """A Python client of server A loses its path to A (A stays up) and reconnects at C: C
+    relays it to its session at A. Its proxy keeps its identity and the 200 messages the
+    erlang_peer client sent it meanwhile all arrive, in order."""
+    fwd = Forwarder(cluster.ports["a"])
+    node = "pyrel@127.0.0.1"
+    try:
+        with pyfabric.connect(HOST, fwd.port, SECRET, node_name=node, allowed=["pyrel_inbox"]) as r:
+            with r.mailbox("pyrel_inbox") as inbox:
+                assert wait_for(lambda: Atom(EC) in r.nodes())
+                proxy = r.whereis("ecl_echo", node=EC)
+                assert isinstance(proxy, Pid)
+                ref = inbox.monitor(proxy)
+                assert erl.eval(f"W = fun W(0) -> false; W(N) -> case lists:member('{node}', fabric_peer:nodes(get(ecl))) of "
+                                "true -> true; false -> timer:sleep(20), W(N - 1) end end, W(250)") == "true"
+                fwd.cut(cluster.ports["c"])
+                assert erl.eval(f"[ok = fabric_peer:send({{get(ecl), {{pyrel_inbox, '{node}'}}}}, {{n, I}}) "
+                                "|| I <- lists:seq(1, 200)], ok") == "ok"
+                got = [inbox.receive(timeout=WAIT) for _ in range(200)]
+                assert got == [(Atom("n"), i) for i in range(1, 201)]
+                assert r.whereis("ecl_echo", node=EC) == proxy
+                r.send(proxy, (inbox.pid, "still"))
+                assert inbox.receive(timeout=WAIT) == (proxy, "still")
+                with pytest.raises(TimeoutError):  # the proxy did not end
+                    inbox.receive(match=(DOWN, ref, ANY, ANY, ANY), timeout=0.2)
+                relayed = ev(cluster.nodes["a"], "length([ok || P <- processes(), "
+                             "proc_lib:translate_initial_call(P) =:= {fabric_peer_server, init, 1}, "
+                             "#{transport := relay, state := established} <- [catch fabric_peer:info(P)]])")
+                assert relayed == "1"
+    finally:
+        fwd.close()
 
 
 def test_server_node_stopped_failover(erl: Harness, cluster: Cluster, ecl: str, pycl: Any) -> None:
