@@ -142,6 +142,9 @@ stop_server({fabric_peer_server, _Ref, Sup}) ->
 -spec drain_server(server()) -> ok.
 drain_server({fabric_peer_server, Ref, Sup}) ->
     _ = supervisor:terminate_child(Sup, acceptors_sup),
+    %% the sessions of other servers this one relays (docs/cluster.md section 6)
+    _ = [fabric_peer_cluster:drain(Pid)
+         || {cluster, Pid, _, _} <- supervisor:which_children(Sup), is_pid(Pid)],
     case fabric_peer_registry:conn_sup(Ref) of
         undefined -> ok;
         ConnSup ->

@@ -29,7 +29,7 @@
 
 -export([child_specs/1, start_link/1, check/1,
          claim/3, up/2, down/2, target/4, visible/3, grace/2, whereis_name/1,
-         session/2, session_owner/2]).
+         session/2, session_owner/2, relay/1, drain/1]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2]).
 %% start_link/1: by its child spec (child_specs/1)
 -ignore_xref([start_link/1]).
@@ -87,22 +87,22 @@ claim(#{cluster := Scope}, Node, Claimant) ->
 up(#{cluster := false}, _) -> ok;
 up(#{cluster := Scope}, Node) ->
     case get(?JOINED) of
-        Node when Node =/= undefined -> ok;
-        Old ->
-            _ = [leave(Scope, Old) || Old =/= undefined],
-            _ = [begin
-                     ok = pg:join(Scope, {fabric_peer_node, Node}, self()),
-                     put(?JOINED, Node)
-                 end || Node =/= undefined]
+        Old when Old =/= undefined, Old =/= Node -> leave(Scope, Old);   % renamed
+        _ -> ok
     end,
-    case get(?JOINED) of
+    case Node of
         undefined -> ok;
-        N ->
-            G = {fabric_peer_up, N},
-            case lists:member(self(), pg:get_local_members(Scope, G)) of
-                true -> ok;
-                false -> pg:join(Scope, G, self())
-            end
+        _ ->
+            ok = join_once(Scope, {fabric_peer_node, Node}),
+            ok = join_once(Scope, {fabric_peer_up, Node}),
+            put(?JOINED, Node),
+            ok
+    end.
+
+join_once(Scope, G) ->
+    case lists:member(self(), pg:get_local_members(Scope, G)) of
+        true -> ok;
+        false -> pg:join(Scope, G, self())
     end.
 
 %% @doc The calling connection process lost its client (its session may be kept): no
@@ -152,12 +152,7 @@ visible(#{cluster := Scope} = O, FromNode, Local) ->
 %% ends: `pg' drops it then).
 -spec session(map(), binary()) -> ok.
 session(#{cluster := false}, _) -> ok;
-session(#{cluster := Scope}, Sid) ->
-    G = {fabric_peer_session, Sid},
-    case lists:member(self(), pg:get_local_members(Scope, G)) of
-        true -> ok;
-        false -> pg:join(Scope, G, self())
-    end;
+session(#{cluster := Scope}, Sid) -> join_once(Scope, {fabric_peer_session, Sid});
 session(_, _) -> ok.
 
 %% @doc The owner of session `Sid' at another server of the cluster, or `undefined'.
@@ -168,6 +163,23 @@ session_owner(#{cluster := Scope}, Sid) when Scope =/= false ->
         [] -> undefined
     end;
 session_owner(_, _) -> undefined.
+
+%% @doc A relay (`fabric_peer_cluster_relay', the calling process) of the server with
+%% settings `O' starts: it is linked to the server's cluster process (it ends with the
+%% server) and closed by `drain/1'. `ok', or `{error, no_cluster}'.
+-spec relay(map()) -> ok | {error, no_cluster}.
+relay(#{cluster := Scope}) when Scope =/= false ->
+    case pg:get_local_members(Scope, ?SERVERS) of
+        [Cluster | _] ->
+            true = link(Cluster),
+            gen_server:cast(Cluster, {relay, self()});
+        [] -> {error, no_cluster}
+    end;
+relay(_) -> {error, no_cluster}.
+
+%% @doc Close the relays of a server (its cluster process, `fabric_peer:drain_server/1').
+-spec drain(pid()) -> ok.
+drain(Cluster) -> gen_server:call(Cluster, drain, 10000).
 
 %% @doc `route_grace' ended for a client of this server (docs/protocol.md 16.4): the other
 %% servers end their exports of these proxies too.
@@ -199,16 +211,20 @@ foreign(Scope, Group, Self) ->
 %%% the cluster process of a server
 
 -record(st, {o :: map(), scope :: atom(), mon :: reference(),
-             remote = #{} :: #{binary() => [pid()]}}).
+             remote = #{} :: #{binary() => [pid()]},
+             relays = #{} :: #{reference() => pid()},
+             scope_pid :: pid() | undefined}).
 
 %% @private
 -spec init(map()) -> {ok, #st{}} | {stop, term()}.
 init(#{cluster := Scope} = O) ->
     logger:update_process_metadata(?FABRIC_LOG),
-    case pg:start_link(Scope) of
-        {ok, _} -> ok;
-        {error, {already_started, _}} -> ok
-    end,
+    %% a relay ending is no reason to end (they are linked to us: they end with us)
+    process_flag(trap_exit, true),
+    ScopePid = case pg:start_link(Scope) of
+                   {ok, P} -> P;
+                   {error, {already_started, _}} -> undefined
+               end,
     case pg:get_local_members(Scope, ?SERVERS) of
         [_ | _] -> {stop, {cluster_scope_in_use, Scope}};
         [] ->
@@ -219,15 +235,20 @@ init(#{cluster := Scope} = O) ->
                                end, #{}, Groups),
             ?LOG_INFO(#{what => cluster_joined, scope => Scope, servers =>
                             [node(P) || P <- pg:get_members(Scope, ?SERVERS)]}, ?FABRIC_LOG),
-            {ok, #st{o = O, scope = Scope, mon = Mon, remote = Remote}}
+            {ok, #st{o = O, scope = Scope, mon = Mon, remote = Remote, scope_pid = ScopePid}}
     end.
 
 %% @private
 -spec handle_call(term(), gen_server:from(), #st{}) -> {reply, term(), #st{}}.
+handle_call(drain, _, #st{relays = Rs} = St) ->
+    _ = [fabric_peer_cluster_relay:close(R) || R <- maps:values(Rs)],
+    {reply, ok, St};
 handle_call(_, _, St) -> {reply, {error, badarg}, St}.
 
 %% @private
 -spec handle_cast(term(), #st{}) -> {noreply, #st{}}.
+handle_cast({relay, Pid}, #st{relays = Rs} = St) ->
+    {noreply, St#st{relays = Rs#{erlang:monitor(process, Pid) => Pid}}};
 handle_cast(_, St) -> {noreply, St}.
 
 %% @private
@@ -247,6 +268,13 @@ handle_info({Mon, _, _, _}, #st{mon = Mon} = St) -> {noreply, St};
 handle_info({fabric_cluster, {unexport, Proxies}}, #st{o = #{ref := Ref}} = St) ->
     _ = [C ! {fabric_route, {unexport, Proxies}} || C <- fabric_peer_router:conns(Ref)],
     {noreply, St};
+handle_info({'DOWN', M, process, _, _}, #st{relays = Rs} = St) ->
+    {noreply, St#st{relays = maps:remove(M, Rs)}};
+handle_info({'EXIT', Pid, Why}, #st{scope_pid = Pid} = St) ->
+    %% the pg scope we started ended: so do we (and the server's connections after us,
+    %% rest_for_one)
+    {stop, Why, St};
+handle_info({'EXIT', _, _}, St) -> {noreply, St};   % a relay
 handle_info(_, St) -> {noreply, St}.
 
 add(N, Pids, R) ->

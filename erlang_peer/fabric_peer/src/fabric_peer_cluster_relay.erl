@@ -16,16 +16,19 @@
 -include_lib("kernel/include/logger.hrl").
 -include("fabric_peer_log.hrl").
 
--export([start/5]).
+-export([start/6, close/1]).
 
 %% @doc Start a relay for the authenticated socket `S' (transport `T', owned by the
 %% caller, handed over here) to the session owner `Owner' at another node; tell the owner
 %% to attach (`{attach, {relay, Relay}, Ref, Peer, Params}'). `ok', or `{error, Why}' (the
 %% socket is closed then).
--spec start(fabric_peer_transport:transport(), term(), pid(), binary(), map()) -> ok | {error, term()}.
-start(T, S, Owner, Peer, Params) ->
+%% `O': the settings of this server (the relay is linked to its cluster process: it ends
+%% with the server, and `fabric_peer:drain_server/1' closes it).
+-spec start(fabric_peer_transport:transport(), term(), pid(), binary(), map(), map()) ->
+          ok | {error, term()}.
+start(T, S, Owner, Peer, Params, O) ->
     Ref = make_ref(),
-    Relay = spawn(fun() -> init(T, S, Owner, Ref) end),
+    Relay = spawn(fun() -> init(T, S, Owner, Ref, O) end),
     case fabric_peer_transport:controlling_process(T, S, Relay) of
         ok ->
             Relay ! {fabric_relay, Ref, go},
@@ -37,8 +40,14 @@ start(T, S, Owner, Peer, Params) ->
             E
     end.
 
-init(T, S, Owner, Ref) ->
+%% @doc Close a relay (the client reconnects: `drain_server/1').
+-spec close(pid()) -> ok.
+close(Relay) -> Relay ! fabric_relay_drain, ok.
+
+init(T, S, Owner, Ref, O) ->
     logger:update_process_metadata(?FABRIC_LOG),
+    process_flag(trap_exit, true),
+    ok = fabric_peer_cluster:relay(O),
     Mon = erlang:monitor(process, Owner),
     receive
         {fabric_relay, Ref, go} -> loop(T, S, Owner, Ref, Mon)
@@ -65,6 +74,11 @@ loop(T, S, Owner, Ref, Mon) ->
         {Tag, S} when Tag =:= tcp_closed; Tag =:= ssl_closed ->
             Owner ! {tcp_closed, Ref};
         {Tag, S, Why} when Tag =:= tcp_error; Tag =:= ssl_error ->
+            gone(T, S, Owner, Ref, Why);
+        fabric_relay_drain ->
+            gone(T, S, Owner, Ref, drained);
+        {'EXIT', _, Why} ->
+            %% our server stops
             gone(T, S, Owner, Ref, Why);
         {'DOWN', Mon, process, Owner, Why} ->
             ?LOG_INFO(#{what => relayed_session_ended, reason => Why,

@@ -256,7 +256,7 @@ session(Feats, Params, Resume, F3, Owner0, #d{o = O, ref = Ref, hs = Hs} = D) ->
         {ok, #d{t = T, sock = S, peer = Peer} = D1} when Resumed ->
             %% the session lives at another server of the cluster (docs/cluster.md 6)
             ?LOG_INFO(#{what => session_relayed, peer => Peer, owner => node(Owner)}, ?FABRIC_LOG),
-            _ = fabric_peer_cluster_relay:start(T, S, Owner, Peer, Params),
+            _ = fabric_peer_cluster_relay:start(T, S, Owner, Peer, Params, D1#d.o),
             {stop, normal, D1#d{sock = undefined}};
         {ok, D1} ->
             ok = fabric_peer_route_conn:up(D1),

@@ -405,6 +405,18 @@ resume_through_another_server(Config) ->
     receive {'DOWN', Mon, process, _, R} when Mon =:= MonP; Mon =:= MonQ -> error({proxy_ended, R})
     after 0 -> ok
     end,
+    %% c closes its relays (what drain_server/1 does): C2 reconnects, through c again
+    {NodeC, _, _} = server(Config, c),
+    [Cluster] = erpc:call(NodeC, pg, get_local_members, [?SCOPE, fabric_peer_servers]),
+    ok = fabric_peer:monitor_node(C1, N2, true),
+    ok = erpc:call(NodeC, fabric_peer_cluster, drain, [Cluster]),
+    receive {nodedown, N2} -> ok after ?T -> error(relay_not_closed) end,
+    true = sees(C1, [N2]),
+    P ! {Me, after_relay_closed},
+    receive {got, Svc, _, after_relay_closed} -> ok after ?T -> error(not_delivered) end,
+    receive {'DOWN', Mon2, process, _, R2} when Mon2 =:= MonP; Mon2 =:= MonQ -> error({proxy_ended, R2})
+    after 0 -> ok
+    end,
     [erlang:demonitor(M, [flush]) || M <- [MonP, MonQ]],
     [X ! stop || X <- [SvcPid, Svc1Pid]],
     close([C1, C2]).
