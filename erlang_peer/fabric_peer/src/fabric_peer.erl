@@ -23,7 +23,8 @@
 
 -export([start_server/3, stop_server/1, port/1, connect/4, close/1, whereis/2, whereis/3,
          send/2, send_confirmed/2, send_confirmed/3, info/1, allow/2, is_proxy/1, disconnect/1,
-         nodes/1, monitor_node/3, register_global/3, unregister_global/2, drain_server/1]).
+         nodes/1, monitor_node/3, register_global/3, unregister_global/2, drain_server/1,
+         drain_server/2]).
 -export([start_server_link/3, connect_link/4, server_child_spec/4, client_child_spec/5,
          server/1, exit/2]).
 -compile({no_auto_import, [exit/2]}).
@@ -31,7 +32,7 @@
 -ignore_xref([start_server/3, stop_server/1, port/1, connect/4, close/1, whereis/2, whereis/3,
               send/2, send_confirmed/2, send_confirmed/3, info/1, allow/2, is_proxy/1,
               disconnect/1, nodes/1, monitor_node/3, register_global/3, unregister_global/2,
-              drain_server/1, start_server_link/3, connect_link/4,
+              drain_server/1, drain_server/2, start_server_link/3, connect_link/4,
               server_child_spec/4, client_child_spec/5, server/1, exit/2]).
 
 -export_type([server/0, conn/0, dest/0]).
@@ -135,22 +136,39 @@ stop_server({fabric_peer_server, _Ref, Sup}) ->
             end
     end.
 
-%% @doc Drain a server (docs/cluster.md section 6): it stops accepting (its listening socket
-%% closes), then every connection and kept session of it ends; clients with `fallbacks'
-%% reconnect to their next server (with a new session there). Returns when no connection
-%% is left; the server stays started (`stop_server/1').
+%% @doc `drain_server/2' keeping the sessions.
 -spec drain_server(server()) -> ok.
-drain_server({fabric_peer_server, Ref, Sup}) ->
+drain_server(Server) -> drain_server(Server, #{}).
+
+%% @doc Drain a server (docs/cluster.md section 6): it stops accepting (its listening
+%% socket closes) and closes the sessions' sockets as a network failure would; clients
+%% with `fallbacks' reconnect to their next server, which (servers of one cluster) relays
+%% each to its session here: proxies keep their identity and, with acks, nothing is lost.
+%% The sessions stay here until they end (their clients close, or `stop_server/1'). A
+%% connection without a session, or in its handshake, ends; the relays this server carries
+%% for the sessions of other servers are closed (their clients resume again elsewhere).
+%% With `#{sessions => close}' the sessions end too: their clients get a new session at
+%% their next server and their proxies end with `noconnection'. Returns `ok' when done;
+%% the server stays started.
+-spec drain_server(server(), #{sessions => keep | close}) -> ok.
+drain_server({fabric_peer_server, Ref, Sup}, Opts) ->
+    Keep = maps:get(sessions, Opts, keep) =:= keep,
     _ = supervisor:terminate_child(Sup, acceptors_sup),
-    %% the sessions of other servers this one relays (docs/cluster.md section 6)
     _ = [fabric_peer_cluster:drain(Pid)
          || {cluster, Pid, _, _} <- supervisor:which_children(Sup), is_pid(Pid)],
     case fabric_peer_registry:conn_sup(Ref) of
         undefined -> ok;
         ConnSup ->
-            _ = [supervisor:terminate_child(ConnSup, Pid)
+            _ = [drain_conn(ConnSup, Pid, Keep)
                  || {_, Pid, _, _} <- supervisor:which_children(ConnSup), is_pid(Pid)],
             ok
+    end.
+
+drain_conn(ConnSup, Pid, Keep) ->
+    case Keep andalso (catch fabric_peer_conn:info(Pid)) of
+        #{state := established, session := true} -> _ = fabric_peer_conn:drop_connection(Pid), ok;
+        #{state := State} when State =:= detached; State =:= resuming -> ok;
+        _ -> _ = supervisor:terminate_child(ConnSup, Pid), ok
     end.
 
 %% @doc The port a server listens on.

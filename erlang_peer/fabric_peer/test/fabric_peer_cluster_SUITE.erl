@@ -421,23 +421,43 @@ resume_through_another_server(Config) ->
     [X ! stop || X <- [SvcPid, Svc1Pid]],
     close([C1, C2]).
 
-%% Server c drains: it refuses new clients, its client C2 (fallbacks: server b) moves to b
-%% with a new session, and C1 (server a) sees C2's node go down and come back.
+%% Server c drains: it refuses new clients; its client C2 (fallbacks: server b) moves to b
+%% with its session (b relays it to c): C1 (server a) keeps its proxy for C2's process. With
+%% `sessions => close' the session ends: C2 gets a new one at b, the proxy ends with
+%% noconnection, and C2's node comes back.
 drain_server_moves_clients(Config) ->
+    {Svc, SvcPid} = echo("svc"),
     {NodeC, SC, PortC} = server(Config, c),
     {_, _, PortB} = server(Config, b),
     {C1, _} = client(Config, a, "c1_", []),
-    {C2, N2} = client(Config, c, "c2_", [], #{fallbacks => [{"127.0.0.1", PortB}]}),
+    {C2, N2} = client(Config, c, "c2_", [Svc], #{fallbacks => [{"127.0.0.1", PortB}]}),
     true = sees(C1, [N2]),
+    P = fabric_peer:whereis(C1, {Svc, N2}),
+    MonP = erlang:monitor(process, P),
     ok = fabric_peer:monitor_node(C1, N2, true),
     ?assertEqual(ok, erpc:call(NodeC, fabric_peer, drain_server, [SC])),
     receive {nodedown, N2} -> ok after ?T -> error(no_nodedown) end,
     true = sees(C1, [N2]),
-    #{peer := Peer} = fabric_peer:info(C2),
-    ?assertEqual(integer_to_binary(PortB), lists:last(binary:split(Peer, <<":">>, [global]))),
-    ?assertEqual(0, maps:get(processes, erpc:call(NodeC, fabric_peer, info, [SC]))),
+    true = wait(fun() -> #{peer := Peer} = fabric_peer:info(C2),
+                         integer_to_binary(PortB) =:= lists:last(binary:split(Peer, <<":">>, [global]))
+                end),
+    P ! {self(), after_drain},
+    receive {got, Svc, _, after_drain} -> ok after ?T -> error(not_delivered) end,
+    receive {'DOWN', MonP, process, P, R} -> error({proxy_ended, R}) after 0 -> ok end,
+    %% (sessions of the earlier cases' closed clients are kept at c too: detached)
+    ?assertMatch([_], [X || #{transport := relay, state := established} = X
+                                <- maps:get(conns, erpc:call(NodeC, fabric_peer, info, [SC]))]),
     ?assertMatch({error, {connect, _}},
                  fabric_peer:connect("127.0.0.1", PortC, "secret", #{reconnect => false})),
+    %% now with the sessions
+    ?assertEqual(ok, erpc:call(NodeC, fabric_peer, drain_server, [SC, #{sessions => close}])),
+    receive {'DOWN', MonP, process, P, R2} -> ?assertEqual(noconnection, R2)
+    after ?T -> error(no_noconnection) end,
+    ?assertEqual(0, maps:get(processes, erpc:call(NodeC, fabric_peer, info, [SC]))),
+    true = sees(C1, [N2]),
+    ok = fabric_peer:send({C1, {Svc, N2}}, {self(), new_session}),
+    receive {got, Svc, _, new_session} -> ok after ?T -> error(not_routed) end,
+    SvcPid ! stop,
     close([C1, C2]).
 
 %% Server b's node stops: C1 (server a) sees C2's processes end with noconnection and
