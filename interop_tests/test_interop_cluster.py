@@ -9,11 +9,12 @@ the two clients can only go client -> A -> B -> client). Covered: ``{Name, Node}
 ways, ``whereis`` with a node, ``nodes()``, one proxy per pid, a monitor across with the real
 reason, global names (an Erlang process registered on node C; an erlang_peer client's process
 registered through B) reached from the Python client, a Python client's session resumed
-through C while A stays up (relayed to A: its proxy kept, 200 messages none lost), and B's
+through C (its ``fallbacks``) while A stays up (relayed to A: its proxy kept, 200 messages
+none lost), and B's
 node stopped: the Python
 client gets ``nodedown`` and ``noconnection`` at once, and the erlang_peer client (with
-``fallbacks``) is reachable again through C within 5 s. Python's own ``register_global`` and
-``fallbacks`` are not built yet (docs/cluster.md section 7).
+``fallbacks``) is reachable again through C within 5 s. Python's own ``register_global`` is
+not built yet (docs/cluster.md section 7).
 
 The module's nodes are started once (module fixture) and stopped at the end; the failover
 test stops B and runs last.
@@ -206,10 +207,9 @@ def test_global_names_reach_the_python_client(erl: Harness, cluster: Cluster, ec
 
 
 class Forwarder:
-    """A TCP forwarder on 127.0.0.1 whose target can change: ``cut(new_port)`` closes every
-    connection going through it (as a network failure would) and sends the next ones to
-    ``new_port``. Stands for "the path to server A is lost, the client's next try lands at C"
-    for a Python client, which has no ``fallbacks`` yet."""
+    """A TCP forwarder on 127.0.0.1 to ``target``: the client's path to a server, which
+    ``close()`` cuts as a network failure would (its connections closed, its address then
+    refused) while the server stays up."""
 
     def __init__(self, target: int) -> None:
         self.target = target
@@ -244,9 +244,13 @@ class Forwarder:
             except OSError:
                 pass
 
-    def cut(self, new_target: int) -> None:
+    def close(self) -> None:
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept, refuses the next ones
+        except OSError:
+            pass
+        self.listener.close()
         with self.lock:
-            self.target = new_target
             pairs, self.pairs = self.pairs, []
         for a, b in pairs:
             for s in (a, b):
@@ -256,19 +260,16 @@ class Forwarder:
                     pass
                 s.close()
 
-    def close(self) -> None:
-        self.cut(self.target)
-        self.listener.close()
-
 
 def test_python_session_resumed_through_another_server(erl: Harness, cluster: Cluster, ecl: str) -> None:
-    """A Python client of server A loses its path to A (A stays up) and reconnects at C: C
-    relays it to its session at A. Its proxy keeps its identity and the 200 messages the
-    erlang_peer client sent it meanwhile all arrive, in order."""
+    """A Python client reaches server A through a path that is then lost (A stays up); its
+    ``fallbacks`` take it to C, which relays it to its session at A. Its proxy keeps its
+    identity and the 200 messages the erlang_peer client sent it meanwhile all arrive, in order."""
     fwd = Forwarder(cluster.ports["a"])
     node = "pyrel@127.0.0.1"
     try:
-        with pyfabric.connect(HOST, fwd.port, SECRET, node_name=node, allowed=["pyrel_inbox"]) as r:
+        with pyfabric.connect(HOST, fwd.port, SECRET, node_name=node, allowed=["pyrel_inbox"],
+                              fallbacks=[(HOST, cluster.ports["c"])]) as r:
             with r.mailbox("pyrel_inbox") as inbox:
                 assert wait_for(lambda: Atom(EC) in r.nodes())
                 proxy = r.whereis("ecl_echo", node=EC)
@@ -276,7 +277,7 @@ def test_python_session_resumed_through_another_server(erl: Harness, cluster: Cl
                 ref = inbox.monitor(proxy)
                 assert erl.eval(f"W = fun W(0) -> false; W(N) -> case lists:member('{node}', fabric_peer:nodes(get(ecl))) of "
                                 "true -> true; false -> timer:sleep(20), W(N - 1) end end, W(250)") == "true"
-                fwd.cut(cluster.ports["c"])
+                fwd.close()  # the path to A is gone: connections cut, the address refused
                 assert erl.eval(f"[ok = fabric_peer:send({{get(ecl), {{pyrel_inbox, '{node}'}}}}, {{n, I}}) "
                                 "|| I <- lists:seq(1, 200)], ok") == "ok"
                 got = [inbox.receive(timeout=WAIT) for _ in range(200)]

@@ -188,8 +188,9 @@ port({fabric_peer_server, Ref, _}) ->
 %% ms, 100 / 30000), `connect_timeout' (5000), `max_queue' (messages queued while
 %% reconnecting, 1000; 0 refuses them with `{error, not_connected}'), `tls' (false or a list
 %% of `ssl' client options), `fallbacks' (`[{Host, Port}]', other servers of a cluster:
-%% the first attempt tries each once, in order; each failed reconnection moves to the next,
-%% docs/cluster.md section 6).
+%% the first attempt tries each once, in order; a reconnection tries the server of the last
+%% connection first, then the others, one round per attempt with the backoff between
+%% rounds, docs/cluster.md section 6).
 %%
 %% The connection is owned by the caller: it is monitored, and when the owner exits the
 %% connection closes (its proxies exit with `noconnection'). `close_with_owner => false'

@@ -93,7 +93,9 @@ handle_event(internal, {frame, F4}, await_auth, D0) ->
     Result = fabric_peer_client_hs:auth(F4, Hs, O, Peer),
     D = case Result of
             {established, Params0, _} ->
-                D1#d{o = fabric_peer_route_conn:own_heartbeat(Params0, O)};
+                %% the server of this connection starts the next reconnection round
+                O1 = fabric_peer_route_conn:own_heartbeat(Params0, O),
+                D1#d{o = O1#{home => D1#d.target, round_tried => 0}};
             _ -> D1
         end,
     case Result of
@@ -227,13 +229,27 @@ failed(Why, #d{o = O, attempt = N} = D) ->
     case maps:get(reconnect, O) of
         false -> {stop, normal, D1};
         true ->
-            Delay = fabric_peer_backoff:delay(N, maps:get(reconnect_min, O), maps:get(reconnect_max, O)),
-            %% each failed attempt moves on to the next address of the ring (fallbacks)
-            Next = next_target(D),
-            ?LOG_INFO(#{what => connect_failed, target => D#d.target, reason => Why,
-                        retry_in_ms => Delay, next => Next}, ?FABRIC_LOG),
-            {next_state, disconnected, D1#d{attempt = N + 1, target = Next},
-             [{state_timeout, Delay, reconnect}, {{timeout, handshake}, cancel}]}
+            Tried = maps:get(round_tried, O, 0) + 1,
+            case fallback(Why) andalso Tried < length(ring(D)) of
+                true ->
+                    %% one round per attempt: the next address at once (fallbacks)
+                    Next = next_target(D),
+                    ?LOG_INFO(#{what => connect_failed, target => D#d.target, reason => Why,
+                                then => Next}, ?FABRIC_LOG),
+                    {next_state, connecting, D1#d{target = Next, o = O#{round_tried => Tried}},
+                     [{next_event, internal, connect}, {{timeout, handshake}, cancel}]};
+                false ->
+                    %% the round failed: back off, then start again from the server of the
+                    %% last connection
+                    Delay = fabric_peer_backoff:delay(N, maps:get(reconnect_min, O),
+                                                      maps:get(reconnect_max, O)),
+                    Home = maps:get(home, O, D#d.target),
+                    ?LOG_INFO(#{what => connect_failed, target => D#d.target, reason => Why,
+                                retry_in_ms => Delay, next => Home}, ?FABRIC_LOG),
+                    {next_state, disconnected,
+                     D1#d{attempt = N + 1, target = Home, o = O#{round_tried => 0}},
+                     [{state_timeout, Delay, reconnect}, {{timeout, handshake}, cancel}]}
+            end
     end.
 
 %%% fallbacks (docs/cluster.md section 6)
