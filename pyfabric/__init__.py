@@ -59,6 +59,8 @@ from .transport import (
     ClientClosed,
     ConnectFailed,
     ConnectionState,
+    GlobalNameError,
+    GlobalNameInUse,
     NotConnected,
     SendQueueFull,
     SendRefused,
@@ -129,6 +131,8 @@ __all__ = [
     "ConnectFailed",
     "ClientClosed",
     "ServerClosed",
+    "GlobalNameError",
+    "GlobalNameInUse",
     "MessagesUndelivered",
     "UndeliveredMessage",
 ]

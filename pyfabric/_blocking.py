@@ -325,6 +325,17 @@ class BlockingClient(_BlockingNodeApi[Client]):
         """Remove one :meth:`monitor_node` of ``pid`` on ``node``; True if there was one."""
         return self._runner.call(self._target.demonitor_node, node, pid)
 
+    def register_global(self, name: Atom | str, pid: Pid, *, timeout: float | None = None) -> None:
+        """Register local process ``pid`` in Erlang's ``global`` as ``name`` through an
+        erlang_peer server; see :meth:`pyfabric.transport.Client.register_global`
+        (:class:`~pyfabric.GlobalNameInUse` when another process holds the name)."""
+        self._runner.run(self._target.register_global(name, pid, timeout=timeout))
+
+    def unregister_global(self, name: Atom | str, *, timeout: float | None = None) -> None:
+        """Remove a global name of one of this client's processes; see
+        :meth:`pyfabric.transport.Client.unregister_global`."""
+        self._runner.run(self._target.unregister_global(name, timeout=timeout))
+
     def wait_connected(self, timeout: float | None = None) -> None:
         """Block until connected (``TimeoutError`` after ``timeout`` s; ``NotConnected`` if closed)."""
         self._runner.run(self._target.wait_connected(timeout))

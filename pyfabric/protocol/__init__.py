@@ -166,6 +166,7 @@ from ._events import (
     WhereisReplied,
     WhereisRequested,
 )
+from ._global import GlobalReplied
 from ._policy import NamePolicy
 from ._route import ROUTE_EVENTS, RouteHooks
 from ._session import (
@@ -213,6 +214,7 @@ __all__ = [
     "NodesReplied",
     "NodeUp",
     "NodeDown",
+    "GlobalReplied",
     "Event",
     "HandshakeComplete",
     "AuthFailed",

@@ -46,6 +46,7 @@ from ._established import UNSEQUENCED, Established
 from ._events import NEED_DATA, AuthFailed, ConnectionClosed, Event, FrameDropped, HandshakeComplete, ProxyDied
 from ._flow import FlowMixin, new_credit
 from ._framing import FrameReader, FrameTooLarge, FrameWriter
+from ._global import GlobalMixin
 from ._handshake import Agreement
 from ._handshake_client import ClientHandshake
 from ._handshake_server import ServerHandshake
@@ -78,7 +79,7 @@ _HANDSHAKE_FRAMES = {
 }
 
 
-class Connection(ConnectionCommands, acks.AcksMixin, FlowMixin, RouteMixin):
+class Connection(ConnectionCommands, acks.AcksMixin, FlowMixin, RouteMixin, GlobalMixin):
     """One side of one fabric connection (see the package docstring).
 
     ``config`` (a :class:`ConnectionConfig`) or the options as keywords (``secret``

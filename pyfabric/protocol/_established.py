@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..etf import Atom, Pid
+from . import _global as glob
 from . import _route as route
 from ._constants import (
     A_ACK,
@@ -111,6 +112,7 @@ class Established:
         self.route_from: Atom | None = None  # the peer's client node name (with `route`)
         self.our_nodes: set[int] = set()
         self.their_nodes: set[int] = set()
+        self.our_global: set[int] = set()  # `global` (17): our requests in flight
 
     def dispatch(self, term: Any) -> None:
         """Handle one decoded frame; raises RemoteProtocolError to drop it."""
@@ -443,9 +445,12 @@ FRAMES: dict[Atom, FrameSpec] = {
         FrameSpec(A_NODES_REPLY, 3, "route", route.on_nodes_reply, sequenced=False),
         FrameSpec(A_NODEUP, 2, "route", route.on_nodeup, sequenced=False),
         FrameSpec(A_NODEDOWN, 2, "route", route.on_nodedown, sequenced=False),
+        FrameSpec(glob.A_REGISTER_GLOBAL, 4, "global", glob.on_register_global, sequenced=False),
+        FrameSpec(glob.A_UNREGISTER_GLOBAL, 3, "global", glob.on_unregister_global, sequenced=False),
+        FrameSpec(glob.A_GLOBAL_REPLY, 3, "global", glob.on_global_reply, sequenced=False),
     )
 }
-"""Every frame a peer may send after the handshake (docs/protocol.md sections 4, 5, 11, 12, 16)."""
+"""Every frame a peer may send after the handshake (docs/protocol.md sections 4, 5, 11, 12, 16, 17)."""
 
 UNSEQUENCED = frozenset(tag for tag, spec in FRAMES.items() if not spec.sequenced)
 """Tags of the frames not numbered with ``acks``; every other frame after the handshake is,

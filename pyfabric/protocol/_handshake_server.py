@@ -59,7 +59,8 @@ class ServerHandshake:
         if client_version is not None:
             agreed.mode = "extended"
             agreed.version = min(client_version, hs.EXT_VERSION)
-            offered = config.features if self._route is not None else config.features - {"route"}
+            # `global` is an erlang_peer server's: a pyfabric server never offers it (17.1).
+            offered = (config.features if self._route is not None else config.features - {"route"}) - {"global"}
             features = sorted(hs.feature_rule(offered))
             offer = {
                 b"version": agreed.version,

@@ -29,6 +29,7 @@ from ._constants import (
 )
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._events import MessageRouted, NodeDown, NodesReplied, NodesRequested, NodeUp, WhereisNodeRequested
+from ._global import GlobalReplied
 from ._rewrite import describe
 from ._session import Session
 
@@ -48,8 +49,9 @@ UNKNOWN = "unknown"  # no such node: dropped like a message to an unregistered n
 
 MAX_NODE_BYTES = 255
 
-ROUTE_EVENTS = (MessageRouted, WhereisNodeRequested, NodesRequested, NodesReplied, NodeUp, NodeDown)
-"""The events of the `route` feature, which the transport hands to its router."""
+ROUTE_EVENTS = (MessageRouted, WhereisNodeRequested, NodesRequested, NodesReplied, NodeUp, NodeDown, GlobalReplied)
+"""The events the transport hands to its ``on_route_event`` hook: those of the `route` feature
+(its router, a client's nodes) and the client's answers of `global` (section 17)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,7 @@ _ESTABLISHED_COMMANDS = (
     "nodes",
     "reply_nodes",
     "node_notice",
+    "global",
     "heartbeat",
     "send_deferred",
     "recv:frame",

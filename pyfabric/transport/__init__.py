@@ -13,6 +13,8 @@ from ._connect import aconnect
 from ._errors import (
     ClientClosed,
     ConnectFailed,
+    GlobalNameError,
+    GlobalNameInUse,
     NotConnected,
     SendQueueFull,
     SendRefused,
@@ -40,6 +42,8 @@ __all__ = [
     "ConnectFailed",
     "ClientClosed",
     "ServerClosed",
+    "GlobalNameError",
+    "GlobalNameInUse",
     "AuthThrottle",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_PENDING_HANDSHAKES",

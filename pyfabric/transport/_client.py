@@ -18,6 +18,7 @@ from ..protocol import ConnectionClosed, HandshakeComplete
 from ..runtime import Node
 from ._dial import dial, redial
 from ._errors import ConnectFailed, NotConnected, SendQueueFull
+from ._global_client import GlobalClientMixin, GlobalNames
 from ._local import LocalProcesses
 from ._options import PeerOptions
 from ._peer import PeerLink
@@ -45,7 +46,7 @@ class ConnectionState:
     CLOSED = "closed"
 
 
-class Client(LocalProcesses, RouteClientMixin):
+class Client(LocalProcesses, RouteClientMixin, GlobalClientMixin):
     """A connection to one fabric server; create it with :func:`aconnect`.
 
     Use it as an async context manager, or call :meth:`close`. Everything here must be
@@ -97,6 +98,7 @@ class Client(LocalProcesses, RouteClientMixin):
         self._link = PeerLink(node, options, role="client", label=f"server {host}:{port}")
         self._link.on_closed = self._on_link_closed
         self._route_nodes = ClientNodes(node, self._link)
+        self._global_names = GlobalNames(node, self._link)
         self._stream: FrameStream | None = None
         self._state = ConnectionState.CONNECTING
         self._listeners: list[Callable[[str], None]] = []
@@ -165,6 +167,7 @@ class Client(LocalProcesses, RouteClientMixin):
             return  # a failed attempt: _connect_once reports it
         self._connected.clear()
         self._route_nodes.connection_lost()
+        self._global_names.connection_lost()
         if self._closing or not self._reconnect:
             self._finish_closed()
             return

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["TransportError", "NotConnected", "ConnectFailed", "SendQueueFull", "ClientClosed", "ServerClosed", "SendTimeout", "SendRefused"]
+__all__ = ["TransportError", "NotConnected", "ConnectFailed", "SendQueueFull", "ClientClosed", "ServerClosed", "SendTimeout", "SendRefused",
+           "GlobalNameError", "GlobalNameInUse"]
 
 
 class TransportError(Exception):
@@ -56,3 +57,21 @@ class SendRefused(TransportError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class GlobalNameError(TransportError):
+    """The server did not register (or unregister) a global name (docs/protocol.md 17):
+    ``code`` is its answer (``"not_allowed"``: its ``register_global`` option refuses the
+    name; ``"limit"``; ``"noproc"``: the process has ended; ``"not_registered"``:
+    ``unregister_global`` of a name this session does not hold; ``"in_use"``:
+    :class:`GlobalNameInUse`), ``name`` the name asked for."""
+
+    def __init__(self, code: str, name: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.name = name
+
+
+class GlobalNameInUse(GlobalNameError):
+    """``register_global``: the name is already registered in ``global`` to another
+    process (by anyone in the cluster); ``code`` is ``"in_use"``."""

@@ -44,7 +44,8 @@ def test_extended_handshake_ours_to_ours():
     c = only(pair.take("client"), HandshakeComplete)
     s = only(pair.take("server"), HandshakeComplete)
     assert c.mode == s.mode == "extended" and c.version == s.version == 1
-    assert c.features == s.features == FEATURES - {"funs", "ports", "route"}  # route: only a routing server offers it
+    # route: only a routing server offers it; global: only an erlang_peer server (17.1)
+    assert c.features == s.features == FEATURES - {"funs", "ports", "route", "global"}
     assert c.peer_node == SRV and s.peer_node == A("cli@vm")
     assert c.peer_heartbeat == 7000 and s.peer_heartbeat == 5000
     assert c.peer_max_frame == 1 << 21 and s.peer_max_frame == 1 << 20
@@ -66,7 +67,8 @@ def test_extended_frames_have_the_documented_shapes():
     tag, nonce, offer = decode(challenge)
     assert tag == A("challenge") and nonce == b"\x22" * 32
     assert offer[b"version"] == 1 and offer[b"node"] == b"srv@vm"
-    assert set(offer[b"features"]) == {f.encode() for f in FEATURES - {"route"}}  # route: only with routing
+    # route: only with routing; global: never by a pyfabric server (17.1)
+    assert set(offer[b"features"]) == {f.encode() for f in FEATURES - {"route", "global"}}
     client.receive_data(frame(challenge))
     client.events()
     response = split_frames(client.data_to_send())[0]
