@@ -8,13 +8,13 @@ non-distributed harness ``erl`` (so its processes are not on a cluster node: a m
 the two clients can only go client -> A -> B -> client). Covered: ``{Name, Node}`` both
 ways, ``whereis`` with a node, ``nodes()``, one proxy per pid, a monitor across with the real
 reason, global names (an Erlang process registered on node C; an erlang_peer client's process
-registered through B) reached from the Python client, a Python client's session resumed
+registered through B) reached from the Python client (the Python client's own
+``register_global`` is test_interop_global.py, with this module's fixtures), a Python client's session resumed
 through C (its ``fallbacks``) while A stays up (relayed to A: its proxy kept, 200 messages
 none lost), and B's
 node stopped: the Python
 client gets ``nodedown`` and ``noconnection`` at once, and the erlang_peer client (with
-``fallbacks``) is reachable again through C within 5 s. Python's own ``register_global`` is
-not built yet (docs/cluster.md section 7).
+``fallbacks``) is reachable again through C within 5 s.
 
 The module's nodes are started once (module fixture) and stopped at the end; the failover
 test stops B and runs last.
@@ -81,7 +81,8 @@ def wait_for(check: Any, timeout: float = WAIT) -> bool:
 class Cluster:
     """Three distributed ``erl`` nodes with one clustered erlang_peer server each."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = "pyfcl") -> None:
+        self.prefix = prefix  # of the nodes' short names (another module's cluster has its own)
         self.nodes: dict[str, ErlangNode] = {}
         self.names: dict[str, str] = {}
         self.ports: dict[str, int] = {}
@@ -89,7 +90,7 @@ class Cluster:
 
     def start(self) -> Cluster:
         for label in ("a", "b", "c"):
-            sname = f"pyfcl_{label}_{os.getpid()}"
+            sname = f"{self.prefix}_{label}_{os.getpid()}"
             node = ErlangNode(extra_args=(*ERL_ARGS, "-sname", sname, "-setcookie", COOKIE,
                                           "-kernel", "inet_dist_use_interface", "{127,0,0,1}"))
             self.nodes[label] = node
