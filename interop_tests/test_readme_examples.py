@@ -22,6 +22,7 @@ EXAMPLE_PORT = "5555"  # Python client, Erlang server
 PYSERVER_PORT = "5556"  # Python server, Erlang client
 SECURITY_PORT = "5557"  # Security
 ROUTING_PORT = "5558"  # Clients talking to each other
+GLOBAL_PORT = "5559"  # Global names
 
 
 def _sections() -> dict[str, list[tuple[str, str]]]:
@@ -60,6 +61,7 @@ def test_every_example_is_run_here() -> None:
         "Processes in Python": {"python": 1},
         "Clients talking to each other": {"python": 1},
         "Security": {"python": 1},
+        "Global names": {"erlang": 1, "python": 1},
     }
     found = {
         heading: {lang: len(_blocks(heading, lang)) for lang in {lang for lang, _ in blocks}}
@@ -130,11 +132,35 @@ def test_each_section_has_its_own_port() -> None:
         "Python server, Erlang client": PYSERVER_PORT,
         "Security": SECURITY_PORT,
         "Clients talking to each other": ROUTING_PORT,
+        "Global names": GLOBAL_PORT,
     }
     for heading, port in ports.items():
         code = "".join(code for _, code in SECTIONS[heading])
         assert port in code, heading
         assert set(re.findall(r"\b55\d\d\b", code)) == {port}, heading
+
+
+def test_global_names_example() -> None:
+    """The Erlang block (a server with register_global, a process greeting the name) in a real
+    erl, then the Python block: it registers a mailbox, is greeted through `global`, meets
+    GlobalNameInUse, unregisters."""
+    (erlang_code,) = _blocks("Global names", "erlang")
+    (python_code,) = _blocks("Global names", "python")
+    erlang_code = erlang_code.replace(f"start_server({GLOBAL_PORT},", "start_server(0,").rstrip().rstrip(".")
+    script = (
+        erlang_code + ', io:format("port ~b~n", [fabric_peer:port(Server)]), receive stop -> ok end.'
+    )
+    proc = subprocess.Popen([_erl(), "-noshell", "-pa", str(EBIN), "-eval", script], stdout=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True)  # fmt: skip
+    try:
+        line = proc.stdout.readline()
+        match = re.fullmatch(r"port (\d+)\n", line)
+        assert match, f"the Erlang example did not start: {line!r}"
+        out = _run_python(python_code.replace(GLOBAL_PORT, match.group(1))).splitlines()
+        assert out == ["(Atom('hello'), Atom('nonode@nohost'))", "in_use"]
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
 
 
 def test_python_server_with_erlang_client_example() -> None:

@@ -159,6 +159,11 @@ def test_the_name_ends_with_the_process() -> None:
             client.send(proc, "bye")  # idle returns: the process ends, its DEAD goes out
             await wait_for(lambda: server.names == {}, what="the name gone with the process")
             assert (A("DEAD"), (A("pr"), 1), A("normal")) in server.frames
+            box = client.mailbox()  # a mailbox is a process too: closing it ends the name
+            await client.register_global("a_box", box.pid)
+            assert server.names == {b"a_box": 2}
+            box.close()
+            await wait_for(lambda: server.names == {}, what="the name gone with the mailbox")
 
     arun(body)
 
