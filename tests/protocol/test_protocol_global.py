@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from protocol_testlib import CLI, SRV, frame, make_conn, split_frames
+from protocol_testlib import CLI, SRV, LegacyEndpoint, Pair, frame, make_conn, split_frames
 
 from pyfabric.etf import Atom, Pid, decode, encode
 from pyfabric.protocol import (
@@ -191,3 +191,20 @@ def test_requests_pending_when_the_connection_ends_are_void() -> None:
     server.client.register_global("n", Pid(CLI, 44, 0, 1))
     server.client.connection_lost()
     assert any(isinstance(e, ConnectionClosed) for e in server.client.events())
+
+
+def test_an_original_server_never_receives_the_frames() -> None:
+    original = LegacyEndpoint("server")
+    client = make_conn("client", allow_legacy_auth=True)
+    pair = Pair(client, original)
+    client.start()
+    pair.pump()
+    assert original.state == "established" and client.features == frozenset()
+    me = client.pids.new()  # type: ignore[attr-defined]
+    with pytest.raises(FeatureNotSupported):
+        client.register_global("n", me)
+    with pytest.raises(FeatureNotSupported):
+        client.unregister_global("n")
+    assert client.data_to_send() == b""
+    pair.pump()
+    assert not any(isinstance(t, tuple) and t[:1] in ((A("register_global"),), (A("unregister_global"),)) for t in original.received)
