@@ -6,7 +6,8 @@ The Python client is a client node of server A and registers one of its processe
 through A; a plain Erlang process on node C and the erlang_peer client at server B reach it
 by that name (C with ``global:send/2``, the erlang_peer client by the name at B, which looks
 it up in ``global`` after its local names). The name disappears when the Python process
-ends, when ``unregister_global`` removes it and when a client's session ends (it closes); a
+ends, when ``unregister_global`` removes it and when a client's session ends (it closes),
+and it survives a reconnection that resumes the session (through server C, relayed to A); a
 name held by another process of the cluster gives :class:`pyfabric.GlobalNameInUse`; a name
 server A's ``register_global`` option refuses gives ``GlobalNameError`` ``not_allowed``.
 """
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 from interop_support import DIE, HOST, SECRET, WAIT, Harness, erl, erl_session, require_erl, victim  # noqa: F401 (fixtures)
-from test_interop_cluster import PY, Cluster, ecl, ev, pycl, wait_for  # noqa: F401 (fixtures)
+from test_interop_cluster import PY, Cluster, Forwarder, ecl, ev, pycl, wait_for  # noqa: F401 (fixtures)
 
 import pyfabric
 from pyfabric import Atom, GlobalNameError, GlobalNameInUse, Pid
@@ -125,3 +126,26 @@ def test_a_name_the_server_refuses_is_not_allowed(cluster: Cluster, pycl: Any) -
     assert refused.value.code == "not_allowed" and not isinstance(refused.value, GlobalNameInUse)
     assert ev(a, "global:whereis_name(rex)") == "undefined"
     assert isinstance(proc, Pid) and PY.startswith("pycl@")
+
+
+def test_the_name_survives_a_resumed_session_then_ends_with_the_process(cluster: Cluster) -> None:
+    """The path to A is lost (A up): the client's ``fallbacks`` take it to C, which relays its
+    session to A; the global name still reaches the same mailbox, and closing the mailbox
+    afterwards (its DEAD goes C -> A) ends the name."""
+    c = cluster.nodes["c"]
+    fwd = Forwarder(cluster.ports["a"])
+    try:
+        with pyfabric.connect(HOST, fwd.port, SECRET, node_name="pyglob3@127.0.0.1",
+                              fallbacks=[(HOST, cluster.ports["c"])]) as client:  # fmt: skip
+            box = client.mailbox()
+            client.register_global("pyfcl_resumed", box.pid)
+            assert wait_for(lambda: whereis_global(c, "pyfcl_resumed") == cluster.names["a"])
+            fwd.close()  # connections cut, the address refused
+            ev(c, "global:send(pyfcl_resumed, {after_cut, 1}), ok")
+            assert box.receive(timeout=WAIT) == (Atom("after_cut"), 1)
+            assert client.statistics()["failovers"] == 1
+            assert whereis_global(c, "pyfcl_resumed") == cluster.names["a"]  # the same proxy at A
+            box.close()
+            assert wait_for(lambda: whereis_global(c, "pyfcl_resumed") == "undefined")
+    finally:
+        fwd.close()
