@@ -190,6 +190,11 @@ def test_blocking_send_confirmed():
         client = pyfabric.connect("127.0.0.1", server.port, b"s")
         try:
             client.send_confirmed("sink", "hello", timeout=WAIT)
+            # "ok" means the message is in the sink's mailbox; the sink takes it out in the
+            # server's own loop thread, which may run a moment later.
+            deadline = time.monotonic() + WAIT
+            while not got and time.monotonic() < deadline:
+                time.sleep(0.005)
             assert got == ["hello"]
             with pytest.raises(SendRefused) as info:
                 client.send_confirmed("ghost", "x", timeout=WAIT)
