@@ -145,8 +145,9 @@ confirmed_message(Ref, Dest, Payload, P) ->
     case fabric_peer_protocol:incoming(Dest, Payload, P) of
         {ok, #p{acts = [{deliver, _, _} | _]} = P1} -> {ok, Answer(ok, P1)};
         %% routed to another client (16.8): answered with that client's result
-        {ok, #p{acts = [{route, {msg, C, N, M}} | As]} = P1} ->
-            {ok, P1#p{acts = [{route, {mc, C, N, M, Ref}} | As]}};
+        {ok, #p{acts = [{route, {msg, C, N, M, _}} | As]} = P1} ->
+            %% its credit is returned at once (the end-to-end result bounds it)
+            {ok, P1#p{acts = [{route, {mc, C, N, M, Ref}} | As], delivered = none}};
         {ok, P1} -> {ok, Answer({error, <<"noproc">>}, P1)};
         {error, Code, Why, P1} -> {refused, Code, Why, Answer({error, atom_to_binary(Code)}, P1)}
     end.

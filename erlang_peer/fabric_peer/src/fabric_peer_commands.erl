@@ -32,8 +32,10 @@ send(Dest, Msg, P) ->
 
 %% @doc `send/3' for caller `From': with `acks' and no outbox room or credit it waits
 %% (`wait': the reply comes later as a `reply' action, or `{error, timeout}' after
-%% `send_timeout').
--spec send(term(), term(), gen_statem:from() | none, proto()) ->
+%% `send_timeout'). `From' `{relay, Notify}': a message routed here by another connection
+%% (16.8), which waits without a timeout; `Notify' (unless `none') gets the result of a
+%% `wait' when it is issued.
+-spec send(term(), term(), gen_statem:from() | none | {relay, gen_statem:from() | none}, proto()) ->
           {ok | wait | {error, term()}, [action()], proto()}.
 send(Dest, Msg, From, #p{s = S} = P) ->
     {Reply, P1} = case wire_dest(Dest, S) of

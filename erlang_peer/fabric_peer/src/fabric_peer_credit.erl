@@ -11,10 +11,15 @@
 -module(fabric_peer_credit).
 
 -export([new/2, fresh/1, checked/1, batch/2, may_issue/2, fits/2, issue/3, grant/3,
-         receive_frame/3, return/3, owe/4, owed/1, release/2,
+         receive_frame/3, return/3, owe/4, owed/1, release/2, release_one/2,
          returns/1, grant_due/2, take_grant/1, timer/1, set_timer/2, info/1]).
 
--export_type([credit/0, windows/0]).
+-export_type([credit/0, windows/0, owner/0]).
+
+%% Who a frame's credit is owed to: a local process (returned once its mailbox has room), or
+%% a message routed to another client's connection `Conn' by its wire destination `Dest'
+%% (returned one by one as that connection issues them on its hop, docs/protocol.md 16.8).
+-type owner() :: pid() | {route, pid(), term()}.
 
 %% `{Window, Bytes, Dest}': messages, bytes, messages to one destination.
 -type windows() :: {pos_integer(), pos_integer(), pos_integer()}.
@@ -32,8 +37,9 @@
           ret_n = 0 :: non_neg_integer(),
           ret_b = 0 :: non_neg_integer(),
           ret_d = #{} :: #{term() => pos_integer()},
-          %% delivered into a mailbox over mailbox_high: pid => [{Dest, Size}]
-          owed = #{} :: #{pid() => [{term(), non_neg_integer()}]},
+          %% delivered into a mailbox over mailbox_high (pid => [{Dest, Size}]), or routed
+          %% to another client and not issued there yet (newest first)
+          owed = #{} :: #{owner() => [{term(), non_neg_integer()}]},
           fresh = 0 :: non_neg_integer(),        % owed since the last check of mailboxes
           timer = false :: boolean()
          }).
@@ -105,9 +111,9 @@ receive_frame(Dest, Size, #credit{mine = {W, BW, DW}, in_n = N, in_b = B, in_d =
 return(Dest, Size, #credit{ret_n = N, ret_b = B, ret_d = RD} = C) ->
     C#credit{ret_n = N + 1, ret_b = B + Size, ret_d = RD#{Dest => maps:get(Dest, RD, 0) + 1}}.
 
-%% @doc A frame delivered to `Pid', whose mailbox is over `mailbox_high': returned later
-%% (`release/2').
--spec owe(pid(), term(), non_neg_integer(), credit()) -> credit().
+%% @doc A frame delivered to `Pid', whose mailbox is over `mailbox_high', or routed:
+%% returned later (`release/2', `release_one/2').
+-spec owe(owner(), term(), non_neg_integer(), credit()) -> credit().
 owe(Pid, Dest, Size, #credit{owed = O, fresh = F} = C) ->
     C#credit{owed = O#{Pid => [{Dest, Size} | maps:get(Pid, O, [])]}, fresh = F + 1}.
 
@@ -124,17 +130,28 @@ checked(C) -> C#credit{fresh = 0}.
 -spec batch(pos_integer(), credit()) -> pos_integer().
 batch(GrantEvery, #credit{mine = {W, _, DW}}) -> max(1, min(GrantEvery, min(W div 2, (DW + 1) div 2))).
 
-%% @doc The processes still owed.
--spec owed(credit()) -> [pid()].
+%% @doc The processes (and routed destinations) still owed.
+-spec owed(credit()) -> [owner()].
 owed(#credit{owed = O}) -> maps:keys(O).
 
-%% @doc `Pid''s mailbox has room again (or it ended): what it was owed is returned.
--spec release(pid(), credit()) -> credit().
+%% @doc `Pid''s mailbox has room again (or it ended, or the connection of a routed owner
+%% did): what it was owed is returned.
+-spec release(owner(), credit()) -> credit().
 release(Pid, #credit{owed = O} = C) ->
     case maps:take(Pid, O) of
         {L, O1} -> lists:foldl(fun({D, S}, Acc) -> return(D, S, Acc) end, C#credit{owed = O1},
                                lists:reverse(L));
         error -> C
+    end.
+
+%% @doc One frame owed to `Owner' is returned (a routed message was issued on the next
+%% hop). The sizes of one owner's frames are returned in any order: only their sum counts.
+-spec release_one(owner(), credit()) -> credit().
+release_one(Owner, #credit{owed = O} = C) ->
+    case O of
+        #{Owner := [{D, S}]} -> return(D, S, C#credit{owed = maps:remove(Owner, O)});
+        #{Owner := [{D, S} | L]} -> return(D, S, C#credit{owed = O#{Owner := L}});
+        _ -> C
     end.
 
 %% @doc Messages returned and not granted yet.

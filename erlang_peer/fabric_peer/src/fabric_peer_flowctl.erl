@@ -12,7 +12,7 @@
 -include("fabric_peer_protocol.hrl").
 
 -export([windows/1, on/1, received/3, exceeded/2, frame_in/2, settle/2, grant_due/1,
-         after_replay/1, info/1]).
+         issued/2, after_replay/1, info/1]).
 
 -import(fabric_peer_payload, [act/2]).
 
@@ -86,21 +86,35 @@ settle({Dest, Size}, #p{s = S, delivered = To, o = O} = P) ->
          end,
     check(P#p{s = fabric_peer_session:set_credit(C2, S), delivered = none}).
 
-%% The owed processes whose mailbox has room again are released.
+%% The owed processes whose mailbox has room again are released; so is what was routed
+%% to a connection that ended (it will never tell).
 recheck(C, P) ->
-    lists:foldl(fun(Pid, Acc) ->
-                        case room(Pid, 0, P) of
-                            true -> fabric_peer_credit:release(Pid, Acc);
+    lists:foldl(fun(Owner, Acc) ->
+                        case room(Owner, P) of
+                            true -> fabric_peer_credit:release(Owner, Acc);
                             false -> Acc
                         end
                 end, fabric_peer_credit:checked(C), fabric_peer_credit:owed(C)).
 
-%% Fewer than mailbox_high messages in To's mailbox once `Extra' more arrive (or To ended).
-room(To, Extra, #p{o = O, env = Env}) ->
+%% Fewer than mailbox_high messages in To's mailbox (or To ended).
+room(To, #p{o = O, env = Env}) ->
     Mailbox = maps:get(mailbox, Env, fun(_) -> gone end),
-    case Mailbox(To) of
-        gone -> true;
-        N -> N + Extra < maps:get(mailbox_high, O)
+    case To of
+        {route, Conn, _} -> Mailbox(Conn) =:= gone;
+        _ ->
+            case Mailbox(To) of
+                gone -> true;
+                N -> N < maps:get(mailbox_high, O)
+            end
+    end.
+
+%% @doc The connection of another client issued (or refused: it will not be sent) one of
+%% the messages we routed to it for `Dest' (docs/protocol.md 16.8): its credit is returned.
+-spec issued({route, pid(), term()}, #p{}) -> #p{}.
+issued(Owner, #p{s = S} = P) ->
+    case fabric_peer_session:credit(S) of
+        undefined -> P;
+        C -> check(P#p{s = fabric_peer_session:set_credit(fabric_peer_credit:release_one(Owner, C), S)})
     end.
 
 %% Write a grant when one is due; otherwise make sure the timer runs while returns wait or

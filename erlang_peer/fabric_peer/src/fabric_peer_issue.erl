@@ -4,7 +4,9 @@
 %% `fabric_peer_pending', in issue order per destination, and goes when an ack, a grant or
 %% a result makes room (`drain/1'). Frames to other destinations go on.
 %%
-%% Commands: `{send, From, Dest, Msg}' (`send/2' to a name), `{psend, Proxy, From, Msg}'
+%% Commands: `{send, From, Dest, Msg}' (`send/2' to a name; `From' `{relay, Notify}' for
+%% a message another connection routed here, docs/protocol.md 16.8: it never times out,
+%% and `Notify', if not `none', gets the result once it was issued), `{psend, Proxy, From, Msg}'
 %% (`send/2' to a proxy, through the proxy), `{confirm, From, Dest, Msg}', `{proxy, Proxy,
 %% Msg}' (`Proxy ! Msg'), `{exit, Proxy, From, Reason}'. A waiting message is kept as the
 %% message: it is rewritten when it goes (12.2). Beyond `max_pending_messages' waiting
@@ -92,6 +94,7 @@ enqueue(Key, Cmd, #p{pq = PQ, o = #{max_pending_messages := Max}, env = Env} = P
             end
     end.
 
+deadline({send, {relay, _}, _, _}, _, _) -> none;
 deadline({K, _, _, _}, Now, #p{o = O}) when K =:= send; K =:= confirm ->
     Now + maps:get(send_timeout, O);
 deadline({psend, _, _, {_, T}}, _, _) -> T;
@@ -202,6 +205,8 @@ answer({proxy, _, _}, {error, Why}, P) ->
 answer(_, _, P) -> P.
 
 reply(none, _, P) -> P;
+reply({relay, none}, _, P) -> P;
+reply({relay, Notify}, R, P) -> act({reply, Notify, R}, P);
 reply({_, _} = From, R, P) -> act({reply, From, R}, P);
 reply(_, _, P) -> P.
 

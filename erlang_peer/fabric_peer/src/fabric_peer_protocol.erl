@@ -313,7 +313,7 @@ incoming_message(Dest, Payload, P) ->
             case rewrite_in(Payload, P) of
                 {ok, Msg, P1} ->
                     {Msg1, P2} = gen_call_in(Msg, P1),
-                    {ok, deliver(Target, Msg1, P2)};
+                    {ok, deliver(Target, Dest, Msg1, P2)};
                 {error, {Code, Why}, P1} -> fail(Code, Why, P, P1)
             end;
         drop -> {ok, P};
@@ -327,12 +327,15 @@ incoming(Dest, Payload, P) -> incoming_message(Dest, Payload, P).
 
 %% a message is counted in `messages_in' when delivered (`messages_out': when written or
 %% queued for writing, fabric_peer_commands); replays and frames dropped are not messages
-deliver(Target, _, #p{env = #{self := Self}} = P) when Target =:= Self -> P;
-deliver({route, Conn, Name}, Msg, P) ->
-    act({route, {msg, Conn, Name, Msg}}, count(messages_in, P));
-deliver(Target, Msg, P) when is_pid(Target), node(Target) =:= node() ->
+deliver(Target, _, _, #p{env = #{self := Self}} = P) when Target =:= Self -> P;
+deliver({route, Conn, Name}, Dest, Msg, P) ->
+    %% to another client (16.3): with `credit', owed until that client's connection issued
+    %% it on its hop (16.8), which tells us (`fabric_peer_flowctl:issued/2')
+    act({route, {msg, Conn, Name, Msg, Dest}},
+        count(messages_in, P#p{delivered = {route, Conn, Dest}}));
+deliver(Target, _, Msg, P) when is_pid(Target), node(Target) =:= node() ->
     act({deliver, Target, Msg}, count(messages_in, P#p{delivered = Target}));
-deliver(Target, Msg, P) -> act({deliver, Target, Msg}, count(messages_in, P)).
+deliver(Target, _, Msg, P) -> act({deliver, Target, Msg}, count(messages_in, P)).
 
 %% gen_server/gen_statem calls from the peer (OTP 24+ callers). The caller's reply tag is
 %% `[alias | Ref]' and `gen:reply/2' sends the reply to the alias `Ref' itself, which is a
@@ -382,7 +385,7 @@ detail(T) -> iolist_to_binary(io_lib:format("~0P", [T, 10])).
 send(Dest, Msg, P) -> fabric_peer_commands:send(Dest, Msg, P).
 
 %% @doc `send/3' for caller `From': with `acks' it may wait (`fabric_peer_commands:send/4').
--spec send(term(), term(), gen_statem:from() | none, proto()) ->
+-spec send(term(), term(), gen_statem:from() | none | {relay, gen_statem:from() | none}, proto()) ->
           {ok | wait | {error, term()}, [action()], proto()}.
 send(Dest, Msg, From, P) -> fabric_peer_commands:send(Dest, Msg, From, P).
 

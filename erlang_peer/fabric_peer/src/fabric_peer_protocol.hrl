@@ -39,8 +39,9 @@
           overflow = 0 :: non_neg_integer(),
           overflow_batch = [] :: [map()],
           allow = #{} :: #{pid() => pos_integer()},
-          %% credit: the local pid the frame being handled was delivered to
-          delivered = none :: pid() | none,
+          %% credit: the local pid the frame being handled was delivered to, or the
+          %% connection of another client it was routed to (with its wire destination)
+          delivered = none :: fabric_peer_credit:owner() | none,
           end_reason = closed :: atom(),
           flushers = [] :: [gen_statem:from()]
          }).

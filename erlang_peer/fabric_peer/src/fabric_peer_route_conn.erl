@@ -6,9 +6,14 @@
 %% table (`fabric_peer_router': claim at frame 4, up, down, release, the grace period).
 %%
 %% Between connections of one server, a routed message is the Erlang message
-%% `{fabric_route, {msg, Name, Msg}}' to the target client's connection, which sends it on
-%% its hop as any message of the server (so both hops rewrite pids as in section 4, and
-%% messages from one connection to one client keep their order).
+%% `{fabric_route, {msg, Name, Msg, Notify}}' to the target client's connection, which
+%% sends it on its hop as any message of the server (so both hops rewrite pids as in
+%% section 4, and messages from one connection to one client keep their order). It waits
+%% there for that hop's outbox room and credit without a timeout; with `credit' on the
+%% sender's hop, `Notify' is `{Conn, {fabric_route, issued, {Target, Dest}}}' and the
+%% target answers once the message was issued (or refused), so that the sender's credit
+%% for `Dest' comes back only then (16.8): a slow process at the target holds the sender
+%% back, and what the server holds for it is bounded by the sender's windows.
 -module(fabric_peer_route_conn).
 
 -include_lib("kernel/include/logger.hrl").
@@ -41,8 +46,12 @@ established(D) -> with(fun fabric_peer_route:established/1, D).
 
 %% @doc Carry out a `{route, Cmd}' action of the protocol.
 -spec action(tuple(), fabric_peer_conn:data()) -> fabric_peer_conn:data().
-action({msg, Conn, Name, Msg}, D) ->
-    Conn ! {fabric_route, {msg, Name, Msg}},
+action({msg, Conn, Name, Msg, Dest}, #d{p = P} = D) ->
+    Notify = case fabric_peer_protocol:credit_on(P) of
+                 true -> {self(), {fabric_route, issued, {Conn, Dest}}};
+                 false -> none
+             end,
+    Conn ! {fabric_route, {msg, Name, Msg, Notify}},
     D;
 action({mc, Conn, Name, Msg, Ref}, D) ->
     Conn ! {fabric_route, {mc, Name, Msg, {self(), {fabric_route, mc, Ref}}}},
@@ -69,18 +78,22 @@ action({nodes, Req}, #d{ref = Ref, o = O} = D) ->
 %% @doc A `{fabric_route, Event}' message, or the answer to a request of ours to another
 %% connection (`{{fabric_route, Kind, Tag}, Result}').
 -spec info(term(), atom(), fabric_peer_conn:data()) -> gen_statem:event_handler_result(atom()).
-info({fabric_route, {msg, Name, Msg}}, _, #d{p = P} = D) ->
-    {Acts, P2} = case fabric_peer_protocol:send(Name, Msg, none, P) of
-                     {{error, Why}, A, P1} ->
+info({fabric_route, {msg, Name, Msg, Notify}}, _, #d{p = P} = D) ->
+    {Acts, P2} = case fabric_peer_protocol:send(Name, Msg, {relay, Notify}, P) of
+                     {{error, Why} = E, A, P1} ->
                          %% refused on this hop (e.g. `overflow': max_pending_messages wait
                          %% for this client's credit): logged and counted, not lost silently
                          ?LOG_WARNING("fabric: a routed message to ~0p at ~s dropped: ~0p",
                                       [Name, D#d.peer, Why]),
-                         {A, fabric_peer_protocol:count(local_errors, P1)};
-                     {_, A, P1} -> {A, P1}
+                         {A ++ notify(Notify, E), fabric_peer_protocol:count(local_errors, P1)};
+                     %% the answer comes when it is issued
+                     {wait, A, P1} -> {A, P1};
+                     {ok, A, P1} -> {A ++ notify(Notify, ok), P1}
                  end,
     {_, D1} = fabric_peer_conn:run(Acts, D#d{p = P2}),
     {keep_state, D1};
+info({{fabric_route, issued, {Conn, Dest}}, _}, _, D) ->
+    {keep_state, with(fun(P) -> fabric_peer_flowctl:issued({route, Conn, Dest}, P) end, D)};
 info({fabric_route, {mc, Name, Msg, From}}, _, #d{p = P} = D) ->
     case fabric_peer_protocol:send_confirmed(Name, Msg, From, P) of
         {{error, not_supported}, _, _} ->
@@ -210,6 +223,9 @@ grace(#d{ref = Ref, p = P, o = O} = D) ->
     fabric_peer_cluster:grace(O, Proxies).
 
 %%% internals
+
+notify(none, _) -> [];
+notify(Notify, Result) -> [{reply, Notify, Result}].
 
 with(Fun, #d{p = P} = D) ->
     {Acts, P1} = fabric_peer_route:finish(Fun(P)),

@@ -371,7 +371,7 @@ action({control, Proxy, Cmd}, _, #{rdecl := R} = St) ->
 action({reply, {_, Tag}, Nodes}, _, #{nodes_tags := T} = St) when is_map_key(Tag, T) ->
     {Req, T1} = maps:take(Tag, T),
     {[ev([<<"nodes_replied">>, i(Req) | [atom_to_binary(N) || N <- Nodes]])], [], St#{nodes_tags := T1}};
-action({route, {msg, _Conn, Name, Msg}}, _, #{received := {m, {Name, Node}, _}} = St) ->
+action({route, {msg, _Conn, Name, Msg, _}}, _, #{received := {m, {Name, Node}, _}} = St) ->
     {[ev([<<"routed">>, atom_to_binary(Name), atom_to_binary(Node)], Msg)], [], St};
 action({route, {nodes, Req}}, _, St) ->
     {[ev([<<"nodes_requested">>, i(Req)])], [], St};

@@ -256,3 +256,68 @@ proxy_messages_give_allowance_back_as_they_go_test() ->
     {ok, Acts, P5} = frame({credit, [{7, 1}], size_of({m, 7, a})}, P4),
     ?assertEqual([{m, 7, b}], sent(Acts)),
     ?assertMatch({[{control, Proxy, {allow, 1}}], 0, _}, fabric_peer_protocol:allowances(P5)).
+
+%%% routing (docs/protocol.md 16.8): credit crosses the server
+
+release_one_returns_one_routed_frame_test() ->
+    C0 = fabric_peer_credit:new({100, 1000, 100}, {9, 9, 9}),
+    Owner = {route, self(), {svc, 'c2@h'}},
+    C1 = fabric_peer_credit:owe(Owner, {svc, 'c2@h'}, 7, fabric_peer_credit:owe(Owner, {svc, 'c2@h'}, 5, C0)),
+    C2 = fabric_peer_credit:release_one(Owner, C1),
+    ?assertEqual([Owner], fabric_peer_credit:owed(C2)),
+    ?assertEqual(1, fabric_peer_credit:returns(C2)),
+    C3 = fabric_peer_credit:release_one(Owner, C2),
+    ?assertEqual([], fabric_peer_credit:owed(C3)),
+    ?assertMatch({{credit, [{{svc, 'c2@h'}, 2}], 12}, _}, fabric_peer_credit:take_grant(C3)),
+    %% nothing owed: nothing happens
+    ?assertEqual(C3, fabric_peer_credit:release_one(Owner, C3)).
+
+%% A routing server with credit on the C1 hop: the routed message's credit is owed until
+%% C2's connection says it was issued there, or that connection is gone.
+routed_credit_waits_for_the_next_hop_test() ->
+    Conn = fake(700000),
+    Box = counters:new(1, []),
+    Alive = counters:new(1, []),
+    Env = (env(Box))#{route => fun('c2@h') -> {ok, Conn}; (_) -> none end,
+                      mailbox => fun(Pid) when Pid =:= Conn ->
+                                         case counters:get(Alive, 1) of 0 -> 0; _ -> gone end;
+                                    (_) -> counters:get(Box, 1)
+                                 end},
+    {_, P0} = fabric_peer_protocol:established(#{mode => extended, features => ?FEATS,
+                                                 peer_credit => {100, 1 bsl 20, 100}}, false, false,
+                                               fabric_peer_protocol:new(opts(#{routing => true}), Env)),
+    Dest = {svc, 'c2@h'},
+    {ok, Acts, P1} = frame({m, Dest, x}, P0),
+    ?assertEqual([{route, {msg, Conn, svc, x, Dest}}], [A || {route, _} = A <- Acts]),
+    ?assertMatch(#{credit_owed := 1, credit_returns := 0, credit_in := 1},
+                 fabric_peer_protocol:info(P1)),
+    %% the grant delay passes: C2's connection lives, the credit stays owed
+    {_, P2} = fabric_peer_protocol:grant_due(P1),
+    ?assertMatch(#{credit_owed := 1, credit_returns := 0}, fabric_peer_protocol:info(P2)),
+    %% issued on the S-C2 hop: returned
+    P3 = fabric_peer_flowctl:issued({route, Conn, Dest}, P2),
+    ?assertMatch(#{credit_owed := 0, credit_returns := 1}, fabric_peer_protocol:info(P3)),
+    %% another one, and C2's connection ends before issuing it: returned at the next check
+    {ok, _, P4} = frame({m, Dest, y}, P3),
+    ?assertMatch(#{credit_owed := 1}, fabric_peer_protocol:info(P4)),
+    counters:put(Alive, 1, 1),
+    {_, P5} = fabric_peer_protocol:grant_due(P4),
+    ?assertMatch(#{credit_owed := 0, credit_in := 0}, fabric_peer_protocol:info(P5)).
+
+%% The S-C2 hop: a message routed here waits for credit without a timeout, and the
+%% connection that routed it is told once it is issued.
+a_relayed_message_waits_without_timeout_and_is_acknowledged_test() ->
+    {_, P0} = credit({100, 1 bsl 20, 1}, #{}),
+    Notify = {self(), {fabric_route, issued, tag}},
+    {ok, [{m, ping, a}], P1} = relay(ping, a, Notify, P0),
+    {wait, [], P2} = relay(ping, b, Notify, P1),
+    {[], P3} = fabric_peer_protocol:expire(erlang:monotonic_time(millisecond) + 3600000, P2),
+    ?assertMatch(#{pending := 1}, fabric_peer_protocol:info(P3)),
+    {ok, Acts, P4} = frame({credit, [{ping, 1}], size_of({m, ping, a})}, P3),
+    ?assertEqual([{m, ping, b}], sent(Acts)),
+    ?assertEqual([{reply, Notify, ok}], [R || {reply, _, _} = R <- Acts]),
+    ?assertMatch(#{pending := 0}, fabric_peer_protocol:info(P4)).
+
+relay(Dest, Msg, Notify, P) ->
+    {R, Acts, P1} = fabric_peer_protocol:send(Dest, Msg, {relay, Notify}, P),
+    {R, sent(Acts), P1}.

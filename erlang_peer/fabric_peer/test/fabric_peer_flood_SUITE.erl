@@ -14,7 +14,8 @@ all() -> [a_fast_bang_sender_is_slowed_and_the_mailbox_bounded,
           a_slow_destination_does_not_block_the_others,
           overflow_beyond_max_pending_is_counted_and_reported,
           a_blocked_send_times_out_and_sends_nothing,
-          the_server_side_is_slowed_too, closing_reports_what_waited_in_the_proxy].
+          the_server_side_is_slowed_too, closing_reports_what_waited_in_the_proxy,
+          a_routed_flood_holds_c1_back_and_the_router_bounded].
 
 suite() -> [{timetrap, {minutes, 5}}].
 
@@ -29,9 +30,10 @@ init_per_suite(Config) ->
 
 end_per_suite(Config) -> Config.
 
-init_per_testcase(_, Config) ->
+init_per_testcase(Case, Config) ->
     fabric_peer_test_lib:flush(),
-    {ok, S} = fabric_peer:start_server(0, "secret", ?WINDOWS),
+    Routing = Case =:= a_routed_flood_holds_c1_back_and_the_router_bounded,
+    {ok, S} = fabric_peer:start_server(0, "secret", ?WINDOWS#{routing => Routing}),
     [{server, S} | Config].
 
 end_per_testcase(_, Config) ->
@@ -252,3 +254,87 @@ collect_reports(Acc) ->
         {fabric_undelivered, _, #{messages := Ms}} -> collect_reports(Acc ++ Ms)
     after 3000 -> Acc
     end.
+
+%% C1 -> S -> C2 (docs/protocol.md 16.8): C1 floods a slow process of client C2 by
+%% `{Name, C2Node}'. S returns C1's credit only once it issued each message on the S-C2
+%% hop (which needs C2's credit), so C1 is held back by the slow process: C1 uses up its
+%% window to that destination, what S holds for C2 stays within the window S granted C1
+%% for it (credit_dest), and every message arrives, in order.
+a_routed_flood_holds_c1_back_and_the_router_bounded(Config) ->
+    N = 2000,
+    Senders = 2,
+    Collector = spawn(fun() -> slow(1) end),
+    Name = fabric_peer_test_lib:unique_name("routed_slow"),
+    true = register(Name, Collector),
+    N2 = list_to_atom("c2_" ++ integer_to_list(erlang:unique_integer([positive])) ++ "@127.0.0.1"),
+    N1 = list_to_atom("c1_" ++ integer_to_list(erlang:unique_integer([positive])) ++ "@127.0.0.1"),
+    %% C2 grants S the small windows too: its slow process holds S back
+    C2 = connect(Config, ?WINDOWS#{node => N2, allowed => [Name]}),
+    C1 = connect(Config, #{node => N1}),
+    Me = self(),
+    %% each sender streams its own numbers (tags s1, s2) with blocking send/2
+    Flooders = [spawn_link(fun() ->
+                                   Tag = list_to_atom("s" ++ integer_to_list(K)),
+                                   Rs = [fabric_peer:send({C1, {Name, N2}}, {Tag, I})
+                                         || I <- lists:seq(1, N)],
+                                   Me ! {flooded, self(), lists:usort(Rs)}
+                           end) || K <- lists:seq(1, Senders)],
+    Sample = sample(C1, N2, Flooders, #{held => 0, mem => 0, c1_out => 0, c1_pending => 0}),
+    ct:pal("routed flood of ~b x ~b: ~0p", [Senders, N, Sample]),
+    St = wait_count_long(Collector, Senders * N),
+    [] = maps:get(bad, St),
+    #{s1 := N, s2 := N} = maps:get(last, St),
+    %% the slow process got at most its own bound from S (C2's windows)
+    true = maps:get(max, St) =< ?BOUND,
+    %% C1 was held back: its credit to the destination ran out (the senders waited)
+    true = maps:get(c1_out, Sample) >= 100,
+    %% S held for C2 at most what C1's window to that destination allows (credit_dest: 100,
+    %% plus a few other messages in that connection's mailbox), never the flood
+    true = maps:get(held, Sample) =< 100 + 10,
+    #{dropped_overflow := 0, local_errors := 0} = fabric_peer:info(C1),
+    exit(Collector, kill),
+    fabric_peer:close(C1),
+    fabric_peer:close(C2).
+
+%% The server-side connection processes of this VM (those of the test's server).
+server_conns() ->
+    [P || P <- processes(), proc_lib:initial_call(P) =:= {fabric_peer_server, init, ['Argument__1']}].
+
+%% Until every flooder is done (all sends `ok'): the largest number of routed messages
+%% S held for C2 (the mailbox and pending queue of S's connection to `Node'), the memory
+%% of S's connections, and C1's credit in use and commands waiting.
+sample(C1, Node, Flooders, Acc) ->
+    receive
+        {flooded, F, Rs} ->
+            [ok] = Rs,
+            case Flooders -- [F] of
+                [] -> Acc;
+                Left -> sample(C1, Node, Left, Acc)
+            end
+    after 20 ->
+            Conns = server_conns(),
+            Held = lists:sum([held(P, Node) || P <- Conns]),
+            Mem = lists:sum([M || P <- Conns, {memory, M} <- [process_info(P, memory)]]),
+            #{credit_out := Out, pending := Pending} = fabric_peer:info(C1),
+            sample(C1, Node, Flooders,
+                   #{held => max(Held, maps:get(held, Acc)), mem => max(Mem, maps:get(mem, Acc)),
+                     c1_out => max(Out, maps:get(c1_out, Acc)),
+                     c1_pending => max(Pending, maps:get(c1_pending, Acc))})
+    end.
+
+%% (the pending queue first: what the connection takes from its mailbox while it answers
+%% is then not counted twice)
+held(P, Node) ->
+    NodeBin = atom_to_binary(Node),
+    case catch fabric_peer:info(P) of
+        #{pending := Pending, peer_node := NodeBin} ->
+            case process_info(P, message_queue_len) of
+                {message_queue_len, L} -> L + Pending;
+                undefined -> 0
+            end;
+        _ -> 0
+    end.
+
+wait_count_long(Pid, N) ->
+    true = fabric_peer_test_lib:wait_until(fun() -> maps:get(n, report(Pid)) >= N end, 700),
+    report(Pid).

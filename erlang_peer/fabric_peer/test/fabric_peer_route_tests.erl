@@ -92,7 +92,7 @@ routed_message_goes_to_the_other_connection_test() ->
     Conn = fake(700000),
     S = proto(server, fun('c2@h') -> {ok, Conn}; (_) -> none end),
     {ok, Acts, _} = frame({m, {svc, 'c2@h'}, {t, {hello, {pr, 4}}}}, S),
-    [{route, {msg, Conn, svc, {hello, Proxy}}}] = [A || {route, _} = A <- Acts],
+    [{route, {msg, Conn, svc, {hello, Proxy}, {svc, 'c2@h'}}}] = [A || {route, _} = A <- Acts],
     ?assertEqual(fake(800004), Proxy).
 
 refused_and_unknown_nodes_test() ->
