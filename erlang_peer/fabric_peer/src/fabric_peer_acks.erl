@@ -12,6 +12,7 @@
 -module(fabric_peer_acks).
 
 -include_lib("kernel/include/logger.hrl").
+-include("fabric_peer_log.hrl").
 -include("fabric_peer_protocol.hrl").
 
 -export([agreed/1, on/1, start/2, emit/5, handled/2, frame_in/2, ack_in/2, ack_due/1, result_in/3,
@@ -118,7 +119,9 @@ frame_in({ack, N}, P) ->
 frame_in({error, <<"not_resumable">>, _}, P) ->
     case fabric_peer_acks:on(P) of
         true ->
-            ?LOG_WARNING("fabric: ~s cannot resume the session losslessly: it ends", [P#p.peer]),
+            ?LOG_WARNING(#{what => session_not_resumable, peer => P#p.peer, then => close,
+                           text => "the peer cannot resume the session losslessly: it ends"},
+                         ?FABRIC_LOG),
             {close, P#p{end_reason = not_resumable}};
         false -> pass
     end;

@@ -132,8 +132,9 @@ auth_term({auth, success, Mac, InfoBin}, #{kind := extended} = Hs, O, Peer) when
                     case fabric_peer_handshake:parse_info(I) of
                         {ok, #{refused := <<"node_in_use">>}} ->
                             Node = maps:get(node, O),
-                            ?LOG_WARNING("fabric: the server at ~s refused our node name ~ts: "
-                                         "another client holds it", [Peer, Node]),
+                            ?LOG_WARNING(#{what => node_in_use, peer => Peer, node => Node,
+                                           text => "the server refused our node name: another "
+                                                   "client holds it"}, ?FABRIC_LOG),
                             {fail, {node_in_use, binary_to_atom(Node, utf8)}};
                         {ok, #{session := Sid, resumed := Resumed} = Info} ->
                             {established, #{mode => extended, features => Feats,

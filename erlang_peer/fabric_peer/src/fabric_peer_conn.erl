@@ -16,6 +16,7 @@
 -module(fabric_peer_conn).
 
 -include_lib("kernel/include/logger.hrl").
+-include("fabric_peer_log.hrl").
 -include("fabric_peer_conn.hrl").
 
 -export([socket_ready/1, info/1, whereis/3, send/3, send_confirmed/4, close/1, await_ready/2, allow/2,
@@ -306,8 +307,8 @@ established(Params, Resumed, #d{p = P0} = D0) ->
     {_, D30} = run(Acts, D2#d{ever_connected = true}),
     D3 = fabric_peer_route_conn:established(D30),
     [gen_statem:reply(W, ok) || W <- D3#d.waiters],
-    ?LOG_INFO("fabric: ~s connection established with ~s (~0p)",
-              [Mode, D3#d.peer, maps:keys(fabric_peer_protocol:features(P1))]),
+    ?LOG_INFO(#{what => connection_established, peer => D3#d.peer, mode => Mode,
+                features => lists:sort(maps:keys(fabric_peer_protocol:features(P1)))}, ?FABRIC_LOG),
     {next_state, established, D3#d{waiters = []},
      [{{timeout, handshake}, cancel}, {{timeout, session}, cancel}, {next_event, internal, parse}
       | heartbeat_timer(D3)]}.
@@ -338,7 +339,8 @@ terminate(#d{p = P, shared = #{counters := Ctr}} = D) ->
 %% A length header over the limit: the stream cannot be resynchronised, so close
 %% (after an error frame to an extended peer).
 too_large(State, Len, #d{p = P} = D) ->
-    ?LOG_WARNING("fabric: frame of ~b bytes over the limit from ~s: closing", [Len, D#d.peer]),
+    ?LOG_WARNING(#{what => frame_too_large, peer => D#d.peer, size => Len,
+                   limit => maps:get(max_frame, D#d.o), then => close}, ?FABRIC_LOG),
     D1 = apply_result(fabric_peer_protocol:too_large(Len, P), D),
     case State of
         established -> (role_module(D1)):lost(D1, closed_by_us);
@@ -518,7 +520,8 @@ heartbeat_tick(#d{o = O, peer_hb = PeerHb, p = P} = D) ->
     Mine = maps:get(heartbeat, O),
     case PeerHb > 0 andalso Now - D#d.last_in > 3 * PeerHb of
         true ->
-            ?LOG_WARNING("fabric: no traffic from ~s for 3 heartbeats: connection lost", [D#d.peer]),
+            ?LOG_WARNING(#{what => heartbeat_timeout, peer => D#d.peer, silent_ms => Now - D#d.last_in,
+                           text => "no traffic for 3 heartbeats: connection lost"}, ?FABRIC_LOG),
             (role_module(D)):lost(D, heartbeat_timeout);
         false ->
             D1 = case Mine > 0 andalso Now - D#d.last_out >= Mine of

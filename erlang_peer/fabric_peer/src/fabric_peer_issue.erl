@@ -15,6 +15,7 @@
 -module(fabric_peer_issue).
 
 -include_lib("kernel/include/logger.hrl").
+-include("fabric_peer_log.hrl").
 -include("fabric_peer_protocol.hrl").
 
 -export([admit/2, drain/1, expire/2, end_pending/2, dropped/3, overflow_ended/1, flushed/1,
@@ -106,17 +107,18 @@ overflow({psend, _, From, _} = Cmd, P) ->
     {queued, returned(Cmd, act({reply, From, {error, overflow}}, P))};
 overflow({proxy, Proxy, Msg} = Cmd, P) -> {queued, returned(Cmd, dropped(Proxy, Msg, P))};
 overflow({exit, _, _, _}, P) ->
-    ?LOG_WARNING("fabric: exit signal to a proxy of ~s dropped: max_pending_messages reached",
-                 [P#p.peer]),
+    ?LOG_WARNING(#{what => exit_signal_dropped, peer => P#p.peer, reason => max_pending_messages},
+                 ?FABRIC_LOG),
     {queued, fabric_peer_protocol:count(dropped_overflow, P)}.
 
 %% @doc A message of `!' dropped (12.6): counted, logged at the first drop of an overflow,
 %% reported in batches.
 -spec dropped(pid(), term(), #p{}) -> #p{}.
 dropped(Proxy, Msg, #p{overflow = N, overflow_batch = B} = P) ->
-    N =:= 0 andalso ?LOG_WARNING("fabric: messages to proxies of ~s dropped: max_pending_messages "
-                                 "are waiting for outbox room or credit; they are counted "
-                                 "(dropped_overflow) and reported", [P#p.peer]),
+    N =:= 0 andalso ?LOG_WARNING(#{what => overflow, peer => P#p.peer, reason => max_pending_messages,
+                                   text => "messages to proxies dropped: max_pending_messages wait "
+                                           "for outbox room or credit; counted (dropped_overflow) "
+                                           "and reported"}, ?FABRIC_LOG),
     P1 = fabric_peer_protocol:count(dropped_overflow, P),
     B1 = [item(Proxy, Msg, unsent) | B],
     case (N + 1) rem ?OVERFLOW_BATCH =:= 0 of
@@ -128,7 +130,7 @@ dropped(Proxy, Msg, #p{overflow = N, overflow_batch = B} = P) ->
 -spec overflow_ended(#p{}) -> #p{}.
 overflow_ended(#p{overflow = 0} = P) -> P;
 overflow_ended(#p{overflow = N, overflow_batch = B} = P) ->
-    ?LOG_WARNING("fabric: ~b messages to proxies of ~s were dropped (max_pending_messages)", [N, P#p.peer]),
+    ?LOG_WARNING(#{what => overflow_ended, peer => P#p.peer, dropped => N}, ?FABRIC_LOG),
     P1 = P#p{overflow = 0, overflow_batch = []},
     case B of
         [] -> P1;
@@ -200,7 +202,7 @@ answer({psend, _, From, _}, R, P) -> reply(From, R, P);
 answer({confirm, _, _, _}, confirming, P) -> P;
 answer({confirm, From, _, _}, R, P) -> reply(From, R, P);
 answer({proxy, _, _}, {error, Why}, P) ->
-    ?LOG_WARNING("fabric: message to a proxy of ~s not sent: ~0p", [P#p.peer, Why]),
+    ?LOG_WARNING(#{what => proxy_message_not_sent, peer => P#p.peer, reason => Why}, ?FABRIC_LOG),
     fabric_peer_protocol:count(local_errors, P);
 answer(_, _, P) -> P.
 

@@ -7,6 +7,7 @@
 -module(fabric_peer_names).
 
 -include_lib("kernel/include/logger.hrl").
+-include("fabric_peer_log.hrl").
 -include("fabric_peer_protocol.hrl").
 
 -export([resolve/2, whereis_in/3, reply_in/3, whereis/3, reply_waiters/2]).
@@ -23,7 +24,8 @@
 %%% destinations
 
 %% @doc Where a message to `Dest' goes: `{ok, Target}', `drop' (silently: the process
-%% ended or the name is not registered), or refused (an error of section 9).
+%% ended or the name is not registered), or refused (an error of section 9, logged once
+%% by `fabric_peer_protocol' as the frame dropped, `code => not_allowed').
 -spec resolve(term(), proto()) -> {ok, target()} | drop | {error, atom(), term()}.
 resolve(Id, #p{s = S}) when is_integer(Id) ->
     case fabric_peer_session:exported(Id, S) of
@@ -50,9 +52,7 @@ resolve_node(Name, Node, O, P) ->
                 ok -> {ok, {Name, N}};
                 Err -> Err
             end;
-        {error, not_allowed} ->
-            refused(Name, P),
-            {error, not_allowed, {Name, Node}}
+        {error, not_allowed} -> {error, not_allowed, {Name, Node}}
     end.
 
 resolve_name(Name, #p{env = #{whereis := Whereis}} = P) ->
@@ -61,7 +61,8 @@ resolve_name(Name, #p{env = #{whereis := Whereis}} = P) ->
             case Whereis(Name) of
                 Pid when is_pid(Pid) -> {ok, Pid};
                 _ ->
-                    ?LOG_DEBUG("fabric: message to unregistered name ~0p dropped", [Name]),
+                    ?LOG_DEBUG(#{what => unregistered_name, peer => P#p.peer, name => Name,
+                                 then => drop}, ?FABRIC_LOG),
                     drop
             end;
         Err -> Err
@@ -70,7 +71,7 @@ resolve_name(Name, #p{env = #{whereis := Whereis}} = P) ->
 check_name(Name, P) ->
     case fabric_peer_policy:check(Name, policy(P)) of
         ok -> ok;
-        {error, _} -> refused(Name, P), {error, not_allowed, Name}
+        {error, _} -> {error, not_allowed, Name}
     end.
 
 %% The handle's policy as `allow/2' left it (the registry), or the one of our settings.
@@ -80,8 +81,9 @@ policy(#p{env = #{policy := Get}, o = O}) ->
         Policy -> Policy
     end.
 
-refused(Name, P) ->
-    ?LOG_WARNING("fabric: name ~0p refused by the name policy (peer ~s)", [Name, P#p.peer]).
+%% A name from the peer as the logs show it (at most 255 bytes).
+trim(<<B:255/binary, _/binary>>) -> B;
+trim(B) -> B.
 
 %%% whereis
 
@@ -106,15 +108,16 @@ whereis_local(NameBin, #p{o = O, s = S, env = #{whereis := Whereis}} = P) ->
                                     {Id, P1} = export(Pid, P),
                                     {{pr, Id}, P1};
                                 false ->
-                                    ?LOG_WARNING("fabric: whereis(~0p) from ~s not answered: "
-                                                 "max_exports reached", [Name, P#p.peer]),
+                                    ?LOG_WARNING(#{what => whereis_not_answered, peer => P#p.peer,
+                                                   name => Name, reason => max_exports}, ?FABRIC_LOG),
                                     {undefined, P}
                             end
                     end;
                 _ -> {undefined, P}
             end;
         _ ->
-            ?LOG_WARNING("fabric: whereis(~0p) refused or unknown (peer ~s)", [NameBin, P#p.peer]),
+            ?LOG_WARNING(#{what => whereis_refused, peer => P#p.peer, name => trim(NameBin),
+                           text => "not an allowed name"}, ?FABRIC_LOG),
             {undefined, P}
     end.
 

@@ -32,6 +32,7 @@
 -module(fabric_peer_protocol).
 
 -include_lib("kernel/include/logger.hrl").
+-include("fabric_peer_log.hrl").
 
 -export([new/2, established/4, frame/2, too_large/2, send/3, send/4, send_confirmed/4,
          proxy_msg/3, proxy_exit/4,
@@ -132,8 +133,8 @@ flush_outbox(false, #p{s = S} = P) ->
     case fabric_peer_session:take_outbox(S) of
         {[], _} -> P;
         {Dropped, S1} ->
-            ?LOG_WARNING("fabric: ~b queued frames dropped: the session was not resumed",
-                         [length(Dropped)]),
+            ?LOG_WARNING(#{what => queued_frames_dropped, peer => P#p.peer, frames => length(Dropped),
+                           reason => not_resumed}, ?FABRIC_LOG),
             P#p{s = S1}
     end.
 
@@ -279,7 +280,7 @@ dispatch({dead, Id, Reason}, #p{s = S} = P) ->
                 end,
             {ok, end_proxy(Proxy, R, P)};
         error ->
-            ?LOG_DEBUG("fabric: DEAD for unknown id ~b from ~s", [Id, P#p.peer]),
+            ?LOG_DEBUG(#{what => dead_for_unknown_id, peer => P#p.peer, id => Id}, ?FABRIC_LOG),
             {ok, P}
     end;
 dispatch({r, Id}, P) when Id > 0 ->
@@ -301,7 +302,7 @@ dispatch({global, Frame}, P) -> fabric_peer_cluster_global:dispatch(Frame, P);
 dispatch({heartbeat, N}, P) -> {ok, emit(ctrl, {heartbeat_ack, N}, P)};
 dispatch({heartbeat_ack, _}, P) -> {ok, P};
 dispatch({error, Code, Msg}, P) ->
-    ?LOG_WARNING("fabric: peer ~s reports error ~s: ~ts", [P#p.peer, Code, Msg]),
+    ?LOG_WARNING(#{what => peer_error, peer => P#p.peer, code => Code, message => Msg}, ?FABRIC_LOG),
     {ok, P};
 dispatch({error, unknown_frame}, P) -> {error, unknown_frame, unknown_frame_shape, P};
 dispatch({refused, Why}, P) -> {error, not_allowed, Why, P};
@@ -353,13 +354,14 @@ gen_call_in(Msg, P) -> {Msg, P}.
 
 %% Section 9: count, log, tell an extended peer, close after too many.
 frame_error(Code, Why, P) ->
-    ?LOG_WARNING("fabric: dropped a frame from ~s: ~s ~0P", [P#p.peer, Code, Why, 10]),
+    ?LOG_WARNING(#{what => frame_dropped, peer => P#p.peer, code => Code, reason => detail(Why)},
+                 ?FABRIC_LOG),
     P1 = error_frame(Code, Why, count(errors, P)),
     N = maps:get(frames_in, P1#p.stats),
     case fabric_peer_frame:note_error(N, P1#p.window) of
         {ok, W} -> {ok, P1#p{window = W}};
         {close, W} ->
-            ?LOG_WARNING("fabric: too many errors from ~s: closing", [P#p.peer]),
+            ?LOG_WARNING(#{what => too_many_errors, peer => P#p.peer, then => close}, ?FABRIC_LOG),
             {close, error_frame(too_many_errors, <<"too many errors">>, P1#p{window = W})}
     end.
 

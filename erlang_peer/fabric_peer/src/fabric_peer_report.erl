@@ -4,6 +4,7 @@
 -module(fabric_peer_report).
 
 -include_lib("kernel/include/logger.hrl").
+-include("fabric_peer_log.hrl").
 -include("fabric_peer_conn.hrl").
 
 -export([undelivered/3, proxies_unsent/3]).
@@ -15,9 +16,9 @@
 -spec undelivered(atom(), [map()], #d{}) -> ok.
 undelivered(Reason, Items, #d{o = O} = D) ->
     Unconfirmed = length([x || #{state := unconfirmed} <- Items]),
-    ?LOG_WARNING("fabric: session with ~s ended (~0p): ~b messages unconfirmed, ~b unsent; "
-                 "reported to the undelivered handler",
-                 [D#d.peer, Reason, Unconfirmed, length(Items) - Unconfirmed]),
+    ?LOG_WARNING(#{what => messages_undelivered, peer => D#d.peer, reason => Reason,
+                   unconfirmed => Unconfirmed, unsent => length(Items) - Unconfirmed,
+                   text => "reported to the undelivered handler"}, ?FABRIC_LOG),
     Report = #{reason => Reason, session => D#d.session, peer_node => D#d.peer_node,
                messages => Items},
     case maps:get(undelivered, O) of
@@ -26,7 +27,9 @@ undelivered(Reason, Items, #d{o = O} = D) ->
         Pid when is_pid(Pid) -> notify(Pid, Report);
         Fun when is_function(Fun, 1) ->
             try Fun(Report)
-            catch C:E -> ?LOG_ERROR("fabric: the undelivered handler failed: ~0p:~0p", [C, E])
+            catch C:E ->
+                    ?LOG_ERROR(#{what => undelivered_handler_failed, peer => D#d.peer, class => C,
+                                 reason => E}, ?FABRIC_LOG)
             end
     end,
     ok.

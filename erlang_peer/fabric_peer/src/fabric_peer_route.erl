@@ -13,6 +13,7 @@
 -module(fabric_peer_route).
 
 -include_lib("kernel/include/logger.hrl").
+-include("fabric_peer_log.hrl").
 -include("fabric_peer_protocol.hrl").
 
 -export([classify/1, node_name/1, dispatch/2, resolve/2, finish/1,
@@ -142,8 +143,8 @@ atoms([N | Ns], P, Acc) ->
     catch error:badarg when P#p.atoms_left > 0 ->
             atoms(Ns, fabric_peer_payload:spend_atoms(1, P), [binary_to_atom(N, utf8) | Acc]);
           error:badarg ->
-            ?LOG_WARNING("fabric: node ~ts from ~s left out of nodes(): no atoms left",
-                         [N, P#p.peer]),
+            ?LOG_WARNING(#{what => node_left_out, peer => P#p.peer, node => N,
+                           reason => max_new_atoms}, ?FABRIC_LOG),
             atoms(Ns, P, Acc)
     end;
 atoms([], P, Acc) -> {lists:reverse(Acc), P}.
@@ -165,12 +166,11 @@ resolve({Name, Node}, #p{env = #{route := Target}, o = O} = P) ->
         false ->
             case Target(Node) of
                 {ok, Conn} -> {ok, {route, Conn, Name}};
-                not_allowed ->
-                    ?LOG_WARNING("fabric: {~0p, ~0p} from ~s refused by the routing policy",
-                                 [Name, Node, P#p.peer]),
-                    {error, not_allowed, {Name, Node}};
+                %% logged once, as the dropped frame (code not_allowed)
+                not_allowed -> {error, not_allowed, {Name, Node}};
                 none ->
-                    ?LOG_DEBUG("fabric: message to ~0p at unknown node ~0p dropped", [Name, Node]),
+                    ?LOG_DEBUG(#{what => unknown_node, peer => P#p.peer, name => Name, node => Node,
+                                 then => drop}, ?FABRIC_LOG),
                     drop
             end
     end;

@@ -17,6 +17,7 @@
 -module(fabric_peer_route_conn).
 
 -include_lib("kernel/include/logger.hrl").
+-include("fabric_peer_log.hrl").
 -include("fabric_peer_conn.hrl").
 
 -export([env/2, established/1, action/2, info/3, call/4, own_heartbeat/2,
@@ -63,8 +64,8 @@ action({whereis_node, Tag, Name, Node}, #d{ref = Ref, o = O} = D) ->
             Conn ! {fabric_route, {whereis, Name, {self(), Answer}}},
             _ = erlang:send_after(?WHEREIS_TIMEOUT, self(), {Answer, undefined});
         not_allowed ->
-            ?LOG_WARNING("fabric: whereis(~0p) at node ~0p from ~s refused by the routing "
-                         "policy", [Name, Node, D#d.peer]),
+            ?LOG_WARNING(#{what => whereis_refused, peer => D#d.peer, name => Name, node => Node,
+                           reason => routing}, ?FABRIC_LOG),
             self() ! {Answer, undefined};
         none -> self() ! {Answer, undefined}
     end,
@@ -83,8 +84,8 @@ info({fabric_route, {msg, Name, Msg, Notify}}, _, #d{p = P} = D) ->
                      {{error, Why} = E, A, P1} ->
                          %% refused on this hop (e.g. `overflow': max_pending_messages wait
                          %% for this client's credit): logged and counted, not lost silently
-                         ?LOG_WARNING("fabric: a routed message to ~0p at ~s dropped: ~0p",
-                                      [Name, D#d.peer, Why]),
+                         ?LOG_WARNING(#{what => routed_message_dropped, peer => D#d.peer,
+                                        name => Name, reason => Why}, ?FABRIC_LOG),
                          {A ++ notify(Notify, E), fabric_peer_protocol:count(local_errors, P1)};
                      %% the answer comes when it is issued
                      {wait, A, P1} -> {A, P1};
@@ -216,8 +217,9 @@ release(#d{ref = Ref, o = O}) ->
 -spec grace(fabric_peer_conn:data()) -> ok.
 grace(#d{ref = Ref, p = P, o = O} = D) ->
     Proxies = fabric_peer_route:proxies(P),
-    ?LOG_INFO("fabric: ~s did not resume within route_grace: ~b of its processes end "
-              "(noconnection) at the other clients", [D#d.peer, length(Proxies)]),
+    ?LOG_INFO(#{what => route_grace_ended, peer => D#d.peer, processes => length(Proxies),
+                text => "not resumed within route_grace: its processes end (noconnection) at "
+                        "the other clients"}, ?FABRIC_LOG),
     _ = [C ! {fabric_route, {unexport, Proxies}} || Proxies =/= [],
          C <- fabric_peer_router:conns(Ref), C =/= self()],
     fabric_peer_cluster:grace(O, Proxies).

@@ -17,6 +17,7 @@
 -module(fabric_peer_router).
 
 -include_lib("kernel/include/logger.hrl").
+-include("fabric_peer_log.hrl").
 
 -export([create_table/0, forget/1, settings/2, enabled/1,
          claim/4, move/4, up/3, down/3, release/3,
@@ -86,8 +87,9 @@ claim(Ref, Node, Claimant, O) ->
             Ms = [{{Key, Old, down}, [], [{{{const, Key}, {const, Claimant}, claimed}}]}],
             case ets:select_replace(?T, Ms) of
                 1 ->
-                    ?LOG_INFO("fabric: client node ~ts reconnected as a new client: its kept "
-                              "session ends", [Node]),
+                    ?LOG_INFO(#{what => node_taken_over, node => Node,
+                                text => "reconnected as a new client: its kept session ends"},
+                              ?FABRIC_LOG),
                     gen_statem:cast(Old, expire_session),
                     took(Ref, Node, Claimant);
                 0 -> claim(Ref, Node, Claimant, O)
@@ -193,8 +195,8 @@ allowed(#{routing := F, ref := Ref}, From, To) when is_function(F, 2) ->
     catch C:E ->
             case ets:insert_new(?T, {{Ref, warned, From, To}}) of
                 true ->
-                    ?LOG_WARNING("fabric: the routing predicate failed for (~0p, ~0p): "
-                                 "refused (~0p:~0P)", [From, To, C, E, 10]);
+                    ?LOG_WARNING(#{what => routing_predicate_failed, from => From, to => To,
+                                   class => C, reason => E, then => refuse}, ?FABRIC_LOG);
                 false -> ok
             end,
             false

@@ -217,8 +217,8 @@ session(#{features := Feats} = Params, Resume, F3, #d{o = O, ref = Ref, hs = Hs}
     case fabric_peer_route_conn:claim(Params, Owner0, D) of
         ok -> session(Feats, Params, Resume, F3, Owner0, D);
         node_in_use ->
-            ?LOG_WARNING("fabric: client ~s refused: its node name ~ts is in use",
-                         [D#d.peer, maps:get(peer_node, Params)]),
+            ?LOG_WARNING(#{what => node_in_use, peer => D#d.peer, node => maps:get(peer_node, Params),
+                           then => refuse}, ?FABRIC_LOG),
             _ = raw_send(fabric_peer_server_hs:refused(F3, Hs, O), D),
             {stop, normal, drop_socket(D)}
     end.

@@ -470,15 +470,17 @@ release_logs() ->
     ok.
 
 quiet(#{meta := #{mfa := {M, _, _}}} = Event, _) ->
-    case lists:member(M, [fabric_peer_protocol, fabric_peer_route, fabric_peer_server_hs, fabric_peer_client_hs]) of
+    case lists:member(M, [fabric_peer_protocol, fabric_peer_names, fabric_peer_links, fabric_peer_route,
+                          fabric_peer_server_hs, fabric_peer_client_hs]) of
         true -> stop;
         false -> Event
     end;
 quiet(Event, _) -> Event.
 
-%% logger handler callback
-log(#{msg := {Fmt, Args}, meta := #{mfa := {fabric_peer_protocol, _, _}, pid := Pid}}, _) when is_list(Fmt) ->
-    Pid ! {?HANDLER, Fmt, Args},
+%% logger handler callback: the report maps of fabric_peer_protocol (`what' names the
+%% event)
+log(#{msg := {report, #{what := What} = Report}, meta := #{mfa := {fabric_peer_protocol, _, _}, pid := Pid}}, _) ->
+    Pid ! {?HANDLER, What, Report},
     ok;
 log(_, _) -> ok.
 
@@ -487,9 +489,9 @@ flush_logs() ->
 
 logged() ->
     receive
-        {?HANDLER, "fabric: dropped a frame from ~s: ~s ~0P", [_, Code | _]} ->
+        {?HANDLER, frame_dropped, #{code := Code}} ->
             [ev([<<"dropped">>, atom_to_binary(Code)]) | logged()];
-        {?HANDLER, "fabric: peer ~s reports error ~s: ~ts", [_, Code, _]} ->
+        {?HANDLER, peer_error, #{code := Code}} ->
             [ev([<<"peer_error">>, Code]) | logged()];
         {?HANDLER, _, _} -> logged()
     after 0 -> []
