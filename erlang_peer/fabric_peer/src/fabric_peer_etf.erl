@@ -25,6 +25,12 @@
 %%   (a large binary of zeros) are not limited by it: a binary is one term.
 %% - An uncompressed payload needs at least one byte per term (a STRING_EXT byte is a term:
 %%   it decodes to a list cell), so its terms are bounded by its size.
+%% - `unknown_nodes => refuse': the node name of a pid, reference or port that does not
+%%   exist here is not created; the payload is refused (`bad_payload'). A frame never
+%%   carries a raw pid, reference or port (section 4.1: they travel as `{pr, Id}', `{r, Bin}'
+%%   and `{po, Bin}'), so such a frame would be refused anyway; without this, each one could
+%%   create a node atom, one per made-up node (issue 11). The default, `create', treats
+%%   them as any other new atom (the opaque handles decode their `Bin' with it).
 -module(fabric_peer_etf).
 
 -export([decode/2]).
@@ -33,8 +39,9 @@
 
 -type decode_opts() :: #{atoms_left := non_neg_integer(),
                          max_decompressed := pos_integer(),
-                         max_terms => pos_integer()}.
--type decode_error() :: {bad_term, term()} | {limit, term()}.
+                         max_terms => pos_integer(),
+                         unknown_nodes => create | refuse}.
+-type decode_error() :: {bad_term, term()} | {limit, term()} | {bad_payload, term()}.
 
 -define(VERSION, 131).
 -define(COMPRESSED, 80).
@@ -45,13 +52,14 @@
 
 %% @doc Decode one untrusted payload. Returns the term and how many atoms were created.
 %% Errors: `{bad_term, Why}' (not ETF, truncated, trailing bytes, over a bound, a fun or a
-%% port) or `{limit, Why}' (the new-atom budget is exhausted).
+%% port), `{limit, Why}' (the new-atom budget is exhausted) or, with `unknown_nodes =>
+%% refuse', `{bad_payload, {unknown_node, Kind}}'.
 -spec decode(binary(), decode_opts()) ->
           {ok, term(), non_neg_integer()} | {error, decode_error()}.
 decode(Bin, #{atoms_left := Left} = Opts) when is_binary(Bin) ->
     case plain(Bin, Opts) of
         {ok, Plain, MaxTerms} ->
-            case scan_top(Plain, MaxTerms) of
+            case unknown_nodes(scan_top(Plain, MaxTerms), maps:get(unknown_nodes, Opts, create)) of
                 {ok, Missing} when length(Missing) > Left ->
                     {error, {limit, {new_atoms, length(Missing)}}};
                 {ok, Missing} ->
@@ -63,6 +71,15 @@ decode(Bin, #{atoms_left := Left} = Opts) when is_binary(Bin) ->
             end;
         {error, _} = E -> E
     end.
+
+%% Node names not known here: refused, or new atoms like the others.
+unknown_nodes({ok, Found}, How) ->
+    case [K || {node, K, _, _} <- Found] of
+        [Kind | _] when How =:= refuse -> {error, {bad_payload, {unknown_node, Kind}}};
+        _ -> {ok, lists:usort([case A of {node, _, Enc, Text} -> {Enc, Text}; _ -> A end
+                               || A <- Found])}
+    end;
+unknown_nodes(E, _) -> E.
 
 b2t(Plain, Created) ->
     try binary_to_term(Plain, [safe]) of
@@ -94,7 +111,7 @@ create_atoms(Missing) ->
 
 scan_top(<<?VERSION, Body/binary>>, MaxTerms) ->
     try scan_port_or_term(Body, MaxTerms) of
-        {<<>>, Found} -> {ok, lists:sort(maps:keys(Found))};
+        {<<>>, Found} -> {ok, maps:keys(Found)};
         {_, _} -> {error, {bad_term, trailing_bytes}}
     catch throw:{bad, Why} -> {error, {bad_term, Why}}
     end.
@@ -103,7 +120,7 @@ scan_top(<<?VERSION, Body/binary>>, MaxTerms) ->
 %% opaque handle `{po, Bin}' carries (docs/protocol.md 4.1): its node name is an atom like
 %% any other, within the caller's budget.
 scan_port_or_term(<<T, B/binary>>, _) when T =:= 102; T =:= 89; T =:= 120 ->
-    {R, F} = atom(B, #{}),
+    {R, F} = node_atom(port, B, #{}),
     {skip(R, case T of 102 -> 5; 89 -> 8; 120 -> 12 end), F};
 scan_port_or_term(Body, MaxTerms) -> scan(Body, 1, MaxTerms - 1, #{}).
 
@@ -139,17 +156,17 @@ scan(<<T, _/binary>> = B, N, L, F) when T =:= 100; T =:= 115; T =:= 118; T =:= 1
     {R, F1} = atom(B, F),
     scan(R, N - 1, L, F1);
 scan(<<101, B/binary>>, N, L, F) ->                        % REFERENCE_EXT
-    {R0, F1} = atom(B, F), R = skip(R0, 5), scan(R, N - 1, L, F1);
+    {R0, F1} = node_atom(reference, B, F), R = skip(R0, 5), scan(R, N - 1, L, F1);
 scan(<<114, Len:16, B/binary>>, N, L, F) ->                % NEW_REFERENCE_EXT
-    {R0, F1} = atom(B, F), R = skip(R0, 1 + 4 * Len), scan(R, N - 1, L, F1);
+    {R0, F1} = node_atom(reference, B, F), R = skip(R0, 1 + 4 * Len), scan(R, N - 1, L, F1);
 scan(<<90, Len:16, B/binary>>, N, L, F) ->                 % NEWER_REFERENCE_EXT
-    {R0, F1} = atom(B, F), R = skip(R0, 4 + 4 * Len), scan(R, N - 1, L, F1);
+    {R0, F1} = node_atom(reference, B, F), R = skip(R0, 4 + 4 * Len), scan(R, N - 1, L, F1);
 scan(<<T, _/binary>>, _, _, _) when T =:= 102; T =:= 89; T =:= 120 ->  % ports
     throw({bad, port});
 scan(<<103, B/binary>>, N, L, F) ->                        % PID_EXT
-    {R0, F1} = atom(B, F), scan(skip(R0, 9), N - 1, L, F1);
+    {R0, F1} = node_atom(pid, B, F), scan(skip(R0, 9), N - 1, L, F1);
 scan(<<88, B/binary>>, N, L, F) ->                         % NEW_PID_EXT
-    {R0, F1} = atom(B, F), scan(skip(R0, 12), N - 1, L, F1);
+    {R0, F1} = node_atom(pid, B, F), scan(skip(R0, 12), N - 1, L, F1);
 scan(<<104, A, R/binary>>, N, L, F) -> scan(R, N - 1 + A, L - A, F);
 scan(<<105, A:32, R/binary>>, N, L, F) -> scan(R, N - 1 + A, L - A, F);
 scan(<<116, A:32, R/binary>>, N, L, F) -> scan(R, N - 1 + 2 * A, L - 2 * A, F);
@@ -173,6 +190,14 @@ atom(<<115, Len, Text:Len/binary, R/binary>>, F) -> {R, note(latin1, Text, F)};
 atom(<<118, Len:16, Text:Len/binary, R/binary>>, F) -> {R, note(utf8, Text, F)};
 atom(<<119, Len, Text:Len/binary, R/binary>>, F) -> {R, note(utf8, Text, F)};
 atom(_, _) -> throw({bad, bad_atom}).
+
+%% The node name of a pid, reference or port of kind `Kind' (noted apart when unknown).
+node_atom(Kind, B, F) ->
+    {R, F1} = atom(B, #{}),
+    case maps:keys(F1) of
+        [] -> {R, F};
+        [{Enc, Text}] -> {R, F#{{node, Kind, Enc, Text} => true}}
+    end.
 
 note(_, Text, _) when byte_size(Text) > ?MAX_ATOM_BYTES -> throw({bad, atom_too_long});
 note(Enc, Text, F) ->
@@ -214,7 +239,18 @@ foreign_node_in_pid_test() ->
     Node = <<"fabric_etf_test_", (integer_to_binary(erlang:unique_integer([positive])))/binary, "@host">>,
     Pid = <<131, 88, 119, (byte_size(Node)), Node/binary, 0:32, 0:32, 1:32>>,
     ?assertMatch({error, {limit, _}}, decode(Pid, opts(0))),
-    ?assertMatch({ok, P, 1} when is_pid(P), decode(Pid, opts(5))).
+    %% refused without creating the node's atom, whatever the budget
+    InList = <<131, 108, 1:32, (binary:part(Pid, 1, byte_size(Pid) - 1))/binary, 106>>,
+    ?assertEqual({error, {bad_payload, {unknown_node, pid}}},
+                 decode(InList, (opts(5))#{unknown_nodes => refuse})),
+    {'EXIT', _} = (catch binary_to_existing_atom(Node)),
+    ?assertMatch({ok, P, 1} when is_pid(P), decode(Pid, opts(5))),
+    %% a known node's pid is no unknown node
+    ?assertMatch({ok, [P2]} when is_pid(P2),
+                 case decode(InList, (opts(0))#{unknown_nodes => refuse}) of
+                     {ok, T, 0} -> {ok, T};
+                     E -> E
+                 end).
 
 garbage_test_() ->
     [?_assertEqual({error, {bad_term, not_etf}}, decode(<<1, 2, 3, 4>>, opts(10))),

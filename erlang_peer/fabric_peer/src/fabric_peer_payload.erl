@@ -123,7 +123,7 @@ resolve(r, Bin, #p{s = S} = P) ->
         {ok, Ref, Refs} -> {ok, Ref, P#p{s = fabric_peer_session:set_refs(Refs, S)}};
         error -> {error, {bad_payload, bad_reference}}
     end;
-resolve(po, Bin, P) -> opaque(Bin, fun is_port/1, bad_port, P);
+resolve(po, Bin, P) -> port_in(Bin, P);
 %% one of the funs we sent is that fun again; any other is the inert handle (fabric_peer_funs)
 resolve(f, {Arity, Bin}, #p{s = S} = P) ->
     {ok, fabric_peer_funs:in(Arity, Bin, fabric_peer_session:funs(S)), P}.
@@ -131,23 +131,18 @@ resolve(f, {Arity, Bin}, #p{s = S} = P) ->
 %% stands in for a proxy not started yet in the first pass (that result is thrown away)
 placeholder_of(#p{env = #{self := Self}}) -> Self.
 
-%% {r, Bin} and {po, Bin}: decoded safely, node names within the atom budget.
-opaque(Bin, Check, Bad, P) ->
-    Budget = min(P#p.atoms_left, server_atoms_left(P)),
-    case fabric_peer_etf:decode(Bin, #{atoms_left => Budget, max_decompressed => 4096}) of
-        {ok, V, New} ->
-            case Check(V) of
-                true -> {ok, V, spend_atoms(New, P)};
-                false -> {error, {bad_payload, Bad}}
-            end;
-        {error, {bad_term, port}} when Bad =:= bad_port ->
-            case catch binary_to_term(Bin, [safe]) of
-                Port when is_port(Port) -> {ok, Port, P};
-                _ -> {error, {bad_payload, Bad}}
-            end;
-        {error, {limit, Why}} -> {error, {limit, Why}};
-        {error, _} -> {error, {bad_payload, Bad}}
-    end.
+%% {po, Bin}: a port of a node known here is that port. One of a node unknown here is the
+%% inert handle `{fabric_port, Bin}': decoding it would create the node's name as an atom,
+%% one per node a peer names (every Python node has its own). The handle goes back to the
+%% peer as the same `{po, Bin}' (fabric_peer_rewrite), so the port round-trips.
+port_in(<<131, T, _/binary>> = Bin, P) when (T =:= 102 orelse T =:= 89 orelse T =:= 120),
+                                            byte_size(Bin) =< 4096 ->
+    case fabric_peer_etf:decode(Bin, #{atoms_left => 0, max_decompressed => 4096}) of
+        {ok, Port, 0} when is_port(Port) -> {ok, Port, P};
+        {error, {limit, {new_atoms, 1}}} -> {ok, {fabric_port, Bin}, P};
+        _ -> {error, {bad_payload, bad_port}}
+    end;
+port_in(_, _) -> {error, {bad_payload, bad_port}}.
 
 %%% proxies
 

@@ -217,8 +217,11 @@ count(Key, #p{stats = St} = P) -> P#p{stats = maps:update_with(Key, fun(N) -> N 
 frame(Bin, #p{o = O, atoms_left = Left} = P0) ->
     P = count(frames_in, P0),
     Budget = min(Left, server_atoms_left(P)),
+    %% a raw pid, reference or port is never in a frame (4.1): one of an unknown node is
+    %% refused before its node name becomes an atom
     case fabric_peer_etf:decode(Bin, #{atoms_left => Budget, max_terms => maps:get(max_terms, O),
-                                       max_decompressed => maps:get(max_frame, O)}) of
+                                       max_decompressed => maps:get(max_frame, O),
+                                       unknown_nodes => refuse}) of
         {ok, Term, New} ->
             {Credited, Verdict, P1} = fabric_peer_flowctl:received(Term, byte_size(Bin),
                                                                    spend_atoms(New, P)),
@@ -257,7 +260,7 @@ frame(Bin, #p{o = O, atoms_left = Left} = P0) ->
                                      fabric_peer_session:buried_proxy(Pid, S) =:= error]),
             {Acts, P4} = done(P3#p{fresh = []}),
             {Status, Acts, P4};
-        {error, {Code, Why}} when Code =:= bad_term; Code =:= limit ->
+        {error, {Code, Why}} when Code =:= bad_term; Code =:= limit; Code =:= bad_payload ->
             {Status, P1} = frame_error(Code, Why, fabric_peer_acks:handled(undecodable, P)),
             {Acts, P2} = done(P1),
             {Status, Acts, P2}

@@ -4,8 +4,10 @@
 %% references `{r, Bin}' (decided by the caller's callback, which owns the id tables and
 %% the reference translations: the peer's own bytes for one it sent us, `fabric_peer_refs'), and with
 %% the matching features maps stay maps, non-byte bitstrings stay as they are, ports become
-%% `{po, Bin}' and funs `{f, Arity, Bin}'. A value the peer cannot carry is a local error
-%% raised before anything is written.
+%% `{po, Bin}' and funs `{f, Arity, Bin}'; the inert handles of ports and funs received
+%% (`{fabric_port, Bin}', `{fabric_fun, Arity, Bin}') go back as the same `{po, Bin}' /
+%% `{f, Arity, Bin}'. A value the peer cannot carry is a local error raised before
+%% anything is written.
 %%
 %% Inbound decoding is strict: an untagged tuple, a marker with a wrongly typed argument, a
 %% raw pid/port/reference/fun or a value of a feature that was not agreed is `bad_payload'.
@@ -48,6 +50,8 @@ o(L, F, P, A, D) when is_list(L) -> o_list(L, F, P, A, D, []);
 o({fabric_fun, Arity, Bin}, F, _, A, _)
   when is_integer(Arity), Arity >= 0, Arity =< 255, is_binary(Bin), is_map_key(<<"funs">>, F) ->
     {{f, Arity, Bin}, A};
+o({fabric_port, Bin}, F, _, A, _) when is_binary(Bin), is_map_key(<<"ports">>, F) ->
+    {{po, Bin}, A};
 o(T, F, P, A, D) when is_tuple(T) ->
     {Elems, A1} = o_elems(tuple_to_list(T), F, P, A, D + 1, []),
     {{t, list_to_tuple(Elems)}, A1};

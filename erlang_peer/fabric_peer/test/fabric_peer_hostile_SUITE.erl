@@ -17,6 +17,7 @@ all() -> [oversize_before_auth, oversize_after_auth, error_frames_for_extended_p
 %% says otherwise); end_per_testcase checks that the suite's good client is still served.
 groups() ->
     [{issue11, [], [amplifying_frame_refused, large_frames_received, foreign_references_no_atoms,
+                    distinct_peers_create_no_atoms,
                     idle_connections_evicted, handshake_timeouts_count, max_connections_refuses,
                     refuse_remote_exits_protects, otp_names_are_system_names]}].
 
@@ -270,6 +271,47 @@ foreign_references_no_atoms(_Config) ->
      end || I <- lists:seq(1, 2000)],
     Atoms = erlang:system_info(atom_count),
     #{new_atoms := 0} = fabric_peer:info(Srv),
+    gen_tcp:close(S),
+    fabric_peer:stop_server(Srv).
+
+%% 2,000 successive short-lived clients of a routing server, each with its own client node
+%% name (16.1), each sending a port and a reference of a node of its own and a raw pid of
+%% another: the server's atom count stays flat (node names stay binaries, the port and the
+%% reference are translated and come back as the same bytes, the raw pid is refused before
+%% its node becomes an atom), its atom budget is untouched, and it keeps serving.
+distinct_peers_create_no_atoms(_Config) ->
+    {Srv, Port} = start(#{routing => true}),
+    U = integer_to_binary(erlang:unique_integer([positive])),
+    Node = fun(Tag, I) -> <<Tag/binary, U/binary, "_", (integer_to_binary(I))/binary, "@nohost">> end,
+    Atom = fun(N) -> <<119, (byte_size(N)), N/binary>> end,
+    One = fun(I) ->
+                  {S, _, _} = ext_login(Port, "secret", #{<<"node">> => Node(<<"client">>, I),
+                                                           <<"heartbeat">> => 1000}),
+                  PortBin = <<131, 89, (Atom(Node(<<"port">>, I)))/binary, I:32, 1:32>>,
+                  RefBin = <<131, 90, 0, 3, (Atom(Node(<<"ref">>, I)))/binary, 7:32, I:32, 1:32, 2:32>>,
+                  RawPid = <<88, (Atom(Node(<<"pid">>, I)))/binary, 0:32, 0:32, 1:32>>,
+                  send(S, {m, hping, {t, {{pr, 1}, {t, {{po, PortBin}, {r, RefBin}}}}}}),
+                  {m, 1, {t, {{pr, _}, {t, {pong, {t, {{po, PortBin}, {r, RefBin}}}}}}}} = recv(S),
+                  %% {m, hping, [RawPid]}: a raw pid never travels (section 4.1)
+                  send(S, <<131, 104, 3, 119, 1, "m", 119, 5, "hping", 108, 1:32, RawPid/binary, 106>>),
+                  {error, <<"bad_payload">>, _} = recv(S),
+                  gen_tcp:close(S)
+          end,
+    One(0),
+    Before = erlang:system_info(atom_count),
+    T0 = erlang:monotonic_time(millisecond),
+    [One(I) || I <- lists:seq(1, 2000)],
+    After = erlang:system_info(atom_count),
+    ct:pal("2000 clients in ~b ms: atom count ~b -> ~b",
+           [erlang:monotonic_time(millisecond) - T0, Before, After]),
+    true = After - Before =< 5,
+    [{'EXIT', _} = (catch binary_to_existing_atom(Node(K, 2000)))
+     || K <- [<<"client">>, <<"port">>, <<"ref">>, <<"pid">>]],
+    #{new_atoms := 0} = fabric_peer:info(Srv),
+    %% still serving
+    {S, _, _} = ext_login(Port, "secret", #{<<"node">> => Node(<<"client">>, 0), <<"heartbeat">> => 1000}),
+    send(S, {m, hping, {t, {{pr, 1}, last}}}),
+    {m, 1, _} = recv(S),
     gen_tcp:close(S),
     fabric_peer:stop_server(Srv).
 
