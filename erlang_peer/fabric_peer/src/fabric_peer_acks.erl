@@ -129,7 +129,8 @@ frame_in({mc, Ref, Dest, Payload}, P) when is_integer(Ref), Ref > 0,
                                               (is_integer(Dest) orelse is_atom(Dest)
                                                orelse (tuple_size(Dest) =:= 2 andalso
                                                        is_atom(element(1, Dest)) andalso
-                                                       is_atom(element(2, Dest)))) ->
+                                                       (is_atom(element(2, Dest)) orelse
+                                                        is_binary(element(2, Dest))))) ->
     case fabric_peer_acks:on(P) of
         true -> confirmed_message(Ref, Dest, Payload, P);
         false -> {error, unknown_frame, unknown_frame_shape, P}

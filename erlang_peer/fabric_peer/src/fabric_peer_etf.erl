@@ -31,6 +31,11 @@
 %%   and `{po, Bin}'), so such a frame would be refused anyway; without this, each one could
 %%   create a node atom, one per made-up node (issue 11). The default, `create', treats
 %%   them as any other new atom (the opaque handles decode their `Bin' with it).
+%% - `dest_node => binary': in an `{m, {Name, Node}, Payload}' or `{mc, Ref, {Name, Node},
+%%   Payload}' frame whose `Node' is no atom here, `Node' decodes as its name (a UTF-8
+%%   binary) instead of a new atom: at a routing server it names a client node (section 16),
+%%   of which there can be any number over the server's life, and elsewhere it is refused
+%%   or dropped by name anyway (sections 4.1, 16.3).
 -module(fabric_peer_etf).
 
 -export([decode/2]).
@@ -40,7 +45,8 @@
 -type decode_opts() :: #{atoms_left := non_neg_integer(),
                          max_decompressed := pos_integer(),
                          max_terms => pos_integer(),
-                         unknown_nodes => create | refuse}.
+                         unknown_nodes => create | refuse,
+                         dest_node => atom | binary}.
 -type decode_error() :: {bad_term, term()} | {limit, term()} | {bad_payload, term()}.
 
 -define(VERSION, 131).
@@ -58,7 +64,11 @@
           {ok, term(), non_neg_integer()} | {error, decode_error()}.
 decode(Bin, #{atoms_left := Left} = Opts) when is_binary(Bin) ->
     case plain(Bin, Opts) of
-        {ok, Plain, MaxTerms} ->
+        {ok, Plain0, MaxTerms} ->
+            Plain = case Opts of
+                        #{dest_node := binary} -> dest_node(Plain0);
+                        _ -> Plain0
+                    end,
             case unknown_nodes(scan_top(Plain, MaxTerms), maps:get(unknown_nodes, Opts, create)) of
                 {ok, Missing} when length(Missing) > Left ->
                     {error, {limit, {new_atoms, length(Missing)}}};
@@ -71,6 +81,56 @@ decode(Bin, #{atoms_left := Left} = Opts) when is_binary(Bin) ->
             end;
         {error, _} = E -> E
     end.
+
+%% The frame with the `Node' of its `{Name, Node}' destination as a binary when that atom
+%% does not exist (`dest_node'); any other frame as it is.
+dest_node(<<?VERSION, 104, 3, B/binary>> = Plain) ->
+    case skip_atom(<<"m">>, B) of
+        {ok, R} -> dest_pair(Plain, byte_size(Plain) - byte_size(R));
+        error -> Plain
+    end;
+dest_node(<<?VERSION, 104, 4, B/binary>> = Plain) ->
+    case skip_atom(<<"mc">>, B) of
+        {ok, <<97, _, R/binary>>} -> dest_pair(Plain, byte_size(Plain) - byte_size(R));
+        {ok, <<98, _:32, R/binary>>} -> dest_pair(Plain, byte_size(Plain) - byte_size(R));
+        _ -> Plain
+    end;
+dest_node(Plain) -> Plain.
+
+%% At offset `At': `{Name, Node}', two atoms.
+dest_pair(Plain, At) ->
+    case Plain of
+        <<Head:At/binary, 104, 2, R/binary>> ->
+            case atom_text(R) of
+                {ok, _, _, R1} ->
+                    case atom_text(R1) of
+                        {ok, Enc, Text, R2} ->
+                            case exists(Text, Enc) of
+                                true -> Plain;
+                                false ->
+                                    Name = binary_part(R, 0, byte_size(R) - byte_size(R1)),
+                                    NodeBin = unicode:characters_to_binary(Text, Enc),
+                                    <<Head/binary, 104, 2, Name/binary, 109,
+                                      (byte_size(NodeBin)):32, NodeBin/binary, R2/binary>>
+                            end;
+                        error -> Plain
+                    end;
+                error -> Plain
+            end;
+        _ -> Plain
+    end.
+
+skip_atom(Text, B) ->
+    case atom_text(B) of
+        {ok, _, Text, R} -> {ok, R};
+        _ -> error
+    end.
+
+atom_text(<<100, Len:16, Text:Len/binary, R/binary>>) -> {ok, latin1, Text, R};
+atom_text(<<115, Len, Text:Len/binary, R/binary>>) -> {ok, latin1, Text, R};
+atom_text(<<118, Len:16, Text:Len/binary, R/binary>>) -> {ok, utf8, Text, R};
+atom_text(<<119, Len, Text:Len/binary, R/binary>>) -> {ok, utf8, Text, R};
+atom_text(_) -> error.
 
 %% Node names not known here: refused, or new atoms like the others.
 unknown_nodes({ok, Found}, How) ->
@@ -292,6 +352,26 @@ term_bounds_test_() ->
      %% a large compressible binary is one term: accepted
      ?_assertMatch({ok, <<0:8000000>>, 0},
                    decode(term_to_binary(<<0:8000000>>, [compressed]), O#{max_decompressed => 2 bsl 20}))].
+
+%% The node of a {Name, Node} destination that is no atom here stays a binary.
+dest_node_test() ->
+    Node = <<"fabric_etf_dest_", (integer_to_binary(erlang:unique_integer([positive])))/binary, "@h">>,
+    M = <<131, 104, 3, 119, 1, "m", 104, 2, 119, 3, "svc", 119, (byte_size(Node)), Node/binary, 97, 7>>,
+    O = (opts(0))#{dest_node => binary},
+    ?assertEqual({ok, {m, {svc, Node}, 7}, 0}, decode(M, O)),
+    Mc = <<131, 104, 4, 119, 2, "mc", 97, 5, 104, 2, 100, 0, 3, "svc", 100, 0, (byte_size(Node)),
+           Node/binary, 106>>,
+    ?assertEqual({ok, {mc, 5, {svc, Node}, []}, 0}, decode(Mc, O)),
+    %% compressed alike
+    Z = term_to_binary(binary_to_term(<<131, 104, 3, 119, 1, "m", 104, 2, 119, 3, "svc", 119, 4, "ok@h",
+                                         107, 2000:16, (binary:copy(<<0>>, 2000))/binary>>), [compressed]),
+    ?assertMatch({ok, {m, {svc, 'ok@h'}, _}, 0}, decode(Z, O#{max_decompressed => 1 bsl 20})),
+    %% without the option: a new atom, within the budget
+    ?assertEqual({error, {limit, {new_atoms, 1}}}, decode(M, opts(0))),
+    {'EXIT', _} = (catch binary_to_existing_atom(Node)),
+    %% a known node stays an atom
+    ?assertEqual({ok, {m, {svc, nonode@nohost}, 1}, 0},
+                 decode(term_to_binary({m, {svc, nonode@nohost}, 1}), O)).
 
 scanner_rejects_fun_test() ->
     B = <<131, 104, 2, 119, 3, "zzq", 113, 119, 1, "m", 119, 1, "f", 97, 1>>,

@@ -10,7 +10,8 @@
 %% used by the conformance suite (the error codes it checks against the spec)
 -ignore_xref([error_codes/0]).
 
--type dest() :: integer() | atom() | {atom(), atom()}.
+%% `{Name, NodeBin}': a node that is no atom here (fabric_peer_etf's `dest_node')
+-type dest() :: integer() | atom() | {atom(), atom() | binary()}.
 -type frame() :: {m, dest(), term()}
                | {dead, integer(), term()}
                | {r, integer()}
@@ -133,7 +134,29 @@ encode_message(_, _, Term) -> encode_message(Term).
 
 %% @doc Handshake, DEAD and extended frames: plain `term_to_binary/1'.
 -spec encode_plain(term()) -> binary().
+encode_plain({credit, Grants, Bytes} = Term) when is_list(Grants) ->
+    %% a grant for a `{Name, Node}' whose node is no atom here (a binary: fabric_peer_etf's
+    %% `dest_node') names that node as the atom the peer sent
+    case lists:any(fun({{_, N}, _}) -> is_binary(N); (_) -> false end, Grants) of
+        true ->
+            iolist_to_binary([<<131, 104, 3>>, body(credit), <<108, (length(Grants)):32>>,
+                              [[<<104, 2>>, grant_dest(D), body(K)] || {D, K} <- Grants],
+                              <<106>>, body(Bytes)]);
+        false -> term_to_binary(Term)
+    end;
 encode_plain(Term) -> term_to_binary(Term).
+
+grant_dest({Name, Node}) when is_binary(Node) ->
+    [<<104, 2>>, body(Name), atom_ext(Node)];
+grant_dest(D) -> body(D).
+
+atom_ext(Text) when byte_size(Text) < 256 -> <<119, (byte_size(Text)), Text/binary>>;
+atom_ext(Text) -> <<118, (byte_size(Text)):16, Text/binary>>.
+
+%% A term's external format without the version byte.
+body(T) ->
+    <<131, B/binary>> = term_to_binary(T),
+    B.
 
 %% @doc A sender refuses, before writing, a frame longer than the peer's limit.
 -spec check_size(binary(), pos_integer()) -> ok | {error, {frame_too_large, pos_integer(), pos_integer()}}.
@@ -144,7 +167,7 @@ check_size(Bin, Limit) -> {error, {frame_too_large, byte_size(Bin), Limit}}.
 %% a feature that was not agreed, is `{error, unknown_frame}'.
 -spec classify(term(), legacy | extended, #{binary() => true}) -> frame() | {error, unknown_frame}.
 classify({m, Dest, Payload}, _, _) when is_integer(Dest); is_atom(Dest) -> {m, Dest, Payload};
-classify({m, {Name, Node}, Payload}, _, _) when is_atom(Name), is_atom(Node) ->
+classify({m, {Name, Node}, Payload}, _, _) when is_atom(Name), is_atom(Node) orelse is_binary(Node) ->
     {m, {Name, Node}, Payload};
 classify({'DEAD', {pr, Id}, Reason}, _, _) when is_integer(Id) -> {dead, Id, Reason};
 classify({r, _Token, _Name, Id}, _, _) when is_integer(Id) -> {r, Id};

@@ -127,6 +127,13 @@ signals_refused(_, _) -> false.
 %% @doc The node part of `{Name, Node}': `local' for this node (or the name we announce),
 %% `{remote, Node}' for a node listed in `routable_nodes', otherwise refused.
 -spec check_node(term(), [atom()], binary()) -> local | {remote, atom()} | {error, not_allowed}.
+%% a node that is no atom here, as its name: only our own announced name (it cannot be one
+%% of `Routable', which are atoms)
+check_node(Node, _, Announced) when is_binary(Node) ->
+    case Node =:= Announced of
+        true -> local;
+        false -> {error, not_allowed}
+    end;
 check_node(Node, Routable, Announced) when is_atom(Node) ->
     case Node =:= node() orelse atom_to_binary(Node, utf8) =:= Announced of
         true -> local;
@@ -201,5 +208,7 @@ node_check_test() ->
     ?assertEqual(local, check_node('srv@vm', [], <<"srv@vm">>)),
     ?assertEqual({error, not_allowed}, check_node('srv@vm', [], <<"other">>)),
     ?assertEqual({remote, 'a@b'}, check_node('a@b', ['a@b'], <<"x">>)),
-    ?assertEqual({error, not_allowed}, check_node("a@b", [], <<"x">>)).
+    ?assertEqual({error, not_allowed}, check_node("a@b", [], <<"x">>)),
+    ?assertEqual(local, check_node(<<"srv@vm">>, [], <<"srv@vm">>)),
+    ?assertEqual({error, not_allowed}, check_node(<<"a@b">>, ['a@b'], <<"x">>)).
 -endif.

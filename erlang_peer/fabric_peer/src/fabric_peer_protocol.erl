@@ -65,7 +65,8 @@
                  %% the connection of a local proxy
                  mailbox => fun((pid()) -> non_neg_integer() | gone),
                  proxies_pending => fun(() -> non_neg_integer()),
-                 route => fun((atom()) -> {ok, pid()} | not_allowed | none)}.
+                 %% a routing server's node table, by client node name
+                 route => fun((binary()) -> {ok, pid()} | not_allowed | none)}.
 
 -type action() :: {send, msg | ctrl, binary()} | {write, binary()}
                 | {deliver, pid() | {atom(), atom()}, term()}
@@ -218,10 +219,11 @@ frame(Bin, #p{o = O, atoms_left = Left} = P0) ->
     P = count(frames_in, P0),
     Budget = min(Left, server_atoms_left(P)),
     %% a raw pid, reference or port is never in a frame (4.1): one of an unknown node is
-    %% refused before its node name becomes an atom
+    %% refused before its node name becomes an atom; the node of a `{Name, Node}'
+    %% destination that is no atom here stays a binary (a client node of a routing server)
     case fabric_peer_etf:decode(Bin, #{atoms_left => Budget, max_terms => maps:get(max_terms, O),
                                        max_decompressed => maps:get(max_frame, O),
-                                       unknown_nodes => refuse}) of
+                                       unknown_nodes => refuse, dest_node => binary}) of
         {ok, Term, New} ->
             {Credited, Verdict, P1} = fabric_peer_flowctl:received(Term, byte_size(Bin),
                                                                    spend_atoms(New, P)),

@@ -157,14 +157,19 @@ to_atom(N) -> binary_to_existing_atom(N, utf8).
 %% @doc Where a `{Name, Node}' goes at a routing server: `pass' (not routing, the node
 %% is ours or in `routable_nodes': section 4.1 applies), `{ok, {route, Conn, Name}}'
 %% (another client), `drop' (no such node), or refused by the policy.
--spec resolve({atom(), atom()}, proto()) ->
+-spec resolve({atom(), atom() | binary()}, proto()) ->
           pass | drop | {ok, {route, pid(), atom()}} | {error, not_allowed, term()}.
 resolve({Name, Node}, #p{env = #{route := Target}, o = O} = P) ->
-    case Node =:= node() orelse atom_to_binary(Node, utf8) =:= maps:get(node, O)
+    %% a `Node' that is no atom here came as its name (fabric_peer_etf, `dest_node')
+    NodeBin = case is_atom(Node) of
+                  true -> atom_to_binary(Node, utf8);
+                  false -> Node
+              end,
+    case Node =:= node() orelse NodeBin =:= maps:get(node, O)
         orelse lists:member(Node, maps:get(routable_nodes, O)) of
         true -> pass;
         false ->
-            case Target(Node) of
+            case Target(NodeBin) of
                 {ok, Conn} -> {ok, {route, Conn, Name}};
                 %% logged once, as the dropped frame (code not_allowed)
                 not_allowed -> {error, not_allowed, {Name, Node}};

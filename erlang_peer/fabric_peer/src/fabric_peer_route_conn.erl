@@ -33,9 +33,7 @@
 env(Ref, O) ->
     case fabric_peer_router:enabled(O) of
         true ->
-            #{route => fun(Node) ->
-                               fabric_peer_router:target(Ref, O, self(), atom_to_binary(Node, utf8))
-                       end};
+            #{route => fun(NodeBin) -> fabric_peer_router:target(Ref, O, self(), NodeBin) end};
         false -> #{}
     end.
 

@@ -153,8 +153,8 @@ exchange_state(L) ->
             spend_server_atoms => fun(_) -> ok end},
     %% a routing server's node table (fabric_peer_router:target/4): the case's client nodes
     Env = case Routing of
-              true -> Env0#{route => fun(Node) ->
-                                             case route_target(atom_to_binary(Node), L) of
+              true -> Env0#{route => fun(NodeBin) ->
+                                             case route_target(NodeBin, L) of
                                                  reachable -> {ok, fake(600000)};
                                                  Other -> Other
                                              end

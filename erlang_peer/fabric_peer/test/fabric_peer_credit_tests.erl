@@ -278,7 +278,7 @@ routed_credit_waits_for_the_next_hop_test() ->
     Conn = fake(700000),
     Box = counters:new(1, []),
     Alive = counters:new(1, []),
-    Env = (env(Box))#{route => fun('c2@h') -> {ok, Conn}; (_) -> none end,
+    Env = (env(Box))#{route => fun(<<"c2@h">>) -> {ok, Conn}; (_) -> none end,
                       mailbox => fun(Pid) when Pid =:= Conn ->
                                          case counters:get(Alive, 1) of 0 -> 0; _ -> gone end;
                                     (_) -> counters:get(Box, 1)
@@ -321,3 +321,11 @@ a_relayed_message_waits_without_timeout_and_is_acknowledged_test() ->
 relay(Dest, Msg, Notify, P) ->
     {R, Acts, P1} = fabric_peer_protocol:send(Dest, Msg, {relay, Notify}, P),
     {R, sent(Acts), P1}.
+
+%% A grant for a {Name, Node} whose node came as a binary (no atom at the receiver) names
+%% the node as an atom on the wire.
+grant_for_a_binary_node_is_an_atom_on_the_wire_test() ->
+    Bin = fabric_peer_frame:encode_plain({credit, [{{svc, <<"c2@h">>}, 2}, {ping, 1}, {7, 3}], 12}),
+    ?assertEqual({credit, [{{svc, 'c2@h'}, 2}, {ping, 1}, {7, 3}], 12}, binary_to_term(Bin)),
+    ?assertEqual(term_to_binary({credit, [{ping, 1}], 0}),
+                 fabric_peer_frame:encode_plain({credit, [{ping, 1}], 0})).

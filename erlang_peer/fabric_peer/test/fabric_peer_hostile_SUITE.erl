@@ -275,32 +275,44 @@ foreign_references_no_atoms(_Config) ->
     fabric_peer:stop_server(Srv).
 
 %% 2,000 successive short-lived clients of a routing server, each with its own client node
-%% name (16.1), each sending a port and a reference of a node of its own and a raw pid of
-%% another: the server's atom count stays flat (node names stay binaries, the port and the
-%% reference are translated and come back as the same bytes, the raw pid is refused before
-%% its node becomes an atom), its atom budget is untouched, and it keeps serving.
+%% name (16.1), each sending a port and a reference of a node of its own, a raw pid of
+%% another, and a message by `{Name, Node}' to the client before it: the server's atom count
+%% stays flat (node names stay binaries, also as a destination, the port and the reference
+%% are translated and come back as the same bytes, the raw pid is refused before its node
+%% becomes an atom), its atom budget is untouched, every routed message arrives, and the
+%% server keeps serving.
 distinct_peers_create_no_atoms(_Config) ->
     {Srv, Port} = start(#{routing => true}),
     U = integer_to_binary(erlang:unique_integer([positive])),
     Node = fun(Tag, I) -> <<Tag/binary, U/binary, "_", (integer_to_binary(I))/binary, "@nohost">> end,
     Atom = fun(N) -> <<119, (byte_size(N)), N/binary>> end,
-    One = fun(I) ->
+    One = fun(I, Prev) ->
                   {S, _, _} = ext_login(Port, "secret", #{<<"node">> => Node(<<"client">>, I),
                                                            <<"heartbeat">> => 1000}),
                   PortBin = <<131, 89, (Atom(Node(<<"port">>, I)))/binary, I:32, 1:32>>,
                   RefBin = <<131, 90, 0, 3, (Atom(Node(<<"ref">>, I)))/binary, 7:32, I:32, 1:32, 2:32>>,
                   RawPid = <<88, (Atom(Node(<<"pid">>, I)))/binary, 0:32, 0:32, 1:32>>,
                   send(S, {m, hping, {t, {{pr, 1}, {t, {{po, PortBin}, {r, RefBin}}}}}}),
-                  {m, 1, {t, {{pr, _}, {t, {pong, {t, {{po, PortBin}, {r, RefBin}}}}}}}} = recv(S),
+                  {m, 1, {t, {{pr, _}, {t, {pong, {t, {{po, PortBin}, {r, RefBin}}}}}}}} = recv_skipping_notices(S),
                   %% {m, hping, [RawPid]}: a raw pid never travels (section 4.1)
                   send(S, <<131, 104, 3, 119, 1, "m", 119, 5, "hping", 108, 1:32, RawPid/binary, 106>>),
-                  {error, <<"bad_payload">>, _} = recv(S),
-                  gen_tcp:close(S)
+                  {error, <<"bad_payload">>, _} = recv_skipping_notices(S),
+                  %% {m, {svc, PrevNode}, {t, {hello, I}}} to the client before: it gets
+                  %% {m, svc, ...} (its node name is no atom here)
+                  <<131, Hello/binary>> = term_to_binary({t, {hello, I}}),
+                  send(S, <<131, 104, 3, 119, 1, "m", 104, 2, 119, 3, "svc",
+                            (Atom(Node(<<"client">>, I - 1)))/binary, Hello/binary>>),
+                  {m, svc, {t, {hello, I}}} = recv_skipping_notices(Prev),
+                  gen_tcp:close(Prev),
+                  S
           end,
-    One(0),
+    {S0, _, _} = ext_login(Port, "secret", #{<<"node">> => Node(<<"client">>, -1),
+                                              <<"heartbeat">> => 1000}),
+    S1 = One(0, S0),
     Before = erlang:system_info(atom_count),
     T0 = erlang:monotonic_time(millisecond),
-    [One(I) || I <- lists:seq(1, 2000)],
+    Last = lists:foldl(One, S1, lists:seq(1, 2000)),
+    gen_tcp:close(Last),
     After = erlang:system_info(atom_count),
     ct:pal("2000 clients in ~b ms: atom count ~b -> ~b",
            [erlang:monotonic_time(millisecond) - T0, Before, After]),
@@ -309,11 +321,18 @@ distinct_peers_create_no_atoms(_Config) ->
      || K <- [<<"client">>, <<"port">>, <<"ref">>, <<"pid">>]],
     #{new_atoms := 0} = fabric_peer:info(Srv),
     %% still serving
-    {S, _, _} = ext_login(Port, "secret", #{<<"node">> => Node(<<"client">>, 0), <<"heartbeat">> => 1000}),
+    {S, _, _} = ext_login(Port, "secret", #{<<"node">> => Node(<<"client">>, 1), <<"heartbeat">> => 1000}),
     send(S, {m, hping, {t, {{pr, 1}, last}}}),
     {m, 1, _} = recv(S),
     gen_tcp:close(S),
     fabric_peer:stop_server(Srv).
+
+%% The next frame that is not a `nodeup' / `nodedown' notice (16.6).
+recv_skipping_notices(S) ->
+    case recv(S) of
+        {N, _} when N =:= nodeup; N =:= nodedown -> recv_skipping_notices(S);
+        F -> F
+    end.
 
 %% Idle sockets cannot lock clients out: beyond max_pending_per_address the oldest pending
 %% connection of the address is evicted, and a new client gets in.

@@ -90,13 +90,13 @@ wrong_direction_is_unknown_frame_test_() ->
 
 routed_message_goes_to_the_other_connection_test() ->
     Conn = fake(700000),
-    S = proto(server, fun('c2@h') -> {ok, Conn}; (_) -> none end),
+    S = proto(server, fun(<<"c2@h">>) -> {ok, Conn}; (_) -> none end),
     {ok, Acts, _} = frame({m, {svc, 'c2@h'}, {t, {hello, {pr, 4}}}}, S),
     [{route, {msg, Conn, svc, {hello, Proxy}, {svc, 'c2@h'}}}] = [A || {route, _} = A <- Acts],
     ?assertEqual(fake(800004), Proxy).
 
 refused_and_unknown_nodes_test() ->
-    S = proto(server, fun('c3@h') -> not_allowed; (_) -> none end),
+    S = proto(server, fun(<<"c3@h">>) -> not_allowed; (_) -> none end),
     {ok, A1, _} = frame({m, {svc, 'c3@h'}, x}, S),
     ?assertEqual([<<"not_allowed">>], errors(A1)),
     {ok, A2, _} = frame({m, {svc, 'nobody@h'}, x}, S),
