@@ -135,6 +135,9 @@ role_module(#d{role = client}) -> fabric_peer_client.
 
 %%% --- framing: bytes in, one frame at a time (the limit depends on the state)
 
+handle_common(info, {Tag, S, Data}, established, #d{sock = S, buf = Buf} = D) when Tag =:= tcp; Tag =:= ssl ->
+    %% established: the whole frames of this chunk are handled in this one event
+    frames(D#d{buf = fabric_peer_frame:append(Buf, Data), last_in = now_ms()});
 handle_common(info, {Tag, S, Data}, _, #d{sock = S, buf = Buf} = D) when Tag =:= tcp; Tag =:= ssl ->
     {keep_state, D#d{buf = fabric_peer_frame:append(Buf, Data)}, [{next_event, internal, parse}]};
 handle_common(internal, parse, _, #d{sock = undefined}) ->
@@ -157,12 +160,10 @@ handle_common(internal, parse, State, #d{o = O, buf = Buf} = D) ->
 
 %%% --- established: frames from the peer
 
-handle_common(internal, {frame, Bin}, established, #d{p = P} = D) ->
-    {Status, Acts, P1} = fabric_peer_protocol:frame(Bin, P),
-    {_, D1} = run(Acts, D#d{p = P1, last_in = now_ms()}),
-    case Status of
-        ok -> {keep_state, D1};
-        close -> (role_module(D1)):lost(D1, closed_by_us)
+handle_common(internal, {frame, Bin}, established, D) ->
+    case frame_in(Bin, D#d{last_in = now_ms()}) of
+        {ok, D1} -> {keep_state, D1};
+        Stop -> Stop
     end;
 
 handle_common(info, {Tag, S}, State, #d{sock = S} = D) when Tag =:= tcp_closed; Tag =:= ssl_closed ->
@@ -263,6 +264,32 @@ handle_common({call, From}, _, _, _) ->
     {keep_state_and_data, [{reply, From, {error, badarg}}]};
 handle_common(_, _, _, _) ->
     keep_state_and_data.
+
+%% The frames of the buffer, one after the other (as the `parse' events would: nothing else
+%% is handled between them), until a partial one: then the socket is asked for more.
+frames(#d{o = O, buf = Buf} = D) ->
+    case fabric_peer_frame:take(Buf, maps:get(max_frame, O)) of
+        {ok, Frame, Rest} ->
+            case frame_in(Frame, D#d{buf = Rest}) of
+                {ok, D1} -> frames(D1);
+                Stop -> Stop
+            end;
+        more ->
+            ok = activate(D),
+            {keep_state, D};
+        {error, {frame_too_large, Len}} ->
+            too_large(established, Len, D)
+    end.
+
+%% One frame received in the established state: `{ok, D}', or the lifecycle's result when
+%% too many errors close the connection.
+frame_in(Bin, #d{p = P} = D) ->
+    {Status, Acts, P1} = fabric_peer_protocol:frame(Bin, P),
+    {_, D1} = run(Acts, D#d{p = P1}),
+    case Status of
+        ok -> {ok, D1};
+        close -> (role_module(D1)):lost(D1, closed_by_us)
+    end.
 
 %% A burst of `Proxy ! Msg': the messages already waiting in the mailbox are taken in
 %% batches and their frames written in one socket write. Each write waits for its reply
@@ -378,8 +405,7 @@ write_batch(Rev, {R, #d{t = T, sock = S, p = P} = D}) ->
              end,
     case Result of
         ok ->
-            P1 = lists:foldl(fun(_, Acc) -> fabric_peer_protocol:count(frames_out, Acc) end, P, Batch),
-            {R, D#d{p = P1, last_out = now_ms()}};
+            {R, D#d{p = fabric_peer_protocol:count(frames_out, length(Batch), P), last_out = now_ms()}};
         {error, Why} ->
             %% not written: keep them for a resumed session (dropped otherwise)
             _ = [self() ! {fabric_send_failed, S, Why} || S =/= undefined],

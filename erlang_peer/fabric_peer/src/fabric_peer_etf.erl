@@ -133,6 +133,7 @@ atom_text(<<119, Len, Text:Len/binary, R/binary>>) -> {ok, utf8, Text, R};
 atom_text(_) -> error.
 
 %% Node names not known here: refused, or new atoms like the others.
+unknown_nodes({ok, []}, _) -> {ok, []};
 unknown_nodes({ok, Found}, How) ->
     case [K || {node, K, _, _} <- Found] of
         [Kind | _] when How =:= refuse -> {error, {bad_payload, {unknown_node, Kind}}};
@@ -162,6 +163,7 @@ plain(_, _) -> {error, {bad_term, not_etf}}.
 max_terms(#{max_terms := N}) -> N;
 max_terms(_) -> fabric_peer_frame:default(max_terms).
 
+create_atoms([]) -> ok;
 create_atoms(Missing) ->
     try
         lists:foreach(fun({Enc, Text}) -> _ = binary_to_atom(Text, Enc) end, Missing),

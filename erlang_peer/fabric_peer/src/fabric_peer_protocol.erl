@@ -37,7 +37,7 @@
 -export([new/2, established/4, frame/2, too_large/2, send/3, send/4, send_confirmed/4,
          proxy_msg/3, proxy_exit/4,
          down/4, whereis/3, heartbeat/1, lost/2, detach/1, reset/1, reset/2, terminate/1,
-         watch_export/3, watch_proxy/3, unsent/3, count/2, set_peer/2, set_opts/2,
+         watch_export/3, watch_proxy/3, unsent/3, count/2, count/3, set_peer/2, set_opts/2,
          mode/1, features/1, connected/1, info/1]).
 %% acks (fabric_peer_acks)
 -export([ack_due/1, expire/2, flush/2, resumable/3, resume_ok/2, set_end_reason/2,
@@ -209,7 +209,15 @@ set_opts(O, P) -> P#p{o = O}.
 
 %% @doc Add one to counter `Key' of `info/1'.
 -spec count(atom(), proto()) -> proto().
-count(Key, #p{stats = St} = P) -> P#p{stats = maps:update_with(Key, fun(N) -> N + 1 end, 1, St)}.
+count(Key, P) -> count(Key, 1, P).
+
+%% @doc Add `N' to counter `Key' of `info/1'.
+-spec count(atom(), pos_integer(), proto()) -> proto().
+count(Key, N, #p{stats = St} = P) ->
+    case St of
+        #{Key := V} -> P#p{stats = St#{Key := V + N}};
+        _ -> P#p{stats = St#{Key => N}}
+    end.
 
 %%% frames from the peer
 
