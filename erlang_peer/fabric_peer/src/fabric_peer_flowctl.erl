@@ -100,7 +100,8 @@ recheck(C, P) ->
 room(To, #p{o = O, env = Env}) ->
     Mailbox = maps:get(mailbox, Env, fun(_) -> gone end),
     case To of
-        {route, Conn, _} -> Mailbox(Conn) =:= gone;
+        %% (only a connection of this node is owed: fabric_peer_protocol)
+        {route, Conn, _} -> node(Conn) =/= node() orelse Mailbox(Conn) =:= gone;
         _ ->
             case Mailbox(To) of
                 gone -> true;

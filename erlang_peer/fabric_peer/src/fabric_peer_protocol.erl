@@ -342,11 +342,15 @@ incoming(Dest, Payload, P) -> incoming_message(Dest, Payload, P).
 %% a message is counted in `messages_in' when delivered (`messages_out': when written or
 %% queued for writing, fabric_peer_commands); replays and frames dropped are not messages
 deliver(Target, _, _, #p{env = #{self := Self}} = P) when Target =:= Self -> P;
-deliver({route, Conn, Name}, Dest, Msg, P) ->
+deliver({route, Conn, Name}, Dest, Msg, P) when node(Conn) =:= node() ->
     %% to another client (16.3): with `credit', owed until that client's connection issued
     %% it on its hop (16.8), which tells us (`fabric_peer_flowctl:issued/2')
     act({route, {msg, Conn, Name, Msg, Dest}},
         count(messages_in, P#p{delivered = {route, Conn, Dest}}));
+deliver({route, Conn, Name}, _, Msg, P) ->
+    %% a client of another server of the cluster: handed to Erlang distribution, its credit
+    %% is returned now (section 15)
+    act({route, {msg, Conn, Name, Msg, none}}, count(messages_in, P));
 deliver(Target, _, Msg, P) when is_pid(Target), node(Target) =:= node() ->
     act({deliver, Target, Msg}, count(messages_in, P#p{delivered = Target}));
 deliver(Target, _, Msg, P) -> act({deliver, Target, Msg}, count(messages_in, P)).

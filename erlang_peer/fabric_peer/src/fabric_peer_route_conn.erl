@@ -46,7 +46,8 @@ established(D) -> with(fun fabric_peer_route:established/1, D).
 %% @doc Carry out a `{route, Cmd}' action of the protocol.
 -spec action(tuple(), fabric_peer_conn:data()) -> fabric_peer_conn:data().
 action({msg, Conn, Name, Msg, Dest}, #d{p = P} = D) ->
-    Notify = case fabric_peer_protocol:credit_on(P) of
+    %% `Dest' none: nothing owed for it (another server's client, section 15)
+    Notify = case Dest =/= none andalso fabric_peer_protocol:credit_on(P) of
                  true -> {self(), {fabric_route, issued, {Conn, Dest}}};
                  false -> none
              end,
