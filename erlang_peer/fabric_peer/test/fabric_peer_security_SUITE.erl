@@ -287,8 +287,10 @@ max_kept_sessions_expires_the_oldest(_Config) ->
     Port = fabric_peer:port(S),
     Session = fun() ->
                       {Sock, _, #{<<"session">> := Sid}} = ext_login(Port, "secret"),
+                      %% the server records the session once frame 4 is written: wait for it
+                      true = fabric_peer_test_lib:wait_until(
+                               fun() -> is_pid(fabric_peer_registry:session_owner(Ref, Sid)) end),
                       Pid = fabric_peer_registry:session_owner(Ref, Sid),
-                      true = is_pid(Pid),
                       {Sock, Pid}
               end,
     {Sock1, Conn1} = Session(),
