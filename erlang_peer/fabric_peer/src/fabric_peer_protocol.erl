@@ -208,6 +208,14 @@ set_peer(Peer, P) -> P#p{peer = Peer}.
 set_opts(O, P) -> P#p{o = O}.
 
 %% @doc Add one to counter `Key' of `info/1'.
+%% A DEAD's reason is raw (4.4): the pids, references and ports in it keep their nodes, new
+%% atoms within the budget like any atom of a reason, so links and monitors see the real
+%% reason. The frame is plain term_to_binary: a 3-tuple whose first element is 'DEAD'.
+-spec unknown_nodes(binary()) -> create | refuse.
+unknown_nodes(<<131, 104, 3, Tag, 4, "DEAD", _/binary>>) when Tag =:= 115; Tag =:= 119 -> create;
+unknown_nodes(<<131, 104, 3, Tag, 0, 4, "DEAD", _/binary>>) when Tag =:= 100; Tag =:= 118 -> create;
+unknown_nodes(_) -> refuse.
+
 -spec count(atom(), proto()) -> proto().
 count(Key, P) -> count(Key, 1, P).
 
@@ -226,12 +234,13 @@ count(Key, N, #p{stats = St} = P) ->
 frame(Bin, #p{o = O, atoms_left = Left} = P0) ->
     P = count(frames_in, P0),
     Budget = min(Left, server_atoms_left(P)),
-    %% a raw pid, reference or port is never in a frame (4.1): one of an unknown node is
-    %% refused before its node name becomes an atom; the node of a `{Name, Node}'
-    %% destination that is no atom here stays a binary (a client node of a routing server)
+    %% a raw pid, reference or port is never in a frame (4.1) but in a DEAD's reason: one of
+    %% an unknown node is refused before its node name becomes an atom; the node of a
+    %% `{Name, Node}' destination that is no atom here stays a binary (a client node of a
+    %% routing server)
     case fabric_peer_etf:decode(Bin, #{atoms_left => Budget, max_terms => maps:get(max_terms, O),
                                        max_decompressed => maps:get(max_frame, O),
-                                       unknown_nodes => refuse, dest_node => binary}) of
+                                       unknown_nodes => unknown_nodes(Bin), dest_node => binary}) of
         {ok, Term, New} ->
             {Credited, Verdict, P1} = fabric_peer_flowctl:received(Term, byte_size(Bin),
                                                                    spend_atoms(New, P)),

@@ -17,7 +17,7 @@ all() -> [oversize_before_auth, oversize_after_auth, error_frames_for_extended_p
 %% says otherwise); end_per_testcase checks that the suite's good client is still served.
 groups() ->
     [{issue11, [], [amplifying_frame_refused, large_frames_received, foreign_references_no_atoms,
-                    distinct_peers_create_no_atoms,
+                    distinct_peers_create_no_atoms, dead_reason_keeps_foreign_pids,
                     idle_connections_evicted, handshake_timeouts_count, max_connections_refuses,
                     refuse_remote_exits_protects, otp_names_are_system_names]}].
 
@@ -324,6 +324,35 @@ distinct_peers_create_no_atoms(_Config) ->
     {S, _, _} = ext_login(Port, "secret", #{<<"node">> => Node(<<"client">>, 1), <<"heartbeat">> => 1000}),
     send(S, {m, hping, {t, {{pr, 1}, last}}}),
     {m, 1, _} = recv(S),
+    gen_tcp:close(S),
+    fabric_peer:stop_server(Srv).
+
+%% A DEAD's reason is raw (section 4.4): a pid in it of a node unknown here is decoded (its
+%% node name a new atom, within the budget), so the proxy ends with the real reason and the
+%% links and monitors on it see it; a raw pid anywhere else is still refused.
+dead_reason_keeps_foreign_pids(_Config) ->
+    Self = self(),
+    Watcher = spawn_link(fun() ->
+                                 receive {From, x} ->
+                                         Ref = monitor(process, From),
+                                         Self ! watching,
+                                         receive {'DOWN', Ref, process, _, R} -> Self ! {down, R} end
+                                 end
+                         end),
+    register(hwatch, Watcher),
+    {Srv, Port} = start(#{allowed => [hwatch]}),
+    {S, _, _} = ext_login(Port, "secret"),
+    send(S, {m, hwatch, {t, {{pr, 1}, x}}}),
+    receive watching -> ok after 3000 -> ct:fail(no_proxy) end,
+    N = <<"deadpid", (integer_to_binary(erlang:unique_integer([positive])))/binary, "@nohost">>,
+    RawPid = <<88, 119, (byte_size(N)), N/binary, 5:32, 0:32, 1:32>>,
+    %% {'DEAD', {pr, 1}, {shutdown, RawPid}}
+    send(S, <<131, 104, 3, 119, 4, "DEAD", 104, 2, 119, 2, "pr", 97, 1,
+              104, 2, 119, 8, "shutdown", RawPid/binary>>),
+    receive
+        {down, {shutdown, P}} when is_pid(P) -> N = atom_to_binary(node(P))
+    after 3000 -> ct:fail(proxy_did_not_end)
+    end,
     gen_tcp:close(S),
     fabric_peer:stop_server(Srv).
 
