@@ -12,7 +12,9 @@
 -include("fabric_peer_protocol.hrl").
 
 -export([windows/1, on/1, received/3, exceeded/2, frame_in/2, settle/2, grant_due/1,
-         issued/2, after_replay/1, info/1]).
+         issued/2, recheck/1, after_replay/1, info/1]).
+%% recheck/1 is the entry point of the conformance runner's `mailbox' step
+-ignore_xref([recheck/1]).
 
 -import(fabric_peer_payload, [act/2]).
 
@@ -81,23 +83,27 @@ settle({Dest, Size}, #p{s = S, delivered = To, o = O} = P) ->
              _ -> fabric_peer_credit:owe(To, Dest, Size, C)
          end,
     C2 = case fabric_peer_credit:fresh(C1) >= fabric_peer_credit:batch(maps:get(grant_every, O), C1) of
-             true -> recheck(C1, P);
+             true -> recheck(C1, To, P);
              false -> C1
          end,
     check(P#p{s = fabric_peer_session:set_credit(C2, S), delivered = none}).
 
 %% The owed processes whose mailbox has room again are released; so is what was routed
-%% to a connection that ended (it will never tell).
-recheck(C, P) ->
+%% to a connection that ended (it will never tell). `To': the process the frame being
+%% settled goes to (`none' out of a delivery); the connection puts the message into its
+%% mailbox after this, and it counts (12.3: "the message just put in counts").
+recheck(C, P) -> recheck(C, none, P).
+
+recheck(C, To, P) ->
     lists:foldl(fun(Owner, Acc) ->
-                        case room(Owner, P) of
+                        case room(Owner, case Owner of To -> 1; _ -> 0 end, P) of
                             true -> fabric_peer_credit:release(Owner, Acc);
                             false -> Acc
                         end
                 end, fabric_peer_credit:checked(C), fabric_peer_credit:owed(C)).
 
-%% Fewer than mailbox_high messages in To's mailbox (or To ended).
-room(To, #p{o = O, env = Env}) ->
+%% Fewer than mailbox_high messages in To's mailbox once `Extra' more arrive (or To ended).
+room(To, Extra, #p{o = O, env = Env}) ->
     Mailbox = maps:get(mailbox, Env, fun(_) -> gone end),
     case To of
         %% (only a connection of this node is owed: fabric_peer_protocol)
@@ -105,7 +111,7 @@ room(To, #p{o = O, env = Env}) ->
         _ ->
             case Mailbox(To) of
                 gone -> true;
-                N -> N < maps:get(mailbox_high, O)
+                N -> N + Extra < maps:get(mailbox_high, O)
             end
     end.
 
@@ -156,6 +162,16 @@ grant_due(#p{s = S} = P) ->
                       false -> P1
                   end)
     end.
+
+%% @doc A mailbox may have room now: the owed ones are checked, a grant written if due
+%% (`settle/2' does the same once per batch of deliveries). Returns the actions, in order.
+-spec recheck(#p{}) -> {[fabric_peer_protocol:action()], #p{}}.
+recheck(#p{s = S} = P0) ->
+    P = case fabric_peer_session:credit(S) of
+            undefined -> P0;
+            C -> check(P0#p{s = fabric_peer_session:set_credit(recheck(C, P0), S)})
+        end,
+    {lists:reverse(P#p.acts), P#p{acts = []}}.
 
 %% @doc Right after the replay of a resume: the returns accumulated while disconnected go
 %% in one grant (12.4).

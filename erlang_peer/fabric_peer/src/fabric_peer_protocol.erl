@@ -253,26 +253,28 @@ frame(Bin, #p{o = O, atoms_left = Left} = P0) ->
                              dispatch(Screened, P1);
                          R -> R
                      end,
-            {Status, P2a} = case Result of
-                               {ok, Pd} -> {ok, fabric_peer_acks:handled(Term, Pd)};
-                               {close, Pc} -> {close, Pc};
+            %% a dropped frame's credit is returned before its error frame is written
+            {Status, #p{s = S} = P2} = case Result of
+                               {ok, Pd} -> {ok, fabric_peer_flowctl:settle(Credited, fabric_peer_acks:handled(Term, Pd))};
+                               {close, Pc} -> {close, fabric_peer_flowctl:settle(Credited, Pc)};
                                {refused, Code, Why, Pr} ->
                                    %% a refused mc: counted as dropped, its mc_result
                                    %% replaces the error frame (11.8)
-                                   {St, Pq} = frame_error(Code, Why, fabric_peer_acks:handled(
-                                                                       Term, Pr#p{mode = legacy})),
+                                   {St, Pq} = frame_error(Code, Why, fabric_peer_flowctl:settle(
+                                                                       Credited, fabric_peer_acks:handled(
+                                                                                   Term, Pr#p{mode = legacy}))),
                                    Pm = Pq#p{mode = Pr#p.mode},
                                    {St, case St of
                                             close -> error_frame(too_many_errors, <<"too many errors">>, Pm);
                                             ok -> Pm
                                         end};
                                {error, Code, Why, Pe} ->
-                                   frame_error(Code, Why, fabric_peer_acks:handled(Term, Pe))
+                                   frame_error(Code, Why, fabric_peer_flowctl:settle(
+                                                            Credited, fabric_peer_acks:handled(Term, Pe)))
                            end,
             %% proxies started for this frame but in neither table after it (the frame was
             %% dropped half-way) stand for nothing: end them (a stand-in of an exit2 is
             %% buried, and ends by itself after delivering its signal)
-            #p{s = S} = P2 = fabric_peer_flowctl:settle(Credited, P2a),
             P3 = lists:foldl(fun(Pid, Acc) -> act({discard_proxy, Pid}, Acc) end, P2,
                              [Pid || Pid <- lists:reverse(P2#p.fresh),
                                      fabric_peer_session:proxy_id(Pid, S) =:= error,

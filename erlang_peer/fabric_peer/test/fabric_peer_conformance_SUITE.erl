@@ -18,7 +18,7 @@
 
 all() ->
     [legacy_vectors_indexed, legacy_vectors_decode, handshakes, handshake_frames, exchanges,
-     route_exchanges, drifts, coverage,
+     route_exchanges, flows, flow_coverage, drifts, coverage,
      flipped_client_mac_fails, flipped_server_mac_fails, flipped_mac_in_frame_fails,
      changed_rewritten_id_fails, changed_delivered_id_fails, missing_dead_resend_fails,
      broken_mac_in_the_code_fails, broken_rewrite_in_the_code_fails, {group, live}].
@@ -208,6 +208,46 @@ erlang_side_of_41({<<"route_not_agreed">> = Name, L}) ->
     {fail, _, _, _} = verdict(fun check_exchange/1, {Name, L}),
     {Name, Erlang};
 erlang_side_of_41(C) -> C.
+
+%% Flow control and confirmed sends (conformance/cases/credit.cases, docs/protocol.md 11.8,
+%% 12, 13.4): the same protocol, with the runtime of a case around it (mailboxes, see
+%% fabric_peer_conformance_lib "flow"); every case is played to its end.
+flows(_) ->
+    Cases = load_cases(<<"flow">>),
+    true = length(Cases) >= 12,
+    [] = [N || {N, L} <- Cases, element(2, fabric_peer_conformance_lib:playable(steps(L))) =/= []],
+    run_all(fun check_flow/1, Cases).
+
+check_flow(L) ->
+    St0 = fabric_peer_conformance_lib:new_state(L),
+    lists:foldl(fun({{K, V} = Step, Want}, {N, St}) ->
+                        {Got, St1} = fabric_peer_conformance_lib:step(K, V, St),
+                        compare(N, Step, Got, fabric_peer_conformance_lib:flow_observable(Want, L), St1),
+                        {N + 1, St1}
+                end, {1, St0}, steps(L)),
+    ok.
+
+%% The flow cases cover a grant written at once, one written by the timer, credit owed to a
+%% full mailbox, a sender waiting per destination, both credit errors, and confirmed sends
+%% both ways; and the runner really compares: a grant of another count fails.
+flow_coverage(_) ->
+    Cases = load_cases(<<"flow">>),
+    Lines = lists:append([L || {_, L} <- Cases]),
+    Events = [hd(binary:split(V, <<" ">>)) || {<<"event">>, V} <- Lines],
+    [] = [<<"result">>, <<"message">>, <<"dropped">>] -- Events,
+    [] = [<<"credit_exceeded">>, <<"credit_overflow">>] --
+        [C || {<<"event">>, <<"dropped ", C/binary>>} <- Lines],
+    [] = [<<"send_confirmed">>, <<"mailbox">>, <<"grant">>, <<"send">>, <<"recv">>] --
+        lists:usort([K || {K, _} <- Lines]),
+    {Name, L} = named(<<"credit_grant_at_half_the_destination_window">>),
+    pass = verdict(fun check_flow/1, {Name, L}),
+    Grant = get(<<"out">>, L),
+    %% {credit, [{echo, 1}], 18}: the count 1 (61 01) changed into 2
+    [_] = binary:matches(Grant, <<"6f61016a">>),
+    {fail, _, {step, 1, {<<"recv">>, _}, _, _}, _} =
+        verdict(fun check_flow/1, replace(<<"out">>, binary:replace(Grant, <<"6f61016a">>, <<"6f61026a">>),
+                                          {Name, L})),
+    ok.
 
 %% Legacy handshakes and refused first frames, on the handshake model.
 handshake_frames(_) -> run_all(fun check_exchange/1, load_cases(<<"handshake_frames">>)).
