@@ -101,7 +101,7 @@ demo: setup peer
 bench-codec: setup
 	$(PY) bench/codec_bench.py
 
-# `make bench`: codec, messaging and scale benchmarks (pyfabric, erlang_peer, Erlang, the raw
+# `make bench`: codec, messaging, scale and route benchmarks (pyfabric, erlang_peer, Erlang, the raw
 # gen_tcp/asyncio ceilings) in one run, pairings interleaved; tables and the in-run ratios with
 # the goals of issue 15 on stdout, JSON and a PNG chart in bench/results/. BENCH_ARGS="--quick"
 # or "--only messaging" or "--pin none" (CPU placement, see bench/measure.py). ORIG_EBIN=dir (the original implementation's compiled beams, never in

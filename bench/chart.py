@@ -23,7 +23,8 @@ def write_chart(entries: list[dict[str, Any]], path: pathlib.Path, title: str) -
         import matplotlib.ticker
     except ImportError:
         return "chart: skipped (matplotlib is not installed: pip install -e '.[bench]' or make setup)"
-    shown = [e for e in entries if e["value"] is not None]
+    # an absolute figure without a goal (a rate, a total) is in the table only: no scale to draw it on
+    shown = [e for e in entries if e["value"] is not None and not (e["kind"] == "absolute" and e["goal"] is None)]
     if not shown:
         return "chart: skipped (no ratio was measured)"
     labels, values, goals, colors = [], [], [], []

@@ -14,11 +14,17 @@ pile up at the receiver. Reported per pairing, at both ends:
   peak growth of the receiving OS process's RSS (sampled with the sender's figures);
 - the send loop's duration and the end-to-end rate (bounded by the receiver's pace).
 
+The same run with an erlang_peer sender (``{slow, ...}`` of ``bench/erl/fabric_bench_drv.erl``,
+a blocking ``fabric_peer:send/2`` per message) to the erlang_peer server, with and without
+acks and credit, and to the Python server; its figures come from ``fabric_peer:info/1``
+(``pending``, ``outbox``, ``credit_out``) and ``/proc`` of both OS processes.
+
 One run per pairing, pairings one after the other (each takes ``n * delay_ms`` at least).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -31,6 +37,12 @@ from messaging import BIG_MAILBOX, N_ATOM, PAIRINGS, PyClients, side_pids
 from pyfabric import Atom
 
 SLOW_PAIRINGS = ("py_py", "py_py_plain", "py_erlpeer", "py_erlpeer_plain")
+# erlang_peer senders: key -> (label, receiving OS process, the erl client's connection tag)
+SLOW_ERL: dict[str, tuple[str, str, str]] = {
+    "erlpeer_ext": (PAIRINGS["erlpeer_ext"][0], "srv", "ext"),
+    "erlpeer_plain": (PAIRINGS["erlpeer_plain"][0], "srv", "plain"),
+    "erlpeer_py": ("erlang_peer -> Python", "pysrv", "slowpy"),
+}
 BENCH_SLOW = Atom("bench_slow")
 SAMPLE_EVERY = 32
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -95,6 +107,19 @@ async def run_slow(env: Env, clients: PyClients, n: int, delay_ms: int, log: Cal
             s = await slow_once(clients.clients[p], n, delay_ms, pids[server], timeout)
         except Exception as exc:  # one failing pairing must not lose the others' results
             s = {"errors": [f"{type(exc).__name__}: {exc}"]}
+        out[p] = {"label": label, "summary": s}
+        log(f"  slow receiver {p:<17} {brief(s)}")
+    assert env.cli is not None and env.pysrv is not None
+    for p, (label, server, tag) in SLOW_ERL.items():
+        try:
+            if tag == "slowpy":
+                await env.cli.command(f'{{connect, slowpy, {env.pysrv.port}, "{env.secret}", extended}}')
+            s = await env.cli.command(f"{{slow, {tag}, {n}, {delay_ms}, {pids[server]}}}", timeout=timeout + 30)
+        except Exception as exc:
+            s = {"errors": [f"{type(exc).__name__}: {exc}"]}
+        if tag == "slowpy":
+            with contextlib.suppress(Exception):
+                await env.cli.command("{close, slowpy}")
         out[p] = {"label": label, "summary": s}
         log(f"  slow receiver {p:<17} {brief(s)}")
     return out

@@ -90,8 +90,18 @@ def ratios(out: dict[str, Any]) -> list[dict[str, Any]]:
     e.append(_entry("200k Proxy ! Msg burst on erlang_peer, msgs/s", ext_burst.get("msgs_per_s"), 1.0, 100_000.0, ">=",
                     _why({"burst": burst}, "burst", "erlpeer_ext"), kind="absolute", unit="msgs/s"))
     erl_px = scale.get("proxy_memory", {}).get("erlang_peer", {})
-    e.append(_entry("erlang_peer bytes per idle proxy", erl_px.get("idle_bytes_per_proxy"), 1.0, 1024.0, "<=",
-                    erl_px.get("error", "scale part not run"), kind="absolute", unit="B"))
+    e.append(_entry("erlang_peer bytes per idle proxy (process_info memory)", erl_px.get("idle_process_bytes_per_proxy"),
+                    1.0, 1024.0, "<=", erl_px.get("error", "scale part not run"), kind="absolute", unit="B"))
+    e.append(_entry("erlang_peer bytes per idle proxy, erlang:memory() delta (tables included)",
+                    erl_px.get("idle_bytes_per_proxy"), 1.0, None, "", erl_px.get("error", "scale part not run"),
+                    kind="absolute", unit="B"))
+    e.append(_entry("erlang_peer proxies created per s", erl_px.get("proxies_per_s"), 1.0, None, "",
+                    erl_px.get("error", "scale part not run"), kind="absolute", unit="/s"))
+    route = out.get("route", {})
+    rp = route.get("pingpong", {})
+    e.append(_entry("routed C1->S->C2 / direct C1->S median round trip (Python nodes; 2 hops each way)",
+                    rp.get("routed_median_us"), rp.get("direct_median_us"), None, "",
+                    route.get("error", "route part not run")))
     # references without a goal: how far from the ceilings each implementation is
     for p in ("orig", "erlpeer_ext", "py_erlpeer", "erl_dist"):
         e.append(_entry(f"{SHORT[p]} rt/s / gen_tcp echo rt/s", rt(p), rt("gen_tcp"), None, "", _why(m, "pingpong", p, "gen_tcp")))
@@ -189,6 +199,10 @@ def scale_table(res: dict[str, Any], counts: dict[str, Any]) -> str:
         if key == "erlang_peer":
             extra = (f"; {r['idle_bytes_per_proxy']:,.0f} B after {r['idle_ms'] / 1000:.1f} s idle"
                      f" (processes {r['processes_delta'] / r['n']:,.0f} B, ets {r['ets_delta'] / r['n']:,.0f} B per proxy)")
+            if "idle_process_bytes_per_proxy" in r:
+                extra += (f"\n  {'erlang_peer, process_info memory':<36} {r['process_bytes_per_proxy']:>8,.0f} B/proxy live, "
+                          f"{r['idle_process_bytes_per_proxy']:,.0f} B idle ({r['sample_hibernated']:,} of a sample of "
+                          f"{r['sample']:,} hibernated)")
         lines.append(f"  {label:<36} {r['bytes_per_proxy']:>8,.0f} B/proxy, created at {r['proxies_per_s']:>9,.0f}/s{extra}")
     hs = res["handshakes"]
     rows = []
@@ -201,6 +215,26 @@ def scale_table(res: dict[str, Any], counts: dict[str, Any]) -> str:
         for p, r in by_pairing.items():
             for err in r["summary"].get("errors", []):
                 lines.append(f"  {key} / {p}: {err}")
+    return "\n".join(lines)
+
+
+def route_table(res: dict[str, Any]) -> str:
+    """The route part (bench/route_bench.py's JSON)."""
+    if "error" in res:
+        return f"ERROR {res['error']}"
+    pp, sc = res["pingpong"], res["scale"]
+    rows = [
+        ["direct C1 -> S echo", f"{pp['direct_median_us']:,.1f}"],
+        ["routed C1 -> S -> C2 echo", f"{pp['routed_median_us']:,.1f}"],
+        ["routed / direct", f"{pp['routed_over_direct']:.2f}"],
+    ]
+    lines = [table([f"ping-pong, {pp['rounds']} rounds of {pp['batch']} interleaved", "median us"], rows)]
+    lines.append(
+        f"{sc['clients']:,} clients x {sc['pids_each']:,} pids to one client in {sc['seconds']:,.2f} s: "
+        f"{sc['proxies_at_c1']:,} proxies at C1, RSS +{sc['c1_bytes_per_proxy']:,} B per proxy at C1, "
+        f"+{sc['server_bytes_per_pid']:,} B per pid at the server (RSS {sc['server_rss_mib']:,.1f} MiB, "
+        f"C1 {sc['c1_rss_mib']:,.1f} MiB); load {res['load_before'][0]} -> {res['load_after'][0]}"
+    )
     return "\n".join(lines)
 
 

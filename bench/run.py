@@ -13,9 +13,13 @@ everything (every batch, the machine's core count and load before and after) to
   median/p99 latency and CPU per operation per side; streaming also with acks and credit
   off (their cost, issue 12); the slow-receiver run (``bench/flow.py``: peak memory at
   both ends); then, last of the run, the 200k ``Proxy ! Msg`` burst;
-- scale (``bench/scale.py``): memory per live and idle proxy, creation and handshake rates.
+- scale (``bench/scale.py``): memory per live and idle proxy, creation and handshake rates;
+- route (``bench/route_bench.py``, issue 13), run as a subprocess after the others (it
+  starts its own routing server and clients): routed ping-pong C1 -> S -> C2 against direct
+  C1 -> S in one run (ratio of the medians), and clients shipping pids to one client (the
+  resident memory of the server and of that client per proxy); its JSON is included as is.
 
-Usage: python bench/run.py [--quick] [--only codec|messaging|scale] [--repeat N]
+Usage: python bench/run.py [--quick] [--only codec|messaging|scale|route] [--repeat N]
        [--orig-ebin DIR] [--output-dir DIR]
 
 ``--quick`` uses tiny counts (a smoke run of a few seconds; the figures mean nothing).
@@ -90,7 +94,7 @@ QUICK = {
 }
 ORIG_HINT = ("set ORIG_EBIN to a directory holding the original implementation's compiled fabric.beam and "
              "fabric_auth.beam: ORIG_EBIN=dir make bench")
-PARTS = ("codec", "messaging", "scale")
+PARTS = ("codec", "messaging", "scale", "route")
 
 
 def log(text: str) -> None:
@@ -113,6 +117,22 @@ def run_codec(quick: bool) -> tuple[dict[str, Any], str]:
             return {"error": "codec_bench.py wrote no JSON"}, proc.stdout
         table = "\n".join(line for line in proc.stdout.splitlines() if not line.startswith("wrote "))
         return json.loads(files[-1].read_text()), table
+
+
+def run_route(quick: bool) -> dict[str, Any]:
+    """Run bench/route_bench.py (its defaults: 100 clients x 1,000 pids); return its JSON."""
+    cmd = [sys.executable, str(ROOT / "bench" / "route_bench.py"), *(["--quick"] if quick else [])]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    except subprocess.TimeoutExpired:
+        return {"error": "route_bench.py did not finish in 1,800 s"}
+    if proc.returncode != 0:
+        return {"error": f"route_bench.py exited {proc.returncode}: {proc.stderr[-2000:]}"}
+    try:
+        result: dict[str, Any] = json.loads(proc.stdout)
+    except json.JSONDecodeError as exc:
+        return {"error": f"route_bench.py wrote no JSON ({exc}): {proc.stdout[-500:]}"}
+    return result
 
 
 # -- main -------------------------------------------------------------------------------------
@@ -199,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             harness.kill_leftovers()
             loop.close()
+    if "route" in parts:
+        log("route (bench/route_bench.py) ...")
+        out["route"] = run_route(args.quick)
     out["machine"]["loadavg_after"] = loadavg()
     out["elapsed_s"] = time.time() - started
 
@@ -216,7 +239,9 @@ def main(argv: list[str] | None = None) -> int:
         lines += ["", report.burst_table(out["burst"], counts["burst"])]
     if "scale" in out:
         lines += ["", "== scale ==", report.scale_table(out["scale"], counts)]
-    if "messaging" in out or "scale" in out:
+    if "route" in out:
+        lines += ["", "== route (issue 13: C1 -> routing server -> C2, Python nodes) ==", report.route_table(out["route"])]
+    if "messaging" in out or "scale" in out or "route" in out:
         out["ratios"] = report.ratios(out)
         title = (f"pyfabric bench {datetime.datetime.fromtimestamp(started).isoformat(timespec='seconds')}"
                  f"{' (QUICK: figures meaningless)' if args.quick else ''}; load {out['machine']['loadavg_before'][0]}"

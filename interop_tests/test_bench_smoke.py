@@ -46,7 +46,7 @@ def test_bench_quick_run(tmp_path: Path) -> None:
     out = json.loads(files[0].read_text())
 
     assert out["quick"] is True
-    assert out["parts"] == ["codec", "messaging", "scale"]
+    assert out["parts"] == ["codec", "messaging", "scale", "route"]
     machine = out["machine"]
     assert machine["cpu_count"] >= 1
     assert len(machine["loadavg_before"]) == 3 and len(machine["loadavg_after"]) == 3
@@ -83,6 +83,20 @@ def test_bench_quick_run(tmp_path: Path) -> None:
         if not orig_ran:
             assert "skipped" in pairings["orig"]["summary"]
 
+    # the slow receiver, Python and erlang_peer senders (issue 12): nothing lost, credit agreed
+    # where it is on (the figures themselves are not asserted)
+    slow = out["slow"]
+    assert set(slow) == {"py_py", "py_py_plain", "py_erlpeer", "py_erlpeer_plain", "erlpeer_ext", "erlpeer_plain",
+                         "erlpeer_py"}, sorted(slow)
+    for pairing, r in slow.items():
+        s = r["summary"]
+        assert "errors" not in s, (pairing, s)
+        assert s["n"] == out["config"]["slow_n"] and s["msgs_per_s"] > 0 and s["receiver_peak_mailbox"] >= 1, (pairing, s)
+    for pairing in ("erlpeer_ext", "erlpeer_py"):
+        assert "credit" in slow[pairing]["summary"]["features"] and slow[pairing]["summary"]["credit_peer"], slow[pairing]
+    assert "credit" not in slow["erlpeer_plain"]["summary"]["features"]
+    assert "slow receiver" in proc.stdout
+
     burst = out["burst"]["erlpeer_ext"]["summary"]
     assert burst["n"] == out["config"]["burst"] and burst["delivered"] > 0 and burst["msgs_per_s"] > 0, burst
 
@@ -92,7 +106,9 @@ def test_bench_quick_run(tmp_path: Path) -> None:
         assert "error" not in r, (key, r)
         assert r["n"] == out["config"]["proxies"], (key, r)
         assert "bytes_per_proxy" in r
-    assert scale["proxy_memory"]["erlang_peer"]["idle_bytes_per_proxy"] > 0
+    erl_px = scale["proxy_memory"]["erlang_peer"]
+    assert erl_px["idle_bytes_per_proxy"] > 0 and erl_px["proxies_per_s"] > 0
+    assert erl_px["sample"] > 0 and erl_px["process_bytes_per_proxy"] > 0 and erl_px["idle_process_bytes_per_proxy"] > 0
     for key in ("concurrency_1", f"concurrency_{out['config']['handshake_concurrency']}"):
         by_pairing = scale["handshakes"][key]
         assert set(by_pairing) == HANDSHAKE_PAIRINGS
@@ -112,8 +128,15 @@ def test_bench_quick_run(tmp_path: Path) -> None:
     else:
         assert "chart: skipped (matplotlib is not installed" in proc.stdout
 
+    # the route part (bench/route_bench.py --quick, issue 13) is in the JSON and the ratios
+    route = out["route"]
+    assert "error" not in route, route
+    assert route["pingpong"]["routed_median_us"] > 0 and route["scale"]["proxies_at_c1"] > 0
+    assert ratios["routed C1->S->C2 / direct C1->S median round trip (Python nodes; 2 hops each way)"]["value"] > 0
+
     # the tables went to stdout
-    for heading in ("== messaging (loopback", "== scale ==", "== ratios (all from this run) ==", "goal >= 1.5"):
+    for heading in ("== messaging (loopback", "== scale ==", "== route (issue 13", "== ratios (all from this run) ==",
+                    "goal >= 1.5"):
         assert heading in proc.stdout, heading
 
 

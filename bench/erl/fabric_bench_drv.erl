@@ -18,7 +18,11 @@
 %%                           `{"timed_out": true}' after CapMs
 %% {drop, Tag}               end a connection still busy with a timed-out burst (the
 %%                           original has no working close: its `fabric' is killed)
-%% {proxies, Port, Secret, N, Chunk, IdleMs}   erlang:memory() per live (then idle) proxy
+%% {slow, Tag, N, DelayMs, RecvOsPid}   N messages `fabric_peer:send/2' to a receiver
+%%                           sleeping DelayMs per message (bench_slow): the peaks of the
+%%                           connection's pending/outbox/credit and both sides' RSS growth
+%% {proxies, Port, Secret, N, Chunk, IdleMs}   erlang:memory() per live (then idle) proxy,
+%%                           and erlang:process_info(P, memory) of a sample of them
 %% {handshakes, Port, Secret, Mode, N, Conc}   connect + handshake + close, per second
 %% '''
 -module(fabric_bench_drv).
@@ -27,6 +31,8 @@
 
 -define(TIMEOUT, 600000).
 -define(RAW_FRAME, <<0:256>>).
+%% proxies measured one by one with process_info/2 (scale)
+-define(PROXY_SAMPLE, 1000).
 
 handle({connect, Tag, Port, Secret, Mode}, St) ->
     Opts = case Mode of
@@ -76,6 +82,9 @@ handle({drop, Tag}, St) ->
         _ -> ok
     end,
     {{ok, true}, maps:remove(Tag, St)};
+handle({slow, Tag, N, DelayMs, RecvOsPid}, St) ->
+    {fabric, Conn} = maps:get(Tag, St),
+    {run(fun() -> slow(Conn, N, DelayMs, RecvOsPid) end), St};
 handle({proxies, Port, Secret, N, Chunk, IdleMs}, St) ->
     {run(fun() -> proxies(Port, Secret, N, Chunk, IdleMs) end), St};
 handle({handshakes, Port, Secret, Mode, N, Conc}, St) ->
@@ -187,6 +196,61 @@ burst(Dest, N, CapMs) ->
 burst_loop(_, N, N) -> ok;
 burst_loop(Counter, I, N) -> Counter ! {n, I}, burst_loop(Counter, I + 1, N).
 
+%% The slow-receiver run with an erlang_peer sender (bench/flow.py): a blocking send per
+%% message, the connection's figures sampled every ?SLOW_SAMPLE sends.
+-define(SLOW_SAMPLE, 32).
+slow(Conn, N, DelayMs, RecvOsPid) ->
+    ok = fabric_peer:send({Conn, bench_counter}, {bench_slow, self(), N, DelayMs}),
+    Counter = receive {bench_counter, C} -> C after 10000 -> exit(no_counter) end,
+    Info0 = fabric_peer:info(Conn),
+    Rss0 = rss(os:getpid()), RRss0 = rss(RecvOsPid),
+    T0 = now_ns(),
+    Peaks = slow_loop(Conn, Counter, 0, N, {0, 0, 0, 0, 0}, {Rss0, RRss0, RecvOsPid}),
+    Sent = now_ns(),
+    Peak = receive {bench_done, _, N, P} -> P after ?TIMEOUT -> exit(slow_timeout) end,
+    T1 = now_ns(),
+    {Pending, Outbox, Credit, Rss, RRss} = Peaks,
+    Info1 = fabric_peer:info(Conn),
+    #{n => N, delay_ms => DelayMs, send_loop_s => (Sent - T0) / 1.0e9, elapsed_s => (T1 - T0) / 1.0e9,
+      msgs_per_s => N / ((T1 - T0) / 1.0e9),
+      features => maps:get(features, Info0),
+      credit_peer => case maps:get(credit_peer, Info0, undefined) of
+                         undefined -> undefined;
+                         W -> tuple_to_list(W)
+                     end,
+      sender_peak_pending => Pending, sender_peak_unacknowledged => Outbox,
+      sender_peak_credit_out => Credit,
+      sender_rss_growth_mb => Rss / 1.0e6, receiver_peak_mailbox => Peak,
+      receiver_rss_growth_mb => RRss / 1.0e6,
+      dropped_overflow => maps:get(dropped_overflow, Info1, 0) - maps:get(dropped_overflow, Info0, 0)}.
+
+slow_loop(_, _, N, N, Peaks, _) -> Peaks;
+slow_loop(Conn, Counter, I, N, Peaks, Rss) ->
+    ok = fabric_peer:send(Counter, {n, I}),
+    Peaks1 = case I rem ?SLOW_SAMPLE of
+                 0 -> slow_sample(Conn, Peaks, Rss);
+                 _ -> Peaks
+             end,
+    slow_loop(Conn, Counter, I + 1, N, Peaks1, Rss).
+
+slow_sample(Conn, {Pending, Outbox, Credit, R, RR}, {Rss0, RRss0, RecvOsPid}) ->
+    Info = fabric_peer:info(Conn),
+    {max(Pending, maps:get(pending, Info, 0)), max(Outbox, maps:get(outbox, Info, 0)),
+     max(Credit, maps:get(credit_out, Info, 0)), max(R, rss(os:getpid()) - Rss0),
+     max(RR, rss(RecvOsPid) - RRss0)}.
+
+%% Resident set size of OS process Pid (bytes; 0 where /proc cannot tell).
+rss(Pid) ->
+    case file:read_file("/proc/" ++ to_list(Pid) ++ "/statm") of
+        {ok, B} ->
+            [_, Pages | _] = binary:split(B, <<" ">>, [global]),
+            binary_to_integer(Pages) * 4096;
+        _ -> 0
+    end.
+
+to_list(P) when is_integer(P) -> integer_to_list(P);
+to_list(P) -> P.
+
 gc_all() -> [erlang:garbage_collect(P) || P <- processes()], ok.
 
 proxies(Port, Secret, N, Chunk, IdleMs) ->
@@ -200,30 +264,46 @@ proxies(Port, Secret, N, Chunk, IdleMs) ->
     P0 = erlang:system_info(process_count),
     T0 = now_ns(),
     ok = fabric_peer:send({Conn, bench_pids}, {bench_pids, self(), N, Chunk}),
-    Got = recv_chunks(0),
+    %% every Every-th proxy is kept (a few words each) for process_info/2
+    Every = max(1, N div ?PROXY_SAMPLE),
+    {Got, Sample} = recv_chunks(0, Every, []),
     T1 = now_ns(),
     Info = fabric_peer:info(Conn),
     gc_all(),
     M1 = erlang:memory(),
     P1 = erlang:system_info(process_count),
-    %% idle: nothing sent to the proxies for IdleMs (the original hibernates after 1.1 s)
+    Live = process_memory(Sample),
+    %% idle: nothing sent to the proxies for IdleMs (a proxy hibernates after 1 s without a
+    %% message, the original after 1.1 s)
     timer:sleep(IdleMs),
     M2 = erlang:memory(),
+    Idle = process_memory(Sample),
+    Hibernated = length([P || P <- Sample, erlang:process_info(P, current_function) =:=
+                                               {current_function, {erlang, hibernate, 3}}]),
     fabric_peer:close(Conn),
     D = fun(M, K) -> proplists:get_value(K, M) - proplists:get_value(K, M0) end,
     #{n => Got, proxies => maps:get(proxies, Info) - maps:get(proxies, Before0),
+      sample => length(Sample), sample_hibernated => Hibernated,
+      process_bytes_per_proxy => Live, idle_process_bytes_per_proxy => Idle,
       bytes_per_proxy => D(M1, total) / Got, total_delta => D(M1, total),
       idle_ms => IdleMs, idle_bytes_per_proxy => D(M2, total) / Got,
       processes_delta => D(M1, processes), ets_delta => D(M1, ets), binary_delta => D(M1, binary),
       process_count_delta => P1 - P0, create_s => (T1 - T0) / 1.0e9,
       proxies_per_s => Got / ((T1 - T0) / 1.0e9)}.
 
-recv_chunks(Got) ->
+recv_chunks(Got, Every, Sample) ->
     receive
-        {bench_pids_chunk, Pids} -> recv_chunks(Got + length(Pids));
-        {bench_pids_done, _} -> Got
+        {bench_pids_chunk, Pids} ->
+            Kept = [P || {I, P} <- lists:zip(lists:seq(Got + 1, Got + length(Pids)), Pids), I rem Every =:= 0],
+            recv_chunks(Got + length(Pids), Every, Kept ++ Sample);
+        {bench_pids_done, _} -> {Got, Sample}
     after 120000 -> exit({pids_timeout, Got})
     end.
+
+%% The mean erlang:process_info(P, memory) of the proxies (monitors included).
+process_memory([]) -> 0;
+process_memory(Pids) ->
+    lists:sum([M || P <- Pids, {memory, M} <- [erlang:process_info(P, memory)]]) / length(Pids).
 
 handshakes(Port, Secret, Mode, N, Conc) ->
     Opts = case Mode of
