@@ -12,7 +12,8 @@ A cut is either a reset (both sockets aborted, bytes in flight lost both ways) o
 (the relay stops forwarding and resets only the client's socket: the server still holds the
 old, silent connection when the client resumes, docs/protocol.md 11.5). Each run also
 checks that both sides agreed on ``acks``, that at least 5 cuts hit a live connection and
-that the client came back after each. The control runs (a) with a Python client that does
+that the client came back after each; both sides also agreed on ``credit`` (its windows in
+the erlang_peer connection's info), so the runs are flow-controlled too. The control runs (a) with a Python client that does
 not offer ``acks`` and checks that the cuts then lose messages. The short runs are part of
 ``make test`` (a few seconds each); the ``fuzz`` ones cut for ``FUZZ_SECONDS`` / 10.
 """
@@ -143,9 +144,12 @@ _ERL_ACHO = (
 )
 
 
-# Whether each established server-side connection on the node agreed on acks.
+# Whether each established server-side connection on the node agreed on acks (and on credit,
+# with its windows both ways: credit_mine and credit_peer in its info).
 _ERL_SERVER_FEATURES = (
-    "[lists:member(<<\"acks\">>, maps:get(features, I)) || P <- processes(), "
+    "[lists:member(<<\"acks\">>, maps:get(features, I)) andalso lists:member(<<\"credit\">>, maps:get(features, I)) "
+    "andalso is_tuple(maps:get(credit_mine, I, none)) andalso is_tuple(maps:get(credit_peer, I, none)) "
+    "|| P <- processes(), "
     "proc_lib:translate_initial_call(P) =:= {fabric_peer_server, init, 1}, "
     "I <- [catch fabric_peer:info(P)], is_map(I), "
     "maps:get(role, I) =:= server, maps:get(state, I) =:= established]."
@@ -176,8 +180,10 @@ def python_to_erlang(erl: Harness, total: int, seconds: float, seed: int, acks: 
         )
         try:
             assert ("acks" in client.features) is acks, client.features
+            assert ("credit" in client.features) is acks, client.features  # credit needs acks (11.1)
             agreed = await erl.acmd("{eval, %s}" % erl_string(_ERL_SERVER_FEATURES))
-            assert agreed == f"[{str(acks).lower()}]", f"the erlang_peer server's connection: acks agreed {agreed}, expected {acks}"
+            assert agreed == f"[{str(acks).lower()}]", (
+                f"the erlang_peer server's connection: acks and credit agreed {agreed}, expected {acks}")
             box = client.mailbox()
             cut_task = asyncio.get_running_loop().create_task(cutter(relay, stop, counts, seed))
             got: list[int] = []
@@ -293,8 +299,11 @@ def erlang_to_python(erl: Harness, total: int, seconds: float, seed: int, mode: 
             erl.conns.append(conn)
             info = await erl.acmd(f"{{info, {conn}}}")
             assert '<<"acks">>' in info, f"erlang_peer client did not agree on acks: {info}"
+            assert '<<"credit">>' in info and re.search(r"credit_peer => \{\d+,\d+,\d+\}", info), (
+                f"erlang_peer client did not agree on credit: {info}")
             py_conns = server.connections()
-            assert py_conns and all("acks" in c.features for c in py_conns), "the Python server did not agree on acks"
+            assert py_conns and all({"acks", "credit"} <= set(c.features) for c in py_conns), (
+                "the Python server did not agree on acks and credit")
             handle = int(re.search(r"handle => (\d+)", await erl.acmd(f"{{whereis, {conn}, echo}}")).group(1))  # type: ignore[union-attr]
             await erl.acmd("{eval, %s}" % erl_string(_ERL_SENDER.format(mode=mode, handle=handle, total=total, window=WINDOW, burst=BURST)))
             cut_task = asyncio.get_running_loop().create_task(cutter(relay, stop, counts, seed))
