@@ -211,7 +211,7 @@ erlang_side_of_41(C) -> C.
 
 %% Flow control and confirmed sends (conformance/cases/credit.cases, docs/protocol.md 11.8,
 %% 12, 13.4): the same protocol, with the runtime of a case around it (mailboxes, see
-%% fabric_peer_conformance_lib "flow"); every case is played to its end.
+%% fabric_peer_conformance_flow); every case is played to its end.
 flows(_) ->
     Cases = load_cases(<<"flow">>),
     true = length(Cases) >= 12,
@@ -222,7 +222,7 @@ check_flow(L) ->
     St0 = fabric_peer_conformance_lib:new_state(L),
     lists:foldl(fun({{K, V} = Step, Want}, {N, St}) ->
                         {Got, St1} = fabric_peer_conformance_lib:step(K, V, St),
-                        compare(N, Step, Got, fabric_peer_conformance_lib:flow_observable(Want, L), St1),
+                        compare(N, Step, Got, fabric_peer_conformance_flow:observable(Want, L), St1),
                         {N + 1, St1}
                 end, {1, St0}, steps(L)),
     ok.

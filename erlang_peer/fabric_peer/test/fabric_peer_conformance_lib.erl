@@ -67,7 +67,7 @@ term(Hex) -> binary_to_term(binary:decode_hex(Hex)).
 -define(STEPS, [<<"start">>, <<"send">>, <<"recv">>, <<"recv_raw">>, <<"exited">>, <<"whereis">>,
                 <<"reply_whereis">>, <<"link">>, <<"unlink">>, <<"exit_signal">>, <<"heartbeat">>,
                 <<"lost">>, <<"resume">>, <<"reconnect">>,
-                %% flow (docs/protocol.md 11.8, 12): see flow_step/3
+                %% flow (docs/protocol.md 11.8, 12): fabric_peer_conformance_flow
                 <<"send_confirmed">>, <<"mailbox">>, <<"grant">>, <<"ack">>,
                 %% route_exchange (docs/protocol.md 16)
                 <<"whereis_node">>, <<"nodes">>, <<"reply_nodes">>, <<"nodeup">>, <<"nodedown">>]).
@@ -154,7 +154,7 @@ exchange_state(L) ->
             policy => fun() -> undefined end,
             server_atoms_left => fun() -> 50000 end,
             spend_server_atoms => fun(_) -> ok end,
-            mailbox => flow_mailbox(Box)},
+            mailbox => fabric_peer_conformance_flow:mailbox(Box)},
     %% a routing server's node table (fabric_peer_router:target/4): the case's client nodes
     Env = case Routing of
               true -> Env0#{route => fun(NodeBin) ->
@@ -169,17 +169,17 @@ exchange_state(L) ->
                     server -> #{routing => Routing};
                     client -> #{}
                 end,
+    FlowOpts = fabric_peer_conformance_flow:opts(<<>>, L),
     {ok, O} = fabric_peer_opts:normalize(Role, ?SECRET,
-                                         (maps:merge(RouteOpts, flow_opts(<<>>, L)))#{allowed => Allowed, node => <<"us@conformance">>,
+                                         (maps:merge(RouteOpts, FlowOpts))#{allowed => Allowed, node => <<"us@conformance">>,
                                            features => Feats,
                                            max_frame => int(<<"max_frame">>, L, <<"67108864">>),
                                            max_errors => int(<<"max_errors">>, L, <<"20">>),
                                            error_window => int(<<"error_window">>, L, <<"200">>),
                                            max_proxies => int(<<"max_proxies">>, L, <<"100000">>),
                                            compress => proplists:get_value(<<"compress_messages">>, L) =:= <<"true">>}),
-    {[], P} = fabric_peer_protocol:established(flow_params(L, #{mode => Mode, features => Feats,
-                                                                 peer_max => 67108864}),
-                                               false, false, fabric_peer_protocol:new(O, Env)),
+    Params = fabric_peer_conformance_flow:params(L, #{mode => Mode, features => Feats, peer_max => 67108864}),
+    {[], P} = fabric_peer_protocol:established(Params, false, false, fabric_peer_protocol:new(O, Env)),
     #{kind => exchange, p => P, o => O, mode => Mode, feats => Feats, decl => Decl,
       rdecl => maps:from_list([{Pid, Id} || {Id, Pid} <- maps:to_list(Decl)]),
       rnames => maps:from_list([{Pid, N} || {N, Pid} <- maps:to_list(Names), is_pid(Pid)]),
@@ -216,7 +216,7 @@ step(K, V, #{kind := handshake} = St) -> hs_step(K, binary:split(V, <<" ">>, [gl
 step(K, V, St0) ->
     flush_logs(),
     {Refused, Acts, Extra, St1} = do_step(K, binary:split(V, <<" ">>, [global, trim_all]), St0#{received := undefined}),
-    {Events0, Outs, St2} = render(Acts, flow_confirms(Acts, St1)),
+    {Events0, Outs, St2} = render(Acts, fabric_peer_conformance_flow:confirms(Acts, St1)),
     Events = Events0 ++ notice_events(Acts, St2),
     Logged = logged(),
     Closed = [{event, [<<"closed">>, C], none} || C <- Extra],
@@ -225,7 +225,7 @@ step(K, V, St0) ->
 %% -> {Refusals, Actions, Close codes, State}
 do_step(K, Args, St) when K =:= <<"send_confirmed">>; K =:= <<"mailbox">>; K =:= <<"grant">>;
                           K =:= <<"ack">> ->
-    flow_step(K, Args, St);
+    fabric_peer_conformance_flow:step(K, Args, St);
 do_step(<<"send">>, [Kind, Dest0, Payload], #{p := P, decl := Decl} = St) ->
     Dest = case Kind of
                <<"name">> -> binary_to_atom(Dest0);
@@ -366,10 +366,11 @@ action({monitor_proxy, Pid, Id}, Discarded, #{p := P} = St) ->
         false -> {[ev([<<"proxy_created">>, i(Id)])], [], St1}
     end;
 action({deliver, Target, Msg}, _, St) ->
-    flow_delivered(Target, St),
+    fabric_peer_conformance_flow:delivered(Target, St),
     {substituted(Msg, St) ++ [ev([<<"message">> | dest(Target, St)], Msg)], [], St};
 action({reply, {_, Tag}, Result}, _, #{confirm_refs := C} = St) when is_map_key(Tag, C) ->
-    {[flow_result(maps:get(Tag, C), Result)], [], St#{confirm_refs := maps:remove(Tag, C)}};
+    {[fabric_peer_conformance_flow:result(maps:get(Tag, C), Result)], [],
+     St#{confirm_refs := maps:remove(Tag, C)}};
 action({Timer, Ms}, _, St) when (Timer =:= grant_timer orelse Timer =:= ack_timer
                                  orelse Timer =:= send_timer), is_integer(Ms) ->
     %% a timer the connection would start: the case fires it with its `grant' / `ack' step
@@ -461,98 +462,6 @@ export_id(Pid, #{exports := E}) -> {Id, _} = maps:get(Pid, E), i(Id).
 i(N) -> integer_to_binary(N).
 ev(Words) -> {event, Words, none}.
 ev(Words, Term) -> {event, Words, Term}.
-
-%%% ---------------------------------------------------------------- flow (credit.cases)
-
-%% The `flow' kind (conformance/README.md; docs/protocol.md 11.8, 12): an exchange with
-%% `acks' / `credit', played on the same protocol. What the runtime of a case does (the
-%% README's "runtime of a case") is what fabric_peer_conn does around the protocol: a
-%% message is delivered into its process's mailbox (a `deliver' action, after the
-%% protocol's call, as fabric_peer_conn:run/2 does), and the env's `mailbox' fun (as
-%% fabric_peer_conn's backlog/1) tells the protocol how many messages that mailbox holds.
-%% Mailbox lengths are kept in the process dictionary under the case's own reference.
-
-%% Our options (`Prefix' <<>>) or the peer's (<<"peer_">>) among the flow keys of a case.
--define(FLOW_OPTIONS, [<<"credit_window">>, <<"credit_bytes">>, <<"credit_dest">>, <<"mailbox_high">>,
-                       <<"grant_every">>, <<"ack_every">>, <<"max_confirms">>]).
-
-flow_opts(Prefix, L) ->
-    maps:from_list([{binary_to_atom(K), binary_to_integer(V)}
-                    || K <- ?FLOW_OPTIONS, {_, V} <- [lists:keyfind(<<Prefix/binary, K/binary>>, 1, L)]]).
-
-%% The handshake's parameters with `credit': the windows the peer announced (its
-%% `peer_credit_*' lines, else the defaults of docs/protocol.md 13.2, which both
-%% implementations share), as fabric_peer_handshake gives them to the connection.
-flow_params(L, Params) ->
-    case lists:member(<<"credit">>, words(<<"features">>, L, [])) of
-        true ->
-            {ok, Peer} = fabric_peer_opts:normalize(client, ?SECRET,
-                                                    (flow_opts(<<"peer_">>, L))#{features => [<<"acks">>, <<"credit">>, <<"session">>]}),
-            Params#{peer_credit => fabric_peer_flowctl:windows(Peer)};
-        false -> Params
-    end.
-
-flow_mailbox(Box) ->
-    fun(Pid) -> case get({Box, Pid}) of undefined -> 0; N -> N end end.
-
-flow_delivered(Pid, #{box := Box}) when is_pid(Pid) ->
-    put({Box, Pid}, (flow_mailbox(Box))(Pid) + 1);
-flow_delivered(_, _) -> ok.
-
-%% The confirmed sends issued (`send_confirmed'), oldest first, are matched with the `mc'
-%% frames we write, in order: the reply of a `Ref' is then shown as `event result REF'.
-flow_confirms(Acts, #{confirms := [_ | _]} = St) ->
-    Refs = [Ref || {send, _, Bin} <- Acts, {mc, Ref, _, _} <- [binary_to_term(Bin)]],
-    lists:foldl(fun(Ref, #{confirms := [Tag | Tags], confirm_refs := C} = Acc) ->
-                        Acc#{confirms := Tags, confirm_refs := C#{Tag => Ref}}
-                end, St, Refs);
-flow_confirms(_, St) -> St.
-
-flow_result(Ref, ok) -> ev([<<"result">>, i(Ref), <<"ok">>]);
-flow_result(Ref, {error, Code}) -> ev([<<"result">>, i(Ref), atom_to_binary(Code)]).
-
-flow_step(<<"send_confirmed">>, [Kind, Dest0, Payload], #{p := P, decl := Decl, confirms := Cs} = St) ->
-    Dest = case Kind of
-               <<"name">> -> binary_to_atom(Dest0);
-               <<"proxy">> -> maps:get(binary_to_integer(Dest0), Decl)
-           end,
-    Tag = make_ref(),
-    case fabric_peer_protocol:send_confirmed(Dest, term(Payload), {self(), Tag}, P) of
-        {wait, Acts, P1} -> {[], Acts, [], St#{p := P1, confirms := Cs ++ [Tag]}};
-        %% refused locally, nothing written: without `acks' the Erlang API says
-        %% not_supported where the Python core raises unknown_frame (the frame is unknown)
-        {{error, not_supported}, Acts, P1} -> {[<<"unknown_frame">>], Acts, [], St#{p := P1}};
-        {{error, Other}, _, _} -> error({send_confirmed_refused, Other})
-    end;
-flow_step(<<"mailbox">>, [Name, Len], #{p := P, box := Box, rnames := R} = St) ->
-    %% that mailbox now holds Len messages (a name's process; the case's runtime never
-    %% fills an export's); then the owed mailboxes are checked, as at delivery
-    [Pid] = [Pid || {Pid, N} <- maps:to_list(R), atom_to_binary(N) =:= Name],
-    put({Box, Pid}, binary_to_integer(Len)),
-    {Acts, P1} = fabric_peer_flowctl:recheck(P),
-    {[], Acts, [], St#{p := P1}};
-flow_step(<<"grant">>, [], #{p := P} = St) ->
-    %% the grant_delay timer fires (fabric_peer_conn: fabric_grant_due)
-    {Acts, P1} = fabric_peer_protocol:grant_due(P),
-    {[], Acts, [], St#{p := P1}};
-flow_step(<<"ack">>, [], #{p := P} = St) ->
-    %% the ack_delay timer fires (fabric_peer_conn: fabric_ack_due)
-    {Acts, P1} = fabric_peer_protocol:ack_due(P),
-    {[], Acts, [], St#{p := P1}}.
-
-%% The observation lines of a flow step the Erlang side can produce: besides observable/1,
-%% a message to a name with no process. The Erlang protocol resolves a name when the frame
-%% arrives (its env's whereis/1) and drops such a message there (its credit returned at
-%% once, an `mc' answered noproc: both compared); the Python core hands it to its runtime,
-%% which drops it, so the case has a delivery line for it that has no Erlang form.
-flow_observable(Want, L) ->
-    Registered = words(<<"registered">>, L, words(<<"allowed">>, L)),
-    [O || {K, V} = O <- observable(Want),
-          not (K =:= <<"event">> andalso
-               case binary:split(V, <<" ">>, [global]) of
-                   [<<"message">>, <<"name">>, N, _] -> not lists:member(N, Registered);
-                   _ -> false
-               end)].
 
 %%% ---------------------------------------------------------------- what the protocol logs
 
