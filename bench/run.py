@@ -69,7 +69,7 @@ FULL = {
     "burst_cap_s": 20.0,
     "proxies": 100_000,
     "proxy_chunk": 10_000,
-    "proxy_idle_ms": 2_000,
+    "proxy_idle_ms": 2_500,
     "handshakes": 300,
     "handshake_concurrency": 8,
     "repeat": 3,

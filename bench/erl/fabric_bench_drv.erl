@@ -273,8 +273,8 @@ proxies(Port, Secret, N, Chunk, IdleMs) ->
     M1 = erlang:memory(),
     P1 = erlang:system_info(process_count),
     Live = process_memory(Sample),
-    %% idle: nothing sent to the proxies for IdleMs (a proxy hibernates after 1 s without a
-    %% message, the original after 1.1 s)
+    %% idle: nothing sent to the proxies for IdleMs (a proxy hibernates at the end of a 1 s
+    %% period without a message, the original after 1.1 s)
     timer:sleep(IdleMs),
     M2 = erlang:memory(),
     Idle = process_memory(Sample),

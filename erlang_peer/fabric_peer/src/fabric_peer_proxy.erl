@@ -32,6 +32,11 @@
 %% to the connection to be counted and reported, a `send/2' request gets
 %% `{error, overflow}'. A request still waiting at its deadline gets `{error, timeout}'.
 %%
+%% Idle. A proxy that got no message in a whole ?IDLE_MS period hibernates (one timer per
+%% period, nothing per message): with nothing waiting it keeps only its connection, token,
+%% allowance and links, under 1 KiB, and reads the counters again from the registry when a
+%% message wakes it.
+%%
 %% This is a plain process, not a behaviour, on purpose: a proxy must forward every term
 %% verbatim, including terms shaped like `gen_server' calls or system messages. It is not
 %% started with `proc_lib' either: a proxy ending with the remote process's abnormal reason
@@ -46,9 +51,10 @@
 
 %% Messages the connection lets a proxy forward before it gives allowance back.
 -define(ALLOWANCE, 512).
-%% A proxy that received nothing for this long hibernates (issue 15: an idle proxy costs
-%% under 1 KiB instead of ~3 KB); the next message wakes it. A proxy in use never waits
-%% this long between messages, so it never hibernates.
+%% A proxy that received nothing for a whole period of this length hibernates (issue 15: an
+%% idle proxy costs under 1 KiB instead of ~3 KB); the next message wakes it. One timer per
+%% period, not one per wait for a message: a proxy in use pays nothing per message but a
+%% flag, and never hibernates.
 -define(IDLE_MS, 1000).
 
 -record(s, {conn :: pid(), token :: reference(),
@@ -57,7 +63,9 @@
             allow = ?ALLOWANCE :: non_neg_integer(),
             q = queue:new() :: queue:queue({m, term()} | {s, term(), term(), integer()}),
             ctr :: counters:counters_ref() | undefined,
-            max = 0 :: non_neg_integer()}).
+            max = 0 :: non_neg_integer(),
+            %% a message arrived in this idle period (?IDLE_MS)
+            busy = false :: boolean()}).
 
 %% @doc Start the proxy for remote id `Id' of connection `Conn' (not linked: the
 %% connection monitors it, and it monitors the connection). The proxy itself does not need
@@ -91,25 +99,40 @@ init(Conn, Token, Ctr, Max) ->
     %% the connection's token tags the monitor's message (no reference to keep: a smaller
     %% state, issue 15), which no other process can send
     _ = monitor(process, Conn, [{tag, Token}]),
+    idle_timer(Token),
     loop(#s{conn = Conn, token = Token, ctr = Ctr, max = Max}).
 
 loop(#s{conn = Conn, token = Token} = S) ->
     receive
         {'$fabric_ctl', Token, Cmd} ->
-            loop(command(Cmd, S));
+            loop(command(Cmd, busy(S)));
         {'$fabric_send', Token, From, Msg, Deadline} ->
-            loop(item({s, From, Msg, Deadline}, S));
+            loop(item({s, From, Msg, Deadline}, busy(S)));
         {'$fabric_expire', Token} ->
             loop(expire(S));
+        {'$fabric_idle', Token} ->
+            idle(S);
         {Token, _, process, Conn, _} ->
             die(noconnection, S);
         {'EXIT', From, Reason} ->
-            loop(exit_signal(From, Reason, S));
+            loop(exit_signal(From, Reason, busy(S)));
         Msg ->
-            loop(item({m, Msg}, S))
-    after ?IDLE_MS ->
-            hibernate(S)
+            loop(item({m, Msg}, busy(S)))
     end.
+
+busy(#s{busy = true} = S) -> S;
+busy(S) -> S#s{busy = true}.
+
+idle_timer(Token) ->
+    _ = erlang:send_after(?IDLE_MS, self(), {'$fabric_idle', Token}),
+    ok.
+
+%% The end of an idle period: a proxy that got a message in it waits another; one that
+%% did not hibernates (its next timer starts when it wakes).
+idle(#s{busy = true, token = Token} = S) ->
+    idle_timer(Token),
+    loop(S#s{busy = false});
+idle(S) -> hibernate(S).
 
 %% Idle: the stack and heap are dropped and the process sleeps on a heap just the size of
 %% what it keeps. With nothing waiting here, that is only what identifies it (its
@@ -128,15 +151,20 @@ compact(L) -> L.
 
 %% @doc The loop again, after hibernation (called by erlang:hibernate/3 only). A proxy its
 %% connection no longer knows (its registry entry is removed with the command that ends
-%% it, already in the mailbox) goes on without the shared counters until that command.
+%% it, already in the mailbox) goes on without the shared counters until that command;
+%% the next idle period starts.
 -spec wake(#s{} | {pid(), reference(), non_neg_integer(), #{pid() => true}}) -> no_return().
 wake({Conn, Token, Allow, Linked}) ->
-    {Ctr, Max} = case fabric_peer_registry:proxy_entry(self()) of
+    {Ctr, Max} = try fabric_peer_registry:proxy_entry(self()) of
                      {Conn, #{counters := C, max_pending := M}} -> {C, M};
                      _ -> {undefined, 0}
+                 catch error:badarg -> {undefined, 0}   % the application is stopping
                  end,
+    idle_timer(Token),
     loop(#s{conn = Conn, token = Token, allow = Allow, peer_linked = Linked, ctr = Ctr, max = Max});
-wake(#s{} = S) -> loop(S).
+wake(#s{token = Token} = S) ->
+    idle_timer(Token),
+    loop(S).
 
 %% A message or a send request: forwarded within the allowance, or waiting here, or
 %% beyond max_pending_messages refused.
