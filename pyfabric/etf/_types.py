@@ -131,6 +131,25 @@ class Pid:
         _check_uint("Pid", "serial", self.serial, 32)
         _check_uint("Pid", "creation", self.creation, 32)
 
+    # Written out (the dataclass would generate the same semantics): pids are dict keys on
+    # every message's path (process table, export and proxy tables), and the generated
+    # methods build a tuple of the fields and call back into Atom for each lookup.
+    def __hash__(self) -> int:
+        return hash((self.id, self.serial, self.creation, self.node._hash))
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if other.__class__ is not Pid:
+            return NotImplemented
+        o: Pid = other
+        return (
+            self.id == o.id
+            and self.serial == o.serial
+            and self.creation == o.creation
+            and (self.node is o.node or self.node == o.node)
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Port:

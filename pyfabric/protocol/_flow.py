@@ -130,6 +130,11 @@ class FlowMixin:
         credit = self._session.credit
         return list(credit.owed) if credit is not None else []
 
+    def owes_mailboxes(self) -> bool:
+        """Are deliveries waiting for room in a mailbox (:meth:`owed_mailboxes` is not empty)?"""
+        credit = self._session.credit
+        return credit is not None and bool(credit.owed)
+
     def recheck_owed(self, has_room: Callable[[Any], bool]) -> None:
         """Return the credit owed to the mailboxes that have room now (12.3)."""
         credit = self._session.credit

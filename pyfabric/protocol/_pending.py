@@ -30,17 +30,18 @@ STOP = 3
 class Pending:
     """Waiting commands per destination key, with one issue order across keys."""
 
-    __slots__ = ("_queues", "_ready", "_blocked", "_seq", "_count")
+    __slots__ = ("_queues", "_ready", "_blocked", "_seq", "count")
 
     def __init__(self) -> None:
         self._queues: dict[Hashable, deque[tuple[int, Any]]] = {}
         self._ready: list[tuple[int, Hashable]] = []  # heads of the keys not blocked
         self._blocked: set[Hashable] = set()
         self._seq = 0
-        self._count = 0
+        self.count = 0
+        """Commands waiting (read it, never set it: the hot paths of the transport check it)."""
 
     def __len__(self) -> int:
-        return self._count
+        return self.count
 
     def has(self, key: Hashable) -> bool:
         """Do commands to ``key`` wait (a new one must wait behind them)?"""
@@ -61,7 +62,7 @@ class Pending:
             if key not in self._blocked:
                 heapq.heappush(self._ready, (seq, key))
         queue.append((seq, command))
-        self._count += 1
+        self.count += 1
 
     def unblock(self, key: Hashable) -> None:
         """Credit for ``key`` came back: its head may be offered again."""
@@ -82,7 +83,7 @@ class Pending:
             result = attempt(queue[0][1])
             if result == ISSUED:
                 queue.popleft()
-                self._count -= 1
+                self.count -= 1
                 if queue:
                     heapq.heapreplace(ready, (queue[0][0], key))
                 else:
@@ -108,4 +109,4 @@ class Pending:
         self._queues.clear()
         self._ready.clear()
         self._blocked.clear()
-        self._count = 0
+        self.count = 0

@@ -259,7 +259,7 @@ class Session:
 
     def deferred_count(self) -> int:
         """Commands waiting in :meth:`defer`'s queue."""
-        return len(self.queue)
+        return self.queue.count
 
     def new_ref(self) -> int:
         """The ``Ref`` of a new confirmed send (a per-session counter, 11.8)."""

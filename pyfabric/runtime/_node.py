@@ -358,8 +358,13 @@ class Node(RemoteEntries):
         ``(0, 0)`` for a proxy, a dead pid or an unknown name. Cheap enough to call per
         received burst: transports use it to stop reading a connection while a process it
         feeds is overloaded."""
-        queued, most, _service = self.mailbox_load(dest)
-        return queued, most
+        entry = self._table.get(dest) if dest.__class__ is Pid else None
+        if entry is None and dest.__class__ is not Pid:
+            pid = self._registry.whereis(to_name(dest))  # type: ignore[arg-type]
+            entry = self._table.get(pid) if pid is not None else None
+        if isinstance(entry, LocalProcess):
+            return entry.qsize(), entry.max_mailbox
+        return 0, 0
 
     def mailbox_load(self, dest: Pid | Atom | str) -> tuple[int, int, float]:
         """``(queued, max_mailbox, service_time)`` of the local process ``dest`` (see

@@ -271,7 +271,7 @@ class Client(LocalProcesses, RouteClientMixin, GlobalClientMixin):
 
     def statistics(self) -> dict[str, Any]:
         """Counters for monitoring: state, the ``server`` connected to, reconnects, failovers
-        (reconnections to another address), bytes (of the current socket), messages
+        (reconnections to another address), bytes and ``socket_writes`` (of the current socket), messages
         both ways (``messages_in``: delivered here from the server; ``messages_out``: written
         or queued for it; both across reconnects), proxies, exports, queued sends; with
         ``acks``, frames not acknowledged yet, messages dropped at ``max_pending`` (12.6)."""
@@ -285,6 +285,7 @@ class Client(LocalProcesses, RouteClientMixin, GlobalClientMixin):
             "failovers": self.failovers,
             "bytes_in": stream.bytes_in if stream else 0,
             "bytes_out": stream.bytes_out if stream else 0,
+            "socket_writes": stream.writes if stream else 0,
             "messages_in": self._link.messages_in,
             "messages_out": self._link.messages_out,
             "proxies": len(session.proxies) if session else 0,
@@ -363,10 +364,13 @@ class Client(LocalProcesses, RouteClientMixin, GlobalClientMixin):
                     await self._connected.wait()
         except TimeoutError:
             if self._state == ConnectionState.CONNECTED:  # acks: the outbox stayed full
-                raise SendQueueFull(
-                    f"{self._link.pending_count()} sends still wait for the acks of {self.host}:{self.port} "
-                    f"after {timeout} s; they stay queued"
-                ) from None
+                waiting = self._link.pending_count()
+                why = (
+                    f"{waiting} sends still wait for the acks of {self.host}:{self.port}"
+                    if waiting
+                    else f"the socket's write buffer stayed full ({self.host}:{self.port} does not read)"
+                )
+                raise SendQueueFull(f"{why} after {timeout} s; they stay queued") from None
             raise NotConnected(
                 f"still not connected to {self.host}:{self.port} after {timeout} s; queued sends stay queued"
             ) from None

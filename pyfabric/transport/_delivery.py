@@ -40,6 +40,7 @@ class DeliveryMixin:
     _overflow_batch: list[UndeliveredMessage]
     _overflow_since: int | None
     _flush: Callable[[], None]
+    _schedule_flush: Callable[[], None]
     expire: Callable[..., None]
     pending_count: Callable[[], int]
 
@@ -74,7 +75,7 @@ class DeliveryMixin:
         conn = self.conn
         if conn is not None:
             conn.send_ack()
-            self._flush()
+            self._schedule_flush()
 
     def _update_idle(self) -> None:
         if self._overflow_since is not None:

@@ -101,7 +101,7 @@ class FlowLinkMixin:
         delay = self.options.config.grant_delay
         if self._grant_timer is None and conn.grant_owed():
             self._grant_timer = loop.call_later(delay, self._grant_due)
-        if self._owed_timer is None and conn.owed_mailboxes():
+        if self._owed_timer is None and conn.owes_mailboxes():
             self._owed_timer = loop.call_later(delay, self._recheck_owed)
 
     def _grant_due(self) -> None:
@@ -109,7 +109,7 @@ class FlowLinkMixin:
         conn = self.conn
         if conn is not None:
             conn.send_grant()
-            self._flush()  # type: ignore[attr-defined]
+            self._schedule_flush()  # type: ignore[attr-defined]
 
     def _recheck_owed(self) -> None:
         self._owed_timer = None
@@ -117,7 +117,7 @@ class FlowLinkMixin:
         if conn is None or self.node.closed:
             return
         conn.recheck_owed(self.has_room)
-        self._flush()  # type: ignore[attr-defined]
+        self._schedule_flush()  # type: ignore[attr-defined]
         self._flow_timers(conn)
 
     def _stop_flow_timers(self) -> None:

@@ -262,7 +262,11 @@ class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
                     self.messages_in += 1
                 if self.on_route_event is not None:
                     self.on_route_event(self, ev)
-        self._flush()
+        # Written at the end of this loop pass, together with what the local processes
+        # woken by these events send meanwhile (their wake-ups run first): one socket
+        # write for a reply and the acks or grants these frames made due.
+        if not self._flush_scheduled:
+            self._schedule_flush()
         if conn is not None:
             if conn.ack_owed() and self._ack_timer is None:
                 self._ack_timer = self.node.loop.call_later(self.options.config.ack_delay, self._ack_due)
@@ -295,7 +299,11 @@ class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
             self.writer(data)
 
     def _schedule_flush(self) -> None:
-        # Sends from one loop iteration are written together: one write per burst.
+        # Everything produced in one loop iteration (sends, received frames' acks and
+        # grants, timers) goes out in one socket write, in the order the core queued it,
+        # at the end of this pass of the ready callbacks: a lone frame is not held back
+        # past it (the loop polls for I/O only after the pass). An orderly close and
+        # ``flush()`` write at once.
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.node.loop.call_soon(self._scheduled_flush)

@@ -63,14 +63,18 @@ class PeerCommandsMixin:
         conn = self.conn
         if conn is not None and conn.state == ESTABLISHED:
             session = conn.session
-            if session.outbox is not None and session.deferred_count():
-                if session.deferred_count() >= self.options.max_pending:
-                    raise SendQueueFull(f"{self.options.max_pending} messages already wait for {self.label} (max_pending)")
-                self._idle.clear()
-            conn.send_message(dest, msg)
+            if session.outbox is None:
+                conn.send_message(dest, msg)
+            else:
+                pending = session.queue
+                if pending.count:
+                    if pending.count >= self.options.max_pending:
+                        raise SendQueueFull(f"{self.options.max_pending} messages already wait for {self.label} (max_pending)")
+                    self._idle.clear()
+                conn.send_message(dest, msg)
+                if pending.count:
+                    self._idle.clear()
             self.messages_out += 1
-            if session.outbox is not None and session.deferred_count():
-                self._idle.clear()
             if not self._flush_scheduled:
                 self._schedule_flush()
         else:
@@ -203,7 +207,7 @@ class PeerCommandsMixin:
     def pending_count(self) -> int:
         """Sends and link commands kept for the next connection."""
         session = self.session if self.session is not None else (self.conn.session if self.conn else None)
-        return session.deferred_count() if session is not None else 0
+        return session.queue.count if session is not None else 0
 
     async def whereis(self, name: Atom | str, timeout: float | None, node: Atom | str | None = None) -> Pid | None:
         conn = self.conn

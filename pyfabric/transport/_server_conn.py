@@ -72,7 +72,7 @@ class ServerConnection:
 
     def statistics(self) -> dict[str, Any]:
         """Counters of this client connection, as :meth:`Client.statistics` has them:
-        ``bytes_in`` / ``bytes_out`` (this socket), ``messages_in`` (messages from the
+        ``bytes_in`` / ``bytes_out`` / ``socket_writes`` (this socket), ``messages_in`` (messages from the
         client delivered here, or routed on to another client) / ``messages_out`` (to the
         client, written or queued; both for its session, across resumes), ``proxies``,
         ``exports``, ``pending_sends``, ``frames_dropped``, ``unacknowledged`` (with
@@ -84,6 +84,7 @@ class ServerConnection:
             "mode": self.mode,
             "bytes_in": stream.bytes_in,
             "bytes_out": stream.bytes_out,
+            "socket_writes": stream.writes,
             "messages_in": link.messages_in,
             "messages_out": link.messages_out,
             "proxies": len(session.proxies) if session else 0,

@@ -126,6 +126,9 @@ class FrameStream(asyncio.Protocol):
         self.closed = asyncio.get_running_loop().create_future()
         self.bytes_in = 0
         self.bytes_out = 0
+        self.writes = 0
+        """Socket writes (``transport.write`` calls): the link hands over everything one
+        loop iteration produced at once, so this grows by one per busy iteration, not per frame."""
         self._burst = 0
 
     # -- asyncio.Protocol ---------------------------------------------------------------
@@ -361,6 +364,7 @@ class FrameStream(asyncio.Protocol):
             return
         self._last_send = time.monotonic()
         self.bytes_out += len(data)
+        self.writes += 1
         transport.write(data)
         if self._push_back:
             unsent = transport.get_write_buffer_size()
@@ -387,8 +391,12 @@ class FrameStream(asyncio.Protocol):
         self._pause(_P_CLOSE)
 
     def close(self) -> None:
+        """Close after writing what is queued: the link's output not yet handed over
+        (its end-of-iteration flush) goes first, then the transport's buffer."""
         transport = self.transport
         if transport is not None and not transport.is_closing():
+            if self.link.writer == self.write:
+                self.link.flush()
             transport.close()
 
     def abort(self) -> None:
