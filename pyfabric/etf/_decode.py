@@ -254,6 +254,7 @@ _set_pid_node: Callable[[Pid, Atom], None] = Pid.__dict__["node"].__set__
 _set_pid_id: Callable[[Pid, int], None] = Pid.__dict__["id"].__set__
 _set_pid_serial: Callable[[Pid, int], None] = Pid.__dict__["serial"].__set__
 _set_pid_creation: Callable[[Pid, int], None] = Pid.__dict__["creation"].__set__
+_set_pid_hash: Callable[[Pid, int], None] = Pid.__dict__["_hash"].__set__
 _set_ref_node: Callable[[Reference, Atom], None] = Reference.__dict__["node"].__set__
 _set_ref_creation: Callable[[Reference, int], None] = Reference.__dict__["creation"].__set__
 _set_ref_ids: Callable[[Reference, tuple[int, ...]], None] = Reference.__dict__["ids"].__set__
@@ -266,6 +267,7 @@ def _pid(node: Atom, ident: int, serial: int, creation: int) -> Pid:
     _set_pid_id(pid, ident)
     _set_pid_serial(pid, serial)
     _set_pid_creation(pid, creation)
+    _set_pid_hash(pid, hash((ident, serial, creation, node._hash)))  # as Pid.__post_init__
     return pid
 
 

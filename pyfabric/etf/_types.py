@@ -116,10 +116,12 @@ def _check_node(owner: str, node: object) -> None:
         raise TypeError(f"{owner}.node must be an Atom, got {type(node).__name__}")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Pid:
     """An Erlang process identifier ``<node.id.serial>`` (encoded as NEW_PID_EXT)."""
 
+    # Slots by hand (not ``slots=True``): one more slot, not a field, keeps the hash.
+    __slots__ = ("node", "id", "serial", "creation", "_hash")
     node: Atom
     id: int
     serial: int
@@ -130,12 +132,16 @@ class Pid:
         _check_uint("Pid", "id", self.id, 32)
         _check_uint("Pid", "serial", self.serial, 32)
         _check_uint("Pid", "creation", self.creation, 32)
+        object.__setattr__(self, "_hash", hash((self.id, self.serial, self.creation, self.node._hash)))
+
+    def __reduce__(self) -> tuple[type, tuple[Atom, int, int, int]]:
+        return (Pid, (self.node, self.id, self.serial, self.creation))  # the hash is this process's
 
     # Written out (the dataclass would generate the same semantics): pids are dict keys on
     # every message's path (process table, export and proxy tables), and the generated
     # methods build a tuple of the fields and call back into Atom for each lookup.
     def __hash__(self) -> int:
-        return hash((self.id, self.serial, self.creation, self.node._hash))
+        return self._hash
 
     def __eq__(self, other: object) -> bool:
         if self is other:

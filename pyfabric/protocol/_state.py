@@ -109,8 +109,10 @@ class ConnectionState:
 
     def process(self, event: str) -> str:
         """Apply ``event`` (checked as :meth:`check` does); return the new state."""
-        self.check(event)
-        new = TRANSITIONS[self.role][self.state][event]
+        table = TRANSITIONS[self.role][self.state]  # :meth:`check`, inlined: once per frame and command
+        if event not in table:
+            self.check(event)  # raises
+        new = table[event]
         if new is not None:
             self.state = new
         return self.state

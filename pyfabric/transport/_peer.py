@@ -268,8 +268,16 @@ class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
         if not self._flush_scheduled:
             self._schedule_flush()
         if conn is not None:
-            if conn.ack_owed() and self._ack_timer is None:
-                self._ack_timer = self.node.loop.call_later(self.options.config.ack_delay, self._ack_due)
+            timer = self._ack_timer
+            if conn.ack_owed():
+                if timer is None:
+                    self._ack_timer = self.node.loop.call_later(self.options.config.ack_delay, self._ack_due)
+            elif timer is not None:
+                # The ack went with these frames (``ack_every``): the next frame handled
+                # starts its own ``ack_delay`` (docs/protocol.md 11.3), so that an early
+                # timer does not add a standalone ack for a frame or two.
+                timer.cancel()
+                self._ack_timer = None
             self._flow_timers(conn)
         self._update_idle()
 
