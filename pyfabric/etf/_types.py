@@ -141,7 +141,7 @@ class Pid:
     # every message's path (process table, export and proxy tables), and the generated
     # methods build a tuple of the fields and call back into Atom for each lookup.
     def __hash__(self) -> int:
-        return self._hash
+        return self._hash  # type: ignore[attr-defined,no-any-return]  # the slot is no field
 
     def __eq__(self, other: object) -> bool:
         if self is other:
