@@ -68,7 +68,7 @@ class FlowMixin:
         queue = session.queue
         checked = False
         if (
-            (not len(queue) or not queue.has(key_of(dest)))
+            (not queue.count or not queue.has(key_of(dest)))
             and len(outbox.frames) < config.outbox_frames  # type: ignore[union-attr]
             and outbox.nbytes < config.outbox_bytes  # type: ignore[union-attr]
             and not (ref and len(session.confirms) >= config.max_confirms)
