@@ -107,7 +107,8 @@ check(Name, Allowed, P) ->
     case fabric_peer_policy:check(Name, fabric_peer_policy:new(Names, [])) of
         ok -> {ok, Name, P};
         {error, _} ->
-            ?LOG_WARNING("fabric: register_global(~0p) from ~s refused", [Name, P#p.peer]),
+            ?LOG_WARNING(#{what => register_global_refused, name => Name, peer => P#p.peer,
+                           code => not_allowed}),
             {error, not_allowed, P}
     end.
 
@@ -165,7 +166,7 @@ action({register, Req, Name, Proxy}, D) ->
                      end;
                  _ -> in_use
              end,
-    ?LOG_INFO("fabric: register_global(~0p) from ~s: ~0p", [Name, D#d.peer, Result]),
+    ?LOG_INFO(#{what => register_global, name => Name, peer => D#d.peer, result => Result}),
     with(fun(P) -> reply(Req, Result, P) end, D);
 action({unregister, Req, Name}, D) ->
     Result = case global:whereis_name(Name) of
