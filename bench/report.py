@@ -102,6 +102,11 @@ def ratios(out: dict[str, Any]) -> list[dict[str, Any]]:
     e.append(_entry("routed C1->S->C2 / direct C1->S median round trip (Python nodes; 2 hops each way)",
                     rp.get("routed_median_us"), rp.get("direct_median_us"), None, "",
                     route.get("error", "route part not run")))
+    cluster = out.get("cluster", {})
+    cp = cluster.get("ping_pong", {})
+    e.append(_entry("across two clustered servers / same server, client-to-client median round trip",
+                    cp.get("across_servers_median_us"), cp.get("same_server_median_us"), None, "",
+                    cluster.get("error", "cluster part not run")))
     # references without a goal: how far from the ceilings each implementation is
     for p in ("orig", "erlpeer_ext", "py_erlpeer", "erl_dist"):
         e.append(_entry(f"{SHORT[p]} rt/s / gen_tcp echo rt/s", rt(p), rt("gen_tcp"), None, "", _why(m, "pingpong", p, "gen_tcp")))
@@ -234,6 +239,25 @@ def route_table(res: dict[str, Any]) -> str:
         f"{sc['proxies_at_c1']:,} proxies at C1, RSS +{sc['c1_bytes_per_proxy']:,} B per proxy at C1, "
         f"+{sc['server_bytes_per_pid']:,} B per pid at the server (RSS {sc['server_rss_mib']:,.1f} MiB, "
         f"C1 {sc['c1_rss_mib']:,.1f} MiB); load {res['load_before'][0]} -> {res['load_after'][0]}"
+    )
+    return "\n".join(lines)
+
+
+def cluster_table(res: dict[str, Any]) -> str:
+    """The cluster part (bench/cluster_bench.py's JSON)."""
+    if "error" in res:
+        return f"ERROR {res['error']}"
+    pp, sc = res["ping_pong"], res["scale"]
+    rows = [
+        ["C1 -> A -> C2 echo (same server)", f"{pp['same_server_median_us']:,.1f}"],
+        ["C1 -> A -> B -> C3 echo (across servers)", f"{pp['across_servers_median_us']:,.1f}"],
+        ["across / same", f"{pp['across_over_same']:.2f}"],
+    ]
+    lines = [table([f"ping-pong, {pp['round_trips_each']:,} round trips each, interleaved", "median us"], rows)]
+    per_client = ", ".join(f"{b:,}" for b in sc["server_memory_per_client_bytes"])
+    lines.append(
+        f"{sc['clients']:,} clients over 3 servers, {sc['messages']:,} routed round trips in {sc['seconds']:,.2f} s: "
+        f"{sc['round_trips_per_s']:,} round trips/s; server memory per local client (B): {per_client}"
     )
     return "\n".join(lines)
 

@@ -17,9 +17,13 @@ everything (every batch, the machine's core count and load before and after) to
 - route (``bench/route_bench.py``, issue 13), run as a subprocess after the others (it
   starts its own routing server and clients): routed ping-pong C1 -> S -> C2 against direct
   C1 -> S in one run (ratio of the medians), and clients shipping pids to one client (the
-  resident memory of the server and of that client per proxy); its JSON is included as is.
+  resident memory of the server and of that client per proxy); its JSON is included as is;
+- cluster (``bench/cluster_bench.py``, issue 14), a subprocess too (three clustered erlang_peer
+  servers on ``-sname`` nodes): client-to-client ping-pong on the same server against across
+  two servers in one run (ratio of the medians), and many clients spread over the three
+  servers (throughput, server memory per client); its JSON is included as is.
 
-Usage: python bench/run.py [--quick] [--only codec|messaging|scale|route] [--repeat N]
+Usage: python bench/run.py [--quick] [--only codec|messaging|scale|route|cluster] [--repeat N]
        [--orig-ebin DIR] [--output-dir DIR]
 
 ``--quick`` uses tiny counts (a smoke run of a few seconds; the figures mean nothing).
@@ -94,7 +98,7 @@ QUICK = {
 }
 ORIG_HINT = ("set ORIG_EBIN to a directory holding the original implementation's compiled fabric.beam and "
              "fabric_auth.beam: ORIG_EBIN=dir make bench")
-PARTS = ("codec", "messaging", "scale", "route")
+PARTS = ("codec", "messaging", "scale", "route", "cluster")
 
 
 def log(text: str) -> None:
@@ -119,20 +123,32 @@ def run_codec(quick: bool) -> tuple[dict[str, Any], str]:
         return json.loads(files[-1].read_text()), table
 
 
-def run_route(quick: bool) -> dict[str, Any]:
-    """Run bench/route_bench.py (its defaults: 100 clients x 1,000 pids); return its JSON."""
-    cmd = [sys.executable, str(ROOT / "bench" / "route_bench.py"), *(["--quick"] if quick else [])]
+def run_sub(script: str, quick: bool, args: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Run bench/<script> (it prints one JSON object last); return that JSON or an error."""
+    cmd = [sys.executable, str(ROOT / "bench" / script), *(["--quick"] if quick else args)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     except subprocess.TimeoutExpired:
-        return {"error": "route_bench.py did not finish in 1,800 s"}
+        return {"error": f"{script} did not finish in 1,800 s"}
     if proc.returncode != 0:
-        return {"error": f"route_bench.py exited {proc.returncode}: {proc.stderr[-2000:]}"}
+        return {"error": f"{script} exited {proc.returncode}: {proc.stderr[-2000:]}"}
+    text = proc.stdout.strip()
     try:
-        result: dict[str, Any] = json.loads(proc.stdout)
-    except json.JSONDecodeError as exc:
-        return {"error": f"route_bench.py wrote no JSON ({exc}): {proc.stdout[-500:]}"}
+        # the whole output (route_bench: indented), else its last line (cluster_bench)
+        result: dict[str, Any] = json.loads(text) if text.startswith("{") else json.loads(text.splitlines()[-1])
+    except (json.JSONDecodeError, IndexError) as exc:
+        return {"error": f"{script} wrote no JSON ({exc}): {proc.stdout[-500:]}"}
     return result
+
+
+def run_route(quick: bool) -> dict[str, Any]:
+    """Run bench/route_bench.py (its defaults: 100 clients x 1,000 pids); return its JSON."""
+    return run_sub("route_bench.py", quick)
+
+
+def run_cluster(quick: bool) -> dict[str, Any]:
+    """Run bench/cluster_bench.py: the issue's scale run (300 clients over 3 servers)."""
+    return run_sub("cluster_bench.py", quick, ("--clients", "300", "--messages", "10"))
 
 
 # -- main -------------------------------------------------------------------------------------
@@ -222,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     if "route" in parts:
         log("route (bench/route_bench.py) ...")
         out["route"] = run_route(args.quick)
+    if "cluster" in parts:
+        log("cluster (bench/cluster_bench.py) ...")
+        out["cluster"] = run_cluster(args.quick)
     out["machine"]["loadavg_after"] = loadavg()
     out["elapsed_s"] = time.time() - started
 
@@ -241,7 +260,10 @@ def main(argv: list[str] | None = None) -> int:
         lines += ["", "== scale ==", report.scale_table(out["scale"], counts)]
     if "route" in out:
         lines += ["", "== route (issue 13: C1 -> routing server -> C2, Python nodes) ==", report.route_table(out["route"])]
-    if "messaging" in out or "scale" in out or "route" in out:
+    if "cluster" in out:
+        lines += ["", "== cluster (issue 14: three clustered erlang_peer servers, Python clients) ==",
+                  report.cluster_table(out["cluster"])]
+    if "messaging" in out or "scale" in out or "route" in out or "cluster" in out:
         out["ratios"] = report.ratios(out)
         title = (f"pyfabric bench {datetime.datetime.fromtimestamp(started).isoformat(timespec='seconds')}"
                  f"{' (QUICK: figures meaningless)' if args.quick else ''}; load {out['machine']['loadavg_before'][0]}"

@@ -38,7 +38,7 @@ def test_bench_quick_run(tmp_path: Path) -> None:
         [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--output-dir", str(tmp_path)],
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     files = list(tmp_path.glob("bench-*-quick.json"))
@@ -46,7 +46,7 @@ def test_bench_quick_run(tmp_path: Path) -> None:
     out = json.loads(files[0].read_text())
 
     assert out["quick"] is True
-    assert out["parts"] == ["codec", "messaging", "scale", "route"]
+    assert out["parts"] == ["codec", "messaging", "scale", "route", "cluster"]
     machine = out["machine"]
     assert machine["cpu_count"] >= 1
     assert len(machine["loadavg_before"]) == 3 and len(machine["loadavg_after"]) == 3
@@ -134,9 +134,19 @@ def test_bench_quick_run(tmp_path: Path) -> None:
     assert route["pingpong"]["routed_median_us"] > 0 and route["scale"]["proxies_at_c1"] > 0
     assert ratios["routed C1->S->C2 / direct C1->S median round trip (Python nodes; 2 hops each way)"]["value"] > 0
 
+    # the cluster part (bench/cluster_bench.py --quick, issue 14): three clustered servers, the
+    # same-server and across-servers ping-pong and the scale run, each reported
+    cluster = out["cluster"]
+    assert "error" not in cluster, cluster
+    pp, sc = cluster["ping_pong"], cluster["scale"]
+    assert pp["round_trips_each"] == 20 and pp["same_server_median_us"] > 0 and pp["across_servers_median_us"] > 0
+    assert sc["clients"] == 6 and sc["messages"] == 30 and sc["round_trips_per_s"] > 0
+    assert len(sc["server_memory_per_client_bytes"]) == 3
+    assert ratios["across two clustered servers / same server, client-to-client median round trip"]["value"] > 0
+
     # the tables went to stdout
-    for heading in ("== messaging (loopback", "== scale ==", "== route (issue 13", "== ratios (all from this run) ==",
-                    "goal >= 1.5"):
+    for heading in ("== messaging (loopback", "== scale ==", "== route (issue 13", "== cluster (issue 14",
+                    "== ratios (all from this run) ==", "goal >= 1.5"):
         assert heading in proc.stdout, heading
 
 
