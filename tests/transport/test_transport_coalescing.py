@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from transport_helpers import arun, connect, start_server, wait_for
 
-from pyfabric import Atom, SendQueueFull
+from pyfabric import Atom, SendQueueFull, Server
 from pyfabric.protocol import FEATURES
 
 N = Atom("n")
@@ -29,12 +29,18 @@ def collector(got: list[Any]) -> Any:
     return run
 
 
+async def sink_server(got: list[Any]) -> Server:
+    """A server whose allowed process ``sink`` appends what it receives to ``got``."""
+    server = await start_server(allowed=["sink"])
+    server.spawn(collector(got), name="sink")
+    return server
+
+
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_sends_of_one_iteration_leave_in_one_write_in_order(loop: str) -> None:
     async def body() -> None:
         got: list[Any] = []
-        server = await start_server(allowed=["sink"])
-        server.spawn(collector(got), name="sink")
+        server = await sink_server(got)
         client = await connect(server, reconnect=False)
         try:
             client.send("sink", (N, -1))
@@ -59,8 +65,7 @@ def test_sends_of_one_iteration_leave_in_one_write_in_order(loop: str) -> None:
 def test_a_lone_frame_leaves_in_the_same_iteration() -> None:
     async def body() -> None:
         got: list[Any] = []
-        server = await start_server(allowed=["sink"])
-        server.spawn(collector(got), name="sink")
+        server = await sink_server(got)
         client = await connect(server, reconnect=False)
         try:
             for i in range(3):
@@ -115,8 +120,7 @@ def test_a_reply_and_the_frames_it_acknowledges_share_one_write(loop: str) -> No
 def test_close_writes_what_is_queued() -> None:
     async def body() -> None:
         got: list[Any] = []
-        server = await start_server(allowed=["sink"])
-        server.spawn(collector(got), name="sink")
+        server = await sink_server(got)
         for features in (FEATURES, PLAIN):
             got.clear()
             client = await connect(server, reconnect=False, features=features)

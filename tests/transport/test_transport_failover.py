@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 from transport_helpers import (
@@ -30,7 +29,9 @@ from transport_helpers import (
     Relay,
     arun,
     connect,
-    start_server,
+    pair,
+    ping,
+    served,
     wait_for,
 )
 
@@ -50,10 +51,7 @@ def unused_port() -> int:
 
 def test_failover_to_the_next_server_new_session_noconnection() -> None:
     async def body() -> None:
-        a = await start_server()
-        b = await start_server()
-        client = await connect(a, fallbacks=[(HOST, b.port)])
-        try:
+        async with served() as b, pair(fallbacks=[(HOST, b.port)]) as (a, client):
             assert (client.host, client.port) == (HOST, a.port)
             assert client.addresses == ((HOST, a.port), (HOST, b.port))
             old = await client.whereis("ping")
@@ -73,18 +71,14 @@ def test_failover_to_the_next_server_new_session_noconnection() -> None:
             new = await client.whereis("ping")
             assert sender == new and new != old and client.node.is_alive(new) and not client.node.is_alive(old)
             client.send(old, (box.pid, "to the old proxy"))  # a dead proxy: dropped, as in Erlang
-        finally:
-            await client.close()
-            await b.close()
 
     arun(body)
 
 
 def test_first_connection_tries_the_addresses_in_order() -> None:
     async def body() -> None:
-        b = await start_server()
         dead = unused_port()
-        try:
+        async with served() as b:
             client = await connect(dead, fallbacks=[(HOST, b.port)])
             try:
                 assert client.port == b.port and client.statistics()["failovers"] == 0
@@ -97,8 +91,6 @@ def test_first_connection_tries_the_addresses_in_order() -> None:
             with pytest.raises(ConnectFailed) as failed:
                 await connect(dead, fallbacks=[(HOST, other_dead)])
             assert f":{dead}" in str(failed.value) and f":{other_dead}" in str(failed.value)
-        finally:
-            await b.close()
 
     arun(body)
 
@@ -108,8 +100,7 @@ def test_a_server_that_keeps_the_session_resumes_it() -> None:
     the relay dies, the client moves to the fallback, which resumes the session."""
 
     async def body() -> None:
-        server = await start_server()
-        try:
+        async with served() as server:
             relay = Relay(server.port)
             await relay.__aenter__()
             client = await connect(relay.port, fallbacks=[(HOST, server.port)])
@@ -125,8 +116,6 @@ def test_a_server_that_keeps_the_session_resumes_it() -> None:
                 assert box.demonitor(ref)  # never fired: the session was resumed
             finally:
                 await client.close()
-        finally:
-            await server.close()
 
     arun(body)
 
@@ -165,7 +154,7 @@ def test_blocking_client_fails_over_when_its_server_is_killed(tmp_path: Path) ->
         m = re.fullmatch(r"listening on 127\.0\.0\.1:(\d+)\n", line)
         assert m, line + (proc.stderr.read() if proc.stderr else "")
         with pyfabric.start_server(HOST, 0, SECRET, allowed=["ping"]) as fallback:
-            fallback.spawn(_ping, name="ping")
+            fallback.spawn(ping, name="ping")
             with pyfabric.connect(HOST, int(m.group(1)), SECRET, fallbacks=[(HOST, fallback.port)], backoff_initial=0.05) as client:
                 old = client.whereis("ping")
                 with client.mailbox() as box:
@@ -185,24 +174,13 @@ def test_blocking_client_fails_over_when_its_server_is_killed(tmp_path: Path) ->
             proc.wait()
 
 
-async def _ping(proc: Any) -> None:
-    while True:
-        sender, msg = await proc.receive()
-        proc.send(sender, (proc.pid, (PONG, msg)))
-
-
 def test_no_fallbacks_means_one_address() -> None:
     async def body() -> None:
-        server = await start_server()
-        client = await connect(server)
-        try:
+        async with pair() as (server, client):
             assert client.addresses == ((HOST, server.port),)
             client.drop_connection()
             await wait_for(lambda: client.reconnects == 1 and client.state == "connected")
             assert client.statistics()["failovers"] == 0
-        finally:
-            await client.close()
-            await server.close()
 
     arun(body)
 

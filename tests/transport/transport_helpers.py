@@ -119,6 +119,16 @@ async def connect(server_or_port: Server | int, **options: Any) -> Client:
 
 
 @contextlib.asynccontextmanager
+async def served(**options: Any) -> AsyncIterator[Server]:
+    """``start_server(**options)``, closed afterwards."""
+    server = await start_server(**options)
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+@contextlib.asynccontextmanager
 async def pair(server_options: dict[str, Any] | None = None, **client_options: Any) -> AsyncIterator[tuple[Server, Client]]:
     """A server (``ping`` registered and allowed) and a client connected to it."""
     server = await start_server(**(server_options or {}))
