@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from erl_clients import NODEDOWN, erl_client, erl_close, erl_echo
 from erlnode import ErlangNode, erl_string
 from interop_support import (  # noqa: F401
     CUSTOM_REASON,
@@ -54,15 +55,6 @@ SCOPE = "pyfcl_scope"
 COOKIE = "pyfcl_test_cookie"
 PY = "pycl@127.0.0.1"
 EC = "ecl@127.0.0.1"
-NODEDOWN = Atom("nodedown")
-
-_ERL_ECHO = (
-    "case whereis({name}) of undefined -> ok; Old -> unregister({name}), exit(Old, kill) end, "
-    "register({name}, spawn(fun L() -> receive {{F, M}} when is_pid(F) -> F ! {{self(), M}}, L(); "
-    "{{die, R}} -> exit(R); _ -> L() end end)), ok"
-)
-
-
 def ev(node: ErlangNode, expr: str) -> str:
     """``{eval, Expr}`` on one of the cluster's nodes."""
     return node.command("{eval, %s}" % erl_string(expr.strip().rstrip(".") + "."))
@@ -129,17 +121,12 @@ def cluster() -> Iterator[Cluster]:
 def ecl(erl: Harness, cluster: Cluster) -> Iterator[str]:
     """The erlang_peer client node ``ecl@127.0.0.1`` at server B (fallbacks: C), in the harness
     ``erl``, allowing ``ecl_echo`` (an Erlang echo there). Its pid is ``get(ecl)``."""
-    erl.eval(_ERL_ECHO.format(name="ecl_echo"))
-    erl.eval(
-        f'{{ok, C}} = fabric_peer:connect("{HOST}", {cluster.ports["b"]}, "{SECRET}", '
-        f"#{{node => '{EC}', allowed => [ecl_echo], "
-        f'fallbacks => [{{"{HOST}", {cluster.ports["c"]}}}]}}), put(ecl, C), ok'
-    )
+    erl_echo(erl, "ecl_echo", dies=True)
+    erl_client(erl, "ecl", cluster.ports["b"], EC, "[ecl_echo]", fallbacks=(cluster.ports["c"],))
     try:
         yield EC
     finally:
-        erl.cmd_raw("{eval, %s}" % erl_string(
-            "case get(ecl) of undefined -> ok; C -> catch fabric_peer:close(C), erase(ecl), ok end."))
+        erl_close(erl, "ecl")
 
 
 @pytest.fixture
@@ -171,7 +158,7 @@ def test_routing_both_ways_across_servers(erl: Harness, ecl: str, pycl: Any) -> 
 
 def test_monitor_across_servers_real_reason(erl: Harness, ecl: str, pycl: Any) -> None:
     """A Python monitor on a process of the erlang_peer client (another server): the real reason."""
-    erl.eval(_ERL_ECHO.format(name="ecl_victim"))
+    erl_echo(erl, "ecl_victim", dies=True)
     erl.eval("fabric_peer:allow(get(ecl), [ecl_victim])")
     with pycl.mailbox() as box:
         victim = pycl.whereis("ecl_victim", node=EC)

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from erlnode import erl_string
+from erl_clients import NODEDOWN, erl_client, erl_close, erl_echo, erl_receive, python_hub
 from interop_support import (  # noqa: F401
     CUSTOM_REASON,
     CUSTOM_REASON_ERL,
@@ -43,39 +43,6 @@ from pyfabric import ANY, Atom, Pid
 PY = "py1@127.0.0.1"
 E1 = "e1@127.0.0.1"
 E2 = "e2@127.0.0.1"
-NODEDOWN = Atom("nodedown")
-
-_ERL_ECHO = (
-    "case whereis({name}) of undefined -> ok; Old -> unregister({name}), exit(Old, kill) end, "
-    "register({name}, spawn(fun L() -> receive {{F, M}} when is_pid(F) -> F ! {{self(), M}}, L(); "
-    "_ -> L() end end)), ok"
-)
-
-
-def erl_echo(erl: Harness, name: str) -> None:
-    """Register an Erlang echo ``{From, M}`` -> ``From ! {self(), M}`` as ``name``."""
-    erl.eval(_ERL_ECHO.format(name=name))
-
-
-def erl_client(erl: Harness, key: str, port: int, node: str, allowed: str = "[]") -> None:
-    """Connect an erlang_peer client node; its pid is ``get(key)`` in later ``eval``s."""
-    assert erl.eval(
-        f'{{ok, C}} = fabric_peer:connect("{HOST}", {port}, "{SECRET}", '
-        f"#{{node => '{node}', allowed => {allowed}}}), put({key}, C), ok"
-    ) == "ok"
-
-
-def erl_close(erl: Harness, *keys: str) -> None:
-    """Close the erlang_peer clients of ``erl_client`` (best effort, for ``finally``)."""
-    for key in keys:
-        erl.cmd_raw("{eval, %s}" % erl_string(f"case get({key}) of undefined -> ok; C -> catch fabric_peer:close(C), erase({key}), ok end."))
-
-
-def erl_receive(erl: Harness, pattern: str, result: str, timeout_ms: int = 5000) -> str:
-    """``receive Pattern -> Result after T -> timeout end`` in the harness process."""
-    return erl.eval(f"receive {pattern} -> {result} after {timeout_ms} -> timeout end")
-
-
 @pytest.fixture
 def erl_hub(erl: Harness) -> Iterator[int]:
     """An erlang_peer routing server (route_grace 1 s) with an erlang_peer client node
@@ -164,15 +131,9 @@ def test_erlang_client_killed_nodedown_then_noconnection(erl: Harness, erl_hub: 
 @pytest.fixture
 def py_hub(erl: Harness) -> Iterator[Any]:
     """A Python routing server; erlang_peer client nodes e1 (no names) and e2 (``route_echo2``)."""
-    server = pyfabric.start_server(HOST, 0, SECRET, routing=True)
-    try:
-        erl_echo(erl, "route_echo2")
-        erl_client(erl, "route_e1", server.port, E1)
-        erl_client(erl, "route_e2", server.port, E2, "[route_echo2]")
+    erl_echo(erl, "route_echo2")
+    with python_hub(erl, [("route_e1", E1, "[]"), ("route_e2", E2, "[route_echo2]")]) as server:
         yield server
-    finally:
-        erl_close(erl, "route_e1", "route_e2")
-        server.close()
 
 
 def test_erlang_client_nodes_at_a_python_routing_server(erl: Harness, py_hub: Any) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from erlnode import erl_string
+from erl_clients import erl_receive, python_hub
 from interop_support import HOST, SECRET, WAIT, Harness, erl, erl_session  # noqa: F401
 
 import pyfabric
@@ -39,34 +39,12 @@ _ERL_VICTIMS = (
 )
 
 
-def _connect(erl: Harness, key: str, port: int, node: str, allowed: str) -> None:
-    assert erl.eval(
-        f'{{ok, C}} = fabric_peer:connect("{HOST}", {port}, "{SECRET}", '
-        f"#{{node => '{node}', allowed => {allowed}}}), put({key}, C), ok"
-    ) == "ok"
-
-
-def _close(erl: Harness, *keys: str) -> None:
-    for key in keys:
-        erl.cmd_raw("{eval, %s}" % erl_string(f"case get({key}) of undefined -> ok; C -> catch fabric_peer:close(C), erase({key}), ok end."))
-
-
-def _receive(erl: Harness, pattern: str, result: str, timeout_ms: int = 5000) -> str:
-    return erl.eval(f"receive {pattern} -> {result} after {timeout_ms} -> timeout end")
-
-
 @pytest.fixture
 def hub(erl: Harness) -> Iterator[Any]:
     """A Python routing server; erlang_peer client nodes rl1 (no names) and rl2 (the victims)."""
-    server = pyfabric.start_server(HOST, 0, SECRET, routing=True)
-    try:
-        erl.eval(_ERL_VICTIMS)
-        _connect(erl, "rl_e1", server.port, E1, "[]")
-        _connect(erl, "rl_e2", server.port, E2, "[rl_trap, rl_plain, rl_echo]")
+    erl.eval(_ERL_VICTIMS)
+    with python_hub(erl, [("rl_e1", E1, "[]"), ("rl_e2", E2, "[rl_trap, rl_plain, rl_echo]")]) as server:
         yield server
-    finally:
-        _close(erl, "rl_e1", "rl_e2")
-        server.close()
 
 
 def _link_and_kill(erl: Harness, name: str) -> None:
@@ -82,10 +60,10 @@ def test_link_exit_is_passed_on_between_client_nodes(erl: Harness, hub: Any) -> 
     features = [c.features for c in hub.connections()]
     assert all("link_exit" in f and "route" in f for f in features) and len(features) == 2
     _link_and_kill(erl, "rl_trap")
-    assert _receive(erl, "{rl_exit, R}", "R") == "kill"
+    assert erl_receive(erl, "{rl_exit, R}", "R") == "kill"
     assert erl.eval("is_process_alive(whereis(rl_trap))") == "true"
     _link_and_kill(erl, "rl_plain")
-    assert _receive(erl, "{'DOWN', _, process, _, R}", "R") == "kill"  # not killed: a link signal
+    assert erl_receive(erl, "{'DOWN', _, process, _, R}", "R") == "kill"  # not killed: a link signal
 
 
 def test_routed_confirmed_send_gets_the_client_nodes_own_result(erl: Harness, hub: Any) -> None:
