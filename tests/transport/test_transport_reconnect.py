@@ -17,6 +17,7 @@ from transport_helpers import (
     connect,
     ping,
     restart_serve,
+    served,
     start_server,
     wait_for,
 )
@@ -350,8 +351,7 @@ def test_client_gives_up_on_authentication_error() -> None:
 
 def test_server_session_expires_without_resume() -> None:
     async def body() -> None:
-        server = await start_server(session_timeout=0.1)
-        try:
+        async with served(session_timeout=0.1) as server:
             client = await connect(server, reconnect=False)
             box = client.mailbox()
             client.send("ping", (box.pid, 0))
@@ -364,16 +364,13 @@ def test_server_session_expires_without_resume() -> None:
             await wait_for(lambda: client.state == "closed")
             assert server.statistics()["sessions"] == 0
             await client.close()
-        finally:
-            await server.close()
 
     arun(body)
 
 
 def test_state_listener_and_wait_connected_after_close() -> None:
     async def body() -> None:
-        server = await start_server()
-        try:
+        async with served() as server:
             client = await connect(server)
             states: list[str] = []
             client.add_state_listener(states.append)
@@ -383,8 +380,6 @@ def test_state_listener_and_wait_connected_after_close() -> None:
             assert states == ["closed"]
             with pytest.raises(NotConnected):
                 await client.wait_connected()
-        finally:
-            await server.close()
 
     arun(body, allow_errors_from=("pyfabric.client",))
 
