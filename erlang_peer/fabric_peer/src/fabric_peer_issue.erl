@@ -23,8 +23,11 @@
 
 -import(fabric_peer_payload, [act/2]).
 
-%% Dropped messages of `!' are reported in batches of this many.
+%% Dropped messages of `!' are reported in batches of this many, a batch at the latest
+%% this many milliseconds after its first drop (so a report never waits for the end of an
+%% overflow that lasts: a destination that stays stuck).
 -define(OVERFLOW_BATCH, 1000).
+-define(OVERFLOW_REPORT_MS, 100).
 
 %% @doc Carry out `Cmd' now (`{now, Result, P}'), or keep it waiting (`queued'), or refuse
 %% it (`{error, overflow}': a blocking send beyond `max_pending_messages').
@@ -123,8 +126,16 @@ dropped(Proxy, Msg, #p{overflow = N, overflow_batch = B} = P) ->
     B1 = [item(Proxy, Msg, unsent) | B],
     case (N + 1) rem ?OVERFLOW_BATCH =:= 0 of
         true -> act({undelivered, overflow, lists:reverse(B1)}, P1#p{overflow = N + 1, overflow_batch = []});
+        false when B =:= [] ->
+            act({send_timer, ?OVERFLOW_REPORT_MS}, P1#p{overflow = N + 1, overflow_batch = B1});
         false -> P1#p{overflow = N + 1, overflow_batch = B1}
     end.
+
+%% A batch of dropped messages not reported yet is reported now (its timer, or an earlier
+%% one, fired); the overflow goes on (its summary line comes when it ends).
+report_batch(#p{overflow_batch = []} = P) -> P;
+report_batch(#p{overflow_batch = B} = P) ->
+    act({undelivered, overflow, lists:reverse(B)}, P#p{overflow_batch = []}).
 
 %% @doc The overflow ended (or the session does): one summary line, the last batch.
 -spec overflow_ended(#p{}) -> #p{}.
@@ -226,9 +237,10 @@ flushed(#p{flushers = Fs, s = S, pq = PQ} = P) ->
     end.
 
 %% @doc Blocking callers waiting since before their deadline get `{error, timeout}'
-%% (nothing is sent).
+%% (nothing is sent); the dropped messages of `!' not reported yet are reported.
 -spec expire(integer(), #p{}) -> #p{}.
-expire(Now, #p{pq = PQ} = P) ->
+expire(Now, P0) ->
+    #p{pq = PQ} = P = report_batch(P0),
     {Gone, PQ1} = fabric_peer_pending:expire(Now, PQ),
     lists:foldl(fun({send, From, _, _}, Acc) -> reply(From, {error, timeout}, Acc);
                    ({confirm, From, _, _}, Acc) -> reply(From, {error, timeout}, Acc);
