@@ -423,7 +423,9 @@ call_send(Conn, Dest, Msg) ->
 %% handshake), `features', `proxies', `exported', `frames_in', `frames_out', `messages_in',
 %% `messages_out' (messages delivered here / written or queued for the peer), `errors',
 %% `local_errors', `state', `session', ... For a server: `port', `connections' and the
-%% same counters summed over its connections, plus `conns' (one map per connection).
+%% same counters summed over its connections, `relays' (the clients whose sessions live at
+%% another server of its cluster that it relays, docs/cluster.md 6: counted against its
+%% `max_connections', not in `connections'), plus `conns' (one map per connection).
 -spec info(server() | conn()) -> map().
 info({fabric_peer_server, Ref, _}) ->
     Conns = case fabric_peer_registry:conn_sup(Ref) of
@@ -442,6 +444,7 @@ info({fabric_peer_server, Ref, _}) ->
       frames_out => Sum(frames_out), messages_in => Sum(messages_in),
       messages_out => Sum(messages_out), errors => Sum(errors), new_atoms => Sum(new_atoms),
       modes => lists:usort([maps:get(mode, C) || C <- Established]),
+      relays => length(fabric_peer_registry:relays(Ref)),
       conns => Conns};
 info(Conn) when is_pid(Conn) -> fabric_peer_conn:info(Conn).
 

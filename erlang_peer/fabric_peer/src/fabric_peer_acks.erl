@@ -255,9 +255,10 @@ result_in(Ref, Result, #p{s = S} = P) ->
         _ -> {error, unknown_frame, {mc_result, Ref, Result}, P}
     end.
 
-%% The codes of 11.8 as atoms (a code we do not know stays a binary).
+%% The codes of 11.8 and 16.8 as atoms (a code we do not know stays a binary).
 code(B) ->
-    Known = [noproc, not_allowed, unknown_id, bad_payload, limit, credit_exceeded],
+    Known = [noproc, not_allowed, unknown_id, bad_payload, limit, credit_exceeded,
+             noconnection, session_expired, not_resumable, closed],
     case [A || A <- Known, atom_to_binary(A) =:= B] of
         [A] -> A;
         [] -> B

@@ -166,12 +166,15 @@ session_owner(_, _) -> undefined.
 
 %% @doc A relay (`fabric_peer_cluster_relay', the calling process) of the server with
 %% settings `O' starts: it is linked to the server's cluster process (it ends with the
-%% server) and closed by `drain/1'. `ok', or `{error, no_cluster}'.
+%% server), closed by `drain/1', and counted with the server's connections (`info/1'
+%% `relays', `max_connections': registered here, forgotten by the cluster process when it
+%% ends). `ok', or `{error, no_cluster}'.
 -spec relay(map()) -> ok | {error, no_cluster}.
-relay(#{cluster := Scope}) when Scope =/= false ->
+relay(#{cluster := Scope, ref := Ref}) when Scope =/= false ->
     case pg:get_local_members(Scope, ?SERVERS) of
         [Cluster | _] ->
             true = link(Cluster),
+            ok = fabric_peer_registry:add_relay(Ref, self()),
             gen_server:cast(Cluster, {relay, self()});
         [] -> {error, no_cluster}
     end;
@@ -268,7 +271,8 @@ handle_info({Mon, _, _, _}, #st{mon = Mon} = St) -> {noreply, St};
 handle_info({fabric_cluster, {unexport, Proxies}}, #st{o = #{ref := Ref}} = St) ->
     _ = [C ! {fabric_route, {unexport, Proxies}} || C <- fabric_peer_router:conns(Ref)],
     {noreply, St};
-handle_info({'DOWN', M, process, _, _}, #st{relays = Rs} = St) ->
+handle_info({'DOWN', M, process, Pid, _}, #st{relays = Rs, o = #{ref := Ref}} = St) ->
+    ok = fabric_peer_registry:remove_relay(Ref, Pid),
     {noreply, St#st{relays = maps:remove(M, Rs)}};
 handle_info({'EXIT', Pid, Why}, #st{scope_pid = Pid} = St) ->
     %% the pg scope we started ended: so do we (and the server's connections after us,

@@ -209,6 +209,8 @@ handle_common(info, fabric_send_expire, _, #d{p = P} = D) ->
     {keep_state, apply_result(fabric_peer_protocol:expire(now_ms(), P), D)};
 handle_common(info, {fabric_route, _} = Ev, State, D) -> fabric_peer_route_conn:info(Ev, State, D);
 handle_common(info, {{fabric_route, _, _}, _} = Ev, State, D) -> fabric_peer_route_conn:info(Ev, State, D);
+handle_common(info, {{fabric_route, _, _}, _, process, _, _} = Ev, State, D) ->
+    fabric_peer_route_conn:info(Ev, State, D);
 handle_common(info, {'EXIT', _Pid, _Reason}, _, _) ->
     %% the signaller or the dead-pid placeholder: nothing to do
     keep_state_and_data;

@@ -8,7 +8,9 @@
 %% <li>`{Ref, port}': a server's real listening port;</li>
 %% <li>`{Ref, conn_sup}': a server's connection supervisor;</li>
 %% <li>`{Ref, {session, Sid}}': the server-side connection that owns session `Sid';</li>
-%% <li>`{Ref, {detached, Pid}}': a detached server session, with the time it detached.</li>
+%% <li>`{Ref, {detached, Pid}}': a detached server session, with the time it detached;</li>
+%% <li>`{Ref, {relay, Pid}}': a relay a clustered server carries for a session of another
+%%   server (`fabric_peer_cluster_relay'), counted with its connections.</li>
 %% </ul>
 %% `fabric_peer_proxies' maps each proxy pid to its connection pid, so that
 %% `fabric_peer:send/2' can report errors synchronously and `is_proxy/1' answers at once.
@@ -26,6 +28,7 @@
          conn_sup/1, set_conn_sup/2,
          session_owner/2, register_session/3, unregister_session/3,
          keep_detached/3, unkeep_detached/2,
+         add_relay/2, remove_relay/2, relays/1,
          add_proxy/3, remove_proxy/1, proxy_conn/1, proxy_entry/1, is_proxy/1]).
 
 -define(REG, fabric_peer_registry).
@@ -122,6 +125,22 @@ keep_detached(Ref, Pid, Max) ->
 unkeep_detached(Ref, Pid) ->
     true = ets:delete(?REG, {Ref, {detached, Pid}}),
     ok.
+
+%%% relays
+
+%% @doc Record relay `Pid' of a server.
+-spec add_relay(reference(), pid()) -> ok.
+add_relay(Ref, Pid) -> insert({Ref, {relay, Pid}}, true).
+
+%% @doc Forget relay `Pid' of a server (it ended).
+-spec remove_relay(reference(), pid()) -> ok.
+remove_relay(Ref, Pid) ->
+    true = ets:delete(?REG, {Ref, {relay, Pid}}),
+    ok.
+
+%% @doc The relays of a server.
+-spec relays(reference()) -> [pid()].
+relays(Ref) -> [P || [P] <- ets:match(?REG, {{Ref, {relay, '$1'}}, '_'})].
 
 %%% proxies
 

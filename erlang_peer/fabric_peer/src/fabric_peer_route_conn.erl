@@ -54,7 +54,10 @@ action({msg, Conn, Name, Msg, Dest}, #d{p = P} = D) ->
     Conn ! {fabric_route, {msg, Name, Msg, Notify}},
     D;
 action({mc, Conn, Name, Msg, Ref}, D) ->
-    Conn ! {fabric_route, {mc, Name, Msg, {self(), {fabric_route, mc, Ref}}}},
+    %% the target connection is monitored until it answers: if it ends first (its server's
+    %% node lost: noconnection), the sender's `Ref' is answered at once (16.8)
+    MRef = erlang:monitor(process, Conn, [{tag, {fabric_route, mc_down, Ref}}]),
+    Conn ! {fabric_route, {mc, Name, Msg, {self(), {fabric_route, mc, {Ref, MRef}}}}},
     D;
 action({whereis_node, Tag, Name, Node}, #d{ref = Ref, o = O} = D) ->
     Answer = {fabric_route, whereis, Tag},
@@ -118,7 +121,8 @@ info({fabric_route, {unexport, Pids}}, _, D) ->
     {keep_state, with(fun(P) -> fabric_peer_route:unexport(Pids, P) end, D)};
 info({{fabric_route, whereis, Tag}, Result}, _, D) ->
     {keep_state, with(fun(P) -> fabric_peer_route:whereis_answer(Tag, Result, P) end, D)};
-info({{fabric_route, mc, Ref}, Result}, _, D) ->
+info({{fabric_route, mc, {Ref, MRef}}, Result}, _, D) ->
+    erlang:demonitor(MRef, [flush]),
     Wire = case Result of
                ok -> ok;
                {error, C} when is_binary(C) -> {error, C};
@@ -128,6 +132,17 @@ info({{fabric_route, mc, Ref}, Result}, _, D) ->
                _ -> {error, <<"noproc">>}
            end,
     {keep_state, with(fun(P) -> fabric_peer_commands:emit(ctrl, {mc_result, Ref, Wire}, P) end, D)};
+info({{fabric_route, mc_down, Ref}, _, process, _, Why}, _, #d{peer = Peer} = D) ->
+    %% the target connection ended without answering: its node is gone (Erlang's
+    %% noconnection), or it failed
+    Code = case Why of
+               noconnection -> <<"noconnection">>;
+               _ -> <<"noproc">>
+           end,
+    ?LOG_INFO(#{what => routed_confirm_failed, peer => Peer, reason => Why,
+                text => "the connection of a routed confirmed send's target ended before "
+                        "answering"}, ?FABRIC_LOG),
+    {keep_state, with(fun(P) -> fabric_peer_commands:emit(ctrl, {mc_result, Ref, {error, Code}}, P) end, D)};
 info(_, _, _) -> keep_state_and_data.
 
 %%% calls (a client of ours)

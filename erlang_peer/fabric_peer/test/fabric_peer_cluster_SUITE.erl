@@ -397,6 +397,10 @@ resume_through_another_server(Config) ->
     %% its session is still served at b, through c
     ?assert(lists:any(fun(#{transport := relay, state := established}) -> true; (_) -> false end,
                       maps:get(conns, erpc:call(NodeB, fabric_peer, info, [SB])))),
+    %% c counts the relay apart (its socket: max_connections), b the connection
+    {NodeC0, SC0, _} = server(Config, c),
+    ?assertMatch(#{relays := 1}, erpc:call(NodeC0, fabric_peer, info, [SC0])),
+    ?assertMatch(#{relays := 0}, erpc:call(NodeB, fabric_peer, info, [SB])),
     %% C2's proxy for C1's process is the same and works
     ?assertEqual(Q, fabric_peer:whereis(C2, {Svc1, N1})),
     Q ! {Me, back},
@@ -412,6 +416,7 @@ resume_through_another_server(Config) ->
     ok = erpc:call(NodeC, fabric_peer_cluster, drain, [Cluster]),
     receive {nodedown, N2} -> ok after ?T -> error(relay_not_closed) end,
     true = sees(C1, [N2]),
+    true = wait(fun() -> maps:get(relays, erpc:call(NodeC, fabric_peer, info, [SC0])) =:= 1 end),
     P ! {Me, after_relay_closed},
     receive {got, Svc, _, after_relay_closed} -> ok after ?T -> error(not_delivered) end,
     receive {'DOWN', Mon2, process, _, R2} when Mon2 =:= MonP; Mon2 =:= MonQ -> error({proxy_ended, R2})
@@ -478,9 +483,13 @@ failover_when_a_server_node_stops(Config) ->
     MonP = erlang:monitor(process, P),
     MonQ = erlang:monitor(process, Q),
     ok = fabric_peer:monitor_node(C1, N2, true),
+    Confirm = confirm_held_at_b(Config, C1),
     {_, _, PeerB, _} = lists:keyfind(b, 1, ?config(servers, Config)),
     T0 = erlang:monotonic_time(millisecond),
     ok = peer:stop(PeerB),
+    %% a confirmed send held at b ends at once with noconnection (protocol.md 16.8)
+    receive {Confirm, R} -> ?assertEqual({error, noconnection}, R)
+    after ?T -> error(routed_confirm_not_ended) end,
     receive {'DOWN', MonP, process, P, RP} -> ?assertEqual(noconnection, RP)
     after ?T -> error(no_noconnection_at_c1) end,
     receive {nodedown, N2} -> ok after ?T -> error(no_nodedown) end,
@@ -498,3 +507,30 @@ failover_when_a_server_node_stops(Config) ->
     receive {got, Svc, _, after_failover} -> ok after ?T -> error(not_routed_after_failover) end,
     SvcPid ! stop,
     close([C1, C2]).
+
+%% A confirmed send from C1 (server a) to a process of C3 (server b) that never reads: C3
+%% grants b one message of credit for it, so once its mailbox is full what C1 sends next
+%% waits at b, a confirmed send too. The caller (spawned) sends `{Ref, Result}' here.
+confirm_held_at_b(Config, C1) ->
+    Stuck = fabric_peer_test_lib:unique_name("stuck"),
+    StuckPid = spawn(fun() -> receive stop -> ok end end),
+    true = register(Stuck, StuckPid),
+    {C3, N3} = client(Config, b, "c3_", [Stuck], #{credit_dest => 1, mailbox_high => 1,
+                                                    reconnect => false}),
+    true = sees(C1, [N3]),
+    [ok = fabric_peer:send({C1, {Stuck, N3}}, {held, I}) || I <- lists:seq(1, 20)],
+    true = wait(fun() -> element(2, process_info(StuckPid, message_queue_len)) >= 1 end),
+    Me = self(),
+    Ref = make_ref(),
+    spawn(fun() -> Me ! {Ref, fabric_peer:send_confirmed({C1, {Stuck, N3}}, last, 30000)} end),
+    %% all 21 are at b (waiting in C3's connection there) or delivered: the 20 first (issue
+    %% order), at most mailbox_high + credit_dest of them delivered
+    {NodeB, SB, _} = server(Config, b),
+    N3Bin = atom_to_binary(N3),
+    true = wait(fun() ->
+                        Conns = maps:get(conns, erpc:call(NodeB, fabric_peer, info, [SB])),
+                        [Pending] = [X || #{peer_node := Nd, pending := X} <- Conns, Nd =:= N3Bin],
+                        {message_queue_len, InBox} = process_info(StuckPid, message_queue_len),
+                        Pending + InBox =:= 21 andalso InBox =< 2
+                end),
+    Ref.
