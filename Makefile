@@ -13,11 +13,12 @@ FUZZ_SECONDS ?= 20
 FUZZ_LONG_SECONDS ?= 600
 FUZZ_EXAMPLES ?= 3000
 
-.PHONY: help setup python-env erlang peer test lint docs unit peer-test peer-check interop fuzz demo bench bench-codec clean
+.PHONY: help setup python-env erlang peer test lint docs unit peer-test peer-check interop fuzz demo demo-cluster bench bench-codec clean
 
 help:
 	@echo "make demo   - set up and run a Python client against an Erlang fabric server"
 	@echo "make test   - set up and run every test suite (Python, Erlang, interop)"
+	@echo "make demo-cluster - three clustered erlang_peer servers, a Python and an erlang_peer client, a failover"
 	@echo "make lint, make docs, make interop, make fuzz, make bench, make bench-codec, make setup, make clean"
 
 setup: python-env erlang
@@ -97,6 +98,11 @@ test: setup
 
 demo: setup peer
 	$(PY) -m pyfabric.demo
+
+# `make demo-cluster`: three -sname erl nodes on 127.0.0.1 (a generated cookie, a private
+# epmd), one clustered erlang_peer server each; examples/cluster_demo.py (docs/cluster.md).
+demo-cluster: setup peer
+	$(PY) examples/cluster_demo.py
 
 bench-codec: setup
 	$(PY) bench/codec_bench.py
