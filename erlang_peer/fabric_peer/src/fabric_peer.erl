@@ -444,7 +444,7 @@ info({fabric_peer_server, Ref, _}) ->
       frames_out => Sum(frames_out), messages_in => Sum(messages_in),
       messages_out => Sum(messages_out), errors => Sum(errors), new_atoms => Sum(new_atoms),
       modes => lists:usort([maps:get(mode, C) || C <- Established]),
-      relays => length(fabric_peer_registry:relays(Ref)),
+      relays => fabric_peer_registry:relays(Ref),
       conns => Conns};
 info(Conn) when is_pid(Conn) -> fabric_peer_conn:info(Conn).
 

@@ -25,7 +25,7 @@ loop(#{ref := Ref, transport := T} = Ctx, LSock) ->
             Ip = case fabric_peer_transport:peer_ip(T, Sock) of {ok, A} -> A; error -> undefined end,
             %% the relays of a clustered server hold sockets too (docs/cluster.md 6)
             Conns = proplists:get_value(active, supervisor:count_children(ConnSup), 0)
-                + length(fabric_peer_registry:relays(Ref)),
+                + fabric_peer_registry:relays(Ref),
             case fabric_peer_admission:admit(Ctx, Ip, Conns) of
                 ok -> start(Ctx, ConnSup, T, Sock, Ip);
                 refuse -> fabric_peer_transport:close(T, Sock)

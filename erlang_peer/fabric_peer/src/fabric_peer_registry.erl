@@ -10,7 +10,8 @@
 %% <li>`{Ref, {session, Sid}}': the server-side connection that owns session `Sid';</li>
 %% <li>`{Ref, {detached, Pid}}': a detached server session, with the time it detached;</li>
 %% <li>`{Ref, {relay, Pid}}': a relay a clustered server carries for a session of another
-%%   server (`fabric_peer_cluster_relay'), counted with its connections.</li>
+%%   server (`fabric_peer_cluster_relay'), counted with its connections, and `{Ref, relays}':
+%%   how many.</li>
 %% </ul>
 %% `fabric_peer_proxies' maps each proxy pid to its connection pid, so that
 %% `fabric_peer:send/2' can report errors synchronously and `is_proxy/1' answers at once.
@@ -128,19 +129,27 @@ unkeep_detached(Ref, Pid) ->
 
 %%% relays
 
-%% @doc Record relay `Pid' of a server.
+%% @doc Record relay `Pid' of a server (counted in `{Ref, relays}', read at every accept).
 -spec add_relay(reference(), pid()) -> ok.
-add_relay(Ref, Pid) -> insert({Ref, {relay, Pid}}, true).
+add_relay(Ref, Pid) ->
+    _ = ets:insert_new(?REG, {{Ref, {relay, Pid}}, true}) andalso
+        ets:update_counter(?REG, {Ref, relays}, 1, {{Ref, relays}, 0}),
+    ok.
 
 %% @doc Forget relay `Pid' of a server (it ended).
 -spec remove_relay(reference(), pid()) -> ok.
 remove_relay(Ref, Pid) ->
-    true = ets:delete(?REG, {Ref, {relay, Pid}}),
+    _ = ets:take(?REG, {Ref, {relay, Pid}}) =/= [] andalso
+        ets:update_counter(?REG, {Ref, relays}, -1, {{Ref, relays}, 1}),
     ok.
 
-%% @doc The relays of a server.
--spec relays(reference()) -> [pid()].
-relays(Ref) -> [P || [P] <- ets:match(?REG, {{Ref, {relay, '$1'}}, '_'})].
+%% @doc How many relays a server carries.
+-spec relays(reference()) -> non_neg_integer().
+relays(Ref) ->
+    case lookup({Ref, relays}) of
+        undefined -> 0;
+        N -> N
+    end.
 
 %%% proxies
 
