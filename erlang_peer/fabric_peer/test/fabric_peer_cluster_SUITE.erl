@@ -515,7 +515,7 @@ confirm_held_at_b(Config, C1) ->
     Stuck = fabric_peer_test_lib:unique_name("stuck"),
     StuckPid = spawn(fun() -> receive stop -> ok end end),
     true = register(Stuck, StuckPid),
-    {C3, N3} = client(Config, b, "c3_", [Stuck], #{credit_dest => 1, mailbox_high => 1,
+    {_C3, N3} = client(Config, b, "c3_", [Stuck], #{credit_dest => 1, mailbox_high => 1,
                                                     reconnect => false}),
     true = sees(C1, [N3]),
     [ok = fabric_peer:send({C1, {Stuck, N3}}, {held, I}) || I <- lists:seq(1, 20)],
