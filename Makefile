@@ -100,9 +100,9 @@ demo: setup peer
 	$(PY) -m pyfabric.demo
 
 # `make demo-cluster`: three -sname erl nodes on 127.0.0.1 (a generated cookie, a private
-# epmd), one clustered erlang_peer server each; examples/cluster_demo.py (docs/cluster.md).
+# epmd), one clustered erlang_peer server each; demos/cluster_demo.py (docs/cluster.md).
 demo-cluster: setup peer
-	$(PY) examples/cluster_demo.py
+	$(PY) demos/cluster_demo.py
 
 bench-codec: setup
 	$(PY) bench/codec_bench.py

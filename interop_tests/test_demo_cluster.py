@@ -17,7 +17,7 @@ def test_demo_cluster_routes_reaches_a_global_name_and_fails_over() -> None:
     stopped (noconnection, nodedown), the erlang_peer client back through C, nothing left running."""
     require_erl()
     proc = subprocess.run(
-        [sys.executable, "examples/cluster_demo.py"], capture_output=True, text=True, timeout=180, cwd=ROOT
+        [sys.executable, "demos/cluster_demo.py"], capture_output=True, text=True, timeout=180, cwd=ROOT
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout

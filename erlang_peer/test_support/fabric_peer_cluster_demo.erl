@@ -1,4 +1,4 @@
-%% @doc The Erlang side of `make demo-cluster' (examples/cluster_demo.py, docs/cluster.md):
+%% @doc The Erlang side of `make demo-cluster' (demos/cluster_demo.py, docs/cluster.md):
 %% one clustered erlang_peer server per distributed node, and on one of them an erlang_peer
 %% client of another server.
 %%
