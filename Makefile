@@ -87,7 +87,7 @@ interop: setup peer
 fuzz: setup peer
 	FUZZ_SECONDS=$(FUZZ_LONG_SECONDS) PYFABRIC_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) \
 	  $(PYTEST) tests interop_tests -k fuzz -o timeout=0 -q
-	cd erlang_peer && FUZZ_SECONDS=$(FUZZ_LONG_SECONDS) rebar3 ct --suite=fabric_peer_acks_SUITE \
+	cd erlang_peer && FUZZ_SECONDS=$(FUZZ_LONG_SECONDS) rebar3 ct --suite=fabric_peer/test/fabric_peer_acks_SUITE \
 	  --case=chaos_both_directions_exactly_once_in_order
 
 test: setup
