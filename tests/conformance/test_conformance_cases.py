@@ -31,7 +31,7 @@ from pyfabric.etf import Atom, decode
 
 HANDSHAKES = load_cases("handshake")
 EXCHANGES = load_cases("exchange")
-FLOWS = load_cases("flow")  # exchanges with acks / credit (credit.cases; the Erlang runner reads them later)
+FLOWS = load_cases("flow")  # exchanges with acks / credit (credit.cases; the Erlang runner plays them too: fabric_peer_conformance_flow)
 DRIFTS = load_cases("drift")
 HANDSHAKE_FRAMES = load_cases("handshake_frames")
 ROUTE = load_cases("route_exchange")
