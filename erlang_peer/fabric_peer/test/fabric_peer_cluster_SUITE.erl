@@ -9,6 +9,7 @@
 -module(fabric_peer_cluster_SUITE).
 -include_lib("common_test/include/ct.hrl").
 -include_lib("stdlib/include/assert.hrl").
+-import(fabric_peer_test_lib, [node_name/1, echo/1, close/1]).
 -compile([export_all, nowarn_export_all]).
 
 -define(T, 5000).
@@ -100,9 +101,6 @@ server(Config, L) ->
 
 %%% clients (on this node) and their processes
 
-node_name(Prefix) ->
-    list_to_atom(Prefix ++ integer_to_list(erlang:unique_integer([positive])) ++ "@127.0.0.1").
-
 client(Config, L, Prefix, Allowed) -> client(Config, L, Prefix, Allowed, #{}).
 client(Config, L, Prefix, Allowed, Extra) ->
     {_, _, Port} = server(Config, L),
@@ -110,26 +108,6 @@ client(Config, L, Prefix, Allowed, Extra) ->
     {ok, C} = fabric_peer:connect("127.0.0.1", Port, "secret",
                                   Extra#{node => Node, allowed => Allowed}),
     {C, Node}.
-
-%% An echo service under a fresh name: `{From, X}' -> `From ! {echo, self(), X}', and it
-%% reports to the test process what it received.
-echo(Prefix) ->
-    Test = self(),
-    Name = fabric_peer_test_lib:unique_name(Prefix),
-    Pid = spawn(fun() -> echo_loop(Test, Name) end),
-    true = register(Name, Pid),
-    {Name, Pid}.
-
-echo_loop(Test, Name) ->
-    receive
-        {From, X} when is_pid(From) ->
-            Test ! {got, Name, From, X},
-            From ! {echo, self(), X},
-            echo_loop(Test, Name);
-        stop -> ok
-    end.
-
-close(Cs) -> [fabric_peer:close(C) || C <- Cs], ok.
 
 %% Client `C' sees these client nodes (the directory is eventually consistent: a client of
 %% another server is visible a moment after its connection).

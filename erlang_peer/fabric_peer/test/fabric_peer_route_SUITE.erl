@@ -5,6 +5,7 @@
 -module(fabric_peer_route_SUITE).
 -include_lib("common_test/include/ct.hrl").
 -include_lib("stdlib/include/assert.hrl").
+-import(fabric_peer_test_lib, [node_name/1, echo/1, close/1]).
 -compile([export_all, nowarn_export_all]).
 
 -define(T, 5000).
@@ -37,9 +38,6 @@ end_per_testcase(_, Config) ->
 
 %%% helpers
 
-node_name(Prefix) ->
-    list_to_atom(Prefix ++ integer_to_list(erlang:unique_integer([positive])) ++ "@127.0.0.1").
-
 %% A client with a fresh node name that allows `Allowed'.
 client(Config, Prefix, Allowed) -> client(Config, Prefix, Allowed, #{}).
 client(Config, Prefix, Allowed, Extra) ->
@@ -47,25 +45,6 @@ client(Config, Prefix, Allowed, Extra) ->
     {ok, C} = fabric_peer:connect("127.0.0.1", ?config(port, Config), "secret",
                                   Extra#{node => Node, allowed => Allowed}),
     {C, Node}.
-
-%% An echo service under a fresh name: `{From, X}' -> `From ! {echo, self(), X}', and it
-%% reports to the test process what it received.
-echo(Prefix) ->
-    Test = self(),
-    Name = fabric_peer_test_lib:unique_name(Prefix),
-    Pid = spawn(fun Loop() ->
-                        receive
-                            {From, X} when is_pid(From) ->
-                                Test ! {got, Name, From, X},
-                                From ! {echo, self(), X},
-                                Loop();
-                            stop -> ok
-                        end
-                end),
-    true = register(Name, Pid),
-    {Name, Pid}.
-
-close(Cs) -> [fabric_peer:close(C) || C <- Cs], ok.
 
 %%% cases
 

@@ -153,6 +153,30 @@ zero() -> 0.
 unique_name(Prefix) ->
     list_to_atom(Prefix ++ "_" ++ integer_to_list(erlang:unique_integer([positive]))).
 
+%% A fresh client node name (`route', docs/protocol.md 16.1).
+node_name(Prefix) ->
+    list_to_atom(Prefix ++ integer_to_list(erlang:unique_integer([positive])) ++ "@127.0.0.1").
+
+%% An echo service under a fresh name: `{From, X}' -> `From ! {echo, self(), X}', and it
+%% reports to the test process what it received (`{got, Name, From, X}'); `stop' ends it.
+echo(Prefix) ->
+    Test = self(),
+    Name = unique_name(Prefix),
+    Pid = spawn(fun() -> echo_loop(Test, Name) end),
+    true = register(Name, Pid),
+    {Name, Pid}.
+
+echo_loop(Test, Name) ->
+    receive
+        {From, X} when is_pid(From) ->
+            Test ! {got, Name, From, X},
+            From ! {echo, self(), X},
+            echo_loop(Test, Name);
+        stop -> ok
+    end.
+
+close(Cs) -> [fabric_peer:close(C) || C <- Cs], ok.
+
 %% Register a fresh process under a fresh name and allow it on the server.
 remote(Server, Prefix, Fun) ->
     Name = unique_name(Prefix),
