@@ -407,21 +407,7 @@ class Client(LocalProcesses, RouteClientMixin, GlobalClientMixin):
         """
         if node is not None and to_node(node) == self._node.name:
             return self._node.whereis(name)
-        if self._state != ConnectionState.CONNECTED:
-            if self._state == ConnectionState.CLOSED:
-                raise NotConnected(f"whereis({str(name)!r}): the client of {self.host}:{self.port} is closed")
-            if self.options.when_disconnected == "error":
-                raise NotConnected(
-                    f"whereis({str(name)!r}): not connected to {self.host}:{self.port} (reconnecting); "
-                    "retry later, or pass when_disconnected='wait' to wait for the reconnection"
-                )
-            try:
-                await self.wait_connected(self._connect_timeout)
-            except TimeoutError:
-                raise NotConnected(
-                    f"whereis({str(name)!r}): still not connected to {self.host}:{self.port} after "
-                    f"{self._connect_timeout} s (connect_timeout); retry later or await wait_connected()"
-                ) from None
+        await self._ready(f"whereis({str(name)!r})")
         if node is not None and to_node(node) == self.peer_node:
             node = None  # the server's own name
         return await self._link.whereis(name, self._whereis_timeout if timeout is None else timeout, node=node)

@@ -117,7 +117,9 @@ class GlobalClientMixin:
     wait_connected: Callable[[float | None], Awaitable[None]]
 
     async def _ready(self, what: str) -> None:
-        """Connected, or wait for it as :meth:`~._client.Client.whereis` does."""
+        """Connected, or wait for it (``whereis``, ``register_global``, ``unregister_global``):
+        :class:`NotConnected` at once when closed or with ``when_disconnected="error"``, else
+        once ``connect_timeout`` seconds pass without a reconnection."""
         if self._state == "connected":
             return
         if self._state == "closed":
@@ -130,7 +132,10 @@ class GlobalClientMixin:
         try:
             await self.wait_connected(self._connect_timeout)
         except TimeoutError:
-            raise NotConnected(f"{what}: still not connected to {self.host}:{self.port} after {self._connect_timeout} s") from None
+            raise NotConnected(
+                f"{what}: still not connected to {self.host}:{self.port} after "
+                f"{self._connect_timeout} s (connect_timeout); retry later or await wait_connected()"
+            ) from None
 
     async def register_global(self, name: Atom | str, pid: Pid, *, timeout: float | None = None) -> None:
         """Register local process ``pid`` in Erlang's ``global`` as ``name``, through the
