@@ -184,7 +184,9 @@ port({tls, _}, S) ->
 %% by a client that has no certificate, is that case.
 -spec explain(transport(), connecting | atom(), term()) -> term().
 explain({tls, _}, _, {tls_alert, {certificate_required, _}}) -> no_certificate();
-explain({tls, Opts}, await_challenge, Why) when Why =:= closed; Why =:= econnreset ->
+%% `einval': what inet:setopts says of a socket the peer has already closed, which the TLS
+%% layer can meet first under load; it means the same as `closed' here.
+explain({tls, Opts}, await_challenge, Why) when Why =:= closed; Why =:= econnreset; Why =:= einval ->
     case lists:any(fun(K) -> proplists:is_defined(K, Opts) end, [certfile, cert, certs_keys]) of
         false -> no_certificate();
         true -> {tls, <<"the server closed the connection right after the TLS handshake: it "
@@ -192,7 +194,7 @@ explain({tls, Opts}, await_challenge, Why) when Why =:= closed; Why =:= econnres
     end;
 explain({tls, _}, _, {tls_alert, {Alert, Desc}}) ->
     {tls, iolist_to_binary(io_lib:format("TLS alert ~s: ~ts", [Alert, Desc]))};
-explain({tls, _}, connecting, Why) when Why =:= closed; Why =:= econnreset ->
+explain({tls, _}, connecting, Why) when Why =:= closed; Why =:= econnreset; Why =:= einval ->
     {tls, <<"the server closed the connection during the TLS handshake: it does not speak TLS "
             "(connect without the tls option)">>};
 explain(_, _, Why) -> Why.
