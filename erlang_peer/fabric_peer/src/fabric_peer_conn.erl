@@ -88,6 +88,7 @@ new_data(Role, #{ref := Ref} = O) ->
     Shared = #{token => Token, counters => counters:new(2, [write_concurrency]),
                send_timeout => maps:get(send_timeout, O),
                max_pending => maps:get(max_pending_messages, O)},
+    ok = fabric_peer_registry:add_shared(self(), Shared),
     #d{role = Role, o = O, ref = Ref, t = transport(O), token = Token, shared = Shared,
        p = fabric_peer_protocol:new(O, env(Ref, Shared, O))}.
 
@@ -151,6 +152,8 @@ handle_common(internal, parse, State, #d{o = O, buf = Buf} = D) ->
         {ok, Frame, Rest} ->
             {keep_state, D#d{buf = Rest},
              [{next_event, internal, {frame, Frame}}, {next_event, internal, parse}]};
+        more when State =:= established ->
+            {keep_state, arm(D)};
         more ->
             ok = activate(D),
             keep_state_and_data;
@@ -166,6 +169,15 @@ handle_common(internal, {frame, Bin}, established, D) ->
         Stop -> Stop
     end;
 
+handle_common(info, {tcp_passive, S}, State, #d{sock = S} = D) ->
+    %% {active, N} ran out (fabric_peer_transport:arm/2): read on while established
+    D1 = D#d{armed = false},
+    case State of
+        established -> {keep_state, arm(D1)};
+        _ -> {keep_state, D1}
+    end;
+handle_common(info, {tcp_passive, _OldSock}, _, _) ->
+    keep_state_and_data;
 handle_common(info, {Tag, S}, State, #d{sock = S} = D) when Tag =:= tcp_closed; Tag =:= ssl_closed ->
     (role_module(D)):socket_gone(State, closed, D);
 handle_common(info, {Tag, S, Why}, State, #d{sock = S} = D) when Tag =:= tcp_error; Tag =:= ssl_error ->
@@ -189,7 +201,8 @@ handle_common({timeout, heartbeat}, tick, _, _) -> keep_state_and_data;
 handle_common(info, {fabric_proxy_msg, Proxy, Msg}, _, #d{p = P} = D) ->
     {keep_state, apply_result(proxy_batch(Proxy, Msg, P, ?PROXY_BATCH, []), D)};
 handle_common(info, {fabric_proxy_send, Proxy, From, Msg, Deadline}, _, #d{p = P} = D) ->
-    {keep_state, apply_result(fabric_peer_protocol:proxy_send(Proxy, From, Msg, Deadline, P), D)};
+    {Acts, P1} = fabric_peer_protocol:proxy_send(Proxy, From, Msg, Deadline, P),
+    {keep_state, apply_result({reply_first(Acts), P1}, D)};
 handle_common(info, {fabric_proxy_dropped, Proxy, Msg}, _, #d{p = P} = D) ->
     {keep_state, apply_result(fabric_peer_protocol:proxy_dropped(Proxy, Msg, P), D)};
 handle_common(info, {fabric_proxy_unsent, Proxy, Msgs}, _, #d{p = P} = D) ->
@@ -277,8 +290,7 @@ frames(#d{o = O, buf = Buf} = D) ->
                 Stop -> Stop
             end;
         more ->
-            ok = activate(D),
-            {keep_state, D};
+            {keep_state, arm(D)};
         {error, {frame_too_large, Len}} ->
             too_large(established, Len, D)
     end.
@@ -309,6 +321,12 @@ next_proxy_msg() ->
     receive {fabric_proxy_msg, Proxy, Msg} -> {Proxy, Msg}
     after 0 -> none
     end.
+
+%% A `send/2' through a proxy written at once: its result does not depend on the write (a
+%% frame not written is kept, or dropped as the message would be), so the caller is
+%% answered first and prepares its next message while this process writes (issue 15).
+reply_first([{send, _, _} = A, {reply, _, _} = R]) -> [R, A];
+reply_first(Acts) -> Acts.
 
 apply_result({Acts, P}, D) ->
     {_, D1} = run(Acts, D#d{p = P}),
@@ -363,6 +381,7 @@ terminate(#d{p = P, shared = #{counters := Ctr}} = D) ->
     %% what still waited in the proxies (told to end just now) is reported too (11.7)
     fabric_peer_report:proxies_unsent(Ctr, fabric_peer_protocol:end_reason(P), D1),
     [gen_statem:reply(W, {error, closed}) || W <- D1#d.waiters],
+    ok = fabric_peer_registry:remove_shared(self()),
     drop_socket(D1#d{waiters = []}).
 
 %% A length header over the limit: the stream cannot be resynchronised, so close
@@ -385,14 +404,15 @@ run(Acts, D) ->
     %% proxies whose messages were carried out may forward more; the proxies see how many
     %% messages wait here (12.6)
     case fabric_peer_protocol:allowances(P) of
-        {[], N, _} -> pending(N, D1), {R, D1};
+        {[], N, _} -> {R, pending(N, D1)};
         {Allow, N, P1} ->
             {_, D2} = run(Allow, [], {ok, D1#d{p = P1}}),
-            pending(N, D2),
-            {R, D2}
+            {R, pending(N, D2)}
     end.
 
-pending(N, #d{shared = #{counters := Ctr}}) -> counters:put(Ctr, 2, N).
+%% (written only when it changed: the proxies read it, the connection alone writes it)
+pending(N, #d{pending = N} = D) -> D;
+pending(N, #d{shared = #{counters := Ctr}} = D) -> counters:put(Ctr, 2, N), D#d{pending = N}.
 
 run([{send, Kind, Bin} | T], Batch, Acc) -> run(T, [{Kind, Bin} | Batch], Acc);
 run([A | T], Batch, Acc) -> run(T, [], run1(A, write_batch(Batch, Acc)));
@@ -439,7 +459,7 @@ run1({monitor_export, Pid, Id}, {R, #d{p = P} = D}) ->
     {R, D#d{p = fabric_peer_protocol:watch_export(Ref, Id, P)}};
 run1({monitor_proxy, Pid, Id}, {R, #d{p = P} = D}) ->
     Ref = erlang:monitor(process, Pid),
-    ok = fabric_peer_registry:add_proxy(Pid, self(), D#d.shared),
+    ok = fabric_peer_registry:add_proxy(Pid, self()),
     {R, D#d{p = fabric_peer_protocol:watch_proxy(Ref, Id, P)}};
 run1({forget_proxy, Pid}, Acc) ->
     ok = fabric_peer_registry:remove_proxy(Pid),
@@ -507,7 +527,7 @@ drop_socket(#d{sock = undefined} = D) -> D;
 drop_socket(#d{t = T, sock = S} = D) ->
     fabric_peer_transport:close(T, S),
     %% a partial frame of the old socket is no frame of the next one
-    D#d{sock = undefined, buf = <<>>}.
+    D#d{sock = undefined, buf = <<>>, armed = false}.
 
 %% @doc Ask for the next bytes of the socket (a failure arrives as `fabric_send_failed').
 -spec activate(data()) -> ok.
@@ -515,6 +535,16 @@ activate(#d{t = T, sock = S}) ->
     case fabric_peer_transport:activate(T, S) of
         ok -> ok;
         {error, Why} -> self() ! {fabric_send_failed, S, Why}, ok
+    end.
+
+%% Established: keep reading. A TCP socket stays active for several reads
+%% (fabric_peer_transport:arm/2) and says when it stops (`tcp_passive'); the other
+%% transports are asked for each read.
+arm(#d{armed = true} = D) -> D;
+arm(#d{t = T, sock = S} = D) ->
+    case fabric_peer_transport:arm(T, S) of
+        {ok, Armed} -> D#d{armed = Armed};
+        {error, Why} -> self() ! {fabric_send_failed, S, Why}, D
     end.
 
 %% @doc Count a handshake frame received.

@@ -25,5 +25,9 @@
           target :: {term(), inet:port_number()} | undefined,
           ever_connected = false :: boolean(),
           last_in = 0 :: integer(),
-          last_out = 0 :: integer()
+          last_out = 0 :: integer(),
+          %% the socket reads on by itself ({active, N}: fabric_peer_transport:arm/2)
+          armed = false :: boolean(),
+          %% what slot 2 of the shared counters says (written when it changes)
+          pending = 0 :: non_neg_integer()
          }).

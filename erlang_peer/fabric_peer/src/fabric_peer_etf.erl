@@ -263,10 +263,26 @@ node_atom(Kind, B, F) ->
 
 note(_, Text, _) when byte_size(Text) > ?MAX_ATOM_BYTES -> throw({bad, atom_too_long});
 note(Enc, Text, F) ->
-    case is_map_key({Enc, Text}, F) orelse exists(Text, Enc) of
+    case common(Text) =/= [] orelse is_map_key({Enc, Text}, F) orelse exists(Text, Enc) of
         true -> F;
         false -> F#{{Enc, Text} => true}
     end.
+
+%% The atoms of every frame and payload (named here, so they exist): no lookup for them
+%% (ASCII: the same text in either encoding; issue 15).
+common(<<"m">>) -> m;
+common(<<"t">>) -> t;
+common(<<"pr">>) -> pr;
+common(<<"pl">>) -> pl;
+common(<<"r">>) -> r;
+common(<<"mc">>) -> mc;
+common(<<"ack">>) -> ack;
+common(<<"credit">>) -> credit;
+common(<<"true">>) -> true;
+common(<<"false">>) -> false;
+common(<<"ok">>) -> ok;
+common(<<"undefined">>) -> undefined;
+common(_) -> [].
 
 exists(Text, Enc) ->
     try _ = binary_to_existing_atom(Text, Enc), true

@@ -19,7 +19,7 @@
 -include("fabric_peer_protocol.hrl").
 
 -export([admit/2, drain/1, expire/2, end_pending/2, dropped/3, overflow_ended/1, flushed/1,
-         returned/2, take_allowances/1, item/3]).
+         returned/2, take_allowances/1, proxy_gone/2, item/3]).
 
 -import(fabric_peer_payload, [act/2]).
 
@@ -28,6 +28,13 @@
 %% overflow that lasts: a destination that stays stuck).
 -define(OVERFLOW_BATCH, 1000).
 -define(OVERFLOW_REPORT_MS, 100).
+
+%% Allowance goes back to a proxy in batches of this many messages carried out: one
+%% control message per batch instead of one per message (issue 15). It must stay below
+%% the proxy's allowance (fabric_peer_proxy, 512): what is held back here is then always
+%% less than what the proxy was given, so a proxy never waits for allowance held here
+%% (everything it forwarded is, once carried out, either held here or given back).
+-define(RETURN_EVERY, 128).
 
 %% @doc Carry out `Cmd' now (`{now, Result, P}'), or keep it waiting (`queued'), or refuse
 %% it (`{error, overflow}': a blocking send beyond `max_pending_messages').
@@ -152,19 +159,31 @@ overflow_ended(#p{overflow = N, overflow_batch = B} = P) ->
 -spec item(term(), term(), unconfirmed | unsent) -> map().
 item(Dest, Msg, State) -> #{dest => Dest, msg => Msg, confirmed => false, state => State}.
 
-%% @doc A proxy's message was carried out (or refused): the proxy may forward one more.
+%% @doc A proxy's message was carried out (or refused): the proxy may forward one more,
+%% given back with the next ?RETURN_EVERY.
 -spec returned(tuple(), #p{}) -> #p{}.
-returned({K, Proxy, _, _}, #p{allow = A} = P) when K =:= psend ->
-    P#p{allow = A#{Proxy => maps:get(Proxy, A, 0) + 1}};
-returned({proxy, Proxy, _}, #p{allow = A} = P) ->
-    P#p{allow = A#{Proxy => maps:get(Proxy, A, 0) + 1}};
+returned({psend, Proxy, _, _}, P) -> return_one(Proxy, P);
+returned({proxy, Proxy, _}, P) -> return_one(Proxy, P);
 returned(_, P) -> P.
+
+return_one(Proxy, #p{allow = A} = P) ->
+    case A of
+        #{Proxy := N} when N + 1 >= ?RETURN_EVERY ->
+            P#p{allow = maps:remove(Proxy, A), allow_due = [{Proxy, N + 1} | P#p.allow_due]};
+        #{Proxy := N} -> P#p{allow = A#{Proxy := N + 1}};
+        _ -> P#p{allow = A#{Proxy => 1}}
+    end.
 
 %% @doc The allowance to give back to proxies, as control actions.
 -spec take_allowances(#p{}) -> {[{control, pid(), {allow, pos_integer()}}], #p{}}.
-take_allowances(#p{allow = A} = P) when map_size(A) =:= 0 -> {[], P};
-take_allowances(#p{allow = A} = P) ->
-    {[{control, Proxy, {allow, N}} || {Proxy, N} <- maps:to_list(A)], P#p{allow = #{}}}.
+take_allowances(#p{allow_due = []} = P) -> {[], P};
+take_allowances(#p{allow_due = Due} = P) ->
+    {[{control, Proxy, {allow, N}} || {Proxy, N} <- lists:reverse(Due)], P#p{allow_due = []}}.
+
+%% @doc A proxy ended: the allowance held back for it is forgotten.
+-spec proxy_gone(pid(), #p{}) -> #p{}.
+proxy_gone(Proxy, #p{allow = A} = P) when is_map_key(Proxy, A) -> P#p{allow = maps:remove(Proxy, A)};
+proxy_gone(_, P) -> P.
 
 %% @doc Carry out the waiting commands that can go now, oldest first per destination;
 %% everything stops while the outbox is full.

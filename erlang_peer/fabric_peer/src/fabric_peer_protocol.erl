@@ -96,8 +96,7 @@ new(O, Env) ->
     #p{o = O, env = Env, peer_max = maps:get(max_frame, O), s = fabric_peer_session:new(),
        window = fabric_peer_frame:new_window(maps:get(max_errors, O), maps:get(error_window, O)),
        atoms_left = maps:get(max_new_atoms, O),
-       stats = #{frames_in => 0, frames_out => 0, errors => 0, connects => 0, new_atoms => 0,
-                 local_errors => 0, messages_in => 0, messages_out => 0}}.
+       stats = #{errors => 0, connects => 0, new_atoms => 0, local_errors => 0}}.
 
 %% @doc The handshake completed with `Params' (`mode', `features', `peer_max'; with
 %% `acks' and `Resumed' also `peer_received'; a refused resume may give `resume_refused').
@@ -221,6 +220,11 @@ count(Key, P) -> count(Key, 1, P).
 
 %% @doc Add `N' to counter `Key' of `info/1'.
 -spec count(atom(), pos_integer(), proto()) -> proto().
+%% the counters of every frame and message are fields (cheaper than the map, issue 15)
+count(frames_in, N, #p{frames_in = V} = P) -> P#p{frames_in = V + N};
+count(frames_out, N, #p{frames_out = V} = P) -> P#p{frames_out = V + N};
+count(messages_in, N, #p{messages_in = V} = P) -> P#p{messages_in = V + N};
+count(messages_out, N, #p{messages_out = V} = P) -> P#p{messages_out = V + N};
 count(Key, N, #p{stats = St} = P) ->
     case St of
         #{Key := V} -> P#p{stats = St#{Key := V + N}};
@@ -385,7 +389,7 @@ frame_error(Code, Why, P) ->
     ?LOG_WARNING(#{what => frame_dropped, peer => P#p.peer, code => Code, reason => detail(Why)},
                  ?FABRIC_LOG),
     P1 = error_frame(Code, Why, count(errors, P)),
-    N = maps:get(frames_in, P1#p.stats),
+    N = P1#p.frames_in,
     case fabric_peer_frame:note_error(N, P1#p.window) of
         {ok, W} -> {ok, P1#p{window = W}};
         {close, W} ->
@@ -435,10 +439,11 @@ proxy_exit(Proxy, From, Reason, P) -> done(fabric_peer_commands:proxy_exit(Proxy
 
 %% @doc A monitor fired: an exported process ended (its DEAD is written) or a proxy did.
 -spec down(reference(), pid(), term(), proto()) -> result().
-down(Ref, Pid, Reason, #p{s = S} = P) ->
+down(Ref, Pid, Reason, #p{s = S} = P0) ->
     case fabric_peer_session:export_down(Ref, Pid, Reason, S) of
-        {dead, Dead, S1} -> done(emit(ctrl, Dead, P#p{s = S1}));
+        {dead, Dead, S1} -> done(emit(ctrl, Dead, P0#p{s = S1}));
         error ->
+            P = fabric_peer_issue:proxy_gone(Pid, P0),
             case fabric_peer_session:proxy_down(Ref, Pid, S) of
                 {killed_live, Id, S1} ->
                     %% not ended by a DEAD: killed locally (exit(Proxy, kill))
@@ -536,7 +541,10 @@ connected(#p{connected = C}) -> C.
 %% @doc The protocol's part of `fabric_peer:info/1'.
 -spec info(proto()) -> map().
 info(#p{stats = St, s = S, mode = Mode, feats = F, atoms_left = A} = P) ->
-    (maps:merge(maps:merge(St, fabric_peer_acks:info(P)), fabric_peer_flowctl:info(P)))#{mode => case Mode of undefined -> none; M -> M end,
+    (maps:merge(maps:merge(St, fabric_peer_acks:info(P)), fabric_peer_flowctl:info(P)))#{
+        mode => case Mode of undefined -> none; M -> M end,
+        frames_in => P#p.frames_in, frames_out => P#p.frames_out,
+        messages_in => P#p.messages_in, messages_out => P#p.messages_out,
         features => lists:sort(maps:keys(F)),
         proxies => fabric_peer_session:proxy_count(S),
         exported => fabric_peer_session:export_count(S),

@@ -17,6 +17,11 @@
           window :: fabric_peer_frame:window(),
           atoms_left :: non_neg_integer(),
           stats :: map(),
+          %% the counters of `info/1' that change with every frame (the others: `stats')
+          frames_in = 0 :: non_neg_integer(),
+          frames_out = 0 :: non_neg_integer(),
+          messages_in = 0 :: non_neg_integer(),
+          messages_out = 0 :: non_neg_integer(),
           next_req = 1 :: pos_integer(),
           whereis_waiting = #{} :: #{pos_integer() => gen_statem:from()},
           %% route (fabric_peer_route): requests in flight, a client's node set and monitors
@@ -34,11 +39,14 @@
           acts = [] :: [fabric_peer_protocol:action()],              % newest first
           %% acks: user commands waiting for outbox room or credit (fabric_peer_pending),
           %% messages of `!' dropped in the current overflow (and the batch not reported
-          %% yet), allowance to give back to proxies (messages of theirs carried out)
+          %% yet), allowance to give back to proxies (messages of theirs carried out, given
+          %% back in batches)
           pq = fabric_peer_pending:new() :: fabric_peer_pending:pending(),
           overflow = 0 :: non_neg_integer(),
           overflow_batch = [] :: [map()],
           allow = #{} :: #{pid() => pos_integer()},
+          %% allowance due back (a batch complete, fabric_peer_issue:returned/2)
+          allow_due = [] :: [{pid(), pos_integer()}],
           %% credit: the local pid the frame being handled was delivered to, or the
           %% connection of another client it was routed to (with its wire destination)
           delivered = none :: fabric_peer_credit:owner() | none,

@@ -14,7 +14,8 @@
 %%   how many.</li>
 %% </ul>
 %% `fabric_peer_proxies' maps each proxy pid to its connection pid, so that
-%% `fabric_peer:send/2' can report errors synchronously and `is_proxy/1' answers at once.
+%% `fabric_peer:send/2' can report errors synchronously and `is_proxy/1' answers at once;
+%% `{shared, Conn}' there holds what connection `Conn' shares with its proxies.
 %%
 %% Both tables are created by `fabric_peer_sup' (a long-lived process, so they survive any
 %% worker crash) and are public, because connections register their proxies and sessions
@@ -30,7 +31,7 @@
          session_owner/2, register_session/3, unregister_session/3,
          keep_detached/3, unkeep_detached/2,
          add_relay/2, remove_relay/2, relays/1,
-         add_proxy/3, remove_proxy/1, proxy_conn/1, proxy_entry/1, is_proxy/1]).
+         add_shared/2, remove_shared/1, add_proxy/2, remove_proxy/1, proxy_conn/1, proxy_entry/1, is_proxy/1]).
 
 -define(REG, fabric_peer_registry).
 -define(PROXIES, fabric_peer_proxies).
@@ -153,10 +154,24 @@ relays(Ref) ->
 
 %%% proxies
 
+%% @doc Record what connection `Conn' shares with its proxies (`token', `counters',
+%% `send_timeout', `max_pending'): once per connection, not in every proxy's entry (issue
+%% 15: 248 bytes per proxy). Keyed `{shared, Conn}', which no proxy pid is.
+-spec add_shared(pid(), map()) -> ok.
+add_shared(Conn, Shared) ->
+    true = ets:insert(?PROXIES, {{shared, Conn}, Shared}),
+    ok.
+
+%% @doc Forget what `Conn' shared (it ends).
+-spec remove_shared(pid()) -> ok.
+remove_shared(Conn) ->
+    true = ets:delete(?PROXIES, {shared, Conn}),
+    ok.
+
 %% @doc Record proxy `Proxy' of connection `Conn'.
--spec add_proxy(pid(), pid(), map()) -> ok.
-add_proxy(Proxy, Conn, Shared) ->
-    true = ets:insert(?PROXIES, {Proxy, Conn, Shared}),
+-spec add_proxy(pid(), pid()) -> ok.
+add_proxy(Proxy, Conn) ->
+    true = ets:insert(?PROXIES, {Proxy, Conn}),
     ok.
 
 -spec remove_proxy(pid()) -> ok.
@@ -168,16 +183,19 @@ remove_proxy(Proxy) ->
 -spec proxy_conn(pid()) -> pid() | undefined.
 proxy_conn(Pid) ->
     case ets:lookup(?PROXIES, Pid) of
-        [{_, Conn, _}] -> Conn;
+        [{_, Conn}] -> Conn;
         [] -> undefined
     end.
 
-%% @doc A proxy's connection and what it shares with its proxies (`token', `counters',
-%% `send_timeout', `max_pending').
+%% @doc A proxy's connection and what it shares with its proxies (`add_shared/2').
 -spec proxy_entry(pid()) -> {pid(), map()} | undefined.
 proxy_entry(Pid) ->
     case ets:lookup(?PROXIES, Pid) of
-        [{_, Conn, Shared}] -> {Conn, Shared};
+        [{_, Conn}] ->
+            case ets:lookup(?PROXIES, {shared, Conn}) of
+                [{_, Shared}] -> {Conn, Shared};
+                [] -> undefined
+            end;
         [] -> undefined
     end.
 

@@ -52,6 +52,16 @@ o({fabric_fun, Arity, Bin}, F, _, A, _)
     {{f, Arity, Bin}, A};
 o({fabric_port, Bin}, F, _, A, _) when is_binary(Bin), is_map_key(<<"ports">>, F) ->
     {{po, Bin}, A};
+%% pairs and triples (most messages) without a list in between (issue 15)
+o({X, Y}, F, P, A, D) ->
+    {X1, A1} = o(X, F, P, A, D + 1),
+    {Y1, A2} = o(Y, F, P, A1, D + 1),
+    {{t, {X1, Y1}}, A2};
+o({X, Y, Z}, F, P, A, D) ->
+    {X1, A1} = o(X, F, P, A, D + 1),
+    {Y1, A2} = o(Y, F, P, A1, D + 1),
+    {Z1, A3} = o(Z, F, P, A2, D + 1),
+    {{t, {X1, Y1, Z1}}, A3};
 o(T, F, P, A, D) when is_tuple(T) ->
     {Elems, A1} = o_elems(tuple_to_list(T), F, P, A, D + 1, []),
     {{t, list_to_tuple(Elems)}, A1};
@@ -151,6 +161,9 @@ i_tuple(T, I, F, R, A, D) ->
     E = element(I, T),
     case i(E, F, R, A, D) of
         {E, A1} -> i_tuple(T, I + 1, F, R, A1, D);
+        {E1, A1} when tuple_size(T) =< 8 ->
+            %% a small tuple is copied per changed element, a large one once
+            i_tuple(setelement(I, T, E1), I + 1, F, R, A1, D);
         {E1, A1} ->
             {Before, [_ | After]} = lists:split(I - 1, tuple_to_list(T)),
             {Elems, A2} = i_elems(After, F, R, A1, D, []),

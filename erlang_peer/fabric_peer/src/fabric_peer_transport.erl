@@ -1,12 +1,13 @@
 %% @doc The socket abstraction: one small module so TLS (`ssl') slots in next to plain TCP.
 %%
 %% A transport is `tcp' or `{tls, SslOpts}'. Sockets are binary, `nodelay', raw (no
-%% `{packet, 4}' in the runtime) and read with `{active, once}' (back-pressure). The
-%% connection process splits frames itself with `fabric_peer_frame:take/2', which checks
-%% every 4-byte length against the limit of the current state before buffering the body: with
-%% `{packet, 4}' and `packet_size' the runtime would close the socket on an over-size header,
-%% leaving no way to send the `frame_too_large' error frame the protocol asks for. `send/3'
-%% adds the 4-byte length.
+%% `{packet, 4}' in the runtime) and read with `{active, once}' during the handshake and
+%% `{active, N}' once established (`arm/2'): either way the socket stops reading while the
+%% connection is behind (back-pressure). The connection process splits frames itself with
+%% `fabric_peer_frame:take/2', which checks every 4-byte length against the limit of the
+%% current state before buffering the body: with `{packet, 4}' and `packet_size' the
+%% runtime would close the socket on an over-size header, leaving no way to send the
+%% `frame_too_large' error frame the protocol asks for. `send/3' adds the 4-byte length.
 %%
 %% A third transport, `{relay, Pid}' with a reference for a socket, is a session resumed
 %% through another server of a cluster (docs/cluster.md section 6): the socket lives at
@@ -17,7 +18,7 @@
 -include_lib("kernel/include/logger.hrl").
 -include("fabric_peer_log.hrl").
 
--export([listen/3, accept/2, handshake/3, connect/5, send/3, send_many/3, activate/2,
+-export([listen/3, accept/2, handshake/3, connect/5, send/3, send_many/3, activate/2, arm/2,
          controlling_process/3, close/2, peername/2, peer_ip/2, port/2, name/1,
          explain/3, write/3]).
 
@@ -37,6 +38,11 @@
 %% Size of the user-level receive buffer: each `{active, once}' message carries up to this
 %% many bytes, so a 64 MiB frame arrives in ~1000 messages rather than ~50000.
 -define(RECV_BUFFER, 65536).
+%% Reads delivered as messages before an established TCP socket asks again (`arm/2'): a
+%% `setopts' per ?ACTIVE_N reads instead of one per read (issue 15). Back-pressure stays:
+%% at most ?ACTIVE_N x ?RECV_BUFFER bytes wait in the connection's mailbox, then the socket
+%% is passive until the connection caught up, and the kernel's buffers push back on the peer.
+-define(ACTIVE_N, 8).
 
 base_opts(_Limit) ->
     [binary, {packet, raw}, {active, false}, {nodelay, true}, {buffer, ?RECV_BUFFER},
@@ -129,6 +135,22 @@ write(T, S, Frame) ->
                          ?FABRIC_LOG),
             E;
         Other -> Other
+    end.
+
+%% @doc Established: read on. A TCP socket is set `{active, ?ACTIVE_N}': up to that many
+%% reads arrive as messages without a call per read, then `{tcp_passive, S}' says it stopped
+%% (`{ok, true}': call again only after that message). The others read once
+%% (`{ok, false}': call again for the next read).
+-spec arm(transport(), socket()) -> {ok, boolean()} | {error, term()}.
+arm(tcp, S) ->
+    case inet:setopts(S, [{active, ?ACTIVE_N}]) of
+        ok -> {ok, true};
+        E -> E
+    end;
+arm(T, S) ->
+    case activate(T, S) of
+        ok -> {ok, false};
+        E -> E
     end.
 
 %% @doc Ask for the next frame as a message.

@@ -245,17 +245,30 @@ a_session_resumes_only_with_the_same_credit_agreement_test() ->
     ?assertMatch({ok, 0}, fabric_peer_protocol:resumable(?FEATS, 0, P0)),
     ?assertEqual(not_resumable, fabric_peer_protocol:resumable(?FEATS -- [<<"credit">>], 0, P0)).
 
+%% Allowance goes back in batches of 128 messages carried out (one control message per
+%% batch); a message waiting for credit is given back once it went.
 proxy_messages_give_allowance_back_as_they_go_test() ->
-    {_, P0} = credit({100, 1 bsl 20, 1}, #{}),
+    {_, P0} = credit({1000, 1 bsl 20, 1}, #{}),
     {ok, _, P1} = frame({m, ping, {pr, 7}}, P0),
     Proxy = fake(800007),
-    {_, P2} = fabric_peer_protocol:proxy_msg(Proxy, a, P1),
-    {_, P3} = fabric_peer_protocol:proxy_msg(Proxy, b, P2),          % waits for credit
-    {Allow, 1, P4} = fabric_peer_protocol:allowances(P3),
-    ?assertEqual([{control, Proxy, {allow, 1}}], Allow),
-    {ok, Acts, P5} = frame({credit, [{7, 1}], size_of({m, 7, a})}, P4),
+    Send = fun(Msgs, P) ->
+                   lists:foldl(fun(M, Acc) -> element(2, fabric_peer_protocol:proxy_msg(Proxy, M, Acc)) end,
+                               P, Msgs)
+           end,
+    P2 = Send([a, b], P1),                                           % b waits for credit
+    {[], 1, P3} = fabric_peer_protocol:allowances(P2),
+    {ok, Acts, P4} = frame({credit, [{7, 1}], size_of({m, 7, a})}, P3),
     ?assertEqual([{m, 7, b}], sent(Acts)),
-    ?assertMatch({[{control, Proxy, {allow, 1}}], 0, _}, fabric_peer_protocol:allowances(P5)).
+    {[], 0, P5} = fabric_peer_protocol:allowances(P4),
+    %% 125 more and a last one, each granted as it goes: the 128th carried out returns the batch
+    P6 = lists:foldl(fun(I, Acc) ->
+                             Acc1 = Send([I], Acc),
+                             {ok, _, Acc2} = frame({credit, [{7, 1}], size_of({m, 7, I})}, Acc1),
+                             Acc2
+                     end, P5, lists:seq(1, 125)),
+    {[], 1, P7} = fabric_peer_protocol:allowances(Send([last], P6)),
+    {ok, _, P8} = frame({credit, [{7, 1}], size_of({m, 7, last})}, P7),
+    ?assertMatch({[{control, Proxy, {allow, 128}}], 0, _}, fabric_peer_protocol:allowances(P8)).
 
 %%% routing (docs/protocol.md 16.8): credit crosses the server
 
