@@ -235,26 +235,16 @@ count(Key, N, #p{stats = St} = P) ->
 
 %% @doc One frame received in the established state. `close': too many errors.
 -spec frame(binary(), proto()) -> {ok | close, [action()], proto()}.
-frame(Bin, #p{o = O, atoms_left = Left} = P0) ->
+frame(Bin, P0) ->
     P = count(frames_in, P0),
-    Budget = min(Left, server_atoms_left(P)),
-    %% a raw pid, reference or port is never in a frame (4.1) but in a DEAD's reason: one of
-    %% an unknown node is refused before its node name becomes an atom; the node of a
-    %% `{Name, Node}' destination that is no atom here stays a binary (a client node of a
-    %% routing server)
-    case fabric_peer_etf:decode(Bin, #{atoms_left => Budget, max_terms => maps:get(max_terms, O),
-                                       max_decompressed => maps:get(max_frame, O),
-                                       unknown_nodes => unknown_nodes(Bin), dest_node => binary}) of
+    case decode(Bin, P) of
         {ok, Term, New} ->
             {Credited, Verdict, P1} = fabric_peer_flowctl:received(Term, byte_size(Bin),
                                                                    spend_atoms(New, P)),
             Result = case Verdict =:= ok andalso first_in(Term, P1) of
                          false -> fabric_peer_flowctl:exceeded(Term, P1);
                          pass ->
-                             Frame = fabric_peer_frame:classify(Term, P1#p.mode, P1#p.feats),
-                             Screened = fabric_peer_policy:screen(
-                                          Frame, fun(B) -> fabric_peer_session:exported(B, P1#p.s) end, O),
-                             dispatch(Screened, P1);
+                             dispatch(screen(fabric_peer_frame:classify(Term, P1#p.mode, P1#p.feats), P1), P1);
                          R -> R
                      end,
             %% a dropped frame's credit is returned before its error frame is written
@@ -279,17 +269,43 @@ frame(Bin, #p{o = O, atoms_left = Left} = P0) ->
             %% proxies started for this frame but in neither table after it (the frame was
             %% dropped half-way) stand for nothing: end them (a stand-in of an exit2 is
             %% buried, and ends by itself after delivering its signal)
-            P3 = lists:foldl(fun(Pid, Acc) -> act({discard_proxy, Pid}, Acc) end, P2,
-                             [Pid || Pid <- lists:reverse(P2#p.fresh),
-                                     fabric_peer_session:proxy_id(Pid, S) =:= error,
-                                     fabric_peer_session:buried_proxy(Pid, S) =:= error]),
-            {Acts, P4} = done(P3#p{fresh = []}),
+            P3 = case P2#p.fresh of
+                     [] -> P2;
+                     Fresh ->
+                         lists:foldl(fun(Pid, Acc) -> act({discard_proxy, Pid}, Acc) end,
+                                     P2#p{fresh = []},
+                                     [Pid || Pid <- lists:reverse(Fresh),
+                                             fabric_peer_session:proxy_id(Pid, S) =:= error,
+                                             fabric_peer_session:buried_proxy(Pid, S) =:= error])
+                 end,
+            {Acts, P4} = done(P3),
             {Status, Acts, P4};
         {error, {Code, Why}} when Code =:= bad_term; Code =:= limit; Code =:= bad_payload ->
             {Status, P1} = frame_error(Code, Why, fabric_peer_acks:handled(undecodable, P)),
             {Acts, P2} = done(P1),
             {Status, Acts, P2}
     end.
+
+%% A frame's term. A raw pid, reference or port is never in a frame (4.1) but in a DEAD's
+%% reason: one of an unknown node is refused before its node name becomes an atom; the node
+%% of a `{Name, Node}' destination that is no atom here stays a binary (a client node of a
+%% routing server). The new-atom budget is this connection's and what is left of the
+%% server's; a frame with new atoms is rare, so the server's is read only for one (the
+%% frame is decoded again with the whole budget).
+decode(Bin, #p{o = O, atoms_left = Left} = P) ->
+    Opts = #{atoms_left => 0, max_terms => maps:get(max_terms, O),
+             max_decompressed => maps:get(max_frame, O),
+             unknown_nodes => unknown_nodes(Bin), dest_node => binary},
+    case fabric_peer_etf:decode(Bin, Opts) of
+        {error, {limit, {new_atoms, _}}} when Left > 0 ->
+            fabric_peer_etf:decode(Bin, Opts#{atoms_left := min(Left, server_atoms_left(P))});
+        R -> R
+    end.
+
+%% The policy's screen of signals (`m' frames, the most, need none).
+screen({m, _, _} = Frame, _) -> Frame;
+screen(Frame, #p{o = O, s = S}) ->
+    fabric_peer_policy:screen(Frame, fun(B) -> fabric_peer_session:exported(B, S) end, O).
 
 %% The frames of `credit' and `acks' (`pass' for the others).
 first_in(Term, P) ->
