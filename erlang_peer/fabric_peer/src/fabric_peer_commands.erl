@@ -270,6 +270,7 @@ credited(Term, Bin, Info, #p{s = S} = P) ->
 link_enabled(#p{mode = extended, feats = #{<<"link">> := true}}) -> true;
 link_enabled(_) -> false.
 
+done(#p{acts = []} = P) -> {[], P};
 done(#p{acts = As} = P) -> {lists:reverse(As), P#p{acts = []}}.
 
 %% gen_server/gen_statem replies to a call from the peer get their alias tag back (see

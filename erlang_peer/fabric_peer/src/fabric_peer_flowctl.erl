@@ -32,12 +32,15 @@ on(#p{s = S}) -> fabric_peer_session:credit(S) =/= undefined.
 -spec received(term(), non_neg_integer(), #p{}) -> {term(), ok | exceeded, #p{}}.
 received(Term, Size, #p{s = S} = P) ->
     case {fabric_peer_session:credit(S), credited_dest(Term)} of
-        {undefined, _} -> {none, ok, P#p{delivered = none}};
-        {_, none} -> {none, ok, P#p{delivered = none}};
+        {undefined, _} -> {none, ok, undelivered(P)};
+        {_, none} -> {none, ok, undelivered(P)};
         {C, {ok, Dest}} ->
             {V, C1} = fabric_peer_credit:receive_frame(Dest, Size, C),
             {{Dest, Size}, V, P#p{s = fabric_peer_session:set_credit(C1, S), delivered = none}}
     end.
+
+undelivered(#p{delivered = none} = P) -> P;
+undelivered(P) -> P#p{delivered = none}.
 
 credited_dest({m, Dest, _}) -> {ok, Dest};
 credited_dest({mc, _, Dest, _}) -> {ok, Dest};

@@ -18,7 +18,13 @@
 %% @doc A payload for the wire; the export limit refuses it whole.
 -spec rewrite_out(term(), proto()) -> {ok, term(), proto()} | {{error, term()}, proto()}.
 rewrite_out(Term, P) ->
-    case fabric_peer_rewrite:out(Term, P#p.feats, fun pid_out/2, P#p{refused = undefined}) of
+    %% (the state is copied only to clear what an earlier rewrite left: a record update
+    %% per message is a copy of the whole state, issue 15)
+    P0 = case P#p.refused of
+             undefined -> P;
+             _ -> P#p{refused = undefined}
+         end,
+    case fabric_peer_rewrite:out(Term, P#p.feats, fun pid_out/2, P0) of
         {ok, W, #p{refused = undefined} = P1} -> {ok, W, P1};
         %% nothing is sent, and nothing the rewrite did is kept
         {ok, _, #p{refused = Why}} -> {{error, Why}, P};
@@ -77,7 +83,11 @@ export(Pid, #p{s = S} = P) ->
 %% so a payload refused half-way has started no proxy; the second resolves them all.
 -spec rewrite_in(term(), proto()) -> {ok, term(), proto()} | {error, {atom(), term()}, proto()}.
 rewrite_in(Wire, P) ->
-    case fabric_peer_rewrite:in(Wire, P#p.feats, fun resolve/3, P#p{missing = #{}}) of
+    P0 = case map_size(P#p.missing) of
+             0 -> P;
+             _ -> P#p{missing = #{}}
+         end,
+    case fabric_peer_rewrite:in(Wire, P#p.feats, fun resolve/3, P0) of
         {ok, T, #p{missing = M} = P1} when map_size(M) =:= 0 -> {ok, T, P1};
         {ok, _, #p{missing = M} = P1} ->
             P2 = lists:foldl(fun(Id, Acc) -> {ok, _, Acc1} = proxy_for(Id, Acc), Acc1 end,

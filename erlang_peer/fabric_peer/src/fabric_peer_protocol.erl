@@ -383,7 +383,8 @@ deliver({route, Conn, Name}, _, Msg, P) ->
     %% is returned now (section 15)
     act({route, {msg, Conn, Name, Msg, none}}, count(messages_in, P));
 deliver(Target, _, Msg, P) when is_pid(Target), node(Target) =:= node() ->
-    act({deliver, Target, Msg}, count(messages_in, P#p{delivered = Target}));
+    %% (one update of the state for the three fields)
+    P#p{delivered = Target, messages_in = P#p.messages_in + 1, acts = [{deliver, Target, Msg} | P#p.acts]};
 deliver(Target, _, Msg, P) -> act({deliver, Target, Msg}, count(messages_in, P)).
 
 %% gen_server/gen_statem calls from the peer (OTP 24+ callers). The caller's reply tag is
@@ -568,4 +569,5 @@ info(#p{stats = St, s = S, mode = Mode, feats = F, atoms_left = A} = P) ->
         queued => fabric_peer_session:outbox_len(S),
         atoms_left => A}.
 
+done(#p{acts = []} = P) -> {[], P};
 done(#p{acts = As} = P) -> {lists:reverse(As), P#p{acts = []}}.
