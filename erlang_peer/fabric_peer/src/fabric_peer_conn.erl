@@ -90,41 +90,11 @@ new_data(Role, #{ref := Ref} = O) ->
                max_pending => maps:get(max_pending_messages, O)},
     ok = fabric_peer_registry:add_shared(self(), Shared),
     #d{role = Role, o = O, ref = Ref, t = transport(O), token = Token, shared = Shared,
-       p = fabric_peer_protocol:new(O, env(Ref, Shared, O))}.
+       p = fabric_peer_protocol:new(O, fabric_peer_conn_env:new(Ref, Shared, O))}.
 
 transport(#{tls := false}) -> tcp;
 transport(#{tls := Opts}) -> {tls, Opts}.
 
-%% What the protocol must be answered at once (fabric_peer_protocol, "env").
-env(Ref, #{token := Token, counters := Ctr, max_pending := Max}, O) ->
-    Self = self(),
-    Route = fabric_peer_route_conn:env(Ref, O),
-    Route#{self => Self,
-      spawn_proxy => fun(Id) -> fabric_peer_proxy:start(Self, Id, {Token, Ctr, Max}) end,
-      %% messages waiting in this connection's proxies (12.6)
-      proxies_pending => fun() -> counters:get(Ctr, 1) end,
-      %% a local process's mailbox length, or what waits for a proxy (credit, 12.3)
-      mailbox => fun backlog/1,
-      %% a pid whose process has already exited, substituted for an unknown {pl, Id}
-      placeholder => fun() ->
-                             {Pid, MRef} = spawn_monitor(fun() -> ok end),
-                             receive {'DOWN', MRef, process, Pid, _} -> ok end,
-                             Pid
-                     end,
-      %% the sender id used for `exit(Proxy, kill)', whose real caller is unknown
-      signaller => fun() -> spawn_link(fun Loop() -> receive _ -> Loop() end end) end,
-      %% the local registry, then global (docs/cluster.md section 5)
-      whereis => fun fabric_peer_cluster:whereis_name/1,
-      policy => fun() -> fabric_peer_registry:policy(Ref) end,
-      server_atoms_left => fun() -> server_atoms_left(O) end,
-      spend_server_atoms => fun(N) -> spend_server_atoms(N, O) end}.
-
-server_atoms_left(#{server_atoms := Ctr, max_server_atoms := Max}) ->
-    max(0, Max - atomics:get(Ctr, 1));
-server_atoms_left(_) -> 16#7fffffff.
-
-spend_server_atoms(N, #{server_atoms := Ctr}) -> atomics:add(Ctr, 1, N);
-spend_server_atoms(_, _) -> ok.
 
 role_module(#d{role = server}) -> fabric_peer_server;
 role_module(#d{role = client}) -> fabric_peer_client.
@@ -176,8 +146,6 @@ handle_common(info, {tcp_passive, S}, State, #d{sock = S} = D) ->
         established -> {keep_state, arm(D1)};
         _ -> {keep_state, D1}
     end;
-handle_common(info, {tcp_passive, _OldSock}, _, _) ->
-    keep_state_and_data;
 handle_common(info, {Tag, S}, State, #d{sock = S} = D) when Tag =:= tcp_closed; Tag =:= ssl_closed ->
     (role_module(D)):socket_gone(State, closed, D);
 handle_common(info, {Tag, S, Why}, State, #d{sock = S} = D) when Tag =:= tcp_error; Tag =:= ssl_error ->
@@ -187,7 +155,7 @@ handle_common(info, {fabric_send_failed, S, Why}, State, #d{sock = S} = D) ->
 handle_common(info, {Tag, _OldSock, _}, _, _) when Tag =:= tcp; Tag =:= ssl; Tag =:= tcp_error;
                                                    Tag =:= ssl_error; Tag =:= fabric_send_failed ->
     keep_state_and_data;
-handle_common(info, {Tag, _OldSock}, _, _) when Tag =:= tcp_closed; Tag =:= ssl_closed ->
+handle_common(info, {Tag, _OldSock}, _, _) when Tag =:= tcp_closed; Tag =:= ssl_closed; Tag =:= tcp_passive ->
     keep_state_and_data;
 
 %%% --- heartbeats
@@ -500,17 +468,6 @@ monitor_in_place(Pid) when node(Pid) =:= node() ->
     ok;
 monitor_in_place(_) -> ok.
 
-%% The mailbox length of a local process (docs/protocol.md 12.3); for a proxy of a
-%% connection, what waits in that connection and its proxies.
-backlog(Pid) ->
-    case fabric_peer_registry:proxy_entry(Pid) of
-        {_, #{counters := Ctr}} -> counters:get(Ctr, 1) + counters:get(Ctr, 2);
-        undefined ->
-            case erlang:process_info(Pid, message_queue_len) of
-                {message_queue_len, N} -> N;
-                undefined -> gone
-            end
-    end.
 
 %% @doc Write one frame on the socket (counted in `frames_out').
 -spec raw_send(iodata(), data()) -> {ok | {error, term()}, data()}.

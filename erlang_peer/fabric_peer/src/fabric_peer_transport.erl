@@ -121,7 +121,10 @@ send(T, S, Data) -> write(T, S, [<<(iolist_size(Data)):32>>, Data]).
 
 %% @doc Send several frames in one write, in order.
 -spec send_many(transport(), socket(), [iodata()]) -> ok | {error, term()}.
-send_many(T, S, Frames) -> write(T, S, [[<<(iolist_size(F)):32>>, F] || F <- Frames]).
+send_many(T, S, Frames) -> write(T, S, [[<<(frame_size(F)):32>>, F] || F <- Frames]).
+
+frame_size(F) when is_binary(F) -> byte_size(F);
+frame_size(F) -> iolist_size(F).
 
 %% @doc Write bytes as they are (the frames' lengths included).
 -spec write(transport(), socket(), iodata()) -> ok | {error, term()}.
