@@ -11,7 +11,7 @@
 -module(fabric_peer_credit).
 
 -export([new/2, fresh/1, checked/1, batch/2, may_issue/2, fits/2, issue/3, grant/3,
-         receive_frame/3, return/3, owe/4, owed/1, release/2, release_one/2,
+         receive_frame/3, return/3, owe/4, owed/1, owes/1, release/2, release_one/2,
          returns/1, grant_due/2, take_grant/1, timer/1, set_timer/2, info/1]).
 
 -export_type([credit/0, windows/0, owner/0]).
@@ -133,6 +133,10 @@ batch(GrantEvery, #credit{mine = {W, _, DW}}) -> max(1, min(GrantEvery, min(W di
 %% @doc The processes (and routed destinations) still owed.
 -spec owed(credit()) -> [owner()].
 owed(#credit{owed = O}) -> maps:keys(O).
+
+%% @doc True while a process (or routed destination) is owed (`owed/1' is not empty).
+-spec owes(credit()) -> boolean().
+owes(#credit{owed = O}) -> map_size(O) > 0.
 
 %% @doc `Pid''s mailbox has room again (or it ended, or the connection of a routed owner
 %% did): what it was owed is returned.

@@ -138,7 +138,7 @@ check(#p{s = S, o = O, connected = Conn} = P) ->
 
 timer(#p{s = S, o = O} = P) ->
     C = fabric_peer_session:credit(S),
-    Needed = fabric_peer_credit:owed(C) =/= [] orelse
+    Needed = fabric_peer_credit:owes(C) orelse
         (P#p.connected andalso fabric_peer_credit:returns(C) > 0),
     case Needed andalso not fabric_peer_credit:timer(C) of
         true -> act({grant_timer, maps:get(grant_delay, O)},

@@ -47,6 +47,7 @@ new(MaxFrames, MaxBytes) -> #seq{max_frames = MaxFrames, max_bytes = MaxBytes}.
 %% that is not a tuple with one of the unsequenced tags counts (an unknown or undecodable
 %% frame included: pass `undecodable').
 -spec sequenced(term()) -> boolean().
+sequenced({m, _, _}) -> true;                % the most frequent, first (issue 15)
 sequenced(T) when is_tuple(T), tuple_size(T) > 0 -> not lists:member(element(1, T), ?UNSEQUENCED);
 sequenced(_) -> true.
 
