@@ -13,6 +13,7 @@
 %% {demo_server, #{port => 0, secret => "s", ...}}   ping/echo/counter + server allowing them
 %%   (mode => legacy, allow_legacy_auth => true: a legacy-only server, as the original)
 %% {stop_server, S}                                  -> ok ok
+%% {drain_server, S} | {drain_server, S, Opts}       fabric_peer:drain_server/1,2 -> ok ok
 %% {start_demo, [ping | echo | counter]}             register the demo processes
 %% {register, Name, ping | echo | counter | collector}
 %% {allow, S | C, [Name]}                            add allowed names
@@ -117,6 +118,10 @@ handle({demo_server, Opts}, St) when is_map(Opts) ->
 handle({stop_server, Id}, St) ->
     ok = fabric_peer:stop_server(maps:get({server, Id}, St)),
     {{ok, ok}, maps:remove({server, Id}, St)};
+handle({drain_server, Id}, St) ->
+    {{ok, fabric_peer:drain_server(maps:get({server, Id}, St))}, St};
+handle({drain_server, Id, Opts}, St) when is_map(Opts) ->
+    {{ok, fabric_peer:drain_server(maps:get({server, Id}, St), Opts)}, St};
 handle({start_demo, Names}, St) ->
     [ok = fabric_peer_demo:register_demo(N, N) || N <- Names],
     {{ok, ok}, St};
