@@ -107,6 +107,20 @@ def ratios(out: dict[str, Any]) -> list[dict[str, Any]]:
     e.append(_entry("across two clustered servers / same server, client-to-client median round trip",
                     cp.get("across_servers_median_us"), cp.get("same_server_median_us"), None, "",
                     cluster.get("error", "cluster part not run")))
+    growth = cluster.get("growth") or [{}]
+    first, last = growth[0], growth[-1]
+    n = last.get("servers", "?")
+    e.append(_entry(f"cluster of {n} servers / of 3, across-servers median round trip",
+                    last.get("ping_pong", {}).get("across_servers_median_us"),
+                    first.get("ping_pong", {}).get("across_servers_median_us"), None, "",
+                    cluster.get("error", "cluster growth not run")))
+    e.append(_entry(f"cluster of {n} servers / of 3, routed round trips per s",
+                    last.get("scale", {}).get("round_trips_per_s"), first.get("scale", {}).get("round_trips_per_s"),
+                    None, "", cluster.get("error", "cluster growth not run")))
+    e.append(_entry("cluster scale run, clients in several Python processes / in one, round trips per s",
+                    cluster.get("scale_procs", {}).get("round_trips_per_s"),
+                    cluster.get("scale", {}).get("round_trips_per_s"), None, "",
+                    cluster.get("error", "cluster part not run")))
     # references without a goal: how far from the ceilings each implementation is
     for p in ("orig", "erlpeer_ext", "py_erlpeer", "erl_dist"):
         e.append(_entry(f"{SHORT[p]} rt/s / gen_tcp echo rt/s", rt(p), rt("gen_tcp"), None, "", _why(m, "pingpong", p, "gen_tcp")))
@@ -247,18 +261,32 @@ def cluster_table(res: dict[str, Any]) -> str:
     """The cluster part (bench/cluster_bench.py's JSON)."""
     if "error" in res:
         return f"ERROR {res['error']}"
-    pp, sc = res["ping_pong"], res["scale"]
+    pp = res["ping_pong"]
     rows = [
         ["C1 -> A -> C2 echo (same server)", f"{pp['same_server_median_us']:,.1f}"],
-        ["C1 -> A -> B -> C3 echo (across servers)", f"{pp['across_servers_median_us']:,.1f}"],
+        ["C1 -> A -> C -> C3 echo (across servers)", f"{pp['across_servers_median_us']:,.1f}"],
         ["across / same", f"{pp['across_over_same']:.2f}"],
     ]
-    lines = [table([f"ping-pong, {pp['round_trips_each']:,} round trips each, interleaved", "median us"], rows)]
-    per_client = ", ".join(f"{b:,}" for b in sc["server_memory_per_client_bytes"])
-    lines.append(
-        f"{sc['clients']:,} clients over 3 servers, {sc['messages']:,} routed round trips in {sc['seconds']:,.2f} s: "
-        f"{sc['round_trips_per_s']:,} round trips/s; server memory per local client (B): {per_client}"
-    )
+    lines = [table([f"ping-pong, 3 servers, {pp['round_trips_each']:,} round trips each, interleaved", "median us"], rows)]
+    runs = [res["scale"], *([res["scale_procs"]] if "scale_procs" in res else [])]
+    rows = [[(f"{sc['clients']:,} clients over {sc['servers']} servers, in {sc['processes']} Python "
+              f"process{'es' if sc['processes'] > 1 else ''}"),
+             f"{sc['messages']:,}", f"{sc['seconds']:,.2f}", f"{sc['round_trips_per_s']:,}",
+             ", ".join(f"{b / 1024:,.0f}" for b in sc["server_memory_per_client_bytes"])] for sc in runs]
+    lines += ["", table(["scale: routed round trips", "messages", "s", "round trips/s", "KiB per local client, each server"],
+                        rows)]
+    if "procs_over_one" in res:
+        lines.append(f"{res['scale_procs']['processes']} driver processes / 1: {res['procs_over_one']:.2f} x the round trips/s")
+    if res.get("growth"):
+        g0 = res["growth"][0]
+        rows = [[f"{g['servers']} servers", f"{g['ping_pong']['across_servers_median_us']:,.1f}",
+                 f"{g['across_median_vs_first']:.2f}", f"{g['ping_pong']['across_over_same']:.2f}",
+                 f"{g['scale']['round_trips_per_s']:,}", f"{g['round_trips_per_s_vs_first']:.2f}",
+                 f"{g['memory_per_client_mean_bytes'] / 1024:,.0f}", f"{g['memory_per_client_vs_first']:.2f}"]
+                for g in res["growth"]]
+        per = g0["scale"]["messages"] // g0["scale"]["clients"]
+        lines += ["", table([f"growth ({g0['scale']['clients']} clients x {per} messages, one process)", "across us", "x 3", "across/same",
+                             "round trips/s", "x 3", "KiB/client", "x 3"], rows)]
     return "\n".join(lines)
 
 

@@ -18,10 +18,12 @@ everything (every batch, the machine's core count and load before and after) to
   starts its own routing server and clients): routed ping-pong C1 -> S -> C2 against direct
   C1 -> S in one run (ratio of the medians), and clients shipping pids to one client (the
   resident memory of the server and of that client per proxy); its JSON is included as is;
-- cluster (``bench/cluster_bench.py``, issue 14), a subprocess too (three clustered erlang_peer
+- cluster (``bench/cluster_bench.py``, issue 14), a subprocess too (clustered erlang_peer
   servers on ``-sname`` nodes): client-to-client ping-pong on the same server against across
-  two servers in one run (ratio of the medians), and many clients spread over the three
-  servers (throughput, server memory per client); its JSON is included as is.
+  two servers in one run (ratio of the medians), 300 clients spread over three servers
+  (throughput, server memory per client) driven by this one process and then by two driver
+  processes, and the ping-pong and a smaller scale run again with 3, 5 and 7 servers (each
+  as a ratio to the three-server figures); its JSON is included as is.
 
 Usage: python bench/run.py [--quick] [--only codec|messaging|scale|route|cluster] [--repeat N]
        [--orig-ebin DIR] [--output-dir DIR]
@@ -147,7 +149,8 @@ def run_route(quick: bool) -> dict[str, Any]:
 
 
 def run_cluster(quick: bool) -> dict[str, Any]:
-    """Run bench/cluster_bench.py: the issue's scale run (300 clients over 3 servers)."""
+    """Run bench/cluster_bench.py: the issue's scale run (300 clients over 3 servers, in one
+    and in two Python processes), then 3, 5 and 7 servers (its defaults)."""
     return run_sub("cluster_bench.py", quick, ("--clients", "300", "--messages", "10"))
 
 
@@ -261,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     if "route" in out:
         lines += ["", "== route (issue 13: C1 -> routing server -> C2, Python nodes) ==", report.route_table(out["route"])]
     if "cluster" in out:
-        lines += ["", "== cluster (issue 14: three clustered erlang_peer servers, Python clients) ==",
+        lines += ["", "== cluster (issue 14: clustered erlang_peer servers, Python clients) ==",
                   report.cluster_table(out["cluster"])]
     if "messaging" in out or "scale" in out or "route" in out or "cluster" in out:
         out["ratios"] = report.ratios(out)

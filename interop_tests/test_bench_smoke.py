@@ -143,6 +143,17 @@ def test_bench_quick_run(tmp_path: Path) -> None:
     assert sc["clients"] == 6 and sc["messages"] == 30 and sc["round_trips_per_s"] > 0
     assert len(sc["server_memory_per_client_bytes"]) == 3
     assert ratios["across two clustered servers / same server, client-to-client median round trip"]["value"] > 0
+    # ... the scale run again with the clients in two driver processes, and the growth runs
+    # (--quick: 3 then 4 servers), each with its ratio to the three-server figures
+    sp = cluster["scale_procs"]
+    assert sp["processes"] == 2 and sp["clients"] == 6 and sp["round_trips_per_s"] > 0
+    assert [g["servers"] for g in cluster["growth"]] == [3, 4]
+    assert all(g["round_trips_per_s_vs_first"] > 0 and len(g["scale"]["server_memory_per_client_bytes"]) == g["servers"]
+               for g in cluster["growth"])
+    for label in ("cluster of 4 servers / of 3, across-servers median round trip",
+                  "cluster of 4 servers / of 3, routed round trips per s",
+                  "cluster scale run, clients in several Python processes / in one, round trips per s"):
+        assert ratios[label]["value"] > 0, label
 
     # the tables went to stdout
     for heading in ("== messaging (loopback", "== scale ==", "== route (issue 13", "== cluster (issue 14",
