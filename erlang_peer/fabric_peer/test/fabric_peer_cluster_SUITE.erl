@@ -23,9 +23,8 @@ all() ->
      resume_through_another_server, drain_server_moves_clients,
      failover_when_a_server_node_stops].
 
-init_per_suite(Config) ->
-    ok = fabric_peer_test_lib:start_app(),
-    logger:set_primary_config(level, error),
+init_per_suite(Config0) ->
+    Config = fabric_peer_test_lib:init_suite(Config0),
     Epmd = ensure_epmd(),
     Dist = case node() of
                nonode@nohost ->
@@ -124,6 +123,20 @@ wait(F, Deadline) ->
                 false -> timer:sleep(20), wait(F, Deadline)
             end
     end.
+
+%% Two clients that reach each other's processes: C1 at server a allowing `Svc1', C2
+%% (`ConnectC2([Svc])', with its fallbacks) allowing `Svc'. `p' is C1's proxy for `Svc' of
+%% C2, `q' C2's for `Svc1' of C1, both monitored by the caller (`mon_p', `mon_q').
+two_clients(Config, Svc, Svc1, ConnectC2) ->
+    {C1, N1} = client(Config, a, "c1_", [Svc1]),
+    {C2, N2} = ConnectC2([Svc]),
+    true = sees(C1, [N2]),
+    true = sees(C2, [N1]),
+    P = fabric_peer:whereis(C1, {Svc, N2}),
+    Q = fabric_peer:whereis(C2, {Svc1, N1}),
+    ?assert(is_pid(P) andalso is_pid(Q)),
+    #{c1 => C1, n1 => N1, c2 => C2, n2 => N2, p => P, q => Q,
+      mon_p => erlang:monitor(process, P), mon_q => erlang:monitor(process, Q)}.
 
 %%% cases
 
@@ -354,18 +367,15 @@ resume_through_another_server(Config) ->
     {NodeB, SB, PortB} = server(Config, b),
     {_, _, PortC} = server(Config, c),
     {ok, Relay} = fabric_peer_relay:start(PortB),
-    {C1, N1} = client(Config, a, "c1_", [Svc1]),
-    N2 = node_name("c2_"),
-    {ok, C2} = fabric_peer:connect("127.0.0.1", fabric_peer_relay:port(Relay), "secret",
-                                   #{node => N2, allowed => [Svc],
-                                     fallbacks => [{"127.0.0.1", PortC}]}),
-    true = sees(C1, [N2]),
-    true = sees(C2, [N1]),
-    P = fabric_peer:whereis(C1, {Svc, N2}),
-    Q = fabric_peer:whereis(C2, {Svc1, N1}),
-    ?assert(is_pid(P) andalso is_pid(Q)),
-    MonP = erlang:monitor(process, P),
-    MonQ = erlang:monitor(process, Q),
+    ConnectC2 = fun(Allowed) ->
+                        N = node_name("c2_"),
+                        {ok, C} = fabric_peer:connect("127.0.0.1", fabric_peer_relay:port(Relay), "secret",
+                                                      #{node => N, allowed => Allowed,
+                                                        fallbacks => [{"127.0.0.1", PortC}]}),
+                        {C, N}
+                end,
+    #{c1 := C1, n1 := N1, c2 := C2, n2 := N2, p := P, q := Q, mon_p := MonP, mon_q := MonQ} =
+        two_clients(Config, Svc, Svc1, ConnectC2),
     Me = self(),
     ok = fabric_peer_relay:stop(Relay),
     [P ! {Me, {n, I}} || I <- lists:seq(1, 200)],
@@ -451,15 +461,9 @@ failover_when_a_server_node_stops(Config) ->
     Svc1 = fabric_peer_test_lib:unique_name("svc1"),
     true = register(Svc1, spawn(fun() -> receive stop -> ok end end)),
     {_, _, PortA} = server(Config, a),
-    {C1, N1} = client(Config, a, "c1_", [Svc1]),
-    {C2, N2} = client(Config, b, "c2_", [Svc], #{fallbacks => [{"127.0.0.1", PortA}]}),
-    true = sees(C1, [N2]),
-    true = sees(C2, [N1]),
-    P = fabric_peer:whereis(C1, {Svc, N2}),
-    Q = fabric_peer:whereis(C2, {Svc1, N1}),
-    ?assert(is_pid(P) andalso is_pid(Q)),
-    MonP = erlang:monitor(process, P),
-    MonQ = erlang:monitor(process, Q),
+    ConnectC2 = fun(Allowed) -> client(Config, b, "c2_", Allowed, #{fallbacks => [{"127.0.0.1", PortA}]}) end,
+    #{c1 := C1, c2 := C2, n2 := N2, p := P, q := Q, mon_p := MonP, mon_q := MonQ} =
+        two_clients(Config, Svc, Svc1, ConnectC2),
     ok = fabric_peer:monitor_node(C1, N2, true),
     Confirm = confirm_held_at_b(Config, C1),
     {_, _, PeerB, _} = lists:keyfind(b, 1, ?config(servers, Config)),

@@ -17,14 +17,10 @@ all() ->
      funs_come_back_to_their_sender, funs_of_the_peer_stay_handles].
 
 init_per_suite(Config) ->
-    ok = fabric_peer_test_lib:start_app(),
-    logger:set_primary_config(level, error),
-    {ok, S} = fabric_peer:start_server(0, ?SECRET, #{allow_legacy_auth => true}),
-    [{server, S}, {port, fabric_peer:port(S)} | Config].
+    fabric_peer_test_lib:start_server(?SECRET, #{allow_legacy_auth => true},
+                                      fabric_peer_test_lib:init_suite(Config)).
 
-end_per_suite(Config) ->
-    fabric_peer:stop_server(?config(server, Config)),
-    Config.
+end_per_suite(Config) -> fabric_peer_test_lib:stop_server(Config).
 
 init_per_testcase(_, Config) ->
     fabric_peer_test_lib:flush(),

@@ -23,22 +23,16 @@ suite() -> [{timetrap, {minutes, 5}}].
 -define(WINDOWS, #{credit_window => 400, credit_dest => 100, mailbox_high => 50}).
 -define(BOUND, 150).                          % mailbox_high + credit_dest
 
-init_per_suite(Config) ->
-    ok = fabric_peer_test_lib:start_app(),
-    logger:set_primary_config(level, error),
-    Config.
+init_per_suite(Config) -> fabric_peer_test_lib:init_suite(Config).
 
 end_per_suite(Config) -> Config.
 
 init_per_testcase(Case, Config) ->
     fabric_peer_test_lib:flush(),
     Routing = Case =:= a_routed_flood_holds_c1_back_and_the_router_bounded,
-    {ok, S} = fabric_peer:start_server(0, "secret", ?WINDOWS#{routing => Routing}),
-    [{server, S} | Config].
+    fabric_peer_test_lib:start_server("secret", ?WINDOWS#{routing => Routing}, Config).
 
-end_per_testcase(_, Config) ->
-    fabric_peer:stop_server(?config(server, Config)),
-    Config.
+end_per_testcase(_, Config) -> fabric_peer_test_lib:stop_server(Config).
 
 connect(Config, Opts) ->
     {ok, C} = fabric_peer:connect("127.0.0.1", fabric_peer:port(?config(server, Config)),

@@ -19,15 +19,11 @@ all() ->
      readme_example].
 
 init_per_suite(Config) ->
-    ok = fabric_peer_test_lib:start_app(),
-    logger:set_primary_config(level, error),
-    {ok, S} = fabric_peer:start_server(0, "secret", #{routing => true, allow_legacy_auth => true,
-                                                       route_grace => 500, route_heartbeat => 200}),
-    [{server, S}, {port, fabric_peer:port(S)} | Config].
+    fabric_peer_test_lib:start_server("secret", #{routing => true, allow_legacy_auth => true,
+                                                  route_grace => 500, route_heartbeat => 200},
+                                      fabric_peer_test_lib:init_suite(Config)).
 
-end_per_suite(Config) ->
-    fabric_peer:stop_server(?config(server, Config)),
-    Config.
+end_per_suite(Config) -> fabric_peer_test_lib:stop_server(Config).
 
 init_per_testcase(_, Config) ->
     fabric_peer_test_lib:flush(),

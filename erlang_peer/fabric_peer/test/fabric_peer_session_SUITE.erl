@@ -10,22 +10,16 @@ all() -> [resume_keeps_proxies, dead_while_disconnected_delivered, queued_messag
           reconnects_after_server_restart, no_reconnect_option, backoff_is_capped,
           auth_failure_on_reconnect_stops].
 
-init_per_suite(Config) ->
-    ok = fabric_peer_test_lib:start_app(),
-    logger:set_primary_config(level, error),
-    Config.
+init_per_suite(Config) -> fabric_peer_test_lib:init_suite(Config).
 
 end_per_suite(Config) -> Config.
 
 init_per_testcase(_, Config) ->
     fabric_peer_test_lib:flush(),
-    {ok, S} = fabric_peer:start_server(0, "secret", #{allow_legacy_auth => true,
-                                                        session_timeout => 1500}),
-    [{server, S}, {port, fabric_peer:port(S)} | Config].
+    fabric_peer_test_lib:start_server("secret", #{allow_legacy_auth => true, session_timeout => 1500},
+                                      Config).
 
-end_per_testcase(_, Config) ->
-    fabric_peer:stop_server(?config(server, Config)),
-    Config.
+end_per_testcase(_, Config) -> fabric_peer_test_lib:stop_server(Config).
 
 echo(Config) ->
     {Name, Pid} = fabric_peer_test_lib:remote(?config(server, Config), "echo",

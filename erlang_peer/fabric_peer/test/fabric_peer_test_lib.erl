@@ -9,6 +9,24 @@ start_app() ->
     {ok, _} = application:ensure_all_started(fabric_peer),
     ok.
 
+%%% the suites' init/end functions
+
+%% `init_per_suite' of the suites: the application started, logs above `error' only.
+init_suite(Config) ->
+    ok = start_app(),
+    logger:set_primary_config(level, error),
+    Config.
+
+%% A server on a port chosen by the OS for a suite or a case: `{server, S}' and `{port, P}'
+%% in `Config', stopped by `stop_server/1'.
+start_server(Secret, Opts, Config) ->
+    {ok, S} = fabric_peer:start_server(0, Secret, Opts),
+    [{server, S}, {port, fabric_peer:port(S)} | Config].
+
+stop_server(Config) ->
+    fabric_peer:stop_server(proplists:get_value(server, Config)),
+    Config.
+
 %% The in-repository conformance corpus (conformance/ at the repository root), found by
 %% walking up from this module's beam file (it is under erlang_peer/_build/).
 conformance_dir() -> find_up(filename:absname(filename:dirname(code:which(?MODULE))), 16).
