@@ -186,8 +186,14 @@ class Commands:
         except RecursionError:
             rw.rollback()
             raise LocalProtocolError("bad_payload", "value is nested too deeply to send") from None
-        session = est.session
-        dead, new = rw.commit()
+        self.committed()
+        return True
+
+    def committed(self) -> None:
+        """The frame just queued is final: keep its exports, send the DEAD of the ended
+        processes it shipped, report the new exports."""
+        session = self.est.session
+        dead, new = self.est.rw.commit()
         ident: int | None
         for ident in dead:
             # Shipped a pid whose process had already ended (docs/protocol.md 4.3): a new
@@ -201,7 +207,6 @@ class Commands:
                 ident = session.export_ids.get(pid)
                 if ident is not None:
                     self.on_export(pid, ident)
-        return True
 
     def wire_dest(self, dest: Any) -> Any:
         t = type(dest)

@@ -44,6 +44,7 @@ from ._errors import (
 )
 from ._established import UNSEQUENCED, Established
 from ._events import NEED_DATA, AuthFailed, ConnectionClosed, Event, FrameDropped, HandshakeComplete, ProxyDied
+from ._fastpath import received_m, send_m
 from ._flow import FlowMixin, new_credit
 from ._framing import FrameReader, FrameTooLarge, FrameWriter
 from ._global import GlobalMixin
@@ -141,6 +142,11 @@ class Connection(ConnectionCommands, acks.AcksMixin, FlowMixin, RouteMixin, Glob
             self._session.attached = True
         self._est: Established | None = None
         self._cmd: Commands | None = None
+        self.deliver: Callable[[Any, Any, Any], None] | None = None
+        """The runtime's hook for the fused ``m`` path (:mod:`._fastpath`): when set, a
+        received ``{m, Dest, Payload}`` to an exported id or a registered name is handed
+        to it as ``deliver(target, payload, credit)`` (what a ``MessageReceived`` would
+        carry) instead of becoming an event; the others stay events, in order."""
 
     # -- introspection ----------------------------------------------------------------
 
@@ -179,6 +185,16 @@ class Connection(ConnectionCommands, acks.AcksMixin, FlowMixin, RouteMixin, Glob
     def data_to_send(self) -> bytes:
         """Everything queued for the socket since the last call (possibly ``b""``)."""
         return self._writer.take()
+
+    def data_to_send_pieces(self) -> list[bytes]:
+        """What :meth:`data_to_send` returns, as pieces to write in order (not copied)."""
+        return self._writer.take_pieces()
+
+    def send_m(self, dest: Pid, payload: Any) -> bool:
+        """The fused :meth:`send_message` to a proxy pid (:func:`._fastpath.send_m`): True
+        if the frame was queued; False (nothing done) when the message needs
+        :meth:`send_message` (which queues it, lets it wait, or raises)."""
+        return send_m(self, dest, payload)
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Hand received bytes to the core; call ``next_event()`` until ``NEED_DATA``.
@@ -239,8 +255,8 @@ class Connection(ConnectionCommands, acks.AcksMixin, FlowMixin, RouteMixin, Glob
                 self._handled(outbox)  # undecodable: sequenced (docs/protocol.md 11.2)
             self._drop(RemoteProtocolError("bad_term", f"frame is not a valid term: {exc}"))
             return
+        tag = term[0] if type(term) is tuple and term else None
         if outbox is not None:
-            tag = term[0] if type(term) is tuple and term else None
             # Atoms are interned: `is A_M` settles the common case without hashing.
             if tag is A_M or tag.__class__ is not Atom or tag not in UNSEQUENCED:
                 outbox.received += 1  # counted before it is acted on (see _handled)
@@ -251,13 +267,21 @@ class Connection(ConnectionCommands, acks.AcksMixin, FlowMixin, RouteMixin, Glob
                 return
         est = self._est
         est.frame_size = end - start  # type: ignore[union-attr]
+        hit = None
         try:
-            est.dispatch(term)  # type: ignore[union-attr]
+            deliver = self.deliver
+            if tag is A_M and deliver is not None and len(term) == 3 and not self._events:
+                hit = received_m(est, term[1], term[2])  # type: ignore[arg-type]
+            if hit is None:
+                est.dispatch(term)  # type: ignore[union-attr]
         except RemoteProtocolError as exc:
             self._drop(exc, reply=not is_error_frame(term) and exc.__class__ is not ConfirmRefused)
         except Exception as exc:  # a bug of ours: never let the peer crash the connection
             log.exception("peer %s: internal error while handling a frame", self.peer)
             self._drop(RemoteProtocolError("unknown_frame", f"{INTERNAL_ERROR}: {type(exc).__name__}: {exc}"))
+            return
+        if hit:  # outside the try: what the runtime raises is not the peer's fault
+            deliver(*hit)  # type: ignore[misc]
 
     def _on_handshake_frame(self, raw: bytes) -> None:
         try:

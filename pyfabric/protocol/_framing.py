@@ -105,15 +105,20 @@ class FrameReader:
 
 
 class FrameWriter:
-    """Frames queued for the socket, length-prefixed, in the order they were queued."""
+    """Frames queued for the socket, length-prefixed, in the order they were queued.
 
-    __slots__ = ("_out",)
+    The frames are kept as they are (a length prefix and the frame, two pieces each):
+    :meth:`take` copies them once into one ``bytes``, :meth:`take_pieces` not at all
+    (for a transport with scatter-gather writes)."""
+
+    __slots__ = ("_out", "_size")
 
     def __init__(self) -> None:
-        self._out = bytearray()
+        self._out: list[bytes] = []
+        self._size = 0
 
     def __len__(self) -> int:
-        return len(self._out)
+        return self._size
 
     def write(self, frame: bytes, limit: int | None = None) -> None:
         """Queue ``frame``; LocalProtocolError (nothing queued) if it exceeds ``limit``."""
@@ -126,12 +131,26 @@ class FrameWriter:
         if size > MAX_PACKET:
             raise LocalProtocolError("frame_too_large", f"frame of {size} bytes does not fit {{packet,4}}")
         out = self._out
-        out += _pack_u32(size)
-        out += frame
+        out.append(_pack_u32(size))
+        out.append(frame)
+        self._size += size + 4
 
     def take(self) -> bytes:
-        if not self._out:
+        """Everything queued, as one ``bytes`` (one copy), and forget it."""
+        out = self._out
+        if not out:
             return b""
-        data = bytes(self._out)
-        self._out.clear()
+        data = b"".join(out)
+        out.clear()
+        self._size = 0
         return data
+
+    def take_pieces(self) -> list[bytes]:
+        """Everything queued, as the pieces written (no copy; their concatenation is what
+        :meth:`take` would return), and forget it."""
+        out = self._out
+        if not out:
+            return []
+        self._out = []
+        self._size = 0
+        return out

@@ -78,15 +78,20 @@ class FlowLinkMixin:
         if ev.ref:
             conn.send_result(ev.ref, None)
         if ev.credit is not None:
-            size, cap = self.node.mailbox_size(ev.dest)  # a local process: the common case
-            if cap and size < self.options.config.mailbox_high:
-                conn.credit_returned(ev.credit)
-                return
-            target = ev.dest if isinstance(ev.dest, Pid) else self.node.whereis(ev.dest)
-            if target is None:  # unregistered meanwhile
-                conn.credit_returned(ev.credit)
-            else:
-                conn.credit_delivered(ev.credit, target, self.has_room(target))
+            self.credit_for(conn, ev.dest, ev.credit)
+
+    def credit_for(self, conn: Connection, dest: Pid | Atom, token: tuple[Any, int]) -> None:
+        """A credited message was delivered to ``dest``: return its credit, or owe it until
+        the mailbox has room (12.3)."""
+        size, cap = self.node.mailbox_size(dest)  # a local process: the common case
+        if cap and size < self.options.config.mailbox_high:
+            conn.credit_returned(token)
+            return
+        target = dest if isinstance(dest, Pid) else self.node.whereis(dest)
+        if target is None:  # unregistered meanwhile
+            conn.credit_returned(token)
+        else:
+            conn.credit_delivered(token, target, self.has_room(target))
 
     def undeliverable(self, conn: Connection, ev: MessageReceived, code: str) -> None:
         """``ev``'s message could not be delivered (``code``): its credit comes back at once."""

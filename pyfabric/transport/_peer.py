@@ -19,6 +19,7 @@ from typing import Any
 
 from ..etf import Atom, Pid
 from ..protocol import (
+    NEED_DATA,
     ROUTE_EVENTS,
     AuthFailed,
     Connection,
@@ -55,6 +56,9 @@ __all__ = ["PeerLink", "ProxyHandle"]
 _log = logging.getLogger("pyfabric.transport")
 
 ESTABLISHED = "established"
+WRITE_PIECES_AT = 16 * 1024
+"""Bytes from which the frames of one flush are handed to the socket as they are (one
+scatter-gather write) instead of joined into one buffer first."""
 
 
 class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
@@ -75,7 +79,7 @@ class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
         self.established: HandshakeComplete | None = None
         self.auth_error: Exception | None = None
         self.close_event: ConnectionClosed | None = None
-        self.writer: Callable[[bytes], None] | None = None
+        self.writer: Callable[[bytes | list[bytes]], None] | None = None
         self.closer: Callable[[], None] | None = None
         self.on_established: Callable[[PeerLink, HandshakeComplete], PeerLink | None] | None = None
         self.on_closed: Callable[[PeerLink, ConnectionClosed], None] | None = None
@@ -125,6 +129,7 @@ class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
         )
         # `established` is kept: it describes the session (features, mode) until the new
         # connection's handshake replaces it.
+        conn.deliver = self._deliver_m  # the fused m path (docs/architecture.md)
         self.conn = conn
         self.close_event = None
         return conn
@@ -133,6 +138,8 @@ class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
         """Server: ``other``'s new connection resumed our session; take it over (the
         connection, its stream's label, the rest of its events and later proxies)."""
         self.conn = other.conn
+        if self.conn is not None:
+            self.conn.deliver = self._deliver_m  # our counts, our destinations
         self.established = ev
         self.session = other.conn.session if other.conn is not None else self.session
         self.label = other.label
@@ -190,7 +197,9 @@ class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
         assert conn is not None  # only a link with a connection has events
         node = self.node
         if events is None:
-            events = iter(conn.events())
+            # One event at a time, each handled before the next frame is read: the messages
+            # the core hands to _deliver_m meanwhile keep their place among the events.
+            events = iter(conn.next_event, NEED_DATA)
         for ev in events:
             kind = ev.__class__
             if kind is MessageReceived:
@@ -281,6 +290,22 @@ class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
             self._flow_timers(conn)
         self._update_idle()
 
+    def _deliver_m(self, dest: Pid | Atom, payload: Any, credit: Any) -> None:
+        # The fused m path's delivery: what the MessageReceived branch above does for an m.
+        try:
+            self.node.send(dest, payload)
+        except NotRegistered:
+            _log.debug("%s: message to unregistered name %s dropped", self.label, dest)
+            if credit is not None:
+                self.conn.credit_returned(credit)  # type: ignore[union-attr]
+            return
+        dests = self.destinations
+        if dests is not None:
+            dests[dest] = dests.get(dest, 0) + 1
+        self.messages_in += 1
+        if credit is not None:
+            self.credit_for(self.conn, dest, credit)  # type: ignore[arg-type]
+
     def _exit_refused(self, pid: Pid, what: str) -> bool:
         """``refuse_remote_exits``: True if the peer may not link to / signal ``pid``."""
         refuse = self.options.refuse_remote_exits
@@ -302,9 +327,14 @@ class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
         conn = self.conn
         if conn is None:
             return
-        data = conn.data_to_send()
-        if data and self.writer is not None:
-            self.writer(data)
+        if conn.pending_output() < WRITE_PIECES_AT:
+            data = conn.data_to_send()  # small: joined, one copy
+            if data and self.writer is not None:
+                self.writer(data)
+        else:
+            pieces = conn.data_to_send_pieces()  # large: the frames as they are, no copy
+            if self.writer is not None:
+                self.writer(pieces)
 
     def _schedule_flush(self) -> None:
         # Everything produced in one loop iteration (sends, received frames' acks and

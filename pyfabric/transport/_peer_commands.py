@@ -61,6 +61,11 @@ class PeerCommandsMixin:
     def send(self, dest: Any, msg: Any) -> None:
         """Send ``msg`` to ``dest`` (proxy pid, remote name, or ``(name, node)``)."""
         conn = self.conn
+        if conn is not None and dest.__class__ is Pid and conn.send_m(dest, msg):  # the fused path
+            self.messages_out += 1
+            if not self._flush_scheduled:
+                self._schedule_flush()
+            return
         if conn is not None and conn.state == ESTABLISHED:
             session = conn.session
             if session.outbox is None:

@@ -358,14 +358,19 @@ class FrameStream(asyncio.Protocol):
 
     # -- writing --------------------------------------------------------------------------
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | list[bytes]) -> None:
+        """Write ``data``: bytes, or pieces written in order in one go (no copy)."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return
         self._last_send = time.monotonic()
-        self.bytes_out += len(data)
         self.writes += 1
-        transport.write(data)
+        if data.__class__ is list:
+            self.bytes_out += sum(map(len, data))
+            transport.writelines(data)
+        else:
+            self.bytes_out += len(data)
+            transport.write(data)  # type: ignore[arg-type]
         if self._push_back:
             unsent = transport.get_write_buffer_size()
             if unsent > self.max_write_buffer:
