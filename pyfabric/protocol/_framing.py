@@ -17,6 +17,7 @@ from ._errors import LocalProtocolError
 __all__ = ["FrameReader", "FrameWriter", "FrameTooLarge"]
 
 _COMPACT_AT = 64 * 1024
+_JOIN_BELOW = 64 * 1024  # a rest this small is joined with the next chunk (see feed)
 _u32 = struct.Struct(">I")
 _unpack_u32 = _u32.unpack_from
 _pack_u32 = _u32.pack
@@ -52,6 +53,13 @@ class FrameReader:
             self._pos = 0
             return
         if isinstance(buf, bytes):
+            if len(buf) - self._pos < _JOIN_BELOW:
+                # A small rest (a frame cut by the read): joined with the new chunk into an
+                # immutable buffer, its frames then decode in place too (one copy, as a
+                # bytearray's append would be).
+                self._buf = b"".join((memoryview(buf)[self._pos :], data))
+                self._pos = 0
+                return
             self._buf = buf = bytearray(memoryview(buf)[self._pos :])
             self._pos = 0
         elif self._pos >= _COMPACT_AT and self._pos * 2 >= len(buf):

@@ -288,6 +288,24 @@ class Node(RemoteEntries):
             raise NotRegistered(reg_name)
         self._table[pid].deliver(msg)
 
+    def send_sized(self, dest: Pid | Atom, msg: Any) -> tuple[int, int]:
+        """:meth:`send` to a pid or a registered name, then what :meth:`mailbox_size` would
+        return: one lookup for a transport that checks the mailbox it just fed."""
+        if dest.__class__ is Pid:
+            entry = self._table.get(dest)
+            if entry is None:
+                return 0, 0
+        else:
+            reg_name = to_name(dest)  # type: ignore[arg-type]
+            pid = self._registry.whereis(reg_name)
+            if pid is None:
+                raise NotRegistered(reg_name)
+            entry = self._table[pid]
+        entry.deliver(msg)
+        if isinstance(entry, LocalProcess):
+            return entry.qsize(), entry.max_mailbox
+        return 0, 0
+
     def _send_to_node(self, dest: tuple[Any, ...], msg: Any) -> None:
         if len(dest) != 2:
             raise TypeError(f"a (name, node) destination has two items, got {dest!r}")

@@ -293,7 +293,11 @@ class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
     def _deliver_m(self, dest: Pid | Atom, payload: Any, credit: Any) -> None:
         # The fused m path's delivery: what the MessageReceived branch above does for an m.
         try:
-            self.node.send(dest, payload)
+            if credit is None:
+                self.node.send(dest, payload)
+                queued = cap = 0
+            else:
+                queued, cap = self.node.send_sized(dest, payload)
         except NotRegistered:
             _log.debug("%s: message to unregistered name %s dropped", self.label, dest)
             if credit is not None:
@@ -304,7 +308,10 @@ class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
             dests[dest] = dests.get(dest, 0) + 1
         self.messages_in += 1
         if credit is not None:
-            self.credit_for(self.conn, dest, credit)  # type: ignore[arg-type]
+            if cap and queued < self.options.config.mailbox_high:  # a local process with room
+                self.conn.credit_returned(credit)  # type: ignore[union-attr]
+            else:
+                self.credit_for(self.conn, dest, credit)  # type: ignore[arg-type]
 
     def _exit_refused(self, pid: Pid, what: str) -> bool:
         """``refuse_remote_exits``: True if the peer may not link to / signal ``pid``."""
