@@ -5,7 +5,10 @@ this process is the client, ``bench/pyserver.py`` the server (its own process). 
 interleaved batches, the order rotating from round to round:
 
 - ping-pong (both processes on one CPU, as ``--pin auto`` does): the bare asyncio echo
-  (the ceiling), pyfabric with acks and credit on (the default) and off;
+  (the ceiling), pyfabric with acks and credit on (the default) and off; then the same
+  unpinned (the kernel places both processes: a round trip then includes cross-CPU
+  wake-ups, which make the echo's ceiling lower and the ratio kinder; both are printed,
+  labelled);
 - small-message streaming (one CPU each): acks and credit on and off.
 
 Prints medians of the per-batch rates, CPU per operation of each side (from
@@ -54,7 +57,7 @@ async def run(n_pp: int, n_stream: int, rounds: int) -> dict[str, Any]:
 
         async def batch(scenario: str, variant: str, n: int) -> dict[str, Any]:
             before = cpu_snapshot(pids[::-1])
-            if scenario == "pingpong":
+            if scenario.startswith("pingpong"):
                 r = await (echo.pingpong(n) if variant == "asyncio" else py_pingpong(clients[variant], n))
             else:
                 r = await py_stream(clients[variant], n, 0)
@@ -65,7 +68,11 @@ async def run(n_pp: int, n_stream: int, rounds: int) -> dict[str, Any]:
             return r
 
         out: dict[str, Any] = {}
-        for scenario, variants, n, pin in (("pingpong", PINGPONG, n_pp, "same"), ("stream", STREAM, n_stream, "split")):
+        for scenario, variants, n, pin in (
+            ("pingpong", PINGPONG, n_pp, "same"),
+            ("pingpong_unpinned", PINGPONG, n_pp, "none"),
+            ("stream", STREAM, n_stream, "split"),
+        ):
             cpus = placement(pin)
             pin_process(pids[0], cpus["client"])
             pin_process(pids[1], cpus["server"])
@@ -95,12 +102,14 @@ async def run(n_pp: int, n_stream: int, rounds: int) -> dict[str, Any]:
 
 def report(out: dict[str, Any], rounds: int, n_pp: int, n_stream: int) -> None:
     print(f"{rounds} rounds; ping-pong batches of {n_pp:,} (one CPU), streams of {n_stream:,} small messages (two CPUs)")
-    for scenario, unit in (("pingpong", "rt/s"), ("stream", "msgs/s")):
+    for scenario, unit in (("pingpong", "rt/s"), ("pingpong_unpinned", "rt/s"), ("stream", "msgs/s")):
         for v, s in out[scenario].items():
-            print(f"  {scenario:<9} {v:<12} {s['per_s']:>10,.0f} {unit:<6} CPU {s['cpu_client_us']:5.1f} + {s['cpu_server_us']:5.1f} us/op")
+            print(f"  {scenario:<17} {v:<12} {s['per_s']:>10,.0f} {unit:<6} CPU {s['cpu_client_us']:5.1f} + {s['cpu_server_us']:5.1f} us/op")
     pp, st = out["pingpong"], out["stream"]
-    print(f"  Python<->Python ping-pong / asyncio echo:        {pp['py_py']['per_s'] / pp['asyncio']['per_s']:.3f}")
-    print(f"  Python<->Python (plain) ping-pong / asyncio echo: {pp['py_py_plain']['per_s'] / pp['asyncio']['per_s']:.3f}")
+    print(f"  Python<->Python ping-pong / asyncio echo, both on one CPU (make bench's --pin auto): {pp['py_py']['per_s'] / pp['asyncio']['per_s']:.3f}")
+    print(f"  Python<->Python (plain) ping-pong / asyncio echo, one CPU:                           {pp['py_py_plain']['per_s'] / pp['asyncio']['per_s']:.3f}")
+    un = out["pingpong_unpinned"]
+    print(f"  Python<->Python ping-pong / asyncio echo, unpinned (the kernel's placement):         {un['py_py']['per_s'] / un['asyncio']['per_s']:.3f}")
     print(f"  ping-pong acks+credit on / off:                  {pp['py_py']['per_s'] / pp['py_py_plain']['per_s']:.3f}")
     print(f"  small stream acks+credit on / off:               {st['py_py']['per_s'] / st['py_py_plain']['per_s']:.3f}")
 

@@ -16,6 +16,7 @@ See ``docs/terms.md`` for the full Erlang <-> Python mapping.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from . import _decode, _encode
@@ -49,6 +50,7 @@ __all__ = [
     "encode",
     "decode",
     "decode_from",
+    "decoder_from",
     "implementation",
     "Atom",
     "Pid",
@@ -120,6 +122,24 @@ def _options(safe: bool, limits: DecodeLimits | None, python_atoms: bool, string
     if len(_OPTIONS_CACHE) < 64:
         _OPTIONS_CACHE[key] = (limits, opts)
     return opts
+
+
+def decoder_from(
+    *, safe: bool = True, limits: DecodeLimits | None = None, python_atoms: bool = False, strings: str = "str"
+) -> Callable[[Buffer, int], tuple[Any, int]]:
+    """:func:`decode_from` with these options, checked once: ``decoder_from(limits=L)(buf,
+    offset)`` is ``decode_from(buf, offset, limits=L)``, for a caller that decodes many
+    terms with the same options (a connection decodes every frame it receives)."""
+    opts = _options(safe, limits, python_atoms, strings)
+    max_input = opts.limits.max_input_size
+    versioned = _decode.decode_versioned
+
+    def decode_at(buf: Buffer, offset: int = 0) -> tuple[Any, int]:
+        if type(buf) is bytes and type(offset) is int and 0 <= offset and len(buf) - offset <= max_input:
+            return versioned(buf, offset, opts)
+        return decode_from(buf, offset, safe=safe, limits=limits, python_atoms=python_atoms, strings=strings)
+
+    return decode_at
 
 
 def _make_options(safe: bool, limits: DecodeLimits | None, python_atoms: bool, strings: str) -> _decode.Options:

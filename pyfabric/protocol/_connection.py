@@ -245,7 +245,8 @@ class Connection(ConnectionCommands, acks.AcksMixin, FlowMixin, RouteMixin, Glob
     # -- received frames --------------------------------------------------------------
 
     def _on_frame(self, start: int, end: int) -> None:
-        self._state.process("recv:frame")
+        # Only next_event calls this, in state ESTABLISHED: the state table's "recv:frame"
+        # (legal there, the state unchanged) needs no lookup per frame.
         self._errors.frame_received()
         outbox = self._session.outbox
         try:

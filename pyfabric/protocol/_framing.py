@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from ..etf import DecodeError, DecodeLimits, decode, decode_from
+from ..etf import DecodeError, DecodeLimits, decode, decoder_from
 from ._constants import MAX_PACKET
 from ._errors import LocalProtocolError
 
@@ -35,11 +35,13 @@ class FrameTooLarge(Exception):
 class FrameReader:
     """Received bytes, cut into ``{packet, 4}`` frames."""
 
-    __slots__ = ("_buf", "_pos")
+    __slots__ = ("_buf", "_pos", "_limits", "_decode_at")
 
     def __init__(self) -> None:
         self._buf: bytes | bytearray = b""
         self._pos = 0
+        self._limits: DecodeLimits | None = None
+        self._decode_at = decoder_from()  # for self._limits (see decode)
 
     def __len__(self) -> int:
         """Bytes held (including already consumed ones not compacted away yet)."""
@@ -97,7 +99,10 @@ class FrameReader:
         """The term of the frame at ``start:end``; raises DecodeError."""
         buf = self._buf
         if type(buf) is bytes:
-            term, stop = decode_from(buf, start, limits=limits)
+            if limits is not self._limits:  # the options are checked once per limits
+                self._decode_at = decoder_from(limits=limits)
+                self._limits = limits
+            term, stop = self._decode_at(buf, start)
             if stop != end:
                 raise DecodeError("the term does not end where the frame ends", stop - start)
             return term
