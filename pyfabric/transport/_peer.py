@@ -273,8 +273,9 @@ class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
                     self.on_route_event(self, ev)
         # Written at the end of this loop pass, together with what the local processes
         # woken by these events send meanwhile (their wake-ups run first): one socket
-        # write for a reply and the acks or grants these frames made due.
-        if not self._flush_scheduled:
+        # write for a reply and the acks or grants these frames made due (a woken
+        # process's send schedules the flush itself).
+        if not self._flush_scheduled and conn.pending_output():
             self._schedule_flush()
         if conn is not None:
             timer = self._ack_timer
