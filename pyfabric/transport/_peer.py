@@ -310,7 +310,9 @@ class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
         self.messages_in += 1
         if credit is not None:
             if cap and queued < self.options.config.mailbox_high:  # a local process with room
-                self.conn.credit_returned(credit)  # type: ignore[union-attr]
+                conn = self.conn
+                if conn.session.credit.give_back(*credit):  # type: ignore[union-attr]  # credit_returned, inlined
+                    conn.send_grant()  # type: ignore[union-attr]
             else:
                 self.credit_for(self.conn, dest, credit)  # type: ignore[arg-type]
 
