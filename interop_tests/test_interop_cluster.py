@@ -105,16 +105,22 @@ class Cluster:
             node.stop()
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
+def running_cluster(prefix: str = "pyfcl") -> Iterator[Cluster]:
+    """The body of a module's ``cluster`` fixture: the three nodes under short names starting
+    with ``prefix`` (each module its own, so modules never share or collide), stopped after."""
     require_erl()
-    c = Cluster()
+    c = Cluster(prefix)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ERL_EPMD_ADDRESS", "127.0.0.1")  # an epmd these nodes start listens on the loopback only
         try:
             yield c.start()
         finally:
             c.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    yield from running_cluster()
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,8 @@ from collections.abc import Iterator
 
 import pytest
 from erl_clients import erl_echo
-from interop_support import DOWN, HOST, NOCONNECTION, SECRET, WAIT, Harness, erl, erl_session, require_erl  # noqa: F401 (fixtures)
-from test_interop_cluster import Cluster, ecl, ev, wait_for  # noqa: F401 (fixtures)
+from interop_support import DOWN, HOST, NOCONNECTION, SECRET, WAIT, Harness, erl, erl_session  # noqa: F401 (fixtures)
+from test_interop_cluster import Cluster, ecl, ev, running_cluster, wait_for  # noqa: F401 (fixtures)
 
 import pyfabric
 from pyfabric import ANY, Atom, Pid
@@ -40,14 +40,7 @@ _SINK = (
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     """test_interop_cluster.py's three nodes, under names of their own."""
-    require_erl()
-    c = Cluster("pydrn")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ERL_EPMD_ADDRESS", "127.0.0.1")  # an epmd these nodes start listens on the loopback only
-        try:
-            yield c.start()
-        finally:
-            c.stop()
+    yield from running_cluster("pydrn")
 
 
 def erl_sees(erl: Harness, node: str) -> bool:

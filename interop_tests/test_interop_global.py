@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from interop_support import DIE, HOST, SECRET, WAIT, Harness, erl, erl_session, require_erl, victim  # noqa: F401 (fixtures)
-from test_interop_cluster import PY, Cluster, Forwarder, ecl, ev, pycl, wait_for  # noqa: F401 (fixtures)
+from interop_support import DIE, HOST, SECRET, WAIT, Harness, erl, erl_session, victim  # noqa: F401 (fixtures)
+from test_interop_cluster import PY, Cluster, Forwarder, ecl, ev, pycl, running_cluster, wait_for  # noqa: F401 (fixtures)
 
 import pyfabric
 from pyfabric import Atom, GlobalNameError, GlobalNameInUse, Pid
@@ -30,14 +30,7 @@ NORMAL = Atom("normal")
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     """test_interop_cluster.py's three nodes, under names of their own."""
-    require_erl()
-    c = Cluster("pyglb")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ERL_EPMD_ADDRESS", "127.0.0.1")  # an epmd these nodes start listens on the loopback only
-        try:
-            yield c.start()
-        finally:
-            c.stop()
+    yield from running_cluster("pyglb")
 
 _C_ASK = (
     "Self = self(), Ref = make_ref(), "
