@@ -24,7 +24,7 @@
 -export([start_server/3, stop_server/1, port/1, connect/4, close/1, whereis/2, whereis/3,
          send/2, send_confirmed/2, send_confirmed/3, info/1, allow/2, is_proxy/1, disconnect/1,
          nodes/1, monitor_node/3, register_global/3, unregister_global/2, drain_server/1,
-         drain_server/2]).
+         drain_server/2, join/3, leave/3, members/2]).
 -export([start_server_link/3, connect_link/4, server_child_spec/4, client_child_spec/5,
          server/1, exit/2]).
 -compile({no_auto_import, [exit/2]}).
@@ -32,7 +32,7 @@
 -ignore_xref([start_server/3, stop_server/1, port/1, connect/4, close/1, whereis/2, whereis/3,
               send/2, send_confirmed/2, send_confirmed/3, info/1, allow/2, is_proxy/1,
               disconnect/1, nodes/1, monitor_node/3, register_global/3, unregister_global/2,
-              drain_server/1, drain_server/2, start_server_link/3, connect_link/4,
+              drain_server/1, drain_server/2, join/3, leave/3, members/2, start_server_link/3, connect_link/4,
               server_child_spec/4, client_child_spec/5, server/1, exit/2]).
 
 -export_type([server/0, conn/0, dest/0]).
@@ -314,6 +314,27 @@ register_global(Conn, Name, Pid) when is_atom(Name), is_pid(Pid) ->
 %% processes: `ok', or `{error, not_registered}' when this client does not hold it.
 -spec unregister_global(conn(), atom()) -> ok | {error, term()}.
 unregister_global(Conn, Name) when is_atom(Name) -> global_call(Conn, {unregister, Name}).
+
+%% @doc Join the local process `Pid' to the cluster's `pg' group `Group' (a binary, or an
+%% atom naming the same group) through the server of `Conn' (docs/protocol.md 18): the
+%% server joins its proxy for `Pid' to `{fabric_peer_group, GroupBin}' of its scope, so the
+%% membership ends with `Pid' or the connection's session. `ok', `{error, not_allowed}'
+%% (the server's `client_groups'), `{error, limit}' (64 groups), `{error, noproc}',
+%% `{error, not_supported}', `{error, not_connected}'.
+-spec join(conn(), binary() | atom(), pid()) -> ok | {error, term()}.
+join(Conn, Group, Pid) when is_pid(Pid) -> global_call(Conn, {pg, {join, group(Group), Pid}}).
+
+%% @doc Take `Pid' out of group `Group': `ok' or `{error, not_member}' (and as `join/3').
+-spec leave(conn(), binary() | atom(), pid()) -> ok | {error, term()}.
+leave(Conn, Group, Pid) when is_pid(Pid) -> global_call(Conn, {pg, {leave, group(Group), Pid}}).
+
+%% @doc The members of group `Group' on every node of the cluster (at most 1000): proxies,
+%% and the caller's own processes as themselves. `{ok, Pids}' or `{error, _}' as `join/3'.
+-spec members(conn(), binary() | atom()) -> {ok, [pid()]} | {error, term()}.
+members(Conn, Group) -> global_call(Conn, {pg, {members, group(Group)}}).
+
+group(G) when is_atom(G) -> atom_to_binary(G, utf8);
+group(G) when is_binary(G) -> G.
 
 global_call(Conn, Cmd) ->
     try gen_statem:call(Conn, {fabric_global, Cmd}, 10000)

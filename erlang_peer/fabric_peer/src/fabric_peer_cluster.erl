@@ -41,8 +41,10 @@
 
 %% @doc Check the `cluster' option against the other settings of a server (called by
 %% `fabric_peer_opts'): `cluster' is an atom (the `pg' scope) or `false', and needs
-%% `routing'.
+%% `routing'; `client_groups' (docs/protocol.md 18.1) needs `cluster'.
 -spec check(map()) -> ok.
+check(#{cluster := false, client_groups := G}) when G =/= false ->
+    throw({bad_option, {client_groups, needs_cluster}});
 check(#{cluster := false}) -> ok;
 check(#{cluster := Scope, routing := Routing}) when is_atom(Scope) ->
     Routing =/= false orelse throw({bad_option, {cluster, needs_routing}}),

@@ -11,6 +11,10 @@
 %% Connection part: `action/2' carries a server's `{global, Cmd}' out (`global' calls, in
 %% the connection process) and writes the answer; `call/4' is the client's
 %% `fabric_peer:register_global/3' and `unregister_global/2'.
+%%
+%% The frames, actions and calls of the `pg' feature (docs/protocol.md 18) come through
+%% the same hooks (`{global, _}' frames and actions, `{fabric_global, _}' calls) and are
+%% handed to `fabric_peer_cluster_pg'.
 -module(fabric_peer_cluster_global).
 
 -include_lib("kernel/include/logger.hrl").
@@ -47,12 +51,16 @@ classify(_) -> {error, unknown_frame}.
 
 %% @doc The features a server offers: `global' only with `register_global' (17.1).
 -spec features(server | client, map()) -> [binary()].
-features(server, #{register_global := false, features := F}) -> F -- [<<"global">>];
-features(_, #{features := F}) -> F.
+features(server, #{register_global := false, features := F} = M) ->
+    fabric_peer_cluster_pg:features(server, M#{features := F -- [<<"global">>]});
+features(Role, M) -> fabric_peer_cluster_pg:features(Role, M).
 
 %% @doc A `global' frame received (classified). A frame of the other direction is
 %% `unknown_frame'.
 -spec dispatch(tuple(), proto()) -> {ok, proto()} | {error, atom(), term(), proto()}.
+dispatch(F, P) when element(1, F) =:= pg_join; element(1, F) =:= pg_leave;
+                    element(1, F) =:= pg_members; element(1, F) =:= pg_reply ->
+    fabric_peer_cluster_pg:dispatch(F, P);
 dispatch({register_global, Req, NameBin, A}, #p{o = #{role := server}, s = S} = P) ->
     case name(NameBin, P) of
         {ok, Name, P1} ->
@@ -155,6 +163,7 @@ request(_, _, _, From, P) -> act({reply, From, {error, not_supported}}, P).
 %% @doc Carry out a server's `{global, Cmd}' action: register or unregister in `global',
 %% then answer the client.
 -spec action(tuple(), fabric_peer_conn:data()) -> fabric_peer_conn:data().
+action({pg, Cmd}, D) -> fabric_peer_cluster_pg:action(Cmd, D);
 action({register, Req, Name, Proxy}, D) ->
     Result = case global:whereis_name(Name) of
                  Proxy -> ok;
@@ -183,6 +192,7 @@ action({unregister, Req, Name}, D) ->
 %% `unregister_global/2' (`{unregister, Name}') on a client connection.
 -spec call(term(), gen_statem:from(), atom(), fabric_peer_conn:data()) ->
           gen_statem:event_handler_result(atom()).
+call({pg, Cmd}, From, State, D) -> fabric_peer_cluster_pg:call(Cmd, From, State, D);
 call({register, Name, Pid}, From, _, #d{role = client} = D) when is_atom(Name), is_pid(Pid) ->
     {keep_state, with(fun(P) -> request(register, Name, Pid, From, P) end, D)};
 call({unregister, Name}, From, _, #d{role = client} = D) when is_atom(Name) ->

@@ -194,6 +194,13 @@ extended(T, #{<<"global">> := true}) when element(1, T) =:= register_global;
         {error, _} = E -> E;
         Frame -> {global, Frame}
     end;
+extended(T, #{<<"pg">> := true}) when element(1, T) =:= pg_join; element(1, T) =:= pg_leave;
+                                      element(1, T) =:= pg_members; element(1, T) =:= pg_reply ->
+    %% section 18: through the `global' hook, to fabric_peer_cluster_pg
+    case fabric_peer_cluster_pg:classify(T) of
+        {error, _} = E -> E;
+        Frame -> {global, Frame}
+    end;
 extended({link, A, B}, F) when is_integer(A), is_integer(B) -> feature(<<"link">>, F, {link, A, B});
 extended({unlink, A, B}, F) when is_integer(A), is_integer(B) -> feature(<<"link">>, F, {unlink, A, B});
 extended({exit2, A, B, R}, F) when is_integer(A), is_integer(B) ->

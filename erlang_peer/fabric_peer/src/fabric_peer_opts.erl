@@ -9,7 +9,8 @@
 
 -define(ALL_FEATURES, [<<"whereis">>, <<"link">>, <<"maps">>, <<"bitstrings">>, <<"ports">>,
                        <<"funs">>, <<"heartbeat">>, <<"error">>, <<"session">>,
-                       <<"acks">>, <<"credit">>, <<"link_exit">>, <<"route">>, <<"global">>]).
+                       <<"acks">>, <<"credit">>, <<"link_exit">>, <<"route">>, <<"global">>,
+                       <<"pg">>]).
 
 %% @doc The version 1 features this implementation speaks (docs/protocol.md section 3.5).
 -spec all_features() -> [binary()].
@@ -68,7 +69,7 @@ defaults(Role) ->
                           refuse_remote_exits => false,
                           routing => false, route_heartbeat => 1000, route_grace => 10000,
                           route_max_proxies => 10000, cluster => false,
-                          register_global => false};
+                          register_global => false, client_groups => false};
         client -> Common#{mode => extended, reconnect => true, reconnect_min => 100,
                           reconnect_max => 30000, connect_timeout => 5000,
                           close_with_owner => true, fallbacks => []}
@@ -126,6 +127,13 @@ check(cluster, _) -> ok;   % with routing: check_combination/2
 check(register_global, V) ->
     (is_boolean(V) orelse (is_list(V) andalso lists:all(fun is_atom/1, V)))
         orelse bad(register_global, V);
+check(client_groups, V) ->
+    (is_boolean(V) orelse (is_list(V) andalso
+                           lists:all(fun(N) when is_atom(N) -> true;
+                                        (N) when is_binary(N) -> byte_size(N) > 0 andalso byte_size(N) =< 255;
+                                        (_) -> false
+                                     end, V)))
+        orelse bad(client_groups, V);
 check(fallbacks, V) ->
     (is_list(V) andalso lists:all(fun({H, P}) -> (is_list(H) orelse is_binary(H) orelse is_tuple(H))
                                                      andalso is_integer(P) andalso P > 0 andalso P < 65536;

@@ -34,10 +34,11 @@
 
 -opaque seq() :: #seq{}.
 
-%% The frames that are not sequenced (11.2, 16.10, 17.2), by their tag.
+%% The frames that are not sequenced (11.2, 16.10, 17.2, 18.2), by their tag.
 -define(UNSEQUENCED, [heartbeat, heartbeat_ack, error, ack, whereis, whereis_reply,
                       whereis_node, nodes, nodes_reply, nodeup, nodedown,
-                      register_global, unregister_global, global_reply]).
+                      register_global, unregister_global, global_reply,
+                      pg_join, pg_leave, pg_members, pg_reply]).
 
 %% @doc A new state with the outbox limits `outbox_frames' and `outbox_bytes'.
 -spec new(pos_integer(), pos_integer()) -> seq().

@@ -20,6 +20,7 @@ all() ->
     [cross_server_send, cross_server_whereis_and_nodes, pid_identity_across,
      monitors_and_links_across, nodeup_nodedown_across, node_name_unique_across,
      global_name_of_an_erlang_process, register_global, cluster_options,
+     pg_groups_across, pg_membership_ends, pg_refusals,
      resume_through_another_server, drain_server_moves_clients,
      failover_when_a_server_node_stops].
 
@@ -36,7 +37,7 @@ init_per_suite(Config0) ->
     Nodes = [start_node(L) || L <- [a, b, c]],
     [{_, NA, _} | _] = Nodes,
     [true = erpc:call(NA, net_kernel, connect_node, [N]) || {_, N, _} <- tl(Nodes)],
-    Servers = [{L, N, P, start_server(N)} || {L, N, P} <- Nodes],
+    Servers = [{L, N, P, start_server(L, N)} || {L, N, P} <- Nodes],
     %% the mesh is complete and every server sees the others in the scope
     true = wait(fun() ->
                         lists:all(fun({_, N, _}) ->
@@ -88,9 +89,14 @@ start_node(Label) ->
     ok = erpc:call(Node, logger, set_primary_config, [level, error]),
     {Label, Node, Peer}.
 
-start_server(Node) ->
+%% Servers a and b let clients use any `pg' group; c only `ct_only' (docs/protocol.md 18.1).
+start_server(L, Node) ->
+    Groups = case L of
+                 c -> [ct_only];
+                 _ -> true
+             end,
     Opts = #{routing => true, cluster => ?SCOPE, route_heartbeat => 200, route_grace => 3000,
-             register_global => true},
+             register_global => true, client_groups => Groups},
     {ok, S} = erpc:call(Node, fabric_peer, start_server, [0, "secret", Opts]),
     {S, erpc:call(Node, fabric_peer, port, [S])}.
 
@@ -356,6 +362,131 @@ cluster_options(Config) ->
                            [0, "s", #{cluster => ?SCOPE, routing => true}])),
     ?assertMatch({error, {bad_option, {cluster, _}}},
                  fabric_peer:start_server(0, "s", #{cluster => "x", routing => true})),
+    ok.
+
+%%% pg groups (docs/protocol.md 18)
+
+%% The members of client group `G' seen on `Node', in the scope.
+pg_members_on(Node, G) -> erpc:call(Node, pg, get_members, [?SCOPE, {fabric_peer_group, G}]).
+
+%% A client of a and a client of b join one group, with an Erlang process of node c; each
+%% client lists all three (its own process as itself, the others as proxies) and reaches
+%% them; leave, and joining twice.
+pg_groups_across(Config) ->
+    {NodeA, _, _} = server(Config, a),
+    {NodeC, _, _} = server(Config, c),
+    G = atom_to_binary(fabric_peer_test_lib:unique_name("grp")),
+    {C1, _} = client(Config, a, "c1_", []),
+    {C2, _} = client(Config, b, "c2_", []),
+    Me = self(),
+    Member = fun(Tag) -> spawn(fun Loop() ->
+                                       receive {From, X} -> Me ! {Tag, X}, From ! {echo, Tag, X}, Loop();
+                                               stop -> ok
+                                       end
+                               end)
+             end,
+    P1 = Member(p1),
+    P2 = Member(p2),
+    ?assertEqual(ok, fabric_peer:join(C1, G, P1)),
+    ?assertEqual(ok, fabric_peer:join(C1, G, P1)),
+    ?assertEqual(ok, fabric_peer:join(C2, binary_to_atom(G), P2)),
+    E = erpc:call(NodeC, ?MODULE, start_group_member, [G, Me]),
+    true = wait(fun() -> length(pg_members_on(NodeA, G)) =:= 3 end),
+    {ok, M1} = fabric_peer:members(C1, G),
+    ?assertEqual(3, length(M1)),
+    ?assert(lists:member(P1, M1)),
+    Others1 = M1 -- [P1],
+    ?assert(lists:all(fun fabric_peer:is_proxy/1, Others1)),
+    {ok, M2} = fabric_peer:members(C2, G),
+    ?assert(lists:member(P2, M2)),
+    ?assertEqual(3, length(M2)),
+    %% messages to the members C1 sees arrive at P2 and at the Erlang process
+    [ok = fabric_peer:send(M, {self(), hello}) || M <- Others1],
+    receive {p2, hello} -> ok after ?T -> error(p2_not_delivered) end,
+    receive {erl_member, hello} -> ok after ?T -> error(erlang_member_not_delivered) end,
+    %% and C2's view reaches P1
+    [ok = fabric_peer:send(M, {self(), from_c2}) || M <- M2 -- [P2]],
+    receive {p1, from_c2} -> ok after ?T -> error(p1_not_delivered) end,
+    ?assertEqual(ok, fabric_peer:leave(C1, G, P1)),
+    ?assertEqual({error, not_member}, fabric_peer:leave(C1, G, P1)),
+    ?assertEqual({error, not_member}, fabric_peer:leave(C1, G, spawn(fun() -> ok end))),
+    true = wait(fun() -> length(pg_members_on(NodeA, G)) =:= 2 end),
+    {ok, M3} = fabric_peer:members(C1, G),
+    ?assertNot(lists:member(P1, M3)),
+    ?assertEqual({ok, []}, fabric_peer:members(C1, <<"nobody_here">>)),
+    [X ! stop || X <- [P1, P2, E]],
+    close([C1, C2]).
+
+start_group_member(G, Test) ->
+    Pid = spawn(fun Loop() ->
+                        receive
+                            {From, X} when is_pid(From) -> Test ! {erl_member, X}, Loop();
+                            stop -> ok
+                        end
+                end),
+    ok = pg:join(?SCOPE, {fabric_peer_group, G}, Pid),
+    Pid.
+
+%% Membership ends with the process (its DEAD ends the proxy) and with the session.
+pg_membership_ends(Config) ->
+    {NodeA, _, _} = server(Config, a),
+    {NodeB, _, _} = server(Config, b),
+    G = atom_to_binary(fabric_peer_test_lib:unique_name("grp_end")),
+    {C1, _} = client(Config, a, "c1_", []),
+    {C2, _} = client(Config, b, "c2_", []),
+    P1 = spawn(fun() -> receive stop -> ok end end),
+    P2 = spawn(fun() -> receive stop -> ok end end),
+    ok = fabric_peer:join(C1, G, P1),
+    ok = fabric_peer:join(C2, G, P2),
+    true = wait(fun() -> length(pg_members_on(NodeA, G)) =:= 2 end),
+    P1 ! stop,
+    true = wait(fun() -> length(pg_members_on(NodeA, G)) =:= 1 end),
+    {ok, [Q2]} = fabric_peer:members(C1, G),
+    ?assert(fabric_peer:is_proxy(Q2)),
+    %% C2's session ends: server b closes its connection (the proxies end with noconnection)
+    [Proxy2] = pg_members_on(NodeB, G),
+    ok = erpc:call(NodeB, ?MODULE, close_server_side, [Proxy2]),
+    true = wait(fun() -> pg_members_on(NodeA, G) =:= [] end),
+    ?assertEqual({ok, []}, fabric_peer:members(C1, G)),
+    P2 ! stop,
+    close([C1, C2]).
+
+close_server_side(Proxy) -> fabric_peer:close(fabric_peer_registry:proxy_conn(Proxy)).
+
+%% `client_groups' refuses groups (server c: only `ct_only'), a session's processes are in
+%% at most 64 groups, a dead process cannot join, and a server without `client_groups' or
+%% without a cluster does not offer `pg'.
+pg_refusals(Config) ->
+    {NodeA, _, _} = server(Config, a),
+    {C3, _} = client(Config, c, "c3_", []),
+    P = spawn(fun() -> receive stop -> ok end end),
+    ?assertEqual({error, not_allowed}, fabric_peer:join(C3, <<"elsewhere">>, P)),
+    ?assertEqual({error, not_allowed}, fabric_peer:members(C3, <<"elsewhere">>)),
+    ?assertEqual(ok, fabric_peer:join(C3, ct_only, P)),
+    ?assertEqual(ok, fabric_peer:leave(C3, <<"ct_only">>, P)),
+    {C1, _} = client(Config, a, "c1_", []),
+    Max = erpc:call(NodeA, fabric_peer_cluster_pg, max_groups, []),
+    Pre = atom_to_list(fabric_peer_test_lib:unique_name("lim")),
+    Gs = [list_to_binary(Pre ++ integer_to_list(I)) || I <- lists:seq(1, Max + 1)],
+    [?assertEqual(ok, fabric_peer:join(C1, Gx, P)) || Gx <- lists:sublist(Gs, Max)],
+    ?assertEqual({error, limit}, fabric_peer:join(C1, lists:last(Gs), P)),
+    %% a group already joined is still ok, and leaving one makes room
+    ?assertEqual(ok, fabric_peer:join(C1, hd(Gs), P)),
+    ?assertEqual(ok, fabric_peer:leave(C1, hd(Gs), P)),
+    ?assertEqual(ok, fabric_peer:join(C1, lists:last(Gs), P)),
+    close([C1, C3]),
+    P ! stop,
+    %% not offered: a server without client_groups (this node, no cluster)
+    {ok, S} = fabric_peer:start_server(0, "s", #{}),
+    {ok, C} = fabric_peer:connect("127.0.0.1", fabric_peer:port(S), "s", #{}),
+    ?assertEqual({error, not_supported}, fabric_peer:join(C, <<"g">>, self())),
+    ?assertEqual({error, not_supported}, fabric_peer:members(C, <<"g">>)),
+    close([C]),
+    ok = fabric_peer:stop_server(S),
+    ?assertEqual({error, {bad_option, {client_groups, needs_cluster}}},
+                 fabric_peer:start_server(0, "s", #{client_groups => true})),
+    ?assertMatch({error, {bad_option, {client_groups, _}}},
+                 fabric_peer:start_server(0, "s", #{client_groups => [1]})),
     ok.
 
 %% C2's path to server b is cut (b stays up): C2 reconnects to its fallback c, which relays
