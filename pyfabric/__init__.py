@@ -61,6 +61,7 @@ from .transport import (
     ConnectionState,
     GlobalNameError,
     GlobalNameInUse,
+    GroupError,
     NotConnected,
     SendQueueFull,
     SendRefused,
@@ -133,6 +134,7 @@ __all__ = [
     "ServerClosed",
     "GlobalNameError",
     "GlobalNameInUse",
+    "GroupError",
     "MessagesUndelivered",
     "UndeliveredMessage",
 ]

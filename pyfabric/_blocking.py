@@ -336,6 +336,20 @@ class BlockingClient(_BlockingNodeApi[Client]):
         :meth:`pyfabric.transport.Client.unregister_global`."""
         self._runner.run(self._target.unregister_global(name, timeout=timeout))
 
+    def join(self, group: str | bytes, pid: Pid, *, timeout: float | None = None) -> None:
+        """Join local process ``pid`` to ``pg`` group ``group`` of a clustered erlang_peer
+        server; see :meth:`pyfabric.transport.Client.join` (:class:`~pyfabric.GroupError`)."""
+        self._runner.run(self._target.join(group, pid, timeout=timeout))
+
+    def leave(self, group: str | bytes, pid: Pid, *, timeout: float | None = None) -> None:
+        """Take ``pid`` out of group ``group``; see :meth:`pyfabric.transport.Client.leave`."""
+        self._runner.run(self._target.leave(group, pid, timeout=timeout))
+
+    def members(self, group: str | bytes, *, timeout: float | None = None) -> list[Pid]:
+        """The members of group ``group`` in the cluster; see
+        :meth:`pyfabric.transport.Client.members`."""
+        return self._runner.run(self._target.members(group, timeout=timeout))
+
     def wait_connected(self, timeout: float | None = None) -> None:
         """Block until connected (``TimeoutError`` after ``timeout`` s; ``NotConnected`` if closed)."""
         self._runner.run(self._target.wait_connected(timeout))

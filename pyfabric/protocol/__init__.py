@@ -167,6 +167,7 @@ from ._events import (
     WhereisRequested,
 )
 from ._global import GlobalReplied
+from ._pg import GroupReplied
 from ._policy import NamePolicy
 from ._route import ROUTE_EVENTS, RouteHooks
 from ._session import (
@@ -215,6 +216,7 @@ __all__ = [
     "NodeUp",
     "NodeDown",
     "GlobalReplied",
+    "GroupReplied",
     "Event",
     "HandshakeComplete",
     "AuthFailed",

@@ -52,6 +52,7 @@ from ._handshake import Agreement
 from ._handshake_client import ClientHandshake
 from ._handshake_server import ServerHandshake
 from ._outbox import Outbox
+from ._pg import PgMixin
 from ._rewrite import describe
 from ._route import RouteHooks, RouteMixin
 from ._session import Session
@@ -80,7 +81,7 @@ _HANDSHAKE_FRAMES = {
 }
 
 
-class Connection(ConnectionCommands, acks.AcksMixin, FlowMixin, RouteMixin, GlobalMixin):
+class Connection(ConnectionCommands, acks.AcksMixin, FlowMixin, RouteMixin, GlobalMixin, PgMixin):
     """One side of one fabric connection (see the package docstring).
 
     ``config`` (a :class:`ConnectionConfig`) or the options as keywords (``secret``

@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 FEATURES = frozenset(
-    {"whereis", "link", "link_exit", "maps", "bitstrings", "ports", "funs", "heartbeat", "error", "session", "acks", "credit", "route", "global"}
+    {"whereis", "link", "link_exit", "maps", "bitstrings", "ports", "funs", "heartbeat", "error", "session", "acks", "credit", "route", "global", "pg"}
 )
 """The features of extension version 1 (docs/protocol.md section 3.5)."""
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..etf import Atom, Pid
 from . import _global as glob
+from . import _pg as pg
 from . import _route as route
 from ._constants import (
     A_ACK,
@@ -113,6 +114,7 @@ class Established:
         self.our_nodes: set[int] = set()
         self.their_nodes: set[int] = set()
         self.our_global: set[int] = set()  # `global` (17): our requests in flight
+        self.our_pg: set[int] = set()  # `pg` (18): our requests in flight
 
     def dispatch(self, term: Any) -> None:
         """Handle one decoded frame; raises RemoteProtocolError to drop it."""
@@ -448,9 +450,13 @@ FRAMES: dict[Atom, FrameSpec] = {
         FrameSpec(glob.A_REGISTER_GLOBAL, 4, "global", glob.on_register_global, sequenced=False),
         FrameSpec(glob.A_UNREGISTER_GLOBAL, 3, "global", glob.on_unregister_global, sequenced=False),
         FrameSpec(glob.A_GLOBAL_REPLY, 3, "global", glob.on_global_reply, sequenced=False),
+        FrameSpec(pg.A_PG_JOIN, 4, "pg", pg.on_pg_request, sequenced=False),
+        FrameSpec(pg.A_PG_LEAVE, 4, "pg", pg.on_pg_request, sequenced=False),
+        FrameSpec(pg.A_PG_MEMBERS, 3, "pg", pg.on_pg_request, sequenced=False),
+        FrameSpec(pg.A_PG_REPLY, 3, "pg", pg.on_pg_reply, sequenced=False),
     )
 }
-"""Every frame a peer may send after the handshake (docs/protocol.md sections 4, 5, 11, 12, 16, 17)."""
+"""Every frame a peer may send after the handshake (docs/protocol.md sections 4, 5, 11, 12, 16, 17, 18)."""
 
 UNSEQUENCED = frozenset(tag for tag, spec in FRAMES.items() if not spec.sequenced)
 """Tags of the frames not numbered with ``acks``; every other frame after the handshake is,

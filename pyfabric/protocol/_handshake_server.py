@@ -59,8 +59,8 @@ class ServerHandshake:
         if client_version is not None:
             agreed.mode = "extended"
             agreed.version = min(client_version, hs.EXT_VERSION)
-            # `global` is an erlang_peer server's: a pyfabric server never offers it (17.1).
-            offered = (config.features if self._route is not None else config.features - {"route"}) - {"global"}
+            # `global` and `pg` are an erlang_peer server's: a pyfabric server never offers them (17.1, 18.1).
+            offered = (config.features if self._route is not None else config.features - {"route"}) - {"global", "pg"}
             features = sorted(hs.feature_rule(offered))
             offer = {
                 b"version": agreed.version,

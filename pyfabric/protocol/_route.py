@@ -30,6 +30,7 @@ from ._constants import (
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._events import MessageRouted, NodeDown, NodesReplied, NodesRequested, NodeUp, WhereisNodeRequested
 from ._global import GlobalReplied
+from ._pg import GroupReplied
 from ._rewrite import describe
 from ._session import Session
 
@@ -49,9 +50,9 @@ UNKNOWN = "unknown"  # no such node: dropped like a message to an unregistered n
 
 MAX_NODE_BYTES = 255
 
-ROUTE_EVENTS = (MessageRouted, WhereisNodeRequested, NodesRequested, NodesReplied, NodeUp, NodeDown, GlobalReplied)
+ROUTE_EVENTS = (MessageRouted, WhereisNodeRequested, NodesRequested, NodesReplied, NodeUp, NodeDown, GlobalReplied, GroupReplied)
 """The events the transport hands to its ``on_route_event`` hook: those of the `route` feature
-(its router, a client's nodes) and the client's answers of `global` (section 17)."""
+(its router, a client's nodes) and the client's answers of `global` and `pg` (sections 17, 18)."""
 
 
 @dataclass(frozen=True, slots=True)

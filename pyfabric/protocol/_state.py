@@ -47,6 +47,7 @@ _ESTABLISHED_COMMANDS = (
     "reply_nodes",
     "node_notice",
     "global",
+    "pg",
     "heartbeat",
     "send_deferred",
     "recv:frame",

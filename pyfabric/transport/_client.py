@@ -22,6 +22,7 @@ from ._global_client import GlobalClientMixin, GlobalNames
 from ._local import LocalProcesses
 from ._options import PeerOptions
 from ._peer import PeerLink
+from ._pg_client import ClientGroups, PgClientMixin
 from ._route_client import ClientNodes, RouteClientMixin, to_node
 from ._stream import FrameStream
 
@@ -46,7 +47,7 @@ class ConnectionState:
     CLOSED = "closed"
 
 
-class Client(LocalProcesses, RouteClientMixin, GlobalClientMixin):
+class Client(LocalProcesses, RouteClientMixin, GlobalClientMixin, PgClientMixin):
     """A connection to one fabric server; create it with :func:`aconnect`.
 
     Use it as an async context manager, or call :meth:`close`. Everything here must be
@@ -99,6 +100,7 @@ class Client(LocalProcesses, RouteClientMixin, GlobalClientMixin):
         self._link.on_closed = self._on_link_closed
         self._route_nodes = ClientNodes(node, self._link)
         self._global_names = GlobalNames(node, self._link)
+        self._client_groups = ClientGroups(node, self._link)
         self._stream: FrameStream | None = None
         self._state = ConnectionState.CONNECTING
         self._listeners: list[Callable[[str], None]] = []
@@ -168,6 +170,7 @@ class Client(LocalProcesses, RouteClientMixin, GlobalClientMixin):
         self._connected.clear()
         self._route_nodes.connection_lost()
         self._global_names.connection_lost()
+        self._client_groups.connection_lost()
         if self._closing or not self._reconnect:
             self._finish_closed()
             return

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 __all__ = ["TransportError", "NotConnected", "ConnectFailed", "SendQueueFull", "ClientClosed", "ServerClosed", "SendTimeout", "SendRefused",
-           "GlobalNameError", "GlobalNameInUse"]
+           "GlobalNameError", "GlobalNameInUse", "GroupError"]
 
 
 class TransportError(Exception):
@@ -75,3 +75,16 @@ class GlobalNameError(TransportError):
 class GlobalNameInUse(GlobalNameError):
     """``register_global``: the name is already registered in ``global`` to another
     process (by anyone in the cluster); ``code`` is ``"in_use"``."""
+
+
+class GroupError(TransportError):
+    """The server refused a ``pg`` group request (docs/protocol.md 18): ``code`` is its
+    answer (``"not_allowed"``: its ``client_groups`` option refuses the group; ``"limit"``:
+    this session's processes are in 64 groups, or a server limit; ``"noproc"``: the process
+    has ended; ``"not_member"``: ``leave`` of a process that is not in the group through this
+    session), ``group`` the group asked for (as bytes)."""
+
+    def __init__(self, code: str, group: bytes, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.group = group

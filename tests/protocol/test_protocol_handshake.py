@@ -45,7 +45,7 @@ def test_extended_handshake_ours_to_ours():
     s = only(pair.take("server"), HandshakeComplete)
     assert c.mode == s.mode == "extended" and c.version == s.version == 1
     # route: only a routing server offers it; global: only an erlang_peer server (17.1)
-    assert c.features == s.features == FEATURES - {"funs", "ports", "route", "global"}
+    assert c.features == s.features == FEATURES - {"funs", "ports", "route", "global", "pg"}
     assert c.peer_node == SRV and s.peer_node == A("cli@vm")
     assert c.peer_heartbeat == 7000 and s.peer_heartbeat == 5000
     assert c.peer_max_frame == 1 << 21 and s.peer_max_frame == 1 << 20
@@ -67,8 +67,8 @@ def test_extended_frames_have_the_documented_shapes():
     tag, nonce, offer = decode(challenge)
     assert tag == A("challenge") and nonce == b"\x22" * 32
     assert offer[b"version"] == 1 and offer[b"node"] == b"srv@vm"
-    # route: only with routing; global: never by a pyfabric server (17.1)
-    assert set(offer[b"features"]) == {f.encode() for f in FEATURES - {"route", "global"}}
+    # route: only with routing; global and pg: never by a pyfabric server (17.1, 18.1)
+    assert set(offer[b"features"]) == {f.encode() for f in FEATURES - {"route", "global", "pg"}}
     client.receive_data(frame(challenge))
     client.events()
     response = split_frames(client.data_to_send())[0]
