@@ -73,8 +73,9 @@ def wait_for(check: Any, timeout: float = WAIT) -> bool:
 class Cluster:
     """Three distributed ``erl`` nodes with one clustered erlang_peer server each."""
 
-    def __init__(self, prefix: str = "pyfcl") -> None:
+    def __init__(self, prefix: str = "pyfcl", **server_options: str) -> None:
         self.prefix = prefix  # of the nodes' short names (another module's cluster has its own)
+        self.server_options = server_options  # more server options (Erlang term texts)
         self.nodes: dict[str, ErlangNode] = {}
         self.names: dict[str, str] = {}
         self.ports: dict[str, int] = {}
@@ -90,7 +91,7 @@ class Cluster:
             self.names[label] = ev(node, "atom_to_list(node())").strip('"')
             self.ports[label] = node.start_server(
                 SECRET, allowed=[], routing="true", cluster=SCOPE, register_global="true",
-                route_heartbeat="300", route_grace="1000")
+                route_heartbeat="300", route_grace="1000", **self.server_options)
             self.server_ids[label] = node.server_id
         a = self.nodes["a"]
         for label in ("b", "c"):
@@ -105,11 +106,12 @@ class Cluster:
             node.stop()
 
 
-def running_cluster(prefix: str = "pyfcl") -> Iterator[Cluster]:
+def running_cluster(prefix: str = "pyfcl", **server_options: str) -> Iterator[Cluster]:
     """The body of a module's ``cluster`` fixture: the three nodes under short names starting
-    with ``prefix`` (each module its own, so modules never share or collide), stopped after."""
+    with ``prefix`` (each module its own, so modules never share or collide), stopped after;
+    ``server_options``: more options of the three servers (Erlang term texts)."""
     require_erl()
-    c = Cluster(prefix)
+    c = Cluster(prefix, **server_options)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ERL_EPMD_ADDRESS", "127.0.0.1")  # an epmd these nodes start listens on the loopback only
         try:
