@@ -13,8 +13,11 @@ Scenarios:
 
 Pairings (client -> server, each side its own OS process): see :data:`PAIRINGS`. Python
 clients send with ``client.send`` (and ``await client.drain()`` after every streamed
-message); erlang_peer clients with ``fabric_peer:send/2`` when streaming and
-``Proxy ! Msg`` for ping-pong; distribution and the original with ``!``.
+message); erlang_peer clients, distribution and the original with ``!`` (``Proxy ! Msg``
+for erlang_peer, held back by its end-to-end credit, docs/protocol.md 12; a batch in which
+the connection dropped a message on ``max_pending_messages`` overflow fails). The
+``erlpeer_send`` row streams with a blocking ``fabric_peer:send/2`` per message instead (the
+caller waits for each write): shown, without a goal.
 
 Placement: each scenario first pins the runner, both erl nodes and the Python server
 (``Env.place``; ``--pin auto`` runs round trips with both sides on one CPU and streams with
@@ -53,6 +56,8 @@ PAIRINGS: dict[str, tuple[str, str, str]] = {
     "orig": ("original <-> original", "cli", "srv"),
     "erlpeer_ext": ("erlang_peer <-> erlang_peer (extended)", "cli", "srv"),
     "erlpeer_legacy": ("erlang_peer <-> erlang_peer (legacy)", "cli", "srv"),
+    # streams only: the extended connection, each message a blocking fabric_peer:send/2
+    "erlpeer_send": ("erlang_peer <-> erlang_peer (extended, blocking send/2)", "cli", "srv"),
     "py_erlpeer": ("Python -> erlang_peer", "py", "srv"),
     "py_py": ("Python <-> Python", "py", "pysrv"),
     # the same connections without the acks and credit features (issue 12: what they cost)
@@ -66,15 +71,20 @@ PAIRINGS: dict[str, tuple[str, str, str]] = {
 NO_FLOW = {"erlpeer_ext": "erlpeer_plain", "py_erlpeer": "py_erlpeer_plain", "py_py": "py_py_plain"}
 """A pairing with acks and credit (the default) -> the same one with both features off."""
 NO_FLOW_FEATURES = FEATURES - {"acks", "credit"}
+STREAM_ONLY = {"erlpeer_send"}
 SCENARIO_PAIRINGS: dict[str, tuple[str, ...]] = {
-    "pingpong": tuple(PAIRINGS),
-    "stream": ("orig", "erlpeer_ext", "erlpeer_legacy", "py_erlpeer", "py_py", "erl_dist", *NO_FLOW.values()),
-    "stream_10k": ("orig", "erlpeer_ext", "erlpeer_legacy", "py_erlpeer", "py_py", "erl_dist", *NO_FLOW.values()),
+    "pingpong": tuple(p for p in PAIRINGS if p not in STREAM_ONLY),
+    "stream": ("orig", "erlpeer_ext", "erlpeer_legacy", "erlpeer_send", "py_erlpeer", "py_py", "erl_dist",
+               *NO_FLOW.values()),
+    "stream_10k": ("orig", "erlpeer_ext", "erlpeer_legacy", "erlpeer_send", "py_erlpeer", "py_py", "erl_dist",
+                   *NO_FLOW.values()),
 }
 BURST_PAIRINGS = ("erl_dist", "erlpeer_ext", "orig")
 PAYLOAD = {"pingpong": 0, "stream": 0, "stream_10k": 10 * 1024}
-ERL_TAG = {"orig": "orig", "erlpeer_ext": "ext", "erlpeer_legacy": "legacy", "erlpeer_plain": "plain", "erl_dist": "dist",
-           "gen_tcp": "raw"}
+ERL_TAG = {"orig": "orig", "erlpeer_ext": "ext", "erlpeer_legacy": "legacy", "erlpeer_send": "ext",
+           "erlpeer_plain": "plain", "erl_dist": "dist", "gen_tcp": "raw"}
+STREAM_COMMAND = {"erlpeer_send": "stream_send"}
+"""The driver's command streaming for a pairing (``stream``: ``!``)."""
 RAW_FRAME = struct.pack(">I", 32) + bytes(32)  # the same 32-byte frame as the gen_tcp ceiling
 
 HELLO = Atom("hello")
@@ -241,7 +251,8 @@ async def _batch(env: Env, clients: PyClients, pairing: str, scenario: str, n: i
     tag = ERL_TAG[pairing]
     if scenario == "pingpong":
         return await env.cli.command(f"{{pingpong, {tag}, {n}}}", timeout=BATCH_TIMEOUT)
-    return await env.cli.command(f"{{stream, {tag}, {n}, {size}}}", timeout=BATCH_TIMEOUT)
+    command = STREAM_COMMAND.get(pairing, "stream")
+    return await env.cli.command(f"{{{command}, {tag}, {n}, {size}}}", timeout=BATCH_TIMEOUT)
 
 
 def available(env: Env, pairing: str) -> str | None:

@@ -17,6 +17,7 @@ SHORT = {
     "orig": "original<->original",
     "erlpeer_ext": "erlang_peer<->erlang_peer",
     "erlpeer_legacy": "erlang_peer<->erlang_peer legacy",
+    "erlpeer_send": "erlang_peer<->erlang_peer blocking send/2",
     "py_erlpeer": "Python->erlang_peer",
     "py_py": "Python<->Python",
     "erlpeer_plain": "erlang_peer<->erlang_peer without acks/credit",
@@ -80,6 +81,12 @@ def ratios(out: dict[str, Any]) -> list[dict[str, Any]]:
     for p in WITH_ERLANG_PEER:
         e.append(_entry(f"{SHORT[p]} 10 KiB stream MB/s", _get(m, "stream_10k", p, "mb_per_s"), 1.0, 900.0, ">=",
                         _why(m, "stream_10k", p), kind="absolute", unit="MB/s"))
+    # no goal: a blocking send/2 per message waits for each write (the `!' rows above stream)
+    e.append(_entry(f"{SHORT['erlpeer_send']} small-stream msgs/s / Erlang distribution's",
+                    _get(m, "stream", "erlpeer_send", "msgs_per_s"), _get(m, "stream", "erl_dist", "msgs_per_s"), None, "",
+                    _why(m, "stream", "erlpeer_send", "erl_dist")))
+    e.append(_entry(f"{SHORT['erlpeer_send']} 10 KiB stream MB/s", _get(m, "stream_10k", "erlpeer_send", "mb_per_s"), 1.0,
+                    None, "", _why(m, "stream_10k", "erlpeer_send"), kind="absolute", unit="MB/s"))
     # issue 12: acks and credit cost at most 10% of the throughput of the same connection without
     for p, plain in NO_FLOW.items():
         e.append(_entry(f"{SHORT[p]} small-stream msgs/s, acks+credit on / off", _get(m, "stream", p, "msgs_per_s"),

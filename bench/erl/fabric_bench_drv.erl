@@ -12,8 +12,11 @@
 %% {close, Tag}
 %% {pingpong, Tag, N}        N round trips `Echo ! {self(), I}' (raw: a 32-byte frame)
 %%                           -> {"n", "elapsed_ns", "lat_ns": [..]}
-%% {stream, Tag, N, Size}    N messages (`{n, I}', or a Size-byte binary) to a counter, acked
-%%                           once: fabric_peer:send/2 (backpressure); `!' for the others
+%% {stream, Tag, N, Size}    N messages (`{n, I}', or a Size-byte binary) `Counter ! M' to a
+%%                           counter, acked once (end-to-end delivery); with fabric the
+%%                           proxy's credit holds the sender back (docs/protocol.md 12), and
+%%                           a message dropped on overflow fails the batch
+%% {stream_send, Tag, N, Size}  the same with a blocking fabric_peer:send/2 per message
 %% {burst, Tag, N, CapMs}    N times `Proxy ! {n, I}' as fast as possible, acked once;
 %%                           `{"timed_out": true}' after CapMs
 %% {drop, Tag}               end a connection still busy with a timed-out burst (the
@@ -67,7 +70,10 @@ handle({pingpong, Tag, N}, St) ->
     end;
 handle({stream, Tag, N, Size}, St) ->
     Dest = maps:get(Tag, St),
-    {run(fun() -> stream(Dest, N, Size) end), St};
+    {run(fun() -> stream(Dest, bang, N, Size) end), St};
+handle({stream_send, Tag, N, Size}, St) ->
+    {fabric, _} = Dest = maps:get(Tag, St),
+    {run(fun() -> stream(Dest, send, N, Size) end), St};
 handle({burst, Tag, N, CapMs}, St) ->
     Dest = maps:get(Tag, St),
     {run(fun() -> burst(Dest, N, CapMs) end), St};
@@ -166,17 +172,40 @@ counter_pid(Dest, N) ->
 wait_done(N, Timeout) ->
     receive {bench_done, _, N} -> ok after Timeout -> timeout end.
 
-stream(Dest, N, Size) ->
+stream(Dest, How, N, Size) ->
     Counter = counter_pid(Dest, N),
-    Send = case Dest of
-               {fabric, _} -> fun(M) -> ok = fabric_peer:send(Counter, M) end;
-               _ -> fun(M) -> Counter ! M end
+    Send = case How of
+               send -> fun(M) -> ok = fabric_peer:send(Counter, M) end;
+               bang -> fun(M) -> Counter ! M end
            end,
+    Dropped0 = dropped(Dest),
     Payload = case Size of 0 -> small; _ -> binary:copy(<<"x">>, Size) end,
     T0 = now_ns(),
     stream_loop(Send, Payload, 0, N),
-    ok = wait_done(N, ?TIMEOUT),
+    ok = wait_all(Dest, Dropped0, N, T0 + ?TIMEOUT * 1000000),
     #{n => N, elapsed_ns => now_ns() - T0, payload_bytes => Size}.
+
+%% The counter's ack; meanwhile the connection's `dropped_overflow' is watched: a message
+%% dropped beyond max_pending_messages would never be counted, and a batch missing one
+%% must fail at once rather than wait for its timeout or report a figure.
+-define(DROP_POLL_MS, 200).
+wait_all(Dest, Dropped0, N, Deadline) ->
+    case wait_done(N, ?DROP_POLL_MS) of
+        ok ->
+            case dropped(Dest) - Dropped0 of
+                0 -> ok;
+                K -> exit({dropped_overflow, K, of_n, N})   % and some other message counted
+            end;
+        timeout ->
+            case {dropped(Dest) - Dropped0, now_ns() < Deadline} of
+                {0, true} -> wait_all(Dest, Dropped0, N, Deadline);
+                {0, false} -> exit(stream_timeout);
+                {K, _} -> exit({dropped_overflow, K, of_n, N})
+            end
+    end.
+
+dropped({fabric, Conn}) -> maps:get(dropped_overflow, fabric_peer:info(Conn), 0);
+dropped(_) -> 0.
 
 stream_loop(_, _, N, N) -> ok;
 stream_loop(Send, small, I, N) -> Send({n, I}), stream_loop(Send, small, I + 1, N);
