@@ -167,7 +167,9 @@ handle_common({timeout, heartbeat}, tick, _, _) -> keep_state_and_data;
 %%% --- local processes: proxies, exports
 
 handle_common(info, {fabric_proxy_msg, Proxy, Msg}, _, #d{p = P} = D) ->
-    {keep_state, apply_result(proxy_batch(Proxy, Msg, P, ?PROXY_BATCH, []), D)};
+    {keep_state, apply_result(proxy_batch(Proxy, [Msg], P, ?PROXY_BATCH, []), D)};
+handle_common(info, {fabric_proxy_msgs, Proxy, Msgs}, _, #d{p = P} = D) ->
+    {keep_state, apply_result(proxy_batch(Proxy, Msgs, P, ?PROXY_BATCH, []), D)};
 handle_common(info, {fabric_proxy_send, Proxy, From, Msg, Deadline}, _, #d{p = P} = D) ->
     {Acts, P1} = fabric_peer_protocol:proxy_send(Proxy, From, Msg, Deadline, P),
     {keep_state, apply_result({reply_first(Acts), P1}, D)};
@@ -277,16 +279,23 @@ frame_in(Bin, #d{p = P} = D) ->
 %% batches and their frames written in one socket write. Each write waits for its reply
 %% with a receive that scans the whole mailbox, so one write per message would make a
 %% burst quadratic (issue 12: 200k messages at 1.5k msgs/s).
-proxy_batch(Proxy, Msg, P, N, Acc) ->
-    {Acts, P1} = fabric_peer_protocol:proxy_msg(Proxy, Msg, P),
-    Acc1 = [Acts | Acc],
-    case N > 1 andalso next_proxy_msg() of
-        {Proxy2, Msg2} -> proxy_batch(Proxy2, Msg2, P1, N - 1, Acc1);
+proxy_batch(Proxy, Msgs, P, N, Acc) ->
+    {N1, Acc1, P1} = proxy_msgs(Proxy, Msgs, P, N, Acc),
+    case N1 > 0 andalso next_proxy_msg() of
+        {Proxy2, Msgs2} -> proxy_batch(Proxy2, Msgs2, P1, N1, Acc1);
         _ -> {lists:append(lists:reverse(Acc1)), P1}
     end.
 
+proxy_msgs(_, [], P, N, Acc) -> {N, Acc, P};
+proxy_msgs(Proxy, [Msg | T], P, N, Acc) ->
+    {Acts, P1} = fabric_peer_protocol:proxy_msg(Proxy, Msg, P),
+    proxy_msgs(Proxy, T, P1, N - 1, [Acts | Acc]).
+
+%% (a proxy forwards the messages that waited in it as one list, fabric_peer_proxy)
 next_proxy_msg() ->
-    receive {fabric_proxy_msg, Proxy, Msg} -> {Proxy, Msg}
+    receive
+        {fabric_proxy_msg, Proxy, Msg} -> {Proxy, [Msg]};
+        {fabric_proxy_msgs, Proxy, Msgs} -> {Proxy, Msgs}
     after 0 -> none
     end.
 

@@ -199,16 +199,40 @@ forward({m, Msg}, #s{conn = Conn}) -> Conn ! {fabric_proxy_msg, self(), Msg};
 forward({s, From, Msg, Deadline}, #s{conn = Conn}) ->
     Conn ! {fabric_proxy_send, self(), From, Msg, Deadline}.
 
-%% The connection gave allowance back: forward what waits, oldest first.
+%% The connection gave allowance back: forward what waits, oldest first. Messages of `!'
+%% in a row go as one `fabric_proxy_msgs' message (one send and one counter update for up
+%% to the whole allowance, issue 15: a stream held back by credit waits here).
 release(#s{allow = 0} = S) -> S;
-release(#s{allow = A, q = Q, ctr = Ctr} = S) ->
-    case queue:out(Q) of
-        {{value, It}, Q1} ->
-            Ctr =:= undefined orelse counters:sub(Ctr, 1, 1),
-            forward(It, S),
+release(#s{allow = A, q = Q, conn = Conn} = S) ->
+    case take_msgs(A, Q, [], 0) of
+        {[], 0, _} ->
+            case queue:out(Q) of
+                {{value, It}, Q1} ->
+                    uncount(1, S),
+                    forward(It, S),
+                    release(S#s{allow = A - 1, q = Q1});
+                {empty, _} -> S
+            end;
+        {[Msg], 1, Q1} ->
+            uncount(1, S),
+            Conn ! {fabric_proxy_msg, self(), Msg},
             release(S#s{allow = A - 1, q = Q1});
-        {empty, _} -> S
+        {Rev, K, Q1} ->
+            uncount(K, S),
+            Conn ! {fabric_proxy_msgs, self(), lists:reverse(Rev)},
+            release(S#s{allow = A - K, q = Q1})
     end.
+
+%% Up to `A' messages of `!' at the head of the queue (reversed), how many, the rest.
+take_msgs(0, Q, Acc, K) -> {Acc, K, Q};
+take_msgs(A, Q, Acc, K) ->
+    case queue:out(Q) of
+        {{value, {m, Msg}}, Q1} -> take_msgs(A - 1, Q1, [Msg | Acc], K + 1);
+        _ -> {Acc, K, Q}
+    end.
+
+uncount(_, #s{ctr = undefined}) -> ok;
+uncount(K, #s{ctr = Ctr}) -> counters:sub(Ctr, 1, K).
 
 %% Send requests still waiting at their deadline: nothing was sent.
 expire(#s{q = Q, ctr = Ctr} = S) ->
