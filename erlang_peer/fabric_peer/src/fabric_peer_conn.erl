@@ -26,6 +26,14 @@
 
 %% `Proxy ! Msg' messages taken from the mailbox per event (proxy_batch/5).
 -define(PROXY_BATCH, 1024).
+%% A connection busy with a stream (a batch of ?BUSY_BATCH messages of proxies or more, a
+%% read of ?BUSY_READ bytes or more) keeps a minimum heap of ?BUSY_HEAP words, back to the
+%% default after a ?HEAP_CHECK_MS period without such an event: its state is rewritten per
+%% message, and the default heap took a minor collection every few messages (8x fewer).
+-define(BUSY_HEAP, 32768).
+-define(BUSY_BATCH, 16).
+-define(BUSY_READ, 8192).
+-define(HEAP_CHECK_MS, 1000).
 
 -type data() :: #d{}.
 -export_type([data/0]).
@@ -95,7 +103,6 @@ new_data(Role, #{ref := Ref} = O) ->
 transport(#{tls := false}) -> tcp;
 transport(#{tls := Opts}) -> {tls, Opts}.
 
-
 role_module(#d{role = server}) -> fabric_peer_server;
 role_module(#d{role = client}) -> fabric_peer_client.
 
@@ -108,7 +115,8 @@ role_module(#d{role = client}) -> fabric_peer_client.
 
 handle_common(info, {Tag, S, Data}, established, #d{sock = S, buf = Buf} = D) when Tag =:= tcp; Tag =:= ssl ->
     %% established: the whole frames of this chunk are handled in this one event
-    frames(D#d{buf = fabric_peer_frame:append(Buf, Data), last_in = now_ms()});
+    D1 = case byte_size(Data) >= ?BUSY_READ of true -> busy(D); false -> D end,
+    frames(D1#d{buf = fabric_peer_frame:append(Buf, Data), last_in = now_ms()});
 handle_common(info, {Tag, S, Data}, _, #d{sock = S, buf = Buf} = D) when Tag =:= tcp; Tag =:= ssl ->
     {keep_state, D#d{buf = fabric_peer_frame:append(Buf, Data)}, [{next_event, internal, parse}]};
 handle_common(internal, parse, _, #d{sock = undefined}) ->
@@ -166,10 +174,12 @@ handle_common({timeout, heartbeat}, tick, _, _) -> keep_state_and_data;
 
 %%% --- local processes: proxies, exports
 
-handle_common(info, {fabric_proxy_msg, Proxy, Msg}, _, #d{p = P} = D) ->
-    {keep_state, apply_result(proxy_batch(Proxy, [Msg], P, ?PROXY_BATCH, []), D)};
-handle_common(info, {fabric_proxy_msgs, Proxy, Msgs}, _, #d{p = P} = D) ->
-    {keep_state, apply_result(proxy_batch(Proxy, Msgs, P, ?PROXY_BATCH, []), D)};
+handle_common(info, {fabric_proxy_msg, Proxy, Msg}, _, D) ->
+    {keep_state, proxy_batch(Proxy, [Msg], D)};
+handle_common(info, {fabric_proxy_msgs, Proxy, Msgs}, _, D) ->
+    {keep_state, proxy_batch(Proxy, Msgs, D)};
+handle_common(info, fabric_heap_check, _, D) ->
+    {keep_state, heap_check(D)};
 handle_common(info, {fabric_proxy_send, Proxy, From, Msg, Deadline}, _, #d{p = P} = D) ->
     {Acts, P1} = fabric_peer_protocol:proxy_send(Proxy, From, Msg, Deadline, P),
     {keep_state, apply_result({reply_first(Acts), P1}, D)};
@@ -279,11 +289,15 @@ frame_in(Bin, #d{p = P} = D) ->
 %% batches and their frames written in one socket write. Each write waits for its reply
 %% with a receive that scans the whole mailbox, so one write per message would make a
 %% burst quadratic (issue 12: 200k messages at 1.5k msgs/s).
+proxy_batch(Proxy, Msgs, #d{p = P} = D) ->
+    {Acts, N, P1} = proxy_batch(Proxy, Msgs, P, ?PROXY_BATCH, []),
+    apply_result({Acts, P1}, case ?PROXY_BATCH - N >= ?BUSY_BATCH of true -> busy(D); false -> D end).
+
 proxy_batch(Proxy, Msgs, P, N, Acc) ->
     {N1, Acc1, P1} = proxy_msgs(Proxy, Msgs, P, N, Acc),
     case N1 > 0 andalso next_proxy_msg() of
         {Proxy2, Msgs2} -> proxy_batch(Proxy2, Msgs2, P1, N1, Acc1);
-        _ -> {lists:append(lists:reverse(Acc1)), P1}
+        _ -> {lists:append(lists:reverse(Acc1)), N1, P1}
     end.
 
 proxy_msgs(_, [], P, N, Acc) -> {N, Acc, P};
@@ -304,6 +318,19 @@ next_proxy_msg() ->
 %% answered first and prepares its next message while this process writes (issue 15).
 reply_first([{send, _, _} = A, {reply, _, _} = R]) -> [R, A];
 reply_first(Acts) -> Acts.
+
+busy(#d{busy = active} = D) -> D;
+busy(#d{busy = quiet} = D) -> D#d{busy = active};
+busy(D) -> _ = process_flag(min_heap_size, ?BUSY_HEAP), heap_check(D#d{busy = active}).
+
+heap_check(#d{busy = active} = D) ->
+    _ = erlang:send_after(?HEAP_CHECK_MS, self(), fabric_heap_check),
+    D#d{busy = quiet};
+heap_check(D) ->
+    {min_heap_size, Default} = erlang:system_info(min_heap_size),
+    _ = process_flag(min_heap_size, Default),
+    true = erlang:garbage_collect(),
+    D#d{busy = idle}.
 
 apply_result({Acts, P}, D) ->
     {_, D1} = run(Acts, D#d{p = P}),

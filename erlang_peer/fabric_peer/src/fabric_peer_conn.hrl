@@ -29,5 +29,7 @@
           %% the socket reads on by itself ({active, N}: fabric_peer_transport:arm/2)
           armed = false :: boolean(),
           %% what slot 2 of the shared counters says (written when it changes)
-          pending = 0 :: non_neg_integer()
+          pending = 0 :: non_neg_integer(),
+          %% streaming: a larger minimum heap (fabric_peer_conn:busy/1)
+          busy = idle :: idle | active | quiet
          }).
