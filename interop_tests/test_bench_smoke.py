@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 OURS = {"erlpeer_ext", "erlpeer_legacy", "py_erlpeer", "py_py"}
 PINGPONG = OURS | {"erl_dist", "gen_tcp", "asyncio"}
-STREAMING = OURS | {"erl_dist"}
+STREAMING = OURS | {"erl_dist", "erlpeer_send"}  # erlpeer_send: the blocking send/2 stream
 HANDSHAKE_PAIRINGS = {"py_py", "py_erlpeer", "erlpeer_ext", "erlpeer_legacy", "erlpeer_py"}
 METRICS = {
     "pingpong": ("rt_per_s", "median_us", "p99_us", "cpu_client_us", "cpu_server_us"),
