@@ -26,10 +26,9 @@
 
 %% `Proxy ! Msg' messages taken from the mailbox per event (proxy_batch/5).
 -define(PROXY_BATCH, 1024).
-%% A connection busy with a stream (a batch of ?BUSY_BATCH messages of proxies or more, a
-%% read of ?BUSY_READ bytes or more) keeps a minimum heap of ?BUSY_HEAP words, back to the
-%% default after a ?HEAP_CHECK_MS period without such an event: its state is rewritten per
-%% message, and the default heap took a minor collection every few messages (8x fewer).
+%% Busy with a stream (a batch of ?BUSY_BATCH proxy messages, a read of ?BUSY_READ bytes), a
+%% connection keeps a minimum heap of ?BUSY_HEAP words until a ?HEAP_CHECK_MS period without:
+%% the default took a minor collection every few messages (its state changes per message).
 -define(BUSY_HEAP, 32768).
 -define(BUSY_BATCH, 16).
 -define(BUSY_READ, 8192).
@@ -147,7 +146,7 @@ handle_common(internal, {frame, Bin}, established, D) ->
         Stop -> Stop
     end;
 
-handle_common(info, {tcp_passive, S}, State, #d{sock = S} = D) ->
+handle_common(info, {Tag, S}, State, #d{sock = S} = D) when Tag =:= tcp_passive; Tag =:= ssl_passive ->
     %% {active, N} ran out (fabric_peer_transport:arm/2): read on while established
     D1 = D#d{armed = false},
     case State of
@@ -163,7 +162,8 @@ handle_common(info, {fabric_send_failed, S, Why}, State, #d{sock = S} = D) ->
 handle_common(info, {Tag, _OldSock, _}, _, _) when Tag =:= tcp; Tag =:= ssl; Tag =:= tcp_error;
                                                    Tag =:= ssl_error; Tag =:= fabric_send_failed ->
     keep_state_and_data;
-handle_common(info, {Tag, _OldSock}, _, _) when Tag =:= tcp_closed; Tag =:= ssl_closed; Tag =:= tcp_passive ->
+handle_common(info, {Tag, _OldSock}, _, _) when Tag =:= tcp_closed; Tag =:= ssl_closed; Tag =:= tcp_passive;
+                                                Tag =:= ssl_passive ->
     keep_state_and_data;
 
 %%% --- heartbeats
@@ -530,9 +530,9 @@ activate(#d{t = T, sock = S}) ->
         {error, Why} -> self() ! {fabric_send_failed, S, Why}, ok
     end.
 
-%% Established: keep reading. A TCP socket stays active for several reads
-%% (fabric_peer_transport:arm/2) and says when it stops (`tcp_passive'); the other
-%% transports are asked for each read.
+%% Established: keep reading. A TCP or TLS socket stays active for several reads
+%% (fabric_peer_transport:arm/2) and says when it stops (`tcp_passive', `ssl_passive'); a
+%% relay is asked for each read.
 arm(#d{armed = true} = D) -> D;
 arm(#d{t = T, sock = S} = D) ->
     case fabric_peer_transport:arm(T, S) of

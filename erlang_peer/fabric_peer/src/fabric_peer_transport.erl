@@ -35,7 +35,7 @@
 -define(SEND_TIMEOUT, 15000).
 -define(HIGH_WATERMARK, 1048576).
 -define(LOW_WATERMARK, 524288).
-%% Size of the user-level receive buffer: each `{active, once}' message carries up to this
+%% Size of the user-level receive buffer: each read message carries up to this
 %% many bytes, so a 64 MiB frame arrives in ~1000 messages rather than ~50000.
 -define(RECV_BUFFER, 65536).
 %% Reads delivered as messages before an established TCP socket asks again (`arm/2'): a
@@ -140,21 +140,21 @@ write(T, S, Frame) ->
         Other -> Other
     end.
 
-%% @doc Established: read on. A TCP socket is set `{active, ?ACTIVE_N}': up to that many
-%% reads arrive as messages without a call per read, then `{tcp_passive, S}' says it stopped
-%% (`{ok, true}': call again only after that message). The others read once
-%% (`{ok, false}': call again for the next read).
+%% @doc Established: read on. A TCP or TLS socket is set `{active, ?ACTIVE_N}': up to that
+%% many reads arrive as messages without a call per read, then `{tcp_passive, S}' (TLS:
+%% `ssl_passive') says it stopped (`{ok, true}': call again only after that message). A
+%% relay reads once (`{ok, false}': call again for the next read).
 -spec arm(transport(), socket()) -> {ok, boolean()} | {error, term()}.
-arm(tcp, S) ->
-    case inet:setopts(S, [{active, ?ACTIVE_N}]) of
-        ok -> {ok, true};
-        E -> E
-    end;
+arm(tcp, S) -> active_n(inet:setopts(S, [{active, ?ACTIVE_N}]));
+arm({tls, _}, S) -> active_n(ssl:setopts(S, [{active, ?ACTIVE_N}]));
 arm(T, S) ->
     case activate(T, S) of
         ok -> {ok, false};
         E -> E
     end.
+
+active_n(ok) -> {ok, true};
+active_n(E) -> E.
 
 %% @doc Ask for the next frame as a message.
 -spec activate(transport(), socket()) -> ok | {error, term()}.

@@ -13,7 +13,8 @@ all() -> [{group, tls}, {group, throttle}, {group, limits}].
 
 groups() ->
     [{tls, [], [tls_client_needs_a_ca, tls_old_versions_refused, tls_verified_by_ip_and_name,
-                tls_host_name_checked, mutual_tls, tls_errors_read_well, not_a_fabric_server]},
+                tls_host_name_checked, mutual_tls, tls_errors_read_well, not_a_fabric_server,
+                tls_stream_reads_on]},
      {throttle, [], [failed_auths_block_the_address, throttle_disabled_with_zero]},
      {limits, [], [max_proxies_drops_the_frame, max_exports_refuses_the_send,
                    max_kept_sessions_expires_the_oldest]}].
@@ -102,6 +103,24 @@ tls_verified_by_ip_and_name(Config) ->
          ping(C),
          fabric_peer:close(C)
      end || Host <- ["127.0.0.1", {127, 0, 0, 1}, "localhost"]],
+    fabric_peer:stop_server(S).
+
+%% An established TLS connection reads on by itself ({active, N}, then `ssl_passive'): a
+%% stream of many reads each way arrives whole and in order.
+tls_stream_reads_on(Config) ->
+    Good = ?config(good, Config),
+    S = tls_server(Good, []),
+    {ok, C} = fabric_peer:connect("127.0.0.1", fabric_peer:port(S), "secret",
+                                  #{tls => [{cacerts, server_ca(Good)}], reconnect => false}),
+    P = fabric_peer:whereis(C, sping),
+    Big = binary:copy(<<"x">>, 20000),
+    N = 300,
+    [P ! {self(), {I, Big}} || I <- lists:seq(1, N)],
+    [receive {P, {pong, {J, B}}} -> {I, Big} = {J, B}
+     after 10000 -> ct:fail({missing, I})
+     end || I <- lists:seq(1, N)],
+    ping(C),
+    fabric_peer:close(C),
     fabric_peer:stop_server(S).
 
 %% A certificate that does not name the host is refused (here: no IP SAN for 127.0.0.1), as
