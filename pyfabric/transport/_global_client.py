@@ -15,17 +15,15 @@ keeps it. Nothing is re-registered for the caller.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..etf import Atom, Pid
-from ..protocol import FeatureNotSupported, GlobalReplied
-from ..runtime import Node
+from ..protocol import GlobalReplied
 from ._errors import GlobalNameError, GlobalNameInUse, NotConnected
 from ._options import PeerOptions
-from ._peer import PeerLink
+from ._server_requests import ServerRequests
 
 __all__ = ["GlobalNames", "GlobalClientMixin"]
 
@@ -40,68 +38,37 @@ def _text(name: Atom | str) -> str:
     return name
 
 
-class GlobalNames:
+class GlobalNames(ServerRequests[str | None]):
     """The ``global`` requests of one client in flight (see the module docstring)."""
 
-    def __init__(self, node: Node, link: PeerLink) -> None:
-        self._node = node
-        self._link = link
-        self._waiting: dict[int, asyncio.Future[str | None]] = {}
-        self._next: Callable[[PeerLink, Any], None] | None = link.on_route_event
-        link.on_route_event = self._on_event
+    reply = GlobalReplied
+    reply_frame = "global_reply"
+    feature = "global"
+    needs = "an erlang_peer server started with register_global (the 'global' feature, docs/protocol.md 17)"
 
-    def _on_event(self, link: PeerLink, ev: Any) -> None:
-        if ev.__class__ is GlobalReplied:
-            fut = self._waiting.pop(ev.req_id, None)
-            if fut is not None and not fut.done():
-                fut.set_result(ev.error)
-        elif self._next is not None:
-            self._next(link, ev)
-
-    def connection_lost(self) -> None:
-        """Requests in flight are void (their frames are connection-scoped, 17.2)."""
-        waiting, self._waiting = self._waiting, {}
-        for fut in waiting.values():
-            if not fut.done():
-                fut.set_exception(NotConnected("connection to the server lost while waiting for its global_reply"))
+    def answer(self, ev: Any) -> str | None:
+        return ev.error  # type: ignore[no-any-return]
 
     async def request(self, what: str, name: Atom | str, pid: Pid | None, timeout: float | None) -> None:
         """Send ``register_global`` (``pid`` given) or ``unregister_global`` and wait for
         the answer; raises the typed error of a refusal."""
         text = _text(name)
-        link = self._link
-        conn = link.conn
-        if conn is None or not link.connected:
-            raise NotConnected(f"{what}({text!r}): not connected to {link.label}")
-        if "global" not in conn.features:
-            raise FeatureNotSupported(
-                "global",
-                f"{what}() needs an erlang_peer server started with register_global (the 'global' feature, "
-                "docs/protocol.md 17); a pyfabric server or an original one does not offer it",
-            )
+        call = f"{what}({text!r})"
+        conn = self.connection(what, call)
         req_id = conn.register_global(text, pid) if pid is not None else conn.unregister_global(text)
-        fut: asyncio.Future[str | None] = self._node.loop.create_future()
-        self._waiting[req_id] = fut
-        link.flush()
-        try:
-            async with asyncio.timeout(timeout):
-                code = await fut
-        except TimeoutError:
-            raise TimeoutError(f"{what}({text!r}) got no answer from {link.label} within {timeout} s") from None
-        finally:
-            self._waiting.pop(req_id, None)
+        code = await self.wait(req_id, call, timeout)
         if code is None:
-            _log.info("%s: %s %s ok", link.label, what, text)
+            _log.info("%s: %s %s ok", self._link.label, what, text)
             return
         if code == "in_use":
-            raise GlobalNameInUse(code, text, f"{what}({text!r}): the name is registered to another process")
+            raise GlobalNameInUse(code, text, f"{call}: the name is registered to another process")
         reasons = {
             "not_allowed": "the server's register_global option refuses the name",
             "limit": "the server could not create the name or the proxy (its limits)",
             "noproc": "the process has ended",
             "not_registered": "no process of this client's session holds the name",
         }
-        raise GlobalNameError(code, text, f"{what}({text!r}): {reasons.get(code, 'refused by the server')} ({code})")
+        raise GlobalNameError(code, text, f"{call}: {reasons.get(code, 'refused by the server')} ({code})")
 
 
 class GlobalClientMixin:

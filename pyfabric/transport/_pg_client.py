@@ -16,17 +16,15 @@ resumes the session keeps it. Nothing is joined again for the caller.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..etf import Atom, Pid
-from ..protocol import FeatureNotSupported, GroupReplied
+from ..protocol import GroupReplied
 from ..protocol._pg import group_bin
-from ..runtime import Node
-from ._errors import GroupError, NotConnected
-from ._peer import PeerLink
+from ._errors import GroupError
+from ._server_requests import ServerRequests
 
 __all__ = ["ClientGroups", "PgClientMixin"]
 
@@ -40,46 +38,24 @@ _REASONS = {
 }
 
 
-class ClientGroups:
+class ClientGroups(ServerRequests[tuple[tuple[Pid, ...] | None, str | None]]):
     """The ``pg`` requests of one client in flight (see the module docstring)."""
 
-    def __init__(self, node: Node, link: PeerLink) -> None:
-        self._node = node
-        self._link = link
-        self._waiting: dict[int, asyncio.Future[tuple[tuple[Pid, ...] | None, str | None]]] = {}
-        self._next: Callable[[PeerLink, Any], None] | None = link.on_route_event
-        link.on_route_event = self._on_event
+    reply = GroupReplied
+    reply_frame = "pg_reply"
+    feature = "pg"
+    needs = "a clustered erlang_peer server started with client_groups (the 'pg' feature, docs/protocol.md 18)"
 
-    def _on_event(self, link: PeerLink, ev: Any) -> None:
-        if ev.__class__ is GroupReplied:
-            fut = self._waiting.pop(ev.req_id, None)
-            if fut is not None and not fut.done():
-                fut.set_result((ev.members, ev.error))
-        elif self._next is not None:
-            self._next(link, ev)
-
-    def connection_lost(self) -> None:
-        """Requests in flight are void (their frames are connection-scoped, 18.2)."""
-        waiting, self._waiting = self._waiting, {}
-        for fut in waiting.values():
-            if not fut.done():
-                fut.set_exception(NotConnected("connection to the server lost while waiting for its pg_reply"))
+    def answer(self, ev: Any) -> tuple[tuple[Pid, ...] | None, str | None]:
+        return ev.members, ev.error
 
     async def request(self, what: str, group: str | bytes | Atom, pid: Pid | None, timeout: float | None) -> tuple[Pid, ...]:
         """Send ``pg_join`` / ``pg_leave`` (``pid`` given) or ``pg_members`` and wait for the
         answer: the members (empty for join and leave); raises :class:`GroupError` for a
         refusal."""
         g = group_bin(group)
-        link = self._link
-        conn = link.conn
-        if conn is None or not link.connected:
-            raise NotConnected(f"{what}({g!r}): not connected to {link.label}")
-        if "pg" not in conn.features:
-            raise FeatureNotSupported(
-                "pg",
-                f"{what}() needs a clustered erlang_peer server started with client_groups (the 'pg' feature, "
-                "docs/protocol.md 18); a pyfabric server or an original one does not offer it",
-            )
+        call = f"{what}({g!r})"
+        conn = self.connection(what, call)
         if what == "join":
             assert pid is not None
             req_id: int | None = conn.pg_join(g, pid)
@@ -89,20 +65,11 @@ class ClientGroups:
         else:
             req_id = conn.pg_members(g)
         if req_id is None:  # leave of a process never exported here: not a member through us
-            raise GroupError("not_member", g, f"{what}({g!r}): {_REASONS['not_member']} (not_member)")
-        fut: asyncio.Future[tuple[tuple[Pid, ...] | None, str | None]] = self._node.loop.create_future()
-        self._waiting[req_id] = fut
-        link.flush()
-        try:
-            async with asyncio.timeout(timeout):
-                members, code = await fut
-        except TimeoutError:
-            raise TimeoutError(f"{what}({g!r}) got no answer from {link.label} within {timeout} s") from None
-        finally:
-            self._waiting.pop(req_id, None)
+            raise GroupError("not_member", g, f"{call}: {_REASONS['not_member']} (not_member)")
+        members, code = await self.wait(req_id, call, timeout)
         if code is not None:
-            raise GroupError(code, g, f"{what}({g!r}): {_REASONS.get(code, 'refused by the server')} ({code})")
-        _log.debug("%s: %s %r ok", link.label, what, g)
+            raise GroupError(code, g, f"{call}: {_REASONS.get(code, 'refused by the server')} ({code})")
+        _log.debug("%s: %s %r ok", self._link.label, what, g)
         return members or ()
 
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
-import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from transport_helpers import HOST, SECRET, arun, close_writer, connect, start_server, wait_for
+from transport_helpers import HOST, SECRET, arun, close_writer, connect, served_in_thread, start_server, wait_for
 
 import pyfabric
 from pyfabric import Atom, FeatureNotSupported, GlobalNameError, GlobalNameInUse, NotConnected
@@ -203,21 +202,11 @@ def test_blocking_register_global() -> None:
     async def start() -> ScriptedGlobalServer:
         return await ScriptedGlobalServer().start()
 
-    loop = asyncio.new_event_loop()
-    thread_server = loop.run_until_complete(start())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        with pyfabric.connect(HOST, thread_server.port, SECRET) as client:
-            box = client.mailbox()
-            client.register_global("blocking_box", box.pid)
-            with pytest.raises(GlobalNameInUse):
-                client.register_global("taken", box.pid)
+    with served_in_thread(start) as thread_server, pyfabric.connect(HOST, thread_server.port, SECRET) as client:
+        box = client.mailbox()
+        client.register_global("blocking_box", box.pid)
+        with pytest.raises(GlobalNameInUse):
+            client.register_global("taken", box.pid)
+        client.unregister_global("blocking_box")
+        with pytest.raises(GlobalNameError):
             client.unregister_global("blocking_box")
-            with pytest.raises(GlobalNameError):
-                client.unregister_global("blocking_box")
-    finally:
-        asyncio.run_coroutine_threadsafe(thread_server.close(), loop).result(5)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        loop.close()

@@ -10,12 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
-import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from transport_helpers import HOST, SECRET, arun, close_writer, connect, start_server, wait_for
+from transport_helpers import HOST, SECRET, arun, close_writer, connect, served_in_thread, start_server, wait_for
 
 import pyfabric
 from pyfabric import Atom, FeatureNotSupported, GroupError, NotConnected, Pid
@@ -207,21 +206,11 @@ def test_blocking_join_members_leave() -> None:
     async def start() -> ScriptedGroupServer:
         return await ScriptedGroupServer().start()
 
-    loop = asyncio.new_event_loop()
-    thread_server = loop.run_until_complete(start())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        with pyfabric.connect(HOST, thread_server.port, SECRET) as client:
-            box = client.mailbox()
-            client.join("blocking", box.pid)
-            members = client.members("blocking")
-            assert members[0] == box.pid and len(members) == 2
+    with served_in_thread(start) as thread_server, pyfabric.connect(HOST, thread_server.port, SECRET) as client:
+        box = client.mailbox()
+        client.join("blocking", box.pid)
+        members = client.members("blocking")
+        assert members[0] == box.pid and len(members) == 2
+        client.leave("blocking", box.pid)
+        with pytest.raises(GroupError):
             client.leave("blocking", box.pid)
-            with pytest.raises(GroupError):
-                client.leave("blocking", box.pid)
-    finally:
-        asyncio.run_coroutine_threadsafe(thread_server.close(), loop).result(5)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        loop.close()

@@ -16,8 +16,9 @@ import hashlib
 import logging
 import socket
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, Protocol, TypeVar
 
 import pytest
 
@@ -140,6 +141,31 @@ async def pair(server_options: dict[str, Any] | None = None, **client_options: A
             await client.close()
     finally:
         await server.close()
+
+
+class _Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Closable)
+
+
+@contextlib.contextmanager
+def served_in_thread(start: Callable[[], Awaitable[S]]) -> Iterator[S]:
+    """The server ``start()`` makes, running on an event loop of its own in a daemon thread
+    (for tests of the blocking facade, whose calls block the test's thread); closed, and its
+    loop stopped, after."""
+    loop = asyncio.new_event_loop()
+    server = loop.run_until_complete(start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = WAIT, what: str = "condition") -> None:

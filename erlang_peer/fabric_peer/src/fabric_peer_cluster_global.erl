@@ -22,6 +22,8 @@
 -include("fabric_peer_conn.hrl").
 
 -export([classify/1, dispatch/2, request/5, features/2, action/2, call/4]).
+%% a request of a client to its server, answered by id (also pg's, fabric_peer_cluster_pg)
+-export([export_for/2, issue/4]).
 %% request/5: called by call/4 here, and by the EUnit tests directly
 -ignore_xref([request/5]).
 
@@ -127,21 +129,11 @@ reply(Req, Code, P) -> emit(ctrl, {global_reply, Req, {error, atom_to_binary(Cod
 %% answered by the server's `global_reply'.
 -spec request(register | unregister, atom(), pid() | undefined, gen_statem:from(), proto()) -> proto().
 request(Kind, Name, Pid, From, #p{mode = extended, feats = #{<<"global">> := true},
-                                  connected = true, s = S, o = O} = P) ->
+                                  connected = true} = P) ->
     Req = P#p.next_req,
     Exported = case Kind of
                    unregister -> {ok, none, P};
-                   register ->
-                       case fabric_peer_session:export_of(Pid, S) of
-                           {ok, Id} -> {ok, Id, P};
-                           error ->
-                               case fabric_peer_session:export_count(S) < maps:get(max_exports, O) of
-                                   true ->
-                                       {Id, P1} = fabric_peer_payload:export(Pid, P),
-                                       {ok, Id, P1};
-                                   false -> {error, limit}
-                               end
-                       end
+                   register -> export_for(Pid, P)
                end,
     case Exported of
         {ok, A, P2} ->
@@ -150,13 +142,34 @@ request(Kind, Name, Pid, From, #p{mode = extended, feats = #{<<"global">> := tru
                         register -> {register_global, Req, NameBin, A};
                         unregister -> {unregister_global, Req, NameBin}
                     end,
-            P3 = emit(ctrl, Frame, P2#p{next_req = Req + 1}),
-            P3#p{whereis_waiting = (P3#p.whereis_waiting)#{Req => From}};
+            issue(Req, Frame, From, P2);
         {error, limit} -> act({reply, From, {error, limit}}, P)
     end;
 request(_, _, _, From, #p{mode = extended, feats = #{<<"global">> := true}} = P) ->
     act({reply, From, {error, not_connected}}, P);
 request(_, _, _, From, P) -> act({reply, From, {error, not_supported}}, P).
+
+%% @doc The id a request names the local process `Pid' by: its export, made now if need
+%% be; `{error, limit}' when that would pass `max_exports'.
+-spec export_for(pid(), proto()) -> {ok, integer(), proto()} | {error, limit}.
+export_for(Pid, #p{s = S, o = O} = P) ->
+    case fabric_peer_session:export_of(Pid, S) of
+        {ok, Id} -> {ok, Id, P};
+        error ->
+            case fabric_peer_session:export_count(S) < maps:get(max_exports, O) of
+                true ->
+                    {Id, P1} = fabric_peer_payload:export(Pid, P),
+                    {ok, Id, P1};
+                false -> {error, limit}
+            end
+    end.
+
+%% @doc Write request `Frame' (its id `Req', the connection's next) and keep `From' waiting
+%% for the answer that carries `Req'.
+-spec issue(non_neg_integer(), tuple(), gen_statem:from(), proto()) -> proto().
+issue(Req, Frame, From, P) ->
+    P1 = emit(ctrl, Frame, P#p{next_req = Req + 1}),
+    P1#p{whereis_waiting = (P1#p.whereis_waiting)#{Req => From}}.
 
 %%% the connection process
 

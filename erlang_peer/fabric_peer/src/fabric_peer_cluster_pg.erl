@@ -142,7 +142,7 @@ reply(Req, Code, P) -> emit(ctrl, {pg_reply, Req, {error, atom_to_binary(Code)}}
 -spec request(join | leave | members, binary(), pid() | undefined, gen_statem:from(), proto()) ->
           proto().
 request(Kind, G, Pid, From, #p{mode = extended, feats = #{<<"pg">> := true},
-                               connected = true, s = S, o = O} = P) ->
+                               connected = true, s = S} = P) ->
     Req = P#p.next_req,
     Exported = case Kind of
                    members -> {ok, none, P};
@@ -151,17 +151,7 @@ request(Kind, G, Pid, From, #p{mode = extended, feats = #{<<"pg">> := true},
                            {ok, Id} -> {ok, Id, P};
                            error -> {error, not_member}
                        end;
-                   join ->
-                       case fabric_peer_session:export_of(Pid, S) of
-                           {ok, Id} -> {ok, Id, P};
-                           error ->
-                               case fabric_peer_session:export_count(S) < maps:get(max_exports, O) of
-                                   true ->
-                                       {Id, P1} = fabric_peer_payload:export(Pid, P),
-                                       {ok, Id, P1};
-                                   false -> {error, limit}
-                               end
-                       end
+                   join -> fabric_peer_cluster_global:export_for(Pid, P)
                end,
     case Exported of
         {ok, A, P2} ->
@@ -170,8 +160,7 @@ request(Kind, G, Pid, From, #p{mode = extended, feats = #{<<"pg">> := true},
                         leave -> {pg_leave, Req, G, A};
                         members -> {pg_members, Req, G}
                     end,
-            P3 = emit(ctrl, Frame, P2#p{next_req = Req + 1}),
-            P3#p{whereis_waiting = (P3#p.whereis_waiting)#{Req => From}};
+            fabric_peer_cluster_global:issue(Req, Frame, From, P2);
         {error, Code} -> act({reply, From, {error, Code}}, P)
     end;
 request(_, _, _, From, #p{mode = extended, feats = #{<<"pg">> := true}} = P) ->

@@ -24,7 +24,7 @@
 -export([new_data/2, handle_common/4, established/3, lost/1, terminate/1, run/2,
          raw_send/2, drop_socket/1, activate/1, count_in/1]).
 
-%% `Proxy ! Msg' messages taken from the mailbox per event (proxy_batch/5).
+%% `Proxy ! Msg' messages taken from the mailbox per event (fabric_peer_conn_batch).
 -define(PROXY_BATCH, 1024).
 %% Busy with a stream (a batch of ?BUSY_BATCH proxy messages, a read of ?BUSY_READ bytes), a
 %% connection keeps a minimum heap of ?BUSY_HEAP words until a ?HEAP_CHECK_MS period without:
@@ -175,9 +175,9 @@ handle_common({timeout, heartbeat}, tick, _, _) -> keep_state_and_data;
 %%% --- local processes: proxies, exports
 
 handle_common(info, {fabric_proxy_msg, Proxy, Msg}, _, D) ->
-    {keep_state, proxy_batch(Proxy, [Msg], D)};
+    proxy_batch({Proxy, [Msg]}, D);
 handle_common(info, {fabric_proxy_msgs, Proxy, Msgs}, _, D) ->
-    {keep_state, proxy_batch(Proxy, Msgs, D)};
+    proxy_batch({Proxy, Msgs}, D);
 handle_common(info, fabric_heap_check, _, D) ->
     {keep_state, heap_check(D)};
 handle_common(info, {fabric_proxy_send, Proxy, From, Msg, Deadline}, _, #d{p = P} = D) ->
@@ -285,32 +285,14 @@ frame_in(Bin, #d{p = P} = D) ->
         close -> (role_module(D1)):lost(D1, closed_by_us)
     end.
 
-%% A burst of `Proxy ! Msg': the messages already waiting in the mailbox are taken in
-%% batches and their frames written in one socket write. Each write waits for its reply
-%% with a receive that scans the whole mailbox, so one write per message would make a
-%% burst quadratic (issue 12: 200k messages at 1.5k msgs/s).
-proxy_batch(Proxy, Msgs, #d{p = P} = D) ->
-    {Acts, N, P1} = proxy_batch(Proxy, Msgs, P, ?PROXY_BATCH, []),
-    apply_result({Acts, P1}, case ?PROXY_BATCH - N >= ?BUSY_BATCH of true -> busy(D); false -> D end).
-
-proxy_batch(Proxy, Msgs, P, N, Acc) ->
-    {N1, Acc1, P1} = proxy_msgs(Proxy, Msgs, P, N, Acc),
-    case N1 > 0 andalso next_proxy_msg() of
-        {Proxy2, Msgs2} -> proxy_batch(Proxy2, Msgs2, P1, N1, Acc1);
-        _ -> {lists:append(lists:reverse(Acc1)), N1, P1}
-    end.
-
-proxy_msgs(_, [], P, N, Acc) -> {N, Acc, P};
-proxy_msgs(Proxy, [Msg | T], P, N, Acc) ->
-    {Acts, P1} = fabric_peer_protocol:proxy_msg(Proxy, Msg, P),
-    proxy_msgs(Proxy, T, P1, N - 1, [Acts | Acc]).
-
-%% (a proxy forwards the messages that waited in it as one list, fabric_peer_proxy)
-next_proxy_msg() ->
-    receive
-        {fabric_proxy_msg, Proxy, Msg} -> {Proxy, [Msg]};
-        {fabric_proxy_msgs, Proxy, Msgs} -> {Proxy, Msgs}
-    after 0 -> none
+%% A burst of `Proxy ! Msg' taken in one event (fabric_peer_conn_batch); a proxy's other
+%% message that ended it is handled next, in its place.
+proxy_batch(First, #d{p = P} = D) ->
+    {Acts, Taken, P1, Next} = fabric_peer_conn_batch:take(First, ?PROXY_BATCH, P),
+    D1 = apply_result({Acts, P1}, case Taken >= ?BUSY_BATCH of true -> busy(D); false -> D end),
+    case Next of
+        none -> {keep_state, D1};
+        _ -> {keep_state, D1, [{next_event, info, Next}]}
     end.
 
 %% A `send/2' through a proxy written at once: its result does not depend on the write (a

@@ -8,30 +8,10 @@
 
 -define(FEATS, [<<"whereis">>, <<"heartbeat">>, <<"error">>, <<"session">>, <<"global">>]).
 
-fake(N) -> list_to_pid(lists:flatten(io_lib:format("<0.~b.~b>", [N rem 32768, N div 32768]))).
+-import(fabric_peer_proto_lib, [frame/2, written/1, errors/1]).
 
-env() ->
-    #{self => fake(900000),
-      spawn_proxy => fun(Id) -> fake(800000 + Id) end,
-      placeholder => fun() -> fake(900002) end,
-      signaller => fun() -> fake(900003) end,
-      whereis => fun(_) -> undefined end,
-      policy => fun() -> undefined end,
-      server_atoms_left => fun() -> 1000 end,
-      spend_server_atoms => fun(_) -> ok end}.
-
-proto(Role, Extra) -> proto(Role, Extra, ?FEATS).
-proto(Role, Extra, Feats) ->
-    {ok, O} = fabric_peer_opts:normalize(Role, "secret", Extra),
-    P0 = fabric_peer_protocol:new(O#{ref => make_ref()}, env()),
-    {_, P} = fabric_peer_protocol:established(#{mode => extended, features => Feats},
-                                              false, false, P0),
-    P.
-
-frame(Term, P) -> fabric_peer_protocol:frame(term_to_binary(Term), P).
-
-written(Acts) -> [binary_to_term(B) || {send, _, B} <- Acts].
-errors(Acts) -> [C || {write, B} <- Acts, {error, C, _} <- [binary_to_term(B)]].
+proto(Role, Extra) -> fabric_peer_proto_lib:proto(Role, Extra, ?FEATS).
+proto(Role, Extra, Feats) -> fabric_peer_proto_lib:proto(Role, Extra, Feats).
 
 %%% options
 
