@@ -130,14 +130,18 @@ class Credit:
 
     # -- receiver (12.3) ---------------------------------------------------------------
 
+    def fits(self, dest: Hashable, size: int) -> bool:
+        """Would a credited frame of ``size`` bytes to ``dest`` stay within our windows?"""
+        return (
+            self.in_count < self.in_window
+            and self.in_dest.get(dest, 0) < self.in_dest_max
+            and (self.in_bytes == 0 or self.in_bytes + size <= self.in_bytes_max)
+        )
+
     def admit(self, dest: Hashable, size: int) -> bool:
         """A credited frame arrived: count it; False if it breaks a window (``credit_exceeded``)."""
         held = self.in_dest.get(dest, 0)
-        ok = (
-            self.in_count < self.in_window
-            and held < self.in_dest_max
-            and (self.in_bytes == 0 or self.in_bytes + size <= self.in_bytes_max)
-        )
+        ok = self.fits(dest, size)
         self.in_count += 1
         self.in_bytes += size
         self.in_dest[dest] = held + 1

@@ -56,19 +56,11 @@ def received_m(est: Established, dest: Any, payload: Any) -> tuple[Any, Any, Any
         return None
     credit = session.credit
     token = None
-    if credit is not None:  # Credit.admit, inlined, checked before anything is counted (12.3)
+    if credit is not None:  # checked before anything is counted (12.3)
         size = est.frame_size
-        held = credit.in_dest.get(dest, 0)
-        in_bytes = credit.in_bytes
-        if not (
-            credit.in_count < credit.in_window
-            and held < credit.in_dest_max
-            and (in_bytes == 0 or in_bytes + size <= credit.in_bytes_max)
-        ):
+        if not credit.fits(dest, size):
             return None  # credit_exceeded: the general path counts, refuses and gives back
-        credit.in_count += 1
-        credit.in_bytes = in_bytes + size
-        credit.in_dest[dest] = held + 1
+        credit.admit(dest, size)
         token = (dest, size)
     rw = est.rw
     if type(payload) not in rw.plain_in:
@@ -101,9 +93,9 @@ def send_m(conn: Connection, dest: Pid, payload: Any) -> bool:
     credit = session.credit
     if outbox is not None:
         config = conn.config
-        if session.queue.count or len(outbox.frames) >= config.outbox_frames or outbox.nbytes >= config.outbox_bytes:
+        if session.queue.count or not outbox.has_room(config.outbox_frames, config.outbox_bytes):
             return False
-    if credit is not None and (credit.out_count >= credit.out_window or credit.out_dest.get(ident, 0) >= credit.out_dest_max):
+    if credit is not None and (credit.conn_blocked() or credit.dest_blocked(ident)):
         return False
     cmd = conn._cmd
     est = cmd.est  # type: ignore[union-attr]
@@ -117,21 +109,14 @@ def send_m(conn: Connection, dest: Pid, payload: Any) -> bool:
         rw.rollback()
         return False
     size = len(frame)
-    if size > est.peer_max_frame or size > MAX_PACKET or (
-        credit is not None and credit.out_bytes and credit.out_bytes + size > credit.out_bytes_max
-    ):
+    if size > est.peer_max_frame or size > MAX_PACKET or (credit is not None and not credit.bytes_fit(size)):
         rw.rollback()
         return False
     conn._writer.write(frame)
-    if outbox is not None:  # Outbox.issue, inlined
-        outbox.sent += 1
-        outbox.frames.append((frame, (dest, payload, 0)))
-        outbox.nbytes += size
-    if credit is not None:  # Credit.take, inlined
-        credit.out_count += 1
-        credit.out_bytes += size
-        out_dest = credit.out_dest
-        out_dest[ident] = out_dest.get(ident, 0) + 1
+    if outbox is not None:
+        outbox.issue(frame, (dest, payload, 0))
+    if credit is not None:
+        credit.take(ident, size)
     if rw.new_exports or rw.dead_exports:
         cmd.committed()  # type: ignore[union-attr]
     return True

@@ -18,7 +18,6 @@ from ..etf import Atom, Pid
 from ..protocol import (
     Connection,
     FeatureNotSupported,
-    MessageReceived,
     MessagesUndelivered,
     SendResult,
     Session,
@@ -73,13 +72,6 @@ class FlowLinkMixin:
         session = self.session
         return session.queue.waiting_for(key) if session is not None else 0
 
-    def delivered(self, conn: Connection, ev: MessageReceived) -> None:
-        """``ev``'s message is in its mailbox: answer a confirmed send, return or owe its credit."""
-        if ev.ref:
-            conn.send_result(ev.ref, None)
-        if ev.credit is not None:
-            self.credit_for(conn, ev.dest, ev.credit)
-
     def credit_for(self, conn: Connection, dest: Pid | Atom, token: tuple[Any, int]) -> None:
         """A credited message was delivered to ``dest``: return its credit, or owe it until
         the mailbox has room (12.3)."""
@@ -92,13 +84,6 @@ class FlowLinkMixin:
             conn.credit_returned(token)
         else:
             conn.credit_delivered(token, target, self.has_room(target))
-
-    def undeliverable(self, conn: Connection, ev: MessageReceived, code: str) -> None:
-        """``ev``'s message could not be delivered (``code``): its credit comes back at once."""
-        if ev.ref:
-            conn.send_result(ev.ref, code)
-        if ev.credit is not None:
-            conn.credit_returned(ev.credit)
 
     def _flow_timers(self, conn: Connection) -> None:
         # After every batch of events: the grant timer, and the recheck of owed mailboxes.

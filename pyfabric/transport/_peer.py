@@ -203,19 +203,7 @@ class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
         for ev in events:
             kind = ev.__class__
             if kind is MessageReceived:
-                try:
-                    node.send(ev.dest, ev.payload)
-                    dests = self.destinations
-                    if dests is not None:
-                        dests[ev.dest] = dests.get(ev.dest, 0) + 1
-                except NotRegistered:
-                    _log.debug("%s: message to unregistered name %s dropped", self.label, ev.dest)
-                    if ev.credit is not None or ev.ref:
-                        self.undeliverable(conn, ev, "noproc")
-                else:
-                    self.messages_in += 1
-                    if ev.credit is not None or ev.ref:
-                        self.delivered(conn, ev)
+                self._deliver(conn, ev.dest, ev.payload, ev.credit, ev.ref)
             elif kind is ProxyDied:
                 node.terminate_proxy(ev.pid, ev.reason)
             elif kind is LinkRequested:
@@ -292,7 +280,12 @@ class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
         self._update_idle()
 
     def _deliver_m(self, dest: Pid | Atom, payload: Any, credit: Any) -> None:
-        # The fused m path's delivery: what the MessageReceived branch above does for an m.
+        # The fused m path's delivery (Connection.deliver): a MessageReceived without its event.
+        self._deliver(self.conn, dest, payload, credit, None)  # type: ignore[arg-type]
+
+    def _deliver(self, conn: Connection, dest: Pid | Atom, payload: Any, credit: Any, ref: Any) -> None:
+        """A received message into its mailbox: counted, a confirmed send (``ref``) answered,
+        its credit returned or owed (12.3); to an unregistered name dropped, ``noproc``."""
         try:
             if credit is None:
                 self.node.send(dest, payload)
@@ -301,20 +294,21 @@ class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
                 queued, cap = self.node.send_sized(dest, payload)
         except NotRegistered:
             _log.debug("%s: message to unregistered name %s dropped", self.label, dest)
-            if credit is not None:
-                self.conn.credit_returned(credit)  # type: ignore[union-attr]
+            if ref:
+                conn.send_result(ref, "noproc")
+            conn.credit_returned(credit)
             return
         dests = self.destinations
         if dests is not None:
             dests[dest] = dests.get(dest, 0) + 1
         self.messages_in += 1
+        if ref:
+            conn.send_result(ref, None)
         if credit is not None:
             if cap and queued < self.options.config.mailbox_high:  # a local process with room
-                conn = self.conn
-                if conn.session.credit.give_back(*credit):  # type: ignore[union-attr]  # credit_returned, inlined
-                    conn.send_grant()  # type: ignore[union-attr]
+                conn.credit_returned(credit)
             else:
-                self.credit_for(self.conn, dest, credit)  # type: ignore[arg-type]
+                self.credit_for(conn, dest, credit)
 
     def _exit_refused(self, pid: Pid, what: str) -> bool:
         """``refuse_remote_exits``: True if the peer may not link to / signal ``pid``."""
