@@ -5,7 +5,9 @@ address (IPv4 address, IPv6 /64: :func:`~._throttle.address_key`). When the tabl
 address's share of it or the server's connection table is full, the new connection is not
 refused: the oldest pending connection that has sent nothing yet is closed instead (else
 the oldest pending one), so idle sockets can delay a real client, which sends its hello
-at once, but never lock it out (issue 11).
+at once, but never lock it out (issue 11). "Sent" counts bytes the kernel holds that the
+loop has not read yet: a server accepts connections in batches, so a real client's hello
+can be waiting unread while many newer idle connections from its address arrive.
 """
 
 from __future__ import annotations

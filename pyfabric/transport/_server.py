@@ -110,7 +110,7 @@ class Server(LocalProcesses):
         self._pending: PendingTable[_Accepted] = PendingTable(
             max_pending_handshakes,
             max_pending_per_address,
-            heard=lambda e: e.stream.bytes_in > 0,
+            heard=lambda e: e.stream.has_spoken(),
             evict=self._evict,
             label=lambda e: e.link.label,
         )

@@ -9,9 +9,12 @@ frames or terms: the protocol core does.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import socket
 import ssl
+import struct
+import termios
 import time
 from typing import Any, cast
 
@@ -126,6 +129,7 @@ class FrameStream(asyncio.Protocol):
         self.closed = asyncio.get_running_loop().create_future()
         self.bytes_in = 0
         self.bytes_out = 0
+        self._fd = -1  # the socket's descriptor, for has_spoken()
         self.writes = 0
         """Socket writes (``transport.write`` calls): the link hands over everything one
         loop iteration produced at once, so this grows by one per busy iteration, not per frame."""
@@ -139,6 +143,7 @@ class FrameStream(asyncio.Protocol):
         self.peername = transport.get_extra_info("peername")
         sock = transport.get_extra_info("socket")
         if sock is not None:
+            self._fd = sock.fileno()
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:  # not TCP (tests over other socket kinds)
@@ -146,6 +151,20 @@ class FrameStream(asyncio.Protocol):
         transport.set_write_buffer_limits(high=DEFAULT_WRITE_BUFFER_HIGH)
         self.attach(self.link)
         self._last_recv = self._last_send = time.monotonic()
+
+    def has_spoken(self) -> bool:
+        """Whether the peer has sent anything: bytes read, or bytes the kernel holds for us
+        that the loop has not read yet (a server accepts a batch of connections in one loop
+        iteration, so a real client's hello can be waiting while newer connections arrive)."""
+        if self.bytes_in:
+            return True
+        if self._fd < 0:
+            return False
+        try:
+            waiting: int = struct.unpack("i", fcntl.ioctl(self._fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+        except OSError:  # closed meanwhile
+            return False
+        return waiting > 0
 
     def attach(self, link: PeerLink) -> None:
         """Make ``link`` the one this stream feeds (a server's resumed session takes over)."""
@@ -303,6 +322,7 @@ class FrameStream(asyncio.Protocol):
         self._resume(_P_MAILBOX)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._fd = -1  # the descriptor may be reused by another socket from here on
         if self._hb_handle is not None:
             self._hb_handle.cancel()
             self._hb_handle = None
@@ -430,7 +450,9 @@ class FrameStream(asyncio.Protocol):
             # what it sent waits in the socket. Its clock restarts when we read again.
             self._last_recv = now
         if self._silence and now - self._last_recv > self._silence:
-            _log.warning("%s: peer silent for %.1f s (3 heartbeat intervals); closing", self.link.label, now - self._last_recv)
+            _log.warning(
+                "%s: peer silent for %.1f s (3 heartbeat intervals); closing", self.link.label, now - self._last_recv
+            )
             self.abort()
             return
         if self._own and now - self._last_send >= self._own:

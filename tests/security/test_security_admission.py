@@ -8,6 +8,8 @@ nothing, so idle sockets never lock a real client out.
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 
 from transport_helpers import HOST, arun, close_writer, connect, frame, start_server, wait_for
 
@@ -57,6 +59,37 @@ def test_a_connection_that_started_its_handshake_outlives_idle_ones() -> None:
                 assert await eof(reader)
             for _reader, writer in [talker, *idle]:
                 await close_writer(writer)
+        finally:
+            await server.close()
+
+    arun(body, allow_errors_from=("pyfabric.server",))
+
+
+def test_a_hello_not_yet_read_counts_as_spoken() -> None:
+    """A server accepts a batch of connections before it reads any of them: a client whose
+    hello waits in the kernel when idle ones arrive right after it is not taken for idle."""
+
+    async def body() -> None:
+        server = await start_server(max_pending_handshakes=2, allow_legacy_auth=True, max_auth_failures=0)
+        try:
+            # Blocking calls, the loop does not run in between: the server accepts all four
+            # in one go, before it has read the talker's hello.
+            talker = socket.create_connection((HOST, server.port))
+            talker.sendall(frame((Atom("hello"), "localhost")))
+            time.sleep(0.05)  # the hello is in the server's receive buffer
+            idle = [socket.create_connection((HOST, server.port)) for _ in range(3)]
+            try:
+                await wait_for(lambda: server.statistics()["connections_evicted"] == 2)
+                await asyncio.sleep(0.1)
+                talker.setblocking(False)
+                try:
+                    assert talker.recv(1) != b"", "the talker was evicted"
+                except BlockingIOError:
+                    pass  # open, nothing to read: still pending, as it should be
+                assert server.statistics()["handshaking"] == 2
+            finally:
+                for sock in [talker, *idle]:
+                    sock.close()
         finally:
             await server.close()
 
