@@ -436,6 +436,9 @@ run1({deliver, Target, Msg}, {_, #d{p = P}} = Acc) ->
 run1({control, Proxy, Cmd}, {_, #d{token = Token}} = Acc) ->
     ok = fabric_peer_proxy:control(Proxy, Token, Cmd),
     Acc;
+run1({signal, Proxy, Cmd}, {_, #d{token = Token}} = Acc) ->
+    ok = fabric_peer_proxy:signal(Proxy, Token, Cmd),
+    Acc;
 run1({reply, From, Reply}, Acc) ->
     gen_statem:reply(From, Reply),
     Acc;

@@ -3,6 +3,13 @@
 %% locally (`exit(Proxy, kill)'), which the peer learns as `exit2 ... kill' (with the
 %% `link' feature). Works on the protocol state of `fabric_peer_protocol' and returns
 %% actions like it. The frames going out for local signals are `fabric_peer_commands''.
+%%
+%% Order: the proxy for A sends A's signals (so that B sees them come from A's stand-in),
+%% the connection delivers A's messages itself. A signal B must see before A's next
+%% message (`exit2', `link', `unlink') is a `signal' action, which the connection carries
+%% out by waiting for the proxy to have sent it (`fabric_peer_proxy:signal/3'); a
+%% `link_exit' or DEAD ends A, so no later message of A can overtake it (docs/protocol.md
+%% 5.2, "Order").
 -module(fabric_peer_links).
 
 -include("fabric_peer_protocol.hrl").
@@ -21,7 +28,7 @@ dispatch({link, A, B}, #p{s = S} = P) when A > 0 ->
     case {fabric_peer_session:exported(B, S), fabric_peer_session:remote_ended(A, S)} of
         {{ok, BPid}, false} ->
             case proxy_for(A, P) of
-                {ok, Proxy, P1} -> {ok, act({control, Proxy, {link, BPid}}, P1)};
+                {ok, Proxy, P1} -> {ok, act({signal, Proxy, {link, BPid}}, P1)};
                 {error, Why, P1} -> {error, limit, Why, P1}
             end;
         %% B ended (its DEAD is on its way), or A ended before its link frame was read: a
@@ -30,7 +37,7 @@ dispatch({link, A, B}, #p{s = S} = P) when A > 0 ->
     end;
 dispatch({unlink, A, B}, #p{s = S} = P) ->
     case {fabric_peer_session:proxy_of(A, S), fabric_peer_session:exported(B, S)} of
-        {{ok, Proxy}, {ok, BPid}} -> {ok, act({control, Proxy, {unlink, BPid}}, P)};
+        {{ok, Proxy}, {ok, BPid}} -> {ok, act({signal, Proxy, {unlink, BPid}}, P)};
         _ -> {ok, P}
     end;
 dispatch({exit2, A, B, Reason0}, P) when A > 0 -> exit_in(exit, A, B, Reason0, P);
@@ -47,7 +54,7 @@ exit_in(Kind, A, B, Reason0, #p{s = S} = P) ->
                     Ended = fabric_peer_session:remote_ended(A, P1#p.s),
                     case proxy_for(A, P1) of
                         {ok, Proxy, P2} ->
-                            P3 = act({control, Proxy, {Kind, BPid, Reason}}, P2),
+                            P3 = act({sent_by(Kind), Proxy, {Kind, BPid, Reason}}, P2),
                             case Ended of
                                 %% A's DEAD overtook its exit signal (both are sent
                                 %% independently): deliver the signal from a stand-in that
@@ -61,6 +68,10 @@ exit_in(Kind, A, B, Reason0, #p{s = S} = P) ->
             end;
         error -> {ok, P}
     end.
+
+%% A later message of A must not overtake its exit signal; nothing follows its link signal.
+sent_by(exit) -> signal;
+sent_by(link_exit) -> control.
 
 %% @doc Proxy `Pid' for the peer's process `Id' ended with `Reason' without a DEAD (ended
 %% locally; its monitor fired, the session already forgot it). Killed: the peer's process

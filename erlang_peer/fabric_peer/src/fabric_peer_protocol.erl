@@ -8,6 +8,8 @@
 %% <li>`{write, Bin}': write an error frame if a socket is there (best effort, never kept);</li>
 %% <li>`{deliver, Dest, Msg}': send `Msg' to a local pid or `{Name, Node}';</li>
 %% <li>`{control, Proxy, Cmd}': a control command to a proxy (`fabric_peer_proxy:control/3');</li>
+%% <li>`{signal, Proxy, Cmd}': a signal sent by a proxy, done before the next action
+%%   (`fabric_peer_proxy:signal/3', so a later message cannot overtake it);</li>
 %% <li>`{reply, From, Reply}': answer a waiting `gen_statem' caller;</li>
 %% <li>`{monitor_export, Pid, Id}' / `{monitor_proxy, Pid, Id}': monitor a new export or
 %%   proxy and report the monitor back (`watch_export/3', `watch_proxy/3');</li>
@@ -70,7 +72,7 @@
 
 -type action() :: {send, msg | ctrl, binary()} | {write, binary()}
                 | {deliver, pid() | {atom(), atom()}, term()}
-                | {control, pid(), term()} | {reply, gen_statem:from(), term()}
+                | {control | signal, pid(), term()} | {reply, gen_statem:from(), term()}
                 | {monitor_export | monitor_proxy, pid(), integer()}
                 | {forget_proxy | discard_proxy, pid()} | {demonitor, reference()}
                 | {ack_timer | send_timer | grant_timer, pos_integer()}

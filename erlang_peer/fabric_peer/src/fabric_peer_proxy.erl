@@ -44,7 +44,7 @@
 %% per-connection token no other process knows.
 -module(fabric_peer_proxy).
 
--export([start/3, control/3, request/5]).
+-export([start/3, control/3, signal/3, request/5]).
 %% the proxy's loop after hibernation (erlang:hibernate/3)
 -export([wake/1]).
 -ignore_xref([wake/1]).
@@ -93,6 +93,20 @@ request(Proxy, Token, From, Msg, Deadline) ->
 control(Proxy, Token, Cmd) ->
     Proxy ! {'$fabric_ctl', Token, Cmd},
     ok.
+
+%% @doc A control command that sends a signal from the proxy (`{exit, Pid, Reason}',
+%% `{link, Pid}', `{unlink, Pid}'), carried out before this returns (or the proxy is gone):
+%% the caller's next message to `Pid' is then behind the signal, as the remote process's
+%% next message is behind its signal (docs/protocol.md 5.2, "Order"). Called by the
+%% connection only; a proxy never waits for its connection, so the wait cannot deadlock.
+-spec signal(pid(), reference(), term()) -> ok.
+signal(Proxy, Token, Cmd) ->
+    Ref = erlang:monitor(process, Proxy),
+    Proxy ! {'$fabric_ctl', Token, {signal, Ref, Cmd}},
+    receive
+        {Ref, signalled} -> erlang:demonitor(Ref, [flush]), ok;
+        {'DOWN', Ref, process, _, _} -> ok
+    end.
 
 init(Conn, Token, Ctr, Max) ->
     process_flag(trap_exit, true),
@@ -261,6 +275,10 @@ die(Reason, #s{q = Q, ctr = Ctr, conn = Conn}) ->
     exit(Reason).
 
 command({die, Reason}, S) -> die(Reason, S);
+command({signal, Ref, Cmd}, #s{conn = Conn} = S) ->
+    S1 = command(Cmd, S),
+    Conn ! {Ref, signalled},
+    S1;
 command({allow, N}, #s{allow = A} = S) -> release(S#s{allow = A + N});
 command({link, Pid}, #s{peer_linked = L} = S) ->
     %% linking to a process that already ended gives us {'EXIT', Pid, noproc}: handled
