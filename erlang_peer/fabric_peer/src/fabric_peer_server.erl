@@ -54,6 +54,7 @@ handle_event(cast, socket_ready, wait_socket, #d{t = T, sock = S0, o = O, ref = 
                   undefined -> 0;
                   _ -> fabric_peer_throttle:blocked(Ref, Ip, O)
               end,
+    ok = fabric_peer_admission:reading(O, T, S0),
     case Blocked > 0 orelse fabric_peer_transport:handshake(T, S0, HsTimeout) of
         true ->
             ?LOG_WARNING(#{what => connection_refused, peer => inet:ntoa(Ip),

@@ -19,7 +19,7 @@
 -include("fabric_peer_log.hrl").
 
 -export([listen/3, accept/2, handshake/3, connect/5, send/3, send_many/3, activate/2, arm/2,
-         controlling_process/3, close/2, peername/2, peer_ip/2, port/2, name/1,
+         controlling_process/3, close/2, peername/2, peer_ip/2, port/2, name/1, spoke/2,
          explain/3, write/3]).
 
 -export_type([transport/0, socket/0]).
@@ -189,6 +189,21 @@ peer_ip(T, S) ->
     case case T of tcp -> inet:peername(S); {tls, _} -> ssl:peername(S); {relay, _} -> relay end of
         {ok, {Ip, _}} -> {ok, Ip};
         _ -> error
+    end.
+
+%% @doc Whether the runtime has read any byte of the peer from this socket (TLS records
+%% included; bytes still in the kernel are not counted). Any process may ask.
+-spec spoke(transport(), socket()) -> boolean().
+spoke(tcp, S) -> received(fun() -> inet:getstat(S, [recv_oct]) end);
+spoke({tls, _}, S) -> received(fun() -> ssl:getstat(S, [recv_oct]) end);
+spoke({relay, _}, _) -> true.
+
+%% (a socket closed meanwhile says nothing: it is ending anyway)
+received(Stat) ->
+    try Stat() of
+        {ok, [{recv_oct, N}]} -> N > 0;
+        _ -> false
+    catch _:_ -> false
     end.
 
 %% @doc The local port of a (listen) socket.

@@ -18,7 +18,8 @@ all() -> [oversize_before_auth, oversize_after_auth, error_frames_for_extended_p
 groups() ->
     [{issue11, [], [amplifying_frame_refused, large_frames_received, foreign_references_no_atoms,
                     distinct_peers_create_no_atoms, dead_reason_keeps_foreign_pids,
-                    idle_connections_evicted, handshake_timeouts_count, max_connections_refuses,
+                    idle_connections_evicted, client_in_handshake_survives_idle_burst,
+                    handshake_timeouts_count, max_connections_refuses,
                     refuse_remote_exits_protects, otp_names_are_system_names]}].
 
 init_per_suite(Config) ->
@@ -378,6 +379,26 @@ idle_connections_evicted(_Config) ->
     ct:log("~b of 50 idle connections still open", [length(Open)]),
     true = length(Open) =< 10,
     [gen_tcp:close(I) || I <- Idle],
+    fabric_peer:stop_server(Srv).
+
+%% A client that sent its hello is not evicted by a burst of idle connections from its
+%% address: they evict each other (the oldest silent one first), and it authenticates.
+client_in_handshake_survives_idle_burst(_Config) ->
+    {Srv, Port} = start(#{max_pending_per_address => 3}),
+    S = fabric_peer_test_lib:raw_connect(Port),
+    send(S, fabric_peer_test_lib:vector("01")),
+    {challenge, C} = recv(S),
+    Idle = [begin
+                {ok, I} = gen_tcp:connect("127.0.0.1", Port, [binary, {active, false}]),
+                I
+            end || _ <- lists:seq(1, 30)],
+    %% every idle one was admitted (its pending entry is there) before the client goes on
+    true = fabric_peer_test_lib:wait_until(
+             fun() -> length([I || I <- Idle, gen_tcp:recv(I, 0, 1) =:= {error, timeout}]) =< 2 end),
+    send(S, {response, fabric_peer_test_lib:md5hex(C ++ "secret")}),
+    {auth, success} = recv(S),
+    [gen_tcp:close(I) || I <- Idle],
+    gen_tcp:close(S),
     fabric_peer:stop_server(Srv).
 
 %% A handshake that times out counts in the per-address throttle.
