@@ -375,7 +375,7 @@ action({Timer, Ms}, _, St) when (Timer =:= grant_timer orelse Timer =:= ack_time
                                  orelse Timer =:= send_timer), is_integer(Ms) ->
     %% a timer the connection would start: the case fires it with its `grant' / `ack' step
     {[], [], St};
-action({control, Proxy, Cmd}, _, #{rdecl := R} = St) ->
+action({Kind, Proxy, Cmd}, _, #{rdecl := R} = St) when Kind =:= control; Kind =:= signal ->
     A = i(maps:get(Proxy, R)),
     E = case Cmd of
             {die, Reason} -> ev([<<"proxy_died">>, A], Reason);
