@@ -7,6 +7,10 @@
          default/1, error_frame/2, error_codes/0, new_window/2, note_error/2]).
 
 -export_type([frame/0, window/0, buffer/0]).
+
+%% Above this encoded size a frame's compressed form could be kept (incompressible/1 then
+%% never holds: 8(L - 11) exceeds what its bounds can reach).
+-define(MAX_INCOMPRESSIBLE, 64).
 %% used by the conformance suite (the error codes it checks against the spec)
 -ignore_xref([error_codes/0]).
 
@@ -121,9 +125,80 @@ append({Need, Chunks, Size}, Data) -> {Need, [Data | Chunks], Size + byte_size(D
 
 join(Chunks) -> iolist_to_binary(lists:reverse(Chunks)).
 
-%% An `m' frame exactly as the original encodes it: compressed only when smaller.
+%% An `m' frame exactly as the original encodes it: compressed only when smaller. A small
+%% term whose plain encoding zlib provably cannot shrink enough is encoded plain at once:
+%% the same bytes, without running zlib to discard its output (~6 us, issue 15).
 -spec encode_message(term()) -> binary().
-encode_message(Term) -> term_to_binary(Term, [{minor_version, 1}, compressed]).
+encode_message(Term) ->
+    case erlang:external_size(Term, [{minor_version, 1}]) =< ?MAX_INCOMPRESSIBLE of
+        true ->
+            Plain = term_to_binary(Term, [{minor_version, 1}]),
+            case incompressible(Plain) of
+                true -> Plain;
+                false -> term_to_binary(Term, [{minor_version, 1}, compressed])
+            end;
+        false -> term_to_binary(Term, [{minor_version, 1}, compressed])
+    end.
+
+%% `term_to_binary(T, [compressed])' keeps the compressed form only when zlib's output for
+%% the L bytes after the version byte is at most L - 5 bytes: 2 of zlib header, 4 of
+%% checksum, so a deflate block of at most 8(L - 11) bits. A lower bound of that block
+%% (deflate, RFC 1951), from R, the positions whose 3 bytes occurred at an earlier
+%% position (a match of length l >= 3 covers l - 2 of them: at most R + 2m bytes in m =< R
+%% matches, the others are literals):
+%% - stored: more than 8L bits;
+%% - fixed Huffman: 3 + 8 per literal + 12 per match + 7 >= 10 + 8L - 12R bits;
+%% - dynamic Huffman: 17 bits of header, >= 12 for the code-length code, the code lengths
+%%   of symbols 0-256 (every distinct byte is a literal at its first occurrence, 256 ends
+%%   the block; each maximal run of equal-length entries costs at least min(run, 3) bits,
+%%   a repeat code having 2 extra bits or more), then the symbols: the K distinct literals
+%%   and the end are K + 1 codewords of a prefix code, at least min_total(K + 1) bits in
+%%   all; every other literal at least 1 bit, every match 2 (a length and a distance
+%%   code): >= min_total(K + 1) + L - R - K.
+%% When both Huffman bounds exceed 8(L - 11) the compressed form is never kept.
+incompressible(<<131, Body/binary>>) ->
+    L = byte_size(Body),
+    Limit = 8 * (L - 11),
+    Distinct = lists:usort(binary_to_list(Body)),
+    K = length(Distinct),
+    Dynamic = 29 + code_lengths(Distinct, 0, 0) + min_total(K + 1) + L - K,
+    %% (R lowers both bounds: computed only when the others leave room)
+    Dynamic > Limit andalso 10 + 8 * L > Limit andalso
+        begin
+            R = repeated_3grams(Body),
+            Dynamic - R > Limit andalso 10 + 8 * L - 12 * R > Limit
+        end.
+
+%% The least total length of N codewords of a binary prefix code (a complete tree as
+%% balanced as can be: N * floor(log2 N) + 2 (N - 2^floor(log2 N))).
+min_total(N) ->
+    D = floor_log2(N, 0),
+    N * D + 2 * (N - (1 bsl D)).
+
+floor_log2(N, D) when N >= 2 -> floor_log2(N bsr 1, D + 1);
+floor_log2(_, D) -> D.
+
+%% (as many as the 3-byte sequences less the distinct ones: the equal neighbours once sorted)
+repeated_3grams(Body) -> equal_neighbours(lists:sort(grams(Body, [])), 0).
+
+grams(<<G:24, _/binary>> = B, Acc) ->
+    <<_, Rest/binary>> = B,
+    grams(Rest, [G | Acc]);
+grams(_, Acc) -> Acc.
+
+equal_neighbours([X, X | T], N) -> equal_neighbours([X | T], N + 1);
+equal_neighbours([_ | T], N) -> equal_neighbours(T, N);
+equal_neighbours([], N) -> N.
+
+%% The bound on the code lengths of symbols 0..256 given the distinct bytes, ascending:
+%% the runs of zeros between them (and before 256) and the runs of adjacent used ones.
+code_lengths([], Next, Bits) -> Bits + run(256 - Next) + 1;
+code_lengths([X | T], Next, Bits) -> used(T, X + 1, 1, Bits + run(X - Next)).
+
+used([X | T], X, N, Bits) -> used(T, X + 1, N + 1, Bits);
+used(T, Next, N, Bits) -> code_lengths(T, Next, Bits + run(N)).
+
+run(N) -> min(N, 3).
 
 %% @doc An `m' (or `mc') frame to a peer: to a legacy peer as the original encodes it; to one
 %% of our peers plain (docs/protocol.md 4.1: for a small term zlib only costs time, and its
