@@ -438,6 +438,7 @@ run1({control, Proxy, Cmd}, {_, #d{token = Token}} = Acc) ->
     Acc;
 run1({signal, Proxy, Cmd}, {_, #d{token = Token}} = Acc) ->
     ok = fabric_peer_proxy:signal(Proxy, Token, Cmd),
+    ok = fabric_peer_flow:signalled(),
     Acc;
 run1({reply, From, Reply}, Acc) ->
     gen_statem:reply(From, Reply),
