@@ -140,20 +140,33 @@ class Credit:
 
     def admit(self, dest: Hashable, size: int) -> bool:
         """A credited frame arrived: count it; False if it breaks a window (``credit_exceeded``)."""
-        held = self.in_dest.get(dest, 0)
-        ok = self.fits(dest, size)
+        if self.admit_fitting(dest, size):
+            return True
         self.in_count += 1
         self.in_bytes += size
-        self.in_dest[dest] = held + 1
-        return ok
+        self.in_dest[dest] = self.in_dest.get(dest, 0) + 1
+        return False
+
+    def admit_fitting(self, dest: Hashable, size: int) -> bool:
+        """:meth:`fits` and :meth:`admit` in one step (the fused ``m`` path): count a
+        credited frame that fits our windows; False, nothing counted, for one that does not."""
+        in_dest = self.in_dest
+        held = in_dest.get(dest, 0)
+        in_bytes = self.in_bytes
+        if self.in_count >= self.in_window or held >= self.in_dest_max or (in_bytes and in_bytes + size > self.in_bytes_max):
+            return False
+        self.in_count += 1
+        self.in_bytes = in_bytes + size
+        in_dest[dest] = held + 1
+        return True
 
     def give_back(self, dest: Hashable, size: int) -> bool:
         """The credit of one received frame is returned; True if a grant is due now (12.4)."""
-        self.ret_count += 1
-        self.ret_bytes += size
-        n = self.ret_dest.get(dest, 0) + 1
-        self.ret_dest[dest] = n
-        return self.ret_count >= self._count_due or n >= self._dest_due or self.ret_bytes >= self._bytes_due
+        count = self.ret_count = self.ret_count + 1
+        nbytes = self.ret_bytes = self.ret_bytes + size
+        ret_dest = self.ret_dest
+        n = ret_dest[dest] = ret_dest.get(dest, 0) + 1
+        return count >= self._count_due or n >= self._dest_due or nbytes >= self._bytes_due
 
     def owe(self, mailbox: Any, dest: Hashable, size: int) -> None:
         """A delivery to ``mailbox`` (over ``mailbox_high``): its credit waits for room."""

@@ -58,9 +58,8 @@ def received_m(est: Established, dest: Any, payload: Any) -> tuple[Any, Any, Any
     token = None
     if credit is not None:  # checked before anything is counted (12.3)
         size = est.frame_size
-        if not credit.fits(dest, size):
+        if not credit.admit_fitting(dest, size):
             return None  # credit_exceeded: the general path counts, refuses and gives back
-        credit.admit(dest, size)
         token = (dest, size)
     rw = est.rw
     if type(payload) not in rw.plain_in:
@@ -92,10 +91,11 @@ def send_m(conn: Connection, dest: Pid, payload: Any) -> bool:
     outbox = session.outbox
     credit = session.credit
     if outbox is not None:
+        # Outbox.has_room, Credit.conn_blocked and Credit.dest_blocked, inlined: every message
         config = conn.config
-        if session.queue.count or not outbox.has_room(config.outbox_frames, config.outbox_bytes):
+        if session.queue.count or len(outbox.frames) >= config.outbox_frames or outbox.nbytes >= config.outbox_bytes:
             return False
-    if credit is not None and (credit.conn_blocked() or credit.dest_blocked(ident)):
+    if credit is not None and (credit.out_count >= credit.out_window or credit.out_dest.get(ident, 0) >= credit.out_dest_max):
         return False
     cmd = conn._cmd
     est = cmd.est  # type: ignore[union-attr]
@@ -109,7 +109,7 @@ def send_m(conn: Connection, dest: Pid, payload: Any) -> bool:
         rw.rollback()
         return False
     size = len(frame)
-    if size > est.peer_max_frame or size > MAX_PACKET or (credit is not None and not credit.bytes_fit(size)):
+    if size > est.peer_max_frame or size > MAX_PACKET or (credit is not None and credit.out_bytes and credit.out_bytes + size > credit.out_bytes_max):
         rw.rollback()
         return False
     conn._writer.write(frame)

@@ -56,10 +56,10 @@ class Outbox:
         an integer above the previous ack and at most :attr:`sent` (``bad_ack``)."""
         if type(n) is not int or not self.acked < n <= self.sent:
             return False
-        frames = self.frames
+        pop = self.frames.popleft
         nbytes = self.nbytes
         for _ in range(n - self.acked):
-            nbytes -= len(frames.popleft()[0])
+            nbytes -= len(pop()[0])
         self.nbytes = nbytes
         self.acked = n
         return True

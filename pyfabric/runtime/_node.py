@@ -288,13 +288,14 @@ class Node(RemoteEntries):
             raise NotRegistered(reg_name)
         self._table[pid].deliver(msg)
 
-    def send_sized(self, dest: Pid | Atom, msg: Any) -> tuple[int, int]:
-        """:meth:`send` to a pid or a registered name, then what :meth:`mailbox_size` would
-        return: one lookup for a transport that checks the mailbox it just fed."""
+    def send_with_room(self, dest: Pid | Atom, msg: Any, high: int) -> bool:
+        """:meth:`send` to a pid or a registered name; True if it went into the mailbox of a
+        local process that holds fewer than ``high`` messages now (the message included):
+        one lookup for a transport that checks the mailbox it just fed."""
         if dest.__class__ is Pid:
             entry = self._table.get(dest)
             if entry is None:
-                return 0, 0
+                return False
         else:
             reg_name = to_name(dest)  # type: ignore[arg-type]
             pid = self._registry.whereis(reg_name)
@@ -302,9 +303,8 @@ class Node(RemoteEntries):
                 raise NotRegistered(reg_name)
             entry = self._table[pid]
         entry.deliver(msg)
-        if isinstance(entry, LocalProcess):
-            return entry.qsize(), entry.max_mailbox
-        return 0, 0
+        # qsize() and max_mailbox, inlined: every credited message
+        return isinstance(entry, LocalProcess) and len(entry._queue) < high and entry._max > 0
 
     def _send_to_node(self, dest: tuple[Any, ...], msg: Any) -> None:
         if len(dest) != 2:

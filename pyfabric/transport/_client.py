@@ -311,6 +311,8 @@ class Client(LocalProcesses, RouteClientMixin, GlobalClientMixin, PgClientMixin)
         """
         if dest.__class__ is Pid:
             link = self._link
+            if link.send_m(dest, msg):  # a proxy of our server's process, sent at once
+                return
             session = link.session  # link.acks and link.pending_count(), inlined (every send)
             if session is not None and session.outbox is not None and session.queue.count >= self.options.max_pending:
                 raise SendQueueFull(f"{self.options.max_pending} messages already wait for {link.label} (max_pending)")

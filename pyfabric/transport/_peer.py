@@ -72,6 +72,7 @@ class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
     def __init__(self, node: Node, options: PeerOptions, *, role: str, label: str) -> None:
         self.node = node
         self.options = options
+        self._mailbox_high = options.config.mailbox_high
         self.role = role
         self.label = label
         self.conn: Connection | None = None
@@ -129,7 +130,7 @@ class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
         )
         # `established` is kept: it describes the session (features, mode) until the new
         # connection's handshake replaces it.
-        conn.deliver = self._deliver_m  # the fused m path (docs/architecture.md)
+        conn.deliver = self._deliver  # the fused m path (docs/architecture.md)
         self.conn = conn
         self.close_event = None
         return conn
@@ -139,7 +140,7 @@ class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
         connection, its stream's label, the rest of its events and later proxies)."""
         self.conn = other.conn
         if self.conn is not None:
-            self.conn.deliver = self._deliver_m  # our counts, our destinations
+            self.conn.deliver = self._deliver  # our counts, our destinations
         self.established = ev
         self.session = other.conn.session if other.conn is not None else self.session
         self.label = other.label
@@ -198,12 +199,12 @@ class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
         node = self.node
         if events is None:
             # One event at a time, each handled before the next frame is read: the messages
-            # the core hands to _deliver_m meanwhile keep their place among the events.
+            # the core hands to _deliver meanwhile keep their place among the events.
             events = iter(conn.next_event, NEED_DATA)
         for ev in events:
             kind = ev.__class__
             if kind is MessageReceived:
-                self._deliver(conn, ev.dest, ev.payload, ev.credit, ev.ref)
+                self._deliver(ev.dest, ev.payload, ev.credit, ev.ref)
             elif kind is ProxyDied:
                 node.terminate_proxy(ev.pid, ev.reason)
             elif kind is LinkRequested:
@@ -279,19 +280,17 @@ class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
             self._flow_timers(conn)
         self._update_idle()
 
-    def _deliver_m(self, dest: Pid | Atom, payload: Any, credit: Any) -> None:
-        # The fused m path's delivery (Connection.deliver): a MessageReceived without its event.
-        self._deliver(self.conn, dest, payload, credit, None)  # type: ignore[arg-type]
-
-    def _deliver(self, conn: Connection, dest: Pid | Atom, payload: Any, credit: Any, ref: Any) -> None:
+    def _deliver(self, dest: Pid | Atom, payload: Any, credit: Any, ref: Any = None) -> None:
         """A received message into its mailbox: counted, a confirmed send (``ref``) answered,
-        its credit returned or owed (12.3); to an unregistered name dropped, ``noproc``."""
+        its credit returned or owed (12.3); to an unregistered name dropped, ``noproc``.
+        Also the fused m path's delivery (``Connection.deliver``: a MessageReceived without its event)."""
+        conn: Connection = self.conn  # type: ignore[assignment]  # only a link with a connection delivers
         try:
             if credit is None:
                 self.node.send(dest, payload)
-                queued = cap = 0
+                room = False
             else:
-                queued, cap = self.node.send_sized(dest, payload)
+                room = self.node.send_with_room(dest, payload, self._mailbox_high)
         except NotRegistered:
             _log.debug("%s: message to unregistered name %s dropped", self.label, dest)
             if ref:
@@ -305,8 +304,9 @@ class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
         if ref:
             conn.send_result(ref, None)
         if credit is not None:
-            if cap and queued < self.options.config.mailbox_high:  # a local process with room
-                conn.credit_returned(credit)
+            if room:  # a local process with room: FlowMixin.credit_returned, one call less
+                if conn.session.credit.give_back(*credit):  # type: ignore[union-attr]
+                    conn.send_grant()
             else:
                 self.credit_for(conn, dest, credit)
 

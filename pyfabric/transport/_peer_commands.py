@@ -58,14 +58,25 @@ class PeerCommandsMixin:
         conn = self.conn
         return conn is not None and conn.state == ESTABLISHED
 
-    def send(self, dest: Any, msg: Any) -> None:
-        """Send ``msg`` to ``dest`` (proxy pid, remote name, or ``(name, node)``)."""
+    def send_m(self, dest: Pid, msg: Any) -> bool:
+        """The fused path of :meth:`send` for a proxy pid of this link (nothing waits, it
+        fits): True once queued for the socket; False, nothing done, for :meth:`send_general`."""
         conn = self.conn
-        if conn is not None and dest.__class__ is Pid and conn.send_m(dest, msg):  # the fused path
+        if conn is not None and conn.send_m(dest, msg):
             self.messages_out += 1
             if not self._flush_scheduled:
                 self._schedule_flush()
-            return
+            return True
+        return False
+
+    def send(self, dest: Any, msg: Any) -> None:
+        """Send ``msg`` to ``dest`` (proxy pid, remote name, or ``(name, node)``)."""
+        if dest.__class__ is not Pid or not self.send_m(dest, msg):
+            self.send_general(dest, msg)
+
+    def send_general(self, dest: Any, msg: Any) -> None:
+        """:meth:`send` without trying :meth:`send_m` first (the caller did)."""
+        conn = self.conn
         if conn is not None and conn.state == ESTABLISHED:
             session = conn.session
             if session.outbox is None:

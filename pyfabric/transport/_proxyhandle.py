@@ -25,8 +25,10 @@ class ProxyHandle:
 
     def deliver(self, msg: Any) -> None:
         link = self.link
+        if link.send_m(self.pid, msg):  # the fused path
+            return
         try:
-            link.send(self.pid, msg)
+            link.send_general(self.pid, msg)
         except SendQueueFull:
             # `Process.send` / `Node.send` never block nor raise (docs/protocol.md 12.6):
             # the message is dropped, counted, logged and reported.

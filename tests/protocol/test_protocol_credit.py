@@ -549,3 +549,24 @@ def test_pending_issues_in_order_per_destination_and_never_lets_a_blocked_one_th
 
 def adds_with_index(adds):
     return [(key, n) for n, (key, _c) in enumerate(adds)]
+
+
+def test_admit_fitting_counts_only_a_frame_within_every_window_and_admit_counts_any():
+    """``Credit.admit_fitting`` (the fused m path) is ``fits`` then ``admit`` in one step:
+    nothing counted for a frame over a window; ``admit`` still counts it and says so."""
+    from pyfabric.protocol._credit import Credit
+
+    credit = Credit((3, 100, 2), (3, 100, 2))
+    assert credit.admit_fitting(A("a"), 40) and credit.admit_fitting(A("a"), 40)
+    counts = (credit.in_count, credit.in_bytes, dict(credit.in_dest))
+    assert counts == (2, 80, {A("a"): 2})
+    assert not credit.admit_fitting(A("a"), 1)  # credit_dest used up
+    assert not credit.admit_fitting(A("b"), 30)  # the byte window
+    assert (credit.in_count, credit.in_bytes, dict(credit.in_dest)) == counts
+    assert credit.admit_fitting(A("b"), 20)
+    assert not credit.admit_fitting(A("c"), 0)  # the message window
+    assert credit.admit(A("c"), 5) is False  # counted anyway: credit_exceeded
+    assert (credit.in_count, credit.in_bytes, credit.in_dest[A("c")]) == (4, 105, 1)
+    fresh = Credit((3, 100, 2), (3, 100, 2))
+    assert fresh.admit(A("a"), 500) is True  # a frame bigger than the byte window goes alone
+    assert fresh.in_bytes == 500

@@ -8,7 +8,7 @@ from typing import Any
 from runtime_helpers import run  # noqa: F401
 
 from pyfabric.etf import Atom, Pid
-from pyfabric.runtime import Node
+from pyfabric.runtime import Node, NotRegistered
 from pyfabric.runtime._handle import ProcessHandle
 from pyfabric.runtime._proxy import Proxy
 
@@ -66,6 +66,28 @@ def test_max_mailbox_and_mailbox_size(run):
     max_mailbox, default, size = run(body)
     assert (max_mailbox, size) == (7, (1, 7))
     assert default == 100_000
+
+
+def test_send_with_room_says_whether_the_mailbox_it_fed_is_below_the_mark(run):
+    """``send_with_room``: delivered like ``send``; True only for a local process holding
+    fewer than ``high`` messages with this one; a name that is not registered raises."""
+
+    async def body(node: Node) -> tuple[list[bool], int, bool]:
+        mb = node.mailbox(name="box")
+        rooms = [node.send_with_room(mb.pid, i, 3) for i in range(3)] + [node.send_with_room(Atom("box"), 3, 3)]
+        gone = node.mailbox()
+        gone.close()
+        try:
+            node.send_with_room(Atom("nobody"), 0, 3)
+        except NotRegistered:
+            raised = True
+        else:
+            raised = False
+        return rooms + [node.send_with_room(gone.pid, 0, 3)], mb.qsize(), raised
+
+    rooms, queued, raised = run(body)
+    assert rooms == [True, True, False, False, False]
+    assert queued == 4 and raised
 
 
 def test_service_time_is_measured_only_while_behind(run):
