@@ -197,6 +197,7 @@ class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
         conn = self.conn
         assert conn is not None  # only a link with a connection has events
         node = self.node
+        delivered = self.messages_in
         if events is None:
             # One event at a time, each handled before the next frame is read: the messages
             # the core hands to _deliver meanwhile keep their place among the events.
@@ -262,9 +263,10 @@ class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
                     self.on_route_event(self, ev)
         # Written at the end of this loop pass, together with what the local processes
         # woken by these events send meanwhile (their wake-ups run first): one socket
-        # write for a reply and the acks or grants these frames made due (a woken
-        # process's send schedules the flush itself).
-        if not self._flush_scheduled and conn.pending_output():
+        # write for a reply and the acks or grants these frames made due. Scheduled now
+        # also when nothing waits yet but messages were delivered: a woken process's
+        # reply then leaves in the pass that wakes it, not one loop iteration later.
+        if not self._flush_scheduled and (conn.pending_output() or self.messages_in != delivered):
             self._schedule_flush()
         if conn is not None:
             timer = self._ack_timer

@@ -126,7 +126,9 @@ class FrameStream(asyncio.Protocol):
         self._last_send = 0.0
         self._can_write = asyncio.Event()
         self._can_write.set()
-        self.closed = asyncio.get_running_loop().create_future()
+        # Kept: asyncio.get_running_loop() costs a getpid() system call (a fork check) per call.
+        self._loop = asyncio.get_running_loop()
+        self.closed = self._loop.create_future()
         self.bytes_in = 0
         self.bytes_out = 0
         self._fd = -1  # the socket's descriptor, for has_spoken()
@@ -196,7 +198,7 @@ class FrameStream(asyncio.Protocol):
             return
         self.bytes_in += len(data)
         if not self._burst:
-            asyncio.get_running_loop().call_soon(self._end_burst)
+            self._loop.call_soon(self._end_burst)
         self._burst += len(data)
         if self._held is not None:
             self._held.append(data)  # a mailbox this connection feeds is congested

@@ -170,3 +170,63 @@ def test_write_backpressure_holds_drain_back() -> None:
             await server.close()
 
     arun(body, timeout=40, allow_errors_from=("pyfabric.transport", "pyfabric.server"))
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_reply_leaves_in_the_loop_pass_that_wakes_its_process(loop: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The read that delivers a request schedules the link's flush behind the wake-up of
+    the receiving process: its reply is written one loop iteration after the read (the
+    process runs, then the flush), not two (one ``epoll_wait`` per round trip)."""
+    from pyfabric.transport._stream import FrameStream
+
+    ticks = [0]
+    seen: dict[str, list[int]] = {"read": [], "write": []}
+    read, write = FrameStream.data_received, FrameStream.write
+
+    def data_received(self: FrameStream, data: bytes) -> None:
+        if self.link.role == "server":
+            seen["read"].append(ticks[0])
+        read(self, data)
+
+    def written(self: FrameStream, data: Any) -> None:
+        if self.link.role == "server":
+            seen["write"].append(ticks[0])
+        write(self, data)
+
+    monkeypatch.setattr(FrameStream, "data_received", data_received)
+    monkeypatch.setattr(FrameStream, "write", written)
+
+    async def echo(proc: Any) -> None:
+        while True:
+            sender, msg = await proc.receive()
+            proc.send(sender, msg)
+
+    async def body() -> None:
+        server = await start_server(allowed=["echo"], features=PLAIN)
+        server.spawn(echo, name="echo")
+        client = await connect(server, reconnect=False, features=PLAIN)
+        running = True
+
+        def tick() -> None:
+            ticks[0] += 1
+            if running:
+                asyncio.get_running_loop().call_soon(tick)
+
+        try:
+            box = client.mailbox()
+            client.send("echo", (box.pid, N))
+            assert await box.receive(timeout=5) == N  # the proxy of box exists on the server now
+            tick()
+            for i in range(5):
+                seen["read"].clear()
+                seen["write"].clear()
+                client.send("echo", (box.pid, i))
+                assert await box.receive(timeout=5) == i
+                assert len(seen["read"]) == 1 and len(seen["write"]) == 1
+                assert seen["write"][0] - seen["read"][0] == 1
+        finally:
+            running = False
+            await client.close()
+            await server.close()
+
+    arun(body, loop=loop)
