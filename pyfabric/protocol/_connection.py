@@ -207,6 +207,18 @@ class Connection(ConnectionCommands, acks.AcksMixin, FlowMixin, RouteMixin, Glob
             return
         self._reader.feed(data)
 
+    def has_events(self) -> bool:
+        """Would :meth:`next_event` return an event now rather than ``NEED_DATA``: an event
+        waits, or a whole frame is buffered (or anything before the connection is
+        established)? False after bytes that complete no frame: the transport may skip its
+        event loop for them (a large frame arrives in several reads)."""
+        if self._events:
+            return True
+        state = self._state.state
+        if state != ESTABLISHED:
+            return state != CLOSED
+        return self._reader.frame_ready(self.config.max_frame)
+
     def buffered_input(self) -> int:
         """Bytes held by the receive buffer (frames not processed yet, and consumed
         bytes not compacted away yet)."""

@@ -89,6 +89,15 @@ class FrameReader:
         self._pos = end
         return start, end
 
+    def frame_ready(self, limit: int) -> bool:
+        """Would :meth:`next_frame` return a frame (or raise) now, rather than None?"""
+        buf = self._buf
+        pos = self._pos
+        if len(buf) - pos < 4:
+            return False
+        length: int = _unpack_u32(buf, pos)[0]
+        return length > limit or pos + 4 + length <= len(buf)
+
     def frame_bytes(self, start: int, end: int) -> bytes:
         buf = self._buf
         if type(buf) is bytes and start == 0 and end == len(buf):

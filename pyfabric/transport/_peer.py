@@ -171,7 +171,8 @@ class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
         if conn is None:
             return
         conn.receive_data(data)
-        self._process_events()
+        if conn.has_events():  # else a part of a frame: nothing happened
+            self._process_events()
 
     def connection_lost(self) -> None:
         conn = self.conn

@@ -220,3 +220,39 @@ def test_frames_dropped_do_not_reply_to_legacy():
     assert isinstance(dropped, FrameDropped) and dropped.code == "unknown_frame"
     assert conn.data_to_send() == b""
     assert FEATURES
+
+
+def test_frame_ready_says_whether_next_frame_has_something_to_say():
+    """``FrameReader.frame_ready(limit)``: True once a whole frame is buffered, or as soon as
+    a length over ``limit`` is (next_frame raises then, it does not wait for the bytes)."""
+    from pyfabric.protocol._framing import FrameReader
+
+    reader = FrameReader()
+    assert not reader.frame_ready(100)
+    reader.feed(b"\x00\x00")
+    assert not reader.frame_ready(100)
+    reader.feed(b"\x00\x03ab")
+    assert not reader.frame_ready(100)
+    reader.feed(b"c\x00\x00\x00")
+    assert reader.frame_ready(100)
+    assert reader.next_frame(100) is not None and not reader.frame_ready(100)
+    reader.feed(b"\xff")  # a length of 255 announced: over a limit of 100
+    assert reader.frame_ready(100) and not reader.frame_ready(1000)
+
+
+def test_has_events_is_false_only_for_bytes_that_complete_no_frame():
+    from pyfabric.protocol import NEED_DATA
+
+    pair = ours_pair(server_kw={"allowed": ["inbox"]})
+    assert not pair.server.has_events()
+    pair.client.send_message(A("inbox"), b"x" * 1000)
+    data = pair.client.data_to_send()
+    pair.server.receive_data(data[:600])
+    assert not pair.server.has_events() and pair.server.next_event() is NEED_DATA
+    pair.server.receive_data(data[600:])
+    assert pair.server.has_events()
+    assert pair.server.next_event() is not NEED_DATA
+    pair.server.close()
+    assert pair.server.has_events()  # ConnectionClosed waits
+    pair.server.events()
+    assert not pair.server.has_events()
