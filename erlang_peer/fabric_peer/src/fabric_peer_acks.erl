@@ -15,7 +15,7 @@
 -include("fabric_peer_log.hrl").
 -include("fabric_peer_protocol.hrl").
 
--export([agreed/1, on/1, start/2, emit/5, handled/2, frame_in/2, ack_in/2, ack_due/1, result_in/3,
+-export([agreed/1, on/1, start/2, emit/5, emit/6, handled/2, frame_in/2, ack_in/2, ack_due/1, result_in/3,
          resumable/3, resume_ok/2, resume/2, end_session/2, flush/2, info/1]).
 
 -import(fabric_peer_payload, [act/2]).
@@ -27,13 +27,13 @@ agreed(F) -> is_map_key(<<"acks">>, F) andalso is_map_key(<<"session">>, F).
 
 %% @doc True when this connection's session has `acks'.
 -spec on(#p{}) -> boolean().
-on(#p{s = S}) -> fabric_peer_session:seq(S) =/= undefined.
+on(#p{seq = Seq}) -> Seq =/= undefined.
 
 %% @doc A new session: with `acks' agreed it starts counting from 0; with `credit' too,
 %% its windows are ours and the peer's of this handshake (`peer_credit' in `Params'),
 %% fixed for the session (12.1).
 -spec start(map(), #p{}) -> #p{}.
-start(Params, #p{feats = F, s = S, o = O} = P) ->
+start(Params, #p{feats = F, o = O} = P) ->
     case agreed(F) of
         true ->
             Seq = fabric_peer_seq:new(maps:get(outbox_frames, O), maps:get(outbox_bytes, O)),
@@ -42,8 +42,8 @@ start(Params, #p{feats = F, s = S, o = O} = P) ->
                                                         maps:get(peer_credit, Params, fabric_peer_flowctl:windows(O)));
                          false -> undefined
                      end,
-            P#p{s = fabric_peer_session:set_credit(Credit, fabric_peer_session:set_seq(Seq, S))};
-        false -> P#p{s = fabric_peer_session:set_credit(undefined, fabric_peer_session:set_seq(undefined, S))}
+            P#p{seq = Seq, credit = Credit};
+        false -> P#p{seq = undefined, credit = undefined}
     end.
 
 %% @doc Write (or keep, while disconnected) the encoded frame `Bin' of `Term'. A sequenced
@@ -52,18 +52,20 @@ start(Params, #p{feats = F, s = S, o = O} = P) ->
 %% messages while disconnected (section 7).
 -spec emit(msg | ctrl, term(), binary(), fabric_peer_seq:info(), #p{}) ->
           {ok | {error, not_connected}, #p{}}.
-emit(Kind, Term, Bin, Info, #p{s = S, connected = Conn, o = O} = P) ->
+emit(Kind, Term, Bin, Info, #p{credit = C} = P) -> emit(Kind, Term, Bin, Info, C, P).
+
+%% @doc `emit/5' with the credit state the frame leaves (`fabric_peer_commands': the credit
+%% it took), set in the same update of the state as the sequence (issue 15).
+-spec emit(msg | ctrl, term(), binary(), fabric_peer_seq:info(), fabric_peer_credit:credit() | undefined, #p{}) ->
+          {ok | {error, not_connected}, #p{}}.
+emit(Kind, Term, Bin, Info, C, #p{seq = Seq0, connected = Conn, o = O, acts = As} = P) ->
     case {fabric_peer_seq:sequenced(Term), Conn} of
-        {false, true} -> {ok, act({send, Kind, Bin}, P)};
+        {false, true} -> {ok, P#p{credit = C, acts = [{send, Kind, Bin} | As]}};
         {false, false} -> {{error, not_connected}, P};
         {true, false} when Kind =:= msg, map_get(max_queue, O) =:= 0 -> {{error, not_connected}, P};
-        {true, _} ->
-            Seq = fabric_peer_seq:issue(Bin, Info, fabric_peer_session:seq(S)),
-            P1 = P#p{s = fabric_peer_session:set_seq(Seq, S)},
-            case Conn of
-                true -> {ok, act({send, Kind, Bin}, P1)};
-                false -> {ok, P1}
-            end
+        {true, true} ->
+            {ok, P#p{seq = fabric_peer_seq:issue(Bin, Info, Seq0), credit = C, acts = [{send, Kind, Bin} | As]}};
+        {true, false} -> {ok, P#p{seq = fabric_peer_seq:issue(Bin, Info, Seq0), credit = C}}
     end.
 
 %% @doc A `close' caller: answered `ok' once everything written was acknowledged (at once
@@ -80,12 +82,12 @@ flush(From, P) -> act({reply, From, ok}, P).
 %% one is counted, and an ack is written after `ack_every' of them, or `ack_delay' after
 %% the first not acknowledged.
 -spec handled(term(), #p{}) -> #p{}.
-handled(Term, #p{s = S, o = O} = P) ->
+handled(Term, #p{seq = Seq0, o = O} = P) ->
     case on(P) andalso fabric_peer_seq:sequenced(Term) of
         false -> P;
         true ->
-            Seq = fabric_peer_seq:handled(fabric_peer_session:seq(S)),
-            P1 = P#p{s = fabric_peer_session:set_seq(Seq, S)},
+            Seq = fabric_peer_seq:handled(Seq0),
+            P1 = P#p{seq = Seq},
             case fabric_peer_seq:ack_owed(Seq) of
                 N when N >= map_get(ack_every, O) -> write_ack(P1);
                 1 -> act({ack_timer, maps:get(ack_delay, O)}, P1);
@@ -95,17 +97,17 @@ handled(Term, #p{s = S, o = O} = P) ->
 
 %% @doc The ack delay passed: write the ack owed, if any.
 -spec ack_due(#p{}) -> #p{}.
-ack_due(#p{s = S} = P) ->
-    case on(P) andalso fabric_peer_seq:ack_owed(fabric_peer_session:seq(S)) > 0 of
+ack_due(#p{seq = Seq} = P) ->
+    case Seq =/= undefined andalso fabric_peer_seq:ack_owed(Seq) > 0 of
         true -> write_ack(P);
         false -> P
     end.
 
 write_ack(#p{connected = false} = P) -> P;
-write_ack(#p{s = S} = P) ->
-    {N, Seq} = fabric_peer_seq:ack_written(fabric_peer_session:seq(S)),
+write_ack(#p{seq = Seq0} = P) ->
+    {N, Seq} = fabric_peer_seq:ack_written(Seq0),
     act({send, ctrl, fabric_peer_frame:encode_plain({ack, N})},
-        P#p{s = fabric_peer_session:set_seq(Seq, S)}).
+        P#p{seq = Seq}).
 
 %% @doc A decoded frame, with `acks': the peer's `ack', `mc' and `mc_result' (11.8), the
 %% `not_resumable' error that ends the session (11.6); `pass' for every other frame (and
@@ -158,9 +160,9 @@ confirmed_message(Ref, Dest, Payload, P) ->
 
 %% @doc `{ack, N}' from the peer: frames up to `N' leave the outbox, waiting commands go.
 -spec ack_in(term(), #p{}) -> {ok, #p{}} | {error, bad_ack, term(), #p{}}.
-ack_in(N, #p{s = S} = P) ->
-    case fabric_peer_seq:ack(N, fabric_peer_session:seq(S)) of
-        {ok, Seq} -> {ok, fabric_peer_issue:drain(P#p{s = fabric_peer_session:set_seq(Seq, S)})};
+ack_in(N, #p{seq = Seq0} = P) ->
+    case fabric_peer_seq:ack(N, Seq0) of
+        {ok, Seq} -> {ok, fabric_peer_issue:drain(P#p{seq = Seq})};
         {error, bad_ack} -> {error, bad_ack, {ack, N}, P}
     end.
 
@@ -168,8 +170,8 @@ ack_in(N, #p{s = S} = P) ->
 %% having handled `PeerCount' of our frames (11.1, 11.5)? `{ok, Received}' (our count, for
 %% the handshake; `undefined' without `acks'), or `not_resumable'.
 -spec resumable([binary()], term(), #p{}) -> {ok, non_neg_integer() | undefined} | not_resumable.
-resumable(Feats, PeerCount, #p{s = S}) ->
-    case {agreed(Feats), fabric_peer_session:seq(S), same_credit(Feats, S)} of
+resumable(Feats, PeerCount, #p{seq = Seq0} = P) ->
+    case {agreed(Feats), Seq0, same_credit(Feats, P)} of
         {_, _, false} -> not_resumable;
         {false, undefined, _} -> {ok, undefined};
         {true, Seq, _} when Seq =/= undefined ->
@@ -181,15 +183,15 @@ resumable(Feats, PeerCount, #p{s = S}) ->
     end.
 
 %% A session is resumed only with the same `credit' agreement (11.1).
-same_credit(Feats, S) ->
-    lists:member(<<"credit">>, Feats) =:= (fabric_peer_session:credit(S) =/= undefined).
+same_credit(Feats, #p{credit = C}) ->
+    lists:member(<<"credit">>, Feats) =:= (C =/= undefined).
 
 %% @doc Client: the session resumed with the server's count `PeerCount'; true when it is
 %% in range (11.5 step 3) and the features still match.
 -spec resume_ok(map(), #p{}) -> boolean().
-resume_ok(Params, #p{s = S}) ->
+resume_ok(Params, #p{seq = Seq0} = P) ->
     Feats = maps:get(features, Params, []),
-    case {agreed(Feats) andalso same_credit(Feats, S), fabric_peer_session:seq(S)} of
+    case {agreed(Feats) andalso same_credit(Feats, P), Seq0} of
         {false, undefined} -> true;
         {true, Seq} when Seq =/= undefined ->
             fabric_peer_seq:check_peer(maps:get(peer_received, Params, undefined), Seq);
@@ -199,10 +201,10 @@ resume_ok(Params, #p{s = S}) ->
 %% @doc The session resumed and the peer handled `PeerCount' of our frames: they leave
 %% the outbox, the rest is written again in order, then the waiting commands go.
 -spec resume(non_neg_integer(), #p{}) -> #p{}.
-resume(PeerCount, #p{s = S} = P) ->
-    {Bins, Seq} = fabric_peer_seq:resume(PeerCount, fabric_peer_session:seq(S)),
+resume(PeerCount, #p{seq = Seq0} = P) ->
+    {Bins, Seq} = fabric_peer_seq:resume(PeerCount, Seq0),
     P1 = lists:foldl(fun(Bin, Acc) -> act({send, ctrl, Bin}, Acc) end,
-                     P#p{s = fabric_peer_session:set_seq(Seq, S)}, Bins),
+                     P#p{seq = Seq}, Bins),
     fabric_peer_issue:drain(fabric_peer_flowctl:after_replay(P1)).
 
 %% @doc The session ends with `Reason': the messages written and not acknowledged
@@ -210,8 +212,8 @@ resume(PeerCount, #p{s = S} = P) ->
 %% reported (and, first, the messages of `!' dropped and not reported yet, with reason
 %% `overflow'); waiting `send/2' callers get `{error, Reason}'.
 -spec end_session(atom(), #p{}) -> #p{}.
-end_session(Reason, #p{s = S} = P) ->
-    Sent = case fabric_peer_session:seq(S) of
+end_session(Reason, #p{seq = Seq0} = P) ->
+    Sent = case Seq0 of
                undefined -> [];
                Seq -> [(fabric_peer_issue:item(D, M, unconfirmed))#{confirmed := C}
                     || {D, M, C} <- fabric_peer_seq:unconfirmed(Seq)]
@@ -222,7 +224,7 @@ end_session(Reason, #p{s = S} = P) ->
     P2 = lists:foldl(fun(F, Acc) -> act({reply, F, ok}, Acc) end,
                      fabric_peer_issue:overflow_ended(P1), P#p.flushers),
     P3 = P2#p{overflow = 0, overflow_batch = [], flushers = [],
-              s = fabric_peer_session:set_credit(undefined, fabric_peer_session:set_seq(undefined, S))},
+              seq = undefined, credit = undefined},
     case Items of
         [] -> P3;
         _ -> act({undelivered, Reason, Items}, P3)
@@ -232,26 +234,26 @@ reply(none, _, P) -> P;
 reply(From, R, P) -> act({reply, From, R}, P).
 
 %% Waiting confirmed sends fail with the reason the session ended (11.7).
-fail_confirms(Reason, #p{s = S} = P) ->
-    case fabric_peer_session:seq(S) of
+fail_confirms(Reason, #p{seq = Seq0} = P) ->
+    case Seq0 of
         undefined -> P;
         Seq ->
             {Froms, Seq1} = fabric_peer_seq:take_confirms(Seq),
             lists:foldl(fun(F, Acc) -> reply(F, {error, Reason}, Acc) end,
-                        P#p{s = fabric_peer_session:set_seq(Seq1, S)}, Froms)
+                        P#p{seq = Seq1}, Froms)
     end.
 
 %% @doc `{mc_result, Ref, Result}' (11.8): the pending confirmed send `Ref' completes with
 %% `ok' or `{error, Code}'; a `Ref' not pending or a bad result is `unknown_frame'.
 -spec result_in(term(), term(), #p{}) -> {ok, #p{}} | {error, unknown_frame, term(), #p{}}.
-result_in(Ref, Result, #p{s = S} = P) ->
+result_in(Ref, Result, #p{seq = Seq0} = P) ->
     Reply = case Result of
                 ok -> ok;
                 {error, Code} when is_binary(Code) -> {error, code(Code)};
                 _ -> bad
             end,
-    case Reply =/= bad andalso fabric_peer_seq:confirmed(Ref, fabric_peer_session:seq(S)) of
-        {ok, From, Seq} -> {ok, fabric_peer_issue:drain(reply(From, Reply, P#p{s = fabric_peer_session:set_seq(Seq, S)}))};
+    case Reply =/= bad andalso fabric_peer_seq:confirmed(Ref, Seq0) of
+        {ok, From, Seq} -> {ok, fabric_peer_issue:drain(reply(From, Reply, P#p{seq = Seq}))};
         _ -> {error, unknown_frame, {mc_result, Ref, Result}, P}
     end.
 
@@ -266,9 +268,9 @@ code(B) ->
 
 %% @doc The `acks' part of `info/1'.
 -spec info(#p{}) -> map().
-info(#p{s = S, pq = PQ} = P) ->
+info(#p{seq = Seq0, pq = PQ} = P) ->
     N = fabric_peer_pending:len(PQ),
-    case fabric_peer_session:seq(S) of
+    case Seq0 of
         undefined -> #{};
         Seq -> #{sent => fabric_peer_seq:sent(Seq), acked => fabric_peer_seq:acked(Seq),
                  received => fabric_peer_seq:received(Seq),

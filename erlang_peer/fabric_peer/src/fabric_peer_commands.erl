@@ -70,9 +70,9 @@ send_confirmed(Dest, Msg, From, #p{s = S} = P) ->
     {Acts, P2} = done(P1),
     {Reply, Acts, P2}.
 
-confirm_now(From, Dest, Msg, #p{s = S} = P) ->
-    {Ref, Seq} = fabric_peer_seq:confirm(From, fabric_peer_session:seq(S)),
-    P1 = P#p{s = fabric_peer_session:set_seq(Seq, S)},
+confirm_now(From, Dest, Msg, #p{s = S, seq = Seq0} = P) ->
+    {Ref, Seq} = fabric_peer_seq:confirm(From, Seq0),
+    P1 = P#p{seq = Seq},
     {ok, W} = wire_dest(Dest, S),
     case rewrite_out(Msg, P1) of
         {ok, Payload, P2} ->
@@ -83,9 +83,9 @@ confirm_now(From, Dest, Msg, #p{s = S} = P) ->
         {{error, _} = E, P2} -> {E, unconfirm(Ref, P2#p{redead = []})}
     end.
 
-unconfirm(Ref, #p{s = S} = P) ->
-    {ok, _, Seq} = fabric_peer_seq:confirmed(Ref, fabric_peer_session:seq(S)),
-    P#p{s = fabric_peer_session:set_seq(Seq, S)}.
+unconfirm(Ref, #p{seq = Seq0} = P) ->
+    {ok, _, Seq} = fabric_peer_seq:confirmed(Ref, Seq0),
+    P#p{seq = Seq}.
 
 send_to(Dest, Msg, #p{s = S} = P) ->
     case wire_dest(Dest, S) of
@@ -253,8 +253,8 @@ emit_checked(Kind, Term, Info, P) ->
     end.
 
 %% A credited frame (m, mc) takes credit as it is issued, if it fits the byte window.
-credited(Term, Bin, Info, #p{s = S} = P) ->
-    case fabric_peer_session:credit(S) of
+credited(Term, Bin, Info, #p{credit = C0} = P) ->
+    case C0 of
         undefined -> fabric_peer_acks:emit(msg, Term, Bin, Info, P);
         C ->
             Size = byte_size(Bin),
@@ -263,7 +263,7 @@ credited(Term, Bin, Info, #p{s = S} = P) ->
                 true ->
                     Dest = case Term of {m, D, _} -> D; {mc, _, D, _} -> D end,
                     C1 = fabric_peer_credit:issue(Dest, Size, C),
-                    fabric_peer_acks:emit(msg, Term, Bin, Info, P#p{s = fabric_peer_session:set_credit(C1, S)})
+                    fabric_peer_acks:emit(msg, Term, Bin, Info, C1, P)
             end
     end.
 

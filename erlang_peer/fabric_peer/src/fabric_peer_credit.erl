@@ -11,7 +11,7 @@
 -module(fabric_peer_credit).
 
 -export([new/2, fresh/1, checked/1, batch/2, may_issue/2, fits/2, issue/3, grant/3,
-         receive_frame/3, return/3, owe/4, owed/1, owes/1, release/2, release_one/2,
+         receive_frame/3, return/3, return/4, owe/4, owed/1, owes/1, release/2, release_one/2,
          returns/1, grant_due/2, take_grant/1, timer/1, set_timer/2, info/1]).
 
 -export_type([credit/0, windows/0, owner/0]).
@@ -37,9 +37,9 @@
           ret_n = 0 :: non_neg_integer(),
           ret_b = 0 :: non_neg_integer(),
           ret_d = #{} :: #{term() => pos_integer()},
-          %% delivered into a mailbox over mailbox_high (pid => [{Dest, Size}]), or routed
+          %% delivered into a mailbox over mailbox_high (pid => [{Dest, Count, Bytes}]), or routed
           %% to another client and not issued there yet (newest first)
-          owed = #{} :: #{owner() => [{term(), non_neg_integer()}]},
+          owed = #{} :: #{owner() => [{term(), pos_integer(), non_neg_integer()}]},
           fresh = 0 :: non_neg_integer(),        % owed since the last check of mailboxes
           timer = false :: boolean()
          }).
@@ -108,14 +108,26 @@ receive_frame(Dest, Size, #credit{mine = {W, BW, DW}, in_n = N, in_b = B, in_d =
 
 %% @doc A received frame is returned (it will go in the next grant).
 -spec return(term(), non_neg_integer(), credit()) -> credit().
-return(Dest, Size, #credit{ret_n = N, ret_b = B, ret_d = RD} = C) ->
-    C#credit{ret_n = N + 1, ret_b = B + Size, ret_d = RD#{Dest => maps:get(Dest, RD, 0) + 1}}.
+return(Dest, Size, C) -> return(Dest, Size, C, 1).
+
+%% @doc `K' received frames to `Dest' of `Size' bytes in all are returned (they will go in
+%% the next grant).
+-spec return(term(), non_neg_integer(), credit(), pos_integer()) -> credit().
+return(Dest, Size, #credit{ret_n = N, ret_b = B, ret_d = RD} = C, K) ->
+    C#credit{ret_n = N + K, ret_b = B + Size, ret_d = RD#{Dest => maps:get(Dest, RD, 0) + K}}.
 
 %% @doc A frame delivered to `Pid', whose mailbox is over `mailbox_high', or routed:
 %% returned later (`release/2', `release_one/2').
+%% Frames in a row to one destination are kept as one entry `{Dest, Count, Bytes}' (a
+%% stream costs one entry, issue 15).
 -spec owe(owner(), term(), non_neg_integer(), credit()) -> credit().
 owe(Pid, Dest, Size, #credit{owed = O, fresh = F} = C) ->
-    C#credit{owed = O#{Pid => [{Dest, Size} | maps:get(Pid, O, [])]}, fresh = F + 1}.
+    L = case O of
+            #{Pid := [{Dest, K, B} | T]} -> [{Dest, K + 1, B + Size} | T];
+            #{Pid := T} -> [{Dest, 1, Size} | T];
+            _ -> [{Dest, 1, Size}]
+        end,
+    C#credit{owed = O#{Pid => L}, fresh = F + 1}.
 
 %% @doc Frames owed since the mailboxes were last checked.
 -spec fresh(credit()) -> non_neg_integer().
@@ -143,18 +155,22 @@ owes(#credit{owed = O}) -> map_size(O) > 0.
 -spec release(owner(), credit()) -> credit().
 release(Pid, #credit{owed = O} = C) ->
     case maps:take(Pid, O) of
-        {L, O1} -> lists:foldl(fun({D, S}, Acc) -> return(D, S, Acc) end, C#credit{owed = O1},
+        {L, O1} -> lists:foldl(fun({D, K, S}, Acc) -> return(D, S, Acc, K) end, C#credit{owed = O1},
                                lists:reverse(L));
         error -> C
     end.
 
 %% @doc One frame owed to `Owner' is returned (a routed message was issued on the next
-%% hop). The sizes of one owner's frames are returned in any order: only their sum counts.
+%% hop). The sizes of one owner's frames are returned in any order: only their sum counts
+%% (one of an entry of K frames is returned with its share of their bytes).
 -spec release_one(owner(), credit()) -> credit().
 release_one(Owner, #credit{owed = O} = C) ->
     case O of
-        #{Owner := [{D, S}]} -> return(D, S, C#credit{owed = maps:remove(Owner, O)});
-        #{Owner := [{D, S} | L]} -> return(D, S, C#credit{owed = O#{Owner := L}});
+        #{Owner := [{D, 1, S}]} -> return(D, S, C#credit{owed = maps:remove(Owner, O)}, 1);
+        #{Owner := [{D, 1, S} | L]} -> return(D, S, C#credit{owed = O#{Owner := L}}, 1);
+        #{Owner := [{D, K, S} | L]} ->
+            One = S div K,
+            return(D, One, C#credit{owed = O#{Owner := [{D, K - 1, S - One} | L]}}, 1);
         _ -> C
     end.
 

@@ -24,19 +24,21 @@ windows(O) -> {maps:get(credit_window, O), maps:get(credit_bytes, O), maps:get(c
 
 %% @doc True when this connection's session has `credit'.
 -spec on(#p{}) -> boolean().
-on(#p{s = S}) -> fabric_peer_session:credit(S) =/= undefined.
+on(#p{credit = C}) -> C =/= undefined.
 
 %% @doc A decoded frame of `Size' bytes: a credited one (`m', `mc') is counted against our
 %% windows. Returns its destination key (`none' for other frames, or without `credit') and
-%% `exceeded' when it broke a window (13.4).
+%% `exceeded' when it broke a window (13.4). The counts are carried in the key and set by
+%% `settle/2' (the frame's handling between the two never touches the credit state): one
+%% update of the state per frame instead of two (issue 15).
 -spec received(term(), non_neg_integer(), #p{}) -> {term(), ok | exceeded, #p{}}.
-received(Term, Size, #p{s = S} = P) ->
-    case {fabric_peer_session:credit(S), credited_dest(Term)} of
+received(Term, Size, #p{credit = C0} = P) ->
+    case {C0, credited_dest(Term)} of
         {undefined, _} -> {none, ok, undelivered(P)};
         {_, none} -> {none, ok, undelivered(P)};
         {C, {ok, Dest}} ->
             {V, C1} = fabric_peer_credit:receive_frame(Dest, Size, C),
-            {{Dest, Size}, V, P#p{s = fabric_peer_session:set_credit(C1, S), delivered = none}}
+            {{Dest, Size, C1}, V, undelivered(P)}
     end.
 
 undelivered(#p{delivered = none} = P) -> P;
@@ -56,15 +58,15 @@ exceeded(Term, P) -> {error, credit_exceeded, {element(1, Term), element(2, Term
 
 %% @doc The peer's `{credit, Grants, Bytes}' (with `credit'; `pass' for other frames).
 -spec frame_in(term(), #p{}) -> pass | {ok, #p{}} | {error, atom(), term(), #p{}}.
-frame_in(Term, #p{s = S} = P) when element(1, Term) =:= credit ->
-    case fabric_peer_session:credit(S) of
+frame_in(Term, #p{credit = C0} = P) when element(1, Term) =:= credit ->
+    case C0 of
         undefined -> {error, unknown_frame, unknown_frame_shape, P};
         C ->
             {Verdict, C1} = case Term of
                                 {credit, Grants, Bytes} -> fabric_peer_credit:grant(Grants, Bytes, C);
                                 _ -> {{overflow, bad_shape}, C}
                             end,
-            P1 = fabric_peer_issue:drain(P#p{s = fabric_peer_session:set_credit(C1, S)}),
+            P1 = fabric_peer_issue:drain(P#p{credit = C1}),
             case Verdict of
                 ok -> {ok, P1};
                 {overflow, Why} -> {error, credit_overflow, Why, P1}
@@ -79,17 +81,21 @@ frame_in(_, _) -> pass.
 %% a grant is written when due.
 -spec settle(term(), #p{}) -> #p{}.
 settle(none, P) -> P;
-settle({Dest, Size}, #p{s = S, delivered = To, o = O} = P) ->
-    C = fabric_peer_session:credit(S),
+settle({Dest, Size, C}, #p{delivered = To, o = O} = P) ->
     C1 = case To of
-             none -> fabric_peer_credit:return(Dest, Size, C);
+             none -> fabric_peer_credit:return(Dest, Size, C, 1);
              _ -> fabric_peer_credit:owe(To, Dest, Size, C)
          end,
-    C2 = case fabric_peer_credit:fresh(C1) >= fabric_peer_credit:batch(maps:get(grant_every, O), C1) of
-             true -> recheck(C1, To, P);
-             false -> C1
-         end,
-    check(P#p{s = fabric_peer_session:set_credit(C2, S), delivered = none}).
+    case fabric_peer_credit:fresh(C1) >= fabric_peer_credit:batch(maps:get(grant_every, O), C1) of
+        true -> check(P#p{credit = recheck(C1, To, P), delivered = none});
+        %% owed, not checked yet, the timer runs: no return, so no grant can be due
+        false when To =/= none ->
+            case fabric_peer_credit:timer(C1) of
+                true -> P#p{credit = C1, delivered = none};
+                false -> check(P#p{credit = C1, delivered = none})
+            end;
+        false -> check(P#p{credit = C1, delivered = none})
+    end.
 
 %% The owed processes whose mailbox has room again are released; so is what was routed
 %% to a connection that ended (it will never tell). `To': the process the frame being
@@ -121,45 +127,43 @@ room(To, Extra, #p{o = O, env = Env}) ->
 %% @doc The connection of another client issued (or refused: it will not be sent) one of
 %% the messages we routed to it for `Dest' (docs/protocol.md 16.8): its credit is returned.
 -spec issued({route, pid(), term()}, #p{}) -> #p{}.
-issued(Owner, #p{s = S} = P) ->
-    case fabric_peer_session:credit(S) of
+issued(Owner, #p{credit = C0} = P) ->
+    case C0 of
         undefined -> P;
-        C -> check(P#p{s = fabric_peer_session:set_credit(fabric_peer_credit:release_one(Owner, C), S)})
+        C -> check(P#p{credit = fabric_peer_credit:release_one(Owner, C)})
     end.
 
 %% Write a grant when one is due; otherwise make sure the timer runs while returns wait or
 %% mailboxes are owed.
-check(#p{s = S, o = O, connected = Conn} = P) ->
-    C = fabric_peer_session:credit(S),
+check(#p{credit = C, o = O, connected = Conn} = P) ->
     case Conn andalso fabric_peer_credit:grant_due(maps:get(grant_every, O), C) of
         true -> timer(write_grant(P));
         false -> timer(P)
     end.
 
-timer(#p{s = S, o = O} = P) ->
-    C = fabric_peer_session:credit(S),
+timer(#p{credit = C, o = O} = P) ->
     Needed = fabric_peer_credit:owes(C) orelse
         (P#p.connected andalso fabric_peer_credit:returns(C) > 0),
     case Needed andalso not fabric_peer_credit:timer(C) of
         true -> act({grant_timer, maps:get(grant_delay, O)},
-                    P#p{s = fabric_peer_session:set_credit(fabric_peer_credit:set_timer(true, C), S)});
+                    P#p{credit = fabric_peer_credit:set_timer(true, C)});
         false -> P
     end.
 
-write_grant(#p{s = S} = P) ->
-    case fabric_peer_credit:take_grant(fabric_peer_session:credit(S)) of
+write_grant(#p{credit = C0} = P) ->
+    case fabric_peer_credit:take_grant(C0) of
         {none, _} -> P;
-        {Frame, C1} -> fabric_peer_commands:emit(ctrl, Frame, P#p{s = fabric_peer_session:set_credit(C1, S)})
+        {Frame, C1} -> fabric_peer_commands:emit(ctrl, Frame, P#p{credit = C1})
     end.
 
 %% @doc The grant delay passed: owed mailboxes are checked again, the returns granted.
 -spec grant_due(#p{}) -> #p{}.
-grant_due(#p{s = S} = P) ->
-    case fabric_peer_session:credit(S) of
+grant_due(#p{credit = C00} = P) ->
+    case C00 of
         undefined -> P;
         C0 ->
             C1 = recheck(fabric_peer_credit:set_timer(false, C0), P),
-            P1 = P#p{s = fabric_peer_session:set_credit(C1, S)},
+            P1 = P#p{credit = C1},
             timer(case P1#p.connected of
                       true -> write_grant(P1);
                       false -> P1
@@ -169,10 +173,10 @@ grant_due(#p{s = S} = P) ->
 %% @doc A mailbox may have room now: the owed ones are checked, a grant written if due
 %% (`settle/2' does the same once per batch of deliveries). Returns the actions, in order.
 -spec recheck(#p{}) -> {[fabric_peer_protocol:action()], #p{}}.
-recheck(#p{s = S} = P0) ->
-    P = case fabric_peer_session:credit(S) of
+recheck(#p{credit = C0} = P0) ->
+    P = case C0 of
             undefined -> P0;
-            C -> check(P0#p{s = fabric_peer_session:set_credit(recheck(C, P0), S)})
+            C -> check(P0#p{credit = recheck(C, P0)})
         end,
     {lists:reverse(P#p.acts), P#p{acts = []}}.
 
@@ -187,8 +191,8 @@ after_replay(P) ->
 
 %% @doc The `credit' part of `info/1'.
 -spec info(#p{}) -> map().
-info(#p{s = S}) ->
-    case fabric_peer_session:credit(S) of
+info(#p{credit = C0}) ->
+    case C0 of
         undefined -> #{};
         C -> fabric_peer_credit:info(C)
     end.

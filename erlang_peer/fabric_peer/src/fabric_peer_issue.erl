@@ -73,8 +73,7 @@ attempt(Cmd, Key, P) ->
         false -> {blocked, P}
     end.
 
-room(Cmd, #p{s = S, o = O}) ->
-    Seq = fabric_peer_session:seq(S),
+room(Cmd, #p{seq = Seq, o = O}) ->
     case fabric_peer_seq:room(Seq) of
         false -> outbox;
         true when element(1, Cmd) =:= confirm ->
@@ -86,8 +85,8 @@ room(Cmd, #p{s = S, o = O}) ->
     end.
 
 credit_ok({exit, _, _, _}, _, _) -> true;
-credit_ok(_, Key, #p{s = S}) ->
-    case fabric_peer_session:credit(S) of
+credit_ok(_, Key, #p{credit = C0}) ->
+    case C0 of
         undefined -> true;
         C -> fabric_peer_credit:may_issue(Key, C)
     end.
@@ -247,9 +246,9 @@ reply(_, _, P) -> P.
 %% unconfirmed.
 -spec flushed(#p{}) -> #p{}.
 flushed(#p{flushers = []} = P) -> P;
-flushed(#p{flushers = Fs, s = S, pq = PQ} = P) ->
+flushed(#p{flushers = Fs, seq = Seq, pq = PQ} = P) ->
     case fabric_peer_pending:len(PQ) =:= 0 andalso
-        fabric_peer_seq:outbox_len(fabric_peer_session:seq(S)) =:= 0 of
+        fabric_peer_seq:outbox_len(Seq) =:= 0 of
         true -> lists:foldl(fun(F, Acc) -> act({reply, F, ok}, Acc) end,
                             fabric_peer_acks:ack_due(P#p{flushers = []}), Fs);
         false -> P

@@ -529,8 +529,8 @@ resume_ok(Params, P) -> fabric_peer_acks:resume_ok(Params, P).
 
 %% @doc Sequenced frames handled from the peer in this session (`undefined' without `acks').
 -spec received(proto()) -> non_neg_integer() | undefined.
-received(#p{s = S}) ->
-    case fabric_peer_session:seq(S) of
+received(#p{seq = Seq0}) ->
+    case Seq0 of
         undefined -> undefined;
         Seq -> fabric_peer_seq:received(Seq)
     end.

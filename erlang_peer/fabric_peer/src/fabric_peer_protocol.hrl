@@ -14,6 +14,12 @@
           peer_max :: pos_integer(),
           connected = false :: boolean(),
           s :: fabric_peer_session:session(),
+          %% session state of `acks' (fabric_peer_seq) and `credit' (fabric_peer_credit),
+          %% kept here rather than inside `s': they change with every message, and one
+          %% update of this record is cheaper than one of the session and one of this
+          %% (issue 15); cleared when the session ends (fabric_peer_acks:end_session/2)
+          seq :: fabric_peer_seq:seq() | undefined,
+          credit :: fabric_peer_credit:credit() | undefined,
           window :: fabric_peer_frame:window(),
           atoms_left :: non_neg_integer(),
           stats :: map(),

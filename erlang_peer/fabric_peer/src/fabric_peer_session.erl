@@ -13,9 +13,11 @@
 %% <li>gen calls from the peer whose alias tag was replaced (see fabric_peer_protocol);</li>
 %% <li>the translations of the peer's references of nodes unknown here
 %%   (`fabric_peer_refs');</li>
-%% <li>the outbox: frames written while there is no socket, sent on resume; with the
-%%   `acks' feature instead the sequencing state of `fabric_peer_seq' (counts, and the
-%%   outbox of every frame not acknowledged, replayed on resume).</li>
+%% <li>the outbox: frames written while there is no socket, sent on resume (with the
+%%   `acks' feature the sequencing state of `fabric_peer_seq' replaces it: counts, and the
+%%   outbox of every frame not acknowledged, replayed on resume; it and the `credit'
+%%   state are session state too, kept in the protocol record, which changes with every
+%%   message anyway, issue 15).</li>
 %% </ul>
 -module(fabric_peer_session).
 
@@ -27,7 +29,7 @@
          recent_dead/1,
          call_in/3, call_out/3,
          refs/1, set_refs/2, funs/1, set_funs/2,
-         enqueue/4, take_outbox/1, outbox_len/1, seq/1, set_seq/2, credit/1, set_credit/2]).
+         enqueue/4, take_outbox/1, outbox_len/1]).
 
 -export_type([session/0]).
 
@@ -59,11 +61,7 @@
           refs = fabric_peer_refs:new() :: fabric_peer_refs:refs(),
           funs = fabric_peer_funs:new() :: fabric_peer_funs:funs(),
           outbox = queue:new() :: queue:queue(binary()),
-          queued_msgs = 0 :: non_neg_integer(),
-          %% with the `acks' feature: counts and the outbox of unacknowledged frames
-          seq :: fabric_peer_seq:seq() | undefined,
-          %% with the `credit' feature: both directions' counts (fabric_peer_credit)
-          credit :: fabric_peer_credit:credit() | undefined
+          queued_msgs = 0 :: non_neg_integer()
          }).
 
 -opaque session() :: #session{}.
@@ -329,24 +327,6 @@ take_outbox(#session{outbox = Q} = S) ->
 %% @doc How many frames wait in the outbox.
 -spec outbox_len(session()) -> non_neg_integer().
 outbox_len(#session{outbox = Q}) -> queue:len(Q).
-
-%%% sequencing (acks)
-
-%% @doc The sequencing state, `undefined' for a session without `acks'.
--spec seq(session()) -> fabric_peer_seq:seq() | undefined.
-seq(#session{seq = Q}) -> Q.
-
-%% @doc Replace the sequencing state.
--spec set_seq(fabric_peer_seq:seq() | undefined, session()) -> session().
-set_seq(Q, S) -> S#session{seq = Q}.
-
-%% @doc The credit state, `undefined' for a session without `credit'.
--spec credit(session()) -> fabric_peer_credit:credit() | undefined.
-credit(#session{credit = C}) -> C.
-
-%% @doc Replace the credit state.
--spec set_credit(fabric_peer_credit:credit() | undefined, session()) -> session().
-set_credit(C, S) -> S#session{credit = C}.
 
 -ifdef(TEST).
 -include_lib("eunit/include/eunit.hrl").
