@@ -11,7 +11,7 @@
 -include_lib("kernel/include/logger.hrl").
 -include("fabric_peer_protocol.hrl").
 
--export([windows/1, on/1, received/3, exceeded/2, frame_in/2, settle/2, grant_due/1,
+-export([windows/1, on/1, received/3, exceeded/2, frame_in/2, settle/2, settle_handled/3, grant_due/1,
          issued/2, recheck/1, after_replay/1, info/1]).
 %% recheck/1 is the entry point of the conformance runner's `mailbox' step
 -ignore_xref([recheck/1]).
@@ -96,6 +96,22 @@ settle({Dest, Size, C}, #p{delivered = To, o = O} = P) ->
             end;
         false -> check(P#p{credit = C1, delivered = none})
     end.
+
+%% @doc A frame handled without error: `settle/2' and `fabric_peer_acks:handled/2'. A
+%% credited frame delivered into a mailbox while neither a mailbox check nor an ack nor a
+%% timer is due (the most frequent case of a stream) costs one update of the state.
+-spec settle_handled(term(), term(), #p{}) -> #p{}.
+settle_handled({Dest, Size, C} = Key, Term, #p{delivered = To, seq = Seq, o = O} = P)
+  when To =/= none, Seq =/= undefined ->
+    Seq1 = fabric_peer_seq:handled(Seq),
+    C1 = fabric_peer_credit:owe(To, Dest, Size, C),
+    Owed = fabric_peer_seq:ack_owed(Seq1),
+    case Owed > 1 andalso Owed < map_get(ack_every, O) andalso fabric_peer_credit:timer(C1) andalso
+        fabric_peer_credit:fresh(C1) < fabric_peer_credit:batch(map_get(grant_every, O), C1) of
+        true -> P#p{credit = C1, seq = Seq1, delivered = none};
+        false -> settle(Key, fabric_peer_acks:handled(Term, P))
+    end;
+settle_handled(Key, Term, P) -> settle(Key, fabric_peer_acks:handled(Term, P)).
 
 %% The owed processes whose mailbox has room again are released; so is what was routed
 %% to a connection that ended (it will never tell). `To': the process the frame being

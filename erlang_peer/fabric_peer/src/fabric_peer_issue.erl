@@ -96,19 +96,19 @@ enqueue(Key, Cmd, #p{pq = PQ, o = #{max_pending_messages := Max}, env = Env} = P
     case fabric_peer_pending:len(PQ) + Proxied() >= Max of
         true -> overflow(Cmd, P);
         false ->
-            Now = erlang:monotonic_time(millisecond),
-            case deadline(Cmd, Now, P) of
+            case deadline(Cmd, P) of
                 none -> {queued, P#p{pq = fabric_peer_pending:add(Key, Cmd, none, PQ)}};
-                T -> {queued, act({send_timer, max(1, T - Now)},
+                T -> {queued, act({send_timer, max(1, T - erlang:monotonic_time(millisecond))},
                                   P#p{pq = fabric_peer_pending:add(Key, Cmd, T, PQ)})}
             end
     end.
 
-deadline({send, {relay, _}, _, _}, _, _) -> none;
-deadline({K, _, _, _}, Now, #p{o = O}) when K =:= send; K =:= confirm ->
-    Now + maps:get(send_timeout, O);
-deadline({psend, _, _, {_, T}}, _, _) -> T;
-deadline(_, _, _) -> none.
+%% (the clock is read only for a command that has a deadline: not for a message of `!')
+deadline({send, {relay, _}, _, _}, _) -> none;
+deadline({K, _, _, _}, #p{o = O}) when K =:= send; K =:= confirm ->
+    erlang:monotonic_time(millisecond) + maps:get(send_timeout, O);
+deadline({psend, _, _, {_, T}}, _) -> T;
+deadline(_, _) -> none.
 
 overflow({send, _, _, _}, P) -> {{error, overflow}, P};
 overflow({confirm, _, _, _}, P) -> {{error, overflow}, P};

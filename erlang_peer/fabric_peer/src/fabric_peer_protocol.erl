@@ -251,7 +251,7 @@ frame(Bin, P0) ->
                      end,
             %% a dropped frame's credit is returned before its error frame is written
             {Status, #p{s = S} = P2} = case Result of
-                               {ok, Pd} -> {ok, fabric_peer_flowctl:settle(Credited, fabric_peer_acks:handled(Term, Pd))};
+                               {ok, Pd} -> {ok, fabric_peer_flowctl:settle_handled(Credited, Term, Pd)};
                                {close, Pc} -> {close, fabric_peer_flowctl:settle(Credited, Pc)};
                                {refused, Code, Why, Pr} ->
                                    %% a refused mc: counted as dropped, its mc_result
