@@ -11,7 +11,7 @@
 -module(fabric_peer_credit).
 
 -export([new/2, fresh/1, checked/1, batch/2, may_issue/2, fits/2, issue/3, grant/3,
-         receive_frame/3, return/3, return/4, owe/4, owed/1, owes/1, release/2, release_one/2,
+         receive_frame/3, return/4, owe/4, owed/1, owes/1, release/2, release_one/2,
          returns/1, grant_due/2, take_grant/1, timer/1, set_timer/2, info/1]).
 
 -export_type([credit/0, windows/0, owner/0]).
@@ -105,10 +105,6 @@ receive_frame(Dest, Size, #credit{mine = {W, BW, DW}, in_n = N, in_b = B, in_d =
     Ok = N < W andalso In < DW andalso (B =:= 0 orelse B + Size =< BW),
     {case Ok of true -> ok; false -> exceeded end,
      C#credit{in_n = N + 1, in_b = B + Size, in_d = ID#{Dest => In + 1}}}.
-
-%% @doc A received frame is returned (it will go in the next grant).
--spec return(term(), non_neg_integer(), credit()) -> credit().
-return(Dest, Size, C) -> return(Dest, Size, C, 1).
 
 %% @doc `K' received frames to `Dest' of `Size' bytes in all are returned (they will go in
 %% the next grant).

@@ -207,23 +207,28 @@ drain_keys([K | Ks], P) ->
         {next, P1} -> drain_keys(Ks, P1)
     end.
 
-drain_key(K, #p{pq = PQ} = P) ->
-    case fabric_peer_pending:peek(K, PQ) of
-        empty -> {next, P};
-        {ok, Cmd} ->
+%% The commands of key K that can go, oldest first; those carried out leave the pending
+%% queue together at the end of the run (carrying out a command never touches it).
+drain_key(K, #p{pq = PQ} = P) -> drain_key(K, fabric_peer_pending:commands(K, PQ), 0, P).
+
+drain_key(K, Q, Done, P) ->
+    case fabric_peer_pending:next(Q) of
+        empty -> {next, dropped_run(K, Done, P)};
+        {ok, Cmd, Q1} ->
             case room(Cmd, P) of
-                outbox -> {stop, P};
-                confirms -> {next, P};
+                outbox -> {stop, dropped_run(K, Done, P)};
+                confirms -> {next, dropped_run(K, Done, P)};
                 ok ->
                     case credit_ok(Cmd, K, P) andalso fabric_peer_commands:carry_out(Cmd, P) of
-                        false -> {next, P};
-                        {blocked, P1} -> {next, P1};
-                        {R, P1} ->
-                            P2 = P1#p{pq = fabric_peer_pending:drop(K, P1#p.pq)},
-                            drain_key(K, returned(Cmd, answer(Cmd, R, P2)))
+                        false -> {next, dropped_run(K, Done, P)};
+                        {blocked, P1} -> {next, dropped_run(K, Done, P1)};
+                        {R, P1} -> drain_key(K, Q1, Done + 1, returned(Cmd, answer(Cmd, R, P1)))
                     end
             end
     end.
+
+dropped_run(_, 0, P) -> P;
+dropped_run(K, Done, #p{pq = PQ} = P) -> P#p{pq = fabric_peer_pending:drop(K, Done, PQ)}.
 
 %% The caller of a command that waited gets its result now.
 answer({send, From, _, _}, R, P) -> reply(From, R, P);

@@ -6,13 +6,15 @@
 %% 11.7) and a deadline (`none' for the commands that never time out).
 -module(fabric_peer_pending).
 
--export([new/0, len/1, waiting/2, add/4, keys/1, peek/2, drop/2, to_list/1,
+-export([new/0, len/1, waiting/2, add/4, keys/1, commands/2, next/1, drop/3, to_list/1,
          expire/2]).
 
 -export_type([pending/0]).
 
+-type entry() :: {non_neg_integer(), tuple(), integer() | none}.
+
 -record(pq, {
-          dests = #{} :: #{term() => queue:queue({non_neg_integer(), tuple(), integer() | none})},
+          dests = #{} :: #{term() => queue:queue(entry())},
           order = queue:new() :: queue:queue(term()),
           n = 0 :: non_neg_integer(),
           senders = 0 :: non_neg_integer(),          % entries with a deadline
@@ -49,23 +51,37 @@ add(Key, Cmd, Deadline, #pq{dests = D, order = O, n = N, senders = S, next = I} 
 -spec keys(pending()) -> [term()].
 keys(#pq{order = O}) -> queue:to_list(O).
 
-%% @doc The oldest command waiting for `Key'.
--spec peek(term(), pending()) -> {ok, tuple()} | empty.
-peek(Key, #pq{dests = D}) ->
+%% @doc The commands waiting for `Key', oldest first, as a queue to take them from
+%% (`next/1'); the ones carried out are then removed at once with `drop/3' (a stream
+%% waiting for credit is carried out in runs, issue 15).
+-spec commands(term(), pending()) -> queue:queue(entry()).
+commands(Key, #pq{dests = D}) ->
     case D of
-        #{Key := Q} -> {value, {_, Cmd, _}} = queue:peek(Q), {ok, Cmd};
-        _ -> empty
+        #{Key := Q} -> Q;
+        _ -> queue:new()
     end.
 
-%% @doc Remove the oldest command waiting for `Key' (it was carried out).
--spec drop(term(), pending()) -> pending().
-drop(Key, #pq{dests = D, order = O, n = N, senders = S} = P) ->
+%% @doc The next command of a queue from `commands/2', and the rest.
+-spec next(queue:queue(entry())) -> {ok, tuple(), queue:queue(entry())} | empty.
+next(Q) ->
+    case queue:out(Q) of
+        {{value, {_, Cmd, _}}, Q1} -> {ok, Cmd, Q1};
+        {empty, _} -> empty
+    end.
+
+%% @doc Remove the `K' oldest commands waiting for `Key' (they were carried out).
+-spec drop(term(), non_neg_integer(), pending()) -> pending().
+drop(_, 0, P) -> P;
+drop(Key, K, #pq{dests = D, order = O, n = N, senders = S} = P) ->
     #{Key := Q} = D,
-    {{value, {_, _, Deadline}}, Q1} = queue:out(Q),
-    S1 = case Deadline of none -> S; _ -> S - 1 end,
+    {Out, Q1} = case queue:len(Q) of
+                    K -> {Q, queue:new()};
+                    _ -> queue:split(K, Q)
+                end,
+    S1 = S - length([T || {_, _, T} <- queue:to_list(Out), T =/= none]),
     case queue:is_empty(Q1) of
-        true -> P#pq{dests = maps:remove(Key, D), order = queue:delete(Key, O), n = N - 1, senders = S1};
-        false -> P#pq{dests = D#{Key := Q1}, n = N - 1, senders = S1}
+        true -> P#pq{dests = maps:remove(Key, D), order = queue:delete(Key, O), n = N - K, senders = S1};
+        false -> P#pq{dests = D#{Key := Q1}, n = N - K, senders = S1}
     end.
 
 %% @doc Every waiting command, in issue order.
@@ -98,6 +114,14 @@ expire(Now, #pq{dests = D, order = O} = P) ->
 -spec senders(pending()) -> non_neg_integer().
 senders(#pq{senders = S}) -> S.
 -include_lib("eunit/include/eunit.hrl").
+
+peek(Key, P) ->
+    case next(commands(Key, P)) of
+        {ok, Cmd, _} -> {ok, Cmd};
+        empty -> empty
+    end.
+
+drop(Key, P) -> drop(Key, 1, P).
 
 order_per_key_test() ->
     P = lists:foldl(fun({K, C}, Acc) -> add(K, C, none, Acc) end, new(),

@@ -51,7 +51,7 @@ receiver_windows_and_grants_test() ->
     %% over the per-destination window: counted anyway (it is returned at once)
     {exceeded, C3} = fabric_peer_credit:receive_frame(a, 10, C2),
     ?assertMatch(#{credit_in := 3}, fabric_peer_credit:info(C3)),
-    C4 = fabric_peer_credit:return(a, 10, C3),
+    C4 = fabric_peer_credit:return(a, 10, C3, 1),
     %% half of credit_dest (2) rounded up is 1: due at once
     ?assert(fabric_peer_credit:grant_due(64, C4)),
     {{credit, [{a, 1}], 10}, C5} = fabric_peer_credit:take_grant(C4),
@@ -68,10 +68,10 @@ receiver_windows_and_grants_test() ->
 
 grant_every_batches_returns_test() ->
     C0 = fabric_peer_credit:new({1000, 1 bsl 30, 1000}, {9, 9, 9}),
-    C1 = lists:foldl(fun(I, Acc) -> fabric_peer_credit:return({d, I}, 1, Acc) end, C0,
+    C1 = lists:foldl(fun(I, Acc) -> fabric_peer_credit:return({d, I}, 1, Acc, 1) end, C0,
                      lists:seq(1, 63)),
     ?assertNot(fabric_peer_credit:grant_due(64, C1)),
-    ?assert(fabric_peer_credit:grant_due(64, fabric_peer_credit:return(x, 1, C1))).
+    ?assert(fabric_peer_credit:grant_due(64, fabric_peer_credit:return(x, 1, C1, 1))).
 
 %%% the protocol with credit agreed
 
