@@ -161,21 +161,22 @@ handle({ping, Id, Name, Payload}, St) ->
     end;
 handle({monitor, H}, St) ->
     Pid = handle_pid(H),
-    spawn(fun() ->
+    %% answered once the monitor is set: a target that ends right after the reply is seen
+    %% with its own reason, not noproc
+    watch(fun(Ready) ->
                   Ref = monitor(process, Pid),
+                  Ready(),
                   receive {'DOWN', Ref, process, _, R} -> event({down, H, R}) end
           end),
     {{ok, ok}, St};
 handle({link, H}, St) ->
     Pid = handle_pid(H),
-    Self = self(),
-    W = spawn(fun() ->
-                      process_flag(trap_exit, true),
-                      link(Pid),
-                      Self ! {linked, self()},
-                      receive {'EXIT', Pid, R} -> event({exit, H, R}) end
-              end),
-    receive {linked, W} -> ok after 5000 -> ok end,
+    watch(fun(Ready) ->
+                  process_flag(trap_exit, true),
+                  link(Pid),
+                  Ready(),
+                  receive {'EXIT', Pid, R} -> event({exit, H, R}) end
+          end),
     {{ok, ok}, St};
 handle({exit, Target, Reason}, St) ->
     Pid = case Target of
@@ -232,6 +233,13 @@ handle_of(Pid) ->
         [H | _] -> H;
         [] -> H = next(), put(handles, Hs#{H => Pid}), H
     end.
+
+%% Run Watch(Ready) in a new process and return once it has called Ready() (its monitor or
+%% link is set) or after 5 s.
+watch(Watch) ->
+    Self = self(),
+    W = spawn(fun() -> Watch(fun() -> Self ! {watching, self()} end) end),
+    receive {watching, W} -> ok after 5000 -> ok end.
 
 handle_pid(H) -> maps:get(H, get(handles)).
 
