@@ -7,17 +7,9 @@
 
 -define(FEATS, [<<"whereis">>, <<"heartbeat">>, <<"error">>, <<"session">>, <<"route">>]).
 
-fake(N) -> list_to_pid(lists:flatten(io_lib:format("<0.~b.~b>", [N rem 32768, N div 32768]))).
+fake(N) -> fabric_peer_proto_lib:fake(N).
 
-env(Route) ->
-    (#{self => fake(900000),
-       spawn_proxy => fun(Id) -> fake(800000 + Id) end,
-       placeholder => fun() -> fake(900002) end,
-       signaller => fun() -> fake(900003) end,
-       whereis => fun(_) -> undefined end,
-       policy => fun() -> undefined end,
-       server_atoms_left => fun() -> 1000 end,
-       spend_server_atoms => fun(_) -> ok end})#{route => Route}.
+env(Route) -> (fabric_peer_proto_lib:env())#{route => Route}.
 
 proto(Role, Route) ->
     Extra = case Role of server -> #{routing => true}; client -> #{node => 'me@h'} end,
