@@ -21,8 +21,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import harness  # noqa: E402
 from measure import new_event_loop  # noqa: E402
+from messaging import NO_FLOW, PyClients, py_pingpong, py_stream  # noqa: E402
 from messaging import PAYLOAD as SCENARIOS  # noqa: E402
-from messaging import PyClients, py_pingpong, py_stream  # noqa: E402
 
 
 async def profiled(scenario: str, pairing: str, n: int, top: int, callers: bool) -> None:
@@ -51,7 +51,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenario", choices=list(SCENARIOS), nargs="?", default="pingpong")
     parser.add_argument("-n", type=int, default=None)
-    parser.add_argument("--pairing", choices=["py_erlpeer", "py_py"], default="py_erlpeer")
+    parser.add_argument("--pairing", choices=["py_erlpeer", "py_py", NO_FLOW["py_erlpeer"], NO_FLOW["py_py"]], default="py_erlpeer")
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--callers", action="store_true")
     args = parser.parse_args()

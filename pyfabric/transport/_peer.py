@@ -12,7 +12,6 @@ feeds it bytes and writes what it produces.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -50,6 +49,7 @@ from ._flowlink import FlowLinkMixin
 from ._options import PeerOptions
 from ._peer_commands import PeerCommandsMixin
 from ._proxyhandle import ProxyHandle
+from ._waiters import Waiters
 
 __all__ = ["PeerLink", "ProxyHandle"]
 
@@ -89,7 +89,7 @@ class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
         self.on_route_event: Callable[[PeerLink, Any], None] | None = None
         """Told of the events of the `route` feature (the server's router, the client's nodes)."""
         self._watches: dict[Pid, WatchToken] = {}
-        self._whereis: dict[int, asyncio.Future[Pid | None]] = {}
+        self._whereis: Waiters[Pid | None] = Waiters(node.loop)
         self._written: list[tuple[Deferred, Callable[[str | None], None]]] = []  # see send_routed
         self._flush_scheduled = False
         self.frames_dropped = 0
@@ -227,9 +227,7 @@ class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
                     _log.warning("%s: whereis %s answered undefined: %s", self.label, ev.name, exc)
                     conn.reply_whereis(ev.req_id, None)
             elif kind is WhereisReplied:
-                fut = self._whereis.pop(ev.req_id, None)
-                if fut is not None and not fut.done():
-                    fut.set_result(ev.pid)
+                self._whereis.resolve(ev.req_id, ev.pid)
             elif kind is HandshakeComplete:
                 owner = self._established(ev)
                 if owner is not self:
@@ -392,7 +390,7 @@ class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
             # and the exports are void too. With a session, the watches stay so that
             # DEAD notices of processes ending while disconnected are sent after a resume.
             self._forget_exports()
-        self._fail_whereis(NotConnected(f"connection to {self.label} closed while waiting for whereis"))
+        self._whereis.fail_all(NotConnected(f"connection to {self.label} closed while waiting for whereis"))
         self._flush()
         if self.closer is not None:
             self.closer()

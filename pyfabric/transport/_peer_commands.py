@@ -25,6 +25,7 @@ from ..protocol import (
 from ..runtime import Node
 from ._errors import NotConnected, SendQueueFull
 from ._options import PeerOptions
+from ._waiters import Waiters
 
 __all__ = ["PeerCommandsMixin"]
 
@@ -45,7 +46,7 @@ class PeerCommandsMixin:
     messages_out: int
     _idle: asyncio.Event
     _flush_scheduled: bool
-    _whereis: dict[int, asyncio.Future[Pid | None]]
+    _whereis: Waiters[Pid | None]
     _confirms: dict[int, asyncio.Future[str | None]]
     _written: list[tuple[Deferred, Callable[[str | None], None]]]
     _flush: Callable[[], None]
@@ -230,19 +231,4 @@ class PeerCommandsMixin:
         if conn is None or conn.state != ESTABLISHED:
             raise NotConnected(f"not connected to {self.label}")
         req_id = conn.whereis(name) if node is None else conn.whereis_node(name, node)
-        fut: asyncio.Future[Pid | None] = self.node.loop.create_future()
-        self._whereis[req_id] = fut
-        self._flush()
-        try:
-            async with asyncio.timeout(timeout):
-                return await fut
-        except TimeoutError:
-            raise TimeoutError(f"whereis({name!r}) got no answer from {self.label} within {timeout} s") from None
-        finally:
-            self._whereis.pop(req_id, None)
-
-    def _fail_whereis(self, exc: Exception) -> None:
-        waiting, self._whereis = self._whereis, {}
-        for fut in waiting.values():
-            if not fut.done():
-                fut.set_exception(exc)
+        return await self._whereis.wait(req_id, self._flush, timeout, f"whereis({name!r}) got no answer from {self.label}")

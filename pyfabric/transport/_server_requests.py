@@ -11,7 +11,6 @@ session). Subclasses name the reply event, the feature and what the answer is.
 
 from __future__ import annotations
 
-import asyncio
 from abc import ABC, abstractmethod
 from typing import Any, Generic, TypeVar
 
@@ -19,6 +18,7 @@ from ..protocol import Connection, FeatureNotSupported
 from ..runtime import Node
 from ._errors import NotConnected
 from ._peer import PeerLink
+from ._waiters import Waiters
 
 __all__ = ["ServerRequests"]
 
@@ -41,7 +41,7 @@ class ServerRequests(ABC, Generic[R]):
     def __init__(self, node: Node, link: PeerLink) -> None:
         self._node = node
         self._link = link
-        self._waiting: dict[int, asyncio.Future[R]] = {}
+        self._waiting: Waiters[R] = Waiters(node.loop)
         self._next = link.on_route_event
         link.on_route_event = self._on_event
 
@@ -51,18 +51,13 @@ class ServerRequests(ABC, Generic[R]):
 
     def _on_event(self, link: PeerLink, ev: Any) -> None:
         if ev.__class__ is self.reply:
-            fut = self._waiting.pop(ev.req_id, None)
-            if fut is not None and not fut.done():
-                fut.set_result(self.answer(ev))
+            self._waiting.resolve(ev.req_id, self.answer(ev))
         elif self._next is not None:
             self._next(link, ev)
 
     def connection_lost(self) -> None:
         """Requests in flight are void (their frames are connection-scoped)."""
-        waiting, self._waiting = self._waiting, {}
-        for fut in waiting.values():
-            if not fut.done():
-                fut.set_exception(NotConnected(f"connection to the server lost while waiting for its {self.reply_frame}"))
+        self._waiting.fail_all(NotConnected(f"connection to the server lost while waiting for its {self.reply_frame}"))
 
     def connection(self, what: str, call: str) -> Connection:
         """The established connection for request ``what`` (``call``: the same with its
@@ -81,13 +76,4 @@ class ServerRequests(ABC, Generic[R]):
 
     async def wait(self, req_id: int, call: str, timeout: float | None) -> R:
         """The answer to request ``req_id`` (just issued on the connection), within ``timeout`` s."""
-        fut: asyncio.Future[R] = self._node.loop.create_future()
-        self._waiting[req_id] = fut
-        self._link.flush()
-        try:
-            async with asyncio.timeout(timeout):
-                return await fut
-        except TimeoutError:
-            raise TimeoutError(f"{call} got no answer from {self._link.label} within {timeout} s") from None
-        finally:
-            self._waiting.pop(req_id, None)
+        return await self._waiting.wait(req_id, self._link.flush, timeout, f"{call} got no answer from {self._link.label}")
