@@ -113,10 +113,15 @@ def send_m(conn: Connection, dest: Pid, payload: Any) -> bool:
         rw.rollback()
         return False
     conn._writer.write(frame)
-    if outbox is not None:
-        outbox.issue(frame, (dest, payload, 0))
-    if credit is not None:
-        credit.take(ident, size)
+    if outbox is not None:  # Outbox.issue, inlined
+        outbox.sent += 1
+        outbox.frames.append((frame, (dest, payload, 0)))
+        outbox.nbytes += size
+    if credit is not None:  # Credit.take, inlined
+        credit.out_count += 1
+        credit.out_bytes += size
+        out_dest = credit.out_dest
+        out_dest[ident] = out_dest.get(ident, 0) + 1
     if rw.new_exports or rw.dead_exports:
         cmd.committed()  # type: ignore[union-attr]
     return True
