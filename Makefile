@@ -13,13 +13,13 @@ FUZZ_SECONDS ?= 20
 FUZZ_LONG_SECONDS ?= 600
 FUZZ_EXAMPLES ?= 3000
 
-.PHONY: help setup python-env erlang peer test lint docs unit peer-test peer-check interop fuzz demo demo-cluster bench bench-codec clean
+.PHONY: help setup python-env erlang peer test lint docs unit peer-test peer-check interop fuzz demo demo-cluster bench bench-codec bench-instr clean
 
 help:
 	@echo "make demo   - set up and run a Python client against an Erlang fabric server"
 	@echo "make test   - set up and run every test suite (Python, Erlang, interop)"
 	@echo "make demo-cluster - three clustered erlang_peer servers, a Python and an erlang_peer client, a failover"
-	@echo "make lint, make docs, make interop, make fuzz, make bench, make bench-codec, make setup, make clean"
+	@echo "make lint, make docs, make interop, make fuzz, make bench, make bench-codec, make bench-instr, make setup, make clean"
 
 setup: python-env erlang
 
@@ -106,6 +106,12 @@ demo-cluster: setup peer
 
 bench-codec: setup
 	$(PY) bench/codec_bench.py
+
+# `make bench-instr`: instructions per message of the Python protocol core, acks+credit on and
+# off, counted by callgrind (repeatable whatever the machine's speed does; needs valgrind).
+bench-instr: setup
+	@command -v valgrind >/dev/null || { if [ "$$(id -u)" = 0 ]; then apt-get install -y -q valgrind; else echo "valgrind is missing: apt-get install valgrind (as root)"; exit 1; fi; }
+	$(PY) bench/instructions.py
 
 # `make bench`: codec, messaging, scale and route benchmarks (pyfabric, erlang_peer, Erlang, the raw
 # gen_tcp/asyncio ceilings) in one run, pairings interleaved; tables and the in-run ratios with
