@@ -3,7 +3,8 @@
 %%
 %% A connection is *pending* from its accept until its handshake succeeds. Limits, checked
 %% by the acceptor for every accepted socket before a connection process starts:
-%% - `max_pending_per_address' pending connections from one IP address: beyond, a pending
+%% - `max_pending_per_address' pending connections from one IP address (an IPv6 address
+%%   counts as its /64, `fabric_peer_throttle:unit/1'): beyond, a pending
 %%   connection *of that address* is evicted (closed) to make room. Sockets held open
 %%   without a word cost their sender its own attempts, not other clients.
 %% - `max_pending' pending connections in all: beyond, a pending connection is evicted. A
@@ -93,7 +94,8 @@ authenticated(_) -> ok.
 plan(Pending0, Ip, Connections, #{max_pending_per_address := PerAddr, max_pending := MaxPending,
                                   max_connections := MaxConns}, Spoke) ->
     Pending = lists:keysort(3, Pending0),
-    Same = [P || {_, PIp, _, _} = P <- Pending, PIp =:= Ip],
+    Unit = fabric_peer_throttle:unit(Ip),
+    Same = [P || {_, PIp, _, _} = P <- Pending, fabric_peer_throttle:unit(PIp) =:= Unit],
     E1 = victims(length(Same) - PerAddr + 1, Same, max_pending_per_address, Spoke),
     Rest1 = drop(E1, Pending),
     E2 = victims(length(Rest1) - MaxPending + 1, Rest1, max_pending, Spoke),
@@ -187,6 +189,16 @@ not_reading_yet_comes_between_test() ->
                  plan(L, a, 2, ?O, Rank(#{1 => unknown, 2 => false}))),
     ?assertEqual({[{pid(1), a, max_pending_per_address}], ok},
                  plan(L, a, 2, ?O, Rank(#{1 => unknown, 2 => true}))).
+
+%% IPv6: the addresses of one /64 share the per-address limit, another /64 does not
+per_address_counts_an_ipv6_slash_64_test() ->
+    A1 = {16#2001, 16#db8, 0, 1, 0, 0, 0, 1},
+    A2 = {16#2001, 16#db8, 0, 1, 0, 0, 0, 2},
+    A3 = {16#2001, 16#db8, 0, 1, 16#abcd, 0, 0, 3},
+    Other = {16#2001, 16#db8, 0, 2, 0, 0, 0, 1},
+    L = [p(1, A1), p(2, A2)],
+    ?assertEqual({[{pid(1), A1, max_pending_per_address}], ok}, plan(L, A3, 2, ?O)),
+    ?assertEqual({[], ok}, plan(L, Other, 2, ?O)).
 
 %% Spoke is asked only when a limit is full
 spoke_not_asked_with_room_test() ->

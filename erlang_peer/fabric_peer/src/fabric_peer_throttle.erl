@@ -6,8 +6,12 @@
 %% that times out counts as a failure too (`timed_out/3'): holding connections open without
 %% authenticating is how an attacker without the secret would otherwise keep slots busy.
 %%
+%% An address counts as its unit (`unit/1'): an IPv4 address as itself (also when it comes
+%% IPv4-mapped, `::ffff:a.b.c.d'), an IPv6 address as its /64, since one host usually holds
+%% a whole /64 and could otherwise rotate through it (the Python server's rule).
+%%
 %% The entries live in one public ETS table (created by `fabric_peer_sup'), keyed by
-%% `{ServerRef, Ip}', bounded to `?MAX_ADDRESSES' entries: beyond, the least recently used
+%% `{ServerRef, Unit}', bounded to `?MAX_ADDRESSES' entries: beyond, the least recently used
 %% entry is forgotten. The rule itself is the pure `record/4' and `left/2' (EUnit below).
 %% Concurrent failures of one address may race on its entry; at worst one failure is not
 %% counted, which only delays a block by one attempt.
@@ -16,7 +20,7 @@
 -include_lib("kernel/include/logger.hrl").
 -include("fabric_peer_log.hrl").
 
--export([table/0, failed/3, timed_out/3, blocked/3, forget/1]).
+-export([table/0, failed/3, timed_out/3, blocked/3, forget/1, unit/1, unit_text/1]).
 
 -export_type([entry/0]).
 
@@ -33,12 +37,26 @@
 -spec table() -> atom().
 table() -> ?TABLE.
 
+%% @doc The unit `Ip' is counted as, by this throttle and by the admission limits
+%% (`fabric_peer_admission'): an IPv4 address itself, an IPv4-mapped IPv6 address as that
+%% IPv4 address, any other IPv6 address as its /64 (the last 64 bits zero).
+-spec unit(inet:ip_address() | undefined) -> inet:ip_address() | undefined.
+unit({0, 0, 0, 0, 0, 16#ffff, A, B}) -> {A bsr 8, A band 255, B bsr 8, B band 255};
+unit({A, B, C, D, _, _, _, _}) -> {A, B, C, D, 0, 0, 0, 0};
+unit(Ip) -> Ip.
+
+%% @doc A unit (`unit/1') as text for logs: `"192.0.2.1"', `"2001:db8::/64"'.
+-spec unit_text(inet:ip_address() | undefined) -> string().
+unit_text(undefined) -> "unknown";
+unit_text({_, _, _, _, _, _, _, _} = Ip) -> inet:ntoa(Ip) ++ "/64";
+unit_text(Ip) -> inet:ntoa(Ip).
+
 %% @doc Record a failed authentication from `Ip' on server `Ref'. Returns `block' when this
 %% failure starts a block of the address, `ok' otherwise.
 -spec failed(reference(), inet:ip_address(), map()) -> ok | block.
 failed(Ref, Ip, #{max_auth_failures := Max} = O) when Max > 0 ->
     Now = now_ms(),
-    Key = {Ref, Ip},
+    Key = {Ref, unit(Ip)},
     Entry = case ets:lookup(?TABLE, Key) of
                 [{_, E, _}] -> E;
                 [] -> make_room(), {[], none}
@@ -57,7 +75,7 @@ timed_out(_, undefined, _) -> ok;
 timed_out(Ref, Ip, O) ->
     case failed(Ref, Ip, O) of
         block ->
-            ?LOG_WARNING(#{what => address_blocked, peer => inet:ntoa(Ip),
+            ?LOG_WARNING(#{what => address_blocked, peer => inet:ntoa(Ip), unit => unit_text(unit(Ip)),
                            failures => maps:get(max_auth_failures, O),
                            window_ms => maps:get(auth_failure_window, O),
                            blocked_ms => maps:get(auth_block_time, O),
@@ -69,7 +87,7 @@ timed_out(Ref, Ip, O) ->
 %% @doc Milliseconds `Ip' stays refused by server `Ref' (0: not blocked).
 -spec blocked(reference(), inet:ip_address(), map()) -> non_neg_integer().
 blocked(Ref, Ip, #{max_auth_failures := Max}) when Max > 0 ->
-    case ets:lookup(?TABLE, {Ref, Ip}) of
+    case ets:lookup(?TABLE, {Ref, unit(Ip)}) of
         [{_, E, _}] -> left(now_ms(), E);
         [] -> 0
     end;
@@ -141,4 +159,17 @@ old_failures_leave_the_window_test() ->
 one_failure_blocks_with_max_one_test() ->
     {E, true} = record(0, {[], none}, ?O, 1),
     ?assertEqual(5000, left(0, E)).
+
+unit_test_() ->
+    [?_assertEqual({192, 0, 2, 1}, unit({192, 0, 2, 1})),
+     %% ::ffff:192.0.2.1 is that IPv4 address
+     ?_assertEqual({192, 0, 2, 1}, unit({0, 0, 0, 0, 0, 16#ffff, 16#c000, 16#0201})),
+     %% every address of one /64 is one unit; the next /64 another
+     ?_assertEqual({16#2001, 16#db8, 1, 2, 0, 0, 0, 0}, unit({16#2001, 16#db8, 1, 2, 3, 4, 5, 6})),
+     ?_assertEqual(unit({16#2001, 16#db8, 1, 2, 0, 0, 0, 1}), unit({16#2001, 16#db8, 1, 2, 16#ffff, 1, 2, 3})),
+     ?_assertNotEqual(unit({16#2001, 16#db8, 1, 2, 0, 0, 0, 1}), unit({16#2001, 16#db8, 1, 3, 0, 0, 0, 1})),
+     ?_assertEqual({0, 0, 0, 0, 0, 0, 0, 0}, unit({0, 0, 0, 0, 0, 0, 0, 1})),
+     ?_assertEqual(undefined, unit(undefined)),
+     ?_assertEqual("2001:db8:1:2::/64", unit_text(unit({16#2001, 16#db8, 1, 2, 3, 4, 5, 6}))),
+     ?_assertEqual("192.0.2.1", unit_text({192, 0, 2, 1}))].
 -endif.
