@@ -47,6 +47,7 @@ class LocalProcess:
 
     __slots__ = (
         "node",
+        "_loop",
         "pid",
         "_rel",
         "_queue",
@@ -71,6 +72,7 @@ class LocalProcess:
     ) -> None:
         self.node = node
         """The :class:`Node` this process lives on."""
+        self._loop = node.loop
         self._rel = relations
         self.pid = pid
         """This process's pid."""
@@ -324,8 +326,13 @@ class LocalProcess:
             raise ProcessExited(self.pid, self._exit_reason)
         if self._receiving:
             raise ProcessError(f"{self!r}: another receive is already waiting on this process")
-        matcher = compile_match(match)
         queue = self._queue
+        if match is None:
+            if queue:
+                return self._take(0)
+            if timeout is None:
+                return await self._wait_any()
+        matcher = compile_match(match)
         if matcher is None:
             if queue:
                 return self._take(0)
@@ -337,9 +344,28 @@ class LocalProcess:
             raise ReceiveTimeout(timeout)
         return await self._wait(matcher, timeout, len(queue))
 
+    async def _wait_any(self) -> Any:
+        # receive() of any message without a timeout (the common case), the queue empty:
+        # _wait without its matcher, timer and scan bookkeeping.
+        self._receiving = True
+        queue = self._queue
+        loop = self._loop
+        try:
+            while True:
+                waiter = loop.create_future()
+                self._waiter = waiter
+                await waiter
+                if not self._alive:
+                    raise ProcessExited(self.pid, self._exit_reason)
+                if queue:
+                    return self._take(0)
+        finally:
+            self._receiving = False
+            self._waiter = None
+
     async def _wait(self, matcher: Matcher | None, timeout: float | None, scanned: int) -> Any:
         self._receiving = True
-        loop = self.node.loop
+        loop = self._loop
         timed_out = False
         timer: asyncio.TimerHandle | None = None
         if timeout is not None:

@@ -37,6 +37,7 @@ class DeliveryMixin:
     _ack_timer: asyncio.TimerHandle | None
     _idle: asyncio.Event
     _room: asyncio.Event
+    _waiters: int
     _overflow_batch: list[UndeliveredMessage]
     _overflow_since: int | None
     _flush: Callable[[], None]
@@ -55,6 +56,7 @@ class DeliveryMixin:
         self._overflow_batch = []  # dropped at max_pending, reported together
         self._overflow_since = None  # dropped_overflow when the overflow began
         self._room = asyncio.Event()  # set when a command would be issued at once (wait_issuable)
+        self._waiters = 0  # callers in wait_issuable and wait_idle (_update_idle wakes them)
 
     @property
     def acks(self) -> bool:
@@ -80,11 +82,12 @@ class DeliveryMixin:
     def _update_idle(self) -> None:
         if self._overflow_since is not None:
             self._overflow_ended()
-        if self.pending_count() == 0:
-            self._idle.set()
-        else:
-            self._idle.clear()
-        self._room.set()  # waiters of wait_issuable check again (an ack, a grant, a result)
+        if self._waiters:  # else nobody to tell (each waiter clears its event before it waits)
+            if self.pending_count() == 0:
+                self._idle.set()
+            else:
+                self._idle.clear()
+            self._room.set()  # waiters of wait_issuable check again (an ack, a grant, a result)
 
     def can_issue(self, dest: Any = None) -> bool:
         """Would a send to ``dest`` (None: any) be written at once (connected; with ``acks``,
@@ -95,6 +98,7 @@ class DeliveryMixin:
 
     async def wait_issuable(self, timeout: float, dest: Any = None) -> None:
         """Wait until :meth:`can_issue` (at most ``timeout`` s, then :class:`SendTimeout`)."""
+        self._waiters += 1
         try:
             async with asyncio.timeout(timeout):
                 while not self.can_issue(dest):
@@ -106,12 +110,18 @@ class DeliveryMixin:
                 f"{self.options.config.outbox_frames} frames unacknowledged, or no credit "
                 "from the receiver); nothing was sent"
             ) from None
+        finally:
+            self._waiters -= 1
 
     async def wait_idle(self) -> None:
         """Return once no command waits (for a connection or for outbox room)."""
-        while self.pending_count():
-            self._idle.clear()
-            await self._idle.wait()
+        self._waiters += 1
+        try:
+            while self.pending_count():
+                self._idle.clear()
+                await self._idle.wait()
+        finally:
+            self._waiters -= 1
 
     def _end_session_now(self) -> None:
         # The client could not resume losslessly and told us (docs/protocol.md 11.6).

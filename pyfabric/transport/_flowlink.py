@@ -40,6 +40,7 @@ class FlowLinkMixin:
     session: Session | None
     options: PeerOptions
     node: Node
+    _loop: asyncio.AbstractEventLoop
     label: str
     messages_out: int
     _grant_timer: asyncio.TimerHandle | None
@@ -87,7 +88,7 @@ class FlowLinkMixin:
 
     def _flow_timers(self, conn: Connection) -> None:
         # After every batch of events: the grant timer, and the recheck of owed mailboxes.
-        loop = self.node.loop
+        loop = self._loop
         delay = self.options.config.grant_delay
         if self._grant_timer is None and conn.grant_owed():
             self._grant_timer = loop.call_later(delay, self._grant_due)

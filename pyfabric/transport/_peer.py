@@ -71,6 +71,7 @@ class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
 
     def __init__(self, node: Node, options: PeerOptions, *, role: str, label: str) -> None:
         self.node = node
+        self._loop = node.loop
         self.options = options
         self._mailbox_high = options.config.mailbox_high
         self.role = role
@@ -271,7 +272,7 @@ class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
             timer = self._ack_timer
             if conn.ack_owed():
                 if timer is None:
-                    self._ack_timer = self.node.loop.call_later(self.options.config.ack_delay, self._ack_due)
+                    self._ack_timer = self._loop.call_later(self.options.config.ack_delay, self._ack_due)
             elif timer is not None:
                 # The ack went with these frames (``ack_every``): the next frame handled
                 # starts its own ``ack_delay`` (docs/protocol.md 11.3), so that an early
@@ -349,7 +350,7 @@ class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
         # ``flush()`` write at once.
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self.node.loop.call_soon(self._scheduled_flush)
+            self._loop.call_soon(self._scheduled_flush)
 
     def _scheduled_flush(self) -> None:
         self._flush_scheduled = False
