@@ -126,6 +126,9 @@ class Connection(ConnectionCommands, acks.AcksMixin, FlowMixin, RouteMixin, Glob
         self._hs_limits = config.handshake_limits()
         self._reader = FrameReader()
         self._writer = FrameWriter()
+        self.output = self._writer
+        """What is queued for the socket; ``output.size`` is :meth:`pending_output`
+        without a call (the transport's hot paths read it)."""
         self._events: deque[Event] = deque()
         self._errors = ErrorWindow(config.max_errors, config.error_window)
         self._handshake: ClientHandshake | ServerHandshake | None
@@ -181,7 +184,7 @@ class Connection(ConnectionCommands, acks.AcksMixin, FlowMixin, RouteMixin, Glob
 
     def pending_output(self) -> int:
         """How many bytes are queued for ``data_to_send()`` (for the transport's backpressure)."""
-        return len(self._writer)
+        return self._writer.size
 
     def data_to_send(self) -> bytes:
         """Everything queued for the socket since the last call (possibly ``b""``)."""
@@ -191,11 +194,11 @@ class Connection(ConnectionCommands, acks.AcksMixin, FlowMixin, RouteMixin, Glob
         """What :meth:`data_to_send` returns, as pieces to write in order (not copied)."""
         return self._writer.take_pieces()
 
-    def send_m(self, dest: Pid, payload: Any) -> bool:
-        """The fused :meth:`send_message` to a proxy pid (:func:`._fastpath.send_m`): True
-        if the frame was queued; False (nothing done) when the message needs
-        :meth:`send_message` (which queues it, lets it wait, or raises)."""
-        return send_m(self, dest, payload)
+    send_m = send_m
+    """``send_m(dest, payload) -> bool``: the fused :meth:`send_message` to a proxy pid
+    (:func:`._fastpath.send_m`, bound as the method itself: no call in between): True if
+    the frame was queued; False (nothing done) when the message needs
+    :meth:`send_message` (which queues it, lets it wait, or raises)."""
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Hand received bytes to the core; call ``next_event()`` until ``NEED_DATA``.

@@ -103,7 +103,9 @@ def send_m(conn: Connection, dest: Pid, payload: Any) -> bool:
     rw.pids_seen = 0
     cmd.unsent = None  # type: ignore[union-attr]
     try:
-        wire = payload if type(payload) in _PLAIN else rw.outbound(payload)
+        # (rw._out, not rw.outbound: a RecursionError is caught below like any error, and
+        # the general path then raises the LocalProtocolError that says why)
+        wire = payload if type(payload) in _PLAIN else rw._out(payload)
         frame = encode((A_M, ident, wire), minor_version=1, compressed=cmd.compress)  # type: ignore[union-attr]
     except Exception:  # LocalProtocolError, EncodeError, RecursionError: the general path says which
         rw.rollback()

@@ -133,14 +133,15 @@ class FrameWriter:
     :meth:`take` copies them once into one ``bytes``, :meth:`take_pieces` not at all
     (for a transport with scatter-gather writes)."""
 
-    __slots__ = ("_out", "_size")
+    __slots__ = ("_out", "size")
 
     def __init__(self) -> None:
         self._out: list[bytes] = []
-        self._size = 0
+        self.size = 0
+        """Bytes queued (prefixes included): ``len()`` without a call."""
 
     def __len__(self) -> int:
-        return self._size
+        return self.size
 
     def write(self, frame: bytes, limit: int | None = None) -> None:
         """Queue ``frame``; LocalProtocolError (nothing queued) if it exceeds ``limit``."""
@@ -155,7 +156,7 @@ class FrameWriter:
         out = self._out
         out.append(_pack_u32(size))
         out.append(frame)
-        self._size += size + 4
+        self.size += size + 4
 
     def take(self) -> bytes:
         """Everything queued, as one ``bytes`` (one copy), and forget it."""
@@ -164,7 +165,7 @@ class FrameWriter:
             return b""
         data = b"".join(out)
         out.clear()
-        self._size = 0
+        self.size = 0
         return data
 
     def take_pieces(self) -> list[bytes]:
@@ -174,5 +175,5 @@ class FrameWriter:
         if not out:
             return []
         self._out = []
-        self._size = 0
+        self.size = 0
         return out

@@ -346,9 +346,14 @@ class Client(LocalProcesses, RouteClientMixin, GlobalClientMixin, PgClientMixin)
         if self._state == ConnectionState.CONNECTED and stream is not None:
             # Fast path (a send loop calls this after every send): bound what is buffered
             # without a timer or a context switch per call.
-            if self._link.pending_output() >= DRAIN_FLUSH_BYTES:
-                self._link.flush()
-            if stream.can_write and not self._link.pending_count():
+            link = self._link
+            conn = link.conn
+            if conn is not None and conn.output.size >= DRAIN_FLUSH_BYTES:
+                link.flush()
+            session = link.session  # link.pending_count(), inlined (every call)
+            if session is None and conn is not None:
+                session = conn.session
+            if stream.writable and (session is None or not session.queue.count):
                 self._drain_calls += 1
                 if self._drain_calls % DRAIN_YIELD_EVERY == 0:
                     await asyncio.sleep(0)

@@ -266,7 +266,7 @@ class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
         # write for a reply and the acks or grants these frames made due. Scheduled now
         # also when nothing waits yet but messages were delivered: a woken process's
         # reply then leaves in the pass that wakes it, not one loop iteration later.
-        if not self._flush_scheduled and (conn.pending_output() or self.messages_in != delivered):
+        if not self._flush_scheduled and (conn.output.size or self.messages_in != delivered):
             self._schedule_flush()
         if conn is not None:
             timer = self._ack_timer
@@ -333,7 +333,7 @@ class PeerLink(PeerCommandsMixin, DeliveryMixin, FlowLinkMixin):
         conn = self.conn
         if conn is None:
             return
-        if conn.pending_output() < WRITE_PIECES_AT:
+        if conn.output.size < WRITE_PIECES_AT:
             data = conn.data_to_send()  # small: joined, one copy
             if data and self.writer is not None:
                 self.writer(data)

@@ -126,6 +126,8 @@ class FrameStream(asyncio.Protocol):
         self._last_send = 0.0
         self._can_write = asyncio.Event()
         self._can_write.set()
+        self.writable = True
+        """:attr:`can_write` as a plain attribute (read after every send)."""
         # Kept: asyncio.get_running_loop() costs a getpid() system call (a fork check) per call.
         self._loop = asyncio.get_running_loop()
         self.closed = self._loop.create_future()
@@ -347,6 +349,7 @@ class FrameStream(asyncio.Protocol):
                 link.connection_lost()
         finally:
             self._can_write.set()
+            self.writable = True
             if not self.closed.done():
                 self.closed.set_result(exc)
 
@@ -369,12 +372,14 @@ class FrameStream(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._can_write.clear()
+        self.writable = False
         if self._push_back:
             # The peer is not reading what we send: stop reading its requests until it does.
             self._pause(_P_WRITE)
 
     def resume_writing(self) -> None:
         self._can_write.set()
+        self.writable = True
         if self._paused & _P_WRITE:
             self._resume(_P_WRITE)
 
@@ -407,7 +412,7 @@ class FrameStream(asyncio.Protocol):
     @property
     def can_write(self) -> bool:
         """False while the socket's write buffer is above its high-water mark."""
-        return self._can_write.is_set()
+        return self.writable
 
     async def drain(self) -> None:
         """Wait until the socket's write buffer is below its high-water mark."""
