@@ -25,7 +25,9 @@ setup: python-env erlang
 
 python-env: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The C backend is compiled by this install (in place: the install is editable), so a
+# change to its source reinstalls.
+$(STAMP): pyproject.toml pyfabric/etf/_speedups.c
 	@if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then \
 	  echo "pyfabric needs Python >= 3.11 as python3"; exit 1; fi
 	@if [ ! -x $(PY) ]; then \

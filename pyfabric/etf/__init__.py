@@ -8,14 +8,22 @@ the active backend and re-exports the public names; the work is done in private 
 - ``_errors``: the closed set of exceptions
 - ``_limits``: :class:`DecodeLimits` and the default bounds
 - ``_encode`` / ``_decode``: the pure-Python backend (``implementation == "python"``)
+- ``_accel`` and the C extension ``_speedups``: the C backend (``implementation == "c"``)
 - ``_convert``: text helpers (charlists and UTF-8 binaries)
 - ``_erlang_map``: :class:`ErlangMap` and Erlang's exact equality (maps a dict cannot hold)
 
-See ``docs/terms.md`` for the full Erlang <-> Python mapping.
+Backend: chosen once, at import. The C backend when its extension is importable (it is
+built by the normal ``pip install``, optionally: an install without a compiler has only the
+Python one), else the pure-Python backend. The environment variable ``PYFABRIC_ETF``
+forces one: ``python`` the pure one, ``c`` the C one (an ImportError if it is missing).
+Both give the same bytes, the same values and the same errors; :data:`implementation`
+names the active one. See ``docs/terms.md`` for the full Erlang <-> Python mapping.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -81,9 +89,41 @@ __all__ = [
     "parse", "format", "ParseError",
 ]
 
-implementation = "python"
-"""Name of the active codec backend. Only the pure-Python one exists today; an
-accelerated backend would be selected once at import, never as a silent fallback."""
+
+def _select_backend() -> tuple[str, Any]:
+    """The backend named by ``PYFABRIC_ETF`` (``c``, ``python``), else C if it was built."""
+    wanted = os.environ.get("PYFABRIC_ETF", "")
+    if wanted == "python":
+        return "python", None
+    if wanted not in ("", "c"):
+        raise ImportError(f"PYFABRIC_ETF must be 'c' or 'python' (or unset), got {wanted!r}")
+    try:
+        from . import _accel
+    except ImportError as exc:
+        if wanted == "c":
+            raise ImportError(
+                "PYFABRIC_ETF=c but the C backend pyfabric.etf._speedups is not built "
+                f"({exc}); reinstall with a C compiler and the Python headers"
+            ) from exc
+        return "python", None
+    return "c", _accel
+
+
+implementation, _accel_module = _select_backend()
+"""Name of the active codec backend: ``"c"`` (the extension ``pyfabric.etf._speedups``) or
+``"python"``. Selected once at import, never as a silent fallback: ``PYFABRIC_ETF=python``
+forces the pure-Python backend, ``PYFABRIC_ETF=c`` the C one (ImportError if not built)."""
+logging.getLogger(__name__).debug("ETF codec backend: %s", implementation)
+
+# The active backend's entry points (each has the signature of the Python one).
+_decode_term: Callable[..., tuple[Any, int]] = _decode.decode_term
+_decode_versioned: Callable[..., tuple[Any, int]] = _decode.decode_versioned
+_encode_fn: Callable[[Any, bool | int, int], bytes] = _encode.encode
+if _accel_module is not None:
+    _decode_term = _accel_module.decode_term
+    _decode_versioned = _accel_module.decode_versioned
+    _encode_fn = _accel_module.encode
+del _accel_module
 
 Buffer = bytes | bytearray | memoryview
 
@@ -101,7 +141,7 @@ def encode(term: Any, *, compressed: bool | int = False, minor_version: int = 2)
     Raises :class:`EncodeError` for values with no Erlang form (sets, arbitrary objects,
     ``inf``/``nan``), naming the type and where it is inside ``term``.
     """
-    return _encode.encode(term, compressed, minor_version)
+    return _encode_fn(term, compressed, minor_version)
 
 
 # (safe, id(limits), python_atoms, strings) -> (limits, Options). Keyed by the identity
@@ -132,7 +172,7 @@ def decoder_from(
     terms with the same options (a connection decodes every frame it receives)."""
     opts = _options(safe, limits, python_atoms, strings)
     max_input = opts.limits.max_input_size
-    versioned = _decode.decode_versioned
+    versioned = _decode_versioned
 
     def decode_at(buf: Buffer, offset: int = 0) -> tuple[Any, int]:
         if type(buf) is bytes and type(offset) is int and 0 <= offset and len(buf) - offset <= max_input:
@@ -189,9 +229,9 @@ def decode(
     if len(buf) > opts.max_input:
         raise LimitExceeded("max_input_size", f"input of {len(buf)} bytes, maximum {opts.max_input}", 0)
     if len(buf) > 1 and buf[0] == 131 and buf[1] != 80:  # the common case: 131, then the term
-        value, end = _decode.decode_term(buf, 1, opts)
+        value, end = _decode_term(buf, 1, opts)
     else:  # compressed, or invalid
-        value, end = _decode.decode_versioned(buf, 0, opts)
+        value, end = _decode_versioned(buf, 0, opts)
     if end != len(buf):
         raise DecodeError(f"{len(buf) - end} unexpected bytes after the term", end)
     return value
@@ -229,7 +269,7 @@ def decode_from(
         data, pos, base = view[offset : offset + max_input].tobytes(), 0, offset
     cut = len(data) - pos >= max_input and (len(buf) - offset) > max_input
     try:
-        value, end = _decode.decode_versioned(data, pos, opts, version)
+        value, end = _decode_versioned(data, pos, opts, version)
     except TruncatedError as exc:
         if cut:
             raise LimitExceeded("max_input_size", f"term is longer than {max_input} bytes", offset) from None

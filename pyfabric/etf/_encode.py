@@ -19,7 +19,7 @@ from ._erlang_map import ErlangMap
 from ._errors import EncodeError
 from ._types import Atom, BitString, ExportFun, FrozenDict, FrozenList, Fun, ImproperList, Pid, Port, Reference
 
-__all__ = ["encode_term", "MAX_ENCODE_DEPTH"]
+__all__ = ["encode_term", "encode", "encode_options", "compress", "MAX_ENCODE_DEPTH"]
 
 # Only a guard against cyclic values (a list that contains itself): real terms are
 # never this deep, and the encoder itself does not recurse, so any depth below it works.
@@ -377,34 +377,37 @@ def encode_term(term: Any, out: bytearray, minor_version: int, big_parts: list[b
         raise EncodeError(f"value out of range: {exc}", _path(stack, it, container)) from None
 
 
-def encode(term: Any, compressed: bool | int = False, minor_version: int = 2) -> bytes:
-    """Implementation of :func:`pyfabric.etf.encode` (see there)."""
+def encode_options(compressed: bool | int, minor_version: int) -> int:
+    """Check :func:`pyfabric.etf.encode`'s options; return the zlib level (0: uncompressed)."""
     if minor_version not in (0, 1, 2) or type(minor_version) is not int:
         raise ValueError(f"minor_version must be 0, 1 or 2, got {minor_version!r}")
     if compressed is True:
-        level = 6  # Erlang's `compressed` means zlib's default level
-    elif compressed is False:
-        level = 0
-    elif type(compressed) is int and 0 <= compressed <= 9:
-        level = compressed
-    else:
-        raise ValueError(f"compressed must be a bool or an int 0..9, got {compressed!r}")
+        return 6  # Erlang's `compressed` means zlib's default level
+    if compressed is False:
+        return 0
+    if type(compressed) is int and 0 <= compressed <= 9:
+        return compressed
+    raise ValueError(f"compressed must be a bool or an int 0..9, got {compressed!r}")
+
+
+def compress(encoded: bytes | bytearray, level: int) -> bytes:
+    """The compressed form (tag 80) of ``encoded`` (131 and a term) if it is not larger."""
+    size = len(encoded) - 1
+    packed = zlib.compress(memoryview(encoded)[1:], level)
+    # OTP keeps the compressed form unless it would be larger (ties compress).
+    if len(packed) + 6 <= len(encoded):
+        return b"\x83\x50" + size.to_bytes(4, "big") + packed
+    return bytes(encoded)
+
+
+def encode(term: Any, compressed: bool | int = False, minor_version: int = 2) -> bytes:
+    """Implementation of :func:`pyfabric.etf.encode` (see there)."""
+    level = encode_options(compressed, minor_version)
     out = bytearray(b"\x83")
     big_parts: list[bytes | bytearray] = []
     encode_term(term, out, minor_version, big_parts)
     if big_parts:
         big_parts.append(out)
-        out = bytearray() if level else out
         whole = b"".join(big_parts)
-        if not level:
-            return whole
-        out = bytearray(whole)
-    if level:
-        size = len(out) - 1
-        packed = zlib.compress(memoryview(out)[1:], level)
-        # OTP keeps the compressed form unless it would be larger (ties compress).
-        if len(packed) + 6 <= len(out):
-            return b"\x83\x50" + size.to_bytes(4, "big") + packed
-    return bytes(out)
-
-
+        return compress(whole, level) if level else whole
+    return compress(out, level) if level else bytes(out)
