@@ -226,23 +226,58 @@ call_helper(Dec *d, PyObject *fn, Py_ssize_t pos, Py_ssize_t *end)
     return value;
 }
 
-/* Look the encoding buf[start:end] up in a cache dict; a new reference or NULL (miss). */
-static PyObject *
-cache_get(PyObject *cache, const unsigned char *start, Py_ssize_t len, int *failed)
+/* A small direct-mapped table in front of each shared cache dict (_ATOMS, _PIDS), keyed
+ * by the same encoded bytes: a hit costs a hash of a few bytes and a memcmp instead of a
+ * bytes object and a dict lookup. It only ever holds entries copied from the dict, which
+ * holds only values that passed every check, so a hit returns what the dict would. */
+#define FRONT_SIZE 1024
+
+typedef struct {
+    Py_hash_t hash;
+    PyObject *key;   /* the encoding (bytes), owned */
+    PyObject *value; /* owned */
+} FrontEntry;
+
+static FrontEntry g_front_atoms[FRONT_SIZE], g_front_pids[FRONT_SIZE];
+
+static inline Py_hash_t
+bytes_hash(const unsigned char *p, Py_ssize_t len)
 {
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (Py_ssize_t i = 0; i < len; i++)
+        h = (h ^ p[i]) * 1099511628211ULL;
+    return (Py_hash_t)(h ^ (h >> 29));
+}
+
+/* Look the encoding buf[start:start+len] up: a new reference, or NULL (a miss; *failed
+ * set if an error is pending). */
+static PyObject *
+cache_get(PyObject *cache, FrontEntry *front, const unsigned char *start, Py_ssize_t len, int *failed)
+{
+    Py_hash_t h = bytes_hash(start, len);
+    FrontEntry *e = &front[(size_t)h & (FRONT_SIZE - 1)];
+    if (e->key != NULL && e->hash == h && PyBytes_GET_SIZE(e->key) == len
+        && memcmp(PyBytes_AS_STRING(e->key), start, (size_t)len) == 0)
+        return Py_NewRef(e->value);
     PyObject *key = PyBytes_FromStringAndSize((const char *)start, len);
     if (key == NULL) {
         *failed = 1;
         return NULL;
     }
     PyObject *value = PyDict_GetItemWithError(cache, key);
-    Py_DECREF(key);
     if (value == NULL) {
+        Py_DECREF(key);
         if (PyErr_Occurred())
             *failed = 1;
         return NULL;
     }
     Py_INCREF(value);
+    PyObject *old_key = e->key, *old_value = e->value;
+    e->hash = h;
+    e->key = key;
+    e->value = Py_NewRef(value);
+    Py_XDECREF(old_key);
+    Py_XDECREF(old_value);
     return value;
 }
 
@@ -459,7 +494,7 @@ decode_body(Dec *d, Py_ssize_t pos, PyObject **result, Py_ssize_t *end_out)
             value = NULL;
             if (d->atom_fast) {
                 int failed = 0;
-                value = cache_get(g_atoms, buf + pos, end - pos, &failed);
+                value = cache_get(g_atoms, g_front_atoms, buf + pos, end - pos, &failed);
                 if (failed)
                     goto bail;
             }
@@ -578,7 +613,7 @@ decode_body(Dec *d, Py_ssize_t pos, PyObject **result, Py_ssize_t *end_out)
             value = NULL;
             if (d->atom_fast && end && end <= n) {
                 int failed = 0;
-                value = cache_get(g_pids, buf + pos + 1, end - pos - 1, &failed);
+                value = cache_get(g_pids, g_front_pids, buf + pos + 1, end - pos - 1, &failed);
                 if (failed)
                     goto bail;
             }
@@ -605,7 +640,7 @@ decode_body(Dec *d, Py_ssize_t pos, PyObject **result, Py_ssize_t *end_out)
             }
             if (node_end && node_end <= n) {
                 int failed = 0;
-                node = cache_get(g_atoms, buf + pos + 3, node_end - pos - 3, &failed);
+                node = cache_get(g_atoms, g_front_atoms, buf + pos + 3, node_end - pos - 3, &failed);
                 if (failed)
                     goto bail;
             }
