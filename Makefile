@@ -9,7 +9,8 @@ PYTEST    := $(PY) -m pytest
 ERLANG_PACKAGES := erlang-nox erlang-dev rebar3
 # Long random runs (hypothesis, fuzz) are scaled by this; CI keeps the default.
 FUZZ_SECONDS ?= 20
-# `make fuzz`: the long run of every fuzz test (codec, core, live Python server, Erlang peer).
+# `make fuzz`: the long run of every fuzz test (codec, C against Python codec backend, core,
+# live Python server, Erlang peer), and the whole Python suite with the pure-Python codec.
 FUZZ_LONG_SECONDS ?= 600
 FUZZ_EXAMPLES ?= 3000
 
@@ -71,8 +72,12 @@ docs: python-env
 	$(PY) -m sphinx -W -q -b html docs/api build/docs
 	@echo "API reference: build/docs/index.html"
 
+# The Python tests with the C codec backend (PYFABRIC_ETF=c: a missing extension fails
+# here), then the codec, framing and protocol tests once more with the pure-Python
+# backend (docs/terms.md, "Backends"); `make fuzz` runs the whole suite with the pure one.
 unit: python-env
-	$(PYTEST) tests
+	PYFABRIC_ETF=c $(PYTEST) tests
+	PYFABRIC_ETF=python $(PYTEST) tests/etf tests/protocol -q
 
 peer-test: peer-check
 	cd erlang_peer && rebar3 eunit && rebar3 ct
@@ -89,6 +94,7 @@ interop: setup peer
 fuzz: setup peer
 	FUZZ_SECONDS=$(FUZZ_LONG_SECONDS) PYFABRIC_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) \
 	  $(PYTEST) tests interop_tests -k fuzz -o timeout=0 -q
+	PYFABRIC_ETF=python $(PYTEST) tests -q
 	cd erlang_peer && FUZZ_SECONDS=$(FUZZ_LONG_SECONDS) rebar3 ct --suite=fabric_peer/test/fabric_peer_acks_SUITE \
 	  --case=chaos_both_directions_exactly_once_in_order
 

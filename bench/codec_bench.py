@@ -1,7 +1,9 @@
-"""Benchmark the ETF codec: pyfabric.etf vs erlang_py (PyPI erlang-py) vs Erlang itself.
+"""Benchmark the ETF codec: pyfabric.etf (each backend) vs erlang_py (PyPI erlang-py) vs Erlang itself.
 
 One run measures encode and decode microseconds per operation for each codec on the
-same corpus (message-sized and large terms). Each figure is the median of several
+same corpus (message-sized and large terms). pyfabric is measured with each of its
+backends that is built (``c`` and ``python``: ``pyfabric.etf.encode``/``decode`` with the
+backend swapped in between timed batches), and the C/Python ratio is printed. Each figure is the median of several
 timed repetitions after a warm-up; the repetition size is calibrated per case. The
 repetitions of pyfabric and erlang_py alternate, and each speed-up is the median of
 the per-repetition ratios, so a load change on a shared machine affects both sides.
@@ -35,7 +37,23 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pyfabric import etf  # noqa: E402
-from pyfabric.etf import Atom, Pid, Reference  # noqa: E402
+from pyfabric.etf import Atom, Pid, Reference, _decode, _encode  # noqa: E402
+
+try:
+    from pyfabric.etf import _accel  # noqa: E402
+except ImportError:  # the C backend is not built: only the Python one is measured
+    _accel = None  # type: ignore[assignment]
+
+_BACKENDS: dict[str, tuple[Any, Any, Any]] = {
+    "python": (_decode.decode_term, _decode.decode_versioned, _encode.encode),
+}
+if _accel is not None:
+    _BACKENDS["c"] = (_accel.decode_term, _accel.decode_versioned, _accel.encode)
+
+
+def use_backend(name: str) -> None:
+    """Make pyfabric.etf's entry points use backend ``name`` (what its import-time choice sets)."""
+    etf._decode_term, etf._decode_versioned, etf._encode_fn = _BACKENDS[name]
 
 ERL_HELPER = ROOT / "interop_tests" / "etf_support" / "etf_gen.erl"
 
@@ -51,6 +69,8 @@ def build_corpus() -> list[tuple[str, Any, bool]]:
         nested = (Atom("n"), depth, [nested]) if depth % 2 else [depth, nested]
     big_list = [(Atom("item"), i, f"text {i % 97}", [i, i * 2]) for i in range(12_000)]
     return [
+        ("ping-pong frame", (Atom("m"), (Atom("pr"), 5), ((Atom("pl"), 7), 12345)), False),
+        ("message to a pid", (Atom("m"), pids[0], (Atom("t"), (Atom("pr"), 42), (Atom("hello"), b"world", 3.5))), False),
         ("control message", (Atom("m"), Atom("ping"), (Atom("t"), ((Atom("pr"), 1), (Atom("payload"), "abababa")))), False),
         ("message with pids/refs", (Atom("$gen_call"), (pids[0], refs[0]), (Atom("call"), Atom("os"), Atom("getpid"), pids[1:], refs[1])), False),
         ("1000 ints", [rng.randrange(-(2**31), 2**31) if i % 3 else rng.randrange(256) for i in range(1000)], False),
@@ -77,12 +97,20 @@ def _batch_size(fn: Callable[[], Any], target: float) -> int:
         n *= 2
 
 
-def time_interleaved(fns: dict[str, Callable[[], Any]], target: float, repeats: int) -> dict[str, list[float]]:
-    """Microseconds per call of each function, ``repeats`` samples each, taken in turn."""
-    sizes = {name: _batch_size(fn, target) for name, fn in fns.items()}
+def time_interleaved(
+    fns: dict[str, Callable[[], Any]], target: float, repeats: int, prepare: dict[str, Callable[[], None]] | None = None
+) -> dict[str, list[float]]:
+    """Microseconds per call of each function, ``repeats`` samples each, taken in turn;
+    ``prepare[name]`` (if any) runs before each batch of ``name``, untimed."""
+    prepare = prepare or {}
+    sizes = {}
+    for name, fn in fns.items():
+        prepare.get(name, lambda: None)()
+        sizes[name] = _batch_size(fn, target)
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            prepare.get(name, lambda: None)()
             n = sizes[name]
             start = time.perf_counter()
             for _ in range(n):
@@ -107,10 +135,12 @@ def bench_python(corpus: list[tuple[str, Any, bool]], target: float, repeats: in
         assert etf.decode(data, safe=False) == term or True
         row: dict[str, Any] = {"bytes": len(data), "compressed": compressed}
         # Each lambda runs only in this iteration (time_interleaved below): B023 cannot apply.
-        fns: dict[str, Callable[[], Any]] = {
-            "pyfabric_encode": lambda: etf.encode(term, compressed=compressed, minor_version=1),  # noqa: B023
-            "pyfabric_decode": lambda: etf.decode(data, safe=False),  # noqa: B023
-        }
+        fns: dict[str, Callable[[], Any]] = {}
+        prepare: dict[str, Callable[[], None]] = {}
+        for backend in _BACKENDS:
+            fns[f"{backend}_encode"] = lambda: etf.encode(term, compressed=compressed, minor_version=1)  # noqa: B023
+            fns[f"{backend}_decode"] = lambda: etf.decode(data, safe=False)  # noqa: B023
+            prepare[f"{backend}_encode"] = prepare[f"{backend}_decode"] = lambda b=backend: use_backend(b)  # type: ignore[misc]
         if erlang_py is not None:
             try:
                 native = erlang_py.binary_to_term(data)
@@ -120,12 +150,20 @@ def bench_python(corpus: list[tuple[str, Any, bool]], target: float, repeats: in
             else:
                 fns["erlang_py_encode"] = lambda: erlang_py.term_to_binary(native, compressed=compressed)  # noqa: B023
                 fns["erlang_py_decode"] = lambda: erlang_py.binary_to_term(data)  # noqa: B023
-        samples = time_interleaved(fns, target, repeats)
+        samples = time_interleaved(fns, target, repeats, prepare)
+        use_backend(etf.implementation)
         for key, values in samples.items():
             row[f"{key}_us"] = statistics.median(values)
+        # The active backend's figures under the names earlier runs used.
+        row["pyfabric_encode_us"] = row[f"{etf.implementation}_encode_us"]
+        row["pyfabric_decode_us"] = row[f"{etf.implementation}_decode_us"]
+        ours = etf.implementation
+        if "c" in _BACKENDS:
+            row["speedup_encode_c_vs_python"] = _speedup(samples["python_encode"], samples["c_encode"])
+            row["speedup_decode_c_vs_python"] = _speedup(samples["python_decode"], samples["c_decode"])
         if "erlang_py_encode" in samples:
-            row["speedup_encode_vs_erlang_py"] = _speedup(samples["erlang_py_encode"], samples["pyfabric_encode"])
-            row["speedup_decode_vs_erlang_py"] = _speedup(samples["erlang_py_decode"], samples["pyfabric_decode"])
+            row["speedup_encode_vs_erlang_py"] = _speedup(samples["erlang_py_encode"], samples[f"{ours}_encode"])
+            row["speedup_decode_vs_erlang_py"] = _speedup(samples["erlang_py_decode"], samples[f"{ours}_decode"])
         results[name] = row
     return results
 
@@ -187,20 +225,28 @@ def main(argv: list[str] | None = None) -> int:
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
     header = (
-        f"pyfabric.etf ({etf.implementation}) vs erlang_py vs Erlang/OTP, microseconds per operation (median)\n"
+        f"pyfabric.etf (backends: {', '.join(_BACKENDS)}; active: {etf.implementation}) vs erlang_py vs Erlang/OTP, "
+        "microseconds per operation (median)\n"
         f"python {platform.python_version()}, {os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
         + (", QUICK run (not meaningful)" if args.quick else "")
     )
-    cols = ["case", "bytes", "pyf enc", "pyf dec", "epy enc", "epy dec", "erl enc", "erl dec", "enc x", "dec x"]
+    cols = ["case", "bytes", "py enc", "py dec", "c enc", "c dec", "c/py enc", "c/py dec",
+            "epy enc", "epy dec", "erl enc", "erl dec", "enc x", "dec x"]
     rows = []
     for name, row in results.items():
         enc_x = row.get("speedup_encode_vs_erlang_py")
         dec_x = row.get("speedup_decode_vs_erlang_py")
+        c_enc_x = row.get("speedup_encode_c_vs_python")
+        c_dec_x = row.get("speedup_decode_c_vs_python")
         rows.append([
             name,
             str(row["bytes"]),
-            _fmt(row["pyfabric_encode_us"]),
-            _fmt(row["pyfabric_decode_us"]),
+            _fmt(row["python_encode_us"]),
+            _fmt(row["python_decode_us"]),
+            _fmt(row.get("c_encode_us")),
+            _fmt(row.get("c_decode_us")),
+            f"{c_enc_x:.1f}" if c_enc_x else "n/a",
+            f"{c_dec_x:.1f}" if c_dec_x else "n/a",
             _fmt(row.get("erlang_py_encode_us")),
             _fmt(row.get("erlang_py_decode_us")),
             _fmt(row.get("erlang_encode_us")),
@@ -212,8 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = [header, "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cols, widths)))]
     lines += ["  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))) for r in rows]
     lines.append(
-        "pyf = pyfabric.etf, epy = erlang_py, erl = Erlang term_to_binary/binary_to_term; "
-        "x = erlang_py time / pyfabric time (median of side-by-side repetitions)"
+        "py, c = pyfabric.etf with its Python or C backend; c/py = Python time / C time; epy = erlang_py, "
+        "erl = Erlang term_to_binary/binary_to_term; x = erlang_py time / pyfabric's active backend's time "
+        "(ratios: medians of side-by-side repetitions)"
     )
     if not isinstance(erlang_times, list):
         lines.append(f"Erlang: {erlang_times}")
@@ -229,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                 "quick": args.quick,
                 "timing": {"batch_s": target, "repetitions": repeats, "erlang_batch_ms": erl_target_ms},
                 "implementation": etf.implementation,
+                "backends": list(_BACKENDS),
                 "python": platform.python_version(),
                 "cpu_count": os.cpu_count(),
                 "loadavg": load,

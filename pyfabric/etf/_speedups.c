@@ -880,8 +880,11 @@ speedups_decode_versioned(PyObject *module, PyObject *const *args, Py_ssize_t na
 
 #define MAX_ENCODE_DEPTH 100000 /* as _encode.MAX_ENCODE_DEPTH: only a guard against cycles */
 
+/* The output is written straight into a bytes object, resized as it grows and cut to
+ * its length at the end: a large binary is copied once, as the Python encoder does. */
 typedef struct {
-    char *data;
+    PyObject *bytes; /* owned; NULL after a failed resize */
+    char *data;      /* PyBytes_AS_STRING(bytes) */
     Py_ssize_t len, cap;
 } Out;
 
@@ -898,12 +901,9 @@ out_reserve(Out *o, Py_ssize_t more)
         }
         cap *= 2;
     }
-    char *data = PyMem_Realloc(o->data, (size_t)cap);
-    if (data == NULL) {
-        PyErr_NoMemory();
+    if (_PyBytes_Resize(&o->bytes, cap) < 0) /* frees the object on failure */
         return -1;
-    }
-    o->data = data;
+    o->data = PyBytes_AS_STRING(o->bytes);
     o->cap = cap;
     return 0;
 }
@@ -1269,7 +1269,37 @@ encode_value(Out *o, EStack *s, PyObject *obj, int minor)
         }
         if (v == -1 && PyErr_Occurred())
             return -1;
+#if PY_VERSION_HEX < 0x030D0000
+        { /* as _encode._bignum: sign byte, then the magnitude's bytes, little endian */
+            int negative = _PyLong_Sign(obj) < 0;
+            PyObject *magnitude = negative ? PyNumber_Negative(obj) : Py_NewRef(obj);
+            if (magnitude == NULL)
+                return -1;
+            size_t bits = _PyLong_NumBits(magnitude);
+            Py_ssize_t size = (Py_ssize_t)((bits + 7) >> 3);
+            if ((bits == (size_t)-1 && PyErr_Occurred()) || size > 0xFFFFFFFFLL || out_reserve(o, 6 + size) < 0) {
+                Py_DECREF(magnitude);
+                return -1;
+            }
+            if (size < 256) {
+                put8(o, 110);
+                put8(o, (unsigned)size);
+            }
+            else {
+                put8(o, 111);
+                put32(o, (uint32_t)size);
+            }
+            put8(o, (unsigned)negative);
+            int rc = _PyLong_AsByteArray((PyLongObject *)magnitude, (unsigned char *)o->data + o->len, (size_t)size, 1, 0);
+            Py_DECREF(magnitude);
+            if (rc < 0)
+                return -1;
+            o->len += size;
+            return 0;
+        }
+#else
         return put_result(o, PyObject_CallOneArg(g_bignum, obj));
+#endif
     }
     if (t == &PyTuple_Type) {
         Py_ssize_t count = PyTuple_GET_SIZE(obj);
@@ -1389,14 +1419,17 @@ speedups_encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_Clear();
         Py_RETURN_NONE; /* minor_version 0 (FLOAT_EXT text), or invalid: the Python encoder */
     }
-    Out o = {PyMem_Malloc(256), 0, 256};
+    Out o = {PyBytes_FromStringAndSize(NULL, 256), NULL, 0, 256};
     EStack s = {PyMem_Malloc(16 * sizeof(EFrame)), 0, 16, 0};
     PyObject *result = NULL;
     int failed = 0;
-    if (o.data == NULL || s.frames == NULL) {
-        PyErr_NoMemory();
+    if (o.bytes == NULL || s.frames == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_NoMemory();
+        failed = 1;
         goto done;
     }
+    o.data = PyBytes_AS_STRING(o.bytes);
     put8(&o, 131);
     if (encode_value(&o, &s, args[0], (int)minor) < 0)
         failed = 1;
@@ -1418,15 +1451,19 @@ speedups_encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             failed = 1;
         Py_DECREF(item);
     }
-    if (!failed)
-        result = PyBytes_FromStringAndSize(o.data, o.len);
+    if (!failed && _PyBytes_Resize(&o.bytes, o.len) == 0) {
+        result = o.bytes;
+        o.bytes = NULL;
+    }
+    else
+        failed = 1;
 done:
     if (s.frames != NULL) {
         while (s.depth > 0)
             epop(&s);
         PyMem_Free(s.frames);
     }
-    PyMem_Free(o.data);
+    Py_XDECREF(o.bytes);
     if (failed) {
         if (PyErr_Occurred()) {
             if (PyErr_ExceptionMatches(PyExc_MemoryError) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))

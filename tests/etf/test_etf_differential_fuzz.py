@@ -5,8 +5,9 @@ the same input in one process and compares what comes out exactly: encoded bytes
 decoded values by their exact shape (:func:`shape`: every term's exact type and ``repr``,
 which tells ``1`` from ``1.0`` and ``True``, a list from a FrozenList, a dict from a
 FrozenDict or an ErlangMap) and end offsets; errors by
-class, message and offset. Skipped when the extension is not built (then only the
-Python backend exists; ``make unit`` requires it, see test_etf_backend.py).
+class, message and offset. Skipped unless the C backend is the active one (an install
+without a compiler has only the Python backend; ``make unit`` requires the C one, see
+test_etf_backend.py). ``make fuzz`` runs it longer (FUZZ_SECONDS).
 """
 
 from __future__ import annotations
@@ -25,10 +26,22 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pyfabric import etf
-from pyfabric.etf import Atom, DecodeLimits, ErlangMap, FrozenDict, FrozenList, ImproperList, Pid, Reference
-from pyfabric.etf import _decode, _encode
+from pyfabric.etf import (
+    Atom,
+    DecodeLimits,
+    ErlangMap,
+    FrozenDict,
+    FrozenList,
+    ImproperList,
+    Pid,
+    Reference,
+    _decode,
+    _encode,
+)
 
-_accel = pytest.importorskip("pyfabric.etf._accel", reason="the C backend is not built")
+if etf.implementation != "c":
+    pytest.skip("the C backend is not the active one", allow_module_level=True)
+from pyfabric.etf import _accel
 
 _SCALE = max(1, int(os.environ.get("FUZZ_SECONDS", "20")) // 20)
 DIFF = settings(max_examples=300 * _SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
