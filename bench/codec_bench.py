@@ -40,7 +40,7 @@ from pyfabric import etf  # noqa: E402
 from pyfabric.etf import Atom, Pid, Reference, _decode, _encode  # noqa: E402
 
 try:
-    from pyfabric.etf import _accel  # noqa: E402
+    from pyfabric.etf import _accel
 except ImportError:  # the C backend is not built: only the Python one is measured
     _accel = None  # type: ignore[assignment]
 

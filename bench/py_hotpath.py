@@ -101,6 +101,7 @@ async def run(n_pp: int, n_stream: int, rounds: int) -> dict[str, Any]:
 
 
 def report(out: dict[str, Any], rounds: int, n_pp: int, n_stream: int) -> None:
+    print(f"ETF codec backend: {pyfabric.etf.implementation} (both processes; PYFABRIC_ETF selects it)")
     print(f"{rounds} rounds; ping-pong batches of {n_pp:,} (one CPU), streams of {n_stream:,} small messages (two CPUs)")
     for scenario, unit in (("pingpong", "rt/s"), ("pingpong_unpinned", "rt/s"), ("stream", "msgs/s")):
         for v, s in out[scenario].items():

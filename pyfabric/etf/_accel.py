@@ -15,13 +15,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _decode, _encode, _speedups
+from . import _decode, _encode
 from ._erlang_map import ErlangMap
+from ._speedups import decode_term, decode_versioned, setup
+from ._speedups import encode as _c_encode
 from ._types import Atom, FrozenDict, FrozenList, ImproperList, Pid, Reference
 
 __all__ = ["decode_term", "decode_versioned", "encode"]
 
-_speedups.setup(
+setup(
     {
         "Atom": Atom,
         "Pid": Pid,
@@ -49,9 +51,6 @@ _speedups.setup(
     }
 )
 
-decode_term = _speedups.decode_term
-decode_versioned = _speedups.decode_versioned
-_c_encode = _speedups.encode
 _encode_options = _encode.encode_options
 _compress = _encode.compress
 _py_encode = _encode.encode
