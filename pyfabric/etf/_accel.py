@@ -58,9 +58,9 @@ _py_encode = _encode.encode
 
 def encode(term: Any, compressed: bool | int = False, minor_version: int = 2) -> bytes:
     """:func:`pyfabric.etf.encode` with the C encoder (the Python one for what it leaves)."""
-    if compressed is False and minor_version == 2:  # the default options: nothing to check
-        data = _c_encode(term, 2)
-        return data if data is not None else _py_encode(term, False, 2)
+    if compressed is False and type(minor_version) is int and 0 < minor_version < 3:  # nothing else to check
+        data = _c_encode(term, minor_version)
+        return data if data is not None else _py_encode(term, False, minor_version)
     level = _encode_options(compressed, minor_version)
     data = _c_encode(term, minor_version)
     if data is None:

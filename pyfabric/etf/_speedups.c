@@ -691,8 +691,9 @@ decode_body(Dec *d, Py_ssize_t pos, PyObject **result, Py_ssize_t *end_out)
         case 112: /* NEW_FUN_EXT: the whole input goes to the Python decoder */
             goto bail;
         default: { /* the other tags: the Python decoder's function for the tag */
-            PyObject *fn = PyList_GET_ITEM(g_scalars, tag);
+            PyObject *fn = Py_NewRef(PyList_GET_ITEM(g_scalars, tag));
             value = call_helper(d, fn, pos, &end);
+            Py_DECREF(fn);
             if (value == NULL)
                 goto bail;
             pos = end;

@@ -73,9 +73,10 @@ OPTION_SETS = [
 
 
 def _opts(options: dict[str, Any]) -> _decode.Options:
-    return etf._make_options(
-        options.get("safe", True), options.get("limits"), options.get("python_atoms", False), options.get("strings", "str")
-    )
+    """The resolved options ``etf.decode(..., **options)`` passes to its backend."""
+    safe = options.get("safe", True)
+    limits = options.get("limits") or (etf.DEFAULT_LIMITS if safe else etf.RELAXED_LIMITS)
+    return _decode.Options(limits, safe, options.get("python_atoms", False), options.get("strings", "str"))
 
 
 def shape(value: Any) -> list[Any]:
