@@ -45,6 +45,7 @@ setup(
         "finish_map": _decode._finish_map,
         "decode_term": _decode.decode_term,
         "decode_versioned": _decode.decode_versioned,
+        "inflate": _decode._inflate,
         "atom_ext": _encode._atom_ext,
         "bignum": _encode._bignum,
         "leaf_encoders": _encode._LEAF_ENCODERS,

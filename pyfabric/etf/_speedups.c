@@ -9,8 +9,8 @@
  * NEWER_REFERENCE_EXT) are decoded here; the other scalar tags are decoded by calling
  * the Python decoder's function for that tag (its _SCALARS table), and an atom or pid
  * missing from the shared caches by calling the Python helper that creates and caches
- * it. An input holding NEW_FUN_EXT or a compressed term is decoded by the Python decoder
- * as a whole. Errors: the first time anything is wrong (malformed input, a limit, any
+ * it. A compressed term is inflated by the Python decoder's _inflate, its body decoded
+ * here. An input holding NEW_FUN_EXT is decoded by the Python decoder as a whole. Errors: the first time anything is wrong (malformed input, a limit, any
  * exception from a helper) this decoder stops, frees what it built and runs the Python
  * decoder on the same arguments, which raises the exact error (class, message, offset).
  * So a success here is always a success there, with an equal value and end offset.
@@ -42,7 +42,7 @@ static PyObject *g_atoms, *g_pids;                  /* _decode._ATOMS, _decode._
 static PyObject *g_true, *g_false, *g_undefined;    /* Atom("true"), ... */
 static PyObject *g_read_atom, *g_new_pid, *g_reference, *g_scalars;
 static PyObject *g_finish_list, *g_finish_map;
-static PyObject *g_py_decode_term, *g_py_decode_versioned;
+static PyObject *g_py_decode_term, *g_py_decode_versioned, *g_inflate;
 static PyObject *g_atom_ext, *g_bignum, *g_leaf_encoders;
 static PyObject *g_str_hot, *g_str_limits, *g_str_max_bignum;
 /* Slot offsets (member descriptors of the __slots__ classes). */
@@ -104,7 +104,8 @@ speedups_setup(PyObject *module, PyObject *config)
         || take(config, "new_pid", &g_new_pid) || take(config, "reference", &g_reference)
         || take(config, "scalars", &g_scalars) || take(config, "finish_list", &g_finish_list)
         || take(config, "finish_map", &g_finish_map) || take(config, "decode_term", &g_py_decode_term)
-        || take(config, "decode_versioned", &g_py_decode_versioned) || take(config, "atom_ext", &g_atom_ext)
+        || take(config, "decode_versioned", &g_py_decode_versioned) || take(config, "inflate", &g_inflate)
+        || take(config, "atom_ext", &g_atom_ext)
         || take(config, "bignum", &g_bignum) || take(config, "leaf_encoders", &g_leaf_encoders))
         return NULL;
     PyObject *types[] = {g_atom_type, g_pid_type, g_ref_type, g_frozen_list, g_frozen_dict, g_erlang_map,
@@ -843,6 +844,71 @@ retry_in_python(PyObject *fn, PyObject *const *args, Py_ssize_t nargs)
     return python_decoder(fn, args, nargs);
 }
 
+static int
+limit_attr(PyObject *limits, const char *name, Py_ssize_t *out)
+{
+    PyObject *v = PyObject_GetAttrString(limits, name);
+    if (v == NULL)
+        return -1;
+    *out = PyLong_AsSsize_t(v);
+    Py_DECREF(v);
+    return *out == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* A compressed term (tag 80 at ``pos``), as _decode.decode_versioned does it: inflated by
+ * the Python decoder's _inflate (bounded by max_decompressed_size), then the body decoded
+ * here with the term budget proportional to the compressed size. NULL: let the Python
+ * decoder take the whole input (it raises the exact error). */
+static PyObject *
+decode_compressed(PyObject *bufobj, Py_ssize_t pos, PyObject *opts)
+{
+    Py_ssize_t end, allowance, per_byte, max_total, budget;
+    PyObject *pos_obj = PyLong_FromSsize_t(pos);
+    if (pos_obj == NULL)
+        return NULL;
+    PyObject *args[3] = {bufobj, pos_obj, opts};
+    PyObject *inflated = PyObject_Vectorcall(g_inflate, args, 3, NULL);
+    Py_DECREF(pos_obj);
+    if (inflated == NULL)
+        return NULL;
+    PyObject *body = PyTuple_CheckExact(inflated) && PyTuple_GET_SIZE(inflated) == 2 ? PyTuple_GET_ITEM(inflated, 0) : NULL;
+    PyObject *limits = PyObject_GetAttr(opts, g_str_limits);
+    if (body == NULL || !PyBytes_CheckExact(body) || limits == NULL) {
+        Py_XDECREF(limits);
+        Py_DECREF(inflated);
+        return NULL;
+    }
+    end = PyLong_AsSsize_t(PyTuple_GET_ITEM(inflated, 1));
+    int bad = (end == -1 && PyErr_Occurred()) || limit_attr(limits, "compressed_terms_allowance", &allowance)
+              || limit_attr(limits, "max_terms_per_compressed_byte", &per_byte)
+              || limit_attr(limits, "max_total_terms", &max_total);
+    Py_DECREF(limits);
+    if (bad) {
+        Py_DECREF(inflated);
+        return NULL;
+    }
+    /* budget = allowance + per_byte * (end - pos); an overflow is beyond any max_total. */
+    if (__builtin_mul_overflow(per_byte, end - pos, &budget) || __builtin_add_overflow(budget, allowance, &budget))
+        budget = PY_SSIZE_T_MAX;
+    PyObject *res = run_decoder(body, 0, opts, budget < max_total ? budget : -1);
+    if (res == NULL) {
+        Py_DECREF(inflated);
+        return NULL;
+    }
+    Py_ssize_t used = PyLong_AsSsize_t(PyTuple_GET_ITEM(res, 1));
+    if (used != PyBytes_GET_SIZE(body)) { /* bytes after the term inside the body */
+        Py_DECREF(res);
+        Py_DECREF(inflated);
+        return NULL;
+    }
+    PyObject *end_obj = Py_NewRef(PyTuple_GET_ITEM(inflated, 1));
+    Py_DECREF(inflated);
+    PyObject *result = PyTuple_Pack(2, PyTuple_GET_ITEM(res, 0), end_obj);
+    Py_DECREF(end_obj);
+    Py_DECREF(res);
+    return result;
+}
+
 static PyObject *
 speedups_decode_term(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -868,9 +934,13 @@ speedups_decode_versioned(PyObject *module, PyObject *const *args, Py_ssize_t na
     if (version) {
         const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(args[0]);
         Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
-        /* A missing or wrong version byte, or a compressed term: the Python decoder. */
-        if (pos + 1 >= n || buf[pos] != 131 || buf[pos + 1] == 80)
+        /* A missing or wrong version byte: the Python decoder (it raises the error). */
+        if (pos + 1 >= n || buf[pos] != 131)
             return python_decoder(g_py_decode_versioned, args, nargs);
+        if (buf[pos + 1] == 80) {
+            PyObject *res = decode_compressed(args[0], pos + 1, args[2]);
+            return res != NULL ? res : retry_in_python(g_py_decode_versioned, args, nargs);
+        }
         pos++;
     }
     PyObject *res = run_decoder(args[0], pos, args[2], -1);

@@ -16,6 +16,7 @@ import gc
 import os
 import struct
 import tracemalloc
+import zlib
 from collections import OrderedDict
 from enum import IntEnum
 from typing import Any
@@ -149,6 +150,22 @@ def test_random_terms_encode_identically_and_decode_equal(term: Any) -> None:
     assert_same_encoding(term)
     for minor_version in (1, 2):
         assert_same_decoding(_encode.encode(term, False, minor_version))
+    assert_same_decoding(_encode.encode(term, 9, 2))
+
+
+@DIFF
+@given(terms, st.data())
+def test_compressed_bodies_decode_alike(term: Any, data: st.DataObject) -> None:
+    """Mutate inside the zlib stream's payload (the C decoder decodes inflated bodies), and
+    declare sizes around the real one."""
+    body = bytearray(_encode.encode(term, False, 2)[1:])
+    if data.draw(st.booleans()):
+        where = data.draw(st.integers(0, len(body) - 1))
+        body[where] = data.draw(st.integers(0, 255))
+    declared = len(body) + data.draw(st.sampled_from([0, 0, 0, -1, 1]))
+    packed = b"\x83P" + struct.pack(">I", max(0, declared)) + zlib.compress(bytes(body))
+    assert_same_decoding(packed)
+    assert_same_decoding(packed + b"\x00")
 
 
 @DIFF
