@@ -1100,6 +1100,10 @@ put_reference(Out *o, PyObject *ref, int minor)
 static int
 put_str(Out *o, PyObject *s)
 {
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(s) < 0) /* a legacy string: its canonical (smallest) kind first */
+        return -1;
+#endif
     Py_ssize_t count = PyUnicode_GET_LENGTH(s);
     if (count == 0) {
         if (out_reserve(o, 1) < 0)
