@@ -302,6 +302,9 @@ push_frame(Dec *d, int kind, PyObject *seq, Py_ssize_t size, Py_ssize_t extra)
         d->frames = frames;
         d->cap = cap;
     }
+    /* Untracked while partly filled (its empty slots are NULL): the collector, which may
+     * run while a Python helper is called, and gc.get_objects() never see it. */
+    PyObject_GC_UnTrack(seq);
     Frame *f = &d->frames[++d->depth];
     f->seq = seq;
     f->idx = 0;
@@ -329,6 +332,7 @@ close_frame(Dec *d, Frame *f)
 {
     PyObject *seq = f->seq;
     f->seq = NULL;
+    PyObject_GC_Track(seq); /* complete now (see push_frame) */
     if (f->kind == K_TUPLE)
         return seq;
     if (f->kind == K_LIST)

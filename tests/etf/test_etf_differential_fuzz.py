@@ -434,3 +434,29 @@ def test_no_memory_is_kept_by_repeated_decodes_and_encodes() -> None:
     finally:
         tracemalloc.stop()
     assert grown < 16 * 1024, f"{grown} bytes more after 10 rounds"
+
+
+def test_collector_walking_every_object_during_a_decode_sees_only_complete_containers() -> None:
+    """The C decoder calls Python helpers (here: a port's, a new atom's) with containers still
+    being filled; a collection then, and anything it runs, must find only complete ones."""
+    walked = []
+
+    def walk_all(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            for obj in gc.get_objects():
+                if type(obj) in (list, tuple) and len(obj) < 8:
+                    for _ in obj:
+                        pass
+            walked.append(phase)
+
+    data = _encode.encode([(Atom(f"gc_walk_{i}"), [i, etf.Port(NODE, i, 1)]) for i in range(40)], False, 2)
+    threshold = gc.get_threshold()
+    gc.callbacks.append(walk_all)
+    gc.set_threshold(1, 1, 1)
+    try:
+        value, _ = _accel.decode_versioned(data, 0, _opts({}))
+    finally:
+        gc.set_threshold(*threshold)
+        gc.callbacks.remove(walk_all)
+    assert walked
+    assert shape(value) == shape(_decode.decode_versioned(data, 0, _opts({}))[0])
