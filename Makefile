@@ -27,8 +27,9 @@ setup: python-env erlang
 python-env: $(STAMP)
 
 # The C backend is compiled by this install (in place: the install is editable), so a
-# change to its source reinstalls.
-$(STAMP): pyproject.toml pyfabric/etf/_speedups.c
+# change to its source (every .c and .h of it) reinstalls.
+ETF_C_SOURCES := $(wildcard pyfabric/etf/_speedups*.c pyfabric/etf/_speedups*.h)
+$(STAMP): pyproject.toml $(ETF_C_SOURCES)
 	@if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then \
 	  echo "pyfabric needs Python >= 3.11 as python3"; exit 1; fi
 	@if [ ! -x $(PY) ]; then \
