@@ -194,6 +194,8 @@ handle_common(info, fabric_grant_due, _, #d{p = P} = D) ->
     {keep_state, apply_result(fabric_peer_protocol:grant_due(P), D)};
 handle_common(info, {fabric_proxy_exit, Proxy, From, Reason}, _, #d{p = P} = D) ->
     {keep_state, apply_result(fabric_peer_protocol:proxy_exit(Proxy, From, Reason, P), D)};
+handle_common(info, {fabric_proxy_barrier, Proxy, N}, _, #d{p = P} = D) ->
+    {keep_state, apply_result(fabric_peer_protocol:barrier_passed(Proxy, N, P), D)};
 handle_common(info, {'DOWN', Ref, process, Pid, Reason}, _, #d{p = P} = D) ->
     {keep_state, apply_result(fabric_peer_protocol:down(Ref, Pid, Reason, P), D)};
 handle_common(info, fabric_ack_due, _, #d{p = P} = D) ->

@@ -5,8 +5,8 @@
 %% msgs/s).
 %%
 %% Order: everything a proxy tells its connection is matched by one receive, oldest first,
-%% so a proxy's later message never overtakes its earlier `send/2', exit signal or drop
-%% report (`P ! a, exit(P, R), P ! c' from one process: a, the exit2, c). Such a message
+%% so a proxy's later message never overtakes its earlier `send/2', exit signal, drop
+%% report or barrier answer (fabric_peer_dead_order) (`P ! a, exit(P, R), P ! c' from one process: a, the exit2, c). Such a message
 %% ends the batch and is handled next, as the event it would have been.
 -module(fabric_peer_conn_batch).
 
@@ -42,6 +42,7 @@ next() ->
         {fabric_proxy_send, _, _, _, _} = Other -> Other;
         {fabric_proxy_exit, _, _, _} = Other -> Other;
         {fabric_proxy_dropped, _, _} = Other -> Other;
-        {fabric_proxy_unsent, _, _} = Other -> Other
+        {fabric_proxy_unsent, _, _} = Other -> Other;
+        {fabric_proxy_barrier, _, _} = Other -> Other
     after 0 -> none
     end.

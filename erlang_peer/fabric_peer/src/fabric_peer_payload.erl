@@ -55,18 +55,23 @@ pid_out(Pid, #p{s = S, o = #{max_exports := Max}} = P) ->
     end.
 
 %% The id a local pid goes out with. An exported process that ended keeps its id (the peer
-%% remembers its dead proxy: docs/protocol.md 4.3, "Identity survives death"). This is what
-%% makes a process that sends `self()' through a proxy and ends at once reach the peer as
-%% the proxy it already has: its DOWN comes to us directly while its message comes through
-%% the proxy, so the DOWN is often handled first. The DEAD is repeated after the frame, for
-%% a peer that has forgotten the id (it would otherwise create a live proxy); a peer that
-%% remembers ignores a DEAD for a dead proxy. An original (legacy) peer has no graves: the
-%% pid is exported again, as the original does.
+%% remembers its dead proxy: docs/protocol.md 4.3, "Identity survives death"). A process
+%% that sends `self()' through a proxy and ends at once is named in a frame after its DOWN:
+%% its DEAD waits for that frame (fabric_peer_dead_order), so it goes out as its id, in both
+%% modes, and the DEAD follows. A pid of an ended process whose DEAD was written (sent on by
+%% another process) is its id too, and the DEAD is repeated after the frame, for a peer
+%% that has forgotten the id (it would otherwise create a live proxy); a peer that
+%% remembers ignores a DEAD for a dead proxy. An original (legacy) peer has no graves: such
+%% a pid is exported again, as the original does.
 -spec pid_id(pid(), proto()) -> {pos_integer(), proto()}.
 pid_id(Pid, #p{mode = Mode, s = S} = P) ->
     case fabric_peer_session:grave_of(Pid, S) of
-        {ok, {Id, Reason}} when Mode =:= extended ->
-            {Id, P#p{redead = [{'DEAD', {pr, Id}, Reason} | P#p.redead]}};
+        {ok, {Id, Reason}} ->
+            case fabric_peer_dead_order:pending(Id, P) of
+                true -> {Id, P};
+                false when Mode =:= extended -> {Id, P#p{redead = [{'DEAD', {pr, Id}, Reason} | P#p.redead]}};
+                false -> export(Pid, P)
+            end;
         _ -> export(Pid, P)
     end.
 

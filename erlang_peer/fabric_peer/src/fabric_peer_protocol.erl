@@ -38,7 +38,7 @@
 
 -export([new/2, established/4, frame/2, too_large/2, send/3, send/4, send_confirmed/4,
          proxy_msg/3, proxy_exit/4,
-         down/4, whereis/3, heartbeat/1, lost/2, detach/1, reset/1, reset/2, terminate/1,
+         down/4, barrier_passed/3, whereis/3, heartbeat/1, lost/2, detach/1, reset/1, reset/2, terminate/1,
          watch_export/3, watch_proxy/3, unsent/3, count/2, count/3, set_peer/2, set_opts/2,
          mode/1, features/1, connected/1, info/1]).
 %% acks (fabric_peer_acks)
@@ -167,13 +167,14 @@ reset_tables(Why, P0) ->
     P1 = lists:foldl(fun(Proxy, Acc) -> act({forget_proxy, Proxy}, act({control, Proxy, {die, noconnection}}, Acc)) end,
                      P, Proxies),
     P2 = lists:foldl(fun(Ref, Acc) -> act({demonitor, Ref}, Acc) end, P1, Monitors),
-    P2#p{s = S1, redead = []}.
+    fabric_peer_dead_order:session_end(P2#p{s = S1, redead = []}).
 
 %% @doc The connection ends: its proxies end with `noconnection', `whereis' callers get
 %% `{error, closed}'.
 -spec terminate(proto()) -> [action()].
 terminate(#p{s = S} = P0) ->
-    P = fabric_peer_route:session_end(fabric_peer_acks:end_session(P0#p.end_reason, P0)),
+    P = fabric_peer_route:session_end(fabric_peer_acks:end_session(P0#p.end_reason,
+                                                                   fabric_peer_dead_order:flush(P0))),
     P1 = lists:foldl(fun(Proxy, Acc) -> end_proxy(Proxy, noconnection, Acc) end, P,
                      fabric_peer_session:proxies(S)),
     {Acts, _} = done(fabric_peer_names:reply_waiters({error, closed}, P1)),
@@ -457,12 +458,13 @@ proxy_msg(Proxy, Msg, P) -> done(fabric_peer_commands:proxy_msg(Proxy, Msg, P)).
 proxy_exit(Proxy, From, Reason, P) -> done(fabric_peer_commands:proxy_exit(Proxy, From, Reason, P)).
 
 %% @doc A monitor fired: an exported process ended (its DEAD is written) or a proxy did.
+%% An exported process's DEAD may first wait for its last messages (fabric_peer_dead_order).
 -spec down(reference(), pid(), term(), proto()) -> result().
 down(Ref, Pid, Reason, #p{s = S} = P0) ->
     case fabric_peer_session:export_down(Ref, Pid, Reason, S) of
-        {dead, Dead, S1} -> done(emit(ctrl, Dead, P0#p{s = S1}));
+        {dead, Dead, S1} -> done(fabric_peer_dead_order:died(Dead, P0#p{s = S1}));
         error ->
-            P = fabric_peer_issue:proxy_gone(Pid, P0),
+            P = fabric_peer_dead_order:proxy_gone(Pid, fabric_peer_issue:proxy_gone(Pid, P0)),
             case fabric_peer_session:proxy_down(Ref, Pid, S) of
                 {killed_live, Id, S1} ->
                     %% not ended by a DEAD: killed locally (exit(Proxy, kill))
@@ -471,6 +473,10 @@ down(Ref, Pid, Reason, #p{s = S} = P0) ->
                 error -> done(P)
             end
     end.
+
+%% @doc Proxy `Proxy' answered barrier `N' (fabric_peer_dead_order): DEADs may be written.
+-spec barrier_passed(pid(), pos_integer(), proto()) -> result().
+barrier_passed(Proxy, N, P) -> done(fabric_peer_dead_order:passed(Proxy, N, P)).
 
 %% @doc `fabric_peer:whereis/3' in the established state, name already a binary.
 -spec whereis(binary(), gen_statem:from(), proto()) -> result().

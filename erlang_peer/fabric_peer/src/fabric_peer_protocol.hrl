@@ -3,8 +3,9 @@
 %% tables), fabric_peer_names (destinations and whereis), fabric_peer_links (link and exit
 %% frames), fabric_peer_commands (local commands into frames), fabric_peer_acks
 %% (sequencing, acks and the commands waiting for outbox room), fabric_peer_flowctl and
-%% fabric_peer_issue (credit), and fabric_peer_route (the `route' frames). No other module
-%% includes it.
+%% fabric_peer_issue (credit), fabric_peer_route (the `route' frames) and
+%% fabric_peer_dead_order (DEAD notices after their process's last messages). No other
+%% module includes it.
 -record(p, {
           o :: map(),
           env :: fabric_peer_protocol:env(),
@@ -34,6 +35,8 @@
           route = #{} :: map(),
           %% DEAD notices to repeat right after the frame being written (see pid_id/2)
           redead = [] :: [tuple()],
+          %% DEAD notices waiting for their process's last messages (fabric_peer_dead_order)
+          deads = fabric_peer_dead_order:new() :: fabric_peer_dead_order:order(),
           hb_n = 0 :: non_neg_integer(),
           dead_pid :: pid() | undefined,
           signaller :: pid() | undefined,

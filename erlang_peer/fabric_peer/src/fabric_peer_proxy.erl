@@ -60,7 +60,8 @@
 -record(s, {conn :: pid(), token :: reference(),
             %% local processes linked to this proxy because the peer sent {link, A, B}
             peer_linked = #{} :: #{pid() => true},
-            allow = ?ALLOWANCE :: non_neg_integer(),
+            %% (below 0 after a barrier handed over more than the allowance)
+            allow = ?ALLOWANCE :: integer(),
             q = queue:new() :: queue:queue({m, term()} | {s, term(), term(), integer()}),
             ctr :: counters:counters_ref() | undefined,
             max = 0 :: non_neg_integer(),
@@ -87,8 +88,8 @@ request(Proxy, Token, From, Msg, Deadline) ->
 
 %% @doc Send a control command to a proxy: `{die, Reason}', `{link, Pid}', `{unlink, Pid}',
 %% `{exit, Pid, Reason}' (the proxy calls `exit(Pid, Reason)', so `Pid' sees the proxy
-%% as the sender) or `{link_exit, Pid, Reason}' (the proxy links to `Pid' and ends with
-%% `Reason').
+%% as the sender), `{link_exit, Pid, Reason}' (the proxy links to `Pid' and ends with
+%% `Reason') or `{barrier, N}' (see `barrier/2').
 -spec control(pid(), reference(), term()) -> ok.
 control(Proxy, Token, Cmd) ->
     Proxy ! {'$fabric_ctl', Token, Cmd},
@@ -118,6 +119,9 @@ init(Conn, Token, Ctr, Max) ->
 
 loop(#s{conn = Conn, token = Token} = S) ->
     receive
+        {'$fabric_ctl', Token, {barrier, N}} ->
+            %% (not a use: an idle proxy woken by it hibernates again)
+            loop(barrier(N, S));
         {'$fabric_ctl', Token, Cmd} ->
             loop(command(Cmd, busy(S)));
         {'$fabric_send', Token, From, Msg, Deadline} ->
@@ -167,7 +171,7 @@ compact(L) -> L.
 %% connection no longer knows (its registry entry is removed with the command that ends
 %% it, already in the mailbox) goes on without the shared counters until that command;
 %% the next idle period starts.
--spec wake(#s{} | {pid(), reference(), non_neg_integer(), #{pid() => true}}) -> no_return().
+-spec wake(#s{} | {pid(), reference(), integer(), #{pid() => true}}) -> no_return().
 wake({Conn, Token, Allow, Linked}) ->
     {Ctr, Max} = try fabric_peer_registry:proxy_entry(self()) of
                      {Conn, #{counters := C, max_pending := M}} -> {C, M};
@@ -216,7 +220,7 @@ forward({s, From, Msg, Deadline}, #s{conn = Conn}) ->
 %% The connection gave allowance back: forward what waits, oldest first. Messages of `!'
 %% in a row go as one `fabric_proxy_msgs' message (one send and one counter update for up
 %% to the whole allowance, issue 15: a stream held back by credit waits here).
-release(#s{allow = 0} = S) -> S;
+release(#s{allow = A} = S) when A =< 0 -> S;
 release(#s{allow = A, q = Q, conn = Conn} = S) ->
     case take_msgs(A, Q, [], 0) of
         {[], 0, _} ->
@@ -236,6 +240,19 @@ release(#s{allow = A, q = Q, conn = Conn} = S) ->
             Conn ! {fabric_proxy_msgs, self(), lists:reverse(Rev)},
             release(S#s{allow = A - K, q = Q1})
     end.
+
+%% A barrier of the connection (an exported process ended, fabric_peer_dead_order): the
+%% answer goes after everything that came before it, what waits here for allowance
+%% included, handed over now (the allowance falls below 0 and comes back as the connection
+%% carries them out). Waiting for the allowance would be waiting for the credit of this
+%% proxy's destination, and the DEAD is not held back by credit (docs/protocol.md 12.6).
+barrier(N, #s{q = Q, allow = A, conn = Conn} = S) ->
+    S1 = case queue:len(Q) of
+             0 -> S;
+             L -> (release(S#s{allow = L}))#s{allow = A - L}
+         end,
+    Conn ! {fabric_proxy_barrier, self(), N},
+    S1.
 
 %% Up to `A' messages of `!' at the head of the queue (reversed), how many, the rest.
 take_msgs(0, Q, Acc, K) -> {Acc, K, Q};

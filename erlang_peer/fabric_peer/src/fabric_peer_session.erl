@@ -26,7 +26,7 @@
          export_down/4, forget_export/2, grave_of/2, grave_pid/2,
          proxy_of/2, proxy_id/2, proxy_count/1, proxies/1, add_proxy/3, watch_proxy/3,
          end_proxy/2, proxy_down/3, buried_proxy/2, dead_proxy/2, alive_behind/2, remote_ended/2,
-         recent_dead/1,
+         dead_written/2, recent_dead/1,
          call_in/3, call_out/3,
          refs/1, set_refs/2, funs/1, set_funs/2,
          enqueue/4, take_outbox/1, outbox_len/1]).
@@ -115,7 +115,8 @@ add_export(Pid, #session{exp_pid = EP, exp_id = EI, next_id = Id} = S) ->
 watch_export(Ref, Id, #session{exp_mon = M} = S) -> S#session{exp_mon = M#{Ref => Id}}.
 
 %% @doc The monitor `Ref' fired. For an exported process: it is buried, and its DEAD
-%% notice (to be written) is remembered for a resume.
+%% notice is returned, to be written (`dead_written/2' once it is: it may first wait for
+%% the process's last messages, fabric_peer_dead_order).
 -spec export_down(reference(), pid(), term(), session()) -> {dead, tuple(), session()} | error.
 export_down(Ref, Pid, Reason, #session{exp_mon = M} = S) ->
     case maps:take(Ref, M) of
@@ -123,15 +124,19 @@ export_down(Ref, Pid, Reason, #session{exp_mon = M} = S) ->
             S1 = bury(Id, Pid, Reason, S#session{exp_mon = M1,
                                                  exp_pid = maps:remove(Pid, S#session.exp_pid),
                                                  exp_id = maps:remove(Id, S#session.exp_id)}),
-            Dead = {'DEAD', {pr, Id}, Reason},
-            Recent = queue:in(Dead, S1#session.recent_dead),
-            Recent1 = case queue:len(Recent) > ?RECENT_DEAD of
-                          true -> queue:drop(Recent);
-                          false -> Recent
-                      end,
-            {dead, Dead, S1#session{recent_dead = Recent1}};
+            {dead, {'DEAD', {pr, Id}, Reason}, S1};
         error -> error
     end.
+
+%% @doc The DEAD notice of an exported process was written (or queued): remembered for a
+%% resume (the last ?RECENT_DEAD).
+-spec dead_written(tuple(), session()) -> session().
+dead_written(Dead, #session{recent_dead = R} = S) ->
+    Recent = queue:in(Dead, R),
+    S#session{recent_dead = case queue:len(Recent) > ?RECENT_DEAD of
+                                true -> queue:drop(Recent);
+                                false -> Recent
+                            end}.
 
 %% @doc Forget the export of `Pid' without a grave (a routing server's grace period,
 %% docs/protocol.md 16.4): its id is void, a later export gets a new one. Returns its id
