@@ -6,14 +6,21 @@
 %% (this test process, process 7 of its own id space) writing its frames in one TCP write, so
 %% the server's connection handles them in one event; one is two erlang_peer nodes with the
 %% receiving connection suspended while the frames pile up.
+%%
+%% The send side also has a process of the server that sends through proxies and ends at
+%% once: the raw peer reads its messages, then its DEAD (docs/protocol.md 12.6 "Ordering";
+%% its DOWN reaches the connection directly while its messages go through the proxies, so
+%% the DEAD waits for a barrier through the live proxies, fabric_peer_dead_order).
 -module(fabric_peer_order_SUITE).
 -include_lib("common_test/include/ct.hrl").
 -compile([export_all, nowarn_export_all]).
 
--import(fabric_peer_test_lib, [send/2, recv/1, ext_login/2]).
+-import(fabric_peer_test_lib, [send/2, recv/1, ext_login/2, recv_nothing/2, wait_until/1]).
 
 %% the raw peer's own process, as it names it on the wire ({pr, ?A})
 -define(A, 7).
+%% rounds of a race: one process each (the DEAD used to be written first in most)
+-define(ROUNDS, 20).
 
 all() -> [{group, receive_side}, {group, send_side}].
 
@@ -21,9 +28,12 @@ groups() ->
     [{receive_side, [], [exit2_then_message, exit2_then_message_between_erlang_peers,
                          link_then_message, unlink_then_message, link_exit_after_message,
                          dead_of_linked_after_message, down_after_message]},
-     %% (not here: an exported process sending through a proxy and ending at once, whose DEAD
-     %% is often written before its message, docs/protocol.md 12.6 "Ordering")
-     {send_side, [], [exit_signal_between_messages_goes_out_in_place]}].
+     {send_side, [], [exit_signal_between_messages_goes_out_in_place,
+                      last_message_then_dead_normal, last_message_then_dead_with_a_reason,
+                      messages_through_proxies_then_dead, dead_waits_for_a_slow_proxy,
+                      back_to_back_deads_keep_their_order, a_proxy_ending_lets_the_dead_go,
+                      hibernated_proxy_answers_the_barrier, legacy_last_message_then_dead,
+                      last_message_then_down_between_erlang_peers]}].
 
 init_per_suite(Config) ->
     fabric_peer_test_lib:start_server("secret", #{}, fabric_peer_test_lib:init_suite(Config)).
@@ -71,11 +81,14 @@ burst(S, Frames) ->
 
 %% The server's proxy of the raw peer's process ?A, as the target sees it (it is linked
 %% to it after a `link' frame, or it got it in a message).
-proxy_of_a(S, B) ->
-    send(S, {m, B, {t, {proxy, {pr, ?A}}}}),
-    [{{proxy, PA}, _}] = reports(1),
-    true = fabric_peer:is_proxy(PA),
-    PA.
+proxy_of_a(S, B) -> proxy_of(S, B, ?A).
+
+%% The server's proxy of the raw peer's process `Id', as target B gets it in a message.
+proxy_of(S, B, Id) ->
+    send(S, {m, B, {t, {proxy, {pr, Id}}}}),
+    [{{proxy, P}, _}] = reports(1),
+    true = fabric_peer:is_proxy(P),
+    P.
 
 %%% receive side
 
@@ -183,4 +196,168 @@ frames(S, N) ->
         {heartbeat, _} -> frames(S, N);
         {error, _} = E -> ct:fail({no_frame, E});
         F -> [F | frames(S, N - 1)]
+    end.
+
+%%% send side: an exported process's last messages, then its DEAD
+
+%% A fresh target of the server exported to the raw peer of socket S: its pid and its id
+%% there.
+exported(Config, S) ->
+    {Name, T} = target(Config),
+    Req = erlang:unique_integer([positive]),
+    send(S, {whereis, Req, atom_to_binary(Name)}),
+    {whereis_reply, Req, {pr, B}} = recv(S),
+    {T, B}.
+
+%% Exported process T sends each `{Id, Proxy, Msg}' of `Msgs' and ends with `Reason' at
+%% once: the raw peer reads the messages (in order per proxy), then T's DEAD.
+last_words(S, {T, B}, Msgs, Reason) ->
+    T ! {run, fun() -> [P ! M || {_, P, M} <- Msgs], exit(Reason) end},
+    Frames = frames(S, length(Msgs) + 1),
+    {Got, Last} = lists:split(length(Msgs), Frames),
+    [{'DEAD', {pr, B}, Reason}] =:= Last orelse ct:fail({dead_not_last, Frames}),
+    Sent = [{m, Id, {t, M}} || {Id, _, M} <- Msgs],
+    lists:sort(Got) =:= lists:sort(Sent) orelse ct:fail({messages, Got, Sent}),
+    [ct:fail({order, Id, Got}) || Id <- lists:usort([Id || {Id, _, _} <- Msgs]),
+                                  [F || {m, I, _} = F <- Got, I =:= Id] =/= [F || {m, I, _} = F <- Sent, I =:= Id]],
+    ok.
+
+%% ?ROUNDS exported processes, each sending `Keys' messages through the proxies of the raw
+%% peer's processes `Ids' and ending with `Reason(Round)'.
+rounds(Config, Ids, Keys, Reason) ->
+    {S, B, _} = peer_and_target(Config),
+    Proxies = [{Id, proxy_of(S, B, Id)} || Id <- Ids],
+    [ok = last_words(S, exported(Config, S), [{Id, P, {K, I}} || K <- Keys, {Id, P} <- Proxies], Reason(I))
+     || I <- lists:seq(1, ?ROUNDS)],
+    gen_tcp:close(S).
+
+last_message_then_dead_normal(Config) ->
+    rounds(Config, [?A], [last], fun(_) -> normal end).
+
+last_message_then_dead_with_a_reason(Config) ->
+    rounds(Config, [?A], [last], fun(I) -> {gone, I} end).
+
+%% Several messages through three proxies (of three processes of the peer), then the end.
+messages_through_proxies_then_dead(Config) ->
+    rounds(Config, [?A, ?A + 1, ?A + 2], [one, two, three], fun(I) -> {gone, I} end).
+
+%% T's message waits in a suspended proxy: T's DEAD waits for it.
+dead_waits_for_a_slow_proxy(Config) ->
+    {S, B, _} = peer_and_target(Config),
+    PA = proxy_of_a(S, B),
+    {T, BT} = exported(Config, S),
+    true = erlang:suspend_process(PA),
+    T ! {run, fun() -> PA ! slow, exit(bye) end},
+    true = wait_until(fun() -> not is_process_alive(T) end),
+    ok = recv_nothing(S, 300),
+    true = erlang:resume_process(PA),
+    [{m, ?A, slow}, {'DEAD', {pr, BT}, bye}] = frames(S, 2),
+    gen_tcp:close(S).
+
+%% Two exported processes end one after the other, the first's message in a suspended
+%% proxy: the second's message goes, its DEAD waits behind the first's.
+back_to_back_deads_keep_their_order(Config) ->
+    {S, B, _} = peer_and_target(Config),
+    PA = proxy_of(S, B, ?A),
+    PB = proxy_of(S, B, ?A + 1),
+    {T1, B1} = exported(Config, S),
+    {T2, B2} = exported(Config, S),
+    true = erlang:suspend_process(PA),
+    T1 ! {run, fun() -> PA ! first, exit(one) end},
+    true = wait_until(fun() -> not is_process_alive(T1) end),
+    T2 ! {run, fun() -> PB ! second, exit(two) end},
+    [{m, ?A + 1, second}] = frames(S, 1),
+    true = wait_until(fun() -> not is_process_alive(T2) end),
+    ok = recv_nothing(S, 300),
+    true = erlang:resume_process(PA),
+    [{m, ?A, first}, {'DEAD', {pr, B1}, one}, {'DEAD', {pr, B2}, two}] = frames(S, 3),
+    gen_tcp:close(S).
+
+%% The proxy a DEAD waits for is killed (the message in it is lost): the DEAD goes, and
+%% the peer is told of the kill.
+a_proxy_ending_lets_the_dead_go(Config) ->
+    {S, B, _} = peer_and_target(Config),
+    PA = proxy_of_a(S, B),
+    {T, BT} = exported(Config, S),
+    true = erlang:suspend_process(PA),
+    T ! {run, fun() -> PA ! lost, exit(bye) end},
+    true = wait_until(fun() -> not is_process_alive(T) end),
+    ok = recv_nothing(S, 300),
+    exit(PA, kill),
+    Frames = frames(S, 2),
+    Dead = {'DEAD', {pr, BT}, bye},
+    true = lists:member(Dead, Frames),
+    [{exit2, _, ?A, kill}] = Frames -- [Dead],
+    gen_tcp:close(S).
+
+%% A hibernated proxy that T did not use answers the barrier (it wakes for it, and goes
+%% back to sleep: a barrier is no use of the proxy).
+hibernated_proxy_answers_the_barrier(Config) ->
+    {S, B, _} = peer_and_target(Config),
+    PA = proxy_of(S, B, ?A),
+    PB = proxy_of(S, B, ?A + 1),
+    {T, BT} = exported(Config, S),
+    Hibernated = fun() -> process_info(PB, current_function) =:= {current_function, {erlang, hibernate, 3}} end,
+    true = wait_until(Hibernated),
+    T ! {run, fun() -> PA ! last, exit(bye) end},
+    [{m, ?A, last}, {'DEAD', {pr, BT}, bye}] = frames(S, 2),
+    true = wait_until(Hibernated),
+    gen_tcp:close(S).
+
+%% The same with an original (legacy) client: no frame of its own, the same order.
+legacy_last_message_then_dead(Config) ->
+    {ok, Srv} = fabric_peer:start_server(0, "secret", #{allow_legacy_auth => true}),
+    S = fabric_peer_test_lib:legacy_login(fabric_peer:port(Srv), "secret"),
+    Self = self(),
+    [begin
+         {Name, T} = fabric_peer_test_lib:remote(Srv, "legacy_target", fun() -> target_loop(Self) end),
+         send(S, {m, Name, {t, {proxy, {pr, ?A}}}}),
+         [{{proxy, PA}, _}] = reports(1),
+         T ! {run, fun() -> PA ! {me, self()} end},
+         [{m, ?A, {t, {me, {pr, BT}}}}] = frames(S, 1),
+         T ! {run, fun() -> PA ! {last, I}, exit({bye, I}) end},
+         [{m, ?A, {t, {last, I}}}, {'DEAD', {pr, BT}, {bye, I}}] = frames(S, 2)
+     end || I <- lists:seq(1, ?ROUNDS)],
+    gen_tcp:close(S),
+    fabric_peer:stop_server(Srv),
+    _ = Config,
+    ok.
+
+%% Between two erlang_peer nodes: X of the client sends a message to a process R of the
+%% server that monitors X (through its proxy there) and ends at once. The server's
+%% connection handles the message, then the DEAD (its calls of fabric_peer_protocol:frame/2,
+%% traced: R alone does not tell, since a message the server delivers after the DEAD still
+%% tends to reach R before the DOWN, which comes from the proxy once it has ended), and R
+%% gets them in that order.
+last_message_then_down_between_erlang_peers(Config) ->
+    {ok, C} = fabric_peer:connect("127.0.0.1", ?config(port, Config), "secret", #{}),
+    {Name, R} = target(Config),
+    PR = fabric_peer:whereis(C, Name),
+    1 = erlang:trace_pattern({fabric_peer_protocol, frame, 2}, true, []),
+    [begin
+         X = spawn(fun() -> PR ! {monitor, self()}, receive go -> PR ! {last, I}, exit({bye, I}) end end),
+         receive {target, monitoring} -> ok after 3000 -> ct:fail(not_monitoring) end,
+         {monitors, [{process, PX}]} = process_info(R, monitors),
+         {ServerConn, _} = fabric_peer_registry:proxy_entry(PX),
+         1 = erlang:trace(ServerConn, true, [call]),
+         X ! go,
+         [{{last, I}, _}, {{'DOWN', _, process, PX, {bye, I}}, _}] = reports(2),
+         [{m, _, _}, {'DEAD', _, {bye, I}}] = handled(2),
+         1 = erlang:trace(ServerConn, false, [call])
+     end || I <- lists:seq(1, ?ROUNDS)],
+    erlang:trace_pattern({fabric_peer_protocol, frame, 2}, false, []),
+    exit(R, kill),
+    fabric_peer:close(C).
+
+%% The next N messages and DEADs a traced connection handled.
+handled(0) -> [];
+handled(N) ->
+    receive
+        {trace, _, call, {fabric_peer_protocol, frame, [Bin, _]}} ->
+            case binary_to_term(Bin) of
+                {m, _, _} = F -> [F | handled(N - 1)];
+                {'DEAD', _, _} = F -> [F | handled(N - 1)];
+                _ -> handled(N)
+            end
+    after 3000 -> ct:fail({not_handled, N})
     end.
