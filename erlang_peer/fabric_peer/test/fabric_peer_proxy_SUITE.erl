@@ -13,7 +13,8 @@
 -import(fabric_peer_test_lib, [wait_until/1]).
 
 all() -> [idle_proxy_hibernates_and_wakes, woken_proxy_carries_a_burst_in_order,
-          hibernated_proxy_ends_with_the_real_reason, busy_proxy_does_not_hibernate].
+          hibernated_proxy_ends_with_the_real_reason, busy_proxy_does_not_hibernate,
+          barrier_hands_over_what_waits].
 
 init_per_suite(Config) ->
     ok = fabric_peer_test_lib:start_app(),
@@ -132,3 +133,31 @@ busy_proxy_does_not_hibernate(Config) ->
     ok = round_trip(Proxy, woken),
     1 = wakes(Proxy),
     ok.
+
+%% A barrier (an exported process ended, fabric_peer_dead_order) is answered after all that
+%% was sent to the proxy before it, what waited in it for allowance included (the
+%% allowance, 512, fabric_peer_proxy); the allowance is then below 0: nothing more is
+%% forwarded until the connection gave back what was handed over. This test process is
+%% the proxy's connection.
+barrier_hands_over_what_waits(_Config) ->
+    Token = make_ref(),
+    Proxy = fabric_peer_proxy:start(self(), 1, Token),
+    [Proxy ! I || I <- lists:seq(1, 600)],
+    ok = fabric_peer_proxy:control(Proxy, Token, {barrier, 5}),
+    Forwarded = forwarded(Proxy, 5),
+    Forwarded =:= lists:seq(1, 600) orelse ct:fail({forwarded, Forwarded}),
+    Proxy ! late,
+    ok = fabric_peer_proxy:control(Proxy, Token, {allow, 88}),
+    receive {fabric_proxy_msg, Proxy, late} -> ct:fail(forwarded_beyond_its_allowance) after 200 -> ok end,
+    ok = fabric_peer_proxy:control(Proxy, Token, {allow, 1}),
+    receive {fabric_proxy_msg, Proxy, late} -> ok after 3000 -> ct:fail(not_forwarded) end,
+    exit(Proxy, kill).
+
+%% What the proxy forwarded before its answer to barrier N.
+forwarded(Proxy, N) ->
+    receive
+        {fabric_proxy_msg, Proxy, M} -> [M | forwarded(Proxy, N)];
+        {fabric_proxy_msgs, Proxy, Ms} -> Ms ++ forwarded(Proxy, N);
+        {fabric_proxy_barrier, Proxy, N} -> []
+    after 3000 -> ct:fail(no_barrier_answer)
+    end.
