@@ -2,7 +2,7 @@
 %% "Ordering"), without I/O.
 %%
 %% A local process X that does `Proxy ! M' and ends must be seen by the peer as M, then
-%% `{'DEAD', {pr, Id}, Reason}' (a monitor there gets the message before the DOWN). But M
+%% ``{'DEAD', {pr, Id}, Reason}'' (a monitor there gets the message before the DOWN). But M
 %% goes through the proxy while X's end reaches the connection directly (its monitor), so
 %% the DOWN can be handled while M still waits in the proxy's mailbox. The DEAD is therefore
 %% not written at the DOWN: the connection sends a barrier `{barrier, N}' to every live
@@ -32,6 +32,8 @@
 
 %% the order of DEADs (pure)
 -export([new/0, add/3, answer/3, gone/2, waiting/2, take_all/1, clear/1]).
+%% (the pure part is what the EUnit tests drive; the protocol uses the functions below)
+-ignore_xref([add/3, answer/3, gone/2, waiting/2, take_all/1, clear/1]).
 %% on the protocol state
 -export([died/2, passed/3, proxy_gone/2, pending/2, session_end/1, flush/1]).
 
