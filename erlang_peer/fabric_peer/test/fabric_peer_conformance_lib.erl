@@ -375,6 +375,11 @@ action({Timer, Ms}, _, St) when (Timer =:= grant_timer orelse Timer =:= ack_time
                                  orelse Timer =:= send_timer), is_integer(Ms) ->
     %% a timer the connection would start: the case fires it with its `grant' / `ack' step
     {[], [], St};
+action({control, Proxy, {barrier, N}}, _, #{p := P} = St) ->
+    %% an exported process ended (fabric_peer_dead_order): a proxy here holds nothing, it
+    %% answers at once, and the DEAD is written in this step as the cases expect
+    {Acts, P1} = fabric_peer_protocol:barrier_passed(Proxy, N, P),
+    render(Acts, St#{p := P1});
 action({Kind, Proxy, Cmd}, _, #{rdecl := R} = St) when Kind =:= control; Kind =:= signal ->
     A = i(maps:get(Proxy, R)),
     E = case Cmd of

@@ -241,15 +241,26 @@ last_message_then_dead_with_a_reason(Config) ->
 messages_through_proxies_then_dead(Config) ->
     rounds(Config, [?A, ?A + 1, ?A + 2], [one, two, three], fun(I) -> {gone, I} end).
 
-%% T's message waits in a suspended proxy: T's DEAD waits for it.
-dead_waits_for_a_slow_proxy(Config) ->
+%% Exported process T sends `Msg' through proxy P and ends with `Reason' at once; P is
+%% suspended first, so its DEAD waits: nothing is written for 300 ms.
+held_by(S, T, P, Msg, Reason) ->
+    T ! {run, fun() -> P ! Msg, exit(Reason) end},
+    true = wait_until(fun() -> not is_process_alive(T) end),
+    ok = recv_nothing(S, 300).
+
+%% `held_by/5' with a new raw peer, the server's proxy PA of its process ?A and a new
+%% exported process (id BT there).
+held(Config, Msg, Reason) ->
     {S, B, _} = peer_and_target(Config),
     PA = proxy_of_a(S, B),
     {T, BT} = exported(Config, S),
     true = erlang:suspend_process(PA),
-    T ! {run, fun() -> PA ! slow, exit(bye) end},
-    true = wait_until(fun() -> not is_process_alive(T) end),
-    ok = recv_nothing(S, 300),
+    ok = held_by(S, T, PA, Msg, Reason),
+    {S, PA, BT}.
+
+%% T's message waits in a suspended proxy: T's DEAD waits for it.
+dead_waits_for_a_slow_proxy(Config) ->
+    {S, PA, BT} = held(Config, slow, bye),
     true = erlang:resume_process(PA),
     [{m, ?A, slow}, {'DEAD', {pr, BT}, bye}] = frames(S, 2),
     gen_tcp:close(S).
@@ -263,8 +274,7 @@ back_to_back_deads_keep_their_order(Config) ->
     {T1, B1} = exported(Config, S),
     {T2, B2} = exported(Config, S),
     true = erlang:suspend_process(PA),
-    T1 ! {run, fun() -> PA ! first, exit(one) end},
-    true = wait_until(fun() -> not is_process_alive(T1) end),
+    ok = held_by(S, T1, PA, first, one),
     T2 ! {run, fun() -> PB ! second, exit(two) end},
     [{m, ?A + 1, second}] = frames(S, 1),
     true = wait_until(fun() -> not is_process_alive(T2) end),
@@ -276,13 +286,7 @@ back_to_back_deads_keep_their_order(Config) ->
 %% The proxy a DEAD waits for is killed (the message in it is lost): the DEAD goes, and
 %% the peer is told of the kill.
 a_proxy_ending_lets_the_dead_go(Config) ->
-    {S, B, _} = peer_and_target(Config),
-    PA = proxy_of_a(S, B),
-    {T, BT} = exported(Config, S),
-    true = erlang:suspend_process(PA),
-    T ! {run, fun() -> PA ! lost, exit(bye) end},
-    true = wait_until(fun() -> not is_process_alive(T) end),
-    ok = recv_nothing(S, 300),
+    {S, PA, BT} = held(Config, lost, bye),
     exit(PA, kill),
     Frames = frames(S, 2),
     Dead = {'DEAD', {pr, BT}, bye},
