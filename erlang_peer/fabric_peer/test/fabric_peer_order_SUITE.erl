@@ -33,7 +33,7 @@ groups() ->
                       messages_through_proxies_then_dead, dead_waits_for_a_slow_proxy,
                       back_to_back_deads_keep_their_order, a_proxy_ending_lets_the_dead_go,
                       hibernated_proxy_answers_the_barrier, legacy_last_message_then_dead,
-                      last_message_then_down_between_erlang_peers]}].
+                      last_message_then_down_between_erlang_peers, dead_is_not_held_by_credit]}].
 
 init_per_suite(Config) ->
     fabric_peer_test_lib:start_server("secret", #{}, fabric_peer_test_lib:init_suite(Config)).
@@ -365,3 +365,32 @@ handled(N) ->
             end
     after 3000 -> ct:fail({not_handled, N})
     end.
+
+%% Between two erlang_peer nodes (with `credit'), X's last messages to a process D of the
+%% server that does not read wait for credit: X's DEAD does not wait for them (the
+%% documented exception of docs/protocol.md 12.6: a monitor of X at the server gets the
+%% DOWN while they wait), and they all arrive, in order, once D reads.
+dead_is_not_held_by_credit(Config) ->
+    N = 5000,
+    Self = self(),
+    {ok, C} = fabric_peer:connect("127.0.0.1", ?config(port, Config), "secret", #{}),
+    {WName, _} = target(Config),
+    {DName, D} = fabric_peer_test_lib:remote(?config(server, Config), "stuck",
+                                             fun() -> receive go -> Self ! {read, read(N)} end end),
+    PW = fabric_peer:whereis(C, WName),
+    PD = fabric_peer:whereis(C, DName),
+    X = spawn(fun() -> PW ! {monitor, self()}, receive go -> [PD ! {n, I} || I <- lists:seq(1, N)], exit(bye) end end),
+    receive {target, monitoring} -> ok after 3000 -> ct:fail(not_monitoring) end,
+    X ! go,
+    [{{'DOWN', _, process, _, bye}, _}] = reports(1),
+    {message_queue_len, Waiting} = process_info(D, message_queue_len),
+    true = Waiting < N,
+    D ! go,
+    receive {read, Got} -> Got =:= lists:seq(1, N) orelse ct:fail({read, length(Got)})
+    after 10000 -> ct:fail(not_read)
+    end,
+    fabric_peer:close(C).
+
+%% The next N messages `{n, I}', in the order they arrive.
+read(0) -> [];
+read(N) -> receive {n, I} -> [I | read(N - 1)] after 5000 -> [] end.
