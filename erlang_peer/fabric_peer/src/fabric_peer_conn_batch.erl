@@ -6,8 +6,9 @@
 %%
 %% Order: everything a proxy tells its connection is matched by one receive, oldest first,
 %% so a proxy's later message never overtakes its earlier `send/2', exit signal, drop
-%% report or barrier answer (fabric_peer_dead_order) (`P ! a, exit(P, R), P ! c' from one process: a, the exit2, c). Such a message
-%% ends the batch and is handled next, as the event it would have been.
+%% report or barrier answer (fabric_peer_dead_order): `P ! a, exit(P, R), P ! c' from one
+%% process is a, the exit2, c. Such a message ends the batch and is handled next, as the
+%% event it would have been.
 -module(fabric_peer_conn_batch).
 
 -export([take/3]).

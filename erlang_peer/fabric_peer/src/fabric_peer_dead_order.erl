@@ -159,5 +159,6 @@ flush(#p{deads = O} = P) ->
 write([], P) -> P;
 write(Deads, P) ->
     lists:foldl(fun(Dead, #p{s = S} = Acc) ->
-                        fabric_peer_commands:emit(ctrl, Dead, Acc#p{s = fabric_peer_session:dead_written(Dead, S)})
+                        Acc1 = Acc#p{s = fabric_peer_session:dead_written(Dead, S)},
+                        fabric_peer_commands:emit(ctrl, Dead, Acc1)
                 end, P, Deads).

@@ -69,7 +69,8 @@ pid_id(Pid, #p{mode = Mode, s = S} = P) ->
         {ok, {Id, Reason}} ->
             case fabric_peer_dead_order:pending(Id, P) of
                 true -> {Id, P};
-                false when Mode =:= extended -> {Id, P#p{redead = [{'DEAD', {pr, Id}, Reason} | P#p.redead]}};
+                false when Mode =:= extended ->
+                    {Id, P#p{redead = [{'DEAD', {pr, Id}, Reason} | P#p.redead]}};
                 false -> export(Pid, P)
             end;
         _ -> export(Pid, P)

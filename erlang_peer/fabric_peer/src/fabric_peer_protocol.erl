@@ -38,7 +38,8 @@
 
 -export([new/2, established/4, frame/2, too_large/2, send/3, send/4, send_confirmed/4,
          proxy_msg/3, proxy_exit/4,
-         down/4, barrier_passed/3, whereis/3, heartbeat/1, lost/2, detach/1, reset/1, reset/2, terminate/1,
+         down/4, barrier_passed/3, whereis/3, heartbeat/1, lost/2, detach/1, reset/1, reset/2,
+         terminate/1,
          watch_export/3, watch_proxy/3, unsent/3, count/2, count/3, set_peer/2, set_opts/2,
          mode/1, features/1, connected/1, info/1]).
 %% acks (fabric_peer_acks)

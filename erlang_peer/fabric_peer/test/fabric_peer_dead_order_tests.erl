@@ -91,7 +91,8 @@ exported_and_proxy(Mode) ->
          end,
     {ok, [{monitor_export, _, 1}, _], P1} = fabric_peer_protocol:send(peer_name, self(), P0),
     Ref = make_ref(),
-    {ok, [{monitor_proxy, Proxy, 7} | _], P2} = frame({m, 1, {pr, 7}}, fabric_peer_protocol:watch_export(Ref, 1, P1)),
+    {ok, [{monitor_proxy, Proxy, 7} | _], P2} =
+        frame({m, 1, {pr, 7}}, fabric_peer_protocol:watch_export(Ref, 1, P1)),
     {Ref, Proxy, P2}.
 
 the_dead_waits_for_the_barrier_of_the_live_proxies_test_() ->

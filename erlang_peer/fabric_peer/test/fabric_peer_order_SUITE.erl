@@ -218,8 +218,8 @@ last_words(S, {T, B}, Msgs, Reason) ->
     [{'DEAD', {pr, B}, Reason}] =:= Last orelse ct:fail({dead_not_last, Frames}),
     Sent = [{m, Id, {t, M}} || {Id, _, M} <- Msgs],
     lists:sort(Got) =:= lists:sort(Sent) orelse ct:fail({messages, Got, Sent}),
-    [ct:fail({order, Id, Got}) || Id <- lists:usort([Id || {Id, _, _} <- Msgs]),
-                                  [F || {m, I, _} = F <- Got, I =:= Id] =/= [F || {m, I, _} = F <- Sent, I =:= Id]],
+    To = fun(Id, Fs) -> [F || {m, I, _} = F <- Fs, I =:= Id] end,
+    [ct:fail({order, Id, Got}) || Id <- lists:usort([Id || {Id, _, _} <- Msgs]), To(Id, Got) =/= To(Id, Sent)],
     ok.
 
 %% ?ROUNDS exported processes, each sending `Keys' messages through the proxies of the raw
@@ -227,7 +227,8 @@ last_words(S, {T, B}, Msgs, Reason) ->
 rounds(Config, Ids, Keys, Reason) ->
     {S, B, _} = peer_and_target(Config),
     Proxies = [{Id, proxy_of(S, B, Id)} || Id <- Ids],
-    [ok = last_words(S, exported(Config, S), [{Id, P, {K, I}} || K <- Keys, {Id, P} <- Proxies], Reason(I))
+    [ok = last_words(S, exported(Config, S), [{Id, P, {K, I}} || K <- Keys, {Id, P} <- Proxies],
+                     Reason(I))
      || I <- lists:seq(1, ?ROUNDS)],
     gen_tcp:close(S).
 
@@ -301,7 +302,9 @@ hibernated_proxy_answers_the_barrier(Config) ->
     PA = proxy_of(S, B, ?A),
     PB = proxy_of(S, B, ?A + 1),
     {T, BT} = exported(Config, S),
-    Hibernated = fun() -> process_info(PB, current_function) =:= {current_function, {erlang, hibernate, 3}} end,
+    Hibernated = fun() ->
+                         process_info(PB, current_function) =:= {current_function, {erlang, hibernate, 3}}
+                 end,
     true = wait_until(Hibernated),
     T ! {run, fun() -> PA ! last, exit(bye) end},
     [{m, ?A, last}, {'DEAD', {pr, BT}, bye}] = frames(S, 2),
@@ -339,7 +342,10 @@ last_message_then_down_between_erlang_peers(Config) ->
     PR = fabric_peer:whereis(C, Name),
     1 = erlang:trace_pattern({fabric_peer_protocol, frame, 2}, true, []),
     [begin
-         X = spawn(fun() -> PR ! {monitor, self()}, receive go -> PR ! {last, I}, exit({bye, I}) end end),
+         X = spawn(fun() ->
+                           PR ! {monitor, self()},
+                           receive go -> PR ! {last, I}, exit({bye, I}) end
+                   end),
          receive {target, monitoring} -> ok after 3000 -> ct:fail(not_monitoring) end,
          {monitors, [{process, PX}]} = process_info(R, monitors),
          {ServerConn, _} = fabric_peer_registry:proxy_entry(PX),
@@ -379,7 +385,10 @@ dead_is_not_held_by_credit(Config) ->
                                              fun() -> receive go -> Self ! {read, read(N)} end end),
     PW = fabric_peer:whereis(C, WName),
     PD = fabric_peer:whereis(C, DName),
-    X = spawn(fun() -> PW ! {monitor, self()}, receive go -> [PD ! {n, I} || I <- lists:seq(1, N)], exit(bye) end end),
+    X = spawn(fun() ->
+                      PW ! {monitor, self()},
+                      receive go -> [PD ! {n, I} || I <- lists:seq(1, N)], exit(bye) end
+              end),
     receive {target, monitoring} -> ok after 3000 -> ct:fail(not_monitoring) end,
     X ! go,
     [{{'DOWN', _, process, _, bye}, _}] = reports(1),

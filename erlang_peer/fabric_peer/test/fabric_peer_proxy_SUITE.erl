@@ -148,7 +148,9 @@ barrier_hands_over_what_waits(_Config) ->
     Forwarded =:= lists:seq(1, 600) orelse ct:fail({forwarded, Forwarded}),
     Proxy ! late,
     ok = fabric_peer_proxy:control(Proxy, Token, {allow, 88}),
-    receive {fabric_proxy_msg, Proxy, late} -> ct:fail(forwarded_beyond_its_allowance) after 200 -> ok end,
+    receive {fabric_proxy_msg, Proxy, late} -> ct:fail(forwarded_beyond_its_allowance)
+    after 200 -> ok
+    end,
     ok = fabric_peer_proxy:control(Proxy, Token, {allow, 1}),
     receive {fabric_proxy_msg, Proxy, late} -> ok after 3000 -> ct:fail(not_forwarded) end,
     exit(Proxy, kill).
