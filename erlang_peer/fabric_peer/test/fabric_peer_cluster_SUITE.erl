@@ -374,6 +374,7 @@ pg_members_on(Node, G) -> erpc:call(Node, pg, get_members, [?SCOPE, {fabric_peer
 %% them; leave, and joining twice.
 pg_groups_across(Config) ->
     {NodeA, _, _} = server(Config, a),
+    {NodeB, _, _} = server(Config, b),
     {NodeC, _, _} = server(Config, c),
     G = atom_to_binary(fabric_peer_test_lib:unique_name("grp")),
     {C1, _} = client(Config, a, "c1_", []),
@@ -391,7 +392,9 @@ pg_groups_across(Config) ->
     ?assertEqual(ok, fabric_peer:join(C1, G, P1)),
     ?assertEqual(ok, fabric_peer:join(C2, binary_to_atom(G), P2)),
     E = erpc:call(NodeC, ?MODULE, start_group_member, [G, Me]),
+    %% each server's view of the group settles on its own (pg): C1 asks a, C2 asks b
     true = wait(fun() -> length(pg_members_on(NodeA, G)) =:= 3 end),
+    true = wait(fun() -> length(pg_members_on(NodeB, G)) =:= 3 end),
     {ok, M1} = fabric_peer:members(C1, G),
     ?assertEqual(3, length(M1)),
     ?assert(lists:member(P1, M1)),
@@ -443,7 +446,9 @@ pg_membership_ends(Config) ->
     true = wait(fun() -> length(pg_members_on(NodeA, G)) =:= 1 end),
     {ok, [Q2]} = fabric_peer:members(C1, G),
     ?assert(fabric_peer:is_proxy(Q2)),
-    %% C2's session ends: server b closes its connection (the proxies end with noconnection)
+    %% C2's session ends: server b closes its connection (the proxies end with noconnection);
+    %% b's view of P1's leave settles on its own (pg)
+    true = wait(fun() -> length(pg_members_on(NodeB, G)) =:= 1 end),
     [Proxy2] = pg_members_on(NodeB, G),
     ok = erpc:call(NodeB, ?MODULE, close_server_side, [Proxy2]),
     true = wait(fun() -> pg_members_on(NodeA, G) =:= [] end),
