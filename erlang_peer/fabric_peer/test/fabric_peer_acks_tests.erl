@@ -12,17 +12,10 @@ opts(Extra) ->
     {ok, O} = fabric_peer_opts:normalize(server, "secret", maps:merge(#{allowed => [ping]}, Extra)),
     O.
 
-fake(N) -> list_to_pid(lists:flatten(io_lib:format("<0.~b.~b>", [N rem 32768, N div 32768]))).
+fake(N) -> fabric_peer_proto_lib:fake(N).
 
-env() ->
-    #{self => fake(900000),
-      spawn_proxy => fun(Id) -> fake(800000 + Id) end,
-      placeholder => fun() -> fake(900002) end,
-      signaller => fun() -> fake(900003) end,
-      whereis => fun(ping) -> fake(900001); (_) -> undefined end,
-      policy => fun() -> undefined end,
-      server_atoms_left => fun() -> 1000 end,
-      spend_server_atoms => fun(_) -> ok end}.
+%% the shared env, with a registered `ping'
+env() -> (fabric_peer_proto_lib:env())#{whereis => fun(ping) -> fake(900001); (_) -> undefined end}.
 
 acks(Extra) ->
     {_, P} = fabric_peer_protocol:established(#{mode => extended, features => ?FEATS}, false, false,

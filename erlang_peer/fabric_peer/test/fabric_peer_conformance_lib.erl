@@ -118,7 +118,7 @@ new_state(L) ->
     end.
 
 %% Pids the test VM never gives a process (high serials), standing for local processes.
-fake(N) -> list_to_pid(lists:flatten(io_lib:format("<0.~b.~b>", [N rem 32768, N div 32768]))).
+fake(N) -> fabric_peer_proto_lib:fake(N).
 
 %% fabric_peer_protocol:new/2 and established/4 with the case's settings, as the server
 %% lifecycle does after an authenticated handshake. The env answers what the connection

@@ -79,20 +79,14 @@ opts(Extra) ->
     {ok, O} = fabric_peer_opts:normalize(server, "secret", maps:merge(#{allowed => [ping, jobs]}, Extra)),
     O.
 
-fake(N) -> list_to_pid(lists:flatten(io_lib:format("<0.~b.~b>", [N rem 32768, N div 32768]))).
+fake(N) -> fabric_peer_proto_lib:fake(N).
 
-%% `Box': the mailbox length every local process reports.
+%% The shared env with registered `ping' and `jobs'; `Box': the mailbox length every local
+%% process reports.
 env(Box) ->
-    #{self => fake(900000),
-      spawn_proxy => fun(Id) -> fake(800000 + Id) end,
-      placeholder => fun() -> fake(900002) end,
-      signaller => fun() -> fake(900003) end,
-      whereis => fun(ping) -> fake(900001); (jobs) -> fake(900004); (_) -> undefined end,
-      policy => fun() -> undefined end,
-      server_atoms_left => fun() -> 1000 end,
-      spend_server_atoms => fun(_) -> ok end,
-      mailbox => fun(_) -> counters:get(Box, 1) end,
-      proxies_pending => fun() -> 0 end}.
+    (fabric_peer_proto_lib:env())#{whereis => fun(ping) -> fake(900001); (jobs) -> fake(900004); (_) -> undefined end,
+                                   mailbox => fun(_) -> counters:get(Box, 1) end,
+                                   proxies_pending => fun() -> 0 end}.
 
 %% A session with credit: the peer grants `PeerWindows', we grant `Extra''s windows.
 credit(PeerWindows, Extra) ->

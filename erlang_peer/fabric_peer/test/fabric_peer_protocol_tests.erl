@@ -13,20 +13,15 @@ opts(Extra) ->
     O.
 
 %% a pid value no process has (a high serial a test VM does not reach)
-fake(N) -> list_to_pid(lists:flatten(io_lib:format("<0.~b.~b>", [N rem 32768, N div 32768]))).
+fake(N) -> fabric_peer_proto_lib:fake(N).
 
 ping() -> fake(900001).
 
+%% the shared env, with a registered `ping', telling this test of each proxy it spawns
 env() ->
     Test = self(),
-    #{self => fake(900000),
-      spawn_proxy => fun(Id) -> Test ! {spawned, Id}, fake(800000 + Id) end,
-      placeholder => fun() -> fake(900002) end,
-      signaller => fun() -> fake(900003) end,
-      whereis => fun(ping) -> ping(); (_) -> undefined end,
-      policy => fun() -> undefined end,
-      server_atoms_left => fun() -> 1000 end,
-      spend_server_atoms => fun(_) -> ok end}.
+    (fabric_peer_proto_lib:env())#{spawn_proxy => fun(Id) -> Test ! {spawned, Id}, fake(800000 + Id) end,
+                                   whereis => fun(ping) -> ping(); (_) -> undefined end}.
 
 proto(Extra) -> fabric_peer_protocol:new(opts(Extra), env()).
 
