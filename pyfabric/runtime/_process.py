@@ -327,12 +327,7 @@ class LocalProcess:
         if self._receiving:
             raise ProcessError(f"{self!r}: another receive is already waiting on this process")
         queue = self._queue
-        if match is None:
-            if queue:
-                return self._take(0)
-            if timeout is None:
-                return await self._wait_any()
-        matcher = compile_match(match)
+        matcher = None if match is None else compile_match(match)  # (no call for the common case)
         if matcher is None:
             if queue:
                 return self._take(0)
@@ -343,25 +338,6 @@ class LocalProcess:
         if timeout is not None and timeout <= 0:
             raise ReceiveTimeout(timeout)
         return await self._wait(matcher, timeout, len(queue))
-
-    async def _wait_any(self) -> Any:
-        # receive() of any message without a timeout (the common case), the queue empty:
-        # _wait without its matcher, timer and scan bookkeeping.
-        self._receiving = True
-        queue = self._queue
-        loop = self._loop
-        try:
-            while True:
-                waiter = loop.create_future()
-                self._waiter = waiter
-                await waiter
-                if not self._alive:
-                    raise ProcessExited(self.pid, self._exit_reason)
-                if queue:
-                    return self._take(0)
-        finally:
-            self._receiving = False
-            self._waiter = None
 
     async def _wait(self, matcher: Matcher | None, timeout: float | None, scanned: int) -> Any:
         self._receiving = True
