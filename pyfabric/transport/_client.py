@@ -353,7 +353,7 @@ class Client(LocalProcesses, RouteClientMixin, GlobalClientMixin, PgClientMixin)
             session = link.session  # link.pending_count(), inlined (every call)
             if session is None and conn is not None:
                 session = conn.session
-            if stream.writable and (session is None or not session.queue.count):
+            if stream.can_write and (session is None or not session.queue.count):
                 self._drain_calls += 1
                 if self._drain_calls % DRAIN_YIELD_EVERY == 0:
                     await asyncio.sleep(0)

@@ -124,10 +124,11 @@ class FrameStream(asyncio.Protocol):
         self._hb_handle: asyncio.TimerHandle | None = None
         self._last_recv = 0.0
         self._last_send = 0.0
-        self._can_write = asyncio.Event()
-        self._can_write.set()
-        self.writable = True
-        """:attr:`can_write` as a plain attribute (read after every send)."""
+        self._write_ready = asyncio.Event()
+        self._write_ready.set()
+        self.can_write = True
+        """False while the socket's write buffer is above its high-water mark (a plain
+        attribute: read after every send)."""
         # Kept: asyncio.get_running_loop() costs a getpid() system call (a fork check) per call.
         self._loop = asyncio.get_running_loop()
         self.closed = self._loop.create_future()
@@ -348,8 +349,8 @@ class FrameStream(asyncio.Protocol):
             if current or link.writer is None:
                 link.connection_lost()
         finally:
-            self._can_write.set()
-            self.writable = True
+            self._write_ready.set()
+            self.can_write = True
             if not self.closed.done():
                 self.closed.set_result(exc)
 
@@ -371,15 +372,15 @@ class FrameStream(asyncio.Protocol):
         )
 
     def pause_writing(self) -> None:
-        self._can_write.clear()
-        self.writable = False
+        self._write_ready.clear()
+        self.can_write = False
         if self._push_back:
             # The peer is not reading what we send: stop reading its requests until it does.
             self._pause(_P_WRITE)
 
     def resume_writing(self) -> None:
-        self._can_write.set()
-        self.writable = True
+        self._write_ready.set()
+        self.can_write = True
         if self._paused & _P_WRITE:
             self._resume(_P_WRITE)
 
@@ -409,14 +410,9 @@ class FrameStream(asyncio.Protocol):
                 )
                 transport.abort()
 
-    @property
-    def can_write(self) -> bool:
-        """False while the socket's write buffer is above its high-water mark."""
-        return self.writable
-
     async def drain(self) -> None:
         """Wait until the socket's write buffer is below its high-water mark."""
-        await self._can_write.wait()
+        await self._write_ready.wait()
 
     def pause_reading(self) -> None:
         """Stop reading for good (before an orderly close)."""

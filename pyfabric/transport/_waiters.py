@@ -27,9 +27,6 @@ class Waiters(Generic[R]):
         self._loop = loop
         self._futures: dict[int, asyncio.Future[R]] = {}
 
-    def __len__(self) -> int:
-        return len(self._futures)
-
     async def wait(self, req_id: int, flush: Callable[[], None], timeout: float | None, what: str) -> R:
         """The answer to request ``req_id`` (just issued; ``flush`` writes it out), within
         ``timeout`` s; :class:`TimeoutError` naming ``what`` (e.g. "whereis('x') ... from
