@@ -350,9 +350,8 @@ class Client(LocalProcesses, RouteClientMixin, GlobalClientMixin, PgClientMixin)
             conn = link.conn
             if conn is not None and conn.output.size >= DRAIN_FLUSH_BYTES:
                 link.flush()
-            session = link.session  # link.pending_count(), inlined (every call)
-            if session is None and conn is not None:
-                session = conn.session
+            # link.pending_count(), inlined (every call): connected, the link has its session
+            session = link.session
             if stream.can_write and (session is None or not session.queue.count):
                 self._drain_calls += 1
                 if self._drain_calls % DRAIN_YIELD_EVERY == 0:
