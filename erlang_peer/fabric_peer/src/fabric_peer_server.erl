@@ -289,7 +289,7 @@ auth_failed(#d{ref = Ref, peer_ip = Ip, o = O} = D) ->
     case Ip =/= undefined andalso fabric_peer_throttle:failed(Ref, Ip, O) of
         block ->
             ?LOG_WARNING(#{what => address_blocked, peer => inet:ntoa(Ip),
-                           unit => fabric_peer_throttle:unit_text(fabric_peer_throttle:unit(Ip)),
+                           unit => fabric_peer_throttle:unit_text(Ip),
                            failures => maps:get(max_auth_failures, O),
                            window_ms => maps:get(auth_failure_window, O),
                            blocked_ms => maps:get(auth_block_time, O),

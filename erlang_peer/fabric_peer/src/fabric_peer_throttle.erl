@@ -45,11 +45,14 @@ unit({0, 0, 0, 0, 0, 16#ffff, A, B}) -> {A bsr 8, A band 255, B bsr 8, B band 25
 unit({A, B, C, D, _, _, _, _}) -> {A, B, C, D, 0, 0, 0, 0};
 unit(Ip) -> Ip.
 
-%% @doc A unit (`unit/1') as text for logs: `"192.0.2.1"', `"2001:db8::/64"'.
+%% @doc The unit of `Ip' (`unit/1') as text for logs: `"192.0.2.1"', `"2001:db8::/64"'.
 -spec unit_text(inet:ip_address() | undefined) -> string().
-unit_text(undefined) -> "unknown";
-unit_text({_, _, _, _, _, _, _, _} = Ip) -> inet:ntoa(Ip) ++ "/64";
-unit_text(Ip) -> inet:ntoa(Ip).
+unit_text(Ip) ->
+    case unit(Ip) of
+        undefined -> "unknown";
+        {_, _, _, _, _, _, _, _} = U -> inet:ntoa(U) ++ "/64";
+        U -> inet:ntoa(U)
+    end.
 
 %% @doc Record a failed authentication from `Ip' on server `Ref'. Returns `block' when this
 %% failure starts a block of the address, `ok' otherwise.
@@ -75,7 +78,7 @@ timed_out(_, undefined, _) -> ok;
 timed_out(Ref, Ip, O) ->
     case failed(Ref, Ip, O) of
         block ->
-            ?LOG_WARNING(#{what => address_blocked, peer => inet:ntoa(Ip), unit => unit_text(unit(Ip)),
+            ?LOG_WARNING(#{what => address_blocked, peer => inet:ntoa(Ip), unit => unit_text(Ip),
                            failures => maps:get(max_auth_failures, O),
                            window_ms => maps:get(auth_failure_window, O),
                            blocked_ms => maps:get(auth_block_time, O),
@@ -170,6 +173,6 @@ unit_test_() ->
      ?_assertNotEqual(unit({16#2001, 16#db8, 1, 2, 0, 0, 0, 1}), unit({16#2001, 16#db8, 1, 3, 0, 0, 0, 1})),
      ?_assertEqual({0, 0, 0, 0, 0, 0, 0, 0}, unit({0, 0, 0, 0, 0, 0, 0, 1})),
      ?_assertEqual(undefined, unit(undefined)),
-     ?_assertEqual("2001:db8:1:2::/64", unit_text(unit({16#2001, 16#db8, 1, 2, 3, 4, 5, 6}))),
+     ?_assertEqual("2001:db8:1:2::/64", unit_text({16#2001, 16#db8, 1, 2, 3, 4, 5, 6})),
      ?_assertEqual("192.0.2.1", unit_text({192, 0, 2, 1}))].
 -endif.
