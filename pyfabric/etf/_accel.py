@@ -59,10 +59,10 @@ _py_encode = _encode.encode
 
 def encode(term: Any, compressed: bool | int = False, minor_version: int = 2) -> bytes:
     """:func:`pyfabric.etf.encode` with the C encoder (the Python one for what it leaves)."""
-    if compressed is False and type(minor_version) is int and 0 < minor_version < 3:  # nothing else to check
-        data = _c_encode(term, minor_version)
-        return data if data is not None else _py_encode(term, False, minor_version)
-    level = _encode_options(compressed, minor_version)
+    if compressed is False and type(minor_version) is int and 0 < minor_version < 3:
+        level = 0  # the common options: nothing to check
+    else:
+        level = _encode_options(compressed, minor_version)
     data = _c_encode(term, minor_version)
     if data is None:
         return _py_encode(term, compressed, minor_version)
